@@ -1,0 +1,3 @@
+from resistance.cli import main
+
+main()

@@ -1,0 +1,176 @@
+"""The `resist` command line: parsing, help and one-line errors, nothing else."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from resistance import __version__
+from resistance.errors import ResistanceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def one_line_errors(func: F) -> F:
+    """Turn the package's own errors into one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ResistanceError as exc:
+            click.echo(f"resist: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("resistance").setLevel(max(level, logging.INFO) if verbose else level)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, package_name="resistance")
+def main() -> None:
+    """Digital Resistance: proxies through censorship, measured and paid in Bitcoin.
+
+    \b
+    Examples:
+      resist node --listen 0.0.0.0:1080 --public-host 203.0.113.7 --qr
+      resist link socks5://alice:secret@203.0.113.7:1080
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Plain SOCKS5 listener; repeatable; [::1]:1080 for IPv6. [default: 127.0.0.1:1080]",
+)
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD", help="A user; repeatable.")
+@click.option("--no-auth", is_flag=True, default=None, help="Serve without authentication.")
+@click.option("--allow", multiple=True, metavar="CIDR", help="Allow a destination range.")
+@click.option("--deny", multiple=True, metavar="CIDR", help="Refuse a destination range.")
+@click.option("--allow-port", "allow_ports", multiple=True, metavar="PORT[-PORT]")
+@click.option(
+    "--deny-port",
+    "deny_ports",
+    multiple=True,
+    metavar="PORT[-PORT]",
+    help="Refuse destination ports. [default: 25]",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["telegram"]),
+    help="Restrict destinations to a preset (Telegram's published ranges).",
+)
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics here.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file.")
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="Certificate (PEM) for TLS.")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="Key (PEM) for TLS.")
+@click.option(
+    "--tls-listen", multiple=True, metavar="HOST:PORT", help="SOCKS5-inside-TLS listener."
+)
+@click.option("--public-host", metavar="HOST", help="Address users reach the node at (links).")
+@click.option("--qr", is_flag=True, default=None, help="Print a QR code of the Telegram link.")
+@click.option("--log-destinations", is_flag=True, default=None, help="Log each destination.")
+@click.option("--no-udp", is_flag=True, default=None, help="Refuse UDP ASSOCIATE.")
+@click.option("--no-bind", is_flag=True, default=None, help="Refuse BIND.")
+@click.option("--relay", type=click.Choice(["auto", "splice", "copy"]), help="Relay method.")
+@click.option("--max-connections", type=click.IntRange(1), help="All clients at once.")
+@click.option("--max-connections-per-ip", type=click.IntRange(1), help="Per client address.")
+@click.option("--handshake-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
+@click.option("--drain-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where keys and state live.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@one_line_errors
+def node(
+    config_file: Path | None,
+    verbose: int,
+    users: tuple[str, ...],
+    no_udp: bool | None,
+    no_bind: bool | None,
+    **options: Any,
+) -> None:
+    """Run a SOCKS5 proxy node that volunteers can safely expose.
+
+    Refuses private and reserved destinations (loopback, RFC 1918, link-local,
+    cloud metadata, CGNAT, their IPv6 forms) and SMTP unless allowed, logs no
+    client address or destination, and prints the Telegram links for its
+    first user.  Without --user it generates one and keeps it in the state
+    directory.  SIGHUP reloads users and policy; SIGTERM drains and stops.
+
+    \b
+    Examples:
+      resist node --listen 0.0.0.0:1080 --public-host 203.0.113.7 --qr
+      resist node --listen [::1]:1080 --user alice:s3cret --only telegram
+      resist node --config /etc/resist/node.toml --metrics 127.0.0.1:9108
+    """
+    from resistance.config import node_settings, parse_user
+    from resistance.node.service import run_node
+
+    setup_logging(verbose + 1)
+    overrides: dict[str, Any] = dict(options)
+    overrides["users"] = dict(parse_user(u) for u in users) if users else None
+    overrides["udp"] = False if no_udp else None
+    overrides["bind"] = False if no_bind else None
+    overrides["listen"] = list(options["listen"]) or None
+    overrides["tls_listen"] = list(options["tls_listen"]) or None
+    for key in ("allow", "deny", "allow_ports", "deny_ports", "only"):
+        overrides[key] = list(options[key]) or None
+    if options["metrics"] is None:
+        overrides.pop("metrics")
+    for key in ("tls_cert", "tls_key", "state_dir"):
+        if options[key] is not None:
+            overrides[key] = str(options[key])
+
+    def load() -> Any:
+        return node_settings(config_file=config_file, overrides=overrides)
+
+    sys.exit(run_node(load))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("proxy_url")
+@click.option("--qr", "qr", is_flag=True, help="Also draw a QR code in the terminal.")
+@click.option(
+    "--qr-file", type=click.Path(path_type=Path), help="Write the QR code (.png or .svg)."
+)
+@one_line_errors
+def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
+    """Print Telegram's links (and a QR code) for a SOCKS5 proxy.
+
+    \b
+    Example:
+      resist link socks5://alice:s3cret@203.0.113.7:1080 --qr
+    """
+    from resistance.links import parse_socks_url, qr_save, qr_terminal, socks_links
+
+    proxy = parse_socks_url(proxy_url)
+    links = socks_links(proxy.host, proxy.port, proxy.username, proxy.password)
+    click.echo(links.tg)
+    click.echo(links.https)
+    if qr:
+        click.echo(qr_terminal(links.https), nl=False)
+    if qr_file is not None:
+        qr_save(links.https, str(qr_file))
+        click.echo(f"QR code written to {qr_file}")

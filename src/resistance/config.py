@@ -1,0 +1,260 @@
+"""Settings objects, one per service, built from a TOML file and command-line flags.
+
+Flags override the file.  Every value is checked here, so a service either
+starts with a coherent configuration or refuses with one clear line.
+Settings are passed explicitly to the service that uses them; nothing reads
+module globals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resistance.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(
+    text: str, *, what: str = "address", default_port: int | None = None
+) -> Endpoint:
+    """Parse ``HOST:PORT``, ``[V6]:PORT`` or (with a default port) a bare host."""
+    text = text.strip()
+    host: str
+    port_text: str | None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"bad {what} {text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif text.count(":") > 1:
+        raise ConfigError(f"bad {what} {text!r}: write IPv6 addresses as [ADDR]:PORT")
+    else:
+        host, port_text = text, None
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(f"bad {what} {text!r}: expected HOST:PORT")
+        port = default_port
+    else:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(f"bad {what} {text!r}: port must be 0-65535")
+        port = int(port_text)
+    if not host:
+        raise ConfigError(f"bad {what} {text!r}: missing host")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"bad {what} {text!r}: {host!r} is not an IPv6 address") from None
+    return Endpoint(host, port)
+
+
+def parse_user(text: str) -> tuple[str, str]:
+    """``NAME:PASSWORD`` (the password may contain colons)."""
+    name, sep, password = text.partition(":")
+    if not sep or not name or not password:
+        raise ConfigError(f"bad user {text!r}: expected NAME:PASSWORD")
+    check_credential(name, password)
+    return name, password
+
+
+def check_credential(name: str, password: str) -> None:
+    if len(name.encode()) > 255 or len(password.encode()) > 255:
+        raise ConfigError(f"user {name[:32]!r}: RFC 1929 allows at most 255 bytes per field")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLimits:
+    max_connections: int = 20000
+    max_connections_per_ip: int = 512
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    dns_timeout: float = 5.0
+    idle_timeout: float = 600.0
+    bind_timeout: float = 60.0
+    udp_idle_timeout: float = 300.0
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 1080),)
+    tls_listen: tuple[Endpoint, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    users: Mapping[str, str] = field(default_factory=dict)
+    no_auth: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    allow_ports: tuple[str, ...] = ()
+    deny_ports: tuple[str, ...] = ("25",)
+    only: tuple[str, ...] = ()
+    metrics: Endpoint | None = None
+    public_host: str | None = None
+    qr: bool = False
+    log_destinations: bool = False
+    udp: bool = True
+    bind: bool = True
+    relay: str = "auto"
+    limits: NodeLimits = field(default_factory=NodeLimits)
+    state_dir: Path | None = None
+    config_file: Path | None = None
+
+
+_LIMIT_FIELDS = {f.name: f.type for f in dataclasses.fields(NodeLimits)}
+_NODE_KEYS = {
+    "listen",
+    "tls_listen",
+    "tls_cert",
+    "tls_key",
+    "users",
+    "no_auth",
+    "allow",
+    "deny",
+    "allow_ports",
+    "deny_ports",
+    "only",
+    "metrics",
+    "public_host",
+    "qr",
+    "log_destinations",
+    "udp",
+    "bind",
+    "relay",
+    "limits",
+    "state_dir",
+}
+
+
+def _as_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str | int):
+        return [str(value)]
+    if isinstance(value, list) and all(isinstance(v, str | int) for v in value):
+        return [str(v) for v in value]
+    raise ConfigError(f"{key}: expected a string or a list of strings")
+
+
+def _as_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false")
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    node = data.get("node", data)
+    if not isinstance(node, dict):
+        raise ConfigError(f"config file {path}: [node] must be a table")
+    return node
+
+
+def node_settings(
+    *, config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> NodeSettings:
+    """Build :class:`NodeSettings` from an optional TOML file, then flags on top.
+
+    ``overrides`` holds only the flags the user gave (``None`` values are ignored).
+    """
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        raw.update(read_config_file(config_file))
+    unknown = set(raw) - _NODE_KEYS
+    if unknown:
+        raise ConfigError(f"config file {config_file}: unknown setting {sorted(unknown)[0]!r}")
+    limits_raw = raw.pop("limits", {})
+    if not isinstance(limits_raw, dict):
+        raise ConfigError("limits: expected a table")
+    for key, value in (overrides or {}).items():
+        if value is None or value == () or value == []:
+            continue
+        if key in _LIMIT_FIELDS:
+            limits_raw[key] = value
+        elif key == "users":
+            merged = dict(raw.get("users", {}))
+            merged.update(value)
+            raw["users"] = merged
+        else:
+            raw[key] = value
+    return _build(raw, limits_raw, config_file)
+
+
+def _build(
+    raw: dict[str, Any], limits_raw: dict[str, Any], config_file: Path | None
+) -> NodeSettings:
+    limits_kwargs: dict[str, Any] = {}
+    for key, value in limits_raw.items():
+        if key not in _LIMIT_FIELDS:
+            raise ConfigError(f"limits: unknown setting {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"limits.{key}: expected a positive number, got {value!r}")
+        limits_kwargs[key] = int(value) if _LIMIT_FIELDS[key] in ("int", int) else float(value)
+    limits = NodeLimits(**limits_kwargs)
+
+    kwargs: dict[str, Any] = {"limits": limits, "config_file": config_file}
+    if "listen" in raw:
+        kwargs["listen"] = tuple(
+            parse_endpoint(v, what="listen address") for v in _as_list(raw["listen"], "listen")
+        )
+    if "tls_listen" in raw:
+        kwargs["tls_listen"] = tuple(
+            parse_endpoint(v, what="TLS listen address")
+            for v in _as_list(raw["tls_listen"], "tls_listen")
+        )
+    for key in ("tls_cert", "tls_key", "state_dir"):
+        if key in raw:
+            kwargs[key] = Path(str(raw[key]))
+    users = raw.get("users", {})
+    if not isinstance(users, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in users.items()
+    ):
+        raise ConfigError('users: expected a table of NAME = "PASSWORD"')
+    for name, password in users.items():
+        if not name or not password:
+            raise ConfigError("users: names and passwords must not be empty")
+        check_credential(name, password)
+    kwargs["users"] = dict(users)
+    for key in ("allow", "deny", "allow_ports", "deny_ports", "only"):
+        if key in raw:
+            kwargs[key] = tuple(_as_list(raw[key], key))
+    for key in ("no_auth", "qr", "log_destinations", "udp", "bind"):
+        if key in raw:
+            kwargs[key] = _as_bool(raw[key], key)
+    if raw.get("metrics"):
+        kwargs["metrics"] = parse_endpoint(str(raw["metrics"]), what="metrics address")
+    if "public_host" in raw:
+        kwargs["public_host"] = str(raw["public_host"])
+    if "relay" in raw:
+        if raw["relay"] not in ("auto", "splice", "copy"):
+            raise ConfigError("relay: expected auto, splice or copy")
+        kwargs["relay"] = raw["relay"]
+    settings = NodeSettings(**kwargs)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if settings.tls_listen and settings.tls_cert is None:
+        raise ConfigError("a TLS listener needs --tls-cert and --tls-key")
+    if settings.no_auth and settings.users:
+        raise ConfigError("--no-auth and --user contradict each other: choose one")
+    return settings

@@ -1,0 +1,443 @@
+"""Moving bytes between an established client and its destination.
+
+Theory of operation
+-------------------
+A :class:`Relay` joins two connected non-blocking sockets with two pumps, one
+per direction.  A pump waits for its source to become readable (an event
+loop reader callback), moves what is there towards its destination, and if
+the destination cannot take it all, stops reading its source and waits for
+the destination to become writable instead.  So at most one chunk per
+direction is ever in flight: a slow reader stops its writer, and memory never
+grows with what the peers send (backpressure).
+
+On Linux the chunk is moved with ``os.splice`` from the source socket into a
+pipe and from the pipe into the destination socket: the bytes stay in the
+kernel and Python only sees lengths.  Pipes come from a :class:`PipePool` and
+go back to it as soon as they are empty, so an idle connection holds none.
+Elsewhere (or when asked) a pump copies through one preallocated buffer with
+``recv_into``/``send``.
+
+End of stream is forwarded as a half-close: when one source reaches EOF and
+its pump has drained, the pump shuts down the destination's write side and
+the other direction keeps flowing.  The relay closes both sockets once both
+directions have ended, or at once on any error (reset, broken pipe).
+
+TLS connections cannot be spliced; :class:`TransportRelay` relays between
+two asyncio transports instead, with pause/resume backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Final
+
+HAS_SPLICE: Final = hasattr(os, "splice")
+_SPLICE_FLAGS: Final = (
+    getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0) if HAS_SPLICE else 0
+)
+DEFAULT_CHUNK: Final = 1 << 20
+COPY_BUFFER: Final = 64 * 1024
+
+
+class PipePool:
+    """Empty pipes for splice pumps, reused instead of made per chunk."""
+
+    __slots__ = ("_free", "keep", "size")
+
+    def __init__(self, *, size: int = 0, keep: int = 256) -> None:
+        self.size = size
+        self.keep = keep
+        self._free: list[tuple[int, int]] = []
+
+    def get(self) -> tuple[int, int]:
+        if self._free:
+            return self._free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.size:
+            try:
+                import fcntl
+
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
+            except OSError:
+                pass
+        return r, w
+
+    def put(self, pipe: tuple[int, int]) -> None:
+        if len(self._free) < self.keep:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        while self._free:
+            r, w = self._free.pop()
+            os.close(r)
+            os.close(w)
+
+
+class _Pump:
+    """One direction of a relay: from ``src`` to ``dst``."""
+
+    __slots__ = (
+        "done",
+        "dst",
+        "dst_fd",
+        "eof",
+        "loop",
+        "moved",
+        "pending",
+        "reading",
+        "relay",
+        "src",
+        "src_fd",
+        "writing",
+    )
+
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket) -> None:
+        self.relay = relay
+        self.loop = relay.loop
+        self.src = src
+        self.dst = dst
+        self.src_fd = src.fileno()
+        self.dst_fd = dst.fileno()
+        self.pending = 0
+        self.moved = 0
+        self.eof = False
+        self.done = False
+        self.reading = False
+        self.writing = False
+
+    def start(self) -> None:
+        self.reading = True
+        self.loop.add_reader(self.src_fd, self.on_readable)
+
+    def on_readable(self) -> None:
+        raise NotImplementedError
+
+    def on_writable(self) -> None:
+        self.relay.idle = 0
+        self.drain()
+
+    def drain(self) -> None:
+        raise NotImplementedError
+
+    def _blocked(self) -> None:
+        """The destination is full: wait for it instead of reading more."""
+        if self.reading:
+            self.loop.remove_reader(self.src_fd)
+            self.reading = False
+        if not self.writing:
+            self.loop.add_writer(self.dst_fd, self.on_writable)
+            self.writing = True
+
+    def _drained(self) -> None:
+        if self.writing:
+            self.loop.remove_writer(self.dst_fd)
+            self.writing = False
+        if self.eof:
+            self._finish()
+        elif not self.reading:
+            self.loop.add_reader(self.src_fd, self.on_readable)
+            self.reading = True
+
+    def _at_eof(self) -> None:
+        self.eof = True
+        if self.reading:
+            self.loop.remove_reader(self.src_fd)
+            self.reading = False
+        if not self.pending:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.relay.pump_done()
+
+    def stop(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.src_fd)
+            self.reading = False
+        if self.writing:
+            self.loop.remove_writer(self.dst_fd)
+            self.writing = False
+
+
+class _SplicePump(_Pump):
+    __slots__ = ("chunk", "pipe", "pool")
+
+    def __init__(
+        self, relay: Relay, src: socket.socket, dst: socket.socket, pool: PipePool
+    ) -> None:
+        super().__init__(relay, src, dst)
+        self.pool = pool
+        self.pipe: tuple[int, int] | None = None
+        self.chunk = relay.chunk
+
+    def on_readable(self) -> None:
+        self.relay.idle = 0
+        pipe = self.pipe
+        if pipe is None:
+            pipe = self.pipe = self.pool.get()
+        try:
+            n = os.splice(self.src_fd, pipe[1], self.chunk, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            self._release()
+            return
+        except OSError as exc:
+            self.relay.fail(exc)
+            return
+        if n == 0:
+            self._release()
+            self._at_eof()
+            return
+        self.moved += n
+        self.pending = n
+        self.drain()
+
+    def drain(self) -> None:
+        pipe = self.pipe
+        assert pipe is not None
+        pending = self.pending
+        while pending:
+            try:
+                n = os.splice(pipe[0], self.dst_fd, pending, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                self.pending = pending
+                self._blocked()
+                return
+            except OSError as exc:
+                self.pending = pending
+                self.relay.fail(exc)
+                return
+            pending -= n
+        self.pending = 0
+        self._release()
+        self._drained()
+
+    def _release(self) -> None:
+        if self.pipe is not None and not self.pending:
+            self.pool.put(self.pipe)
+            self.pipe = None
+
+    def stop(self) -> None:
+        super().stop()
+        if self.pipe is not None:
+            if self.pending:
+                os.close(self.pipe[0])
+                os.close(self.pipe[1])
+            else:
+                self.pool.put(self.pipe)
+            self.pipe = None
+
+
+class _CopyPump(_Pump):
+    __slots__ = ("buf", "offset", "view")
+
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket) -> None:
+        super().__init__(relay, src, dst)
+        self.buf: bytearray | None = None
+        self.view: memoryview | None = None
+        self.offset = 0
+
+    def on_readable(self) -> None:
+        self.relay.idle = 0
+        if self.view is None:
+            self.buf = bytearray(COPY_BUFFER)
+            self.view = memoryview(self.buf)
+        try:
+            n = self.src.recv_into(self.view)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.relay.fail(exc)
+            return
+        if n == 0:
+            self._at_eof()
+            return
+        self.moved += n
+        self.offset = 0
+        self.pending = n
+        self.drain()
+
+    def drain(self) -> None:
+        view = self.view
+        assert view is not None
+        while self.pending:
+            try:
+                n = self.dst.send(view[self.offset : self.offset + self.pending])
+            except BlockingIOError:
+                self._blocked()
+                return
+            except OSError as exc:
+                self.relay.fail(exc)
+                return
+            self.offset += n
+            self.pending -= n
+        self._drained()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.view is not None:
+            self.view.release()
+            self.view = None
+            self.buf = None
+
+
+class Relay:
+    """Relays an established client connection and its upstream connection."""
+
+    __slots__ = ("chunk", "client", "closed", "down", "idle", "loop", "on_close", "up", "upstream")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        upstream: socket.socket,
+        *,
+        pool: PipePool | None,
+        on_close: Callable[[Relay, OSError | None], None],
+        chunk: int = DEFAULT_CHUNK,
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.upstream = upstream
+        self.on_close = on_close
+        self.chunk = chunk
+        self.closed = False
+        self.idle = 0
+        self.up: _Pump
+        self.down: _Pump
+        if pool is not None and HAS_SPLICE:
+            self.up = _SplicePump(self, client, upstream, pool)
+            self.down = _SplicePump(self, upstream, client, pool)
+        else:
+            self.up = _CopyPump(self, client, upstream)
+            self.down = _CopyPump(self, upstream, client)
+
+    @property
+    def bytes_up(self) -> int:
+        return self.up.moved
+
+    @property
+    def bytes_down(self) -> int:
+        return self.down.moved
+
+    def start(self, early: bytes = b"") -> None:
+        """Send bytes the client sent ahead of the reply, then relay."""
+        if early:
+            try:
+                sent = self.upstream.send(early)
+            except OSError as exc:
+                self.fail(exc)
+                return
+            self.up.moved += sent
+            if sent != len(early):
+                # A new connection's send buffer holds far more than a handshake
+                # buffer, so this cannot happen short of a broken stack.
+                self.fail(OSError(errno.ENOBUFS, "early data did not fit the send buffer"))
+                return
+        self.up.start()
+        self.down.start()
+
+    def pump_done(self) -> None:
+        if self.up.done and self.down.done:
+            self.close()
+
+    def fail(self, exc: OSError) -> None:
+        self.close(exc)
+
+    def close(self, exc: OSError | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.up.stop()
+        self.down.stop()
+        self.client.close()
+        self.upstream.close()
+        self.on_close(self, exc)
+
+
+class _TransportSide(asyncio.Protocol):
+    """One transport of a :class:`TransportRelay`; forwards what it reads to its peer."""
+
+    def __init__(self, relay: TransportRelay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.peer: _TransportSide | None = None
+        self.moved = 0
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.idle = 0
+        self.moved += len(data)
+        assert self.peer is not None and self.peer.transport is not None
+        self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        assert peer is not None and peer.transport is not None
+        if peer.transport.can_write_eof() and not peer.eof:
+            peer.transport.write_eof()
+            return True
+        self.relay.close()
+        return False
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.close(exc if isinstance(exc, OSError) else None)
+
+
+class TransportRelay:
+    """Relays between two asyncio transports (used where splice cannot be: TLS)."""
+
+    def __init__(self, on_close: Callable[[TransportRelay, OSError | None], None]) -> None:
+        self.client_side = _TransportSide(self)
+        self.upstream_side = _TransportSide(self)
+        self.client_side.peer = self.upstream_side
+        self.upstream_side.peer = self.client_side
+        self.on_close = on_close
+        self.closed = False
+        self.idle = 0
+
+    @property
+    def bytes_up(self) -> int:
+        return self.client_side.moved
+
+    @property
+    def bytes_down(self) -> int:
+        return self.upstream_side.moved
+
+    def close(self, exc: OSError | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for side in (self.client_side, self.upstream_side):
+            if side.transport is not None:
+                side.transport.close()
+        self.on_close(self, exc)
+
+    def abort(self) -> None:
+        for side in (self.client_side, self.upstream_side):
+            if side.transport is not None:
+                side.transport.abort()
+        self.close()

@@ -1,0 +1,456 @@
+"""The running node: listeners, sessions, limits, sweeps and shutdown.
+
+The plain listener accepts with a reader callback on a non-blocking socket
+and hands each client to a :class:`RawSession`, which reads the handshake
+with ``recv`` and, once the destination is connected, gives both sockets to
+a splice :class:`~resistance.net.relay.Relay`.  The TLS listener is an
+asyncio server whose :class:`TlsSession` relays through transports.
+
+Limits hold at every stage: total and per-address connection caps at
+accept, the handshake timeout until a relay starts, the connect and DNS
+timeouts while dialing, and an idle timeout enforced by a periodic sweep
+(one timer for all connections, not one per connection).  The sweep also
+moves byte counts into the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import resource
+import socket
+import ssl
+from typing import Any
+
+from resistance.config import Endpoint, NodeSettings
+from resistance.errors import ConfigError
+from resistance.net.relay import HAS_SPLICE, PipePool, Relay, TransportRelay
+from resistance.node.metrics import NodeMetrics
+from resistance.node.policy import EgressPolicy
+from resistance.node.session import Session
+from resistance.node.udp import UdpAssociation
+from resistance.node.users import UserDB
+
+log = logging.getLogger("resistance.node")
+
+RECV_SIZE = 4096
+ACCEPT_BATCH = 64
+SWEEP_SECONDS = 5.0
+
+
+class RawSession(Session):
+    """A client on the plain listener, served over its raw socket."""
+
+    __slots__ = ("fd", "reading", "sock")
+
+    def __init__(self, node: Node, sock: socket.socket, peer_ip: str, local_ip: str) -> None:
+        super().__init__(node, peer_ip, local_ip)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.reading = True
+        node.loop.add_reader(self.fd, self.on_readable)
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()
+            return
+        if data:
+            self.feed(data)
+        else:
+            self.on_eof()
+
+    def write(self, data: bytes) -> None:
+        # Handshake replies are tiny and the socket's send buffer is empty:
+        # a non-blocking send takes them whole or the client is gone.
+        try:
+            self.sock.send(data)
+        except OSError:
+            pass
+
+    def pause_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.node.loop.remove_reader(self.fd)
+
+    def resume_reading(self) -> None:
+        if not self.reading and self.fd >= 0:
+            self.reading = True
+            self.node.loop.add_reader(self.fd, self.on_readable)
+
+    def start_relay(self, upstream: socket.socket, early: bytes) -> None:
+        self.pause_reading()
+        relay = Relay(
+            self.node.loop,
+            self.sock,
+            upstream,
+            pool=self.node.pipes,
+            on_close=self._relay_closed,
+        )
+        self.relay = relay
+        relay.start(early)
+
+    def _relay_closed(self, relay: Any, exc: OSError | None) -> None:
+        self.fd = -1
+        self.node.session_closed(self, relay.bytes_up, relay.bytes_down)
+
+    def close_client(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            return
+        if self.fd >= 0:
+            self.pause_reading()
+            self.fd = -1
+            self.sock.close()
+            self.node.session_closed(self, 0, 0)
+
+
+class TlsSession(Session):
+    """A client on the TLS listener; the relay copies through transports."""
+
+    __slots__ = ("closed", "transport")
+
+    def __init__(self, node: Node, transport: asyncio.Transport, peer_ip: str, local_ip: str):
+        super().__init__(node, peer_ip, local_ip)
+        self.transport: asyncio.Transport = transport
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def start_relay(self, upstream: socket.socket, early: bytes) -> None:
+        relay = TransportRelay(self._relay_closed)
+        self.relay = relay
+        self.task = self.node.loop.create_task(
+            self._attach(relay, upstream, early), name=f"tls-relay-{id(self):x}"
+        )
+
+    async def _attach(self, relay: TransportRelay, upstream: socket.socket, early: bytes) -> None:
+        self.task = None
+        try:
+            await self.node.loop.connect_accepted_socket(lambda: relay.upstream_side, sock=upstream)
+        except OSError:
+            upstream.close()
+            relay.close()
+            return
+        transport = self.transport
+        transport.set_protocol(relay.client_side)
+        relay.client_side.connection_made(transport)
+        if early:
+            relay.client_side.data_received(early)
+        transport.resume_reading()
+
+    def _relay_closed(self, relay: TransportRelay, exc: OSError | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.node.session_closed(self, relay.bytes_up, relay.bytes_down)
+
+    def close_client(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            return
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+            self.node.session_closed(self, 0, 0)
+
+
+class _TlsHandshake(asyncio.Protocol):
+    """Until the first bytes arrive a TLS client is only counted, not served."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.session: TlsSession | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if peer is None or local is None or not self.node.admit(peer[0]):
+            transport.abort()
+            return
+        self.session = TlsSession(self.node, transport, peer[0], local[0])
+        self.node.session_opened(self.session)
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.feed(data)
+
+    def eof_received(self) -> bool:
+        if self.session is not None:
+            self.session.on_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Once a relay runs, the transport belongs to it and this is not called.
+        if self.session is not None and not self.session.closed:
+            self.session.close()
+
+
+class Listener:
+    """A non-blocking listening socket served by a reader callback."""
+
+    def __init__(self, node: Node, sock: socket.socket) -> None:
+        self.node = node
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.paused: asyncio.TimerHandle | None = None
+        node.loop.add_reader(self.fd, self.on_accept)
+
+    def on_accept(self) -> None:
+        node = self.node
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting briefly instead of spinning.
+                    log.warning("accept failed (%s); pausing the listener for 1 s", exc.strerror)
+                    node.metrics.rejected.labels("out-of-descriptors").inc()
+                    node.loop.remove_reader(self.fd)
+                    self.paused = node.loop.call_later(1.0, self._resume)
+                return
+            if not node.admit(addr[0]):
+                sock.close()
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                local_ip = sock.getsockname()[0]
+            except OSError:
+                sock.close()
+                node.forget(addr[0])
+                continue
+            node.session_opened(RawSession(node, sock, addr[0], local_ip))
+
+    def _resume(self) -> None:
+        self.paused = None
+        self.node.loop.add_reader(self.fd, self.on_accept)
+
+    def close(self) -> None:
+        if self.paused is not None:
+            self.paused.cancel()
+        else:
+            self.node.loop.remove_reader(self.fd)
+        self.sock.close()
+
+
+def _listening_socket(endpoint: Endpoint) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(
+            endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {endpoint}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {endpoint}: {exc.strerror}") from None
+    return sock
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft descriptor limit to the hard one; return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+class Node:
+    """A SOCKS5 node serving its listeners until stopped."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        users: UserDB | None,
+        policy: EgressPolicy,
+        metrics: NodeMetrics | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.users = users
+        self.policy = policy
+        self.log_destinations = settings.log_destinations
+        self.metrics = metrics or NodeMetrics()
+        self.loop = loop or asyncio.get_running_loop()
+        use_splice = settings.relay != "copy" and HAS_SPLICE
+        if settings.relay == "splice" and not HAS_SPLICE:
+            raise ConfigError("relay = splice needs Linux (os.splice is not available here)")
+        self.pipes: PipePool | None = PipePool() if use_splice else None
+        self.sessions: set[Session] = set()
+        self.udp_associations: set[UdpAssociation] = set()
+        self.per_ip: dict[str, int] = {}
+        self.listeners: list[Listener] = []
+        self.tls_servers: list[asyncio.Server] = []
+        self.bound: list[Endpoint] = []
+        self.tls_bound: list[Endpoint] = []
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._flushed: dict[int, tuple[int, int]] = {}
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            for endpoint in self.settings.listen:
+                sock = _listening_socket(endpoint)
+                self.listeners.append(Listener(self, sock))
+                host, port = sock.getsockname()[:2]
+                self.bound.append(Endpoint(host, port))
+            if self.settings.tls_listen:
+                ctx = self._tls_context()
+                for endpoint in self.settings.tls_listen:
+                    sock = _listening_socket(endpoint)
+                    server = await self.loop.create_server(
+                        lambda: _TlsHandshake(self), sock=sock, ssl=ctx, backlog=4096
+                    )
+                    self.tls_servers.append(server)
+                    host, port = sock.getsockname()[:2]
+                    self.tls_bound.append(Endpoint(host, port))
+        except BaseException:
+            self._close_listeners()
+            raise
+        self._sweeper = self.loop.create_task(self._sweep(), name="node-sweeper")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        assert self.settings.tls_cert is not None and self.settings.tls_key is not None
+        try:
+            ctx.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load TLS certificate or key: {exc}") from None
+        return ctx
+
+    def _close_listeners(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        for server in self.tls_servers:
+            server.close()
+        self.tls_servers.clear()
+
+    async def stop(self) -> None:
+        """Stop accepting, let relays finish for the drain time, then close the rest."""
+        if self.draining:
+            await self.stopped.wait()
+            return
+        self.draining = True
+        self._close_listeners()
+        for session in list(self.sessions):
+            if session.relay is None:
+                session.close()
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.limits.drain_timeout)
+        for session in list(self.sessions):
+            session.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self.pipes is not None:
+            self.pipes.close()
+        self.stopped.set()
+
+    def reload(self, *, users: UserDB | None, policy: EgressPolicy) -> None:
+        """New users and policy for new requests; established connections go on."""
+        self.users = users
+        self.policy = policy
+
+    # -- admission -------------------------------------------------------------
+
+    def admit(self, ip: str) -> bool:
+        """Count a new client in, or say no (and count why)."""
+        if self.draining:
+            self.metrics.rejected.labels("draining").inc()
+            return False
+        if len(self.sessions) >= self.limits.max_connections:
+            self.metrics.rejected.labels("max-connections").inc()
+            return False
+        count = self.per_ip.get(ip, 0)
+        if count >= self.limits.max_connections_per_ip:
+            self.metrics.rejected.labels("max-connections-per-ip").inc()
+            return False
+        self.per_ip[ip] = count + 1
+        return True
+
+    def forget(self, ip: str) -> None:
+        count = self.per_ip.get(ip, 0) - 1
+        if count > 0:
+            self.per_ip[ip] = count
+        else:
+            self.per_ip.pop(ip, None)
+
+    def session_opened(self, session: Session) -> None:
+        self.sessions.add(session)
+        self.metrics.connections.inc()
+        self.metrics.active.inc()
+
+    def session_closed(self, session: Session, up: int, down: int) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.forget(session.peer_ip)
+        self.metrics.active.dec()
+        if self.draining and not self.sessions:
+            self._drained.set()
+        done_up, done_down = self._flushed.pop(id(session), (0, 0))
+        self.metrics.add_bytes(session.user, up - done_up, down - done_down)
+
+    # -- sweeping ----------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        period = min(SWEEP_SECONDS, self.limits.idle_timeout / 4, self.limits.udp_idle_timeout / 4)
+        idle_limit = max(1, round(self.limits.idle_timeout / period))
+        udp_limit = max(1, round(self.limits.udp_idle_timeout / period))
+        while True:
+            await asyncio.sleep(period)
+            for session in list(self.sessions):
+                relay = session.relay
+                if relay is None:
+                    continue
+                relay.idle += 1
+                if relay.idle > idle_limit:
+                    session.close()
+                    continue
+                up, down = relay.bytes_up, relay.bytes_down
+                done_up, done_down = self._flushed.get(id(session), (0, 0))
+                if up != done_up or down != done_down:
+                    self.metrics.add_bytes(session.user, up - done_up, down - done_down)
+                    self._flushed[id(session)] = (up, down)
+            for udp in list(self.udp_associations):
+                udp.idle += 1
+                if udp.idle > udp_limit:
+                    udp.session.close()

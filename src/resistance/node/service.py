@@ -1,0 +1,193 @@
+"""`resist node` as a process: settings in, a serving node out, until SIGTERM.
+
+Builds the user table (or the generated user), the egress policy and the
+metrics endpoint from settings, prints where the node listens and the links
+a user can tap, and wires the signals: SIGTERM and SIGINT drain and stop,
+SIGHUP re-reads users and policy without touching established connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from resistance import __version__
+from resistance.config import Endpoint, NodeSettings
+from resistance.errors import ConfigError
+from resistance.links import qr_terminal, socks_links
+from resistance.net.relay import HAS_SPLICE
+from resistance.node.metrics import NodeMetrics
+from resistance.node.policy import EgressPolicy
+from resistance.node.server import Node, raise_nofile_limit
+from resistance.node.users import GENERATED_USERS_FILE, UserDB, generated_user
+from resistance.paths import resolve_state_dir
+
+log = logging.getLogger("resistance.node")
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may use the node, and the credentials to show in links."""
+
+    users: UserDB | None
+    link_user: str | None
+    link_password: str | None
+    generated: bool
+    created: bool
+
+
+def build_access(settings: NodeSettings, state_dir: Path) -> Access:
+    if settings.no_auth:
+        return Access(None, None, None, False, False)
+    if settings.users:
+        name, password = next(iter(settings.users.items()))
+        return Access(UserDB(settings.users), name, password, False, False)
+    name, password, created = generated_user(state_dir)
+    return Access(UserDB({name: password}), name, password, True, created)
+
+
+def build_policy(settings: NodeSettings) -> EgressPolicy:
+    return EgressPolicy.from_options(
+        allow=settings.allow,
+        deny=settings.deny,
+        allow_ports=settings.allow_ports or None,
+        deny_ports=settings.deny_ports,
+        only_presets=settings.only,
+    )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (it is a dependency on Linux), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run_node(load_settings: Callable[[], NodeSettings], *, out: TextIO = sys.stdout) -> int:
+    """Run a node until SIGTERM/SIGINT; return the exit status."""
+    settings = load_settings()
+    state_dir = resolve_state_dir(settings.state_dir)
+    access = build_access(settings, state_dir)
+    policy = build_policy(settings)
+    nofile = raise_nofile_limit()
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_serve(settings, load_settings, state_dir, access, policy, nofile, out))
+
+
+async def _serve(
+    settings: NodeSettings,
+    load_settings: Callable[[], NodeSettings],
+    state_dir: Path,
+    access: Access,
+    policy: EgressPolicy,
+    nofile: int,
+    out: TextIO,
+) -> int:
+    loop = asyncio.get_running_loop()
+    metrics = NodeMetrics()
+    node = Node(settings, users=access.users, policy=policy, metrics=metrics, loop=loop)
+    await node.start()
+    metrics_server: Any = None
+    try:
+        if settings.metrics is not None:
+            metrics_server = _start_metrics(metrics, settings.metrics)
+        _print_banner(settings, node, access, state_dir, nofile, out)
+    except BaseException:
+        await node.stop()
+        raise
+
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        if not stopping:
+            log.info(
+                "stopping: draining connections for up to %.0f s", settings.limits.drain_timeout
+            )
+            stopping.append(loop.create_task(node.stop(), name="node-stop"))
+
+    def reload() -> None:
+        try:
+            fresh = load_settings()
+            fresh_access = build_access(fresh, state_dir)
+            fresh_policy = build_policy(fresh)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        node.reload(users=fresh_access.users, policy=fresh_policy)
+        log.info("reloaded users and policy")
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        await node.stopped.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+    log.info("stopped")
+    return 0
+
+
+def _start_metrics(metrics: NodeMetrics, endpoint: Endpoint) -> Any:
+    from prometheus_client import start_http_server
+
+    try:
+        server, _thread = start_http_server(endpoint.port, endpoint.host, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {endpoint}: {exc.strerror}") from None
+    return server
+
+
+def _print_banner(
+    settings: NodeSettings,
+    node: Node,
+    access: Access,
+    state_dir: Path,
+    nofile: int,
+    out: TextIO,
+) -> None:
+    relay = "splice" if node.pipes is not None else "copy"
+    if access.users is None:
+        auth = "NO AUTHENTICATION (--no-auth)"
+    else:
+        auth = f"{len(access.users)} user{'s' if len(access.users) != 1 else ''}"
+    lines = [f"resist node {__version__} ({relay} relay, {auth}, up to {nofile} descriptors)"]
+    for endpoint in node.bound:
+        lines.append(f"listening on socks5://{endpoint}")
+    for endpoint in node.tls_bound:
+        lines.append(f"listening on socks5s://{endpoint} (TLS)")
+    if settings.metrics is not None:
+        lines.append(f"metrics on http://{settings.metrics}/metrics")
+    if access.generated:
+        how = "new" if access.created else "kept"
+        lines.append(
+            f"user {access.link_user} password {access.link_password} "
+            f"({how}, in {state_dir / GENERATED_USERS_FILE})"
+        )
+    if node.bound:
+        first = node.bound[0]
+        host = settings.public_host or first.host
+        if not settings.public_host and host in ("0.0.0.0", "::"):
+            lines.append("links: set --public-host to the address users reach this node at")
+        else:
+            links = socks_links(host, first.port, access.link_user, access.link_password)
+            lines.append(f"Telegram: {links.tg}")
+            lines.append(f"          {links.https}")
+            if settings.qr:
+                lines.append(qr_terminal(links.https).rstrip("\n"))
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    if not HAS_SPLICE and settings.relay == "auto":
+        log.warning("os.splice is not available: relaying by copying")

@@ -1,0 +1,67 @@
+"""Users of a node and their RFC 1929 passwords, checked in constant time.
+
+Passwords are kept only as HMAC-SHA256 digests under a key made at start-up,
+so every comparison is between two 32-byte strings: the time it takes says
+nothing about the password, its length, or whether the user exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from resistance.errors import ConfigError
+from resistance.paths import write_private
+
+GENERATED_USERS_FILE = "node-users.toml"
+
+
+class UserDB:
+    __slots__ = ("_digests", "_dummy", "_key")
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._key = os.urandom(32)
+        self._digests = {
+            name.encode(): self._digest(password.encode()) for name, password in users.items()
+        }
+        self._dummy = self._digest(os.urandom(16))
+
+    def _digest(self, password: bytes) -> bytes:
+        return hmac.new(self._key, password, hashlib.sha256).digest()
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def check(self, username: bytes, password: bytes) -> str | None:
+        """The user's name if the password is right, else ``None``."""
+        expected = self._digests.get(username)
+        ok = hmac.compare_digest(self._digest(password), expected or self._dummy)
+        if ok and expected is not None:
+            return username.decode("utf-8", "replace")
+        return None
+
+
+def generated_user(state_dir: Path) -> tuple[str, str, bool]:
+    """The node's own user, made once and kept in the state directory.
+
+    Returns ``(name, password, created)``; the same credentials come back on
+    every start so that links a user already has keep working.
+    """
+    path = state_dir / GENERATED_USERS_FILE
+    if path.exists():
+        try:
+            text = path.read_text()
+            name, _, password = text.strip().partition(":")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        if name and password:
+            return name, password, False
+        raise ConfigError(f"{path} is damaged: expected one NAME:PASSWORD line; remove it")
+    name = "u" + secrets.token_hex(3)
+    password = secrets.token_urlsafe(18)
+    write_private(path, f"{name}:{password}\n")
+    return name, password, True

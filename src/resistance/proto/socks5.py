@@ -1,0 +1,489 @@
+"""SOCKS5 (RFC 1928) with username/password authentication (RFC 1929), sans-IO.
+
+Nothing here touches a socket or an event loop: the I/O layer feeds the bytes
+it received to a :class:`ServerConnection`, pulls events out of it, tells it
+what it decided, and writes whatever the machine hands back.
+
+Theory of operation (server side)
+---------------------------------
+The connection walks through these states::
+
+    GREETING ──▶ AUTH ──▶ AUTH_DECISION ──▶ REQUEST ──▶ REPLY_PENDING
+        │                                      ▲              │
+        └──────────── (no auth method) ────────┘              ▼
+                               ESTABLISHED / BIND_PENDING / UDP / CLOSED
+
+* In GREETING the machine picks the method itself (username/password when the
+  server requires it, "no authentication" when it does not) and queues the
+  method reply.  No acceptable method raises :class:`ProtocolError` whose
+  ``reply`` is ``05 FF``.
+* AUTH yields an :class:`AuthRequest`; the machine then *pauses*
+  (``next_event`` returns :data:`PAUSED`) until the application calls
+  :meth:`ServerConnection.accept_auth` or :meth:`ServerConnection.reject_auth`.
+  Pipelined bytes stay buffered meanwhile, so a client that sends greeting,
+  credentials and request in one segment is handled exactly like a slow one.
+* REQUEST yields a :class:`CommandRequest`, and the machine waits for
+  :meth:`ServerConnection.reply`.  Bytes that arrived after the request are
+  early application data: :meth:`ServerConnection.take_early_data` hands them
+  over once the reply is sent.
+* BIND answers twice: the first successful reply moves to BIND_PENDING, the
+  second to ESTABLISHED.
+
+All outgoing bytes accumulate until :meth:`ServerConnection.data_to_send`
+collects them, so one write can carry several replies.  Any violation raises
+:class:`~resistance.errors.ProtocolError` carrying the bytes to send before
+closing; input beyond ``max_buffer`` raises
+:class:`~resistance.errors.BufferOverflow`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from resistance.errors import BufferOverflow, ProtocolError
+
+VERSION: Final = 5
+AUTH_VERSION: Final = 1
+
+
+class Method(enum.IntEnum):
+    NO_AUTH = 0x00
+    GSSAPI = 0x01
+    USERNAME_PASSWORD = 0x02
+    NO_ACCEPTABLE = 0xFF
+
+
+class Command(enum.IntEnum):
+    CONNECT = 0x01
+    BIND = 0x02
+    UDP_ASSOCIATE = 0x03
+
+
+class AddressType(enum.IntEnum):
+    IPV4 = 0x01
+    DOMAIN = 0x03
+    IPV6 = 0x04
+
+
+class Reply(enum.IntEnum):
+    SUCCEEDED = 0x00
+    GENERAL_FAILURE = 0x01
+    NOT_ALLOWED = 0x02
+    NETWORK_UNREACHABLE = 0x03
+    HOST_UNREACHABLE = 0x04
+    CONNECTION_REFUSED = 0x05
+    TTL_EXPIRED = 0x06
+    COMMAND_NOT_SUPPORTED = 0x07
+    ADDRESS_TYPE_NOT_SUPPORTED = 0x08
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    AUTH = "auth"
+    AUTH_DECISION = "auth-decision"
+    REQUEST = "request"
+    REPLY_PENDING = "reply-pending"
+    BIND_PENDING = "bind-pending"
+    ESTABLISHED = "established"
+    UDP = "udp"
+    CLOSED = "closed"
+
+
+_COMMANDS: Final = {c.value: c for c in Command}
+_ATYPS: Final = {a.value: a for a in AddressType}
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A SOCKS address: an IP literal or a domain name, and a port."""
+
+    type: AddressType
+    host: str
+    port: int
+
+    @classmethod
+    def from_ip(cls, host: str, port: int) -> Address:
+        """An address from an IP literal as sockets report it (``'::1'``, ``'1.2.3.4'``)."""
+        if ":" in host:
+            return cls(AddressType.IPV6, host.partition("%")[0], port)
+        return cls(AddressType.IPV4, host, port)
+
+    @classmethod
+    def from_host(cls, host: str, port: int) -> Address:
+        """An address from anything a user may type: an IP literal or a name."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return cls(AddressType.DOMAIN, host, port)
+        return cls(AddressType.IPV4 if ip.version == 4 else AddressType.IPV6, str(ip), port)
+
+    def pack(self) -> bytes:
+        """ATYP, address and port, as they appear on the wire."""
+        if self.type is AddressType.IPV4:
+            raw = ipaddress.IPv4Address(self.host).packed
+        elif self.type is AddressType.IPV6:
+            raw = ipaddress.IPv6Address(self.host).packed
+        else:
+            name = self.host.encode("idna")
+            if not 0 < len(name) < 256:
+                raise ValueError(f"domain name of {len(name)} bytes cannot be sent in SOCKS5")
+            raw = bytes((len(name),)) + name
+        return bytes((self.type,)) + raw + self.port.to_bytes(2, "big")
+
+
+ANY_IPV4: Final = Address(AddressType.IPV4, "0.0.0.0", 0)
+
+
+def parse_address(
+    data: bytes | bytearray | memoryview, offset: int, *, reply_on_error: bool = True
+) -> tuple[Address, int] | None:
+    """Parse ATYP/ADDR/PORT at ``offset``.
+
+    Returns the address and the offset just past it, or ``None`` when more
+    bytes are needed.  An unknown address type raises :class:`ProtocolError`
+    whose reply is "address type not supported" (when ``reply_on_error``).
+    """
+    n = len(data)
+    if n <= offset:
+        return None
+    atyp = data[offset]
+    if atyp == 1:
+        end = offset + 7
+        if n < end:
+            return None
+        host = ipaddress.IPv4Address(bytes(data[offset + 1 : offset + 5])).compressed
+        kind = AddressType.IPV4
+    elif atyp == 4:
+        end = offset + 19
+        if n < end:
+            return None
+        host = ipaddress.IPv6Address(bytes(data[offset + 1 : offset + 17])).compressed
+        kind = AddressType.IPV6
+    elif atyp == 3:
+        if n < offset + 2:
+            return None
+        length = data[offset + 1]
+        end = offset + 2 + length + 2
+        if n < end:
+            return None
+        raw = bytes(data[offset + 2 : offset + 2 + length])
+        if length == 0:
+            raise ProtocolError(
+                "empty domain name", pack_reply(Reply.HOST_UNREACHABLE) if reply_on_error else b""
+            )
+        try:
+            host = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                "domain name is not ASCII",
+                pack_reply(Reply.HOST_UNREACHABLE) if reply_on_error else b"",
+            ) from None
+        kind = AddressType.DOMAIN
+    else:
+        raise ProtocolError(
+            f"unknown address type {atyp:#04x}",
+            pack_reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED) if reply_on_error else b"",
+        )
+    port = (data[end - 2] << 8) | data[end - 1]
+    return Address(kind, host, port), end
+
+
+def pack_reply(code: Reply, bind: Address = ANY_IPV4) -> bytes:
+    """A request reply: ``05 REP 00`` then the bound address."""
+    return bytes((VERSION, code, 0)) + bind.pack()
+
+
+# Replies that never vary, built once.
+_METHOD_REPLY: Final = {m: bytes((VERSION, m)) for m in Method}
+_AUTH_OK: Final = bytes((AUTH_VERSION, 0))
+_AUTH_FAILED: Final = bytes((AUTH_VERSION, 1))
+# What an old SOCKS4 client understands as "request rejected" (VN=0, CD=91).
+_SOCKS4_REJECT: Final = bytes((0, 91, 0, 0, 0, 0, 0, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """RFC 1929 credentials; the application must accept or reject them."""
+
+    username: bytes
+    password: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """A CONNECT, BIND or UDP ASSOCIATE request; the application must reply."""
+
+    command: Command
+    address: Address
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "need-data"
+    PAUSED = "paused"
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+"""More bytes are needed before the next event."""
+PAUSED: Final = _Sentinel.PAUSED
+"""The machine waits for the application's decision (auth or reply)."""
+
+Event = AuthRequest | CommandRequest | _Sentinel
+
+# Largest handshake messages: greeting 2+255, auth 3+255+255, request 6+1+255.
+DEFAULT_MAX_BUFFER: Final = 4096
+
+
+class ServerConnection:
+    """The server's half of one SOCKS5 control connection."""
+
+    __slots__ = ("_buf", "_out", "command", "max_buffer", "method", "require_auth", "state")
+
+    def __init__(self, *, require_auth: bool, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
+        self.require_auth = require_auth
+        self.max_buffer = max_buffer
+        self.state = State.GREETING
+        self.method: Method | None = None
+        self.command: Command | None = None
+        self._buf = bytearray()
+        self._out = bytearray()
+
+    # -- input ------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes from the client; they are parsed by :meth:`next_event`."""
+        if self.state is State.CLOSED:
+            raise ProtocolError("data after the connection was closed")
+        self._buf += data
+        if len(self._buf) > self.max_buffer and self.state not in (
+            State.ESTABLISHED,
+            State.BIND_PENDING,
+            State.UDP,
+        ):
+            raise BufferOverflow(f"handshake larger than {self.max_buffer} bytes")
+
+    def next_event(self) -> Event:
+        """The next event, :data:`NEED_DATA`, or :data:`PAUSED`."""
+        state = self.state
+        if state is State.GREETING:
+            return self._parse_greeting()
+        if state is State.AUTH:
+            return self._parse_auth()
+        if state is State.REQUEST:
+            return self._parse_request()
+        if state in (State.AUTH_DECISION, State.REPLY_PENDING):
+            return PAUSED
+        return NEED_DATA
+
+    def _parse_greeting(self) -> Event:
+        buf = self._buf
+        if not buf:
+            return NEED_DATA
+        if buf[0] != VERSION:
+            self.state = State.CLOSED
+            reply = _SOCKS4_REJECT if buf[0] == 4 else b""
+            raise ProtocolError(f"not SOCKS5 (version byte {buf[0]:#04x})", reply)
+        if len(buf) < 2 or len(buf) < 2 + buf[1]:
+            return NEED_DATA
+        end = 2 + buf[1]
+        methods = buf[2:end]
+        del buf[:end]
+        wanted = Method.USERNAME_PASSWORD if self.require_auth else Method.NO_AUTH
+        if wanted not in methods:
+            self.state = State.CLOSED
+            raise ProtocolError(
+                "no acceptable authentication method", _METHOD_REPLY[Method.NO_ACCEPTABLE]
+            )
+        self.method = wanted
+        self._out += _METHOD_REPLY[wanted]
+        self.state = State.AUTH if self.require_auth else State.REQUEST
+        return self.next_event()
+
+    def _parse_auth(self) -> Event:
+        buf = self._buf
+        n = len(buf)
+        if not n:
+            return NEED_DATA
+        if buf[0] != AUTH_VERSION:
+            self.state = State.CLOSED
+            raise ProtocolError(f"bad auth version {buf[0]:#04x}", _AUTH_FAILED)
+        if n < 2:
+            return NEED_DATA
+        ulen = buf[1]
+        if n < 3 + ulen:
+            return NEED_DATA
+        plen = buf[2 + ulen]
+        end = 3 + ulen + plen
+        if n < end:
+            return NEED_DATA
+        event = AuthRequest(bytes(buf[2 : 2 + ulen]), bytes(buf[3 + ulen : end]))
+        del buf[:end]
+        self.state = State.AUTH_DECISION
+        return event
+
+    def _parse_request(self) -> Event:
+        buf = self._buf
+        if not buf:
+            return NEED_DATA
+        if buf[0] != VERSION:
+            self.state = State.CLOSED
+            raise ProtocolError(
+                f"bad request version {buf[0]:#04x}", pack_reply(Reply.GENERAL_FAILURE)
+            )
+        if len(buf) < 4:
+            return NEED_DATA
+        command = _COMMANDS.get(buf[1])
+        if command is None:
+            self.state = State.CLOSED
+            raise ProtocolError(
+                f"unknown command {buf[1]:#04x}", pack_reply(Reply.COMMAND_NOT_SUPPORTED)
+            )
+        try:
+            parsed = parse_address(buf, 3)
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+        if parsed is None:
+            return NEED_DATA
+        address, end = parsed
+        del buf[:end]
+        self.command = command
+        self.state = State.REPLY_PENDING
+        return CommandRequest(command, address)
+
+    # -- decisions ----------------------------------------------------------
+
+    def accept_auth(self) -> None:
+        self._expect(State.AUTH_DECISION)
+        self._out += _AUTH_OK
+        self.state = State.REQUEST
+
+    def reject_auth(self) -> None:
+        """Queue the failure status; the caller closes after sending it (RFC 1929)."""
+        self._expect(State.AUTH_DECISION)
+        self._out += _AUTH_FAILED
+        self.state = State.CLOSED
+
+    def reply(self, code: Reply, bind: Address = ANY_IPV4) -> None:
+        """Answer the pending request (or, for BIND, the incoming connection)."""
+        if self.state is State.BIND_PENDING:
+            self._out += pack_reply(code, bind)
+            self.state = State.ESTABLISHED if code is Reply.SUCCEEDED else State.CLOSED
+            return
+        self._expect(State.REPLY_PENDING)
+        self._out += pack_reply(code, bind)
+        if code is not Reply.SUCCEEDED:
+            self.state = State.CLOSED
+        elif self.command is Command.CONNECT:
+            self.state = State.ESTABLISHED
+        elif self.command is Command.BIND:
+            self.state = State.BIND_PENDING
+        else:
+            self.state = State.UDP
+
+    def _expect(self, state: State) -> None:
+        if self.state is not state:
+            raise RuntimeError(
+                f"SOCKS5 connection is in state {self.state.value}, not {state.value}"
+            )
+
+    # -- output -------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the client since the last call."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def take_early_data(self) -> bytes:
+        """Bytes the client sent after its request (application data)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+
+# -- UDP ----------------------------------------------------------------------
+
+_UDP_PREFIX: Final = b"\x00\x00\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class UdpDatagram:
+    """A datagram from or to the client, with the SOCKS5 UDP request header."""
+
+    fragment: int
+    address: Address
+    payload: bytes
+
+    def pack(self) -> bytes:
+        return bytes((0, 0, self.fragment)) + self.address.pack() + self.payload
+
+
+def parse_udp_datagram(data: bytes | bytearray | memoryview) -> UdpDatagram:
+    """Parse RSV RSV FRAG ATYP ADDR PORT DATA; raise :class:`ProtocolError` if malformed."""
+    if len(data) < 4:
+        raise ProtocolError("UDP datagram shorter than its header")
+    if data[0] or data[1]:
+        raise ProtocolError("UDP datagram with non-zero reserved bytes")
+    parsed = parse_address(data, 3, reply_on_error=False)
+    if parsed is None:
+        raise ProtocolError("UDP datagram with a truncated address")
+    address, end = parsed
+    return UdpDatagram(data[2], address, bytes(data[end:]))
+
+
+def udp_header(address: Address) -> bytes:
+    """The header to put in front of a reply from ``address`` to the client."""
+    return _UDP_PREFIX + address.pack()
+
+
+def udp_header_for_ip(host: str, port: int) -> bytes:
+    """:func:`udp_header` for a source as ``recvfrom`` reports it, without a dataclass."""
+    if ":" in host:
+        return (
+            b"\x00\x00\x00\x04"
+            + ipaddress.IPv6Address(host.partition("%")[0]).packed
+            + struct.pack("!H", port)
+        )
+    return b"\x00\x00\x00\x01" + ipaddress.IPv4Address(host).packed + struct.pack("!H", port)
+
+
+# -- client side ----------------------------------------------------------------
+
+
+def client_greeting(*, auth: bool) -> bytes:
+    """What a client sends first: offer username/password or no authentication."""
+    return b"\x05\x01\x02" if auth else b"\x05\x01\x00"
+
+
+def client_auth(username: bytes, password: bytes) -> bytes:
+    if len(username) > 255 or len(password) > 255:
+        raise ValueError("RFC 1929 user names and passwords are at most 255 bytes")
+    return bytes((AUTH_VERSION, len(username))) + username + bytes((len(password),)) + password
+
+
+def client_request(command: Command, address: Address) -> bytes:
+    return bytes((VERSION, command, 0)) + address.pack()
+
+
+def parse_reply(data: bytes | bytearray | memoryview) -> tuple[Reply, Address, int] | None:
+    """Parse a server's request reply: the code, the bound address and the bytes used.
+
+    ``None`` means more bytes are needed; a malformed reply raises :class:`ProtocolError`.
+    """
+    if len(data) < 4:
+        return None
+    if data[0] != VERSION:
+        raise ProtocolError(f"reply is not SOCKS5 (version byte {data[0]:#04x})")
+    try:
+        code = Reply(data[1])
+    except ValueError:
+        raise ProtocolError(f"unknown reply code {data[1]:#04x}") from None
+    parsed = parse_address(data, 3, reply_on_error=False)
+    if parsed is None:
+        return None
+    address, end = parsed
+    return code, address, end
