@@ -73,7 +73,7 @@ def main() -> None:
     "deny_ports",
     multiple=True,
     metavar="PORT[-PORT]",
-    help="Refuse destination ports. [default: 25]",
+    help="Refuse destination ports too (25 is always refused from the command line).",
 )
 @click.option(
     "--only",
@@ -135,8 +135,10 @@ def node(
     overrides["bind"] = False if no_bind else None
     overrides["listen"] = list(options["listen"]) or None
     overrides["tls_listen"] = list(options["tls_listen"]) or None
-    for key in ("allow", "deny", "allow_ports", "deny_ports", "only"):
+    for key in ("allow", "deny", "allow_ports", "only"):
         overrides[key] = list(options[key]) or None
+    # Extra denied ports add to SMTP's; the config file can set deny_ports = [] to allow it.
+    overrides["deny_ports"] = ["25", *options["deny_ports"]] if options["deny_ports"] else None
     if options["metrics"] is None:
         overrides.pop("metrics")
     for key in ("tls_cert", "tls_key", "state_dir"):

@@ -120,6 +120,8 @@ from resistance.errors import ConfigError
 __all__ = [
     "ALLOWED",
     "REFUSED_REPLY",
+    "SPECIAL_IPV4",
+    "SPECIAL_IPV6",
     "Decision",
     "EgressPolicy",
     "PortRange",
@@ -325,17 +327,13 @@ class _V4Cell:
 
 
 @lru_cache(maxsize=4096)
-def _parse(text: str) -> int | None:
-    """Parse an address string; None when invalid.
-
-    An IPv4 address comes back as its integer value, an IPv6 address ``a`` as
-    ``~a`` (negative), so that the cached answer is one small object.
-    """
+def _parse(text: str) -> tuple[bool, int] | None:
+    """Parse an address string: (is IPv6, integer value), or None when invalid."""
     try:
         parsed = ip_address(text)
     except ValueError:
         return None
-    return int(parsed) if isinstance(parsed, IPv4Address) else ~int(parsed)
+    return isinstance(parsed, IPv6Address), int(parsed)
 
 
 class EgressPolicy:
@@ -412,9 +410,9 @@ class EgressPolicy:
             parsed = _parse(address)
             if parsed is None:
                 return _INVALID_ADDRESS
-            if parsed < 0:
-                return self._check_v6(~parsed)
-            value = parsed
+            is_v6, value = parsed
+            if is_v6:
+                return self._check_v6(value)
         return self._v4_decisions[bisect_right(self._v4_starts, value) - 1]
 
     def check_port(self, port: int) -> Decision:

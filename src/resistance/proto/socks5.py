@@ -119,7 +119,9 @@ class Address:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return cls(AddressType.DOMAIN, host, port)
-        return cls(AddressType.IPV4 if ip.version == 4 else AddressType.IPV6, str(ip), port)
+        if ip.version == 4:
+            return cls(AddressType.IPV4, str(ip), port)
+        return cls(AddressType.IPV6, str(ip).partition("%")[0], port)
 
     def pack(self) -> bytes:
         """ATYP, address and port, as they appear on the wire."""
@@ -128,7 +130,7 @@ class Address:
         elif self.type is AddressType.IPV6:
             raw = ipaddress.IPv6Address(self.host).packed
         else:
-            name = self.host.encode("idna")
+            name = self.host.encode("ascii") if self.host.isascii() else self.host.encode("idna")
             if not 0 < len(name) < 256:
                 raise ValueError(f"domain name of {len(name)} bytes cannot be sent in SOCKS5")
             raw = bytes((len(name),)) + name
@@ -234,7 +236,9 @@ PAUSED: Final = _Sentinel.PAUSED
 Event = AuthRequest | CommandRequest | _Sentinel
 
 # Largest handshake messages: greeting 2+255, auth 3+255+255, request 6+1+255.
-DEFAULT_MAX_BUFFER: Final = 4096
+# The cap leaves room for one 4 KiB read of pipelined early data on top of a
+# partial message, so only a client that breaks the protocol reaches it.
+DEFAULT_MAX_BUFFER: Final = 8192
 
 
 class ServerConnection:
@@ -263,6 +267,7 @@ class ServerConnection:
             State.BIND_PENDING,
             State.UDP,
         ):
+            self.state = State.CLOSED
             raise BufferOverflow(f"handshake larger than {self.max_buffer} bytes")
 
     def next_event(self) -> Event:
