@@ -54,11 +54,17 @@ class RunningNode:
 
 
 def launch_node(
-    args: list[str], state_dir: Path, *, listen: str = "127.0.0.1:0", timeout: float = 15.0
+    args: list[str],
+    state_dir: Path,
+    *,
+    listen: str = "127.0.0.1:0",
+    timeout: float = 15.0,
+    prefix: tuple[str, ...] = (),
 ) -> RunningNode:
-    """Start ``resist node`` and wait until it says where it listens."""
+    """Start ``resist node`` (after ``prefix``, e.g. ``ip netns exec NS``) and wait
+    until it says where it listens."""
     stderr_path = state_dir / f"node-{time.monotonic_ns()}.err"
-    cmd = [sys.executable, "-m", "resistance", "node", "--state-dir", str(state_dir)]
+    cmd = [*prefix, sys.executable, "-m", "resistance", "node", "--state-dir", str(state_dir)]
     if listen:
         cmd += ["--listen", listen]
     cmd += args
