@@ -63,6 +63,7 @@ def launch_node(
 ) -> RunningNode:
     """Start ``resist node`` (after ``prefix``, e.g. ``ip netns exec NS``) and wait
     until it says where it listens."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = state_dir / f"node-{time.monotonic_ns()}.err"
     cmd = [*prefix, sys.executable, "-m", "resistance", "node", "--state-dir", str(state_dir)]
     if listen:

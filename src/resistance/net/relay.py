@@ -33,7 +33,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 HAS_SPLICE: Final = hasattr(os, "splice")
 _SPLICE_FLAGS: Final = (
@@ -376,8 +376,8 @@ class _TransportSide(asyncio.Protocol):
         self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.relay.idle = 0

@@ -22,7 +22,7 @@ import logging
 import resource
 import socket
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from resistance.config import Endpoint, NodeSettings
 from resistance.errors import ConfigError
@@ -176,7 +176,8 @@ class _TlsHandshake(asyncio.Protocol):
         self.session: TlsSession | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports do not subclass asyncio.Transport; they behave as one.
+        transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if peer is None or local is None or not self.node.admit(peer[0]):
@@ -332,7 +333,11 @@ class Node:
                 for endpoint in self.settings.tls_listen:
                     sock = _listening_socket(endpoint)
                     server = await self.loop.create_server(
-                        lambda: _TlsHandshake(self), sock=sock, ssl=ctx, backlog=4096
+                        lambda: _TlsHandshake(self),
+                        sock=sock,
+                        ssl=ctx,
+                        backlog=4096,
+                        ssl_handshake_timeout=self.limits.handshake_timeout,
                     )
                     self.tls_servers.append(server)
                     host, port = sock.getsockname()[:2]
