@@ -163,7 +163,7 @@ def _print_banner(
         auth = "NO AUTHENTICATION (--no-auth)"
     else:
         auth = f"{len(access.users)} user{'s' if len(access.users) != 1 else ''}"
-    lines = [f"resist node {__version__} ({relay} relay, {auth}, up to {nofile} descriptors)"]
+    lines = [f"resist node {__version__} ({relay} relay, {auth}, fd limit {nofile})"]
     for endpoint in node.bound:
         lines.append(f"listening on socks5://{endpoint}")
     for endpoint in node.tls_bound:
