@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the peer proxies the benchmark compares against. Idempotent: safe to run again.
+#   microsocks, dante-server      from Debian (apt)
+#   asyncio-socks-server, pproxy  from PyPI into the project's venv (plus py-spy for profiling)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+venv="${VENV:-$root/.venv}"
+
+need_apt=()
+command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
+command -v danted >/dev/null 2>&1 || need_apt+=(dante-server)
+command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+if ((${#need_apt[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    # The Debian package starts danted as a system service; the bench runs its own copy.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet danted 2>/dev/null; then
+        systemctl stop danted || true
+        systemctl disable danted || true
+    fi
+fi
+
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    asyncio-socks-server pproxy py-spy uvloop rich
+echo "bench peers installed:"
+command -v microsocks danted
+"$venv/bin/pip" show asyncio-socks-server pproxy 2>/dev/null | grep -E '^(Name|Version)'
