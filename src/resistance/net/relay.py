@@ -155,11 +155,14 @@ class _Pump:
 
     def _finish(self) -> None:
         self.done = True
+        relay = self.relay
+        if relay.up.done and relay.down.done:
+            relay.close()  # closing sends the FIN: no separate shutdown needed
+            return
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        self.relay.pump_done()
 
     def stop(self) -> None:
         if self.reading:
@@ -346,10 +349,6 @@ class Relay:
                 return
         self.up.start()
         self.down.start()
-
-    def pump_done(self) -> None:
-        if self.up.done and self.down.done:
-            self.close()
 
     def fail(self, exc: OSError) -> None:
         self.close(exc)

@@ -1,79 +1,138 @@
 """Prometheus metrics of a node: counts and bytes, never addresses.
 
-Each node builds its own registry (tests run several nodes in one process).
-The relay's hot path does not touch these objects: connections count bytes
-in plain integers and the node adds them here when a connection ends and on
-every sweep.
+The event loop counts in plain integers (no lock, no hashing of label values
+on the handshake path); a custom collector turns them into Prometheus
+metric families only when someone scrapes.  Each node builds its own
+registry, so tests can run several nodes in one process.  The relay's hot
+path does not count per chunk at all: connections keep byte totals in their
+pumps and the node adds them here when a connection ends and on every sweep.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from resistance.proto.socks5 import Command, Reply
 
 
-class NodeMetrics:
+class Count:
+    """One number of a metric family."""
+
+    __slots__ = ("value",)
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.connections = Counter(
-            "resist_node_connections", "Client connections accepted", registry=r
-        )
-        self.active = Gauge("resist_node_connections_active", "Client connections open", registry=r)
-        self.rejected = Counter(
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.value -= amount
+
+
+class Family:
+    """A metric family: its numbers keyed by label values."""
+
+    __slots__ = ("children", "help", "kind", "label_names", "name")
+
+    def __init__(
+        self, name: str, help: str, label_names: tuple[str, ...] = (), *, kind: str
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.label_names = label_names
+        self.kind = kind
+        self.children: dict[tuple[str, ...], Count] = {}
+        if not label_names:
+            self.children[()] = Count()
+
+    def labels(self, *values: str) -> Count:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = Count()
+        return child
+
+    def inc(self, amount: int = 1) -> None:
+        self.children[()].value += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.children[()].value -= amount
+
+    def collect(self) -> Metric:
+        family: CounterMetricFamily | GaugeMetricFamily
+        if self.kind == "counter":
+            family = CounterMetricFamily(self.name, self.help, labels=self.label_names)
+        else:
+            family = GaugeMetricFamily(self.name, self.help, labels=self.label_names)
+        for values, child in list(self.children.items()):
+            family.add_metric(list(values), child.value)
+        return family
+
+
+class NodeMetrics(Collector):
+    def __init__(self) -> None:
+        self.families: list[Family] = []
+        counter, gauge = self._counter, self._gauge
+        self.connections = counter("resist_node_connections", "Client connections accepted")
+        self.active = gauge("resist_node_connections_active", "Client connections open")
+        self.rejected = counter(
             "resist_node_connections_rejected",
             "Client connections closed at once by a limit",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.handshake_failures = Counter(
+        self.handshake_failures = counter(
             "resist_node_handshake_failures",
             "SOCKS handshakes that failed before a request",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.auth_failures = Counter(
-            "resist_node_auth_failures", "Failed RFC 1929 authentications", ["reason"], registry=r
+        self.auth_failures = counter(
+            "resist_node_auth_failures", "Failed RFC 1929 authentications", "reason"
         )
-        self.requests = Counter(
-            "resist_node_requests", "SOCKS requests by command", ["command"], registry=r
+        self.requests = counter("resist_node_requests", "SOCKS requests by command", "command")
+        self.replies = counter("resist_node_replies", "SOCKS request replies by code", "reply")
+        self.policy_refusals = counter(
+            "resist_node_policy_refusals", "Destinations refused by the egress policy", "reason"
         )
-        self.replies = Counter(
-            "resist_node_replies", "SOCKS request replies by code", ["reply"], registry=r
-        )
-        self.policy_refusals = Counter(
-            "resist_node_policy_refusals",
-            "Destinations refused by the egress policy",
-            ["reason"],
-            registry=r,
-        )
-        self.bytes = Counter(
+        self.bytes = counter(
             "resist_node_bytes",
             "Bytes relayed (up: client to destination, down: back)",
-            ["direction"],
-            registry=r,
+            "direction",
         )
-        self.user_bytes = Counter(
-            "resist_node_user_bytes", "Bytes relayed per user", ["user", "direction"], registry=r
+        self.user_bytes = counter(
+            "resist_node_user_bytes", "Bytes relayed per user", "user", "direction"
         )
-        self.udp_datagrams = Counter(
-            "resist_node_udp_datagrams",
-            "UDP datagrams relayed or dropped",
-            ["direction", "outcome"],
-            registry=r,
+        self.udp_datagrams = counter(
+            "resist_node_udp_datagrams", "UDP datagrams relayed or dropped", "direction", "outcome"
         )
-        self.udp_associations = Gauge(
-            "resist_node_udp_associations", "UDP associations open", registry=r
-        )
+        self.udp_associations = gauge("resist_node_udp_associations", "UDP associations open")
         self._bytes_up = self.bytes.labels("up")
         self._bytes_down = self.bytes.labels("down")
+        self.request_by_command = {c: self.requests.labels(c.name.lower()) for c in Command}
+        self.reply_by_code = {r: self.replies.labels(r.name.lower()) for r in Reply}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def _counter(self, name: str, help: str, *labels: str) -> Family:
+        family = Family(name, help, labels, kind="counter")
+        self.families.append(family)
+        return family
+
+    def _gauge(self, name: str, help: str, *labels: str) -> Family:
+        family = Family(name, help, labels, kind="gauge")
+        self.families.append(family)
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.collect()
 
     def add_bytes(self, user: str | None, up: int, down: int) -> None:
-        if up:
-            self._bytes_up.inc(up)
-        if down:
-            self._bytes_down.inc(down)
-        if user is not None:
-            if up:
-                self.user_bytes.labels(user, "up").inc(up)
-            if down:
-                self.user_bytes.labels(user, "down").inc(down)
+        self._bytes_up.value += up
+        self._bytes_down.value += down
+        if user is not None and (up or down):
+            self.user_bytes.labels(user, "up").value += up
+            self.user_bytes.labels(user, "down").value += down

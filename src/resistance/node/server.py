@@ -38,6 +38,9 @@ log = logging.getLogger("resistance.node")
 RECV_SIZE = 4096
 ACCEPT_BATCH = 64
 SWEEP_SECONDS = 5.0
+# Pipes of 1 MiB let one splice move a large chunk; pages are only used while
+# data is in flight, and an empty pipe goes back to the pool.
+PIPE_SIZE = 1 << 20
 
 
 class RawSession(Session):
@@ -45,8 +48,8 @@ class RawSession(Session):
 
     __slots__ = ("fd", "reading", "sock")
 
-    def __init__(self, node: Node, sock: socket.socket, peer_ip: str, local_ip: str) -> None:
-        super().__init__(node, peer_ip, local_ip)
+    def __init__(self, node: Node, sock: socket.socket, peer_ip: str) -> None:
+        super().__init__(node, peer_ip)
         self.sock = sock
         self.fd = sock.fileno()
         self.reading = True
@@ -64,6 +67,9 @@ class RawSession(Session):
             self.feed(data)
         else:
             self.on_eof()
+
+    def local_ip(self) -> str:
+        return str(self.sock.getsockname()[0])
 
     def write(self, data: bytes) -> None:
         # Handshake replies are tiny and the socket's send buffer is empty:
@@ -84,7 +90,8 @@ class RawSession(Session):
             self.node.loop.add_reader(self.fd, self.on_readable)
 
     def start_relay(self, upstream: socket.socket, early: bytes) -> None:
-        self.pause_reading()
+        # The relay's reader replaces ours on the same descriptor (no epoll round trip).
+        self.reading = False
         relay = Relay(
             self.node.loop,
             self.sock,
@@ -113,12 +120,16 @@ class RawSession(Session):
 class TlsSession(Session):
     """A client on the TLS listener; the relay copies through transports."""
 
-    __slots__ = ("closed", "transport")
+    __slots__ = ("_local_ip", "closed", "transport")
 
     def __init__(self, node: Node, transport: asyncio.Transport, peer_ip: str, local_ip: str):
-        super().__init__(node, peer_ip, local_ip)
+        super().__init__(node, peer_ip)
         self.transport: asyncio.Transport = transport
         self.closed = False
+        self._local_ip = local_ip
+
+    def local_ip(self) -> str:
+        return self._local_ip
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -132,6 +143,7 @@ class TlsSession(Session):
             self.transport.resume_reading()
 
     def start_relay(self, upstream: socket.socket, early: bytes) -> None:
+        self.transport.pause_reading()  # until the relay owns the transport
         relay = TransportRelay(self._relay_closed)
         self.relay = relay
         self.task = self.node.loop.create_task(
@@ -229,15 +241,8 @@ class Listener:
             if not node.admit(addr[0]):
                 sock.close()
                 continue
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                local_ip = sock.getsockname()[0]
-            except OSError:
-                sock.close()
-                node.forget(addr[0])
-                continue
-            node.session_opened(RawSession(node, sock, addr[0], local_ip))
+            sock.setblocking(False)  # TCP_NODELAY is inherited from the listener
+            node.session_opened(RawSession(node, sock, addr[0]))
 
     def _resume(self) -> None:
         self.paused = None
@@ -262,6 +267,7 @@ def _listening_socket(endpoint: Endpoint) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -305,7 +311,7 @@ class Node:
         use_splice = settings.relay != "copy" and HAS_SPLICE
         if settings.relay == "splice" and not HAS_SPLICE:
             raise ConfigError("relay = splice needs Linux (os.splice is not available here)")
-        self.pipes: PipePool | None = PipePool() if use_splice else None
+        self.pipes: PipePool | None = PipePool(size=PIPE_SIZE) if use_splice else None
         self.sessions: set[Session] = set()
         self.udp_associations: set[UdpAssociation] = set()
         self.per_ip: dict[str, int] = {}

@@ -26,6 +26,7 @@ from resistance.errors import BufferOverflow, ProtocolError
 from resistance.node.udp import UdpAssociation
 from resistance.proto.socks5 import (
     ANY_IPV4,
+    PAUSED,
     Address,
     AddressType,
     AuthRequest,
@@ -67,7 +68,6 @@ class Session:
         "candidates",
         "conn",
         "dial_sock",
-        "local_ip",
         "node",
         "peer_ip",
         "relay",
@@ -78,10 +78,9 @@ class Session:
         "user",
     )
 
-    def __init__(self, node: Node, peer_ip: str, local_ip: str) -> None:
+    def __init__(self, node: Node, peer_ip: str) -> None:
         self.node = node
         self.peer_ip = peer_ip
-        self.local_ip = local_ip
         self.conn: ServerConnection | None = ServerConnection(require_auth=node.users is not None)
         self.user: str | None = None
         self.request: CommandRequest | None = None
@@ -96,6 +95,10 @@ class Session:
         self.bind_listener: socket.socket | None = None
 
     # -- I/O hooks --------------------------------------------------------------
+
+    def local_ip(self) -> str:
+        """The node's address this client reached (for UDP and BIND replies)."""
+        raise NotImplementedError
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError
@@ -134,10 +137,13 @@ class Session:
                     out = conn.data_to_send()
                     if out:
                         self.write(out)
-                    self.pause_reading()
                     self._on_request(event)
                     return
                 else:
+                    if event is PAUSED:
+                        # Bytes ahead of our reply: keep them, but read no more
+                        # until the request is answered (the buffer stays bounded).
+                        self.pause_reading()
                     break
         except ProtocolError as exc:
             self._protocol_error(conn, exc)
@@ -172,7 +178,7 @@ class Session:
             self.node.metrics.auth_failures.labels(reason).inc()
         elif exc.reply[:1] == b"\x05" and len(exc.reply) > 2:
             reason = f"reply-{exc.reply[1]:#04x}"
-            self.node.metrics.replies.labels(Reply(exc.reply[1]).name.lower()).inc()
+            self.node.metrics.reply_by_code[Reply(exc.reply[1])].inc()
         else:
             reason = "malformed"
         self.node.metrics.handshake_failures.labels(reason).inc()
@@ -196,7 +202,7 @@ class Session:
         self.request = request
         node = self.node
         command = request.command
-        node.metrics.requests.labels(command.name.lower()).inc()
+        node.metrics.request_by_command[command].inc()
         if node.log_destinations:
             log.info("%s %s:%s", command.name, request.address.host, request.address.port)
         if command is Command.CONNECT:
@@ -292,11 +298,10 @@ class Session:
             return
         family, sockaddr = self.candidates.pop(0)
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             self._dial_next(exc.errno)
             return
-        sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = sock.connect_ex(sockaddr)
@@ -351,7 +356,7 @@ class Session:
             self.reply_and_close(reply_for_errno(exc.errno))
             return
         conn.reply(Reply.SUCCEEDED, Address.from_ip(host, port))
-        self.node.metrics.replies.labels("succeeded").inc()
+        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
         self.write(conn.data_to_send())
         early = conn.take_early_data()
         self.conn = None
@@ -361,7 +366,7 @@ class Session:
         conn = self.conn
         if conn is not None and conn.state in (State.REPLY_PENDING, State.BIND_PENDING):
             conn.reply(code)
-            self.node.metrics.replies.labels(code.name.lower()).inc()
+            self.node.metrics.reply_by_code[code].inc()
             self.write(conn.data_to_send())
         self.close()
 
@@ -372,7 +377,7 @@ class Session:
         assert conn is not None
         hint_port = hint.port if hint.type is not AddressType.DOMAIN else 0
         try:
-            self.udp = UdpAssociation(self.node, self, self.peer_ip, hint_port, self.local_ip)
+            self.udp = UdpAssociation(self.node, self, self.peer_ip, hint_port, self.local_ip())
         except OSError as exc:
             self.reply_and_close(reply_for_errno(exc.errno))
             return
@@ -380,7 +385,7 @@ class Session:
             self.timer.cancel()
             self.timer = None
         conn.reply(Reply.SUCCEEDED, self.udp.bound_address())
-        self.node.metrics.replies.labels("succeeded").inc()
+        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
         self.write(conn.data_to_send())
         conn.take_early_data()
         self.resume_reading()  # to learn when the control connection ends
@@ -391,11 +396,12 @@ class Session:
         conn = self.conn
         assert conn is not None and self.request is not None
         expected = candidates[0][1][0]
-        family = socket.AF_INET6 if ":" in self.local_ip else socket.AF_INET
         try:
+            local_ip = self.local_ip()
+            family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
             listener = socket.socket(family, socket.SOCK_STREAM)
             listener.setblocking(False)
-            listener.bind((self.local_ip, 0))
+            listener.bind((local_ip, 0))
             listener.listen(1)
         except OSError as exc:
             self.reply_and_close(reply_for_errno(exc.errno))
@@ -435,7 +441,7 @@ class Session:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.reply(Reply.SUCCEEDED, Address.from_ip(addr[0], addr[1]))
-        self.node.metrics.replies.labels("succeeded").inc()
+        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
         self.write(conn.data_to_send())
         self.pause_reading()
         early = conn.take_early_data()
