@@ -24,6 +24,8 @@ import socket
 import ssl
 from typing import Any, cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from resistance.config import Endpoint, NodeSettings
 from resistance.errors import ConfigError
 from resistance.net.relay import HAS_SPLICE, PipePool, Relay, TransportRelay
@@ -300,8 +302,10 @@ class Node:
         policy: EgressPolicy,
         metrics: NodeMetrics | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        identity: Ed25519PrivateKey | None = None,
     ) -> None:
         self.settings = settings
+        self.identity = identity
         self.limits = settings.limits
         self.users = users
         self.policy = policy

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from resistance import __version__
 from resistance.config import Endpoint, NodeSettings
 from resistance.errors import ConfigError
 from resistance.links import qr_terminal, socks_links
 from resistance.net.relay import HAS_SPLICE
+from resistance.node.identity import load_or_create_identity, probe_credential, public_key_text
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
 from resistance.node.server import Node, raise_nofile_limit
@@ -43,13 +46,17 @@ class Access:
 
 
 def build_access(settings: NodeSettings, state_dir: Path) -> Access:
+    """The user table: configured users (or the generated one) plus the probe user."""
     if settings.no_auth:
         return Access(None, None, None, False, False)
+    probe_name, probe_password = probe_credential(state_dir)
     if settings.users:
         name, password = next(iter(settings.users.items()))
-        return Access(UserDB(settings.users), name, password, False, False)
+        users = {**settings.users, probe_name: probe_password}
+        return Access(UserDB(users), name, password, False, False)
     name, password, created = generated_user(state_dir)
-    return Access(UserDB({name: password}), name, password, True, created)
+    users = {name: password, probe_name: probe_password}
+    return Access(UserDB(users), name, password, True, created)
 
 
 def build_policy(settings: NodeSettings) -> EgressPolicy:
@@ -78,9 +85,12 @@ def run_node(load_settings: Callable[[], NodeSettings], *, out: TextIO = sys.std
     state_dir = resolve_state_dir(settings.state_dir)
     access = build_access(settings, state_dir)
     policy = build_policy(settings)
+    identity = load_or_create_identity(state_dir)
     nofile = raise_nofile_limit()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, load_settings, state_dir, access, policy, nofile, out))
+        return runner.run(
+            _serve(settings, load_settings, state_dir, access, policy, identity, nofile, out)
+        )
 
 
 async def _serve(
@@ -89,18 +99,29 @@ async def _serve(
     state_dir: Path,
     access: Access,
     policy: EgressPolicy,
+    identity: Ed25519PrivateKey,
     nofile: int,
     out: TextIO,
 ) -> int:
     loop = asyncio.get_running_loop()
     metrics = NodeMetrics()
-    node = Node(settings, users=access.users, policy=policy, metrics=metrics, loop=loop)
+    node = Node(
+        settings,
+        users=access.users,
+        policy=policy,
+        metrics=metrics,
+        loop=loop,
+        identity=identity if access.users is not None else None,
+    )
     await node.start()
     metrics_server: Any = None
     try:
         if settings.metrics is not None:
             metrics_server = _start_metrics(metrics, settings.metrics)
         _print_banner(settings, node, access, state_dir, nofile, out)
+        log.info("node identity %s", public_key_text(identity))
+        if access.users is None:
+            log.warning("without authentication the node cannot prove its identity to a registry")
     except BaseException:
         await node.stop()
         raise
@@ -162,7 +183,8 @@ def _print_banner(
     if access.users is None:
         auth = "NO AUTHENTICATION (--no-auth)"
     else:
-        auth = f"{len(access.users)} user{'s' if len(access.users) != 1 else ''}"
+        shown = len(access.users) - 1  # the probe user is the node's own
+        auth = f"{shown} user{'s' if shown != 1 else ''}"
     lines = [f"resist node {__version__} ({relay} relay, {auth}, fd limit {nofile})"]
     for endpoint in node.bound:
         lines.append(f"listening on socks5://{endpoint}")

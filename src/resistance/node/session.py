@@ -23,6 +23,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from resistance.errors import BufferOverflow, ProtocolError
+from resistance.node.identity import CHALLENGE_SUFFIX, challenge_message, parse_challenge
 from resistance.node.udp import UdpAssociation
 from resistance.proto.socks5 import (
     ANY_IPV4,
@@ -206,6 +207,11 @@ class Session:
         if node.log_destinations:
             log.info("%s %s:%s", command.name, request.address.host, request.address.port)
         if command is Command.CONNECT:
+            if request.address.type is AddressType.DOMAIN and request.address.host.endswith(
+                CHALLENGE_SUFFIX
+            ):
+                self._answer_challenge(request.address.host)
+                return
             verdict = node.policy.check_port(request.address.port)
             if not verdict.allowed:
                 self._refuse(verdict.reason)
@@ -226,6 +232,19 @@ class Session:
                 self._bind([(socket.AF_INET, (address.host, address.port))])
             else:
                 self._resolve_then(address, self._bind)
+
+    def _answer_challenge(self, host: str) -> None:
+        """Prove to a registry that this node holds its identity key."""
+        nonce = parse_challenge(host)
+        identity = self.node.identity
+        conn = self.conn
+        if nonce is None or identity is None or conn is None:
+            self.reply_and_close(Reply.HOST_UNREACHABLE)
+            return
+        conn.reply(Reply.SUCCEEDED)
+        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        self.write(conn.data_to_send() + identity.sign(challenge_message(nonce)))
+        self.close()
 
     def _refuse(self, reason: str) -> None:
         self.node.metrics.policy_refusals.labels(reason).inc()

@@ -1,0 +1,116 @@
+"""A node's identity: the key that proves to a registry who runs this endpoint.
+
+The node makes an Ed25519 key on first run and keeps it in its state
+directory (PKCS8 PEM, mode 0600).  A registry that wants proof that an
+operator controls an endpoint connects to it over SOCKS5, authenticates with
+the node's probe credential (a user the node makes for registries and
+probes), and sends CONNECT to the name ``<32 hex digits>.challenge.resist.invalid``
+port 0.  The node answers "succeeded" and then the 64-byte Ed25519 signature
+of ``b"resist-node-challenge/1\\n" + nonce`` and closes.  ``.invalid`` is a
+reserved top-level domain (RFC 2606), so the name can never be a real
+destination, and the challenge is only reachable after authentication, so a
+scanner cannot fingerprint a node by it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from pathlib import Path
+from typing import Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from resistance.errors import ConfigError
+from resistance.paths import write_private
+
+IDENTITY_FILE: Final = "node-identity.pem"
+PROBE_USER_FILE: Final = "node-probe-user.txt"
+CHALLENGE_SUFFIX: Final = ".challenge.resist.invalid"
+CHALLENGE_CONTEXT: Final = b"resist-node-challenge/1\n"
+_CHALLENGE_NAME: Final = re.compile(r"([0-9a-f]{32})\.challenge\.resist\.invalid")
+
+
+def load_identity(state_dir: Path) -> Ed25519PrivateKey | None:
+    """The node's key if it has one."""
+    path = state_dir / IDENTITY_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError:
+        raise ConfigError(f"{path} is not a PEM private key; remove it to make a new one") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def load_or_create_identity(state_dir: Path) -> Ed25519PrivateKey:
+    """The node's key, made on first use."""
+    key = load_identity(state_dir)
+    if key is None:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_private(state_dir / IDENTITY_FILE, pem.decode())
+    return key
+
+
+def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The public key as unpadded base64url of its 32 raw bytes."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def public_key_from_text(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        if len(raw) != 32:
+            raise ValueError
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise ConfigError(f"{text[:60]!r} is not an Ed25519 public key") from None
+
+
+def probe_credential(state_dir: Path) -> tuple[str, str]:
+    """The user the node keeps for registries and probes, made on first use."""
+    path = state_dir / PROBE_USER_FILE
+    try:
+        name, sep, password = path.read_text().strip().partition(":")
+    except FileNotFoundError:
+        name, password = "probe-" + secrets.token_hex(4), secrets.token_urlsafe(24)
+        write_private(path, f"{name}:{password}\n")
+        return name, password
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if not sep or not name or not password:
+        raise ConfigError(f"{path} is damaged: expected one NAME:PASSWORD line; remove it")
+    return name, password
+
+
+def challenge_message(nonce: bytes) -> bytes:
+    """What the node signs to answer a challenge."""
+    if len(nonce) != 16:
+        raise ValueError("a challenge nonce is 16 bytes")
+    return CHALLENGE_CONTEXT + nonce
+
+
+def challenge_name(nonce: bytes) -> str:
+    """The name a registry CONNECTs to in order to challenge a node."""
+    return nonce.hex() + CHALLENGE_SUFFIX
+
+
+def parse_challenge(host: str) -> bytes | None:
+    """The nonce if ``host`` is a well-formed challenge name, else ``None``."""
+    m = _CHALLENGE_NAME.fullmatch(host)
+    return bytes.fromhex(m.group(1)) if m else None
