@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -70,7 +71,12 @@ def build_policy(settings: NodeSettings) -> EgressPolicy:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where installed (it is a dependency on Linux), else asyncio's loop."""
+    """uvloop where installed (it is a dependency on Linux), else asyncio's loop.
+
+    ``RESIST_EVENT_LOOP=asyncio`` picks asyncio's own loop (for comparison).
+    """
+    if os.environ.get("RESIST_EVENT_LOOP") == "asyncio":
+        return asyncio.new_event_loop()
     try:
         import uvloop
     except ImportError:

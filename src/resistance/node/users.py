@@ -7,7 +7,6 @@ nothing about the password, its length, or whether the user exists.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -31,7 +30,7 @@ class UserDB:
         self._dummy = self._digest(os.urandom(16))
 
     def _digest(self, password: bytes) -> bytes:
-        return hmac.new(self._key, password, hashlib.sha256).digest()
+        return hmac.digest(self._key, password, "sha256")
 
     def __len__(self) -> int:
         return len(self._digests)

@@ -1,0 +1,112 @@
+"""Canonical bytes: the one serialization that signatures cover.
+
+Definition (``resist-canonical-json/1``):
+
+* JSON (RFC 8259) encoded as UTF-8, no byte order mark;
+* object keys sorted by their Unicode code points, no duplicate keys;
+* no whitespace at all: separators are ``,`` and ``:``;
+* non-ASCII characters written as themselves (UTF-8), never ``\\uXXXX``
+  escapes, except the control characters JSON requires to be escaped;
+* values are objects, arrays, strings, ``true``, ``false``, ``null`` and
+  integers only; floats (and NaN, infinities) are refused, so no two
+  implementations can disagree about a number's text;
+* integers must fit in a signed 64-bit range, so every JSON parser agrees.
+
+Two documents are the same iff their canonical bytes are the same, so a
+signature over these bytes is a signature over the document's meaning.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from resistance.errors import ResistanceError
+
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
+_MAX_DEPTH = 32
+
+
+class CanonicalError(ResistanceError):
+    """A value has no canonical form (a float, a huge integer, a bad key...)."""
+
+
+def _check(value: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise CanonicalError(f"nested deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool | str):
+        if isinstance(value, str):
+            _check_text(value)
+        return
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise CanonicalError(f"integer {value} is outside the signed 64-bit range")
+        return
+    if isinstance(value, float):
+        raise CanonicalError("floats have no canonical form: use integers")
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CanonicalError(f"object key {key!r} is not a string")
+            _check_text(key)
+            _check(item, depth + 1)
+        return
+    raise CanonicalError(f"{type(value).__name__} has no canonical JSON form")
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The canonical bytes of a JSON value (see the module docstring)."""
+    _check(value, 0)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise CanonicalError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_float(text: str) -> Any:
+    raise CanonicalError(f"number {text} is not an integer")
+
+
+def _no_constant(text: str) -> Any:
+    raise CanonicalError(f"{text} is not JSON")
+
+
+def parse_strict(data: bytes) -> Any:
+    """Parse JSON refusing floats, NaN and duplicate keys (what canonical bytes allow)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CanonicalError("not UTF-8") from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+        )
+    except json.JSONDecodeError as exc:
+        raise CanonicalError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise CanonicalError("nested too deeply") from None
+    _check(value, 0)
+    return value
