@@ -3,12 +3,15 @@
 Theory of operation
 -------------------
 A :class:`Relay` joins two connected non-blocking sockets with two pumps, one
-per direction.  A pump waits for its source to become readable (an event
-loop reader callback), moves what is there towards its destination, and if
-the destination cannot take it all, stops reading its source and waits for
-the destination to become writable instead.  So at most one chunk per
-direction is ever in flight: a slow reader stops its writer, and memory never
-grows with what the peers send (backpressure).
+per direction.  Both sockets are watched edge-triggered through the
+:class:`~resistance.net.reactor.Reactor`; an edge marks a side readable or
+writable until an operation meets ``EAGAIN``.  A pump moves a chunk from its
+source towards its destination while both allow it; when the destination
+cannot take it all, the pump simply stops until the destination's next
+writable edge, leaving further input in the kernel.  So at most one chunk
+per direction is ever in flight: a slow reader stops its writer, and memory
+never grows with what the peers send (backpressure).  After a bounded
+number of chunks a busy pump yields to other connections.
 
 On Linux the chunk is moved with ``os.splice`` from the source socket into a
 pipe and from the pipe into the destination socket: the bytes stay in the
@@ -35,12 +38,16 @@ import socket
 from collections.abc import Callable
 from typing import Final, cast
 
+from resistance.net.reactor import READABLE, WRITABLE, Reactor
+
 HAS_SPLICE: Final = hasattr(os, "splice")
 _SPLICE_FLAGS: Final = (
     getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0) if HAS_SPLICE else 0
 )
 DEFAULT_CHUNK: Final = 1 << 20
 COPY_BUFFER: Final = 64 * 1024
+ROUNDS: Final = 16
+"""Chunks a pump moves per turn before yielding to other connections."""
 
 
 class PipePool:
@@ -81,26 +88,29 @@ class PipePool:
 
 
 class _Pump:
-    """One direction of a relay: from ``src`` to ``dst``."""
+    """One direction of a relay: from ``src`` to ``dst``.
+
+    ``readable`` and ``writable`` remember the last edge seen on each side
+    until an operation meets ``EAGAIN``; :meth:`run` moves bytes while both
+    allow it, a bounded number of rounds at a time.
+    """
 
     __slots__ = (
         "done",
         "dst",
         "dst_fd",
         "eof",
-        "loop",
         "moved",
         "pending",
-        "reading",
+        "readable",
         "relay",
         "src",
         "src_fd",
-        "writing",
+        "writable",
     )
 
     def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket) -> None:
         self.relay = relay
-        self.loop = relay.loop
         self.src = src
         self.dst = dst
         self.src_fd = src.fileno()
@@ -109,49 +119,38 @@ class _Pump:
         self.moved = 0
         self.eof = False
         self.done = False
-        self.reading = False
-        self.writing = False
+        # Bytes may already wait on either side: look once before the first edge.
+        self.readable = True
+        self.writable = True
 
-    def start(self) -> None:
-        self.reading = True
-        self.loop.add_reader(self.src_fd, self.on_readable)
+    def run(self) -> None:
+        if self.done or self.relay.closed:
+            return
+        for _ in range(ROUNDS):
+            if self.pending:
+                if not self.writable or not self._flush():
+                    return
+                continue
+            if self.eof:
+                self._finish()
+                return
+            if not self.readable:
+                return
+            n = self._fill()
+            if n < 0:
+                return
+            if n == 0:
+                self.eof = True
+        # Still busy after a fair share: let other connections run first.
+        self.relay.loop.call_soon(self.run)
 
-    def on_readable(self) -> None:
+    def _fill(self) -> int:
+        """Read a chunk; bytes read, 0 at EOF, -1 when nothing more can be read now."""
         raise NotImplementedError
 
-    def on_writable(self) -> None:
-        self.relay.idle = 0
-        self.drain()
-
-    def drain(self) -> None:
+    def _flush(self) -> bool:
+        """Write what is pending; ``True`` once all of it is written."""
         raise NotImplementedError
-
-    def _blocked(self) -> None:
-        """The destination is full: wait for it instead of reading more."""
-        if self.reading:
-            self.loop.remove_reader(self.src_fd)
-            self.reading = False
-        if not self.writing:
-            self.loop.add_writer(self.dst_fd, self.on_writable)
-            self.writing = True
-
-    def _drained(self) -> None:
-        if self.writing:
-            self.loop.remove_writer(self.dst_fd)
-            self.writing = False
-        if self.eof:
-            self._finish()
-        elif not self.reading:
-            self.loop.add_reader(self.src_fd, self.on_readable)
-            self.reading = True
-
-    def _at_eof(self) -> None:
-        self.eof = True
-        if self.reading:
-            self.loop.remove_reader(self.src_fd)
-            self.reading = False
-        if not self.pending:
-            self._finish()
 
     def _finish(self) -> None:
         self.done = True
@@ -165,12 +164,7 @@ class _Pump:
             pass
 
     def stop(self) -> None:
-        if self.reading:
-            self.loop.remove_reader(self.src_fd)
-            self.reading = False
-        if self.writing:
-            self.loop.remove_writer(self.dst_fd)
-            self.writing = False
+        pass
 
 
 class _SplicePump(_Pump):
@@ -184,28 +178,27 @@ class _SplicePump(_Pump):
         self.pipe: tuple[int, int] | None = None
         self.chunk = relay.chunk
 
-    def on_readable(self) -> None:
-        self.relay.idle = 0
+    def _fill(self) -> int:
         pipe = self.pipe
         if pipe is None:
             pipe = self.pipe = self.pool.get()
         try:
             n = os.splice(self.src_fd, pipe[1], self.chunk, flags=_SPLICE_FLAGS)
         except BlockingIOError:
+            self.readable = False
             self._release()
-            return
+            return -1
         except OSError as exc:
             self.relay.fail(exc)
-            return
-        if n == 0:
+            return -1
+        if n:
+            self.moved += n
+            self.pending = n
+        else:
             self._release()
-            self._at_eof()
-            return
-        self.moved += n
-        self.pending = n
-        self.drain()
+        return n
 
-    def drain(self) -> None:
+    def _flush(self) -> bool:
         pipe = self.pipe
         assert pipe is not None
         pending = self.pending
@@ -214,16 +207,16 @@ class _SplicePump(_Pump):
                 n = os.splice(pipe[0], self.dst_fd, pending, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 self.pending = pending
-                self._blocked()
-                return
+                self.writable = False
+                return False
             except OSError as exc:
                 self.pending = pending
                 self.relay.fail(exc)
-                return
+                return False
             pending -= n
         self.pending = 0
         self._release()
-        self._drained()
+        return True
 
     def _release(self) -> None:
         if self.pipe is not None and not self.pending:
@@ -231,7 +224,6 @@ class _SplicePump(_Pump):
             self.pipe = None
 
     def stop(self) -> None:
-        super().stop()
         if self.pipe is not None:
             if self.pending:
                 os.close(self.pipe[0])
@@ -250,44 +242,40 @@ class _CopyPump(_Pump):
         self.view: memoryview | None = None
         self.offset = 0
 
-    def on_readable(self) -> None:
-        self.relay.idle = 0
+    def _fill(self) -> int:
         if self.view is None:
             self.buf = bytearray(COPY_BUFFER)
             self.view = memoryview(self.buf)
         try:
             n = self.src.recv_into(self.view)
         except BlockingIOError:
-            return
+            self.readable = False
+            return -1
         except OSError as exc:
             self.relay.fail(exc)
-            return
-        if n == 0:
-            self._at_eof()
-            return
+            return -1
         self.moved += n
         self.offset = 0
         self.pending = n
-        self.drain()
+        return n
 
-    def drain(self) -> None:
+    def _flush(self) -> bool:
         view = self.view
         assert view is not None
         while self.pending:
             try:
                 n = self.dst.send(view[self.offset : self.offset + self.pending])
             except BlockingIOError:
-                self._blocked()
-                return
+                self.writable = False
+                return False
             except OSError as exc:
                 self.relay.fail(exc)
-                return
+                return False
             self.offset += n
             self.pending -= n
-        self._drained()
+        return True
 
     def stop(self) -> None:
-        super().stop()
         if self.view is not None:
             self.view.release()
             self.view = None
@@ -297,11 +285,24 @@ class _CopyPump(_Pump):
 class Relay:
     """Relays an established client connection and its upstream connection."""
 
-    __slots__ = ("chunk", "client", "closed", "down", "idle", "loop", "on_close", "up", "upstream")
+    __slots__ = (
+        "chunk",
+        "client",
+        "client_fd",
+        "closed",
+        "down",
+        "idle",
+        "loop",
+        "on_close",
+        "reactor",
+        "up",
+        "upstream",
+        "upstream_fd",
+    )
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        reactor: Reactor,
         client: socket.socket,
         upstream: socket.socket,
         *,
@@ -309,9 +310,12 @@ class Relay:
         on_close: Callable[[Relay, OSError | None], None],
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
-        self.loop = loop
+        self.reactor = reactor
+        self.loop = reactor.loop
         self.client = client
         self.upstream = upstream
+        self.client_fd = client.fileno()
+        self.upstream_fd = upstream.fileno()
         self.on_close = on_close
         self.chunk = chunk
         self.closed = False
@@ -347,8 +351,28 @@ class Relay:
                 # buffer, so this cannot happen short of a broken stack.
                 self.fail(OSError(errno.ENOBUFS, "early data did not fit the send buffer"))
                 return
-        self.up.start()
-        self.down.start()
+        self.reactor.watch(self.client_fd, self.on_client_event)
+        self.reactor.watch(self.upstream_fd, self.on_upstream_event)
+        self.up.run()
+        self.down.run()
+
+    def on_client_event(self, events: int) -> None:
+        self.idle = 0
+        if events & READABLE:
+            self.up.readable = True
+            self.up.run()
+        if events & WRITABLE:
+            self.down.writable = True
+            self.down.run()
+
+    def on_upstream_event(self, events: int) -> None:
+        self.idle = 0
+        if events & READABLE:
+            self.down.readable = True
+            self.down.run()
+        if events & WRITABLE:
+            self.up.writable = True
+            self.up.run()
 
     def fail(self, exc: OSError) -> None:
         self.close(exc)
@@ -359,6 +383,8 @@ class Relay:
         self.closed = True
         self.up.stop()
         self.down.stop()
+        self.reactor.forget(self.client_fd)
+        self.reactor.forget(self.upstream_fd)
         self.client.close()
         self.upstream.close()
         self.on_close(self, exc)

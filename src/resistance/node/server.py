@@ -4,7 +4,7 @@ The plain listener accepts with a reader callback on a non-blocking socket
 and hands each client to a :class:`RawSession`, which reads the handshake
 with ``recv`` and, once the destination is connected, gives both sockets to
 a splice :class:`~resistance.net.relay.Relay`.  The TLS listener is an
-asyncio server whose :class:`TlsSession` relays through transports.
+asyncio server whose :class:`StreamSession` relays through transports.
 
 Limits hold at every stage: total and per-address connection caps at
 accept, the handshake timeout until a relay starts, the connect and DNS
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance.config import Endpoint, NodeSettings
 from resistance.errors import ConfigError
+from resistance.net.reactor import HAS_EPOLL, READABLE, Reactor
 from resistance.net.relay import HAS_SPLICE, PipePool, Relay, TransportRelay
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
@@ -46,29 +47,43 @@ PIPE_SIZE = 1 << 20
 
 
 class RawSession(Session):
-    """A client on the plain listener, served over its raw socket."""
+    """A client on the plain listener, served over its raw socket.
 
-    __slots__ = ("fd", "reading", "sock")
+    Its socket is watched edge-triggered by the node's reactor from accept to
+    close; the relay takes the same registration over.
+    """
 
-    def __init__(self, node: Node, sock: socket.socket, peer_ip: str) -> None:
+    __slots__ = ("fd", "paused", "sock")
+
+    def __init__(self, node: Node, sock: socket.socket, peer_ip: str, reactor: Reactor) -> None:
         super().__init__(node, peer_ip)
         self.sock = sock
         self.fd = sock.fileno()
-        self.reading = True
-        node.loop.add_reader(self.fd, self.on_readable)
+        self.paused = False
+        reactor.watch(self.fd, self.on_event)
+
+    def on_event(self, events: int) -> None:
+        if events & READABLE and not self.paused:
+            self.on_readable()
 
     def on_readable(self) -> None:
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close()
-            return
-        if data:
+        for _ in range(4):
+            if self.fd < 0 or self.paused:
+                return
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            if not data:
+                self.on_eof()
+                return
             self.feed(data)
-        else:
-            self.on_eof()
+            if len(data) < RECV_SIZE:
+                return  # drained: any later byte brings a new edge
+        self.node.loop.call_soon(self.on_readable)  # a firehose: let others run first
 
     def local_ip(self) -> str:
         return str(self.sock.getsockname()[0])
@@ -82,20 +97,19 @@ class RawSession(Session):
             pass
 
     def pause_reading(self) -> None:
-        if self.reading:
-            self.reading = False
-            self.node.loop.remove_reader(self.fd)
+        # Edge-triggered: unread bytes simply wait in the kernel.
+        self.paused = True
 
     def resume_reading(self) -> None:
-        if not self.reading and self.fd >= 0:
-            self.reading = True
-            self.node.loop.add_reader(self.fd, self.on_readable)
+        if self.paused and self.fd >= 0:
+            self.paused = False
+            self.node.loop.call_soon(self.on_readable)  # no edge comes for bytes already there
 
     def start_relay(self, upstream: socket.socket, early: bytes) -> None:
-        # The relay's reader replaces ours on the same descriptor (no epoll round trip).
-        self.reading = False
+        reactor = self.node.reactor
+        assert reactor is not None
         relay = Relay(
-            self.node.loop,
+            reactor,
             self.sock,
             upstream,
             pool=self.node.pipes,
@@ -113,14 +127,16 @@ class RawSession(Session):
             self.relay.close()
             return
         if self.fd >= 0:
-            self.pause_reading()
+            assert self.node.reactor is not None
+            self.node.reactor.forget(self.fd)
             self.fd = -1
             self.sock.close()
             self.node.session_closed(self, 0, 0)
 
 
-class TlsSession(Session):
-    """A client on the TLS listener; the relay copies through transports."""
+class StreamSession(Session):
+    """A client on an asyncio transport (the TLS listener, or any listener where
+    epoll is missing); the relay copies through transports."""
 
     __slots__ = ("_local_ip", "closed", "transport")
 
@@ -146,6 +162,8 @@ class TlsSession(Session):
 
     def start_relay(self, upstream: socket.socket, early: bytes) -> None:
         self.transport.pause_reading()  # until the relay owns the transport
+        if self.node.reactor is not None:
+            self.node.reactor.release(upstream.fileno())  # the transport watches it now
         relay = TransportRelay(self._relay_closed)
         self.relay = relay
         self.task = self.node.loop.create_task(
@@ -182,12 +200,12 @@ class TlsSession(Session):
             self.node.session_closed(self, 0, 0)
 
 
-class _TlsHandshake(asyncio.Protocol):
-    """Until the first bytes arrive a TLS client is only counted, not served."""
+class _StreamHandshake(asyncio.Protocol):
+    """Admits a transport client and feeds its session until a relay takes over."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.session: TlsSession | None = None
+        self.session: StreamSession | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
@@ -197,7 +215,7 @@ class _TlsHandshake(asyncio.Protocol):
         if peer is None or local is None or not self.node.admit(peer[0]):
             transport.abort()
             return
-        self.session = TlsSession(self.node, transport, peer[0], local[0])
+        self.session = StreamSession(self.node, transport, peer[0], local[0])
         self.node.session_opened(self.session)
 
     def data_received(self, data: bytes) -> None:
@@ -218,8 +236,9 @@ class _TlsHandshake(asyncio.Protocol):
 class Listener:
     """A non-blocking listening socket served by a reader callback."""
 
-    def __init__(self, node: Node, sock: socket.socket) -> None:
+    def __init__(self, node: Node, sock: socket.socket, reactor: Reactor) -> None:
         self.node = node
+        self.reactor = reactor
         self.sock = sock
         self.fd = sock.fileno()
         self.paused: asyncio.TimerHandle | None = None
@@ -244,7 +263,7 @@ class Listener:
                 sock.close()
                 continue
             sock.setblocking(False)  # TCP_NODELAY is inherited from the listener
-            node.session_opened(RawSession(node, sock, addr[0]))
+            node.session_opened(RawSession(node, sock, addr[0], self.reactor))
 
     def _resume(self) -> None:
         self.paused = None
@@ -312,15 +331,16 @@ class Node:
         self.log_destinations = settings.log_destinations
         self.metrics = metrics or NodeMetrics()
         self.loop = loop or asyncio.get_running_loop()
-        use_splice = settings.relay != "copy" and HAS_SPLICE
+        use_splice = settings.relay != "copy" and HAS_SPLICE and HAS_EPOLL
         if settings.relay == "splice" and not HAS_SPLICE:
             raise ConfigError("relay = splice needs Linux (os.splice is not available here)")
         self.pipes: PipePool | None = PipePool(size=PIPE_SIZE) if use_splice else None
+        self.reactor: Reactor | None = Reactor(self.loop) if HAS_EPOLL else None
         self.sessions: set[Session] = set()
         self.udp_associations: set[UdpAssociation] = set()
         self.per_ip: dict[str, int] = {}
         self.listeners: list[Listener] = []
-        self.tls_servers: list[asyncio.Server] = []
+        self.tls_servers: list[asyncio.Server] = []  # and plain ones served by transports
         self.bound: list[Endpoint] = []
         self.tls_bound: list[Endpoint] = []
         self.draining = False
@@ -335,15 +355,22 @@ class Node:
         try:
             for endpoint in self.settings.listen:
                 sock = _listening_socket(endpoint)
-                self.listeners.append(Listener(self, sock))
                 host, port = sock.getsockname()[:2]
+                if self.reactor is not None:
+                    self.listeners.append(Listener(self, sock, self.reactor))
+                else:
+                    self.tls_servers.append(
+                        await self.loop.create_server(
+                            lambda: _StreamHandshake(self), sock=sock, backlog=4096
+                        )
+                    )
                 self.bound.append(Endpoint(host, port))
             if self.settings.tls_listen:
                 ctx = self._tls_context()
                 for endpoint in self.settings.tls_listen:
                     sock = _listening_socket(endpoint)
                     server = await self.loop.create_server(
-                        lambda: _TlsHandshake(self),
+                        lambda: _StreamHandshake(self),
                         sock=sock,
                         ssl=ctx,
                         backlog=4096,
@@ -397,6 +424,8 @@ class Node:
             self._sweeper = None
         if self.pipes is not None:
             self.pipes.close()
+        if self.reactor is not None:
+            self.reactor.close()
         self.stopped.set()
 
     def reload(self, *, users: UserDB | None, policy: EgressPolicy) -> None:

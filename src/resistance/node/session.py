@@ -23,6 +23,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from resistance.errors import BufferOverflow, ProtocolError
+from resistance.net.reactor import WRITABLE
 from resistance.node.identity import CHALLENGE_SUFFIX, challenge_message, parse_challenge
 from resistance.node.udp import UdpAssociation
 from resistance.proto.socks5 import (
@@ -332,21 +333,35 @@ class Session:
             self._connected(sock)
         elif err == errno.EINPROGRESS:
             self.dial_sock = sock
-            self.node.loop.add_writer(sock.fileno(), self._on_connect_ready)
+            reactor = self.node.reactor
+            if reactor is not None:
+                reactor.watch(sock.fileno(), self._on_connect_event)
+            else:
+                self.node.loop.add_writer(sock.fileno(), self._on_connect_ready)
         else:
             sock.close()
             self._dial_next(err)
 
+    def _on_connect_event(self, events: int) -> None:
+        if events & WRITABLE:
+            self._on_connect_ready()
+
     def _on_connect_ready(self) -> None:
         sock = self.dial_sock
-        assert sock is not None
-        self.node.loop.remove_writer(sock.fileno())
+        if sock is None:
+            return
         self.dial_sock = None
+        reactor = self.node.reactor
+        if reactor is None:
+            self.node.loop.remove_writer(sock.fileno())
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
+            if reactor is not None:
+                reactor.forget(sock.fileno())
             sock.close()
             self._dial_next(err)
             return
+        # With the reactor the socket stays registered: the relay takes it over.
         self._connected(sock)
 
     def _on_connect_timeout(self) -> None:
@@ -359,7 +374,10 @@ class Session:
         sock = self.dial_sock
         if sock is not None:
             self.dial_sock = None
-            self.node.loop.remove_writer(sock.fileno())
+            if self.node.reactor is not None:
+                self.node.reactor.forget(sock.fileno())
+            else:
+                self.node.loop.remove_writer(sock.fileno())
             sock.close()
 
     def _connected(self, sock: socket.socket) -> None:
