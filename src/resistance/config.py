@@ -35,7 +35,8 @@ def parse_endpoint(
     text = text.strip()
     host: str
     port_text: str | None
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise ConfigError(f"bad {what} {text!r}: expected [IPv6]:PORT")
@@ -56,7 +57,7 @@ def parse_endpoint(
         port = int(port_text)
     if not host:
         raise ConfigError(f"bad {what} {text!r}: missing host")
-    if ":" in host:
+    if bracketed or ":" in host:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
