@@ -60,12 +60,13 @@ def launch_node(
     listen: str = "127.0.0.1:0",
     timeout: float = 15.0,
     prefix: tuple[str, ...] = (),
+    command: str = "node",
 ) -> RunningNode:
     """Start ``resist node`` (after ``prefix``, e.g. ``ip netns exec NS``) and wait
     until it says where it listens."""
     state_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = state_dir / f"node-{time.monotonic_ns()}.err"
-    cmd = [*prefix, sys.executable, "-m", "resistance", "node", "--state-dir", str(state_dir)]
+    cmd = [*prefix, sys.executable, "-m", "resistance", command, "--state-dir", str(state_dir)]
     if listen:
         cmd += ["--listen", listen]
     cmd += args

@@ -176,3 +176,97 @@ def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
     if qr_file is not None:
         qr_save(links.https, str(qr_file))
         click.echo(f"QR code written to {qr_file}")
+
+
+@main.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.option("--listen", default="127.0.0.1:1080", show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="URL",
+    help="socks5://USER:PASS@HOST:PORT of a node; repeatable, tried in turn.",
+)
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD", help="Local users.")
+@click.option("--check-interval", default=30.0, show_default=True, metavar="S")
+@click.option("--dial-timeout", default=8.0, show_default=True, metavar="S")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+@one_line_errors
+def connect(
+    ctx: click.Context,
+    listen: str,
+    upstreams: tuple[str, ...],
+    users: tuple[str, ...],
+    check_interval: float,
+    dial_timeout: float,
+    state_dir: Path | None,
+    verbose: int,
+) -> None:
+    """A local SOCKS5 proxy that keeps working while upstream proxies get blocked.
+
+    Point Telegram or a browser at it once; each connection goes through the
+    best working upstream, and a failed dial is retried on the next one
+    before the application sees an error.
+
+    \b
+    Examples:
+      resist connect --upstream socks5://alice:s3cret@203.0.113.7:1080 \\
+                     --upstream socks5://bob:0ther@198.51.100.9:1080
+      resist connect status
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from resistance.client.service import ConnectSettings, run_connect
+    from resistance.client.upstreams import Upstream
+    from resistance.config import parse_endpoint, parse_user
+    from resistance.paths import resolve_state_dir
+
+    setup_logging(verbose + 1)
+    settings = ConnectSettings(
+        listen=parse_endpoint(listen, what="listen address"),
+        upstreams=tuple(Upstream.from_url(u) for u in upstreams),
+        users=dict(parse_user(u) for u in users) or None,
+        check_interval=check_interval,
+        dial_timeout=dial_timeout,
+        state_dir=resolve_state_dir(state_dir),
+    )
+    sys.exit(run_connect(settings))
+
+
+@connect.command("status", context_settings=CONTEXT)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="The client's state directory.")
+@one_line_errors
+def connect_status(state_dir: Path | None) -> None:
+    """Show which upstream is in use and how each one is doing (no destinations).
+
+    \b
+    Example:
+      resist connect status
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from resistance.client.service import read_status
+    from resistance.paths import resolve_state_dir
+
+    status = read_status(resolve_state_dir(state_dir))
+    console = Console()
+    console.print(
+        f"listening on {status['listen']}, active upstream: {status['active'] or 'none yet'}, "
+        f"{status['connections_open']} connections open, {status['switches']} switches"
+    )
+    table = Table("upstream", "state", "latency ms", "ok", "failed", "last error")
+    for row in status["upstreams"]:
+        state = "up" if row["available"] else f"resting {row['resting_seconds']} s"
+        latency = "—" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}"
+        table.add_row(
+            row["upstream"],
+            state,
+            latency,
+            str(row["successes"]),
+            str(row["failures"]),
+            row["last_error"],
+        )
+    console.print(table)

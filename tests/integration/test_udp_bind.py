@@ -20,9 +20,11 @@ from tests.conftest import RunningNode
 from tests.integration.socksclient import SocksFailure, handshake, read_reply, recv_exact
 
 
-def associate(node: RunningNode, hint: Address) -> tuple[socket.socket, tuple[str, int]]:
+def associate(
+    node: RunningNode, hint: Address, user: str | None = "alice"
+) -> tuple[socket.socket, tuple[str, int]]:
     control = socket.create_connection((node.host, node.port), timeout=10)
-    bound = handshake(control, Command.UDP_ASSOCIATE, hint)
+    bound = handshake(control, Command.UDP_ASSOCIATE, hint, user=user)
     return control, (bound.host, bound.port)
 
 

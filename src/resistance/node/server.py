@@ -263,7 +263,7 @@ class Listener:
                 sock.close()
                 continue
             sock.setblocking(False)  # TCP_NODELAY is inherited from the listener
-            node.session_opened(RawSession(node, sock, addr[0], self.reactor))
+            node.session_opened(node.session_class(node, sock, addr[0], self.reactor))
 
     def _resume(self) -> None:
         self.paused = None
@@ -325,6 +325,7 @@ class Node:
     ) -> None:
         self.settings = settings
         self.identity = identity
+        self.session_class: type[RawSession] = RawSession
         self.limits = settings.limits
         self.users = users
         self.policy = policy

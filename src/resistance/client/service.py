@@ -1,0 +1,220 @@
+"""`resist connect` as a process: a local SOCKS5 endpoint that outlives blocks.
+
+The local listener is a :class:`~resistance.node.server.Node` whose sessions
+forward through upstream proxies instead of dialing destinations.  Beside
+it run two named tasks: the health checker, which proves each upstream
+alive with the node challenge (an authenticated no-op that also verifies
+the node's identity key when it is known) and measures its handshake
+latency, and the status writer, which keeps ``connect-status.json`` in the
+state directory for ``resist connect status``.  Neither logs destinations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography.exceptions import InvalidSignature
+
+from resistance import __version__
+from resistance.client.dial import DialError, dial
+from resistance.client.session import ClientSession
+from resistance.client.upstreams import Upstream, UpstreamPool
+from resistance.config import Endpoint, NodeLimits, NodeSettings
+from resistance.errors import ConfigError
+from resistance.links import socks_links
+from resistance.node.identity import challenge_message, challenge_name, public_key_from_text
+from resistance.node.metrics import NodeMetrics
+from resistance.node.policy import EgressPolicy
+from resistance.node.server import Node, raise_nofile_limit
+from resistance.node.service import new_event_loop
+from resistance.node.users import UserDB
+from resistance.paths import write_private
+from resistance.proto.socks5 import Address, Command
+
+log = logging.getLogger("resistance.connect")
+
+STATUS_FILE = "connect-status.json"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSettings:
+    listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 1080))
+    upstreams: tuple[Upstream, ...] = ()
+    users: dict[str, str] | None = None
+    check_interval: float = 30.0
+    dial_timeout: float = 8.0
+    max_attempts: int = 3
+    state_dir: Path = Path(".")
+
+
+class ConnectNode(Node):
+    """The local listener; its sessions go through :attr:`pool`."""
+
+    def __init__(self, settings: ConnectSettings, *, loop: asyncio.AbstractEventLoop) -> None:
+        node_settings = NodeSettings(
+            listen=(settings.listen,),
+            users=settings.users or {},
+            no_auth=not settings.users,
+            bind=False,
+            limits=NodeLimits(handshake_timeout=30.0, connect_timeout=settings.dial_timeout),
+        )
+        super().__init__(
+            node_settings,
+            users=UserDB(settings.users) if settings.users else None,
+            policy=EgressPolicy(),
+            metrics=NodeMetrics(),
+            loop=loop,
+        )
+        self.session_class = ClientSession
+        self.connect_settings = settings
+        self.pool = UpstreamPool(settings.upstreams)
+        self.dial_timeout = settings.dial_timeout
+        self.max_attempts = settings.max_attempts
+        self.dial_failures = 0
+
+    async def check(self, upstream: Upstream) -> None:
+        """One health check: the node challenge through ``upstream``."""
+        nonce = os.urandom(16)
+        address = Address.from_host(challenge_name(nonce), 0)
+        try:
+            dialed = await dial(upstream, Command.CONNECT, address, seconds=self.dial_timeout)
+        except DialError as exc:
+            self.pool.failed(upstream, str(exc))
+            return
+        loop = self.loop
+        try:
+            with dialed.sock:
+                answer = dialed.early
+                async with asyncio.timeout(self.dial_timeout):
+                    while len(answer) < 64:
+                        chunk = await loop.sock_recv(dialed.sock, 64 - len(answer))
+                        if not chunk:
+                            break
+                        answer += chunk
+        except (OSError, TimeoutError) as exc:
+            self.pool.failed(upstream, f"health check: {exc}")
+            return
+        if len(answer) != 64:
+            self.pool.failed(upstream, "health check: the upstream did not answer the challenge")
+            return
+        if upstream.public_key is not None:
+            try:
+                public_key_from_text(upstream.public_key).verify(answer, challenge_message(nonce))
+            except (InvalidSignature, ConfigError):
+                self.pool.failed(upstream, "health check: not the node the directory names")
+                return
+        self.pool.succeeded(upstream, dialed.seconds)
+
+    async def check_all(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for i, upstream in enumerate(self.pool.upstreams):
+                group.create_task(self.check(upstream), name=f"health-{i}")
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        active = self.pool.active
+        return {
+            "version": __version__,
+            "listen": str(self.bound[0]) if self.bound else None,
+            "active": active.label if active else None,
+            "switches": self.pool.switches,
+            "connections_open": len(self.sessions),
+            "dial_failures": self.dial_failures,
+            "updated": int(time.time()),
+            "upstreams": [
+                {
+                    "upstream": u.label,
+                    "available": h.available(now),
+                    "resting_seconds": max(0.0, round(h.down_until - now, 1)),
+                    "successes": h.successes,
+                    "failures": h.failures,
+                    "latency_ms": round(h.latency * 1000, 1) if h.latency is not None else None,
+                    "last_error": h.last_error,
+                }
+                for u in self.pool.order(now)
+                for h in (self.pool.health[u],)
+            ],
+        }
+
+
+def run_connect(settings: ConnectSettings, *, out: TextIO = sys.stdout) -> int:
+    if not settings.upstreams:
+        raise ConfigError("no upstream: give --upstream socks5://USER:PASS@HOST:PORT")
+    raise_nofile_limit()
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_serve(settings, out))
+
+
+async def _serve(settings: ConnectSettings, out: TextIO) -> int:
+    loop = asyncio.get_running_loop()
+    node = ConnectNode(settings, loop=loop)
+    await node.start()
+    endpoint = node.bound[0]
+    links = socks_links(
+        endpoint.host,
+        endpoint.port,
+        *(next(iter(settings.users.items())) if settings.users else (None, None)),
+    )
+    out.write(
+        f"resist connect {__version__}: {len(node.pool.upstreams)} upstream"
+        f"{'s' if len(node.pool.upstreams) != 1 else ''}\n"
+        f"listening on socks5://{endpoint}\n"
+        f"Telegram: {links.tg}\n"
+    )
+    out.flush()
+    status_path = settings.state_dir / STATUS_FILE
+
+    async def health_loop() -> None:
+        while True:
+            await node.check_all()
+            await asyncio.sleep(settings.check_interval)
+
+    async def status_loop() -> None:
+        while True:
+            write_private(status_path, json.dumps(node.status(), indent=1))
+            await asyncio.sleep(2.0)
+
+    tasks = [
+        loop.create_task(health_loop(), name="connect-health"),
+        loop.create_task(status_loop(), name="connect-status"),
+    ]
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(loop.create_task(node.stop(), name="connect-stop"))
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)
+    try:
+        await node.stopped.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / STATUS_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no status in {state_dir}: is `resist connect` running there?") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return data

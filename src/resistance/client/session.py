@@ -1,0 +1,258 @@
+"""One application connection to `resist connect`, forwarded through an upstream.
+
+The local side is the node's own SOCKS5 session (same protocol core, same
+limits, same splice relay); only what happens after the request differs:
+instead of dialing the destination, the session asks upstream proxies in
+the pool's order and answers the application only once one of them has
+accepted.  A failed dial is retried on the next upstream, so the application
+sees one slower connect instead of an error.
+
+UDP ASSOCIATE is forwarded whole: the client opens an association on the
+upstream, and datagrams (whose SOCKS5 headers are the same on both legs)
+pass between the application and the upstream's relay unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from resistance.client.dial import DialError, dial
+from resistance.client.upstreams import Upstream
+from resistance.node.server import RawSession
+from resistance.proto.socks5 import (
+    ANY_IPV4,
+    Address,
+    AddressType,
+    Command,
+    CommandRequest,
+    Reply,
+)
+
+if TYPE_CHECKING:
+    from resistance.client.service import ConnectNode
+
+log = logging.getLogger("resistance.connect")
+
+DESTINATION_FAULTS = frozenset(
+    {
+        Reply.HOST_UNREACHABLE,
+        Reply.NETWORK_UNREACHABLE,
+        Reply.CONNECTION_REFUSED,
+        Reply.TTL_EXPIRED,
+    }
+)
+"""Replies that may say more about the destination than about the upstream."""
+
+
+class ClientSession(RawSession):
+    __slots__ = ()
+
+    @property
+    def client_node(self) -> ConnectNode:
+        return self.node  # type: ignore[return-value]
+
+    def _on_request(self, request: CommandRequest) -> None:
+        self.request = request
+        if self.timer is not None:  # the dial has its own deadlines from here on
+            self.timer.cancel()
+            self.timer = None
+        node = self.node
+        node.metrics.request_by_command[request.command].inc()
+        if request.command is Command.CONNECT:
+            self.task = node.loop.create_task(self._forward(request), name=f"forward-{id(self):x}")
+        elif request.command is Command.UDP_ASSOCIATE:
+            self.task = node.loop.create_task(self._associate(request), name=f"udp-{id(self):x}")
+        else:
+            self.reply_and_close(Reply.COMMAND_NOT_SUPPORTED)
+
+    async def _through_upstreams(self, command: Command, address: Address) -> tuple[Upstream, Any]:
+        node = self.client_node
+        pool = node.pool
+        last = Reply.GENERAL_FAILURE
+        for attempt, upstream in enumerate(pool.order()):
+            if attempt >= node.max_attempts:
+                break
+            try:
+                dialed = await dial(upstream, command, address, seconds=node.dial_timeout)
+            except DialError as exc:
+                last = exc.reply
+                node.dial_failures += 1
+                if exc.answered and exc.reply in DESTINATION_FAULTS:
+                    # The upstream answered; the destination may be the problem.
+                    pool.succeeded(upstream, None)
+                else:
+                    pool.failed(upstream, str(exc))
+                    log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
+                continue
+            pool.succeeded(upstream, dialed.seconds)
+            pool.used(upstream)
+            return upstream, dialed
+        raise DialError("no upstream could carry the request", last)
+
+    async def _forward(self, request: CommandRequest) -> None:
+        try:
+            _, dialed = await self._through_upstreams(Command.CONNECT, request.address)
+        except DialError as exc:
+            self.task = None
+            self.reply_and_close(exc.reply)
+            return
+        self.task = None
+        conn = self.conn
+        if conn is None:
+            dialed.sock.close()
+            return
+        conn.reply(Reply.SUCCEEDED, dialed.bound)
+        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        self.write(conn.data_to_send() + dialed.early)
+        early = conn.take_early_data()
+        self.conn = None
+        self.start_relay(dialed.sock, early)
+
+    async def _associate(self, request: CommandRequest) -> None:
+        try:
+            _, dialed = await self._through_upstreams(Command.UDP_ASSOCIATE, ANY_IPV4)
+        except DialError as exc:
+            self.task = None
+            self.reply_and_close(exc.reply)
+            return
+        self.task = None
+        conn = self.conn
+        if conn is None:
+            dialed.sock.close()
+            return
+        relay_host = dialed.bound.host
+        if (
+            dialed.bound.type is AddressType.DOMAIN
+            or ipaddress.ip_address(relay_host).is_unspecified
+        ):
+            relay_host = dialed.sock.getpeername()[0]
+        hint = request.address
+        try:
+            forward = UdpForward(
+                self,
+                app_port=hint.port if hint.type is not AddressType.DOMAIN else 0,
+                local_ip=self.local_ip(),
+                upstream_relay=(relay_host, dialed.bound.port),
+                control=dialed.sock,
+            )
+        except OSError:
+            dialed.sock.close()
+            self.reply_and_close(Reply.GENERAL_FAILURE)
+            return
+        self.udp = forward  # type: ignore[assignment]
+        conn.reply(Reply.SUCCEEDED, forward.bound_address())
+        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        self.write(conn.data_to_send())
+        conn.take_early_data()
+        self.resume_reading()  # to see the application's control connection end
+
+
+class UdpForward:
+    """Datagrams between the application and an upstream's UDP relay, unchanged."""
+
+    __slots__ = (
+        "app_addr",
+        "app_ip",
+        "app_port",
+        "app_sock",
+        "closed",
+        "control",
+        "idle",
+        "session",
+        "upstream_sock",
+    )
+
+    def __init__(
+        self,
+        session: ClientSession,
+        *,
+        app_port: int,
+        local_ip: str,
+        upstream_relay: tuple[str, int],
+        control: socket.socket,
+    ) -> None:
+        self.session = session
+        self.app_ip = session.peer_ip
+        self.app_port = app_port
+        self.app_addr: Any = None
+        self.closed = False
+        self.idle = 0
+        self.control = control
+        loop = session.node.loop
+        family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
+        self.app_sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            self.app_sock.bind((local_ip, 0))
+            up_family = socket.AF_INET6 if ":" in upstream_relay[0] else socket.AF_INET
+            self.upstream_sock = socket.socket(up_family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            self.upstream_sock.connect(upstream_relay)
+        except OSError:
+            self.app_sock.close()
+            raise
+        loop.add_reader(self.app_sock.fileno(), self._from_app)
+        loop.add_reader(self.upstream_sock.fileno(), self._from_upstream)
+        loop.add_reader(control.fileno(), self._control_readable)
+        session.node.udp_associations.add(self)  # type: ignore[arg-type]
+        session.node.metrics.udp_associations.inc()
+
+    def bound_address(self) -> Address:
+        host, port = self.app_sock.getsockname()[:2]
+        return Address.from_ip(host, port)
+
+    def _from_app(self) -> None:
+        for _ in range(64):
+            try:
+                data, addr = self.app_sock.recvfrom(65535)
+            except OSError:
+                return
+            if addr[0] != self.app_ip:
+                continue
+            if self.app_addr is None:
+                if self.app_port and addr[1] != self.app_port:
+                    continue
+                self.app_addr = addr
+            elif addr[1] != self.app_addr[1]:
+                continue
+            self.idle = 0
+            try:
+                self.upstream_sock.send(data)
+            except OSError:
+                pass
+
+    def _from_upstream(self) -> None:
+        for _ in range(64):
+            try:
+                data = self.upstream_sock.recv(65535)
+            except OSError:
+                return
+            if self.app_addr is None:
+                continue
+            self.idle = 0
+            try:
+                self.app_sock.sendto(data, self.app_addr)
+            except OSError:
+                pass
+
+    def _control_readable(self) -> None:
+        try:
+            data = self.control.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the upstream ended the association
+            self.session.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.session.node.loop
+        for sock in (self.app_sock, self.upstream_sock, self.control):
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self.session.node.udp_associations.discard(self)
+        self.session.node.metrics.udp_associations.dec()

@@ -1,0 +1,139 @@
+"""The client's upstream proxies, their health, and the order to try them in.
+
+Theory of operation: the upstream that last worked stays in use ("sticky"),
+so an application's connections do not hop between exits without a reason.
+When a dial through it fails, the failure is recorded and the next
+upstream is tried at once; an upstream that keeps failing is put aside with
+exponential backoff (2 s, 4 s, 8 s ... at most 5 minutes) and only tried
+again after that, or when nothing else is left.  Among the others the order
+is by measured handshake latency (an exponentially weighted mean), untested
+upstreams after measured ones, ties by the order they were given in.
+Nothing here does I/O: the session and the health checker report outcomes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from resistance.errors import ConfigError
+from resistance.links import parse_socks_url
+
+BACKOFF_FIRST = 2.0
+BACKOFF_MAX = 300.0
+LATENCY_WEIGHT = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One proxy the client can go through."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    public_key: str | None = None  # the node's identity key, when a directory gave it
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """How status output names it (never with the password)."""
+        if self.name:
+            return self.name
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_url(cls, url: str) -> Upstream:
+        proxy = parse_socks_url(url)
+        if proxy.scheme == "socks5s":
+            raise ConfigError(
+                f"{url.split('@')[-1]}: socks5s:// upstreams are not supported by this version"
+            )
+        return cls(proxy.host, proxy.port, proxy.username, proxy.password)
+
+
+@dataclass(slots=True)
+class Health:
+    """What the client knows of one upstream from its own use and checks."""
+
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    latency: float | None = None
+    down_until: float = 0.0
+    last_error: str = ""
+    last_change: float = field(default_factory=time.monotonic)
+
+    def available(self, now: float) -> bool:
+        return now >= self.down_until
+
+
+class UpstreamPool:
+    def __init__(self, upstreams: Iterable[Upstream]) -> None:
+        self.upstreams: list[Upstream] = []
+        self.health: dict[Upstream, Health] = {}
+        self.active: Upstream | None = None
+        self.switches = 0
+        self.replace(upstreams)
+
+    def replace(self, upstreams: Iterable[Upstream]) -> None:
+        """A new list (from a fresh directory); known upstreams keep their health."""
+        fresh = list(dict.fromkeys(upstreams))
+        self.health = {u: self.health.get(u) or Health() for u in fresh}
+        self.upstreams = fresh
+        if self.active not in self.health:
+            self.active = None
+
+    def order(self, now: float | None = None) -> list[Upstream]:
+        """The upstreams to try, best first; those in backoff come last."""
+        now = time.monotonic() if now is None else now
+        index = {u: i for i, u in enumerate(self.upstreams)}
+
+        def key(u: Upstream) -> tuple[int, int, float, int]:
+            h = self.health[u]
+            resting = 0 if h.available(now) else 1
+            sticky = 0 if u == self.active else 1
+            latency = h.latency if h.latency is not None else float("inf")
+            return (resting, sticky, latency, index[u])
+
+        return sorted(self.upstreams, key=key)
+
+    def succeeded(
+        self, upstream: Upstream, latency: float | None, *, now: float | None = None
+    ) -> None:
+        h = self.health.get(upstream)
+        if h is None:
+            return
+        h.successes += 1
+        if h.consecutive_failures or h.down_until:
+            h.last_change = time.monotonic() if now is None else now
+        h.consecutive_failures = 0
+        h.down_until = 0.0
+        if latency is not None:
+            h.latency = (
+                latency
+                if h.latency is None
+                else (1 - LATENCY_WEIGHT) * h.latency + LATENCY_WEIGHT * latency
+            )
+
+    def used(self, upstream: Upstream) -> None:
+        """A connection went through ``upstream``: it becomes the sticky one."""
+        if upstream != self.active:
+            if self.active is not None:
+                self.switches += 1
+            self.active = upstream
+
+    def failed(self, upstream: Upstream, error: str, *, now: float | None = None) -> None:
+        h = self.health.get(upstream)
+        if h is None:
+            return
+        now = time.monotonic() if now is None else now
+        h.failures += 1
+        h.consecutive_failures += 1
+        h.last_error = error
+        h.last_change = now
+        h.down_until = now + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (h.consecutive_failures - 1))
+        if upstream == self.active:
+            self.active = None
