@@ -19,7 +19,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from resistance.client.dial import DialError, dial
+from resistance.client.dial import Dialed, DialError, dial
 from resistance.client.upstreams import Upstream
 from resistance.node.server import RawSession
 from resistance.proto.socks5 import (
@@ -29,6 +29,7 @@ from resistance.proto.socks5 import (
     Command,
     CommandRequest,
     Reply,
+    ServerConnection,
 )
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ class ClientSession(RawSession):
         else:
             self.reply_and_close(Reply.COMMAND_NOT_SUPPORTED)
 
-    async def _through_upstreams(self, command: Command, address: Address) -> tuple[Upstream, Any]:
+    async def _through_upstreams(
+        self, command: Command, address: Address
+    ) -> tuple[Upstream, Dialed]:
         node = self.client_node
         pool = node.pool
         last = Reply.GENERAL_FAILURE
@@ -92,18 +95,27 @@ class ClientSession(RawSession):
             return upstream, dialed
         raise DialError("no upstream could carry the request", last)
 
-    async def _forward(self, request: CommandRequest) -> None:
+    async def _dial_for(
+        self, command: Command, address: Address
+    ) -> tuple[ServerConnection, Dialed] | None:
+        """An accepted upstream request, or ``None`` once the failure is answered."""
         try:
-            _, dialed = await self._through_upstreams(Command.CONNECT, request.address)
+            _, dialed = await self._through_upstreams(command, address)
         except DialError as exc:
             self.task = None
             self.reply_and_close(exc.reply)
-            return
+            return None
         self.task = None
-        conn = self.conn
-        if conn is None:
+        if self.conn is None:  # the application left meanwhile
             dialed.sock.close()
+            return None
+        return self.conn, dialed
+
+    async def _forward(self, request: CommandRequest) -> None:
+        got = await self._dial_for(Command.CONNECT, request.address)
+        if got is None:
             return
+        conn, dialed = got
         conn.reply(Reply.SUCCEEDED, dialed.bound)
         self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
         self.write(conn.data_to_send() + dialed.early)
@@ -112,17 +124,10 @@ class ClientSession(RawSession):
         self.start_relay(dialed.sock, early)
 
     async def _associate(self, request: CommandRequest) -> None:
-        try:
-            _, dialed = await self._through_upstreams(Command.UDP_ASSOCIATE, ANY_IPV4)
-        except DialError as exc:
-            self.task = None
-            self.reply_and_close(exc.reply)
+        got = await self._dial_for(Command.UDP_ASSOCIATE, ANY_IPV4)
+        if got is None:
             return
-        self.task = None
-        conn = self.conn
-        if conn is None:
-            dialed.sock.close()
-            return
+        conn, dialed = got
         relay_host = dialed.bound.host
         if (
             dialed.bound.type is AddressType.DOMAIN

@@ -106,9 +106,7 @@ class UdpAssociation:
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except OSError:
+            except OSError:  # EAGAIN included: nothing more to read now
                 return
             if not self._from_client(addr):
                 counter.labels("up", "foreign-source").inc()
@@ -215,9 +213,7 @@ class UdpAssociation:
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
-            except BlockingIOError:
-                return
-            except OSError:
+            except OSError:  # EAGAIN included: nothing more to read now
                 return
             host = _plain_ip(addr[0])
             if client is None or (host, addr[1]) not in self.peers:
