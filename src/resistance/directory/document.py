@@ -87,9 +87,7 @@ def signed_message(document: Mapping[str, Any]) -> bytes:
     return SIGNING_CONTEXT + canonical_bytes(document)
 
 
-def sign_document(
-    document: Mapping[str, Any], keys: Sequence[Ed25519PrivateKey]
-) -> dict[str, Any]:
+def sign_document(document: Mapping[str, Any], keys: Sequence[Ed25519PrivateKey]) -> dict[str, Any]:
     message = signed_message(document)
     signatures = [
         {"key_id": key_id(k.public_key()), "signature": b64url(k.sign(message))} for k in keys
@@ -225,11 +223,11 @@ def cosign(data: bytes, key: Ed25519PrivateKey) -> bytes:
     public = key.public_key()
     kid = key_id(public)
     for entry in signatures:
-        if isinstance(entry, dict) and entry.get("key_id") == kid:
-            if count_signers(document, [entry], [public]):
-                return dump_signed(
-                    {"format": FILE_FORMAT, "document": document, "signatures": signatures}
-                )
+        good = isinstance(entry, dict) and entry.get("key_id") == kid
+        if good and count_signers(document, [entry], [public]):
+            return dump_signed(
+                {"format": FILE_FORMAT, "document": document, "signatures": signatures}
+            )
     kept = [s for s in signatures if not (isinstance(s, dict) and s.get("key_id") == kid)]
     kept.append({"key_id": kid, "signature": b64url(key.sign(message))})
     return dump_signed({"format": FILE_FORMAT, "document": document, "signatures": kept})

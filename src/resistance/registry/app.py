@@ -1,0 +1,136 @@
+"""The registry's ASGI application, built by :func:`create_app` from explicit settings.
+
+Theory of operation of the lifespan: migrate the database (unless told not
+to), open the engine, load or make the signing keys and the ring key, make
+the admin token on first start (handed to ``on_admin_token`` once, never
+stored in clear), publish a directory if none is fresh, then start the named
+periodic-publication task; on shutdown cancel that task and close the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from resistance.paths import resolve_state_dir
+from resistance.registry import services
+from resistance.registry.db import database_url, make_engine, make_sessions, migrate
+from resistance.registry.errors import error_response, install_error_handlers
+from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
+from resistance.registry.ratelimit import TokenBucketLimiter
+from resistance.registry.routes import accounts, public
+from resistance.registry.services import Registry
+from resistance.registry.settings import RegistrySettings
+
+PUBLISH_TASK = "registry-publish-directory"
+
+
+class BodyLimit:
+    """Refuse request bodies above ``limit`` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"request body is larger than {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def open_registry(settings: RegistrySettings) -> Registry:
+    """Migrate, connect and load keys: everything but serving (used by the lifespan)."""
+    state_dir = resolve_state_dir(settings.state_dir)
+    url = database_url(settings.database_url, state_dir)
+    if settings.auto_migrate:
+        await migrate(url)
+    engine = make_engine(url)
+    return Registry(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessions(engine),
+        signing_keys=load_or_create_signing_keys(state_dir),
+        ring_key=load_or_create_ring_key(state_dir),
+        signup_limiter=TokenBucketLimiter(
+            settings.signup_limit, max_clients=settings.rate_limit_clients
+        ),
+        public_limiter=TokenBucketLimiter(
+            settings.public_limit, max_clients=settings.rate_limit_clients
+        ),
+    )
+
+
+def create_app(
+    settings: RegistrySettings,
+    *,
+    on_admin_token: Callable[[str], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> FastAPI:
+    """The registry app.  ``on_admin_token`` receives the admin token the one time it is made."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = await open_registry(settings)
+        if clock is not None:
+            registry.clock = clock
+        task: asyncio.Task[None] | None = None
+        try:
+            token = await services.ensure_admin_token(registry)
+            if token is not None and on_admin_token is not None:
+                on_admin_token(token)
+            await services.publish_if_stale(registry)
+            app.state.registry = registry
+            if settings.publish_interval > 0:
+                task = asyncio.create_task(
+                    services.publish_periodically(registry), name=PUBLISH_TASK
+                )
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await registry.engine.dispose()
+
+    app = FastAPI(
+        title="Digital Resistance registry",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(public)
+    app.include_router(accounts)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,104 @@
+"""Proof of control: ask a node, over its own SOCKS5 port, to sign a fresh nonce.
+
+The registry logs in with the probe credential from the statement and sends
+CONNECT to ``<nonce hex>.challenge.resist.invalid:0``.  A node with an
+identity key answers "succeeded", then exactly 64 bytes: its Ed25519
+signature over ``challenge_message(nonce)``, and closes.  The signature must
+verify with the statement's public key.  Every step has one overall timeout;
+OS errors are translated here, once, into :class:`ChallengeFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from resistance.directory.keys import parse_public_key, verify_signature
+from resistance.errors import ProtocolError, ResistanceError
+from resistance.proto.socks5 import (
+    Address,
+    AddressType,
+    Command,
+    Reply,
+    client_auth,
+    client_greeting,
+    client_request,
+    parse_reply,
+)
+from resistance.registry.statement import CHALLENGE_SUFFIX, challenge_message
+
+_MAX_REPLY = 262
+
+
+class ChallengeFailed(ResistanceError):
+    """The node did not prove control; the message says what went wrong."""
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> Reply:
+    data = b""
+    while len(data) < _MAX_REPLY:
+        chunk = await reader.read(1)
+        if not chunk:
+            raise ChallengeFailed("the node closed the connection before answering")
+        data += chunk
+        try:
+            parsed = parse_reply(data)
+        except ProtocolError as exc:
+            raise ChallengeFailed(f"the node's answer is not SOCKS5: {exc}") from None
+        if parsed is not None:
+            return parsed[0]
+    raise ChallengeFailed("the node's SOCKS5 reply is too long")
+
+
+async def _exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    user: str,
+    password: str,
+    nonce: bytes,
+) -> bytes:
+    writer.write(client_greeting(auth=True))
+    method = await reader.readexactly(2)
+    if method != b"\x05\x02":
+        raise ChallengeFailed("the node does not offer username/password authentication")
+    writer.write(client_auth(user.encode(), password.encode()))
+    status = await reader.readexactly(2)
+    if status[1] != 0:
+        raise ChallengeFailed("the node refused the statement's probe_user/probe_password")
+    target = Address(AddressType.DOMAIN, nonce.hex() + CHALLENGE_SUFFIX, 0)
+    writer.write(client_request(Command.CONNECT, target))
+    reply = await _read_reply(reader)
+    if reply is not Reply.SUCCEEDED:
+        raise ChallengeFailed(
+            f"the node answered the challenge with {reply.name} "
+            "(is it running with an identity key and a version that knows challenges?)"
+        )
+    return await reader.readexactly(64)
+
+
+async def prove_control(
+    *, host: str, port: int, user: str, password: str, public_key: str, within: float
+) -> None:
+    """Raise :class:`ChallengeFailed` unless the node at host:port holds ``public_key``."""
+    key = parse_public_key(public_key)
+    nonce = secrets.token_bytes(16)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(host, port)
+            signature = await _exchange(reader, writer, user, password, nonce)
+    except TimeoutError:
+        raise ChallengeFailed(f"no answer from {host}:{port} within {within:g} s") from None
+    except asyncio.IncompleteReadError:
+        raise ChallengeFailed("the node closed the connection mid-answer") from None
+    except OSError as exc:
+        raise ChallengeFailed(
+            f"cannot reach {host}:{port}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    finally:
+        if writer is not None:
+            writer.close()
+    if not verify_signature(key, signature, challenge_message(nonce)):
+        raise ChallengeFailed(
+            "the node at this endpoint signed with a different key than the statement's public_key"
+        )

@@ -1,0 +1,206 @@
+"""`resist registry`: serve the registry, migrate its database, register a node."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from resistance.cli import CONTEXT, one_line_errors, setup_logging
+from resistance.config import Endpoint, parse_endpoint, parse_user
+from resistance.errors import ConfigError
+from resistance.paths import resolve_state_dir
+
+
+@click.group(context_settings=CONTEXT)
+def registry() -> None:
+    """The registry: operators, proxies, payout addresses and the signed directory.
+
+    \b
+    Examples:
+      resist registry serve --listen 127.0.0.1:8080 --network signet
+      resist registry migrate --db postgresql+asyncpg://resist@db/resist
+      resist registry register-node --registry https://reg.example --token rst_... \\
+          --public-host 203.0.113.7 --port 1080
+    """
+
+
+def _bind(endpoint: Endpoint) -> socket.socket:
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((endpoint.host, endpoint.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {endpoint}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+@registry.command(context_settings=CONTEXT)
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT")
+@click.option("--db", "db", metavar="URL", help="Database URL [default: SQLite in state dir].")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Keys, SQLite, directory.json.")
+@click.option(
+    "--network",
+    type=click.Choice(["bitcoin", "testnet", "signet", "regtest"]),
+    default="bitcoin",
+    show_default=True,
+    help="Bitcoin network payout addresses must belong to.",
+)
+@click.option(
+    "--publish-interval",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between directory publications (0: only on start and on demand).",
+)
+@click.option(
+    "--allow-private-endpoints",
+    is_flag=True,
+    help="Accept proxies on loopback/private addresses (labs and tests only).",
+)
+@click.option("--no-migrate", is_flag=True, help="Do not migrate the database on start.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@one_line_errors
+def serve(
+    listen: str,
+    db: str | None,
+    state_dir: Path | None,
+    network: str,
+    publish_interval: float,
+    allow_private_endpoints: bool,
+    no_migrate: bool,
+    verbose: int,
+) -> None:
+    """Serve the registry's HTTP API (migrating the database first).
+
+    On first start it makes the admin token and prints it once: keep it, the
+    registry stores only its hash.
+
+    \b
+    Examples:
+      resist registry serve --listen 127.0.0.1:8080 --network signet
+      resist registry serve --db postgresql+asyncpg://resist@127.0.0.1/resist
+    """
+    import uvicorn
+
+    from resistance.registry.app import create_app
+    from resistance.registry.settings import RegistrySettings
+
+    setup_logging(verbose)
+    endpoint = parse_endpoint(listen, what="listen address")
+    settings = RegistrySettings(
+        state_dir=resolve_state_dir(state_dir),
+        database_url=db,
+        network=network,
+        listen=endpoint,
+        publish_interval=publish_interval,
+        allow_private_endpoints=allow_private_endpoints,
+        auto_migrate=not no_migrate,
+    )
+
+    def show_token(token: str) -> None:
+        click.echo(f"admin token (shown once, keep it): {token}")
+        sys.stdout.flush()
+
+    app = create_app(settings, on_admin_token=show_token)
+    sock = _bind(endpoint)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"registry listening on http://{shown}:{port}")
+    sys.stdout.flush()
+    config = uvicorn.Config(
+        app, log_level="info" if verbose else "warning", lifespan="on", access_log=verbose > 1
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        sys.exit(1)
+
+
+@registry.command(context_settings=CONTEXT)
+@click.option("--db", "db", metavar="URL", help="Database URL [default: SQLite in state dir].")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where the SQLite file is.")
+@click.option("--revision", default="head", show_default=True, help="Migrate to this revision.")
+@one_line_errors
+def migrate(db: str | None, state_dir: Path | None, revision: str) -> None:
+    """Bring the database schema up to date (serve also does this on start).
+
+    \b
+    Example:
+      resist registry migrate --db postgresql+asyncpg://resist@127.0.0.1/resist
+    """
+    from resistance.registry.db import database_url
+    from resistance.registry.db import migrate as run_migrations
+
+    url = database_url(db, resolve_state_dir(state_dir))
+    asyncio.run(run_migrations(url, revision=revision))
+    click.echo("database is up to date")
+
+
+@registry.command(name="register-node", context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
+@click.option("--public-host", required=True, metavar="IP", help="Address users reach it at.")
+@click.option("--port", type=click.IntRange(1, 65535), default=1080, show_default=True)
+@click.option("--public", is_flag=True, help="List it in the public directory.")
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    metavar="NAME:PASSWORD",
+    help="Credential to hand to users; repeatable [default: the node's generated user].",
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="The node's state directory.")
+@one_line_errors
+def register_node(
+    registry_url: str,
+    token: str,
+    public_host: str,
+    port: int,
+    public: bool,
+    users: tuple[str, ...],
+    state_dir: Path | None,
+) -> None:
+    """Register this node: sign a statement with its identity key; the registry
+    then challenges the node over SOCKS5 to prove you control it.
+
+    Run it on the node's machine with the node's state directory, while the
+    node runs.  The token may come from $RESIST_REGISTRY_TOKEN.
+
+    \b
+    Example:
+      resist registry register-node --registry https://reg.example --token rst_... \\
+          --public-host 203.0.113.7 --port 1080 --public
+    """
+    from resistance.registry.client import (
+        node_user_credentials,
+        post_registration,
+        registration_body,
+    )
+
+    state = resolve_state_dir(state_dir)
+    credentials = [
+        {"username": name, "password": password}
+        for name, password in (parse_user(u) for u in users)
+    ] or node_user_credentials(state)
+    body = registration_body(
+        state_dir=state, host=public_host, port=port, public=public, users=credentials
+    )
+    answer = post_registration(registry=registry_url, token=token, body=body)
+    endpoint = answer.get("endpoint", {})
+    click.echo(
+        f"registered proxy {answer.get('proxy_id')} at {endpoint.get('host')}:"
+        f"{endpoint.get('port')} (network {answer.get('network')}, "
+        f"{'public' if answer.get('public') else 'handed out by the registry'})"
+    )

@@ -1,0 +1,91 @@
+"""Engines and migrations: the only place that knows database URLs.
+
+The default database is a SQLite file in the state directory, so a registry
+needs no set-up; PostgreSQL is chosen by URL (``postgresql+asyncpg://...``).
+The schema is only ever changed by the Alembic migrations in ``migrations/``,
+run by ``resist registry migrate`` or automatically on start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+from resistance.errors import ConfigError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_FILE = "registry.sqlite3"
+
+
+def database_url(url: str | None, state_dir: Path) -> str:
+    """The async URL to use: the given one (driver filled in) or SQLite in the state dir."""
+    if not url:
+        return f"sqlite+aiosqlite:///{state_dir / SQLITE_FILE}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"bad database URL {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    else:
+        raise ConfigError(f"database {backend!r} is not supported: use sqlite or postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def make_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _upgrade(connection: Connection, url: str, revision: str) -> None:
+    config = alembic_config(url)
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def migrate(url: str, *, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (the newest by default)."""
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade, url, revision)
+    except (OSError, SQLAlchemyError) as exc:
+        raise ConfigError(f"cannot migrate the database: {_one_line(exc)}") from None
+    finally:
+        await engine.dispose()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,332 @@
+"""What the registry does, one function per use case, over explicit state.
+
+Routers call these; these call repositories inside one transaction each and
+raise :class:`~resistance.registry.errors.ApiError` for refusals.  Network
+I/O (the proof-of-control challenge) happens outside any transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from resistance.directory.canonical import CanonicalError
+from resistance.directory.document import build_document, dump_signed, sign_document
+from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
+from resistance.registry import repositories as repo
+from resistance.registry.addresses import AddressError, payout_address
+from resistance.registry.challenge import ChallengeFailed, prove_control
+from resistance.registry.errors import ApiError
+from resistance.registry.keys import write_public_file
+from resistance.registry.models import Proxy
+from resistance.registry.ratelimit import TokenBucketLimiter
+from resistance.registry.ring import HashRing, requester_key
+from resistance.registry.schemas import RegistrationRequest
+from resistance.registry.settings import RegistrySettings
+from resistance.registry.statement import endpoint_network, statement_bytes
+from resistance.registry.tokens import new_token, same_hash, token_hash
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_FILE = "directory.json"
+ROLES = ("admin", "operator", "probe")
+
+
+@dataclass
+class Registry:
+    """Everything a running registry holds, built by the app's lifespan."""
+
+    settings: RegistrySettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    signing_keys: list[Ed25519PrivateKey]
+    ring_key: bytes
+    signup_limiter: TokenBucketLimiter
+    public_limiter: TokenBucketLimiter
+    clock: Callable[[], float] = time.time
+    publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    role: str
+    operator_id: int | None
+
+
+# --- accounts -------------------------------------------------------------------------
+
+
+async def ensure_admin_token(registry: Registry) -> str | None:
+    """Make the admin token on first start; returns it (to show once) or ``None``."""
+    async with registry.sessions.begin() as session:
+        if await repo.count_tokens(session, role="admin"):
+            return None
+        token = new_token()
+        await repo.add_token(
+            session, role="admin", token_hash=token_hash(token), now=registry.now()
+        )
+    return token
+
+
+async def authenticate(registry: Registry, *, token: str) -> Principal | None:
+    digest = token_hash(token)
+    async with registry.sessions() as session:
+        found = await repo.token_by_hash(session, token_hash=digest)
+    if found is None or not same_hash(found.token_hash, digest):
+        return None
+    return Principal(found.role, found.operator_id)
+
+
+async def sign_up(registry: Registry, *, name: str) -> tuple[int, str]:
+    token = new_token()
+    try:
+        async with registry.sessions.begin() as session:
+            if await repo.operator_by_name(session, name=name) is not None:
+                raise ApiError(409, f"operator name {name!r} is taken")
+            operator = await repo.add_operator(session, name=name, now=registry.now())
+            await repo.add_token(
+                session,
+                role="operator",
+                operator_id=operator.id,
+                token_hash=token_hash(token),
+                now=registry.now(),
+            )
+            operator_id = operator.id
+    except IntegrityError:
+        raise ApiError(409, f"operator name {name!r} is taken") from None
+    return operator_id, token
+
+
+async def operator_view(registry: Registry, *, operator_id: int) -> dict[str, Any]:
+    async with registry.sessions() as session:
+        operator = await repo.operator_by_id(session, operator_id=operator_id)
+    if operator is None:
+        raise ApiError(404, "operator not found")
+    return {
+        "operator_id": operator.id,
+        "name": operator.name,
+        "created_at": operator.created_at,
+        "payout_address": operator.payout_address,
+        "payout_type": operator.payout_type,
+    }
+
+
+async def set_payout(registry: Registry, *, operator_id: int, address: str) -> dict[str, str]:
+    network = registry.settings.network
+    try:
+        decoded = payout_address(address, network)
+    except AddressError as exc:
+        raise ApiError(422, f"payout address refused: {exc}") from None
+    async with registry.sessions.begin() as session:
+        await repo.set_payout_address(
+            session, operator_id=operator_id, address=decoded.address, kind=decoded.kind
+        )
+    return {"address": decoded.address, "type": decoded.kind, "network": network}
+
+
+# --- proxies --------------------------------------------------------------------------
+
+
+def proxy_view(proxy: Proxy) -> dict[str, Any]:
+    return {
+        "proxy_id": proxy.id,
+        "endpoint": {"host": proxy.host, "port": proxy.port},
+        "network": proxy.network,
+        "public_key": proxy.public_key,
+        "protocols": list(proxy.protocols),
+        "public": proxy.public,
+        "status": proxy.status,
+        "registered_at": proxy.registered_at,
+        "verified_at": proxy.verified_at,
+    }
+
+
+def _check_endpoint_host(host: str, *, allow_private: bool) -> str:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ApiError(422, f"endpoint host {host!r} must be an IP address literal") from None
+    if str(ip) != host:
+        raise ApiError(422, f"endpoint host {host!r} must be written as {str(ip)!r}")
+    if ip.is_unspecified or ip.is_multicast:
+        raise ApiError(422, f"endpoint host {host} cannot serve users")
+    if not allow_private and not ip.is_global:
+        raise ApiError(422, f"endpoint host {host} is not a public address")
+    return endpoint_network(host)
+
+
+def _verify_statement(registry: Registry, request: RegistrationRequest) -> dict[str, Any]:
+    statement = request.statement.model_dump(exclude_unset=True)
+    try:
+        key = parse_public_key(request.statement.public_key)
+        signature = b64url_decode(request.signature)
+        message = statement_bytes(statement)
+    except (ValueError, CanonicalError) as exc:
+        raise ApiError(422, f"statement refused: {exc}") from None
+    if not verify_signature(key, signature, message):
+        raise ApiError(422, "statement signature does not verify with its public_key")
+    skew = registry.settings.statement_skew
+    if abs(registry.now() - request.statement.timestamp) > skew:
+        raise ApiError(422, f"statement timestamp is more than {skew} s from the registry's clock")
+    return statement
+
+
+async def register_proxy(
+    registry: Registry, *, operator_id: int, request: RegistrationRequest
+) -> dict[str, Any]:
+    """Verify a signed statement, challenge the node, then store the proxy."""
+    _verify_statement(registry, request)
+    st = request.statement
+    host, port = st.endpoint.host, st.endpoint.port
+    network = _check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    async with registry.sessions() as session:
+        if await repo.nonce_seen(session, nonce=st.nonce):
+            raise ApiError(409, "statement already used (replay refused): make a new one")
+        owner = await repo.proxy_by_endpoint(session, host=host, port=port)
+    if owner is not None and owner.operator_id != operator_id:
+        raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
+    try:
+        await prove_control(
+            host=host,
+            port=port,
+            user=st.probe_user,
+            password=st.probe_password,
+            public_key=st.public_key,
+            within=registry.settings.challenge_timeout,
+        )
+    except ChallengeFailed as exc:
+        raise ApiError(422, f"proof of control failed: {exc}") from None
+    now = registry.now()
+    fields: dict[str, Any] = {
+        "operator_id": operator_id,
+        "host": host,
+        "port": port,
+        "network": network,
+        "public_key": st.public_key,
+        "protocols": list(st.protocols),
+        "probe_user": st.probe_user,
+        "probe_password": st.probe_password,
+        "credentials": [u.model_dump() for u in request.users],
+        "public": request.public,
+        "status": "active",
+        "registered_at": now,
+        "verified_at": now,
+    }
+    try:
+        async with registry.sessions.begin() as session:
+            await repo.add_nonce(session, nonce=st.nonce, now=now)
+            current = await repo.proxy_by_endpoint(session, host=host, port=port)
+            if current is not None and current.operator_id != operator_id:
+                raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
+            proxy = await repo.save_proxy(session, fields=fields)
+            await repo.forget_nonces(session, before=now - 2 * registry.settings.statement_skew)
+            view = proxy_view(proxy)
+    except IntegrityError:
+        raise ApiError(409, "statement already used or endpoint taken meanwhile") from None
+    return view
+
+
+async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str, Any]]:
+    async with registry.sessions() as session:
+        proxies = await repo.proxies_of(session, operator_id=operator_id)
+    return [proxy_view(p) for p in proxies]
+
+
+def _listing(proxy: Proxy) -> dict[str, Any]:
+    return {
+        "endpoint": {"host": proxy.host, "port": proxy.port},
+        "protocols": list(proxy.protocols),
+        "credentials": [dict(c) for c in proxy.credentials],
+        "node_key": proxy.public_key,
+    }
+
+
+def utc_day(now: int) -> str:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
+
+
+async def assign(registry: Registry, *, client_host: str | None) -> dict[str, Any]:
+    """A few non-public proxies, the same for one /16 (/32) network all UTC day."""
+    async with registry.sessions() as session:
+        proxies = await repo.active_proxies(session, public=False)
+    by_name = {f"{p.host}|{p.port}": p for p in proxies}
+    day = utc_day(registry.now())
+    ring = HashRing(registry.ring_key, list(by_name))
+    picked = ring.pick(requester_key(client_host, day), registry.settings.assign_count)
+    return {"day": day, "proxies": [_listing(by_name[name]) for name in picked]}
+
+
+# --- directory ------------------------------------------------------------------------
+
+
+async def publish(registry: Registry) -> dict[str, Any]:
+    """Sign a new directory of the public proxies, store it and write directory.json."""
+    settings = registry.settings
+    async with registry.publish_lock:
+        now = registry.now()
+        async with registry.sessions.begin() as session:
+            last = await repo.last_publication(session)
+            serial = max((last.serial + 1) if last else 1, now)
+            proxies = await repo.active_proxies(session, public=True)
+            entries = [{**_listing(p), "status": p.status, "measurements": {}} for p in proxies]
+            document = build_document(
+                serial=serial,
+                valid_after=now,
+                fresh_until=now + settings.fresh_seconds,
+                valid_until=now + settings.valid_seconds,
+                proxies=entries,
+                network=settings.network,
+            )
+            signed = sign_document(document, registry.signing_keys)
+            body = dump_signed(signed)
+            await repo.add_publication(session, serial=serial, now=now, body=body.decode())
+        write_public_file(settings.state_dir / DIRECTORY_FILE, body)
+    log.info("published directory serial %d with %d proxies", serial, len(entries))
+    return signed
+
+
+async def current_directory(registry: Registry) -> dict[str, Any]:
+    async with registry.sessions() as session:
+        last = await repo.last_publication(session)
+    if last is None:
+        raise ApiError(404, "no directory has been published yet")
+    result: dict[str, Any] = json.loads(last.body)
+    return result
+
+
+async def publish_if_stale(registry: Registry) -> None:
+    async with registry.sessions() as session:
+        last = await repo.last_publication(session)
+    if last is None:
+        await publish(registry)
+        return
+    document = json.loads(last.body)["document"]
+    if registry.now() >= document["fresh_until"]:
+        await publish(registry)
+    else:
+        write_public_file(registry.settings.state_dir / DIRECTORY_FILE, last.body.encode())
+
+
+async def publish_periodically(registry: Registry) -> None:
+    """The named background task: publish every ``publish_interval`` seconds."""
+    interval = registry.settings.publish_interval
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await publish(registry)
+        except Exception:
+            log.exception("periodic publication failed; will retry next interval")

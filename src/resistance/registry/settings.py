@@ -1,0 +1,59 @@
+"""The registry's settings: one frozen object, checked once, passed explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resistance.config import Endpoint
+from resistance.errors import ConfigError
+
+NETWORKS = ("bitcoin", "testnet", "signet", "regtest")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    state_dir: Path
+    database_url: str | None = None
+    network: str = "bitcoin"
+    listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 8080))
+    auto_migrate: bool = True
+    #: Seconds between automatic publications; 0 publishes only on start and on demand.
+    publish_interval: float = 3600.0
+    fresh_seconds: int = 3 * 3600
+    valid_seconds: int = 24 * 3600
+    #: How many non-public proxies one requester network gets per day.
+    assign_count: int = 3
+    challenge_timeout: float = 10.0
+    statement_skew: int = 300
+    #: Accept proxies on loopback/private addresses (tests and labs only).
+    allow_private_endpoints: bool = False
+    signup_limit: RateLimit = field(default_factory=lambda: RateLimit(1 / 60, 5))
+    public_limit: RateLimit = field(default_factory=lambda: RateLimit(5.0, 60))
+    rate_limit_clients: int = 10_000
+    max_body_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise ConfigError(f"network must be one of {', '.join(NETWORKS)}, not {self.network!r}")
+        if self.publish_interval < 0:
+            raise ConfigError("publish interval must be 0 (off) or a positive number of seconds")
+        if not 0 < self.fresh_seconds <= self.valid_seconds:
+            raise ConfigError("directory lifetimes must satisfy 0 < fresh <= valid")
+        if not 1 <= self.assign_count <= 100:
+            raise ConfigError("assign count must be 1-100")
+        if self.challenge_timeout <= 0 or self.statement_skew <= 0:
+            raise ConfigError("challenge timeout and statement skew must be positive")
+        for limit in (self.signup_limit, self.public_limit):
+            if limit.per_second <= 0 or limit.burst < 1:
+                raise ConfigError("rate limits need a positive rate and a burst of at least 1")
+        if self.rate_limit_clients < 1 or self.max_body_bytes < 1024:
+            raise ConfigError("rate limit table and body limit are too small")

@@ -1,0 +1,69 @@
+"""The node registration statement, shared by `register-node` and the registry.
+
+A statement is a JSON object::
+
+    {"version": 1, "endpoint": {"host": H, "port": P}, "protocols": ["socks5"],
+     "public_key": B64URL, "probe_user": U, "probe_password": PW,
+     "timestamp": UNIX_SECONDS, "nonce": 32_HEX}
+
+signed by the node identity key over its canonical bytes
+(:func:`resistance.directory.canonical.canonical_bytes`).  The signature proves
+the statement was made by the holder of ``public_key``; the SOCKS5 challenge
+then proves that this key's holder answers at the endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from resistance.directory.canonical import canonical_bytes
+from resistance.directory.keys import b64url, public_key_text
+
+STATEMENT_VERSION = 1
+CHALLENGE_CONTEXT = b"resist-node-challenge/1\n"
+CHALLENGE_SUFFIX = ".challenge.resist.invalid"
+
+
+def challenge_message(nonce: bytes) -> bytes:
+    """What a node signs to answer a challenge (same as the node's own definition)."""
+    return CHALLENGE_CONTEXT + nonce
+
+
+def make_statement(
+    *,
+    key: Ed25519PrivateKey,
+    host: str,
+    port: int,
+    probe_user: str,
+    probe_password: str,
+    now: int,
+    nonce: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """A statement and its signature (base64url)."""
+    statement: dict[str, Any] = {
+        "version": STATEMENT_VERSION,
+        "endpoint": {"host": host, "port": port},
+        "protocols": ["socks5"],
+        "public_key": public_key_text(key.public_key()),
+        "probe_user": probe_user,
+        "probe_password": probe_password,
+        "timestamp": now,
+        "nonce": nonce or secrets.token_hex(16),
+    }
+    return statement, b64url(key.sign(canonical_bytes(statement)))
+
+
+def statement_bytes(statement: Mapping[str, Any]) -> bytes:
+    return canonical_bytes(statement)
+
+
+def endpoint_network(host: str) -> str:
+    """The /24 (IPv4) or /48 (IPv6) an endpoint is in; ``ValueError`` for a name."""
+    ip = ipaddress.ip_address(host)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

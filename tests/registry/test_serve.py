@@ -1,0 +1,133 @@
+"""`resist registry serve` as a real process on loopback, driven by the real CLI commands."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+LISTENING = re.compile(r"registry listening on (http://\S+)")
+TOKEN = re.compile(r"admin token \(shown once, keep it\): (\S+)")
+
+
+def resist(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resistance", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def served(tmp_path: Path, db_url: str) -> Iterator[tuple[str, str, Path]]:
+    state = tmp_path / "registry"
+    cmd = [
+        sys.executable, "-m", "resistance", "registry", "serve", "--listen", "127.0.0.1:0",
+        "--state-dir", str(state), "--db", db_url, "--network", "regtest",
+        "--publish-interval", "0", "--allow-private-endpoints",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
+    url = token = None
+    deadline = time.monotonic() + 20
+    try:
+        while (url is None or token is None) and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break
+                continue
+            if m := LISTENING.search(line):
+                url = m.group(1)
+            if m := TOKEN.search(line):
+                token = m.group(1)
+        assert url and token, "registry did not start (no address or admin token printed)"
+        for _ in range(100):  # the token is printed by the lifespan, just before serving
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url, token, state
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_serve_register_publish_verify(
+    served: tuple[str, str, Path], node_factory: Any, tmp_path: Path
+) -> None:
+    url, admin, state = served
+    node_state = tmp_path / "node"
+    node = node_factory("--user", "alice:secret", state_dir=node_state)
+    operator = httpx.post(f"{url}/api/v1/operators", json={"name": "live"}, timeout=10).json()[
+        "token"
+    ]
+
+    result = resist(
+        "registry", "register-node", "--registry", url, "--token", operator,
+        "--public-host", "127.0.0.1", "--port", str(node.port), "--public",
+        "--state-dir", str(node_state), "--user", "alice:secret",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "registered proxy" in result.stdout and "public" in result.stdout
+
+    result = resist(
+        "registry", "register-node", "--registry", url, "--token", "rst_wrong",
+        "--public-host", "127.0.0.1", "--port", str(node.port), "--state-dir", str(node_state),
+    )  # fmt: skip
+    assert result.returncode == 2 and "registry refused (401)" in result.stderr
+
+    published = httpx.post(
+        f"{url}/api/v1/directory/publish", headers={"Authorization": f"Bearer {admin}"}, timeout=10
+    )
+    assert published.status_code == 200 and published.json()["proxies"] == 1
+    keys = httpx.get(f"{url}/api/v1/directory/keys", timeout=10).json()["keys"]
+    (tmp_path / "dir.json").write_bytes(httpx.get(f"{url}/api/v1/directory", timeout=10).content)
+    document = json.loads((tmp_path / "dir.json").read_text())["document"]
+    assert document["proxies"][0]["credentials"] == [{"username": "alice", "password": "secret"}]
+    assert json.loads((state / "directory.json").read_text())["document"] == document
+
+    verify = ["directory", "verify", str(tmp_path / "dir.json"), "--state-dir", str(tmp_path / "c")]
+    result = resist(*verify, "--trust", keys[0]["public_key"])
+    assert result.returncode == 0 and "1 proxies" in result.stdout, result.stderr
+    result = resist(*verify, "--trust", keys[0]["public_key"], "--threshold", "2")
+    assert result.returncode == 1 and "threshold 2" in result.stderr
+
+
+def test_migrate_command(tmp_path: Path) -> None:
+    result = resist("registry", "migrate", "--state-dir", str(tmp_path))
+    assert result.returncode == 0 and (tmp_path / "registry.sqlite3").exists()
+    result = resist("registry", "migrate", "--db", "mysql://x/y", "--state-dir", str(tmp_path))
+    assert (
+        result.returncode == 2
+        and result.stderr.count("\n") == 1
+        and "not supported" in result.stderr
+    )
+
+
+def test_every_command_has_help_with_example() -> None:
+    for args in (
+        ["registry"], ["registry", "serve"], ["registry", "migrate"], ["registry", "register-node"],
+        ["directory"], ["directory", "verify"], ["directory", "cosign"], ["directory", "keygen"],
+    ):  # fmt: skip
+        result = resist(*args, "--help")
+        assert result.returncode == 0 and "Example" in result.stdout, args
