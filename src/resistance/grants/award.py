@@ -1,0 +1,384 @@
+"""The award rule: from daily rollups to integer-satoshi awards, as pure functions.
+
+Theory of operation
+-------------------
+**Day weight.** For each proxy and day in the round's period, measured from
+control vantages (outside the censored country) and from vantages inside the
+round's target country::
+
+    availability = control_successes / control_attempts
+    reachability = target_successes / target_attempts
+    performance  = (availability * reachability) ** performance_exponent
+    capacity     = min(throughput_kbps, capacity_reference_kbps) / capacity_reference_kbps
+                   (1 when capacity_reference_kbps is 0, i.e. the factor is off)
+    day_weight   = floor(WEIGHT_SCALE * performance * capacity)
+
+A day counts only when both sides made at least ``min_attempts`` attempts; a
+proxy blocked in the target country (no successful attempt from inside) has
+reachability 0 and earns nothing for that day. The exponent (20 by default, as
+Nym uses) makes flaky service worth much less than steady service: 90 % is
+worth 12 % of 100 %, 50 % is worth a millionth. The weight is computed from the
+integer counts in exact integer arithmetic and floored once, to an integer in
+units of 1/WEIGHT_SCALE: no float is ever involved.
+
+**Probation.** A day with a positive weight is a day of verified service. The
+first ``probation_days`` such days of a proxy (minus the days it already served
+in earlier rounds, ``prior_service_days``) earn nothing. The proxy's weight is
+the sum of its other day weights.
+
+**Sharing the pool, with caps (water-filling).** The pool is the budget minus
+the fee reserve. Each operator may get at most ``operator_cap_bp`` and each /24
+(or /48) network at most ``network_cap_bp`` basis points of the pool (the cap in
+satoshi is floored). The pool is shared by progressive filling: every proxy
+receives ``level * weight`` while a common level rises; when an operator or a
+network reaches its cap, the proxies in it stop at the level reached, and the
+level keeps rising for everyone else, so the excess of a capped operator or
+network goes to the others in proportion to their weight. Filling stops when
+the pool is shared out or everyone is capped. Levels and shares are exact
+fractions (``fractions.Fraction``).
+
+**Rounding (largest remainder).** Each operator's exact share is the sum of its
+proxies' shares. Everyone first gets the floor of their exact share; the
+satoshi still to give (the floor of the total exact share minus the sum of
+floors) go one each to the operators with the largest fractional remainders,
+ties broken by operator id in ascending order. Only an operator with a
+non-zero remainder can get one, so no integer share exceeds the operator cap.
+Network caps hold exactly for the exact shares (rounding each operator's share
+may move a network's total by less than one satoshi per operator in it). What
+cannot be shared because everyone is capped, or because no proxy earned any
+weight, is ``returned_sat``: it stays with the funder.
+
+**Carried amounts and the minimum payout.** An operator is due its share plus
+what was carried from its previous rounds. When that is at least
+``min_payout_sat`` it is paid in full; otherwise all of it is carried to the
+operator's next round, never lost. Hence, exactly::
+
+    paid + carried_out + fee_reserve + returned == budget + carried_in
+
+**Determinism.** Everything is integer or exact-fraction arithmetic, every
+accumulation is a sum (independent of input order), and every order that
+matters (rounding ties, output order) is by operator id. The same inputs in
+any order give the same round.
+
+Rollups are consumed as an iterable, keeping only a small tally per proxy, so a
+round over 100,000 proxies and 30 days needs memory for the proxies, not the rows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+
+from resistance.grants.errors import InputError
+from resistance.grants.model import (
+    BASIS_POINTS,
+    Award,
+    CarriedAmount,
+    DailyRollup,
+    GrantSettings,
+    RoundInputs,
+    RoundResult,
+)
+
+WEIGHT_SCALE = 10**12
+
+
+def day_weight(settings: GrantSettings, r: DailyRollup) -> int:
+    """The weight of one day of one proxy, an integer in units of 1/WEIGHT_SCALE."""
+    if r.control_attempts < settings.min_attempts or r.target_attempts < settings.min_attempts:
+        return 0
+    e = settings.performance_exponent
+    num = (r.control_successes * r.target_successes) ** e
+    den = (r.control_attempts * r.target_attempts) ** e
+    ref = settings.capacity_reference_kbps
+    if ref:
+        num *= min(r.throughput_kbps, ref)
+        den *= ref
+    weight: int = WEIGHT_SCALE * num // den
+    return weight
+
+
+class _ProxyTally:
+    """What the rule keeps of one proxy while reading its rows."""
+
+    __slots__ = ("days_seen", "early", "network", "operator_id", "probation", "service", "total")
+
+    def __init__(self, operator_id: str, network: str, probation: int) -> None:
+        self.operator_id = operator_id
+        self.network = network
+        self.probation = probation
+        self.days_seen = 0  # bit i set: day period_start + i has a row
+        self.total = 0  # sum of all day weights
+        self.service = 0  # days with a positive weight
+        self.early: list[tuple[int, int]] = []  # the earliest `probation` service days
+
+    def add(self, day: int, weight: int) -> None:
+        if weight <= 0:
+            return
+        self.total += weight
+        self.service += 1
+        if self.probation == 0:
+            return
+        early = self.early
+        if len(early) < self.probation:
+            bisect.insort(early, (day, weight))
+        elif day < early[-1][0]:
+            early.pop()
+            bisect.insort(early, (day, weight))
+
+    @property
+    def earned(self) -> int:
+        return self.total - sum(w for _, w in self.early)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Per-proxy and per-operator facts gathered from the rows."""
+
+    proxies: dict[str, _ProxyTally]
+    addresses: dict[str, str]
+    ignored_rollups: int
+
+
+def tally(
+    settings: GrantSettings,
+    rollups: Iterable[DailyRollup],
+    prior_service_days: Mapping[str, int],
+) -> Tally:
+    """Read the rows once; refuse duplicates, rows outside the period and contradictions."""
+    proxies: dict[str, _ProxyTally] = {}
+    addresses: dict[str, str] = {}
+    start = settings.period_start.toordinal()
+    ndays = settings.days
+    country = settings.target_country
+    probation = settings.probation_days
+    weights: dict[tuple[int, int, int, int, int], int] = {}
+    ignored = 0
+    for r in rollups:
+        if r.country != country:
+            ignored += 1
+            continue
+        offset = r.day.toordinal() - start
+        if not 0 <= offset < ndays:
+            raise InputError(
+                f"rollup {r.proxy_id} {r.day}: outside the round's period "
+                f"{settings.period_start}..{settings.period_end}"
+            )
+        p = proxies.get(r.proxy_id)
+        if p is None:
+            left = max(0, probation - prior_service_days.get(r.proxy_id, 0))
+            p = proxies[r.proxy_id] = _ProxyTally(r.operator_id, r.network, left)
+        elif p.operator_id != r.operator_id or p.network != r.network:
+            raise InputError(
+                f"proxy {r.proxy_id}: rows disagree on operator or network "
+                f"({p.operator_id} {p.network} vs {r.operator_id} {r.network})"
+            )
+        bit = 1 << offset
+        if p.days_seen & bit:
+            raise InputError(f"rollup {r.proxy_id} {r.day} {country}: duplicate row")
+        p.days_seen |= bit
+        known = addresses.setdefault(r.operator_id, r.payout_address)
+        if known != r.payout_address:
+            raise InputError(
+                f"operator {r.operator_id}: rows disagree on the payout address "
+                f"({known} vs {r.payout_address})"
+            )
+        key = (
+            r.control_attempts,
+            r.control_successes,
+            r.target_attempts,
+            r.target_successes,
+            r.throughput_kbps,
+        )
+        w = weights.get(key)
+        if w is None:
+            w = weights[key] = day_weight(settings, r)
+        p.add(offset, w)
+    return Tally(proxies, addresses, ignored)
+
+
+# --- water-filling -----------------------------------------------------------------------
+
+
+def fill(
+    pool: int,
+    units: list[tuple[str, str, int]],
+    operator_cap: int,
+    network_cap: int,
+) -> list[Fraction]:
+    """Share ``pool`` over units (operator, network, weight > 0) by progressive filling.
+
+    Returns each unit's exact share. Each operator's total is at most
+    ``operator_cap`` and each network's at most ``network_cap``; the total is
+    ``pool`` unless every unit ends capped.
+    """
+    n = len(units)
+    levels: list[Fraction | None] = [None] * n
+    if n == 0 or pool == 0:
+        return [Fraction(0)] * n
+    members: dict[tuple[int, str], list[int]] = {}
+    for i, (op, net, _) in enumerate(units):
+        members.setdefault((0, op), []).append(i)
+        members.setdefault((1, net), []).append(i)
+    caps = (operator_cap, network_cap)
+    active_w: dict[tuple[int, str], int] = {}
+    frozen: dict[tuple[int, str], Fraction] = {}
+    version: dict[tuple[int, str], int] = {}
+    heap: list[tuple[Fraction, int, str, int]] = []
+    for g, idx in members.items():
+        active_w[g] = sum(units[i][2] for i in idx)
+        frozen[g] = Fraction(0)
+        version[g] = 0
+        if caps[g[0]] < pool:
+            heap.append((Fraction(caps[g[0]], active_w[g]), g[0], g[1], 0))
+    heapq.heapify(heap)
+    w_active = sum(u[2] for u in units)
+    f_total = Fraction(0)
+    while w_active > 0:
+        t_pool = (pool - f_total) / w_active
+        while heap:
+            t, kind, name, ver = heap[0]
+            g = (kind, name)
+            if ver != version[g] or active_w[g] == 0:
+                heapq.heappop(heap)
+                continue
+            break
+        if not heap or heap[0][0] >= t_pool:
+            for i in range(n):
+                if levels[i] is None:
+                    levels[i] = t_pool
+            break
+        t, kind, name, _ = heapq.heappop(heap)
+        g = (kind, name)
+        for i in members[g]:
+            if levels[i] is not None:
+                continue
+            levels[i] = t
+            op, net, w = units[i]
+            share = t * w
+            w_active -= w
+            f_total += share
+            for h in ((0, op), (1, net)):
+                active_w[h] -= w
+                frozen[h] += share
+                if h != g and active_w[h] > 0 and caps[h[0]] < pool:
+                    version[h] += 1
+                    t_h = (caps[h[0]] - frozen[h]) / active_w[h]
+                    heapq.heappush(heap, (t_h, h[0], h[1], version[h]))
+    out: list[Fraction] = []
+    for i in range(n):
+        level = levels[i]
+        assert level is not None
+        out.append(level * units[i][2])
+    return out
+
+
+def largest_remainder(total: int, shares: list[tuple[str, Fraction]]) -> dict[str, int]:
+    """Round exact shares to integers summing to ``total`` (Hamilton's method).
+
+    ``total`` must lie between the sum of floors and the sum of the exact shares.
+    Ties are broken by key in ascending order.
+    """
+    floors: dict[str, int] = {}
+    remainders: list[tuple[str, Fraction]] = []
+    for key, share in sorted(shares, key=lambda ks: ks[0]):
+        f = share.numerator // share.denominator
+        floors[key] = f
+        rem = share - f
+        if rem:
+            remainders.append((key, rem))
+    missing = total - sum(floors.values())
+    if missing < 0 or missing > len(remainders):
+        raise ValueError("total is outside what the shares can be rounded to")
+    # A reverse sort is stable: equal remainders keep ascending key order.
+    remainders.sort(key=lambda kr: kr[1], reverse=True)
+    for key, _ in remainders[:missing]:
+        floors[key] += 1
+    return floors
+
+
+def compute_result(settings: GrantSettings, inputs: RoundInputs) -> RoundResult:
+    """Apply the award rule to a round's recorded inputs."""
+    return compute_result_from(
+        settings, inputs.rollups, inputs.carried_in, inputs.prior_service_days
+    )
+
+
+def compute_result_from(
+    settings: GrantSettings,
+    rollups: Iterable[DailyRollup],
+    carried_in: Iterable[CarriedAmount],
+    prior_service_days: Mapping[str, int],
+) -> RoundResult:
+    """The award rule over an iterable of rows (read once)."""
+    t = tally(settings, rollups, prior_service_days)
+    pool = settings.pool_sat
+    unit_weight: dict[tuple[str, str], int] = {}
+    op_weight: dict[str, int] = {}
+    op_proxies: dict[str, int] = {}
+    op_days: dict[str, int] = {}
+    for p in t.proxies.values():
+        earned = p.earned
+        op = p.operator_id
+        op_weight[op] = op_weight.get(op, 0) + earned
+        op_proxies[op] = op_proxies.get(op, 0) + 1
+        op_days[op] = op_days.get(op, 0) + p.service
+        if earned > 0:
+            key = (op, p.network)
+            unit_weight[key] = unit_weight.get(key, 0) + earned
+    units = [(op, net, w) for (op, net), w in sorted(unit_weight.items())]
+    exact = fill(
+        pool,
+        units,
+        pool * settings.operator_cap_bp // BASIS_POINTS,
+        pool * settings.network_cap_bp // BASIS_POINTS,
+    )
+    op_exact: dict[str, Fraction] = {}
+    for (op, _, _), share in zip(units, exact, strict=True):
+        op_exact[op] = op_exact.get(op, Fraction(0)) + share
+    total_exact = sum(op_exact.values(), Fraction(0))
+    distributed = total_exact.numerator // total_exact.denominator
+    shares = largest_remainder(distributed, list(op_exact.items()))
+
+    carried: dict[str, int] = {}
+    addresses = dict(t.addresses)
+    for c in carried_in:
+        if c.operator_id in carried:
+            raise InputError(f"carried_in: operator {c.operator_id} listed twice")
+        carried[c.operator_id] = c.amount_sat
+        known = addresses.setdefault(c.operator_id, c.payout_address)
+        if known != c.payout_address:
+            raise InputError(
+                f"operator {c.operator_id}: carried amount names payout address "
+                f"{c.payout_address}, rollups name {known}"
+            )
+    awards = []
+    for op in sorted(addresses):
+        share_sat = shares.get(op, 0)
+        due = share_sat + carried.get(op, 0)
+        paid = due if due >= settings.min_payout_sat else 0
+        if not (due or op_weight.get(op, 0) or op_proxies.get(op, 0)):
+            continue
+        awards.append(
+            Award(
+                operator_id=op,
+                payout_address=addresses[op],
+                weight=op_weight.get(op, 0),
+                proxies=op_proxies.get(op, 0),
+                service_days=op_days.get(op, 0),
+                share_sat=share_sat,
+                carried_in_sat=carried.get(op, 0),
+                amount_sat=paid,
+                carried_out_sat=due - paid,
+            )
+        )
+    return RoundResult(
+        awards=tuple(awards),
+        pool_sat=pool,
+        distributed_sat=distributed,
+        returned_sat=pool - distributed,
+        ignored_rollups=t.ignored_rollups,
+    )

@@ -1,0 +1,573 @@
+"""The data of a grant round: settings, inputs, awards and state, and their JSON form.
+
+A round file is self-contained so that anyone can recompute it: it holds every
+parameter of the award rule (``GrantSettings``), every input the rule reads
+(``RoundInputs``: daily rollups, amounts carried from the operator's previous
+round, prior service days for probation, and a ``signatures`` field reserved for
+the registry's signature over the exported inputs), the result (``RoundResult``)
+and the state (``RoundState``: draft, approved with a digest, paid with a txid).
+
+All amounts are integer satoshi; all weights are integers. The JSON form is
+canonical (sorted keys, no floats), so the digest of a round is stable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from resistance.grants.errors import InputError, SettingsError
+
+FORMAT = "resistance.grants.round/1"
+INPUTS_FORMAT = "resistance.grants.inputs/1"
+NETWORKS = ("bitcoin", "testnet", "testnet4", "signet", "regtest")
+# Below 546 sat an output is dust for some standard address type (P2PKH), so no
+# award may be that small: it would be unspendable or rejected by relay policy.
+MIN_PAYOUT_FLOOR_SAT = 546
+BASIS_POINTS = 10_000
+MAX_SAT = 21_000_000 * 100_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class GrantSettings:
+    """Every parameter of the award rule, recorded in the round file.
+
+    ``operator_cap_bp`` and ``network_cap_bp`` are caps in basis points of the
+    pool (budget minus fee reserve); 10000 means no cap. ``capacity_reference_kbps``
+    of 0 turns the capacity factor off.
+    """
+
+    round_id: str
+    network: str
+    target_country: str
+    period_start: dt.date
+    period_end: dt.date
+    budget_sat: int
+    fee_reserve_sat: int
+    min_payout_sat: int = 10_000
+    performance_exponent: int = 20
+    min_attempts: int = 1
+    capacity_reference_kbps: int = 0
+    probation_days: int = 0
+    operator_cap_bp: int = BASIS_POINTS
+    network_cap_bp: int = BASIS_POINTS
+
+    def __post_init__(self) -> None:
+        if not self.round_id:
+            raise SettingsError("round_id must not be empty")
+        if self.network not in NETWORKS:
+            raise SettingsError(f"network must be one of {', '.join(NETWORKS)}: {self.network!r}")
+        if len(self.target_country) != 2 or not self.target_country.isupper():
+            raise SettingsError(f"target_country must be an ISO 3166 code: {self.target_country!r}")
+        if self.period_end < self.period_start:
+            raise SettingsError("period_end is before period_start")
+        for name in ("budget_sat", "fee_reserve_sat", "min_payout_sat"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_SAT:
+                raise SettingsError(f"{name} must be between 0 and 21e14 sat: {value}")
+        if self.fee_reserve_sat > self.budget_sat:
+            raise SettingsError(
+                f"fee reserve {self.fee_reserve_sat} sat is larger than the budget "
+                f"{self.budget_sat} sat"
+            )
+        if self.min_payout_sat < MIN_PAYOUT_FLOOR_SAT:
+            raise SettingsError(
+                f"min_payout_sat must be at least {MIN_PAYOUT_FLOOR_SAT} (dust limit): "
+                f"{self.min_payout_sat}"
+            )
+        if not 1 <= self.performance_exponent <= 64:
+            raise SettingsError("performance_exponent must be between 1 and 64")
+        if self.min_attempts < 1:
+            raise SettingsError("min_attempts must be at least 1")
+        if self.capacity_reference_kbps < 0 or self.probation_days < 0:
+            raise SettingsError("capacity_reference_kbps and probation_days must be >= 0")
+        for name in ("operator_cap_bp", "network_cap_bp"):
+            if not 1 <= getattr(self, name) <= BASIS_POINTS:
+                raise SettingsError(f"{name} must be between 1 and {BASIS_POINTS}")
+
+    @property
+    def pool_sat(self) -> int:
+        """The amount shared out by weight: the budget minus the fee reserve."""
+        return self.budget_sat - self.fee_reserve_sat
+
+    @property
+    def days(self) -> int:
+        return (self.period_end - self.period_start).days + 1
+
+
+@dataclass(frozen=True, slots=True)
+class DailyRollup:
+    """One proxy's measurements on one day: control vantages and vantages inside ``country``.
+
+    ``network`` is the proxy's /24 (IPv4) or /48 (IPv6) as text, ``throughput_kbps``
+    the measured median throughput that day (0 when not measured).
+    """
+
+    proxy_id: str
+    operator_id: str
+    network: str
+    payout_address: str
+    day: dt.date
+    country: str
+    control_attempts: int
+    control_successes: int
+    target_attempts: int
+    target_successes: int
+    throughput_kbps: int = 0
+
+    def __post_init__(self) -> None:
+        ca, cs = self.control_attempts, self.control_successes
+        ta, ts = self.target_attempts, self.target_successes
+        tp = self.throughput_kbps
+        if not (
+            self.proxy_id
+            and self.operator_id
+            and self.payout_address
+            and type(ca) is int
+            and type(cs) is int
+            and type(ta) is int
+            and type(ts) is int
+            and type(tp) is int
+            and 0 <= cs <= ca
+            and 0 <= ts <= ta
+            and tp >= 0
+        ):
+            self._explain()
+        check_network(self.network, f"rollup {self.proxy_id} {self.day}")
+
+    def _explain(self) -> None:
+        """Raise the error that says what is wrong with this row (the slow path)."""
+        where = f"rollup {self.proxy_id or '?'} {self.day}"
+        if not self.proxy_id or not self.operator_id or not self.payout_address:
+            raise InputError(f"{where}: proxy_id, operator_id and payout_address are required")
+        for name in (
+            "control_attempts",
+            "control_successes",
+            "target_attempts",
+            "target_successes",
+            "throughput_kbps",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise InputError(f"{where}: {name} must be a non-negative integer: {value!r}")
+        if self.control_successes > self.control_attempts:
+            raise InputError(f"{where}: more control successes than attempts")
+        raise InputError(f"{where}: more target-country successes than attempts")
+
+
+def check_network(text: str, where: str) -> None:
+    """Refuse anything but a /24 IPv4 or /48 IPv6 network in canonical form."""
+    problem = _network_problem(text)
+    if problem:
+        raise InputError(f"{where}: {problem}")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _network_problem(text: str) -> str:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        return f"network {text!r} is not a network: {exc}"
+    want = 24 if net.version == 4 else 48
+    if net.prefixlen != want or str(net) != text:
+        return f"network must be written as a /{want}: {text!r}"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedAmount:
+    """What an operator was due in an earlier round but that was below the minimum payout."""
+
+    operator_id: str
+    payout_address: str
+    amount_sat: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.amount_sat <= MAX_SAT:
+            raise InputError(f"carried amount of {self.operator_id}: bad amount {self.amount_sat}")
+
+
+@dataclass(frozen=True, slots=True)
+class InputSignature:
+    """A signature over the canonical inputs by a registry key (checked in a later version)."""
+
+    key_id: str
+    algorithm: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoundInputs:
+    rollups: tuple[DailyRollup, ...]
+    carried_in: tuple[CarriedAmount, ...] = ()
+    prior_service_days: Mapping[str, int] = field(default_factory=dict)
+    signatures: tuple[InputSignature, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Award:
+    """One operator's outcome.
+
+    ``share_sat`` is this round's share of the pool, ``amount_sat`` what is paid now
+    (share plus carried-in, or 0 when that is below the minimum payout), and
+    ``carried_out_sat`` what moves to the operator's next round.
+    """
+
+    operator_id: str
+    payout_address: str
+    weight: int
+    proxies: int
+    service_days: int
+    share_sat: int
+    carried_in_sat: int
+    amount_sat: int
+    carried_out_sat: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    awards: tuple[Award, ...]
+    pool_sat: int
+    distributed_sat: int
+    returned_sat: int
+    ignored_rollups: int
+
+    @property
+    def paid_sat(self) -> int:
+        return sum(a.amount_sat for a in self.awards)
+
+    @property
+    def carried_in_sat(self) -> int:
+        return sum(a.carried_in_sat for a in self.awards)
+
+    @property
+    def carried_out_sat(self) -> int:
+        return sum(a.carried_out_sat for a in self.awards)
+
+    def payouts(self) -> list[Award]:
+        """The awards paid now, in the round's order (by operator id)."""
+        return [a for a in self.awards if a.amount_sat > 0]
+
+
+class RoundStatus(Enum):
+    DRAFT = "draft"
+    APPROVED = "approved"
+    PAID = "paid"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundState:
+    status: RoundStatus = RoundStatus.DRAFT
+    digest: str | None = None
+    txid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRound:
+    settings: GrantSettings
+    inputs: RoundInputs
+    result: RoundResult
+    state: RoundState = RoundState()
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical settings, inputs and result (not the state)."""
+        body = {
+            "settings": settings_to_json(self.settings),
+            "inputs": inputs_to_json(self.inputs),
+            "result": result_to_json(self.result),
+        }
+        return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def settings_to_json(s: GrantSettings) -> dict[str, Any]:
+    return {
+        "round_id": s.round_id,
+        "network": s.network,
+        "target_country": s.target_country,
+        "period_start": s.period_start.isoformat(),
+        "period_end": s.period_end.isoformat(),
+        "budget_sat": s.budget_sat,
+        "fee_reserve_sat": s.fee_reserve_sat,
+        "min_payout_sat": s.min_payout_sat,
+        "performance_exponent": s.performance_exponent,
+        "min_attempts": s.min_attempts,
+        "capacity_reference_kbps": s.capacity_reference_kbps,
+        "probation_days": s.probation_days,
+        "operator_cap_bp": s.operator_cap_bp,
+        "network_cap_bp": s.network_cap_bp,
+    }
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    value = obj.get(key, default)
+    if type(value) is not int:
+        raise InputError(f"{where}: {key} must be an integer: {value!r}")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {key} must be a string: {value!r}")
+    return value
+
+
+def _date(obj: Mapping[str, Any], key: str, where: str) -> dt.date:
+    text = _str(obj, key, where)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{where}: {key} is not an ISO date: {text!r}") from None
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InputError(f"{where}: expected a JSON object")
+    return value
+
+
+def _list(value: Any, where: str) -> Sequence[Any]:
+    if not isinstance(value, list):
+        raise InputError(f"{where}: expected a JSON array")
+    return value
+
+
+def settings_from_json(obj: Any) -> GrantSettings:
+    o = _mapping(obj, "settings")
+    w = "settings"
+    known = set(GrantSettings.__dataclass_fields__)
+    unknown = set(o) - known
+    if unknown:
+        raise InputError(f"settings: unknown fields {sorted(unknown)}")
+    d = GrantSettings.__dataclass_fields__
+    kwargs: dict[str, Any] = {}
+    for name in d:
+        if name in ("round_id", "network", "target_country"):
+            kwargs[name] = _str(o, name, w)
+        elif name in ("period_start", "period_end"):
+            kwargs[name] = _date(o, name, w)
+        elif name in o or name in ("budget_sat", "fee_reserve_sat"):
+            kwargs[name] = _int(o, name, w)
+    return GrantSettings(**kwargs)
+
+
+def rollup_to_json(r: DailyRollup) -> dict[str, Any]:
+    return {
+        "proxy_id": r.proxy_id,
+        "operator_id": r.operator_id,
+        "network": r.network,
+        "payout_address": r.payout_address,
+        "day": r.day.isoformat(),
+        "country": r.country,
+        "control_attempts": r.control_attempts,
+        "control_successes": r.control_successes,
+        "target_attempts": r.target_attempts,
+        "target_successes": r.target_successes,
+        "throughput_kbps": r.throughput_kbps,
+    }
+
+
+def rollup_from_json(obj: Any, index: int) -> DailyRollup:
+    w = f"rollups[{index}]"
+    o = _mapping(obj, w)
+    return DailyRollup(
+        proxy_id=_str(o, "proxy_id", w),
+        operator_id=_str(o, "operator_id", w),
+        network=_str(o, "network", w),
+        payout_address=_str(o, "payout_address", w),
+        day=_date(o, "day", w),
+        country=_str(o, "country", w),
+        control_attempts=_int(o, "control_attempts", w),
+        control_successes=_int(o, "control_successes", w),
+        target_attempts=_int(o, "target_attempts", w),
+        target_successes=_int(o, "target_successes", w),
+        throughput_kbps=_int(o, "throughput_kbps", w, 0),
+    )
+
+
+def inputs_to_json(i: RoundInputs) -> dict[str, Any]:
+    return {
+        "rollups": [rollup_to_json(r) for r in i.rollups],
+        "carried_in": [
+            {
+                "operator_id": c.operator_id,
+                "payout_address": c.payout_address,
+                "amount_sat": c.amount_sat,
+            }
+            for c in i.carried_in
+        ],
+        "prior_service_days": dict(sorted(i.prior_service_days.items())),
+        "signatures": [
+            {"key_id": s.key_id, "algorithm": s.algorithm, "signature": s.signature}
+            for s in i.signatures
+        ],
+    }
+
+
+def inputs_from_json(obj: Any) -> RoundInputs:
+    o = _mapping(obj, "inputs")
+    rollups = tuple(
+        rollup_from_json(r, n) for n, r in enumerate(_list(o.get("rollups"), "rollups"))
+    )
+    carried = []
+    for n, c in enumerate(_list(o.get("carried_in", []), "carried_in")):
+        w = f"carried_in[{n}]"
+        cm = _mapping(c, w)
+        carried.append(
+            CarriedAmount(
+                operator_id=_str(cm, "operator_id", w),
+                payout_address=_str(cm, "payout_address", w),
+                amount_sat=_int(cm, "amount_sat", w),
+            )
+        )
+    prior_raw = _mapping(o.get("prior_service_days", {}), "prior_service_days")
+    prior: dict[str, int] = {}
+    for proxy, days in prior_raw.items():
+        if type(days) is not int or days < 0:
+            raise InputError(f"prior_service_days[{proxy}]: must be a non-negative integer")
+        prior[proxy] = days
+    sigs = []
+    for n, s in enumerate(_list(o.get("signatures", []), "signatures")):
+        w = f"signatures[{n}]"
+        sm = _mapping(s, w)
+        sigs.append(
+            InputSignature(
+                key_id=_str(sm, "key_id", w),
+                algorithm=_str(sm, "algorithm", w),
+                signature=_str(sm, "signature", w),
+            )
+        )
+    return RoundInputs(rollups, tuple(carried), prior, tuple(sigs))
+
+
+AWARD_FIELDS = (
+    "operator_id",
+    "payout_address",
+    "weight",
+    "proxies",
+    "service_days",
+    "share_sat",
+    "carried_in_sat",
+    "amount_sat",
+    "carried_out_sat",
+)
+
+
+def result_to_json(r: RoundResult) -> dict[str, Any]:
+    return {
+        "awards": [{f: getattr(a, f) for f in AWARD_FIELDS} for a in r.awards],
+        "pool_sat": r.pool_sat,
+        "distributed_sat": r.distributed_sat,
+        "returned_sat": r.returned_sat,
+        "ignored_rollups": r.ignored_rollups,
+        "totals": {
+            "paid_sat": r.paid_sat,
+            "carried_in_sat": r.carried_in_sat,
+            "carried_out_sat": r.carried_out_sat,
+        },
+    }
+
+
+def result_from_json(obj: Any) -> RoundResult:
+    o = _mapping(obj, "result")
+    awards = []
+    for n, a in enumerate(_list(o.get("awards"), "result.awards")):
+        w = f"result.awards[{n}]"
+        am = _mapping(a, w)
+        awards.append(
+            Award(
+                operator_id=_str(am, "operator_id", w),
+                payout_address=_str(am, "payout_address", w),
+                weight=_int(am, "weight", w),
+                proxies=_int(am, "proxies", w),
+                service_days=_int(am, "service_days", w),
+                share_sat=_int(am, "share_sat", w),
+                carried_in_sat=_int(am, "carried_in_sat", w),
+                amount_sat=_int(am, "amount_sat", w),
+                carried_out_sat=_int(am, "carried_out_sat", w),
+            )
+        )
+    return RoundResult(
+        awards=tuple(awards),
+        pool_sat=_int(o, "pool_sat", "result"),
+        distributed_sat=_int(o, "distributed_sat", "result"),
+        returned_sat=_int(o, "returned_sat", "result"),
+        ignored_rollups=_int(o, "ignored_rollups", "result"),
+    )
+
+
+def state_to_json(s: RoundState) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": s.status.value}
+    if s.digest is not None:
+        out["digest"] = s.digest
+    if s.txid is not None:
+        out["txid"] = s.txid
+    return out
+
+
+def state_from_json(obj: Any) -> RoundState:
+    o = _mapping(obj, "state")
+    try:
+        status = RoundStatus(o.get("status"))
+    except ValueError:
+        raise InputError(f"state: unknown status {o.get('status')!r}") from None
+    digest = o.get("digest")
+    txid = o.get("txid")
+    if digest is not None and not isinstance(digest, str):
+        raise InputError("state.digest must be a string")
+    if txid is not None and not isinstance(txid, str):
+        raise InputError("state.txid must be a string")
+    return RoundState(status, digest, txid)
+
+
+def round_to_json(r: GrantRound) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "settings": settings_to_json(r.settings),
+        "inputs": inputs_to_json(r.inputs),
+        "result": result_to_json(r.result),
+        "state": state_to_json(r.state),
+    }
+
+
+def round_from_json(obj: Any) -> GrantRound:
+    o = _mapping(obj, "round")
+    if o.get("format") != FORMAT:
+        raise InputError(f"not a round file (format {o.get('format')!r}, expected {FORMAT!r})")
+    return GrantRound(
+        settings=settings_from_json(o.get("settings")),
+        inputs=inputs_from_json(o.get("inputs")),
+        result=result_from_json(o.get("result")),
+        state=state_from_json(o.get("state", {"status": "draft"})),
+    )
+
+
+def round_inputs_file_from_json(obj: Any) -> tuple[GrantSettings, RoundInputs]:
+    """Parse the file ``resist grants compute`` reads: settings plus inputs in one object."""
+    o = _mapping(obj, "inputs file")
+    fmt = o.get("format", INPUTS_FORMAT)
+    if fmt != INPUTS_FORMAT:
+        raise InputError(f"not an inputs file (format {fmt!r}, expected {INPUTS_FORMAT!r})")
+    return settings_from_json(o.get("settings")), inputs_from_json(o)
+
+
+def round_inputs_file_to_json(settings: GrantSettings, inputs: RoundInputs) -> dict[str, Any]:
+    return {
+        "format": INPUTS_FORMAT,
+        "settings": settings_to_json(settings),
+        **inputs_to_json(inputs),
+    }
