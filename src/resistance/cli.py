@@ -270,3 +270,16 @@ def connect_status(state_dir: Path | None) -> None:
             row["last_error"],
         )
     console.print(table)
+
+
+def _register_groups() -> None:
+    from resistance.directory.cli import directory
+    from resistance.grants.cli import grants
+    from resistance.registry.cli import registry
+
+    main.add_command(registry)
+    main.add_command(directory)
+    main.add_command(grants)
+
+
+_register_groups()
