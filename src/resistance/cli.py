@@ -187,6 +187,15 @@ def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
     metavar="URL",
     help="socks5://USER:PASS@HOST:PORT of a node; repeatable, tried in turn.",
 )
+@click.option(
+    "--directory",
+    "directories",
+    multiple=True,
+    metavar="URL_OR_FILE",
+    help="A signed directory (mirrors: repeat; tried in turn).",
+)
+@click.option("--trust", multiple=True, metavar="KEY", help="A trusted directory key (or file).")
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD", help="Local users.")
 @click.option("--check-interval", default=30.0, show_default=True, metavar="S")
 @click.option("--dial-timeout", default=8.0, show_default=True, metavar="S")
@@ -198,6 +207,9 @@ def connect(
     ctx: click.Context,
     listen: str,
     upstreams: tuple[str, ...],
+    directories: tuple[str, ...],
+    trust: tuple[str, ...],
+    threshold: int,
     users: tuple[str, ...],
     check_interval: float,
     dial_timeout: float,
@@ -212,25 +224,40 @@ def connect(
 
     \b
     Examples:
+      resist connect --directory https://mirror.example/directory.json --trust KEY
       resist connect --upstream socks5://alice:s3cret@203.0.113.7:1080 \\
                      --upstream socks5://bob:0ther@198.51.100.9:1080
       resist connect status
     """
     if ctx.invoked_subcommand is not None:
         return
+    from resistance.client.directory import DirectoryConfig
     from resistance.client.service import ConnectSettings, run_connect
     from resistance.client.upstreams import Upstream
     from resistance.config import parse_endpoint, parse_user
+    from resistance.directory.keys import trusted_key
     from resistance.paths import resolve_state_dir
 
     setup_logging(verbose + 1)
+    state = resolve_state_dir(state_dir)
+    directory = None
+    if directories:
+        directory = DirectoryConfig(
+            sources=directories,
+            trusted=tuple(trusted_key(k) for k in trust),
+            threshold=threshold,
+            state_dir=state,
+        )
+    elif trust:
+        raise click.UsageError("--trust goes with --directory")
     settings = ConnectSettings(
         listen=parse_endpoint(listen, what="listen address"),
         upstreams=tuple(Upstream.from_url(u) for u in upstreams),
         users=dict(parse_user(u) for u in users) or None,
         check_interval=check_interval,
         dial_timeout=dial_timeout,
-        state_dir=resolve_state_dir(state_dir),
+        state_dir=state,
+        directory=directory,
     )
     sys.exit(run_connect(settings))
 

@@ -27,9 +27,11 @@ from cryptography.exceptions import InvalidSignature
 
 from resistance import __version__
 from resistance.client.dial import DialError, dial
+from resistance.client.directory import DirectoryClient, DirectoryConfig, directory_upstreams
 from resistance.client.session import ClientSession
 from resistance.client.upstreams import Upstream, UpstreamPool
 from resistance.config import Endpoint, NodeLimits, NodeSettings
+from resistance.directory.document import DirectoryError
 from resistance.errors import ConfigError
 from resistance.links import socks_links
 from resistance.node.identity import challenge_message, challenge_name, public_key_from_text
@@ -55,6 +57,7 @@ class ConnectSettings:
     dial_timeout: float = 8.0
     max_attempts: int = 3
     state_dir: Path = Path(".")
+    directory: DirectoryConfig | None = None
 
 
 class ConnectNode(Node):
@@ -148,16 +151,34 @@ class ConnectNode(Node):
 
 
 def run_connect(settings: ConnectSettings, *, out: TextIO = sys.stdout) -> int:
-    if not settings.upstreams:
-        raise ConfigError("no upstream: give --upstream socks5://USER:PASS@HOST:PORT")
+    directory = DirectoryClient(settings.directory) if settings.directory else None
+    upstreams = list(settings.upstreams)
+    if directory is not None:
+        try:
+            verified = directory.refresh()
+        except DirectoryError:
+            if not upstreams:
+                raise
+            log.warning("starting with the given upstreams only: %s", directory.last_error)
+        else:
+            upstreams = directory_upstreams(verified, settings.upstreams)
+            log.info("directory serial %d: %d upstreams", verified.serial, len(upstreams))
+    if not upstreams:
+        raise ConfigError("no upstream: give --upstream URL or a --directory that lists some")
     raise_nofile_limit()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, out))
+        return runner.run(_serve(settings, upstreams, directory, out))
 
 
-async def _serve(settings: ConnectSettings, out: TextIO) -> int:
+async def _serve(
+    settings: ConnectSettings,
+    upstreams: list[Upstream],
+    directory: DirectoryClient | None,
+    out: TextIO,
+) -> int:
     loop = asyncio.get_running_loop()
     node = ConnectNode(settings, loop=loop)
+    node.pool.replace(upstreams)
     await node.start()
     endpoint = node.bound[0]
     links = socks_links(
@@ -184,10 +205,22 @@ async def _serve(settings: ConnectSettings, out: TextIO) -> int:
             write_private(status_path, json.dumps(node.status(), indent=1))
             await asyncio.sleep(2.0)
 
+    async def directory_loop(client: DirectoryClient) -> None:
+        while True:
+            await asyncio.sleep(client.next_refresh_in())
+            try:
+                verified = await asyncio.to_thread(client.refresh)
+            except DirectoryError as exc:
+                log.warning("directory refresh failed, keeping the current list: %s", exc)
+                continue
+            node.pool.replace(directory_upstreams(verified, settings.upstreams))
+
     tasks = [
         loop.create_task(health_loop(), name="connect-health"),
         loop.create_task(status_loop(), name="connect-status"),
     ]
+    if directory is not None:
+        tasks.append(loop.create_task(directory_loop(directory), name="connect-directory"))
     stopping: list[asyncio.Task[None]] = []
 
     def stop() -> None:

@@ -1,0 +1,170 @@
+"""Where `resist connect` gets its upstreams: signed directories from any mirror.
+
+Theory of operation: the sources (URLs or files, mirrors of one directory)
+are tried in turn with short timeouts.  A fetched file counts only once it
+verifies: enough distinct trusted keys, inside its validity window, and not
+older than the last directory this client accepted (kept on disk, so a
+censor replaying an old directory is refused even across restarts).  The
+accepted file is cached; when no source answers, the cache is used if it is
+still valid, so the client starts offline.  The next refresh is due at the
+directory's fresh-until time, and sooner (with backoff) while sources fail.
+The transport is never trusted: a mirror on any host serves the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from resistance.client.upstreams import Upstream
+from resistance.directory.document import (
+    MAX_FILE_BYTES,
+    DirectoryError,
+    VerifiedDirectory,
+    load_trust_state,
+    save_trust_state,
+    verify_directory,
+)
+from resistance.errors import ConfigError
+from resistance.paths import write_private
+
+log = logging.getLogger("resistance.connect")
+
+CACHE_FILE = "directory-cache.json"
+UNUSABLE = frozenset({"down", "blocked", "disabled"})
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    sources: tuple[str, ...]
+    trusted: tuple[Ed25519PublicKey, ...]
+    threshold: int
+    state_dir: Path
+    fetch_seconds: float = 5.0
+
+
+def fetch(source: str, *, seconds: float) -> bytes:
+    """The bytes at a URL or in a file, at most the largest directory allowed."""
+    if source.startswith(("http://", "https://")):
+        with (
+            httpx.Client(timeout=seconds, follow_redirects=True) as client,
+            client.stream("GET", source) as response,
+        ):
+            if response.status_code != 200:
+                raise DirectoryError(f"{source} answered HTTP {response.status_code}")
+            data = b""
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > MAX_FILE_BYTES:
+                    raise DirectoryError(f"{source} sent more than {MAX_FILE_BYTES} bytes")
+            return data
+    try:
+        with open(source, "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise DirectoryError(f"cannot read {source}: {exc.strerror}") from None
+
+
+def upstreams_from(document: dict[str, Any]) -> list[Upstream]:
+    """The SOCKS5 upstreams a directory lists as usable."""
+    found: list[Upstream] = []
+    for entry in document.get("proxies", []):
+        if not isinstance(entry, dict) or "socks5" not in entry.get("protocols", []):
+            continue
+        if str(entry.get("status", "")).split(":")[0] in UNUSABLE:
+            continue
+        endpoint = entry.get("endpoint") or {}
+        credentials = entry.get("credentials") or [{}]
+        host, port = endpoint.get("host"), endpoint.get("port")
+        if not isinstance(host, str) or not isinstance(port, int):
+            continue
+        first = credentials[0] if isinstance(credentials[0], dict) else {}
+        key = entry.get("node_key")
+        found.append(
+            Upstream(
+                host,
+                port,
+                first.get("username"),
+                first.get("password"),
+                public_key=key if isinstance(key, str) else None,
+            )
+        )
+    return found
+
+
+class DirectoryClient:
+    def __init__(self, config: DirectoryConfig) -> None:
+        if not config.sources:
+            raise ConfigError("a directory needs at least one source")
+        if not config.trusted:
+            raise ConfigError("give at least one --trust KEY to accept a directory")
+        self.config = config
+        self.current: VerifiedDirectory | None = None
+        self.failures = 0
+        self.last_error = ""
+
+    def _accept(self, data: bytes, now: int) -> VerifiedDirectory:
+        state = load_trust_state(self.config.state_dir)
+        verified = verify_directory(
+            data,
+            trusted=self.config.trusted,
+            threshold=self.config.threshold,
+            now=now,
+            last_serial=state.serial,
+            last_digest=state.digest,
+        )
+        save_trust_state(self.config.state_dir, verified)
+        return verified
+
+    def refresh(self, *, now: int | None = None) -> VerifiedDirectory:
+        """Fetch and verify from the first source that gives a good directory.
+
+        Falls back to the cached directory; raises :class:`DirectoryError` when
+        neither works (the message names each source's reason).
+        """
+        now = int(time.time()) if now is None else now
+        reasons = []
+        for source in self.config.sources:
+            try:
+                data = fetch(source, seconds=self.config.fetch_seconds)
+                verified = self._accept(data, now)
+            except (DirectoryError, httpx.HTTPError) as exc:
+                reasons.append(f"{source}: {exc}")
+                log.warning("directory from %s refused: %s", source, exc)
+                continue
+            write_private(self.config.state_dir / CACHE_FILE, data.decode("utf-8"))
+            self.current = verified
+            self.failures = 0
+            return verified
+        self.failures += 1
+        cache = self.config.state_dir / CACHE_FILE
+        if cache.exists():
+            try:
+                verified = self._accept(cache.read_bytes(), now)
+            except DirectoryError as exc:
+                reasons.append(f"cache: {exc}")
+            else:
+                self.current = verified
+                return verified
+        self.last_error = "; ".join(reasons)
+        raise DirectoryError(f"no usable directory ({self.last_error})")
+
+    def next_refresh_in(self, *, now: int | None = None) -> float:
+        """Seconds until the next refresh: at fresh-until, sooner after failures."""
+        now = int(time.time()) if now is None else now
+        if self.failures or self.current is None:
+            return float(min(600, 15 * 2 ** min(self.failures, 6)))
+        fresh_until = int(self.current.document["fresh_until"])
+        return float(max(30, min(3600, fresh_until - now)))
+
+
+def directory_upstreams(verified: VerifiedDirectory, manual: Sequence[Upstream]) -> list[Upstream]:
+    """Upstreams given by hand first, then those of the directory."""
+    return [*manual, *upstreams_from(verified.document)]
