@@ -199,6 +199,13 @@ def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD", help="Local users.")
 @click.option("--check-interval", default=30.0, show_default=True, metavar="S")
 @click.option("--dial-timeout", default=8.0, show_default=True, metavar="S")
+@click.option(
+    "--race-after",
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Try the next upstream alongside a dial still unanswered after S seconds (0: never).",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
@@ -213,6 +220,7 @@ def connect(
     users: tuple[str, ...],
     check_interval: float,
     dial_timeout: float,
+    race_after: float,
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -256,6 +264,7 @@ def connect(
         users=dict(parse_user(u) for u in users) or None,
         check_interval=check_interval,
         dial_timeout=dial_timeout,
+        race_after=race_after or None,
         state_dir=state,
         directory=directory,
     )

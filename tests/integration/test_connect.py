@@ -197,3 +197,18 @@ def test_status_command(client_factory: Any, node: RunningNode, tmp_path: Path) 
         timeout=30,
     )
     assert missing.returncode == 2 and "is `resist connect` running there?" in missing.stderr
+
+
+def test_a_hanging_upstream_is_raced_not_waited_for(
+    client_factory: Any, node: RunningNode, echo_server: Any
+) -> None:
+    """A censor that drops packets makes a dial hang; the client must not wait it out."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        silent_url = f"socks5://alice:secret@127.0.0.1:{silent.getsockname()[1]}"
+        # The dial timeout is far longer than the application's patience below, so
+        # only the race can make these connections succeed.
+        client = client_factory(silent_url, node, extra=("--dial-timeout", "60"))
+        for _ in range(3):
+            echo_through(client, echo_server.port)

@@ -56,6 +56,7 @@ class ConnectSettings:
     check_interval: float = 30.0
     dial_timeout: float = 8.0
     max_attempts: int = 3
+    race_after: float | None = 1.0
     state_dir: Path = Path(".")
     directory: DirectoryConfig | None = None
 
@@ -83,6 +84,7 @@ class ConnectNode(Node):
         self.pool = UpstreamPool(settings.upstreams)
         self.dial_timeout = settings.dial_timeout
         self.max_attempts = settings.max_attempts
+        self.race_after = settings.race_after
         self.dial_failures = 0
 
     async def check(self, upstream: Upstream) -> None:

@@ -14,9 +14,11 @@ pass between the application and the upstream's relay unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
+from asyncio import FIRST_COMPLETED
 from typing import TYPE_CHECKING, Any
 
 from resistance.client.dial import Dialed, DialError, dial
@@ -72,27 +74,62 @@ class ClientSession(RawSession):
     async def _through_upstreams(
         self, command: Command, address: Address
     ) -> tuple[Upstream, Dialed]:
+        """Dial through upstreams in the pool's order, racing a slow one.
+
+        A censor that drops packets makes a dial hang rather than fail, so
+        waiting for its timeout would stall the application for seconds.
+        Instead, when an attempt has not finished after ``race_after``
+        seconds the next upstream is tried alongside it (as Happy Eyeballs
+        does for addresses); the first success wins and the rest are
+        cancelled.  An attempt that fails starts the next one at once.
+        """
         node = self.client_node
         pool = node.pool
+        candidates = pool.order()[: node.max_attempts]
+        racing: dict[asyncio.Task[Dialed], Upstream] = {}
         last = Reply.GENERAL_FAILURE
-        for attempt, upstream in enumerate(pool.order()):
-            if attempt >= node.max_attempts:
-                break
-            try:
-                dialed = await dial(upstream, command, address, seconds=node.dial_timeout)
-            except DialError as exc:
-                last = exc.reply
-                node.dial_failures += 1
-                if exc.answered and exc.reply in DESTINATION_FAULTS:
-                    # The upstream answered; the destination may be the problem.
-                    pool.succeeded(upstream, None)
-                else:
-                    pool.failed(upstream, str(exc))
-                    log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
-                continue
-            pool.succeeded(upstream, dialed.seconds)
-            pool.used(upstream)
-            return upstream, dialed
+        started = 0
+        try:
+            while started < len(candidates) or racing:
+                if started < len(candidates) and (not racing or node.race_after is not None):
+                    upstream = candidates[started]
+                    started += 1
+                    task = node.loop.create_task(
+                        dial(upstream, command, address, seconds=node.dial_timeout),
+                        name=f"dial-{id(self):x}-{started}",
+                    )
+                    racing[task] = upstream
+                more = started < len(candidates)
+                done, _ = await asyncio.wait(
+                    racing, timeout=node.race_after if more else None, return_when=FIRST_COMPLETED
+                )
+                for task in done:
+                    upstream = racing.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        dialed = task.result()
+                        for loser, slow in racing.items():  # still hanging: treat as failed
+                            loser.cancel()
+                            pool.failed(slow, "slower than another upstream")
+                        racing.clear()
+                        for other in done - {task}:
+                            if other.exception() is None:
+                                other.result().sock.close()
+                        pool.succeeded(upstream, dialed.seconds)
+                        pool.used(upstream)
+                        return upstream, dialed
+                    if not isinstance(exc, DialError):
+                        raise exc
+                    last = exc.reply
+                    node.dial_failures += 1
+                    if exc.answered and exc.reply in DESTINATION_FAULTS:
+                        pool.succeeded(upstream, None)  # alive; the destination may be the problem
+                    else:
+                        pool.failed(upstream, str(exc))
+                        log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
+        finally:
+            for task in racing:
+                task.cancel()
         raise DialError("no upstream could carry the request", last)
 
     async def _dial_for(
