@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
@@ -38,17 +40,32 @@ class Dialed:
     seconds: float
 
 
+async def _resolve(upstream: Upstream, seconds: float) -> tuple[int, Any]:
+    """The upstream's socket address; IP literals skip the resolver's thread pool."""
+    try:
+        ip = ipaddress.ip_address(upstream.host)
+    except ValueError:
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(
+                upstream.host, upstream.port, type=socket.SOCK_STREAM
+            ),
+            seconds,
+        )
+        family, _, _, _, sockaddr = infos[0]
+        return family, sockaddr
+    if ip.version == 6:
+        return socket.AF_INET6, (str(ip), upstream.port, 0, 0)
+    return socket.AF_INET, (str(ip), upstream.port)
+
+
 async def dial(upstream: Upstream, command: Command, address: Address, *, seconds: float) -> Dialed:
     """A non-blocking socket on which ``upstream`` has accepted the request, within ``seconds``."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(upstream.host, upstream.port, type=socket.SOCK_STREAM), seconds
-        )
+        family, sockaddr = await _resolve(upstream, seconds)
     except (OSError, TimeoutError) as exc:
         raise DialError(f"cannot resolve the upstream: {exc}", Reply.HOST_UNREACHABLE) from None
-    family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
