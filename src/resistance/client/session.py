@@ -158,7 +158,7 @@ class ClientSession(RawSession):
         self.write(conn.data_to_send() + dialed.early)
         early = conn.take_early_data()
         self.conn = None
-        self.start_relay(dialed.sock, early)
+        self.start_relay(dialed.sock, early, upstream_unread=False)
 
     async def _associate(self, request: CommandRequest) -> None:
         got = await self._dial_for(Command.UDP_ASSOCIATE, ANY_IPV4)

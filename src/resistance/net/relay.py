@@ -337,8 +337,16 @@ class Relay:
     def bytes_down(self) -> int:
         return self.down.moved
 
-    def start(self, early: bytes = b"") -> None:
-        """Send bytes the client sent ahead of the reply, then relay."""
+    def start(
+        self, early: bytes = b"", *, client_unread: bool = True, upstream_unread: bool = True
+    ) -> None:
+        """Send bytes the client sent ahead of the reply, then relay.
+
+        ``client_unread``/``upstream_unread`` say whether bytes may already wait
+        on a side without a new edge to announce them (then the pump looks
+        once); a descriptor registered here for the first time needs no look,
+        since registering reports its current state.
+        """
         if early:
             try:
                 sent = self.upstream.send(early)
@@ -351,6 +359,8 @@ class Relay:
                 # buffer, so this cannot happen short of a broken stack.
                 self.fail(OSError(errno.ENOBUFS, "early data did not fit the send buffer"))
                 return
+        self.up.readable = client_unread
+        self.down.readable = upstream_unread
         self.reactor.watch(self.client_fd, self.on_client_event)
         self.reactor.watch(self.upstream_fd, self.on_upstream_event)
         self.up.run()

@@ -105,7 +105,11 @@ class RawSession(Session):
             self.paused = False
             self.node.loop.call_soon(self.on_readable)  # no edge comes for bytes already there
 
-    def start_relay(self, upstream: socket.socket, early: bytes) -> None:
+    def start_relay(
+        self, upstream: socket.socket, early: bytes, *, upstream_unread: bool = True
+    ) -> None:
+        client_unread = self.paused  # otherwise every byte so far was read and fed
+        self.paused = True  # from here on the relay reads this socket, never the session
         reactor = self.node.reactor
         assert reactor is not None
         relay = Relay(
@@ -116,7 +120,7 @@ class RawSession(Session):
             on_close=self._relay_closed,
         )
         self.relay = relay
-        relay.start(early)
+        relay.start(early, client_unread=client_unread, upstream_unread=upstream_unread)
 
     def _relay_closed(self, relay: Any, exc: OSError | None) -> None:
         self.fd = -1
@@ -160,7 +164,9 @@ class StreamSession(Session):
         if not self.closed:
             self.transport.resume_reading()
 
-    def start_relay(self, upstream: socket.socket, early: bytes) -> None:
+    def start_relay(
+        self, upstream: socket.socket, early: bytes, *, upstream_unread: bool = True
+    ) -> None:
         self.transport.pause_reading()  # until the relay owns the transport
         if self.node.reactor is not None:
             self.node.reactor.release(upstream.fileno())  # the transport watches it now

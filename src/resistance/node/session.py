@@ -23,7 +23,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from resistance.errors import BufferOverflow, ProtocolError
-from resistance.net.reactor import WRITABLE
+from resistance.net.reactor import READABLE, WRITABLE
 from resistance.node.identity import CHALLENGE_SUFFIX, challenge_message, parse_challenge
 from resistance.node.udp import UdpAssociation
 from resistance.proto.socks5 import (
@@ -114,7 +114,10 @@ class Session:
     def close_client(self) -> None:
         raise NotImplementedError
 
-    def start_relay(self, upstream: socket.socket, early: bytes) -> None:
+    def start_relay(
+        self, upstream: socket.socket, early: bytes, *, upstream_unread: bool = True
+    ) -> None:
+        """Relay from now on; ``upstream_unread``: bytes may wait there unannounced."""
         raise NotImplementedError
 
     # -- input --------------------------------------------------------------------
@@ -344,9 +347,9 @@ class Session:
 
     def _on_connect_event(self, events: int) -> None:
         if events & WRITABLE:
-            self._on_connect_ready()
+            self._on_connect_ready(unread=bool(events & READABLE))
 
-    def _on_connect_ready(self) -> None:
+    def _on_connect_ready(self, unread: bool = True) -> None:
         sock = self.dial_sock
         if sock is None:
             return
@@ -362,7 +365,7 @@ class Session:
             self._dial_next(err)
             return
         # With the reactor the socket stays registered: the relay takes it over.
-        self._connected(sock)
+        self._connected(sock, upstream_unread=unread)
 
     def _on_connect_timeout(self) -> None:
         self.timer = None
@@ -380,7 +383,7 @@ class Session:
                 self.node.loop.remove_writer(sock.fileno())
             sock.close()
 
-    def _connected(self, sock: socket.socket) -> None:
+    def _connected(self, sock: socket.socket, *, upstream_unread: bool = True) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -397,7 +400,7 @@ class Session:
         self.write(conn.data_to_send())
         early = conn.take_early_data()
         self.conn = None
-        self.start_relay(sock, early)
+        self.start_relay(sock, early, upstream_unread=upstream_unread)
 
     def reply_and_close(self, code: Reply) -> None:
         conn = self.conn
@@ -483,7 +486,8 @@ class Session:
         self.pause_reading()
         early = conn.take_early_data()
         self.conn = None
-        self.start_relay(sock, early)
+        # First registered by the relay, which reports whatever already waits.
+        self.start_relay(sock, early, upstream_unread=False)
 
     def _on_bind_timeout(self) -> None:
         self.timer = None
