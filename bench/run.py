@@ -10,6 +10,12 @@ load generator (this process) and a fresh sink process share the other core, and
 measurements run against each server and against a direct connection to the sink. Ratios to
 the direct run make numbers from different machines comparable. Raw numbers go to a JSON
 file; a table with ratios goes to the terminal.
+
+Connection cycles and ping-pong are driven by ``bench/cyclegen.c`` (built on first use into
+``bench/.build/``), a C client with its own echo server, because the Python client and sink
+ran out of load core before the fast proxies did; ``--python-load`` brings back the Python
+ones (``bench/loadgen.py`` against ``bench/sink.py``), and they are used anyway when gcc is
+missing. Bulk transfers and held connections always use the Python side.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
+import cyclegen
 import loadgen
 import peers
 import procstat
@@ -61,7 +68,13 @@ class Settings:
     repeat: int
     proxy_cpu: int
     load_cpu: int
+    python_load: bool
+    """Cycles and ping-pong with the Python generator and sink instead of cyclegen (C)."""
     host: str = "127.0.0.1"
+
+    @property
+    def load_generator(self) -> str:
+        return "loadgen.py + sink.py" if self.python_load else cyclegen.NAME
 
 
 def _size(text: str) -> int:
@@ -83,7 +96,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/…)")
     parser.add_argument("--bulk-bytes", type=_size, help="bytes per bulk transfer (2G; quick 256M)")
     parser.add_argument("--streams", type=int, default=8, help="parallel bulk streams (8)")
-    parser.add_argument("--cycles", type=int, help="connection cycles (20000; quick 3000)")
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        help="connection cycles (50000, quick 10000; with --python-load 20000, quick 3000)",
+    )
     parser.add_argument("--cycle-concurrency", type=int, default=64)
     parser.add_argument("--idle", type=int, help="idle connections held (5000; quick 1000)")
     parser.add_argument(
@@ -95,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     )
     parser.add_argument("--proxy-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument(
+        "--python-load",
+        action="store_true",
+        help="cycles and ping-pong with the Python generator (loadgen.py + sink.py) instead "
+        "of the C one (bench/cyclegen.c); it saturates the load core near 6,000 cycles/s",
+    )
     args = parser.parse_args(argv)
 
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -102,12 +125,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
     if unknown:
         parser.error(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(peers.PEERS)}")
     quick = args.quick
+    python_load = args.python_load
+    if not python_load:
+        try:
+            cyclegen.ensure_built()
+        except cyclegen.BuildError as exc:
+            console.print(
+                f"[yellow]note: C load generator unavailable ({exc}); cycles and ping-pong "
+                "fall back to the Python generator, which saturates the load core first[/]"
+            )
+            python_load = True
+    if args.cycles is not None:
+        cycles = args.cycles
+    elif python_load:
+        cycles = 3_000 if quick else 20_000
+    else:
+        cycles = 10_000 if quick else 50_000
     settings = Settings(
         quick=quick,
         servers=servers,
         bulk_bytes=args.bulk_bytes or (256 * MIB if quick else 2 * GIB),
         streams=args.streams,
-        cycles=args.cycles if args.cycles is not None else (3_000 if quick else 20_000),
+        cycles=cycles,
         cycle_concurrency=args.cycle_concurrency,
         idle=args.idle if args.idle is not None else (1_000 if quick else 5_000),
         concurrent=args.concurrent if args.concurrent is not None else (2_000 if quick else 10_000),
@@ -115,6 +154,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path]:
         repeat=args.repeat,
         proxy_cpu=args.proxy_cpu,
         load_cpu=args.load_cpu,
+        python_load=python_load,
     )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = args.output or BENCH_DIR / "results" / f"{stamp}-{'quick' if quick else 'full'}.json"
@@ -190,6 +230,7 @@ class TargetBench:
         self.name = name
         self.settings = settings
         self.bulk_route, self.echo_route = routes
+        self.proxy = self.echo_route.proxy
         self.server_pid = server_pid
         self.sink_pid = sink_pid
         self.result: dict[str, Any] = {"bulk": {}, "errors": {}, "cores": {}}
@@ -201,7 +242,15 @@ class TargetBench:
         return None if self.server_pid is None else procstat.cpu_seconds(self.server_pid)
 
     def load_cpu(self) -> float:
-        return time.process_time() + procstat.cpu_seconds(self.sink_pid)
+        # Reaped children: cyclegen, which runs (and is reaped) inside one measurement.
+        # Servers are children too, but are reaped only after the last measurement.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (
+            time.process_time()
+            + children.ru_utime
+            + children.ru_stime
+            + procstat.cpu_seconds(self.sink_pid)
+        )
 
     def attempt(self, key: str, label: str, fn: Callable[[], T]) -> T | None:
         """Run one measurement; record how the cores were used, or the error."""
@@ -307,10 +356,16 @@ class TargetBench:
 
     def latency(self) -> None:
         rounds = self.settings.rounds
+
+        def measure() -> loadgen.LatencyResult:
+            if self.settings.python_load:
+                return loadgen.run_pingpong(self.echo_route, rounds)
+            return cyclegen.run_pingpong(self.proxy, rounds)
+
         runs = self.best_of(
             "latency",
-            f"ping-pong {rounds} x 32 B",
-            lambda: loadgen.run_pingpong(self.echo_route, rounds),
+            f"ping-pong {rounds} x 32 B ({self.settings.load_generator})",
+            measure,
             better=lambda a, b: a.p50_us < b.p50_us,
         )
         if runs:
@@ -321,31 +376,44 @@ class TargetBench:
     def cycles(self) -> None:
         settings = self.settings
 
-        def measure() -> tuple[loadgen.CycleResult, float | None]:
-            cpu0 = self.proxy_cpu()
-            result = loadgen.run_async(
-                lambda: loadgen.run_cycles(
-                    self.echo_route, settings.cycles, settings.cycle_concurrency, max_seconds=300
-                ),
-                max_seconds=330,
+        def generate() -> loadgen.CycleResult | cyclegen.CycleResult:
+            if settings.python_load:
+                return loadgen.run_async(
+                    lambda: loadgen.run_cycles(
+                        self.echo_route,
+                        settings.cycles,
+                        settings.cycle_concurrency,
+                        max_seconds=300,
+                    ),
+                    max_seconds=330,
+                )
+            return cyclegen.run_cycles(
+                self.proxy, settings.cycles, settings.cycle_concurrency, max_seconds=300
             )
-            cpu1 = self.proxy_cpu()
-            return result, None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+
+        def measure() -> tuple[loadgen.CycleResult | cyclegen.CycleResult, float | None, float]:
+            cpu0, load0 = self.proxy_cpu(), self.load_cpu()
+            result = generate()
+            cpu1, load1 = self.proxy_cpu(), self.load_cpu()
+            return result, None if cpu0 is None or cpu1 is None else cpu1 - cpu0, load1 - load0
 
         runs = self.best_of(
             "cycles",
-            f"{settings.cycles} cycles, {settings.cycle_concurrency} concurrent",
+            f"{settings.cycles} cycles, {settings.cycle_concurrency} concurrent "
+            f"({settings.load_generator})",
             measure,
             better=lambda a, b: a[0].per_second > b[0].per_second,
         )
         if not runs:
             return
-        best, cpu = runs[0]
+        best, cpu, load = runs[0]
         self.result["cycles"] = dataclasses.asdict(best) | {
             "per_second": best.per_second,
             "cpu_seconds": cpu,
             "cpu_us_per_cycle": None if cpu is None else cpu / max(best.cycles, 1) * 1e6,
-            "all_per_second": [r.per_second for r, _ in runs],
+            # CPU time of the load generator and sink processes (rusage / /proc stat).
+            "load_cpu_us_per_cycle": load / max(best.cycles, 1) * 1e6,
+            "all_per_second": [r[0].per_second for r in runs],
         }
         first = f", first: {best.first_error}" if best.first_error else ""
         self.say(f"{best.per_second:,.0f} cycles/s ({best.errors} errors{first})")
@@ -511,6 +579,7 @@ def table_rows(settings: Settings) -> list[Row]:
         Row(f"cycles/s, {conc} concurrent", ("cycles", "per_second"), _fixed(0), True),
         Row("cycle errors", ("cycles", "errors"), _count),
         Row("proxy CPU µs per cycle", ("cycles", "cpu_us_per_cycle"), _fixed(0)),
+        Row("load side CPU µs per cycle", ("cycles", "load_cpu_us_per_cycle"), _fixed(0)),
         Row("ping-pong p50 µs", ("latency", "p50_us"), _fixed(0)),
         Row("ping-pong p99 µs", ("latency", "p99_us"), _fixed(0)),
         Row(f"KiB per idle conn ({settings.idle}, PSS)", ("idle", "pss_kib_per_conn"), _fixed(1)),
@@ -532,7 +601,8 @@ def render_table(settings: Settings, results: dict[str, dict[str, Any]]) -> Tabl
     mode = "quick" if settings.quick else "full"
     table = Table(
         caption=f"{mode} run; proxy pinned to CPU {settings.proxy_cpu}, load generator and "
-        f"sink to CPU {settings.load_cpu}; (N.NNx) = ratio to direct TCP; "
+        f"sink to CPU {settings.load_cpu}; cycles and ping-pong by {settings.load_generator}; "
+        "(N.NNx) = ratio to direct TCP; "
         f"* = load core ≥{LOAD_BOUND:.0%} busy, the load generator may be the limit",
         caption_justify="left",
     )
@@ -601,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, version in versions.items():
         console.print(f"{name}: {version}")
     console.print(f"settings: {dataclasses.asdict(settings)}")
+    console.print(f"cycles and ping-pong: {settings.load_generator}")
 
     started = time.time()
     results: dict[str, dict[str, Any]] = {}
@@ -621,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - started, 1),
         "machine": facts,
         "settings": dataclasses.asdict(settings),
+        "load_generator": settings.load_generator,
         "results": results,
     }
     output.parent.mkdir(parents=True, exist_ok=True)

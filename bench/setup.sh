@@ -2,6 +2,7 @@
 # Install the peer proxies the benchmark compares against. Idempotent: safe to run again.
 #   microsocks, dante-server      from Debian (apt)
 #   asyncio-socks-server, pproxy  from PyPI into the project's venv (plus py-spy for profiling)
+#   bench/.build/cyclegen         the C load generator for cycles and ping-pong (gcc)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,6 +13,7 @@ need_apt=()
 command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
 command -v danted >/dev/null 2>&1 || need_apt+=(dante-server)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 if ((${#need_apt[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -25,6 +27,14 @@ fi
 
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     asyncio-socks-server pproxy py-spy uvloop rich
+# Same command as bench/cyclegen.py; rebuilt only when the source is newer than the binary.
+mkdir -p "$here/.build"
+printf '*\n' >"$here/.build/.gitignore"
+if [[ ! -x "$here/.build/cyclegen" || "$here/cyclegen.c" -nt "$here/.build/cyclegen" ]]; then
+    gcc -O2 -Wall -Wextra -Werror -o "$here/.build/cyclegen" "$here/cyclegen.c"
+fi
+echo "load generator: $here/.build/cyclegen"
+
 echo "bench peers installed:"
 command -v microsocks danted
 "$venv/bin/pip" show asyncio-socks-server pproxy 2>/dev/null | grep -E '^(Name|Version)'
