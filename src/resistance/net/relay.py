@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import socket
 from collections.abc import Callable
@@ -46,6 +47,8 @@ _SPLICE_FLAGS: Final = (
 )
 DEFAULT_CHUNK: Final = 1 << 20
 COPY_BUFFER: Final = 64 * 1024
+PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+DEFAULT_PIPE_SIZE: Final = 64 * 1024
 ROUNDS: Final = 16
 """Chunks a pump moves per turn before yielding to other connections."""
 
@@ -53,24 +56,28 @@ ROUNDS: Final = 16
 class PipePool:
     """Empty pipes for splice pumps, reused instead of made per chunk."""
 
-    __slots__ = ("_free", "keep", "size")
+    __slots__ = ("_free", "keep", "size", "slots")
 
     def __init__(self, *, size: int = 0, keep: int = 256) -> None:
         self.size = size
         self.keep = keep
         self._free: list[tuple[int, int]] = []
+        self.slots = 0
+        """Buffer slots of the smallest pipe made so far: one splice can fill each
+        with a single segment, so a read shorter than this cannot have filled a pipe."""
 
     def get(self) -> tuple[int, int]:
         if self._free:
             return self._free.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        size = DEFAULT_PIPE_SIZE
         if self.size:
             try:
-                import fcntl
-
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
+                size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
             except OSError:
-                pass
+                pass  # over the per-user pipe limit: this one keeps the default size
+        slots = max(1, size // PAGE)
+        self.slots = slots if not self.slots else min(self.slots, slots)
         return r, w
 
     def put(self, pipe: tuple[int, int]) -> None:
@@ -194,6 +201,10 @@ class _SplicePump(_Pump):
         if n:
             self.moved += n
             self.pending = n
+            if n < self.pool.slots:
+                # Fewer bytes than the pipe has slots: the pipe cannot have filled
+                # up, so the socket's queue ran dry; new data brings a new edge.
+                self.readable = False
         else:
             self._release()
         return n
@@ -257,6 +268,8 @@ class _CopyPump(_Pump):
         self.moved += n
         self.offset = 0
         self.pending = n
+        if 0 < n < COPY_BUFFER:
+            self.readable = False  # a short read took all there was; more brings an edge
         return n
 
     def _flush(self) -> bool:
