@@ -312,10 +312,12 @@ def _register_groups() -> None:
     from resistance.directory.cli import directory
     from resistance.grants.cli import grants
     from resistance.registry.cli import registry
+    from resistance.vpn.cli import vpn
 
     main.add_command(registry)
     main.add_command(directory)
     main.add_command(grants)
+    main.add_command(vpn)
 
 
 _register_groups()

@@ -1,0 +1,516 @@
+"""``resist vpn``: the command line of the WireGuard server, nothing else."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from resistance.errors import ConfigError, ResistanceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _one_line_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ResistanceError as exc:
+            click.echo(f"resist: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _state_dir_option(func: F) -> F:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where the VPN's keys and peer database live.",
+    )(func)
+
+
+def _server(state_dir: Path | None) -> Any:
+    from resistance.paths import resolve_state_dir
+    from resistance.vpn.server import VpnServer
+
+    return VpnServer(resolve_state_dir(state_dir))
+
+
+def _emit_client_config(
+    name: str, text: str, out: Path | None, qr: bool, qr_file: Path | None
+) -> None:
+    from resistance.links import qr_save, qr_terminal
+    from resistance.paths import write_private
+
+    if out is not None:
+        write_private(out, text)
+        click.echo(f"client config for {name} written to {out} (mode 0600)", err=True)
+    else:
+        click.echo(text, nl=False)
+    if qr:
+        click.echo(qr_terminal(text), nl=False)
+    if qr_file is not None:
+        qr_save(text, str(qr_file))
+        qr_file.chmod(0o600)
+        click.echo(f"QR code written to {qr_file}", err=True)
+
+
+def _expiry(text: str | None) -> datetime | None:
+    from resistance.vpn.peers import parse_expiry, utcnow
+
+    return None if text is None else parse_expiry(text, now=utcnow())
+
+
+def _config_out_options(func: F) -> F:
+    func = click.option(
+        "--qr-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also write the config as a QR code (.png or .svg).",
+    )(func)
+    func = click.option("--qr", is_flag=True, help="Also draw the QR code in the terminal.")(func)
+    return click.option(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write the config to this file (0600) instead of standard output.",
+    )(func)
+
+
+@click.group(context_settings=CONTEXT)
+def vpn() -> None:
+    """A WireGuard server for volunteers: peers, limits, probes, metrics.
+
+    Clients use the official WireGuard apps with the config (or QR code) that
+    `add` prints.  Clients reach the internet only: private, link-local
+    (cloud metadata) and other reserved ranges behind the server are refused,
+    as on the SOCKS node.
+
+    \b
+    Examples:
+      resist vpn init --endpoint 203.0.113.7:51820 --dns 9.9.9.9
+      resist vpn add alice --expires 30d --quota 50GB --qr
+      resist vpn list
+      resist vpn serve --metrics 127.0.0.1:9109
+    """
+
+
+@vpn.command(context_settings=CONTEXT)
+@click.option("--endpoint", required=True, metavar="HOST[:PORT]", help="Where clients connect.")
+@click.option("--subnet", default="10.66.0.0/24", show_default=True, help="Tunnel addresses.")
+@click.option("--dns", multiple=True, metavar="IP", help="DNS server for clients; repeatable.")
+@click.option("--interface", default="wg-resist", show_default=True, metavar="NAME")
+@click.option("--allow", multiple=True, metavar="CIDR", help="Let clients reach this range.")
+@click.option("--deny", multiple=True, metavar="CIDR", help="Refuse this range too.")
+@click.option("--netns", metavar="NS", help="Run the interface in this network namespace.")
+@_state_dir_option
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@_one_line_errors
+def init(
+    endpoint: str,
+    subnet: str,
+    dns: tuple[str, ...],
+    interface: str,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    netns: str | None,
+    state_dir: Path | None,
+    verbose: int,
+) -> None:
+    """Create the server keys and bring the VPN up.
+
+    Uses the WireGuard kernel module when present and wireguard-go otherwise,
+    turns on IPv4 forwarding and adds an nftables table of its own
+    (masquerade and the egress policy) that `down` removes.
+
+    \b
+    Example:
+      resist vpn init --endpoint vpn.example.org:51820 --dns 9.9.9.9
+    """
+    from resistance.cli import setup_logging
+    from resistance.paths import resolve_state_dir
+    from resistance.vpn.server import VpnServer, fail_if_missing_tools, make_config
+
+    setup_logging(verbose)
+    config = make_config(
+        endpoint=endpoint,
+        subnet=subnet,
+        dns=dns,
+        interface=interface,
+        allow=allow,
+        deny=deny,
+        netns=netns,
+    )
+    fail_if_missing_tools()
+    server = VpnServer.initialise(resolve_state_dir(state_dir), config)
+    how = server.up()
+    click.echo(
+        f"vpn {config.interface} up ({how}): endpoint {config.endpoint}, "
+        f"subnet {config.subnet}, server public key {server.public_key}"
+    )
+
+
+@vpn.command(context_settings=CONTEXT)
+@_state_dir_option
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@_one_line_errors
+def up(state_dir: Path | None, verbose: int) -> None:
+    """Bring the interface up and apply the peer database (after a reboot).
+
+    On an interface that is already up, adds and removes peers one by one
+    until it matches the database, without dropping anyone's session.
+
+    \b
+    Example:
+      resist vpn up
+    """
+    from resistance.cli import setup_logging
+
+    setup_logging(verbose)
+    server = _server(state_dir)
+    how = server.up()
+    click.echo(f"vpn {server.config.interface} up ({how})")
+
+
+@vpn.command(context_settings=CONTEXT)
+@_state_dir_option
+@_one_line_errors
+def down(state_dir: Path | None) -> None:
+    """Take the interface down and remove the VPN's nftables table.
+
+    \b
+    Example:
+      resist vpn down
+    """
+    server = _server(state_dir)
+    server.down()
+    click.echo(f"vpn {server.config.interface} down")
+
+
+@vpn.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.option(
+    "--expires", metavar="DATE", help="2025-12-31 (through that day, UTC), ISO time, 30d."
+)
+@click.option("--quota", metavar="SIZE", help="Data allowed, both directions: 50GB, 500MB, 2GiB.")
+@_config_out_options
+@_state_dir_option
+@_one_line_errors
+def add(
+    name: str,
+    expires: str | None,
+    quota: str | None,
+    out: Path | None,
+    qr: bool,
+    qr_file: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """Add a client and print its wg-quick config (works with the WireGuard apps).
+
+    The client's private key exists only in this output: keep it, or use
+    `rotate` later to make a new one.
+
+    \b
+    Examples:
+      resist vpn add alice --expires 2025-12-31 --quota 50GB --qr
+      resist vpn add bob --out bob.conf --qr-file bob.png
+    """
+    from resistance.vpn.peers import parse_size
+
+    expiry = _expiry(expires)
+    size = None if quota is None else parse_size(quota)
+    peer, text = _server(state_dir).add(name, expires=expiry, quota=size)
+    _emit_client_config(peer.name, text, out, qr, qr_file)
+
+
+@vpn.command("add-probe", context_settings=CONTEXT)
+@click.argument("public_key", metavar="KEY")
+@click.option("--name", help="Peer name [default: probe-<start of key>].")
+@_state_dir_option
+@_one_line_errors
+def add_probe(public_key: str, name: str | None, state_dir: Path | None) -> None:
+    """Let a prober handshake with this server (a peer with no routes at all).
+
+    \b
+    Example:
+      resist vpn add-probe "$(wg pubkey < probe.key)" --name probe-fra
+    """
+    server = _server(state_dir)
+    peer = server.add_probe(public_key, name)
+    host_key, endpoint = server.probe_config()
+    click.echo(f"added probe peer {peer.name}; probe it with:")
+    click.echo(f"  resist vpn probe {endpoint} --server-key {host_key} --key PRIVATE_KEY_FILE")
+
+
+def _peer_command(action: str, verb: str) -> Callable[..., None]:
+    @_state_dir_option
+    @click.argument("name")
+    @_one_line_errors
+    def command(name: str, state_dir: Path | None) -> None:
+        server = _server(state_dir)
+        getattr(server, action)(name)
+        click.echo(f"{verb} {name}")
+
+    return command
+
+
+vpn.command(
+    "remove",
+    context_settings=CONTEXT,
+    help="Remove a peer; it is cut off at once.\n\n\b\nExample:\n  resist vpn remove alice",
+)(_peer_command("remove", "removed"))
+vpn.command(
+    "disable",
+    context_settings=CONTEXT,
+    help="Cut a peer off at once, keeping it for `enable`.\n\n\b\nExample:\n"
+    "  resist vpn disable alice",
+)(_peer_command("disable", "disabled"))
+vpn.command(
+    "enable",
+    context_settings=CONTEXT,
+    help="Let a disabled peer connect again (it reconnects at its next handshake).\n\n\b\n"
+    "Example:\n  resist vpn enable alice",
+)(_peer_command("enable", "enabled"))
+
+
+@vpn.command(context_settings=CONTEXT)
+@click.argument("name")
+@_config_out_options
+@_state_dir_option
+@_one_line_errors
+def rotate(
+    name: str, out: Path | None, qr: bool, qr_file: Path | None, state_dir: Path | None
+) -> None:
+    """Give a client new keys and print its new config; the old one stops working.
+
+    \b
+    Example:
+      resist vpn rotate alice --qr
+    """
+    server = _server(state_dir)
+    peer, text = server.rotate(name)
+    _emit_client_config(peer.name, text, out, qr, qr_file)
+
+
+@vpn.command(context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--expires", metavar="DATE", help="New expiry (as for add), or 'never'.")
+@click.option("--quota", metavar="SIZE", help="New quota (as for add), or 'none'.")
+@click.option("--reset-usage", is_flag=True, help="Count the peer's traffic from zero again.")
+@_state_dir_option
+@_one_line_errors
+def limit(
+    name: str,
+    expires: str | None,
+    quota: str | None,
+    reset_usage: bool,
+    state_dir: Path | None,
+) -> None:
+    """Change a peer's expiry or quota (`enforce` applies them; `enable` re-admits).
+
+    \b
+    Examples:
+      resist vpn limit alice --expires 2026-06-30
+      resist vpn limit bob --quota 100GB --reset-usage
+    """
+    from resistance.vpn.peers import parse_size
+
+    if expires is None and quota is None and not reset_usage:
+        raise click.UsageError("give --expires, --quota or --reset-usage")
+    server = _server(state_dir)
+    never = expires is not None and expires.strip().lower() == "never"
+    unlimited = quota is not None and quota.strip().lower() == "none"
+    peer = server.limit(
+        name,
+        expires=None if never else _expiry(expires),
+        clear_expiry=never,
+        quota=None if unlimited or quota is None else parse_size(quota),
+        clear_quota=unlimited,
+        reset_usage=reset_usage,
+    )
+    click.echo(f"{peer.name}: expires {_when(peer.expires)}, quota {_quota(peer)}")
+
+
+def _when(moment: datetime | None) -> str:
+    return "never" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _quota(peer: Any) -> str:
+    from resistance.vpn.peers import format_size
+
+    used = format_size(peer.used_bytes)
+    if peer.quota_bytes is None:
+        return f"{used} used, no quota"
+    share = 100 * peer.used_bytes / peer.quota_bytes
+    return f"{used} of {format_size(peer.quota_bytes)} ({share:.0f}%)"
+
+
+def _ago(stamp: int, now: float) -> str:
+    if not stamp:
+        return "never"
+    seconds = int(max(0, now - stamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+@vpn.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_state_dir_option
+@_one_line_errors
+def list_(as_json: bool, state_dir: Path | None) -> None:
+    """Peers with their traffic, last handshake, expiry and quota use.
+
+    \b
+    Examples:
+      resist vpn list
+      resist vpn list --json
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from resistance.vpn.peers import format_size
+
+    server = _server(state_dir)
+    views = server.view()
+    now = time.time()
+    if as_json:
+        rows = [
+            {
+                "name": v.peer.name,
+                "kind": v.peer.kind.value,
+                "address": None if v.peer.address is None else str(v.peer.address),
+                "enabled": v.peer.enabled,
+                "disabled": None if v.peer.disabled is None else v.peer.disabled.value,
+                "up_bytes": v.peer.counted_rx,
+                "down_bytes": v.peer.counted_tx,
+                "latest_handshake": v.live.latest_handshake if v.live else 0,
+                "expires": None if v.peer.expires is None else v.peer.expires.isoformat(),
+                "quota_bytes": v.peer.quota_bytes,
+            }
+            for v in views
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    # Piped output is not cut to 80 columns: scripts and logs get whole rows.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    state = "up" if server.is_up() else "down"
+    console.print(
+        f"vpn {server.config.interface} {state}, endpoint {server.config.endpoint}, "
+        f"server public key {server.public_key}"
+    )
+    table = Table("name", "kind", "address", "state", "up", "down", "handshake", "expires", "quota")
+    for v in views:
+        p = v.peer
+        table.add_row(
+            p.name,
+            p.kind.value,
+            "—" if p.address is None else str(p.address),
+            "enabled" if p.enabled else f"disabled ({p.disabled.value})" if p.disabled else "",
+            format_size(p.counted_rx),
+            format_size(p.counted_tx),
+            _ago(v.live.latest_handshake if v.live else 0, now),
+            _when(p.expires),
+            _quota(p),
+        )
+    console.print(table)
+
+
+@vpn.command(context_settings=CONTEXT)
+@_state_dir_option
+@_one_line_errors
+def enforce(state_dir: Path | None) -> None:
+    """Disable every peer past its expiry or over its quota (run it from cron).
+
+    \b
+    Example:
+      resist vpn enforce
+    """
+    server = _server(state_dir)
+    for name, reason in server.enforce():
+        click.echo(f"disabled {name}: {reason.value}")
+
+
+@vpn.command(context_settings=CONTEXT)
+@click.option("--interval", default=30.0, show_default=True, metavar="S", help="Seconds a round.")
+@click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics here.")
+@_state_dir_option
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@_one_line_errors
+def serve(interval: float, metrics: str | None, state_dir: Path | None, verbose: int) -> None:
+    """Keep the VPN up, enforce expiry and quotas, and export metrics by peer name.
+
+    \b
+    Example:
+      resist vpn serve --interval 60 --metrics 127.0.0.1:9109
+    """
+    from resistance.cli import setup_logging
+    from resistance.config import parse_endpoint
+    from resistance.vpn.service import run_serve
+
+    setup_logging(verbose + 1)
+    if interval <= 0:
+        raise ConfigError("--interval must be positive")
+    endpoint = None if metrics is None else parse_endpoint(metrics, what="--metrics")
+    sys.exit(run_serve(_server(state_dir), interval=interval, metrics=endpoint))
+
+
+@vpn.command(context_settings=CONTEXT)
+@click.argument("endpoint", metavar="HOST:PORT")
+@click.option("--server-key", required=True, metavar="PUB", help="The server's public key.")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File with the prober's private key (wg genkey), added with add-probe.",
+)
+@click.option("--psk", "psk_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", default=3.0, show_default=True, metavar="S")
+@click.option("--attempts", default=1, show_default=True, type=click.IntRange(1, 10))
+@_one_line_errors
+def probe(
+    endpoint: str,
+    server_key: str,
+    key_file: Path,
+    psk_file: Path | None,
+    timeout: float,
+    attempts: int,
+) -> None:
+    """Do a real WireGuard handshake; exit 0 if the server answered with its key.
+
+    Silence (wrong key, unknown prober, closed port, stopped server) exits 1.
+
+    \b
+    Example:
+      resist vpn probe 203.0.113.7:51820 --server-key SERVERPUB= --key probe.key
+    """
+    from resistance.config import parse_endpoint
+    from resistance.vpn import keys
+    from resistance.vpn.probe import probe_handshake
+
+    target = parse_endpoint(endpoint, what="endpoint")
+    result = probe_handshake(
+        target.host,
+        target.port,
+        server_public=keys.decode(server_key, what="--server-key"),
+        private_key=keys.read_key_file(key_file),
+        psk=None if psk_file is None else keys.read_key_file(psk_file, what="preshared key"),
+        timeout=timeout,
+        attempts=attempts,
+    )
+    if result.up:
+        assert result.rtt is not None
+        click.echo(f"up: {target} handshake completed in {result.rtt * 1000:.1f} ms")
+    else:
+        click.echo(f"down: {target}: {result.detail}")
+        sys.exit(1)
