@@ -295,7 +295,12 @@ def connect_status(state_dir: Path | None) -> None:
     )
     table = Table("upstream", "state", "latency ms", "ok", "failed", "last error")
     for row in status["upstreams"]:
-        state = "up" if row["available"] else f"resting {row['resting_seconds']} s"
+        if not row["available"]:
+            state = f"resting {row['resting_seconds']} s"
+        elif row.get("consecutive_failures"):
+            state = "failing, due for a retry"
+        else:
+            state = "up" if row["successes"] else "untested"
         latency = "—" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}"
         table.add_row(
             row["upstream"],

@@ -140,6 +140,7 @@ class ConnectNode(Node):
                 {
                     "upstream": u.label,
                     "available": h.available(now),
+                    "consecutive_failures": h.consecutive_failures,
                     "resting_seconds": max(0.0, round(h.down_until - now, 1)),
                     "successes": h.successes,
                     "failures": h.failures,
