@@ -316,12 +316,14 @@ def connect_status(state_dir: Path | None) -> None:
 def _register_groups() -> None:
     from resistance.directory.cli import directory
     from resistance.grants.cli import grants
+    from resistance.probe.cli import probe
     from resistance.registry.cli import registry
     from resistance.vpn.cli import vpn
 
     main.add_command(registry)
     main.add_command(directory)
     main.add_command(grants)
+    main.add_command(probe)
     main.add_command(vpn)
 
 

@@ -18,9 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resistance.paths import resolve_state_dir
 from resistance.registry import services
+from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from resistance.registry.db import database_url, make_engine, make_sessions, migrate
 from resistance.registry.errors import error_response, install_error_handlers
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
+from resistance.registry.probe_routes import router as probe_router
 from resistance.registry.ratelimit import TokenBucketLimiter
 from resistance.registry.routes import accounts, public
 from resistance.registry.services import Registry
@@ -104,7 +106,14 @@ def create_app(
         if clock is not None:
             registry.clock = clock
         task: asyncio.Task[None] | None = None
+        canary: CanaryServer | None = None
         try:
+            if settings.canary is not None:
+                registry.canary_key = load_or_create_canary_key(
+                    resolve_state_dir(settings.state_dir)
+                )
+                canary = CanaryServer(registry.canary_key)
+                registry.canary_address = await canary.start(settings.canary)
             token = await services.ensure_admin_token(registry)
             if token is not None and on_admin_token is not None:
                 on_admin_token(token)
@@ -120,6 +129,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if canary is not None:
+                await canary.close()
             await registry.engine.dispose()
 
     app = FastAPI(
@@ -132,5 +143,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(accounts)
+    app.include_router(probe_router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -67,6 +67,19 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     help="Accept proxies on loopback/private addresses (labs and tests only).",
 )
 @click.option("--no-migrate", is_flag=True, help="Do not migrate the database on start.")
+@click.option(
+    "--canary",
+    metavar="HOST:PORT",
+    help="Run the canary probes reach through proxies here (given to probes).",
+)
+@click.option(
+    "--probe-round",
+    type=click.IntRange(min=0),
+    default=600,
+    show_default=True,
+    metavar="S",
+    help="How often probes check each proxy (at random times inside the round).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @one_line_errors
 def serve(
@@ -77,6 +90,8 @@ def serve(
     publish_interval: float,
     allow_private_endpoints: bool,
     no_migrate: bool,
+    canary: str | None,
+    probe_round: int,
     verbose: int,
 ) -> None:
     """Serve the registry's HTTP API (migrating the database first).
@@ -88,6 +103,7 @@ def serve(
     Examples:
       resist registry serve --listen 127.0.0.1:8080 --network signet
       resist registry serve --db postgresql+asyncpg://resist@127.0.0.1/resist
+      resist registry serve --listen 0.0.0.0:8080 --canary 0.0.0.0:9900
     """
     import uvicorn
 
@@ -104,6 +120,8 @@ def serve(
         publish_interval=publish_interval,
         allow_private_endpoints=allow_private_endpoints,
         auto_migrate=not no_migrate,
+        canary=parse_endpoint(canary, what="canary address") if canary else None,
+        probe_round_seconds=probe_round,
     )
 
     def show_token(token: str) -> None:
@@ -204,3 +222,81 @@ def register_node(
         f"{endpoint.get('port')} (network {answer.get('network')}, "
         f"{'public' if answer.get('public') else 'handed out by the registry'})"
     )
+
+
+@registry.command(name="add-probe", context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_ADMIN_TOKEN", help="The admin token.")
+@click.option("--name", required=True, help="The vantage's name (what `probe run --vantage` says).")
+@click.option("--country", required=True, metavar="CC", help="Where the vantage measures from.")
+@click.option("--public-key", required=True, help="The output of `resist probe key` there.")
+@click.option("--control", is_flag=True, help="A control vantage (outside any censorship).")
+@one_line_errors
+def add_probe(
+    registry_url: str, token: str, name: str, country: str, public_key: str, control: bool
+) -> None:
+    """Create a probe account and print its token (shown once).
+
+    \b
+    Example:
+      resist registry add-probe --registry https://reg.example --token rst_ADMIN \\
+          --name msk-1 --country RU --public-key $(ssh msk-1 resist probe key)
+    """
+    import httpx
+
+    url = registry_url.rstrip("/") + "/api/v1/probes"
+    body = {"name": name, "country": country.upper(), "control": control, "public_key": public_key}
+    try:
+        response = httpx.post(
+            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        answer = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the registry at {url}: {exc}") from None
+    if response.status_code != 201 or not isinstance(answer, dict):
+        error = answer.get("error") if isinstance(answer, dict) else response.status_code
+        raise ConfigError(f"registry refused ({response.status_code}): {error}")
+    kind = "control vantage" if control else "vantage"
+    click.echo(f"probe {answer['probe_id']} {name} ({answer['country']}, {kind})")
+    click.echo(f"probe token (shown once, keep it): {answer['token']}")
+
+
+@registry.command(name="import-blocklist", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--db", "db", metavar="URL", help="Database URL [default: SQLite in state dir].")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where the SQLite file is.")
+@click.option("--show-problems", default=10, show_default=True, help="How many bad lines to list.")
+@one_line_errors
+def import_blocklist(
+    file: Path, db: str | None, state_dir: Path | None, show_problems: int
+) -> None:
+    """Import a censor's registry and flag the proxies whose address is in it.
+
+    Takes Roskomnadzor's registry dump (zapret-info dump.csv: "Updated: ..."
+    then "IP | IP;domain;URL;body;decision;date" lines, windows-1251 or UTF-8)
+    or a plain list with one address or prefix per line (antifilter style).
+    Bad lines are reported and skipped; the rest is imported.  The import
+    replaces the previous one.
+
+    \b
+    Examples:
+      resist registry import-blocklist dump.csv
+      resist registry import-blocklist ipsum.lst --db postgresql+asyncpg://resist@db/resist
+    """
+    from resistance.registry.censor import import_blocklist as run_import
+    from resistance.registry.censor import read_blocklist
+    from resistance.registry.db import database_url
+
+    url = database_url(db, resolve_state_dir(state_dir))
+    summary = asyncio.run(run_import(url, read_blocklist(file), str(file)))
+    report = summary.report
+    click.echo(
+        f"imported {report.prefixes} prefixes ({summary.ranges} merged ranges) from {file} "
+        f"[{report.kind}{', updated ' + report.updated if report.updated else ''}] "
+        f"in {summary.seconds:.1f} s; {report.skipped} bad lines skipped"
+    )
+    for line, why in report.problems[:show_problems]:
+        click.echo(f"  line {line}: {why}", err=True)
+    click.echo(f"{len(summary.flagged)} of {summary.proxies} proxies are in it")
+    for endpoint in summary.flagged[:50]:
+        click.echo(f"  flagged {endpoint}")

@@ -37,7 +37,7 @@ class Operator(Base):
 
 
 class ApiToken(Base):
-    """A bearer token: ``role`` is ``admin``, ``operator`` or (later) ``probe``."""
+    """A bearer token: ``role`` is ``admin``, ``operator`` or ``probe``."""
 
     __tablename__ = "api_tokens"
 
@@ -48,6 +48,10 @@ class ApiToken(Base):
     )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    #: The probe account a ``probe`` token belongs to (migration 0002).
+    probe_id: Mapped[int | None] = mapped_column(
+        ForeignKey("probe_accounts.id", ondelete="CASCADE"), index=True
+    )
 
 
 class Proxy(Base):
@@ -91,3 +95,169 @@ class Publication(Base):
     serial: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     published_at: Mapped[int] = mapped_column(BigInteger)
     body: Mapped[str] = mapped_column(Text)
+
+
+# --- probes (migration 0002) ----------------------------------------------------------
+
+
+class ProbeAccount(Base):
+    """A measuring vantage, created by the admin with the probe's own public key."""
+
+    __tablename__ = "probe_accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    country: Mapped[str] = mapped_column(String(2), index=True)
+    control: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProbeBatch(Base):
+    """A signed batch as uploaded (its file kept verbatim), at most once per batch id."""
+
+    __tablename__ = "probe_batches"
+
+    batch_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    probe_id: Mapped[int] = mapped_column(
+        ForeignKey("probe_accounts.id", ondelete="CASCADE"), index=True
+    )
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    result_count: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class ProbeResult(Base):
+    """One check's raw result (also inside its batch's body, kept for audits)."""
+
+    __tablename__ = "probe_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(
+        ForeignKey("probe_batches.batch_id", ondelete="CASCADE"), index=True
+    )
+    probe_id: Mapped[int] = mapped_column(ForeignKey("probe_accounts.id", ondelete="CASCADE"))
+    proxy_id: Mapped[int] = mapped_column(ForeignKey("proxies.id", ondelete="CASCADE"))
+    measured_at: Mapped[int] = mapped_column(BigInteger)
+    country: Mapped[str] = mapped_column(String(2))
+    control: Mapped[bool] = mapped_column(Boolean)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    step: Mapped[str | None] = mapped_column(String(16))
+    failure: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(128))
+    connect_us: Mapped[int | None] = mapped_column(BigInteger)
+    ttfb_us: Mapped[int | None] = mapped_column(BigInteger)
+    throughput_kbps: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ProbeEvidenceRow(Base):
+    """What one probe last saw of one proxy (see :mod:`resistance.probe.verdict`)."""
+
+    __tablename__ = "probe_evidence"
+
+    proxy_id: Mapped[int] = mapped_column(
+        ForeignKey("proxies.id", ondelete="CASCADE"), primary_key=True
+    )
+    probe_id: Mapped[int] = mapped_column(
+        ForeignKey("probe_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    country: Mapped[str] = mapped_column(String(2))
+    control: Mapped[bool] = mapped_column(Boolean)
+    last_at: Mapped[int] = mapped_column(BigInteger)
+    last_ok: Mapped[bool] = mapped_column(Boolean)
+    fail_streak: Mapped[int] = mapped_column(Integer)
+    fail_windows: Mapped[list[int]] = mapped_column(JSON)
+
+
+class ProbeRollup(Base):
+    """Daily totals per (proxy, UTC day, vantage country, control or not)."""
+
+    __tablename__ = "probe_rollups"
+    __table_args__ = (
+        UniqueConstraint("proxy_id", "day", "country", "control", name="uq_probe_rollups_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    proxy_id: Mapped[int] = mapped_column(ForeignKey("proxies.id", ondelete="CASCADE"), index=True)
+    day: Mapped[str] = mapped_column(String(10), index=True)
+    country: Mapped[str] = mapped_column(String(2))
+    control: Mapped[bool] = mapped_column(Boolean)
+    attempts: Mapped[int] = mapped_column(Integer)
+    successes: Mapped[int] = mapped_column(Integer)
+    latency_hist: Mapped[list[int]] = mapped_column(JSON)
+    latency_p50_ms: Mapped[int | None] = mapped_column(Integer)
+    latency_p90_ms: Mapped[int | None] = mapped_column(Integer)
+    throughput_hist: Mapped[list[int]] = mapped_column(JSON)
+    throughput_p50_kbps: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ProxyVerdict(Base):
+    """A proxy's current status from the probes."""
+
+    __tablename__ = "proxy_verdicts"
+
+    proxy_id: Mapped[int] = mapped_column(
+        ForeignKey("proxies.id", ondelete="CASCADE"), primary_key=True
+    )
+    verdict: Mapped[str] = mapped_column(String(16))
+    blocked_in: Mapped[list[str]] = mapped_column(JSON)
+    since: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProxyVerdictChange(Base):
+    """Every change of a proxy's status, kept."""
+
+    __tablename__ = "proxy_verdict_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    proxy_id: Mapped[int] = mapped_column(ForeignKey("proxies.id", ondelete="CASCADE"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    verdict: Mapped[str] = mapped_column(String(16))
+    blocked_in: Mapped[list[str]] = mapped_column(JSON)
+    previous: Mapped[str] = mapped_column(String(16))
+
+
+class BlocklistImport(Base):
+    """One import of a censor's registry (Roskomnadzor dump or a prefix list)."""
+
+    __tablename__ = "blocklist_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    updated: Mapped[str | None] = mapped_column(String(64))
+    imported_at: Mapped[int] = mapped_column(BigInteger)
+    prefixes: Mapped[int] = mapped_column(Integer)
+    ranges: Mapped[int] = mapped_column(Integer)
+    skipped: Mapped[int] = mapped_column(Integer)
+
+
+class BlocklistRange(Base):
+    """Merged, disjoint address ranges of the current import, as fixed-width hex.
+
+    IPv6 addresses are numbers below ``2**128`` and IPv4 ones ``2**128 +
+    address``; 33 lowercase hex digits sort like the numbers they write, so
+    "the range with the largest start <= address" is one indexed query.
+    """
+
+    __tablename__ = "blocklist_ranges"
+
+    start_hex: Mapped[str] = mapped_column(String(33), primary_key=True)
+    end_hex: Mapped[str] = mapped_column(String(33))
+    import_id: Mapped[int] = mapped_column(ForeignKey("blocklist_imports.id", ondelete="CASCADE"))
+
+
+class ProxyBlocklistFlag(Base):
+    """Whether a proxy's address is in the censor's registry, as of one import."""
+
+    __tablename__ = "proxy_blocklist_flags"
+
+    proxy_id: Mapped[int] = mapped_column(
+        ForeignKey("proxies.id", ondelete="CASCADE"), primary_key=True
+    )
+    import_id: Mapped[int] = mapped_column(Integer)
+    listed: Mapped[bool] = mapped_column(Boolean)
+    checked_at: Mapped[int] = mapped_column(BigInteger)

@@ -10,10 +10,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from resistance.registry.models import ApiToken, Operator, Proxy, Publication, StatementNonce
+from resistance.registry.models import (
+    ApiToken,
+    BlocklistImport,
+    BlocklistRange,
+    Operator,
+    ProbeAccount,
+    ProbeBatch,
+    ProbeEvidenceRow,
+    ProbeResult,
+    ProbeRollup,
+    Proxy,
+    ProxyBlocklistFlag,
+    ProxyVerdict,
+    ProxyVerdictChange,
+    Publication,
+    StatementNonce,
+)
 
 
 async def add_operator(session: AsyncSession, *, name: str, now: int) -> Operator:
@@ -33,9 +49,21 @@ async def operator_by_id(session: AsyncSession, *, operator_id: int) -> Operator
 
 
 async def add_token(
-    session: AsyncSession, *, role: str, token_hash: str, now: int, operator_id: int | None = None
+    session: AsyncSession,
+    *,
+    role: str,
+    token_hash: str,
+    now: int,
+    operator_id: int | None = None,
+    probe_id: int | None = None,
 ) -> ApiToken:
-    token = ApiToken(role=role, token_hash=token_hash, created_at=now, operator_id=operator_id)
+    token = ApiToken(
+        role=role,
+        token_hash=token_hash,
+        created_at=now,
+        operator_id=operator_id,
+        probe_id=probe_id,
+    )
     session.add(token)
     await session.flush()
     return token
@@ -119,3 +147,147 @@ async def last_publication(session: AsyncSession) -> Publication | None:
 async def add_publication(session: AsyncSession, *, serial: int, now: int, body: str) -> None:
     session.add(Publication(serial=serial, published_at=now, body=body))
     await session.flush()
+
+
+# --- probes ---------------------------------------------------------------------------
+
+
+async def add_probe(
+    session: AsyncSession, *, name: str, public_key: str, country: str, control: bool, now: int
+) -> ProbeAccount:
+    probe = ProbeAccount(
+        name=name, public_key=public_key, country=country, control=control, created_at=now
+    )
+    session.add(probe)
+    await session.flush()
+    return probe
+
+
+async def probe_by_name(session: AsyncSession, *, name: str) -> ProbeAccount | None:
+    result = await session.execute(select(ProbeAccount).where(ProbeAccount.name == name))
+    return result.scalar_one_or_none()
+
+
+async def probe_by_id(session: AsyncSession, *, probe_id: int) -> ProbeAccount | None:
+    return await session.get(ProbeAccount, probe_id)
+
+
+async def all_probes(session: AsyncSession) -> Sequence[ProbeAccount]:
+    result = await session.execute(select(ProbeAccount).order_by(ProbeAccount.id))
+    return result.scalars().all()
+
+
+async def all_active_proxies(session: AsyncSession) -> Sequence[Proxy]:
+    result = await session.execute(select(Proxy).where(Proxy.status == "active").order_by(Proxy.id))
+    return result.scalars().all()
+
+
+async def existing_proxy_ids(session: AsyncSession, *, ids: Sequence[int]) -> set[int]:
+    result = await session.execute(select(Proxy.id).where(Proxy.id.in_(ids)))
+    return set(result.scalars().all())
+
+
+async def batch_by_id(session: AsyncSession, *, batch_id: str) -> ProbeBatch | None:
+    return await session.get(ProbeBatch, batch_id)
+
+
+async def add_batch(
+    session: AsyncSession, *, batch: ProbeBatch, results: list[ProbeResult]
+) -> None:
+    session.add(batch)
+    await session.flush()
+    session.add_all(results)
+    await session.flush()
+
+
+async def evidence_for(
+    session: AsyncSession, *, proxy_ids: Sequence[int]
+) -> Sequence[ProbeEvidenceRow]:
+    result = await session.execute(
+        select(ProbeEvidenceRow).where(ProbeEvidenceRow.proxy_id.in_(proxy_ids)).with_for_update()
+    )
+    return result.scalars().all()
+
+
+async def rollups_for(
+    session: AsyncSession, *, proxy_ids: Sequence[int], days: Sequence[str], lock: bool = False
+) -> Sequence[ProbeRollup]:
+    query = select(ProbeRollup).where(
+        ProbeRollup.proxy_id.in_(proxy_ids), ProbeRollup.day.in_(days)
+    )
+    if lock:
+        query = query.with_for_update()
+    result = await session.execute(query)
+    return result.scalars().all()
+
+
+async def verdicts_for(
+    session: AsyncSession, *, proxy_ids: Sequence[int]
+) -> Sequence[ProxyVerdict]:
+    result = await session.execute(select(ProxyVerdict).where(ProxyVerdict.proxy_id.in_(proxy_ids)))
+    return result.scalars().all()
+
+
+async def verdict_history(session: AsyncSession, *, proxy_id: int) -> Sequence[ProxyVerdictChange]:
+    result = await session.execute(
+        select(ProxyVerdictChange)
+        .where(ProxyVerdictChange.proxy_id == proxy_id)
+        .order_by(ProxyVerdictChange.id)
+    )
+    return result.scalars().all()
+
+
+async def count_rows(session: AsyncSession, *, model: type[Any]) -> int:
+    result = await session.execute(select(func.count()).select_from(model))
+    return int(result.scalar_one())
+
+
+# --- censor registry ------------------------------------------------------------------
+
+
+async def replace_blocklist(
+    session: AsyncSession, *, record: BlocklistImport, ranges: Sequence[tuple[str, str]]
+) -> int:
+    """Store a new import and make its ranges the current ones; returns the import id."""
+    session.add(record)
+    await session.flush()
+    await session.execute(delete(BlocklistRange))
+    await session.execute(delete(ProxyBlocklistFlag))
+    chunk = 5000
+    for i in range(0, len(ranges), chunk):
+        await session.execute(
+            insert(BlocklistRange),
+            [
+                {"start_hex": a, "end_hex": b, "import_id": record.id}
+                for a, b in ranges[i : i + chunk]
+            ],
+        )
+    return record.id
+
+
+async def last_blocklist(session: AsyncSession) -> BlocklistImport | None:
+    result = await session.execute(
+        select(BlocklistImport).order_by(BlocklistImport.id.desc()).limit(1)
+    )
+    return result.scalar_one_or_none()
+
+
+async def range_containing(session: AsyncSession, *, address_hex: str) -> BlocklistRange | None:
+    """The stored range holding the address, if any (ranges are disjoint)."""
+    result = await session.execute(
+        select(BlocklistRange)
+        .where(BlocklistRange.start_hex <= address_hex)
+        .order_by(BlocklistRange.start_hex.desc())
+        .limit(1)
+    )
+    found = result.scalar_one_or_none()
+    return found if found is not None and found.end_hex >= address_hex else None
+
+
+async def blocklist_flags(
+    session: AsyncSession, *, proxy_ids: Sequence[int]
+) -> Sequence[ProxyBlocklistFlag]:
+    result = await session.execute(
+        select(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id.in_(proxy_ids))
+    )
+    return result.scalars().all()

@@ -132,3 +132,84 @@ class KeyList(BaseModel):
 class Published(BaseModel):
     serial: int
     proxies: int
+
+
+# --- probes ---------------------------------------------------------------------------
+
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class ProbeCreateRequest(Strict):
+    name: Name
+    country: Country
+    control: bool = False
+    public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
+
+
+class ProbeView(BaseModel):
+    probe_id: int
+    name: str
+    country: str
+    control: bool
+    public_key: str
+    created_at: int
+
+
+class ProbeCreated(ProbeView):
+    token: str = Field(description="Shown once; the registry keeps only its hash.")
+
+
+class ProbeList(BaseModel):
+    probes: list[ProbeView]
+
+
+class CanaryView(BaseModel):
+    host: str
+    port: int
+    public_key: str
+
+
+class ProbeTargetView(BaseModel):
+    proxy_id: int
+    host: str
+    port: int
+    username: str
+    password: str
+    due_ms: int = Field(description="When to check it, in ms after the round starts.")
+
+
+class ProbeAssignment(BaseModel):
+    vantage: str
+    country: str
+    control: bool
+    issued_at: int
+    round_seconds: int
+    canary: CanaryView | None
+    proxies: list[ProbeTargetView]
+
+
+class ProbeBatchBody(Strict):
+    format: Literal["resist-probe-batch/1"]
+    document: dict[str, Any]
+    signature: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class BatchReceipt(BaseModel):
+    batch_id: str
+    stored: bool = Field(description="False when this batch id was already stored (a retry).")
+    results: int
+
+
+class VerdictChange(BaseModel):
+    at: int
+    status: str
+    blocked_in: list[str]
+    previous: str
+
+
+class ProxyStatusView(BaseModel):
+    proxy_id: int
+    status: str
+    blocked_in: list[str]
+    since: int | None
+    history: list[VerdictChange]

@@ -29,6 +29,7 @@ from resistance.registry.addresses import AddressError, payout_address
 from resistance.registry.challenge import ChallengeFailed, prove_control
 from resistance.registry.errors import ApiError
 from resistance.registry.keys import write_public_file
+from resistance.registry.measurements import directory_measurements
 from resistance.registry.models import Proxy
 from resistance.registry.ratelimit import TokenBucketLimiter
 from resistance.registry.ring import HashRing, requester_key
@@ -56,6 +57,11 @@ class Registry:
     public_limiter: TokenBucketLimiter
     clock: Callable[[], float] = time.time
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The canary's signing key and where it actually listens (set by the lifespan).
+    canary_key: Ed25519PrivateKey | None = None
+    canary_address: tuple[str, int] | None = None
+    #: Serializes batch ingestion (evidence and rollups are read-modify-write).
+    probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def now(self) -> int:
         return int(self.clock())
@@ -65,6 +71,7 @@ class Registry:
 class Principal:
     role: str
     operator_id: int | None
+    probe_id: int | None = None
 
 
 # --- accounts -------------------------------------------------------------------------
@@ -88,7 +95,7 @@ async def authenticate(registry: Registry, *, token: str) -> Principal | None:
         found = await repo.token_by_hash(session, token_hash=digest)
     if found is None or not same_hash(found.token_hash, digest):
         return None
-    return Principal(found.role, found.operator_id)
+    return Principal(found.role, found.operator_id, found.probe_id)
 
 
 async def sign_up(registry: Registry, *, name: str) -> tuple[int, str]:
@@ -282,7 +289,11 @@ async def publish(registry: Registry) -> dict[str, Any]:
             last = await repo.last_publication(session)
             serial = max((last.serial + 1) if last else 1, now)
             proxies = await repo.active_proxies(session, public=True)
-            entries = [{**_listing(p), "status": p.status, "measurements": {}} for p in proxies]
+            measured = await directory_measurements(session, proxies, now)
+            entries = [
+                {**_listing(p), "status": measured[p.id][0], "measurements": measured[p.id][1]}
+                for p in proxies
+            ]
             document = build_document(
                 serial=serial,
                 valid_after=now,

@@ -40,6 +40,17 @@ class RegistrySettings:
     public_limit: RateLimit = field(default_factory=lambda: RateLimit(5.0, 60))
     rate_limit_clients: int = 10_000
     max_body_bytes: int = 64 * 1024
+    #: Where the canary listens (``None``: no canary; probes then stop after CONNECT).
+    canary: Endpoint | None = None
+    #: How often each probe measures each proxy; offsets inside a round are random.
+    probe_round_seconds: int = 600
+    #: Verdict rules (see :mod:`resistance.probe.verdict`).
+    verdict_window_seconds: int = 3600
+    blocked_min_probes: int = 2
+    blocked_min_windows: int = 2
+    down_after: int = 2
+    #: Batches older than this (by their own clock) are refused.
+    batch_max_age: int = 7 * 86400
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -57,3 +68,9 @@ class RegistrySettings:
                 raise ConfigError("rate limits need a positive rate and a burst of at least 1")
         if self.rate_limit_clients < 1 or self.max_body_bytes < 1024:
             raise ConfigError("rate limit table and body limit are too small")
+        if self.probe_round_seconds < 0 or self.verdict_window_seconds < 1:
+            raise ConfigError("probe round must be >= 0 s and the verdict window >= 1 s")
+        if min(self.blocked_min_probes, self.blocked_min_windows, self.down_after) < 1:
+            raise ConfigError("verdict thresholds must be at least 1")
+        if self.batch_max_age < 60:
+            raise ConfigError("batch max age must be at least 60 s")

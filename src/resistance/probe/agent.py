@@ -1,0 +1,410 @@
+"""`resist probe run`: the long-running agent of one vantage.
+
+Theory of operation.  Two named tasks run until SIGTERM/SIGINT:
+
+* **rounds** pulls the assignment (which proxies, when each is due inside
+  the round, where the canary is) and keeps a copy on disk, so it goes on
+  measuring while the registry is unreachable.  A bounded pool of workers
+  checks each proxy at its due time; finished results go to the batcher,
+  which signs every ``batch_size`` of them with the probe's key and writes
+  the batch to the spool *before* any upload is tried.
+* **uploader** sends spooled batches oldest first.  Confirmed (stored, or
+  already stored: the registry is idempotent by batch id) removes the file;
+  a transient failure (network, 5xx, 429, 401/403) backs off exponentially
+  with jitter up to ``max_backoff``; a refusal for good (422, 409, 413) moves
+  the file to ``spool/rejected`` with the reason.
+
+On SIGTERM the round is cancelled (checks in flight are dropped, never
+half-recorded), results already made are signed and spooled, and the
+uploader gets ``drain_seconds`` to send what it can; the rest waits on disk
+for the next start.  Memory is bounded by the worker count and one batch,
+whatever the number of proxies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import random
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from resistance.directory.keys import parse_public_key, public_key_text
+from resistance.errors import ConfigError
+from resistance.paths import write_private
+from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
+from resistance.probe.keys import load_or_create_probe_key
+from resistance.probe.net import Network, SocketNetwork
+from resistance.probe.runner import Canary, CheckSettings, Target, run_check
+from resistance.probe.spool import Spool
+
+log = logging.getLogger("resistance.probe")
+
+ASSIGNMENT_FILE = "assignment.json"
+SPOOL_DIR = "spool"
+ASSIGNMENT_PATH = "/api/v1/probe/assignment"
+UPLOAD_PATH = "/api/v1/probe/batches"
+ROUNDS_TASK = "probe-rounds"
+UPLOADER_TASK = "probe-uploader"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    registry: str
+    token: str
+    vantage: str
+    country: str
+    state_dir: Path
+    source: str | None = None
+    concurrency: int = 128
+    check: CheckSettings = field(default_factory=CheckSettings)
+    batch_size: int = MAX_RESULTS
+    #: A round never restarts sooner than this after the previous one started.
+    min_round_seconds: float = 1.0
+    max_backoff: float = 60.0
+    http_timeout: float = 15.0
+    drain_seconds: float = 5.0
+    #: Stop after this many rounds (None: run until signalled).
+    rounds: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_RESULTS:
+            raise ConfigError(f"batch size must be 1-{MAX_RESULTS}")
+        if not 1 <= self.concurrency <= 10_000:
+            raise ConfigError("concurrency must be 1-10000")
+        if len(self.country) != 2 or not self.country.isalpha() or not self.country.isupper():
+            raise ConfigError(f"country must be two capital letters, not {self.country!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    vantage: str
+    country: str
+    round_seconds: int
+    canary: Canary | None
+    targets: tuple[tuple[int, Target], ...]  # (due_ms, target), sorted by due
+
+
+def parse_assignment(raw: Any) -> Assignment:
+    """The registry's assignment; raises ``ValueError`` if it is not one."""
+    if not isinstance(raw, dict):
+        raise ValueError("assignment is not an object")
+    canary_raw = raw.get("canary")
+    canary = None
+    if isinstance(canary_raw, dict):
+        canary = Canary(
+            str(canary_raw["host"]),
+            int(canary_raw["port"]),
+            parse_public_key(str(canary_raw["public_key"])),
+        )
+    targets = []
+    for p in raw["proxies"]:
+        target = Target(
+            str(p["host"]),
+            int(p["port"]),
+            str(p["username"]),
+            str(p["password"]),
+            int(p["proxy_id"]),
+        )
+        targets.append((int(p["due_ms"]), target))
+    targets.sort(key=lambda item: item[0])
+    return Assignment(
+        str(raw["vantage"]), str(raw["country"]), int(raw["round_seconds"]), canary,
+        tuple(targets),
+    )  # fmt: skip
+
+
+class Upload(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+class RegistryLink:
+    """The agent's HTTP client for its registry."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.base = settings.registry.rstrip("/")
+        self.client = httpx.AsyncClient(
+            timeout=settings.http_timeout,
+            headers={"Authorization": f"Bearer {settings.token}"},
+        )
+
+    async def assignment(self) -> Any:
+        response = await self.client.get(self.base + ASSIGNMENT_PATH)
+        if response.status_code in (401, 403):
+            raise ConfigError(f"registry refused the probe token ({_error(response)})")
+        response.raise_for_status()
+        return response.json()
+
+    async def upload(self, data: bytes) -> tuple[Upload, str]:
+        try:
+            response = await self.client.post(
+                self.base + UPLOAD_PATH,
+                content=data,
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            return Upload.RETRY, f"registry unreachable: {type(exc).__name__}"
+        code = response.status_code
+        if code in (200, 201):
+            return Upload.DONE, "stored" if code == 201 else "already stored"
+        if code in (401, 403, 408, 429) or code >= 500:
+            return Upload.RETRY, f"HTTP {code}: {_error(response)}"
+        return Upload.REJECTED, f"HTTP {code}: {_error(response)}"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase
+    return str(body.get("error", "")) if isinstance(body, dict) else response.reason_phrase
+
+
+@dataclass(slots=True)
+class RoundStats:
+    checked: int = 0
+    ok: int = 0
+    seconds: float = 0.0
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        network: Network | None = None,
+        link: RegistryLink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir
+        self.key = load_or_create_probe_key(settings.state_dir)
+        self.probe_key = public_key_text(self.key.public_key())
+        self.spool = Spool(settings.state_dir / SPOOL_DIR)
+        self.network = network or SocketNetwork(settings.source)
+        self.link = link or RegistryLink(settings)
+        self.pending: list[dict[str, Any]] = []
+        self.spooled = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.rounds_done = 0
+        self.batches_made = 0
+        self.last_round = RoundStats()
+
+    # --- batches ----------------------------------------------------------------------
+
+    def add_result(self, result: dict[str, Any]) -> None:
+        self.pending.append(result)
+        if len(self.pending) >= self.settings.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Sign what is pending into a batch and spool it."""
+        if not self.pending:
+            return
+        results, self.pending = self.pending, []
+        batch_id = new_batch_id()
+        data = sign_batch(
+            key=self.key,
+            probe_key=self.probe_key,
+            batch_id=batch_id,
+            vantage=self.settings.vantage,
+            country=self.settings.country,
+            created_at=int(time.time()),
+            results=results,
+        )
+        self.spool.put(batch_id, data)
+        self.batches_made += 1
+        log.info("signed batch %s (%d results)", batch_id, len(results))
+        self.spooled.set()
+
+    # --- assignment -------------------------------------------------------------------
+
+    async def fetch_assignment(self) -> Assignment | None:
+        cache = self.state_dir / ASSIGNMENT_FILE
+        try:
+            raw = await self.link.assignment()
+            assignment = parse_assignment(raw)
+            write_private(cache, json.dumps(raw))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot get an assignment (%s); using the last one", type(exc).__name__)
+            try:
+                assignment = parse_assignment(json.loads(cache.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        if (assignment.vantage, assignment.country) != (
+            self.settings.vantage,
+            self.settings.country,
+        ):
+            raise ConfigError(
+                f"this token belongs to vantage {assignment.vantage} ({assignment.country}), "
+                f"not {self.settings.vantage} ({self.settings.country})"
+            )
+        return assignment
+
+    # --- one round --------------------------------------------------------------------
+
+    async def run_round(self, assignment: Assignment) -> RoundStats:
+        stats = RoundStats()
+        started = time.monotonic()
+        queue: asyncio.Queue[Target | None] = asyncio.Queue(maxsize=self.settings.concurrency)
+        workers = min(self.settings.concurrency, max(1, len(assignment.targets)))
+
+        async def produce() -> None:
+            for due_ms, target in assignment.targets:
+                delay = started + due_ms / 1000 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await queue.put(target)
+            for _ in range(workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (target := await queue.get()) is not None:
+                result = await run_check(
+                    target, assignment.canary, self.network, self.settings.check
+                )
+                stats.checked += 1
+                stats.ok += result.verdict.ok
+                self.add_result(result_json(result))
+
+        tasks = [asyncio.create_task(produce(), name="probe-schedule")]
+        tasks += [asyncio.create_task(work(), name=f"probe-worker-{i}") for i in range(workers)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    async def rounds(self) -> None:
+        backoff = 1.0
+        while not self.stop.is_set():
+            assignment = await self.fetch_assignment()
+            if assignment is None:
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.settings.max_backoff)
+                continue
+            backoff = 1.0
+            started = time.monotonic()
+            self.last_round = await self.run_round(assignment)
+            self.flush()
+            self.rounds_done += 1
+            log.info(
+                "round %d: %d proxies checked, %d functional, %.1f s",
+                self.rounds_done, self.last_round.checked, self.last_round.ok,
+                self.last_round.seconds,
+            )  # fmt: skip
+            if self.settings.rounds is not None and self.rounds_done >= self.settings.rounds:
+                return
+            period = max(assignment.round_seconds, self.settings.min_round_seconds)
+            await self._sleep(started + period - time.monotonic())
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), seconds)
+
+    # --- uploads ----------------------------------------------------------------------
+
+    async def upload_pending(self) -> bool:
+        """Send spooled batches oldest first; False when one must be retried later."""
+        for path in self.spool.pending():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            outcome, why = await self.link.upload(data)
+            batch_id = Spool.batch_id(path)
+            if outcome is Upload.DONE:
+                self.spool.done(path)
+                log.info("uploaded batch %s (%s)", batch_id, why)
+            elif outcome is Upload.REJECTED:
+                self.spool.reject(path, why)
+                log.error("registry refused batch %s for good: %s", batch_id, why)
+            else:
+                log.warning("upload of batch %s failed (%s); will retry", batch_id, why)
+                return False
+        return True
+
+    async def uploader(self) -> None:
+        backoff = 1.0
+        while not self.stop.is_set():
+            self.spooled.clear()
+            if await self.upload_pending():
+                backoff = 1.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.spooled.wait(), 5.0)
+            else:
+                await self._sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self.settings.max_backoff)
+
+    async def drain(self, seconds: float) -> bool:
+        """Try to empty the spool within ``seconds``; True if it is empty."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                for _attempt in range(int(seconds / 0.5) + 1):
+                    if await self.upload_pending():
+                        return True
+                    await asyncio.sleep(0.5)
+        return not self.spool.pending()
+
+    # --- whole life -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        rounds = asyncio.create_task(self.rounds(), name=ROUNDS_TASK)
+        uploader = asyncio.create_task(self.uploader(), name=UPLOADER_TASK)
+        stopping = asyncio.create_task(self.stop.wait(), name="probe-stop")
+        try:
+            await asyncio.wait({rounds, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            self.stop.set()
+            rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rounds  # re-raises what ended it (a refused token, say)
+            self.flush()
+            uploader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await uploader
+            if not await self.drain(self.settings.drain_seconds):
+                left = len(self.spool.pending())
+                log.warning("%d batch(es) wait in the spool for the next start", left)
+        finally:
+            self.stop.set()
+            for task in (rounds, uploader, stopping):
+                task.cancel()
+            await asyncio.gather(rounds, uploader, stopping, return_exceptions=True)
+            await self.link.close()
+        return 0
+
+
+def run_agent(settings: AgentSettings) -> int:
+    """Run the agent until SIGTERM/SIGINT (or its round count); the process's exit code."""
+
+    async def main() -> int:
+        agent = Agent(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.stop.set)
+        log.info("probe %s (%s) key %s", settings.vantage, settings.country, agent.probe_key)
+        return await agent.run()
+
+    return asyncio.run(main())
+
+
+def targets_from(entries: Sequence[Target]) -> Assignment:
+    """An assignment of ``entries``, all due at once (benchmarks, one-off checks)."""
+    return Assignment("", "", 0, None, tuple((0, t) for t in entries))

@@ -1,0 +1,203 @@
+"""`resist probe`: the measuring agent, a one-off check, and the probe's key."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from resistance.cli import CONTEXT, one_line_errors, setup_logging
+from resistance.errors import ConfigError
+from resistance.paths import resolve_state_dir
+
+
+@click.group(context_settings=CONTEXT)
+def probe() -> None:
+    """Measure proxies the way users use them, from inside and outside the block.
+
+    \b
+    Examples:
+      resist probe key --state-dir /var/lib/resist-probe
+      resist probe run --registry https://reg.example --token rst_... \\
+          --vantage msk-1 --country RU
+      resist probe check socks5://alice:s3cret@203.0.113.7:1080 --registry https://reg.example
+    """
+
+
+@probe.command(context_settings=CONTEXT)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="The probe's state directory.")
+@one_line_errors
+def key(state_dir: Path | None) -> None:
+    """Print this probe's public key (made on first use); give it to the registry's admin.
+
+    \b
+    Example:
+      resist probe key --state-dir /var/lib/resist-probe
+    """
+    from resistance.directory.keys import public_key_text
+    from resistance.probe.keys import load_or_create_probe_key
+
+    click.echo(public_key_text(load_or_create_probe_key(resolve_state_dir(state_dir)).public_key()))
+
+
+@probe.command(context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_PROBE_TOKEN", help="This probe's token.")
+@click.option("--vantage", required=True, metavar="NAME", help="This vantage's account name.")
+@click.option("--country", required=True, metavar="CC", help="Where it measures from (RU, DE…).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Key, spool, assignment.")
+@click.option("--source", metavar="IP", help="Local address to connect from (multi-homed hosts).")
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=128, show_default=True)
+@click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, metavar="S", help="Timeout of each step of a check.")  # fmt: skip
+@click.option("--rounds", type=click.IntRange(1), help="Stop after this many rounds.")
+@click.option("--min-round", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              metavar="S", help="Never start rounds closer together than this.")  # fmt: skip
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@one_line_errors
+def run(
+    registry_url: str,
+    token: str,
+    vantage: str,
+    country: str,
+    state_dir: Path | None,
+    source: str | None,
+    concurrency: int,
+    step_timeout: float,
+    rounds: int | None,
+    min_round: float,
+    verbose: int,
+) -> None:
+    """Run the measuring agent until SIGTERM.
+
+    It pulls its assignment, checks every proxy at its (random) time, signs
+    each batch of results with its own key and uploads it.  Batches wait on
+    disk while the registry is unreachable and are sent when it is back; a
+    restart loses nothing.  The token may come from $RESIST_PROBE_TOKEN.
+
+    \b
+    Example:
+      resist probe run --registry https://reg.example --token rst_... \\
+          --vantage msk-1 --country RU --state-dir /var/lib/resist-probe
+    """
+    from resistance.probe.agent import AgentSettings, run_agent
+    from resistance.probe.runner import CheckSettings
+
+    setup_logging(verbose + 1)
+    settings = AgentSettings(
+        registry=registry_url,
+        token=token,
+        vantage=vantage,
+        country=country.upper(),
+        state_dir=resolve_state_dir(state_dir),
+        source=source,
+        concurrency=concurrency,
+        check=CheckSettings(step_timeout=step_timeout),
+        rounds=rounds,
+        min_round_seconds=min_round,
+    )
+    sys.exit(run_agent(settings))
+
+
+@probe.command(context_settings=CONTEXT)
+@click.argument("proxy_url")
+@click.option("--canary", metavar="HOST:PORT", help="A canary to reach through the proxy.")
+@click.option("--canary-key", metavar="KEY", help="The canary's public key (verifies its answer).")
+@click.option("--registry", "registry_url", metavar="URL", help="Learn canary and key from here.")
+@click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, metavar="S")  # fmt: skip
+@one_line_errors
+def check(
+    proxy_url: str,
+    canary: str | None,
+    canary_key: str | None,
+    registry_url: str | None,
+    step_timeout: float,
+) -> None:
+    """Check one proxy now, step by step, and print the verdict.
+
+    Without a canary the check ends after authentication; with one it goes
+    through the proxy and back, and with the canary's key (or --registry)
+    it verifies that the answer really came from the canary.  Exit status 0
+    when every step passed, 1 otherwise.
+
+    \b
+    Examples:
+      resist probe check socks5://alice:s3cret@203.0.113.7:1080
+      resist probe check socks5://alice:s3cret@203.0.113.7:1080 --registry https://reg.example
+      resist probe check socks5://u:p@127.0.0.1:1080 --canary 127.0.0.1:9900 --canary-key KEY
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from resistance.config import parse_endpoint
+    from resistance.directory.keys import parse_public_key
+    from resistance.links import parse_socks_url
+    from resistance.probe.check import StepOutcome
+    from resistance.probe.net import SocketNetwork
+    from resistance.probe.runner import Canary, CheckSettings, Target, run_check
+
+    proxy = parse_socks_url(proxy_url)
+    if registry_url and not canary:
+        canary, canary_key = _registry_canary(registry_url)
+    target_canary = None
+    if canary:
+        endpoint = parse_endpoint(canary, what="canary address")
+        public = None
+        if canary_key:
+            try:
+                public = parse_public_key(canary_key)
+            except ValueError as exc:
+                raise ConfigError(f"bad canary key: {exc}") from None
+        target_canary = Canary(endpoint.host, endpoint.port, public)
+    console = Console()
+
+    def show(outcome: StepOutcome) -> None:
+        mark = "[green]ok[/]" if outcome.passed else f"[red]{outcome.failure}[/]"
+        extra = f" {outcome.detail}" if outcome.detail else ""
+        console.print(f"  {outcome.step.value:<9} {mark} {outcome.micros / 1000:8.1f} ms{extra}")
+
+    console.print(f"checking {proxy.host}:{proxy.port}")
+    result = asyncio.run(
+        run_check(
+            Target(proxy.host, proxy.port, proxy.username, proxy.password),
+            target_canary,
+            SocketNetwork(),
+            CheckSettings(step_timeout=step_timeout),
+            on_step=show,
+        )
+    )
+    table = Table("measure", "value")
+    t = result.timings
+    for name, value, unit in (
+        ("TCP connect", t.tcp_us, "ms"),
+        ("ready to send (TCP + SOCKS5)", t.connect_us, "ms"),
+        ("time to first byte", t.ttfb_us, "ms"),
+    ):
+        table.add_row(name, "—" if value is None else f"{value / 1000:.1f} {unit}")
+    table.add_row("throughput", "—" if t.throughput_kbps is None else f"{t.throughput_kbps} kbit/s")
+    console.print(table)
+    if target_canary is None:
+        console.print("[yellow]no canary: checked up to authentication only[/]")
+    elif target_canary.public_key is None and result.verdict.ok:
+        console.print("[yellow]canary answer not verified (give --canary-key or --registry)[/]")
+    style = "green" if result.verdict.ok else "red"
+    console.print(f"verdict: [{style}]{result.verdict}[/]")
+    sys.exit(0 if result.verdict.ok else 1)
+
+
+def _registry_canary(url: str) -> tuple[str, str]:
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/api/v1/probe/canary", timeout=10)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError(f"cannot ask {url} for its canary: {exc}") from None
+    if response.status_code != 200 or not isinstance(body, dict):
+        raise ConfigError(f"registry has no canary ({response.status_code})")
+    host = str(body.get("host", ""))
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{body.get('port')}", str(body.get("public_key", ""))

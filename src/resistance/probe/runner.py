@@ -1,0 +1,197 @@
+"""One check over the network seam: every step has its own timeout.
+
+The runner drives :class:`~resistance.probe.exchange.ProbeExchange` over a
+:class:`~resistance.probe.net.Connection`, timing each step and turning
+timeouts, OS errors and protocol faults into step outcomes.  It never raises
+for anything the proxy does; the result always says which step failed and
+how.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from resistance.probe.check import (
+    STEPS,
+    CheckVerdict,
+    Failure,
+    Step,
+    StepOutcome,
+    Timings,
+    throughput_kbps,
+    verdict,
+)
+from resistance.probe.exchange import CanaryProof, ProbeExchange, StepFailed
+from resistance.probe.net import Connection, NetFailure, Network
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    proxy_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    host: str
+    port: int
+    public_key: Ed25519PublicKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSettings:
+    step_timeout: float = 5.0
+    transfer_timeout: float = 10.0
+    upload: int = 16 * 1024
+    download: int = 64 * 1024
+
+
+@dataclass(slots=True)
+class CheckResult:
+    target: Target
+    at: int
+    outcomes: list[StepOutcome]
+    verdict: CheckVerdict
+    timings: Timings
+    proof: CanaryProof | None = None
+    required: tuple[Step, ...] = field(default=STEPS)
+
+
+def required_steps(target: Target, canary: Canary | None) -> tuple[Step, ...]:
+    steps = [Step.TCP, Step.GREETING]
+    if target.username is not None:
+        steps.append(Step.AUTH)
+    if canary is not None:
+        steps += [Step.CONNECT, Step.CANARY, Step.TRANSFER]
+    return tuple(steps)
+
+
+async def run_check(
+    target: Target,
+    canary: Canary | None,
+    network: Network,
+    settings: CheckSettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    on_step: Callable[[StepOutcome], None] | None = None,
+) -> CheckResult:
+    """Check one proxy; the result lists each step's outcome in order."""
+    at = int(clock())
+    outcomes: list[StepOutcome] = []
+    upload = secrets.token_bytes(settings.upload) if canary else b""
+    machine = ProbeExchange(
+        username=target.username,
+        password=target.password,
+        canary_host=canary.host if canary else None,
+        canary_port=canary.port if canary else 0,
+        canary_key=canary.public_key if canary else None,
+        nonce=secrets.token_bytes(16),
+        upload=upload,
+        download=settings.download if canary else 0,
+    )
+    required = required_steps(target, canary)
+    marks: dict[Step, float] = {}
+    conn: Connection | None = None
+
+    def record(outcome: StepOutcome) -> None:
+        outcomes.append(outcome)
+        if on_step is not None:
+            on_step(outcome)
+
+    started = time.perf_counter()
+    try:
+        try:
+            async with asyncio.timeout(settings.step_timeout):
+                conn = await network.connect(target.host, target.port)
+        except TimeoutError:
+            raise StepFailed(Step.TCP, Failure.TIMEOUT, f"{settings.step_timeout:g} s") from None
+        except NetFailure as exc:
+            raise StepFailed(Step.TCP, exc.failure, exc.detail) from None
+        now = time.perf_counter()
+        marks[Step.TCP] = now
+        record(StepOutcome(Step.TCP, micros=int((now - started) * 1e6)))
+        await _drive(conn, machine, settings, required, marks, record)
+    except StepFailed as exc:
+        begun = marks[max(marks, key=marks.__getitem__)] if marks else started
+        record(
+            StepOutcome(
+                exc.step, exc.failure, exc.detail[:120], int((time.perf_counter() - begun) * 1e6)
+            )
+        )
+    finally:
+        if conn is not None:
+            conn.close()
+    return CheckResult(
+        target=target,
+        at=at,
+        outcomes=outcomes,
+        verdict=verdict(outcomes, required=required),
+        timings=_timings(started, marks, machine),
+        proof=machine.proof if Step.TRANSFER in marks else None,
+        required=required,
+    )
+
+
+async def _drive(
+    conn: Connection,
+    machine: ProbeExchange,
+    settings: CheckSettings,
+    required: tuple[Step, ...],
+    marks: dict[Step, float],
+    record: Callable[[StepOutcome], None],
+) -> None:
+    """Send, receive and advance until the last required step passes."""
+    last = required[-1]
+    step_started = time.perf_counter()
+    pending = machine.start()
+    while True:
+        step = machine.step
+        limit = settings.transfer_timeout if step is Step.TRANSFER else settings.step_timeout
+        try:
+            async with asyncio.timeout(limit):
+                if pending:
+                    await conn.send(pending)
+                    pending = b""
+                data = await conn.recv()
+        except TimeoutError:
+            raise StepFailed(step, Failure.TIMEOUT, f"no answer in {limit:g} s") from None
+        except NetFailure as exc:
+            raise StepFailed(step, exc.failure, exc.detail) from None
+        if not data:
+            raise StepFailed(step, Failure.CLOSED, "connection closed")
+        for passed in machine.receive(data):
+            now = time.perf_counter()
+            marks[passed.step] = now
+            record(StepOutcome(passed.step, micros=int((now - step_started) * 1e6)))
+            step_started = now
+            pending += passed.send
+            if passed.step is last:
+                return
+
+
+def _timings(started: float, marks: dict[Step, float], machine: ProbeExchange) -> Timings:
+    def since_start(step: Step) -> int | None:
+        return int((marks[step] - started) * 1e6) if step in marks else None
+
+    connect_step = next((s for s in (Step.CONNECT, Step.AUTH, Step.GREETING) if s in marks), None)
+    ttfb = kbps = None
+    if Step.CANARY in marks and Step.CONNECT in marks:
+        ttfb = int((marks[Step.CANARY] - marks[Step.CONNECT]) * 1e6)
+    if Step.TRANSFER in marks and Step.CANARY in marks:
+        micros = int((marks[Step.TRANSFER] - marks[Step.CANARY]) * 1e6)
+        kbps = throughput_kbps(machine.download, micros)
+    return Timings(
+        tcp_us=since_start(Step.TCP),
+        connect_us=since_start(connect_step) if connect_step else None,
+        ttfb_us=ttfb,
+        throughput_kbps=kbps,
+    )

@@ -1,0 +1,126 @@
+"""Measurements as the directory shows them: status, censor listing, per-country reachability.
+
+Reads only verdicts, daily rollups and blocklist flags (never raw results),
+so publishing stays cheap however many results are stored.  A proxy whose
+flag predates the current blocklist import is looked up again here (one
+indexed query), so new proxies are flagged at their first publication.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resistance.probe import rollup
+from resistance.registry import repositories as repo
+from resistance.registry.blocklist import address_hex
+from resistance.registry.models import ProbeRollup, Proxy, ProxyBlocklistFlag
+
+#: Days of rollups the directory summarizes (today and the days before).
+DAYS = 2
+
+
+def recent_days(now: int, count: int = DAYS) -> list[str]:
+    today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+    return [(today - datetime.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def reachability(rows: Sequence[ProbeRollup]) -> dict[str, dict[str, Any]]:
+    """Per vantage country: attempts, successes, median latency and throughput."""
+    merged: dict[str, tuple[int, int, list[int], list[int]]] = {}
+    for row in rows:
+        attempts, successes, lat, thr = merged.get(
+            row.country,
+            (
+                0,
+                0,
+                rollup.empty(rollup.LATENCY_BOUNDS_MS),
+                rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
+            ),
+        )
+        merged[row.country] = (
+            attempts + row.attempts,
+            successes + row.successes,
+            rollup.merge(lat, row.latency_hist),
+            rollup.merge(thr, row.throughput_hist),
+        )
+    return {
+        country: {
+            "attempts": attempts,
+            "successes": successes,
+            "latency_p50_ms": rollup.percentile(lat, rollup.LATENCY_BOUNDS_MS, 0.5),
+            "throughput_kbps": rollup.percentile(thr, rollup.THROUGHPUT_BOUNDS_KBPS, 0.5),
+        }
+        for country, (attempts, successes, lat, thr) in sorted(merged.items())
+    }
+
+
+async def refresh_flags(
+    session: AsyncSession, proxies: Sequence[Proxy], now: int
+) -> dict[int, bool]:
+    """Whether each proxy is in the current censor registry (``{}`` if none imported)."""
+    current = await repo.last_blocklist(session)
+    if current is None or not proxies:
+        return {}
+    flags = {
+        f.proxy_id: f
+        for f in await repo.blocklist_flags(session, proxy_ids=[p.id for p in proxies])
+    }
+    listed: dict[int, bool] = {}
+    for proxy in proxies:
+        flag = flags.get(proxy.id)
+        if flag is None or flag.import_id != current.id:
+            try:
+                hexed = address_hex(proxy.host)
+            except ValueError:
+                continue
+            hit = await repo.range_containing(session, address_hex=hexed) is not None
+            if flag is None:
+                session.add(
+                    ProxyBlocklistFlag(
+                        proxy_id=proxy.id, import_id=current.id, listed=hit, checked_at=now
+                    )
+                )
+            else:
+                flag.import_id, flag.listed, flag.checked_at = current.id, hit, now
+            listed[proxy.id] = hit
+        else:
+            listed[proxy.id] = flag.listed
+    await session.flush()
+    return listed
+
+
+async def directory_measurements(
+    session: AsyncSession, proxies: Sequence[Proxy], now: int
+) -> dict[int, tuple[str, dict[str, Any]]]:
+    """For each proxy: its status text and its ``measurements`` object."""
+    ids = [p.id for p in proxies]
+    if not ids:
+        return {}
+    verdicts = {v.proxy_id: v for v in await repo.verdicts_for(session, proxy_ids=ids)}
+    days = recent_days(now)
+    by_proxy: dict[int, list[ProbeRollup]] = {}
+    for row in await repo.rollups_for(session, proxy_ids=ids, days=days):
+        by_proxy.setdefault(row.proxy_id, []).append(row)
+    listed = await refresh_flags(session, proxies, now)
+    out: dict[int, tuple[str, dict[str, Any]]] = {}
+    for proxy in proxies:
+        verdict = verdicts.get(proxy.id)
+        name = verdict.verdict if verdict else "untested"
+        blocked_in = sorted(verdict.blocked_in) if verdict else []
+        status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
+        out[proxy.id] = (
+            status,
+            {
+                "status": name,
+                "blocked_in": blocked_in,
+                "since": verdict.since if verdict else None,
+                "censor_listed": listed.get(proxy.id),
+                "days": days,
+                "reachability": reachability(by_proxy.get(proxy.id, [])),
+            },
+        )
+    return out

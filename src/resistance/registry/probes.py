@@ -1,0 +1,413 @@
+"""What the registry does for probes: accounts, assignments, signed batch ingestion.
+
+Theory of operation of :func:`ingest_batch`: check the batch's shape and its
+signature by its own key; require that key, vantage name and country to be
+those of the uploading probe's account; require its times to be plausible;
+require every successful result to carry a canary proof that verifies with
+the canary key; then, in one transaction and under the probe lock, either
+find the batch id already stored (same digest: a harmless retry, nothing is
+stored; different digest: refused) or store the batch verbatim, its raw
+results, and fold the results into per-(proxy, probe) evidence, daily
+rollups and the verdicts of the proxies concerned, recording each change of
+verdict.  A refused batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from resistance.directory.canonical import canonical_bytes
+from resistance.directory.keys import parse_public_key, public_key_text
+from resistance.probe import rollup
+from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
+from resistance.probe.verdict import ProbeEvidence, Rules, Status, Verdict, evaluate, observe
+from resistance.registry import repositories as repo
+from resistance.registry.errors import ApiError
+from resistance.registry.models import (
+    ProbeAccount,
+    ProbeBatch,
+    ProbeEvidenceRow,
+    ProbeResult,
+    ProbeRollup,
+    ProxyVerdict,
+    ProxyVerdictChange,
+)
+from resistance.registry.services import Registry, utc_day
+from resistance.registry.tokens import new_token, token_hash
+
+
+def rules(registry: Registry) -> Rules:
+    s = registry.settings
+    return Rules(
+        window_seconds=s.verdict_window_seconds,
+        min_probes=s.blocked_min_probes,
+        min_windows=s.blocked_min_windows,
+        down_after=s.down_after,
+    )
+
+
+def probe_view(probe: ProbeAccount) -> dict[str, Any]:
+    return {
+        "probe_id": probe.id,
+        "name": probe.name,
+        "country": probe.country,
+        "control": probe.control,
+        "public_key": probe.public_key,
+        "created_at": probe.created_at,
+    }
+
+
+async def create_probe(
+    registry: Registry, *, name: str, country: str, control: bool, public_key: str
+) -> dict[str, Any]:
+    try:
+        parse_public_key(public_key)
+    except ValueError as exc:
+        raise ApiError(422, f"public_key is not an Ed25519 public key: {exc}") from None
+    token = new_token()
+    try:
+        async with registry.sessions.begin() as session:
+            if await repo.probe_by_name(session, name=name) is not None:
+                raise ApiError(409, f"probe name {name!r} is taken")
+            probe = await repo.add_probe(
+                session,
+                name=name,
+                public_key=public_key,
+                country=country,
+                control=control,
+                now=registry.now(),
+            )
+            await repo.add_token(
+                session,
+                role="probe",
+                probe_id=probe.id,
+                token_hash=token_hash(token),
+                now=registry.now(),
+            )
+            view = probe_view(probe)
+    except IntegrityError:
+        raise ApiError(409, f"probe name {name!r} is taken") from None
+    return {**view, "token": token}
+
+
+async def list_probes(registry: Registry) -> list[dict[str, Any]]:
+    async with registry.sessions() as session:
+        return [probe_view(p) for p in await repo.all_probes(session)]
+
+
+async def _account(registry: Registry, probe_id: int) -> ProbeAccount:
+    async with registry.sessions() as session:
+        probe = await repo.probe_by_id(session, probe_id=probe_id)
+    if probe is None:
+        raise ApiError(403, "this probe account no longer exists")
+    return probe
+
+
+def canary_info(registry: Registry) -> dict[str, Any] | None:
+    if registry.canary_key is None or registry.canary_address is None:
+        return None
+    host, port = registry.canary_address
+    return {
+        "host": host,
+        "port": port,
+        "public_key": public_key_text(registry.canary_key.public_key()),
+    }
+
+
+async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
+    """Every active proxy, each due at its own random offset inside the round.
+
+    The offsets come from the operating system's CSPRNG, fresh on every pull,
+    so neither a proxy nor anyone watching earlier rounds can tell when the
+    next check of a proxy will come.
+    """
+    probe = await _account(registry, probe_id)
+    async with registry.sessions() as session:
+        proxies = await repo.all_active_proxies(session)
+    round_ms = registry.settings.probe_round_seconds * 1000
+    return {
+        "vantage": probe.name,
+        "country": probe.country,
+        "control": probe.control,
+        "issued_at": registry.now(),
+        "round_seconds": registry.settings.probe_round_seconds,
+        "canary": canary_info(registry),
+        "proxies": [
+            {
+                "proxy_id": p.id,
+                "host": p.host,
+                "port": p.port,
+                "username": p.probe_user,
+                "password": p.probe_password,
+                "due_ms": secrets.randbelow(round_ms) if round_ms else 0,
+            }
+            for p in proxies
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    batch_id: str
+    stored: bool
+    results: int
+
+
+def _batch_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _check_times(registry: Registry, created_at: int, results: Sequence[ResultRecord]) -> None:
+    now = registry.now()
+    skew = registry.settings.statement_skew
+    oldest = now - registry.settings.batch_max_age
+    if created_at > now + skew:
+        raise ApiError(422, "batch created_at is in the future by the registry's clock")
+    if created_at < oldest:
+        raise ApiError(422, "batch is older than the registry keeps accepting")
+    for index, r in enumerate(results):
+        if r.at > created_at + skew or r.at < oldest:
+            raise ApiError(422, f"results[{index}].at is outside the batch's time")
+
+
+async def ingest_batch(
+    registry: Registry, *, probe_id: int, document: Any, signature: Any
+) -> Ingested:
+    try:
+        batch = check_document(document, signature)
+        body = canonical_bytes(
+            {"format": FORMAT, "document": batch.document, "signature": signature}
+        )
+    except BatchError as exc:
+        raise ApiError(422, f"batch refused: {exc}") from None
+    probe = await _account(registry, probe_id)
+    if batch.probe_key != probe.public_key:
+        raise ApiError(403, "batch is signed by a key that is not this probe account's")
+    if batch.vantage != probe.name or batch.country != probe.country:
+        raise ApiError(
+            422, f"batch says vantage {batch.vantage} ({batch.country}); this account is "
+            f"{probe.name} ({probe.country})"
+        )  # fmt: skip
+    _check_times(registry, batch.created_at, batch.results)
+    canary = registry.canary_key.public_key() if registry.canary_key is not None else None
+    for index, r in enumerate(batch.results):
+        if r.ok and (canary is None or not verify_canary(r, canary)):
+            raise ApiError(422, f"results[{index}]: the canary proof does not verify")
+    digest = _batch_digest(body)
+    async with registry.probe_lock:
+        try:
+            return await _store(
+                registry, probe, batch.batch_id, batch.created_at, batch.results, body, digest
+            )
+        except IntegrityError:
+            async with registry.sessions() as session:
+                found = await repo.batch_by_id(session, batch_id=batch.batch_id)
+            if found is not None and found.digest == digest:
+                return Ingested(batch.batch_id, False, found.result_count)
+            raise ApiError(409, "batch id already stored with different content") from None
+
+
+async def _store(
+    registry: Registry,
+    probe: ProbeAccount,
+    batch_id: str,
+    created_at: int,
+    results: Sequence[ResultRecord],
+    body: bytes,
+    digest: str,
+) -> Ingested:
+    now = registry.now()
+    async with registry.sessions.begin() as session:
+        existing = await repo.batch_by_id(session, batch_id=batch_id)
+        if existing is not None:
+            if existing.digest != digest:
+                raise ApiError(409, "batch id already stored with different content")
+            return Ingested(batch_id, False, existing.result_count)
+        proxy_ids = sorted({r.proxy_id for r in results})
+        known = await repo.existing_proxy_ids(session, ids=proxy_ids)
+        if unknown := [i for i in proxy_ids if i not in known]:
+            raise ApiError(422, f"batch names unknown proxy ids {unknown[:5]}")
+        rows = [
+            ProbeResult(
+                batch_id=batch_id,
+                probe_id=probe.id,
+                proxy_id=r.proxy_id,
+                measured_at=r.at,
+                country=probe.country,
+                control=probe.control,
+                ok=r.ok,
+                step=r.step,
+                failure=r.failure,
+                detail=r.detail,
+                connect_us=r.connect_us,
+                ttfb_us=r.ttfb_us,
+                throughput_kbps=r.throughput_kbps,
+            )
+            for r in results
+        ]
+        record = ProbeBatch(
+            batch_id=batch_id,
+            probe_id=probe.id,
+            digest=digest,
+            created_at=created_at,
+            received_at=now,
+            result_count=len(results),
+            body=body.decode(),
+        )
+        await repo.add_batch(session, batch=record, results=rows)
+        await _fold(registry, session, probe, proxy_ids, results, now)
+    return Ingested(batch_id, True, len(results))
+
+
+async def _fold(
+    registry: Registry,
+    session: Any,
+    probe: ProbeAccount,
+    proxy_ids: list[int],
+    results: Sequence[ResultRecord],
+    now: int,
+) -> None:
+    """Evidence, rollups and verdicts of the proxies in one batch."""
+    verdict_rules = rules(registry)
+    evidence_rows = await repo.evidence_for(session, proxy_ids=proxy_ids)
+    mine = {row.proxy_id: row for row in evidence_rows if row.probe_id == probe.id}
+    for r in sorted(results, key=lambda r: r.at):
+        row = mine.get(r.proxy_id)
+        before = (
+            ProbeEvidence(probe.id, probe.country, probe.control) if row is None else _evidence(row)
+        )
+        after = observe(before, at=r.at, ok=r.ok, rules=verdict_rules)
+        if row is None:
+            row = ProbeEvidenceRow(proxy_id=r.proxy_id, probe_id=probe.id)
+            session.add(row)
+            mine[r.proxy_id] = row
+        row.country, row.control = probe.country, probe.control
+        row.last_at, row.last_ok = after.last_at, after.last_ok
+        row.fail_streak, row.fail_windows = after.fail_streak, list(after.fail_windows)
+    await _roll_up(session, probe, proxy_ids, results)
+    await session.flush()
+    everyone: dict[int, list[ProbeEvidence]] = {}
+    for row in await repo.evidence_for(session, proxy_ids=proxy_ids):
+        everyone.setdefault(row.proxy_id, []).append(_evidence(row))
+    verdicts = {v.proxy_id: v for v in await repo.verdicts_for(session, proxy_ids=proxy_ids)}
+    for proxy_id in proxy_ids:
+        current = verdicts.get(proxy_id)
+        previous = (
+            Status(Verdict(current.verdict), tuple(current.blocked_in))
+            if current
+            else Status(Verdict.UNTESTED)
+        )
+        status = evaluate(previous, everyone.get(proxy_id, []), now=now, rules=verdict_rules)
+        if current is not None and status == previous:
+            current.updated_at = now
+            continue
+        if current is None:
+            session.add(
+                ProxyVerdict(
+                    proxy_id=proxy_id,
+                    verdict=status.verdict.value,
+                    blocked_in=list(status.blocked_in),
+                    since=now,
+                    updated_at=now,
+                )
+            )
+        else:
+            current.verdict, current.blocked_in = status.verdict.value, list(status.blocked_in)
+            current.since = current.updated_at = now
+        if status != previous:
+            session.add(
+                ProxyVerdictChange(
+                    proxy_id=proxy_id,
+                    at=now,
+                    verdict=status.verdict.value,
+                    blocked_in=list(status.blocked_in),
+                    previous=str(previous),
+                )
+            )
+
+
+def _evidence(row: ProbeEvidenceRow) -> ProbeEvidence:
+    return ProbeEvidence(
+        probe_id=row.probe_id,
+        country=row.country,
+        control=row.control,
+        last_at=row.last_at,
+        last_ok=row.last_ok,
+        fail_streak=row.fail_streak,
+        fail_windows=tuple(row.fail_windows),
+    )
+
+
+async def _roll_up(
+    session: Any, probe: ProbeAccount, proxy_ids: list[int], results: Sequence[ResultRecord]
+) -> None:
+    days = sorted({utc_day(r.at) for r in results})
+    existing = {
+        (row.proxy_id, row.day): row
+        for row in await repo.rollups_for(session, proxy_ids=proxy_ids, days=days, lock=True)
+        if row.country == probe.country and row.control == probe.control
+    }
+    touched: set[tuple[int, str]] = set()
+    for r in results:
+        key = (r.proxy_id, utc_day(r.at))
+        row = existing.get(key)
+        if row is None:
+            row = ProbeRollup(
+                proxy_id=r.proxy_id,
+                day=key[1],
+                country=probe.country,
+                control=probe.control,
+                attempts=0,
+                successes=0,
+                latency_hist=rollup.empty(rollup.LATENCY_BOUNDS_MS),
+                throughput_hist=rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
+            )
+            session.add(row)
+            existing[key] = row
+        row.attempts += 1
+        if r.ok:
+            row.successes += 1
+            latency, throughput = list(row.latency_hist), list(row.throughput_hist)
+            if r.connect_us is not None:
+                rollup.add(latency, rollup.LATENCY_BOUNDS_MS, math.ceil(r.connect_us / 1000))
+            if r.throughput_kbps is not None:
+                rollup.add(throughput, rollup.THROUGHPUT_BOUNDS_KBPS, r.throughput_kbps)
+            row.latency_hist, row.throughput_hist = latency, throughput  # new lists: JSON changes
+        touched.add(key)
+    for key in touched:
+        row = existing[key]
+        row.latency_p50_ms = rollup.percentile(row.latency_hist, rollup.LATENCY_BOUNDS_MS, 0.5)
+        row.latency_p90_ms = rollup.percentile(row.latency_hist, rollup.LATENCY_BOUNDS_MS, 0.9)
+        row.throughput_p50_kbps = rollup.percentile(
+            row.throughput_hist, rollup.THROUGHPUT_BOUNDS_KBPS, 0.5
+        )
+
+
+async def proxy_status(registry: Registry, *, proxy_id: int) -> dict[str, Any]:
+    """A proxy's verdict and its history (admin)."""
+    async with registry.sessions() as session:
+        verdicts = await repo.verdicts_for(session, proxy_ids=[proxy_id])
+        history = await repo.verdict_history(session, proxy_id=proxy_id)
+    current = verdicts[0] if verdicts else None
+    return {
+        "proxy_id": proxy_id,
+        "status": current.verdict if current else "untested",
+        "blocked_in": list(current.blocked_in) if current else [],
+        "since": current.since if current else None,
+        "history": [
+            {
+                "at": h.at,
+                "status": h.verdict,
+                "blocked_in": list(h.blocked_in),
+                "previous": h.previous,
+            }
+            for h in history
+        ],
+    }
