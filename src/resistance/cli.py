@@ -196,6 +196,11 @@ def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
 )
 @click.option("--trust", multiple=True, metavar="KEY", help="A trusted directory key (or file).")
 @click.option("--threshold", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--country",
+    metavar="CC",
+    help="Where you are: proxies blocked only elsewhere stay usable (default: skip all blocked).",
+)
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD", help="Local users.")
 @click.option("--check-interval", default=30.0, show_default=True, metavar="S")
 @click.option("--dial-timeout", default=8.0, show_default=True, metavar="S")
@@ -217,6 +222,7 @@ def connect(
     directories: tuple[str, ...],
     trust: tuple[str, ...],
     threshold: int,
+    country: str | None,
     users: tuple[str, ...],
     check_interval: float,
     dial_timeout: float,
@@ -255,6 +261,7 @@ def connect(
             trusted=tuple(trusted_key(k) for k in trust),
             threshold=threshold,
             state_dir=state,
+            country=country,
         )
     elif trust:
         raise click.UsageError("--trust goes with --directory")

@@ -137,3 +137,26 @@ def test_upstream_urls() -> None:
     )
     with pytest.raises(ConfigError):
         Upstream.from_url("socks5s://a:b@127.0.0.1:443")
+
+
+def test_blocked_proxies_are_skipped_only_where_blocked() -> None:
+    from resistance.client.directory import upstreams_from, usable
+
+    assert usable("functional", None) and usable("untested", "RU")
+    assert not usable("down", None) and not usable("down", "IR")
+    assert not usable("blocked:RU", None)  # unknown location: the safe guess
+    assert not usable("blocked:RU", "ru")
+    assert usable("blocked:RU", "IR")
+    document = {
+        "proxies": [
+            {
+                "endpoint": {"host": "192.0.2.1", "port": 1080},
+                "protocols": ["socks5"],
+                "credentials": [{"username": "u", "password": "p"}],
+                "status": status,
+            }
+            for status in ("functional", "blocked:RU", "down")
+        ]
+    }
+    assert len(upstreams_from(document, country="RU")) == 1
+    assert len(upstreams_from(document, country="IR")) == 2

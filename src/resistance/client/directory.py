@@ -38,7 +38,7 @@ from resistance.paths import write_private
 log = logging.getLogger("resistance.connect")
 
 CACHE_FILE = "directory-cache.json"
-UNUSABLE = frozenset({"down", "blocked", "disabled"})
+UNUSABLE = frozenset({"down", "disabled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,7 @@ class DirectoryConfig:
     threshold: int
     state_dir: Path
     fetch_seconds: float = 5.0
+    country: str | None = None
 
 
 def fetch(source: str, *, seconds: float) -> bytes:
@@ -72,13 +73,28 @@ def fetch(source: str, *, seconds: float) -> bytes:
         raise DirectoryError(f"cannot read {source}: {exc.strerror}") from None
 
 
-def upstreams_from(document: dict[str, Any]) -> list[Upstream]:
-    """The SOCKS5 upstreams a directory lists as usable."""
+def usable(status: str, country: str | None) -> bool:
+    """Whether a proxy with this directory status can serve a user in ``country``.
+
+    ``blocked:CC`` is blocked only in CC; a client that does not say where it
+    is treats every blocked proxy as unusable, which is the safe guess for
+    someone behind a block.
+    """
+    kind, _, where = status.partition(":")
+    if kind in UNUSABLE:
+        return False
+    if kind == "blocked":
+        return country is not None and where.upper() != country.upper()
+    return True
+
+
+def upstreams_from(document: dict[str, Any], *, country: str | None = None) -> list[Upstream]:
+    """The SOCKS5 upstreams a directory lists as usable from ``country``."""
     found: list[Upstream] = []
     for entry in document.get("proxies", []):
         if not isinstance(entry, dict) or "socks5" not in entry.get("protocols", []):
             continue
-        if str(entry.get("status", "")).split(":")[0] in UNUSABLE:
+        if not usable(str(entry.get("status", "")), country):
             continue
         endpoint = entry.get("endpoint") or {}
         credentials = entry.get("credentials") or [{}]
@@ -165,6 +181,8 @@ class DirectoryClient:
         return float(max(30, min(3600, fresh_until - now)))
 
 
-def directory_upstreams(verified: VerifiedDirectory, manual: Sequence[Upstream]) -> list[Upstream]:
+def directory_upstreams(
+    verified: VerifiedDirectory, manual: Sequence[Upstream], *, country: str | None = None
+) -> list[Upstream]:
     """Upstreams given by hand first, then those of the directory."""
-    return [*manual, *upstreams_from(verified.document)]
+    return [*manual, *upstreams_from(verified.document, country=country)]

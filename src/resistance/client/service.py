@@ -164,7 +164,9 @@ def run_connect(settings: ConnectSettings, *, out: TextIO = sys.stdout) -> int:
                 raise
             log.warning("starting with the given upstreams only: %s", directory.last_error)
         else:
-            upstreams = directory_upstreams(verified, settings.upstreams)
+            upstreams = directory_upstreams(
+                verified, settings.upstreams, country=directory.config.country
+            )
             log.info("directory serial %d: %d upstreams", verified.serial, len(upstreams))
     if not upstreams:
         raise ConfigError("no upstream: give --upstream URL or a --directory that lists some")
@@ -216,7 +218,9 @@ async def _serve(
             except DirectoryError as exc:
                 log.warning("directory refresh failed, keeping the current list: %s", exc)
                 continue
-            node.pool.replace(directory_upstreams(verified, settings.upstreams))
+            node.pool.replace(
+                directory_upstreams(verified, settings.upstreams, country=client.config.country)
+            )
 
     tasks = [
         loop.create_task(health_loop(), name="connect-health"),

@@ -306,14 +306,37 @@ def _listening_socket(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
+WANTED_NOFILE = 1 << 20
+
+
 def raise_nofile_limit() -> int:
-    """Raise the soft descriptor limit to the hard one; return the limit in force."""
+    """Raise the descriptor limit as far as allowed; return the limit in force.
+
+    A privileged process may raise the hard limit too (up to ``fs.nr_open``);
+    anyone may raise the soft limit to the hard one.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = min(WANTED_NOFILE, int(f.read()))
+    except (OSError, ValueError):
+        ceiling = hard
+    for target in (max(hard, ceiling), hard):
+        if target <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
+        except (ValueError, OSError):
+            continue
+        soft = target
+        break
     return soft
+
+
+def connection_capacity(max_connections: int) -> int:
+    """Clients the node can really hold: each relayed one needs two descriptors."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, min(max_connections, (soft - 64) // 2))
 
 
 class Node:
@@ -333,6 +356,14 @@ class Node:
         self.identity = identity
         self.session_class: type[RawSession] = RawSession
         self.limits = settings.limits
+        self.capacity = connection_capacity(self.limits.max_connections)
+        if self.capacity < self.limits.max_connections:
+            log.warning(
+                "the descriptor limit allows %d connections, not %d: clients over it are "
+                "turned away at accept",
+                self.capacity,
+                self.limits.max_connections,
+            )
         self.users = users
         self.policy = policy
         self.log_destinations = settings.log_destinations
@@ -447,7 +478,7 @@ class Node:
         if self.draining:
             self.metrics.rejected.labels("draining").inc()
             return False
-        if len(self.sessions) >= self.limits.max_connections:
+        if len(self.sessions) >= self.capacity:
             self.metrics.rejected.labels("max-connections").inc()
             return False
         count = self.per_ip.get(ip, 0)
