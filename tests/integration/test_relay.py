@@ -166,3 +166,47 @@ def test_idle_connections_are_closed(node_factory: Any, echo_server: Any) -> Non
         assert recv_exact(sock, 2) == b"hi"
         sock.settimeout(20)
         assert sock.recv(1) == b""  # closed by the node, not by us
+
+
+def test_a_fin_right_behind_the_last_bytes_is_seen(
+    relay_node: RunningNode, half_close_server: HalfCloseServer
+) -> None:
+    """Data and FIN queued together arrive with one edge; the relay must still see the end."""
+    for payload in (b"tiny", b"x" * 300, b"y" * 70_000):
+        server = HalfCloseServer()
+        try:
+            with open_socks(proxy(relay_node), "127.0.0.1", server.port) as sock:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+            assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+        finally:
+            server.close()
+
+
+def test_handshake_early_data_and_fin_in_one_segment(
+    relay_node: RunningNode, half_close_server: HalfCloseServer
+) -> None:
+    from resistance.proto.socks5 import (
+        Address,
+        Command,
+        client_auth,
+        client_greeting,
+        client_request,
+    )
+
+    with socket.create_connection(proxy(relay_node), timeout=10) as sock:
+        sock.sendall(
+            client_greeting(auth=True)
+            + client_auth(b"alice", b"secret")
+            + client_request(Command.CONNECT, Address.from_ip("127.0.0.1", half_close_server.port))
+            + b"all at once"
+        )
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    assert data[:6] == b"\x05\x02\x01\x00\x05\x00"
+    assert data[14:] == f"11 {hashlib.sha256(b'all at once').hexdigest()}".encode()

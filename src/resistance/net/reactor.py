@@ -37,6 +37,8 @@ EPOLLET: Final[int] = getattr(select, "EPOLLET", 0)
 READABLE: Final = EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP
 """Event bits after which a read may make progress (data, EOF, or an error to collect)."""
 WRITABLE: Final = EPOLLOUT | EPOLLHUP | EPOLLERR
+ENDED: Final = EPOLLRDHUP | EPOLLHUP | EPOLLERR
+"""Event bits that say the peer has shut down or failed: read until a read returns 0."""
 """Event bits after which a write (or a pending connect) may make progress."""
 _MASK: Final = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 

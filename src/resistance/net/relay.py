@@ -39,7 +39,7 @@ import socket
 from collections.abc import Callable
 from typing import Final, cast
 
-from resistance.net.reactor import READABLE, WRITABLE, Reactor
+from resistance.net.reactor import ENDED, READABLE, WRITABLE, Reactor
 
 HAS_SPLICE: Final = hasattr(os, "splice")
 _SPLICE_FLAGS: Final = (
@@ -106,6 +106,7 @@ class _Pump:
         "done",
         "dst",
         "dst_fd",
+        "ending",
         "eof",
         "moved",
         "pending",
@@ -125,6 +126,7 @@ class _Pump:
         self.pending = 0
         self.moved = 0
         self.eof = False
+        self.ending = False  # the source announced its end (RDHUP/HUP/ERR): read until 0
         self.done = False
         # Bytes may already wait on either side: look once before the first edge.
         self.readable = True
@@ -201,9 +203,11 @@ class _SplicePump(_Pump):
         if n:
             self.moved += n
             self.pending = n
-            if n < self.pool.slots:
+            if n < self.pool.slots and not self.ending:
                 # Fewer bytes than the pipe has slots: the pipe cannot have filled
                 # up, so the socket's queue ran dry; new data brings a new edge.
+                # Not so once the peer has shut down: its FIN came with the last
+                # edge, and only a read returning 0 will show it.
                 self.readable = False
         else:
             self._release()
@@ -268,7 +272,7 @@ class _CopyPump(_Pump):
         self.moved += n
         self.offset = 0
         self.pending = n
-        if 0 < n < COPY_BUFFER:
+        if 0 < n < COPY_BUFFER and not self.ending:
             self.readable = False  # a short read took all there was; more brings an edge
         return n
 
@@ -372,8 +376,10 @@ class Relay:
                 # buffer, so this cannot happen short of a broken stack.
                 self.fail(OSError(errno.ENOBUFS, "early data did not fit the send buffer"))
                 return
-        self.up.readable = client_unread
-        self.down.readable = upstream_unread
+        # Where bytes may wait unannounced, a FIN may wait behind them too: read
+        # those sides until a read returns 0 or EAGAIN, never trusting a short one.
+        self.up.readable = self.up.ending = client_unread
+        self.down.readable = self.down.ending = upstream_unread
         self.reactor.watch(self.client_fd, self.on_client_event)
         self.reactor.watch(self.upstream_fd, self.on_upstream_event)
         self.up.run()
@@ -383,6 +389,8 @@ class Relay:
         self.idle = 0
         if events & READABLE:
             self.up.readable = True
+            if events & ENDED:
+                self.up.ending = True
             self.up.run()
         if events & WRITABLE:
             self.down.writable = True
@@ -392,6 +400,8 @@ class Relay:
         self.idle = 0
         if events & READABLE:
             self.down.readable = True
+            if events & ENDED:
+                self.down.ending = True
             self.down.run()
         if events & WRITABLE:
             self.up.writable = True

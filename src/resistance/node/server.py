@@ -26,9 +26,9 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from resistance.config import Endpoint, NodeSettings
+from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.errors import ConfigError
-from resistance.net.reactor import HAS_EPOLL, READABLE, Reactor
+from resistance.net.reactor import ENDED, HAS_EPOLL, READABLE, Reactor
 from resistance.net.relay import HAS_SPLICE, PipePool, Relay, TransportRelay
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
@@ -53,16 +53,19 @@ class RawSession(Session):
     close; the relay takes the same registration over.
     """
 
-    __slots__ = ("fd", "paused", "sock")
+    __slots__ = ("ending", "fd", "paused", "sock")
 
     def __init__(self, node: Node, sock: socket.socket, peer_ip: str, reactor: Reactor) -> None:
         super().__init__(node, peer_ip)
         self.sock = sock
         self.fd = sock.fileno()
         self.paused = False
+        self.ending = False  # the client shut down: its FIN waits behind the data
         reactor.watch(self.fd, self.on_event)
 
     def on_event(self, events: int) -> None:
+        if events & ENDED:
+            self.ending = True
         if events & READABLE and not self.paused:
             self.on_readable()
 
@@ -81,7 +84,7 @@ class RawSession(Session):
                 self.on_eof()
                 return
             self.feed(data)
-            if len(data) < RECV_SIZE:
+            if len(data) < RECV_SIZE and not self.ending:
                 return  # drained: any later byte brings a new edge
         self.node.loop.call_soon(self.on_readable)  # a firehose: let others run first
 
@@ -108,7 +111,8 @@ class RawSession(Session):
     def start_relay(
         self, upstream: socket.socket, early: bytes, *, upstream_unread: bool = True
     ) -> None:
-        client_unread = self.paused  # otherwise every byte so far was read and fed
+        # Otherwise every byte so far was read and fed (and a FIN would have been seen).
+        client_unread = self.paused or self.ending
         self.paused = True  # from here on the relay reads this socket, never the session
         reactor = self.node.reactor
         assert reactor is not None
@@ -357,7 +361,7 @@ class Node:
         self.session_class: type[RawSession] = RawSession
         self.limits = settings.limits
         self.capacity = connection_capacity(self.limits.max_connections)
-        if self.capacity < self.limits.max_connections:
+        if self.capacity < self.limits.max_connections != NodeLimits().max_connections:
             log.warning(
                 "the descriptor limit allows %d connections, not %d: clients over it are "
                 "turned away at accept",

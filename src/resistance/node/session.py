@@ -190,8 +190,18 @@ class Session:
         self.close()
 
     def on_eof(self) -> None:
-        """The client closed its side before any relay started."""
+        """The client closed its side before any relay started.
+
+        After a complete CONNECT request that is a half-close, not a goodbye:
+        the reply is still owed, and the end of the client's stream is passed
+        on once the relay runs (a read there returns 0 again).
+        """
         conn = self.conn
+        if conn is not None and conn.state is State.REPLY_PENDING and (
+            self.request is not None and self.request.command is Command.CONNECT
+        ):
+            self.pause_reading()
+            return
         if conn is not None and conn.state in (State.GREETING, State.AUTH, State.REQUEST):
             self.node.metrics.handshake_failures.labels("eof").inc()
         self.close()
