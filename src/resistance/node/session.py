@@ -197,8 +197,10 @@ class Session:
         on once the relay runs (a read there returns 0 again).
         """
         conn = self.conn
-        if conn is not None and conn.state is State.REPLY_PENDING and (
-            self.request is not None and self.request.command is Command.CONNECT
+        if (
+            conn is not None
+            and conn.state is State.REPLY_PENDING
+            and (self.request is not None and self.request.command is Command.CONNECT)
         ):
             self.pause_reading()
             return
