@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from resistance import __version__
-from resistance.errors import ResistanceError
+from resistance.clikit import CONTEXT, one_line_errors
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def one_line_errors(func: F) -> F:
-    """Turn the package's own errors into one line on stderr and exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ResistanceError as exc:
-            click.echo(f"resist: error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
+__all__ = ["CONTEXT", "main", "one_line_errors"]
 
 
 def setup_logging(verbose: int) -> None:

@@ -8,7 +8,6 @@ exits 1 when the recorded awards differ from the recomputed ones.
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from resistance.errors import ResistanceError
+from resistance.clikit import one_line_errors
 from resistance.grants import export, files, payout, rounds
 from resistance.grants.errors import RoundStateError, UtxoError
 from resistance.grants.model import GrantRound, RoundStatus
@@ -30,16 +29,7 @@ OUT_FILE = click.Path(dir_okay=False, writable=True, path_type=Path)
 NETWORKS = click.Choice(["bitcoin", "testnet", "testnet4", "signet", "regtest"])
 
 
-def _errors_in_one_line(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ResistanceError as exc:
-            click.echo(f"resist: error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
+_errors_in_one_line = one_line_errors
 
 
 def _emit(text: str, out: Path | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -13,22 +12,14 @@ from typing import Any, TypeVar
 
 import click
 
-from resistance.errors import ConfigError, ResistanceError
+from resistance.clikit import one_line_errors
+from resistance.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _one_line_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ResistanceError as exc:
-            click.echo(f"resist: error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper  # type: ignore[return-value]
+_one_line_errors = one_line_errors
 
 
 def _state_dir_option(func: F) -> F:
