@@ -16,6 +16,13 @@ from typing import Any
 import psutil
 import pytest
 
+from resistance.proto.socks5 import (
+    Address,
+    Command,
+    client_auth,
+    client_greeting,
+    client_request,
+)
 from tests.conftest import RunningNode
 from tests.integration.socksclient import open_socks, recv_exact
 
@@ -71,6 +78,16 @@ def proxy(node: RunningNode) -> tuple[str, int]:
     return node.host, node.port
 
 
+def whole_handshake(port: int, early: bytes) -> bytes:
+    """Greeting, credentials, a CONNECT to 127.0.0.1:port and data, as one write."""
+    return (
+        client_greeting(auth=True)
+        + client_auth(b"alice", b"secret")
+        + client_request(Command.CONNECT, Address.from_ip("127.0.0.1", port))
+        + early
+    )
+
+
 def test_bytes_arrive_intact_both_ways(relay_node: RunningNode, echo_server: Any) -> None:
     payload = os.urandom(8 << 20)
     with open_socks(proxy(relay_node), "127.0.0.1", echo_server.port) as sock:
@@ -106,21 +123,8 @@ def test_half_close_keeps_the_other_direction(
 def test_early_data_sent_with_the_request_is_relayed(
     relay_node: RunningNode, echo_server: Any
 ) -> None:
-    from resistance.proto.socks5 import (
-        Address,
-        Command,
-        client_auth,
-        client_greeting,
-        client_request,
-    )
-
     with socket.create_connection(proxy(relay_node), timeout=10) as sock:
-        sock.sendall(
-            client_greeting(auth=True)
-            + client_auth(b"alice", b"secret")
-            + client_request(Command.CONNECT, Address.from_ip("127.0.0.1", echo_server.port))
-            + b"early bird"
-        )
+        sock.sendall(whole_handshake(echo_server.port, b"early bird"))
         answer = recv_exact(sock, 2 + 2 + 10 + len(b"early bird"))
     assert answer[:4] == b"\x05\x02\x01\x00"
     assert answer[4:6] == b"\x05\x00"
@@ -189,21 +193,8 @@ def test_a_fin_right_behind_the_last_bytes_is_seen(
 def test_handshake_early_data_and_fin_in_one_segment(
     relay_node: RunningNode, half_close_server: HalfCloseServer
 ) -> None:
-    from resistance.proto.socks5 import (
-        Address,
-        Command,
-        client_auth,
-        client_greeting,
-        client_request,
-    )
-
     with socket.create_connection(proxy(relay_node), timeout=10) as sock:
-        sock.sendall(
-            client_greeting(auth=True)
-            + client_auth(b"alice", b"secret")
-            + client_request(Command.CONNECT, Address.from_ip("127.0.0.1", half_close_server.port))
-            + b"all at once"
-        )
+        sock.sendall(whole_handshake(half_close_server.port, b"all at once"))
         sock.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := sock.recv(4096):
