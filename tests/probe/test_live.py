@@ -9,11 +9,17 @@ for how the censor is made without leaving loopback.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from resistance.config import Endpoint
+from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from tests.probe.live import (
     Censor,
     RegistryServer,
@@ -106,6 +112,51 @@ def test_proxy_unreachable_only_from_the_censored_country_becomes_blocked(
         registry.stop()
 
 
+@contextlib.contextmanager
+def standalone_canary(registry: RegistryServer) -> Iterator[None]:
+    """The registry's canary, with its key, on its port, without the rest of the registry."""
+    key = load_or_create_canary_key(registry.settings.state_dir)
+    loop = asyncio.new_event_loop()
+    canary = CanaryServer(key)
+    loop.run_until_complete(canary.start(Endpoint("127.0.0.1", registry.canary_port)))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(canary.close())
+        loop.close()
+
+
+def test_a_silent_canary_skips_rounds_instead_of_blaming_proxies(
+    tmp_path: Path, node_factory: Any
+) -> None:
+    url, db = sqlite_url(tmp_path)
+    registry = RegistryServer(tmp_path / "registry", url)
+    registry.start()
+    node_state = tmp_path / "node"
+    node = node_factory(*NODE_ARGS, state_dir=node_state)
+    registry.register(node_state, node.port)
+    state = tmp_path / "p-nl"
+    token = registry.add_probe(state, "ams-1", "NL", control=True)
+    try:
+        with agents() as running:
+            agent = start_agent(registry, token, state, "ams-1", "NL")
+            running.append(agent)
+            wait_for(lambda: len(agent.signed()) >= 1, 20, "a first batch")
+            registry.stop()  # API and canary both gone
+            wait_for(lambda: "round skipped" in agent.log(), 20, "a skipped round")
+            assert agent.stop() == 0
+    finally:
+        registry.stop()
+    failures = sqlite_rows(db, "SELECT COUNT(*) FROM probe_results WHERE ok = 0")
+    assert failures == [(0,)]  # nothing was blamed on the proxy ...
+    for path in (state / "spool").glob("*.json"):  # ... nor waits to be
+        assert '"ok":false' not in path.read_text().replace(" ", ""), path
+
+
 def test_batches_made_while_the_registry_is_down_arrive_once_after_restart(
     tmp_path: Path, node_factory: Any
 ) -> None:
@@ -125,8 +176,10 @@ def test_batches_made_while_the_registry_is_down_arrive_once_after_restart(
             running.append(first)
             wait_for(lambda: len(first.signed()) >= 2, 20, "first batches")
             registry.stop()
-            # The agent keeps measuring (from its saved assignment) and spools.
-            wait_for(lambda: len(list(spool.glob("*.json"))) >= 3, 20, "spooled batches")
+            # The API is down but the canary still answers (as a canary hosted apart
+            # would): the agent keeps measuring from its saved assignment and spools.
+            with standalone_canary(registry):
+                wait_for(lambda: len(list(spool.glob("*.json"))) >= 3, 20, "spooled batches")
             assert first.stop() == 0  # SIGTERM while the registry is down
             made |= first.signed()
             waiting = {p.name.split("-", 1)[1][:32] for p in spool.glob("*.json")}

@@ -44,7 +44,15 @@ from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
 from resistance.probe.keys import load_or_create_probe_key
 from resistance.probe.net import Network, SocketNetwork
-from resistance.probe.runner import Canary, CheckSettings, Target, run_check
+from resistance.probe.runner import (
+    Canary,
+    CheckResult,
+    CheckSettings,
+    Target,
+    attributable,
+    canary_answers,
+    run_check,
+)
 from resistance.probe.spool import Spool
 
 log = logging.getLogger("resistance.probe")
@@ -256,9 +264,27 @@ class Agent:
 
     # --- one round --------------------------------------------------------------------
 
+    async def _canary_alive(self, assignment: Assignment) -> bool:
+        if assignment.canary is None:
+            return True
+        return await canary_answers(
+            assignment.canary, self.network, seconds=self.settings.check.step_timeout
+        )
+
     async def run_round(self, assignment: Assignment) -> RoundStats:
+        """Check every assigned proxy once; results go to batches at the end.
+
+        The canary is asked directly before and after: if it is silent before,
+        no proxy can be judged and the round is skipped; if it fell silent
+        during the round, failures at its end are dropped, not blamed on proxies.
+        """
         stats = RoundStats()
         started = time.monotonic()
+        if not await self._canary_alive(assignment):
+            log.warning("the canary does not answer: round skipped (no proxy can be judged)")
+            stats.seconds = time.monotonic() - started
+            return stats
+        results: list[CheckResult] = []
         queue: asyncio.Queue[Target | None] = asyncio.Queue(maxsize=self.settings.concurrency)
         workers = min(self.settings.concurrency, max(1, len(assignment.targets)))
 
@@ -278,7 +304,7 @@ class Agent:
                 )
                 stats.checked += 1
                 stats.ok += result.verdict.ok
-                self.add_result(result_json(result))
+                results.append(result)
 
         tasks = [asyncio.create_task(produce(), name="probe-schedule")]
         tasks += [asyncio.create_task(work(), name=f"probe-worker-{i}") for i in range(workers)]
@@ -288,8 +314,26 @@ class Agent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                alive = await self._canary_alive(assignment)
+            except asyncio.CancelledError:
+                # Stopping: keep only what cannot be the canary's fault.
+                self._keep(results, alive=False)
+                raise
+            self._keep(results, alive=alive)
         stats.seconds = time.monotonic() - started
         return stats
+
+    def _keep(self, results: list[CheckResult], *, alive: bool) -> None:
+        """Batch the results that can be attributed to their proxies."""
+        kept = [r for r in results if attributable(r, canary_alive=alive)]
+        if len(kept) < len(results):
+            log.warning(
+                "the canary fell silent during the round: %d failures at its end dropped",
+                len(results) - len(kept),
+            )
+        for result in kept:
+            self.add_result(result_json(result))
 
     async def rounds(self) -> None:
         backoff = 1.0

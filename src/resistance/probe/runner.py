@@ -10,6 +10,7 @@ how.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from resistance.probe.canary import SIGNATURE_BYTES, request_bytes, verify_proof
 from resistance.probe.check import (
     STEPS,
     CheckVerdict,
@@ -195,3 +197,47 @@ def _timings(started: float, marks: dict[Step, float], machine: ProbeExchange) -
         ttfb_us=ttfb,
         throughput_kbps=kbps,
     )
+
+
+async def canary_answers(canary: Canary, network: Network, *, seconds: float) -> bool:
+    """Whether the canary itself answers when asked directly, without a proxy.
+
+    A check that fails at or after the CONNECT to the canary says nothing about
+    the proxy while the canary is silent (the registry down, its network cut),
+    so the agent asks the canary around every round.
+    """
+    nonce = secrets.token_bytes(16)
+    conn: Connection | None = None
+    data = b""
+    try:
+        async with asyncio.timeout(seconds):
+            conn = await network.connect(canary.host, canary.port)
+            await conn.send(request_bytes(nonce, b"", 0))
+            while len(data) < SIGNATURE_BYTES:
+                chunk = await conn.recv()
+                if not chunk:
+                    return False
+                data += chunk
+    except (TimeoutError, NetFailure, OSError):
+        return False
+    finally:
+        if conn is not None:
+            conn.close()
+    if canary.public_key is None:
+        return len(data) >= SIGNATURE_BYTES
+    return verify_proof(
+        canary.public_key, nonce, hashlib.sha256(b"").digest(), 0, data[:SIGNATURE_BYTES]
+    )
+
+
+CANARY_SIDE = frozenset({Step.CONNECT, Step.CANARY, Step.TRANSFER})
+"""Steps whose failure may be the canary's, not the proxy's."""
+
+
+def attributable(result: CheckResult, *, canary_alive: bool) -> bool:
+    """Whether ``result`` may be held against (or for) the proxy.
+
+    Successes always count; a failure at the canary's end counts only when the
+    canary answered directly before and after the round.
+    """
+    return canary_alive or result.verdict.ok or result.verdict.failed_step not in CANARY_SIDE
