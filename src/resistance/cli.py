@@ -177,6 +177,13 @@ def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
     help="A signed directory (mirrors: repeat; tried in turn).",
 )
 @click.option("--trust", multiple=True, metavar="KEY", help="A trusted directory key (or file).")
+@click.option(
+    "--assign",
+    multiple=True,
+    metavar="URL",
+    help="A registry's /api/v1/proxies/assign: a few non-public proxies for your network.",
+)
+@click.option("--qr", is_flag=True, help="Print a QR code of the Telegram link.")
 @click.option("--threshold", default=1, show_default=True, type=click.IntRange(1))
 @click.option(
     "--country",
@@ -203,6 +210,8 @@ def connect(
     upstreams: tuple[str, ...],
     directories: tuple[str, ...],
     trust: tuple[str, ...],
+    assign: tuple[str, ...],
+    qr: bool,
     threshold: int,
     country: str | None,
     users: tuple[str, ...],
@@ -256,6 +265,8 @@ def connect(
         race_after=race_after or None,
         state_dir=state,
         directory=directory,
+        assign=assign,
+        qr=qr,
     )
     sys.exit(run_connect(settings))
 

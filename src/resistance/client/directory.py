@@ -13,9 +13,9 @@ The transport is never trusted: a mirror on any host serves the same bytes.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,34 @@ def upstreams_from(document: dict[str, Any], *, country: str | None = None) -> l
     return found
 
 
+def fetch_assigned(url: str, *, seconds: float) -> list[Upstream]:
+    """The non-public proxies the registry hands this network today.
+
+    Unlike the directory, this answer is not signed: it is only as trustworthy
+    as the HTTPS connection it came over, so it adds upstreams and never
+    replaces the directory's.
+    """
+    try:
+        answer = json.loads(fetch(url, seconds=seconds))
+    except ValueError as exc:
+        raise DirectoryError(f"{url}: not a JSON assignment ({exc})") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("proxies"), list):
+        raise DirectoryError(f"{url}: not an assignment (no proxies list)")
+    return upstreams_from({"proxies": answer["proxies"]})
+
+
+@dataclass(slots=True)
+class UpstreamSources:
+    """Where the pool's upstreams come from; combined in a fixed order."""
+
+    manual: list[Upstream]
+    listed: list[Upstream]
+    assigned: list[Upstream]
+
+    def combined(self) -> list[Upstream]:
+        return [*self.manual, *self.listed, *self.assigned]
+
+
 class DirectoryClient:
     def __init__(self, config: DirectoryConfig) -> None:
         if not config.sources:
@@ -179,10 +207,3 @@ class DirectoryClient:
             return float(min(600, 15 * 2 ** min(self.failures, 6)))
         fresh_until = int(self.current.document["fresh_until"])
         return float(max(30, min(3600, fresh_until - now)))
-
-
-def directory_upstreams(
-    verified: VerifiedDirectory, manual: Sequence[Upstream], *, country: str | None = None
-) -> list[Upstream]:
-    """Upstreams given by hand first, then those of the directory."""
-    return [*manual, *upstreams_from(verified.document, country=country)]

@@ -23,17 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 from cryptography.exceptions import InvalidSignature
 
 from resistance import __version__
 from resistance.client.dial import DialError, dial
-from resistance.client.directory import DirectoryClient, DirectoryConfig, directory_upstreams
+from resistance.client.directory import (
+    DirectoryClient,
+    DirectoryConfig,
+    UpstreamSources,
+    fetch_assigned,
+    upstreams_from,
+)
 from resistance.client.session import ClientSession
 from resistance.client.upstreams import Upstream, UpstreamPool
 from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.directory.document import DirectoryError
 from resistance.errors import ConfigError
-from resistance.links import socks_links
+from resistance.links import qr_terminal, socks_links
 from resistance.node.identity import challenge_message, challenge_name, public_key_from_text
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
@@ -59,6 +66,8 @@ class ConnectSettings:
     race_after: float | None = 1.0
     state_dir: Path = Path(".")
     directory: DirectoryConfig | None = None
+    assign: tuple[str, ...] = ()
+    qr: bool = False
 
 
 class ConnectNode(Node):
@@ -153,37 +162,50 @@ class ConnectNode(Node):
         }
 
 
+ASSIGN_REFRESH_SECONDS = 3600.0
+
+
+def _assigned(settings: ConnectSettings) -> list[Upstream]:
+    found: list[Upstream] = []
+    for url in settings.assign:
+        try:
+            found += fetch_assigned(url, seconds=5.0)
+        except (DirectoryError, httpx.HTTPError) as exc:
+            log.warning("assignment from %s failed: %s", url, exc)
+    return found
+
+
 def run_connect(settings: ConnectSettings, *, out: TextIO = sys.stdout) -> int:
     directory = DirectoryClient(settings.directory) if settings.directory else None
-    upstreams = list(settings.upstreams)
+    sources = UpstreamSources(list(settings.upstreams), [], _assigned(settings))
     if directory is not None:
         try:
             verified = directory.refresh()
         except DirectoryError:
-            if not upstreams:
+            if not sources.combined():
                 raise
-            log.warning("starting with the given upstreams only: %s", directory.last_error)
+            log.warning("starting without the directory: %s", directory.last_error)
         else:
-            upstreams = directory_upstreams(
-                verified, settings.upstreams, country=directory.config.country
-            )
-            log.info("directory serial %d: %d upstreams", verified.serial, len(upstreams))
-    if not upstreams:
-        raise ConfigError("no upstream: give --upstream URL or a --directory that lists some")
+            sources.listed = upstreams_from(verified.document, country=directory.config.country)
+            log.info("directory serial %d: %d upstreams", verified.serial, len(sources.listed))
+    if not sources.combined():
+        raise ConfigError(
+            "no upstream: give --upstream URL, or a --directory or --assign that lists some"
+        )
     raise_nofile_limit()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, upstreams, directory, out))
+        return runner.run(_serve(settings, sources, directory, out))
 
 
 async def _serve(
     settings: ConnectSettings,
-    upstreams: list[Upstream],
+    sources: UpstreamSources,
     directory: DirectoryClient | None,
     out: TextIO,
 ) -> int:
     loop = asyncio.get_running_loop()
     node = ConnectNode(settings, loop=loop)
-    node.pool.replace(upstreams)
+    node.pool.replace(sources.combined())
     await node.start()
     endpoint = node.bound[0]
     links = socks_links(
@@ -196,7 +218,10 @@ async def _serve(
         f"{'s' if len(node.pool.upstreams) != 1 else ''}\n"
         f"listening on socks5://{endpoint}\n"
         f"Telegram: {links.tg}\n"
+        f"          {links.https}\n"
     )
+    if settings.qr:
+        out.write(qr_terminal(links.https))
     out.flush()
     status_path = settings.state_dir / STATUS_FILE
 
@@ -218,9 +243,16 @@ async def _serve(
             except DirectoryError as exc:
                 log.warning("directory refresh failed, keeping the current list: %s", exc)
                 continue
-            node.pool.replace(
-                directory_upstreams(verified, settings.upstreams, country=client.config.country)
-            )
+            sources.listed = upstreams_from(verified.document, country=client.config.country)
+            node.pool.replace(sources.combined())
+
+    async def assign_loop() -> None:
+        while True:
+            await asyncio.sleep(ASSIGN_REFRESH_SECONDS)
+            fresh = await asyncio.to_thread(_assigned, settings)
+            if fresh:  # a failed refresh keeps what the registry gave before
+                sources.assigned = fresh
+                node.pool.replace(sources.combined())
 
     tasks = [
         loop.create_task(health_loop(), name="connect-health"),
@@ -228,6 +260,8 @@ async def _serve(
     ]
     if directory is not None:
         tasks.append(loop.create_task(directory_loop(directory), name="connect-directory"))
+    if settings.assign:
+        tasks.append(loop.create_task(assign_loop(), name="connect-assign"))
     stopping: list[asyncio.Task[None]] = []
 
     def stop() -> None:
