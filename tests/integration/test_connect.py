@@ -212,3 +212,48 @@ def test_a_hanging_upstream_is_raced_not_waited_for(
         client = client_factory(silent_url, node, extra=("--dial-timeout", "60"))
         for _ in range(3):
             echo_through(client, echo_server.port)
+
+
+def test_socks5_inside_tls_with_a_pinned_certificate(
+    client_factory: Any, node_factory: Any, tmp_path: Path, echo_server: Any
+) -> None:
+    import hashlib as _hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.integration.test_node_ops import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    node = node_factory(
+        "--user", "alice:secret", "--allow", "127.0.0.0/8",
+        "--tls-cert", str(cert), "--tls-key", str(key), "--tls-listen", "127.0.0.1:0",
+    )  # fmt: skip
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    pin = _hashlib.sha256(der).hexdigest()
+    good = f"socks5s://alice:secret@127.0.0.1:{node.tls_port}#sha256={pin}"
+    client = client_factory(good)
+    payload = bytes(range(256)) * 2000
+    for _ in range(3):
+        echo_through(client, echo_server.port, payload)
+    # A wrong pin is refused; the next upstream (plain) carries the traffic.
+    wrong = f"socks5s://alice:secret@127.0.0.1:{node.tls_port}#sha256={'0' * 64}"
+    client = client_factory(wrong, node)
+    for _ in range(3):
+        echo_through(client, echo_server.port)
+    state = Path(str(client.stderr_path)).parent
+    deadline = time.monotonic() + 10
+    while True:
+        rows = status(client, state)["upstreams"]
+        errors = " ".join(r["last_error"] for r in rows)
+        if "does not match its pin" in errors:
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
+    # A socks5s URL without a pin is a configuration error.
+    done = subprocess.run(
+        [sys.executable, "-m", "resistance", "connect", "--state-dir", str(tmp_path / "x"),
+         "--upstream", f"socks5s://alice:secret@127.0.0.1:{node.tls_port}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and "#sha256=" in done.stderr

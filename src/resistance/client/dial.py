@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
+import hmac
 import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
-from resistance.proto.socks5 import Address, ClientConnection, Command, Reply, UpstreamRefused
+from resistance.proto.socks5 import (
+    Address,
+    ClientConnection,
+    Command,
+    Established,
+    Reply,
+    UpstreamRefused,
+)
 
 
 class DialError(Exception):
@@ -34,10 +44,163 @@ class DialError(Exception):
 
 @dataclass(slots=True)
 class Dialed:
-    sock: socket.socket
+    sock: socket.socket | None  # a plain connection, for the splice relay
     bound: Address
     early: bytes
     seconds: float
+    transport: asyncio.Transport | None = None  # a TLS connection instead
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _TlsExchange(asyncio.Protocol):
+    """The SOCKS5 exchange over a TLS transport, until the request is answered."""
+
+    def __init__(self, machine: ClientConnection, hello: bytes, pin: str) -> None:
+        self.machine = machine
+        self.hello = hello
+        self.pin = pin
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[Established] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        seen = hashlib.sha256(der).hexdigest() if der else ""
+        if not hmac.compare_digest(seen, self.pin):
+            self._fail(
+                DialError(
+                    "the upstream's certificate does not match its pin", Reply.GENERAL_FAILURE
+                )
+            )
+            return
+        self.transport.write(self.hello)
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        try:
+            result = self.machine.receive_data(data)
+        except UpstreamRefused as exc:
+            self._fail(
+                DialError(
+                    str(exc), exc.code or Reply.GENERAL_FAILURE, answered=exc.code is not None
+                )
+            )
+            return
+        except ProtocolError as exc:
+            self._fail(DialError(f"the upstream broke the protocol: {exc}", Reply.GENERAL_FAILURE))
+            return
+        if result is not None:
+            assert self.transport is not None
+            self.transport.pause_reading()  # the relay takes over from here
+            self.done.set_result(result)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(
+                DialError("the upstream closed the connection", Reply.GENERAL_FAILURE)
+            )
+
+    def _fail(self, error: DialError) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _tls_context() -> ssl.SSLContext:
+    """TLS with the certificate pinned by hash instead of checked against CAs."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+async def _dial_tls(
+    upstream: Upstream, command: Command, address: Address, seconds: float
+) -> Dialed:
+    assert upstream.tls_sha256 is not None
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    machine = ClientConnection(upstream.username, upstream.password)
+    exchange = _TlsExchange(machine, machine.start(command, address), upstream.tls_sha256)
+    transport: asyncio.BaseTransport | None = None
+    try:
+        async with asyncio.timeout(seconds):
+            transport, _ = await loop.create_connection(
+                lambda: exchange, upstream.host, upstream.port, ssl=_tls_context(),
+                server_hostname=upstream.host, ssl_handshake_timeout=seconds,
+            )  # fmt: skip
+            established = await exchange.done
+    except TimeoutError:
+        if transport is not None:
+            cast(asyncio.Transport, transport).abort()
+        raise DialError("the upstream did not answer in time", Reply.TTL_EXPIRED) from None
+    except (OSError, ssl.SSLError) as exc:
+        if transport is not None:
+            cast(asyncio.Transport, transport).abort()
+        raise DialError(f"cannot reach the upstream: {exc}", Reply.GENERAL_FAILURE) from None
+    except BaseException:
+        if transport is not None:
+            cast(asyncio.Transport, transport).abort()
+        raise
+    assert exchange.transport is not None
+    return Dialed(
+        None,
+        established.bound,
+        machine.take_early_data(),
+        time.monotonic() - started,
+        exchange.transport,
+    )
+
+
+class _Collector(asyncio.Protocol):
+    def __init__(self, want: int, data: bytes) -> None:
+        self.want = want
+        self.data = data
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) >= self.want and not self.done.done():
+            self.done.set_result(self.data)
+
+    def eof_received(self) -> bool:
+        if not self.done.done():
+            self.done.set_result(self.data)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(self.data)
+
+
+async def read_at_least(dialed: Dialed, want: int, *, seconds: float) -> bytes:
+    """The bytes after the reply until ``want`` have come (or the stream ended)."""
+    data = dialed.early
+    async with asyncio.timeout(seconds):
+        if dialed.sock is not None:
+            loop = asyncio.get_running_loop()
+            while len(data) < want:
+                chunk = await loop.sock_recv(dialed.sock, want - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            return data
+        assert dialed.transport is not None
+        if len(data) >= want:
+            return data
+        collector = _Collector(want, data)
+        dialed.transport.set_protocol(collector)
+        dialed.transport.resume_reading()
+        return await collector.done
 
 
 async def _resolve(upstream: Upstream, seconds: float) -> tuple[int, Any]:
@@ -60,6 +223,8 @@ async def _resolve(upstream: Upstream, seconds: float) -> tuple[int, Any]:
 
 async def dial(upstream: Upstream, command: Command, address: Address, *, seconds: float) -> Dialed:
     """A non-blocking socket on which ``upstream`` has accepted the request, within ``seconds``."""
+    if upstream.tls_sha256 is not None:
+        return await _dial_tls(upstream, command, address, seconds)
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     try:

@@ -27,7 +27,7 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 
 from resistance import __version__
-from resistance.client.dial import DialError, dial
+from resistance.client.dial import DialError, dial, read_at_least
 from resistance.client.directory import (
     DirectoryClient,
     DirectoryConfig,
@@ -105,19 +105,13 @@ class ConnectNode(Node):
         except DialError as exc:
             self.pool.failed(upstream, str(exc))
             return
-        loop = self.loop
         try:
-            with dialed.sock:
-                answer = dialed.early
-                async with asyncio.timeout(self.dial_timeout):
-                    while len(answer) < 64:
-                        chunk = await loop.sock_recv(dialed.sock, 64 - len(answer))
-                        if not chunk:
-                            break
-                        answer += chunk
+            answer = await read_at_least(dialed, 64, seconds=self.dial_timeout)
         except (OSError, TimeoutError) as exc:
             self.pool.failed(upstream, f"health check: {exc}")
             return
+        finally:
+            dialed.close()
         if len(answer) != 64:
             self.pool.failed(upstream, "health check: the upstream did not answer the challenge")
             return

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from resistance.client.dial import Dialed, DialError, dial
 from resistance.client.upstreams import Upstream
+from resistance.net.relay import TransportRelay
 from resistance.node.server import RawSession
 from resistance.proto.socks5 import (
     ANY_IPV4,
@@ -85,7 +86,10 @@ class ClientSession(RawSession):
         """
         node = self.client_node
         pool = node.pool
-        candidates = pool.order()[: node.max_attempts]
+        order = pool.order()
+        if command is Command.UDP_ASSOCIATE:  # its control connection must be plain
+            order = [u for u in order if u.tls_sha256 is None]
+        candidates = order[: node.max_attempts]
         racing: dict[asyncio.Task[Dialed], Upstream] = {}
         last = Reply.GENERAL_FAILURE
         started = 0
@@ -114,7 +118,7 @@ class ClientSession(RawSession):
                         racing.clear()
                         for other in done - {task}:
                             if other.exception() is None:
-                                other.result().sock.close()
+                                other.result().close()
                         pool.succeeded(upstream, dialed.seconds)
                         pool.used(upstream)
                         return upstream, dialed
@@ -144,7 +148,7 @@ class ClientSession(RawSession):
             return None
         self.task = None
         if self.conn is None:  # the application left meanwhile
-            dialed.sock.close()
+            dialed.close()
             return None
         return self.conn, dialed
 
@@ -158,13 +162,39 @@ class ClientSession(RawSession):
         self.write(conn.data_to_send() + dialed.early)
         early = conn.take_early_data()
         self.conn = None
-        self.start_relay(dialed.sock, early, upstream_unread=False)
+        if dialed.sock is not None:
+            self.start_relay(dialed.sock, early, upstream_unread=False)
+        else:
+            assert dialed.transport is not None
+            await self._relay_tls(dialed.transport, early)
+
+    async def _relay_tls(self, upstream: asyncio.Transport, early: bytes) -> None:
+        """Relay to an upstream reached over TLS: both sides as transports, copying."""
+        reactor = self.node.reactor
+        assert reactor is not None
+        self.paused = True
+        reactor.release(self.fd)  # the client socket moves to a transport
+        relay = TransportRelay(self._relay_closed)
+        self.relay = relay
+        # The upstream side first: the client's bytes may flow the moment its
+        # transport exists, and they must find somewhere to go.
+        upstream.set_protocol(relay.upstream_side)
+        relay.upstream_side.connection_made(upstream)
+        if early:
+            upstream.write(early)
+        try:
+            await self.node.loop.connect_accepted_socket(lambda: relay.client_side, sock=self.sock)
+        except OSError:
+            relay.close()
+            return
+        upstream.resume_reading()
 
     async def _associate(self, request: CommandRequest) -> None:
         got = await self._dial_for(Command.UDP_ASSOCIATE, ANY_IPV4)
         if got is None:
             return
         conn, dialed = got
+        assert dialed.sock is not None  # UDP goes only through plain upstreams
         relay_host = dialed.bound.host
         if (
             dialed.bound.type is AddressType.DOMAIN

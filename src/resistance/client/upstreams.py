@@ -35,6 +35,7 @@ class Upstream:
     password: str | None = None
     public_key: str | None = None  # the node's identity key, when a directory gave it
     name: str = ""
+    tls_sha256: str | None = None  # SOCKS5 inside TLS, to a certificate with this SHA-256
 
     @property
     def label(self) -> str:
@@ -47,11 +48,24 @@ class Upstream:
     @classmethod
     def from_url(cls, url: str) -> Upstream:
         proxy = parse_socks_url(url)
+        pin = None
         if proxy.scheme == "socks5s":
-            raise ConfigError(
-                f"{url.split('@')[-1]}: socks5s:// upstreams are not supported by this version"
-            )
-        return cls(proxy.host, proxy.port, proxy.username, proxy.password)
+            fragment = url.partition("#")[2]
+            pin = fragment.removeprefix("sha256=").replace(":", "").lower()
+            if not fragment.startswith("sha256=") or len(pin) != 64 or not _is_hex(pin):
+                raise ConfigError(
+                    f"{url.split('@')[-1]}: socks5s:// needs the node's certificate pinned as "
+                    "#sha256=<64 hex digits>"
+                )
+        return cls(proxy.host, proxy.port, proxy.username, proxy.password, tls_sha256=pin)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

@@ -447,7 +447,7 @@ class _TransportSide(asyncio.Protocol):
         self.eof = True
         peer = self.peer
         assert peer is not None and peer.transport is not None
-        if peer.transport.can_write_eof() and not peer.eof:
+        if not peer.transport.is_closing() and peer.transport.can_write_eof() and not peer.eof:
             peer.transport.write_eof()
             return True
         self.relay.close()

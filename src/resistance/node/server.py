@@ -181,16 +181,19 @@ class StreamSession(Session):
         )
 
     async def _attach(self, relay: TransportRelay, upstream: socket.socket, early: bytes) -> None:
-        self.task = None
-        try:
-            await self.node.loop.connect_accepted_socket(lambda: relay.upstream_side, sock=upstream)
-        except OSError:
-            upstream.close()
-            relay.close()
-            return
+        # The client side first (it stays paused): the destination's bytes may
+        # flow the moment its transport exists, and they must find somewhere to go.
         transport = self.transport
         transport.set_protocol(relay.client_side)
         relay.client_side.connection_made(transport)
+        try:
+            await self.node.loop.connect_accepted_socket(lambda: relay.upstream_side, sock=upstream)
+        except OSError:
+            self.task = None
+            upstream.close()
+            relay.close()
+            return
+        self.task = None
         if early:
             relay.client_side.data_received(early)
         transport.resume_reading()
