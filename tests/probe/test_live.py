@@ -112,6 +112,21 @@ def test_proxy_unreachable_only_from_the_censored_country_becomes_blocked(
         registry.stop()
 
 
+def registry_node_and_control_probe(
+    tmp_path: Path, node_factory: Any
+) -> tuple[RegistryServer, Path, Path, str]:
+    """A running registry with one registered live node and one control probe account."""
+    url, db = sqlite_url(tmp_path)
+    registry = RegistryServer(tmp_path / "registry", url)
+    registry.start()
+    node_state = tmp_path / "node"
+    node = node_factory(*NODE_ARGS, state_dir=node_state)
+    registry.register(node_state, node.port)
+    state = tmp_path / "p-nl"
+    token = registry.add_probe(state, "ams-1", "NL", control=True)
+    return registry, db, state, token
+
+
 @contextlib.contextmanager
 def standalone_canary(registry: RegistryServer) -> Iterator[None]:
     """The registry's canary, with its key, on its port, without the rest of the registry."""
@@ -133,14 +148,7 @@ def standalone_canary(registry: RegistryServer) -> Iterator[None]:
 def test_a_silent_canary_skips_rounds_instead_of_blaming_proxies(
     tmp_path: Path, node_factory: Any
 ) -> None:
-    url, db = sqlite_url(tmp_path)
-    registry = RegistryServer(tmp_path / "registry", url)
-    registry.start()
-    node_state = tmp_path / "node"
-    node = node_factory(*NODE_ARGS, state_dir=node_state)
-    registry.register(node_state, node.port)
-    state = tmp_path / "p-nl"
-    token = registry.add_probe(state, "ams-1", "NL", control=True)
+    registry, db, state, token = registry_node_and_control_probe(tmp_path, node_factory)
     try:
         with agents() as running:
             agent = start_agent(registry, token, state, "ams-1", "NL")
@@ -160,14 +168,7 @@ def test_a_silent_canary_skips_rounds_instead_of_blaming_proxies(
 def test_batches_made_while_the_registry_is_down_arrive_once_after_restart(
     tmp_path: Path, node_factory: Any
 ) -> None:
-    url, db = sqlite_url(tmp_path)
-    registry = RegistryServer(tmp_path / "registry", url)
-    registry.start()
-    node_state = tmp_path / "node"
-    node = node_factory(*NODE_ARGS, state_dir=node_state)
-    registry.register(node_state, node.port)
-    state = tmp_path / "p-nl"
-    token = registry.add_probe(state, "ams-1", "NL", control=True)
+    registry, db, state, token = registry_node_and_control_probe(tmp_path, node_factory)
     spool = state / "spool"
     made: set[str] = set()
     try:
