@@ -27,7 +27,6 @@ from resistance.net.reactor import READABLE, WRITABLE
 from resistance.node.identity import CHALLENGE_SUFFIX, challenge_message, parse_challenge
 from resistance.node.udp import UdpAssociation
 from resistance.proto.socks5 import (
-    ANY_IPV4,
     PAUSED,
     Address,
     AddressType,
@@ -550,4 +549,4 @@ def _same_ip(expected: str, actual: str) -> bool:
     return a == b
 
 
-__all__ = ["ANY_IPV4", "ERRNO_REPLY", "Session", "reply_for_errno"]
+__all__ = ["ERRNO_REPLY", "Session", "reply_for_errno"]
