@@ -254,8 +254,6 @@ def _build(
     settings = NodeSettings(**kwargs)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
-    if settings.tls_listen and settings.tls_cert is None:
-        raise ConfigError("a TLS listener needs --tls-cert and --tls-key")
     if settings.no_auth and settings.users:
         raise ConfigError("--no-auth and --user contradict each other: choose one")
     return settings

@@ -126,6 +126,21 @@ def test_switches_are_counted_and_replace_keeps_health() -> None:
     assert pool.active == B
 
 
+def test_moving_off_an_active_upstream_that_failed_is_a_switch() -> None:
+    # The lab found this: a blocked active upstream fails (it loses the race),
+    # which clears ``active``; the connection then goes through B.  That is a
+    # switch, and status must count it.
+    pool = UpstreamPool([A, B])
+    pool.used(A)
+    pool.failed(A, "slower than another upstream", now=0)
+    assert pool.active is None
+    pool.used(B)
+    assert (pool.active, pool.switches) == (B, 1)
+    pool.failed(B, "reset", now=1)
+    pool.used(B)  # back on the same one: no switch
+    assert pool.switches == 1
+
+
 def test_upstream_urls() -> None:
     up = Upstream.from_url("socks5://al%40ice:pw@[::1]:1080")
     assert (up.host, up.port, up.username, up.password, up.label) == (

@@ -32,6 +32,7 @@ from resistance.directory.document import (
     save_trust_state,
     verify_directory,
 )
+from resistance.directory.entry import DirectoryEntry, parse_entry
 from resistance.errors import ConfigError
 from resistance.paths import write_private
 
@@ -88,34 +89,46 @@ def usable(status: str, country: str | None) -> bool:
     return True
 
 
-def upstreams_from(document: dict[str, Any], *, country: str | None = None) -> list[Upstream]:
-    """The SOCKS5 upstreams a directory lists as usable from ``country``."""
+TRANSPORTS = ("auto", "tls", "plain")
+
+
+def entry_upstreams(entry: DirectoryEntry, transport: str = "auto") -> list[Upstream]:
+    """The upstreams one entry gives: its TLS listener, its plain port, or both.
+
+    ``auto`` lists the TLS listener first and keeps the plain port as a
+    fallback (and for UDP, which cannot go through TLS); ``tls`` only the TLS
+    listener (nothing for a node without one); ``plain`` only the plain port.
+    """
+    user, password, key = entry.username, entry.password, entry.node_key
     found: list[Upstream] = []
-    for entry in document.get("proxies", []):
-        if not isinstance(entry, dict) or "socks5" not in entry.get("protocols", []):
-            continue
-        if not usable(str(entry.get("status", "")), country):
-            continue
-        endpoint = entry.get("endpoint") or {}
-        credentials = entry.get("credentials") or [{}]
-        host, port = endpoint.get("host"), endpoint.get("port")
-        if not isinstance(host, str) or not isinstance(port, int):
-            continue
-        first = credentials[0] if isinstance(credentials[0], dict) else {}
-        key = entry.get("node_key")
+    if entry.tls is not None and transport in ("auto", "tls"):
         found.append(
-            Upstream(
-                host,
-                port,
-                first.get("username"),
-                first.get("password"),
-                public_key=key if isinstance(key, str) else None,
-            )
+            Upstream(entry.host, entry.tls.port, user, password, key, tls_sha256=entry.tls.sha256)
         )
+    if transport in ("auto", "plain"):
+        found.append(Upstream(entry.host, entry.port, user, password, key))
     return found
 
 
-def fetch_assigned(url: str, *, seconds: float) -> list[Upstream]:
+def upstreams_from(
+    document: dict[str, Any], *, country: str | None = None, transport: str = "auto"
+) -> list[Upstream]:
+    """The SOCKS5 upstreams a directory lists as usable from ``country``."""
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+    entries = document.get("proxies")
+    found: list[Upstream] = []
+    for value in entries if isinstance(entries, list) else []:
+        entry = parse_entry(value)
+        if entry is None or "socks5" not in entry.protocols:
+            continue
+        if not usable(entry.status, country):
+            continue
+        found += entry_upstreams(entry, transport)
+    return found
+
+
+def fetch_assigned(url: str, *, seconds: float, transport: str = "auto") -> list[Upstream]:
     """The non-public proxies the registry hands this network today.
 
     Unlike the directory, this answer is not signed: it is only as trustworthy
@@ -128,7 +141,7 @@ def fetch_assigned(url: str, *, seconds: float) -> list[Upstream]:
         raise DirectoryError(f"{url}: not a JSON assignment ({exc})") from None
     if not isinstance(answer, dict) or not isinstance(answer.get("proxies"), list):
         raise DirectoryError(f"{url}: not an assignment (no proxies list)")
-    return upstreams_from({"proxies": answer["proxies"]})
+    return upstreams_from({"proxies": answer["proxies"]}, transport=transport)
 
 
 @dataclass(slots=True)

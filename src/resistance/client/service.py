@@ -41,7 +41,12 @@ from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.directory.document import DirectoryError
 from resistance.errors import ConfigError
 from resistance.links import qr_terminal, socks_links
-from resistance.node.identity import challenge_message, challenge_name, public_key_from_text
+from resistance.node.identity import (
+    challenge_message,
+    challenge_name,
+    public_key_from_text,
+    tls_challenge_message,
+)
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
 from resistance.node.server import Node, raise_nofile_limit
@@ -68,6 +73,9 @@ class ConnectSettings:
     directory: DirectoryConfig | None = None
     assign: tuple[str, ...] = ()
     qr: bool = False
+    #: Which of a directory node's listeners to use: ``auto`` (TLS first, plain as
+    #: fallback), ``tls`` or ``plain`` (see :func:`~resistance.client.directory.entry_upstreams`).
+    transport: str = "auto"
 
 
 class ConnectNode(Node):
@@ -90,7 +98,7 @@ class ConnectNode(Node):
         )
         self.session_class = ClientSession
         self.connect_settings = settings
-        self.pool = UpstreamPool(settings.upstreams)
+        self.pool = UpstreamPool(settings.upstreams, prefer_tls=settings.transport != "plain")
         self.dial_timeout = settings.dial_timeout
         self.max_attempts = settings.max_attempts
         self.race_after = settings.race_after
@@ -116,8 +124,15 @@ class ConnectNode(Node):
             self.pool.failed(upstream, "health check: the upstream did not answer the challenge")
             return
         if upstream.public_key is not None:
+            # Over TLS the node signs the certificate it presents too: the pin
+            # that matched is that certificate's digest.
+            message = (
+                challenge_message(nonce)
+                if upstream.tls_sha256 is None
+                else tls_challenge_message(nonce, bytes.fromhex(upstream.tls_sha256))
+            )
             try:
-                public_key_from_text(upstream.public_key).verify(answer, challenge_message(nonce))
+                public_key_from_text(upstream.public_key).verify(answer, message)
             except (InvalidSignature, ConfigError):
                 self.pool.failed(upstream, "health check: not the node the directory names")
                 return
@@ -163,7 +178,7 @@ def _assigned(settings: ConnectSettings) -> list[Upstream]:
     found: list[Upstream] = []
     for url in settings.assign:
         try:
-            found += fetch_assigned(url, seconds=5.0)
+            found += fetch_assigned(url, seconds=5.0, transport=settings.transport)
         except (DirectoryError, httpx.HTTPError) as exc:
             log.warning("assignment from %s failed: %s", url, exc)
     return found
@@ -180,7 +195,9 @@ def run_connect(settings: ConnectSettings, *, out: TextIO = sys.stdout) -> int:
                 raise
             log.warning("starting without the directory: %s", directory.last_error)
         else:
-            sources.listed = upstreams_from(verified.document, country=directory.config.country)
+            sources.listed = upstreams_from(
+                verified.document, country=directory.config.country, transport=settings.transport
+            )
             log.info("directory serial %d: %d upstreams", verified.serial, len(sources.listed))
     if not sources.combined():
         raise ConfigError(
@@ -207,9 +224,11 @@ async def _serve(
         endpoint.port,
         *(next(iter(settings.users.items())) if settings.users else (None, None)),
     )
+    count = len(node.pool.upstreams)
+    over_tls = sum(1 for u in node.pool.upstreams if u.tls_sha256 is not None)
     out.write(
-        f"resist connect {__version__}: {len(node.pool.upstreams)} upstream"
-        f"{'s' if len(node.pool.upstreams) != 1 else ''}\n"
+        f"resist connect {__version__}: {count} upstream{'s' if count != 1 else ''}"
+        f"{f' ({over_tls} over TLS)' if over_tls else ''}\n"
         f"listening on socks5://{endpoint}\n"
         f"Telegram: {links.tg}\n"
         f"          {links.https}\n"
@@ -237,7 +256,9 @@ async def _serve(
             except DirectoryError as exc:
                 log.warning("directory refresh failed, keeping the current list: %s", exc)
                 continue
-            sources.listed = upstreams_from(verified.document, country=client.config.country)
+            sources.listed = upstreams_from(
+                verified.document, country=client.config.country, transport=settings.transport
+            )
             node.pool.replace(sources.combined())
 
     async def assign_loop() -> None:

@@ -8,6 +8,10 @@ exponential backoff (2 s, 4 s, 8 s ... at most 5 minutes) and only tried
 again after that, or when nothing else is left.  Among the others the order
 is by measured handshake latency (an exponentially weighted mean), untested
 upstreams after measured ones, ties by the order they were given in.
+A pool that prefers TLS puts every available TLS upstream before every
+plain one (before even the sticky one): a TLS handshake costs a round trip
+more, but it hides the SOCKS5 handshake and its password from a censor's
+DPI, so latency must not talk the client out of it.
 Nothing here does I/O: the session and the health checker report outcomes.
 """
 
@@ -43,7 +47,7 @@ class Upstream:
         if self.name:
             return self.name
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{host}:{self.port}" + (" (TLS)" if self.tls_sha256 is not None else "")
 
     @classmethod
     def from_url(cls, url: str) -> Upstream:
@@ -85,10 +89,13 @@ class Health:
 
 
 class UpstreamPool:
-    def __init__(self, upstreams: Iterable[Upstream]) -> None:
+    def __init__(self, upstreams: Iterable[Upstream], *, prefer_tls: bool = False) -> None:
+        self.prefer_tls = prefer_tls
         self.upstreams: list[Upstream] = []
         self.health: dict[Upstream, Health] = {}
         self.active: Upstream | None = None
+        #: The active upstream that just failed, so moving off it counts as a switch.
+        self._dropped: Upstream | None = None
         self.switches = 0
         self.replace(upstreams)
 
@@ -105,12 +112,13 @@ class UpstreamPool:
         now = time.monotonic() if now is None else now
         index = {u: i for i, u in enumerate(self.upstreams)}
 
-        def key(u: Upstream) -> tuple[int, int, float, int]:
+        def key(u: Upstream) -> tuple[int, int, int, float, int]:
             h = self.health[u]
             resting = 0 if h.available(now) else 1
+            plain = 1 if self.prefer_tls and u.tls_sha256 is None else 0
             sticky = 0 if u == self.active else 1
             latency = h.latency if h.latency is not None else float("inf")
-            return (resting, sticky, latency, index[u])
+            return (resting, plain, sticky, latency, index[u])
 
         return sorted(self.upstreams, key=key)
 
@@ -135,9 +143,10 @@ class UpstreamPool:
     def used(self, upstream: Upstream) -> None:
         """A connection went through ``upstream``: it becomes the sticky one."""
         if upstream != self.active:
-            if self.active is not None:
+            if self.active is not None or self._dropped not in (None, upstream):
                 self.switches += 1
             self.active = upstream
+        self._dropped = None
 
     def failed(self, upstream: Upstream, error: str, *, now: float | None = None) -> None:
         h = self.health.get(upstream)
@@ -150,4 +159,4 @@ class UpstreamPool:
         h.last_change = now
         h.down_until = now + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (h.consecutive_failures - 1))
         if upstream == self.active:
-            self.active = None
+            self._dropped, self.active = upstream, None

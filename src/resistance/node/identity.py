@@ -10,6 +10,12 @@ of ``b"resist-node-challenge/1\\n" + nonce`` and closes.  ``.invalid`` is a
 reserved top-level domain (RFC 2606), so the name can never be a real
 destination, and the challenge is only reachable after authentication, so a
 scanner cannot fingerprint a node by it.
+
+On the TLS listener the node signs ``b"resist-node-challenge-tls/1\n" +
+nonce + SHA-256(DER of its certificate)`` instead, so the signature also says
+which certificate the node presents: a registry that sees another
+certificate (a front, or someone in the middle re-encrypting) cannot get a
+signature that verifies with it, and the pin it records is the node's own.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ IDENTITY_FILE: Final = "node-identity.pem"
 PROBE_USER_FILE: Final = "node-probe-user.txt"
 CHALLENGE_SUFFIX: Final = ".challenge.resist.invalid"
 CHALLENGE_CONTEXT: Final = b"resist-node-challenge/1\n"
+CHALLENGE_TLS_CONTEXT: Final = b"resist-node-challenge-tls/1\n"
 _CHALLENGE_NAME: Final = re.compile(r"([0-9a-f]{32})\.challenge\.resist\.invalid")
 
 
@@ -103,6 +110,13 @@ def challenge_message(nonce: bytes) -> bytes:
     if len(nonce) != 16:
         raise ValueError("a challenge nonce is 16 bytes")
     return CHALLENGE_CONTEXT + nonce
+
+
+def tls_challenge_message(nonce: bytes, cert_sha256: bytes) -> bytes:
+    """What the node signs to answer a challenge on its TLS listener."""
+    if len(nonce) != 16 or len(cert_sha256) != 32:
+        raise ValueError("a challenge nonce is 16 bytes and a certificate digest 32")
+    return CHALLENGE_TLS_CONTEXT + nonce + cert_sha256
 
 
 def challenge_name(nonce: bytes) -> str:

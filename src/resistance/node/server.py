@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import resource
 import socket
@@ -33,6 +34,7 @@ from resistance.net.relay import HAS_SPLICE, PipePool, Relay, TransportRelay
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
 from resistance.node.session import Session
+from resistance.node.tlscert import leaf_der
 from resistance.node.udp import UdpAssociation
 from resistance.node.users import UserDB
 
@@ -146,16 +148,27 @@ class StreamSession(Session):
     """A client on an asyncio transport (the TLS listener, or any listener where
     epoll is missing); the relay copies through transports."""
 
-    __slots__ = ("_local_ip", "closed", "transport")
+    __slots__ = ("_local_ip", "_tls_binding", "closed", "transport")
 
-    def __init__(self, node: Node, transport: asyncio.Transport, peer_ip: str, local_ip: str):
+    def __init__(
+        self,
+        node: Node,
+        transport: asyncio.Transport,
+        peer_ip: str,
+        local_ip: str,
+        tls_binding: bytes | None = None,
+    ):
         super().__init__(node, peer_ip)
         self.transport: asyncio.Transport = transport
         self.closed = False
         self._local_ip = local_ip
+        self._tls_binding = tls_binding
 
     def local_ip(self) -> str:
         return self._local_ip
+
+    def tls_binding(self) -> bytes | None:
+        return self._tls_binding
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -216,8 +229,9 @@ class StreamSession(Session):
 class _StreamHandshake(asyncio.Protocol):
     """Admits a transport client and feeds its session until a relay takes over."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, tls: bool = False) -> None:
         self.node = node
+        self.tls = tls
         self.session: StreamSession | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -228,7 +242,8 @@ class _StreamHandshake(asyncio.Protocol):
         if peer is None or local is None or not self.node.admit(peer[0]):
             transport.abort()
             return
-        self.session = StreamSession(self.node, transport, peer[0], local[0])
+        binding = self.node.tls_digest if self.tls else None
+        self.session = StreamSession(self.node, transport, peer[0], local[0], binding)
         self.node.session_opened(self.session)
 
     def data_received(self, data: bytes) -> None:
@@ -388,6 +403,8 @@ class Node:
         self.tls_servers: list[asyncio.Server] = []  # and plain ones served by transports
         self.bound: list[Endpoint] = []
         self.tls_bound: list[Endpoint] = []
+        #: SHA-256 of the certificate the TLS listener presents (its pin), once started.
+        self.tls_digest: bytes | None = None
         self.draining = False
         self.stopped = asyncio.Event()
         self._drained = asyncio.Event()
@@ -415,7 +432,7 @@ class Node:
                 for endpoint in self.settings.tls_listen:
                     sock = _listening_socket(endpoint)
                     server = await self.loop.create_server(
-                        lambda: _StreamHandshake(self),
+                        lambda: _StreamHandshake(self, tls=True),
                         sock=sock,
                         ssl=ctx,
                         backlog=4096,
@@ -432,12 +449,20 @@ class Node:
     def _tls_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        assert self.settings.tls_cert is not None and self.settings.tls_key is not None
+        cert, key = self.settings.tls_cert, self.settings.tls_key
+        if cert is None or key is None:
+            raise ConfigError("a TLS listener needs a certificate and key")
         try:
-            ctx.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+            ctx.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load TLS certificate or key: {exc}") from None
+        self.tls_digest = hashlib.sha256(leaf_der(cert)).digest()
         return ctx
+
+    @property
+    def tls_sha256(self) -> str | None:
+        """The TLS listener's pin as clients write it (hex), once started."""
+        return self.tls_digest.hex() if self.tls_digest is not None else None
 
     def _close_listeners(self) -> None:
         for listener in self.listeners:

@@ -9,6 +9,7 @@ SIGHUP re-reads users and policy without touching established connections.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -29,6 +31,7 @@ from resistance.node.identity import load_or_create_identity, probe_credential, 
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
 from resistance.node.server import Node, raise_nofile_limit
+from resistance.node.tlscert import ensure_certificate
 from resistance.node.users import GENERATED_USERS_FILE, UserDB, generated_user
 from resistance.paths import resolve_state_dir
 
@@ -70,6 +73,16 @@ def build_policy(settings: NodeSettings) -> EgressPolicy:
     )
 
 
+def with_certificate(settings: NodeSettings, state_dir: Path) -> NodeSettings:
+    """Settings whose TLS listener has a certificate: the generated one unless given."""
+    if not settings.tls_listen or settings.tls_cert is not None:
+        return settings
+    cert, key, created = ensure_certificate(state_dir, common_name=settings.public_host)
+    if created:
+        log.info("made a self-signed TLS certificate in %s", cert)
+    return dataclasses.replace(settings, tls_cert=cert, tls_key=key)
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where installed (it is a dependency on Linux), else asyncio's loop.
 
@@ -92,6 +105,7 @@ def run_node(load_settings: Callable[[], NodeSettings], *, out: TextIO = sys.std
     access = build_access(settings, state_dir)
     policy = build_policy(settings)
     identity = load_or_create_identity(state_dir)
+    settings = with_certificate(settings, state_dir)
     nofile = raise_nofile_limit()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(
@@ -196,6 +210,9 @@ def _print_banner(
         lines.append(f"listening on socks5://{endpoint}")
     for endpoint in node.tls_bound:
         lines.append(f"listening on socks5s://{endpoint} (TLS)")
+    if node.tls_bound:
+        lines.append(f"TLS certificate sha256 {node.tls_sha256} (clients pin this)")
+        lines.append(_tls_link_line(settings, node, access))
     if settings.metrics is not None:
         lines.append(f"metrics on http://{settings.metrics}/metrics")
     if access.generated:
@@ -219,3 +236,16 @@ def _print_banner(
     out.flush()
     if not HAS_SPLICE and settings.relay == "auto":
         log.warning("os.splice is not available: relaying by copying")
+
+
+def _tls_link_line(settings: NodeSettings, node: Node, access: Access) -> str:
+    """The socks5s:// URL for `resist connect --upstream` (Telegram cannot use TLS)."""
+    host = settings.public_host or node.tls_bound[0].host
+    if host in ("0.0.0.0", "::"):
+        return "socks5s link: set --public-host to the address users reach this node at"
+    shown = f"[{host}]" if ":" in host else host
+    userinfo = ""
+    if access.link_user is not None and access.link_password is not None:
+        userinfo = f"{quote(access.link_user, safe='')}:{quote(access.link_password, safe='')}@"
+    url = f"socks5s://{userinfo}{shown}:{node.tls_bound[0].port}#sha256={node.tls_sha256}"
+    return f"resist connect --upstream '{url}'"

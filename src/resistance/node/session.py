@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from resistance.errors import BufferOverflow, ProtocolError
 from resistance.net.reactor import READABLE, WRITABLE
-from resistance.node.identity import CHALLENGE_SUFFIX, challenge_message, parse_challenge
+from resistance.node.identity import (
+    CHALLENGE_SUFFIX,
+    challenge_message,
+    parse_challenge,
+    tls_challenge_message,
+)
 from resistance.node.udp import UdpAssociation
 from resistance.proto.socks5 import (
     PAUSED,
@@ -256,10 +261,18 @@ class Session:
         if nonce is None or identity is None or conn is None:
             self.reply_and_close(Reply.HOST_UNREACHABLE)
             return
+        binding = self.tls_binding()
+        message = (
+            challenge_message(nonce) if binding is None else tls_challenge_message(nonce, binding)
+        )
         conn.reply(Reply.SUCCEEDED)
         self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
-        self.write(conn.data_to_send() + identity.sign(challenge_message(nonce)))
+        self.write(conn.data_to_send() + identity.sign(message))
         self.close()
+
+    def tls_binding(self) -> bytes | None:
+        """The SHA-256 of the certificate this client sees, if it came over TLS."""
+        return None
 
     def _refuse(self, reason: str) -> None:
         self.node.metrics.policy_refusals.labels(reason).inc()
