@@ -24,9 +24,12 @@ from resistance.registry.errors import error_response, install_error_handlers
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
 from resistance.registry.probe_routes import router as probe_router
 from resistance.registry.ratelimit import TokenBucketLimiter
+from resistance.registry.round_routes import router as round_router
 from resistance.registry.routes import accounts, public
 from resistance.registry.services import Registry
 from resistance.registry.settings import RegistrySettings
+from resistance.registry.wireguard import load_or_create_prober_key
+from resistance.registry.wireguard_routes import router as wireguard_router
 
 PUBLISH_TASK = "registry-publish-directory"
 
@@ -83,6 +86,7 @@ async def open_registry(settings: RegistrySettings) -> Registry:
         sessions=make_sessions(engine),
         signing_keys=load_or_create_signing_keys(state_dir),
         ring_key=load_or_create_ring_key(state_dir),
+        wireguard_prober=load_or_create_prober_key(state_dir),
         signup_limiter=TokenBucketLimiter(
             settings.signup_limit, max_clients=settings.rate_limit_clients
         ),
@@ -144,5 +148,7 @@ def create_app(
     app.include_router(public)
     app.include_router(accounts)
     app.include_router(probe_router)
+    app.include_router(round_router)
+    app.include_router(wireguard_router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

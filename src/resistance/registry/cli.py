@@ -66,6 +66,11 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     is_flag=True,
     help="Accept proxies on loopback/private addresses (labs and tests only).",
 )
+@click.option(
+    "--approve-open-periods",
+    is_flag=True,
+    help="Let grant rounds be approved before their period is over (labs and tests only).",
+)
 @click.option("--no-migrate", is_flag=True, help="Do not migrate the database on start.")
 @click.option(
     "--canary",
@@ -80,6 +85,37 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     metavar="S",
     help="How often probes check each proxy (at random times inside the round).",
 )
+@click.option(
+    "--verdict-window",
+    type=click.IntRange(min=1),
+    default=3600,
+    show_default=True,
+    metavar="S",
+    help="Verdict window: the failures behind a block must fall in distinct windows of S s.",
+)
+@click.option(
+    "--blocked-min-probes",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Distinct probes in a country that must fail before a proxy is blocked there.",
+)
+@click.option(
+    "--blocked-min-windows",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Distinct verdict windows those failures must span.",
+)
+@click.option(
+    "--fresh",
+    "fresh_seconds",
+    type=click.IntRange(min=1),
+    default=3 * 3600,
+    show_default=True,
+    metavar="S",
+    help="Clients refresh the directory after S seconds (valid for 24 h, or S if longer).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @one_line_errors
 def serve(
@@ -89,9 +125,14 @@ def serve(
     network: str,
     publish_interval: float,
     allow_private_endpoints: bool,
+    approve_open_periods: bool,
     no_migrate: bool,
     canary: str | None,
     probe_round: int,
+    verdict_window: int,
+    blocked_min_probes: int,
+    blocked_min_windows: int,
+    fresh_seconds: int,
     verbose: int,
 ) -> None:
     """Serve the registry's HTTP API (migrating the database first).
@@ -119,9 +160,15 @@ def serve(
         listen=endpoint,
         publish_interval=publish_interval,
         allow_private_endpoints=allow_private_endpoints,
+        approve_open_periods=approve_open_periods,
         auto_migrate=not no_migrate,
         canary=parse_endpoint(canary, what="canary address") if canary else None,
         probe_round_seconds=probe_round,
+        verdict_window_seconds=verdict_window,
+        blocked_min_probes=blocked_min_probes,
+        blocked_min_windows=blocked_min_windows,
+        fresh_seconds=fresh_seconds,
+        valid_seconds=max(24 * 3600, fresh_seconds),
     )
 
     def show_token(token: str) -> None:
@@ -171,6 +218,12 @@ def migrate(db: str | None, state_dir: Path | None, revision: str) -> None:
 @click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
 @click.option("--public-host", required=True, metavar="IP", help="Address users reach it at.")
 @click.option("--port", type=click.IntRange(1, 65535), default=1080, show_default=True)
+@click.option(
+    "--tls-port",
+    type=click.IntRange(1, 65535),
+    help="The node's --tls-listen port: the registry checks it is this node (inside TLS) "
+    "and publishes its certificate's SHA-256 so clients can pin it.",
+)
 @click.option("--public", is_flag=True, help="List it in the public directory.")
 @click.option(
     "--user",
@@ -186,6 +239,7 @@ def register_node(
     token: str,
     public_host: str,
     port: int,
+    tls_port: int | None,
     public: bool,
     users: tuple[str, ...],
     state_dir: Path | None,
@@ -194,12 +248,15 @@ def register_node(
     then challenges the node over SOCKS5 to prove you control it.
 
     Run it on the node's machine with the node's state directory, while the
-    node runs.  The token may come from $RESIST_REGISTRY_TOKEN.
+    node runs.  The token may come from $RESIST_REGISTRY_TOKEN.  With
+    --tls-port the registry challenges the node again inside TLS and lists
+    the certificate's pin, so `resist connect` reaches the node over TLS
+    (registering again without --tls-port drops the TLS listener).
 
     \b
     Example:
       resist registry register-node --registry https://reg.example --token rst_... \\
-          --public-host 203.0.113.7 --port 1080 --public
+          --public-host 203.0.113.7 --port 1080 --tls-port 443 --public
     """
     from resistance.registry.client import (
         node_user_credentials,
@@ -213,7 +270,12 @@ def register_node(
         for name, password in (parse_user(u) for u in users)
     ] or node_user_credentials(state)
     body = registration_body(
-        state_dir=state, host=public_host, port=port, public=public, users=credentials
+        state_dir=state,
+        host=public_host,
+        port=port,
+        public=public,
+        users=credentials,
+        tls_port=tls_port,
     )
     answer = post_registration(registry=registry_url, token=token, body=body)
     endpoint = answer.get("endpoint", {})
@@ -222,6 +284,11 @@ def register_node(
         f"{endpoint.get('port')} (network {answer.get('network')}, "
         f"{'public' if answer.get('public') else 'handed out by the registry'})"
     )
+    tls = answer.get("tls")
+    if isinstance(tls, dict):
+        click.echo(
+            f"TLS listener on port {tls.get('port')}, certificate sha256 {tls.get('sha256')}"
+        )
 
 
 @registry.command(name="add-probe", context_settings=CONTEXT)

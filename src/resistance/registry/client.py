@@ -37,6 +37,7 @@ def registration_body(
     public: bool,
     users: list[dict[str, str]],
     now: int | None = None,
+    tls_port: int | None = None,
 ) -> dict[str, Any]:
     try:
         from resistance.node.identity import load_or_create_identity, probe_credential
@@ -51,6 +52,7 @@ def registration_body(
         probe_user=probe_user,
         probe_password=probe_password,
         now=int(time.time()) if now is None else now,
+        tls_port=tls_port,
     )
     return {"statement": statement, "signature": signature, "public": public, "users": users}
 

@@ -76,6 +76,19 @@ class Proxy(Base):
     status: Mapped[str] = mapped_column(String(16))
     registered_at: Mapped[int] = mapped_column(BigInteger)
     verified_at: Mapped[int] = mapped_column(BigInteger)
+    #: The SOCKS5-inside-TLS port and the SHA-256 (hex) of the DER certificate the
+    #: node presented there while proving its key (migration 0003); both or neither.
+    tls_port: Mapped[int | None] = mapped_column(Integer)
+    tls_sha256: Mapped[str | None] = mapped_column(String(64))
+    # --- WireGuard endpoints (migration 0005) -------------------------------------------
+    # A row with protocols ["wireguard"] is a WireGuard server at host:port (UDP).  It
+    # proves control with a handshake, not an Ed25519 statement: its ``public_key`` is
+    # "" and it has no credentials nor probe login ("" / []).
+    #: The WireGuard server's public key (standard base64, as ``wg pubkey`` prints it).
+    wg_public_key: Mapped[str | None] = mapped_column(String(44))
+    #: The probes' WireGuard keys the operator added as probe peers when registering:
+    #: only those probes are sent to check it (others would see silence).
+    wg_probe_keys: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class StatementNonce(Base):
@@ -111,6 +124,8 @@ class ProbeAccount(Base):
     country: Mapped[str] = mapped_column(String(2), index=True)
     control: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    #: The WireGuard public key its agent announced, for WireGuard checks (migration 0005).
+    wg_public_key: Mapped[str | None] = mapped_column(String(44))
 
 
 class ProbeBatch(Base):
@@ -261,3 +276,65 @@ class ProxyBlocklistFlag(Base):
     import_id: Mapped[int] = mapped_column(Integer)
     listed: Mapped[bool] = mapped_column(Boolean)
     checked_at: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- grant rounds (migration 0004) ---------------------------------------------------
+
+
+class GrantRoundRow(Base):
+    """A grant round kept by the registry: draft, approved (frozen) or paid.
+
+    ``settings``, ``inputs`` and ``result`` hold the round file's parts as
+    canonical JSON text, so an approved round's digest is recomputed from the
+    very bytes that were approved.  ``carry_ids`` lists the carried amounts
+    (``grant_carries``) the round's inputs take in; approval claims them.
+    """
+
+    __tablename__ = "grant_rounds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    network: Mapped[str] = mapped_column(String(16))
+    target_country: Mapped[str] = mapped_column(String(2), index=True)
+    period_start: Mapped[str] = mapped_column(String(10))
+    period_end: Mapped[str] = mapped_column(String(10))
+    budget_sat: Mapped[int] = mapped_column(BigInteger)
+    paid_sat: Mapped[int] = mapped_column(BigInteger)
+    payouts: Mapped[int] = mapped_column(Integer)
+    settings: Mapped[str] = mapped_column(Text)
+    inputs: Mapped[str] = mapped_column(Text)
+    result: Mapped[str] = mapped_column(Text)
+    carry_ids: Mapped[list[int]] = mapped_column(JSON)
+    #: Operators left out for want of a payout address when the inputs were built.
+    skipped_operators: Mapped[list[str]] = mapped_column(JSON)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    txid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    tx_hex: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    approved_at: Mapped[int | None] = mapped_column(BigInteger)
+    paid_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class GrantCarry(Base):
+    """An amount a paid round owed an operator below the minimum payout, for a later round.
+
+    Made when its round is marked paid; ``consumed_by`` is set when a later
+    round that takes it in is approved, so each amount is paid out once.
+    """
+
+    __tablename__ = "grant_carries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_round: Mapped[int] = mapped_column(
+        ForeignKey("grant_rounds.id", ondelete="RESTRICT"), index=True
+    )
+    operator_id: Mapped[int] = mapped_column(
+        ForeignKey("operators.id", ondelete="CASCADE"), index=True
+    )
+    amount_sat: Mapped[int] = mapped_column(BigInteger)
+    consumed_by: Mapped[int | None] = mapped_column(
+        ForeignKey("grant_rounds.id", ondelete="RESTRICT"), index=True
+    )
+    created_at: Mapped[int] = mapped_column(BigInteger)

@@ -4,7 +4,8 @@ Theory of operation of :func:`ingest_batch`: check the batch's shape and its
 signature by its own key; require that key, vantage name and country to be
 those of the uploading probe's account; require its times to be plausible;
 require every successful result to carry a canary proof that verifies with
-the canary key; then, in one transaction and under the probe lock, either
+the canary key (except WireGuard handshakes, see :mod:`.wireguard`), and
+every result to use its proxy's protocol; then, in one transaction and under the probe lock, either
 find the batch id already stored (same digest: a harmless retry, nothing is
 stored; different digest: refused) or store the batch verbatim, its raw
 results, and fold the results into per-(proxy, probe) evidence, daily
@@ -29,6 +30,7 @@ from resistance.probe import rollup
 from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
 from resistance.probe.verdict import ProbeEvidence, Rules, Status, Verdict, evaluate, observe
 from resistance.registry import repositories as repo
+from resistance.registry import wireguard
 from resistance.registry.errors import ApiError
 from resistance.registry.models import (
     ProbeAccount,
@@ -132,6 +134,22 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
     async with registry.sessions() as session:
         proxies = await repo.all_active_proxies(session)
     round_ms = registry.settings.probe_round_seconds * 1000
+    targets = []
+    for p in proxies:
+        target: dict[str, Any] = {
+            "proxy_id": p.id,
+            "host": p.host,
+            "port": p.port,
+            "username": p.probe_user,
+            "password": p.probe_password,
+            "due_ms": secrets.randbelow(round_ms) if round_ms else 0,
+        }
+        if wireguard.is_wireguard(p):
+            extra = wireguard.probe_target(p, probe)
+            if extra is None:
+                continue  # the server does not know this probe's key: it would hear silence
+            target.update(extra)
+        targets.append(target)
     return {
         "vantage": probe.name,
         "country": probe.country,
@@ -139,17 +157,7 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
         "issued_at": registry.now(),
         "round_seconds": registry.settings.probe_round_seconds,
         "canary": canary_info(registry),
-        "proxies": [
-            {
-                "proxy_id": p.id,
-                "host": p.host,
-                "port": p.port,
-                "username": p.probe_user,
-                "password": p.probe_password,
-                "due_ms": secrets.randbelow(round_ms) if round_ms else 0,
-            }
-            for p in proxies
-        ],
+        "proxies": targets,
     }
 
 
@@ -198,7 +206,11 @@ async def ingest_batch(
     _check_times(registry, batch.created_at, batch.results)
     canary = registry.canary_key.public_key() if registry.canary_key is not None else None
     for index, r in enumerate(batch.results):
-        if r.ok and (canary is None or not verify_canary(r, canary)):
+        if (
+            r.ok
+            and r.protocol != wireguard.PROTOCOL
+            and (canary is None or not verify_canary(r, canary))
+        ):
             raise ApiError(422, f"results[{index}]: the canary proof does not verify")
     digest = _batch_digest(body)
     async with registry.probe_lock:
@@ -231,9 +243,10 @@ async def _store(
                 raise ApiError(409, "batch id already stored with different content")
             return Ingested(batch_id, False, existing.result_count)
         proxy_ids = sorted({r.proxy_id for r in results})
-        known = await repo.existing_proxy_ids(session, ids=proxy_ids)
+        known = await repo.proxy_protocols(session, ids=proxy_ids)
         if unknown := [i for i in proxy_ids if i not in known]:
             raise ApiError(422, f"batch names unknown proxy ids {unknown[:5]}")
+        wireguard.check_result_protocols(results, known)
         rows = [
             ProbeResult(
                 batch_id=batch_id,

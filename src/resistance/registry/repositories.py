@@ -291,3 +291,28 @@ async def blocklist_flags(
         select(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id.in_(proxy_ids))
     )
     return result.scalars().all()
+
+
+# --- WireGuard ------------------------------------------------------------------------
+
+
+async def proxy_protocols(session: AsyncSession, *, ids: Sequence[int]) -> dict[int, list[str]]:
+    """The protocols of each existing proxy among ``ids``."""
+    result = await session.execute(select(Proxy.id, Proxy.protocols).where(Proxy.id.in_(ids)))
+    return {proxy_id: list(protocols) for proxy_id, protocols in result.all()}
+
+
+async def set_probe_wireguard_key(session: AsyncSession, *, probe_id: int, public_key: str) -> None:
+    probe = await session.get(ProbeAccount, probe_id)
+    if probe is not None:
+        probe.wg_public_key = public_key
+
+
+async def probe_wireguard_keys(session: AsyncSession) -> list[str]:
+    """Every WireGuard key probes have announced, oldest account first."""
+    result = await session.execute(
+        select(ProbeAccount.wg_public_key)
+        .where(ProbeAccount.wg_public_key.is_not(None))
+        .order_by(ProbeAccount.id)
+    )
+    return [key for key in result.scalars().all() if key is not None]

@@ -65,6 +65,11 @@ class NodeStatement(Strict):
     probe_password: Credential
     timestamp: Annotated[int, Field(ge=0, le=2**53)]
     nonce: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    tls_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None,
+        description="The node's SOCKS5-inside-TLS port: challenged inside TLS, its "
+        "certificate's SHA-256 recorded and published as the clients' pin.",
+    )
 
 
 class UserCredential(Strict):
@@ -79,6 +84,11 @@ class RegistrationRequest(Strict):
     users: Annotated[list[UserCredential], Field(max_length=16)] = []
 
 
+class TlsListenerView(BaseModel):
+    port: int
+    sha256: str = Field(description="SHA-256 (hex) of the DER certificate: the clients' pin.")
+
+
 class ProxyView(BaseModel):
     proxy_id: int
     endpoint: dict[str, Any]
@@ -89,6 +99,9 @@ class ProxyView(BaseModel):
     status: str
     registered_at: int
     verified_at: int
+    tls: TlsListenerView | None = None
+    #: A WireGuard endpoint's server key (``protocols`` is ["wireguard"]).
+    wg_public_key: str | None = None
 
 
 class ProxyList(BaseModel):
@@ -100,6 +113,7 @@ class AssignedProxy(BaseModel):
     protocols: list[str]
     credentials: list[dict[str, Any]]
     node_key: str
+    tls: TlsListenerView | None = None
 
 
 class Assignment(BaseModel):
@@ -176,6 +190,10 @@ class ProbeTargetView(BaseModel):
     username: str
     password: str
     due_ms: int = Field(description="When to check it, in ms after the round starts.")
+    protocol: Literal["socks5", "wireguard"] = "socks5"
+    wg_public_key: str | None = Field(
+        default=None, description="For WireGuard: the server key to handshake with."
+    )
 
 
 class ProbeAssignment(BaseModel):
@@ -213,3 +231,113 @@ class ProxyStatusView(BaseModel):
     blocked_in: list[str]
     since: int | None
     history: list[VerdictChange]
+
+
+# --- grant rounds ---------------------------------------------------------------------
+
+RoundId = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+IsoDate = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+Sat = Annotated[int, Field(ge=0, le=2_100_000_000_000_000)]
+BasisPoints = Annotated[int, Field(ge=1, le=10_000)]
+Exponent = Annotated[int, Field(ge=1, le=64)]
+Attempts = Annotated[int, Field(ge=1, le=1_000_000)]
+Kbps = Annotated[int, Field(ge=0, le=1_000_000_000)]
+Days = Annotated[int, Field(ge=0, le=36_600)]
+
+
+class RoundCreateRequest(Strict):
+    """A round for a period; the registry builds its inputs from its own rollups."""
+
+    round_id: RoundId | None = Field(None, description="Default: 2026-11-RU for a month.")
+    period_start: IsoDate
+    period_end: IsoDate = Field(description="Included.")
+    target_country: Country = "RU"
+    budget_sat: Sat
+    fee_reserve_sat: Sat = 50_000
+    min_payout_sat: Sat = 10_000
+    performance_exponent: Exponent = 20
+    min_attempts: Attempts = 1
+    capacity_reference_kbps: Kbps = 0
+    probation_days: Days = 0
+    operator_cap_bp: BasisPoints = 10_000
+    network_cap_bp: BasisPoints = 10_000
+
+
+class RoundRecomputeRequest(Strict):
+    """New settings for a draft (each optional); the inputs are always built afresh."""
+
+    budget_sat: Sat | None = None
+    fee_reserve_sat: Sat | None = None
+    min_payout_sat: Sat | None = None
+    performance_exponent: Exponent | None = None
+    min_attempts: Attempts | None = None
+    capacity_reference_kbps: Kbps | None = None
+    probation_days: Days | None = None
+    operator_cap_bp: BasisPoints | None = None
+    network_cap_bp: BasisPoints | None = None
+
+
+class MarkPaidRequest(Strict):
+    tx_hex: Annotated[str, Field(min_length=2, max_length=800_000, pattern=r"^[0-9a-fA-F]+$")]
+    change_descriptor: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class AwardView(BaseModel):
+    operator_id: str
+    payout_address: str
+    weight: int
+    proxies: int
+    service_days: int
+    share_sat: int
+    carried_in_sat: int
+    amount_sat: int
+    carried_out_sat: int
+
+
+class RoundSummary(BaseModel):
+    round_id: str
+    status: Literal["draft", "approved", "paid"]
+    network: str
+    target_country: str
+    period_start: str
+    period_end: str
+    budget_sat: int
+    paid_sat: int
+    payouts: int
+    digest: str | None
+    txid: str | None
+    created_at: int
+    updated_at: int
+    approved_at: int | None
+    paid_at: int | None
+
+
+class RoundView(RoundSummary):
+    settings: dict[str, Any]
+    pool_sat: int
+    distributed_sat: int
+    returned_sat: int
+    ignored_rollups: int
+    carried_in_sat: int
+    carried_out_sat: int
+    rollups: int
+    signatures: list[str] = Field(description="Key ids of the registry keys that signed.")
+    skipped_operators: list[str] = Field(description="Left out: no payout address.")
+    awards: list[AwardView]
+
+
+class RoundList(BaseModel):
+    rounds: list[RoundSummary]
+
+
+class RoundFileBody(BaseModel):
+    """A round file (``resistance.grants.round/1``), as ``resist grants`` reads it."""
+
+    model_config = ConfigDict(extra="allow")
+    format: str
+    settings: dict[str, Any]
+    inputs: dict[str, Any]
+    result: dict[str, Any]
+    state: dict[str, Any]

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import IntegrityError
@@ -23,10 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from resistance.directory.canonical import CanonicalError
 from resistance.directory.document import build_document, dump_signed, sign_document
+from resistance.directory.entry import TlsListener
 from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
 from resistance.registry import repositories as repo
 from resistance.registry.addresses import AddressError, payout_address
-from resistance.registry.challenge import ChallengeFailed, prove_control
+from resistance.registry.challenge import ChallengeFailed, prove_control, prove_tls_control
 from resistance.registry.errors import ApiError
 from resistance.registry.keys import write_public_file
 from resistance.registry.measurements import directory_measurements
@@ -37,6 +38,9 @@ from resistance.registry.schemas import RegistrationRequest
 from resistance.registry.settings import RegistrySettings
 from resistance.registry.statement import endpoint_network, statement_bytes
 from resistance.registry.tokens import new_token, same_hash, token_hash
+
+if TYPE_CHECKING:
+    from resistance.vpn.keys import KeyPair
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,9 @@ class Registry:
     canary_address: tuple[str, int] | None = None
     #: Serializes batch ingestion (evidence and rollups are read-modify-write).
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The registry's own WireGuard key that proves control of WireGuard endpoints
+    #: (see :mod:`resistance.registry.wireguard`; set by the lifespan).
+    wireguard_prober: KeyPair | None = None
 
     def now(self) -> int:
         return int(self.clock())
@@ -148,7 +155,15 @@ async def set_payout(registry: Registry, *, operator_id: int, address: str) -> d
 # --- proxies --------------------------------------------------------------------------
 
 
+def tls_listener(proxy: Proxy) -> TlsListener | None:
+    """The proxy's TLS listener as proven at its last registration, if it has one."""
+    if proxy.tls_port is None or proxy.tls_sha256 is None:
+        return None
+    return TlsListener(proxy.tls_port, proxy.tls_sha256)
+
+
 def proxy_view(proxy: Proxy) -> dict[str, Any]:
+    tls = tls_listener(proxy)
     return {
         "proxy_id": proxy.id,
         "endpoint": {"host": proxy.host, "port": proxy.port},
@@ -159,6 +174,8 @@ def proxy_view(proxy: Proxy) -> dict[str, Any]:
         "status": proxy.status,
         "registered_at": proxy.registered_at,
         "verified_at": proxy.verified_at,
+        "wg_public_key": proxy.wg_public_key,
+        "tls": tls.to_json() if tls else None,
     }
 
 
@@ -217,6 +234,7 @@ async def register_proxy(
         )
     except ChallengeFailed as exc:
         raise ApiError(422, f"proof of control failed: {exc}") from None
+    tls_sha256 = await _prove_tls_listener(registry, request)
     now = registry.now()
     fields: dict[str, Any] = {
         "operator_id": operator_id,
@@ -232,6 +250,9 @@ async def register_proxy(
         "status": "active",
         "registered_at": now,
         "verified_at": now,
+        # a re-registration without tls_port says the node has no TLS listener (any more)
+        "tls_port": st.tls_port,
+        "tls_sha256": tls_sha256,
     }
     try:
         async with registry.sessions.begin() as session:
@@ -247,6 +268,32 @@ async def register_proxy(
     return view
 
 
+async def _prove_tls_listener(registry: Registry, request: RegistrationRequest) -> str | None:
+    """The pin of the statement's TLS listener, proven to be the node's own; or ``None``."""
+    st = request.statement
+    if st.tls_port is None:
+        return None
+    if st.tls_port == st.endpoint.port:
+        raise ApiError(
+            422,
+            "tls_port must differ from the plain SOCKS5 port (one port cannot serve both)",
+            field="statement.tls_port",
+        )
+    try:
+        return await prove_tls_control(
+            host=st.endpoint.host,
+            port=st.tls_port,
+            user=st.probe_user,
+            password=st.probe_password,
+            public_key=st.public_key,
+            within=registry.settings.challenge_timeout,
+        )
+    except ChallengeFailed as exc:
+        raise ApiError(
+            422, f"TLS proof of control failed: {exc}", field="statement.tls_port"
+        ) from None
+
+
 async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str, Any]]:
     async with registry.sessions() as session:
         proxies = await repo.proxies_of(session, operator_id=operator_id)
@@ -254,12 +301,24 @@ async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str
 
 
 def _listing(proxy: Proxy) -> dict[str, Any]:
-    return {
+    if "wireguard" in proxy.protocols:
+        # A WireGuard endpoint (migration 0005): no credentials, no node key; users get
+        # their configs from the operator.  Clients that want SOCKS5 skip it by protocol.
+        return {
+            "endpoint": {"host": proxy.host, "port": proxy.port},
+            "protocols": list(proxy.protocols),
+            "wg_public_key": proxy.wg_public_key,
+        }
+    listing: dict[str, Any] = {
         "endpoint": {"host": proxy.host, "port": proxy.port},
         "protocols": list(proxy.protocols),
         "credentials": [dict(c) for c in proxy.credentials],
         "node_key": proxy.public_key,
     }
+    tls = tls_listener(proxy)
+    if tls is not None:  # absent otherwise: entries of plain nodes stay as they were
+        listing["tls"] = tls.to_json()
+    return listing
 
 
 def utc_day(now: int) -> str:
@@ -270,7 +329,8 @@ async def assign(registry: Registry, *, client_host: str | None) -> dict[str, An
     """A few non-public proxies, the same for one /16 (/32) network all UTC day."""
     async with registry.sessions() as session:
         proxies = await repo.active_proxies(session, public=False)
-    by_name = {f"{p.host}|{p.port}": p for p in proxies}
+    # Only what a requester can use with the credentials handed out (not WireGuard).
+    by_name = {f"{p.host}|{p.port}": p for p in proxies if "socks5" in p.protocols}
     day = utc_day(registry.now())
     ring = HashRing(registry.ring_key, list(by_name))
     picked = ring.pick(requester_key(client_host, day), registry.settings.assign_count)

@@ -36,6 +36,9 @@ class RegistrySettings:
     statement_skew: int = 300
     #: Accept proxies on loopback/private addresses (tests and labs only).
     allow_private_endpoints: bool = False
+    #: Approve grant rounds whose period is not over yet (labs and tests only:
+    #: otherwise a round is approved only once every day it pays for is measured).
+    approve_open_periods: bool = False
     signup_limit: RateLimit = field(default_factory=lambda: RateLimit(1 / 60, 5))
     public_limit: RateLimit = field(default_factory=lambda: RateLimit(5.0, 60))
     rate_limit_clients: int = 10_000

@@ -4,12 +4,17 @@ A statement is a JSON object::
 
     {"version": 1, "endpoint": {"host": H, "port": P}, "protocols": ["socks5"],
      "public_key": B64URL, "probe_user": U, "probe_password": PW,
-     "timestamp": UNIX_SECONDS, "nonce": 32_HEX}
+     "timestamp": UNIX_SECONDS, "nonce": 32_HEX, "tls_port": P}
 
 signed by the node identity key over its canonical bytes
 (:func:`resistance.directory.canonical.canonical_bytes`).  The signature proves
 the statement was made by the holder of ``public_key``; the SOCKS5 challenge
-then proves that this key's holder answers at the endpoint.
+then proves that this key's holder answers at the endpoint.  ``tls_port`` is
+optional (absent from statements of nodes without a TLS listener, so their
+bytes are what they always were): the registry then challenges the node
+again inside TLS on that port, where the node's signature also covers the
+certificate it presents (:func:`tls_challenge_message`), and records that
+certificate's SHA-256 as the pin the directory hands to clients.
 """
 
 from __future__ import annotations
@@ -26,12 +31,18 @@ from resistance.directory.keys import b64url, public_key_text
 
 STATEMENT_VERSION = 1
 CHALLENGE_CONTEXT = b"resist-node-challenge/1\n"
+CHALLENGE_TLS_CONTEXT = b"resist-node-challenge-tls/1\n"
 CHALLENGE_SUFFIX = ".challenge.resist.invalid"
 
 
 def challenge_message(nonce: bytes) -> bytes:
     """What a node signs to answer a challenge (same as the node's own definition)."""
     return CHALLENGE_CONTEXT + nonce
+
+
+def tls_challenge_message(nonce: bytes, cert_sha256: bytes) -> bytes:
+    """What a node signs to answer a challenge on its TLS listener (the node's definition)."""
+    return CHALLENGE_TLS_CONTEXT + nonce + cert_sha256
 
 
 def make_statement(
@@ -43,6 +54,7 @@ def make_statement(
     probe_password: str,
     now: int,
     nonce: str | None = None,
+    tls_port: int | None = None,
 ) -> tuple[dict[str, Any], str]:
     """A statement and its signature (base64url)."""
     statement: dict[str, Any] = {
@@ -55,6 +67,8 @@ def make_statement(
         "timestamp": now,
         "nonce": nonce or secrets.token_hex(16),
     }
+    if tls_port is not None:
+        statement["tls_port"] = tls_port
     return statement, b64url(key.sign(canonical_bytes(statement)))
 
 

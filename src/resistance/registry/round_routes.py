@@ -1,0 +1,78 @@
+"""HTTP routes for grant rounds (admin only): parse, authorize, call one use case."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response, status
+
+from resistance.registry import rounds
+from resistance.registry.routes import ERRORS, RegistryDep, admin
+from resistance.registry.schemas import (
+    MarkPaidRequest,
+    RoundCreateRequest,
+    RoundFileBody,
+    RoundList,
+    RoundRecomputeRequest,
+    RoundView,
+)
+from resistance.registry.services import Principal
+
+router = APIRouter(prefix="/api/v1/grants", responses=ERRORS, tags=["grants"])
+AdminDep = Annotated[Principal, Depends(admin)]
+
+
+@router.post("/rounds", response_model=RoundView, status_code=status.HTTP_201_CREATED)
+async def create_round(body: RoundCreateRequest, registry: RegistryDep, _: AdminDep) -> Any:
+    """Compute a draft round for a period from the registry's rollups, inputs signed."""
+    return await rounds.create_round(registry, request=body)
+
+
+@router.get("/rounds", response_model=RoundList)
+async def list_rounds(registry: RegistryDep, _: AdminDep) -> dict[str, Any]:
+    return {"rounds": await rounds.list_rounds(registry)}
+
+
+@router.get("/rounds/{round_id}", response_model=RoundView)
+async def show_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Any:
+    return await rounds.show_round(registry, round_id=round_id)
+
+
+@router.delete("/rounds/{round_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Response:
+    """Delete a draft (an approved or paid round is kept for ever)."""
+    await rounds.delete_draft(registry, round_id=round_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/rounds/{round_id}/recompute", response_model=RoundView)
+async def recompute_round(
+    round_id: str, body: RoundRecomputeRequest, registry: RegistryDep, _: AdminDep
+) -> Any:
+    """Recompute a draft from fresh rollups, addresses and carried amounts."""
+    return await rounds.recompute_round(registry, round_id=round_id, request=body)
+
+
+@router.post("/rounds/{round_id}/approve", response_model=RoundView)
+async def approve_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Any:
+    """Freeze a draft whose period is over; nothing in it changes again."""
+    return await rounds.approve_round(registry, round_id=round_id)
+
+
+@router.get("/rounds/{round_id}/export", response_model=RoundFileBody)
+async def export_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Any:
+    """The round file `resist grants` works on (verify, psbt, electrum-list...)."""
+    return await rounds.export_round(registry, round_id=round_id)
+
+
+@router.post("/rounds/{round_id}/mark-paid", response_model=RoundView)
+async def mark_paid(
+    round_id: str, body: MarkPaidRequest, registry: RegistryDep, _: AdminDep
+) -> Any:
+    """Record the signed transaction that pays exactly the approved awards."""
+    return await rounds.mark_round_paid(
+        registry,
+        round_id=round_id,
+        tx_hex=body.tx_hex,
+        change_descriptor=body.change_descriptor,
+    )

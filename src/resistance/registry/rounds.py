@@ -1,0 +1,625 @@
+"""Grant rounds kept by the registry: inputs built from its rollups, approved once, paid once.
+
+Theory of operation
+-------------------
+**Inputs.** A round covers a period (UTC days, both ends included) and a
+target country. For each proxy and day the registry sums its daily rollups
+(``probe_rollups``): attempts and successes from *control* vantages (outside
+any censorship) and from vantages *in the target country*, and takes the
+median throughput of that day's measurements from both; that is one
+``DailyRollup`` as the award rule reads it. Each proxy's network is its /24
+(IPv4) or /48 (IPv6). Operators' payout addresses are copied into the inputs
+when the draft is computed (an operator without one is left out and listed in
+``skipped_operators``). With probation on, ``prior_service_days`` counts each
+proxy's days before the period that earned a positive weight under the
+round's own settings. Amounts below the minimum payout that earlier *paid*
+rounds owe an operator (``grant_carries`` not yet taken in) become its
+``carried_in``. The inputs are signed with every directory signing key of
+the registry (:mod:`resistance.grants.signing`), so a funder who pins those
+keys can check, from the round file alone, that the measurements are the
+registry's.
+
+**States.** A *draft* may be recomputed (fresh rollups, addresses and carried
+amounts, other settings) or deleted. *Approve* freezes it: only after its
+period is over, it records the digest of settings, inputs and result, and
+claims the carried amounts its inputs took in (each can be claimed by one
+round only; if another round claimed one meanwhile, approval is refused and
+the draft must be recomputed). Nothing in an approved round changes again; a
+payout address changed later is not seen. *Mark paid* accepts a signed
+transaction only if it pays exactly the approved awards
+(``payout.check_payment``), records it and its txid, and turns the round's
+carried-out amounts into new ``grant_carries`` for later rounds. A round that
+pays nobody (everyone below the minimum) has nothing to pay: its carried
+amounts are recorded when it is approved.
+
+Every transition is one transaction whose state change is conditional on the
+state it starts from (``UPDATE … WHERE status = 'draft'``), so two concurrent
+requests cannot both approve or both pay a round, and a refused request
+changes nothing. CPU-heavy steps (the award rule, decoding the transaction)
+run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resistance.grants import rounds as grant_rounds
+from resistance.grants.amounts import MAX_PERIOD_DAYS, default_round_id
+from resistance.grants.award import day_weight
+from resistance.grants.errors import GrantsError, RoundStateError
+from resistance.grants.model import (
+    FORMAT,
+    CarriedAmount,
+    DailyRollup,
+    GrantRound,
+    GrantSettings,
+    RoundInputs,
+    canonical_json,
+    inputs_to_json,
+    result_to_json,
+    round_from_json,
+    round_to_json,
+    settings_from_json,
+    settings_to_json,
+)
+from resistance.grants.signing import sign_inputs
+from resistance.probe import rollup
+from resistance.registry.errors import ApiError
+from resistance.registry.models import GrantCarry, GrantRoundRow, Operator, ProbeRollup, Proxy
+from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
+from resistance.registry.services import Registry, utc_day
+from resistance.registry.statement import endpoint_network
+
+#: The settings a request may give; the rest (id, network, country, period) are the round's.
+TUNABLE = (
+    "budget_sat",
+    "fee_reserve_sat",
+    "min_payout_sat",
+    "performance_exponent",
+    "min_attempts",
+    "capacity_reference_kbps",
+    "probation_days",
+    "operator_cap_bp",
+    "network_cap_bp",
+)
+
+
+# --- database access (keyword-only, one query each; transactions are the caller's) --------
+
+
+async def round_by_id(session: AsyncSession, *, round_id: str) -> GrantRoundRow | None:
+    result = await session.execute(select(GrantRoundRow).where(GrantRoundRow.round_id == round_id))
+    return result.scalar_one_or_none()
+
+
+async def all_rounds(session: AsyncSession) -> Sequence[GrantRoundRow]:
+    result = await session.execute(
+        select(GrantRoundRow).order_by(GrantRoundRow.period_start, GrantRoundRow.round_id)
+    )
+    return result.scalars().all()
+
+
+async def overlapping_round(
+    session: AsyncSession, *, country: str, start: str, end: str, other_than: int | None = None
+) -> GrantRoundRow | None:
+    query = select(GrantRoundRow).where(
+        GrantRoundRow.target_country == country,
+        GrantRoundRow.period_start <= end,
+        GrantRoundRow.period_end >= start,
+    )
+    if other_than is not None:
+        query = query.where(GrantRoundRow.id != other_than)
+    result = await session.execute(query.limit(1))
+    return result.scalar_one_or_none()
+
+
+async def rollup_rows(
+    session: AsyncSession, *, country: str, first: str | None, last: str, before: bool = False
+) -> Sequence[Any]:
+    """Control rows and target-country rows of ``first..last`` (or of days before ``last``)."""
+    query = select(
+        ProbeRollup.proxy_id,
+        ProbeRollup.day,
+        ProbeRollup.control,
+        ProbeRollup.attempts,
+        ProbeRollup.successes,
+        ProbeRollup.throughput_hist,
+    ).where(or_(ProbeRollup.control.is_(True), ProbeRollup.country == country))
+    if before:
+        query = query.where(ProbeRollup.day < last)
+    else:
+        assert first is not None
+        query = query.where(ProbeRollup.day >= first, ProbeRollup.day <= last)
+    return (await session.execute(query)).all()
+
+
+async def open_carries(session: AsyncSession) -> Sequence[GrantCarry]:
+    result = await session.execute(
+        select(GrantCarry).where(GrantCarry.consumed_by.is_(None)).order_by(GrantCarry.id)
+    )
+    return result.scalars().all()
+
+
+async def claim_carries(session: AsyncSession, *, ids: Sequence[int], round_pk: int) -> int:
+    if not ids:
+        return 0
+    result = await session.execute(
+        update(GrantCarry)
+        .where(GrantCarry.id.in_(ids), GrantCarry.consumed_by.is_(None))
+        .values(consumed_by=round_pk)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def move_round(
+    session: AsyncSession, *, round_pk: int, from_status: str, values: Mapping[str, Any]
+) -> bool:
+    """Change a round only if it is still in ``from_status``; whether it was."""
+    result = await session.execute(
+        update(GrantRoundRow)
+        .where(GrantRoundRow.id == round_pk, GrantRoundRow.status == from_status)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+async def add_carries(
+    session: AsyncSession, *, round_pk: int, amounts: Mapping[str, int], now: int
+) -> None:
+    """Record what a round carries out, by operator name."""
+    if not amounts:
+        return
+    found = await session.execute(select(Operator).where(Operator.name.in_(list(amounts))))
+    ids = {o.name: o.id for o in found.scalars()}
+    missing = sorted(set(amounts) - set(ids))
+    if missing:
+        raise ApiError(409, f"operators {missing} no longer exist to carry amounts to")
+    session.add_all(
+        GrantCarry(
+            source_round=round_pk,
+            operator_id=ids[name],
+            amount_sat=amount,
+            consumed_by=None,
+            created_at=now,
+        )
+        for name, amount in sorted(amounts.items())
+    )
+    await session.flush()
+
+
+# --- building the inputs --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltInputs:
+    inputs: RoundInputs
+    carry_ids: list[int]
+    skipped_operators: list[str]
+
+
+def _network_of(proxy: Proxy) -> str:
+    try:
+        return endpoint_network(proxy.host)
+    except ValueError:
+        return proxy.network
+
+
+def _day_rows(rows: Iterable[Any]) -> dict[tuple[int, str], list[Any]]:
+    """``(proxy, day) -> [control attempts, control successes, target attempts,
+    target successes, merged throughput histogram]``."""
+    days: dict[tuple[int, str], list[Any]] = {}
+    for proxy_id, day, control, attempts, successes, hist in rows:
+        tally = days.get((proxy_id, day))
+        if tally is None:
+            tally = days[(proxy_id, day)] = [
+                0,
+                0,
+                0,
+                0,
+                rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
+            ]
+        side = 0 if control else 2
+        tally[side] += attempts
+        tally[side + 1] += successes
+        if hist and len(hist) == len(tally[4]):
+            tally[4] = rollup.merge(tally[4], hist)
+    return days
+
+
+def _daily(
+    settings: GrantSettings, proxy: Proxy, operator: str, address: str, day: str, t: list[Any]
+) -> DailyRollup:
+    throughput = rollup.percentile(t[4], rollup.THROUGHPUT_BOUNDS_KBPS, 0.5) or 0
+    return DailyRollup(
+        proxy_id=str(proxy.id),
+        operator_id=operator,
+        network=_network_of(proxy),
+        payout_address=address,
+        day=dt.date.fromisoformat(day),
+        country=settings.target_country,
+        control_attempts=t[0],
+        control_successes=t[1],
+        target_attempts=t[2],
+        target_successes=t[3],
+        throughput_kbps=throughput,
+    )
+
+
+async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> BuiltInputs:
+    """The round's inputs from the registry's rollups, addresses and open carried amounts."""
+    operators = {o.id: o for o in (await session.execute(select(Operator))).scalars()}
+    proxies = {p.id: p for p in (await session.execute(select(Proxy))).scalars()}
+    start, end = settings.period_start.isoformat(), settings.period_end.isoformat()
+    country = settings.target_country
+    days = _day_rows(await rollup_rows(session, country=country, first=start, last=end))
+    rows: list[DailyRollup] = []
+    skipped: set[str] = set()
+    for (proxy_id, day), t in sorted(days.items()):
+        proxy = proxies.get(proxy_id)
+        operator = operators.get(proxy.operator_id) if proxy is not None else None
+        if proxy is None or operator is None:
+            continue
+        if not operator.payout_address:
+            skipped.add(operator.name)
+            continue
+        rows.append(_daily(settings, proxy, operator.name, operator.payout_address, day, t))
+    prior: dict[str, int] = {}
+    if settings.probation_days > 0 and rows:
+        wanted = {int(r.proxy_id) for r in rows}
+        earlier = _day_rows(
+            await rollup_rows(session, country=country, first=None, last=start, before=True)
+        )
+        for (proxy_id, day), t in earlier.items():
+            if proxy_id not in wanted:
+                continue
+            probe = _daily(settings, proxies[proxy_id], "-", "-", day, t)
+            if day_weight(settings, probe) > 0:
+                prior[str(proxy_id)] = prior.get(str(proxy_id), 0) + 1
+    carried: dict[int, int] = {}
+    carry_ids: list[int] = []
+    for carry in await open_carries(session):
+        operator = operators.get(carry.operator_id)
+        if operator is None or not operator.payout_address:
+            continue
+        carried[carry.operator_id] = carried.get(carry.operator_id, 0) + carry.amount_sat
+        carry_ids.append(carry.id)
+    carried_in = tuple(
+        CarriedAmount(
+            operator_id=operators[op].name,
+            payout_address=operators[op].payout_address or "",
+            amount_sat=amount,
+        )
+        for op, amount in sorted(carried.items(), key=lambda kv: operators[kv[0]].name)
+    )
+    inputs = RoundInputs(tuple(rows), carried_in, dict(sorted(prior.items())))
+    return BuiltInputs(inputs, carry_ids, sorted(skipped))
+
+
+# --- views ----------------------------------------------------------------------------
+
+
+def summary(row: GrantRoundRow) -> dict[str, Any]:
+    return {
+        "round_id": row.round_id,
+        "status": row.status,
+        "network": row.network,
+        "target_country": row.target_country,
+        "period_start": row.period_start,
+        "period_end": row.period_end,
+        "budget_sat": row.budget_sat,
+        "paid_sat": row.paid_sat,
+        "payouts": row.payouts,
+        "digest": row.digest,
+        "txid": row.txid,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "approved_at": row.approved_at,
+        "paid_at": row.paid_at,
+    }
+
+
+def view(row: GrantRoundRow) -> dict[str, Any]:
+    settings = json.loads(row.settings)
+    result = json.loads(row.result)
+    inputs = json.loads(row.inputs)
+    return {
+        **summary(row),
+        "settings": settings,
+        "pool_sat": result["pool_sat"],
+        "distributed_sat": result["distributed_sat"],
+        "returned_sat": result["returned_sat"],
+        "ignored_rollups": result["ignored_rollups"],
+        "carried_in_sat": result["totals"]["carried_in_sat"],
+        "carried_out_sat": result["totals"]["carried_out_sat"],
+        "rollups": len(inputs["rollups"]),
+        "signatures": [s["key_id"] for s in inputs["signatures"]],
+        "skipped_operators": list(row.skipped_operators),
+        "awards": result["awards"],
+    }
+
+
+def load_round(row: GrantRoundRow) -> GrantRound:
+    """The stored round as the grants package knows it."""
+    state: dict[str, Any] = {"status": row.status}
+    if row.digest is not None:
+        state["digest"] = row.digest
+    if row.txid is not None:
+        state["txid"] = row.txid
+    return round_from_json(
+        {
+            "format": FORMAT,
+            "settings": json.loads(row.settings),
+            "inputs": json.loads(row.inputs),
+            "result": json.loads(row.result),
+            "state": state,
+        }
+    )
+
+
+def _stored(round_: GrantRound) -> dict[str, Any]:
+    """The columns that hold a computed round."""
+    return {
+        "budget_sat": round_.settings.budget_sat,
+        "paid_sat": round_.result.paid_sat,
+        "payouts": len(round_.result.payouts()),
+        "settings": canonical_json(settings_to_json(round_.settings)),
+        "inputs": canonical_json(inputs_to_json(round_.inputs)),
+        "result": canonical_json(result_to_json(round_.result)),
+    }
+
+
+# --- use cases ------------------------------------------------------------------------
+
+
+def _date(text: str, what: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(422, f"{what} {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _settings(**values: Any) -> GrantSettings:
+    try:
+        return GrantSettings(**values)
+    except GrantsError as exc:
+        raise ApiError(422, f"settings refused: {exc}") from None
+
+
+async def _compute(
+    registry: Registry, session: AsyncSession, settings: GrantSettings
+) -> tuple[GrantRound, BuiltInputs]:
+    built = await build_inputs(session, settings=settings)
+    inputs = sign_inputs(settings, built.inputs, registry.signing_keys)
+    try:
+        round_ = await asyncio.to_thread(grant_rounds.compute_round, settings, inputs)
+    except GrantsError as exc:
+        raise ApiError(422, f"round refused: {exc}") from None
+    return round_, built
+
+
+async def create_round(registry: Registry, *, request: RoundCreateRequest) -> dict[str, Any]:
+    start = _date(request.period_start, "period_start")
+    end = _date(request.period_end, "period_end")
+    if end < start:
+        raise ApiError(422, "period_end is before period_start")
+    if (end - start).days + 1 > MAX_PERIOD_DAYS:
+        raise ApiError(422, f"a round covers at most {MAX_PERIOD_DAYS} days")
+    country = request.target_country
+    round_id = request.round_id or default_round_id(start, end, country)
+    settings = _settings(
+        round_id=round_id,
+        network=registry.settings.network,
+        target_country=country,
+        period_start=start,
+        period_end=end,
+        **{name: getattr(request, name) for name in TUNABLE},
+    )
+    now = registry.now()
+    try:
+        async with registry.sessions.begin() as session:
+            if await round_by_id(session, round_id=round_id) is not None:
+                raise ApiError(409, f"round {round_id} exists already")
+            clash = await overlapping_round(
+                session, country=country, start=start.isoformat(), end=end.isoformat()
+            )
+            if clash is not None:
+                raise ApiError(
+                    409,
+                    f"round {clash.round_id} ({clash.status}) already covers "
+                    f"{clash.period_start}..{clash.period_end} for {country}; a day is paid once",
+                )
+            round_, built = await _compute(registry, session, settings)
+            row = GrantRoundRow(
+                round_id=round_id,
+                status="draft",
+                network=settings.network,
+                target_country=country,
+                period_start=start.isoformat(),
+                period_end=end.isoformat(),
+                carry_ids=built.carry_ids,
+                skipped_operators=built.skipped_operators,
+                digest=None,
+                txid=None,
+                tx_hex=None,
+                created_at=now,
+                updated_at=now,
+                approved_at=None,
+                paid_at=None,
+                **_stored(round_),
+            )
+            session.add(row)
+            await session.flush()
+            return view(row)
+    except IntegrityError:
+        raise ApiError(409, f"round {round_id} exists already") from None
+
+
+async def list_rounds(registry: Registry) -> list[dict[str, Any]]:
+    async with registry.sessions() as session:
+        return [summary(r) for r in await all_rounds(session)]
+
+
+async def _row(session: AsyncSession, round_id: str) -> GrantRoundRow:
+    row = await round_by_id(session, round_id=round_id)
+    if row is None:
+        raise ApiError(404, f"no round {round_id!r}")
+    return row
+
+
+async def show_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
+    async with registry.sessions() as session:
+        return view(await _row(session, round_id))
+
+
+async def export_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
+    """The round file (``resistance.grants.round/1``), its inputs signed by the registry."""
+    async with registry.sessions() as session:
+        row = await _row(session, round_id)
+    return round_to_json(load_round(row))
+
+
+def _refuse_unless_draft(row: GrantRoundRow, doing: str) -> None:
+    if row.status == "approved":
+        raise ApiError(409, f"round {row.round_id} is approved and frozen; it cannot be {doing}")
+    if row.status == "paid":
+        raise ApiError(409, f"round {row.round_id} is paid by {row.txid}; it cannot be {doing}")
+
+
+async def recompute_round(
+    registry: Registry, *, round_id: str, request: RoundRecomputeRequest
+) -> dict[str, Any]:
+    """A draft again from fresh rollups, addresses and carried amounts, and any new settings."""
+    async with registry.sessions.begin() as session:
+        row = await _row(session, round_id)
+        _refuse_unless_draft(row, "recomputed")
+        recorded = settings_from_json(json.loads(row.settings))
+        values = {name: getattr(recorded, name) for name in GrantSettings.__dataclass_fields__}
+        values.update(request.model_dump(exclude_none=True))
+        settings = _settings(**values)
+        round_, built = await _compute(registry, session, settings)
+        changed = await move_round(
+            session,
+            round_pk=row.id,
+            from_status="draft",
+            values={
+                **_stored(round_),
+                "carry_ids": built.carry_ids,
+                "skipped_operators": built.skipped_operators,
+                "updated_at": registry.now(),
+            },
+        )
+        if not changed:
+            raise ApiError(409, f"round {round_id} was approved meanwhile")
+        await session.refresh(row)
+        return view(row)
+
+
+async def approve_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
+    """Freeze a draft whose period is over, and claim the carried amounts it takes in."""
+    now = registry.now()
+    async with registry.sessions.begin() as session:
+        row = await _row(session, round_id)
+        if row.status != "draft":
+            raise ApiError(409, f"round {round_id} is already {row.status}")
+        today = utc_day(now)
+        if row.period_end >= today and not registry.settings.approve_open_periods:
+            raise ApiError(
+                409,
+                f"round {round_id} covers days until {row.period_end}; approve it after they "
+                f"are over (today is {today} UTC), recomputing it first",
+            )
+        try:
+            approved = grant_rounds.approve(load_round(row))
+        except RoundStateError as exc:
+            raise ApiError(409, str(exc)) from None
+        except GrantsError as exc:
+            raise ApiError(422, f"round refused: {exc}") from None
+        values: dict[str, Any] = {
+            "status": "approved",
+            "digest": approved.state.digest,
+            "approved_at": now,
+            "updated_at": now,
+        }
+        if not await move_round(session, round_pk=row.id, from_status="draft", values=values):
+            raise ApiError(409, f"round {round_id} was approved meanwhile")
+        ids = list(row.carry_ids)
+        if await claim_carries(session, ids=ids, round_pk=row.id) != len(ids):
+            raise ApiError(
+                409,
+                "amounts this draft carries in were taken in by another round since it was "
+                "computed; recompute it, then approve",
+            )
+        if not approved.result.payouts():
+            # Nothing to pay, so nothing will mark it paid: settle its carried amounts now.
+            await add_carries(session, round_pk=row.id, amounts=_carried_out(approved), now=now)
+        await session.refresh(row)
+        return view(row)
+
+
+def _carried_out(round_: GrantRound) -> dict[str, int]:
+    return {a.operator_id: a.carried_out_sat for a in round_.result.awards if a.carried_out_sat}
+
+
+async def mark_round_paid(
+    registry: Registry, *, round_id: str, tx_hex: str, change_descriptor: str
+) -> dict[str, Any]:
+    """Record the signed transaction paying an approved round, if it pays exactly."""
+    async with registry.sessions() as session:
+        row = await _row(session, round_id)
+    if row.status == "draft":
+        raise ApiError(409, f"round {round_id} is a draft; approve it first")
+    if row.status == "paid":
+        raise ApiError(409, f"round {round_id} is already paid by {row.txid}")
+    try:
+        paid = await asyncio.to_thread(
+            grant_rounds.mark_paid,
+            load_round(row),
+            tx_hex,
+            change_descriptor=change_descriptor,
+        )
+    except RoundStateError as exc:
+        raise ApiError(409, str(exc)) from None
+    except GrantsError as exc:
+        raise ApiError(422, f"transaction refused: {exc}") from None
+    now = registry.now()
+    try:
+        async with registry.sessions.begin() as session:
+            values = {
+                "status": "paid",
+                "txid": paid.state.txid,
+                "tx_hex": tx_hex.strip().lower(),
+                "paid_at": now,
+                "updated_at": now,
+            }
+            if not await move_round(
+                session, round_pk=row.id, from_status="approved", values=values
+            ):
+                raise ApiError(409, f"round {round_id} was paid meanwhile")
+            await add_carries(session, round_pk=row.id, amounts=_carried_out(paid), now=now)
+            fresh = await _row(session, round_id)
+            await session.refresh(fresh)
+            return view(fresh)
+    except IntegrityError:
+        raise ApiError(409, f"transaction {paid.state.txid} already paid another round") from None
+
+
+async def delete_draft(registry: Registry, *, round_id: str) -> None:
+    async with registry.sessions.begin() as session:
+        row = await _row(session, round_id)
+        _refuse_unless_draft(row, "deleted")
+        result = await session.execute(
+            delete(GrantRoundRow).where(GrantRoundRow.id == row.id, GrantRoundRow.status == "draft")
+        )
+        if int(result.rowcount) != 1:  # type: ignore[attr-defined]
+            raise ApiError(409, f"round {round_id} was approved meanwhile")

@@ -1,0 +1,212 @@
+"""WireGuard endpoints in the registry: registered by a real handshake, probed like any proxy.
+
+Theory of operation of registration.  The registry has a WireGuard key of its
+own, the *prober key* (``STATE_DIR/wireguard-prober.key``, made on first
+start like its other keys), whose public half anyone may read at
+``GET /api/v1/wireguard/prober-key`` along with the WireGuard keys that probe
+agents have announced.  ``resist vpn register`` adds all of those keys to
+the server as probe peers (no allowed IPs: they can handshake, never carry
+traffic), then posts the endpoint, the server's public key and the probe keys
+it added.  The registry then handshakes with the claimed endpoint from its
+prober key, expecting the claimed server key (:mod:`resistance.vpn.noise`).
+Only the holder of that server's private key, with our key configured, can
+answer with a response that decrypts; silence, a wrong key or a closed port
+all mean "not proven", answered with a 422 and nothing stored.
+
+A registered endpoint is a row of ``proxies`` with protocols ["wireguard"],
+so verdicts, rollups, the directory and grants treat it as any proxy.  It
+is checked only by the probes whose keys the operator added (kept in
+``wg_probe_keys``): a probe the server does not know would hear silence and
+blame the proxy for it.  Re-running ``resist vpn register`` adds newly
+announced probes.
+
+A probe's successful WireGuard result carries no canary proof: nothing can
+go through a probe peer, and a handshake transcript proves nothing to a third
+party (the initiator could have made the response itself).  It rests on the
+probe's signature, as its failures always did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy.exc import IntegrityError
+
+from resistance.directory.keys import check_private_mode
+from resistance.errors import ConfigError
+from resistance.paths import write_private
+from resistance.probe.batch import ResultRecord
+from resistance.registry import repositories as repo
+from resistance.registry.errors import ApiError
+from resistance.registry.models import ProbeAccount, Proxy
+from resistance.registry.services import Registry, _check_endpoint_host, proxy_view
+from resistance.vpn import keys
+from resistance.vpn.probe import Outcome, handshake
+
+log = logging.getLogger(__name__)
+
+PROBER_KEY_FILE: Final = "wireguard-prober.key"
+PROTOCOL: Final = "wireguard"
+MAX_PROBE_KEYS: Final = 256
+
+
+def load_or_create_prober_key(state_dir: Path) -> keys.KeyPair:
+    """The registry's WireGuard prober key (base64 text, mode 0600), made on first use."""
+    path = state_dir / PROBER_KEY_FILE
+    if not path.exists():
+        write_private(path, keys.KeyPair.generate().private_text + "\n")
+    check_private_mode(path)
+    return keys.KeyPair.from_private(keys.read_key_file(path, what="WireGuard prober key"))
+
+
+def is_wireguard(proxy: Proxy) -> bool:
+    return PROTOCOL in proxy.protocols
+
+
+def _wg_key(text: str, what: str) -> str:
+    try:
+        return keys.encode(keys.decode(text, what=what))
+    except ConfigError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def _prober(registry: Registry) -> keys.KeyPair:
+    if registry.wireguard_prober is None:  # pragma: no cover - the lifespan sets it
+        raise ApiError(503, "this registry has no WireGuard prober key yet")
+    return registry.wireguard_prober
+
+
+async def prober_keys(registry: Registry) -> dict[str, Any]:
+    """The keys a WireGuard server should add as probe peers."""
+    async with registry.sessions() as session:
+        probes = await repo.probe_wireguard_keys(session)
+    return {"public_key": _prober(registry).public_text, "probe_keys": sorted(set(probes))}
+
+
+def _refusal(outcome: Outcome, detail: str, host: str, port: int, within: float) -> str:
+    if outcome is Outcome.SILENCE:
+        return (
+            f"no WireGuard handshake response from {host}:{port} within {within:g} s: check "
+            "that the server is up and reachable on that UDP port, that public_key is its "
+            "key, and that the registry's prober key (GET /api/v1/wireguard/prober-key) "
+            "was added with `resist vpn add-probe`"
+        )
+    if outcome is Outcome.INVALID:
+        return f"{host}:{port} answered, but not with a valid response to our handshake ({detail})"
+    return f"cannot handshake with {host}:{port}: {detail}"
+
+
+async def register_endpoint(
+    registry: Registry,
+    *,
+    operator_id: int,
+    host: str,
+    port: int,
+    public_key: str,
+    public: bool,
+    probe_keys: Sequence[str],
+) -> dict[str, Any]:
+    """Prove control of a WireGuard endpoint by a handshake, then store it as a proxy."""
+    server_key = _wg_key(public_key, "public_key")
+    added = sorted({_wg_key(k, "probe_keys entry") for k in probe_keys})
+    if len(added) > MAX_PROBE_KEYS:
+        raise ApiError(422, f"at most {MAX_PROBE_KEYS} probe_keys")
+    network = _check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    async with registry.sessions() as session:
+        current = await repo.proxy_by_endpoint(session, host=host, port=port)
+    _check_owner(current, operator_id, host, port)
+    within = registry.settings.challenge_timeout
+    result = await handshake(
+        host,
+        port,
+        server_public=keys.decode(server_key),
+        private_key=_prober(registry).private,
+        within=within / 2,
+        attempts=2,
+    )
+    if not result.up:
+        log.info("WireGuard registration of %s:%d refused: %s", host, port, result.outcome)
+        raise ApiError(
+            422,
+            "proof of control failed: "
+            + _refusal(result.outcome, result.detail, host, port, within),
+        )
+    now = registry.now()
+    fields: dict[str, Any] = {
+        "operator_id": operator_id,
+        "host": host,
+        "port": port,
+        "network": network,
+        "public_key": "",
+        "protocols": [PROTOCOL],
+        "probe_user": "",
+        "probe_password": "",
+        "credentials": [],
+        "public": public,
+        "status": "active",
+        "registered_at": now,
+        "verified_at": now,
+        "wg_public_key": server_key,
+        "wg_probe_keys": added,
+    }
+    try:
+        async with registry.sessions.begin() as session:
+            current = await repo.proxy_by_endpoint(session, host=host, port=port)
+            _check_owner(current, operator_id, host, port)
+            proxy = await repo.save_proxy(session, fields=fields)
+            view = proxy_view(proxy)
+    except IntegrityError:
+        raise ApiError(409, f"endpoint {host}:{port} was taken meanwhile") from None
+    return view
+
+
+def _check_owner(current: Proxy | None, operator_id: int, host: str, port: int) -> None:
+    if current is None:
+        return
+    if current.operator_id != operator_id:
+        raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
+    if not is_wireguard(current):
+        raise ApiError(
+            409,
+            f"endpoint {host}:{port} is registered as a SOCKS5 node: give the WireGuard "
+            "server another port",
+        )
+
+
+async def announce_probe_key(
+    registry: Registry, *, probe_id: int, public_key: str
+) -> dict[str, str]:
+    """A probe agent's WireGuard key, which operators then add as a probe peer."""
+    key = _wg_key(public_key, "public_key")
+    async with registry.sessions.begin() as session:
+        await repo.set_probe_wireguard_key(session, probe_id=probe_id, public_key=key)
+    return {"public_key": key}
+
+
+# --- what probes do with WireGuard proxies --------------------------------------------
+
+
+def probe_target(proxy: Proxy, probe: ProbeAccount) -> dict[str, Any] | None:
+    """The assignment fields of a WireGuard proxy for this probe, or None to skip it.
+
+    A probe is sent only where the operator said it added the probe's key.
+    """
+    if probe.wg_public_key is None or probe.wg_public_key not in (proxy.wg_probe_keys or []):
+        return None
+    return {"protocol": PROTOCOL, "wg_public_key": proxy.wg_public_key}
+
+
+def check_result_protocols(
+    results: Sequence[ResultRecord], protocols: Mapping[int, Sequence[str]]
+) -> None:
+    """Refuse results made with another protocol than their proxy speaks."""
+    for index, r in enumerate(results):
+        wireguard = PROTOCOL in protocols.get(r.proxy_id, ())
+        if (r.protocol == PROTOCOL) != wireguard:
+            kind = "a WireGuard endpoint" if wireguard else "not a WireGuard endpoint"
+            raise ApiError(
+                422, f"results[{index}]: proxy {r.proxy_id} is {kind}; the result says {r.protocol}"
+            )
