@@ -47,3 +47,11 @@ class FeeExceedsReserveError(PayoutError):
 
 class PaymentMismatchError(GrantsError):
     """A signed transaction does not pay exactly the approved awards."""
+
+
+class RegistryError(GrantsError):
+    """The registry cannot be reached or refused a request; the message is its own."""
+
+
+class SignatureError(GrantsError):
+    """The inputs lack enough good signatures by trusted registry keys."""

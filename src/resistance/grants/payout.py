@@ -171,6 +171,17 @@ def _descriptor(text: str, network: str, what: str) -> bdk.Descriptor:
     return desc
 
 
+def change_address(change_descriptor: str, network: str, index: int) -> str:
+    """The address at ``index`` of the funder's change branch."""
+    desc = _descriptor(change_descriptor, network, "change")
+    try:
+        return str(desc.derive_address(index, bdk_network(network)))
+    except Exception as exc:
+        raise DescriptorError(
+            f"cannot derive change address {index} ({type(exc).__name__})"
+        ) from None
+
+
 def _wallet(descriptor: str, change_descriptor: str, network: str) -> bdk.Wallet:
     d = _descriptor(descriptor, network, "receive")
     c = _descriptor(change_descriptor, network, "change")
@@ -359,7 +370,6 @@ def check_payment(
     amount; every other output must go to the funder's change branch (within
     ``change_lookahead`` indexes); every input must carry a signature.
     """
-    network = round_.settings.network
     text = tx_hex.strip()
     if text.startswith(("cHNidP", "70736274ff")):
         raise InputError(
@@ -375,6 +385,21 @@ def check_payment(
     for n, txin in enumerate(tx.input()):
         if not txin.witness and not txin.script_sig.to_bytes():
             raise PaymentMismatchError(f"input {n} is not signed")
+    change = check_outputs(
+        round_, tx, change_descriptor=change_descriptor, change_lookahead=change_lookahead
+    )
+    return PaymentCheck(str(tx.compute_txid()), change)
+
+
+def check_outputs(
+    round_: GrantRound,
+    tx: bdk.Transaction,
+    *,
+    change_descriptor: str,
+    change_lookahead: int = 1000,
+) -> tuple[tuple[int, int], ...]:
+    """Each award paid now exactly once, everything else to the change branch; the change."""
+    network = round_.settings.network
     change = _descriptor(change_descriptor, network, "change")
     try:
         wallet = bdk.Wallet.create_single(
@@ -409,4 +434,59 @@ def check_payment(
     missing = [labels[k] for k, c in sorted(expected.items()) if c > 0]
     if missing:
         raise PaymentMismatchError(f"the transaction does not pay: {'; '.join(missing)}")
-    return PaymentCheck(str(tx.compute_txid()), tuple(change_outputs))
+    return tuple(change_outputs)
+
+
+def check_funded_psbt(
+    round_: GrantRound,
+    psbt_base64: str,
+    *,
+    change_descriptor: str,
+    fee_rate_sat_vb: int,
+) -> PayoutPsbt:
+    """Check a PSBT another wallet funded (Bitcoin Core's ``walletcreatefundedpsbt``).
+
+    It must pay every award of the approved round exactly once and nothing
+    else but change to the funder's change branch (found by its script, not
+    its position: Core puts change anywhere), every input must say what it
+    spends, and the fee must fit the round's fee reserve.
+    """
+    if round_.state.status is not RoundStatus.APPROVED:
+        raise RoundStateError(
+            f"round {round_.settings.round_id} is {round_.state.status.value}; only an approved "
+            "round is paid"
+        )
+    try:
+        psbt = bdk.Psbt(psbt_base64)
+    except Exception as exc:
+        raise PayoutError(f"the funded PSBT does not parse ({type(exc).__name__})") from None
+    tx = psbt.extract_tx_unchecked_fee_rate()
+    change = check_outputs(round_, tx, change_descriptor=change_descriptor)
+    for n, inp in enumerate(psbt.input()):
+        if inp.witness_utxo is None and inp.non_witness_utxo is None:
+            raise PayoutError(f"funded PSBT input {n} does not say what it spends")
+        if not inp.bip32_derivation and not inp.tap_key_origins:
+            raise PayoutError(
+                f"funded PSBT input {n} has no BIP32 derivation; a hardware wallet cannot "
+                "find its key (was bip32derivs off?)"
+            )
+    try:
+        fee = psbt.fee()
+    except Exception as exc:
+        raise PayoutError(f"cannot compute the funded PSBT's fee ({type(exc).__name__})") from None
+    reserve = round_.settings.fee_reserve_sat
+    if fee > reserve:
+        raise FeeExceedsReserveError(
+            f"the funded transaction's fee is {fee} sat, more than the round's fee reserve of "
+            f"{reserve} sat; lower the fee rate (was {fee_rate_sat_vb} sat/vB)"
+        )
+    paid = round_.result.paid_sat
+    change_sat = sum(v for _, v in change)
+    return PayoutPsbt(
+        psbt_base64=psbt.serialize(),
+        fee_sat=fee,
+        inputs_sat=paid + change_sat + fee,
+        paid_sat=paid,
+        change_sat=change_sat,
+        vsize=tx.vsize(),
+    )

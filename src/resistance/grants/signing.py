@@ -1,0 +1,117 @@
+"""The registry's signature over a round's inputs, and checking it against pinned keys.
+
+What is signed
+--------------
+Ed25519 (the registry's directory keys) over::
+
+    b"resist-grant-inputs/1\\n" + canonical_bytes({
+        "round_id", "network", "target_country", "period_start", "period_end",
+        "inputs": the inputs as in the round file, without "signatures"})
+
+``canonical_bytes`` is the project's one canonical JSON
+(:mod:`resistance.directory.canonical`). The round's id, network, country and
+period are bound in, so signed measurements of one round cannot be passed off
+as those of another; the funder's own choices (budget, caps, exponent...) are
+not: anyone may recompute a round with other settings, and the signature
+still says the measurements are the registry's. Each entry names its key by
+the same key id as directory signatures (16 bytes of SHA-256 of the raw
+public key, hex) and carries the signature in base64url.
+
+Checking counts the *distinct trusted keys* with a good signature, as
+directory verification does; an entry by an unknown key, or a second entry
+by a key already counted, adds nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from resistance.directory.canonical import CanonicalError, canonical_bytes
+from resistance.directory.keys import b64url, b64url_decode, key_id, raw_public, verify_signature
+from resistance.grants.errors import InputError
+from resistance.grants.model import GrantSettings, InputSignature, RoundInputs, inputs_to_json
+
+SIGNING_CONTEXT = b"resist-grant-inputs/1\n"
+ALGORITHM = "ed25519"
+
+
+def signed_message(settings: GrantSettings, inputs: RoundInputs) -> bytes:
+    """The bytes a registry signs for these inputs of this round."""
+    body = inputs_to_json(inputs)
+    del body["signatures"]
+    try:
+        data = canonical_bytes(
+            {
+                "round_id": settings.round_id,
+                "network": settings.network,
+                "target_country": settings.target_country,
+                "period_start": settings.period_start.isoformat(),
+                "period_end": settings.period_end.isoformat(),
+                "inputs": body,
+            }
+        )
+    except CanonicalError as exc:
+        raise InputError(f"inputs have no canonical form: {exc}") from None
+    return SIGNING_CONTEXT + data
+
+
+def sign_inputs(
+    settings: GrantSettings, inputs: RoundInputs, keys: Sequence[Ed25519PrivateKey]
+) -> RoundInputs:
+    """The inputs with one signature per key (replacing any signatures they had)."""
+    message = signed_message(settings, inputs)
+    signatures = tuple(
+        InputSignature(key_id(k.public_key()), ALGORITHM, b64url(k.sign(message))) for k in keys
+    )
+    return dataclasses.replace(inputs, signatures=signatures)
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureCheck:
+    """One signature entry and what became of it: good, bad, untrusted or unsupported."""
+
+    key_id: str
+    algorithm: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureReport:
+    entries: tuple[SignatureCheck, ...]
+    signers: tuple[str, ...]  # key ids of the distinct trusted keys with a good signature
+
+
+def check_signatures(
+    settings: GrantSettings, inputs: RoundInputs, trusted: Sequence[Ed25519PublicKey]
+) -> SignatureReport:
+    """Check every signature entry against the trusted keys."""
+    message = signed_message(settings, inputs)
+    by_id: dict[str, list[Ed25519PublicKey]] = {}
+    for key in trusted:
+        by_id.setdefault(key_id(key), []).append(key)
+    good: dict[bytes, str] = {}
+    entries = []
+    for sig in inputs.signatures:
+        if sig.algorithm != ALGORITHM:
+            entries.append(SignatureCheck(sig.key_id, sig.algorithm, "unsupported algorithm"))
+            continue
+        keys = by_id.get(sig.key_id)
+        if not keys:
+            entries.append(SignatureCheck(sig.key_id, sig.algorithm, "untrusted key"))
+            continue
+        try:
+            raw = b64url_decode(sig.signature)
+        except ValueError:
+            raw = b""
+        outcome = "bad signature"
+        for key in keys:
+            if verify_signature(key, raw, message):
+                outcome = "good"
+                good.setdefault(raw_public(key), sig.key_id)
+                break
+        entries.append(SignatureCheck(sig.key_id, sig.algorithm, outcome))
+    return SignatureReport(tuple(entries), tuple(sorted(good.values())))
