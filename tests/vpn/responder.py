@@ -1,15 +1,19 @@
 """A WireGuard responder for tests, written from the whitepaper (section 5.4).
 
 Independent of ``resistance.vpn.noise`` on purpose: it builds its own HMAC,
-HKDF and message layout, so a test that passes with both sides agrees on the
-protocol, not on shared code.
+HKDF, XChaCha20 and message layout, so a test that passes with both sides
+agrees on the protocol, not on shared code.  :class:`UdpResponder` serves it
+on a loopback UDP port, optionally under load (cookie replies first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -101,3 +105,154 @@ def open_transport(message: bytes, receive_key: bytes) -> tuple[int, int, bytes]
     assert message[:4] == b"\x04\x00\x00\x00"
     receiver, counter = struct.unpack_from("<IQ", message, 4)
     return receiver, counter, _open(receive_key, counter, message[16:], b"")
+
+
+# --- cookie replies (whitepaper section 5.4.7), with an XChaCha20 of its own --------------
+
+
+def _rotl(v: int, n: int) -> int:
+    return ((v << n) & 0xFFFFFFFF) | (v >> (32 - n))
+
+
+def _hchacha20(key: bytes, nonce: bytes) -> bytes:
+    """HChaCha20 in plain Python, straight from draft-irtf-cfrg-xchacha section 2.2."""
+    s = list(struct.unpack("<4I", b"expand 32-byte k"))
+    s += list(struct.unpack("<8I", key)) + list(struct.unpack("<4I", nonce))
+
+    def quarter(a: int, b: int, c: int, d: int) -> None:
+        s[a] = (s[a] + s[b]) & 0xFFFFFFFF
+        s[d] = _rotl(s[d] ^ s[a], 16)
+        s[c] = (s[c] + s[d]) & 0xFFFFFFFF
+        s[b] = _rotl(s[b] ^ s[c], 12)
+        s[a] = (s[a] + s[b]) & 0xFFFFFFFF
+        s[d] = _rotl(s[d] ^ s[a], 8)
+        s[c] = (s[c] + s[d]) & 0xFFFFFFFF
+        s[b] = _rotl(s[b] ^ s[c], 7)
+
+    for _ in range(10):
+        quarter(0, 4, 8, 12)
+        quarter(1, 5, 9, 13)
+        quarter(2, 6, 10, 14)
+        quarter(3, 7, 11, 15)
+        quarter(0, 5, 10, 15)
+        quarter(1, 6, 11, 12)
+        quarter(2, 7, 8, 13)
+        quarter(3, 4, 9, 14)
+    return struct.pack("<8I", *(s[0:4] + s[12:16]))
+
+
+def xseal(key: bytes, nonce: bytes, data: bytes, ad: bytes) -> bytes:
+    """XChaCha20-Poly1305 encryption."""
+    return ChaCha20Poly1305(_hchacha20(key, nonce[:16])).encrypt(bytes(4) + nonce[16:], data, ad)
+
+
+def cookie_for(secret: bytes, host: str, port: int) -> bytes:
+    """τ = MAC(Rm, Am): the cookie for one source address and port."""
+    address = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    return hashlib.blake2s(address + struct.pack(">H", port), key=secret, digest_size=16).digest()
+
+
+def cookie_reply(initiation: bytes, server_public: bytes, cookie: bytes, nonce: bytes) -> bytes:
+    """The 64-byte type-3 message answering ``initiation`` with ``cookie``."""
+    (their_index,) = struct.unpack_from("<I", initiation, 4)
+    key = _h(b"cookie--", server_public)
+    sealed = xseal(key, nonce, cookie, initiation[116:132])
+    return struct.pack("<BxxxI", 3, their_index) + nonce + sealed
+
+
+def mac2_valid(initiation: bytes, cookie: bytes) -> bool:
+    expected = hashlib.blake2s(initiation[:132], key=cookie, digest_size=16).digest()
+    return hmac.compare_digest(expected, initiation[132:148])
+
+
+@dataclass
+class Counts:
+    initiations: int = 0
+    cookie_replies: int = 0
+    responses: int = 0
+    keepalives: int = 0
+
+
+class UdpResponder:
+    """A WireGuard server's handshake side on a loopback UDP port, in a thread.
+
+    It answers initiations from ``peers`` (initiator public keys) with a
+    response made with ``server_private``, and stays silent to anyone else,
+    as wireguard-go does.  ``under_load`` makes it demand a cookie first: an
+    initiation without a valid ``mac2`` gets a cookie reply.  ``cookie_only``
+    never answers with anything but cookie replies (a server that stays
+    under load).
+    """
+
+    def __init__(
+        self,
+        server_private: bytes,
+        peers: set[bytes],
+        *,
+        under_load: bool = False,
+        cookie_only: bool = False,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.server_private = server_private
+        self.server_public = _pub(server_private)
+        self.peers = peers
+        self.under_load = under_load or cookie_only
+        self.cookie_only = cookie_only
+        self.secret = os.urandom(32)
+        self.counts = Counts()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.1)
+        self.host = host
+        self.port: int = self.sock.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data, (host, port) = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(data) == 32 and data[:4] == b"\x04\x00\x00\x00":
+                self.counts.keepalives += 1
+                continue
+            if len(data) != 148 or data[:4] != b"\x01\x00\x00\x00":
+                continue
+            if _mac(self.server_public, data[:116]) != data[116:132]:
+                continue  # mac1 is checked first, by anyone
+            self.counts.initiations += 1
+            if self.under_load:
+                cookie = cookie_for(self.secret, host, port)
+                if self.cookie_only or not mac2_valid(data, cookie):
+                    reply = cookie_reply(data, self.server_public, cookie, os.urandom(24))
+                    self.sock.sendto(reply, (host, port))
+                    self.counts.cookie_replies += 1
+                    continue
+            try:
+                answer = respond(
+                    data,
+                    self.server_private,
+                    ephemeral_private=os.urandom(32),
+                    sender_index=int.from_bytes(os.urandom(4), "little"),
+                )
+            except Exception:
+                continue  # made for another server key: silence
+            if answer.initiator_public not in self.peers:
+                continue
+            self.sock.sendto(answer.response, (host, port))
+            self.counts.responses += 1
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        self.sock.close()
+
+    def __enter__(self) -> UdpResponder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -161,8 +161,12 @@ def test_tampered_or_foreign_datagrams_are_refused() -> None:
             initiator.receive(bytes(bad))
     with pytest.raises(noise.HandshakeError, match="91 bytes"):
         initiator.receive(good[:-1])
-    with pytest.raises(noise.CookieReply):
+    # A cookie reply for another handshake, or one that does not decrypt, is refused.
+    with pytest.raises(noise.HandshakeError, match="another handshake") as caught:
         initiator.receive(b"\x03\x00\x00\x00" + bytes(60))
+    assert not isinstance(caught.value, noise.CookieReply)
+    with pytest.raises(noise.HandshakeError, match="does not decrypt"):
+        initiator.receive(b"\x03\x00\x00\x00\x04\x03\x02\x01" + bytes(56))
     # Still usable after garbage: the genuine response is accepted.
     assert initiator.receive(good).remote_index == 0x0A0B0C0D
 

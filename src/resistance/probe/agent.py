@@ -19,6 +19,12 @@ half-recorded), results already made are signed and spooled, and the
 uploader gets ``drain_seconds`` to send what it can; the rest waits on disk
 for the next start.  Memory is bounded by the worker count and one batch,
 whatever the number of proxies.
+
+WireGuard endpoints in the assignment are checked by a handshake from the
+probe's own WireGuard key (:mod:`resistance.probe.wireguard`), which the
+agent announces to the registry until it has been accepted once; operators
+add announced keys as probe peers when they register, and the registry
+sends a probe only to the WireGuard endpoints that added its key.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.errors import ConfigError
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
-from resistance.probe.keys import load_or_create_probe_key
+from resistance.probe.keys import load_or_create_probe_key, load_or_create_wireguard_key
 from resistance.probe.net import Network, SocketNetwork
 from resistance.probe.runner import (
     Canary,
@@ -54,6 +60,7 @@ from resistance.probe.runner import (
     run_check,
 )
 from resistance.probe.spool import Spool
+from resistance.probe.wireguard import run_wireguard_check
 
 log = logging.getLogger("resistance.probe")
 
@@ -61,6 +68,7 @@ ASSIGNMENT_FILE = "assignment.json"
 SPOOL_DIR = "spool"
 ASSIGNMENT_PATH = "/api/v1/probe/assignment"
 UPLOAD_PATH = "/api/v1/probe/batches"
+WIREGUARD_KEY_PATH = "/api/v1/probe/wireguard-key"
 ROUNDS_TASK = "probe-rounds"
 UPLOADER_TASK = "probe-uploader"
 
@@ -116,12 +124,18 @@ def parse_assignment(raw: Any) -> Assignment:
         )
     targets = []
     for p in raw["proxies"]:
+        protocol = str(p.get("protocol", "socks5"))
+        wg_key = p.get("wg_public_key")
+        if protocol == "wireguard" and not isinstance(wg_key, str):
+            raise ValueError("a WireGuard target without its server key")
         target = Target(
             str(p["host"]),
             int(p["port"]),
             str(p["username"]),
             str(p["password"]),
             int(p["proxy_id"]),
+            protocol,
+            wg_key if protocol == "wireguard" else None,
         )
         targets.append((int(p["due_ms"]), target))
     targets.sort(key=lambda item: item[0])
@@ -153,6 +167,18 @@ class RegistryLink:
             raise ConfigError(f"registry refused the probe token ({_error(response)})")
         response.raise_for_status()
         return response.json()
+
+    async def announce_wireguard_key(self, public_key: str) -> str | None:
+        """Tell the registry our WireGuard key; None when accepted, else why not."""
+        try:
+            response = await self.client.put(
+                self.base + WIREGUARD_KEY_PATH, json={"public_key": public_key}
+            )
+        except httpx.HTTPError as exc:
+            return f"registry unreachable: {type(exc).__name__}"
+        if response.status_code == 200:
+            return None
+        return f"HTTP {response.status_code}: {_error(response)}"
 
     async def upload(self, data: bytes) -> tuple[Upload, str]:
         try:
@@ -201,6 +227,8 @@ class Agent:
         self.state_dir = settings.state_dir
         self.key = load_or_create_probe_key(settings.state_dir)
         self.probe_key = public_key_text(self.key.public_key())
+        self.wg_key = load_or_create_wireguard_key(settings.state_dir)
+        self.wg_announced = False
         self.spool = Spool(settings.state_dir / SPOOL_DIR)
         self.network = network or SocketNetwork(settings.source)
         self.link = link or RegistryLink(settings)
@@ -299,9 +327,17 @@ class Agent:
 
         async def work() -> None:
             while (target := await queue.get()) is not None:
-                result = await run_check(
-                    target, assignment.canary, self.network, self.settings.check
-                )
+                if target.protocol == "wireguard":
+                    result = await run_wireguard_check(
+                        target,
+                        self.wg_key.private,
+                        self.settings.check,
+                        source=self.settings.source,
+                    )
+                else:
+                    result = await run_check(
+                        target, assignment.canary, self.network, self.settings.check
+                    )
                 stats.checked += 1
                 stats.ok += result.verdict.ok
                 results.append(result)
@@ -335,9 +371,21 @@ class Agent:
         for result in kept:
             self.add_result(result_json(result))
 
+    async def announce_wireguard_key(self) -> None:
+        """Announce the WireGuard key once per run (retried each round until accepted)."""
+        if self.wg_announced:
+            return
+        refused = await self.link.announce_wireguard_key(self.wg_key.public_text)
+        if refused is None:
+            self.wg_announced = True
+            log.info("WireGuard key %s announced", self.wg_key.public_text)
+        else:
+            log.warning("cannot announce the WireGuard key (%s); will retry", refused)
+
     async def rounds(self) -> None:
         backoff = 1.0
         while not self.stop.is_set():
+            await self.announce_wireguard_key()
             assignment = await self.fetch_assignment()
             if assignment is None:
                 await self._sleep(backoff)

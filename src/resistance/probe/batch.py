@@ -18,7 +18,10 @@ The signature is Ed25519 by the probe's own key (``probe_key``) over
                 "signature": B64URL} | null}
 
 ``canary`` is required when ``ok`` is true: it is the canary's signed answer,
-which the registry checks again.  :func:`parse_batch` accepts bytes from
+which the registry checks again.  A WireGuard check's RESULT adds
+``"protocol": "wireguard"`` (absent means SOCKS5); its one step is
+``handshake``, ``connect_us`` is the handshake's round trip, and it has no
+canary (nothing goes through a probe peer).  :func:`parse_batch` accepts bytes from
 anywhere and either returns a checked :class:`SignedBatch` or raises
 :class:`BatchError`; it never raises anything else.
 """
@@ -69,6 +72,7 @@ _DOC_KEYS = frozenset(
     {"version", "batch_id", "vantage", "country", "probe_key", "created_at", "results"}
 )
 _CANARY_KEYS = frozenset({"nonce", "upload_sha256", "download", "signature"})
+PROTOCOLS: Final = ("socks5", "wireguard")
 
 
 class BatchError(ResistanceError):
@@ -96,6 +100,7 @@ class ResultRecord:
     ttfb_us: int | None
     throughput_kbps: int | None
     canary: CanaryEvidence | None
+    protocol: str = "socks5"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,7 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     v = result.verdict
     t = result.timings
     proof = result.proof
+    extra = {"protocol": "wireguard"} if result.target.protocol == "wireguard" else {}
     return {
         "proxy_id": result.target.proxy_id,
         "at": result.at,
@@ -138,6 +144,7 @@ def result_json(result: CheckResult) -> dict[str, Any]:
             "download": proof.download,
             "signature": b64url(proof.signature),
         },
+        **extra,
     }
 
 
@@ -206,8 +213,11 @@ def _canary(value: Any, where: str) -> CanaryEvidence | None:
 
 def _result(value: Any, index: int) -> ResultRecord:
     where = f"results[{index}]"
-    if not isinstance(value, dict) or set(value) != _RESULT_KEYS:
+    if not isinstance(value, dict) or set(value) - {"protocol"} != _RESULT_KEYS:
         raise BatchError(f"{where} must be an object with exactly {sorted(_RESULT_KEYS)}")
+    protocol = value.get("protocol", "socks5")
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise BatchError(f"{where}.protocol must be one of {', '.join(PROTOCOLS)}")
     ok = value["ok"]
     if not isinstance(ok, bool):
         raise BatchError(f"{where}.ok must be true or false")
@@ -233,8 +243,16 @@ def _result(value: Any, index: int) -> ResultRecord:
         ttfb_us=_opt_int(value["ttfb_us"], f"{where}.ttfb_us"),
         throughput_kbps=_opt_int(value["throughput_kbps"], f"{where}.throughput_kbps"),
         canary=_canary(value["canary"], where),
+        protocol=protocol,
     )
-    if ok and record.canary is None:
+    if protocol == "wireguard":
+        if record.canary is not None:
+            raise BatchError(f"{where}: a WireGuard result has no canary")
+        if step not in (None, Step.HANDSHAKE.value):
+            raise BatchError(f"{where}: a WireGuard check has one step, handshake")
+    elif step == Step.HANDSHAKE.value:
+        raise BatchError(f"{where}: only a WireGuard check has a handshake step")
+    elif ok and record.canary is None:
         raise BatchError(f"{where}: a successful result must carry the canary's proof")
     return record
 

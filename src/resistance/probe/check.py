@@ -5,7 +5,8 @@ the proxy, SOCKS5 greeting, username/password authentication with the probe
 credential, CONNECT through the proxy to the canary, the canary's signed
 answer to a fresh nonce (bytes up), and the download that follows (bytes
 down).  Each step either passes or fails in one recorded way; the first
-failure ends the check.  Everything here is pure: the I/O that produces the
+failure ends the check.  A WireGuard endpoint has one step, the handshake
+(:mod:`resistance.probe.wireguard`).  Everything here is pure: the I/O that produces the
 outcomes is in :mod:`resistance.probe.runner`.
 """
 
@@ -23,9 +24,19 @@ class Step(enum.StrEnum):
     CONNECT = "connect"
     CANARY = "canary"
     TRANSFER = "transfer"
+    #: WireGuard's only step: a handshake that the server answers with its key.
+    HANDSHAKE = "handshake"
 
 
-STEPS: tuple[Step, ...] = tuple(Step)
+#: A SOCKS5 check's steps, in order.
+STEPS: tuple[Step, ...] = (
+    Step.TCP,
+    Step.GREETING,
+    Step.AUTH,
+    Step.CONNECT,
+    Step.CANARY,
+    Step.TRANSFER,
+)
 
 
 class Failure(enum.StrEnum):

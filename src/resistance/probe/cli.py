@@ -20,6 +20,7 @@ def probe() -> None:
     \b
     Examples:
       resist probe key --state-dir /var/lib/resist-probe
+      resist probe wg-key --state-dir /var/lib/resist-probe
       resist probe run --registry https://reg.example --token rst_... \\
           --vantage msk-1 --country RU
       resist probe check socks5://alice:s3cret@203.0.113.7:1080 --registry https://reg.example
@@ -40,6 +41,25 @@ def key(state_dir: Path | None) -> None:
     from resistance.probe.keys import load_or_create_probe_key
 
     click.echo(public_key_text(load_or_create_probe_key(resolve_state_dir(state_dir)).public_key()))
+
+
+@probe.command("wg-key", context_settings=CONTEXT)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="The probe's state directory.")
+@one_line_errors
+def wg_key(state_dir: Path | None) -> None:
+    """Print this probe's WireGuard public key (made on first use).
+
+    `probe run` announces it to the registry by itself; operators of WireGuard
+    endpoints add it with `resist vpn register` (or by hand with `resist vpn
+    add-probe`), and only then is the probe sent to check their endpoints.
+
+    \b
+    Example:
+      resist probe wg-key --state-dir /var/lib/resist-probe
+    """
+    from resistance.probe.keys import load_or_create_wireguard_key
+
+    click.echo(load_or_create_wireguard_key(resolve_state_dir(state_dir)).public_text)
 
 
 @probe.command(context_settings=CONTEXT)

@@ -1,4 +1,9 @@
-"""The probe's own Ed25519 key: made on first run in its state directory, never leaves it."""
+"""The probe's own keys, made on first run in its state directory, never leaving it.
+
+The Ed25519 key signs result batches.  The WireGuard key (``wireguard.key``,
+base64 text as ``wg genkey`` writes it) handshakes with WireGuard endpoints,
+whose operators add its public half as a probe peer.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance.directory.keys import check_private_mode, create_private_key, load_private_key
+from resistance.paths import write_private
+from resistance.vpn import keys as wg_keys
 
 PROBE_KEY_FILE = "probe-key.pem"
+WIREGUARD_KEY_FILE = "wireguard.key"
 
 
 def load_or_create_probe_key(state_dir: Path) -> Ed25519PrivateKey:
@@ -17,3 +25,12 @@ def load_or_create_probe_key(state_dir: Path) -> Ed25519PrivateKey:
         return create_private_key(path)
     check_private_mode(path)
     return load_private_key(path)
+
+
+def load_or_create_wireguard_key(state_dir: Path) -> wg_keys.KeyPair:
+    path = state_dir / WIREGUARD_KEY_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_private(path, wg_keys.KeyPair.generate().private_text + "\n")
+    check_private_mode(path)
+    return wg_keys.KeyPair.from_private(wg_keys.read_key_file(path, what="probe WireGuard key"))

@@ -40,6 +40,9 @@ class Target:
     username: str | None
     password: str | None
     proxy_id: int = 0
+    #: "socks5", or "wireguard" with the server's key (see :mod:`.wireguard`).
+    protocol: str = "socks5"
+    wg_public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

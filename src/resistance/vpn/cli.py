@@ -91,6 +91,7 @@ def vpn() -> None:
       resist vpn add alice --expires 30d --quota 50GB --qr
       resist vpn list
       resist vpn serve --metrics 127.0.0.1:9109
+      resist vpn register --registry https://reg.example --token rst_...
     """
 
 
@@ -241,6 +242,53 @@ def add_probe(public_key: str, name: str | None, state_dir: Path | None) -> None
     click.echo(f"  resist vpn probe {endpoint} --server-key {host_key} --key PRIVATE_KEY_FILE")
 
 
+@vpn.command(context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
+@click.option(
+    "--public-host", metavar="IP", help="Address users reach it at [default: the endpoint's]."
+)
+@click.option("--public", is_flag=True, help="List it in the public directory.")
+@_state_dir_option
+@_one_line_errors
+def register(
+    registry_url: str,
+    token: str,
+    public_host: str | None,
+    public: bool,
+    state_dir: Path | None,
+) -> None:
+    """Register this WireGuard server with a registry, to be measured and paid.
+
+    Adds the registry's prober key and the probes' WireGuard keys as probe
+    peers (they can handshake, never carry traffic), then asks the registry to
+    register the endpoint; the registry proves it by a real handshake with the
+    server's key before it stores anything.  Run it again (from cron, say) to
+    add probes that joined since.  The token may come from $RESIST_REGISTRY_TOKEN.
+
+    \b
+    Example:
+      resist vpn register --registry https://reg.example --token rst_... \\
+          --public-host 203.0.113.7
+    """
+    from resistance.vpn.registration import register as do_register
+
+    done = do_register(
+        _server(state_dir),
+        registry=registry_url,
+        token=token,
+        public_host=public_host,
+        public=public,
+    )
+    if done.added:
+        click.echo(f"added probe peers: {', '.join(done.added)}")
+    click.echo(
+        f"registered WireGuard endpoint {done.host}:{done.port} as proxy {done.proxy_id} "
+        f"({'public' if done.public else 'not in the public directory'}; "
+        f"{done.probes} probe(s) will check it)"
+    )
+
+
 def _peer_command(action: str, verb: str) -> Callable[..., None]:
     @_state_dir_option
     @click.argument("name")
@@ -369,7 +417,7 @@ def list_(as_json: bool, state_dir: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from resistance.vpn.peers import format_size
+    from resistance.vpn.peers import PeerKind, format_size
 
     server = _server(state_dir)
     views = server.view()
@@ -399,21 +447,30 @@ def list_(as_json: bool, state_dir: Path | None) -> None:
         f"vpn {server.config.interface} {state}, endpoint {server.config.endpoint}, "
         f"server public key {server.public_key}"
     )
-    table = Table("name", "kind", "address", "state", "up", "down", "handshake", "expires", "quota")
+    table = Table(
+        "name", "address", "state", "up", "down", "handshake", "expires", "quota", title="users"
+    )
+    probes = Table("name", "public key", "state", "handshake", title="probes (handshake only)")
     for v in views:
         p = v.peer
+        state = "enabled" if p.enabled else f"disabled ({p.disabled.value})" if p.disabled else ""
+        handshake = _ago(v.live.latest_handshake if v.live else 0, now)
+        if p.kind is PeerKind.PROBE:
+            probes.add_row(p.name, p.public_key, state, handshake)
+            continue
         table.add_row(
             p.name,
-            p.kind.value,
             "—" if p.address is None else str(p.address),
-            "enabled" if p.enabled else f"disabled ({p.disabled.value})" if p.disabled else "",
+            state,
             format_size(p.counted_rx),
             format_size(p.counted_tx),
-            _ago(v.live.latest_handshake if v.live else 0, now),
+            handshake,
             _when(p.expires),
             _quota(p),
         )
     console.print(table)
+    if probes.row_count:
+        console.print(probes)
 
 
 @vpn.command(context_settings=CONTEXT)

@@ -17,9 +17,20 @@ sender index, checks its ``mac1`` (keyed by our own public key), runs the
 responder's half of the key schedule (ee, se, psk) and decrypts the empty
 payload.  Only a response made with the server's private key decrypts, so a
 :class:`Session` (the transport keys) is returned only for a genuine answer;
-anything else raises :class:`HandshakeError`.  A 64-byte cookie reply
-(type 3, the server is under load) raises :class:`CookieReply`: it does not
-prove the key, since anyone who knows the public key can make one.
+anything else raises :class:`HandshakeError`.
+
+A 64-byte cookie reply (type 3) means the server is under load and wants
+proof that we own our source address before it spends a Diffie-Hellman on
+us.  :meth:`Initiator.receive` decrypts the cookie (XChaCha20-Poly1305 with
+key HASH("cookie--" ‖ server public key), the reply's 24-byte nonce, and our
+initiation's ``mac1`` as associated data) and raises :class:`CookieReply`
+carrying it; a new :class:`Initiator` given that ``cookie`` fills ``mac2``
+= MAC(cookie, initiation up to mac2), which the server then accepts.  A
+cookie reply alone proves nothing about the key: anyone who knows the
+server's public key can make one.  XChaCha20 is built here from the IETF
+ChaCha20 that ``cryptography`` provides: HChaCha20 (a ChaCha20 block
+without the final addition, undone by subtracting the input state) derives
+the subkey, and the last 8 bytes of the nonce go to ChaCha20-Poly1305.
 
 :meth:`Session.keepalive` is the 32-byte empty transport message (type 4)
 that confirms the session to the responder, so it stops retrying.
@@ -38,6 +49,7 @@ from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from resistance.errors import ProtocolError
@@ -51,8 +63,10 @@ INITIATION_LEN: Final = 148
 RESPONSE_LEN: Final = 92
 COOKIE_REPLY_LEN: Final = 64
 KEEPALIVE_LEN: Final = 32
+COOKIE_LEN: Final = 16
 _TAI64_BASE: Final = 0x400000000000000A
 _ZERO_KEY: Final = bytes(32)
+_SIGMA: Final = struct.unpack("<4I", b"expand 32-byte k")
 
 
 class MessageType(IntEnum):
@@ -69,7 +83,11 @@ class HandshakeError(ProtocolError):
 
 
 class CookieReply(HandshakeError):
-    """The server is under load and asks for a cookie round trip first."""
+    """The server is under load: retry with ``cookie`` (see the module docstring)."""
+
+    def __init__(self, message: str, cookie: bytes) -> None:
+        super().__init__(message)
+        self.cookie = cookie
 
 
 def blake2s(*parts: bytes) -> bytes:
@@ -114,6 +132,37 @@ def aead_decrypt(key: bytes, counter: int, ciphertext: bytes, ad: bytes) -> byte
         raise HandshakeError(
             "response does not decrypt (wrong server key or preshared key)"
         ) from None
+
+
+def hchacha20(key: bytes, nonce: bytes) -> bytes:
+    """HChaCha20 (draft-irtf-cfrg-xchacha section 2.2) from the IETF ChaCha20 block."""
+    if len(key) != 32 or len(nonce) != 16:
+        raise ValueError("HChaCha20 takes a 32-byte key and a 16-byte nonce")
+    # cryptography's 16-byte ChaCha20 "nonce" fills state words 12-15, as HChaCha20's input.
+    block = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor().update(bytes(64))
+    words = struct.unpack("<16I", block)
+    inputs = struct.unpack("<4I", nonce)
+    out = [(words[i] - _SIGMA[i]) & 0xFFFFFFFF for i in range(4)]
+    out += [(words[12 + i] - inputs[i]) & 0xFFFFFFFF for i in range(4)]
+    return struct.pack("<8I", *out)
+
+
+def xaead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    """XChaCha20-Poly1305 with a 24-byte nonce."""
+    if len(nonce) != 24:
+        raise ValueError("XChaCha20-Poly1305 takes a 24-byte nonce")
+    subkey = hchacha20(key, nonce[:16])
+    return ChaCha20Poly1305(subkey).encrypt(bytes(4) + nonce[16:], plaintext, ad)
+
+
+def xaead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    if len(nonce) != 24:
+        raise ValueError("XChaCha20-Poly1305 takes a 24-byte nonce")
+    subkey = hchacha20(key, nonce[:16])
+    try:
+        return ChaCha20Poly1305(subkey).decrypt(bytes(4) + nonce[16:], ciphertext, ad)
+    except InvalidTag:
+        raise HandshakeError("cookie reply does not decrypt (wrong server key?)") from None
 
 
 def dh(private: bytes, public: bytes) -> bytes:
@@ -161,11 +210,13 @@ class Initiator:
     """One handshake attempt towards a server (see the module docstring).
 
     The ephemeral key, timestamp and sender index are random/now unless given
-    (tests give them, to check fixed vectors).
+    (tests give them, to check fixed vectors).  ``cookie`` is the one a cookie
+    reply carried: it fills ``mac2``.
     """
 
     __slots__ = (
         "_chain",
+        "_cookie",
         "_ephemeral",
         "_hash",
         "_psk",
@@ -185,9 +236,13 @@ class Initiator:
         ephemeral_private: bytes | None = None,
         timestamp: bytes | None = None,
         sender_index: int | None = None,
+        cookie: bytes | None = None,
     ) -> None:
         if len(static_private) != 32 or len(server_public) != 32:
             raise ValueError("keys are 32 bytes")
+        if cookie is not None and len(cookie) != COOKIE_LEN:
+            raise ValueError("a cookie is 16 bytes")
+        self._cookie = cookie
         if psk is not None and len(psk) != 32:
             raise ValueError("a preshared key is 32 bytes")
         self._static = static_private
@@ -224,12 +279,31 @@ class Initiator:
             + encrypted_time
         )
         mac1 = mac(blake2s(LABEL_MAC1, self._server_public), body)
-        return body + mac1 + bytes(16)
+        mac2 = bytes(16) if self._cookie is None else mac(self._cookie, body + mac1)
+        return body + mac1 + mac2
+
+    @property
+    def mac1(self) -> bytes:
+        return self.initiation[116:132]
+
+    def open_cookie_reply(self, datagram: bytes) -> bytes:
+        """The cookie in a type-3 reply to this initiation; :class:`HandshakeError` if none."""
+        if len(datagram) != COOKIE_REPLY_LEN or datagram[:4] != b"\x03\x00\x00\x00":
+            raise HandshakeError(f"not a cookie reply ({len(datagram)} bytes)")
+        (receiver_index,) = struct.unpack_from("<I", datagram, 4)
+        if receiver_index != self._sender_index:
+            raise HandshakeError("cookie reply is for another handshake")
+        key = blake2s(LABEL_COOKIE, self._server_public)
+        return xaead_decrypt(key, datagram[8:32], datagram[32:64], self.mac1)
 
     def receive(self, datagram: bytes) -> Session:
-        """Check one datagram; the session if it is the server's valid response."""
+        """Check one datagram; the session if it is the server's valid response.
+
+        A valid cookie reply raises :class:`CookieReply` with the cookie to retry with.
+        """
         if len(datagram) == COOKIE_REPLY_LEN and datagram[:4] == b"\x03\x00\x00\x00":
-            raise CookieReply("server under load: cookie reply (does not prove the key)")
+            cookie = self.open_cookie_reply(datagram)
+            raise CookieReply("server under load: cookie reply (does not prove the key)", cookie)
         if len(datagram) != RESPONSE_LEN or datagram[:4] != b"\x02\x00\x00\x00":
             raise HandshakeError(f"not a handshake response ({len(datagram)} bytes)")
         remote_index, receiver_index = struct.unpack_from("<II", datagram, 4)

@@ -6,11 +6,21 @@ the answerer holds the server's private key and knows our key as a peer; we
 then send a keepalive so the server stops retrying towards us.  WireGuard
 answers nothing to a wrong server key, an unknown prober, a closed port or a
 stopped server, so all of those end the same way: silence until the timeout,
-reported as a failure.
+reported as a failure (an ICMP "port unreachable" ends it sooner).
+
+A server under load answers with a cookie reply instead: the probe decrypts
+the cookie and sends a new initiation carrying ``mac2`` from the same socket
+(the cookie is bound to our address and port), once per attempt.
+
+:func:`handshake` is the asyncio version the registry and the probe agent
+use; :func:`probe_handshake` runs it for the command line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import errno
 import socket
 import time
 from dataclasses import dataclass
@@ -19,18 +29,150 @@ from typing import Any
 from resistance.vpn.noise import CookieReply, HandshakeError, Initiator
 
 
+class Outcome(enum.StrEnum):
+    """How a handshake attempt ended."""
+
+    UP = "up"
+    SILENCE = "silence"  # nothing valid before the timeout
+    REFUSED = "refused"  # ICMP port unreachable
+    UNREACHABLE = "unreachable"  # no route to the network or host
+    INVALID = "invalid"  # answers came, none a valid response (the last one is described)
+    ERROR = "error"  # could not resolve or send at all
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     up: bool
     detail: str
     rtt: float | None = None
     attempts: int = 1
+    outcome: Outcome = Outcome.SILENCE
+    #: Whether the server asked for (and got) a cookie round trip first.
+    cookie: bool = False
 
 
-def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+_OS_OUTCOMES = {
+    errno.ECONNREFUSED: Outcome.REFUSED,
+    errno.ENETUNREACH: Outcome.UNREACHABLE,
+    errno.EHOSTUNREACH: Outcome.UNREACHABLE,
+    errno.ENETDOWN: Outcome.UNREACHABLE,
+}
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    """Queues what arrives: datagrams, and OS errors (ICMP) as exceptions."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | OSError] = asyncio.Queue(maxsize=64)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.queue.full():
+            self.queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, OSError) and not self.queue.full():
+            self.queue.put_nowait(exc)
+
+
+async def _resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     family, _, _, _, address = infos[0]
     return family, tuple(address)
+
+
+async def _attempt(
+    address: tuple[Any, ...],
+    family: int,
+    *,
+    server_public: bytes,
+    private_key: bytes,
+    psk: bytes | None,
+    within: float,
+    source: str | None,
+) -> tuple[Outcome, str, float | None, bool]:
+    loop = asyncio.get_running_loop()
+    local = (source, 0) if source else None
+    try:
+        transport, receiver = await loop.create_datagram_endpoint(
+            _Receiver, remote_addr=address, local_addr=local, family=family
+        )
+    except OSError as exc:
+        return _OS_OUTCOMES.get(exc.errno or 0, Outcome.ERROR), _os_text(exc), None, False
+    outcome, last, used_cookie = Outcome.SILENCE, f"no valid response within {within:g} s", False
+    try:
+        initiator = Initiator(private_key, server_public, psk=psk)
+        started = time.monotonic()
+        deadline = started + within
+        transport.sendto(initiator.initiation)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = await asyncio.wait_for(receiver.queue.get(), left)
+            except TimeoutError:
+                break
+            if isinstance(item, OSError):
+                outcome = _OS_OUTCOMES.get(item.errno or 0, Outcome.ERROR)
+                return outcome, f"no response ({_os_text(item)})", None, used_cookie
+            try:
+                session = initiator.receive(item)
+            except CookieReply as reply:
+                if used_cookie:
+                    outcome, last = Outcome.INVALID, "server under load: refused our cookie"
+                    continue
+                used_cookie = True
+                initiator = Initiator(private_key, server_public, psk=psk, cookie=reply.cookie)
+                transport.sendto(initiator.initiation)
+                continue
+            except HandshakeError as exc:
+                outcome, last = Outcome.INVALID, f"invalid response: {exc}"
+                continue
+            rtt = time.monotonic() - started
+            transport.sendto(session.keepalive())
+            return Outcome.UP, "handshake completed", rtt, used_cookie
+    finally:
+        transport.close()
+    return outcome, last, None, used_cookie
+
+
+def _os_text(exc: OSError) -> str:
+    return exc.strerror or errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+async def handshake(
+    host: str,
+    port: int,
+    *,
+    server_public: bytes,
+    private_key: bytes,
+    psk: bytes | None = None,
+    within: float = 3.0,
+    attempts: int = 1,
+    source: str | None = None,
+) -> ProbeResult:
+    """Handshake with a WireGuard server; ``up`` only for a verified response.
+
+    Each attempt uses a fresh socket and initiation and waits up to
+    ``within`` seconds; ``source`` picks the local address to send from.
+    """
+    try:
+        family, address = await _resolve(host, port)
+    except (OSError, UnicodeError) as exc:
+        return ProbeResult(False, f"cannot resolve {host}: {exc}", None, 0, Outcome.ERROR)
+    result = ProbeResult(False, "not tried", None, 0, Outcome.ERROR)
+    for attempt in range(1, attempts + 1):
+        outcome, detail, rtt, cookie = await _attempt(
+            address,
+            family,
+            server_public=server_public,
+            private_key=private_key,
+            psk=psk,
+            within=within,
+            source=source,
+        )
+        result = ProbeResult(outcome is Outcome.UP, detail, rtt, attempt, outcome, cookie)
+        if result.up:
+            return result
+    return result
 
 
 def probe_handshake(
@@ -43,41 +185,15 @@ def probe_handshake(
     timeout: float = 3.0,
     attempts: int = 1,
 ) -> ProbeResult:
-    """Handshake with a WireGuard server; ``up`` only for a verified response."""
-    try:
-        family, address = _resolve(host, port)
-    except (OSError, UnicodeError) as exc:
-        return ProbeResult(False, f"cannot resolve {host}: {exc}", attempts=0)
-    last = "no response"
-    for attempt in range(1, attempts + 1):
-        initiator = Initiator(private_key, server_public, psk=psk)
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.connect(address)
-                started = time.monotonic()
-                sock.send(initiator.initiation)
-                deadline = started + timeout
-                while (left := deadline - time.monotonic()) > 0:
-                    sock.settimeout(left)
-                    try:
-                        datagram = sock.recv(2048)
-                    except TimeoutError:
-                        break
-                    try:
-                        session = initiator.receive(datagram)
-                    except CookieReply as exc:
-                        last = str(exc)
-                        continue
-                    except HandshakeError as exc:
-                        last = f"invalid response: {exc}"
-                        continue
-                    rtt = time.monotonic() - started
-                    sock.send(session.keepalive())
-                    return ProbeResult(True, "handshake completed", rtt, attempt)
-            except OSError as exc:
-                # A closed port may answer ICMP unreachable: still "no valid response".
-                last = f"no response ({exc.strerror or exc})"
-                continue
-        if last == "no response" or last.startswith("no response"):
-            last = f"no valid response within {timeout:g} s"
-    return ProbeResult(False, last, None, attempts)
+    """:func:`handshake` for callers without an event loop (the command line)."""
+    return asyncio.run(
+        handshake(
+            host,
+            port,
+            server_public=server_public,
+            private_key=private_key,
+            psk=psk,
+            within=timeout,
+            attempts=attempts,
+        )
+    )

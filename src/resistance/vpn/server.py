@@ -371,6 +371,26 @@ class VpnServer:
             peers.append(peer)
         return peer
 
+    def ensure_probe(self, public_key: str, name: str) -> tuple[Peer, bool]:
+        """The probe peer with this key, added under ``name`` if missing; (peer, added)."""
+        keys.decode(public_key, what="probe public key")
+        check_name(name)
+        with self._peers() as peers:
+            for p in peers:
+                if p.public_key == public_key:
+                    if p.kind is not PeerKind.PROBE:
+                        raise ConfigError(f"key of probe {name} is already client {p.name}'s")
+                    return p, False
+            taken = {p.name for p in peers}
+            base, n = name, 2
+            while name in taken:
+                name = f"{base[:28]}-{n}"
+                n += 1
+            peer = Peer(name=name, kind=PeerKind.PROBE, public_key=public_key, created=utcnow())
+            self._attach(peer)
+            peers.append(peer)
+        return peer, True
+
     def remove(self, name: str) -> Peer:
         with self._peers() as peers:
             i = find(peers, name)

@@ -1,0 +1,71 @@
+"""One check of a WireGuard endpoint: a real handshake from the probe's own WireGuard key.
+
+The operator added the probe's key as a probe peer (no allowed IPs), so the
+server answers our initiation with a response made with its private key,
+and nothing else can pass.  A verified response is "up", with the round
+trip as the latency a user waits before the tunnel carries anything;
+silence, an ICMP error or an invalid answer is a failure of the one step,
+``handshake``.  Two attempts of half the step timeout each, so that one lost
+datagram is not a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from resistance.errors import ConfigError
+from resistance.probe.check import Failure, Step, StepOutcome, Timings, verdict
+from resistance.probe.runner import CheckResult, CheckSettings, Target
+from resistance.vpn import keys
+from resistance.vpn.probe import Outcome, handshake
+
+REQUIRED = (Step.HANDSHAKE,)
+
+_FAILURES = {
+    Outcome.SILENCE: Failure.TIMEOUT,
+    Outcome.REFUSED: Failure.REFUSED,
+    Outcome.UNREACHABLE: Failure.UNREACHABLE,
+    Outcome.INVALID: Failure.WRONG_ANSWER,
+    Outcome.ERROR: Failure.ERROR,
+}
+
+
+async def run_wireguard_check(
+    target: Target,
+    private_key: bytes,
+    settings: CheckSettings,
+    *,
+    source: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> CheckResult:
+    """Handshake with ``target`` (its ``wg_public_key``); never raises for the server."""
+    at = int(clock())
+    started = time.perf_counter()
+    try:
+        server = keys.decode(target.wg_public_key or "", what="server key")
+    except ConfigError as exc:
+        outcome = StepOutcome(Step.HANDSHAKE, Failure.ERROR, str(exc)[:120])
+        return CheckResult(target, at, [outcome], verdict([outcome], required=REQUIRED),
+                           Timings(), None, REQUIRED)  # fmt: skip
+    result = await handshake(
+        target.host,
+        target.port,
+        server_public=server,
+        private_key=private_key,
+        within=settings.step_timeout / 2,
+        attempts=2,
+        source=source,
+    )
+    if result.up and result.rtt is not None:
+        micros = int(result.rtt * 1e6)
+        outcome = StepOutcome(Step.HANDSHAKE, micros=micros)
+        timings = Timings(connect_us=micros)
+    else:
+        micros = int((time.perf_counter() - started) * 1e6)
+        failure = _FAILURES.get(result.outcome, Failure.ERROR)
+        outcome = StepOutcome(Step.HANDSHAKE, failure, result.detail[:120], micros)
+        timings = Timings()
+    return CheckResult(
+        target, at, [outcome], verdict([outcome], required=REQUIRED), timings, None, REQUIRED
+    )

@@ -1,0 +1,139 @@
+"""``resist vpn register``: put this WireGuard server in a registry, measured and paid.
+
+The registry cannot ask a WireGuard server to sign anything; it proves
+control the WireGuard way instead (see :mod:`resistance.registry.wireguard`).
+So registering is: fetch the registry's prober key and the probe agents'
+WireGuard keys, add each as a probe peer (no allowed IPs: it can handshake,
+never carry traffic; keys already present are left as they are), then post
+the endpoint, the server's public key and the probe keys now enabled here.
+The registry handshakes from its prober key before it stores anything.
+Running it again adds probes that joined since and refreshes the record.
+
+``vpn/registration.json`` remembers where and as which proxy this server was
+registered (never the operator's token).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+
+from resistance.errors import ConfigError
+from resistance.paths import write_private
+from resistance.vpn import keys
+from resistance.vpn.peers import PeerKind, utcnow
+from resistance.vpn.server import VpnServer
+
+PROBER_KEY_PATH: Final = "/api/v1/wireguard/prober-key"
+REGISTER_PATH: Final = "/api/v1/wireguard/endpoints"
+REGISTRATION_FILE: Final = "registration.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    proxy_id: int
+    host: str
+    port: int
+    public: bool
+    added: tuple[str, ...]  # names of the probe peers added this time
+    probes: int  # probe keys the registry was told about
+
+
+def _peer_name(prefix: str, public_key: str) -> str:
+    return prefix + "".join(c for c in public_key if c.isalnum())[:12]
+
+
+def _answer(response: httpx.Response, url: str) -> dict[str, Any]:
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ConfigError(f"{url} answered {response.status_code} without a JSON object")
+    return answer
+
+
+def fetch_prober_keys(registry: str, *, timeout: float = 30.0) -> tuple[str, list[str]]:
+    """The registry's prober key and the probes' WireGuard keys."""
+    url = registry.rstrip("/") + PROBER_KEY_PATH
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the registry at {url}: {exc}") from None
+    answer = _answer(response, url)
+    if response.status_code != 200:
+        raise ConfigError(f"registry refused ({response.status_code}): {answer.get('error')}")
+    prober, probes = answer.get("public_key"), answer.get("probe_keys", [])
+    if not isinstance(prober, str) or not isinstance(probes, list):
+        raise ConfigError(f"{url}: not a prober-key answer")
+    keys.decode(prober, what="registry prober key")
+    checked = []
+    for key in probes:
+        if isinstance(key, str):
+            keys.decode(key, what="probe key from the registry")
+            checked.append(key)
+    return prober, checked
+
+
+def register(
+    server: VpnServer,
+    *,
+    registry: str,
+    token: str,
+    public_host: str | None = None,
+    public: bool = False,
+    timeout: float = 60.0,
+) -> Registered:
+    host = public_host or server.config.endpoint.host
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ConfigError(
+            f"the endpoint host {host!r} is not an IP address: give --public-host IP"
+        ) from None
+    port = server.config.endpoint.port
+    if not server.is_up():
+        raise ConfigError("the VPN is down: run resist vpn up first (the registry handshakes)")
+    prober, probes = fetch_prober_keys(registry, timeout=timeout)
+    added = []
+    peer, new = server.ensure_probe(prober, _peer_name("registry-", prober))
+    if new:
+        added.append(peer.name)
+    for key in probes:
+        peer, new = server.ensure_probe(key, _peer_name("probe-", key))
+        if new:
+            added.append(peer.name)
+    enabled = {p.public_key for p in server.db.read() if p.kind is PeerKind.PROBE and p.enabled}
+    probe_keys = sorted(k for k in set(probes) if k in enabled)
+    body = {
+        "endpoint": {"host": host, "port": port},
+        "public_key": server.public_key,
+        "public": public,
+        "probe_keys": probe_keys,
+    }
+    url = registry.rstrip("/") + REGISTER_PATH
+    try:
+        response = httpx.post(
+            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the registry at {url}: {exc}") from None
+    answer = _answer(response, url)
+    if response.status_code != 201:
+        raise ConfigError(f"registry refused ({response.status_code}): {answer.get('error')}")
+    proxy_id = int(answer["proxy_id"])
+    record = {
+        "registry": registry,
+        "proxy_id": proxy_id,
+        "endpoint": f"{host}:{port}",
+        "registered_at": utcnow().isoformat(timespec="seconds"),
+        "probe_keys": len(probe_keys),
+    }
+    write_private(server.dir / REGISTRATION_FILE, json.dumps(record, indent=2) + "\n")
+    return Registered(
+        proxy_id, host, port, bool(answer.get("public")), tuple(added), len(probe_keys)
+    )
