@@ -65,10 +65,18 @@ def main() -> None:
 )
 @click.option("--metrics", metavar="HOST:PORT", help="Serve Prometheus metrics here.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file.")
-@click.option("--tls-cert", type=click.Path(path_type=Path), help="Certificate (PEM) for TLS.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    help="Certificate (PEM) for TLS [default: a self-signed one made once in the state dir].",
+)
 @click.option("--tls-key", type=click.Path(path_type=Path), help="Key (PEM) for TLS.")
 @click.option(
-    "--tls-listen", multiple=True, metavar="HOST:PORT", help="SOCKS5-inside-TLS listener."
+    "--tls-listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="SOCKS5-inside-TLS listener (for resist connect; clients pin the certificate's "
+    "SHA-256, which the banner prints).",
 )
 @click.option("--public-host", metavar="HOST", help="Address users reach the node at (links).")
 @click.option("--qr", is_flag=True, default=None, help="Print a QR code of the Telegram link.")
@@ -106,6 +114,7 @@ def node(
       resist node --listen 0.0.0.0:1080 --public-host 203.0.113.7 --qr
       resist node --listen [::1]:1080 --user alice:s3cret --only telegram
       resist node --config /etc/resist/node.toml --metrics 127.0.0.1:9108
+      resist node --listen 0.0.0.0:1080 --tls-listen 0.0.0.0:443 --public-host 203.0.113.7
     """
     from resistance.config import node_settings, parse_user
     from resistance.node.service import run_node
@@ -190,6 +199,16 @@ def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
     metavar="CC",
     help="Where you are: proxies blocked only elsewhere stay usable (default: skip all blocked).",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "tls", "plain"]),
+    default="auto",
+    show_default=True,
+    help="For directory and --assign nodes with a TLS listener: auto uses TLS first (a "
+    "censor's DPI then sees TLS, not a SOCKS5 handshake with its password) and keeps "
+    "the plain port as fallback and for UDP; tls never uses plain ports (nodes without "
+    "TLS are skipped, UDP has no upstream); plain ignores TLS listeners.",
+)
 @click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD", help="Local users.")
 @click.option("--check-interval", default=30.0, show_default=True, metavar="S")
 @click.option("--dial-timeout", default=8.0, show_default=True, metavar="S")
@@ -214,6 +233,7 @@ def connect(
     qr: bool,
     threshold: int,
     country: str | None,
+    transport: str,
     users: tuple[str, ...],
     check_interval: float,
     dial_timeout: float,
@@ -232,6 +252,7 @@ def connect(
       resist connect --directory https://mirror.example/directory.json --trust KEY
       resist connect --upstream socks5://alice:s3cret@203.0.113.7:1080 \\
                      --upstream socks5://bob:0ther@198.51.100.9:1080
+      resist connect --upstream 'socks5s://alice:s3cret@203.0.113.7:443#sha256=PIN'
       resist connect status
     """
     if ctx.invoked_subcommand is not None:
@@ -267,6 +288,7 @@ def connect(
         directory=directory,
         assign=assign,
         qr=qr,
+        transport=transport,
     )
     sys.exit(run_connect(settings))
 
@@ -316,6 +338,7 @@ def connect_status(state_dir: Path | None) -> None:
 def _register_groups() -> None:
     from resistance.directory.cli import directory
     from resistance.grants.cli import grants
+    from resistance.lab.cli import lab
     from resistance.probe.cli import probe
     from resistance.registry.cli import registry
     from resistance.vpn.cli import vpn
@@ -325,6 +348,7 @@ def _register_groups() -> None:
     main.add_command(grants)
     main.add_command(probe)
     main.add_command(vpn)
+    main.add_command(lab)
 
 
 _register_groups()
