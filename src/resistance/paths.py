@@ -32,13 +32,23 @@ def resolve_state_dir(option: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def write_private(path: Path, data: str) -> None:
-    """Write a file only its owner can read, atomically (never a half-written secret)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_atomic(path: Path, data: bytes, *, mode: int, tmp: Path | None = None) -> None:
+    """Write a whole file or nothing: to a temporary file, synced, then renamed over ``path``.
+
+    A reader (or a crash) never sees half a key, directory or spool batch.
+    """
+    tmp = tmp or path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data.encode())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def write_private(path: Path, data: str) -> None:
+    """Write a file only its owner can read, atomically (never a half-written secret)."""
+    write_atomic(path, data.encode(), mode=0o600)

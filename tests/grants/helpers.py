@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import struct
 from typing import Any
 
 import bdkpython as bdk
 
 from resistance.grants.model import DailyRollup, GrantSettings
 
-START = dt.date(2024, 5, 1)
-
-# An Electrum segwit seed made once with `electrum make_seed --seed_type segwit`. Test
-# funds on regtest only. Electrum derives its account at m/0'.
-SEED_WORDS = "assault lab cost stand absent twice jewel snack ski weather anxiety future"
-FINGERPRINT = "261c691a"
-ACCOUNT_TPUB = (
-    "tpubD8YNgfWPjDSQeq8PHS9nDThKgAkCCM6RpPU67CZYmy6MrnzPcMRkCFVAveMF1X5Qgf"
-    "FAgwmaxWb1R6jPhyBAXRXzQ9rzjkZ2zUMz9N1stHD"
+# The test wallet is the lab's funder: Electrum segwit, a published regtest-only seed.
+from resistance.lab.funder import (
+    ACCOUNT_TPUB,
+    CHANGE_DESCRIPTOR,
+    DESCRIPTOR,
+    FINGERPRINT,
+    SEED_WORDS,
+    funding_tx,
+    wallet_address,
 )
-DESCRIPTOR = f"wpkh([{FINGERPRINT}/0h]{ACCOUNT_TPUB}/0/*)"
-CHANGE_DESCRIPTOR = f"wpkh([{FINGERPRINT}/0h]{ACCOUNT_TPUB}/1/*)"
+
+__all__ = [
+    "ACCOUNT_TPUB",
+    "CHANGE_DESCRIPTOR",
+    "DESCRIPTOR",
+    "FINGERPRINT",
+    "SEED_WORDS",
+    "funding_tx",
+    "wallet_address",
+]
+
+START = dt.date(2024, 5, 1)
 
 _NETS = {"regtest": bdk.Network.REGTEST, "bitcoin": bdk.Network.BITCOIN}
 
@@ -31,12 +40,6 @@ def address(n: int | str, network: str = "regtest") -> str:
     """A valid P2WPKH address nobody here holds a key for."""
     h = hashlib.sha256(f"operator-{n}".encode()).digest()[:20]
     return str(bdk.Address.from_script(bdk.Script(b"\x00\x14" + h), _NETS[network]))
-
-
-def wallet_address(index: int, change: bool = False) -> str:
-    desc = CHANGE_DESCRIPTOR if change else DESCRIPTOR
-    d = bdk.Descriptor(desc, bdk.NetworkKind.TEST)
-    return str(d.derive_address(index, bdk.Network.REGTEST))
 
 
 def settings(**kw: Any) -> GrantSettings:
@@ -81,25 +84,6 @@ def rollup(
         target_successes=ts,
         throughput_kbps=throughput,
     )
-
-
-def _varint(n: int) -> bytes:
-    if n < 0xFD:
-        return bytes([n])
-    return b"\xfd" + struct.pack("<H", n)
-
-
-def funding_tx(outputs: list[tuple[str, int]], tag: bytes = b"funding") -> str:
-    """A (never mined) legacy-serialized transaction paying ``outputs``; its one input
-    spends a made-up outpoint. Enough for a PSBT's non_witness_utxo and for signing."""
-    raw = struct.pack("<i", 2) + _varint(1)
-    raw += hashlib.sha256(tag).digest() + struct.pack("<I", 0) + _varint(0)
-    raw += struct.pack("<I", 0xFFFFFFFF) + _varint(len(outputs))
-    for addr, value in outputs:
-        spk = bdk.Address(addr, bdk.Network.REGTEST).script_pubkey().to_bytes()
-        raw += struct.pack("<q", value) + _varint(len(spk)) + spk
-    raw += struct.pack("<I", 0)
-    return raw.hex()
 
 
 def utxos_for(

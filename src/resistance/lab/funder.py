@@ -45,10 +45,11 @@ def payee_address(label: int | str) -> str:
     return str(bdk.Address.from_script(bdk.Script(b"\x00\x14" + h), bdk.Network.REGTEST))
 
 
-def wallet_address(index: int) -> str:
+def wallet_address(index: int, change: bool = False) -> str:
+    """The funder wallet's receive (or change) address ``index``, as Electrum lists it."""
     import bdkpython as bdk
 
-    d = bdk.Descriptor(DESCRIPTOR, bdk.NetworkKind.TEST)
+    d = bdk.Descriptor(CHANGE_DESCRIPTOR if change else DESCRIPTOR, bdk.NetworkKind.TEST)
     return str(d.derive_address(index, bdk.Network.REGTEST))
 
 

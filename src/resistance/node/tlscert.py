@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 from pathlib import Path
 from typing import Final
 
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from resistance.errors import ConfigError
-from resistance.paths import write_private
+from resistance.paths import write_atomic, write_private
 
 CERT_FILE: Final = "node-tls-cert.pem"
 KEY_FILE: Final = "node-tls-key.pem"
@@ -101,17 +100,6 @@ def make_self_signed(
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def ensure_certificate(state_dir: Path, *, common_name: str | None) -> tuple[Path, Path, bool]:
     """The generated certificate and key in ``state_dir``, made on first use.
 
@@ -130,5 +118,5 @@ def ensure_certificate(state_dir: Path, *, common_name: str | None) -> tuple[Pat
         )
     cert_pem, key_pem = make_self_signed(common_name or default_name())
     write_private(key_path, key_pem.decode())  # the key first: a cert alone is refused above
-    _write_public(cert_path, cert_pem)
+    write_atomic(cert_path, cert_pem, mode=0o644)
     return cert_path, key_path, True

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from resistance.errors import ConfigError
+from resistance.paths import write_atomic
 
 SUFFIX = ".json"
 
@@ -32,14 +33,7 @@ class Spool:
 
     def put(self, batch_id: str, data: bytes) -> Path:
         path = self.folder / f"{time.time_ns():020d}-{batch_id}{SUFFIX}"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=0o600, tmp=path.with_suffix(".tmp"))
         dir_fd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -8,7 +8,6 @@ bytes) keys the hash ring, so a censor cannot compute who gets which proxy.
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance.directory.keys import check_private_mode, create_private_key, load_private_key
 from resistance.errors import ConfigError
-from resistance.paths import write_private
+from resistance.paths import write_atomic, write_private
 
 KEYS_DIR = "registry-keys"
 FIRST_KEY = "key-1.pem"
@@ -56,11 +55,4 @@ def load_or_create_ring_key(state_dir: Path) -> bytes:
 
 def write_public_file(path: Path, data: bytes) -> None:
     """Write a file anyone may read (the published directory), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o644)
