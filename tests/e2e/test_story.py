@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,8 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         lab.down()
         assert not set(lab.topology.namespaces) & netns.namespaces()
         assert not [pid for pid in pids if netns.process_start_ticks(pid) is not None]
+        # wireguard-go's control socket is on the host: down leaves none behind
+        assert not Path(f"/var/run/wireguard/{lab.topology.wg_interface}.sock").exists()
         print("\n".join(narration))
 
 
@@ -50,7 +53,8 @@ def test_1_data_centre_is_unreachable_directly(story: Story) -> None:
 
 def test_2_nodes_register_and_probes_make_them_functional(story: Story) -> None:
     result = story.step2_register_and_measure()
-    assert result.figures["listed"] == {a: "functional" for a in topo.NODE_ADDRS}
+    expected = {a: "functional" for a in (*topo.NODE_ADDRS, topo.VPN_ADDR)}
+    assert result.figures["listed"] == expected  # three SOCKS5 nodes and a WireGuard server
     probes = [p for p in story.lab.processes if p.role.startswith("probe-")]
     assert {p.namespace for p in probes} == {story.t.free, story.t.censored}
 
@@ -106,7 +110,7 @@ def test_6_a_grant_round_pays_for_verified_service_and_electrum_signs(story: Sto
     result = story.step6_grants()
     f = result.figures
     blocked = int(story.lab.info["blocked_node"])
-    others = [n for n in (1, 2, 3) if n != blocked]
+    others = [n for n in (1, 2, 3, 4) if n != blocked]  # 4: the WireGuard server, paid alike
     assert f["verified"] is True  # registry signature good, awards recompute the same
     # the blocked node earned for the checks before its block, less than the others
     assert 0 < f["reach_fraction"][blocked] < 1

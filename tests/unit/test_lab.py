@@ -25,6 +25,12 @@ def test_good_lab_names(name: str) -> None:
     assert t.namespaces == (f"{name}-censored", f"{name}-censor", f"{name}-free")
 
 
+def test_interface_names_fit_and_differ_between_labs() -> None:
+    longest = topo.Topology("a" * topo.MAX_NAME)
+    assert len(longest.wg_interface) <= 15  # IFNAMSIZ - 1
+    assert topo.Topology("one").wg_interface != topo.Topology("two").wg_interface
+
+
 @pytest.mark.parametrize("name", ["", "9lab", "toolongname", "a b", "lab/x", "läb", "-x"])
 def test_bad_lab_names(name: str) -> None:
     with pytest.raises(ValueError, match="lab name"):

@@ -34,6 +34,7 @@ PROBES = (
     ("inside-ru-2", topo.TARGET_COUNTRY, False, "censored"),
 )
 REGISTERED = re.compile(r"registered proxy (\d+)")
+VPN_REGISTERED = re.compile(r"registered WireGuard endpoint \S+ as proxy (\d+)")
 
 
 @dataclass
@@ -50,6 +51,11 @@ class Fetch:
     seconds: float
     body: str
     error: str
+
+
+def node_name(n: int) -> str:
+    """node-1..3 are the SOCKS5 nodes; 4 is the WireGuard server."""
+    return "wireguard-4" if n > len(topo.NODE_ADDRS) else f"node-{n}"
 
 
 def wait_until(check: Callable[[], Any], seconds: float, what: str, pause: float = 0.5) -> Any:
@@ -164,7 +170,8 @@ class Story:
 
     def step2_register_and_measure(self) -> StepResult:
         self.say(
-            "2. Three volunteers register their nodes; probes inside and outside measure them."
+            "2. Four volunteers register their nodes (three SOCKS5, one WireGuard); probes "
+            "inside and outside measure them."
         )
         from resistance.lab.funder import payee_address
 
@@ -196,14 +203,36 @@ class Story:
                 raise LabError(f"register-node said: {out.strip()}")
             proxies[i] = int(match.group(1))
             self.say(f"   volunteer-{i}: {out.strip()}")
-        self.lab.info["proxies"] = {str(k): v for k, v in proxies.items()}
-        self.lab.save()
-        for name, country, control, where in PROBES:
+        vpn_token = self._vpn_volunteer()
+        probes = [
             self.lab.start_probe(name, country, control=control, censored=where == "censored")
+            for name, country, control, where in PROBES
+        ]
         self.say(
             "   probes: control-nl (NL, control) in the free network, inside-ru-1 and "
             "inside-ru-2 (RU) behind the censor"
         )
+        # The WireGuard server lets in the probes' keys (handshake only), so it
+        # registers once they have announced them.
+        wait_until(
+            lambda: all("WireGuard key" in Path(p.log).read_text() for p in probes),
+            30,
+            "the probes to announce their WireGuard keys",
+        )
+        out = netns.in_ns(
+            self.t.free,
+            *self.lab.resist_argv(),
+            "vpn", "register", "--registry", self.t.registry_url, "--public",
+            "--state-dir", str(self.lab.dir / "vpn"),
+            env={"RESIST_REGISTRY_TOKEN": vpn_token},
+        )  # fmt: skip
+        match = VPN_REGISTERED.search(out)
+        if not match:
+            raise LabError(f"vpn register said: {out.strip()}")
+        proxies[len(topo.NODE_ADDRS) + 1] = int(match.group(1))
+        self.say(f"   volunteer-4: {out.strip().splitlines()[-1]}")
+        self.lab.info["proxies"] = {str(k): v for k, v in proxies.items()}
+        self.lab.save()
 
         def all_functional() -> bool:
             return all(self.proxy_status(pid)["status"] == "functional" for pid in proxies.values())
@@ -219,15 +248,40 @@ class Story:
             + ", ".join(f"{h} {s}" for h, s in sorted(listed.items()))
             + f" ({took:.1f} s)"
         )
-        ok = all(listed.get(a) == "functional" for a in topo.NODE_ADDRS)
+        ok = all(listed.get(a) == "functional" for a in (*topo.NODE_ADDRS, topo.VPN_ADDR))
         return self._record(
             StepResult(
                 2,
                 "nodes registered, measured, published",
-                "3 functional in the signed directory" if ok else f"directory: {listed}",
+                "3 SOCKS5 + 1 WireGuard functional in the signed directory"
+                if ok
+                else f"directory: {listed}",
                 {"serial": document["serial"], "listed": listed, "seconds": round(took, 1)},
             )
         )
+
+    def _vpn_volunteer(self) -> str:
+        """Volunteer 4 turns the free network's 198.18.13.1 into a WireGuard server."""
+        from resistance.lab.funder import payee_address
+
+        signup = self.lab.api("POST", "/api/v1/operators", body={"name": "volunteer-4"},
+                              admin=False)  # fmt: skip
+        token: str = signup["token"]
+        self.lab.api(
+            "PUT",
+            "/api/v1/operators/me/payout-address",
+            token=token,
+            body={"address": payee_address(4)},
+        )
+        state = str(self.lab.dir / "vpn")
+        out = netns.in_ns(
+            self.t.free,
+            *self.lab.resist_argv(),
+            "vpn", "init", "--endpoint", f"{topo.VPN_ADDR}:{topo.VPN_PORT}",
+            "--netns", self.t.free, "--interface", self.t.wg_interface, "--state-dir", state,
+        )  # fmt: skip
+        self.say(f"   volunteer-4 runs WireGuard: {out.strip().splitlines()[0]}")
+        return token
 
     def step3_connect(self) -> StepResult:
         self.say("3. The user starts resist connect with the directory and one trusted key.")
@@ -392,7 +446,7 @@ class Story:
             "round", "mark-paid", "lab", *registry, "--tx-file", str(work / "signed.hex"),
             "--change-descriptor", funder.CHANGE_DESCRIPTOR,
         )  # fmt: skip
-        by_address = {funder.payee_address(i): i for i in (1, 2, 3)}
+        by_address = {funder.payee_address(i): i for i in (1, 2, 3, 4)}
         awards = {by_address[a.payout_address]: a.amount_sat for a in round_.result.awards}
         reach: dict[int, list[int]] = {}
         for r in round_.inputs.rollups:
@@ -403,7 +457,7 @@ class Story:
         fractions = {n: ok / tried if tried else 0.0 for n, (ok, tried) in reach.items()}
         for n in sorted(awards):
             self.say(
-                f"   node-{n}: reached from RU in {fractions.get(n, 0):.0%} of checks -> "
+                f"   {node_name(n)}: reached from RU in {fractions.get(n, 0):.0%} of checks -> "
                 f"{awards[n]:,} sat"
             )
         verdict = "recomputed identically" if "OK:" in verified else "DIFFERS"
@@ -413,7 +467,7 @@ class Story:
             StepResult(
                 6,
                 "grant round paid, Electrum signed",
-                ", ".join(f"node-{n} {awards[n]:,} sat" for n in sorted(awards)),
+                ", ".join(f"{node_name(n)} {awards[n]:,} sat" for n in sorted(awards)),
                 {
                     "awards": awards,
                     "reach_fraction": fractions,

@@ -6,12 +6,13 @@
     198.18.1.2 ──veth── 198.18.1.1 | 198.18.2.1 ──veth── 198.18.2.2
     user, resist connect,                                 registry  198.18.3.1
     two probes (RU)                                       nodes     198.18.10.1, .11.1, .12.1
+                                                          WireGuard 198.18.13.1 (resist vpn)
                                                           probe (control, NL)
                                                           data centre 198.18.100.1 (blocked)
 
 198.18.0.0/15 is the benchmarking range (RFC 2544): never routed on the
 internet, so nothing here can reach or impersonate a real host.  Each node
-sits in its own /24 so the grant rule's per-network cap sees three networks.
+sits in its own /24 so the grant rule's per-network cap sees four networks.
 Every address of the free side is a /32 on that namespace's loopback; the
 censor routes the whole range to it, except the censored /24 it is on.
 
@@ -34,6 +35,9 @@ REGISTRY_PORT = 8080
 CANARY_PORT = 9900
 NODE_ADDRS = ("198.18.10.1", "198.18.11.1", "198.18.12.1")
 NODE_PORT = 1080
+#: A fourth volunteer runs WireGuard (resist vpn) instead of SOCKS5.
+VPN_ADDR = "198.18.13.1"
+VPN_PORT = 51820
 DATACENTRE_ADDR = "198.18.100.1"
 DATACENTRE_PORT = 443
 #: The stand-in Telegram range: blocked from the start, as Telegram's own ranges were.
@@ -79,6 +83,12 @@ class Topology:
         return (self.censored, self.censor, self.free)
 
     @property
+    def wg_interface(self) -> str:
+        """The WireGuard server's interface: per lab, since wireguard-go's control
+        socket (/var/run/wireguard/NAME.sock) is shared by every namespace."""
+        return f"wg-{self.name}"
+
+    @property
     def registry_url(self) -> str:
         return f"http://{REGISTRY_ADDR}:{REGISTRY_PORT}"
 
@@ -105,7 +115,7 @@ class Topology:
         for ns, dev in ((ns_censored, "eth0"), (ns_censor, "inside"), (ns_censor, "outside"),
                         (ns_free, "eth0")):  # fmt: skip
             cmds.append(["ip", "-n", ns, "link", "set", dev, "up"])
-        for addr in (REGISTRY_ADDR, *NODE_ADDRS, DATACENTRE_ADDR):
+        for addr in (REGISTRY_ADDR, *NODE_ADDRS, VPN_ADDR, DATACENTRE_ADDR):
             cmds.append(["ip", "-n", ns_free, "addr", "add", f"{addr}/32", "dev", "lo"])
         cmds += [
             ["ip", "-n", ns_censored, "route", "add", "default", "via", CENSOR_INSIDE],

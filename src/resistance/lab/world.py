@@ -35,6 +35,7 @@ from resistance.lab.errors import LabError
 from resistance.paths import write_private
 
 STATE_FILE = "lab.json"
+WG_SOCKET_DIR = "/var/run/wireguard"
 READY_SECONDS = 60.0
 STOP_GRACE = 10.0
 ADMIN_TOKEN = re.compile(r"admin token \(shown once, keep it\): (\S+)")
@@ -332,7 +333,7 @@ class Lab:
                 ],
                 ready=(addr, topo.NODE_PORT),
             )  # fmt: skip
-        say(f"three volunteer nodes: {', '.join(topo.NODE_ADDRS)} port {topo.NODE_PORT}")
+        say(f"three SOCKS5 nodes: {', '.join(topo.NODE_ADDRS)} port {topo.NODE_PORT}")
         self.save()
 
     def down(self) -> tuple[int, int]:
@@ -343,6 +344,11 @@ class Lab:
         for ns in sorted(present):
             stopped += self._stop_stragglers(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+        # wireguard-go's control socket lives on the host's file system, not in the
+        # namespace: a killed one leaves it behind, and the name could not be reused.
+        stale = Path(WG_SOCKET_DIR) / f"{self.topology.wg_interface}.sock"
+        if stale.exists() and not self.exists():
+            stale.unlink(missing_ok=True)
         self.processes = []
         if self.dir.exists():
             self.save()
@@ -350,14 +356,24 @@ class Lab:
 
     @staticmethod
     def _stop_stragglers(namespace: str) -> int:
-        """Kill what still runs inside one of the lab's namespaces (started by the lab)."""
-        done = subprocess.run(
-            ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False
-        )
-        pids = [int(p) for p in done.stdout.split() if p.isdigit()]
-        for pid in pids:
+        """Stop what still runs inside one of the lab's namespaces (the lab started it:
+        wireguard-go, say).  SIGTERM first, so wireguard-go removes its control socket."""
+
+        def pids() -> list[int]:
+            done = subprocess.run(
+                ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False
+            )
+            return [int(p) for p in done.stdout.split() if p.isdigit()]
+
+        found = pids()
+        for pid in found:
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while (left := pids()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in left:
             _kill(pid, signal.SIGKILL)
-        return len(pids)
+        return len(found)
 
     # --- talking to the registry -----------------------------------------------------------
 
