@@ -116,3 +116,13 @@ def test_a_failed_up_leaves_nothing_behind(tmp_path: Path) -> None:
             lab.up()
     assert not set(lab.topology.namespaces) & netns.namespaces()
     assert lab.processes == []
+
+
+def test_blocking_in_a_lab_that_is_not_up_is_one_clear_error() -> None:
+    name = f"n{os.getpid() % 100000}"
+    for command in ("block", "unblock"):
+        done = resist(command, "198.18.10.1", "--name", name)
+        assert done.returncode == 2
+        assert done.stderr.strip() == (
+            f"resist: error: lab {name} is not up (`resist lab up --name {name}` builds it)"
+        )

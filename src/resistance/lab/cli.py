@@ -12,7 +12,7 @@ from rich.table import Table
 
 from resistance.clikit import CONTEXT, one_line_errors
 from resistance.config import parse_endpoint
-from resistance.lab import censor
+from resistance.lab import censor, netns
 from resistance.lab import topology as topo
 from resistance.lab.errors import LabError
 from resistance.lab.world import Lab, require_root
@@ -115,6 +115,18 @@ def status(name: str, state_dir: Path | None) -> None:
     console.print(table)
 
 
+def _censor_of(name: str) -> str:
+    """The censor namespace of a lab that is up."""
+    require_root()
+    try:
+        censor_ns = topo.Topology(name).censor
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
+    if censor_ns not in netns.namespaces():
+        raise LabError(f"lab {name} is not up (`resist lab up --name {name}` builds it)")
+    return censor_ns
+
+
 def _ranges(prefixes: tuple[str, ...], files: tuple[Path, ...]) -> list[tuple[int, int]]:
     ranges = censor.ranges_of(prefixes)
     for f in files:
@@ -149,10 +161,10 @@ def block(prefixes: tuple[str, ...], files: tuple[Path, ...], name: str) -> None
       sudo resist lab block 198.18.10.1
       sudo resist lab block --file dump.csv      (Roskomnadzor's registry dump)
     """
-    require_root()
+    censor_ns = _censor_of(name)
     ranges = _ranges(prefixes, files)
     started = time.monotonic()
-    censor.block(topo.Topology(name).censor, ranges)
+    censor.block(censor_ns, ranges)
     took = time.monotonic() - started
     click.echo(
         f"blocked {len(ranges)} prefixes ({len(merge_ranges(ranges))} ranges) in {took:.1f} s"
@@ -170,8 +182,7 @@ def unblock(prefixes: tuple[str, ...], name: str) -> None:
     Example:
       sudo resist lab unblock 198.18.10.1
     """
-    require_root()
-    censor.unblock(topo.Topology(name).censor, censor.ranges_of(prefixes))
+    censor.unblock(_censor_of(name), censor.ranges_of(prefixes))
     click.echo(f"unblocked {len(prefixes)} prefixes")
 
 
