@@ -55,7 +55,7 @@ def grants() -> None:
     """Grant rounds: awards from measurements, payouts a real wallet signs.
 
     \b
-    A round moves draft -> approved -> paid(txid):
+    A round moves draft -> approved -> paid(txid). Example, on files:
       resist grants compute inputs.json --out round.json
       resist grants verify round.json
       resist grants approve round.json
@@ -78,7 +78,12 @@ def grants() -> None:
 @click.option("--out", "out", type=OUT_FILE, required=True, help="Round file to write.")
 @_errors_in_one_line
 def compute(inputs: Path, out: Path) -> None:
-    """Compute a draft round from an inputs file (settings, rollups, carried amounts)."""
+    """Compute a draft round from an inputs file (settings, rollups, carried amounts).
+
+    \b
+    Example:
+      resist grants compute inputs.json --out round.json
+    """
     if out.exists():
         existing = files.load_round(out)
         if existing.state.status is not RoundStatus.DRAFT:
@@ -187,7 +192,12 @@ def _check_signatures(
 @click.option("--out", type=OUT_FILE, help="Write here instead of updating ROUND_FILE.")
 @_errors_in_one_line
 def approve(round_file: Path, out: Path | None) -> None:
-    """Approve a draft round: its content is frozen under a digest."""
+    """Approve a draft round: its content is frozen under a digest.
+
+    \b
+    Example:
+      resist grants approve round.json
+    """
     round_ = rounds.approve(files.load_round(round_file))
     files.save_round(out or round_file, round_)
     click.echo(f"{_summary(round_)}; digest {round_.state.digest}")
@@ -345,7 +355,12 @@ def psbt(
 @click.option("--out", type=OUT_FILE)
 @_errors_in_one_line
 def electrum_list(round_file: Path, out: Path | None) -> None:
-    """Electrum "pay to many" list: address, amount in BTC, one per line."""
+    """Electrum "pay to many" list: address, amount in BTC, one per line.
+
+    \b
+    Example:
+      resist grants electrum-list round.json --out paytomany.txt
+    """
     _emit(export.electrum_pay_to_many(files.load_round(round_file)), out)
 
 
@@ -354,7 +369,12 @@ def electrum_list(round_file: Path, out: Path | None) -> None:
 @click.option("--out", type=OUT_FILE)
 @_errors_in_one_line
 def bip21(round_file: Path, out: Path | None) -> None:
-    """One BIP21 bitcoin: URI per payout."""
+    """One BIP21 bitcoin: URI per payout.
+
+    \b
+    Example:
+      resist grants bip21 round.json
+    """
     uris = export.bip21_uris(files.load_round(round_file))
     _emit("".join(u + "\n" for u in uris), out)
 
@@ -365,7 +385,12 @@ def bip21(round_file: Path, out: Path | None) -> None:
 @click.option("--out", type=OUT_FILE)
 @_errors_in_one_line
 def report(round_file: Path, fmt: str, out: Path | None) -> None:
-    """The awards as CSV or the round's result as JSON."""
+    """The awards as CSV or the round's result as JSON.
+
+    \b
+    Example:
+      resist grants report round.json --format csv --out awards.csv
+    """
     round_ = files.load_round(round_file)
     _emit(export.awards_csv(round_) if fmt == "csv" else export.report_json(round_), out)
 
@@ -384,7 +409,12 @@ def mark_paid(
     change_descriptor: str,
     out: Path | None,
 ) -> None:
-    """Record the transaction paying an approved round, refusing one that does not pay exactly."""
+    """Record the transaction paying an approved round, refusing one that does not pay exactly.
+
+    \b
+    Example:
+      resist grants mark-paid round.json --tx-file signed.hex --change-descriptor 'wpkh(…/1/*)'
+    """
     if (tx_hex is None) == (tx_file is None):
         raise click.UsageError("give exactly one of --tx and --tx-file")
     text = tx_hex if tx_hex is not None else tx_file.read_text() if tx_file else ""
@@ -552,7 +582,7 @@ def round_group() -> None:
     The registry builds each round's inputs from its own measurements (control
     vantages x vantages in the target country, per day), snapshots payout
     addresses, carries amounts below the minimum payout to the next round, and
-    signs the inputs with its directory keys:
+    signs the inputs with its directory keys.  Example:
       resist grants round create --registry URL --token ADMIN --period 2026-10 --budget 2.0BTC
       resist grants round show 2026-10-RU --registry URL --token ADMIN
       resist grants round approve 2026-10-RU --registry URL --token ADMIN
@@ -573,7 +603,7 @@ def round_group() -> None:
 )
 @click.option("--budget", required=True, help="2.0BTC, 0.5 btc, 150000sat or 150000 (sat).")
 @click.option("--country", default="RU", show_default=True, help="Target country (ISO code).")
-@click.option("--round-id", help="[default: 2026-11-RU for a month]")
+@click.option("--round-id", help="The round's name [default: PERIOD-COUNTRY, e.g. 2026-11-RU].")
 @_settings_options
 @_errors_in_one_line
 def create(
@@ -585,7 +615,13 @@ def create(
     round_id: str | None,
     **settings: Any,
 ) -> None:
-    """Create a draft round for a period from the registry's measurements."""
+    """Create a draft round for a period from the registry's measurements.
+
+    \b
+    Example:
+      resist grants round create --registry URL --token ADMIN --period 2026-10 --budget 2.0BTC \\
+          --country RU --operator-cap 10 --network-cap 5
+    """
     start, end = amounts.parse_period(period)
     body: dict[str, Any] = {
         "period_start": start.isoformat(),
@@ -603,7 +639,12 @@ def create(
 @_registry_options
 @_errors_in_one_line
 def list_(registry_url: str, token: str) -> None:
-    """Every round the registry keeps."""
+    """Every round the registry keeps.
+
+    \b
+    Example:
+      resist grants round list --registry URL --token ADMIN
+    """
     answer = remote.call(registry_url, remote.ROUNDS_PATH, token=token)
     table = Table(title="grant rounds")
     for col in ("round", "status", "country", "period", "budget sat", "paid sat", "txid"):
@@ -626,7 +667,12 @@ def list_(registry_url: str, token: str) -> None:
 @_registry_options
 @_errors_in_one_line
 def show(round_id: str, registry_url: str, token: str) -> None:
-    """A round's awards, as a table."""
+    """A round's awards, as a table.
+
+    \b
+    Example:
+      resist grants round show 2026-10-RU --registry URL --token ADMIN
+    """
     _print_round(remote.call(registry_url, _round_path(round_id), token=token))
 
 
@@ -639,7 +685,12 @@ def show(round_id: str, registry_url: str, token: str) -> None:
 def recompute(
     round_id: str, registry_url: str, token: str, budget: str | None, **settings: Any
 ) -> None:
-    """Recompute a draft from fresh measurements and addresses, optionally with new settings."""
+    """Recompute a draft from fresh measurements and addresses, optionally with new settings.
+
+    \b
+    Example:
+      resist grants round recompute 2026-10-RU --registry URL --token ADMIN --exponent 10
+    """
     body = _settings_body(budget=budget, **settings)
     view = remote.call(
         registry_url, _round_path(round_id, "/recompute"), token=token, method="POST", body=body
@@ -652,7 +703,12 @@ def recompute(
 @_registry_options
 @_errors_in_one_line
 def approve_remote(round_id: str, registry_url: str, token: str) -> None:
-    """Approve a draft: it is frozen from then on (a later payout address change is not seen)."""
+    """Approve a draft: it is frozen from then on (a later payout address change is not seen).
+
+    \b
+    Example:
+      resist grants round approve 2026-10-RU --registry URL --token ADMIN
+    """
     view = remote.call(
         registry_url, _round_path(round_id, "/approve"), token=token, method="POST", body={}
     )
@@ -665,7 +721,12 @@ def approve_remote(round_id: str, registry_url: str, token: str) -> None:
 @click.option("--out", type=OUT_FILE, required=True, help="Round file to write.")
 @_errors_in_one_line
 def export_(round_id: str, registry_url: str, token: str, out: Path) -> None:
-    """Write the round file (inputs signed by the registry) for verify, psbt and the rest."""
+    """Write the round file (inputs signed by the registry) for verify, psbt and the rest.
+
+    \b
+    Example:
+      resist grants round export 2026-10-RU --registry URL --token ADMIN --out round.json
+    """
     answer = remote.call(registry_url, _round_path(round_id, "/export"), token=token)
     round_ = round_from_json(answer)
     files.save_round(out, round_)
@@ -690,7 +751,13 @@ def mark_paid_remote(
     tx_file: Path | None,
     change_descriptor: str,
 ) -> None:
-    """Record the transaction paying an approved round; refused unless it pays exactly."""
+    """Record the transaction paying an approved round; refused unless it pays exactly.
+
+    \b
+    Example:
+      resist grants round mark-paid 2026-10-RU --registry URL --token ADMIN \\
+          --tx-file signed.hex --change-descriptor 'wpkh(…/1/*)'
+    """
     if (tx_hex is None) == (tx_file is None):
         raise click.UsageError("give exactly one of --tx and --tx-file")
     if tx_file is not None:
@@ -714,6 +781,11 @@ def mark_paid_remote(
 @_registry_options
 @_errors_in_one_line
 def delete_remote(round_id: str, registry_url: str, token: str) -> None:
-    """Delete a draft round (approved and paid rounds are kept)."""
+    """Delete a draft round (approved and paid rounds are kept).
+
+    \b
+    Example:
+      resist grants round delete 2026-10-RU --registry URL --token ADMIN
+    """
     remote.call(registry_url, _round_path(round_id), token=token, method="DELETE")
     click.echo(f"deleted draft {round_id}")

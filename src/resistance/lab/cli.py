@@ -44,7 +44,7 @@ def lab() -> None:
 
     \b
     Root only.  Everything lives in 198.18.0.0/15 inside the lab's own
-    namespaces; nothing touches the host's network.
+    namespaces; nothing touches the host's network.  Examples:
       sudo resist lab demo          the whole story, narrated, then torn down
       sudo resist lab up            build it and leave it running
       sudo resist lab block 198.18.10.1

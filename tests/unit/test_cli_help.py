@@ -1,0 +1,35 @@
+"""Every `resist` command's --help says what it does and shows an example."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from resistance.cli import main
+
+
+def _commands(
+    cmd: click.Command, path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    if getattr(cmd, "hidden", False):
+        return
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        for name, sub in sorted(cmd.commands.items()):
+            yield from _commands(sub, (*path, name))
+
+
+COMMANDS = list(_commands(main, ()))
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), COMMANDS, ids=[" ".join(p) or "resist" for p, _ in COMMANDS]
+)
+def test_help_has_a_summary_and_an_example(path: tuple[str, ...], command: click.Command) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert (command.help or "").strip(), "no description"
+    assert "xample" in result.output, f"resist {' '.join(path)} --help shows no example"
