@@ -179,7 +179,8 @@ def proxy_view(proxy: Proxy) -> dict[str, Any]:
     }
 
 
-def _check_endpoint_host(host: str, *, allow_private: bool) -> str:
+def check_endpoint_host(host: str, *, allow_private: bool) -> str:
+    """The /24 (/48) of an endpoint users can reach: an IP literal, public unless allowed."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -216,7 +217,7 @@ async def register_proxy(
     _verify_statement(registry, request)
     st = request.statement
     host, port = st.endpoint.host, st.endpoint.port
-    network = _check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:
         if await repo.nonce_seen(session, nonce=st.nonce):
             raise ApiError(409, "statement already used (replay refused): make a new one")

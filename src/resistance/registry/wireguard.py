@@ -42,7 +42,7 @@ from resistance.probe.batch import ResultRecord
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import ProbeAccount, Proxy
-from resistance.registry.services import Registry, _check_endpoint_host, proxy_view
+from resistance.registry.services import Registry, check_endpoint_host, proxy_view
 from resistance.vpn import keys
 from resistance.vpn.probe import Outcome, handshake
 
@@ -114,7 +114,7 @@ async def register_endpoint(
     added = sorted({_wg_key(k, "probe_keys entry") for k in probe_keys})
     if len(added) > MAX_PROBE_KEYS:
         raise ApiError(422, f"at most {MAX_PROBE_KEYS} probe_keys")
-    network = _check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:
         current = await repo.proxy_by_endpoint(session, host=host, port=port)
     _check_owner(current, operator_id, host, port)
