@@ -55,6 +55,10 @@ def test_2_nodes_register_and_probes_make_them_functional(story: Story) -> None:
     result = story.step2_register_and_measure()
     expected = {a: "functional" for a in (*topo.NODE_ADDRS, topo.VPN_ADDR)}
     assert result.figures["listed"] == expected  # three SOCKS5 nodes and a WireGuard server
+    # each SOCKS5 node's TLS listener is in the signed directory with its certificate pin
+    pins = result.figures["tls_pins"]
+    assert set(pins) == set(topo.NODE_ADDRS)
+    assert all(len(pin) == 64 and int(pin, 16) >= 0 for pin in pins.values())
     probes = [p for p in story.lab.processes if p.role.startswith("probe-")]
     assert {p.namespace for p in probes} == {story.t.free, story.t.censored}
 
@@ -63,6 +67,7 @@ def test_3_the_user_gets_through_with_resist_connect(story: Story) -> None:
     result = story.step3_connect()
     assert result.figures["ok"] is True
     assert result.figures["active_node"] in (1, 2, 3)
+    assert result.figures["via_tls"] is True  # --transport auto: TLS first, pinned
     # and still not directly
     assert story.fetch_directly(seconds=2).ok is False
 

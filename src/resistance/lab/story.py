@@ -34,6 +34,7 @@ PROBES = (
     ("inside-ru-2", topo.TARGET_COUNTRY, False, "censored"),
 )
 REGISTERED = re.compile(r"registered proxy (\d+)")
+TLS_NOTE = " over TLS, its certificate pinned by the directory"
 VPN_REGISTERED = re.compile(r"registered WireGuard endpoint \S+ as proxy (\d+)")
 
 
@@ -194,6 +195,7 @@ class Story:
                 "--registry", self.t.registry_url,
                 "--public-host", addr,
                 "--port", str(topo.NODE_PORT),
+                "--tls-port", str(topo.NODE_TLS_PORT),
                 "--public",
                 "--state-dir", str(self.lab.dir / f"node-{i}"),
                 env={"RESIST_REGISTRY_TOKEN": token},
@@ -242,6 +244,11 @@ class Story:
         listed = {
             e["endpoint"]["host"]: e["status"] for e in document["proxies"] if "endpoint" in e
         }
+        pins = {
+            e["endpoint"]["host"]: e["tls"]["sha256"]
+            for e in document["proxies"]
+            if isinstance(e.get("tls"), dict) and "endpoint" in e
+        }
         took = time.monotonic() - started
         self.say(
             f"   signed directory serial {document['serial']}: "
@@ -256,7 +263,12 @@ class Story:
                 "3 SOCKS5 + 1 WireGuard functional in the signed directory"
                 if ok
                 else f"directory: {listed}",
-                {"serial": document["serial"], "listed": listed, "seconds": round(took, 1)},
+                {
+                    "serial": document["serial"],
+                    "listed": listed,
+                    "tls_pins": pins,
+                    "seconds": round(took, 1),
+                },
             )
         )
 
@@ -294,14 +306,19 @@ class Story:
         self.say(
             f"   curl through 127.0.0.1:{topo.CONNECT_PORT}: "
             f"{fetch.body.strip() if fetch.ok else fetch.error} ({fetch.seconds:.2f} s), "
-            f"via node-{node}"
+            f"via node-{node}{TLS_NOTE if str(active).endswith('(TLS)') else ''}"
         )
         return self._record(
             StepResult(
                 3,
                 "through resist connect",
                 f"reached via node-{node}" if fetch.ok else f"failed: {fetch.error}",
-                {"ok": fetch.ok, "active_node": node, "seconds": round(fetch.seconds, 2)},
+                {
+                    "ok": fetch.ok,
+                    "active_node": node,
+                    "via_tls": str(active).endswith("(TLS)"),
+                    "seconds": round(fetch.seconds, 2),
+                },
             )
         )
 

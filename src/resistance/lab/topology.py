@@ -35,6 +35,8 @@ REGISTRY_PORT = 8080
 CANARY_PORT = 9900
 NODE_ADDRS = ("198.18.10.1", "198.18.11.1", "198.18.12.1")
 NODE_PORT = 1080
+#: Each node's SOCKS5-inside-TLS listener (its certificate pinned through the directory).
+NODE_TLS_PORT = 443
 #: A fourth volunteer runs WireGuard (resist vpn) instead of SOCKS5.
 VPN_ADDR = "198.18.13.1"
 VPN_PORT = 51820

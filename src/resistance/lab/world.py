@@ -326,6 +326,7 @@ class Lab:
                 t.free,
                 [
                     "node", "--listen", f"{addr}:{topo.NODE_PORT}",
+                    "--tls-listen", f"{addr}:{topo.NODE_TLS_PORT}",
                     "--state-dir", str(self.dir / f"node-{i + 1}"),
                     "--public-host", addr,
                     "--allow", topo.DATACENTRE_RANGE,
@@ -333,7 +334,10 @@ class Lab:
                 ],
                 ready=(addr, topo.NODE_PORT),
             )  # fmt: skip
-        say(f"three SOCKS5 nodes: {', '.join(topo.NODE_ADDRS)} port {topo.NODE_PORT}")
+        say(
+            f"three SOCKS5 nodes: {', '.join(topo.NODE_ADDRS)} port {topo.NODE_PORT}, "
+            f"SOCKS5 inside TLS on {topo.NODE_TLS_PORT}"
+        )
         self.save()
 
     def down(self) -> tuple[int, int]:
