@@ -34,6 +34,7 @@ PROBES = (
     ("inside-ru-2", topo.TARGET_COUNTRY, False, "censored"),
 )
 REGISTERED = re.compile(r"registered proxy (\d+)")
+WIREGUARD_GO = re.compile(r"\(wireguard-go, pid (\d+)\)")
 TLS_NOTE = " over TLS, its certificate pinned by the directory"
 VPN_REGISTERED = re.compile(r"registered WireGuard endpoint \S+ as proxy (\d+)")
 
@@ -293,6 +294,9 @@ class Story:
             "--netns", self.t.free, "--interface", self.t.wg_interface, "--state-dir", state,
         )  # fmt: skip
         self.say(f"   volunteer-4 runs WireGuard: {out.strip().splitlines()[0]}")
+        started = WIREGUARD_GO.search(out)
+        if started:  # wireguard-go (not the kernel module): the lab tracks it like the rest
+            self.lab.adopt("wireguard-go", self.t.free, int(started.group(1)))
         return token
 
     def step3_connect(self) -> StepResult:

@@ -200,6 +200,17 @@ class Lab:
             ready=("127.0.0.1", topo.CONNECT_PORT),
         )  # fmt: skip
 
+    def adopt(self, role: str, namespace: str, pid: int) -> Process | None:
+        """Record a process another command started in the lab (wireguard-go), so
+        status shows it and down stops it by PID like the lab's own."""
+        ticks = netns.process_start_ticks(pid)
+        if ticks is None:
+            return None
+        proc = Process(role, namespace, pid, ticks, "", list(netns.argv_of(pid)))
+        self.processes.append(proc)
+        self.save()
+        return proc
+
     def wait_ready(self, proc: Process, host: str, port: int) -> None:
         deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline:
