@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,22 @@ def signed_file(
     return path
 
 
+_clients: list[RunningNode] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_clients() -> Iterator[None]:
+    """Every client a test starts is stopped by PID when it ends, passed or failed
+    (test_mirrors_are_tried_in_turn left its client running)."""
+    yield
+    while _clients:
+        _clients.pop().stop()
+
+
 def start_client(state: Path, *args: str) -> RunningNode:
-    return launch_node([*args, "--check-interval", "0.5"], state, command="connect")
+    client = launch_node([*args, "--check-interval", "0.5"], state, command="connect")
+    _clients.append(client)
+    return client
 
 
 def run_client(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
