@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import hmac
 import ipaddress
 import socket
@@ -20,6 +19,7 @@ from typing import Any, cast
 
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
+from resistance.node.tlscert import certificate_sha256, pinning_client_context
 from resistance.proto.socks5 import (
     Address,
     ClientConnection,
@@ -71,7 +71,7 @@ class _TlsExchange(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        seen = hashlib.sha256(der).hexdigest() if der else ""
+        seen = certificate_sha256(der) if der else ""
         if not hmac.compare_digest(seen, self.pin):
             self._fail(
                 DialError(
@@ -114,15 +114,6 @@ class _TlsExchange(asyncio.Protocol):
             self.transport.abort()
 
 
-def _tls_context() -> ssl.SSLContext:
-    """TLS with the certificate pinned by hash instead of checked against CAs."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
 async def _dial_tls(
     upstream: Upstream, command: Command, address: Address, seconds: float
 ) -> Dialed:
@@ -135,7 +126,7 @@ async def _dial_tls(
     try:
         async with asyncio.timeout(seconds):
             transport, _ = await loop.create_connection(
-                lambda: exchange, upstream.host, upstream.port, ssl=_tls_context(),
+                lambda: exchange, upstream.host, upstream.port, ssl=pinning_client_context(),
                 server_hostname=upstream.host, ssl_handshake_timeout=seconds,
             )  # fmt: skip
             established = await exchange.done

@@ -35,10 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from resistance.directory.canonical import CanonicalError, canonical_bytes, parse_strict
 from resistance.directory.keys import (
     b64url,
-    b64url_decode,
+    check_signatures,
     key_id,
     raw_public,
-    verify_signature,
 )
 from resistance.errors import ResistanceError
 from resistance.paths import write_private
@@ -137,26 +136,14 @@ def count_signers(
     document: Mapping[str, Any], signatures: Sequence[Any], trusted: Sequence[Ed25519PublicKey]
 ) -> tuple[str, ...]:
     """Key ids of the distinct trusted keys with a good signature on the document."""
-    message = signed_message(document)
-    by_id: dict[str, list[Ed25519PublicKey]] = {}
-    for key in trusted:
-        by_id.setdefault(key_id(key), []).append(key)
-    good: dict[bytes, str] = {}
-    for entry in signatures:
-        if not isinstance(entry, dict):
-            continue
-        kid, sig_text = entry.get("key_id"), entry.get("signature")
-        if not isinstance(kid, str) or not isinstance(sig_text, str):
-            continue
-        try:
-            signature = b64url_decode(sig_text)
-        except ValueError:
-            continue
-        for key in by_id.get(kid, ()):
-            raw = raw_public(key)
-            if raw not in good and verify_signature(key, signature, message):
-                good[raw] = kid
-    return tuple(sorted(good.values()))
+    entries = [
+        (e["key_id"], e["signature"])
+        for e in signatures
+        if isinstance(e, dict)
+        and isinstance(e.get("key_id"), str)
+        and isinstance(e.get("signature"), str)
+    ]
+    return check_signatures(signed_message(document), entries, trusted)[1]
 
 
 def document_digest(document: Mapping[str, Any]) -> str:

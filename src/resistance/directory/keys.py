@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -65,6 +66,40 @@ def verify_signature(key: Ed25519PublicKey, signature: bytes, message: bytes) ->
     except InvalidSignature:
         return False
     return True
+
+
+def check_signatures(
+    message: bytes, entries: Sequence[tuple[str, str]], trusted: Sequence[Ed25519PublicKey]
+) -> tuple[list[str], tuple[str, ...]]:
+    """Check ``(key_id, base64url signature)`` entries over ``message``.
+
+    Returns each entry's outcome ("good", "bad signature" or "untrusted key")
+    and the key ids of the *distinct* trusted keys with a good signature: a
+    second entry by a key already counted, or one by an unknown key, adds
+    nothing.  Directories and grant-round inputs are both checked here.
+    """
+    by_id: dict[str, list[Ed25519PublicKey]] = {}
+    for key in trusted:
+        by_id.setdefault(key_id(key), []).append(key)
+    good: dict[bytes, str] = {}
+    outcomes = []
+    for kid, text in entries:
+        keys = by_id.get(kid)
+        if not keys:
+            outcomes.append("untrusted key")
+            continue
+        try:
+            signature = b64url_decode(text)
+        except ValueError:
+            signature = b""
+        outcome = "bad signature"
+        for key in keys:
+            if verify_signature(key, signature, message):
+                outcome = "good"
+                good.setdefault(raw_public(key), kid)
+                break
+        outcomes.append(outcome)
+    return outcomes, tuple(sorted(good.values()))
 
 
 def trusted_key(spec: str) -> Ed25519PublicKey:

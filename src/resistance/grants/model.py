@@ -3,8 +3,8 @@
 A round file is self-contained so that anyone can recompute it: it holds every
 parameter of the award rule (``GrantSettings``), every input the rule reads
 (``RoundInputs``: daily rollups, amounts carried from the operator's previous
-round, prior service days for probation, and a ``signatures`` field reserved for
-the registry's signature over the exported inputs), the result (``RoundResult``)
+round, prior service days for probation, and ``signatures``, the registry's signatures over
+the exported inputs), the result (``RoundResult``)
 and the state (``RoundState``: draft, approved with a digest, paid with a txid).
 
 All amounts are integer satoshi; all weights are integers. The JSON form is
@@ -196,7 +196,7 @@ class CarriedAmount:
 
 @dataclass(frozen=True, slots=True)
 class InputSignature:
-    """A signature over the canonical inputs by a registry key (checked in a later version)."""
+    """A registry key's signature over the canonical inputs (see grants.signing)."""
 
     key_id: str
     algorithm: str

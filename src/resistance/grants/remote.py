@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from resistance.grants.errors import RegistryError
+from resistance.registry.client import call_registry
 
 ROUNDS_PATH = "/api/v1/grants/rounds"
 
@@ -23,28 +22,7 @@ def call(
     """``method`` on ``registry + path`` with the admin token; the decoded answer."""
     if not registry.startswith(("http://", "https://")):
         raise RegistryError(f"--registry must be an http(s):// URL, not {registry[:60]!r}")
-    url = registry.rstrip("/") + path
-    try:
-        response = httpx.request(
-            method,
-            url,
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-        )
-    except httpx.HTTPError as exc:
-        raise RegistryError(f"cannot reach the registry at {url}: {exc}") from None
-    if response.status_code == 204:
-        return None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if response.status_code >= 400:
-        error = answer.get("error") if isinstance(answer, dict) else None
-        raise RegistryError(
-            f"registry refused ({response.status_code}): {error or 'no explanation given'}"
-        )
-    if not isinstance(answer, dict):
-        raise RegistryError(f"registry answered {response.status_code} without a JSON object")
-    return answer
+    return call_registry(
+        registry, path, token=token, method=method, body=body, expect=(200, 201),
+        timeout=timeout, error=RegistryError,
+    )  # fmt: skip

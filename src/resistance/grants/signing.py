@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from resistance.directory.canonical import CanonicalError, canonical_bytes
-from resistance.directory.keys import b64url, b64url_decode, key_id, raw_public, verify_signature
+from resistance.directory.keys import b64url, key_id
+from resistance.directory.keys import check_signatures as check_key_signatures
 from resistance.grants.errors import InputError
 from resistance.grants.model import GrantSettings, InputSignature, RoundInputs, inputs_to_json
 
@@ -89,29 +90,13 @@ def check_signatures(
     settings: GrantSettings, inputs: RoundInputs, trusted: Sequence[Ed25519PublicKey]
 ) -> SignatureReport:
     """Check every signature entry against the trusted keys."""
-    message = signed_message(settings, inputs)
-    by_id: dict[str, list[Ed25519PublicKey]] = {}
-    for key in trusted:
-        by_id.setdefault(key_id(key), []).append(key)
-    good: dict[bytes, str] = {}
-    entries = []
-    for sig in inputs.signatures:
-        if sig.algorithm != ALGORITHM:
-            entries.append(SignatureCheck(sig.key_id, sig.algorithm, "unsupported algorithm"))
-            continue
-        keys = by_id.get(sig.key_id)
-        if not keys:
-            entries.append(SignatureCheck(sig.key_id, sig.algorithm, "untrusted key"))
-            continue
-        try:
-            raw = b64url_decode(sig.signature)
-        except ValueError:
-            raw = b""
-        outcome = "bad signature"
-        for key in keys:
-            if verify_signature(key, raw, message):
-                outcome = "good"
-                good.setdefault(raw_public(key), sig.key_id)
-                break
-        entries.append(SignatureCheck(sig.key_id, sig.algorithm, outcome))
-    return SignatureReport(tuple(entries), tuple(sorted(good.values())))
+    supported = [sig for sig in inputs.signatures if sig.algorithm == ALGORITHM]
+    outcomes, signers = check_key_signatures(
+        signed_message(settings, inputs), [(s.key_id, s.signature) for s in supported], trusted
+    )
+    checked = dict(zip((id(s) for s in supported), outcomes, strict=True))
+    entries = tuple(
+        SignatureCheck(sig.key_id, sig.algorithm, checked.get(id(sig), "unsupported algorithm"))
+        for sig in inputs.signatures
+    )
+    return SignatureReport(entries, signers)

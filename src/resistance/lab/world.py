@@ -233,12 +233,6 @@ class Lab:
     def log_text(self, role: str) -> str:
         return Path(self.process(role).log).read_text(errors="replace")
 
-    def stop(self, proc: Process, *, grace: float = STOP_GRACE) -> None:
-        """Stop one process of this lab (SIGTERM, then SIGKILL), if it is still ours."""
-        self._signal_and_wait([proc], grace)
-        self.processes = [p for p in self.processes if p.pid != proc.pid]
-        self.save()
-
     def _signal_and_wait(self, procs: Sequence[Process], grace: float) -> None:
         live = [p for p in procs if p.alive()]
         for p in live:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import ssl
 from pathlib import Path
 from typing import Final
 
@@ -51,6 +52,16 @@ VALID_DAYS: Final = 20 * 365
 def certificate_sha256(der: bytes) -> str:
     """The pin of a certificate: lowercase hex SHA-256 of its DER bytes."""
     return hashlib.sha256(der).hexdigest()
+
+
+def pinning_client_context() -> ssl.SSLContext:
+    """TLS to a node, trusting no CA: the caller checks the certificate's pin (the
+    client) or has the node sign it in a challenge (the registry)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def leaf_der(cert_path: Path) -> bytes:

@@ -24,6 +24,7 @@ import ssl
 
 from resistance.directory.keys import parse_public_key, verify_signature
 from resistance.errors import ProtocolError, ResistanceError
+from resistance.node.tlscert import pinning_client_context
 from resistance.proto.socks5 import (
     Address,
     AddressType,
@@ -89,15 +90,6 @@ async def _exchange(
     return await reader.readexactly(64)
 
 
-def _tls_context() -> ssl.SSLContext:
-    """TLS that accepts any certificate: the challenge decides, not a CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
 async def _challenge(
     *,
     host: str,
@@ -114,7 +106,9 @@ async def _challenge(
     try:
         async with asyncio.timeout(within):
             if tls:
-                reader, writer = await asyncio.open_connection(host, port, ssl=_tls_context())
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=pinning_client_context()
+                )
             else:
                 reader, writer = await asyncio.open_connection(host, port)
             digest = None

@@ -309,20 +309,12 @@ def add_probe(
       resist registry add-probe --registry https://reg.example --token rst_ADMIN \\
           --name msk-1 --country RU --public-key $(ssh msk-1 resist probe key)
     """
-    import httpx
+    from resistance.registry.client import call_registry
 
-    url = registry_url.rstrip("/") + "/api/v1/probes"
     body = {"name": name, "country": country.upper(), "control": control, "public_key": public_key}
-    try:
-        response = httpx.post(
-            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
-        answer = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ConfigError(f"cannot reach the registry at {url}: {exc}") from None
-    if response.status_code != 201 or not isinstance(answer, dict):
-        error = answer.get("error") if isinstance(answer, dict) else response.status_code
-        raise ConfigError(f"registry refused ({response.status_code}): {error}")
+    answer = call_registry(
+        registry_url, "/api/v1/probes", token=token, method="POST", body=body, expect=(201,)
+    )
     kind = "control vantage" if control else "vantage"
     click.echo(f"probe {answer['probe_id']} {name} ({answer['country']}, {kind})")
     click.echo(f"probe token (shown once, keep it): {answer['token']}")

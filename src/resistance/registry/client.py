@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from resistance.config import parse_user
-from resistance.errors import ConfigError
+from resistance.errors import ConfigError, ResistanceError
 from resistance.registry.statement import make_statement
 
 REGISTER_PATH = "/api/v1/proxies"
@@ -57,22 +57,46 @@ def registration_body(
     return {"statement": statement, "signature": signature, "public": public, "users": users}
 
 
-def post_registration(
-    *, registry: str, token: str, body: dict[str, Any], timeout: float = 30.0
+def call_registry(
+    registry: str,
+    path: str,
+    *,
+    token: str | None = None,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+    expect: tuple[int, ...] = (200,),
+    timeout: float = 30.0,
+    error: type[ResistanceError] = ConfigError,
 ) -> dict[str, Any]:
-    url = registry.rstrip("/") + REGISTER_PATH
+    """One request to a registry's API: its JSON object, or ``error`` with one line.
+
+    Every command that talks to a registry (register-node, add-probe, vpn
+    register, grant rounds) goes through here, so they fail alike.
+    """
+    url = registry.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.post(
-            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach the registry at {url}: {exc}") from None
+        raise error(f"cannot reach the registry at {url}: {exc}") from None
+    if response.status_code == 204:
+        return {}
     try:
         answer = response.json()
     except ValueError:
         answer = None
+    if response.status_code not in expect:
+        why = answer.get("error") if isinstance(answer, dict) else None
+        raise error(f"registry refused ({response.status_code}): {why or 'no explanation given'}")
     if not isinstance(answer, dict):
-        raise ConfigError(f"registry answered {response.status_code} without a JSON object")
-    if response.status_code != 201:
-        raise ConfigError(f"registry refused ({response.status_code}): {answer.get('error')}")
+        raise error(f"registry answered {response.status_code} without a JSON object")
     return answer
+
+
+def post_registration(
+    *, registry: str, token: str, body: dict[str, Any], timeout: float = 30.0
+) -> dict[str, Any]:
+    return call_registry(
+        registry, REGISTER_PATH, token=token, method="POST", body=body, expect=(201,),
+        timeout=timeout,
+    )  # fmt: skip

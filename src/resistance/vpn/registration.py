@@ -18,12 +18,11 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Any, Final
-
-import httpx
+from typing import Final
 
 from resistance.errors import ConfigError
 from resistance.paths import write_private
+from resistance.registry.client import call_registry
 from resistance.vpn import keys
 from resistance.vpn.peers import PeerKind, utcnow
 from resistance.vpn.server import VpnServer
@@ -47,26 +46,10 @@ def _peer_name(prefix: str, public_key: str) -> str:
     return prefix + "".join(c for c in public_key if c.isalnum())[:12]
 
 
-def _answer(response: httpx.Response, url: str) -> dict[str, Any]:
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise ConfigError(f"{url} answered {response.status_code} without a JSON object")
-    return answer
-
-
 def fetch_prober_keys(registry: str, *, timeout: float = 30.0) -> tuple[str, list[str]]:
     """The registry's prober key and the probes' WireGuard keys."""
     url = registry.rstrip("/") + PROBER_KEY_PATH
-    try:
-        response = httpx.get(url, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach the registry at {url}: {exc}") from None
-    answer = _answer(response, url)
-    if response.status_code != 200:
-        raise ConfigError(f"registry refused ({response.status_code}): {answer.get('error')}")
+    answer = call_registry(registry, PROBER_KEY_PATH, timeout=timeout)
     prober, probes = answer.get("public_key"), answer.get("probe_keys", [])
     if not isinstance(prober, str) or not isinstance(probes, list):
         raise ConfigError(f"{url}: not a prober-key answer")
@@ -115,16 +98,10 @@ def register(
         "public": public,
         "probe_keys": probe_keys,
     }
-    url = registry.rstrip("/") + REGISTER_PATH
-    try:
-        response = httpx.post(
-            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
-    except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach the registry at {url}: {exc}") from None
-    answer = _answer(response, url)
-    if response.status_code != 201:
-        raise ConfigError(f"registry refused ({response.status_code}): {answer.get('error')}")
+    answer = call_registry(
+        registry, REGISTER_PATH, token=token, method="POST", body=body, expect=(201,),
+        timeout=timeout,
+    )  # fmt: skip
     proxy_id = int(answer["proxy_id"])
     record = {
         "registry": registry,
