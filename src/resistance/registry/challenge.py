@@ -24,6 +24,7 @@ import ssl
 
 from resistance.directory.keys import parse_public_key, verify_signature
 from resistance.errors import ProtocolError, ResistanceError
+from resistance.node.identity import challenge_message, challenge_name, tls_challenge_message
 from resistance.node.tlscert import pinning_client_context
 from resistance.proto.socks5 import (
     Address,
@@ -34,11 +35,6 @@ from resistance.proto.socks5 import (
     client_greeting,
     client_request,
     parse_reply,
-)
-from resistance.registry.statement import (
-    CHALLENGE_SUFFIX,
-    challenge_message,
-    tls_challenge_message,
 )
 
 _MAX_REPLY = 262
@@ -79,7 +75,7 @@ async def _exchange(
     status = await reader.readexactly(2)
     if status[1] != 0:
         raise ChallengeFailed("the node refused the statement's probe_user/probe_password")
-    target = Address(AddressType.DOMAIN, nonce.hex() + CHALLENGE_SUFFIX, 0)
+    target = Address(AddressType.DOMAIN, challenge_name(nonce), 0)
     writer.write(client_request(Command.CONNECT, target))
     reply = await _read_reply(reader)
     if reply is not Reply.SUCCEEDED:

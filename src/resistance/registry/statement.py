@@ -29,20 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from resistance.directory.canonical import canonical_bytes
 from resistance.directory.keys import b64url, public_key_text
 
+# What the node signs is the node's protocol, defined once in node.identity.
+from resistance.node.identity import challenge_message as challenge_message
+from resistance.node.identity import tls_challenge_message as tls_challenge_message
+
 STATEMENT_VERSION = 1
-CHALLENGE_CONTEXT = b"resist-node-challenge/1\n"
-CHALLENGE_TLS_CONTEXT = b"resist-node-challenge-tls/1\n"
-CHALLENGE_SUFFIX = ".challenge.resist.invalid"
-
-
-def challenge_message(nonce: bytes) -> bytes:
-    """What a node signs to answer a challenge (same as the node's own definition)."""
-    return CHALLENGE_CONTEXT + nonce
-
-
-def tls_challenge_message(nonce: bytes, cert_sha256: bytes) -> bytes:
-    """What a node signs to answer a challenge on its TLS listener (the node's definition)."""
-    return CHALLENGE_TLS_CONTEXT + nonce + cert_sha256
 
 
 def make_statement(
