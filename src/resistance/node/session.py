@@ -23,7 +23,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from resistance.errors import BufferOverflow, ProtocolError
-from resistance.net.reactor import READABLE, WRITABLE
+from resistance.net.reactor import EPOLLERR, EPOLLHUP, READABLE, WRITABLE
 from resistance.node.identity import (
     CHALLENGE_SUFFIX,
     challenge_message,
@@ -94,7 +94,7 @@ class Session:
             node.limits.handshake_timeout, self.on_handshake_timeout
         )
         self.task: asyncio.Task[None] | None = None
-        self.dial_sock: socket.socket | None = None
+        self.dial_sock: socket.SocketType | None = None
         self.candidates: list[tuple[int, Any]] = []
         self.relay: Any = None
         self.udp: UdpAssociation | None = None
@@ -119,7 +119,7 @@ class Session:
         raise NotImplementedError
 
     def start_relay(
-        self, upstream: socket.socket, early: bytes, *, upstream_unread: bool = True
+        self, upstream: socket.SocketType, early: bytes, *, upstream_unread: bool = True
     ) -> None:
         """Relay from now on; ``upstream_unread``: bytes may wait there unannounced."""
         raise NotImplementedError
@@ -345,7 +345,7 @@ class Session:
             return
         family, sockaddr = self.candidates.pop(0)
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = socket.SocketType(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             self._dial_next(exc.errno)
             return
@@ -371,9 +371,14 @@ class Session:
 
     def _on_connect_event(self, events: int) -> None:
         if events & WRITABLE:
-            self._on_connect_ready(unread=bool(events & READABLE))
+            # Writable without an error or hang-up: the connect has succeeded, and
+            # asking SO_ERROR would only cost a system call (this runs for every
+            # CONNECT).  Where either is set, SO_ERROR tells what went wrong.
+            self._on_connect_ready(
+                unread=bool(events & READABLE), check=bool(events & (EPOLLERR | EPOLLHUP))
+            )
 
-    def _on_connect_ready(self, unread: bool = True) -> None:
+    def _on_connect_ready(self, unread: bool = True, check: bool = True) -> None:
         sock = self.dial_sock
         if sock is None:
             return
@@ -381,7 +386,7 @@ class Session:
         reactor = self.node.reactor
         if reactor is None:
             self.node.loop.remove_writer(sock.fileno())
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if check else 0
         if err:
             if reactor is not None:
                 reactor.forget(sock.fileno())
@@ -407,7 +412,7 @@ class Session:
                 self.node.loop.remove_writer(sock.fileno())
             sock.close()
 
-    def _connected(self, sock: socket.socket, *, upstream_unread: bool = True) -> None:
+    def _connected(self, sock: socket.SocketType, *, upstream_unread: bool = True) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
