@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import socket
 from asyncio import FIRST_COMPLETED
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from resistance.client.dial import Dialed, DialError, dial
 from resistance.client.upstreams import Upstream
@@ -183,7 +183,11 @@ class ClientSession(RawSession):
         if early:
             upstream.write(early)
         try:
-            await self.node.loop.connect_accepted_socket(lambda: relay.client_side, sock=self.sock)
+            # Both asyncio's loop and uvloop take the C socket type the listener makes;
+            # typeshed asks for the Python subclass.
+            await self.node.loop.connect_accepted_socket(
+                lambda: relay.client_side, sock=cast(socket.socket, self.sock)
+            )
         except OSError:
             relay.close()
             return

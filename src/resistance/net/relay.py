@@ -117,7 +117,7 @@ class _Pump:
         "writable",
     )
 
-    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, relay: Relay, src: socket.SocketType, dst: socket.SocketType) -> None:
         self.relay = relay
         self.src = src
         self.dst = dst
@@ -180,7 +180,7 @@ class _SplicePump(_Pump):
     __slots__ = ("chunk", "pipe", "pool")
 
     def __init__(
-        self, relay: Relay, src: socket.socket, dst: socket.socket, pool: PipePool
+        self, relay: Relay, src: socket.SocketType, dst: socket.SocketType, pool: PipePool
     ) -> None:
         super().__init__(relay, src, dst)
         self.pool = pool
@@ -251,7 +251,7 @@ class _SplicePump(_Pump):
 class _CopyPump(_Pump):
     __slots__ = ("buf", "offset", "view")
 
-    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, relay: Relay, src: socket.SocketType, dst: socket.SocketType) -> None:
         super().__init__(relay, src, dst)
         self.buf: bytearray | None = None
         self.view: memoryview | None = None
@@ -320,8 +320,8 @@ class Relay:
     def __init__(
         self,
         reactor: Reactor,
-        client: socket.socket,
-        upstream: socket.socket,
+        client: socket.SocketType,
+        upstream: socket.SocketType,
         *,
         pool: PipePool | None,
         on_close: Callable[[Relay, OSError | None], None],

@@ -23,6 +23,7 @@ import logging
 import resource
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -57,7 +58,7 @@ class RawSession(Session):
 
     __slots__ = ("ending", "fd", "paused", "sock")
 
-    def __init__(self, node: Node, sock: socket.socket, peer_ip: str, reactor: Reactor) -> None:
+    def __init__(self, node: Node, sock: socket.SocketType, peer_ip: str, reactor: Reactor) -> None:
         super().__init__(node, peer_ip)
         self.sock = sock
         self.fd = sock.fileno()
@@ -111,7 +112,7 @@ class RawSession(Session):
             self.node.loop.call_soon(self.on_readable)  # no edge comes for bytes already there
 
     def start_relay(
-        self, upstream: socket.socket, early: bytes, *, upstream_unread: bool = True
+        self, upstream: socket.SocketType, early: bytes, *, upstream_unread: bool = True
     ) -> None:
         # Otherwise every byte so far was read and fed (and a FIN would have been seen).
         client_unread = self.paused or self.ending
@@ -182,7 +183,7 @@ class StreamSession(Session):
             self.transport.resume_reading()
 
     def start_relay(
-        self, upstream: socket.socket, early: bytes, *, upstream_unread: bool = True
+        self, upstream: socket.SocketType, early: bytes, *, upstream_unread: bool = True
     ) -> None:
         self.transport.pause_reading()  # until the relay owns the transport
         if self.node.reactor is not None:
@@ -193,14 +194,20 @@ class StreamSession(Session):
             self._attach(relay, upstream, early), name=f"tls-relay-{id(self):x}"
         )
 
-    async def _attach(self, relay: TransportRelay, upstream: socket.socket, early: bytes) -> None:
+    async def _attach(
+        self, relay: TransportRelay, upstream: socket.SocketType, early: bytes
+    ) -> None:
         # The client side first (it stays paused): the destination's bytes may
         # flow the moment its transport exists, and they must find somewhere to go.
         transport = self.transport
         transport.set_protocol(relay.client_side)
         relay.client_side.connection_made(transport)
         try:
-            await self.node.loop.connect_accepted_socket(lambda: relay.upstream_side, sock=upstream)
+            # Both asyncio's loop and uvloop take the C socket type; typeshed asks for
+            # the Python subclass.
+            await self.node.loop.connect_accepted_socket(
+                lambda: relay.upstream_side, sock=cast(socket.socket, upstream)
+            )
         except OSError:
             self.task = None
             upstream.close()
@@ -269,14 +276,19 @@ class Listener:
         self.reactor = reactor
         self.sock = sock
         self.fd = sock.fileno()
+        self.family = sock.family
+        # accept4 without the wrapper: returns (descriptor, address)
+        self.accept: Callable[[], tuple[int, Any]] = sock._accept  # type: ignore[attr-defined]
         self.paused: asyncio.TimerHandle | None = None
         node.loop.add_reader(self.fd, self.on_accept)
 
     def on_accept(self) -> None:
         node = self.node
+        accept = self.accept
+        family = self.family
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, addr = self.sock.accept()
+                fd, addr = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -287,6 +299,9 @@ class Listener:
                     node.loop.remove_reader(self.fd)
                     self.paused = node.loop.call_later(1.0, self._resume)
                 return
+            # The C socket type, not socket.socket: its Python-level __init__,
+            # accept and close wrappers cost more than the handshake's parsing.
+            sock = socket.SocketType(family, socket.SOCK_STREAM, 0, fd)
             if not node.admit(addr[0]):
                 sock.close()
                 continue
