@@ -108,6 +108,7 @@ class _Pump:
         "dst_fd",
         "ending",
         "eof",
+        "loop",
         "moved",
         "pending",
         "readable",
@@ -118,7 +119,10 @@ class _Pump:
     )
 
     def __init__(self, relay: Relay, src: socket.SocketType, dst: socket.SocketType) -> None:
-        self.relay = relay
+        # Cleared when the relay closes (see :meth:`halt`), so that the relay and
+        # its pumps form no reference cycle and are freed without the cyclic GC.
+        self.relay: Relay | None = relay
+        self.loop = relay.loop
         self.src = src
         self.dst = dst
         self.src_fd = src.fileno()
@@ -133,7 +137,7 @@ class _Pump:
         self.writable = True
 
     def run(self) -> None:
-        if self.done or self.relay.closed:
+        if self.done:
             return
         for _ in range(ROUNDS):
             if self.pending:
@@ -151,7 +155,7 @@ class _Pump:
             if n == 0:
                 self.eof = True
         # Still busy after a fair share: let other connections run first.
-        self.relay.loop.call_soon(self.run)
+        self.loop.call_soon(self.run)
 
     def _fill(self) -> int:
         """Read a chunk; bytes read, 0 at EOF, -1 when nothing more can be read now."""
@@ -161,9 +165,15 @@ class _Pump:
         """Write what is pending; ``True`` once all of it is written."""
         raise NotImplementedError
 
+    def _fail(self, exc: OSError) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay.fail(exc)
+
     def _finish(self) -> None:
         self.done = True
         relay = self.relay
+        assert relay is not None  # a pump of a closed relay is done and never runs
         if relay.up.done and relay.down.done:
             relay.close()  # closing sends the FIN: no separate shutdown needed
             return
@@ -171,6 +181,12 @@ class _Pump:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    def halt(self) -> None:
+        """The relay is closing: never run again, give back what is held."""
+        self.done = True
+        self.relay = None
+        self.stop()
 
     def stop(self) -> None:
         pass
@@ -198,7 +214,7 @@ class _SplicePump(_Pump):
             self._release()
             return -1
         except OSError as exc:
-            self.relay.fail(exc)
+            self._fail(exc)
             return -1
         if n:
             self.moved += n
@@ -226,7 +242,7 @@ class _SplicePump(_Pump):
                 return False
             except OSError as exc:
                 self.pending = pending
-                self.relay.fail(exc)
+                self._fail(exc)
                 return False
             pending -= n
         self.pending = 0
@@ -267,7 +283,7 @@ class _CopyPump(_Pump):
             self.readable = False
             return -1
         except OSError as exc:
-            self.relay.fail(exc)
+            self._fail(exc)
             return -1
         self.moved += n
         self.offset = 0
@@ -286,7 +302,7 @@ class _CopyPump(_Pump):
                 self.writable = False
                 return False
             except OSError as exc:
-                self.relay.fail(exc)
+                self._fail(exc)
                 return False
             self.offset += n
             self.pending -= n
@@ -414,13 +430,18 @@ class Relay:
         if self.closed:
             return
         self.closed = True
-        self.up.stop()
-        self.down.stop()
+        self.up.halt()
+        self.down.halt()
         self.reactor.forget(self.client_fd)
         self.reactor.forget(self.upstream_fd)
         self.client.close()
         self.upstream.close()
-        self.on_close(self, exc)
+        on_close, self.on_close = self.on_close, _closed_already
+        on_close(self, exc)
+
+
+def _closed_already(relay: Relay, exc: OSError | None) -> None:
+    """What a closed relay holds instead of its owner's callback (no cycle)."""
 
 
 class _TransportSide(asyncio.Protocol):
