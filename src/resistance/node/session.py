@@ -62,6 +62,19 @@ ERRNO_REPLY: dict[int, Reply] = {
 """How a failed outbound connect is told to the client (RFC 1928 section 6)."""
 
 
+# Enum members read per connection, as module globals (on Python 3.11 a read
+# through the class goes through EnumType.__getattr__'s slow hook; see socks5).
+_UDP_STATE = State.UDP
+_REPLY_PENDING = State.REPLY_PENDING
+_BIND_PENDING = State.BIND_PENDING
+_HANDSHAKING = frozenset((State.GREETING, State.AUTH, State.REQUEST))
+_CONNECT = Command.CONNECT
+_UDP_ASSOCIATE = Command.UDP_ASSOCIATE
+_DOMAIN = AddressType.DOMAIN
+_IPV6 = AddressType.IPV6
+_SUCCEEDED = Reply.SUCCEEDED
+
+
 def reply_for_errno(code: int | None) -> Reply:
     return ERRNO_REPLY.get(code or 0, Reply.GENERAL_FAILURE)
 
@@ -131,7 +144,7 @@ class Session:
         conn = self.conn
         if conn is None:
             return
-        if conn.state is State.UDP:
+        if conn.state is _UDP_STATE:
             return  # the control connection of a UDP association carries nothing
         try:
             conn.receive_data(data)
@@ -203,12 +216,12 @@ class Session:
         conn = self.conn
         if (
             conn is not None
-            and conn.state is State.REPLY_PENDING
-            and (self.request is not None and self.request.command is Command.CONNECT)
+            and conn.state is _REPLY_PENDING
+            and (self.request is not None and self.request.command is _CONNECT)
         ):
             self.pause_reading()
             return
-        if conn is not None and conn.state in (State.GREETING, State.AUTH, State.REQUEST):
+        if conn is not None and conn.state in _HANDSHAKING:
             self.node.metrics.handshake_failures.labels("eof").inc()
         self.close()
 
@@ -226,10 +239,8 @@ class Session:
         node.metrics.request_by_command[command].inc()
         if node.log_destinations:
             log.info("%s %s:%s", command.name, request.address.host, request.address.port)
-        if command is Command.CONNECT:
-            if request.address.type is AddressType.DOMAIN and request.address.host.endswith(
-                CHALLENGE_SUFFIX
-            ):
+        if command is _CONNECT:
+            if request.address.type is _DOMAIN and request.address.host.endswith(CHALLENGE_SUFFIX):
                 self._answer_challenge(request.address.host)
                 return
             verdict = node.policy.check_port(request.address.port)
@@ -237,7 +248,7 @@ class Session:
                 self._refuse(verdict.reason)
                 return
             self._resolve_then(request.address, self._dial)
-        elif command is Command.UDP_ASSOCIATE:
+        elif command is _UDP_ASSOCIATE:
             if not node.settings.udp:
                 self.reply_and_close(Reply.COMMAND_NOT_SUPPORTED)
                 return
@@ -247,7 +258,7 @@ class Session:
                 self.reply_and_close(Reply.COMMAND_NOT_SUPPORTED)
                 return
             address = request.address
-            if address.type is not AddressType.DOMAIN and _is_unspecified(address.host):
+            if address.type is not _DOMAIN and _is_unspecified(address.host):
                 # "any peer": the peer that connects is checked when it arrives
                 self._bind([(socket.AF_INET, (address.host, address.port))])
             else:
@@ -265,8 +276,8 @@ class Session:
         message = (
             challenge_message(nonce) if binding is None else tls_challenge_message(nonce, binding)
         )
-        conn.reply(Reply.SUCCEEDED)
-        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        conn.reply(_SUCCEEDED)
+        self.node.metrics.reply_by_code[_SUCCEEDED].inc()
         self.write(conn.data_to_send() + identity.sign(message))
         self.close()
 
@@ -280,8 +291,8 @@ class Session:
 
     def _resolve_then(self, address: Address, then: Any) -> None:
         """Call ``then(candidates)`` with the allowed ``(family, sockaddr)`` list."""
-        if address.type is not AddressType.DOMAIN:
-            family = socket.AF_INET6 if address.type is AddressType.IPV6 else socket.AF_INET
+        if address.type is not _DOMAIN:
+            family = socket.AF_INET6 if address.type is _IPV6 else socket.AF_INET
             self._filter_and(then, [(family, (address.host, address.port))])
             return
         self.task = self.node.loop.create_task(
@@ -424,8 +435,8 @@ class Session:
             sock.close()
             self.reply_and_close(reply_for_errno(exc.errno))
             return
-        conn.reply(Reply.SUCCEEDED, Address.from_ip(host, port))
-        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        conn.reply(_SUCCEEDED, Address.from_ip(host, port))
+        self.node.metrics.reply_by_code[_SUCCEEDED].inc()
         self.write(conn.data_to_send())
         early = conn.take_early_data()
         self.conn = None
@@ -433,7 +444,7 @@ class Session:
 
     def reply_and_close(self, code: Reply) -> None:
         conn = self.conn
-        if conn is not None and conn.state in (State.REPLY_PENDING, State.BIND_PENDING):
+        if conn is not None and (conn.state is _REPLY_PENDING or conn.state is _BIND_PENDING):
             conn.reply(code)
             self.node.metrics.reply_by_code[code].inc()
             self.write(conn.data_to_send())
@@ -444,7 +455,7 @@ class Session:
     def _start_udp(self, hint: Address) -> None:
         conn = self.conn
         assert conn is not None
-        hint_port = hint.port if hint.type is not AddressType.DOMAIN else 0
+        hint_port = hint.port if hint.type is not _DOMAIN else 0
         try:
             self.udp = UdpAssociation(self.node, self, self.peer_ip, hint_port, self.local_ip())
         except OSError as exc:
@@ -453,8 +464,8 @@ class Session:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        conn.reply(Reply.SUCCEEDED, self.udp.bound_address())
-        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        conn.reply(_SUCCEEDED, self.udp.bound_address())
+        self.node.metrics.reply_by_code[_SUCCEEDED].inc()
         self.write(conn.data_to_send())
         conn.take_early_data()
         self.resume_reading()  # to learn when the control connection ends
@@ -478,7 +489,7 @@ class Session:
         self.bind_listener = listener
         self.candidates = [(family, expected)]
         host, port = listener.getsockname()[:2]
-        conn.reply(Reply.SUCCEEDED, Address.from_ip(host, port))
+        conn.reply(_SUCCEEDED, Address.from_ip(host, port))
         self.write(conn.data_to_send())
         if self.timer is not None:
             self.timer.cancel()
@@ -509,8 +520,8 @@ class Session:
         assert conn is not None
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.reply(Reply.SUCCEEDED, Address.from_ip(addr[0], addr[1]))
-        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        conn.reply(_SUCCEEDED, Address.from_ip(addr[0], addr[1]))
+        self.node.metrics.reply_by_code[_SUCCEEDED].inc()
         self.write(conn.data_to_send())
         self.pause_reading()
         early = conn.take_early_data()
