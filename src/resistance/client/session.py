@@ -60,9 +60,7 @@ class ClientSession(RawSession):
 
     def _on_request(self, request: CommandRequest) -> None:
         self.request = request
-        if self.timer is not None:  # the dial has its own deadlines from here on
-            self.timer.cancel()
-            self.timer = None
+        self._stop_waiting()  # the dial has its own deadlines from here on
         node = self.node
         node.metrics.request_by_command[request.command].inc()
         if request.command is Command.CONNECT:

@@ -24,12 +24,14 @@ import resource
 import socket
 import ssl
 from collections.abc import Callable
+from operator import methodcaller
 from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.errors import ConfigError
+from resistance.net.deadlines import Deadlines
 from resistance.net.reactor import ENDED, HAS_EPOLL, READABLE, Reactor
 from resistance.net.relay import HAS_SPLICE, PipePool, Relay, TransportRelay
 from resistance.node.metrics import NodeMetrics
@@ -411,6 +413,16 @@ class Node:
             raise ConfigError("relay = splice needs Linux (os.splice is not available here)")
         self.pipes: PipePool | None = PipePool(size=PIPE_SIZE) if use_splice else None
         self.reactor: Reactor | None = Reactor(self.loop) if HAS_EPOLL else None
+        limits = self.limits
+        self.handshake_deadlines: Deadlines[Session] = Deadlines(
+            self.loop, limits.handshake_timeout, methodcaller("on_handshake_timeout")
+        )
+        self.connect_deadlines: Deadlines[Session] = Deadlines(
+            self.loop, limits.connect_timeout, methodcaller("on_connect_timeout")
+        )
+        self.bind_deadlines: Deadlines[Session] = Deadlines(
+            self.loop, limits.bind_timeout, methodcaller("on_bind_timeout")
+        )
         self.sessions: set[Session] = set()
         self.udp_associations: set[UdpAssociation] = set()
         self.per_ip: dict[str, int] = {}
@@ -511,6 +523,8 @@ class Node:
             self.pipes.close()
         if self.reactor is not None:
             self.reactor.close()
+        for deadlines in (self.handshake_deadlines, self.connect_deadlines, self.bind_deadlines):
+            deadlines.close()
         self.stopped.set()
 
     def reload(self, *, users: UserDB | None, policy: EgressPolicy) -> None:

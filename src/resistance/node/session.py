@@ -23,6 +23,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from resistance.errors import BufferOverflow, ProtocolError
+from resistance.net.deadlines import Deadlines
 from resistance.net.reactor import EPOLLERR, EPOLLHUP, READABLE, WRITABLE
 from resistance.node.identity import (
     CHALLENGE_SUFFIX,
@@ -92,9 +93,9 @@ class Session:
         "relay",
         "request",
         "task",
-        "timer",
         "udp",
         "user",
+        "waiting",
     )
 
     def __init__(self, node: Node, peer_ip: str) -> None:
@@ -103,9 +104,9 @@ class Session:
         self.conn: ServerConnection | None = ServerConnection(require_auth=node.users is not None)
         self.user: str | None = None
         self.request: CommandRequest | None = None
-        self.timer: asyncio.TimerHandle | None = node.loop.call_later(
-            node.limits.handshake_timeout, self.on_handshake_timeout
-        )
+        # The timeout this session runs against: handshake, connect or bind.
+        self.waiting: Deadlines[Session] | None = node.handshake_deadlines
+        node.handshake_deadlines.add(self)
         self.task: asyncio.Task[None] | None = None
         self.dial_sock: socket.SocketType | None = None
         self.candidates: list[tuple[int, Any]] = []
@@ -225,8 +226,20 @@ class Session:
             self.node.metrics.handshake_failures.labels("eof").inc()
         self.close()
 
+    def _wait(self, deadlines: Deadlines[Session]) -> None:
+        """Run against ``deadlines``' timeout from now on, instead of any other."""
+        if self.waiting is not None:
+            self.waiting.discard(self)
+        self.waiting = deadlines
+        deadlines.add(self)
+
+    def _stop_waiting(self) -> None:
+        if self.waiting is not None:
+            self.waiting.discard(self)
+            self.waiting = None
+
     def on_handshake_timeout(self) -> None:
-        self.timer = None
+        self.waiting = None
         self.node.metrics.handshake_failures.labels("timeout").inc()
         self.close()
 
@@ -343,11 +356,7 @@ class Session:
 
     def _dial(self, candidates: list[tuple[int, Any]]) -> None:
         self.candidates = candidates
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.node.loop.call_later(
-            self.node.limits.connect_timeout, self._on_connect_timeout
-        )
+        self._wait(self.node.connect_deadlines)
         self._dial_next(None)
 
     def _dial_next(self, last_errno: int | None) -> None:
@@ -407,8 +416,8 @@ class Session:
         # With the reactor the socket stays registered: the relay takes it over.
         self._connected(sock, upstream_unread=unread)
 
-    def _on_connect_timeout(self) -> None:
-        self.timer = None
+    def on_connect_timeout(self) -> None:
+        self.waiting = None
         self.candidates = []
         self._drop_dial()
         self.reply_and_close(Reply.TTL_EXPIRED)
@@ -424,9 +433,7 @@ class Session:
             sock.close()
 
     def _connected(self, sock: socket.SocketType, *, upstream_unread: bool = True) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_waiting()
         conn = self.conn
         assert conn is not None
         try:
@@ -461,9 +468,7 @@ class Session:
         except OSError as exc:
             self.reply_and_close(reply_for_errno(exc.errno))
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_waiting()
         conn.reply(_SUCCEEDED, self.udp.bound_address())
         self.node.metrics.reply_by_code[_SUCCEEDED].inc()
         self.write(conn.data_to_send())
@@ -491,9 +496,7 @@ class Session:
         host, port = listener.getsockname()[:2]
         conn.reply(_SUCCEEDED, Address.from_ip(host, port))
         self.write(conn.data_to_send())
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.node.loop.call_later(self.node.limits.bind_timeout, self._on_bind_timeout)
+        self._wait(self.node.bind_deadlines)
         self.node.loop.add_reader(listener.fileno(), self._on_bind_accept)
         self.resume_reading()
 
@@ -513,9 +516,7 @@ class Session:
             sock.close()  # someone else knocked: keep waiting for the expected peer
             return
         self._close_bind_listener()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_waiting()
         conn = self.conn
         assert conn is not None
         sock.setblocking(False)
@@ -529,8 +530,8 @@ class Session:
         # First registered by the relay, which reports whatever already waits.
         self.start_relay(sock, early, upstream_unread=False)
 
-    def _on_bind_timeout(self) -> None:
-        self.timer = None
+    def on_bind_timeout(self) -> None:
+        self.waiting = None
         self._close_bind_listener()
         self.reply_and_close(Reply.TTL_EXPIRED)
 
@@ -545,9 +546,7 @@ class Session:
 
     def close(self) -> None:
         """Close the client and everything this session holds; idempotent."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_waiting()
         if self.task is not None:
             self.task.cancel()
             self.task = None
