@@ -401,25 +401,30 @@ class Relay:
         self.up.run()
         self.down.run()
 
+    # An edge reports every ready bit, so EPOLLOUT comes with nearly every input
+    # edge; only a pump that was stopped by a full destination needs it.
+
     def on_client_event(self, events: int) -> None:
         self.idle = 0
         if events & READABLE:
-            self.up.readable = True
+            up = self.up
+            up.readable = True
             if events & ENDED:
-                self.up.ending = True
-            self.up.run()
-        if events & WRITABLE:
+                up.ending = True
+            up.run()
+        if events & WRITABLE and not self.down.writable:
             self.down.writable = True
             self.down.run()
 
     def on_upstream_event(self, events: int) -> None:
         self.idle = 0
         if events & READABLE:
-            self.down.readable = True
+            down = self.down
+            down.readable = True
             if events & ENDED:
-                self.down.ending = True
-            self.down.run()
-        if events & WRITABLE:
+                down.ending = True
+            down.run()
+        if events & WRITABLE and not self.up.writable:
             self.up.writable = True
             self.up.run()
 
