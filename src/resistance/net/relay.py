@@ -42,6 +42,13 @@ from typing import Final, cast
 from resistance.net.reactor import ENDED, READABLE, WRITABLE, Reactor
 
 HAS_SPLICE: Final = hasattr(os, "splice")
+
+
+def _no_splice(*args: object) -> int:
+    raise OSError(errno.ENOSYS, "splice(2) is Linux-only")
+
+
+splice: Final[Callable[..., int]] = getattr(os, "splice", _no_splice)
 _SPLICE_FLAGS: Final = (
     getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0) if HAS_SPLICE else 0
 )
@@ -51,6 +58,7 @@ PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 DEFAULT_PIPE_SIZE: Final = 64 * 1024
 ROUNDS: Final = 16
 """Chunks a pump moves per turn before yielding to other connections."""
+_ROUNDS: Final = range(ROUNDS)
 
 
 class PipePool:
@@ -139,7 +147,7 @@ class _Pump:
     def run(self) -> None:
         if self.done:
             return
-        for _ in range(ROUNDS):
+        for _ in _ROUNDS:
             if self.pending:
                 if not self.writable or not self._flush():
                     return
@@ -203,56 +211,68 @@ class _SplicePump(_Pump):
         self.pipe: tuple[int, int] | None = None
         self.chunk = relay.chunk
 
-    def _fill(self) -> int:
-        pipe = self.pipe
-        if pipe is None:
-            pipe = self.pipe = self.pool.get()
-        try:
-            n = os.splice(self.src_fd, pipe[1], self.chunk, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            self.readable = False
-            self._release()
-            return -1
-        except OSError as exc:
-            self._fail(exc)
-            return -1
-        if n:
-            self.moved += n
-            self.pending = n
-            if n < self.pool.slots and not self.ending:
-                # Fewer bytes than the pipe has slots: the pipe cannot have filled
-                # up, so the socket's queue ran dry; new data brings a new edge.
-                # Not so once the peer has shut down: its FIN came with the last
-                # edge, and only a read returning 0 will show it.
-                self.readable = False
-        else:
-            self._release()
-        return n
-
-    def _flush(self) -> bool:
-        pipe = self.pipe
-        assert pipe is not None
-        pending = self.pending
-        while pending:
+    def run(self) -> None:
+        # _Pump.run with _fill and _flush written inline: this runs for every
+        # chunk in either direction, and each Python call on the way adds to
+        # the latency of a small message (the ping-pong benchmark).
+        if self.done:
+            return
+        pool = self.pool
+        for _ in _ROUNDS:
+            pending = self.pending
+            if pending:
+                if not self.writable:
+                    return
+                pipe = self.pipe
+                assert pipe is not None
+                while pending:
+                    try:
+                        pending -= splice(pipe[0], self.dst_fd, pending, None, None, _SPLICE_FLAGS)
+                    except BlockingIOError:
+                        self.pending = pending
+                        self.writable = False
+                        return
+                    except OSError as exc:
+                        self.pending = pending
+                        self._fail(exc)
+                        return
+                self.pending = 0
+                pool.put(pipe)  # empty: an idle connection holds no pipe
+                self.pipe = None
+                continue
+            if self.eof:
+                self._finish()
+                return
+            if not self.readable:
+                return
+            pipe = self.pipe
+            if pipe is None:
+                pipe = self.pipe = pool.get()
             try:
-                n = os.splice(pipe[0], self.dst_fd, pending, flags=_SPLICE_FLAGS)
+                n = splice(self.src_fd, pipe[1], self.chunk, None, None, _SPLICE_FLAGS)
             except BlockingIOError:
-                self.pending = pending
-                self.writable = False
-                return False
+                self.readable = False
+                pool.put(pipe)
+                self.pipe = None
+                return
             except OSError as exc:
-                self.pending = pending
                 self._fail(exc)
-                return False
-            pending -= n
-        self.pending = 0
-        self._release()
-        return True
-
-    def _release(self) -> None:
-        if self.pipe is not None and not self.pending:
-            self.pool.put(self.pipe)
-            self.pipe = None
+                return
+            if n:
+                self.moved += n
+                self.pending = n
+                if n < pool.slots and not self.ending:
+                    # Fewer bytes than the pipe has slots: the pipe cannot have
+                    # filled up, so the socket's queue ran dry; new data brings a
+                    # new edge.  Not so once the peer has shut down: its FIN came
+                    # with the last edge, and only a read returning 0 shows it.
+                    self.readable = False
+            else:
+                pool.put(pipe)
+                self.pipe = None
+                self.eof = True
+        # Still busy after a fair share: let other connections run first.
+        self.loop.call_soon(self.run)
 
     def stop(self) -> None:
         if self.pipe is not None:
