@@ -50,7 +50,7 @@ class Reactor:
 
     __slots__ = ("_epoll", "handlers", "loop", "max_events")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_events: int = 512) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_events: int = 64) -> None:
         self.loop = loop
         self.max_events = max_events
         self.handlers: dict[int, Handler] = {}

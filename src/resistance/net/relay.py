@@ -64,19 +64,19 @@ _ROUNDS: Final = range(ROUNDS)
 class PipePool:
     """Empty pipes for splice pumps, reused instead of made per chunk."""
 
-    __slots__ = ("_free", "keep", "size", "slots")
+    __slots__ = ("free", "keep", "size", "slots")
 
     def __init__(self, *, size: int = 0, keep: int = 256) -> None:
         self.size = size
         self.keep = keep
-        self._free: list[tuple[int, int]] = []
+        self.free: list[tuple[int, int]] = []
         self.slots = 0
         """Buffer slots of the smallest pipe made so far: one splice can fill each
         with a single segment, so a read shorter than this cannot have filled a pipe."""
 
     def get(self) -> tuple[int, int]:
-        if self._free:
-            return self._free.pop()
+        if self.free:
+            return self.free.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         size = DEFAULT_PIPE_SIZE
         if self.size:
@@ -89,15 +89,15 @@ class PipePool:
         return r, w
 
     def put(self, pipe: tuple[int, int]) -> None:
-        if len(self._free) < self.keep:
-            self._free.append(pipe)
+        if len(self.free) < self.keep:
+            self.free.append(pipe)
         else:
             os.close(pipe[0])
             os.close(pipe[1])
 
     def close(self) -> None:
-        while self._free:
-            r, w = self._free.pop()
+        while self.free:
+            r, w = self.free.pop()
             os.close(r)
             os.close(w)
 
@@ -218,6 +218,8 @@ class _SplicePump(_Pump):
         if self.done:
             return
         pool = self.pool
+        free = pool.free
+        keep = pool.keep
         for _ in _ROUNDS:
             pending = self.pending
             if pending:
@@ -237,7 +239,10 @@ class _SplicePump(_Pump):
                         self._fail(exc)
                         return
                 self.pending = 0
-                pool.put(pipe)  # empty: an idle connection holds no pipe
+                if len(free) < keep:  # pool.put, inline: empty pipes go back
+                    free.append(pipe)
+                else:
+                    pool.put(pipe)
                 self.pipe = None
                 continue
             if self.eof:
@@ -247,7 +252,7 @@ class _SplicePump(_Pump):
                 return
             pipe = self.pipe
             if pipe is None:
-                pipe = self.pipe = pool.get()
+                pipe = self.pipe = free.pop() if free else pool.get()
             try:
                 n = splice(self.src_fd, pipe[1], self.chunk, None, None, _SPLICE_FLAGS)
             except BlockingIOError:
