@@ -145,6 +145,13 @@ PEERS: dict[str, Peer] = {
             version=lambda: _run_version([str(VENV_BIN / "resist"), "--version"]),
         ),
         Peer(
+            name="resist-w2",
+            auth=True,
+            note="ours, --workers 2: two processes on the port, each its own descriptor limit",
+            argv=lambda port, scratch: [*_resist_argv(port, scratch), "--workers", "2"],
+            version=lambda: _run_version([str(VENV_BIN / "resist"), "--version"]),
+        ),
+        Peer(
             name="microsocks",
             auth=True,
             note="C, thread per connection",

@@ -84,6 +84,13 @@ def main() -> None:
 @click.option("--no-udp", is_flag=True, default=None, help="Refuse UDP ASSOCIATE.")
 @click.option("--no-bind", is_flag=True, default=None, help="Refuse BIND.")
 @click.option("--relay", type=click.Choice(["auto", "splice", "copy"]), help="Relay method.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    metavar="N",
+    help="Serve from N processes sharing the port (SO_REUSEPORT): more cores, and a "
+    "descriptor limit each; connection limits are split between them [default: 1].",
+)
 @click.option("--max-connections", type=click.IntRange(1), help="All clients at once.")
 @click.option("--max-connections-per-ip", type=click.IntRange(1), help="Per client address.")
 @click.option("--handshake-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
@@ -115,6 +122,7 @@ def node(
       resist node --listen [::1]:1080 --user alice:s3cret --only telegram
       resist node --config /etc/resist/node.toml --metrics 127.0.0.1:9108
       resist node --listen 0.0.0.0:1080 --tls-listen 0.0.0.0:443 --public-host 203.0.113.7
+      resist node --listen 0.0.0.0:1080 --workers 2 --public-host 203.0.113.7
     """
     from resistance.config import node_settings, parse_user
     from resistance.node.service import run_node

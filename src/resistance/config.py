@@ -112,6 +112,7 @@ class NodeSettings:
     udp: bool = True
     bind: bool = True
     relay: str = "auto"
+    workers: int = 1
     limits: NodeLimits = field(default_factory=NodeLimits)
     state_dir: Path | None = None
     config_file: Path | None = None
@@ -137,6 +138,7 @@ _NODE_KEYS = {
     "udp",
     "bind",
     "relay",
+    "workers",
     "limits",
     "state_dir",
 }
@@ -251,7 +253,16 @@ def _build(
         if raw["relay"] not in ("auto", "splice", "copy"):
             raise ConfigError("relay: expected auto, splice or copy")
         kwargs["relay"] = raw["relay"]
+    if "workers" in raw:
+        workers = raw["workers"]
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+            raise ConfigError(f"workers: expected a whole number from 1 to 256, got {workers!r}")
+        kwargs["workers"] = workers
     settings = NodeSettings(**kwargs)
+    if settings.workers > 1 and settings.metrics is not None:
+        raise ConfigError(
+            "--metrics needs --workers 1: each worker process counts only its own connections"
+        )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if settings.no_auth and settings.users:

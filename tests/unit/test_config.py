@@ -128,3 +128,23 @@ def test_node_section_is_accepted(tmp_path: Path) -> None:
     config.write_text('[node]\nrelay = "magic"\n')
     with pytest.raises(ConfigError, match="relay"):
         node_settings(config_file=config)
+
+
+@pytest.mark.parametrize("value", [0, -1, 257, 1.5, True, "2"])
+def test_bad_worker_counts_are_refused(value: object, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f"workers = {value!r}\n".replace("True", "true").replace("'", '"'))
+    with pytest.raises(ConfigError, match="workers"):
+        node_settings(config_file=config)
+
+
+def test_workers_split_the_connection_limits() -> None:
+    from resistance.node.workers import worker_settings
+
+    settings = node_settings(
+        overrides={"workers": 3, "max_connections": 1000, "max_connections_per_ip": 10}
+    )
+    assert settings.workers == 3
+    share = worker_settings(settings)
+    assert (share.limits.max_connections, share.limits.max_connections_per_ip) == (334, 4)
+    assert share.limits.handshake_timeout == settings.limits.handshake_timeout

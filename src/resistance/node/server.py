@@ -322,7 +322,12 @@ class Listener:
         self.sock.close()
 
 
-def _listening_socket(endpoint: Endpoint) -> socket.socket:
+def listening_socket(endpoint: Endpoint, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening, non-blocking socket for ``endpoint``.
+
+    ``reuse_port``: join a SO_REUSEPORT group, so that several worker processes
+    each listen on the same port and the kernel spreads connections over them.
+    """
     try:
         infos = socket.getaddrinfo(
             endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -333,6 +338,8 @@ def _listening_socket(endpoint: Endpoint) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -343,6 +350,27 @@ def _listening_socket(endpoint: Endpoint) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {endpoint}: {exc.strerror}") from None
     return sock
+
+
+def relay_kind(settings: NodeSettings) -> str:
+    """``"splice"`` or ``"copy"``: how this node will relay, given its settings."""
+    if settings.relay == "splice" and not HAS_SPLICE:
+        raise ConfigError("relay = splice needs Linux (os.splice is not available here)")
+    return "splice" if settings.relay != "copy" and HAS_SPLICE and HAS_EPOLL else "copy"
+
+
+def tls_context(settings: NodeSettings) -> tuple[ssl.SSLContext, bytes]:
+    """The TLS listener's context and the SHA-256 of its certificate (the pin)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    cert, key = settings.tls_cert, settings.tls_key
+    if cert is None or key is None:
+        raise ConfigError("a TLS listener needs a certificate and key")
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS certificate or key: {exc}") from None
+    return ctx, hashlib.sha256(leaf_der(cert)).digest()
 
 
 WANTED_NOFILE = 1 << 20
@@ -390,8 +418,13 @@ class Node:
         metrics: NodeMetrics | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         identity: Ed25519PrivateKey | None = None,
+        sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
     ) -> None:
+        """``sockets``: listening sockets made beforehand, for ``settings.listen`` and
+        ``settings.tls_listen`` in order (a worker's share of a SO_REUSEPORT group);
+        by default the node makes its own."""
         self.settings = settings
+        self.sockets = sockets
         self.identity = identity
         self.session_class: type[RawSession] = RawSession
         self.limits = settings.limits
@@ -408,9 +441,7 @@ class Node:
         self.log_destinations = settings.log_destinations
         self.metrics = metrics or NodeMetrics()
         self.loop = loop or asyncio.get_running_loop()
-        use_splice = settings.relay != "copy" and HAS_SPLICE and HAS_EPOLL
-        if settings.relay == "splice" and not HAS_SPLICE:
-            raise ConfigError("relay = splice needs Linux (os.splice is not available here)")
+        use_splice = relay_kind(settings) == "splice"
         self.pipes: PipePool | None = PipePool(size=PIPE_SIZE) if use_splice else None
         self.reactor: Reactor | None = Reactor(self.loop) if HAS_EPOLL else None
         limits = self.limits
@@ -442,8 +473,9 @@ class Node:
 
     async def start(self) -> None:
         try:
-            for endpoint in self.settings.listen:
-                sock = _listening_socket(endpoint)
+            made = self.sockets or ([], [])
+            for i, endpoint in enumerate(self.settings.listen):
+                sock = made[0][i] if self.sockets else listening_socket(endpoint)
                 host, port = sock.getsockname()[:2]
                 if self.reactor is not None:
                     self.listeners.append(Listener(self, sock, self.reactor))
@@ -456,8 +488,8 @@ class Node:
                 self.bound.append(Endpoint(host, port))
             if self.settings.tls_listen:
                 ctx = self._tls_context()
-                for endpoint in self.settings.tls_listen:
-                    sock = _listening_socket(endpoint)
+                for i, endpoint in enumerate(self.settings.tls_listen):
+                    sock = made[1][i] if self.sockets else listening_socket(endpoint)
                     server = await self.loop.create_server(
                         lambda: _StreamHandshake(self, tls=True),
                         sock=sock,
@@ -474,16 +506,7 @@ class Node:
         self._sweeper = self.loop.create_task(self._sweep(), name="node-sweeper")
 
     def _tls_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        cert, key = self.settings.tls_cert, self.settings.tls_key
-        if cert is None or key is None:
-            raise ConfigError("a TLS listener needs a certificate and key")
-        try:
-            ctx.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load TLS certificate or key: {exc}") from None
-        self.tls_digest = hashlib.sha256(leaf_der(cert)).digest()
+        ctx, self.tls_digest = tls_context(self.settings)
         return ctx
 
     @property

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from resistance.net.relay import HAS_SPLICE
 from resistance.node.identity import load_or_create_identity, probe_credential, public_key_text
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
-from resistance.node.server import Node, raise_nofile_limit
+from resistance.node.server import Node, raise_nofile_limit, relay_kind
 from resistance.node.tlscert import ensure_certificate
 from resistance.node.users import GENERATED_USERS_FILE, UserDB, generated_user
 from resistance.paths import resolve_state_dir
@@ -107,13 +108,19 @@ def run_node(load_settings: Callable[[], NodeSettings], *, out: TextIO = sys.std
     identity = load_or_create_identity(state_dir)
     settings = with_certificate(settings, state_dir)
     nofile = raise_nofile_limit()
+    if settings.workers > 1:
+        from resistance.node.workers import Workers
+
+        return Workers(
+            settings, load_settings, state_dir, access, policy, identity, nofile, out
+        ).run()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(
-            _serve(settings, load_settings, state_dir, access, policy, identity, nofile, out)
+            serve(settings, load_settings, state_dir, access, policy, identity, nofile, out)
         )
 
 
-async def _serve(
+async def serve(
     settings: NodeSettings,
     load_settings: Callable[[], NodeSettings],
     state_dir: Path,
@@ -122,7 +129,13 @@ async def _serve(
     identity: Ed25519PrivateKey,
     nofile: int,
     out: TextIO,
+    *,
+    sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
+    signals_ready: Callable[[], object] | None = None,
 ) -> int:
+    """Serve until stopped; a worker of ``--workers`` gets its ``sockets``, prints
+    no banner (its supervisor does) and calls ``signals_ready`` once its signal
+    handlers are in place (it starts with the signals blocked)."""
     loop = asyncio.get_running_loop()
     metrics = NodeMetrics()
     node = Node(
@@ -132,14 +145,23 @@ async def _serve(
         metrics=metrics,
         loop=loop,
         identity=identity if access.users is not None else None,
+        sockets=sockets,
     )
     await node.start()
     metrics_server: Any = None
     try:
         if settings.metrics is not None:
             metrics_server = _start_metrics(metrics, settings.metrics)
-        _print_banner(settings, node, access, state_dir, nofile, out)
-        log.info("node identity %s", public_key_text(identity))
+        if sockets is None:
+            print_banner(
+                settings,
+                Listening(relay_kind(settings), node.bound, node.tls_bound, node.tls_sha256),
+                access,
+                state_dir,
+                nofile,
+                out,
+            )
+            log.info("node identity %s", public_key_text(identity))
         if access.users is None:
             log.warning("without authentication the node cannot prove its identity to a registry")
     except BaseException:
@@ -169,6 +191,8 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, stop)
     loop.add_signal_handler(signal.SIGINT, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    if signals_ready is not None:
+        signals_ready()
     try:
         await node.stopped.wait()
     finally:
@@ -191,28 +215,40 @@ def _start_metrics(metrics: NodeMetrics, endpoint: Endpoint) -> Any:
     return server
 
 
-def _print_banner(
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """Where a node (or its workers) listens, for the banner."""
+
+    relay: str
+    bound: list[Endpoint]
+    tls_bound: list[Endpoint]
+    tls_sha256: str | None
+
+
+def print_banner(
     settings: NodeSettings,
-    node: Node,
+    listening: Listening,
     access: Access,
     state_dir: Path,
     nofile: int,
     out: TextIO,
 ) -> None:
-    relay = "splice" if node.pipes is not None else "copy"
     if access.users is None:
         auth = "NO AUTHENTICATION (--no-auth)"
     else:
         shown = len(access.users) - 1  # the probe user is the node's own
         auth = f"{shown} user{'s' if shown != 1 else ''}"
-    lines = [f"resist node {__version__} ({relay} relay, {auth}, fd limit {nofile})"]
-    for endpoint in node.bound:
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    lines = [
+        f"resist node {__version__} ({listening.relay} relay, {auth}, fd limit {nofile}{workers})"
+    ]
+    for endpoint in listening.bound:
         lines.append(f"listening on socks5://{endpoint}")
-    for endpoint in node.tls_bound:
+    for endpoint in listening.tls_bound:
         lines.append(f"listening on socks5s://{endpoint} (TLS)")
-    if node.tls_bound:
-        lines.append(f"TLS certificate sha256 {node.tls_sha256} (clients pin this)")
-        lines.append(_tls_link_line(settings, node, access))
+    if listening.tls_bound:
+        lines.append(f"TLS certificate sha256 {listening.tls_sha256} (clients pin this)")
+        lines.append(_tls_link_line(settings, listening, access))
     if settings.metrics is not None:
         lines.append(f"metrics on http://{settings.metrics}/metrics")
     if access.generated:
@@ -221,8 +257,8 @@ def _print_banner(
             f"user {access.link_user} password {access.link_password} "
             f"({how}, in {state_dir / GENERATED_USERS_FILE})"
         )
-    if node.bound:
-        first = node.bound[0]
+    if listening.bound:
+        first = listening.bound[0]
         host = settings.public_host or first.host
         if not settings.public_host and host in ("0.0.0.0", "::"):
             lines.append("links: set --public-host to the address users reach this node at")
@@ -238,14 +274,15 @@ def _print_banner(
         log.warning("os.splice is not available: relaying by copying")
 
 
-def _tls_link_line(settings: NodeSettings, node: Node, access: Access) -> str:
+def _tls_link_line(settings: NodeSettings, listening: Listening, access: Access) -> str:
     """The socks5s:// URL for `resist connect --upstream` (Telegram cannot use TLS)."""
-    host = settings.public_host or node.tls_bound[0].host
+    host = settings.public_host or listening.tls_bound[0].host
     if host in ("0.0.0.0", "::"):
         return "socks5s link: set --public-host to the address users reach this node at"
     shown = f"[{host}]" if ":" in host else host
     userinfo = ""
     if access.link_user is not None and access.link_password is not None:
         userinfo = f"{quote(access.link_user, safe='')}:{quote(access.link_password, safe='')}@"
-    url = f"socks5s://{userinfo}{shown}:{node.tls_bound[0].port}#sha256={node.tls_sha256}"
+    tls = listening.tls_bound[0]
+    url = f"socks5s://{userinfo}{shown}:{tls.port}#sha256={listening.tls_sha256}"
     return f"resist connect --upstream '{url}'"

@@ -1,0 +1,301 @@
+"""`resist node --workers N`: N processes serving one port, and their supervisor.
+
+Why processes: one Python process uses one core, and a volunteer's VPS
+often has two; and each process has its own descriptor table, so where the
+hard ``RLIMIT_NOFILE`` is fixed (a container, a shared host) N workers hold N
+times the connections (a relayed client costs two descriptors).
+
+How (as nginx does with ``reuseport``): the supervisor opens N listening
+sockets per endpoint, all in one ``SO_REUSEPORT`` group (the first decides a
+``:0`` port, the others bind to it), forks one worker per set and closes
+its own copies, so only workers listen and the kernel spreads new
+connections over them.  Each worker is an ordinary node (its own event loop,
+relays, UDP and BIND sockets) with the connection limits divided by N.
+
+The supervisor prints the banner, passes SIGHUP on (each worker reloads
+users and policy), turns SIGTERM/SIGINT into a SIGTERM for every worker and
+waits for them to drain (``drain_timeout``, then SIGKILL), and restarts a
+worker that dies, on a new socket set for the same port, unless workers keep
+dying (``RESPAWN_LIMIT`` deaths within ``RESPAWN_WINDOW`` seconds), which
+ends the node with an error.  It waits only in ``sigtimedwait``, one second
+at a time, with the signals blocked, so no signal is lost between checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import dataclasses
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from resistance.config import Endpoint, NodeSettings
+from resistance.node.identity import public_key_text
+from resistance.node.policy import EgressPolicy
+from resistance.node.server import listening_socket, relay_kind, tls_context
+from resistance.node.service import Access, Listening, new_event_loop, print_banner, serve
+
+log = logging.getLogger("resistance.node")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+RESPAWN_WINDOW = 10.0
+RESPAWN_LIMIT = 5
+PR_SET_PDEATHSIG = 1
+KILL_GRACE = 5.0
+"""Seconds past the drain timeout before a worker that is still there is killed."""
+
+
+def worker_settings(settings: NodeSettings) -> NodeSettings:
+    """One worker's settings: the connection limits split between the workers.
+
+    The kernel hashes connections over the workers, so each holds about an
+    equal share of every client's connections, and of the total.
+    """
+    n = settings.workers
+    limits = settings.limits
+    return dataclasses.replace(
+        settings,
+        limits=dataclasses.replace(
+            limits,
+            max_connections=math.ceil(limits.max_connections / n),
+            max_connections_per_ip=math.ceil(limits.max_connections_per_ip / n),
+        ),
+    )
+
+
+class Workers:
+    """Starts, watches and stops the worker processes of one node."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        load_settings: Callable[[], NodeSettings],
+        state_dir: Path,
+        access: Access,
+        policy: EgressPolicy,
+        identity: Ed25519PrivateKey,
+        nofile: int,
+        out: TextIO,
+    ) -> None:
+        self.settings = settings
+        self.load_settings = load_settings
+        self.state_dir = state_dir
+        self.access = access
+        self.policy = policy
+        self.identity = identity
+        self.nofile = nofile
+        self.out = out
+        self.worker = worker_settings(settings)
+        self.bound: list[Endpoint] = []
+        self.tls_bound: list[Endpoint] = []
+        self.pids: dict[int, int] = {}  # worker PID -> slot
+        self.deaths: collections.deque[float] = collections.deque(maxlen=RESPAWN_LIMIT)
+        self.stop_deadline: float | None = None
+        self.failed = False
+
+    def run(self) -> int:
+        relay = relay_kind(self.settings)  # a bad setting fails here, not in every worker
+        digest = tls_context(self.settings)[1] if self.settings.tls_listen else None
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            first = self._first_sockets()
+            for slot in range(self.settings.workers):
+                self._spawn(slot, first if slot == 0 else None, blocked)
+            listening = Listening(
+                relay, self.bound, self.tls_bound, digest.hex() if digest is not None else None
+            )
+            print_banner(
+                self.settings, listening, self.access, self.state_dir, self.nofile, self.out
+            )
+            log.info("node identity %s", public_key_text(self.identity))
+            return self._watch(blocked)
+        finally:
+            self._kill_all(signal.SIGKILL)  # only if something above failed: none are left
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    # -- sockets ------------------------------------------------------------------
+
+    def _first_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        """Worker 0's sockets; they fix the ports (``:0`` included) for the rest."""
+        plain: list[socket.socket] = []
+        tls: list[socket.socket] = []
+        try:
+            for endpoints, made, bound in (
+                (self.settings.listen, plain, self.bound),
+                (self.settings.tls_listen, tls, self.tls_bound),
+            ):
+                for endpoint in endpoints:
+                    sock = listening_socket(endpoint, reuse_port=True)
+                    made.append(sock)
+                    host, port = sock.getsockname()[:2]
+                    bound.append(Endpoint(host, port))
+        except BaseException:
+            for sock in plain + tls:
+                sock.close()
+            raise
+        return plain, tls
+
+    def _more_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        plain: list[socket.socket] = []
+        tls: list[socket.socket] = []
+        try:
+            plain += [listening_socket(e, reuse_port=True) for e in self.bound]
+            tls += [listening_socket(e, reuse_port=True) for e in self.tls_bound]
+        except BaseException:
+            for sock in plain + tls:
+                sock.close()
+            raise
+        return plain, tls
+
+    # -- workers ------------------------------------------------------------------
+
+    def _spawn(
+        self,
+        slot: int,
+        sockets: tuple[list[socket.socket], list[socket.socket]] | None,
+        mask: set[int | signal.Signals],
+    ) -> None:
+        plain, tls = sockets if sockets is not None else self._more_sockets()
+        self.out.flush()
+        sys.stderr.flush()
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for sig in SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                _end_with_parent(supervisor)
+                # The signals stay blocked (pending) until the worker's loop handles
+                # them: a SIGHUP now must not kill it with the default action.
+                code = self._serve(
+                    plain, tls, lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                )
+            except BaseException:
+                log.exception("worker %d failed", slot)
+            finally:
+                os._exit(code)
+        for sock in plain + tls:
+            sock.close()  # the worker's now: the supervisor must not hold a queue nobody accepts
+        self.pids[pid] = slot
+        log.debug("worker %d started (pid %d)", slot, pid)
+
+    def _serve(
+        self,
+        plain: list[socket.socket],
+        tls: list[socket.socket],
+        signals_ready: Callable[[], object],
+    ) -> int:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(
+                serve(
+                    self.worker,
+                    self.load_settings,
+                    self.state_dir,
+                    self.access,
+                    self.policy,
+                    self.identity,
+                    self.nofile,
+                    self.out,
+                    sockets=(plain, tls),
+                    signals_ready=signals_ready,
+                )
+            )
+
+    def _watch(self, mask: set[int | signal.Signals]) -> int:
+        while self.pids:
+            info = signal.sigtimedwait(SIGNALS, 1.0)
+            if info is not None:
+                if info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                    self._stop()
+                elif info.si_signo == signal.SIGHUP:
+                    log.info("reloading users and policy in %d workers", len(self.pids))
+                    self._kill_all(signal.SIGHUP)
+            self._reap(mask)
+            if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+                log.warning("workers still running after the drain timeout: killing them")
+                self._kill_all(signal.SIGKILL)
+                self.stop_deadline = math.inf
+        log.info("stopped")
+        return 1 if self.failed else 0
+
+    def _stop(self) -> None:
+        if self.stop_deadline is None:
+            log.info(
+                "stopping: draining connections for up to %.0f s",
+                self.settings.limits.drain_timeout,
+            )
+            self.stop_deadline = time.monotonic() + self.settings.limits.drain_timeout + KILL_GRACE
+            self._kill_all(signal.SIGTERM)
+
+    def _reap(self, mask: set[int | signal.Signals]) -> None:
+        while self.pids:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.pids.clear()
+                return
+            if pid == 0:
+                return
+            slot = self.pids.pop(pid, None)
+            if slot is None:
+                continue
+            if self.stop_deadline is not None:
+                continue
+            log.error("worker %d (pid %d) ended: %s", slot, pid, _describe(status))
+            now = time.monotonic()
+            self.deaths.append(now)
+            if len(self.deaths) == RESPAWN_LIMIT and now - self.deaths[0] < RESPAWN_WINDOW:
+                log.error(
+                    "%d workers ended within %.0f s: stopping the node",
+                    RESPAWN_LIMIT,
+                    RESPAWN_WINDOW,
+                )
+                self.failed = True
+                self._stop()
+                continue
+            try:
+                self._spawn(slot, None, mask)
+            except OSError as exc:
+                log.error("cannot restart worker %d: %s", slot, exc)
+                self.failed = True
+                self._stop()
+
+    def _kill_all(self, sig: signal.Signals) -> None:
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _end_with_parent(supervisor: int) -> None:
+    """Have the kernel SIGTERM this worker if its supervisor dies (even by SIGKILL),
+    so that no worker outlives the node and keeps its port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != supervisor:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+__all__ = ["Workers", "worker_settings"]
