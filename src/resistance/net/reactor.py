@@ -48,14 +48,22 @@ Handler = Callable[[int], None]
 class Reactor:
     """Descriptors registered once; their events dispatched to handlers."""
 
-    __slots__ = ("_epoll", "handlers", "loop", "max_events")
+    __slots__ = ("_epoll", "_scratch", "handlers", "loop", "max_events")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, max_events: int = 64) -> None:
         self.loop = loop
         self.max_events = max_events
         self.handlers: dict[int, Handler] = {}
         self._epoll = select.epoll()
+        self._scratch: memoryview | None = None
         loop.add_reader(self._epoll.fileno(), self.dispatch)
+
+    def scratch(self, size: int) -> memoryview:
+        """A buffer shared by every handler of this loop, for bytes that do not
+        outlive the callback that reads them (one loop runs one callback at a time)."""
+        if self._scratch is None or len(self._scratch) < size:
+            self._scratch = memoryview(bytearray(size))
+        return self._scratch[:size]
 
     def watch(self, fd: int, handler: Handler) -> None:
         """Send ``fd``'s events to ``handler``; registers ``fd`` the first time only."""

@@ -290,40 +290,51 @@ class _SplicePump(_Pump):
 
 
 class _CopyPump(_Pump):
-    __slots__ = ("buf", "offset", "view")
+    """Copies through the loop's one scratch buffer (see :meth:`Reactor.scratch`).
+
+    A chunk read into the scratch buffer is written out at once; only what a
+    full destination does not take is copied aside (``held``), because the
+    next pump to run reads into the same buffer.  So a connection allocates
+    nothing per chunk, and an idle or flowing one holds no buffer of its own.
+    """
+
+    __slots__ = ("held", "offset", "scratch")
 
     def __init__(self, relay: Relay, src: socket.SocketType, dst: socket.SocketType) -> None:
         super().__init__(relay, src, dst)
-        self.buf: bytearray | None = None
-        self.view: memoryview | None = None
+        self.scratch = relay.reactor.scratch(COPY_BUFFER)
+        self.held: memoryview | None = None
         self.offset = 0
 
     def _fill(self) -> int:
-        if self.view is None:
-            self.buf = bytearray(COPY_BUFFER)
-            self.view = memoryview(self.buf)
         try:
-            n = self.src.recv_into(self.view)
+            n = self.src.recv_into(self.scratch)
         except BlockingIOError:
             self.readable = False
             return -1
         except OSError as exc:
             self._fail(exc)
             return -1
-        self.moved += n
-        self.offset = 0
-        self.pending = n
-        if 0 < n < COPY_BUFFER and not self.ending:
-            self.readable = False  # a short read took all there was; more brings an edge
+        if n:
+            self.moved += n
+            self.offset = 0
+            self.pending = n
+            if n < COPY_BUFFER and not self.ending:
+                self.readable = False  # a short read took all there was; more brings an edge
+            self._flush()  # now, while the bytes are still in the scratch buffer
+            if self.done:
+                return -1
         return n
 
     def _flush(self) -> bool:
-        view = self.view
-        assert view is not None
+        data = self.held if self.held is not None else self.scratch
         while self.pending:
             try:
-                n = self.dst.send(view[self.offset : self.offset + self.pending])
+                n = self.dst.send(data[self.offset : self.offset + self.pending])
             except BlockingIOError:
+                if self.held is None:
+                    self.held = memoryview(bytes(data[self.offset : self.offset + self.pending]))
+                    self.offset = 0
                 self.writable = False
                 return False
             except OSError as exc:
@@ -331,13 +342,11 @@ class _CopyPump(_Pump):
                 return False
             self.offset += n
             self.pending -= n
+        self.held = None
         return True
 
     def stop(self) -> None:
-        if self.view is not None:
-            self.view.release()
-            self.view = None
-            self.buf = None
+        self.held = None
 
 
 class Relay:
