@@ -2,6 +2,7 @@
 # Install the peer proxies the benchmark compares against. Idempotent: safe to run again.
 #   microsocks, dante-server      from Debian (apt)
 #   asyncio-socks-server, pproxy  from PyPI into the project's venv (plus py-spy for profiling)
+#   valgrind                      for bench/instructions.py (callgrind instruction counts)
 #   bench/.build/cyclegen         the C load generator for cycles and ping-pong (gcc)
 set -euo pipefail
 
@@ -14,6 +15,7 @@ command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
 command -v danted >/dev/null 2>&1 || need_apt+=(dante-server)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 if ((${#need_apt[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
