@@ -89,7 +89,8 @@ def main() -> None:
     type=click.IntRange(1, 256),
     metavar="N",
     help="Serve from N processes sharing the port (SO_REUSEPORT): more cores, and a "
-    "descriptor limit each; connection limits are split between them [default: 1].",
+    "descriptor limit each; connection limits are split between them, metrics are "
+    "summed [default: 1].",
 )
 @click.option("--max-connections", type=click.IntRange(1), help="All clients at once.")
 @click.option("--max-connections-per-ip", type=click.IntRange(1), help="Per client address.")

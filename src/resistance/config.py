@@ -259,10 +259,6 @@ def _build(
             raise ConfigError(f"workers: expected a whole number from 1 to 256, got {workers!r}")
         kwargs["workers"] = workers
     settings = NodeSettings(**kwargs)
-    if settings.workers > 1 and settings.metrics is not None:
-        raise ConfigError(
-            "--metrics needs --workers 1: each worker process counts only its own connections"
-        )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if settings.no_auth and settings.users:

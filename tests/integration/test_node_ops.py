@@ -217,10 +217,13 @@ def test_sigterm_closes_what_outlives_the_drain(node_factory: Any, echo_server: 
 # -- metrics and privacy -------------------------------------------------------------------
 
 
-def test_metrics_count_without_addresses(node_factory: Any, echo_server: Any) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_count_without_addresses(node_factory: Any, echo_server: Any, workers: str) -> None:
+    """With --workers 2 the supervisor adds up both workers' numbers: the same totals."""
     port = free_port()
     node = node_factory(
-        "--user", "alice:secret", "--allow", "127.0.0.0/8", "--metrics", f"127.0.0.1:{port}", "-v"
+        *("--user", "alice:secret", "--allow", "127.0.0.0/8", "--metrics", f"127.0.0.1:{port}"),
+        *("-v", "--workers", workers),
     )
     proxy = (node.host, node.port)
     with open_socks(proxy, "127.0.0.1", echo_server.port) as s:

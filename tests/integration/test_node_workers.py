@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,20 +114,3 @@ def test_workers_end_with_a_killed_supervisor(node_factory: Any) -> None:
     node.proc.wait(10)
     _, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive
-
-
-def test_metrics_with_workers_is_a_one_line_error(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "resistance", "node", "--state-dir", str(tmp_path)),
-            *USER,
-            *("--workers", "2", "--metrics", "127.0.0.1:0"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode != 0
-    assert "--metrics needs --workers 1" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

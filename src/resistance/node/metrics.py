@@ -10,7 +10,8 @@ pumps and the node adds them here when a connection ends and on every sweep.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -130,9 +131,51 @@ class NodeMetrics(Collector):
         for family in self.families:
             yield family.collect()
 
+    def snapshot(self) -> dict[str, list[list[Any]]]:
+        """Every family's numbers, JSON-ready (label values, then the value), for a
+        supervisor to add up over its workers."""
+        return {
+            family.name: [[*labels, child.value] for labels, child in family.children.items()]
+            for family in self.families
+        }
+
     def add_bytes(self, user: str | None, up: int, down: int) -> None:
         self._bytes_up.value += up
         self._bytes_down.value += down
         if user is not None and (up or down):
             self.user_bytes.labels(user, "up").value += up
             self.user_bytes.labels(user, "down").value += down
+
+
+class SummedMetrics(Collector):
+    """The node's metric families with the numbers of several snapshots added up:
+    what ``--workers`` serves on ``--metrics``, one snapshot per worker per scrape."""
+
+    def __init__(self, fetch: Callable[[], list[dict[str, list[list[Any]]]]]) -> None:
+        self.template = NodeMetrics()  # names, help texts, kinds and label names
+        self.fetch = fetch
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[str, dict[tuple[str, ...], int]] = {}
+        for snapshot in self.fetch():
+            for name, rows in snapshot.items():
+                family_totals = totals.setdefault(name, {})
+                for row in rows:
+                    labels, value = tuple(str(v) for v in row[:-1]), row[-1]
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        family_totals[labels] = family_totals.get(labels, 0) + value
+        for family in self.template.families:
+            metric: CounterMetricFamily | GaugeMetricFamily
+            if family.kind == "counter":
+                metric = CounterMetricFamily(family.name, family.help, labels=family.label_names)
+            else:
+                metric = GaugeMetricFamily(family.name, family.help, labels=family.label_names)
+            summed = totals.get(family.name, {})
+            if not summed and not family.label_names:
+                summed = {(): 0}
+            for labels, value in summed.items():
+                if len(labels) == len(family.label_names):
+                    metric.add_metric(list(labels), value)
+            yield metric

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ from resistance.errors import ConfigError
 from resistance.links import qr_terminal, socks_links
 from resistance.net.relay import HAS_SPLICE
 from resistance.node.identity import load_or_create_identity, probe_credential, public_key_text
-from resistance.node.metrics import NodeMetrics
+from resistance.node.metrics import NodeMetrics, SummedMetrics
 from resistance.node.policy import EgressPolicy
 from resistance.node.server import Node, raise_nofile_limit, relay_kind
 from resistance.node.tlscert import ensure_certificate
@@ -132,10 +133,12 @@ async def serve(
     *,
     sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
     signals_ready: Callable[[], object] | None = None,
+    metrics_channel: socket.socket | None = None,
 ) -> int:
     """Serve until stopped; a worker of ``--workers`` gets its ``sockets``, prints
-    no banner (its supervisor does) and calls ``signals_ready`` once its signal
-    handlers are in place (it starts with the signals blocked)."""
+    no banner (its supervisor does), calls ``signals_ready`` once its signal
+    handlers are in place (it starts with the signals blocked) and answers each
+    byte on ``metrics_channel`` with a JSON line of its metrics."""
     loop = asyncio.get_running_loop()
     metrics = NodeMetrics()
     node = Node(
@@ -149,9 +152,11 @@ async def serve(
     )
     await node.start()
     metrics_server: Any = None
+    if metrics_channel is not None:
+        _answer_metrics(loop, metrics_channel, metrics)
     try:
         if settings.metrics is not None:
-            metrics_server = _start_metrics(metrics, settings.metrics)
+            metrics_server = start_metrics(metrics, settings.metrics)
         if sockets is None:
             print_banner(
                 settings,
@@ -205,7 +210,28 @@ async def serve(
     return 0
 
 
-def _start_metrics(metrics: NodeMetrics, endpoint: Endpoint) -> Any:
+def _answer_metrics(
+    loop: asyncio.AbstractEventLoop, channel: socket.socket, metrics: NodeMetrics
+) -> None:
+    """Answer the supervisor's scrapes: a byte in, a JSON line of this worker's numbers out."""
+    channel.settimeout(2.0)  # a snapshot is small; the supervisor reads it at once
+
+    def answer() -> None:
+        try:
+            asks = channel.recv(64)
+            if not asks:
+                loop.remove_reader(channel.fileno())  # the supervisor is gone
+                return
+            line = (json.dumps(metrics.snapshot(), separators=(",", ":")) + "\n").encode()
+            channel.sendall(line * len(asks))
+        except OSError as exc:
+            log.warning("cannot answer the supervisor's metrics request: %s", exc)
+            loop.remove_reader(channel.fileno())
+
+    loop.add_reader(channel.fileno(), answer)
+
+
+def start_metrics(metrics: NodeMetrics | SummedMetrics, endpoint: Endpoint) -> Any:
     from prometheus_client import start_http_server
 
     try:

@@ -12,6 +12,11 @@ its own copies, so only workers listen and the kernel spreads new
 connections over them.  Each worker is an ordinary node (its own event loop,
 relays, UDP and BIND sockets) with the connection limits divided by N.
 
+With ``--metrics`` the supervisor serves them: on each scrape it asks every
+worker for its numbers over a socketpair (one byte out, one JSON line back)
+and adds them up, so the counters mean the whole node.  A worker that is
+restarted starts its counters at zero, which Prometheus reads as a reset.
+
 The supervisor prints the banner, passes SIGHUP on (each worker reloads
 users and policy), turns SIGTERM/SIGINT into a SIGTERM for every worker and
 waits for them to drain (``drain_timeout``, then SIGKILL), and restarts a
@@ -27,24 +32,34 @@ import asyncio
 import collections
 import ctypes
 import dataclasses
+import json
 import logging
 import math
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance.config import Endpoint, NodeSettings
 from resistance.node.identity import public_key_text
+from resistance.node.metrics import SummedMetrics
 from resistance.node.policy import EgressPolicy
 from resistance.node.server import listening_socket, relay_kind, tls_context
-from resistance.node.service import Access, Listening, new_event_loop, print_banner, serve
+from resistance.node.service import (
+    Access,
+    Listening,
+    new_event_loop,
+    print_banner,
+    serve,
+    start_metrics,
+)
 
 log = logging.getLogger("resistance.node")
 
@@ -66,6 +81,7 @@ def worker_settings(settings: NodeSettings) -> NodeSettings:
     limits = settings.limits
     return dataclasses.replace(
         settings,
+        metrics=None,  # served by the supervisor, summed over the workers
         limits=dataclasses.replace(
             limits,
             max_connections=math.ceil(limits.max_connections / n),
@@ -103,6 +119,10 @@ class Workers:
         self.deaths: collections.deque[float] = collections.deque(maxlen=RESPAWN_LIMIT)
         self.stop_deadline: float | None = None
         self.failed = False
+        # With --metrics: the supervisor's end of a socketpair per worker slot,
+        # used by the metrics server's thread under the lock.
+        self.channels: dict[int, socket.socket] = {}
+        self.channels_lock = threading.Lock()
 
     def run(self) -> int:
         relay = relay_kind(self.settings)  # a bad setting fails here, not in every worker
@@ -112,6 +132,9 @@ class Workers:
             first = self._first_sockets()
             for slot in range(self.settings.workers):
                 self._spawn(slot, first if slot == 0 else None, blocked)
+            metrics_server = None
+            if self.settings.metrics is not None:
+                metrics_server = start_metrics(SummedMetrics(self._scrape), self.settings.metrics)
             listening = Listening(
                 relay, self.bound, self.tls_bound, digest.hex() if digest is not None else None
             )
@@ -119,7 +142,12 @@ class Workers:
                 self.settings, listening, self.access, self.state_dir, self.nofile, self.out
             )
             log.info("node identity %s", public_key_text(self.identity))
-            return self._watch(blocked)
+            try:
+                return self._watch(blocked)
+            finally:
+                if metrics_server is not None:
+                    metrics_server.shutdown()
+                    metrics_server.server_close()
         finally:
             self._kill_all(signal.SIGKILL)  # only if something above failed: none are left
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -167,6 +195,9 @@ class Workers:
         mask: set[int | signal.Signals],
     ) -> None:
         plain, tls = sockets if sockets is not None else self._more_sockets()
+        channel = theirs = None
+        if self.settings.metrics is not None:
+            channel, theirs = socket.socketpair()
         self.out.flush()
         sys.stderr.flush()
         supervisor = os.getpid()
@@ -177,10 +208,13 @@ class Workers:
                 for sig in SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
                 _end_with_parent(supervisor)
+                for other in [*self.channels.values(), channel]:
+                    if other is not None:
+                        other.close()  # other workers' and the supervisor's ends
                 # The signals stay blocked (pending) until the worker's loop handles
                 # them: a SIGHUP now must not kill it with the default action.
                 code = self._serve(
-                    plain, tls, lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    plain, tls, lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask), theirs
                 )
             except BaseException:
                 log.exception("worker %d failed", slot)
@@ -188,6 +222,14 @@ class Workers:
                 os._exit(code)
         for sock in plain + tls:
             sock.close()  # the worker's now: the supervisor must not hold a queue nobody accepts
+        if channel is not None and theirs is not None:
+            theirs.close()
+            channel.settimeout(2.0)
+            with self.channels_lock:
+                old = self.channels.pop(slot, None)
+                self.channels[slot] = channel
+            if old is not None:
+                old.close()
         self.pids[pid] = slot
         log.debug("worker %d started (pid %d)", slot, pid)
 
@@ -196,6 +238,7 @@ class Workers:
         plain: list[socket.socket],
         tls: list[socket.socket],
         signals_ready: Callable[[], object],
+        metrics_channel: socket.socket | None,
     ) -> int:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(
@@ -210,8 +253,30 @@ class Workers:
                     self.out,
                     sockets=(plain, tls),
                     signals_ready=signals_ready,
+                    metrics_channel=metrics_channel,
                 )
             )
+
+    def _scrape(self) -> list[dict[str, list[list[Any]]]]:
+        """Every live worker's metrics (runs in the metrics server's thread)."""
+        snapshots = []
+        with self.channels_lock:
+            for slot, channel in self.channels.items():
+                try:
+                    channel.sendall(b"?")
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        chunk = channel.recv(1 << 16)
+                        if not chunk:
+                            raise ConnectionError("worker closed its metrics channel")
+                        line += chunk
+                    snapshot = json.loads(line)
+                except (OSError, ValueError) as exc:
+                    log.warning("no metrics from worker %d: %s", slot, exc)
+                    continue
+                if isinstance(snapshot, dict):
+                    snapshots.append(snapshot)
+        return snapshots
 
     def _watch(self, mask: set[int | signal.Signals]) -> int:
         while self.pids:
