@@ -100,6 +100,22 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a node process needs before it serves, made once (workers share it)."""
+
+    settings: NodeSettings
+    load_settings: Callable[[], NodeSettings]
+    """Reads the configuration again, for SIGHUP."""
+    state_dir: Path
+    access: Access
+    policy: EgressPolicy
+    identity: Ed25519PrivateKey
+    nofile: int
+    """The descriptor limit in force."""
+    out: TextIO
+
+
 def run_node(load_settings: Callable[[], NodeSettings], *, out: TextIO = sys.stdout) -> int:
     """Run a node until SIGTERM/SIGINT; return the exit status."""
     settings = load_settings()
@@ -109,27 +125,17 @@ def run_node(load_settings: Callable[[], NodeSettings], *, out: TextIO = sys.std
     identity = load_or_create_identity(state_dir)
     settings = with_certificate(settings, state_dir)
     nofile = raise_nofile_limit()
+    prepared = Prepared(settings, load_settings, state_dir, access, policy, identity, nofile, out)
     if settings.workers > 1:
         from resistance.node.workers import Workers
 
-        return Workers(
-            settings, load_settings, state_dir, access, policy, identity, nofile, out
-        ).run()
+        return Workers(prepared).run()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(
-            serve(settings, load_settings, state_dir, access, policy, identity, nofile, out)
-        )
+        return runner.run(serve(prepared))
 
 
 async def serve(
-    settings: NodeSettings,
-    load_settings: Callable[[], NodeSettings],
-    state_dir: Path,
-    access: Access,
-    policy: EgressPolicy,
-    identity: Ed25519PrivateKey,
-    nofile: int,
-    out: TextIO,
+    prepared: Prepared,
     *,
     sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
     signals_ready: Callable[[], object] | None = None,
@@ -139,12 +145,14 @@ async def serve(
     no banner (its supervisor does), calls ``signals_ready`` once its signal
     handlers are in place (it starts with the signals blocked) and answers each
     byte on ``metrics_channel`` with a JSON line of its metrics."""
+    settings, access, state_dir = prepared.settings, prepared.access, prepared.state_dir
+    identity = prepared.identity
     loop = asyncio.get_running_loop()
     metrics = NodeMetrics()
     node = Node(
         settings,
         users=access.users,
-        policy=policy,
+        policy=prepared.policy,
         metrics=metrics,
         loop=loop,
         identity=identity if access.users is not None else None,
@@ -163,8 +171,8 @@ async def serve(
                 Listening(relay_kind(settings), node.bound, node.tls_bound, node.tls_sha256),
                 access,
                 state_dir,
-                nofile,
-                out,
+                prepared.nofile,
+                prepared.out,
             )
             log.info("node identity %s", public_key_text(identity))
         if access.users is None:
@@ -184,7 +192,7 @@ async def serve(
 
     def reload() -> None:
         try:
-            fresh = load_settings()
+            fresh = prepared.load_settings()
             fresh_access = build_access(fresh, state_dir)
             fresh_policy = build_policy(fresh)
         except ConfigError as exc:

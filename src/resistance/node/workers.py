@@ -42,19 +42,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TextIO
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import Any
 
 from resistance.config import Endpoint, NodeSettings
 from resistance.node.identity import public_key_text
 from resistance.node.metrics import SummedMetrics
-from resistance.node.policy import EgressPolicy
 from resistance.node.server import listening_socket, relay_kind, tls_context
 from resistance.node.service import (
-    Access,
     Listening,
+    Prepared,
     new_event_loop,
     print_banner,
     serve,
@@ -93,26 +89,11 @@ def worker_settings(settings: NodeSettings) -> NodeSettings:
 class Workers:
     """Starts, watches and stops the worker processes of one node."""
 
-    def __init__(
-        self,
-        settings: NodeSettings,
-        load_settings: Callable[[], NodeSettings],
-        state_dir: Path,
-        access: Access,
-        policy: EgressPolicy,
-        identity: Ed25519PrivateKey,
-        nofile: int,
-        out: TextIO,
-    ) -> None:
-        self.settings = settings
-        self.load_settings = load_settings
-        self.state_dir = state_dir
-        self.access = access
-        self.policy = policy
-        self.identity = identity
-        self.nofile = nofile
-        self.out = out
-        self.worker = worker_settings(settings)
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.settings = settings = prepared.settings
+        self.out = prepared.out
+        self.worker = dataclasses.replace(prepared, settings=worker_settings(settings))
         self.bound: list[Endpoint] = []
         self.tls_bound: list[Endpoint] = []
         self.pids: dict[int, int] = {}  # worker PID -> slot
@@ -138,10 +119,16 @@ class Workers:
             listening = Listening(
                 relay, self.bound, self.tls_bound, digest.hex() if digest is not None else None
             )
+            prepared = self.prepared
             print_banner(
-                self.settings, listening, self.access, self.state_dir, self.nofile, self.out
+                self.settings,
+                listening,
+                prepared.access,
+                prepared.state_dir,
+                prepared.nofile,
+                self.out,
             )
-            log.info("node identity %s", public_key_text(self.identity))
+            log.info("node identity %s", public_key_text(prepared.identity))
             try:
                 return self._watch(blocked)
             finally:
@@ -244,13 +231,6 @@ class Workers:
             return runner.run(
                 serve(
                     self.worker,
-                    self.load_settings,
-                    self.state_dir,
-                    self.access,
-                    self.policy,
-                    self.identity,
-                    self.nofile,
-                    self.out,
                     sockets=(plain, tls),
                     signals_ready=signals_ready,
                     metrics_channel=metrics_channel,
