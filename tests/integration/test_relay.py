@@ -107,6 +107,45 @@ def test_bytes_arrive_intact_both_ways(relay_node: RunningNode, echo_server: Any
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
+def test_concurrent_connections_with_stalling_readers_keep_their_bytes(
+    relay_node: RunningNode, echo_server: Any
+) -> None:
+    """Eight echoes at once, their readers pausing now and then: destinations fill up,
+    so pumps stop with bytes held back (the copy relay reads every chunk into one
+    buffer shared by the loop), and no connection may get another's bytes."""
+    payloads = [os.urandom(4 << 20) for _ in range(8)]
+    digests: list[bytes | None] = [None] * len(payloads)
+
+    def one(i: int) -> None:
+        payload = payloads[i]
+        with open_socks(proxy(relay_node), "127.0.0.1", echo_server.port) as sock:
+            received = bytearray()
+
+            def reader() -> None:
+                chunks = 0
+                while len(received) < len(payload):
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        return
+                    received.extend(chunk)
+                    chunks += 1
+                    if chunks % 8 == i % 8:
+                        time.sleep(0.02)  # a stall: the node's buffers towards us fill
+
+            thread = threading.Thread(target=reader)
+            thread.start()
+            sock.sendall(payload)
+            thread.join(60)
+            digests[i] = hashlib.sha256(received).digest()
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(len(payloads))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(90)
+    assert digests == [hashlib.sha256(p).digest() for p in payloads]
+
+
 def test_half_close_keeps_the_other_direction(
     relay_node: RunningNode, half_close_server: HalfCloseServer
 ) -> None:
