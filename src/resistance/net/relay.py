@@ -145,32 +145,7 @@ class _Pump:
         self.writable = True
 
     def run(self) -> None:
-        if self.done:
-            return
-        for _ in _ROUNDS:
-            if self.pending:
-                if not self.writable or not self._flush():
-                    return
-                continue
-            if self.eof:
-                self._finish()
-                return
-            if not self.readable:
-                return
-            n = self._fill()
-            if n < 0:
-                return
-            if n == 0:
-                self.eof = True
-        # Still busy after a fair share: let other connections run first.
-        self.loop.call_soon(self.run)
-
-    def _fill(self) -> int:
-        """Read a chunk; bytes read, 0 at EOF, -1 when nothing more can be read now."""
-        raise NotImplementedError
-
-    def _flush(self) -> bool:
-        """Write what is pending; ``True`` once all of it is written."""
+        """Move bytes while both sides allow it, up to ``ROUNDS`` chunks a turn."""
         raise NotImplementedError
 
     def _fail(self, exc: OSError) -> None:
@@ -212,9 +187,9 @@ class _SplicePump(_Pump):
         self.chunk = relay.chunk
 
     def run(self) -> None:
-        # _Pump.run with _fill and _flush written inline: this runs for every
-        # chunk in either direction, and each Python call on the way adds to
-        # the latency of a small message (the ping-pong benchmark).
+        # The copy pump's loop with its _fill and _flush written inline: this runs
+        # for every chunk in either direction, and each Python call on the way adds
+        # to the latency of a small message (the ping-pong benchmark).
         if self.done:
             return
         pool = self.pool
@@ -306,7 +281,29 @@ class _CopyPump(_Pump):
         self.held: memoryview | None = None
         self.offset = 0
 
+    def run(self) -> None:
+        if self.done:
+            return
+        for _ in _ROUNDS:
+            if self.pending:
+                if not self.writable or not self._flush():
+                    return
+                continue
+            if self.eof:
+                self._finish()
+                return
+            if not self.readable:
+                return
+            n = self._fill()
+            if n < 0:
+                return
+            if n == 0:
+                self.eof = True
+        # Still busy after a fair share: let other connections run first.
+        self.loop.call_soon(self.run)
+
     def _fill(self) -> int:
+        """Read a chunk; bytes read, 0 at EOF, -1 when nothing more can be read now."""
         try:
             n = self.src.recv_into(self.scratch)
         except BlockingIOError:
@@ -327,6 +324,7 @@ class _CopyPump(_Pump):
         return n
 
     def _flush(self) -> bool:
+        """Write what is pending; ``True`` once all of it is written."""
         data = self.held if self.held is not None else self.scratch
         while self.pending:
             try:

@@ -10,7 +10,7 @@ pumps and the node adds them here when a connection ends and on every sweep.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -64,13 +64,17 @@ class Family:
         self.children[()].value -= amount
 
     def collect(self) -> Metric:
+        return self.metric((values, child.value) for values, child in list(self.children.items()))
+
+    def metric(self, rows: Iterable[tuple[tuple[str, ...], int]]) -> Metric:
+        """This family's Prometheus form, with these (label values, value) rows."""
         family: CounterMetricFamily | GaugeMetricFamily
         if self.kind == "counter":
             family = CounterMetricFamily(self.name, self.help, labels=self.label_names)
         else:
             family = GaugeMetricFamily(self.name, self.help, labels=self.label_names)
-        for values, child in list(self.children.items()):
-            family.add_metric(list(values), child.value)
+        for values, value in rows:
+            family.add_metric(list(values), value)
         return family
 
 
@@ -158,24 +162,21 @@ class SummedMetrics(Collector):
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        totals: dict[str, dict[tuple[str, ...], int]] = {}
+        # Every number starts at the template's zeros, so an unlabelled counter is
+        # reported even before any worker has answered.
+        totals = {
+            family.name: {values: child.value for values, child in family.children.items()}
+            for family in self.template.families
+        }
         for snapshot in self.fetch():
             for name, rows in snapshot.items():
-                family_totals = totals.setdefault(name, {})
+                family_totals = totals.get(name)
+                if family_totals is None:
+                    continue
                 for row in rows:
                     labels, value = tuple(str(v) for v in row[:-1]), row[-1]
                     if isinstance(value, int) and not isinstance(value, bool):
                         family_totals[labels] = family_totals.get(labels, 0) + value
         for family in self.template.families:
-            metric: CounterMetricFamily | GaugeMetricFamily
-            if family.kind == "counter":
-                metric = CounterMetricFamily(family.name, family.help, labels=family.label_names)
-            else:
-                metric = GaugeMetricFamily(family.name, family.help, labels=family.label_names)
-            summed = totals.get(family.name, {})
-            if not summed and not family.label_names:
-                summed = {(): 0}
-            for labels, value in summed.items():
-                if len(labels) == len(family.label_names):
-                    metric.add_metric(list(labels), value)
-            yield metric
+            summed = totals[family.name].items()
+            yield family.metric(r for r in summed if len(r[0]) == len(family.label_names))

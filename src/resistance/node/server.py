@@ -473,9 +473,9 @@ class Node:
 
     async def start(self) -> None:
         try:
-            made = self.sockets or ([], [])
+            made = self.sockets
             for i, endpoint in enumerate(self.settings.listen):
-                sock = made[0][i] if self.sockets else listening_socket(endpoint)
+                sock = made[0][i] if made else listening_socket(endpoint)
                 host, port = sock.getsockname()[:2]
                 if self.reactor is not None:
                     self.listeners.append(Listener(self, sock, self.reactor))
@@ -489,7 +489,7 @@ class Node:
             if self.settings.tls_listen:
                 ctx = self._tls_context()
                 for i, endpoint in enumerate(self.settings.tls_listen):
-                    sock = made[1][i] if self.sockets else listening_socket(endpoint)
+                    sock = made[1][i] if made else listening_socket(endpoint)
                     server = await self.loop.create_server(
                         lambda: _StreamHandshake(self, tls=True),
                         sock=sock,

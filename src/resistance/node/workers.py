@@ -92,7 +92,6 @@ class Workers:
     def __init__(self, prepared: Prepared) -> None:
         self.prepared = prepared
         self.settings = settings = prepared.settings
-        self.out = prepared.out
         self.worker = dataclasses.replace(prepared, settings=worker_settings(settings))
         self.bound: list[Endpoint] = []
         self.tls_bound: list[Endpoint] = []
@@ -110,9 +109,8 @@ class Workers:
         digest = tls_context(self.settings)[1] if self.settings.tls_listen else None
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
-            first = self._first_sockets()
             for slot in range(self.settings.workers):
-                self._spawn(slot, first if slot == 0 else None, blocked)
+                self._spawn(slot, blocked)
             metrics_server = None
             if self.settings.metrics is not None:
                 metrics_server = start_metrics(SummedMetrics(self._scrape), self.settings.metrics)
@@ -126,7 +124,7 @@ class Workers:
                 prepared.access,
                 prepared.state_dir,
                 prepared.nofile,
-                self.out,
+                prepared.out,
             )
             log.info("node identity %s", public_key_text(prepared.identity))
             try:
@@ -141,8 +139,10 @@ class Workers:
 
     # -- sockets ------------------------------------------------------------------
 
-    def _first_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
-        """Worker 0's sockets; they fix the ports (``:0`` included) for the rest."""
+    def _sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        """One worker's listening sockets, in the node's SO_REUSEPORT groups; the
+        first set made decides the ports (``:0`` included) for all the others."""
+        first = not (self.bound or self.tls_bound)
         plain: list[socket.socket] = []
         tls: list[socket.socket] = []
         try:
@@ -150,23 +150,12 @@ class Workers:
                 (self.settings.listen, plain, self.bound),
                 (self.settings.tls_listen, tls, self.tls_bound),
             ):
-                for endpoint in endpoints:
-                    sock = listening_socket(endpoint, reuse_port=True)
+                for i, endpoint in enumerate(endpoints):
+                    sock = listening_socket(endpoint if first else bound[i], reuse_port=True)
                     made.append(sock)
-                    host, port = sock.getsockname()[:2]
-                    bound.append(Endpoint(host, port))
-        except BaseException:
-            for sock in plain + tls:
-                sock.close()
-            raise
-        return plain, tls
-
-    def _more_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
-        plain: list[socket.socket] = []
-        tls: list[socket.socket] = []
-        try:
-            plain += [listening_socket(e, reuse_port=True) for e in self.bound]
-            tls += [listening_socket(e, reuse_port=True) for e in self.tls_bound]
+                    if first:
+                        host, port = sock.getsockname()[:2]
+                        bound.append(Endpoint(host, port))
         except BaseException:
             for sock in plain + tls:
                 sock.close()
@@ -175,17 +164,12 @@ class Workers:
 
     # -- workers ------------------------------------------------------------------
 
-    def _spawn(
-        self,
-        slot: int,
-        sockets: tuple[list[socket.socket], list[socket.socket]] | None,
-        mask: set[int | signal.Signals],
-    ) -> None:
-        plain, tls = sockets if sockets is not None else self._more_sockets()
+    def _spawn(self, slot: int, mask: set[int | signal.Signals]) -> None:
+        plain, tls = self._sockets()
         channel = theirs = None
         if self.settings.metrics is not None:
             channel, theirs = socket.socketpair()
-        self.out.flush()
+        self.prepared.out.flush()
         sys.stderr.flush()
         supervisor = os.getpid()
         pid = os.fork()
@@ -311,7 +295,7 @@ class Workers:
                 self._stop()
                 continue
             try:
-                self._spawn(slot, None, mask)
+                self._spawn(slot, mask)
             except OSError as exc:
                 log.error("cannot restart worker %d: %s", slot, exc)
                 self.failed = True
