@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from resistance.grants.amounts import SAT_PER_BTC
 from resistance.grants.errors import PayoutError, UtxoError
 from resistance.grants.model import MAX_SAT, GrantRound, RoundStatus
 from resistance.grants.payout import (
@@ -41,8 +42,6 @@ from resistance.grants.payout import (
     parse_address,
     sat_to_btc,
 )
-
-SAT_PER_BTC = Decimal(100_000_000)
 
 
 class BitcoindError(PayoutError):
@@ -158,7 +157,7 @@ def origin_index(desc: str, prefixes: dict[str, bool]) -> tuple[int, bool] | Non
 def _sat(value: Any, where: str) -> int:
     if not isinstance(value, Decimal | int) or isinstance(value, bool):
         raise UtxoError(f"{where}: amount is not a number: {value!r}")
-    sat = Decimal(value) * SAT_PER_BTC
+    sat = Decimal(value) * SAT_PER_BTC  # exact: Decimal times int
     if sat != sat.to_integral_value() or not 0 < sat <= MAX_SAT:
         raise UtxoError(f"{where}: amount {value} BTC is not a whole number of satoshi in range")
     return int(sat)

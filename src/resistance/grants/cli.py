@@ -21,7 +21,7 @@ from rich.table import Table
 from resistance.clikit import one_line_errors
 from resistance.directory.keys import raw_public, trusted_key
 from resistance.grants import amounts, bitcoind, export, files, payout, remote, rounds, signing
-from resistance.grants.errors import PayoutError, RoundStateError, UtxoError
+from resistance.grants.errors import GrantsError, PayoutError, RoundStateError
 from resistance.grants.model import GrantRound, RoundStatus, round_from_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,6 +48,24 @@ def _summary(round_: GrantRound) -> str:
         f"{len(r.payouts())} payouts, {r.paid_sat} sat paid, {r.carried_out_sat} sat carried, "
         f"{r.returned_sat} sat returned, fee reserve {round_.settings.fee_reserve_sat} sat"
     )
+
+
+def _read_text(path: Path) -> str:
+    """A text file the user named, or one clear error line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GrantsError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _tx_text(tx_hex: str | None, tx_file: Path | None) -> str:
+    """The signed transaction's hex, from exactly one of --tx and --tx-file."""
+    if (tx_hex is None) == (tx_file is None):
+        raise click.UsageError("give exactly one of --tx and --tx-file")
+    if tx_file is not None:
+        return _read_text(tx_file)
+    assert tx_hex is not None
+    return tx_hex
 
 
 @click.group(context_settings=CONTEXT)
@@ -323,11 +341,7 @@ def psbt(
             )
         else:
             assert utxos is not None
-            try:
-                utxo_text = utxos.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise UtxoError(f"cannot read {utxos}: {exc.strerror}") from None
-            funder = payout.load_utxos(utxo_text)
+            funder = payout.load_utxos(_read_text(utxos))
         built = payout.build_payout_psbt(
             round_,
             descriptor=descriptor,
@@ -415,11 +429,8 @@ def mark_paid(
     Example:
       resist grants mark-paid round.json --tx-file signed.hex --change-descriptor 'wpkh(…/1/*)'
     """
-    if (tx_hex is None) == (tx_file is None):
-        raise click.UsageError("give exactly one of --tx and --tx-file")
-    text = tx_hex if tx_hex is not None else tx_file.read_text() if tx_file else ""
     round_ = rounds.mark_paid(
-        files.load_round(round_file), text, change_descriptor=change_descriptor
+        files.load_round(round_file), _tx_text(tx_hex, tx_file), change_descriptor=change_descriptor
     )
     files.save_round(out or round_file, round_)
     click.echo(f"round {round_.settings.round_id} paid by {round_.state.txid}")
@@ -758,14 +769,7 @@ def mark_paid_remote(
       resist grants round mark-paid 2026-10-RU --registry URL --token ADMIN \\
           --tx-file signed.hex --change-descriptor 'wpkh(…/1/*)'
     """
-    if (tx_hex is None) == (tx_file is None):
-        raise click.UsageError("give exactly one of --tx and --tx-file")
-    if tx_file is not None:
-        try:
-            tx_hex = tx_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UtxoError(f"cannot read {tx_file}: {exc.strerror}") from None
-    assert tx_hex is not None
+    tx_hex = _tx_text(tx_hex, tx_file)
     view = remote.call(
         registry_url,
         _round_path(round_id, "/mark-paid"),

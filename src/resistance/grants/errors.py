@@ -51,7 +51,3 @@ class PaymentMismatchError(GrantsError):
 
 class RegistryError(GrantsError):
     """The registry cannot be reached or refused a request; the message is its own."""
-
-
-class SignatureError(GrantsError):
-    """The inputs lack enough good signatures by trusted registry keys."""

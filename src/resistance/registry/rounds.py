@@ -77,7 +77,6 @@ from resistance.registry.errors import ApiError
 from resistance.registry.models import GrantCarry, GrantRoundRow, Operator, ProbeRollup, Proxy
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
 from resistance.registry.services import Registry, utc_day
-from resistance.registry.statement import endpoint_network
 
 #: The settings a request may give; the rest (id, network, country, period) are the round's.
 TUNABLE = (
@@ -208,13 +207,6 @@ class BuiltInputs:
     skipped_operators: list[str]
 
 
-def _network_of(proxy: Proxy) -> str:
-    try:
-        return endpoint_network(proxy.host)
-    except ValueError:
-        return proxy.network
-
-
 def _day_rows(rows: Iterable[Any]) -> dict[tuple[int, str], list[Any]]:
     """``(proxy, day) -> [control attempts, control successes, target attempts,
     target successes, merged throughput histogram]``."""
@@ -244,7 +236,7 @@ def _daily(
     return DailyRollup(
         proxy_id=str(proxy.id),
         operator_id=operator,
-        network=_network_of(proxy),
+        network=proxy.network,  # endpoint_network(host), stored at registration
         payout_address=address,
         day=dt.date.fromisoformat(day),
         country=settings.target_country,
@@ -577,11 +569,7 @@ async def mark_round_paid(
     """Record the signed transaction paying an approved round, if it pays exactly."""
     async with registry.sessions() as session:
         row = await _row(session, round_id)
-    if row.status == "draft":
-        raise ApiError(409, f"round {round_id} is a draft; approve it first")
-    if row.status == "paid":
-        raise ApiError(409, f"round {round_id} is already paid by {row.txid}")
-    try:
+    try:  # grants' mark_paid refuses a draft or a paid round itself (409 below)
         paid = await asyncio.to_thread(
             grant_rounds.mark_paid,
             load_round(row),
@@ -607,9 +595,7 @@ async def mark_round_paid(
             ):
                 raise ApiError(409, f"round {round_id} was paid meanwhile")
             await add_carries(session, round_pk=row.id, amounts=_carried_out(paid), now=now)
-            fresh = await _row(session, round_id)
-            await session.refresh(fresh)
-            return view(fresh)
+            return view(await _row(session, round_id))
     except IntegrityError:
         raise ApiError(409, f"transaction {paid.state.txid} already paid another round") from None
 

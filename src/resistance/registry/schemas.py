@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from resistance.grants.model import MAX_SAT
+
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Credential = Annotated[str, Field(min_length=1, max_length=255)]
 
@@ -239,7 +241,7 @@ RoundId = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
 IsoDate = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
-Sat = Annotated[int, Field(ge=0, le=2_100_000_000_000_000)]
+Sat = Annotated[int, Field(ge=0, le=MAX_SAT)]
 BasisPoints = Annotated[int, Field(ge=1, le=10_000)]
 Exponent = Annotated[int, Field(ge=1, le=64)]
 Attempts = Annotated[int, Field(ge=1, le=1_000_000)]
