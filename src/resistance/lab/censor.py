@@ -57,8 +57,12 @@ def _element(first: int, last: int) -> tuple[str, str]:
 
 def element_statements(ranges: Iterable[tuple[int, int]]) -> Iterator[str]:
     """``add element`` statements for these ranges, merged, at most CHUNK per statement."""
+    return _statements(merge_ranges(ranges))
+
+
+def _statements(merged: Iterable[tuple[int, int]]) -> Iterator[str]:
     pending: dict[str, list[str]] = {"blocked4": [], "blocked6": []}
-    for first, last in merge_ranges(ranges):
+    for first, last in merged:
         name, element = _element(first, last)
         batch = pending[name]
         batch.append(element)
@@ -93,11 +97,14 @@ def install(namespace: str) -> None:
     netns.in_ns(namespace, "nft", "-f", "-", input=ruleset())
 
 
-def block(namespace: str, ranges: Iterable[tuple[int, int]]) -> None:
-    """Add ranges to the blocklist in one nft transaction (all or nothing)."""
-    script = "".join(element_statements(ranges))
+def block(namespace: str, ranges: Iterable[tuple[int, int]]) -> int:
+    """Add ranges to the blocklist in one nft transaction (all or nothing); returns
+    how many ranges they merged into (a million-line dump is sorted once)."""
+    merged = merge_ranges(ranges)
+    script = "".join(_statements(merged))
     if script:
         netns.in_ns(namespace, "nft", "-f", "-", input=script, timeout=600)
+    return len(merged)
 
 
 def unblock(namespace: str, ranges: Iterable[tuple[int, int]]) -> None:

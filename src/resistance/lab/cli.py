@@ -17,7 +17,6 @@ from resistance.lab import topology as topo
 from resistance.lab.errors import LabError
 from resistance.lab.world import Lab, require_root
 from resistance.paths import resolve_state_dir
-from resistance.registry.blocklist import merge_ranges
 
 NAME = click.option(
     "--name",
@@ -164,11 +163,9 @@ def block(prefixes: tuple[str, ...], files: tuple[Path, ...], name: str) -> None
     censor_ns = _censor_of(name)
     ranges = _ranges(prefixes, files)
     started = time.monotonic()
-    censor.block(censor_ns, ranges)
+    merged = censor.block(censor_ns, ranges)
     took = time.monotonic() - started
-    click.echo(
-        f"blocked {len(ranges)} prefixes ({len(merge_ranges(ranges))} ranges) in {took:.1f} s"
-    )
+    click.echo(f"blocked {len(ranges)} prefixes ({merged} ranges) in {took:.1f} s")
 
 
 @lab.command(context_settings=CONTEXT)

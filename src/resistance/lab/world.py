@@ -16,6 +16,7 @@ record alone, so it also cleans up after a crashed ``up`` or demo.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -395,24 +396,22 @@ class Lab:
         body: dict[str, Any] | None = None,
         admin: bool = True,
         expect: tuple[int, ...] = (200, 201),
-    ) -> Any:
-        """A registry API call made from inside the free network; JSON back."""
-        import httpx
+    ) -> dict[str, Any]:
+        """A registry API call made from inside the free network; its JSON object back."""
+        from resistance.registry.client import call_registry
 
-        url = self.topology.registry_url + path
         bearer = token or (self.info.get("admin_token") if admin else None)
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-
-        def call() -> httpx.Response:
-            return httpx.request(method, url, json=body, headers=headers, timeout=30)
-
-        try:
-            response = netns.call_in(self.topology.free, call)
-        except httpx.HTTPError as exc:
-            raise LabError(f"{method} {path}: {exc}") from None
-        if response.status_code not in expect:
-            raise LabError(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
-        return response.json()
+        request = functools.partial(
+            call_registry,
+            self.topology.registry_url,
+            path,
+            token=bearer,
+            method=method,
+            body=body,
+            expect=expect,
+            error=LabError,
+        )
+        return netns.call_in(self.topology.free, request)
 
     def status(self) -> dict[str, Any]:
         present = set(self.topology.namespaces) & netns.namespaces()

@@ -12,7 +12,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance.directory.keys import check_private_mode, create_private_key, load_private_key
-from resistance.paths import write_private
 from resistance.vpn import keys as wg_keys
 
 PROBE_KEY_FILE = "probe-key.pem"
@@ -28,9 +27,6 @@ def load_or_create_probe_key(state_dir: Path) -> Ed25519PrivateKey:
 
 
 def load_or_create_wireguard_key(state_dir: Path) -> wg_keys.KeyPair:
-    path = state_dir / WIREGUARD_KEY_FILE
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_private(path, wg_keys.KeyPair.generate().private_text + "\n")
-    check_private_mode(path)
-    return wg_keys.KeyPair.from_private(wg_keys.read_key_file(path, what="probe WireGuard key"))
+    return wg_keys.load_or_create_key_file(
+        state_dir / WIREGUARD_KEY_FILE, what="probe WireGuard key"
+    )

@@ -35,9 +35,7 @@ from typing import Any, Final
 
 from sqlalchemy.exc import IntegrityError
 
-from resistance.directory.keys import check_private_mode
 from resistance.errors import ConfigError
-from resistance.paths import write_private
 from resistance.probe.batch import ResultRecord
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
@@ -55,11 +53,7 @@ MAX_PROBE_KEYS: Final = 256
 
 def load_or_create_prober_key(state_dir: Path) -> keys.KeyPair:
     """The registry's WireGuard prober key (base64 text, mode 0600), made on first use."""
-    path = state_dir / PROBER_KEY_FILE
-    if not path.exists():
-        write_private(path, keys.KeyPair.generate().private_text + "\n")
-    check_private_mode(path)
-    return keys.KeyPair.from_private(keys.read_key_file(path, what="WireGuard prober key"))
+    return keys.load_or_create_key_file(state_dir / PROBER_KEY_FILE, what="WireGuard prober key")
 
 
 def is_wireguard(proxy: Proxy) -> bool:

@@ -18,7 +18,9 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from resistance.directory.keys import check_private_mode
 from resistance.errors import ConfigError
+from resistance.paths import write_private
 
 KEY_LEN: Final = 32
 _KEY_TEXT: Final = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
@@ -85,6 +87,16 @@ class KeyPair:
 
 def generate_psk() -> bytes:
     return os.urandom(KEY_LEN)
+
+
+def load_or_create_key_file(path: Path, *, what: str) -> KeyPair:
+    """A key pair kept in ``path`` (its private key's base64 text, mode 0600),
+    made on first use; ``what`` names it in errors."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, KeyPair.generate().private_text + "\n")
+    check_private_mode(path)
+    return KeyPair.from_private(read_key_file(path, what=what))
 
 
 def read_key_file(path: Path, *, what: str = "private key") -> bytes:
