@@ -18,6 +18,7 @@ from resistance.lab import netns
 from resistance.lab import topology as topo
 from resistance.lab.story import Story
 from resistance.lab.world import Lab
+from resistance.node.tlscert import CERT_FILE, certificate_sha256, leaf_der
 
 pytestmark = [
     pytest.mark.root,
@@ -58,7 +59,8 @@ def test_2_nodes_register_and_probes_make_them_functional(story: Story) -> None:
     # each SOCKS5 node's TLS listener is in the signed directory with its certificate pin
     pins = result.figures["tls_pins"]
     assert set(pins) == set(topo.NODE_ADDRS)
-    assert all(len(pin) == 64 and int(pin, 16) >= 0 for pin in pins.values())
+    for i, addr in enumerate(topo.NODE_ADDRS, start=1):  # the certificate each node serves
+        assert pins[addr] == certificate_sha256(leaf_der(story.lab.dir / f"node-{i}" / CERT_FILE))
     probes = [p for p in story.lab.processes if p.role.startswith("probe-")]
     assert {p.namespace for p in probes} == {story.t.free, story.t.censored}
 

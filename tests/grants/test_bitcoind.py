@@ -145,15 +145,21 @@ def test_cookie_file_wallet_path_and_core_errors(
 
 def test_usage_errors(standin: StandIn, round_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.psbt"
-    for extra in (
-        [],  # neither --utxos nor --bitcoind
-        ["--utxos", str(round_file), "--bitcoind", standin.url()],
-        ["--utxos", str(round_file), "--fund-with-bitcoind"],
-        ["--bitcoind", standin.url()],  # no --descriptor without --fund-with-bitcoind
-        ["--bitcoind", standin.url(), "--descriptor", DESCRIPTOR, "--change-index", "3"],
+    for extra, why in (
+        ([], "exactly one of --utxos and --bitcoind"),
+        (["--utxos", str(round_file), "--bitcoind", standin.url()], "exactly one of"),
+        (["--utxos", str(round_file), "--fund-with-bitcoind"], "need --bitcoind"),
+        (["--bitcoind", standin.url()], "--descriptor is needed unless --fund-with-bitcoind"),
+        (
+            ["--bitcoind", standin.url(), "--descriptor", DESCRIPTOR, "--change-index", "3"],
+            "--change-index goes with --fund-with-bitcoind",
+        ),
     ):
         res = invoke(*psbt_args(round_file, out, *extra))
-        assert res.exit_code == 2, (extra, res.output)
+        assert res.exit_code == 2 and "Usage:" in res.output and why in res.output, (
+            extra,
+            res.output,
+        )
     assert not out.exists()
 
 

@@ -9,6 +9,7 @@ signed, and refused whenever a request would change what must not change.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -324,8 +325,13 @@ async def test_a_differing_transaction_is_refused_and_changes_nothing(world: Wor
     before = await snapshot(world.reg)
     cases = [
         ({"tx_hex": other_round, "change_descriptor": CHANGE_DESCRIPTOR}, 422, "neither"),
-        ({"tx_hex": underpaying, "change_descriptor": CHANGE_DESCRIPTOR}, 422, ""),
-        ({"tx_hex": psbt_b64.encode().hex(), "change_descriptor": CHANGE_DESCRIPTOR}, 422, ""),
+        ({"tx_hex": underpaying, "change_descriptor": CHANGE_DESCRIPTOR}, 422, "neither"),
+        # the PSBT's own bytes, as a wallet that signed nothing hands them back
+        (
+            {"tx_hex": base64.b64decode(psbt_b64).hex(), "change_descriptor": CHANGE_DESCRIPTOR},
+            422,
+            "PSBT",
+        ),
         ({"tx_hex": "00" * 50, "change_descriptor": CHANGE_DESCRIPTOR}, 422, "transaction"),
         ({"tx_hex": pay(exported), "change_descriptor": DESCRIPTOR}, 422, "neither"),
         ({"tx_hex": pay(exported), "change_descriptor": "wpkh(nonsense)"}, 422, "descriptor"),

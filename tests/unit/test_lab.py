@@ -57,7 +57,8 @@ def test_build_plan_touches_only_the_labs_namespaces() -> None:
 def test_every_lab_address_is_in_the_benchmarking_range() -> None:
     lab = ipaddress.ip_network(topo.LAB_RANGE)
     addrs = [topo.USER_ADDR, topo.CENSOR_INSIDE, topo.CENSOR_OUTSIDE, topo.FREE_UPLINK,
-             topo.REGISTRY_ADDR, topo.DATACENTRE_ADDR, *topo.NODE_ADDRS]  # fmt: skip
+             topo.REGISTRY_ADDR, topo.DATACENTRE_ADDR, topo.VPN_ADDR,
+             *topo.NODE_ADDRS]  # fmt: skip
     assert all(ipaddress.ip_address(a) in lab for a in addrs)
     assert ipaddress.ip_address(topo.DATACENTRE_ADDR) in ipaddress.ip_network(topo.DATACENTRE_RANGE)
     # one /24 per node, so the grant rule's network cap sees three networks

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -131,7 +133,14 @@ JSON = st.recursive(
     max_leaves=20,
 )
 FIELDS = st.sampled_from(
-    ["endpoint", "protocols", "credentials", "node_key", "status", "tls", "host", "port"]
+    ["endpoint", "protocols", "credentials", "node_key", "status", "tls", "host", "port", "sha256"]
+)
+# TLS listeners that often parse, so the fuzz reaches the TLS branches too.
+TLS_LISTENERS = st.dictionaries(FIELDS, JSON) | st.fixed_dictionaries(
+    {
+        "port": JSON | st.integers(1, 65535),
+        "sha256": JSON | st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+    }
 )
 
 
@@ -154,7 +163,7 @@ def test_fuzz_any_json_parses_or_is_none(value: Any) -> None:
     assert listener is None or isinstance(listener, TlsListener)
 
 
-@given(st.dictionaries(FIELDS, JSON), st.dictionaries(FIELDS, JSON))
+@given(st.dictionaries(FIELDS, JSON), TLS_LISTENERS)
 def test_fuzz_entries_with_any_field_values(base: dict[str, Any], tls: dict[str, Any]) -> None:
     entry = {**ENTRY, **base, "tls": {**tls}}
     _check(parse_entry(entry))
@@ -269,6 +278,7 @@ def test_self_signed_certificate_loads_and_pins(tmp_path: Path) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")  # the key fits the leaf
     der = leaf_der(tmp_path / "c.pem")
+    assert der == x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
     assert certificate_sha256(der) == hashlib.sha256(der).hexdigest()
     (tmp_path / "junk.pem").write_text("not a certificate")
     with pytest.raises(ConfigError, match="no PEM certificate"):
