@@ -18,6 +18,7 @@ from resistance.node.identity import (
     probe_credential,
     public_key_text,
 )
+from resistance.registry import repositories as repo
 from resistance.registry.client import registration_body
 from resistance.registry.statement import challenge_message, make_statement
 from tests.registry.conftest import RunningRegistry
@@ -101,6 +102,32 @@ async def test_endpoint_owned_by_another_operator(
     r = await running.client(token=second).post("/api/v1/proxies", json=body_for(state, node.port))
     assert_error(r, 409, "another operator")
     assert await snapshot(running) == before
+
+
+async def test_a_wireguard_endpoint_is_not_taken_over_by_a_socks5_node(
+    running: RunningRegistry, live_node: tuple[Any, Path]
+) -> None:
+    """The same operator, the same host and port: a SOCKS5 registration must not
+    half-rewrite the WireGuard server's row (its key would stay on a SOCKS5 node)."""
+    node, state = live_node
+    token = await running.operator("op-wg")
+    async with running.registry.sessions.begin() as session:
+        me = await repo.operator_by_name(session, name="op-wg")
+        assert me is not None
+        await repo.save_proxy(session, fields=wireguard_fields(me.id, port=node.port))
+    before = await snapshot(running)
+    r = await running.client(token=token).post("/api/v1/proxies", json=body_for(state, node.port))
+    assert_error(r, 409, "registered as a WireGuard server")
+    assert await snapshot(running) == before
+
+
+def wireguard_fields(operator_id: int, *, port: int) -> dict[str, Any]:
+    return {
+        "operator_id": operator_id, "host": "127.0.0.1", "port": port, "network": "127.0.0.0/24",
+        "public_key": "", "protocols": ["wireguard"], "probe_user": "", "probe_password": "",
+        "credentials": [], "public": False, "status": "active", "registered_at": 1,
+        "verified_at": 1, "wg_public_key": "A" * 43 + "=", "wg_probe_keys": [],
+    }  # fmt: skip
 
 
 async def test_bad_statements_refused(running: RunningRegistry, tmp_path: Path) -> None:

@@ -210,6 +210,30 @@ def _verify_statement(registry: Registry, request: RegistrationRequest) -> dict[
     return statement
 
 
+WIREGUARD_PROTOCOL = "wireguard"
+
+
+def check_owner(
+    current: Proxy | None, operator_id: int, host: str, port: int, *, wireguard: bool
+) -> None:
+    """Refuse to register over an endpoint another operator holds, or over one
+    registered as the other kind of server (a row half rewritten would show a
+    WireGuard key on a SOCKS5 node, or no credentials on a WireGuard server)."""
+    if current is None:
+        return
+    if current.operator_id != operator_id:
+        raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
+    if (WIREGUARD_PROTOCOL in current.protocols) != wireguard:
+        held, new = (
+            ("a SOCKS5 node", "WireGuard server")
+            if wireguard
+            else ("a WireGuard server", "SOCKS5 node")
+        )
+        raise ApiError(
+            409, f"endpoint {host}:{port} is registered as {held}: give the {new} another port"
+        )
+
+
 async def register_proxy(
     registry: Registry, *, operator_id: int, request: RegistrationRequest
 ) -> dict[str, Any]:
@@ -222,8 +246,7 @@ async def register_proxy(
         if await repo.nonce_seen(session, nonce=st.nonce):
             raise ApiError(409, "statement already used (replay refused): make a new one")
         owner = await repo.proxy_by_endpoint(session, host=host, port=port)
-    if owner is not None and owner.operator_id != operator_id:
-        raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
+    check_owner(owner, operator_id, host, port, wireguard=False)
     try:
         await prove_control(
             host=host,
@@ -259,8 +282,7 @@ async def register_proxy(
         async with registry.sessions.begin() as session:
             await repo.add_nonce(session, nonce=st.nonce, now=now)
             current = await repo.proxy_by_endpoint(session, host=host, port=port)
-            if current is not None and current.operator_id != operator_id:
-                raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
+            check_owner(current, operator_id, host, port, wireguard=False)
             proxy = await repo.save_proxy(session, fields=fields)
             await repo.forget_nonces(session, before=now - 2 * registry.settings.statement_skew)
             view = proxy_view(proxy)

@@ -40,14 +40,20 @@ from resistance.probe.batch import ResultRecord
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import ProbeAccount, Proxy
-from resistance.registry.services import Registry, check_endpoint_host, proxy_view
+from resistance.registry.services import (
+    WIREGUARD_PROTOCOL,
+    Registry,
+    check_endpoint_host,
+    check_owner,
+    proxy_view,
+)
 from resistance.vpn import keys
 from resistance.vpn.probe import Outcome, handshake
 
 log = logging.getLogger(__name__)
 
 PROBER_KEY_FILE: Final = "wireguard-prober.key"
-PROTOCOL: Final = "wireguard"
+PROTOCOL: Final = WIREGUARD_PROTOCOL
 MAX_PROBE_KEYS: Final = 256
 
 
@@ -111,7 +117,7 @@ async def register_endpoint(
     network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:
         current = await repo.proxy_by_endpoint(session, host=host, port=port)
-    _check_owner(current, operator_id, host, port)
+    check_owner(current, operator_id, host, port, wireguard=True)
     within = registry.settings.challenge_timeout
     result = await handshake(
         host,
@@ -149,25 +155,12 @@ async def register_endpoint(
     try:
         async with registry.sessions.begin() as session:
             current = await repo.proxy_by_endpoint(session, host=host, port=port)
-            _check_owner(current, operator_id, host, port)
+            check_owner(current, operator_id, host, port, wireguard=True)
             proxy = await repo.save_proxy(session, fields=fields)
             view = proxy_view(proxy)
     except IntegrityError:
         raise ApiError(409, f"endpoint {host}:{port} was taken meanwhile") from None
     return view
-
-
-def _check_owner(current: Proxy | None, operator_id: int, host: str, port: int) -> None:
-    if current is None:
-        return
-    if current.operator_id != operator_id:
-        raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
-    if not is_wireguard(current):
-        raise ApiError(
-            409,
-            f"endpoint {host}:{port} is registered as a SOCKS5 node: give the WireGuard "
-            "server another port",
-        )
 
 
 async def announce_probe_key(
