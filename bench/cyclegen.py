@@ -22,7 +22,6 @@ from typing import Any
 from loadgen import BenchError, LatencyResult, Proxy
 
 SOURCE = Path(__file__).resolve().with_name("cyclegen.c")
-BINARY = SOURCE.parent / ".build" / "cyclegen"
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror")
 NAME = "cyclegen (C)"
 
@@ -31,26 +30,28 @@ class BuildError(Exception):
     """No compiler, or the source did not compile: the caller falls back to Python."""
 
 
-def build_command() -> list[str]:
-    return ["gcc", *CFLAGS, "-o", str(BINARY), str(SOURCE)]
+def build_command(source: Path = SOURCE) -> list[str]:
+    return ["gcc", *CFLAGS, "-o", str(source.parent / ".build" / source.stem), str(source)]
 
 
-def ensure_built() -> Path:
-    """Compile ``cyclegen.c`` unless an up-to-date binary is there; return its path."""
-    if BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return BINARY
+def ensure_built(source: Path = SOURCE) -> Path:
+    """Compile a bench C program (``cyclegen.c`` by default) into ``bench/.build`` unless an
+    up-to-date binary is there; return its path."""
+    binary = source.parent / ".build" / source.stem
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
     if shutil.which("gcc") is None:
         raise BuildError("gcc not found")
-    BINARY.parent.mkdir(parents=True, exist_ok=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
     try:
         out = subprocess.run(
-            build_command(), capture_output=True, text=True, timeout=120, check=False
+            build_command(source), capture_output=True, text=True, timeout=120, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BuildError(f"gcc failed to run: {exc}") from exc
     if out.returncode != 0:
         raise BuildError(f"gcc exited with {out.returncode}: {out.stderr.strip()[-2000:]}")
-    return BINARY
+    return binary
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@
 #   asyncio-socks-server, pproxy  from PyPI into the project's venv (plus py-spy for profiling)
 #   valgrind                      for bench/instructions.py (callgrind instruction counts)
 #   bench/.build/cyclegen         the C load generator for cycles and ping-pong (gcc)
+#   bench/.build/floorrelay       a bare C splice relay, the floor bench/pingpong.py measures
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,11 +31,14 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     asyncio-socks-server pproxy py-spy uvloop rich
 # Same command as bench/cyclegen.py; rebuilt only when the source is newer than the binary.
+# cyclegen is the load generator; floorrelay the C relay bench/pingpong.py measures against.
 mkdir -p "$here/.build"
 printf '*\n' >"$here/.build/.gitignore"
-if [[ ! -x "$here/.build/cyclegen" || "$here/cyclegen.c" -nt "$here/.build/cyclegen" ]]; then
-    gcc -O2 -Wall -Wextra -Werror -o "$here/.build/cyclegen" "$here/cyclegen.c"
-fi
+for prog in cyclegen floorrelay; do
+    if [[ ! -x "$here/.build/$prog" || "$here/$prog.c" -nt "$here/.build/$prog" ]]; then
+        gcc -O2 -Wall -Wextra -Werror -o "$here/.build/$prog" "$here/$prog.c"
+    fi
+done
 echo "load generator: $here/.build/cyclegen"
 
 echo "bench peers installed:"
