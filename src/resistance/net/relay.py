@@ -36,6 +36,7 @@ import errno
 import fcntl
 import os
 import socket
+from collections import deque
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -69,7 +70,9 @@ class PipePool:
     def __init__(self, *, size: int = 0, keep: int = 256) -> None:
         self.size = size
         self.keep = keep
-        self.free: list[tuple[int, int]] = []
+        # A deque, not a list: a list shrinking to empty and growing again reallocates
+        # on every pop and append, and one pipe is taken and given back per chunk.
+        self.free: deque[tuple[int, int]] = deque()
         self.slots = 0
         """Buffer slots of the smallest pipe made so far: one splice can fill each
         with a single segment, so a read shorter than this cannot have filled a pipe."""
