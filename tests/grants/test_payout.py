@@ -8,7 +8,7 @@ import json
 import bdkpython as bdk
 import pytest
 
-from resistance.grants import payout, rounds
+from resistance.grants import bitcoind, payout, rounds
 from resistance.grants.errors import (
     AddressError,
     DescriptorError,
@@ -203,6 +203,35 @@ def test_only_an_approved_round_is_paid() -> None:
     with pytest.raises(RoundStateError, match="cannot change"):
         rounds.amend(approved, settings=settings(budget_sat=100_000))
     assert rounds.amend(draft, settings=settings(budget_sat=2_000_000)).result.pool_sat == 1_950_000
+
+
+def test_every_way_of_paying_asks_the_same_of_the_round(round_) -> None:  # type: ignore[no-untyped-def]
+    """Our PSBT, Bitcoin Core's wallet and a PSBT another wallet funded share one check."""
+
+    class NoRpc:
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError("Bitcoin Core was asked before the round was checked")
+
+    ways = (
+        lambda r, fee: build(r, utxos_for([13_000_000]), fee_rate=fee),
+        lambda r, fee: payout.check_funded_psbt(
+            r, "cHNidP8=", change_descriptor=CHANGE_DESCRIPTOR, fee_rate_sat_vb=fee
+        ),
+        lambda r, fee: bitcoind.fund_with_bitcoind(
+            NoRpc(),  # type: ignore[arg-type]
+            r,
+            change_descriptor=CHANGE_DESCRIPTOR,
+            fee_rate_sat_vb=fee,
+        ),
+    )
+    draft = rounds.compute_round(settings(), sample_inputs())
+    for pay in ways:
+        with pytest.raises(RoundStateError, match="is draft; only an approved round is paid"):
+            pay(draft, 2)
+        with pytest.raises(PayoutError, match="between 1 and 10000 sat/vB: 0"):
+            pay(round_, 0)
+        with pytest.raises(PayoutError, match="between 1 and 10000 sat/vB: 10001"):
+            pay(round_, 10_001)
 
 
 def test_mark_paid_refuses_a_transaction_that_does_not_pay_exactly(round_) -> None:  # type: ignore[no-untyped-def]

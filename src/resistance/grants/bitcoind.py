@@ -34,11 +34,12 @@ import httpx
 
 from resistance.grants.amounts import SAT_PER_BTC
 from resistance.grants.errors import PayoutError, UtxoError
-from resistance.grants.model import MAX_SAT, GrantRound, RoundStatus
+from resistance.grants.model import MAX_SAT, GrantRound
 from resistance.grants.payout import (
     FunderUtxo,
     PayoutPsbt,
     check_funded_psbt,
+    check_payable,
     parse_address,
     sat_to_btc,
 )
@@ -245,16 +246,7 @@ def fund_with_bitcoind(
     change_address: str | None = None,
 ) -> PayoutPsbt:
     """A PSBT funded by Core's wallet paying every award of an approved round, checked."""
-    if round_.state.status is not RoundStatus.APPROVED:
-        raise PayoutError(
-            f"round {round_.settings.round_id} is {round_.state.status.value}; only an approved "
-            "round is paid"
-        )
-    if not 1 <= fee_rate_sat_vb <= 10_000:
-        raise PayoutError(f"fee rate must be between 1 and 10000 sat/vB: {fee_rate_sat_vb}")
-    payouts = round_.result.payouts()
-    if not payouts:
-        raise PayoutError("the round pays nobody (every amount is carried or returned)")
+    payouts = check_payable(round_, fee_rate_sat_vb=fee_rate_sat_vb)
     _check_distinct_addresses(round_)
     outputs = [{a.payout_address: sat_to_btc(a.amount_sat)} for a in payouts]
     options: dict[str, Any] = {

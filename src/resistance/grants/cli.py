@@ -21,7 +21,7 @@ from rich.table import Table
 from resistance.clikit import one_line_errors
 from resistance.directory.keys import raw_public, trusted_key
 from resistance.grants import amounts, bitcoind, export, files, payout, remote, rounds, signing
-from resistance.grants.errors import GrantsError, PayoutError, RoundStateError
+from resistance.grants.errors import GrantsError, RoundStateError
 from resistance.grants.model import GrantRound, RoundStatus, round_from_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -310,10 +310,7 @@ def psbt(
     round_ = files.load_round(round_file)
     source = ""
     if bitcoind_url is not None and fund_with_bitcoind:
-        if network != round_.settings.network:
-            raise PayoutError(
-                f"--network {network} does not match the round's network {round_.settings.network}"
-            )
+        payout.check_payable(round_, network=network)
         rpc = bitcoind.BitcoindRpc.from_url(bitcoind_url, cookie_file=rpc_cookie)
         change_address = (
             payout.change_address(change_descriptor, network, change_index)

@@ -45,7 +45,7 @@ from resistance.grants.errors import (
     RoundStateError,
     UtxoError,
 )
-from resistance.grants.model import MAX_SAT, GrantRound, RoundStatus
+from resistance.grants.model import MAX_SAT, Award, GrantRound, RoundStatus
 
 _NETWORKS = {
     "bitcoin": bdk.Network.BITCOIN,
@@ -89,6 +89,32 @@ def check_addresses(round_: GrantRound) -> None:
         if a.payout_address not in seen:
             parse_address(a.payout_address, round_.settings.network)
             seen.add(a.payout_address)
+
+
+def check_payable(
+    round_: GrantRound, *, network: str | None = None, fee_rate_sat_vb: int | None = None
+) -> list[Award]:
+    """The awards a payout must pay, once the round may be paid at all.
+
+    Every way of paying (our PSBT, Bitcoin Core's wallet, a PSBT another wallet
+    funded) asks the same: the round is approved and not yet paid, the funder's
+    network is the round's, the fee rate is sane, and somebody is paid now.
+    """
+    if round_.state.status is not RoundStatus.APPROVED:
+        raise RoundStateError(
+            f"round {round_.settings.round_id} is {round_.state.status.value}; only an approved "
+            "round is paid"
+        )
+    if network is not None and network != round_.settings.network:
+        raise PayoutError(
+            f"--network {network} does not match the round's network {round_.settings.network}"
+        )
+    if fee_rate_sat_vb is not None and not 1 <= fee_rate_sat_vb <= 10_000:
+        raise PayoutError(f"fee rate must be between 1 and 10000 sat/vB: {fee_rate_sat_vb}")
+    payouts = round_.result.payouts()
+    if not payouts:
+        raise PayoutError("the round pays nobody (every amount is carried or returned)")
+    return payouts
 
 
 def sat_to_btc(sat: int) -> str:
@@ -269,20 +295,7 @@ def build_payout_psbt(
     network: str,
 ) -> PayoutPsbt:
     """An unsigned PSBT (BIP174) paying every award of an approved round in one transaction."""
-    if round_.state.status is not RoundStatus.APPROVED:
-        raise RoundStateError(
-            f"round {round_.settings.round_id} is {round_.state.status.value}; only an approved "
-            "round is paid"
-        )
-    if network != round_.settings.network:
-        raise PayoutError(
-            f"--network {network} does not match the round's network {round_.settings.network}"
-        )
-    if not 1 <= fee_rate_sat_vb <= 10_000:
-        raise PayoutError(f"fee rate must be between 1 and 10000 sat/vB: {fee_rate_sat_vb}")
-    payouts = round_.result.payouts()
-    if not payouts:
-        raise PayoutError("the round pays nobody (every amount is carried or returned)")
+    payouts = check_payable(round_, network=network, fee_rate_sat_vb=fee_rate_sat_vb)
     wallet = _wallet(descriptor, change_descriptor, network)
     _load_utxos_into(wallet, utxos, network)
     listed = {(u.txid, u.vout) for u in utxos}
@@ -451,11 +464,7 @@ def check_funded_psbt(
     its position: Core puts change anywhere), every input must say what it
     spends, and the fee must fit the round's fee reserve.
     """
-    if round_.state.status is not RoundStatus.APPROVED:
-        raise RoundStateError(
-            f"round {round_.settings.round_id} is {round_.state.status.value}; only an approved "
-            "round is paid"
-        )
+    check_payable(round_, fee_rate_sat_vb=fee_rate_sat_vb)
     try:
         psbt = bdk.Psbt(psbt_base64)
     except Exception as exc:
