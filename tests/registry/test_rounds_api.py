@@ -228,6 +228,15 @@ async def test_lifecycle_draft_approved_paid(world: World) -> None:
     assert await snapshot(world.reg) == before
 
 
+async def test_a_round_reads_its_period_both_days_included(world: World) -> None:
+    one = world.proxies["bob"]
+    await add_rollups(world, one, dt.date(2026, 9, 30), 2)  # the day before, the first day
+    await add_rollups(world, one, dt.date(2026, 10, 31), 2)  # the last day, the day after
+    created = await create(world)
+    assert created.status_code == 201, created.text
+    assert created.json()["rollups"] == 2
+
+
 async def test_an_approved_round_is_frozen(world: World) -> None:
     await add_rollups(
         world, world.proxies["alice"] + world.proxies["bob"], dt.date(2026, 10, 1), 31
@@ -578,3 +587,18 @@ async def test_probation_counts_service_before_the_period(world: World) -> None:
     assert alice_award["service_days"] == 62 and bob_award["service_days"] == 31
     per_day = alice_award["weight"] // 62
     assert bob_award["weight"] == per_day * 21  # bob's first 10 days earn nothing
+
+
+def test_create_and_recompute_requests_tune_the_same_settings() -> None:
+    """One list of tunables: a field added to one request but not the other, or not a
+    setting of the award rule, would be silently ignored by one of the two routes."""
+    import dataclasses
+
+    from resistance.grants.model import GrantSettings
+    from resistance.registry.rounds import TUNABLE
+    from resistance.registry.schemas import RoundCreateRequest
+
+    round_fields = {"round_id", "period_start", "period_end", "target_country"}
+    assert set(RoundCreateRequest.model_fields) - round_fields == set(TUNABLE)
+    assert set(TUNABLE) <= {f.name for f in dataclasses.fields(GrantSettings)}
+    assert len(TUNABLE) == 9

@@ -78,18 +78,9 @@ from resistance.registry.models import GrantCarry, GrantRoundRow, Operator, Prob
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
 from resistance.registry.services import Registry, utc_day
 
-#: The settings a request may give; the rest (id, network, country, period) are the round's.
-TUNABLE = (
-    "budget_sat",
-    "fee_reserve_sat",
-    "min_payout_sat",
-    "performance_exponent",
-    "min_attempts",
-    "capacity_reference_kbps",
-    "probation_days",
-    "operator_cap_bp",
-    "network_cap_bp",
-)
+#: The settings a request may give (the recompute request's fields, every one optional
+#: there); the rest (id, network, country, period) are the round's.
+TUNABLE: tuple[str, ...] = tuple(RoundRecomputeRequest.model_fields)
 
 
 # --- database access (keyword-only, one query each; transactions are the caller's) --------
@@ -122,9 +113,10 @@ async def overlapping_round(
 
 
 async def rollup_rows(
-    session: AsyncSession, *, country: str, first: str | None, last: str, before: bool = False
+    session: AsyncSession, *, country: str, since: str | None, before: str
 ) -> Sequence[Any]:
-    """Control rows and target-country rows of ``first..last`` (or of days before ``last``)."""
+    """Control rows and target-country rows of the days ``since`` (included, or from the
+    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings."""
     query = select(
         ProbeRollup.proxy_id,
         ProbeRollup.day,
@@ -132,12 +124,12 @@ async def rollup_rows(
         ProbeRollup.attempts,
         ProbeRollup.successes,
         ProbeRollup.throughput_hist,
-    ).where(or_(ProbeRollup.control.is_(True), ProbeRollup.country == country))
-    if before:
-        query = query.where(ProbeRollup.day < last)
-    else:
-        assert first is not None
-        query = query.where(ProbeRollup.day >= first, ProbeRollup.day <= last)
+    ).where(
+        or_(ProbeRollup.control.is_(True), ProbeRollup.country == country),
+        ProbeRollup.day < before,
+    )
+    if since is not None:
+        query = query.where(ProbeRollup.day >= since)
     return (await session.execute(query)).all()
 
 
@@ -252,9 +244,10 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     """The round's inputs from the registry's rollups, addresses and open carried amounts."""
     operators = {o.id: o for o in (await session.execute(select(Operator))).scalars()}
     proxies = {p.id: p for p in (await session.execute(select(Proxy))).scalars()}
-    start, end = settings.period_start.isoformat(), settings.period_end.isoformat()
+    start = settings.period_start.isoformat()
+    after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
-    days = _day_rows(await rollup_rows(session, country=country, first=start, last=end))
+    days = _day_rows(await rollup_rows(session, country=country, since=start, before=after))
     rows: list[DailyRollup] = []
     skipped: set[str] = set()
     for (proxy_id, day), t in sorted(days.items()):
@@ -269,9 +262,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
         wanted = {int(r.proxy_id) for r in rows}
-        earlier = _day_rows(
-            await rollup_rows(session, country=country, first=None, last=start, before=True)
-        )
+        earlier = _day_rows(await rollup_rows(session, country=country, since=None, before=start))
         for (proxy_id, day), t in earlier.items():
             if proxy_id not in wanted:
                 continue
