@@ -7,6 +7,7 @@ every process a fixture starts is stopped by its PID when the test ends.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import re
 import signal
@@ -61,6 +62,7 @@ def launch_node(
     timeout: float = 15.0,
     prefix: tuple[str, ...] = (),
     command: str = "node",
+    env: dict[str, str] | None = None,
 ) -> RunningNode:
     """Start ``resist node`` (after ``prefix``, e.g. ``ip netns exec NS``) and wait
     until it says where it listens."""
@@ -72,7 +74,12 @@ def launch_node(
     cmd += args
     with stderr_path.open("w") as err:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
         )
     assert proc.stdout is not None
     banner: list[str] = []
@@ -121,9 +128,12 @@ def node_factory(tmp_path: Path) -> Iterator[Any]:
     nodes: list[RunningNode] = []
 
     def start(
-        *args: str, listen: str = "127.0.0.1:0", state_dir: Path | None = None
+        *args: str,
+        listen: str = "127.0.0.1:0",
+        state_dir: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> RunningNode:
-        node = launch_node(list(args), state_dir or tmp_path, listen=listen)
+        node = launch_node(list(args), state_dir or tmp_path, listen=listen, env=env)
         nodes.append(node)
         return node
 

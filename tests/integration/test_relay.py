@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from resistance.net import native
 from resistance.proto.socks5 import (
     Address,
     Command,
@@ -26,15 +27,22 @@ from resistance.proto.socks5 import (
 from tests.conftest import RunningNode
 from tests.integration.socksclient import open_socks, recv_exact
 
-RELAYS = ["splice", "copy"]
+#: The splice relay in C (resistance.net._splice) and in Python, and the copying one.
+RELAYS = ["splice", "splice-python", "copy"]
 
 
 @pytest.fixture(params=RELAYS)
 def relay_node(request: pytest.FixtureRequest, node_factory: Any) -> RunningNode:
+    relay, _, python = request.param.partition("-")
     node: RunningNode = node_factory(
-        "--user", "alice:secret", "--allow", "127.0.0.0/8", "--relay", request.param
-    )
-    assert f"({request.param} relay" in node.banner[0]
+        "--user", "alice:secret", "--allow", "127.0.0.0/8", "--relay", relay,
+        env={native.DISABLE_ENV: "1"} if python else None,
+    )  # fmt: skip
+    assert f"({relay} relay" in node.banner[0]
+    if relay == "splice":
+        # The C half is built wherever the tests run (.ci/run compiles it); without
+        # it, "splice" would test the Python version twice.
+        assert ("splicing from Python" in node.stderr()) == bool(python), node.stderr()
     return node
 
 

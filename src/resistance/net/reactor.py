@@ -14,6 +14,10 @@ which hands each ready descriptor's event mask to its handler.  Handlers
 treat the mask as a hint: they try the operation and stop at ``EAGAIN``
 (which is what edge-triggering requires), so a stale event for a reused
 descriptor number costs one failed system call and nothing else.
+
+Where ``resistance.net._splice`` is built, :meth:`Reactor.dispatch` runs as
+its C twin, which calls a relay's handlers (``_splice.Side``) without
+entering the interpreter.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from __future__ import annotations
 import asyncio
 import select
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+from resistance.net.native import NATIVE
+
+if NATIVE or TYPE_CHECKING:
+    from resistance.net import _splice
 
 HAS_EPOLL: Final = hasattr(select, "epoll")
 
@@ -56,7 +65,11 @@ class Reactor:
         self.handlers: dict[int, Handler] = {}
         self._epoll = select.epoll()
         self._scratch: memoryview | None = None
-        loop.add_reader(self._epoll.fileno(), self.dispatch)
+        fd = self._epoll.fileno()
+        if NATIVE:  # the same loop as dispatch() below, in C
+            loop.add_reader(fd, _splice.dispatch, fd, self.handlers, max_events)
+        else:
+            loop.add_reader(fd, self.dispatch)
 
     def scratch(self, size: int) -> memoryview:
         """A buffer shared by every handler of this loop, for bytes that do not
@@ -85,10 +98,18 @@ class Reactor:
 
     def dispatch(self) -> None:
         handlers = self.handlers
+        failed: Exception | None = None
         for fd, events in self._epoll.poll(0, self.max_events):
             handler = handlers.get(fd)
             if handler is not None:
-                handler(events)
+                # Edge-triggered events come once: a handler that raises must not cost
+                # the others theirs. The first error is raised after (the loop logs it).
+                try:
+                    handler(events)
+                except Exception as exc:
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def close(self) -> None:
         self.loop.remove_reader(self._epoll.fileno())

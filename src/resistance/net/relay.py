@@ -25,6 +25,14 @@ its pump has drained, the pump shuts down the destination's write side and
 the other direction keeps flowing.  The relay closes both sockets once both
 directions have ended, or at once on any error (reset, broken pipe).
 
+Where the C extension ``resistance.net._splice`` is built (see
+:mod:`resistance.net.native`), the splice pumps, the two sockets' event
+handlers and the reactor's dispatch run in C: the same algorithm as
+:class:`_SplicePump`, :meth:`Relay.on_client_event` and
+:meth:`~resistance.net.reactor.Reactor.dispatch` below, which serve
+elsewhere.  Python still starts, ends and closes every relay
+(:meth:`Relay.pump_finished`, :meth:`Relay.fail`, :meth:`Relay.close`).
+
 TLS connections cannot be spliced; :class:`TransportRelay` relays between
 two asyncio transports instead, with pause/resume backpressure.
 """
@@ -38,9 +46,13 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
+from resistance.net.native import NATIVE
 from resistance.net.reactor import ENDED, READABLE, WRITABLE, Reactor
+
+if NATIVE or TYPE_CHECKING:
+    from resistance.net import _splice
 
 HAS_SPLICE: Final = hasattr(os, "splice")
 
@@ -98,11 +110,25 @@ class PipePool:
             os.close(pipe[0])
             os.close(pipe[1])
 
+    def __len__(self) -> int:
+        """Empty pipes kept."""
+        return len(self.free)
+
     def close(self) -> None:
         while self.free:
             r, w = self.free.pop()
             os.close(r)
             os.close(w)
+
+
+AnyPipePool: TypeAlias = "PipePool | _splice.PipePool"
+
+
+def new_pipe_pool(*, size: int = 0, keep: int = 256) -> AnyPipePool:
+    """The pool the node's splice relays take pipes from: the C one where it is built."""
+    if NATIVE:
+        return _splice.PipePool(size=size, keep=keep)
+    return PipePool(size=size, keep=keep)
 
 
 class _Pump:
@@ -160,13 +186,7 @@ class _Pump:
         self.done = True
         relay = self.relay
         assert relay is not None  # a pump of a closed relay is done and never runs
-        if relay.up.done and relay.down.done:
-            relay.close()  # closing sends the FIN: no separate shutdown needed
-            return
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        relay.pump_finished(self)
 
     def halt(self) -> None:
         """The relay is closing: never run again, give back what is held."""
@@ -230,7 +250,15 @@ class _SplicePump(_Pump):
                 return
             pipe = self.pipe
             if pipe is None:
-                pipe = self.pipe = free.pop() if free else pool.get()
+                if free:
+                    pipe = free.pop()
+                else:
+                    try:
+                        pipe = pool.get()
+                    except OSError as exc:  # out of descriptors or pipe memory
+                        self._fail(exc)
+                        return
+                self.pipe = pipe
             try:
                 n = splice(self.src_fd, pipe[1], self.chunk, None, None, _SPLICE_FLAGS)
             except BlockingIOError:
@@ -374,10 +402,12 @@ class Relay:
         client: socket.SocketType,
         upstream: socket.SocketType,
         *,
-        pool: PipePool | None,
+        pool: AnyPipePool | None,
         on_close: Callable[[Relay, OSError | None], None],
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
+        """Splice through ``pool``'s pipes where splice(2) exists (in C when the pool is
+        the C one, see :func:`new_pipe_pool`); copy without a pool."""
         self.reactor = reactor
         self.loop = reactor.loop
         self.client = client
@@ -388,14 +418,18 @@ class Relay:
         self.chunk = chunk
         self.closed = False
         self.idle = 0
-        self.up: _Pump
-        self.down: _Pump
-        if pool is not None and HAS_SPLICE:
+        self.up: _Pump | _splice.Pump
+        self.down: _Pump | _splice.Pump
+        if pool is None or not HAS_SPLICE:
+            self.up = _CopyPump(self, client, upstream)
+            self.down = _CopyPump(self, upstream, client)
+        elif isinstance(pool, PipePool):
             self.up = _SplicePump(self, client, upstream, pool)
             self.down = _SplicePump(self, upstream, client, pool)
         else:
-            self.up = _CopyPump(self, client, upstream)
-            self.down = _CopyPump(self, upstream, client)
+            loop = self.loop
+            self.up = _splice.Pump(self, self.client_fd, self.upstream_fd, pool, chunk, loop)
+            self.down = _splice.Pump(self, self.upstream_fd, self.client_fd, pool, chunk, loop)
 
     @property
     def bytes_up(self) -> int:
@@ -431,8 +465,13 @@ class Relay:
         # those sides until a read returns 0 or EAGAIN, never trusting a short one.
         self.up.readable = self.up.ending = client_unread
         self.down.readable = self.down.ending = upstream_unread
-        self.reactor.watch(self.client_fd, self.on_client_event)
-        self.reactor.watch(self.upstream_fd, self.on_upstream_event)
+        up, down = self.up, self.down
+        if isinstance(up, _Pump) or isinstance(down, _Pump):
+            self.reactor.watch(self.client_fd, self.on_client_event)
+            self.reactor.watch(self.upstream_fd, self.on_upstream_event)
+        else:  # the handlers in C: Side does what on_client/upstream_event do
+            self.reactor.watch(self.client_fd, _splice.Side(self, up, down))
+            self.reactor.watch(self.upstream_fd, _splice.Side(self, down, up))
         self.up.run()
         self.down.run()
 
@@ -462,6 +501,16 @@ class Relay:
         if events & WRITABLE and not self.up.writable:
             self.up.writable = True
             self.up.run()
+
+    def pump_finished(self, pump: _Pump | _splice.Pump) -> None:
+        """``pump``'s source ended and all it read is written: pass the end on."""
+        if self.up.done and self.down.done:
+            self.close()  # closing sends the FIN: no separate shutdown needed
+            return
+        try:
+            (self.upstream if pump is self.up else self.client).shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def fail(self, exc: OSError) -> None:
         self.close(exc)

@@ -33,7 +33,13 @@ from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.errors import ConfigError
 from resistance.net.deadlines import Deadlines
 from resistance.net.reactor import ENDED, HAS_EPOLL, READABLE, Reactor
-from resistance.net.relay import HAS_SPLICE, PipePool, Relay, TransportRelay
+from resistance.net.relay import (
+    HAS_SPLICE,
+    AnyPipePool,
+    Relay,
+    TransportRelay,
+    new_pipe_pool,
+)
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
 from resistance.node.session import Session
@@ -442,7 +448,7 @@ class Node:
         self.metrics = metrics or NodeMetrics()
         self.loop = loop or asyncio.get_running_loop()
         use_splice = relay_kind(settings) == "splice"
-        self.pipes: PipePool | None = PipePool(size=PIPE_SIZE) if use_splice else None
+        self.pipes: AnyPipePool | None = new_pipe_pool(size=PIPE_SIZE) if use_splice else None
         self.reactor: Reactor | None = Reactor(self.loop) if HAS_EPOLL else None
         limits = self.limits
         self.handshake_deadlines: Deadlines[Session] = Deadlines(

@@ -28,6 +28,7 @@ from resistance import __version__
 from resistance.config import Endpoint, NodeSettings
 from resistance.errors import ConfigError
 from resistance.links import qr_terminal, socks_links
+from resistance.net import native
 from resistance.net.relay import HAS_SPLICE
 from resistance.node.identity import load_or_create_identity, probe_credential, public_key_text
 from resistance.node.metrics import NodeMetrics, SummedMetrics
@@ -302,10 +303,13 @@ def print_banner(
             lines.append(f"          {links.https}")
             if settings.qr:
                 lines.append(qr_terminal(links.https).rstrip("\n"))
-    out.write("\n".join(lines) + "\n")
-    out.flush()
+    # Warnings first: whoever waits for the banner then sees them too.
     if not HAS_SPLICE and settings.relay == "auto":
         log.warning("os.splice is not available: relaying by copying")
+    elif listening.relay == "splice" and not native.NATIVE:
+        log.warning("splicing from Python, not C: %s", native.UNAVAILABLE_BECAUSE)
+    out.write("\n".join(lines) + "\n")
+    out.flush()
 
 
 def _tls_link_line(settings: NodeSettings, listening: Listening, access: Access) -> str:
