@@ -12,7 +12,7 @@
  *   --shape nested  the sockets in an inner epoll, itself watched by the outer one and
  *                   polled with timeout 0 when it fires (the node's structure).
  *
- * Not a proxy to use: it is a measuring instrument for bench/pingpong.py. The SOCKS5
+ * Not a proxy to use: it is a measuring instrument for bench/alternate.py. The SOCKS5
  * handshake (RFC 1928 with RFC 1929 username/password, CONNECT to an IPv4 address) is read
  * blocking with a 5 s timeout, any destination is dialed, it binds 127.0.0.1 only, and it
  * serves until killed.

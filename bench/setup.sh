@@ -4,7 +4,7 @@
 #   asyncio-socks-server, pproxy  from PyPI into the project's venv (plus py-spy for profiling)
 #   valgrind                      for bench/instructions.py (callgrind instruction counts)
 #   bench/.build/cyclegen         the C load generator for cycles and ping-pong (gcc)
-#   bench/.build/floorrelay       a bare C splice relay, the floor bench/pingpong.py measures
+#   bench/.build/floorrelay       a bare C splice relay, the floor bench/alternate.py measures
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,7 +31,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     asyncio-socks-server pproxy py-spy uvloop rich
 # Same command as bench/cyclegen.py; rebuilt only when the source is newer than the binary.
-# cyclegen is the load generator; floorrelay the C relay bench/pingpong.py measures against.
+# cyclegen is the load generator; floorrelay the C relay bench/alternate.py measures against.
 mkdir -p "$here/.build"
 printf '*\n' >"$here/.build/.gitignore"
 for prog in cyclegen floorrelay; do
