@@ -128,6 +128,38 @@ def _median_ratio(values: list[float], reference: list[float]) -> str:
     return f"{statistics.median(ratios):.2f}x"
 
 
+def _table(
+    title: str,
+    runs: dict[str, list[Figures]],
+    field: str,
+    label: str,
+    fmt: str,
+    extra: tuple[str, str],
+) -> Table:
+    """Each run's ``field``, its median, the median of the runs' ratios to the reference,
+    and the median of ``extra``."""
+    table = Table(title=title)
+    table.add_column("server")
+    for column in (f"{label}, each run", f"median {label}"):
+        table.add_column(column, justify="right")
+    table.add_column(f"median of runs' {label} / {REFERENCE}", justify="right")
+    table.add_column(f"median {extra[1]}", justify="right")
+    reference = runs.get(REFERENCE)
+    for name, figures in runs.items():
+        values = [getattr(f, field) or 0.0 for f in figures]
+        ratio = "—"
+        if reference and name != REFERENCE:
+            ratio = _median_ratio(values, [getattr(f, field) or 0.0 for f in reference])
+        table.add_row(
+            name,
+            " ".join(fmt.format(x) for x in values),
+            fmt.format(statistics.median(values)),
+            ratio,
+            f"{statistics.median(getattr(f, extra[0]) or 0.0 for f in figures):.0f}",
+        )
+    return table
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     known = servers()
@@ -181,47 +213,16 @@ def main() -> int:
                         console.print(f"[red]error:[/red] {name}: {exc}")
                         return 1
                 runs[name].append(figures)
-    reference = runs.get(REFERENCE)
     if "pingpong" in measures:
-        table = Table(
-            title=f"ping-pong, 32 B, {args.rounds:,} round trips a run, "
-            f"{args.runs} alternating runs"
-        )
-        for column in ("server", "p50 µs, each run", "median p50 µs"):
-            table.add_column(column, justify="left" if column == "server" else "right")
-        table.add_column(f"median of runs' p50 / {REFERENCE}", justify="right")
-        table.add_column("median p99 µs", justify="right")
-        for name in names:
-            p50 = [f.p50_us or 0.0 for f in runs[name]]
-            ref = [f.p50_us or 0.0 for f in reference] if reference else None
-            table.add_row(
-                name,
-                " ".join(f"{x:.0f}" for x in p50),
-                f"{statistics.median(p50):.0f}",
-                _median_ratio(p50, ref) if ref and name != REFERENCE else "—",
-                f"{statistics.median(f.p99_us or 0.0 for f in runs[name]):.0f}",
-            )
-        console.print(table)
+        title = f"ping-pong, 32 B, {args.rounds:,} round trips a run, {args.runs} alternating runs"
+        console.print(_table(title, runs, "p50_us", "p50 µs", "{:.0f}", ("p99_us", "p99 µs")))
     if "cycles" in measures:
-        table = Table(
-            title=f"connection cycles, {CONCURRENCY} concurrent, {args.cycles:,} a run, "
+        title = (
+            f"connection cycles, {CONCURRENCY} concurrent, {args.cycles:,} a run, "
             f"{args.runs} alternating runs"
         )
-        for column in ("server", "cycles/s, each run", "median cycles/s"):
-            table.add_column(column, justify="left" if column == "server" else "right")
-        table.add_column(f"median of runs' cycles/s / {REFERENCE}", justify="right")
-        table.add_column("median proxy CPU µs per cycle", justify="right")
-        for name in names:
-            rate = [f.cycles_per_s or 0.0 for f in runs[name]]
-            ref = [f.cycles_per_s or 0.0 for f in reference] if reference else None
-            table.add_row(
-                name,
-                " ".join(f"{x:,.0f}" for x in rate),
-                f"{statistics.median(rate):,.0f}",
-                _median_ratio(rate, ref) if ref and name != REFERENCE else "—",
-                f"{statistics.median(f.cpu_us_per_cycle or 0.0 for f in runs[name]):.0f}",
-            )
-        console.print(table)
+        extra = ("cpu_us_per_cycle", "proxy CPU µs per cycle")
+        console.print(_table(title, runs, "cycles_per_s", "cycles/s", "{:,.0f}", extra))
     console.print(
         f"proxy on CPU {args.proxy_cpu}, cyclegen on CPU {args.load_cpu}; "
         f"{time.monotonic() - started:.0f} s"
