@@ -12,7 +12,7 @@
  *
  *   PipePool  resistance.net.relay.PipePool    empty pipes, reused
  *   Pump      resistance.net.relay._SplicePump one direction of a relay
- *   Side      Relay.on_client_event/on_upstream_event, one socket's handler
+ *   Side      resistance.net.relay._Side       one relayed socket's event handler
  *   dispatch  Reactor.dispatch                 the nested epoll's events
  *
  * The Python versions stay, are tested the same way, and serve where this
@@ -440,7 +440,7 @@ static int Side_init(Side *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-/* Relay.on_client_event / on_upstream_event. */
+/* relay._Side.__call__ */
 static int side_event(Side *self, unsigned events)
 {
     if (PyObject_SetAttr(self->relay, str_idle, zero)) return -1;

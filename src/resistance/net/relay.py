@@ -28,7 +28,7 @@ directions have ended, or at once on any error (reset, broken pipe).
 Where the C extension ``resistance.net._splice`` is built (see
 :mod:`resistance.net.native`), the splice pumps, the two sockets' event
 handlers and the reactor's dispatch run in C: the same algorithm as
-:class:`_SplicePump`, :meth:`Relay.on_client_event` and
+:class:`_SplicePump`, :class:`_Side` and
 :meth:`~resistance.net.reactor.Reactor.dispatch` below, which serve
 elsewhere.  Python still starts, ends and closes every relay
 (:meth:`Relay.pump_finished`, :meth:`Relay.fail`, :meth:`Relay.close`).
@@ -378,6 +378,34 @@ class _CopyPump(_Pump):
         self.held = None
 
 
+class _Side:
+    """The event handler of one relayed socket (``_splice.Side`` is its C twin).
+
+    An edge reports every ready bit, so EPOLLOUT comes with nearly every input
+    edge; only a pump that a full destination stopped needs it.
+    """
+
+    __slots__ = ("reading", "relay", "writing")
+
+    def __init__(self, relay: Relay, reading: _Pump, writing: _Pump) -> None:
+        self.relay = relay
+        self.reading = reading  # the pump this socket is the source of
+        self.writing = writing  # the pump this socket is the destination of
+
+    def __call__(self, events: int) -> None:
+        self.relay.idle = 0
+        if events & READABLE:
+            reading = self.reading
+            reading.readable = True
+            if events & ENDED:
+                reading.ending = True
+            reading.run()
+        writing = self.writing
+        if events & WRITABLE and not writing.writable:
+            writing.writable = True
+            writing.run()
+
+
 class Relay:
     """Relays an established client connection and its upstream connection."""
 
@@ -466,41 +494,14 @@ class Relay:
         self.up.readable = self.up.ending = client_unread
         self.down.readable = self.down.ending = upstream_unread
         up, down = self.up, self.down
-        if isinstance(up, _Pump) or isinstance(down, _Pump):
-            self.reactor.watch(self.client_fd, self.on_client_event)
-            self.reactor.watch(self.upstream_fd, self.on_upstream_event)
-        else:  # the handlers in C: Side does what on_client/upstream_event do
+        if isinstance(up, _Pump) and isinstance(down, _Pump):
+            self.reactor.watch(self.client_fd, _Side(self, up, down))
+            self.reactor.watch(self.upstream_fd, _Side(self, down, up))
+        elif not isinstance(up, _Pump) and not isinstance(down, _Pump):
             self.reactor.watch(self.client_fd, _splice.Side(self, up, down))
             self.reactor.watch(self.upstream_fd, _splice.Side(self, down, up))
-        self.up.run()
-        self.down.run()
-
-    # An edge reports every ready bit, so EPOLLOUT comes with nearly every input
-    # edge; only a pump that was stopped by a full destination needs it.
-
-    def on_client_event(self, events: int) -> None:
-        self.idle = 0
-        if events & READABLE:
-            up = self.up
-            up.readable = True
-            if events & ENDED:
-                up.ending = True
-            up.run()
-        if events & WRITABLE and not self.down.writable:
-            self.down.writable = True
-            self.down.run()
-
-    def on_upstream_event(self, events: int) -> None:
-        self.idle = 0
-        if events & READABLE:
-            down = self.down
-            down.readable = True
-            if events & ENDED:
-                down.ending = True
-            down.run()
-        if events & WRITABLE and not self.up.writable:
-            self.up.writable = True
-            self.up.run()
+        up.run()
+        down.run()
 
     def pump_finished(self, pump: _Pump | _splice.Pump) -> None:
         """``pump``'s source ended and all it read is written: pass the end on."""
