@@ -13,11 +13,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from resistance.commands import run_tool
 from resistance.lab.errors import LabError
 
 T = TypeVar("T")
@@ -35,24 +35,7 @@ def run(
     env: dict[str, str] | None = None,
 ) -> str:
     """Run a command to completion; its stderr becomes a one-line LabError on failure."""
-    try:
-        done = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=timeout,
-            check=False,
-            env=dict(os.environ, **env) if env else None,
-        )
-    except FileNotFoundError:
-        raise LabError(f"{cmd[0]} is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{' '.join(cmd[:4])} took longer than {timeout:g} s") from None
-    if done.returncode != 0:
-        why = (done.stderr or done.stdout).strip().splitlines()
-        raise LabError(f"{' '.join(cmd[:6])}: {why[-1] if why else f'exit {done.returncode}'}")
-    return done.stdout
+    return run_tool(cmd, error=LabError, input=input, timeout=timeout, env=env)
 
 
 def in_ns(

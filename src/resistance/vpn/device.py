@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from resistance.commands import run_tool
 from resistance.errors import ResistanceError
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,7 @@ class Host:
 
     def run(self, *cmd: str, input: str | None = None, check: bool = True) -> str:
         argv = [*self._prefix(), *cmd]
-        try:
-            done = subprocess.run(
-                argv, input=input, capture_output=True, text=True, timeout=_TIMEOUT
-            )
-        except FileNotFoundError:
-            raise VpnError(f"{argv[0]} is not installed") from None
-        except subprocess.TimeoutExpired:
-            raise VpnError(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} timed out") from None
-        if check and done.returncode != 0:
-            reason = " ".join(done.stderr.split())[:300] or f"exit status {done.returncode}"
-            raise VpnError(f"{' '.join(cmd[:3])} failed: {reason}")
-        return done.stdout
+        return run_tool(argv, error=VpnError, input=input, timeout=_TIMEOUT, check=check, shown=cmd)
 
     def _status(self, *cmd: str) -> int:
         argv = [*self._prefix(), *cmd]
