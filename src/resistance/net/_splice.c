@@ -222,6 +222,14 @@ static void Pump_dealloc(Pump *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* No pipe until one is taken: a Pump made but never initialised must not close 0 and 0. */
+static PyObject *Pump_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Pump *self = (Pump *)PyType_GenericNew(type, args, kwds);
+    if (self) self->pipe[0] = self->pipe[1] = -1;
+    return (PyObject *)self;
+}
+
 static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"relay", "src_fd", "dst_fd", "pool", "chunk", "loop", NULL};
@@ -244,7 +252,6 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->pool, (PipePool *)Py_NewRef(pool));
     self->src_fd = src;
     self->dst_fd = dst;
-    self->pipe[0] = self->pipe[1] = -1;
     self->chunk = chunk;
     self->readable = self->writable = 1; /* bytes may already wait: look once */
     return 0;
@@ -344,6 +351,10 @@ static int pump_run(Pump *self)
 
 static PyObject *Pump_run(Pump *self, PyObject *Py_UNUSED(ignored))
 {
+    if (!self->pool) {
+        PyErr_SetString(PyExc_RuntimeError, "Pump was not initialised");
+        return NULL;
+    }
     if (pump_run(self)) return NULL;
     Py_RETURN_NONE;
 }
@@ -382,7 +393,7 @@ static PyTypeObject PumpType = {
                         "splice relay."),
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Pump_new,
     .tp_init = (initproc)Pump_init,
     .tp_dealloc = (destructor)Pump_dealloc,
     .tp_traverse = (traverseproc)Pump_traverse,
@@ -434,6 +445,10 @@ static int Side_init(Side *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!", kwlist, &relay, &PumpType, &reading,
                                      &PumpType, &writing))
         return -1;
+    if (!((Pump *)reading)->pool || !((Pump *)writing)->pool) {
+        PyErr_SetString(PyExc_TypeError, "Side takes initialised pumps");
+        return -1;
+    }
     Py_XSETREF(self->relay, Py_NewRef(relay));
     Py_XSETREF(self->reading, (Pump *)Py_NewRef(reading));
     Py_XSETREF(self->writing, (Pump *)Py_NewRef(writing));
@@ -443,6 +458,10 @@ static int Side_init(Side *self, PyObject *args, PyObject *kwds)
 /* relay._Side.__call__ */
 static int side_event(Side *self, unsigned events)
 {
+    if (!self->relay) { /* made but never initialised */
+        PyErr_SetString(PyExc_RuntimeError, "Side was not initialised");
+        return -1;
+    }
     if (PyObject_SetAttr(self->relay, str_idle, zero)) return -1;
     Py_INCREF(self); /* a pump's callback may close the relay and drop this handler */
     int rc = 0;

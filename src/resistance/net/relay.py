@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
 from resistance.net.native import NATIVE
-from resistance.net.reactor import ENDED, READABLE, WRITABLE, Reactor
+from resistance.net.reactor import ENDED, READABLE, WRITABLE, Handler, Reactor
 
 if NATIVE or TYPE_CHECKING:
     from resistance.net import _splice
@@ -494,12 +494,14 @@ class Relay:
         self.up.readable = self.up.ending = client_unread
         self.down.readable = self.down.ending = upstream_unread
         up, down = self.up, self.down
+        sides: tuple[Handler, Handler]
         if isinstance(up, _Pump) and isinstance(down, _Pump):
-            self.reactor.watch(self.client_fd, _Side(self, up, down))
-            self.reactor.watch(self.upstream_fd, _Side(self, down, up))
-        elif not isinstance(up, _Pump) and not isinstance(down, _Pump):
-            self.reactor.watch(self.client_fd, _splice.Side(self, up, down))
-            self.reactor.watch(self.upstream_fd, _splice.Side(self, down, up))
+            sides = _Side(self, up, down), _Side(self, down, up)
+        else:  # both pumps in C (__init__ makes them in pairs)
+            assert not isinstance(up, _Pump) and not isinstance(down, _Pump)
+            sides = _splice.Side(self, up, down), _splice.Side(self, down, up)
+        self.reactor.watch(self.client_fd, sides[0])
+        self.reactor.watch(self.upstream_fd, sides[1])
         up.run()
         down.run()
 
