@@ -59,8 +59,9 @@ class Server:
 
 def _floor(shape: str) -> Callable[[int, Path], list[str]]:
     def argv(port: int, _: Path) -> list[str]:
-        binary = cyclegen.ensure_built(FLOOR_SOURCE)
-        return [str(binary), "--port", str(port), "--shape", shape]  # credentials: _argv
+        binary = cyclegen.binary_path(FLOOR_SOURCE)  # built by main()
+        return [str(binary), "--port", str(port), "--shape", shape, "--user", peers.USER,
+                "--pass", peers.PASSWORD]  # fmt: skip
 
     return argv
 
@@ -77,13 +78,6 @@ def servers() -> dict[str, Server]:
     return known
 
 
-def _argv(server: Server, port: int, scratch: Path) -> list[str]:
-    argv = server.argv(port, scratch)
-    if server.name.startswith("floor-"):
-        argv += ["--user", peers.USER, "--pass", peers.PASSWORD]
-    return argv
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Figures:
     p50_us: float | None = None
@@ -98,7 +92,7 @@ def measure(
     """One fresh process of ``server``, measured in each of ``measures``."""
     scratch.mkdir(parents=True, exist_ok=True)
     port = peers.free_port()
-    process = peers.Process(_argv(server, port, scratch), cpu, scratch / "log")
+    process = peers.Process(server.argv(port, scratch), cpu, scratch / "log")
     figures: dict[str, float] = {}
     try:
         peers.wait_listening(process, "127.0.0.1", port, timeout=30)

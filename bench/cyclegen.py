@@ -30,14 +30,19 @@ class BuildError(Exception):
     """No compiler, or the source did not compile: the caller falls back to Python."""
 
 
+def binary_path(source: Path = SOURCE) -> Path:
+    """Where a bench C program is built: ``bench/.build/<name>``."""
+    return source.parent / ".build" / source.stem
+
+
 def build_command(source: Path = SOURCE) -> list[str]:
-    return ["gcc", *CFLAGS, "-o", str(source.parent / ".build" / source.stem), str(source)]
+    return ["gcc", *CFLAGS, "-o", str(binary_path(source)), str(source)]
 
 
 def ensure_built(source: Path = SOURCE) -> Path:
     """Compile a bench C program (``cyclegen.c`` by default) into ``bench/.build`` unless an
     up-to-date binary is there; return its path."""
-    binary = source.parent / ".build" / source.stem
+    binary = binary_path(source)
     if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
         return binary
     if shutil.which("gcc") is None:
