@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from resistance.cli import CONTEXT, one_line_errors
+from resistance.clikit import CONTEXT, one_line_errors
 from resistance.directory.document import (
     DirectoryError,
     cosign,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from resistance.cli import CONTEXT, one_line_errors, setup_logging
+from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 from resistance.errors import ConfigError
 from resistance.paths import resolve_state_dir
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from resistance.cli import CONTEXT, one_line_errors, setup_logging
+from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 from resistance.config import Endpoint, parse_endpoint, parse_user
 from resistance.errors import ConfigError
 from resistance.paths import resolve_state_dir

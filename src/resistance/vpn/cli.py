@@ -127,7 +127,7 @@ def init(
     Example:
       resist vpn init --endpoint vpn.example.org:51820 --dns 9.9.9.9
     """
-    from resistance.cli import setup_logging
+    from resistance.clikit import setup_logging
     from resistance.paths import resolve_state_dir
     from resistance.vpn.server import VpnServer, fail_if_missing_tools, make_config
 
@@ -164,7 +164,7 @@ def up(state_dir: Path | None, verbose: int) -> None:
     Example:
       resist vpn up
     """
-    from resistance.cli import setup_logging
+    from resistance.clikit import setup_logging
 
     setup_logging(verbose)
     server = _server(state_dir)
@@ -501,7 +501,7 @@ def serve(interval: float, metrics: str | None, state_dir: Path | None, verbose:
     Example:
       resist vpn serve --interval 60 --metrics 127.0.0.1:9109
     """
-    from resistance.cli import setup_logging
+    from resistance.clikit import setup_logging
     from resistance.config import parse_endpoint
     from resistance.vpn.service import run_serve
 

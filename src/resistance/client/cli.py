@@ -1,0 +1,176 @@
+"""`resist connect`: the command line of the user's local SOCKS5 endpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from resistance.clikit import CONTEXT, one_line_errors, setup_logging
+
+
+@click.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.option("--listen", default="127.0.0.1:1080", show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="URL",
+    help="socks5://USER:PASS@HOST:PORT of a node; repeatable, tried in turn.",
+)
+@click.option(
+    "--directory",
+    "directories",
+    multiple=True,
+    metavar="URL_OR_FILE",
+    help="A signed directory (mirrors: repeat; tried in turn).",
+)
+@click.option("--trust", multiple=True, metavar="KEY", help="A trusted directory key (or file).")
+@click.option(
+    "--assign",
+    multiple=True,
+    metavar="URL",
+    help="A registry's /api/v1/proxies/assign: a few non-public proxies for your network.",
+)
+@click.option("--qr", is_flag=True, help="Print a QR code of the Telegram link.")
+@click.option("--threshold", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--country",
+    metavar="CC",
+    help="Where you are: proxies blocked only elsewhere stay usable (default: skip all blocked).",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "tls", "plain"]),
+    default="auto",
+    show_default=True,
+    help="For directory and --assign nodes with a TLS listener: auto uses TLS first (a "
+    "censor's DPI then sees TLS, not a SOCKS5 handshake with its password) and keeps "
+    "the plain port as fallback and for UDP; tls never uses plain ports (nodes without "
+    "TLS are skipped, UDP has no upstream); plain ignores TLS listeners.",
+)
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD", help="Local users.")
+@click.option("--check-interval", default=30.0, show_default=True, metavar="S")
+@click.option("--dial-timeout", default=8.0, show_default=True, metavar="S")
+@click.option(
+    "--race-after",
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Try the next upstream alongside a dial still unanswered after S seconds (0: never).",
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+@one_line_errors
+def connect(
+    ctx: click.Context,
+    listen: str,
+    upstreams: tuple[str, ...],
+    directories: tuple[str, ...],
+    trust: tuple[str, ...],
+    assign: tuple[str, ...],
+    qr: bool,
+    threshold: int,
+    country: str | None,
+    transport: str,
+    users: tuple[str, ...],
+    check_interval: float,
+    dial_timeout: float,
+    race_after: float,
+    state_dir: Path | None,
+    verbose: int,
+) -> None:
+    """A local SOCKS5 proxy that keeps working while upstream proxies get blocked.
+
+    Point Telegram or a browser at it once; each connection goes through the
+    best working upstream, and a failed dial is retried on the next one
+    before the application sees an error.
+
+    \b
+    Examples:
+      resist connect --directory https://mirror.example/directory.json --trust KEY
+      resist connect --upstream socks5://alice:s3cret@203.0.113.7:1080 \\
+                     --upstream socks5://bob:0ther@198.51.100.9:1080
+      resist connect --upstream 'socks5s://alice:s3cret@203.0.113.7:443#sha256=PIN'
+      resist connect status
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from resistance.client.directory import DirectoryConfig
+    from resistance.client.service import ConnectSettings, run_connect
+    from resistance.client.upstreams import Upstream
+    from resistance.config import parse_endpoint, parse_user
+    from resistance.directory.keys import trusted_key
+    from resistance.paths import resolve_state_dir
+
+    setup_logging(verbose + 1)
+    state = resolve_state_dir(state_dir)
+    directory = None
+    if directories:
+        directory = DirectoryConfig(
+            sources=directories,
+            trusted=tuple(trusted_key(k) for k in trust),
+            threshold=threshold,
+            state_dir=state,
+            country=country,
+        )
+    elif trust:
+        raise click.UsageError("--trust goes with --directory")
+    settings = ConnectSettings(
+        listen=parse_endpoint(listen, what="listen address"),
+        upstreams=tuple(Upstream.from_url(u) for u in upstreams),
+        users=dict(parse_user(u) for u in users) or None,
+        check_interval=check_interval,
+        dial_timeout=dial_timeout,
+        race_after=race_after or None,
+        state_dir=state,
+        directory=directory,
+        assign=assign,
+        qr=qr,
+        transport=transport,
+    )
+    sys.exit(run_connect(settings))
+
+
+@connect.command("status", context_settings=CONTEXT)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="The client's state directory.")
+@one_line_errors
+def connect_status(state_dir: Path | None) -> None:
+    """Show which upstream is in use and how each one is doing (no destinations).
+
+    \b
+    Example:
+      resist connect status
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from resistance.client.service import read_status
+    from resistance.paths import resolve_state_dir
+
+    status = read_status(resolve_state_dir(state_dir))
+    console = Console()
+    console.print(
+        f"listening on {status['listen']}, active upstream: {status['active'] or 'none yet'}, "
+        f"{status['connections_open']} connections open, {status['switches']} switches"
+    )
+    table = Table("upstream", "state", "latency ms", "ok", "failed", "last error")
+    for row in status["upstreams"]:
+        if not row["available"]:
+            state = f"resting {row['resting_seconds']} s"
+        elif row.get("consecutive_failures"):
+            state = "failing, due for a retry"
+        else:
+            state = "up" if row["successes"] else "untested"
+        latency = "—" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}"
+        table.add_row(
+            row["upstream"],
+            state,
+            latency,
+            str(row["successes"]),
+            str(row["failures"]),
+            row["last_error"],
+        )
+    console.print(table)
