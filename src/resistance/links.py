@@ -11,8 +11,6 @@ import io
 from dataclasses import dataclass
 from urllib.parse import unquote, urlencode, urlsplit
 
-import segno
-
 from resistance.errors import ConfigError
 
 
@@ -37,6 +35,8 @@ def socks_links(
 
 def qr_terminal(text: str) -> str:
     """A QR code of ``text`` drawn with block characters for a terminal."""
+    import segno  # only for --qr: it costs a node's start ~20 ms
+
     out = io.StringIO()
     segno.make(text, error="m").terminal(out=out, compact=True, border=2)
     return out.getvalue()
@@ -44,6 +44,8 @@ def qr_terminal(text: str) -> str:
 
 def qr_save(text: str, path: str, *, scale: int = 6) -> None:
     """Write a QR code as PNG or SVG, chosen by the file name's ending."""
+    import segno
+
     segno.make(text, error="m").save(path, scale=scale, border=4)
 
 
