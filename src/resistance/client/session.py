@@ -36,7 +36,7 @@ from resistance.proto.socks5 import (
 )
 
 if TYPE_CHECKING:
-    from resistance.client.service import ConnectNode
+    from resistance.client.host import UpstreamHost
 
 log = logging.getLogger("resistance.connect")
 
@@ -55,7 +55,7 @@ class ClientSession(RawSession):
     __slots__ = ()
 
     @property
-    def client_node(self) -> ConnectNode:
+    def client_node(self) -> UpstreamHost:
         return self.node  # type: ignore[return-value]
 
     def _on_request(self, request: CommandRequest) -> None:
