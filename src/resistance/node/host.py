@@ -83,40 +83,58 @@ class Association(Protocol):
 
 
 class SessionHost(Protocol):
-    """Everything a session may use; the node implements it.
+    """Everything a session may use, read-only; the node implements it.
 
     Deadlines hold sessions (``Deadlines[Session]``); they are typed ``Any``
     here so that this module needs no session type.
     """
 
     # -- settings and limits (read per request; replaced as a whole on reload) --
-    settings: NodeSettings
-    limits: NodeLimits
-    log_destinations: bool
-    users: UserDB | None
-    policy: EgressPolicy
-    identity: Ed25519PrivateKey | None
+    @property
+    def settings(self) -> NodeSettings: ...
+    @property
+    def limits(self) -> NodeLimits: ...
+    @property
+    def log_destinations(self) -> bool: ...
+    @property
+    def users(self) -> UserDB | None: ...
+    @property
+    def policy(self) -> EgressPolicy: ...
+    @property
+    def identity(self) -> Ed25519PrivateKey | None: ...
 
     # -- accounting --
-    metrics: NodeMetrics
-    udp_associations: set[Association]
+    @property
+    def metrics(self) -> NodeMetrics: ...
+    @property
+    def udp_associations(self) -> set[Association]: ...
 
     def session_closed(self, session: Client, up: int, down: int) -> None:
         """``session`` ended, having moved ``up``/``down`` bytes; called once."""
         ...
 
     # -- time: each session waits against one of these at a time --
-    handshake_deadlines: Deadlines[Any]
-    connect_deadlines: Deadlines[Any]
-    bind_deadlines: Deadlines[Any]
+    @property
+    def handshake_deadlines(self) -> Deadlines[Any]: ...
+    @property
+    def connect_deadlines(self) -> Deadlines[Any]: ...
+    @property
+    def bind_deadlines(self) -> Deadlines[Any]: ...
 
     # -- I/O --
-    loop: asyncio.AbstractEventLoop
-    net: NodeNetwork
-    #: The edge-triggered epoll of raw sockets (``None`` where epoll is missing).
-    reactor: Reactor | None
-    #: The splice relay's pipes (``None`` when relaying by copying).
-    pipes: AnyPipePool | None
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def net(self) -> NodeNetwork: ...
+    @property
+    def reactor(self) -> Reactor | None:
+        """The edge-triggered epoll of raw sockets (``None`` where epoll is missing)."""
+        ...
+
+    @property
+    def pipes(self) -> AnyPipePool | None:
+        """The splice relay's pipes (``None`` when relaying by copying)."""
+        ...
 
 
 __all__ = ["Association", "Client", "SessionHost"]
