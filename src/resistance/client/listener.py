@@ -2,7 +2,7 @@
 
 :class:`ConnectNode` is a :class:`~resistance.node.server.Node` serving
 :class:`~resistance.client.session.ClientSession`; the sessions see it only as
-the :class:`~resistance.client.host.UpstreamHost` they forward through, so they
+the :class:`~resistance.client.session.ConnectHost` they forward through, so they
 do not import this module.  It also runs the health check of one upstream (the
 node challenge) and reports the status that :mod:`resistance.client.service`
 writes for ``resist connect status``.
@@ -39,7 +39,7 @@ from resistance.proto.socks5 import Address, Command
 
 if TYPE_CHECKING:
     from resistance.client.directory import DirectoryConfig
-    from resistance.client.host import UpstreamHost
+    from resistance.client.session import ConnectHost
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ class ConnectNode(Node):
 
 if TYPE_CHECKING:
 
-    def _hosts_sessions(node: ConnectNode) -> UpstreamHost:
+    def _hosts_sessions(node: ConnectNode) -> ConnectHost:
         return node  # mypy checks that the listener is what its sessions expect
 
 
