@@ -32,6 +32,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any, Final
 
+from resistance import keyfile
 from resistance.config import Endpoint, parse_endpoint
 from resistance.errors import ConfigError
 from resistance.node.policy import EgressPolicy
@@ -181,7 +182,7 @@ class VpnServer:
                 f"a VPN is already set up in {state_dir}: use resist vpn up, or another --state-dir"
             )
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(directory / "server.key", keys.KeyPair.generate().private_text + "\n")
+        keys.load_or_create_key_file(directory / "server.key", what="server key")
         PeerDatabase(directory / "peers.json").write([])
         write_private(
             directory / "server.json", json.dumps(config.to_json(), indent=2, sort_keys=True)
@@ -191,7 +192,8 @@ class VpnServer:
     # -- keys ----------------------------------------------------------------
 
     def _private_key(self) -> str:
-        return keys.encode(keys.read_key_file(self.key_path, what="server key"))
+        pair = keyfile.read_private(self.key_path, keys.parse_key_file, what="server key")
+        return pair.private_text
 
     @property
     def public_key(self) -> str:
