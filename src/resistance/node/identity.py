@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from resistance import keyfile
+from resistance.directory.keys import verify_signature
 from resistance.errors import ConfigError
 
 IDENTITY_FILE: Final = "node-identity.pem"
@@ -94,6 +95,27 @@ def tls_challenge_message(nonce: bytes, cert_sha256: bytes) -> bytes:
     if len(nonce) != 16 or len(cert_sha256) != 32:
         raise ValueError("a challenge nonce is 16 bytes and a certificate digest 32")
     return CHALLENGE_TLS_CONTEXT + nonce + cert_sha256
+
+
+def verify_challenge(
+    public_key: Ed25519PublicKey,
+    nonce: bytes,
+    signature: bytes,
+    *,
+    cert_sha256: bytes | None = None,
+) -> bool:
+    """Whether ``signature`` is the answer of the node holding ``public_key`` to the
+    challenge with ``nonce``; over TLS (``cert_sha256`` given), for that certificate.
+
+    The one check of a challenge answer: the registry's proof of control and
+    the client's health check both use it.
+    """
+    message = (
+        challenge_message(nonce)
+        if cert_sha256 is None
+        else tls_challenge_message(nonce, cert_sha256)
+    )
+    return verify_signature(public_key, signature, message)
 
 
 def challenge_name(nonce: bytes) -> str:
