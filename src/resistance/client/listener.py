@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
 
 from resistance import __version__
 from resistance.client.dial import DialError, dial, read_at_least
@@ -26,10 +25,9 @@ from resistance.client.upstreams import Upstream, UpstreamPool
 from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.errors import ConfigError
 from resistance.node.identity import (
-    challenge_message,
     challenge_name,
     public_key_from_text,
-    tls_challenge_message,
+    verify_challenge,
 )
 from resistance.node.metrics import NodeMetrics
 from resistance.node.policy import EgressPolicy
@@ -108,14 +106,12 @@ class ConnectNode(Node):
         if upstream.public_key is not None:
             # Over TLS the node signs the certificate it presents too: the pin
             # that matched is that certificate's digest.
-            message = (
-                challenge_message(nonce)
-                if upstream.tls_sha256 is None
-                else tls_challenge_message(nonce, bytes.fromhex(upstream.tls_sha256))
-            )
+            pin = None if upstream.tls_sha256 is None else bytes.fromhex(upstream.tls_sha256)
             try:
-                public_key_from_text(upstream.public_key).verify(answer, message)
-            except (InvalidSignature, ConfigError):
+                key = public_key_from_text(upstream.public_key)
+            except ConfigError:
+                key = None
+            if key is None or not verify_challenge(key, nonce, answer, cert_sha256=pin):
                 self.pool.failed(upstream, "health check: not the node the directory names")
                 return
         self.pool.succeeded(upstream, dialed.seconds)
