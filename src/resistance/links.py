@@ -112,7 +112,8 @@ class MTProtoSecret:
         return "ee" + self.key.hex() + self.domain.encode("ascii").hex()
 
 
-def _domain_ok(name: str) -> bool:
+def is_host_name(name: str) -> bool:
+    """Whether ``name`` is an ASCII DNS host name (labels of letters, digits, hyphens)."""
     labels = name.split(".")
     return len(name) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
 
@@ -141,7 +142,7 @@ def parse_mtproto_secret(text: str) -> MTProtoSecret:
             domain = raw[17:].decode("ascii")
         except UnicodeDecodeError:
             domain = ""
-        if not _domain_ok(domain):
+        if not is_host_name(domain):
             raise ConfigError("bad MTProto secret: the fake-TLS domain is not a host name")
         return MTProtoSecret("ee", raw[1:17], domain)
     raise ConfigError(

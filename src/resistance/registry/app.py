@@ -30,6 +30,7 @@ from resistance.registry.services import Registry
 from resistance.registry.settings import RegistrySettings
 from resistance.registry.wireguard import load_or_create_prober_key
 from resistance.registry.wireguard_routes import router as wireguard_router
+from resistance.registry.mtproto_routes import router as mtproto_router
 
 PUBLISH_TASK = "registry-publish-directory"
 
@@ -150,5 +151,6 @@ def create_app(
     app.include_router(probe_router)
     app.include_router(round_router)
     app.include_router(wireguard_router)
+    app.include_router(mtproto_router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
