@@ -67,9 +67,9 @@ class _Failed(Exception):
         self.step, self.failure, self.detail = step, failure, detail
 
 
-def tag_for(secret: MTProtoSecret) -> obfuscated2.ProtocolTag:
-    """The framing Telegram's apps use with this kind of secret."""
-    if secret.mode == "classic":
+def tag_for(secret: MTProtoSecret | None) -> obfuscated2.ProtocolTag:
+    """The framing Telegram's apps use with this kind of secret (or none, to a DC)."""
+    if secret is None or secret.mode == "classic":
         return obfuscated2.ProtocolTag.INTERMEDIATE
     return obfuscated2.ProtocolTag.PADDED
 
@@ -92,6 +92,7 @@ class _Session:
     ) -> None:
         self.reader, self.writer, self.within = reader, writer, within
         self.received = 0
+        self.handshake_us: int | None = None
 
     async def read(self, step: str) -> bytes:
         try:
@@ -137,17 +138,18 @@ async def _fake_tls(session: _Session, secret: MTProtoSecret, now: float) -> byt
 
 
 async def _exchange(
-    session: _Session, secret: MTProtoSecret, dc: int, now: float, started: float
-) -> tuple[int | None, int]:
-    tls = secret.mode == "ee"
-    handshake_us = None
+    session: _Session, secret: MTProtoSecret | None, dc: int, now: float, started: float
+) -> int:
+    """The microseconds from req_pq_multi to its resPQ (the handshake's go to ``session``)."""
+    tls = secret is not None and secret.mode == "ee"
     records = faketls.RecordReader(allow_ccs=False)
     pending = b""
     if tls:
+        assert secret is not None
         pending = await _fake_tls(session, secret, now)
-        handshake_us = int((time.perf_counter() - started) * 1e6)
+        session.handshake_us = int((time.perf_counter() - started) * 1e6)
     tag = tag_for(secret)
-    init_bytes, init = obfuscated2.generate_init(tag, dc, secret.key)
+    init_bytes, init = obfuscated2.generate_init(tag, dc, secret.key if secret else None)
     request = req_pq_multi(time.time())
     payload = init_bytes + init.encryptor.update(obfuscated2.encode_frame(tag, request.serialize()))
     if tls:
@@ -168,13 +170,13 @@ async def _exchange(
                 check_res_pq(packets[0].payload, request)
             except ProtocolError as exc:
                 raise _Failed("respq", "wrong-answer", str(exc)) from None
-            return handshake_us, int((time.perf_counter() - sent_at) * 1e6)
+            return int((time.perf_counter() - sent_at) * 1e6)
 
 
 async def ask_res_pq(
     host: str,
     port: int,
-    secret: MTProtoSecret,
+    secret: MTProtoSecret | None,
     *,
     within: float,
     dc: int = DEFAULT_DC,
@@ -183,12 +185,15 @@ async def ask_res_pq(
 ) -> ResPQAnswer:
     """Send req_pq_multi through the MTProto proxy at host:port; never raises for the proxy.
 
-    ``within`` bounds each step (connect, handshake, the resPQ); ``source``
-    binds our end to a local address.
+    ``secret`` ``None`` speaks to a data centre directly (obfuscated2
+    without a secret, as a client with no proxy does).  ``within`` bounds
+    each step (connect, handshake, the resPQ); ``source`` binds our end to a
+    local address.
     """
     started = time.perf_counter()
     writer: asyncio.StreamWriter | None = None
-    tcp_us = handshake_us = None
+    session: _Session | None = None
+    tcp_us = None
     try:
         try:
             async with asyncio.timeout(within):
@@ -201,11 +206,10 @@ async def ask_res_pq(
             raise _Failed("tcp", _os_failure(exc), exc.strerror or type(exc).__name__) from None
         tcp_us = int((time.perf_counter() - started) * 1e6)
         session = _Session(reader, writer, within)
-        handshake_us, respq_us = await _exchange(
-            session, secret, dc, clock(), time.perf_counter()
-        )
-        return ResPQAnswer(True, "respq", None, "", tcp_us, handshake_us, respq_us)
+        respq_us = await _exchange(session, secret, dc, clock(), time.perf_counter())
+        return ResPQAnswer(True, "respq", None, "", tcp_us, session.handshake_us, respq_us)
     except _Failed as exc:
+        handshake_us = session.handshake_us if session is not None else None
         return ResPQAnswer(False, exc.step, exc.failure, exc.detail[:120], tcp_us, handshake_us)
     finally:
         if writer is not None:

@@ -49,6 +49,7 @@ from resistance.errors import ConfigError
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
 from resistance.probe.keys import load_or_create_probe_key, load_or_create_wireguard_key
+from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.net import Network, SocketNetwork
 from resistance.probe.runner import (
     Canary,
@@ -60,7 +61,6 @@ from resistance.probe.runner import (
     run_check,
 )
 from resistance.probe.spool import Spool
-from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.wireguard import run_wireguard_check
 
 log = logging.getLogger("resistance.probe")

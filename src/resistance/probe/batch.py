@@ -23,9 +23,9 @@ which the registry checks again.  A WireGuard check's RESULT adds
 ``handshake``, ``connect_us`` is the handshake's round trip, and it has no
 canary (nothing goes through a probe peer).  An MTProto check's RESULT adds
 ``"protocol": "mtproto"``; its steps are ``tcp``, ``handshake`` (fake-TLS)
-and ``respq``, and it has no canary (the path ends at a data centre).  :func:`parse_batch` accepts bytes from
-anywhere and either returns a checked :class:`SignedBatch` or raises
-:class:`BatchError`; it never raises anything else.
+and ``respq``, and it has no canary (the path ends at a data centre).
+:func:`parse_batch` accepts bytes from anywhere and either returns a checked
+:class:`SignedBatch` or raises :class:`BatchError`; it never raises anything else.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ answer to a fresh nonce (bytes up), and the download that follows (bytes
 down).  Each step either passes or fails in one recorded way; the first
 failure ends the check.  A WireGuard endpoint has one step, the handshake
 (:mod:`resistance.probe.wireguard`); an MTProto proxy has TCP, the fake-TLS
-handshake (ee only) and ``respq`` (:mod:`resistance.probe.mtproto`).  Everything here is pure: the I/O that produces the
-outcomes is in :mod:`resistance.probe.runner`.
+handshake (ee only) and ``respq`` (:mod:`resistance.probe.mtproto`).
+Everything here is pure: the I/O that produces the outcomes is in
+:mod:`resistance.probe.runner`.
 """
 
 from __future__ import annotations

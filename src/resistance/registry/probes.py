@@ -30,8 +30,8 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.probe import rollup
 from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
 from resistance.probe.verdict import ProbeEvidence, Rules, Status, Verdict, evaluate, observe
-from resistance.registry import repositories as repo
 from resistance.registry import mtproto, wireguard
+from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import (
     ProbeAccount,

@@ -233,7 +233,9 @@ def proxy_kind(protocols: list[str]) -> str:
     return "socks5"
 
 
-def check_owner(current: Proxy | None, operator_id: int, host: str, port: int, *, kind: str) -> None:
+def check_owner(
+    current: Proxy | None, operator_id: int, host: str, port: int, *, kind: str
+) -> None:
     """Refuse to register over an endpoint another operator holds, or over one
     registered as another kind of server (a row half rewritten would show a
     WireGuard key on a SOCKS5 node, or no credentials on a WireGuard server)."""
@@ -341,9 +343,9 @@ async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str
 
 def _listing(proxy: Proxy) -> dict[str, Any]:
     if MTPROTO_PROTOCOL in proxy.protocols:
-        from resistance.registry.mtproto import listing
+        from resistance.registry import mtproto
 
-        return listing(proxy)
+        return mtproto.listing(proxy)
     if "wireguard" in proxy.protocols:
         # A WireGuard endpoint (migration 0005): no credentials, no node key; users get
         # their configs from the operator.  Clients that want SOCKS5 skip it by protocol.
