@@ -74,16 +74,19 @@ def main() -> None:
 )
 @one_line_errors
 def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
-    """Print Telegram's links (and a QR code) for a SOCKS5 proxy.
+    """Print Telegram's links (and a QR code) for a SOCKS5 or MTProto proxy.
+
+    PROXY_URL is socks5://USER:PASS@HOST:PORT, an MTProto link (tg://proxy?...,
+    https://t.me/proxy?...) or mtproto://SECRET@HOST:PORT.
 
     \b
-    Example:
+    Examples:
       resist link socks5://alice:s3cret@203.0.113.7:1080 --qr
+      resist link mtproto://ee0123456789abcdef0123456789abcdef6578616d706c652e636f6d@203.0.113.7:443
     """
-    from resistance.links import parse_socks_url, qr_save, qr_terminal, socks_links
+    from resistance.links import qr_save, qr_terminal, telegram_links_for
 
-    proxy = parse_socks_url(proxy_url)
-    links = socks_links(proxy.host, proxy.port, proxy.username, proxy.password)
+    links = telegram_links_for(proxy_url)
     click.echo(links.tg)
     click.echo(links.https)
     if qr:

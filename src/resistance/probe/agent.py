@@ -49,6 +49,7 @@ from resistance.errors import ConfigError
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
 from resistance.probe.keys import load_or_create_probe_key, load_or_create_wireguard_key
+from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.net import Network, SocketNetwork
 from resistance.probe.runner import (
     Canary,
@@ -128,6 +129,9 @@ def parse_assignment(raw: Any) -> Assignment:
         wg_key = p.get("wg_public_key")
         if protocol == "wireguard" and not isinstance(wg_key, str):
             raise ValueError("a WireGuard target without its server key")
+        mt_secret = p.get("mtproto_secret")
+        if protocol == "mtproto" and not isinstance(mt_secret, str):
+            raise ValueError("an MTProto target without its secret")
         target = Target(
             str(p["host"]),
             int(p["port"]),
@@ -136,6 +140,7 @@ def parse_assignment(raw: Any) -> Assignment:
             int(p["proxy_id"]),
             protocol,
             wg_key if protocol == "wireguard" else None,
+            mt_secret if protocol == "mtproto" else None,
         )
         targets.append((int(p["due_ms"]), target))
     targets.sort(key=lambda item: item[0])
@@ -333,6 +338,10 @@ class Agent:
                         self.wg_key.private,
                         self.settings.check,
                         source=self.settings.source,
+                    )
+                elif target.protocol == "mtproto":
+                    result = await run_mtproto_check(
+                        target, self.settings.check, source=self.settings.source
                     )
                 else:
                     result = await run_check(

@@ -21,9 +21,11 @@ The signature is Ed25519 by the probe's own key (``probe_key``) over
 which the registry checks again.  A WireGuard check's RESULT adds
 ``"protocol": "wireguard"`` (absent means SOCKS5); its one step is
 ``handshake``, ``connect_us`` is the handshake's round trip, and it has no
-canary (nothing goes through a probe peer).  :func:`parse_batch` accepts bytes from
-anywhere and either returns a checked :class:`SignedBatch` or raises
-:class:`BatchError`; it never raises anything else.
+canary (nothing goes through a probe peer).  An MTProto check's RESULT adds
+``"protocol": "mtproto"``; its steps are ``tcp``, ``handshake`` (fake-TLS)
+and ``respq``, and it has no canary (the path ends at a data centre).
+:func:`parse_batch` accepts bytes from anywhere and either returns a checked
+:class:`SignedBatch` or raises :class:`BatchError`; it never raises anything else.
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ _DOC_KEYS = frozenset(
     {"version", "batch_id", "vantage", "country", "probe_key", "created_at", "results"}
 )
 _CANARY_KEYS = frozenset({"nonce", "upload_sha256", "download", "signature"})
-PROTOCOLS: Final = ("socks5", "wireguard")
+PROTOCOLS: Final = ("socks5", "wireguard", "mtproto")
+#: The steps an MTProto check may fail at.
+MTPROTO_STEPS: Final = frozenset({Step.TCP.value, Step.HANDSHAKE.value, Step.RESPQ.value})
 
 
 class BatchError(ResistanceError):
@@ -124,7 +128,8 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     v = result.verdict
     t = result.timings
     proof = result.proof
-    extra = {"protocol": "wireguard"} if result.target.protocol == "wireguard" else {}
+    protocol = result.target.protocol
+    extra = {"protocol": protocol} if protocol in ("wireguard", "mtproto") else {}
     return {
         "proxy_id": result.target.proxy_id,
         "at": result.at,
@@ -250,8 +255,13 @@ def _result(value: Any, index: int) -> ResultRecord:
             raise BatchError(f"{where}: a WireGuard result has no canary")
         if step not in (None, Step.HANDSHAKE.value):
             raise BatchError(f"{where}: a WireGuard check has one step, handshake")
-    elif step == Step.HANDSHAKE.value:
-        raise BatchError(f"{where}: only a WireGuard check has a handshake step")
+    elif protocol == "mtproto":
+        if record.canary is not None:
+            raise BatchError(f"{where}: an MTProto result has no canary")
+        if step is not None and step not in MTPROTO_STEPS:
+            raise BatchError(f"{where}: an MTProto check's steps are tcp, handshake and respq")
+    elif step in (Step.HANDSHAKE.value, Step.RESPQ.value):
+        raise BatchError(f"{where}: only WireGuard and MTProto checks have a {step} step")
     elif ok and record.canary is None:
         raise BatchError(f"{where}: a successful result must carry the canary's proof")
     return record
