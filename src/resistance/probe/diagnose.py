@@ -323,18 +323,16 @@ def _no_handshake(e: Evidence) -> Diagnosis:
             Mechanism.BLOCKED_SNI, "the same hello with a benign server name goes through"
         )
     control = e.control_host
-    if control is not None and control.got_tcp and control.censor_like:
-        if control.stage is Stage.HANDSHAKE:
-            return Diagnosis(
-                Mechanism.BLOCKED_FINGERPRINT,
-                "the same protocol dies the same way to an unrelated control host",
-            )
-    if e.tls and sni is not None and sni.got_tcp and sni.censor_like:
-        if sni.stage is Stage.HANDSHAKE:
-            return Diagnosis(
-                Mechanism.BLOCKED_FINGERPRINT,
-                "the TLS hello dies whatever its server name: the hello itself is caught",
-            )
+    if control is not None and control.stage is Stage.HANDSHAKE and control.censor_like:
+        return Diagnosis(
+            Mechanism.BLOCKED_FINGERPRINT,
+            "the same protocol dies the same way to an unrelated control host",
+        )
+    if e.tls and sni is not None and sni.stage is Stage.HANDSHAKE and sni.censor_like:
+        return Diagnosis(
+            Mechanism.BLOCKED_FINGERPRINT,
+            "the TLS hello dies whatever its server name: the hello itself is caught",
+        )
     if control is not None and control.ok:
         return _inconclusive("the protocol works to the control host; only this host fails")
     if not e.tls and e.outside is not None and e.outside.ok:
