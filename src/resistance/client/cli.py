@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -60,6 +61,12 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     metavar="S",
     help="Try the next upstream alongside a dial still unanswered after S seconds (0: never).",
 )
+@click.option(
+    "--network",
+    metavar="NAME",
+    help="The network you are in, for what the client learns gets through here "
+    "(default: named from the default route's gateway).",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
@@ -79,6 +86,7 @@ def connect(
     check_interval: float,
     dial_timeout: float,
     race_after: float,
+    network: str | None,
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -131,6 +139,7 @@ def connect(
         assign=assign,
         qr=qr,
         transport=transport,
+        network=network,
     )
     sys.exit(run_connect(settings))
 
@@ -139,7 +148,8 @@ def connect(
 @click.option("--state-dir", type=click.Path(path_type=Path), help="The client's state directory.")
 @one_line_errors
 def connect_status(state_dir: Path | None) -> None:
-    """Show which upstream is in use and how each one is doing (no destinations).
+    """Show which upstream is in use, how each one is doing, and the ladder: per
+    transport of each node, whether it got through in this network (no destinations).
 
     \b
     Example:
@@ -173,5 +183,28 @@ def connect_status(state_dir: Path | None) -> None:
             str(row["successes"]),
             str(row["failures"]),
             row["last_error"],
+        )
+    console.print(table)
+    if "ladder" in status:
+        _print_ladder(console, status)
+
+
+def _print_ladder(console: Any, status: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    rungs = ", ".join(
+        t["name"] + ("" if t["usable"] else " (slot, not usable yet)") for t in status["transports"]
+    )
+    console.print(f"ladder in network {status['network']}: {rungs}")
+    table = Table("try", "upstream", "transport", "here", "worked", "failed", "last error")
+    for i, row in enumerate(status["ladder"], 1):
+        table.add_row(
+            str(i),
+            row["upstream"],
+            row["transport"],
+            row["state"],
+            "—" if row["ok_ago"] is None else f"{row['ok_ago']:.0f} s ago",
+            "—" if row["fail_ago"] is None else f"{row['fail_ago']:.0f} s ago",
+            row["error"],
         )
     console.print(table)

@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+from resistance.client.hello import browser_context
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
-from resistance.node.tlscert import certificate_sha256, pinning_client_context
+from resistance.node.tlscert import certificate_sha256
 from resistance.proto.socks5 import (
     Address,
     ClientConnection,
@@ -133,7 +134,7 @@ async def _dial_tls(
     try:
         async with asyncio.timeout(seconds):
             transport, _ = await loop.create_connection(
-                lambda: exchange, upstream.host, upstream.port, ssl=pinning_client_context(),
+                lambda: exchange, upstream.host, upstream.port, ssl=browser_context(),
                 server_hostname=upstream.host, ssl_handshake_timeout=seconds,
             )  # fmt: skip
             established = await exchange.done

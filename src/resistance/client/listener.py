@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from resistance import __version__
 from resistance.client.dial import DialError, dial, read_at_least
+from resistance.client.ladder import LADDER_FILE, TRANSPORTS, Ladder, current_network
 from resistance.client.session import ClientSession
 from resistance.client.upstreams import Upstream, UpstreamPool
 from resistance.config import Endpoint, NodeLimits, NodeSettings
@@ -56,12 +56,21 @@ class ConnectSettings:
     #: Which of a directory node's listeners to use: ``auto`` (TLS first, plain as
     #: fallback), ``tls`` or ``plain`` (see :func:`~resistance.client.directory.entry_upstreams`).
     transport: str = "auto"
+    #: The network the client sits in (``None``: named from the default route), for
+    #: what the ladder learns (see :mod:`resistance.client.ladder`).
+    network: str | None = None
 
 
 class ConnectNode(Node):
     """The local listener; its sessions go through :attr:`pool`."""
 
-    def __init__(self, settings: ConnectSettings, *, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: ConnectSettings,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        ladder: Ladder | None = None,
+    ) -> None:
         node_settings = NodeSettings(
             listen=(settings.listen,),
             users=settings.users or {},
@@ -78,7 +87,12 @@ class ConnectNode(Node):
         )
         self.session_class = ClientSession
         self.connect_settings = settings
-        self.pool = UpstreamPool(settings.upstreams, prefer_tls=settings.transport != "plain")
+        self.ladder = ladder or Ladder(
+            settings.state_dir / LADDER_FILE, current_network(settings.network)
+        )
+        self.pool = UpstreamPool(
+            settings.upstreams, prefer_tls=settings.transport != "plain", ladder=self.ladder
+        )
         self.dial_timeout = settings.dial_timeout
         self.max_attempts = settings.max_attempts
         self.race_after = settings.race_after
@@ -132,6 +146,12 @@ class ConnectNode(Node):
             "connections_open": len(self.sessions),
             "dial_failures": self.dial_failures,
             "updated": int(time.time()),
+            "network": self.ladder.network,
+            "transports": [
+                {"name": t.name, "usable": t.usable, "note": t.note or t.description}
+                for t in TRANSPORTS
+            ],
+            "ladder": self.ladder.rows(self.pool.upstreams),
             "upstreams": [
                 {
                     "upstream": u.label,

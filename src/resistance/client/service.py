@@ -30,6 +30,7 @@ from resistance.client.directory import (
     fetch_assigned,
     upstreams_from,
 )
+from resistance.client.ladder import LADDER_FILE, Ladder, current_network
 from resistance.client.listener import ConnectNode, ConnectSettings
 from resistance.client.upstreams import Upstream
 from resistance.directory.document import DirectoryError
@@ -87,7 +88,8 @@ async def _serve(
     out: TextIO,
 ) -> int:
     loop = asyncio.get_running_loop()
-    node = ConnectNode(settings, loop=loop)
+    ladder = Ladder(settings.state_dir / LADDER_FILE, current_network(settings.network))
+    node = ConnectNode(settings, loop=loop, ladder=ladder)
     node.pool.replace(sources.combined())
     await node.start()
     endpoint = node.bound[0]

@@ -12,6 +12,10 @@ A pool that prefers TLS puts every available TLS upstream before every
 plain one (before even the sticky one): a TLS handshake costs a round trip
 more, but it hides the SOCKS5 handshake and its password from a censor's
 DPI, so latency must not talk the client out of it.
+With a :class:`~resistance.client.ladder.Ladder` (what got through in the
+network the client sits in), its rank comes right after the backoff: what
+got through here first, then the untried, then what failed here, each in
+the ladder's transport order; every success and failure is told to it.
 Nothing here does I/O: the session and the health checker report outcomes.
 """
 
@@ -20,9 +24,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from resistance.errors import ConfigError
 from resistance.links import parse_socks_url
+
+if TYPE_CHECKING:
+    from resistance.client.ladder import Ladder
 
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
@@ -89,8 +97,15 @@ class Health:
 
 
 class UpstreamPool:
-    def __init__(self, upstreams: Iterable[Upstream], *, prefer_tls: bool = False) -> None:
+    def __init__(
+        self,
+        upstreams: Iterable[Upstream],
+        *,
+        prefer_tls: bool = False,
+        ladder: Ladder | None = None,
+    ) -> None:
         self.prefer_tls = prefer_tls
+        self.ladder = ladder
         self.upstreams: list[Upstream] = []
         self.health: dict[Upstream, Health] = {}
         self.active: Upstream | None = None
@@ -112,13 +127,16 @@ class UpstreamPool:
         now = time.monotonic() if now is None else now
         index = {u: i for i, u in enumerate(self.upstreams)}
 
-        def key(u: Upstream) -> tuple[int, int, int, float, int]:
+        ladder = self.ladder
+
+        def key(u: Upstream) -> tuple[int, int, int, int, int, float, int]:
             h = self.health[u]
             resting = 0 if h.available(now) else 1
+            learned, rung = ladder.rank(u) if ladder is not None else (0, 0)
             plain = 1 if self.prefer_tls and u.tls_sha256 is None else 0
             sticky = 0 if u == self.active else 1
             latency = h.latency if h.latency is not None else float("inf")
-            return (resting, plain, sticky, latency, index[u])
+            return (resting, learned, rung, plain, sticky, latency, index[u])
 
         return sorted(self.upstreams, key=key)
 
@@ -128,6 +146,8 @@ class UpstreamPool:
         h = self.health.get(upstream)
         if h is None:
             return
+        if self.ladder is not None:
+            self.ladder.record(upstream, ok=True)
         h.successes += 1
         if h.consecutive_failures or h.down_until:
             h.last_change = time.monotonic() if now is None else now
@@ -152,6 +172,8 @@ class UpstreamPool:
         h = self.health.get(upstream)
         if h is None:
             return
+        if self.ladder is not None:
+            self.ladder.record(upstream, ok=False, error=error)
         now = time.monotonic() if now is None else now
         h.failures += 1
         h.consecutive_failures += 1
