@@ -46,11 +46,7 @@ NODE_START_DEFERRED = (*HEAVY, "segno", "prometheus_client", "cryptography.x509"
 # Circles that another change removes; each entry must say which.  The test
 # fails on any other circle, and on an entry that no longer occurs (delete it).
 KNOWN_CIRCLES: dict[frozenset[str], str] = {
-    # issue 16: the node's sessions still reach into the node; the session host
-    # interface (the "seam" change) cuts this circle. Delete when it lands.
-    frozenset(
-        {"resistance.node.server", "resistance.node.session", "resistance.node.udp"}
-    ): "issue 16, session host interface",
+    # None today. An entry names a circle being cut and the issue that cuts it.
 }
 
 
