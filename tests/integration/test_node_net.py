@@ -3,7 +3,8 @@
 The session tests drive a scripted network; these check that the real one
 keeps the same promises: ``done`` once, with a connected non-blocking socket
 or the errno the kernel gave, nothing after ``cancel()``, BIND peers handed
-over non-blocking, datagrams announced.  With and without the reactor.
+over non-blocking, datagrams announced.  With and without the reactor.  And a
+real node takes whatever its sessions resolve and dial from the network it is given.
 """
 
 from __future__ import annotations
@@ -16,8 +17,20 @@ from typing import Any
 
 import pytest
 
+from resistance.config import Endpoint, NodeSettings
 from resistance.net.reactor import HAS_EPOLL, Reactor
+from resistance.node.fakenet import DialResult, ScriptedNetwork
 from resistance.node.net import SocketNetwork
+from resistance.node.policy import EgressPolicy
+from resistance.node.server import Node
+from resistance.proto.socks5 import (
+    Address,
+    Command,
+    Reply,
+    client_greeting,
+    client_request,
+    parse_reply,
+)
 
 
 @pytest.fixture(params=["reactor", "loop"] if HAS_EPOLL else ["loop"])
@@ -144,3 +157,44 @@ async def test_datagram_socket_is_watched_until_unwatched(net: SocketNetwork) ->
         assert (data, source) == (b"ping", sender.getsockname())
     net.unwatch(sock)
     sock.close()
+
+
+@pytest.mark.parametrize("relay", ["splice", "copy"])
+async def test_node_sessions_resolve_and_dial_through_the_injected_network(relay: str) -> None:
+    """A real node and a real client socket, the destination side scripted: the
+    node's sessions take everything they resolve and dial from ``Node(net=...)``."""
+    net = ScriptedNetwork(
+        names={"intranet.example": ["10.0.0.7"], "public.example": ["203.0.113.5"]},
+        dials={"203.0.113.5": DialResult.REFUSED},
+    )
+    node = Node(
+        NodeSettings(listen=(Endpoint("127.0.0.1", 0),), relay=relay),
+        users=None,
+        policy=EgressPolicy(allow=["203.0.113.0/24"]),
+        net=net,
+    )
+    await node.start()
+    proxy = ("127.0.0.1", node.bound[0].port)
+
+    def ask(name: str) -> Reply:
+        with socket.create_connection(proxy, timeout=5) as client:
+            client.sendall(
+                client_greeting(auth=False)
+                + client_request(Command.CONNECT, Address.from_host(name, 443))
+            )
+            data = b""
+            while (parsed := parse_reply(data[2:])) is None:
+                chunk = client.recv(512)
+                assert chunk, f"closed after {data.hex()}"
+                data += chunk
+            return parsed[0]
+
+    loop = asyncio.get_running_loop()
+    try:
+        assert await loop.run_in_executor(None, ask, "intranet.example") is Reply.NOT_ALLOWED
+        assert await loop.run_in_executor(None, ask, "public.example") is Reply.CONNECTION_REFUSED
+    finally:
+        await node.stop()
+    assert [lookup[0] for lookup in net.lookups] == ["intranet.example", "public.example"]
+    assert [a.sockaddr[0] for a in net.attempts] == ["203.0.113.5"]
+    assert node.metrics.policy_refusals.labels("private").value == 1
