@@ -15,7 +15,7 @@ import errno
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resistance.config import NodeLimits, NodeSettings
@@ -461,3 +461,63 @@ async def test_bind_times_out_without_a_peer() -> None:
     assert session.closed and net.listeners[0].closed
     second = parse_reply(bytes(session.to_client)[2 + 10 :])
     assert second is not None and second[0] is Reply.TTL_EXPIRED
+
+
+# -- any input ----------------------------------------------------------------------------
+
+
+PIECES = [
+    client_greeting(auth=False),
+    client_greeting(auth=True),
+    client_auth(b"u", b"p"),
+    client_auth(b"u", b"wrong"),
+    client_request(Command.CONNECT, Address.from_ip(PUBLIC, 443)),
+    client_request(Command.CONNECT, Address.from_ip("10.0.0.1", 443)),
+    client_request(Command.CONNECT, Address.from_host("a.example", 80)),
+    client_request(Command.CONNECT, Address.from_host("unknown.example", 80)),
+    client_request(Command.UDP_ASSOCIATE, Address.from_ip("0.0.0.0", 0)),
+    client_request(Command.BIND, Address.from_ip(PUBLIC, 20)),
+    client_request(Command.BIND, Address.from_host("a.example", 20)),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.binary(max_size=40), st.sampled_from(PIECES)), max_size=6),
+    st.booleans(),
+    st.sampled_from([DialResult.CONNECTED, DialResult.REFUSED, DialResult.SILENT]),
+)
+@example([PIECES[0], PIECES[8]], False, DialResult.SILENT)  # a UDP association
+@example([PIECES[0] + PIECES[9]], False, DialResult.SILENT)  # BIND, nobody comes
+@example([PIECES[1], PIECES[2], PIECES[6]], True, DialResult.SILENT)  # name, silent
+@example([PIECES[1], PIECES[2], PIECES[6]], True, DialResult.CONNECTED)
+def test_any_client_bytes_get_an_answer_or_a_close_never_an_exception(
+    chunks: list[bytes], auth: bool, outcome: DialResult
+) -> None:
+    """Whatever a client sends, in whatever pieces: the session raises nothing; once
+    every timeout has passed it is closed unless it relays or holds a UDP
+    association, and when it closes the host hears of it exactly once and every
+    resource it held is given back."""
+
+    async def run() -> None:
+        net = ScriptedNetwork(names={"a.example": [PUBLIC]}, default=outcome)
+        host = make_host(net, users={"u": "p"} if auth else None)
+        session = MemorySession(host, CLIENT)
+        for chunk in chunks:
+            if session.closed or session.relayed is not None:
+                break
+            session.feed(chunk)
+            await settle()
+        host.clock.advance(3600.0)  # every timeout has passed
+        await settle()
+        if session.relayed is None and session.udp is None:
+            assert session.closed  # a relay or a UDP association lives on its own terms
+        session.close()
+        session.close()
+        assert len(host.ended) == 1
+        assert not host.udp_associations
+        assert all(s.closed for s in net.datagram_sockets)
+        assert all(listener.closed for listener in net.listeners)
+        assert all(a.settled or a.cancelled for a in net.attempts)
+
+    asyncio.run(run())

@@ -178,8 +178,9 @@ class ScriptedNetwork:
     ``names``: host name -> addresses (IPv4 and IPv6 text), an exception to
     raise, or ``None`` for a resolver that never answers.  ``dials``: ``(ip,
     port)`` (or ``ip`` for any port) -> :class:`DialResult`; a dial to an
-    address not in the script fails the test.  Dials settle on the next loop
-    iteration, or inside ``dial()`` itself when ``at_once`` is set.
+    address not in the script ends as ``default`` says, or fails the test when
+    there is no default.  Dials settle on the next loop iteration, or inside
+    ``dial()`` itself when ``at_once`` is set.
     """
 
     def __init__(
@@ -188,11 +189,13 @@ class ScriptedNetwork:
         names: dict[str, list[str] | BaseException | None] | None = None,
         dials: dict[tuple[str, int] | str, DialResult] | None = None,
         at_once: bool = False,
+        default: DialResult | None = None,
         local_ip: str = "192.0.2.1",
     ) -> None:
         self.names = dict(names or {})
         self.script = dict(dials or {})
         self.at_once = at_once
+        self.default = default
         self.local_ip = local_ip
         self.lookups: list[tuple[str, int | None, bool]] = []
         self.attempts: list[ScriptedDial] = []
@@ -227,7 +230,7 @@ class ScriptedNetwork:
 
     def dial(self, family: int, sockaddr: Sockaddr, done: DialDone) -> ScriptedDial | None:
         ip, port = str(sockaddr[0]), int(sockaddr[1])
-        result = self.script.get((ip, port), self.script.get(ip))
+        result = self.script.get((ip, port), self.script.get(ip, self.default))
         if result is None:
             raise AssertionError(f"dial to {ip} port {port} is not in the script")
         attempt = ScriptedDial(family, sockaddr, done, result)

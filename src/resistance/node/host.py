@@ -28,6 +28,10 @@ Adding a session kind (for example MTProto)
    connect``).  Reach the network only through ``host.net``; count into
    ``host.metrics``; wait only against a host's :class:`Deadlines`; report
    the end with ``host.session_closed``.
+   A session built on asyncio transports (as :class:`~resistance.node.session.StreamSession`
+   is) dials the same way and wraps the socket it gets with
+   ``host.loop.connect_accepted_socket``; a name is resolved with
+   ``host.net.resolve`` and checked with ``host.policy`` before any dial.
 3. Test it with a fake host and :class:`~resistance.node.fakenet.ScriptedNetwork`
    (see ``tests/unit/test_session_seam.py``), then with real clients over
    real sockets.

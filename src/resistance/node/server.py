@@ -1,10 +1,13 @@
 """The running node: listeners, sessions, limits, sweeps and shutdown.
 
 The plain listener accepts with a reader callback on a non-blocking socket
-and hands each client to a :class:`RawSession`, which reads the handshake
-with ``recv`` and, once the destination is connected, gives both sockets to
-a splice :class:`~resistance.net.relay.Relay`.  The TLS listener is an
-asyncio server whose :class:`StreamSession` relays through transports.
+and hands each client to a :class:`~resistance.node.session.RawSession`,
+which reads the handshake with ``recv`` and, once the destination is
+connected, gives both sockets to a splice :class:`~resistance.net.relay.Relay`.
+The TLS listener is an asyncio server whose
+:class:`~resistance.node.session.StreamSession` relays through transports.
+The node is its sessions' :class:`~resistance.node.host.SessionHost`; they
+dial through its :class:`~resistance.node.net.SocketNetwork`.
 
 Limits hold at every stage: total and per-address connection caps at
 accept, the handshake timeout until a relay starts, the connect and DNS
