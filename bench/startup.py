@@ -28,6 +28,9 @@ Two tables:
   ``resist node`` the start's imports are also summed (``-X importtime`` up to
   the accepted connection).
 
+Every command runs once unmeasured first, with ``PYTHONDONTWRITEBYTECODE``
+removed from its environment, so Python's bytecode caches exist as on an
+installed system (without them every run compiles the package again: ~40 ms).
 Traffic stays on 127.0.0.1.
 """
 
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import shutil
 import signal
@@ -56,6 +58,9 @@ RESIST = str(VENV_BIN / "resist")
 PYTHON = sys.executable
 POLL = 0.001
 START_TIMEOUT = 20.0
+
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+"""Bytecode caches written and used, as on an installed system."""
 
 ASYNCIO_FLOOR = """
 import asyncio, sys
@@ -78,32 +83,49 @@ def _import_total(stderr: str) -> float:
     return total_us / 1e6
 
 
-def _help_argv() -> dict[str, list[str]]:
-    return {
+def _traced(argv: list[str]) -> list[str]:
+    """``argv`` under ``python -X importtime`` (through an ``env VAR=...`` prefix)."""
+    if argv[0] == "env":
+        assignments = [a for a in argv[1:] if "=" in a and not a.startswith("/")]
+        return ["env", *assignments, *_traced(argv[1 + len(assignments) :])]
+    if argv[0] == PYTHON:
+        return [PYTHON, "-X", "importtime", *argv[1:]]
+    return [PYTHON, "-X", "importtime", *argv]  # a console script: run by this Python
+
+
+def _from(src: str | None, argv: list[str]) -> list[str]:
+    """``argv`` importing the package from ``src`` (another checkout's src/), if given."""
+    return argv if src is None else ["env", f"PYTHONPATH={src}", *argv]
+
+
+def _help_commands(before: str | None) -> dict[str, list[str]]:
+    commands = {
         "python -c pass": [PYTHON, "-c", "pass"],
         "resist --help": [PYTHON, RESIST, "--help"],
         "resist node --help": [PYTHON, RESIST, "node", "--help"],
     }
+    if before is not None:
+        commands["resist --help (before)"] = _from(before, commands["resist --help"])
+        commands["resist node --help (before)"] = _from(before, commands["resist node --help"])
+    return commands
 
 
-def measure_help(runs: int) -> list[tuple[str, float, float, float, float]]:
+def measure_help(runs: int, before: str | None) -> list[tuple[str, float, float, float, float]]:
     """(what, median and min import seconds, median and min wall seconds), each
     command in turn, ``runs`` times."""
-    commands = _help_argv()
+    commands = _help_commands(before)
     imports: dict[str, list[float]] = {name: [] for name in commands}
     walls: dict[str, list[float]] = {name: [] for name in commands}
+    for argv in commands.values():  # writes the bytecode caches
+        subprocess.run(argv, capture_output=True, timeout=60, check=True, env=ENV)
     for _ in range(runs):
         for name, argv in commands.items():
             traced = subprocess.run(
-                [argv[0], "-X", "importtime", *argv[1:]],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
+                _traced(argv), capture_output=True, text=True, timeout=60, check=True, env=ENV
             )
             imports[name].append(_import_total(traced.stderr))
             started = time.perf_counter()
-            subprocess.run(argv, capture_output=True, timeout=60, check=True)
+            subprocess.run(argv, capture_output=True, timeout=60, check=True, env=ENV)
             walls[name].append(time.perf_counter() - started)
     return [
         (
@@ -122,7 +144,7 @@ def start_to_accept(argv: list[str], port: int, log_path: Path) -> tuple[float, 
     with log_path.open("wb") as log:
         started = time.perf_counter()
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=ENV
         )
         try:
             deadline = started + START_TIMEOUT
@@ -170,17 +192,17 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 ArgvFor = Callable[[int, Path], list[str]]
 
 
-def _servers(names: list[str]) -> dict[str, ArgvFor]:
-    table: dict[str, ArgvFor] = {
-        "resist node": peers.PEERS["resist"].argv,
-        "asyncio listener (floor)": lambda port, _: [PYTHON, "-c", ASYNCIO_FLOOR, str(port)],
-    }
+def _servers(names: list[str], before: str | None) -> dict[str, ArgvFor]:
+    resist = peers.PEERS["resist"].argv
+    table: dict[str, ArgvFor] = {"resist node": resist}
+    if before is not None:
+        table["resist node (before)"] = lambda port, scratch: _from(before, resist(port, scratch))
+    table["asyncio listener (floor)"] = lambda port, _: [PYTHON, "-c", ASYNCIO_FLOOR, str(port)]
     for name in ("microsocks", "dante", "pproxy", "asyncio-socks-server"):
         table[name] = peers.PEERS[name].argv
     chosen = {}
     for name, argv_for in table.items():
-        short = name.split()[0]
-        if names and short not in names and name not in names:
+        if names and name.split()[0] not in names and name not in names:
             continue
         program = argv_for(0, Path(tempfile.gettempdir()))[0]
         if shutil.which(program) is None and not Path(program).exists():
@@ -193,18 +215,21 @@ def _servers(names: list[str]) -> dict[str, ArgvFor]:
     return chosen
 
 
-def measure_start(runs: int, names: list[str]) -> tuple[list[tuple[str, float, float]], float]:
-    """(server, median seconds to accept, min) and resist node's median start imports."""
-    servers = _servers(names)
+StartRow = tuple[str, float, float, float | None]
+"""Server, median and min seconds from exec to accept, median seconds of imports."""
+
+
+def measure_start(runs: int, names: list[str], before: str | None) -> list[StartRow]:
+    servers = _servers(names, before)
     times: dict[str, list[float]] = {name: [] for name in servers}
-    node_imports: list[float] = []
+    imports: dict[str, list[float]] = {name: [] for name in servers if name.startswith("resist")}
     with tempfile.TemporaryDirectory(prefix="resist-startup-") as scratch_dir:
         scratch = Path(scratch_dir)
         for name in servers:
             (scratch / name.replace(" ", "_")).mkdir()
-        if "resist node" in servers:  # the first start makes the state directory
+        for name, argv_for in servers.items():  # state directory, bytecode caches
             port = peers.free_port()
-            argv = servers["resist node"](port, scratch / "resist_node")
+            argv = argv_for(port, scratch / name.replace(" ", "_"))
             start_to_accept(argv, port, scratch / "first.log")
         for _ in range(runs):
             for name, argv_for in servers.items():
@@ -212,14 +237,20 @@ def measure_start(runs: int, names: list[str]) -> tuple[list[tuple[str, float, f
                 argv = argv_for(port, scratch / name.replace(" ", "_"))
                 seconds, _ = start_to_accept(argv, port, scratch / "server.log")
                 times[name].append(seconds)
-            if "resist node" in servers:
+            for name in imports:  # separately: -X importtime slows the start it measures
                 port = peers.free_port()
-                argv = servers["resist node"](port, scratch / "resist_node")
-                traced = [PYTHON, "-X", "importtime", *argv]
-                _, output = start_to_accept(traced, port, scratch / "traced.log")
-                node_imports.append(_import_total(output))
-    rows = [(name, statistics.median(t), min(t)) for name, t in times.items()]
-    return rows, statistics.median(node_imports) if node_imports else float("nan")
+                argv = _traced(servers[name](port, scratch / name.replace(" ", "_")))
+                _, output = start_to_accept(argv, port, scratch / "traced.log")
+                imports[name].append(_import_total(output))
+    return [
+        (
+            name,
+            statistics.median(t),
+            min(t),
+            statistics.median(imports[name]) if name in imports else None,
+        )
+        for name, t in times.items()
+    ]
 
 
 def main() -> int:
@@ -231,11 +262,17 @@ def main() -> int:
         help="comma-separated: resist,asyncio,microsocks,dante,pproxy,asyncio-socks-server "
         "[all installed]",
     )
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also run resist from another checkout's src/ (PYTHONPATH), e.g. the commit "
+        "before a change: git archive COMMIT src | tar -x -C /tmp/before",
+    )
     args = parser.parse_args()
     names = [n for n in args.servers.split(",") if n]
     python = sys.version.split()[0]
     print(f"# bench/startup.py --runs {args.runs}; {os.cpu_count()} CPUs, Python {python}\n")
-    help_rows = measure_help(args.runs)
+    help_rows = measure_help(args.runs, args.before)
     base_wall = help_rows[0][3]
     print("| command | imports, median (min) ms | wall, median (min) ms | wall / python -c pass |")
     print("| --- | ---: | ---: | ---: |")
@@ -244,18 +281,20 @@ def main() -> int:
         cells += f"{wall * 1000:.0f} ({wall_min * 1000:.0f}) | {wall / base_wall:.2f}"
         print(f"| `{name}` | {cells} |")
     print()
-    start_rows, node_imports = measure_start(args.runs, names)
-    medians = {name: median for name, median, _ in start_rows}
+    start_rows = measure_start(args.runs, names, args.before)
+    medians = {name: median for name, median, _, _ in start_rows}
     reference, floor = medians.get("microsocks"), medians.get("asyncio listener (floor)")
-    print("| server | exec to accept, median (ms) | min (ms) | / microsocks | / asyncio floor |")
+    print(
+        "| server | exec to accept, median (min) ms | imports, median ms "
+        "| / microsocks | / asyncio floor |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
-    for name, median, fastest in start_rows:
+    for name, median, fastest, imports in start_rows:
+        imported = f"{imports * 1000:.0f}" if imports is not None else ""
         to_reference = f"{median / reference:.1f}" if reference else "-"
         to_floor = f"{median / floor:.2f}" if floor else "-"
-        cells = f"{median * 1000:.0f} | {fastest * 1000:.0f} | {to_reference} | {to_floor}"
-        print(f"| {name} | {cells} |")
-    if not math.isnan(node_imports):
-        print(f"\n(`resist node` imports up to its first accept: {node_imports * 1000:.0f} ms)")
+        cells = f"{median * 1000:.0f} ({fastest * 1000:.0f}) | {imported} | "
+        print(f"| {name} | {cells}{to_reference} | {to_floor} |")
     return 0
 
 
