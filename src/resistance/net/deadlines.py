@@ -12,17 +12,31 @@ adding or cancelling is one dict operation.  One loop timer waits for the
 oldest entry; when it fires it expires everything due and re-arms for the
 new oldest entry.  Entries expire at their deadline, give or take the loop's
 timer resolution (a millisecond on uvloop) and latency.
+
+The loop is used only as a :class:`Clock` (its time and one timer), so tests
+drive a :class:`Deadlines` with a fake clock instead of sleeping.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T", bound=Hashable)
 
 RESOLUTION = 0.001
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What :class:`Deadlines` uses of an event loop (asyncio's and uvloop's are one)."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object], /) -> Timer: ...
 
 
 class Deadlines(Generic[T]):
@@ -31,16 +45,14 @@ class Deadlines(Generic[T]):
 
     __slots__ = ("_due", "_firing", "_timer", "loop", "on_expire", "seconds")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, seconds: float, on_expire: Callable[[T], object]
-    ) -> None:
+    def __init__(self, loop: Clock, seconds: float, on_expire: Callable[[T], object]) -> None:
         if seconds <= 0:
             raise ValueError("a deadline must be in the future")
         self.loop = loop
         self.seconds = seconds
         self.on_expire = on_expire
         self._due: dict[T, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._firing = False
 
     def __len__(self) -> int:
@@ -87,4 +99,4 @@ class Deadlines(Generic[T]):
             self._timer = None
 
 
-__all__ = ["Deadlines"]
+__all__ = ["Clock", "Deadlines"]
