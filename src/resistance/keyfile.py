@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from resistance.errors import ConfigError
+from resistance.paths import write_synced
 
 if TYPE_CHECKING:  # cryptography loads only when an Ed25519 key is used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -84,14 +85,7 @@ def create_private(path: Path, data: bytes, *, what: str) -> bool:
         raise ConfigError(f"cannot create {path.parent}: {exc.strerror}") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_synced(tmp, data, mode=0o600, exclusive=True)
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -38,7 +38,14 @@ def write_atomic(path: Path, data: bytes, *, mode: int, tmp: Path | None = None)
     A reader (or a crash) never sees half a key, directory or spool batch.
     """
     tmp = tmp or path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    write_synced(tmp, data, mode=mode)
+    os.replace(tmp, path)
+
+
+def write_synced(path: Path, data: bytes, *, mode: int, exclusive: bool = False) -> None:
+    """Write a whole file and sync it to disk; ``exclusive``: only a file not there yet."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
     try:
         view = memoryview(data)
         while view:
@@ -46,7 +53,6 @@ def write_atomic(path: Path, data: bytes, *, mode: int, tmp: Path | None = None)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 def write_private(path: Path, data: str) -> None:

@@ -13,6 +13,7 @@ canonical (sorted keys, no floats), so the digest of a round is stable.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -21,7 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, get_type_hints
 
 from resistance.grants.errors import InputError, SettingsError
 
@@ -454,22 +455,26 @@ def inputs_from_json(obj: Any) -> RoundInputs:
     return RoundInputs(rollups, tuple(carried), prior, tuple(sigs))
 
 
-AWARD_FIELDS = (
-    "operator_id",
-    "payout_address",
-    "weight",
-    "proxies",
-    "service_days",
-    "share_sat",
-    "carried_in_sat",
-    "amount_sat",
-    "carried_out_sat",
-)
+AWARD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Award))
+"""The award's fields in order: its JSON keys, CSV columns and API fields (one list)."""
+_AWARD_TEXT = frozenset(f for f, t in get_type_hints(Award).items() if t is str)
+
+
+def award_to_json(a: Award) -> dict[str, Any]:
+    return {f: getattr(a, f) for f in AWARD_FIELDS}
+
+
+def award_from_json(obj: Any, where: str) -> Award:
+    o = _mapping(obj, where)
+    values: dict[str, Any] = {
+        f: (_str if f in _AWARD_TEXT else _int)(o, f, where) for f in AWARD_FIELDS
+    }
+    return Award(**values)
 
 
 def result_to_json(r: RoundResult) -> dict[str, Any]:
     return {
-        "awards": [{f: getattr(a, f) for f in AWARD_FIELDS} for a in r.awards],
+        "awards": [award_to_json(a) for a in r.awards],
         "pool_sat": r.pool_sat,
         "distributed_sat": r.distributed_sat,
         "returned_sat": r.returned_sat,
@@ -484,25 +489,9 @@ def result_to_json(r: RoundResult) -> dict[str, Any]:
 
 def result_from_json(obj: Any) -> RoundResult:
     o = _mapping(obj, "result")
-    awards = []
-    for n, a in enumerate(_list(o.get("awards"), "result.awards")):
-        w = f"result.awards[{n}]"
-        am = _mapping(a, w)
-        awards.append(
-            Award(
-                operator_id=_str(am, "operator_id", w),
-                payout_address=_str(am, "payout_address", w),
-                weight=_int(am, "weight", w),
-                proxies=_int(am, "proxies", w),
-                service_days=_int(am, "service_days", w),
-                share_sat=_int(am, "share_sat", w),
-                carried_in_sat=_int(am, "carried_in_sat", w),
-                amount_sat=_int(am, "amount_sat", w),
-                carried_out_sat=_int(am, "carried_out_sat", w),
-            )
-        )
+    awards = _list(o.get("awards"), "result.awards")
     return RoundResult(
-        awards=tuple(awards),
+        awards=tuple(award_from_json(a, f"result.awards[{n}]") for n, a in enumerate(awards)),
         pool_sat=_int(o, "pool_sat", "result"),
         distributed_sat=_int(o, "distributed_sat", "result"),
         returned_sat=_int(o, "returned_sat", "result"),

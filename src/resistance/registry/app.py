@@ -22,15 +22,15 @@ from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from resistance.registry.db import database_url, make_engine, make_sessions, migrate
 from resistance.registry.errors import error_response, install_error_handlers
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
-from resistance.registry.mtproto_routes import router as mtproto_router
-from resistance.registry.probe_routes import router as probe_router
 from resistance.registry.ratelimit import TokenBucketLimiter
-from resistance.registry.round_routes import router as round_router
-from resistance.registry.routes import accounts, public
+from resistance.registry.routes import mtproto as mtproto_routes
+from resistance.registry.routes import probes as probe_routes
+from resistance.registry.routes import rounds as round_routes
+from resistance.registry.routes import wireguard as wireguard_routes
+from resistance.registry.routes.proxies import accounts, public
 from resistance.registry.services import Registry
 from resistance.registry.settings import RegistrySettings
 from resistance.registry.wireguard import load_or_create_prober_key
-from resistance.registry.wireguard_routes import router as wireguard_router
 
 PUBLISH_TASK = "registry-publish-directory"
 
@@ -148,9 +148,9 @@ def create_app(
     install_error_handlers(app)
     app.include_router(public)
     app.include_router(accounts)
-    app.include_router(probe_router)
-    app.include_router(round_router)
-    app.include_router(wireguard_router)
-    app.include_router(mtproto_router)
+    app.include_router(probe_routes.router)
+    app.include_router(round_routes.router)
+    app.include_router(wireguard_routes.router)
+    app.include_router(mtproto_routes.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

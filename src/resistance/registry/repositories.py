@@ -7,16 +7,20 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import BigInteger, String, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resistance.registry.models import (
     ApiToken,
     BlocklistImport,
     BlocklistRange,
+    GrantCarry,
+    GrantRoundRow,
     Operator,
     ProbeAccount,
     ProbeBatch,
@@ -316,3 +320,154 @@ async def probe_wireguard_keys(session: AsyncSession) -> list[str]:
         .order_by(ProbeAccount.id)
     )
     return [key for key in result.scalars().all() if key is not None]
+
+
+# --- grant rounds -----------------------------------------------------------------------
+
+
+def _each(session: AsyncSession, values: Sequence[int] | Sequence[str]) -> Any:
+    """The values as a one-column subquery bound as *one* JSON parameter.
+
+    ``column.in_(values)`` binds a parameter per value, and databases cap
+    those (SQLite at 32766, PostgreSQL's protocol at 32767): a registry with
+    that many carried amounts could never approve a round.  One JSON array
+    has no such limit and the query stays the same text whatever its length.
+    """
+    text = json.dumps(list(values))
+    if session.get_bind().dialect.name == "postgresql":
+        elements = func.jsonb_array_elements_text(cast(literal(text), JSONB))
+        column = elements.table_valued("value").c.value
+        kind: Any = BigInteger if values and isinstance(values[0], int) else String
+        return select(cast(column, kind))
+    return select(func.json_each(literal(text)).table_valued("value").c.value)
+
+
+async def round_by_id(session: AsyncSession, *, round_id: str) -> GrantRoundRow | None:
+    result = await session.execute(select(GrantRoundRow).where(GrantRoundRow.round_id == round_id))
+    return result.scalar_one_or_none()
+
+
+async def all_rounds(session: AsyncSession) -> Sequence[GrantRoundRow]:
+    result = await session.execute(
+        select(GrantRoundRow).order_by(GrantRoundRow.period_start, GrantRoundRow.round_id)
+    )
+    return result.scalars().all()
+
+
+async def overlapping_round(
+    session: AsyncSession, *, country: str, start: str, end: str, other_than: int | None = None
+) -> GrantRoundRow | None:
+    query = select(GrantRoundRow).where(
+        GrantRoundRow.target_country == country,
+        GrantRoundRow.period_start <= end,
+        GrantRoundRow.period_end >= start,
+    )
+    if other_than is not None:
+        query = query.where(GrantRoundRow.id != other_than)
+    result = await session.execute(query.limit(1))
+    return result.scalar_one_or_none()
+
+
+async def add_round(session: AsyncSession, *, fields: dict[str, Any]) -> GrantRoundRow:
+    row = GrantRoundRow(**fields)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def move_round(
+    session: AsyncSession, *, round_pk: int, from_status: str, values: Mapping[str, Any]
+) -> bool:
+    """Change a round only if it is still in ``from_status``; whether it was."""
+    result = await session.execute(
+        update(GrantRoundRow)
+        .where(GrantRoundRow.id == round_pk, GrantRoundRow.status == from_status)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+async def delete_round(session: AsyncSession, *, round_pk: int, status: str) -> bool:
+    """Delete a round only if it is still in ``status``; whether it was."""
+    result = await session.execute(
+        delete(GrantRoundRow).where(GrantRoundRow.id == round_pk, GrantRoundRow.status == status)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+async def all_operators(session: AsyncSession) -> Sequence[Operator]:
+    return (await session.execute(select(Operator))).scalars().all()
+
+
+async def all_proxies(session: AsyncSession) -> Sequence[Proxy]:
+    """Every proxy, active or not (a round pays for the days it served)."""
+    return (await session.execute(select(Proxy))).scalars().all()
+
+
+async def rollup_rows(
+    session: AsyncSession, *, country: str, since: str | None, before: str
+) -> Sequence[Any]:
+    """Control rows and target-country rows of the days ``since`` (included, or from the
+    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings."""
+    query = select(
+        ProbeRollup.proxy_id,
+        ProbeRollup.day,
+        ProbeRollup.control,
+        ProbeRollup.attempts,
+        ProbeRollup.successes,
+        ProbeRollup.throughput_hist,
+    ).where(
+        or_(ProbeRollup.control.is_(True), ProbeRollup.country == country),
+        ProbeRollup.day < before,
+    )
+    if since is not None:
+        query = query.where(ProbeRollup.day >= since)
+    return (await session.execute(query)).all()
+
+
+async def open_carries(session: AsyncSession) -> Sequence[GrantCarry]:
+    result = await session.execute(
+        select(GrantCarry).where(GrantCarry.consumed_by.is_(None)).order_by(GrantCarry.id)
+    )
+    return result.scalars().all()
+
+
+async def claim_carries(session: AsyncSession, *, ids: Sequence[int], round_pk: int) -> int:
+    """Mark the open carried amounts ``ids`` as taken in by a round; how many were open."""
+    if not ids:
+        return 0
+    result = await session.execute(
+        update(GrantCarry)
+        .where(GrantCarry.id.in_(_each(session, ids)), GrantCarry.consumed_by.is_(None))
+        .values(consumed_by=round_pk)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def operator_ids(session: AsyncSession, *, names: Sequence[str]) -> dict[str, int]:
+    """The ids of the operators of these names that exist."""
+    if not names:
+        return {}
+    result = await session.execute(
+        select(Operator.name, Operator.id).where(Operator.name.in_(_each(session, names)))
+    )
+    return {name: id_ for name, id_ in result.all()}
+
+
+async def add_carries(
+    session: AsyncSession, *, round_pk: int, amounts: Mapping[int, int], now: int
+) -> None:
+    """Record what a round carries out, by operator id."""
+    session.add_all(
+        GrantCarry(
+            source_round=round_pk,
+            operator_id=operator_id,
+            amount_sat=amount,
+            consumed_by=None,
+            created_at=now,
+        )
+        for operator_id, amount in amounts.items()
+    )
+    await session.flush()

@@ -44,11 +44,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -73,120 +72,15 @@ from resistance.grants.model import (
 )
 from resistance.grants.signing import sign_inputs
 from resistance.probe import rollup
+from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
-from resistance.registry.models import GrantCarry, GrantRoundRow, Operator, ProbeRollup, Proxy
+from resistance.registry.models import GrantRoundRow, Proxy
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
 from resistance.registry.services import Registry, utc_day
 
 #: The settings a request may give (the recompute request's fields, every one optional
 #: there); the rest (id, network, country, period) are the round's.
 TUNABLE: tuple[str, ...] = tuple(RoundRecomputeRequest.model_fields)
-
-
-# --- database access (keyword-only, one query each; transactions are the caller's) --------
-
-
-async def round_by_id(session: AsyncSession, *, round_id: str) -> GrantRoundRow | None:
-    result = await session.execute(select(GrantRoundRow).where(GrantRoundRow.round_id == round_id))
-    return result.scalar_one_or_none()
-
-
-async def all_rounds(session: AsyncSession) -> Sequence[GrantRoundRow]:
-    result = await session.execute(
-        select(GrantRoundRow).order_by(GrantRoundRow.period_start, GrantRoundRow.round_id)
-    )
-    return result.scalars().all()
-
-
-async def overlapping_round(
-    session: AsyncSession, *, country: str, start: str, end: str, other_than: int | None = None
-) -> GrantRoundRow | None:
-    query = select(GrantRoundRow).where(
-        GrantRoundRow.target_country == country,
-        GrantRoundRow.period_start <= end,
-        GrantRoundRow.period_end >= start,
-    )
-    if other_than is not None:
-        query = query.where(GrantRoundRow.id != other_than)
-    result = await session.execute(query.limit(1))
-    return result.scalar_one_or_none()
-
-
-async def rollup_rows(
-    session: AsyncSession, *, country: str, since: str | None, before: str
-) -> Sequence[Any]:
-    """Control rows and target-country rows of the days ``since`` (included, or from the
-    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings."""
-    query = select(
-        ProbeRollup.proxy_id,
-        ProbeRollup.day,
-        ProbeRollup.control,
-        ProbeRollup.attempts,
-        ProbeRollup.successes,
-        ProbeRollup.throughput_hist,
-    ).where(
-        or_(ProbeRollup.control.is_(True), ProbeRollup.country == country),
-        ProbeRollup.day < before,
-    )
-    if since is not None:
-        query = query.where(ProbeRollup.day >= since)
-    return (await session.execute(query)).all()
-
-
-async def open_carries(session: AsyncSession) -> Sequence[GrantCarry]:
-    result = await session.execute(
-        select(GrantCarry).where(GrantCarry.consumed_by.is_(None)).order_by(GrantCarry.id)
-    )
-    return result.scalars().all()
-
-
-async def claim_carries(session: AsyncSession, *, ids: Sequence[int], round_pk: int) -> int:
-    if not ids:
-        return 0
-    result = await session.execute(
-        update(GrantCarry)
-        .where(GrantCarry.id.in_(ids), GrantCarry.consumed_by.is_(None))
-        .values(consumed_by=round_pk)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def move_round(
-    session: AsyncSession, *, round_pk: int, from_status: str, values: Mapping[str, Any]
-) -> bool:
-    """Change a round only if it is still in ``from_status``; whether it was."""
-    result = await session.execute(
-        update(GrantRoundRow)
-        .where(GrantRoundRow.id == round_pk, GrantRoundRow.status == from_status)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount) == 1  # type: ignore[attr-defined]
-
-
-async def add_carries(
-    session: AsyncSession, *, round_pk: int, amounts: Mapping[str, int], now: int
-) -> None:
-    """Record what a round carries out, by operator name."""
-    if not amounts:
-        return
-    found = await session.execute(select(Operator).where(Operator.name.in_(list(amounts))))
-    ids = {o.name: o.id for o in found.scalars()}
-    missing = sorted(set(amounts) - set(ids))
-    if missing:
-        raise ApiError(409, f"operators {missing} no longer exist to carry amounts to")
-    session.add_all(
-        GrantCarry(
-            source_round=round_pk,
-            operator_id=ids[name],
-            amount_sat=amount,
-            consumed_by=None,
-            created_at=now,
-        )
-        for name, amount in sorted(amounts.items())
-    )
-    await session.flush()
 
 
 # --- building the inputs --------------------------------------------------------------
@@ -242,12 +136,12 @@ def _daily(
 
 async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> BuiltInputs:
     """The round's inputs from the registry's rollups, addresses and open carried amounts."""
-    operators = {o.id: o for o in (await session.execute(select(Operator))).scalars()}
-    proxies = {p.id: p for p in (await session.execute(select(Proxy))).scalars()}
+    operators = {o.id: o for o in await repo.all_operators(session)}
+    proxies = {p.id: p for p in await repo.all_proxies(session)}
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
-    days = _day_rows(await rollup_rows(session, country=country, since=start, before=after))
+    days = _day_rows(await repo.rollup_rows(session, country=country, since=start, before=after))
     rows: list[DailyRollup] = []
     skipped: set[str] = set()
     for (proxy_id, day), t in sorted(days.items()):
@@ -262,7 +156,9 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
         wanted = {int(r.proxy_id) for r in rows}
-        earlier = _day_rows(await rollup_rows(session, country=country, since=None, before=start))
+        earlier = _day_rows(
+            await repo.rollup_rows(session, country=country, since=None, before=start)
+        )
         for (proxy_id, day), t in earlier.items():
             if proxy_id not in wanted:
                 continue
@@ -271,7 +167,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
                 prior[str(proxy_id)] = prior.get(str(proxy_id), 0) + 1
     carried: dict[int, int] = {}
     carry_ids: list[int] = []
-    for carry in await open_carries(session):
+    for carry in await repo.open_carries(session):
         operator = operators.get(carry.operator_id)
         if operator is None or not operator.payout_address:
             continue
@@ -411,9 +307,9 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
     now = registry.now()
     try:
         async with registry.sessions.begin() as session:
-            if await round_by_id(session, round_id=round_id) is not None:
+            if await repo.round_by_id(session, round_id=round_id) is not None:
                 raise ApiError(409, f"round {round_id} exists already")
-            clash = await overlapping_round(
+            clash = await repo.overlapping_round(
                 session, country=country, start=start.isoformat(), end=end.isoformat()
             )
             if clash is not None:
@@ -423,26 +319,27 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     f"{clash.period_start}..{clash.period_end} for {country}; a day is paid once",
                 )
             round_, built = await _compute(registry, session, settings)
-            row = GrantRoundRow(
-                round_id=round_id,
-                status="draft",
-                network=settings.network,
-                target_country=country,
-                period_start=start.isoformat(),
-                period_end=end.isoformat(),
-                carry_ids=built.carry_ids,
-                skipped_operators=built.skipped_operators,
-                digest=None,
-                txid=None,
-                tx_hex=None,
-                created_at=now,
-                updated_at=now,
-                approved_at=None,
-                paid_at=None,
-                **_stored(round_),
+            row = await repo.add_round(
+                session,
+                fields={
+                    "round_id": round_id,
+                    "status": "draft",
+                    "network": settings.network,
+                    "target_country": country,
+                    "period_start": start.isoformat(),
+                    "period_end": end.isoformat(),
+                    "carry_ids": built.carry_ids,
+                    "skipped_operators": built.skipped_operators,
+                    "digest": None,
+                    "txid": None,
+                    "tx_hex": None,
+                    "created_at": now,
+                    "updated_at": now,
+                    "approved_at": None,
+                    "paid_at": None,
+                    **_stored(round_),
+                },
             )
-            session.add(row)
-            await session.flush()
             return view(row)
     except IntegrityError:
         raise ApiError(409, f"round {round_id} exists already") from None
@@ -450,11 +347,11 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
 
 async def list_rounds(registry: Registry) -> list[dict[str, Any]]:
     async with registry.sessions() as session:
-        return [summary(r) for r in await all_rounds(session)]
+        return [summary(r) for r in await repo.all_rounds(session)]
 
 
 async def _row(session: AsyncSession, round_id: str) -> GrantRoundRow:
-    row = await round_by_id(session, round_id=round_id)
+    row = await repo.round_by_id(session, round_id=round_id)
     if row is None:
         raise ApiError(404, f"no round {round_id!r}")
     return row
@@ -491,7 +388,7 @@ async def recompute_round(
         values.update(request.model_dump(exclude_none=True))
         settings = _settings(**values)
         round_, built = await _compute(registry, session, settings)
-        changed = await move_round(
+        changed = await repo.move_round(
             session,
             round_pk=row.id,
             from_status="draft",
@@ -534,10 +431,10 @@ async def approve_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
             "approved_at": now,
             "updated_at": now,
         }
-        if not await move_round(session, round_pk=row.id, from_status="draft", values=values):
+        if not await repo.move_round(session, round_pk=row.id, from_status="draft", values=values):
             raise ApiError(409, f"round {round_id} was approved meanwhile")
         ids = list(row.carry_ids)
-        if await claim_carries(session, ids=ids, round_pk=row.id) != len(ids):
+        if await repo.claim_carries(session, ids=ids, round_pk=row.id) != len(ids):
             raise ApiError(
                 409,
                 "amounts this draft carries in were taken in by another round since it was "
@@ -545,13 +442,27 @@ async def approve_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
             )
         if not approved.result.payouts():
             # Nothing to pay, so nothing will mark it paid: settle its carried amounts now.
-            await add_carries(session, round_pk=row.id, amounts=_carried_out(approved), now=now)
+            await _add_carries(session, round_pk=row.id, amounts=_carried_out(approved), now=now)
         await session.refresh(row)
         return view(row)
 
 
 def _carried_out(round_: GrantRound) -> dict[str, int]:
     return {a.operator_id: a.carried_out_sat for a in round_.result.awards if a.carried_out_sat}
+
+
+async def _add_carries(
+    session: AsyncSession, *, round_pk: int, amounts: Mapping[str, int], now: int
+) -> None:
+    """Record what a round carries out, by operator name (the round file's operator ids)."""
+    if not amounts:
+        return
+    ids = await repo.operator_ids(session, names=list(amounts))
+    missing = sorted(set(amounts) - set(ids))
+    if missing:
+        raise ApiError(409, f"operators {missing} no longer exist to carry amounts to")
+    by_id = {ids[name]: amount for name, amount in sorted(amounts.items())}
+    await repo.add_carries(session, round_pk=round_pk, amounts=by_id, now=now)
 
 
 async def mark_round_paid(
@@ -581,11 +492,11 @@ async def mark_round_paid(
                 "paid_at": now,
                 "updated_at": now,
             }
-            if not await move_round(
+            if not await repo.move_round(
                 session, round_pk=row.id, from_status="approved", values=values
             ):
                 raise ApiError(409, f"round {round_id} was paid meanwhile")
-            await add_carries(session, round_pk=row.id, amounts=_carried_out(paid), now=now)
+            await _add_carries(session, round_pk=row.id, amounts=_carried_out(paid), now=now)
             return view(await _row(session, round_id))
     except IntegrityError:
         raise ApiError(409, f"transaction {paid.state.txid} already paid another round") from None
@@ -595,8 +506,5 @@ async def delete_draft(registry: Registry, *, round_id: str) -> None:
     async with registry.sessions.begin() as session:
         row = await _row(session, round_id)
         _refuse_unless_draft(row, "deleted")
-        result = await session.execute(
-            delete(GrantRoundRow).where(GrantRoundRow.id == row.id, GrantRoundRow.status == "draft")
-        )
-        if int(result.rowcount) != 1:  # type: ignore[attr-defined]
+        if not await repo.delete_round(session, round_pk=row.id, status="draft"):
             raise ApiError(409, f"round {round_id} was approved meanwhile")

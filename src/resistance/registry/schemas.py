@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from resistance.grants.model import MAX_SAT
+from resistance.grants.model import MAX_SAT, Award
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Credential = Annotated[str, Field(min_length=1, max_length=255)]
@@ -293,16 +294,9 @@ class MarkPaidRequest(Strict):
     change_descriptor: Annotated[str, Field(min_length=1, max_length=2000)]
 
 
-class AwardView(BaseModel):
-    operator_id: str
-    payout_address: str
-    weight: int
-    proxies: int
-    service_days: int
-    share_sat: int
-    carried_in_sat: int
-    amount_sat: int
-    carried_out_sat: int
+@dataclass(frozen=True, slots=True)
+class AwardView(Award):
+    """One award as the API shows it: the grants model's own fields, in order."""
 
 
 class RoundSummary(BaseModel):

@@ -37,18 +37,26 @@ def encode(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def _raw(text: str) -> bytes:
+    """32 bytes from base64 text, or ``ValueError`` (that never repeats the text)."""
+    text = text.strip()
+    if not _KEY_TEXT.fullmatch(text):
+        raise ValueError("expected 44 characters of base64 (as wg genkey prints)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:  # pragma: no cover - the pattern already checks it
+        raise ValueError("not base64") from None
+
+
 def decode(text: str, *, what: str = "key") -> bytes:
     """32 bytes from base64 text; a one-line :class:`ConfigError` otherwise.
 
     The message never repeats the text: it may be a private key.
     """
-    text = text.strip()
-    if not _KEY_TEXT.fullmatch(text):
-        raise ConfigError(f"bad {what}: expected 44 characters of base64 (as wg genkey prints)")
     try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error:  # pragma: no cover - the pattern already checks it
-        raise ConfigError(f"bad {what}: not base64") from None
+        return _raw(text)
+    except ValueError as exc:
+        raise ConfigError(f"bad {what}: {exc}") from None
 
 
 def public_from_private(private: bytes) -> bytes:
@@ -96,10 +104,7 @@ def load_or_create_key_file(path: Path, *, what: str) -> KeyPair:
 
 def parse_key_file(data: bytes) -> KeyPair:
     """A key pair from a key file's bytes; ``ValueError`` if it holds no key."""
-    text = data.decode("ascii").strip()
-    if not _KEY_TEXT.fullmatch(text):
-        raise ValueError("expected 44 characters of base64 (as wg genkey prints)")
-    return KeyPair.from_private(base64.b64decode(text, validate=True))
+    return KeyPair.from_private(_raw(data.decode("ascii")))
 
 
 def new_key_file() -> bytes:

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Depends, status
 from pydantic import BaseModel, Field
 
 from resistance.registry import wireguard
-from resistance.registry.probe_routes import ProbeDep
-from resistance.registry.routes import ERRORS, OperatorDep, RegistryDep, public_rate
+from resistance.registry.routes.deps import ERRORS, OperatorDep, ProbeDep, RegistryDep, public_rate
 from resistance.registry.schemas import EndpointModel, ProxyView, Strict
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Response, status
 
 from resistance.registry import rounds
-from resistance.registry.routes import ERRORS, RegistryDep, admin
+from resistance.registry.routes.deps import ERRORS, AdminDep, RegistryDep
 from resistance.registry.schemas import (
     MarkPaidRequest,
     RoundCreateRequest,
@@ -16,10 +16,8 @@ from resistance.registry.schemas import (
     RoundRecomputeRequest,
     RoundView,
 )
-from resistance.registry.services import Principal
 
 router = APIRouter(prefix="/api/v1/grants", responses=ERRORS, tags=["grants"])
-AdminDep = Annotated[Principal, Depends(admin)]
 
 
 @router.post("/rounds", response_model=RoundView, status_code=status.HTTP_201_CREATED)

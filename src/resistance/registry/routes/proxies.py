@@ -1,20 +1,24 @@
-"""HTTP routes: parse, authorize, call one service, shape the answer.  Nothing else."""
+"""HTTP routes for the directory, operators and their proxies: parse, authorize, call
+one service, shape the answer.  Nothing else."""
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from resistance.directory.keys import key_id, public_key_text
 from resistance.registry import services
-from resistance.registry.errors import ApiError
-from resistance.registry.ratelimit import TokenBucketLimiter, client_network
+from resistance.registry.routes.deps import (
+    ERRORS,
+    AdminDep,
+    OperatorDep,
+    RegistryDep,
+    public_rate,
+    signup_rate,
+)
 from resistance.registry.schemas import (
     Assignment,
-    ErrorBody,
     Health,
     KeyList,
     OperatorView,
@@ -28,73 +32,6 @@ from resistance.registry.schemas import (
     SignupRequest,
     SignupResponse,
 )
-from resistance.registry.services import Principal, Registry
-
-_bearer = HTTPBearer(auto_error=False, description="An API token (admin or operator).")
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 405, 409, 413, 422, 429)
-}
-
-
-def get_registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
-
-
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-
-
-def _limited(limiter: TokenBucketLimiter, request: Request, registry: Registry) -> None:
-    wait = limiter.allow(
-        client_network(request.client.host if request.client else None), registry.clock()
-    )
-    if wait > 0:
-        seconds = max(1, math.ceil(wait))
-        raise ApiError(
-            429,
-            "too many requests from your network; slow down",
-            headers={"Retry-After": str(seconds)},
-            retry_after=seconds,
-        )
-
-
-def public_rate(request: Request, registry: RegistryDep) -> None:
-    _limited(registry.public_limiter, request, registry)
-
-
-def signup_rate(request: Request, registry: RegistryDep) -> None:
-    _limited(registry.signup_limiter, request, registry)
-
-
-async def principal(
-    registry: RegistryDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    if credentials is None or not credentials.credentials:
-        raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    found = await services.authenticate(registry, token=credentials.credentials)
-    if found is None:
-        raise ApiError(401, "unknown API token", headers={"WWW-Authenticate": "Bearer"})
-    return found
-
-
-PrincipalDep = Annotated[Principal, Depends(principal)]
-
-
-def operator_id(who: PrincipalDep) -> int:
-    if who.role != "operator" or who.operator_id is None:
-        raise ApiError(403, "this needs an operator token")
-    return who.operator_id
-
-
-def admin(who: PrincipalDep) -> Principal:
-    if who.role != "admin":
-        raise ApiError(403, "this needs the admin token")
-    return who
-
-
-OperatorDep = Annotated[int, Depends(operator_id)]
 
 public = APIRouter(dependencies=[Depends(public_rate)], responses=ERRORS)
 accounts = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -177,9 +114,7 @@ async def my_proxies(registry: RegistryDep, operator: OperatorDep) -> dict[str, 
 
 
 @accounts.post("/directory/publish", response_model=Published, tags=["admin"])
-async def publish_now(
-    registry: RegistryDep, _admin: Annotated[Principal, Depends(admin)]
-) -> dict[str, Any]:
+async def publish_now(registry: RegistryDep, _admin: AdminDep) -> dict[str, Any]:
     """Sign and publish a new directory now."""
     signed = await services.publish(registry)
     return {"serial": signed["document"]["serial"], "proxies": len(signed["document"]["proxies"])}

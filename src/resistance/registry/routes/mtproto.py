@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from resistance.registry import mtproto
-from resistance.registry.routes import ERRORS, OperatorDep, RegistryDep
+from resistance.registry.routes.deps import ERRORS, OperatorDep, RegistryDep
 from resistance.registry.schemas import EndpointModel, ProxyView, Strict
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Response, status
 
 from resistance.registry import probes
 from resistance.registry.errors import ApiError
-from resistance.registry.routes import ERRORS, PrincipalDep, RegistryDep, admin, public_rate
+from resistance.registry.routes.deps import ERRORS, AdminDep, ProbeDep, RegistryDep, public_rate
 from resistance.registry.schemas import (
     BatchReceipt,
     CanaryView,
@@ -19,19 +19,8 @@ from resistance.registry.schemas import (
     ProbeList,
     ProxyStatusView,
 )
-from resistance.registry.services import Principal
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
-AdminDep = Annotated[Principal, Depends(admin)]
-
-
-def probe_id(who: PrincipalDep) -> int:
-    if who.role != "probe" or who.probe_id is None:
-        raise ApiError(403, "this needs a probe token")
-    return who.probe_id
-
-
-ProbeDep = Annotated[int, Depends(probe_id)]
 
 
 @router.post(
