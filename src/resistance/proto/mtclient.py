@@ -102,7 +102,7 @@ class ProxyClient:
             data = self._records.feed(data)
         if not self.established:
             raise ProtocolError("data before the proxy answered")
-        return self._init.decryptor.update(data)  # type: ignore[no-any-return]
+        return self._init.decryptor.update(data)
 
     def send(self, plain: bytes) -> bytes:
         """Plaintext MTProto stream bytes to wire bytes (the init goes out with the first)."""
