@@ -496,3 +496,69 @@ async def test_thousand_half_open_handshakes(tmp_path: Path) -> None:
             s.close()
     finally:
         await close_world(w)
+
+
+# -- the command line: banner link, SIGHUP reload, SIGTERM -----------------------------
+
+
+async def test_resist_node_mtproto_cli(tmp_path: Path) -> None:
+    import re
+    import signal
+
+    from resistance.proto.faketls import parse_secret
+    from tests.conftest import launch_node
+
+    dc = DataCentre()
+    await dc.start()
+    front = Front()
+    await front.start()
+    conf = tmp_path / "node.toml"
+    conf.write_text('[node]\n[node.mtproto_users]\nalice = ""\n')
+    node = await asyncio.to_thread(
+        launch_node,
+        [
+            "--config", str(conf),
+            "--mtproto-listen", "127.0.0.1:0",
+            "--mtproto-domain", DOMAIN,
+            "--mtproto-front", f"127.0.0.1:{front.port}",
+            "--mtproto-dc", f"2=127.0.0.1:{dc.port}",
+            "--public-host", "127.0.0.1",
+        ],
+        tmp_path / "state",
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            if any("MTProto user alice" in line for line in node.banner):
+                break
+            await asyncio.sleep(0.05)
+        line = next(line for line in node.banner if "MTProto user alice" in line)
+        m = re.search(r"tg://proxy\?server=127\.0\.0\.1&port=(\d+)&secret=(ee[0-9a-f]+)", line)
+        assert m, line
+        port, secret = int(m.group(1)), parse_secret(m.group(2))
+        assert secret.domain == DOMAIN
+        client = Client(secret)
+        await client.connect(port)
+        assert await client.roundtrip(b"cli!") == b"ECHOcli!"
+        # SIGHUP: a new user with a given key works without a restart; alice keeps hers.
+        conf.write_text(f'[node]\n[node.mtproto_users]\nalice = ""\nbob = "{KEY_B.hex()}"\n')
+        node.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "MTProto users reloaded" in node.stderr():
+                break
+            await asyncio.sleep(0.05)
+        bob = Client(ProxySecret(KEY_B, SecretMode.EE, DOMAIN))
+        await bob.connect(port)
+        assert await bob.roundtrip(b"bob!") == b"ECHObob!"
+        assert await client.roundtrip(b"more") == b"ECHOmore"  # established ones go on
+        assert await probe(port, b"GET / HTTP/1.1\r\n\r\n") == b"FRONT SAYS HI"
+        client.close()
+        bob.close()
+        assert "127.0.0.1" not in node.stderr().replace(f"127.0.0.1:{port}", "")
+        assert await asyncio.to_thread(node.stop) == 0
+        usage = (tmp_path / "state" / "mtproto-usage.json").read_text()
+        assert '"alice"' in usage and '"bob"' in usage
+    finally:
+        await asyncio.to_thread(node.stop, signal.SIGKILL)
+        for srv in (dc.server, front.server):
+            if srv is not None:
+                srv.close()
