@@ -672,9 +672,12 @@ def build_client_hello(
     suites = _u16s([grease[0], *_CIPHER_SUITES])
     hello_body = b"\x03\x03" + bytes(RANDOM_LEN) + b"\x20" + rand(32) + _vec16(suites) + b"\x01\x00"
     unpadded = 4 + len(hello_body) + 2 + len(body_ext)
-    if not use_pq and unpadded < 512:
-        # Telegram's and older Chromium's padding: reach 512..517 bytes.
-        pad = max(1, 517 - 5 - unpadded - 4 - rng.randrange(6))
+    if unpadded < 512:
+        # BoringSSL's rule (RFC 7685): pad the handshake message to 512 bytes, so
+        # the record is 517 bytes as Telegram's is; servers (MTProxy,
+        # mtprotoproxy) take shorter records for something other than ee.
+        pad = 512 - unpadded
+        pad = pad - 4 if pad >= 5 else 1
         body_ext += _ext(ExtensionType.PADDING, bytes(pad))
     hello_body += _vec16(body_ext)
     handshake = bytes([HandshakeType.CLIENT_HELLO]) + len(hello_body).to_bytes(3, "big")
