@@ -139,6 +139,12 @@ def pin(cpu: int) -> Callable[[], None]:
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
+def spawn(cmd: list[str], cwd: Path | None) -> subprocess.Popen[bytes]:
+    """A proxy process pinned to CPU 0 (its stderr kept in cwd for the peer)."""
+    err = (cwd / "stderr.txt").open("wb") if cwd else subprocess.DEVNULL
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=pin(0))
+
+
 async def start_resist(users: int, stand: Stand, front: int, tmp: Path) -> Proxy:
     state = tmp / f"resist-{users}"
     state.mkdir()
@@ -154,9 +160,7 @@ async def start_resist(users: int, stand: Stand, front: int, tmp: Path) -> Proxy
         "--mtproto-domain", DOMAIN, "--mtproto-front", f"127.0.0.1:{front}",
         "--mtproto-dc", f"2=127.0.0.1:{stand.port}", "--mtproto-dc", f"4=127.0.0.2:{stand.port}",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(0)
-    )
+    proc = spawn(cmd, None)
     await wait_port(port, proc)
     return Proxy("resist", proc, port)
 
@@ -193,13 +197,7 @@ async def start_peer(peer: Path, users: int, stand: Stand, front: int, tmp: Path
         m.main()
         """)
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(work / "launch.py")],
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "stderr.txt").open("wb"),
-        preexec_fn=pin(0),
-    )
+    proc = spawn([sys.executable, str(work / "launch.py")], work)
     await wait_port(port, proc)
     return Proxy("mtprotoproxy", proc, port)
 
@@ -264,7 +262,9 @@ def make_hellos(users: int, count: int, cold: bool) -> list[tuple[bytes, bytes]]
     return out
 
 
-async def handshakes(proxy: Proxy, hellos: list[tuple[bytes, bytes]], seconds: float) -> float:
+async def handshakes(
+    proxy: Proxy, hellos: list[tuple[bytes, bytes]], seconds: float
+) -> tuple[float, float]:
     it = iter(hellos)
     done = 0
     deadline = time.perf_counter() + seconds
@@ -287,9 +287,10 @@ async def handshakes(proxy: Proxy, hellos: list[tuple[bytes, bytes]], seconds: f
             writer.close()
             done += 1
 
-    t0 = time.perf_counter()
+    cpu0, t0 = proxy.cpu(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(16)))
-    return done / (time.perf_counter() - t0)
+    elapsed, cpu = time.perf_counter() - t0, proxy.cpu() - cpu0
+    return done / elapsed, cpu / max(done, 1) * 1e6
 
 
 async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -322,10 +323,13 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                         row["download CPU s/GiB"] = min(d[1] for d in down)
                     for cold in (False, True):
                         hellos = make_hellos(users, args.hellos, cold)
-                        rate = await handshakes(proxy, hellos, args.seconds)
+                        rate, cpu_us = await handshakes(proxy, hellos, args.seconds)
                         label = "cold" if cold else "returning"
                         row[f"ee handshakes/s, {users} users, {label}"] = rate
-                        print(f"{name} {users} users {label}: {rate:.0f}/s", file=sys.stderr)
+                        row[f"proxy CPU µs/handshake, {users} users, {label}"] = cpu_us
+                        print(
+                            f"{name} {users} {label}: {rate:.0f}/s {cpu_us:.0f} µs", file=sys.stderr
+                        )
                 finally:
                     proxy.stop()
                     err = tmp / f"peer-{users}" / "stderr.txt"

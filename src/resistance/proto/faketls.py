@@ -519,35 +519,41 @@ class RecordReader:
         return len(self._buf)
 
     def feed(self, data: bytes) -> bytes:
-        buf = self._buf
-        buf += data
-        out = bytearray()
+        # The hot path of an ee relay: parse in place (the pending tail, if any,
+        # joined once), collect payload views, copy each payload byte once.
+        if self._buf:
+            self._buf += data
+            src: bytes | bytearray = self._buf
+        else:
+            src = data
+        parts: list[memoryview] = []
         pos = 0
-        end = len(buf)
-        while end - pos >= RECORD_HEADER_LEN:
-            kind = buf[pos]
-            length = (buf[pos + 3] << 8) | buf[pos + 4]
-            if buf[pos + 1] != 3 or buf[pos + 2] != 3:
-                raise ProtocolError("TLS record with a wrong version")
-            if length > self.max_body:
-                raise BufferOverflow(f"TLS record of {length} bytes exceeds {self.max_body}")
-            if kind == ContentType.APPLICATION_DATA:
+        end = len(src)
+        with memoryview(src) as view:
+            while end - pos >= RECORD_HEADER_LEN:
+                kind = src[pos]
+                length = (src[pos + 3] << 8) | src[pos + 4]
+                if src[pos + 1] != 3 or src[pos + 2] != 3:
+                    raise ProtocolError("TLS record with a wrong version")
+                if length > self.max_body:
+                    raise BufferOverflow(f"TLS record of {length} bytes exceeds {self.max_body}")
+                ccs = kind == ContentType.CHANGE_CIPHER_SPEC and self._ccs_ok
+                if kind != ContentType.APPLICATION_DATA and not ccs:
+                    raise ProtocolError(f"unexpected TLS record type {kind:#04x}")
                 if end - pos < RECORD_HEADER_LEN + length:
                     break
-                out += buf[pos + RECORD_HEADER_LEN : pos + RECORD_HEADER_LEN + length]
+                if ccs:
+                    if length != 1 or src[pos + RECORD_HEADER_LEN] != 1:
+                        raise ProtocolError("malformed ChangeCipherSpec record")
+                else:
+                    parts.append(view[pos + RECORD_HEADER_LEN : pos + RECORD_HEADER_LEN + length])
                 self._ccs_ok = False
-            elif kind == ContentType.CHANGE_CIPHER_SPEC and self._ccs_ok:
-                if end - pos < RECORD_HEADER_LEN + length:
-                    break
-                if length != 1 or buf[pos + RECORD_HEADER_LEN] != 1:
-                    raise ProtocolError("malformed ChangeCipherSpec record")
-                self._ccs_ok = False
-            else:
-                raise ProtocolError(f"unexpected TLS record type {kind:#04x}")
-            pos += RECORD_HEADER_LEN + length
-        if pos:
-            del buf[:pos]
-        return bytes(out)
+                pos += RECORD_HEADER_LEN + length
+            out = parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+            parts.clear()
+            rest = view[pos:].tobytes() if pos < end else b""
+        self._buf = bytearray(rest)
+        return out
 
 
 _APPDATA_HEADER: Final = struct.Struct(">BHH")
