@@ -245,6 +245,10 @@ class _Cursor:
         return self.end - self.pos
 
 
+_TWO_U16: Final = struct.Struct(">HH")
+_SNI: Final = int(ExtensionType.SERVER_NAME)
+
+
 def parse_client_hello(record: bytes) -> ClientHello:
     """Parse one complete ClientHello record (header included), strictly.
 
@@ -283,15 +287,21 @@ def parse_client_hello(record: bytes) -> ClientHello:
         if cur.left:
             raise ProtocolError("bytes after the ClientHello extensions")
         seen: set[int] = set()
-        while ext.left:
-            kind = ext.u16("extension type")
-            body = ext.sub(ext.u16("extension length"), "extension body")
+        pos, end = ext.pos, ext.end
+        while pos < end:  # inline: a hello has ~17 extensions, parsed per handshake
+            if end - pos < 4:
+                raise ProtocolError("ClientHello truncated in extension header")
+            kind, size = _TWO_U16.unpack_from(record, pos)
+            pos += 4
+            if pos + size > end:
+                raise ProtocolError("ClientHello truncated in extension body")
             if kind in seen:
                 raise ProtocolError(f"ClientHello repeats extension {kind:#06x}")
             seen.add(kind)
             extensions.append(kind)
-            if kind == ExtensionType.SERVER_NAME:
-                server_name = _parse_sni(body)
+            if kind == _SNI:
+                server_name = _parse_sni(_Cursor(record, pos, pos + size))
+            pos += size
     return ClientHello(
         record=bytes(record),
         random=bytes(random),
