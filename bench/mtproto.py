@@ -221,35 +221,42 @@ def record_block() -> bytes:
     return faketls.encode_records(os.urandom(CHUNK))
 
 
-async def upload(proxy: Proxy, stand: Stand, total: int) -> tuple[float, float]:
+def load_cpu() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+async def upload(proxy: Proxy, stand: Stand, total: int) -> tuple[float, float, float]:
     client, _reader, writer = await ee_connect(proxy.port, user_key(0), 2)
     stand.sunk, stand.sink_goal = 0, total
     stand.sink_done.clear()
     writer.write(client.send(b""))  # CCS and the init
     block = record_block()
-    cpu0, t0 = proxy.cpu(), time.perf_counter()
+    cpu0, load0, t0 = proxy.cpu(), load_cpu(), time.perf_counter()
     for _ in range(total // CHUNK):
         writer.write(block)
         await writer.drain()
     await asyncio.wait_for(stand.sink_done.wait(), 600)
     elapsed, cpu = time.perf_counter() - t0, proxy.cpu() - cpu0
+    load = (load_cpu() - load0) / elapsed
     writer.close()
-    return total / elapsed / 2**20, cpu / (total / 2**30)
+    return total / elapsed / 2**20, cpu / (total / 2**30), load
 
 
-async def download(proxy: Proxy, stand: Stand, total: int) -> tuple[float, float]:
+async def download(proxy: Proxy, stand: Stand, total: int) -> tuple[float, float, float]:
     stand.source_bytes = total
     client, reader, writer = await ee_connect(proxy.port, user_key(0), 4)
-    cpu0, t0 = proxy.cpu(), time.perf_counter()
+    cpu0, load0, t0 = proxy.cpu(), load_cpu(), time.perf_counter()
     writer.write(client.send(b""))
     got = 0
     while data := await asyncio.wait_for(reader.read(CHUNK), WAIT):
         got += len(data)
     elapsed, cpu = time.perf_counter() - t0, proxy.cpu() - cpu0
+    load = (load_cpu() - load0) / elapsed
     writer.close()
     if got < total:
         raise RuntimeError(f"download got {got} of {total} bytes")
-    return total / elapsed / 2**20, cpu / (total / 2**30)
+    return total / elapsed / 2**20, cpu / (total / 2**30), load
 
 
 def make_hellos(users: int, count: int, cold: bool) -> list[tuple[bytes, bytes]]:
@@ -317,10 +324,14 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     if users == args.users[0]:
                         up = [await upload(proxy, stand, total) for _ in range(args.repeat)]
                         down = [await download(proxy, stand, total) for _ in range(args.repeat)]
-                        row["upload MiB/s"] = max(u[0] for u in up)
-                        row["upload CPU s/GiB"] = min(u[1] for u in up)
-                        row["download MiB/s"] = max(d[0] for d in down)
-                        row["download CPU s/GiB"] = min(d[1] for d in down)
+                        for label, runs in (("upload", up), ("download", down)):
+                            best = max(runs)
+                            cpu = min(r[1] for r in runs)
+                            row[f"{label} MiB/s"] = best[0]
+                            row[f"{label} proxy CPU s/GiB"] = cpu
+                            row[f"{label} MiB per proxy CPU second"] = 1024 / cpu
+                            row[f"{label} proxy core busy %"] = 100 * best[0] * best[1] / 1024
+                            row[f"{label} load core busy %"] = 100 * best[2]
                     for cold in (False, True):
                         hellos = make_hellos(users, args.hellos, cold)
                         rate, cpu_us = await handshakes(proxy, hellos, args.seconds)
@@ -349,8 +360,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
     for metric in metrics:
         cells = [results[n].get(metric) for n in names]
         text = [f"{c:,.1f}" if c is not None and c < 100 else f"{c:,.0f}" for c in cells if c]
-        ratio = ""
-        if len(cells) > 1 and cells[0] and cells[1]:
+        ratio = " | " if len(cells) > 1 else ""
+        if len(cells) > 1 and cells[0] and cells[1] and "busy" not in metric:
             ratio = f" | {cells[0] / cells[1]:.2f}x"
         lines.append(f"| {metric} | " + " | ".join(text) + ratio + " |")
     return "\n".join(lines)
@@ -369,7 +380,12 @@ if __name__ == "__main__":
     ns = parser.parse_args()
     if ns.peer and not Path(ns.peer).exists():
         parser.error(f"--peer {ns.peer} does not exist")
-    res = asyncio.run(main(ns))
+    try:
+        import uvloop
+
+        res = uvloop.run(main(ns))
+    except ImportError:
+        res = asyncio.run(main(ns))
     if ns.output:
         ns.output.write_text(json.dumps(res, indent=2))
     print(table(res))
