@@ -191,3 +191,23 @@ def test_replay_file_fuzz(data: bytes) -> None:
         cache = ReplayCache(capacity=4)
         cache.load(path, now=0)
         assert len(cache) <= 4
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120))
+def test_parse_mtproto_user_fuzz(text: str) -> None:
+    try:
+        spec = parse_mtproto_user(text)
+    except ConfigError:
+        return
+    assert spec.name and (spec.key is None or len(spec.key) == 16)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_parse_mtproto_dc_fuzz(text: str) -> None:
+    try:
+        dc, endpoint = parse_mtproto_dc(text)
+    except ConfigError:
+        return
+    assert dc != 0 and 0 <= endpoint.port <= 65535
