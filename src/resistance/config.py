@@ -296,6 +296,8 @@ class MTProtoUserSpec:
     expires: float | None = None
     """Unix time after which the user is refused."""
     max_connections: int | None = None
+    max_addresses: int | None = None
+    """Distinct client addresses the user may connect from at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +351,7 @@ def parse_date(text: str, *, what: str = "expiry") -> float:
 
 
 def parse_mtproto_user(text: str) -> MTProtoUserSpec:
-    """``NAME[:HEX32][:quota=10GiB,expires=2027-01-31,conns=8]``."""
+    """``NAME[:HEX32][:quota=10GiB,expires=2027-01-31,conns=8,ips=3]``."""
     name, _, rest = text.strip().partition(":")
     secret, _, extra = rest.partition(":")
     options: dict[str, str] = {}
@@ -372,18 +374,21 @@ def mtproto_user(name: str, secret: str | None, options: Mapping[str, Any]) -> M
             key = parse_secret(secret).key
         except ValueError as exc:
             raise ConfigError(f"MTProto user {name!r}: {exc}") from None
-    unknown = set(options) - {"quota", "expires", "conns", "secret"}
+    unknown = set(options) - {"quota", "expires", "conns", "ips", "secret"}
     if unknown:
         raise ConfigError(f"MTProto user {name!r}: unknown option {sorted(unknown)[0]!r}")
     quota = parse_size(str(options["quota"]), what="quota") if "quota" in options else None
     expires = parse_date(str(options["expires"])) if "expires" in options else None
-    conns = None
-    if "conns" in options:
-        value = options["conns"]
-        if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
-            raise ConfigError(f"MTProto user {name!r}: conns must be a positive whole number")
-        conns = int(value)
-    return MTProtoUserSpec(name, key, quota, expires, conns)
+    counts: dict[str, int | None] = {"conns": None, "ips": None}
+    for option in counts:
+        if option in options:
+            value = options[option]
+            if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+                raise ConfigError(
+                    f"MTProto user {name!r}: {option} must be a positive whole number"
+                )
+            counts[option] = int(value)
+    return MTProtoUserSpec(name, key, quota, expires, counts["conns"], counts["ips"])
 
 
 def parse_mtproto_dc(text: str) -> tuple[int, Endpoint]:

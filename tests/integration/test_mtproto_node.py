@@ -462,6 +462,34 @@ async def test_user_limits(tmp_path: Path) -> None:
         await close_world(w)
 
 
+async def test_user_address_limit(tmp_path: Path) -> None:
+    users = (MTProtoUserSpec("one", KEY_A, max_addresses=1),)
+    w = await make_world(tmp_path, users=users)
+    secret = ProxySecret(KEY_A, SecretMode.EE, DOMAIN)
+    try:
+        first, again = Client(secret), Client(secret)
+        await first.connect(w.port)
+        await again.connect(w.port)  # the same address: allowed
+        other = ProxyClient(secret, 2)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", w.port, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(other.start())
+        writer.write_eof()
+        assert await read_all(reader) == b"FRONT SAYS HI"  # a second address: fronted
+        writer.close()
+        assert w.server.metrics.refused.labels("one", "user_addresses").value == 1
+        first.close()
+        again.close()
+        for _ in range(100):
+            if not w.server.users.by_name["one"].addresses:
+                break
+            await asyncio.sleep(0.02)
+        assert w.server.users.by_name["one"].addresses == {}
+    finally:
+        await close_world(w)
+
+
 async def test_thousand_half_open_handshakes(tmp_path: Path) -> None:
     limits = NodeLimits(handshake_timeout=2.0, max_connections_per_ip=5000)
     w = await make_world(tmp_path, limits=limits)

@@ -41,6 +41,7 @@ def test_user_spec_forms() -> None:
     assert spec.expires is not None and time.gmtime(spec.expires).tm_mday == 31
     assert parse_mtproto_user(f"carol:dd{KEY.hex()}").key == KEY
     assert parse_mtproto_user("dave::conns=1").max_connections == 1
+    assert parse_mtproto_user("erin::ips=2").max_addresses == 2
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 @click.option(
     "--mtproto-user",
     multiple=True,
-    metavar="NAME[:HEX32][:quota=10GiB,expires=YYYY-MM-DD,conns=N]",
+    metavar="NAME[:HEX32][:quota=10GiB,expires=YYYY-MM-DD,conns=N,ips=N]",
     help="An MTProto user; repeatable; without a secret one is made and kept in the state dir.",
 )
 @click.option("--mtproto-domain", metavar="NAME", help="Fake-TLS (ee) domain the node poses as.")

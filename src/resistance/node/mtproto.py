@@ -341,6 +341,13 @@ class MTProtoServer:
         if user is not None:
             user.active -= 1
             user.sessions.discard(conn)
+            address = conn.user_address
+            if address is not None:
+                left = user.addresses.get(address, 0) - 1
+                if left > 0:
+                    user.addresses[address] = left
+                else:
+                    user.addresses.pop(address, None)
             self.metrics.active.labels(user.name).dec()
         if self.draining and not self.connections:
             self._drained.set()
@@ -412,6 +419,7 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.transport: Any = None
         self.peer_ip = ""
+        self.user_address: bytes | None = None
         self.state = READING_HELLO
         self.head = bytearray()
         self.hello_buffer: faketls.HelloBuffer | None = None
@@ -548,7 +556,7 @@ class ClientConnection(asyncio.Protocol):
         user, stamp = server.users.find_hello(hello, now, server.users.hint_for(self.peer_ip))
         if server.replay.seen(hello.random, stamp + server.users.window.past, now):
             raise HandshakeRefused("replay")
-        refusal = user.refusal(now)
+        refusal = user.refusal(now, self.address_key())
         if refusal is not None:
             server.metrics.refused.labels(user.name, refusal).inc()
             raise HandshakeRefused(refusal)
@@ -581,15 +589,23 @@ class ClientConnection(asyncio.Protocol):
         self.client = parsed
         self.connect_dc("ee", rest)
 
+    def address_key(self) -> bytes | None:
+        if self.user_address is None and self.peer_ip:
+            self.user_address = self.server.users.address_key(self.peer_ip)
+        return self.user_address
+
     def _count_in(self, user: MTProtoUser) -> None:
         user.active += 1
         user.sessions.add(self)
+        address = self.address_key()
+        if address is not None:
+            user.addresses[address] = user.addresses.get(address, 0) + 1
         self.server.metrics.active.labels(user.name).inc()
 
     def authenticated(
         self, user: MTProtoUser, parsed: obfuscated2.Init, mode: str, rest: bytes
     ) -> None:
-        refusal = user.refusal(self.server.now())
+        refusal = user.refusal(self.server.now(), self.address_key())
         if refusal is not None:
             self.server.metrics.refused.labels(user.name, refusal).inc()
             raise HandshakeRefused(refusal)

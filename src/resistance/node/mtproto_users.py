@@ -56,11 +56,14 @@ class MTProtoUser:
     quota_bytes: int | None = None
     expires: float | None = None
     max_connections: int | None = None
+    max_addresses: int | None = None
     used: int = 0
     active: int = 0
     sessions: set[object] = field(default_factory=set)
+    addresses: dict[bytes, int] = field(default_factory=dict)
+    """Open connections per client address (keyed hashes, never addresses)."""
 
-    def refusal(self, now: float) -> str | None:
+    def refusal(self, now: float, address: bytes | None = None) -> str | None:
         """Why this user may not open another connection now, or ``None``."""
         if self.expires is not None and now > self.expires:
             return "expired"
@@ -68,6 +71,12 @@ class MTProtoUser:
             return "quota"
         if self.max_connections is not None and self.active >= self.max_connections:
             return "user_connections"
+        if (
+            self.max_addresses is not None
+            and address not in self.addresses
+            and len(self.addresses) >= self.max_addresses
+        ):
+            return "user_addresses"
         return None
 
 
@@ -116,7 +125,14 @@ def resolve_users(specs: Iterable[MTProtoUserSpec], state_dir: Path) -> list[MTP
                 key = generated[spec.name] = new_secret_key()
                 changed = True
         users.append(
-            MTProtoUser(spec.name, key, spec.quota_bytes, spec.expires, spec.max_connections)
+            MTProtoUser(
+                spec.name,
+                key,
+                spec.quota_bytes,
+                spec.expires,
+                spec.max_connections,
+                spec.max_addresses,
+            )
         )
     if changed:
         text = "# MTProto secrets made by resist node for users given without one\n"
@@ -145,6 +161,7 @@ class UserTable:
             old = self.by_name.get(user.name)
             if old is not None:
                 user.used, user.active, user.sessions = old.used, old.active, old.sessions
+                user.addresses = old.addresses
         self.users = users
         self.by_name = {u.name: u for u in users}
         self._hints.clear()
@@ -156,6 +173,10 @@ class UserTable:
         else:
             net = peer_ip.rpartition(".")[0]
         return hashlib.blake2b(net.encode(), key=self._hint_key, digest_size=16).digest()
+
+    def address_key(self, peer_ip: str) -> bytes:
+        """A keyed digest of one client address, for per-user address limits."""
+        return hashlib.blake2b(peer_ip.encode(), key=self._hint_key, digest_size=16).digest()
 
     def _order(self, hint: bytes | None) -> Iterable[MTProtoUser]:
         first = self._hints.get(hint) if hint is not None else None
