@@ -487,7 +487,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state == RELAYING and self.dc is not None:
             self.dc.send_eof()
             return True
-        return False
+        return self.state == CONNECTING  # the FIN follows the pending bytes to the DC
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()

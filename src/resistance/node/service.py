@@ -303,7 +303,7 @@ def print_banner(
         lines.append(_tls_link_line(settings, listening, access))
     if settings.metrics is not None:
         lines.append(f"metrics on http://{settings.metrics}/metrics")
-    if access.generated:
+    if access.generated and (listening.bound or listening.tls_bound):
         how = "new" if access.created else "kept"
         lines.append(
             f"user {access.link_user} password {access.link_password} "
