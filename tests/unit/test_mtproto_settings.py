@@ -168,17 +168,23 @@ def test_replay_cache_expiry_capacity_and_persistence(tmp_path: Path) -> None:
     cache = ReplayCache(capacity=3)
     assert not cache.seen(b"a" * 16, until=100, now=0)
     assert cache.seen(b"a" * 16, until=100, now=50)
-    assert not cache.seen(b"a" * 16, until=300, now=150)  # expired, then remembered again
-    for c in b"bcd":
-        cache.seen(bytes([c]) * 16, until=400, now=160)
+    assert not cache.seen(b"a" * 16, until=400, now=150)  # its bucket ended: new again
+    for c in b"bc":
+        assert not cache.seen(bytes([c]) * 16, until=400, now=160)
     assert len(cache) == 3
     cache.save(tmp_path / "r.bin", now=170)
     loaded = ReplayCache()
     loaded.load(tmp_path / "r.bin", now=350)
-    assert len(loaded) == 3 and loaded.seen(b"d" * 16, until=500, now=350)
+    assert len(loaded) == 3 and loaded.seen(b"c" * 16, until=500, now=350)
     later = ReplayCache()
     later.load(tmp_path / "r.bin", now=1000)
     assert len(later) == 0
+    # Over capacity the oldest bucket goes first.
+    full = ReplayCache(capacity=2)
+    full.seen(b"x" * 16, until=100, now=0)
+    full.seen(b"y" * 16, until=200, now=0)
+    full.seen(b"z" * 16, until=300, now=0)
+    assert len(full) == 2 and not full.seen(b"x" * 16, until=300, now=0)
 
 
 @settings(max_examples=100, deadline=None)

@@ -107,6 +107,8 @@ STATE_FILE = "mtproto-state.json"
 #: Without --mtproto-user the node makes one user (its secret kept in the state dir).
 DEFAULT_USERS = (MTProtoUserSpec("tg"),)
 SWEEP_SECONDS = 5.0
+#: Classic and dd inits carry no time: they are remembered this long.
+CLASSIC_REPLAY_SECONDS = 3600.0
 SAVE_EVERY = 12  # sweeps between saves of usage and the replay cache
 
 
@@ -540,7 +542,7 @@ class ClientConnection(asyncio.Protocol):
         mode = "dd" if parsed.tag is obfuscated2.ProtocolTag.PADDED else "classic"
         if mode not in modes:
             raise HandshakeRefused(f"{mode}_off")
-        if server.replay.seen(init[8:24], server.now() + 86400, server.now()):
+        if server.replay.seen(init[8:16], server.now() + CLASSIC_REPLAY_SECONDS, server.now()):
             raise HandshakeRefused("replay")
         rest = bytes(self.head[obfuscated2.INIT_LEN :])
         self.head.clear()
