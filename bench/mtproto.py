@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -270,18 +271,25 @@ def make_hellos(users: int, count: int, cold: bool) -> list[tuple[bytes, bytes]]
 
 
 async def handshakes(
-    proxy: Proxy, hellos: list[tuple[bytes, bytes]], seconds: float
+    proxy: Proxy, hellos: list[tuple[bytes, bytes]], seconds: float, *, cold: bool = False
 ) -> tuple[float, float]:
     it = iter(hellos)
+    numbers = itertools.count()
     done = 0
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
         nonlocal done
         for key, hello in it:
+            i = next(numbers)
             if time.perf_counter() > deadline:
                 return
-            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            # Cold hellos come from ever new client networks (127.A.B.1), as new
+            # apps would; returning ones from the same address.
+            local = (f"127.{1 + i // 256 % 200}.{i % 256}.1", 0) if cold else None
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", proxy.port, local_addr=local
+            )
             writer.write(hello)
             answer = b""
             while True:
@@ -334,7 +342,7 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                             row[f"{label} load core busy %"] = 100 * best[2]
                     for cold in (False, True):
                         hellos = make_hellos(users, args.hellos, cold)
-                        rate, cpu_us = await handshakes(proxy, hellos, args.seconds)
+                        rate, cpu_us = await handshakes(proxy, hellos, args.seconds, cold=cold)
                         label = "cold" if cold else "returning"
                         row[f"ee handshakes/s, {users} users, {label}"] = rate
                         row[f"proxy CPU µs/handshake, {users} users, {label}"] = cpu_us

@@ -218,3 +218,41 @@ def test_parse_mtproto_dc_fuzz(text: str) -> None:
     except ConfigError:
         return
     assert dc != 0 and 0 <= endpoint.port <= 65535
+
+
+def test_scan_budget_turns_floods_away_but_not_returning_clients() -> None:
+    from resistance.node.mtproto_users import ScanBudget
+
+    users = UserTable(
+        [MTProtoUser(f"u{i}", i.to_bytes(16, "big")) for i in range(300)],
+        budget=ScanBudget(per_network=2, period=60.0, share=10.0),
+    )
+    now = 1_800_000_000.0
+    prober = users.hint_for("203.0.113.9")
+    reasons = []
+    for _ in range(4):
+        junk = faketls.build_client_hello(b"\xff" * 16, "a.example", now)
+        with pytest.raises(HandshakeRefused) as info:
+            users.find_hello(faketls.parse_client_hello(junk), now, prober)
+        reasons.append(info.value.reason)
+    assert reasons == ["wrong_secret", "wrong_secret", "scan_budget", "scan_budget"]
+    # Another network still gets its scan, and once found its user needs none.
+    app = users.hint_for("198.51.100.1")
+    for _ in range(5):
+        record = faketls.build_client_hello((250).to_bytes(16, "big"), "a.example", now)
+        assert users.find_hello(faketls.parse_client_hello(record), now, app)[0].name == "u250"
+    # A minute later the prober's network has budget again.
+    with pytest.raises(HandshakeRefused) as info:
+        junk = faketls.build_client_hello(b"\xff" * 16, "a.example", now + 61)
+        users.find_hello(faketls.parse_client_hello(junk), now + 61, prober)
+    assert info.value.reason == "wrong_secret"
+
+
+def test_scan_budget_global_share() -> None:
+    from resistance.node.mtproto_users import ScanBudget
+
+    budget = ScanBudget(per_network=100, share=0.5)
+    assert budget.allow(b"a", 10.0)
+    budget.spend(0.6, 10.0)
+    assert not budget.allow(b"b", 10.5)  # this second's share is used
+    assert budget.allow(b"b", 11.1)

@@ -538,7 +538,7 @@ class ClientConnection(asyncio.Protocol):
             return
         init = bytes(self.head[: obfuscated2.INIT_LEN])
         hint = server.users.hint_for(self.peer_ip)
-        user, parsed = server.users.find_init(init, hint)
+        user, parsed = server.users.find_init(init, hint, server.now())
         mode = "dd" if parsed.tag is obfuscated2.ProtocolTag.PADDED else "classic"
         if mode not in modes:
             raise HandshakeRefused(f"{mode}_off")

@@ -6,7 +6,9 @@ first the user who last authenticated from the same client network (a
 keyed-hash hint, never the address itself), which is right for nearly every
 connection since an app opens several connections in a row; only a first
 connection from a network costs one HMAC per user.  ``bench/mtproto.py``
-measures both cases at 1, 100 and 10,000 users.
+measures both cases at 1, 100 and 10,000 users.  Such full scans are
+rationed per client network and in all (:class:`ScanBudget`), so a flood of
+well-formed foreign hellos cannot take the node's time from its users.
 
 State kept in the state directory (all mode 0600):
 
@@ -24,9 +26,10 @@ import os
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from resistance.config import MTProtoUserSpec
 from resistance.errors import ConfigError, ProtocolError
@@ -45,6 +48,10 @@ GENERATED_FILE = "mtproto-users.toml"
 USAGE_FILE = "mtproto-usage.json"
 REPLAY_FILE = "mtproto-replay.bin"
 HINT_CAPACITY = 65536
+#: Tables up to this size are scanned without a budget (under 0.5 ms a hello).
+SCAN_BUDGET_FROM = 256
+
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True, eq=False)
@@ -146,10 +153,16 @@ def resolve_users(specs: Iterable[MTProtoUserSpec], state_dir: Path) -> list[MTP
 class UserTable:
     """Finds the user behind a hello or an init, trying the hinted user first."""
 
-    __slots__ = ("_hint_key", "_hints", "by_name", "users", "window")
+    __slots__ = ("_hint_key", "_hints", "budget", "by_name", "users", "window")
 
-    def __init__(self, users: list[MTProtoUser], window: TimeWindow = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        users: list[MTProtoUser],
+        window: TimeWindow = DEFAULT_WINDOW,
+        budget: ScanBudget | None = None,
+    ) -> None:
         self.users = users
+        self.budget = budget or ScanBudget()
         self.by_name = {u.name: u for u in users}
         self.window = window
         self._hints: OrderedDict[bytes, MTProtoUser] = OrderedDict()
@@ -194,34 +207,102 @@ class UserTable:
         if len(self._hints) > HINT_CAPACITY:
             self._hints.popitem(last=False)
 
+    def _scan(
+        self, hint: bytes | None, now: float, check: Callable[[MTProtoUser], _T | None]
+    ) -> tuple[MTProtoUser, _T]:
+        """Try the hinted user, then (within the scan budget) every other one."""
+        first = self._hints.get(hint) if hint is not None else None
+        if first is not None:
+            found = check(first)
+            if found is not None:
+                self._hints.move_to_end(hint)  # type: ignore[arg-type]
+                return first, found
+        budget = self.budget if len(self.users) > SCAN_BUDGET_FROM else None
+        if budget is not None and not budget.allow(hint, now):
+            raise HandshakeRefused("scan_budget")
+        started = time.perf_counter()
+        try:
+            for user in self.users:
+                if user is first:
+                    continue
+                found = check(user)
+                if found is not None:
+                    self._remember(hint, user)
+                    return user, found
+        finally:
+            if budget is not None:
+                budget.spend(time.perf_counter() - started, now)
+        raise HandshakeRefused("wrong_secret")
+
     def find_hello(
         self, hello: ClientHello, now: float, hint: bytes | None = None
     ) -> tuple[MTProtoUser, int]:
         """The user whose key made ``hello`` and its timestamp, or HandshakeRefused."""
         zeroed = zeroed_hello(hello.record)
         client_random = hello.random
-        for user in self._order(hint):
-            stamp = hello_timestamp(user.key, zeroed, client_random)
-            if stamp is None:
-                continue
-            if not self.window.contains(stamp, now):
-                raise HandshakeRefused("stale" if stamp < now else "future")
-            self._remember(hint, user)
-            return user, stamp
-        raise HandshakeRefused("wrong_secret")
+        user, stamp = self._scan(hint, now, lambda u: hello_timestamp(u.key, zeroed, client_random))
+        if not self.window.contains(stamp, now):
+            raise HandshakeRefused("stale" if stamp < now else "future")
+        return user, stamp
 
     def find_init(
-        self, init: bytes, hint: bytes | None = None
+        self, init: bytes, hint: bytes | None = None, now: float | None = None
     ) -> tuple[MTProtoUser, obfuscated2.Init]:
         """The user whose key made a classic/dd obfuscated2 init."""
-        for user in self._order(hint):
+
+        def check(user: MTProtoUser) -> obfuscated2.Init | None:
             try:
-                parsed = obfuscated2.parse_init(init, user.key)
+                return obfuscated2.parse_init(init, user.key)
             except ProtocolError:
-                continue
-            self._remember(hint, user)
-            return user, parsed
-        raise HandshakeRefused("wrong_secret")
+                return None
+
+        return self._scan(hint, time.time() if now is None else now, check)
+
+
+class ScanBudget:
+    """How much time full scans of the user table may take, per network and in all.
+
+    A hello that its network's hinted user did not make costs one HMAC per
+    user: 14 ms at 10,000 users.  A prober sending well-formed hellos could
+    keep a core busy with them, so when the table is large (more than
+    ``SCAN_BUDGET_FROM`` users) a full scan needs budget: at most
+    ``per_network`` scans per ``period`` seconds from one client network, and
+    scans may take at most ``share`` of the node's time overall.  An app
+    needs one scan per network (its later connections hit the hint), so
+    only floods are turned away, to the front like any other failure.
+    """
+
+    __slots__ = ("_networks", "_since", "_spent", "per_network", "period", "share")
+
+    def __init__(self, *, per_network: int = 8, period: float = 60.0, share: float = 0.5) -> None:
+        self.per_network = per_network
+        self.period = period
+        self.share = share
+        self._networks: OrderedDict[bytes | None, tuple[float, int]] = OrderedDict()
+        self._spent = 0.0
+        self._since = 0.0
+
+    def allow(self, network: bytes | None, now: float) -> bool:
+        start, count = self._networks.get(network, (now, 0))
+        if now - start >= self.period:
+            start, count = now, 0
+        if count >= self.per_network:
+            return False
+        # The global allowance: scan time so far in this second-long slot.
+        if now - self._since >= 1.0:
+            self._since, self._spent = now, 0.0
+        if self._spent >= self.share:
+            return False
+        self._networks[network] = (start, count + 1)
+        self._networks.move_to_end(network)
+        if len(self._networks) > HINT_CAPACITY:
+            self._networks.popitem(last=False)
+        return True
+
+    def spend(self, seconds: float, now: float) -> None:
+        if now - self._since >= 1.0:
+            self._since, self._spent = now, 0.0
+        self._spent += seconds
 
 
 def load_usage(state_dir: Path) -> dict[str, int]:
@@ -250,9 +331,10 @@ class ReplayCache:
     30-second bucket in which it stops mattering: a hello's timestamp plus
     the window's past side, after which the time check refuses it anyway.
     Whole buckets expire at once (no per-entry bookkeeping); an entry costs
-    about 130 bytes, so the default cap holds the cache near 27 MB.  Beyond ``capacity`` entries the oldest
-    bucket goes early, which only matters under more than ``capacity``
-    handshakes per window (default 200,000 per 5 minutes: 660/s).
+    about 130 bytes, so the default cap holds the cache near 27 MB.  Beyond
+    ``capacity`` entries the oldest bucket goes early, which only matters
+    under more than ``capacity`` handshakes per window (default 200,000 per
+    5 minutes: 660/s).
     """
 
     __slots__ = ("_buckets", "_count", "capacity")
