@@ -135,6 +135,10 @@ def test_find_hello_with_and_without_hint() -> None:
     assert users.find_hello(hello, now, hint)[0].name == "u37"
     assert users.hint_for("198.51.100.200") == hint  # the same /24
     assert users.hint_for("198.51.101.7") != hint
+    assert users.hint_for("::ffff:198.51.100.9") == hint
+    v6 = users.hint_for("2001:db8:1:2300::5")
+    assert users.hint_for("2001:db8:1:23ff:ffff::1") == v6  # the same /56
+    assert users.hint_for("2001:db8:1:2400::5") != v6
     assert next(iter(users._order(hint))).name == "u37"
     with pytest.raises(HandshakeRefused) as info:
         users.find_hello(hello, now + 1000, hint)

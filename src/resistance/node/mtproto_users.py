@@ -21,6 +21,7 @@ State kept in the state directory (all mode 0600):
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import struct
@@ -182,7 +183,17 @@ class UserTable:
     def hint_for(self, peer_ip: str) -> bytes:
         """A keyed digest of the client's network (/24 or /56): no address is kept."""
         if ":" in peer_ip:
-            net = ":".join(peer_ip.split(":")[:4])[:-1]
+            try:
+                address = ipaddress.IPv6Address(peer_ip.partition("%")[0])
+            except ValueError:
+                net = peer_ip
+            else:
+                mapped = address.ipv4_mapped
+                net = (
+                    str(mapped).rpartition(".")[0]
+                    if mapped is not None
+                    else str(ipaddress.IPv6Network((int(address) >> 72 << 72, 56)))
+                )
         else:
             net = peer_ip.rpartition(".")[0]
         return hashlib.blake2b(net.encode(), key=self._hint_key, digest_size=16).digest()
