@@ -39,7 +39,13 @@ from resistance.node.tlscert import ensure_certificate
 from resistance.proto import faketls
 from resistance.proto.faketls import ProxySecret, SecretMode
 from resistance.proto.mtclient import ProxyClient
-from resistance.proto.obfuscated2 import FrameDecoder, ProtocolTag, encode_frame, parse_init
+from resistance.proto.obfuscated2 import (
+    FrameDecoder,
+    Packet,
+    ProtocolTag,
+    encode_frame,
+    parse_init,
+)
 
 KEY_A = bytes.fromhex("0123456789abcdef0123456789abcdef")
 KEY_B = bytes.fromhex("fedcba9876543210fedcba9876543210")
@@ -590,3 +596,35 @@ async def test_resist_node_mtproto_cli(tmp_path: Path) -> None:
         for srv in (dc.server, front.server):
             if srv is not None:
                 srv.close()
+
+
+async def test_telegram_desktop_shaped_hello_and_records(world: World) -> None:
+    """A 517-byte hello laid out as Telegram Desktop's, then its record sizes (2,878)."""
+    from resistance.proto.obfuscated2 import generate_init
+    from tests.unit.test_faketls import telegram_desktop_hello
+
+    hello = telegram_desktop_hello(KEY_A, DOMAIN.encode(), int(world.clock[0]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", world.port)
+    writer.write(hello)
+    answer = b""
+    while (size := faketls.parse_server_answer(KEY_A, hello[11:43], answer)) is None:
+        data = await asyncio.wait_for(reader.read(65536), WAIT)
+        assert data, "the node closed instead of answering"
+        answer += data
+    wire_init, ours = generate_init(ProtocolTag.PADDED, 2, KEY_A)
+    payload = os.urandom(6000)
+    stream = wire_init + ours.encryptor.update(encode_frame(ProtocolTag.PADDED, payload))
+    out = faketls.CCS_RECORD + b"".join(
+        faketls.encode_records(stream[i : i + 2878]) for i in range(0, len(stream), 2878)
+    )
+    writer.write(out)
+    records = faketls.RecordReader(allow_ccs=False)
+    records.feed(answer[size:])
+    decoder = FrameDecoder(ProtocolTag.PADDED)
+    packets: list[Packet] = []
+    while not packets:
+        data = await asyncio.wait_for(reader.read(65536), WAIT)
+        assert data
+        packets = decoder.feed(ours.decryptor.update(records.feed(data)))
+    assert packets[0].payload == b"ECHO" + payload
+    writer.close()
