@@ -628,3 +628,26 @@ async def test_telegram_desktop_shaped_hello_and_records(world: World) -> None:
         packets = decoder.feed(ours.decryptor.update(records.feed(data)))
     assert packets[0].payload == b"ECHO" + payload
     writer.close()
+
+
+async def test_stop_drains_relays_and_refuses_new_clients(tmp_path: Path) -> None:
+    w = await make_world(tmp_path, limits=NodeLimits(drain_timeout=30.0))
+    try:
+        client = Client(ProxySecret(KEY_A, SecretMode.EE, DOMAIN))
+        await client.connect(w.port)
+        assert await client.roundtrip(b"once") == b"ECHOonce"  # relaying now
+        half = await asyncio.open_connection("127.0.0.1", w.port)  # never authenticates
+        half[1].write(b"\x16\x03\x01")
+        stopping = asyncio.create_task(w.server.stop())
+        await asyncio.sleep(0.1)
+        assert await read_all(half[0]) == b""  # handshakes end at once
+        assert await client.roundtrip(b"more") == b"ECHOmore"  # relays go on
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", w.port)  # no longer accepting
+        assert not stopping.done()
+        client.close()
+        await asyncio.wait_for(stopping, WAIT)
+    finally:
+        for srv in (w.dc.server, w.front.server):
+            if srv is not None:
+                srv.close()
