@@ -291,6 +291,12 @@ async def test_ee_client_through_node_big_transfer(world: World) -> None:
             break
         await asyncio.sleep(0.05)
     assert world.user_bytes("alice") >= 2 * 201_004
+    from prometheus_client import generate_latest
+
+    scraped = generate_latest(world.metrics.registry).decode()
+    assert 'resist_mtproto_bytes_total{direction="up",user="alice"}' in scraped
+    assert 'resist_mtproto_connections_total{mode="ee",user="alice"} 1.0' in scraped
+    assert "127.0.0.1" not in scraped
 
 
 async def test_ee_answer_looks_like_tls13_and_records_stay_under_16k(world: World) -> None:
