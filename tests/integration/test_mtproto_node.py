@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -34,7 +35,7 @@ from telethon.network.connection import (
 
 from resistance.config import Endpoint, MTProtoSettings, MTProtoUserSpec, NodeLimits
 from resistance.node.metrics import NodeMetrics
-from resistance.node.mtproto import MTProtoServer
+from resistance.node.mtproto import MTProtoServer, encrypted_flight
 from resistance.node.tlscert import ensure_certificate
 from resistance.proto import faketls
 from resistance.proto.faketls import ProxySecret, SecretMode
@@ -400,6 +401,25 @@ async def test_replay_cache_survives_a_restart(tmp_path: Path) -> None:
 async def test_browser_hello_gets_the_real_site(tmp_path: Path) -> None:
     w = await make_world(tmp_path, tls_front=True)
     try:
+        # The node asked the front (a real TLS 1.3 server) for its first flight.
+        assert w.server._learner is not None
+        await asyncio.wait_for(w.server._learner, WAIT)
+        learnt = w.server.cert_len
+        state = json.loads((tmp_path / "state" / "mtproto-state.json").read_text())
+        assert learnt == state["cert_len"]
+        r, wr = await asyncio.open_connection("127.0.0.1", w.front.port)
+        wr.write(faketls.build_client_hello(os.urandom(16), DOMAIN, time.time()))
+        flight = b""
+        while encrypted_flight(flight) is None:
+            flight += await asyncio.wait_for(r.read(65536), WAIT)
+        with contextlib.suppress(TimeoutError):
+            while data := await asyncio.wait_for(r.read(65536), 1.0):
+                flight += data
+        size = encrypted_flight(flight)
+        wr.close()
+        # The node answers with the front's own flight size (an ECDSA signature
+        # in it varies by a few bytes from one handshake to the next).
+        assert size is not None and abs(learnt - size) <= 8
         ctx = ssl.create_default_context(cafile=str(tmp_path / "front" / "node-tls-cert.pem"))
         ctx.check_hostname = False
         reader, writer = await asyncio.open_connection(

@@ -52,8 +52,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +106,8 @@ LOW_WATER = 64 * 1024
 #: record at most, or a 64-byte init), and while the DC is being connected.
 MAX_EARLY = faketls.RECORD_HEADER_LEN + faketls.MAX_HELLO_BODY + 64 * 1024
 STATE_FILE = "mtproto-state.json"
+MIN_CERT_LEN = 64
+FLIGHT_QUIET = 0.3
 #: Without --mtproto-user the node makes one user (its secret kept in the state dir).
 DEFAULT_USERS = (MTProtoUserSpec("tg"),)
 SWEEP_SECONDS = 5.0
@@ -139,6 +143,31 @@ def tune_malloc() -> bool:
         and mallopt(m_trim_threshold, 64 << 20)
         and mallopt(m_top_pad, 8 << 20)
     )
+
+
+def encrypted_flight(data: bytes) -> int | None:
+    """Bytes of ApplicationData record bodies at the start of a server's answer.
+
+    ``None`` until one has arrived whole.  TLS 1.3 servers send their
+    encrypted extensions, certificate, verify and finished messages in one
+    record (BoringSSL) or one record each (OpenSSL); the fake-TLS answer has
+    room for one record only, so the node matches the total.  Raises
+    ProtocolError if the answer holds anything but handshake, CCS and
+    ApplicationData records (an alert, not TLS).
+    """
+    pos = 0
+    total: int | None = None
+    while len(data) - pos >= faketls.RECORD_HEADER_LEN:
+        kind = data[pos]
+        (length,) = struct.unpack_from(">H", data, pos + 3)
+        if len(data) - pos < faketls.RECORD_HEADER_LEN + length:
+            break
+        if kind == faketls.ContentType.APPLICATION_DATA:
+            total = (total or 0) + length
+        elif kind not in (faketls.ContentType.HANDSHAKE, faketls.ContentType.CHANGE_CIPHER_SPEC):
+            raise ProtocolError("the front answered with no encrypted flight")
+        pos += faketls.RECORD_HEADER_LEN + length
+    return total
 
 
 def default_modes(settings: MTProtoSettings) -> frozenset[str]:
@@ -239,20 +268,71 @@ class MTProtoServer:
         self.draining = False
         self._drained = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._learner: asyncio.Task[None] | None = None
         self._flushed: dict[int, tuple[int, int]] = {}
 
     def _cert_len(self) -> int:
-        """The fake certificate's size: drawn once per node and kept, like a real chain's."""
+        """The fake certificate's size: the front's own when learnt, else drawn once and kept."""
         path = self.state_dir / STATE_FILE
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             value = int(json.loads(path.read_text())["cert_len"])
-            if 1000 <= value <= 6000:
+            if MIN_CERT_LEN <= value <= faketls.MAX_FRAGMENT:
                 return value
         value = 2500 + secrets.randbelow(2000)
+        self._keep_cert_len(value)
+        return value
+
+    def _keep_cert_len(self, value: int) -> None:
         from resistance.paths import write_private
 
-        write_private(path, json.dumps({"cert_len": value}) + "\n")
-        return value
+        try:
+            write_private(self.state_dir / STATE_FILE, json.dumps({"cert_len": value}) + "\n")
+        except OSError as exc:
+            log.warning("cannot keep MTProto state: %s", exc.strerror)
+
+    async def learn_cert_len(self) -> None:
+        """Ask the front for its first encrypted flight's size and answer with the same.
+
+        A passive observer who knows the real site's certificate chain then sees
+        the same record sizes from the node (mtprotoproxy does this too).  The
+        front gets an ordinary ClientHello for the domain; failures keep the
+        size the node has.
+        """
+        front, domain = self.front, self.settings.domain
+        if front is None or domain is None:
+            return
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(front.host, front.port), self.limits.connect_timeout
+            )
+        except (OSError, TimeoutError):
+            return
+        try:
+            writer.write(faketls.build_client_hello(os.urandom(16), domain, self.now()))
+            buffered = b""
+            deadline = self.loop.time() + self.limits.connect_timeout
+            while len(buffered) < 64 * 1024:
+                # Until the first encrypted record, wait; after it, the flight
+                # ends when the front falls quiet (it waits for our Finished).
+                wait = deadline - self.loop.time()
+                if encrypted_flight(buffered) is not None:
+                    wait = min(wait, FLIGHT_QUIET)
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), max(0.05, wait))
+                except TimeoutError:
+                    data = b""
+                if not data:
+                    break
+                buffered += data
+            size = encrypted_flight(buffered) or 0
+            if MIN_CERT_LEN <= size <= faketls.MAX_FRAGMENT and size != self.cert_len:
+                self.cert_len = size
+                self._keep_cert_len(size)
+                log.info("MTProto answers now match the front's first flight (%d bytes)", size)
+        except (OSError, TimeoutError, ProtocolError):
+            return
+        finally:
+            writer.close()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -277,6 +357,7 @@ class MTProtoServer:
                 server.close()
             raise
         self._sweeper = self.loop.create_task(self._sweep(), name="mtproto-sweeper")
+        self._learner = self.loop.create_task(self.learn_cert_len(), name="mtproto-cert-len")
 
     async def stop(self) -> None:
         """Stop accepting; relays get the drain time; then everything closes and state is kept."""
@@ -293,6 +374,10 @@ class MTProtoServer:
                 await asyncio.wait_for(self._drained.wait(), self.limits.drain_timeout)
         for conn in list(self.connections):
             conn.close()
+        if self._learner is not None:
+            self._learner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._learner
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
