@@ -601,6 +601,33 @@ _SIGNATURE_ALGORITHMS: Final = (
 _X25519MLKEM768: Final = 0x11EC
 
 
+_MLKEM_Q: Final = 3329
+
+
+def mlkem768_public_key(rand: Callable[[int], bytes]) -> bytes:
+    """1,184 bytes shaped as an ML-KEM-768 encapsulation key (FIPS 203).
+
+    768 coefficients below q = 3329 packed 12 bits each, then a 32-byte seed:
+    a server that supports X25519MLKEM768 checks exactly this before it
+    encapsulates, so a random blob would make a real site refuse the hello.
+    Nobody decapsulates: the proxy's answer never uses it.
+    """
+    coeffs: list[int] = []
+    while len(coeffs) < 768:
+        buf = rand(3 * 200)
+        for i in range(0, len(buf), 3):
+            first = buf[i] | ((buf[i + 1] & 0x0F) << 8)
+            second = (buf[i + 1] >> 4) | (buf[i + 2] << 4)
+            if first < _MLKEM_Q:
+                coeffs.append(first)
+            if second < _MLKEM_Q:
+                coeffs.append(second)
+    out = bytearray()
+    for a, b in zip(coeffs[0:768:2], coeffs[1:768:2], strict=True):
+        out += bytes((a & 0xFF, (a >> 8) | ((b & 0x0F) << 4), b >> 4))
+    return bytes(out) + rand(32)
+
+
 def _grease(rng: _random.Random) -> int:
     nibble = rng.randrange(16)
     return (nibble << 12) | 0x0A00 | (nibble << 4) | 0x0A
@@ -656,7 +683,7 @@ def build_client_hello(
     shares = _u16s([grease[2], 1]) + b"\x00"
     if use_pq:
         groups.insert(1, _X25519MLKEM768)
-        shares += _u16s([_X25519MLKEM768, 1216]) + rand(1184) + bytes(x25519)
+        shares += _u16s([_X25519MLKEM768, 1216]) + mlkem768_public_key(rand) + bytes(x25519)
     shares += _u16s([0x001D, 32]) + bytes(x25519)
     ech_payload = rng.choice((144, 176, 208, 240))
     ech = (
