@@ -113,8 +113,11 @@ def node(
     no_bind: bool | None,
     **options: Any,
 ) -> None:
-    """Run a SOCKS5 proxy node (and, with --mtproto-listen, an MTProto proxy
-    for the Telegram apps) that volunteers can safely expose.
+    """Run a SOCKS5 proxy node that volunteers can safely expose.
+
+    With --mtproto-listen it also serves the Telegram apps' own MTProto proxy
+    protocol (fake-TLS with --mtproto-domain), fronting anyone who does not
+    authenticate to the real site.
 
     Refuses private and reserved destinations (loopback, RFC 1918, link-local,
     cloud metadata, CGNAT, their IPv6 forms) and SMTP unless allowed, logs no
