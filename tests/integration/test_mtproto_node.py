@@ -677,3 +677,39 @@ async def test_stop_drains_relays_and_refuses_new_clients(tmp_path: Path) -> Non
         for srv in (w.dc.server, w.front.server):
             if srv is not None:
                 srv.close()
+
+
+async def test_ipv6_listener_and_dc(tmp_path: Path) -> None:
+    from tests.conftest import has_ipv6_loopback
+
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    dc = DataCentre()
+    dc.server = await asyncio.start_server(dc.handle, "::1", 0)
+    dc.port = dc.server.sockets[0].getsockname()[1]
+    settings = MTProtoSettings(
+        listen=(Endpoint("::1", 0),),
+        users=(MTProtoUserSpec("v6", KEY_A),),
+        domain=DOMAIN,
+        front=Endpoint("::1", 9),
+        dcs={2: (Endpoint("::1", dc.port),)},
+    )
+    (tmp_path / "v6").mkdir()
+    server = MTProtoServer(settings, NodeLimits(), state_dir=tmp_path / "v6", metrics=NodeMetrics())
+    await server.start()
+    try:
+        proto = ProxyClient(ProxySecret(KEY_A, SecretMode.EE, DOMAIN), 2)
+        reader, writer = await asyncio.open_connection("::1", server.bound[0].port)
+        writer.write(proto.start())
+        while not proto.established:
+            proto.receive(await asyncio.wait_for(reader.read(65536), WAIT))
+        writer.write(proto.send(encode_frame(proto.tag, b"six!")))
+        decoder = FrameDecoder(proto.tag)
+        packets: list[Packet] = []
+        while not packets:
+            packets = decoder.feed(proto.receive(await asyncio.wait_for(reader.read(65536), WAIT)))
+        assert packets[0].payload == b"ECHOsix!"
+        writer.close()
+    finally:
+        await server.stop()
+        dc.server.close()
