@@ -90,7 +90,7 @@ def test_hand_written_telegram_hello_parses_and_verifies() -> None:
 
 
 def test_our_client_hello_verifies_and_varies() -> None:
-    records = [build_client_hello(KEY, "cdn.example.org", NOW) for _ in range(20)]
+    records = [build_client_hello(KEY, "cdn.example.org", NOW) for _ in range(200)]
     hellos = [parse_client_hello(r) for r in records]
     for hello in hellos:
         assert hello.server_name == "cdn.example.org"
@@ -98,6 +98,7 @@ def test_our_client_hello_verifies_and_varies() -> None:
         assert 0x1301 in hello.cipher_suites
     assert len({h.extensions for h in hellos}) > 10  # shuffled per connection
     assert len({len(r) for r in records}) > 2  # no fixed length
+    assert all(len(r) >= 517 for r in records)  # what MTProxy and mtprotoproxy require
     assert len({r[:11] for r in records}) > 2  # not even a fixed first record bytes
 
 
@@ -332,3 +333,21 @@ def test_parse_server_answer_fuzz(data: bytes) -> None:
         parse_server_answer(KEY, bytes(32), data)
     except ProtocolError:
         pass
+
+
+def test_post_quantum_key_share_is_a_well_formed_mlkem768_key() -> None:
+    seen = 0
+    for seed in range(30):
+        record = build_client_hello(
+            KEY, "a.example", NOW, ClientHelloParams(rng=random.Random(seed))
+        )
+        at = record.find(b"\x11\xec\x04\xc0")  # group X25519MLKEM768, 1,216 bytes
+        if at < 0:
+            continue
+        seen += 1
+        key = record[at + 4 : at + 4 + 1152]
+        for i in range(0, 1152, 3):
+            a = key[i] | ((key[i + 1] & 0x0F) << 8)
+            b = (key[i + 1] >> 4) | (key[i + 2] << 4)
+            assert a < 3329 and b < 3329
+    assert seen > 10
