@@ -116,6 +116,7 @@ class NodeSettings:
     limits: NodeLimits = field(default_factory=NodeLimits)
     state_dir: Path | None = None
     config_file: Path | None = None
+    mtproto: MTProtoSettings | None = None
 
 
 _LIMIT_FIELDS = {f.name: f.type for f in dataclasses.fields(NodeLimits)}
@@ -141,6 +142,14 @@ _NODE_KEYS = {
     "workers",
     "limits",
     "state_dir",
+    "mtproto_listen",
+    "mtproto_user",
+    "mtproto_users",
+    "mtproto_domain",
+    "mtproto_front",
+    "mtproto_dc",
+    "mtproto_modes",
+    "mtproto_fast",
 }
 
 
@@ -258,9 +267,193 @@ def _build(
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
             raise ConfigError(f"workers: expected a whole number from 1 to 256, got {workers!r}")
         kwargs["workers"] = workers
+    if any(key.startswith("mtproto_") for key in raw):
+        kwargs["mtproto"] = mtproto = mtproto_settings(raw)
+        if mtproto.listen and "listen" not in raw:
+            kwargs["listen"] = ()  # MTProto alone unless a SOCKS5 listener is asked for too
+        if mtproto.listen and kwargs.get("workers", 1) > 1:
+            raise ConfigError("--mtproto-listen runs in one process: drop --workers for now")
     settings = NodeSettings(**kwargs)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if settings.no_auth and settings.users:
         raise ConfigError("--no-auth and --user contradict each other: choose one")
     return settings
+
+
+# --------------------------------------------------------------------------- MTProto
+
+MTPROTO_MODES = ("classic", "dd", "ee")
+
+
+@dataclass(frozen=True, slots=True)
+class MTProtoUserSpec:
+    """One MTProto user as configured: the secret may be left for the node to make."""
+
+    name: str
+    key: bytes | None = None
+    quota_bytes: int | None = None
+    expires: float | None = None
+    """Unix time after which the user is refused."""
+    max_connections: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MTProtoSettings:
+    """The node's MTProto listener (``--mtproto-*``); off while ``listen`` is empty."""
+
+    listen: tuple[Endpoint, ...] = ()
+    users: tuple[MTProtoUserSpec, ...] = ()
+    domain: str | None = None
+    front: Endpoint | None = None
+    dcs: Mapping[int, tuple[Endpoint, ...]] = field(default_factory=dict)
+    modes: frozenset[str] | None = None
+    """``None``: ee when a domain is set, else dd (see resistance.node.mtproto)."""
+    fast: bool = True
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+               "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+               "tib": 2**40}  # fmt: skip
+
+
+def parse_size(text: str, *, what: str = "size") -> int:
+    """``10GiB``, ``500MB``, ``1e9`` style byte counts."""
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number) :]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ConfigError(f"bad {what} {text!r}: expected a byte count like 10GiB") from None
+    if value <= 0:
+        raise ConfigError(f"bad {what} {text!r}: must be positive")
+    return int(value)
+
+
+def parse_date(text: str, *, what: str = "expiry") -> float:
+    """``2027-01-31`` (end of that day, UTC) or ``2027-01-31T12:00:00+00:00``."""
+    import datetime as dt
+
+    try:
+        if len(text.strip()) == 10:
+            day = dt.date.fromisoformat(text.strip())
+            when = dt.datetime.combine(day, dt.time(23, 59, 59), dt.UTC)
+        else:
+            when = dt.datetime.fromisoformat(text.strip())
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise ConfigError(f"bad {what} {text!r}: expected YYYY-MM-DD") from None
+    return when.timestamp()
+
+
+def parse_mtproto_user(text: str) -> MTProtoUserSpec:
+    """``NAME[:HEX32][:quota=10GiB,expires=2027-01-31,conns=8]``."""
+    name, _, rest = text.strip().partition(":")
+    secret, _, extra = rest.partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, extra.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"bad MTProto user {name!r}: expected key=value, got {item!r}")
+        options[key.strip()] = value.strip()
+    return mtproto_user(name, secret or None, options)
+
+
+def mtproto_user(name: str, secret: str | None, options: Mapping[str, Any]) -> MTProtoUserSpec:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"bad MTProto user name {name!r}: letters, digits, - _ . (1-64)")
+    key = None
+    if secret:
+        from resistance.proto.faketls import parse_secret
+
+        try:
+            key = parse_secret(secret).key
+        except ValueError as exc:
+            raise ConfigError(f"MTProto user {name!r}: {exc}") from None
+    unknown = set(options) - {"quota", "expires", "conns", "secret"}
+    if unknown:
+        raise ConfigError(f"MTProto user {name!r}: unknown option {sorted(unknown)[0]!r}")
+    quota = parse_size(str(options["quota"]), what="quota") if "quota" in options else None
+    expires = parse_date(str(options["expires"])) if "expires" in options else None
+    conns = None
+    if "conns" in options:
+        value = options["conns"]
+        if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+            raise ConfigError(f"MTProto user {name!r}: conns must be a positive whole number")
+        conns = int(value)
+    return MTProtoUserSpec(name, key, quota, expires, conns)
+
+
+def parse_mtproto_dc(text: str) -> tuple[int, Endpoint]:
+    """``N=HOST:PORT``; N is a DC number (negative: media DC only)."""
+    number, sep, address = text.partition("=")
+    try:
+        dc = int(number)
+    except ValueError:
+        dc = 0
+    if not sep or dc == 0 or abs(dc) > 32767:
+        raise ConfigError(f"bad MTProto DC {text!r}: expected N=HOST:PORT, e.g. 2=198.18.0.1:443")
+    return dc, parse_endpoint(address, what=f"DC {dc} address", default_port=443)
+
+
+def mtproto_settings(raw: Mapping[str, Any]) -> MTProtoSettings:
+    """The MTProto part of the node's settings from its flat ``mtproto_*`` keys."""
+    listen = tuple(
+        parse_endpoint(v, what="MTProto listen address")
+        for v in _as_list(raw.get("mtproto_listen", []), "mtproto_listen")
+    )
+    users: list[MTProtoUserSpec] = []
+    table = raw.get("mtproto_users", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("mtproto_users: expected a table of NAME = SECRET or NAME = {...}")
+    for name, value in table.items():
+        if isinstance(value, str):
+            users.append(mtproto_user(str(name), value or None, {}))
+        elif isinstance(value, Mapping):
+            users.append(mtproto_user(str(name), value.get("secret"), value))
+        else:
+            raise ConfigError(f"mtproto_users.{name}: expected a secret or a table")
+    for text in _as_list(raw.get("mtproto_user", []), "mtproto_user"):
+        users.append(parse_mtproto_user(text))
+    names = [u.name for u in users]
+    if len(set(names)) != len(names):
+        raise ConfigError("MTProto user names must be unique")
+    keys = [u.key for u in users if u.key is not None]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("two MTProto users share a secret: each needs its own")
+    domain = raw.get("mtproto_domain")
+    if domain is not None:
+        from resistance.proto.faketls import _check_domain
+
+        try:
+            _check_domain(str(domain))
+        except ValueError as exc:
+            raise ConfigError(f"mtproto_domain: {exc}") from None
+        domain = str(domain).lower()
+    front = raw.get("mtproto_front")
+    dcs: dict[int, tuple[Endpoint, ...]] = {}
+    for text in _as_list(raw.get("mtproto_dc", []), "mtproto_dc"):
+        dc, endpoint = parse_mtproto_dc(text)
+        dcs[dc] = (*dcs.get(dc, ()), endpoint)
+    modes: frozenset[str] | None = None
+    if raw.get("mtproto_modes"):
+        items = [m.strip() for v in _as_list(raw["mtproto_modes"], "mtproto_modes")
+                 for m in v.split(",") if m.strip()]  # fmt: skip
+        bad = [m for m in items if m not in MTPROTO_MODES]
+        if bad or not items:
+            raise ConfigError(f"mtproto_modes: choose among classic, dd, ee (got {bad or items})")
+        modes = frozenset(items)
+        if "ee" in modes and domain is None:
+            raise ConfigError("MTProto mode ee needs --mtproto-domain (the site it looks like)")
+    fast = raw.get("mtproto_fast", True)
+    return MTProtoSettings(
+        listen=listen,
+        users=tuple(users),
+        domain=domain,
+        front=parse_endpoint(str(front), what="MTProto front", default_port=443) if front else None,
+        dcs=dcs,
+        modes=modes,
+        fast=_as_bool(fast, "mtproto_fast"),
+    )

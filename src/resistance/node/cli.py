@@ -73,6 +73,36 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
 @click.option("--drain-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where keys and state live.")
+@click.option(
+    "--mtproto-listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="MTProto proxy listener for the Telegram apps; repeatable; alone unless --listen "
+    "is given too.",
+)
+@click.option(
+    "--mtproto-user",
+    multiple=True,
+    metavar="NAME[:HEX32][:quota=10GiB,expires=YYYY-MM-DD,conns=N]",
+    help="An MTProto user; repeatable; without a secret one is made and kept in the state dir.",
+)
+@click.option("--mtproto-domain", metavar="NAME", help="Fake-TLS (ee) domain the node poses as.")
+@click.option(
+    "--mtproto-front",
+    metavar="HOST:PORT",
+    help="Where clients that do not authenticate are relayed [default: the domain, port 443].",
+)
+@click.option(
+    "--mtproto-dc",
+    multiple=True,
+    metavar="N=HOST:PORT",
+    help="Override a data centre's address (repeatable), e.g. 2=198.18.100.1:443.",
+)
+@click.option(
+    "--mtproto-modes",
+    metavar="LIST",
+    help="Comma list of classic,dd,ee [default: ee with --mtproto-domain, else dd].",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @one_line_errors
 def node(
@@ -98,6 +128,8 @@ def node(
       resist node --config /etc/resist/node.toml --metrics 127.0.0.1:9108
       resist node --listen 0.0.0.0:1080 --tls-listen 0.0.0.0:443 --public-host 203.0.113.7
       resist node --listen 0.0.0.0:1080 --workers 2 --public-host 203.0.113.7
+      resist node --mtproto-listen 0.0.0.0:443 --mtproto-domain www.example.com \\
+                  --mtproto-user alice --public-host 203.0.113.7
     """
     from resistance.config import node_settings, parse_user
     from resistance.node.service import run_node
@@ -115,6 +147,8 @@ def node(
     overrides["deny_ports"] = ["25", *options["deny_ports"]] if options["deny_ports"] else None
     if options["metrics"] is None:
         overrides.pop("metrics")
+    for key in ("mtproto_listen", "mtproto_user", "mtproto_dc"):
+        overrides[key] = list(options[key]) or None
     for key in ("tls_cert", "tls_key", "state_dir"):
         if options[key] is not None:
             overrides[key] = str(options[key])

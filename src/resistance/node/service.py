@@ -160,6 +160,7 @@ async def serve(
         sockets=sockets,
     )
     await node.start()
+    mtproto = await start_mtproto(prepared, metrics, node)
     metrics_server: Any = None
     if metrics_channel is not None:
         _answer_metrics(loop, metrics_channel, metrics)
@@ -175,11 +176,18 @@ async def serve(
                 prepared.nofile,
                 prepared.out,
             )
+            if mtproto is not None:
+                from resistance.node.mtproto import banner_lines
+
+                prepared.out.write("\n".join(banner_lines(mtproto, settings)) + "\n")
+                prepared.out.flush()
             log.info("node identity %s", public_key_text(identity))
         if access.users is None:
             log.warning("without authentication the node cannot prove its identity to a registry")
     except BaseException:
         await node.stop()
+        if mtproto is not None:
+            await mtproto.stop()
         raise
 
     stopping: list[asyncio.Task[None]] = []
@@ -190,6 +198,8 @@ async def serve(
                 "stopping: draining connections for up to %.0f s", settings.limits.drain_timeout
             )
             stopping.append(loop.create_task(node.stop(), name="node-stop"))
+            if mtproto is not None:
+                stopping.append(loop.create_task(mtproto.stop(), name="mtproto-stop"))
 
     def reload() -> None:
         try:
@@ -200,6 +210,11 @@ async def serve(
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
         node.reload(users=fresh_access.users, policy=fresh_policy)
+        if mtproto is not None and fresh.mtproto is not None:
+            try:
+                mtproto.reload(fresh.mtproto)
+            except ConfigError as exc:
+                log.error("MTProto reload failed, keeping its users: %s", exc)
         log.info("reloaded users and policy")
 
     loop.add_signal_handler(signal.SIGTERM, stop)
@@ -209,6 +224,8 @@ async def serve(
         signals_ready()
     try:
         await node.stopped.wait()
+        if stopping:
+            await asyncio.gather(*stopping)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -324,3 +341,21 @@ def _tls_link_line(settings: NodeSettings, listening: Listening, access: Access)
     tls = listening.tls_bound[0]
     url = f"socks5s://{userinfo}{shown}:{tls.port}#sha256={listening.tls_sha256}"
     return f"resist connect --upstream '{url}'"
+
+
+async def start_mtproto(prepared: Prepared, metrics: NodeMetrics, node: Node) -> Any:
+    """The MTProto listener beside the SOCKS5 node, when ``--mtproto-listen`` asks for one."""
+    mt = prepared.settings.mtproto
+    if mt is None or not mt.listen:
+        return None
+    from resistance.node.mtproto import MTProtoServer
+
+    server = MTProtoServer(
+        mt, prepared.settings.limits, state_dir=prepared.state_dir, metrics=metrics
+    )
+    try:
+        await server.start()
+    except BaseException:
+        await node.stop()
+        raise
+    return server
