@@ -1,0 +1,144 @@
+"""MTProto through the system with the real node: `resist node --mtproto-listen` on 127.0.0.1.
+
+The node relays to the lab's data-centre stand-in (``--mtproto-dc``) and fronts
+whatever does not authenticate to a local echo server (``--mtproto-front``).
+The probe's check and the registry's proof of control go through it as a
+Telegram client would: fake-TLS (ee) or obfuscated2 (dd, classic), then
+req_pq_multi answered by the data centre's resPQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resistance.config import Endpoint
+from resistance.lab import datacentre
+from resistance.links import MTProtoSecret
+from resistance.net.mtproto import ask_res_pq
+from resistance.probe.check import Failure, Step
+from resistance.probe.mtproto import run_mtproto_check
+from resistance.probe.runner import CheckSettings, Target
+from tests.conftest import EchoServer, RunningNode, launch_node
+from tests.registry.conftest import db_url, pg_template, start_registry
+
+__all__ = ["db_url", "pg_template"]  # the registry's database fixtures, SQLite and PostgreSQL
+
+DOMAIN = "example.com"
+ALICE = secrets.token_bytes(16)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def dc() -> AsyncIterator[int]:
+    port = free_port()
+    ready = asyncio.Event()
+    task = asyncio.create_task(datacentre.serve(Endpoint("127.0.0.1", port), ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    try:
+        yield port
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+def front() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def start_mtproto_node(
+    state_dir: Path, dc_port: int, front_port: int, users: dict[str, bytes]
+) -> tuple[RunningNode, int]:
+    port = free_port()
+    args = [
+        "--mtproto-listen", f"127.0.0.1:{port}", "--mtproto-domain", DOMAIN,
+        "--mtproto-modes", "classic,dd,ee", "--mtproto-dc", f"2=127.0.0.1:{dc_port}",
+        "--mtproto-front", f"127.0.0.1:{front_port}",
+    ]  # fmt: skip
+    for name, key in users.items():
+        args += ["--mtproto-user", f"{name}:{key.hex()}"]
+    node = launch_node(args, state_dir)
+    for _ in range(100):  # bounded: the MTProto listener opens right after the SOCKS5 one
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return node, port
+        time.sleep(0.05)
+    node.stop()
+    raise AssertionError("the node's MTProto listener did not open")
+
+
+@pytest.fixture
+def node(tmp_path: Path, dc: int, front: EchoServer) -> Iterator[int]:
+    running, port = start_mtproto_node(tmp_path / "node", dc, front.port, {"alice": ALICE})
+    yield port
+    running.stop()
+
+
+def target(port: int, secret: MTProtoSecret) -> Target:
+    return Target("127.0.0.1", port, None, None, 1, "mtproto", None, secret.hex)
+
+
+@pytest.mark.parametrize("mode", ["ee", "dd", "classic"])
+async def test_the_probe_gets_a_res_pq_through_the_node(node: int, mode: str) -> None:
+    secret = MTProtoSecret(mode, ALICE, DOMAIN if mode == "ee" else None)
+    result = await run_mtproto_check(target(node, secret), CheckSettings(step_timeout=5))
+    assert result.verdict.ok, result.verdict
+    assert result.outcomes[-1].step is Step.RESPQ
+
+
+async def test_a_wrong_key_is_fronted_and_fails_the_handshake(node: int) -> None:
+    secret = MTProtoSecret("ee", secrets.token_bytes(16), DOMAIN)
+    result = await run_mtproto_check(target(node, secret), CheckSettings(step_timeout=5))
+    # The node relays our hello to the front (an echo here), whose answer is not signed.
+    assert result.verdict.failed_step is Step.HANDSHAKE
+    assert result.verdict.failure is Failure.WRONG_ANSWER
+
+
+async def test_a_wrong_key_in_dd_gets_no_res_pq(node: int) -> None:
+    answer = await ask_res_pq(
+        "127.0.0.1", node, MTProtoSecret("dd", secrets.token_bytes(16)), within=3
+    )
+    assert not answer.ok and answer.step == "respq"
+
+
+async def test_the_registry_proves_the_node_with_the_operators_prober_secret(
+    tmp_path: Path, db_url: str, dc: int, front: EchoServer
+) -> None:
+    async with start_registry(tmp_path / "reg", db_url, challenge_timeout=5.0) as reg:
+        token = await reg.operator("mt-op")
+        operator = reg.client(token=token)
+        key = bytes.fromhex((await operator.get("/api/v1/mtproto/prober-secret")).json()["key"])
+        body: dict[str, Any] = {"mode": "ee", "domain": DOMAIN, "public": True}
+        without, port = start_mtproto_node(tmp_path / "n1", dc, front.port, {"alice": ALICE})
+        try:
+            body["endpoint"] = {"host": "127.0.0.1", "port": port}
+            refused = await operator.post("/api/v1/mtproto/endpoints", json=body)
+        finally:
+            without.stop()
+        assert refused.status_code == 422 and "handshake" in refused.json()["error"]
+        users = {"alice": ALICE, "registry": key}
+        with_key, port = start_mtproto_node(tmp_path / "n2", dc, front.port, users)
+        try:
+            body["endpoint"] = {"host": "127.0.0.1", "port": port}
+            accepted = await operator.post("/api/v1/mtproto/endpoints", json=body)
+        finally:
+            with_key.stop()
+        assert accepted.status_code == 201, accepted.text
+        assert accepted.json()["mtproto"] == {"mode": "ee", "domain": DOMAIN}
