@@ -142,3 +142,22 @@ async def test_the_registry_proves_the_node_with_the_operators_prober_secret(
             with_key.stop()
         assert accepted.status_code == 201, accepted.text
         assert accepted.json()["mtproto"] == {"mode": "ee", "domain": DOMAIN}
+
+
+async def test_the_telegram_like_client_gets_through_the_node(node: int, dc: int) -> None:
+    from click.testing import CliRunner
+
+    from resistance.lab.cli import lab
+
+    link = f"tg://proxy?server=127.0.0.1&port={node}&secret=ee{ALICE.hex()}{DOMAIN.encode().hex()}"
+    runner = CliRunner()
+    through = await asyncio.to_thread(runner.invoke, lab, ["telegram", link])
+    assert through.exit_code == 0, through.output
+    assert through.output.startswith("resPQ from the data centre through the proxy")
+    direct = await asyncio.to_thread(runner.invoke, lab, ["telegram", f"127.0.0.1:{dc}"])
+    assert direct.exit_code == 0 and "directly at" in direct.output
+    closed = await asyncio.to_thread(
+        runner.invoke, lab, ["telegram", "--within", "2", f"127.0.0.1:{free_port()}"]
+    )
+    assert closed.exit_code == 1 and closed.output.startswith("no resPQ directly")
+    assert "tcp: refused" in closed.output

@@ -235,3 +235,28 @@ def datacentre(listen: str) -> None:
     from resistance.lab.datacentre import serve
 
     asyncio.run(serve(parse_endpoint(listen, what="listen address")))
+
+
+@lab.command(context_settings=CONTEXT)
+@click.argument("target")
+@click.option("--within", type=float, default=5.0, show_default=True, help="Seconds per step.")
+@one_line_errors
+def telegram(target: str, within: float) -> None:
+    """A Telegram-like client: ask a data centre for resPQ, directly or through a proxy.
+
+    TARGET is a tg://proxy?... link (or https://t.me/proxy?..., mtproto://SECRET@HOST:PORT)
+    to go through an MTProto proxy as the app does (fake-TLS or obfuscated2, then
+    req_pq_multi), or HOST:PORT of a data centre to try directly.  No account is used.
+    Exits 1 when no resPQ comes back.
+
+    \b
+    Examples:
+      sudo ip netns exec rlab-censored resist lab telegram 198.18.100.1:443
+      resist lab telegram 'tg://proxy?server=198.18.14.1&port=443&secret=ee...'
+    """
+    from resistance.lab.telegram import run_client
+
+    ok, line = run_client(target, within=within)
+    click.echo(line)
+    if not ok:
+        raise SystemExit(1)
