@@ -543,8 +543,8 @@ class Story:
                 out = netns.in_ns(self.t.censored, *self.lab.resist_argv(), "lab", "telegram",
                                   "--within", "3", target)  # fmt: skip
                 return True, out.strip()
-            except LabError as exc:
-                return False, str(exc)
+            except LabError as exc:  # "COMMAND: what it printed": keep what it printed
+                return False, str(exc).partition(": ")[2] or str(exc)
 
         direct_ok, direct = client(f"{topo.DATACENTRE_ADDR}:{topo.DATACENTRE_PORT}")
         via_ok, via = client(link)
