@@ -21,11 +21,12 @@ import pytest
 
 from resistance.config import Endpoint
 from resistance.lab import datacentre
-from resistance.links import MTProtoSecret
+from resistance.links import MODES_BY_NAME
 from resistance.net.mtproto import ask_res_pq
 from resistance.probe.check import Failure, Step
 from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.runner import CheckSettings, Target
+from resistance.proto.faketls import ProxySecret
 from tests.conftest import EchoServer, RunningNode, launch_node
 from tests.registry.conftest import db_url, pg_template, start_registry
 
@@ -91,20 +92,20 @@ def node(tmp_path: Path, dc: int, front: EchoServer) -> Iterator[int]:
     running.stop()
 
 
-def target(port: int, secret: MTProtoSecret) -> Target:
-    return Target("127.0.0.1", port, None, None, 1, "mtproto", None, secret.hex)
+def target(port: int, secret: ProxySecret) -> Target:
+    return Target("127.0.0.1", port, None, None, 1, "mtproto", None, secret.to_hex())
 
 
 @pytest.mark.parametrize("mode", ["ee", "dd", "classic"])
 async def test_the_probe_gets_a_res_pq_through_the_node(node: int, mode: str) -> None:
-    secret = MTProtoSecret(mode, ALICE, DOMAIN if mode == "ee" else None)
+    secret = ProxySecret(ALICE, MODES_BY_NAME[mode], DOMAIN if mode == "ee" else None)
     result = await run_mtproto_check(target(node, secret), CheckSettings(step_timeout=5))
     assert result.verdict.ok, result.verdict
     assert result.outcomes[-1].step is Step.RESPQ
 
 
 async def test_a_wrong_key_is_fronted_and_fails_the_handshake(node: int) -> None:
-    secret = MTProtoSecret("ee", secrets.token_bytes(16), DOMAIN)
+    secret = ProxySecret(secrets.token_bytes(16), MODES_BY_NAME["ee"], DOMAIN)
     result = await run_mtproto_check(target(node, secret), CheckSettings(step_timeout=5))
     # The node relays our hello to the front (an echo here), whose answer is not signed.
     assert result.verdict.failed_step is Step.HANDSHAKE
@@ -113,7 +114,7 @@ async def test_a_wrong_key_is_fronted_and_fails_the_handshake(node: int) -> None
 
 async def test_a_wrong_key_in_dd_gets_no_res_pq(node: int) -> None:
     answer = await ask_res_pq(
-        "127.0.0.1", node, MTProtoSecret("dd", secrets.token_bytes(16)), within=3
+        "127.0.0.1", node, ProxySecret(secrets.token_bytes(16), MODES_BY_NAME["dd"]), within=3
     )
     assert not answer.ok and answer.step == "respq"
 

@@ -24,9 +24,10 @@ from typing import Any
 from resistance.config import parse_endpoint
 from resistance.errors import ConfigError
 from resistance.lab import topology as topo
-from resistance.links import MTProtoSecret, mtproto_links, parse_mtproto_link
+from resistance.links import MODE_NAMES, mtproto_links, parse_mtproto_link
 from resistance.net.mtproto import ResPQAnswer, ask_res_pq
 from resistance.paths import write_private
+from resistance.proto.faketls import ProxySecret, SecretMode
 
 #: The MTProto volunteer's own address (a /32 added to the free network's loopback).
 MTPROTO_ADDR = "198.18.14.1"
@@ -51,16 +52,16 @@ def node_config(prober_key: bytes, user_key: bytes) -> str:
     )
 
 
-def write_node_config(state_dir: Path, prober_key: bytes) -> tuple[Path, MTProtoSecret]:
+def write_node_config(state_dir: Path, prober_key: bytes) -> tuple[Path, ProxySecret]:
     """Write the config (0600) and return it with the user's ee secret."""
     user_key = secrets.token_bytes(16)
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "node.toml"
     write_private(path, node_config(prober_key, user_key))
-    return path, MTProtoSecret("ee", user_key, MTPROTO_DOMAIN)
+    return path, ProxySecret(user_key, SecretMode.EE, MTPROTO_DOMAIN)
 
 
-def user_link(secret: MTProtoSecret) -> str:
+def user_link(secret: ProxySecret) -> str:
     return mtproto_links(MTPROTO_ADDR, MTPROTO_PORT, secret).tg
 
 
@@ -83,11 +84,11 @@ def describe(answer: ResPQAnswer, via: str) -> str:
 def run_client(target: str, *, within: float) -> tuple[bool, str]:
     """``target`` is a tg://proxy (or t.me, mtproto://) link, or HOST:PORT of a data
     centre to try directly.  Returns whether a resPQ came back, and one line."""
-    secret: MTProtoSecret | None
+    secret: ProxySecret | None
     if "://" in target:
         proxy = parse_mtproto_link(target)
         host, port, secret = proxy.host, proxy.port, proxy.secret
-        via = f"through the proxy {host}:{port} ({secret.mode})"
+        via = f"through the proxy {host}:{port} ({MODE_NAMES[secret.mode]})"
     else:
         try:
             endpoint = parse_endpoint(target)

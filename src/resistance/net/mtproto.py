@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from resistance.errors import ProtocolError
-from resistance.links import MTProtoSecret
 from resistance.proto import faketls, obfuscated2
+from resistance.proto.faketls import ProxySecret, SecretMode
 from resistance.proto.mtproto import check_res_pq, req_pq_multi
 
 #: The data centre a probe asks for (any of 1-5 answers req_pq_multi alike).
@@ -67,9 +67,9 @@ class _Failed(Exception):
         self.step, self.failure, self.detail = step, failure, detail
 
 
-def tag_for(secret: MTProtoSecret | None) -> obfuscated2.ProtocolTag:
+def tag_for(secret: ProxySecret | None) -> obfuscated2.ProtocolTag:
     """The framing Telegram's apps use with this kind of secret (or none, to a DC)."""
-    if secret is None or secret.mode == "classic":
+    if secret is None or secret.mode is SecretMode.CLASSIC:
         return obfuscated2.ProtocolTag.INTERMEDIATE
     return obfuscated2.ProtocolTag.PADDED
 
@@ -120,7 +120,7 @@ class _Session:
             raise _Failed(step, _os_failure(exc), exc.strerror or type(exc).__name__) from None
 
 
-async def _fake_tls(session: _Session, secret: MTProtoSecret, now: float) -> bytes:
+async def _fake_tls(session: _Session, secret: ProxySecret, now: float) -> bytes:
     """Do the ee handshake; returns ApplicationData bytes that came with the answer."""
     assert secret.domain is not None
     hello = faketls.build_client_hello(secret.key, secret.domain, now)
@@ -138,10 +138,10 @@ async def _fake_tls(session: _Session, secret: MTProtoSecret, now: float) -> byt
 
 
 async def _exchange(
-    session: _Session, secret: MTProtoSecret | None, dc: int, now: float, started: float
+    session: _Session, secret: ProxySecret | None, dc: int, now: float, started: float
 ) -> int:
     """The microseconds from req_pq_multi to its resPQ (the handshake's go to ``session``)."""
-    tls = secret is not None and secret.mode == "ee"
+    tls = secret is not None and secret.mode is SecretMode.EE
     records = faketls.RecordReader(allow_ccs=False)
     pending = b""
     if tls:
@@ -176,7 +176,7 @@ async def _exchange(
 async def ask_res_pq(
     host: str,
     port: int,
-    secret: MTProtoSecret | None,
+    secret: ProxySecret | None,
     *,
     within: float,
     dc: int = DEFAULT_DC,
