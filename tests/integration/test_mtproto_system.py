@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -162,3 +164,57 @@ async def test_the_telegram_like_client_gets_through_the_node(node: int, dc: int
     )
     assert closed.exit_code == 1 and closed.output.startswith("no resPQ directly")
     assert "tcp: refused" in closed.output
+
+
+def test_an_operator_registers_the_node_with_the_cli(tmp_path: Path, front: EchoServer) -> None:
+    import httpx
+    from click.testing import CliRunner
+
+    from resistance.cli import main
+    from resistance.registry.app import create_app
+    from tests.registry.conftest import ThreadedServer, make_settings
+
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'registry.sqlite3'}"
+    app = create_app(make_settings(tmp_path / "reg", db_url), on_admin_token=lambda _: None)
+    dc_port = free_port()
+    dc_proc = subprocess.Popen(
+        [sys.executable, "-m", "resistance", "lab", "datacentre", "--listen",
+         f"127.0.0.1:{dc_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with ThreadedServer(app) as server:
+            base = f"http://127.0.0.1:{server.port}"
+            made = httpx.post(f"{base}/api/v1/operators", json={"name": "op"}, timeout=10)
+            env = {"RESIST_REGISTRY_TOKEN": made.json()["token"]}
+            runner = CliRunner()
+            shown = runner.invoke(main, ["registry", "mtproto-secret", "--registry", base], env=env)
+            assert shown.exit_code == 0, shown.output
+            key = shown.output.splitlines()[0]
+            assert f"--mtproto-user registry:{key}" in shown.output
+            running, port = start_mtproto_node(
+                tmp_path / "node", dc_port, front.port, {"registry": bytes.fromhex(key)}
+            )
+            try:
+                done = runner.invoke(
+                    main,
+                    ["registry", "register-mtproto", "--registry", base, "--public-host",
+                     "127.0.0.1", "--port", str(port), "--domain", DOMAIN, "--public"],
+                    env=env,
+                )  # fmt: skip
+            finally:
+                running.stop()
+            assert done.exit_code == 0, done.output
+            assert done.output.startswith("registered MTProto proxy 1 at 127.0.0.1:")
+            assert "(ee, example.com; public)" in done.output
+            again = runner.invoke(
+                main,
+                ["registry", "register-mtproto", "--registry", base, "--public-host",
+                 "127.0.0.1", "--port", str(port), "--mode", "dd"],
+                env=env,
+            )  # fmt: skip
+            assert again.exit_code == 2  # one line on stderr, status 2, like every command
+            assert "registry refused (422): proof of control failed: tcp: refused" in again.output
+    finally:
+        dc_proc.terminate()
+        dc_proc.wait(10)
