@@ -194,7 +194,8 @@ def demo(name: str, state_dir: Path | None, keep: bool) -> None:
     Builds the lab, then: the data centre is blocked; volunteers register
     nodes and probes measure them; the user gets through with resist connect;
     the censor blocks the node in use and the user keeps getting through; the
-    probes judge it blocked; a grant round pays the nodes and Electrum signs.
+    probes judge it blocked; a grant round pays the nodes and Electrum signs; a
+    volunteer's MTProto proxy gets a Telegram-like client through.
 
     \b
     Example:
