@@ -175,3 +175,14 @@ def test_resist_link_refuses_a_bad_secret_in_one_line() -> None:
 def test_socks_urls_still_work() -> None:
     links = telegram_links_for("socks5://a:b@198.51.100.7:1080")
     assert links.tg == "tg://socks?server=198.51.100.7&port=1080&user=a&pass=b"
+
+
+@given(st.dictionaries(st.sampled_from(["mode", "domain", "x"]), st.none() | st.text(max_size=20)
+                       | st.integers() | st.sampled_from(["ee", "dd", "classic"])))  # fmt: skip
+def test_directory_mtproto_listings_parse_or_are_none(value: dict[str, object]) -> None:
+    from resistance.directory.entry import parse_mtproto_listing
+
+    listing = parse_mtproto_listing(value)
+    if listing is not None:
+        assert listing.mode in ("classic", "dd", "ee")
+        assert (listing.domain is not None) == (listing.mode == "ee")
