@@ -90,7 +90,7 @@ def test_hand_written_telegram_hello_parses_and_verifies() -> None:
 
 
 def test_our_client_hello_verifies_and_varies() -> None:
-    records = [build_client_hello(KEY, "cdn.example.org", NOW) for _ in range(20)]
+    records = [build_client_hello(KEY, "cdn.example.org", NOW) for _ in range(200)]
     hellos = [parse_client_hello(r) for r in records]
     for hello in hellos:
         assert hello.server_name == "cdn.example.org"
@@ -98,6 +98,7 @@ def test_our_client_hello_verifies_and_varies() -> None:
         assert 0x1301 in hello.cipher_suites
     assert len({h.extensions for h in hellos}) > 10  # shuffled per connection
     assert len({len(r) for r in records}) > 2  # no fixed length
+    assert all(len(r) >= 517 for r in records)  # what MTProxy and mtprotoproxy require
     assert len({r[:11] for r in records}) > 2  # not even a fixed first record bytes
 
 

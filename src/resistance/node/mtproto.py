@@ -110,6 +110,35 @@ SWEEP_SECONDS = 5.0
 SAVE_EVERY = 12  # sweeps between saves of usage and the replay cache
 
 
+def tune_malloc() -> bool:
+    """Keep freed relay buffers in glibc's heap instead of giving them back.
+
+    Every chunk an encrypting relay moves makes fresh 256 KiB buffers (read,
+    decrypt, encrypt, TLS records).  With glibc's defaults each comes from
+    mmap or a grown heap and goes back at once, so every chunk pays page
+    faults: measured, 2.5 CPU s/GiB through the ee relay, against 1.0 with
+    these settings (bench/mtproto.py).  The retained heap stays bounded by
+    the trim threshold.  Returns whether glibc took the settings.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return bool(
+        mallopt(m_mmap_threshold, 4 << 20)
+        and mallopt(m_trim_threshold, 64 << 20)
+        and mallopt(m_top_pad, 8 << 20)
+    )
+
+
 def default_modes(settings: MTProtoSettings) -> frozenset[str]:
     if settings.modes is not None:
         return settings.modes
@@ -226,6 +255,7 @@ class MTProtoServer:
     # -- life cycle -----------------------------------------------------------
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        tune_malloc()
         try:
             for i, endpoint in enumerate(self.settings.listen):
                 if sockets is not None:

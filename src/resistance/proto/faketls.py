@@ -245,6 +245,10 @@ class _Cursor:
         return self.end - self.pos
 
 
+_TWO_U16: Final = struct.Struct(">HH")
+_SNI: Final = int(ExtensionType.SERVER_NAME)
+
+
 def parse_client_hello(record: bytes) -> ClientHello:
     """Parse one complete ClientHello record (header included), strictly.
 
@@ -283,15 +287,21 @@ def parse_client_hello(record: bytes) -> ClientHello:
         if cur.left:
             raise ProtocolError("bytes after the ClientHello extensions")
         seen: set[int] = set()
-        while ext.left:
-            kind = ext.u16("extension type")
-            body = ext.sub(ext.u16("extension length"), "extension body")
+        pos, end = ext.pos, ext.end
+        while pos < end:  # inline: a hello has ~17 extensions, parsed per handshake
+            if end - pos < 4:
+                raise ProtocolError("ClientHello truncated in extension header")
+            kind, size = _TWO_U16.unpack_from(record, pos)
+            pos += 4
+            if pos + size > end:
+                raise ProtocolError("ClientHello truncated in extension body")
             if kind in seen:
                 raise ProtocolError(f"ClientHello repeats extension {kind:#06x}")
             seen.add(kind)
             extensions.append(kind)
-            if kind == ExtensionType.SERVER_NAME:
-                server_name = _parse_sni(body)
+            if kind == _SNI:
+                server_name = _parse_sni(_Cursor(record, pos, pos + size))
+            pos += size
     return ClientHello(
         record=bytes(record),
         random=bytes(random),
@@ -519,35 +529,41 @@ class RecordReader:
         return len(self._buf)
 
     def feed(self, data: bytes) -> bytes:
-        buf = self._buf
-        buf += data
-        out = bytearray()
+        # The hot path of an ee relay: parse in place (the pending tail, if any,
+        # joined once), collect payload views, copy each payload byte once.
+        if self._buf:
+            self._buf += data
+            src: bytes | bytearray = self._buf
+        else:
+            src = data
+        parts: list[memoryview] = []
         pos = 0
-        end = len(buf)
-        while end - pos >= RECORD_HEADER_LEN:
-            kind = buf[pos]
-            length = (buf[pos + 3] << 8) | buf[pos + 4]
-            if buf[pos + 1] != 3 or buf[pos + 2] != 3:
-                raise ProtocolError("TLS record with a wrong version")
-            if length > self.max_body:
-                raise BufferOverflow(f"TLS record of {length} bytes exceeds {self.max_body}")
-            if kind == ContentType.APPLICATION_DATA:
+        end = len(src)
+        with memoryview(src) as view:
+            while end - pos >= RECORD_HEADER_LEN:
+                kind = src[pos]
+                length = (src[pos + 3] << 8) | src[pos + 4]
+                if src[pos + 1] != 3 or src[pos + 2] != 3:
+                    raise ProtocolError("TLS record with a wrong version")
+                if length > self.max_body:
+                    raise BufferOverflow(f"TLS record of {length} bytes exceeds {self.max_body}")
+                ccs = kind == ContentType.CHANGE_CIPHER_SPEC and self._ccs_ok
+                if kind != ContentType.APPLICATION_DATA and not ccs:
+                    raise ProtocolError(f"unexpected TLS record type {kind:#04x}")
                 if end - pos < RECORD_HEADER_LEN + length:
                     break
-                out += buf[pos + RECORD_HEADER_LEN : pos + RECORD_HEADER_LEN + length]
+                if ccs:
+                    if length != 1 or src[pos + RECORD_HEADER_LEN] != 1:
+                        raise ProtocolError("malformed ChangeCipherSpec record")
+                else:
+                    parts.append(view[pos + RECORD_HEADER_LEN : pos + RECORD_HEADER_LEN + length])
                 self._ccs_ok = False
-            elif kind == ContentType.CHANGE_CIPHER_SPEC and self._ccs_ok:
-                if end - pos < RECORD_HEADER_LEN + length:
-                    break
-                if length != 1 or buf[pos + RECORD_HEADER_LEN] != 1:
-                    raise ProtocolError("malformed ChangeCipherSpec record")
-                self._ccs_ok = False
-            else:
-                raise ProtocolError(f"unexpected TLS record type {kind:#04x}")
-            pos += RECORD_HEADER_LEN + length
-        if pos:
-            del buf[:pos]
-        return bytes(out)
+                pos += RECORD_HEADER_LEN + length
+            out = parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+            parts.clear()
+            rest = view[pos:].tobytes() if pos < end else b""
+        self._buf = bytearray(rest)
+        return out
 
 
 _APPDATA_HEADER: Final = struct.Struct(">BHH")
@@ -672,9 +688,12 @@ def build_client_hello(
     suites = _u16s([grease[0], *_CIPHER_SUITES])
     hello_body = b"\x03\x03" + bytes(RANDOM_LEN) + b"\x20" + rand(32) + _vec16(suites) + b"\x01\x00"
     unpadded = 4 + len(hello_body) + 2 + len(body_ext)
-    if not use_pq and unpadded < 512:
-        # Telegram's and older Chromium's padding: reach 512..517 bytes.
-        pad = max(1, 517 - 5 - unpadded - 4 - rng.randrange(6))
+    if unpadded < 512:
+        # BoringSSL's rule (RFC 7685): pad the handshake message to 512 bytes, so
+        # the record is 517 bytes as Telegram's is; servers (MTProxy,
+        # mtprotoproxy) take shorter records for something other than ee.
+        pad = 512 - unpadded
+        pad = pad - 4 if pad >= 5 else 1
         body_ext += _ext(ExtensionType.PADDING, bytes(pad))
     hello_body += _vec16(body_ext)
     handshake = bytes([HandshakeType.CLIENT_HELLO]) + len(hello_body).to_bytes(3, "big")
