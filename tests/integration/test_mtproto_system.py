@@ -218,3 +218,24 @@ def test_an_operator_registers_the_node_with_the_cli(tmp_path: Path, front: Echo
     finally:
         dc_proc.terminate()
         dc_proc.wait(10)
+
+
+async def test_resist_probe_check_takes_an_mtproto_link(node: int) -> None:
+    from click.testing import CliRunner
+
+    from resistance.cli import main
+
+    secret = f"ee{ALICE.hex()}{DOMAIN.encode().hex()}"
+    runner = CliRunner()
+    good = f"https://t.me/proxy?server=127.0.0.1&port={node}&secret={secret}"
+    passed = await asyncio.to_thread(runner.invoke, main, ["probe", "check", good])
+    assert passed.exit_code == 0, passed.output
+    lines = passed.output.splitlines()
+    assert lines[0] == f"checking MTProto proxy 127.0.0.1:{node} (ee)"
+    assert [line.split()[0] for line in lines[1:4]] == ["tcp", "handshake", "respq"]
+    assert lines[-1] == "functional: every step passed"
+    wrong = f"mtproto://dd{secrets.token_bytes(16).hex()}@127.0.0.1:{node}"
+    failed = await asyncio.to_thread(
+        runner.invoke, main, ["probe", "check", wrong, "--step-timeout", "2"]
+    )
+    assert failed.exit_code == 1 and "failed at respq" in failed.output
