@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from resistance.config import parse_endpoint
-from resistance.errors import ConfigError
 from resistance.lab import topology as topo
 from resistance.links import MODE_NAMES, mtproto_links, parse_mtproto_link
 from resistance.net.mtproto import ResPQAnswer, ask_res_pq
@@ -90,10 +89,7 @@ def run_client(target: str, *, within: float) -> tuple[bool, str]:
         host, port, secret = proxy.host, proxy.port, proxy.secret
         via = f"through the proxy {host}:{port} ({MODE_NAMES[secret.mode]})"
     else:
-        try:
-            endpoint = parse_endpoint(target)
-        except ConfigError:
-            raise
+        endpoint = parse_endpoint(target, what="data centre address")
         host, port, secret = endpoint.host, endpoint.port, None
         via = f"directly at {host}:{port}"
     answer = asyncio.run(ask_res_pq(host, port, secret, within=within))

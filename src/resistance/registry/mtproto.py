@@ -43,6 +43,7 @@ from typing import Any, Final
 from sqlalchemy.exc import IntegrityError
 
 from resistance.links import MODES_BY_NAME
+from resistance.net.mtproto import ask_res_pq
 from resistance.probe.batch import ResultRecord
 from resistance.proto.faketls import ProxySecret, SecretMode
 from resistance.registry import repositories as repo
@@ -137,8 +138,6 @@ async def register_endpoint(
     public: bool,
 ) -> dict[str, Any]:
     """Prove an MTProto proxy with the operator's prober secret, then store it as a proxy."""
-    from resistance.net.mtproto import ask_res_pq
-
     domain = check_mode(mode, domain)
     network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:
