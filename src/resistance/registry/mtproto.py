@@ -98,18 +98,6 @@ def proxy_secret(proxy: Proxy) -> ProxySecret | None:
         return None
 
 
-def listing(proxy: Proxy) -> dict[str, Any]:
-    """What the directory says of an MTProto proxy: where, and how; never a secret."""
-    mtproto: dict[str, Any] = {"mode": proxy.mtproto_mode}
-    if proxy.mtproto_mode == "ee":
-        mtproto["domain"] = proxy.mtproto_domain
-    return {
-        "endpoint": {"host": proxy.host, "port": proxy.port},
-        "protocols": list(proxy.protocols),
-        "mtproto": mtproto,
-    }
-
-
 def check_mode(mode: str, domain: str | None) -> str | None:
     """The domain to store for this mode, or ApiError when mode and domain disagree."""
     if mode not in MODES:
