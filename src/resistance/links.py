@@ -15,14 +15,13 @@ is this project's own short form for the same three fields.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from resistance.errors import ConfigError
+from resistance.proto.faketls import ProxySecret, SecretMode, parse_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,73 +87,27 @@ def parse_socks_url(text: str) -> ProxyURL:
 
 #: Longest secret text accepted: ee + 16-byte key + a 253-byte domain, in hex.
 MAX_SECRET_CHARS = 2 * (1 + 16 + 253)
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_SECRET_TEXT = re.compile(r"[0-9A-Fa-f]+|[A-Za-z0-9_-]+=*")
+#: The words the registry, probes and people use for the three kinds of secret.
+MODE_NAMES = {SecretMode.CLASSIC: "classic", SecretMode.DD: "dd", SecretMode.EE: "ee"}
+MODES_BY_NAME = {name: mode for mode, name in MODE_NAMES.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class MTProtoSecret:
-    """An MTProto proxy secret as the apps take it: mode, 16-byte key, fake-TLS domain.
-
-    ``mode`` is ``classic`` (no prefix), ``dd`` (padded intermediate) or ``ee``
-    (fake-TLS, where ``domain`` is the name the ClientHello carries).
-    """
-
-    mode: str
-    key: bytes
-    domain: str | None = None
-
-    @property
-    def hex(self) -> str:
-        """The secret as hex, the form Telegram's links carry."""
-        if self.mode == "classic":
-            return self.key.hex()
-        if self.mode == "dd":
-            return "dd" + self.key.hex()
-        assert self.domain is not None
-        return "ee" + self.key.hex() + self.domain.encode("ascii").hex()
-
-
-def is_host_name(name: str) -> bool:
-    """Whether ``name`` is an ASCII DNS host name (labels of letters, digits, hyphens)."""
-    labels = name.split(".")
-    return len(name) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
-
-
-def parse_mtproto_secret(text: str) -> MTProtoSecret:
-    """Parse a secret in hex or unpadded base64url; ConfigError when it is no valid secret."""
+def parse_mtproto_secret(text: str) -> ProxySecret:
+    """A secret in hex or base64url (:func:`resistance.proto.faketls.parse_secret`),
+    or one ConfigError saying why not."""
     text = text.strip()
-    if not text or len(text) > MAX_SECRET_CHARS:
+    if not text or len(text) > MAX_SECRET_CHARS or not _SECRET_TEXT.fullmatch(text):
         raise ConfigError("bad MTProto secret: expected 32 hex digits, dd+32 or ee+32+domain")
-    raw: bytes | None = None
-    if re.fullmatch(r"[0-9A-Fa-f]+", text) and len(text) % 2 == 0:
-        raw = bytes.fromhex(text)
-    elif re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
-        try:
-            raw = base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
-        except (binascii.Error, ValueError):
-            raw = None
-    if raw is None:
-        raise ConfigError("bad MTProto secret: neither hex nor base64url")
-    if len(raw) == 16:
-        return MTProtoSecret("classic", raw)
-    if len(raw) == 17 and raw[0] == 0xDD:
-        return MTProtoSecret("dd", raw[1:])
-    if len(raw) > 17 and raw[0] == 0xEE:
-        try:
-            domain = raw[17:].decode("ascii")
-        except UnicodeDecodeError:
-            domain = ""
-        if not is_host_name(domain):
-            raise ConfigError("bad MTProto secret: the fake-TLS domain is not a host name")
-        return MTProtoSecret("ee", raw[1:17], domain)
-    raise ConfigError(
-        "bad MTProto secret: expected 16 bytes, dd + 16 bytes or ee + 16 bytes + domain"
-    )
+    try:
+        return parse_secret(text)
+    except ValueError as exc:
+        raise ConfigError(f"bad MTProto secret: {exc}") from None
 
 
-def mtproto_links(host: str, port: int, secret: MTProtoSecret) -> TelegramLinks:
+def mtproto_links(host: str, port: int, secret: ProxySecret) -> TelegramLinks:
     """The two links that make Telegram add this MTProto proxy (secret written in hex)."""
-    query = urlencode({"server": host.strip("[]"), "port": port, "secret": secret.hex})
+    query = urlencode({"server": host.strip("[]"), "port": port, "secret": secret.to_hex()})
     return TelegramLinks(tg=f"tg://proxy?{query}", https=f"https://t.me/proxy?{query}")
 
 
@@ -164,7 +117,7 @@ class MTProtoProxy:
 
     host: str
     port: int
-    secret: MTProtoSecret
+    secret: ProxySecret
 
     def links(self) -> TelegramLinks:
         return mtproto_links(self.host, self.port, self.secret)

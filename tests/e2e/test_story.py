@@ -142,3 +142,11 @@ def test_6_a_grant_round_pays_for_verified_service_and_electrum_signs(story: Sto
     view = story.lab.api("GET", "/api/v1/grants/rounds/lab")
     assert view["status"] == "paid"
     assert view["txid"] == str(tx.compute_txid())
+
+
+def test_7_the_telegram_app_gets_through_an_mtproto_proxy(story: Story) -> None:
+    result = story.step7_telegram()
+    assert result.figures["direct_ok"] is False  # the data centre is still blocked
+    assert result.figures["via_proxy_ok"] is True  # the tg://proxy link gets through
+    # the probes inside RU and in NL check it as the app does (fake-TLS, req_pq_multi)
+    assert result.figures["probe_status"] == "functional"

@@ -17,12 +17,13 @@ import pytest
 
 from resistance.config import Endpoint
 from resistance.lab import datacentre
-from resistance.links import MTProtoSecret
+from resistance.links import MODES_BY_NAME
 from resistance.net.mtproto import ask_res_pq
 from resistance.probe.batch import parse_batch, result_json, sign_batch
 from resistance.probe.check import Failure, Step
 from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.runner import CheckSettings, Target
+from resistance.proto.faketls import ProxySecret
 from tests.integration.mtproxy_standin import MTProxyStandIn
 
 KEY = secrets.token_bytes(16)
@@ -50,12 +51,12 @@ async def dc() -> AsyncIterator[tuple[str, int]]:
             await task
 
 
-def secret_for(mode: str, key: bytes = KEY) -> MTProtoSecret:
-    return MTProtoSecret(mode, key, "example.com" if mode == "ee" else None)
+def secret_for(mode: str, key: bytes = KEY) -> ProxySecret:
+    return ProxySecret(key, MODES_BY_NAME[mode], "example.com" if mode == "ee" else None)
 
 
-def target(port: int, secret: MTProtoSecret) -> Target:
-    return Target("127.0.0.1", port, None, None, 7, "mtproto", None, secret.hex)
+def target(port: int, secret: ProxySecret) -> Target:
+    return Target("127.0.0.1", port, None, None, 7, "mtproto", None, secret.to_hex())
 
 
 async def test_a_data_centre_answers_directly(dc: tuple[str, int]) -> None:

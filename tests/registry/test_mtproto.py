@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from resistance.config import Endpoint
+from resistance.directory.entry import MTProtoListing, parse_entry
 from resistance.directory.keys import public_key_text
 from resistance.lab import datacentre
 from resistance.probe.batch import new_batch_id, sign_batch
@@ -134,6 +135,9 @@ async def test_a_proxy_with_the_prober_secret_is_registered(world: World, mode: 
     expected = {"mode": mode, **({"domain": DOMAIN} if mode == "ee" else {})}
     assert entry["protocols"] == ["mtproto"] and entry["mtproto"] == expected
     assert "credentials" not in entry and "node_key" not in entry
+    parsed = parse_entry(entry)
+    assert parsed is not None and parsed.protocols == ("mtproto",)
+    assert parsed.mtproto == MTProtoListing(mode, DOMAIN if mode == "ee" else None)
     public = [
         json.dumps(signed),
         (await world.reg.client().get("/api/v1/directory")).text,

@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from resistance.cli import main
 from resistance.errors import ConfigError
 from resistance.links import (
-    MTProtoSecret,
+    MODE_NAMES,
+    MODES_BY_NAME,
     mtproto_links,
     parse_mtproto_link,
     parse_mtproto_secret,
     telegram_links_for,
 )
+from resistance.proto.faketls import ProxySecret
 
 KEY = bytes(range(16))
 EE = "ee" + KEY.hex() + b"example.com".hex()
@@ -38,8 +40,8 @@ EE = "ee" + KEY.hex() + b"example.com".hex()
 )
 def test_secret_forms(text: str, mode: str, domain: str | None) -> None:
     secret = parse_mtproto_secret(text)
-    assert (secret.mode, secret.key, secret.domain) == (mode, KEY, domain)
-    assert parse_mtproto_secret(secret.hex) == secret
+    assert (MODE_NAMES[secret.mode], secret.key, secret.domain) == (mode, KEY, domain)
+    assert parse_mtproto_secret(secret.to_hex()) == secret
 
 
 @pytest.mark.parametrize(
@@ -78,7 +80,7 @@ def test_links_carry_server_port_and_hex_secret() -> None:
 )
 def test_every_link_form_gives_the_same_proxy(text: str) -> None:
     proxy = parse_mtproto_link(text)
-    assert (proxy.host, proxy.port, proxy.secret.hex) == ("198.51.100.7", 443, EE)
+    assert (proxy.host, proxy.port, proxy.secret.to_hex()) == ("198.51.100.7", 443, EE)
 
 
 @pytest.mark.parametrize(
@@ -101,17 +103,14 @@ def test_bad_links(text: str) -> None:
         parse_mtproto_link(text)
 
 
+keys = st.binary(min_size=16, max_size=16)
 secrets = (
-    st.builds(
-        MTProtoSecret,
-        mode=st.just("classic"),
-        key=st.binary(min_size=16, max_size=16),
-    )
-    | st.builds(MTProtoSecret, mode=st.just("dd"), key=st.binary(min_size=16, max_size=16))
+    st.builds(ProxySecret, key=keys, mode=st.just(MODES_BY_NAME["classic"]))
+    | st.builds(ProxySecret, key=keys, mode=st.just(MODES_BY_NAME["dd"]))
     | st.builds(
-        MTProtoSecret,
-        mode=st.just("ee"),
-        key=st.binary(min_size=16, max_size=16),
+        ProxySecret,
+        key=keys,
+        mode=st.just(MODES_BY_NAME["ee"]),
         domain=st.from_regex(
             r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z]{2,10}){0,3}", fullmatch=True
         ),
@@ -121,10 +120,10 @@ hosts = st.ip_addresses().map(str) | st.from_regex(r"[a-z][a-z0-9.-]{0,40}", ful
 
 
 @given(host=hosts, port=st.integers(1, 65535), secret=secrets)
-def test_links_round_trip(host: str, port: int, secret: MTProtoSecret) -> None:
+def test_links_round_trip(host: str, port: int, secret: ProxySecret) -> None:
     links = mtproto_links(host, port, secret)
     netloc = f"[{host}]" if ":" in host else host
-    for text in (links.tg, links.https, f"mtproto://{secret.hex}@{netloc}:{port}"):
+    for text in (links.tg, links.https, f"mtproto://{secret.to_hex()}@{netloc}:{port}"):
         proxy = parse_mtproto_link(text)
         assert (proxy.host, proxy.port, proxy.secret) == (host, port, secret)
 
@@ -137,7 +136,7 @@ def test_any_text_parses_or_is_refused(text: str) -> None:
         except ConfigError:
             continue
         assert 0 < proxy.port < 65536
-        assert proxy.secret.mode in ("classic", "dd", "ee")
+        assert proxy.secret.mode in MODE_NAMES
         assert len(proxy.secret.key) == 16
 
 
@@ -147,7 +146,7 @@ def test_any_secret_parses_or_is_refused(text: str) -> None:
         secret = parse_mtproto_secret(text)
     except ConfigError:
         return
-    assert parse_mtproto_secret(secret.hex) == secret
+    assert parse_mtproto_secret(secret.to_hex()) == secret
 
 
 def test_resist_link_prints_both_mtproto_links_and_a_qr(tmp_path: Path) -> None:
@@ -176,3 +175,14 @@ def test_resist_link_refuses_a_bad_secret_in_one_line() -> None:
 def test_socks_urls_still_work() -> None:
     links = telegram_links_for("socks5://a:b@198.51.100.7:1080")
     assert links.tg == "tg://socks?server=198.51.100.7&port=1080&user=a&pass=b"
+
+
+@given(st.dictionaries(st.sampled_from(["mode", "domain", "x"]), st.none() | st.text(max_size=20)
+                       | st.integers() | st.sampled_from(["ee", "dd", "classic"])))  # fmt: skip
+def test_directory_mtproto_listings_parse_or_are_none(value: dict[str, object]) -> None:
+    from resistance.directory.entry import parse_mtproto_listing
+
+    listing = parse_mtproto_listing(value)
+    if listing is not None:
+        assert listing.mode in ("classic", "dd", "ee")
+        assert (listing.domain is not None) == (listing.mode == "ee")

@@ -7,6 +7,10 @@ An entry as the registry writes it::
      "node_key": B64URL, "status": S, "measurements": {...},
      "tls": {"port": TP, "sha256": 64_HEX}}          # only for nodes with a TLS listener
 
+An MTProto proxy's entry has ``"protocols": ["mtproto"]`` and
+``"mtproto": {"mode": "ee"|"dd"|"classic", "domain": NAME}`` (domain for ee
+only) and never a secret; users get theirs from the operator.
+
 ``tls`` is optional, so directories written before it existed read the same
 and their signatures still verify; ``status`` and ``measurements`` are
 absent from assignments.  A document is trusted for its signatures, not for
@@ -37,6 +41,29 @@ class TlsListener:
 
 
 @dataclass(frozen=True, slots=True)
+class MTProtoListing:
+    """How an MTProto proxy is used: its secret's mode and, for ee, the fake-TLS domain."""
+
+    mode: str
+    domain: str | None
+
+
+MTPROTO_MODES = ("classic", "dd", "ee")
+
+
+def parse_mtproto_listing(value: Any) -> MTProtoListing | None:
+    """``{"mode": M, "domain": D}`` as a :class:`MTProtoListing`, or ``None`` if not that."""
+    if not isinstance(value, dict) or value.get("mode") not in MTPROTO_MODES:
+        return None
+    mode, domain = value["mode"], value.get("domain")
+    if mode == "ee":
+        if not isinstance(domain, str) or not 0 < len(domain) <= 253 or not domain.isascii():
+            return None
+        return MTProtoListing(mode, domain)
+    return MTProtoListing(mode, None)
+
+
+@dataclass(frozen=True, slots=True)
 class DirectoryEntry:
     host: str
     port: int
@@ -46,6 +73,7 @@ class DirectoryEntry:
     node_key: str | None
     status: str
     tls: TlsListener | None
+    mtproto: MTProtoListing | None = None
 
 
 def _port(value: Any) -> int | None:
@@ -107,4 +135,5 @@ def parse_entry(value: Any) -> DirectoryEntry | None:
         node_key=key if isinstance(key, str) else None,
         status=status if isinstance(status, str) else "",
         tls=tls,
+        mtproto=parse_mtproto_listing(value.get("mtproto")),
     )

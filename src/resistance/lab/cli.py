@@ -194,7 +194,8 @@ def demo(name: str, state_dir: Path | None, keep: bool) -> None:
     Builds the lab, then: the data centre is blocked; volunteers register
     nodes and probes measure them; the user gets through with resist connect;
     the censor blocks the node in use and the user keeps getting through; the
-    probes judge it blocked; a grant round pays the nodes and Electrum signs.
+    probes judge it blocked; a grant round pays the nodes and Electrum signs; a
+    volunteer's MTProto proxy gets a Telegram-like client through.
 
     \b
     Example:
@@ -423,3 +424,28 @@ def censor_watch(namespace: str) -> None:
     from resistance.lab.censorwatch import main
 
     main(namespace)
+
+
+@lab.command(context_settings=CONTEXT)
+@click.argument("target")
+@click.option("--within", type=float, default=5.0, show_default=True, help="Seconds per step.")
+@one_line_errors
+def telegram(target: str, within: float) -> None:
+    """A Telegram-like client: ask a data centre for resPQ, directly or through a proxy.
+
+    TARGET is a tg://proxy?... link (or https://t.me/proxy?..., mtproto://SECRET@HOST:PORT)
+    to go through an MTProto proxy as the app does (fake-TLS or obfuscated2, then
+    req_pq_multi), or HOST:PORT of a data centre to try directly.  No account is used.
+    Exits 1 when no resPQ comes back.
+
+    \b
+    Examples:
+      sudo ip netns exec rlab-censored resist lab telegram 198.18.100.1:443
+      resist lab telegram 'tg://proxy?server=198.18.14.1&port=443&secret=ee...'
+    """
+    from resistance.lab.telegram import run_client
+
+    ok, line = run_client(target, within=within)
+    click.echo(line)
+    if not ok:
+        raise SystemExit(1)

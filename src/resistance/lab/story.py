@@ -500,6 +500,82 @@ class Story:
             )
         )
 
+    def step7_telegram(self) -> StepResult:
+        """A volunteer's MTProto proxy, registered and probed; the Telegram app gets through."""
+        from resistance.lab import telegram
+        from resistance.lab.funder import payee_address
+
+        self.say(
+            "7. A fifth volunteer runs an MTProto proxy (fake-TLS) for the Telegram apps; "
+            "a Telegram-like client tries the data centre directly, then through its link."
+        )
+        started = time.monotonic()
+        signup = self.lab.api("POST", "/api/v1/operators", body={"name": "volunteer-5"},
+                              admin=False)  # fmt: skip
+        token = signup["token"]
+        self.lab.api("PUT", "/api/v1/operators/me/payout-address", token=token,
+                     body={"address": payee_address(5)})  # fmt: skip
+        prober = self.lab.api("GET", "/api/v1/mtproto/prober-secret", token=token)
+        state = self.lab.dir / telegram.ROLE
+        config, secret = telegram.write_node_config(state, bytes.fromhex(prober["key"]))
+        with contextlib.suppress(LabError):  # already there when the step runs again
+            netns.run("ip", "-n", self.t.free, "addr", "add", f"{telegram.MTPROTO_ADDR}/32",
+                      "dev", "lo")  # fmt: skip
+        self.lab.start(
+            telegram.ROLE,
+            self.t.free,
+            ["node", "--config", str(config), "--state-dir", str(state)],
+            ready=(telegram.MTPROTO_ADDR, telegram.MTPROTO_PORT),
+        )
+        view = self.lab.api(
+            "POST", "/api/v1/mtproto/endpoints", token=token, body=telegram.registration()
+        )
+        proxy_id = int(view["proxy_id"])
+        self.say(
+            f"   volunteer-5: registered MTProto proxy {proxy_id} at "
+            f"{telegram.MTPROTO_ADDR}:{telegram.MTPROTO_PORT} (ee, {telegram.MTPROTO_DOMAIN}); "
+            "the registry got a resPQ through it with the volunteer's prober secret"
+        )
+        link = telegram.user_link(secret)
+
+        def client(target: str) -> tuple[bool, str]:
+            try:
+                out = netns.in_ns(self.t.censored, *self.lab.resist_argv(), "lab", "telegram",
+                                  "--within", "3", target)  # fmt: skip
+                return True, out.strip()
+            except LabError as exc:  # "COMMAND: what it printed": keep what it printed
+                return False, str(exc).partition(": ")[2] or str(exc)
+
+        direct_ok, direct = client(f"{topo.DATACENTRE_ADDR}:{topo.DATACENTRE_PORT}")
+        via_ok, via = client(link)
+        self.say(f"   directly: {direct}")
+        self.say(f"   with the link {link[:48]}...: {via}")
+        status = ""
+        if any(p.role.startswith("probe-") for p in self.lab.processes):
+            status = wait_until(
+                lambda: (s := self.proxy_status(proxy_id)["status"]) == "functional" and s,
+                FUNCTIONAL_SECONDS,
+                "the probes to measure the MTProto proxy functional",
+            )
+            self.say(f"   the probes checked it the same way (inside RU and NL): {status}")
+        took = time.monotonic() - started
+        return self._record(
+            StepResult(
+                7,
+                "the Telegram app through an MTProto proxy",
+                "through with the tg://proxy link, blocked directly"
+                if via_ok and not direct_ok
+                else f"direct {direct_ok}, via proxy {via_ok}",
+                {
+                    "proxy_id": proxy_id,
+                    "direct_ok": direct_ok,
+                    "via_proxy_ok": via_ok,
+                    "probe_status": status or None,
+                    "seconds": round(took, 1),
+                },
+            )
+        )
+
     def run_all(self) -> list[StepResult]:
         self.step1_blocked_directly()
         self.step2_register_and_measure()
@@ -507,4 +583,5 @@ class Story:
         self.step4_block_active()
         self.step5_verdict()
         self.step6_grants()
+        self.step7_telegram()
         return self.results

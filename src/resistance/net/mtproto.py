@@ -30,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from resistance.errors import ProtocolError
-from resistance.links import MTProtoSecret
-from resistance.proto import faketls, obfuscated2
+from resistance.proto import obfuscated2
+from resistance.proto.faketls import ProxySecret, SecretMode
+from resistance.proto.mtclient import ProxyClient
 from resistance.proto.mtproto import check_res_pq, req_pq_multi
 
 #: The data centre a probe asks for (any of 1-5 answers req_pq_multi alike).
@@ -67,9 +68,9 @@ class _Failed(Exception):
         self.step, self.failure, self.detail = step, failure, detail
 
 
-def tag_for(secret: MTProtoSecret | None) -> obfuscated2.ProtocolTag:
+def tag_for(secret: ProxySecret | None) -> obfuscated2.ProtocolTag:
     """The framing Telegram's apps use with this kind of secret (or none, to a DC)."""
-    if secret is None or secret.mode == "classic":
+    if secret is None or secret.mode is SecretMode.CLASSIC:
         return obfuscated2.ProtocolTag.INTERMEDIATE
     return obfuscated2.ProtocolTag.PADDED
 
@@ -120,63 +121,47 @@ class _Session:
             raise _Failed(step, _os_failure(exc), exc.strerror or type(exc).__name__) from None
 
 
-async def _fake_tls(session: _Session, secret: MTProtoSecret, now: float) -> bytes:
-    """Do the ee handshake; returns ApplicationData bytes that came with the answer."""
-    assert secret.domain is not None
-    hello = faketls.build_client_hello(secret.key, secret.domain, now)
-    client_random = hello[faketls.RANDOM_OFFSET : faketls.RANDOM_OFFSET + faketls.RANDOM_LEN]
-    await session.send("handshake", hello)
-    data = b""
-    while True:
-        data += await session.read("handshake")
-        try:
-            length = faketls.parse_server_answer(secret.key, client_random, data)
-        except ProtocolError as exc:
-            raise _Failed("handshake", "wrong-answer", str(exc)) from None
-        if length is not None:
-            return data[length:]
-
-
 async def _exchange(
-    session: _Session, secret: MTProtoSecret | None, dc: int, now: float, started: float
+    session: _Session, secret: ProxySecret | None, dc: int, now: float, started: float
 ) -> int:
-    """The microseconds from req_pq_multi to its resPQ (the handshake's go to ``session``)."""
-    tls = secret is not None and secret.mode == "ee"
-    records = faketls.RecordReader(allow_ccs=False)
-    pending = b""
-    if tls:
-        assert secret is not None
-        pending = await _fake_tls(session, secret, now)
+    """The microseconds from req_pq_multi to its resPQ (the handshake's go to ``session``).
+
+    The protocol is :class:`~resistance.proto.mtclient.ProxyClient`'s; this
+    only moves its bytes, names the step each failure belongs to, and times.
+    """
+    client = ProxyClient(secret, dc, tag_for(secret), now=lambda: now)
+    first = client.start()
+    plain = b""
+    if client.fake_tls:
+        await session.send("handshake", first)
+        first = b""
+        while not client.established:
+            data = await session.read("handshake")
+            try:
+                plain = client.receive(data)
+            except ProtocolError as exc:
+                raise _Failed("handshake", "wrong-answer", str(exc)) from None
         session.handshake_us = int((time.perf_counter() - started) * 1e6)
-    tag = tag_for(secret)
-    init_bytes, init = obfuscated2.generate_init(tag, dc, secret.key if secret else None)
     request = req_pq_multi(time.time())
-    payload = init_bytes + init.encryptor.update(obfuscated2.encode_frame(tag, request.serialize()))
-    if tls:
-        payload = faketls.CCS_RECORD + faketls.encode_records(payload)
+    frame = obfuscated2.encode_frame(client.tag, request.serialize())
     sent_at = time.perf_counter()
-    await session.send("respq", payload)
-    frames = obfuscated2.FrameDecoder(tag, max_packet=4096)
+    await session.send("respq", first + client.send(frame))
+    frames = obfuscated2.FrameDecoder(client.tag, max_packet=4096)
     while True:
-        data = pending or await session.read("respq")
-        pending = b""
         try:
-            plain = init.decryptor.update(records.feed(data) if tls else data)
             packets = frames.feed(plain)
+            if packets:
+                check_res_pq(packets[0].payload, request)
+                return int((time.perf_counter() - sent_at) * 1e6)
+            plain = client.receive(await session.read("respq"))
         except ProtocolError as exc:
             raise _Failed("respq", "wrong-answer", str(exc)) from None
-        if packets:
-            try:
-                check_res_pq(packets[0].payload, request)
-            except ProtocolError as exc:
-                raise _Failed("respq", "wrong-answer", str(exc)) from None
-            return int((time.perf_counter() - sent_at) * 1e6)
 
 
 async def ask_res_pq(
     host: str,
     port: int,
-    secret: MTProtoSecret | None,
+    secret: ProxySecret | None,
     *,
     within: float,
     dc: int = DEFAULT_DC,

@@ -148,6 +148,7 @@ def check(
       resist probe check socks5://alice:s3cret@203.0.113.7:1080
       resist probe check socks5://alice:s3cret@203.0.113.7:1080 --registry https://reg.example
       resist probe check socks5://u:p@127.0.0.1:1080 --canary 127.0.0.1:9900 --canary-key KEY
+      resist probe check 'tg://proxy?server=203.0.113.7&port=443&secret=ee...'
     """
     from rich.console import Console
     from rich.table import Table
@@ -159,6 +160,8 @@ def check(
     from resistance.probe.net import SocketNetwork
     from resistance.probe.runner import Canary, CheckSettings, Target, run_check
 
+    if not proxy_url.strip().lower().startswith("socks5"):  # tg://proxy, t.me/proxy, mtproto://
+        raise SystemExit(_check_mtproto(proxy_url, step_timeout))
     proxy = parse_socks_url(proxy_url)
     if registry_url and not canary:
         canary, canary_key = _registry_canary(registry_url)
@@ -221,3 +224,23 @@ def _registry_canary(url: str) -> tuple[str, str]:
     host = str(body.get("host", ""))
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{body.get('port')}", str(body.get("public_key", ""))
+
+
+def _check_mtproto(link: str, step_timeout: float) -> int:
+    """``check`` for an MTProto proxy link: as the app connects, up to a data centre's resPQ."""
+    from resistance.links import MODE_NAMES, parse_mtproto_link
+    from resistance.probe.mtproto import run_mtproto_check
+    from resistance.probe.runner import CheckSettings, Target
+
+    proxy = parse_mtproto_link(link)
+    mode = MODE_NAMES[proxy.secret.mode]
+    click.echo(f"checking MTProto proxy {proxy.host}:{proxy.port} ({mode})")
+    target = Target(proxy.host, proxy.port, None, None, 0, "mtproto", None,
+                    proxy.secret.to_hex())  # fmt: skip
+    result = asyncio.run(run_mtproto_check(target, CheckSettings(step_timeout=step_timeout)))
+    for outcome in result.outcomes:
+        mark = "ok" if outcome.passed else str(outcome.failure)
+        extra = f" {outcome.detail}" if outcome.detail else ""
+        click.echo(f"  {outcome.step.value:<9} {mark} {outcome.micros / 1000:8.1f} ms{extra}")
+    click.echo(str(result.verdict))
+    return 0 if result.verdict.ok else 1

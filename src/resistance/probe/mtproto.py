@@ -21,6 +21,7 @@ from resistance.links import parse_mtproto_secret
 from resistance.net.mtproto import ask_res_pq
 from resistance.probe.check import Failure, Step, StepOutcome, Timings, verdict
 from resistance.probe.runner import CheckResult, CheckSettings, Target
+from resistance.proto.faketls import SecretMode
 
 
 def required_steps(ee: bool) -> tuple[Step, ...]:
@@ -43,7 +44,7 @@ async def run_mtproto_check(
         required = required_steps(False)
         return CheckResult(target, at, [outcome], verdict([outcome], required=required),
                            Timings(), None, required)  # fmt: skip
-    ee = secret.mode == "ee"
+    ee = secret.mode is SecretMode.EE
     required = required_steps(ee)
     answer = await ask_res_pq(
         target.host, target.port, secret, within=settings.step_timeout, source=source, clock=clock

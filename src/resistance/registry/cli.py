@@ -359,3 +359,77 @@ def import_blocklist(
     click.echo(f"{len(summary.flagged)} of {summary.proxies} proxies are in it")
     for endpoint in summary.flagged[:50]:
         click.echo(f"  flagged {endpoint}")
+
+
+@registry.command(name="mtproto-secret", context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
+@one_line_errors
+def mtproto_secret(registry_url: str, token: str) -> None:
+    """Print your prober secret: add it to your node as an MTProto user, then register.
+
+    The registry proves an MTProto proxy is yours by connecting through it
+    with this secret (only you can read it, only you can add it to your node),
+    and probes check it the same way.  Keep it out of links you hand out.
+
+    \b
+    Example:
+      resist registry mtproto-secret --registry https://reg.example --token rst_...
+    """
+    from resistance.registry.client import call_registry
+
+    answer = call_registry(registry_url, "/api/v1/mtproto/prober-secret", token=token)
+    click.echo(answer["key"])
+    click.echo(f"add to your node: {answer['node_option']} (or under [mtproto_users])")
+
+
+@registry.command(name="register-mtproto", context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
+@click.option("--public-host", required=True, metavar="IP", help="Address users reach it at.")
+@click.option("--port", type=click.IntRange(1, 65535), default=443, show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["ee", "dd", "classic"]),
+    help="How users connect [default: ee with --domain, else dd].",
+)
+@click.option("--domain", metavar="NAME", help="The fake-TLS domain (the node's --mtproto-domain).")
+@click.option("--public", is_flag=True, help="List it (never its secrets) in the public directory.")
+@one_line_errors
+def register_mtproto(
+    registry_url: str,
+    token: str,
+    public_host: str,
+    port: int,
+    mode: str | None,
+    domain: str | None,
+    public: bool,
+) -> None:
+    """Register your node's MTProto listener; the registry first gets a data centre's
+    resPQ through it with your prober secret (see `resist registry mtproto-secret`).
+
+    \b
+    Example:
+      resist registry register-mtproto --registry https://reg.example --token rst_... \\
+          --public-host 203.0.113.7 --port 443 --domain www.example.com --public
+    """
+    from resistance.registry.client import call_registry
+
+    mode = mode or ("ee" if domain else "dd")
+    body: dict[str, object] = {
+        "endpoint": {"host": public_host, "port": port},
+        "mode": mode,
+        "public": public,
+    }
+    if domain is not None:
+        body["domain"] = domain
+    answer = call_registry(
+        registry_url, "/api/v1/mtproto/endpoints", token=token, method="POST", body=body,
+        expect=(201,),
+    )  # fmt: skip
+    endpoint = answer.get("endpoint", {})
+    click.echo(
+        f"registered MTProto proxy {answer.get('proxy_id')} at {endpoint.get('host')}:"
+        f"{endpoint.get('port')} ({mode}{', ' + domain if domain else ''}; "
+        f"{'public' if answer.get('public') else 'not in the public directory'})"
+    )

@@ -42,8 +42,10 @@ from typing import Any, Final
 
 from sqlalchemy.exc import IntegrityError
 
-from resistance.links import MTProtoSecret, is_host_name
+from resistance.links import MODES_BY_NAME
+from resistance.net.mtproto import ask_res_pq
 from resistance.probe.batch import ResultRecord
+from resistance.proto.faketls import ProxySecret, SecretMode
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import Proxy
@@ -80,24 +82,20 @@ def prober_secret(registry: Registry, *, operator_id: int) -> dict[str, Any]:
     }
 
 
-def proxy_secret(proxy: Proxy) -> MTProtoSecret | None:
+def make_secret(mode: str, key: bytes, domain: str | None) -> ProxySecret:
+    """The secret of mode ``classic``, ``dd`` or ``ee`` (with its domain) for ``key``."""
+    return ProxySecret(key, MODES_BY_NAME[mode], domain if mode == "ee" else None)
+
+
+def proxy_secret(proxy: Proxy) -> ProxySecret | None:
     """The secret probes check ``proxy`` with (mode, key, domain), if it is MTProto."""
     if not is_mtproto(proxy) or proxy.mtproto_key is None or proxy.mtproto_mode not in MODES:
         return None
-    domain = proxy.mtproto_domain if proxy.mtproto_mode == "ee" else None
-    return MTProtoSecret(proxy.mtproto_mode, bytes.fromhex(proxy.mtproto_key), domain)
-
-
-def listing(proxy: Proxy) -> dict[str, Any]:
-    """What the directory says of an MTProto proxy: where, and how; never a secret."""
-    mtproto: dict[str, Any] = {"mode": proxy.mtproto_mode}
-    if proxy.mtproto_mode == "ee":
-        mtproto["domain"] = proxy.mtproto_domain
-    return {
-        "endpoint": {"host": proxy.host, "port": proxy.port},
-        "protocols": list(proxy.protocols),
-        "mtproto": mtproto,
-    }
+    try:
+        return make_secret(proxy.mtproto_mode, bytes.fromhex(proxy.mtproto_key),
+                           proxy.mtproto_domain)  # fmt: skip
+    except ValueError:  # a row no registration writes
+        return None
 
 
 def check_mode(mode: str, domain: str | None) -> str | None:
@@ -110,8 +108,10 @@ def check_mode(mode: str, domain: str | None) -> str | None:
         return None
     if domain is None:
         raise ApiError(422, "an ee (fake-TLS) proxy needs its domain", field="domain")
-    if not is_host_name(domain):
-        raise ApiError(422, f"domain {domain!r} is not a host name", field="domain")
+    try:
+        ProxySecret(bytes(16), SecretMode.EE, domain)
+    except ValueError:
+        raise ApiError(422, f"domain {domain!r} is not a host name", field="domain") from None
     return domain
 
 
@@ -126,15 +126,13 @@ async def register_endpoint(
     public: bool,
 ) -> dict[str, Any]:
     """Prove an MTProto proxy with the operator's prober secret, then store it as a proxy."""
-    from resistance.net.mtproto import ask_res_pq
-
     domain = check_mode(mode, domain)
     network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:
         current = await repo.proxy_by_endpoint(session, host=host, port=port)
     check_owner(current, operator_id, host, port, kind=PROTOCOL)
     key = prober_key(registry, operator_id)
-    secret = MTProtoSecret(mode, key, domain)
+    secret = make_secret(mode, key, domain)
     within = registry.settings.challenge_timeout
     answer = await ask_res_pq(host, port, secret, within=within)
     if not answer.ok:
@@ -183,7 +181,7 @@ def probe_target(proxy: Proxy) -> dict[str, Any] | None:
     secret = proxy_secret(proxy)
     if secret is None:
         return None
-    return {"protocol": PROTOCOL, "mtproto_secret": secret.hex}
+    return {"protocol": PROTOCOL, "mtproto_secret": secret.to_hex()}
 
 
 def check_result_protocols(

@@ -343,9 +343,16 @@ async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str
 
 def _listing(proxy: Proxy) -> dict[str, Any]:
     if MTPROTO_PROTOCOL in proxy.protocols:
-        from resistance.registry import mtproto
-
-        return mtproto.listing(proxy)
+        # An MTProto proxy (migration 0006): where, and how users connect; never a secret
+        # (users get theirs from the operator; probes from their assignment).
+        mtproto: dict[str, Any] = {"mode": proxy.mtproto_mode}
+        if proxy.mtproto_mode == "ee":
+            mtproto["domain"] = proxy.mtproto_domain
+        return {
+            "endpoint": {"host": proxy.host, "port": proxy.port},
+            "protocols": list(proxy.protocols),
+            "mtproto": mtproto,
+        }
     if "wireguard" in proxy.protocols:
         # A WireGuard endpoint (migration 0005): no credentials, no node key; users get
         # their configs from the operator.  Clients that want SOCKS5 skip it by protocol.
