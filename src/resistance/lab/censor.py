@@ -43,7 +43,9 @@ WATCHED = frozenset({"sni", "hello", "active-probe"})
 PREFIX_RULES = frozenset({"ip", "freeze", "whitelist"})
 #: Conntrack mark bits: a flow's first payload went by; a flow a rule condemned.
 SEEN = 0x1
-MARKS = {"socks5": 0x100, "wireguard": 0x200, "openvpn": 0x400, "freeze": 0x800}
+#: (UDP flows are kept in sets instead: a flow whose first packet is dropped
+#: never gets a conntrack entry to carry a mark.)
+MARKS = {"socks5": 0x100, "openvpn": 0x400, "freeze": 0x800}
 DEFAULT_FREEZE_BYTES = 16 * 1024
 #: How long a condemned flow stays in a drop set, and a probed address in its block set.
 FLOW_TIMEOUT = 600
@@ -54,6 +56,8 @@ OPENVPN_RESETS = (7 << 3, 10 << 3)
 #: bare, up to the size of one with a tls-crypt-v2 client key.
 OPENVPN_LENGTHS = range(14, 1300)
 FLOW = "ip saddr . tcp sport . ip daddr . tcp dport"
+UFLOW = "ip saddr . udp sport . ip daddr . udp dport"
+UBACK = "ip daddr . udp dport . ip saddr . udp sport"
 BACK = "ip daddr . tcp dport . ip saddr . tcp sport"
 
 
@@ -108,6 +112,8 @@ def ruleset() -> str:
     set probed4 {{ type ipv4_addr; flags timeout; }}
     set released {{ {flows} }}
     set flows_sni {{ {flows} }}
+    set udp_wireguard {{ {flows} flags dynamic; }}
+    set udp_openvpn {{ {flows} flags dynamic; }}
     set flows_hello {{ {flows} }}
     set socks5_shapes {{ typeof ip length . @th,96,8 . @ih,8,8; }}
     set openvpn_shapes {{ typeof ip length . @th,96,8 . @ih,0,16; }}
@@ -131,12 +137,15 @@ def ruleset() -> str:
         meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 ip hdrlength 5 @ih,0,8 0x05 ip length . @th,96,8 . @ih,8,8 @socks5_shapes ct mark set ct mark | {MARKS["socks5"]:#x} counter name socks5_caught drop
     }}
     chain rule_wireguard {{
-        ct mark & {MARKS["wireguard"]:#x} == {MARKS["wireguard"]:#x} counter name wireguard_dropped drop
-        udp length 156 @ih,0,32 0x01000000 ct mark set ct mark | {MARKS["wireguard"]:#x} counter name wireguard_caught drop
+        {UFLOW} @udp_wireguard counter name wireguard_dropped drop
+        {UBACK} @udp_wireguard counter name wireguard_dropped drop
+        udp length 156 @ih,0,32 0x01000000 add @udp_wireguard {{ {UFLOW} }} counter name wireguard_caught drop
     }}
     chain rule_openvpn {{
         ct mark & {MARKS["openvpn"]:#x} == {MARKS["openvpn"]:#x} counter name openvpn_dropped drop
-        meta l4proto udp ct state new udp length >= {8 + OPENVPN_LENGTHS.start} @ih,0,8 {{ {OPENVPN_RESETS[0]:#x}, {OPENVPN_RESETS[1]:#x} }} ct mark set ct mark | {MARKS["openvpn"]:#x} counter name openvpn_caught drop
+        {UFLOW} @udp_openvpn counter name openvpn_dropped drop
+        {UBACK} @udp_openvpn counter name openvpn_dropped drop
+        meta l4proto udp ct state new udp length >= {8 + OPENVPN_LENGTHS.start} @ih,0,8 {{ {OPENVPN_RESETS[0]:#x}, {OPENVPN_RESETS[1]:#x} }} add @udp_openvpn {{ {UFLOW} }} counter name openvpn_caught drop
         meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 ip hdrlength 5 @ih,16,8 {{ {OPENVPN_RESETS[0]:#x}, {OPENVPN_RESETS[1]:#x} }} ip length . @th,96,8 . @ih,0,16 @openvpn_shapes ct mark set ct mark | {MARKS["openvpn"]:#x} counter name openvpn_caught drop
     }}
     chain rule_sni {{

@@ -185,7 +185,11 @@ class Watcher:
             return
         if len(self.decided) > DECIDED_MAX:
             self.decided = {k: v for k, v in self.decided.items() if v > now}
-        self.decided[seg.flow] = now + 5.0
+            if len(self.decided) > DECIDED_MAX:  # the newest half is kept
+                self.decided = dict(list(self.decided.items())[DECIDED_MAX // 2 :])
+        # a condemned flow's segments come again (the kernel retransmits them):
+        # each flow is judged and counted once while nftables holds its verdict
+        self.decided[seg.flow] = now + censor.FLOW_TIMEOUT
         settings = self.reload()
         try:
             hello = dpi.parse_client_hello(seg.payload)
@@ -199,6 +203,11 @@ class Watcher:
         elif "hello" in on and hello.fingerprints() & set(settings.fingerprints):
             verdict = "flows_hello"
         self.add_flow(verdict, seg.flow)
+        print(
+            f"{seg.src}:{seg.sport} > {seg.dst}:{seg.dport} sni={hello.server_name} "
+            f"ja4={hello.ja4()}: {verdict}",
+            flush=True,
+        )
         with self.lock:
             self.judged += 1
             if verdict != "released":
