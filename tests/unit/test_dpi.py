@@ -167,3 +167,12 @@ def test_any_frame_parses_or_is_none(data: bytes) -> None:
 @pytest.mark.parametrize("length", [0, 13, 14, 20])
 def test_short_frames_are_none(length: int) -> None:
     assert dpi.parse_ipv4_tcp(_frame(b"payload")[:length]) is None
+
+
+@given(payload=st.binary(max_size=300), doff=st.integers(5, 15))
+def test_a_fresh_tcp_checksum_sums_to_zero(payload: bytes, doff: int) -> None:
+    packet = dpi.with_tcp_checksum(_frame(payload, doff=doff)[14:])
+    ihl = (packet[0] & 0x0F) * 4
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(packet) - ihl)
+    assert dpi._ones_sum(pseudo + packet[ihl:]) == 0xFFFF
+    assert packet[:ihl] == _frame(payload, doff=doff)[14 : 14 + ihl]

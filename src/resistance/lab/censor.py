@@ -164,6 +164,10 @@ def ruleset() -> str:
     chain forward {{
         type filter hook forward priority filter; policy accept;
     }}
+    chain output {{
+        type filter hook output priority filter; policy accept;
+        meta l4proto tcp {FLOW} @released ct mark set ct mark | {SEEN:#x}
+    }}
 }}
 """  # noqa: E501
 

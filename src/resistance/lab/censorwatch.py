@@ -7,9 +7,11 @@ that starts with a ClientHello (chain ``hold``) unless the flow is in the
 ``released`` set; this program sees the same segment on an AF_PACKET socket
 (which taps packets before netfilter), parses it with :mod:`resistance.lab.dpi`
 and puts the flow either in a drop set (``flows_sni``, ``flows_hello``) or in
-``released``.  The client's TCP retransmits the segment (after ~0.2 s), and
-this time nftables knows the verdict: exact, with no race between the first
-packet and the decision, at the cost of one retransmission per TLS flow.
+``released``.  A released hello is sent on at once from a raw IP socket (its
+own header, so the server sees the client's address; the table's output
+chain marks the flow's first payload seen); should that fail, the client's
+TCP retransmits it ~0.2 s later and nftables now knows the verdict.  Exact,
+with no race between the first packet and the decision.
 
 Active probing: a ClientHello without a server name (browsers always send
 one; a proxy dialled by address does not) makes the censor connect to the
@@ -144,6 +146,8 @@ class Watcher:
         self.settings = censor.Settings()
         self.settings_mtime = -1.0
         self.stop = threading.Event()
+        #: IPPROTO_RAW: the packet's own IP header (the client's source address) is sent.
+        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
     def reload(self) -> censor.Settings:
         try:
@@ -179,7 +183,16 @@ class Watcher:
             f"add element inet {censor.TABLE} {set_name} {{ {src} . {sport} . {dst} . {dport} }}"
         )
 
-    def judge(self, seg: dpi.TcpSegment) -> None:
+    def reinject(self, frame: bytes, dst: str) -> None:
+        """Send a released hello on towards the server from here, instead of letting
+        the client wait ~0.2 s to retransmit it (the output chain marks it seen)."""
+        total = int.from_bytes(frame[16:18], "big")
+        try:
+            self.raw.sendto(dpi.with_tcp_checksum(frame[14 : 14 + total]), (dst, 0))
+        except OSError as exc:
+            print(f"cannot pass on the hello to {dst}: {exc}", flush=True)
+
+    def judge(self, seg: dpi.TcpSegment, frame: bytes) -> None:
         now = time.monotonic()
         if self.decided.get(seg.flow, 0.0) > now:
             return
@@ -195,6 +208,7 @@ class Watcher:
             hello = dpi.parse_client_hello(seg.payload)
         except dpi.HelloError:
             self.add_flow("released", seg.flow)
+            self.reinject(frame, seg.dst)
             return
         on = set(settings.on)
         verdict = "released"
@@ -203,6 +217,8 @@ class Watcher:
         elif "hello" in on and hello.fingerprints() & set(settings.fingerprints):
             verdict = "flows_hello"
         self.add_flow(verdict, seg.flow)
+        if verdict == "released":
+            self.reinject(frame, seg.dst)
         print(
             f"{seg.src}:{seg.sport} > {seg.dst}:{seg.dport} sni={hello.server_name} "
             f"ja4={hello.ja4()}: {verdict}",
@@ -268,7 +284,7 @@ class Watcher:
                 continue
             seg = dpi.parse_ipv4_tcp(frame)
             if seg is not None and seg.payload:
-                self.judge(seg)
+                self.judge(seg, frame)
         sock.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 

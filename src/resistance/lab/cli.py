@@ -282,7 +282,7 @@ def _lists(
 
 
 @censor_group.command("on", context_settings=CONTEXT)
-@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES)
+@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES, metavar="RULE...")
 @click.option(
     "--sni",
     multiple=True,
@@ -350,7 +350,7 @@ def censor_on(
 
 
 @censor_group.command("off", context_settings=CONTEXT)
-@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES)
+@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES, metavar="RULE...")
 @NAME
 @one_line_errors
 def censor_off(rules: tuple[str, ...], name: str) -> None:
