@@ -5,12 +5,15 @@
 On each address: TCP and UDP echo (7000), a TCP sender (7001: reads a decimal
 byte count and a newline, sends that many bytes), an HTTPS website (443:
 answers any request with 200) and a TLS service that is no website (8443:
-answers anything with two bytes and closes).  Prints "ready" once all listen;
+answers anything with two bytes and closes), and a recorder (7002, TCP and
+UDP: keeps the first bytes of what each connection or datagram brought;
+7003 hands them out as JSON and forgets them).  Prints "ready" once all listen;
 exits on SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -73,6 +76,30 @@ def make_tls(ctx: ssl.SSLContext, answer: bytes) -> object:
     return handle
 
 
+RECORDED: list[str] = []
+
+
+def record(conn: socket.socket) -> None:
+    data = conn.recv(65536)
+    RECORDED.append(data[:16].hex())
+    while conn.recv(65536):
+        pass
+
+
+def udp_record(sock: socket.socket) -> None:
+    while True:
+        try:
+            data, _ = sock.recvfrom(65536)
+        except OSError:
+            return
+        RECORDED.append(data[:16].hex())
+
+
+def recorded(conn: socket.socket) -> None:
+    conn.sendall(json.dumps(RECORDED).encode())
+    RECORDED.clear()
+
+
 def udp_echo(sock: socket.socket) -> None:
     while True:
         try:
@@ -101,9 +128,12 @@ def main() -> None:
         serve(listen(addr, 7001), sender)
         serve(listen(addr, 443), site)
         serve(listen(addr, 8443), hidden)
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind((addr, 7000))
-        threading.Thread(target=udp_echo, args=(u,), daemon=True).start()
+        serve(listen(addr, 7002), record)
+        serve(listen(addr, 7003), recorded)
+        for port, handle in ((7000, udp_echo), (7002, udp_record)):
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((addr, port))
+            threading.Thread(target=handle, args=(u,), daemon=True).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     print("ready", flush=True)

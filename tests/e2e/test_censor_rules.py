@@ -12,6 +12,7 @@ handshakes are crafted datagrams/segments of the exact shapes.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -319,3 +320,127 @@ def test_status_command_shows_rules_lists_and_counts(net: Net, only: Any) -> Non
     )  # fmt: skip
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
     assert censor.load_settings(net.router).on == ["sni"]  # nothing changed
+
+
+# --- real clients of the fingerprinted protocols ------------------------------------------
+
+RECORDER, RECORDED = 7002, 7003
+
+
+def recorded(addr: str) -> list[str]:
+    """The first bytes (hex) of what reached the recorder since last asked."""
+    import json
+
+    with socket.create_connection((addr, RECORDED), timeout=WAIT) as s:
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return list(json.loads(data))
+
+
+def run_openvpn(net: Net, proto: str, cert: Path, key: Path) -> None:
+    """The real OpenVPN client dialling the recorder once (it gets no server answer)."""
+    cmd = [
+        *netns.exec_prefix(net.t.censored), "openvpn", "--client", "--dev", "null",
+        "--proto", proto, "--remote", OTHER, str(RECORDER), "--ca", str(cert),
+        "--cert", str(cert), "--key", str(key), "--nobind", "--verb", "0",
+        "--connect-retry-max", "1", "--connect-timeout", "2", "--hand-window", "3",
+    ]  # fmt: skip
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=4, check=False)
+    except subprocess.TimeoutExpired:
+        pass  # killed by subprocess.run: it sent its reset long before
+
+
+@pytest.mark.skipif(not shutil.which("openvpn"), reason="needs openvpn (apt-get install openvpn)")
+@pytest.mark.parametrize("proto", ["udp", "tcp-client"])
+def test_a_real_openvpn_clients_reset_is_caught(
+    net: Net, only: Any, proto: str, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=c"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    reset = "38" if proto == "udp" else "000e38"
+    net.client(recorded, OTHER)
+    censor.disable(net.router, "all")
+    run_openvpn(net, proto, cert, key)
+    assert any(r.startswith(reset) for r in net.client(recorded, OTHER))  # it does send one
+    only("openvpn")
+    before = caught(net, "openvpn")
+    run_openvpn(net, proto, cert, key)
+    assert not any(r.startswith(reset) for r in net.client(recorded, OTHER))
+    assert caught(net, "openvpn") > before
+
+
+def tunnel_datagrams() -> None:
+    """Datagrams into the tunnel: wireguard-go makes its handshake to carry them."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(3):
+            s.sendto(b"x", ("10.77.0.1", 9))
+            time.sleep(0.7)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("wireguard-go") and shutil.which("wg")),
+    reason="needs wireguard-go and wireguard-tools",
+)
+def test_a_real_wireguard_handshake_is_caught(net: Net, only: Any, tmp_path: Path) -> None:
+    keys = {}
+    for side in ("server", "client"):
+        private = netns.run("wg", "genkey").strip()
+        keys[side] = (private, netns.run("wg", "pubkey", input=private + "\n").strip())
+        (tmp_path / side).write_text(private + "\n")
+    tag = net.t.name[-6:]
+    server_if, client_if = f"wgs{tag}", f"wgc{tag}"
+    procs = []
+    try:
+        for ns, dev in ((net.t.free, server_if), (net.t.censored, client_if)):
+            procs.append(
+                subprocess.Popen(
+                    [*netns.exec_prefix(ns), "wireguard-go", "-f", dev],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + 10
+        while not all(
+            Path(f"/var/run/wireguard/{d}.sock").exists() for d in (server_if, client_if)
+        ):
+            assert time.monotonic() < deadline, "wireguard-go did not start"
+            time.sleep(0.1)
+        netns.in_ns(net.t.free, "wg", "set", server_if, "private-key", str(tmp_path / "server"),
+                    "listen-port", "51820", "peer", keys["client"][1],
+                    "allowed-ips", "10.77.0.2/32")  # fmt: skip
+        netns.in_ns(net.t.censored, "wg", "set", client_if, "private-key",
+                    str(tmp_path / "client"), "peer", keys["server"][1],
+                    "endpoint", f"{LISTED}:51820", "allowed-ips", "10.77.0.1/32")  # fmt: skip
+        for ns, dev, addr in ((net.t.free, server_if, "10.77.0.1/24"),
+                              (net.t.censored, client_if, "10.77.0.2/24")):  # fmt: skip
+            netns.run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            netns.run("ip", "-n", ns, "link", "set", dev, "up")
+
+        def handshake() -> bool:
+            net.client(tunnel_datagrams)
+            out = netns.in_ns(net.t.censored, "wg", "show", client_if, "latest-handshakes")
+            return int(out.split()[-1]) != 0
+
+        only("wireguard")
+        assert not handshake()
+        assert caught(net, "wireguard") >= 1
+        censor.disable(net.router, "wireguard")
+        # the near miss: the same client and server with the rule off (a fresh source
+        # port would pass too; wireguard-go keeps its port, so the flow set is cleared)
+        netns.in_ns(net.router, "nft", "flush", "set", "inet", censor.TABLE, "udp_wireguard")
+        deadline = time.monotonic() + 30
+        while not handshake():
+            assert time.monotonic() < deadline, "no handshake with the rule off"
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

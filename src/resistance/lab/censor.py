@@ -149,12 +149,12 @@ def ruleset() -> str:
         meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 ip hdrlength 5 @ih,16,8 {{ {OPENVPN_RESETS[0]:#x}, {OPENVPN_RESETS[1]:#x} }} ip length . @th,96,8 . @ih,0,16 @openvpn_shapes ct mark set ct mark | {MARKS["openvpn"]:#x} counter name openvpn_caught drop
     }}
     chain rule_sni {{
-        {FLOW} @flows_sni counter name sni_dropped drop
-        {BACK} @flows_sni counter name sni_dropped drop
+        ct mark & {SEEN:#x} == 0 {FLOW} @flows_sni counter name sni_dropped drop
+        ct mark & {SEEN:#x} == 0 {BACK} @flows_sni counter name sni_dropped drop
     }}
     chain rule_hello {{
-        {FLOW} @flows_hello counter name hello_dropped drop
-        {BACK} @flows_hello counter name hello_dropped drop
+        ct mark & {SEEN:#x} == 0 {FLOW} @flows_hello counter name hello_dropped drop
+        ct mark & {SEEN:#x} == 0 {BACK} @flows_hello counter name hello_dropped drop
     }}
     chain hold {{
         meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 @ih,0,8 0x16 @ih,40,8 0x01 {FLOW} != @released counter name hold_held drop
