@@ -166,7 +166,7 @@ def ruleset() -> str:
     }}
     chain output {{
         type filter hook output priority filter; policy accept;
-        meta l4proto tcp {FLOW} @released ct mark set ct mark | {SEEN:#x}
+        meta l4proto tcp ct direction original @ih,0,8 0x16 @ih,40,8 0x01 ct mark set ct mark | {SEEN:#x}
     }}
 }}
 """  # noqa: E501

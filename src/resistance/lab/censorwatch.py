@@ -10,7 +10,8 @@ and puts the flow either in a drop set (``flows_sni``, ``flows_hello``) or in
 ``released``.  A released hello is sent on at once from a raw IP socket (its
 own header, so the server sees the client's address; the table's output
 chain marks the flow's first payload seen); should that fail, the client's
-TCP retransmits it ~0.2 s later and nftables now knows the verdict.  Exact,
+TCP retransmits it ~0.2 s later and nftables now knows the verdict.  Set
+elements go through one long-lived ``nft -i``.  Exact,
 with no race between the first packet and the decision.
 
 Active probing: a ClientHello without a server name (browsers always send
@@ -148,6 +149,8 @@ class Watcher:
         self.stop = threading.Event()
         #: IPPROTO_RAW: the packet's own IP header (the client's source address) is sent.
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.nft_lock = threading.Lock()
+        self.nft_proc: subprocess.Popen[str] | None = None
 
     def reload(self) -> censor.Settings:
         try:
@@ -170,12 +173,22 @@ class Watcher:
         write_private(censor.stats_path(self.namespace), json.dumps(stats, indent=1))
 
     def nft(self, statement: str) -> None:
-        try:
-            subprocess.run(
-                ["nft", statement], check=True, capture_output=True, timeout=10, text=True
-            )
-        except (subprocess.SubprocessError, OSError) as exc:
-            print(f"nft {statement!r} failed: {exc}", flush=True)
+        """One nft statement, through a long-lived ``nft -i`` (a fresh nft per verdict
+        costs ~10 ms; interactive nft applies each line as it comes)."""
+        with self.nft_lock:
+            for _ in range(2):
+                if self.nft_proc is None or self.nft_proc.poll() is not None:
+                    self.nft_proc = subprocess.Popen(
+                        ["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+                    )
+                assert self.nft_proc.stdin is not None
+                try:
+                    self.nft_proc.stdin.write(statement + "\n")
+                    self.nft_proc.stdin.flush()
+                    return
+                except OSError as exc:
+                    print(f"nft went away ({exc}); starting it again", flush=True)
+                    self.nft_proc = None
 
     def add_flow(self, set_name: str, flow: tuple[str, int, str, int]) -> None:
         src, sport, dst, dport = flow
@@ -207,8 +220,8 @@ class Watcher:
         try:
             hello = dpi.parse_client_hello(seg.payload)
         except dpi.HelloError:
-            self.add_flow("released", seg.flow)
             self.reinject(frame, seg.dst)
+            self.add_flow("released", seg.flow)
             return
         on = set(settings.on)
         verdict = "released"
@@ -216,9 +229,9 @@ class Watcher:
             verdict = "flows_sni"
         elif "hello" in on and hello.fingerprints() & set(settings.fingerprints):
             verdict = "flows_hello"
-        self.add_flow(verdict, seg.flow)
         if verdict == "released":
             self.reinject(frame, seg.dst)
+        self.add_flow(verdict, seg.flow)
         print(
             f"{seg.src}:{seg.sport} > {seg.dst}:{seg.dport} sni={hello.server_name} "
             f"ja4={hello.ja4()}: {verdict}",
@@ -287,6 +300,9 @@ class Watcher:
                 self.judge(seg, frame)
         sock.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.nft_proc is not None and self.nft_proc.stdin is not None:
+            self.nft_proc.stdin.close()
+            self.nft_proc.wait(10)
 
 
 def main(namespace: str) -> None:
