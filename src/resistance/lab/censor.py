@@ -1,16 +1,36 @@
-"""The censor: an nftables interval set of blocked prefixes on the lab's router.
+"""The lab's censor: nftables rules on the router namespace, each switchable alone.
 
-Roskomnadzor's 2018 block was an IP blocklist enforced by dropping packets,
-so the censor drops (no reset, no ICMP): a client dialling a blocked proxy
-sees a connect that hangs, which is the hard case for failover.  Traffic is
-dropped in the forward hook in both directions, so a blocked host can
-neither be reached nor answer.
+``ip`` is Roskomnadzor's 2018 block: interval sets of blocked prefixes,
+dropped (no reset, no ICMP) in both directions, so a client dialling a
+blocked proxy sees a connect that hangs, the hard case for failover.
+Prefixes come from the files ``resist registry import-blocklist`` reads,
+merged into disjoint ranges and loaded with ``nft -f`` in one transaction
+whatever the size; later blocks use ``auto-merge`` so they may overlap.
 
-Prefixes come from the same files ``resist registry import-blocklist`` reads
-(Roskomnadzor's dump or a plain list), parsed by the registry's parser and
-merged into disjoint ranges, so the set is loaded with ``nft -f`` in one
-transaction whatever its size; later single blocks use ``auto-merge`` so they
-may overlap what is there.
+The rules of the censor people live under now (TSPU, 2023-2026):
+
+* ``socks5``, ``openvpn`` (TCP): the flow's *first payload* (conntrack mark
+  bit SEEN is set once one went by) is a SOCKS5 greeting of exactly
+  ``2 + N`` bytes, or an OpenVPN hard reset v2/v3 whose 2-byte length agrees
+  with the segment.  nft cannot add header lengths, so a set lists every
+  (IP length, TCP data offset, count) that fits.  A caught flow gets a mark
+  and every later packet of it, both ways, is dropped.
+* ``wireguard``, ``openvpn`` (UDP): a 148-byte handshake initiation
+  (type 1 and three zero bytes), a reset as a flow's first datagram.  The
+  flow goes into a set with a timeout (a dropped first packet leaves no
+  conntrack entry to mark).
+* ``sni``, ``hello``, ``active-probe``: need parsing, so
+  :mod:`resistance.lab.censorwatch` decides (this kernel has no NFQUEUE):
+  the ``hold`` chain drops a flow's first ClientHello until the verdict
+  program has put the flow in ``released`` or a drop set.
+* ``freeze``: replies from listed prefixes past N bytes (conntrack's count,
+  headers included) are dropped; the flow stays open, data stops.
+* ``whitelist``: a packet passes only if one end is on the list.
+
+Which rules are on and their lists live in CONFIG_DIR/NAMESPACE.json
+(:class:`Settings`); :func:`enable` / :func:`disable` / :func:`report` are
+the Python API (`resist lab censor on|off|status` call them).  The payload
+rules see IPv4 only (the lab is IPv4).
 """
 
 from __future__ import annotations
