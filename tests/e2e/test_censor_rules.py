@@ -305,6 +305,29 @@ def test_active_probe_blocks_a_hidden_service_not_a_website(net: Net, only: Any)
     netns.in_ns(net.router, "nft", "flush", "set", "inet", censor.TABLE, "probed4")
 
 
+def resist_censor(net: Net, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resistance", "lab", "censor", *args, "--name", net.t.name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_on_and_off_from_the_command_line(net: Net, only: Any) -> None:
+    censor.disable(net.router, "all")
+    on = resist_censor(net, "on", "socks5", "freeze", "--prefix", f"{OTHER}/32",
+                       "--freeze-bytes", "20000", "--replace")  # fmt: skip
+    assert on.returncode == 0, on.stderr
+    settings = censor.load_settings(net.router)
+    assert settings.on == ["socks5", "freeze"]
+    assert settings.freeze_prefixes == [f"{OTHER}/32"] and settings.freeze_bytes == 20000
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x01\x00") is None
+    off = resist_censor(net, "off", "socks5")
+    assert off.returncode == 0 and "censor rules on: freeze" in off.stdout
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x01\x00") == b"\x05\x01\x00"
+    status = resist_censor(net, "status", "--json")
+    assert '"freeze_bytes": 20000' in status.stdout
+
+
 def test_status_command_shows_rules_lists_and_counts(net: Net, only: Any) -> None:
     only("sni", sni=["t.example"])
     done = subprocess.run(

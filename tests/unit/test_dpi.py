@@ -41,6 +41,8 @@ def test_own_client_sends_no_sni_and_its_fingerprint_is_stable() -> None:
     assert one.server_name is None
     assert one.ja4() == two.ja4() == dpi.own_client_fingerprint()
     assert one.ja4()[3] == "i"  # no SNI
+    named = dpi.own_client_fingerprints()[1]
+    assert dpi.own_client_fingerprints()[0] == one.ja4() and named[3] == "d" and named != one.ja4()
     # another client (SNI and ALPN, as curl sends) has another fingerprint
     other = ssl.create_default_context()
     other.set_alpn_protocols(["http/1.1"])

@@ -342,8 +342,9 @@ def forget(namespace: str) -> None:
 
 def install(namespace: str) -> None:
     """Load the censor's table (only ``ip`` on) and start from fresh settings; the
-    project's own client's hello fingerprint is on the ``hello`` list from the start."""
-    from resistance.lab.dpi import own_client_fingerprint
+    project's own client's hello fingerprints (with and without SNI) are on the
+    ``hello`` list from the start."""
+    from resistance.lab.dpi import own_client_fingerprints
 
     script = ruleset() + "".join(shape_statements())
     script += freeze_chain(DEFAULT_FREEZE_BYTES) + forward_chain(["ip"])
@@ -351,7 +352,7 @@ def install(namespace: str) -> None:
     # ct bytes (the freeze rule) count only with conntrack accounting on
     netns.in_ns(namespace, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
     forget(namespace)
-    save_settings(namespace, Settings(fingerprints=[own_client_fingerprint()]))
+    save_settings(namespace, Settings(fingerprints=own_client_fingerprints()))
 
 
 def expand(rules: Iterable[str]) -> list[str]:

@@ -275,6 +275,15 @@ def own_client_fingerprint() -> str:
     return parse_client_hello(hello_of(pinning_client_context(), "198.18.10.1")).ja4()
 
 
+def own_client_fingerprints() -> list[str]:
+    """JA4 of the project's client's hello without SNI (a node dialled by address) and
+    with one (a node dialled by name): the fingerprints the lab's censor ships."""
+    from resistance.node.tlscert import pinning_client_context
+
+    named = parse_client_hello(hello_of(pinning_client_context(), "node.example")).ja4()
+    return [own_client_fingerprint(), named]
+
+
 # --- packets ------------------------------------------------------------------------------
 
 
