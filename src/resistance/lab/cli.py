@@ -109,7 +109,10 @@ def status(name: str, state_dir: Path | None) -> None:
         )
     c = report.get("censor")
     if c:
-        state = c.get("error") or f"{c['dropped_packets']} packets dropped"
+        state = c.get("error") or (
+            f"{c['dropped_packets']} packets dropped by ip; rules on: "
+            f"{', '.join(c.get('rules_on', [])) or 'none'} (`resist lab censor status`)"
+        )
         table.add_row("censor", f"{name}-censor", state)
     console.print(table)
 
