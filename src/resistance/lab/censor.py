@@ -335,8 +335,8 @@ def save_settings(namespace: str, settings: Settings) -> None:
 
 
 def forget(namespace: str) -> None:
-    """Remove a censor's settings and counts (its namespace is gone)."""
-    for path in (settings_path(namespace), stats_path(namespace)):
+    """Remove a censor's settings, counts and verdict log (its namespace is gone)."""
+    for path in (settings_path(namespace), stats_path(namespace), log_path(namespace)):
         path.unlink(missing_ok=True)
 
 
