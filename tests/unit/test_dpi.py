@@ -41,6 +41,8 @@ def test_own_client_sends_no_sni_and_its_fingerprint_is_stable() -> None:
     assert one.server_name is None
     assert one.ja4() == two.ja4() == dpi.own_client_fingerprint()
     assert one.ja4()[3] == "i"  # no SNI
+    named = dpi.own_client_fingerprints()[1]
+    assert dpi.own_client_fingerprints()[0] == one.ja4() and named[3] == "d" and named != one.ja4()
     # another client (SNI and ALPN, as curl sends) has another fingerprint
     other = ssl.create_default_context()
     other.set_alpn_protocols(["http/1.1"])
@@ -167,3 +169,41 @@ def test_any_frame_parses_or_is_none(data: bytes) -> None:
 @pytest.mark.parametrize("length", [0, 13, 14, 20])
 def test_short_frames_are_none(length: int) -> None:
     assert dpi.parse_ipv4_tcp(_frame(b"payload")[:length]) is None
+
+
+@given(payload=st.binary(max_size=300), doff=st.integers(5, 15))
+def test_a_fresh_tcp_checksum_sums_to_zero(payload: bytes, doff: int) -> None:
+    packet = dpi.with_tcp_checksum(_frame(payload, doff=doff)[14:])
+    ihl = (packet[0] & 0x0F) * 4
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(packet) - ihl)
+    assert dpi._ones_sum(pseudo + packet[ihl:]) == 0xFFFF
+    assert packet[:ihl] == _frame(payload, doff=doff)[14 : 14 + ihl]
+
+
+def test_fingerprints_of_a_real_chrome_hello_match_a_published_capture() -> None:
+    """Chrome 143 as browserleaks.com fingerprinted it (JA4 and JA3 computed by their
+    service): the same lists, in the same order, with GREASE added as Chrome does."""
+    ciphers = [0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013,
+               0xC014, 0x009C, 0x009D, 0x002F, 0x0035]  # fmt: skip
+    sigs = [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601]
+    body = {
+        0x0000: dpi.sni_extension("tls.browserleaks.com")[1],
+        0x0010: b"\x00\x0c\x02h2\x08http/1.1",
+        0x000A: struct.pack("!6H", 10, 0x4A4A, 4588, 29, 23, 24),
+        0x000B: b"\x01\x00",
+        0x002B: b"\x06\x7a\x7a\x03\x04\x03\x03",
+        0x000D: struct.pack("!H", 2 * len(sigs)) + b"".join(struct.pack("!H", s) for s in sigs),
+    }
+    order = [45, 51, 16, 65037, 23, 17613, 0, 11, 10, 43, 65281, 35, 18, 5, 13, 27]
+    hello = dpi.parse_client_hello(
+        dpi.build_client_hello(
+            ciphers=[0x8A8A, *ciphers],
+            extensions=[(0xDADA, b""), *((e, body.get(e, b"")) for e in order), (0x2A2A, b"\0")],
+        )
+    )
+    assert hello.ja3_string() == (
+        "771,4865-4866-4867-49195-49199-49196-49200-52393-52392-49171-49172-156-157-47-53,"
+        "45-51-16-65037-23-17613-0-11-10-43-65281-35-18-5-13-27,4588-29-23-24,0"
+    )
+    assert hello.ja3() == "98487aa16281980e7d1120d399efb6a4"
+    assert hello.ja4() == "t13d1516h2_8daaf6152771_d8a2da3f94cd"

@@ -1,16 +1,36 @@
-"""The censor: an nftables interval set of blocked prefixes on the lab's router.
+"""The lab's censor: nftables rules on the router namespace, each switchable alone.
 
-Roskomnadzor's 2018 block was an IP blocklist enforced by dropping packets,
-so the censor drops (no reset, no ICMP): a client dialling a blocked proxy
-sees a connect that hangs, which is the hard case for failover.  Traffic is
-dropped in the forward hook in both directions, so a blocked host can
-neither be reached nor answer.
+``ip`` is Roskomnadzor's 2018 block: interval sets of blocked prefixes,
+dropped (no reset, no ICMP) in both directions, so a client dialling a
+blocked proxy sees a connect that hangs, the hard case for failover.
+Prefixes come from the files ``resist registry import-blocklist`` reads,
+merged into disjoint ranges and loaded with ``nft -f`` in one transaction
+whatever the size; later blocks use ``auto-merge`` so they may overlap.
 
-Prefixes come from the same files ``resist registry import-blocklist`` reads
-(Roskomnadzor's dump or a plain list), parsed by the registry's parser and
-merged into disjoint ranges, so the set is loaded with ``nft -f`` in one
-transaction whatever its size; later single blocks use ``auto-merge`` so they
-may overlap what is there.
+The rules of the censor people live under now (TSPU, 2023-2026):
+
+* ``socks5``, ``openvpn`` (TCP): the flow's *first payload* (conntrack mark
+  bit SEEN is set once one went by) is a SOCKS5 greeting of exactly
+  ``2 + N`` bytes, or an OpenVPN hard reset v2/v3 whose 2-byte length agrees
+  with the segment.  nft cannot add header lengths, so a set lists every
+  (IP length, TCP data offset, count) that fits.  A caught flow gets a mark
+  and every later packet of it, both ways, is dropped.
+* ``wireguard``, ``openvpn`` (UDP): a 148-byte handshake initiation
+  (type 1 and three zero bytes), a reset as a flow's first datagram.  The
+  flow goes into a set with a timeout (a dropped first packet leaves no
+  conntrack entry to mark).
+* ``sni``, ``hello``, ``active-probe``: need parsing, so
+  :mod:`resistance.lab.censorwatch` decides (this kernel has no NFQUEUE):
+  the ``hold`` chain drops a flow's first ClientHello until the verdict
+  program has put the flow in ``released`` or a drop set.
+* ``freeze``: replies from listed prefixes past N bytes (conntrack's count,
+  headers included) are dropped; the flow stays open, data stops.
+* ``whitelist``: a packet passes only if one end is on the list.
+
+Which rules are on and their lists live in CONFIG_DIR/NAMESPACE.json
+(:class:`Settings`); :func:`enable` / :func:`disable` / :func:`report` are
+the Python API (`resist lab censor on|off|status` call them).  The payload
+rules see IPv4 only (the lab is IPv4).
 """
 
 from __future__ import annotations
@@ -43,7 +63,9 @@ WATCHED = frozenset({"sni", "hello", "active-probe"})
 PREFIX_RULES = frozenset({"ip", "freeze", "whitelist"})
 #: Conntrack mark bits: a flow's first payload went by; a flow a rule condemned.
 SEEN = 0x1
-MARKS = {"socks5": 0x100, "wireguard": 0x200, "openvpn": 0x400, "freeze": 0x800}
+#: (UDP flows are kept in sets instead: a flow whose first packet is dropped
+#: never gets a conntrack entry to carry a mark.)
+MARKS = {"socks5": 0x100, "openvpn": 0x400, "freeze": 0x800}
 DEFAULT_FREEZE_BYTES = 16 * 1024
 #: How long a condemned flow stays in a drop set, and a probed address in its block set.
 FLOW_TIMEOUT = 600
@@ -54,6 +76,8 @@ OPENVPN_RESETS = (7 << 3, 10 << 3)
 #: bare, up to the size of one with a tls-crypt-v2 client key.
 OPENVPN_LENGTHS = range(14, 1300)
 FLOW = "ip saddr . tcp sport . ip daddr . tcp dport"
+UFLOW = "ip saddr . udp sport . ip daddr . udp dport"
+UBACK = "ip daddr . udp dport . ip saddr . udp sport"
 BACK = "ip daddr . tcp dport . ip saddr . tcp sport"
 
 
@@ -108,6 +132,8 @@ def ruleset() -> str:
     set probed4 {{ type ipv4_addr; flags timeout; }}
     set released {{ {flows} }}
     set flows_sni {{ {flows} }}
+    set udp_wireguard {{ {flows} flags dynamic; }}
+    set udp_openvpn {{ {flows} flags dynamic; }}
     set flows_hello {{ {flows} }}
     set socks5_shapes {{ typeof ip length . @th,96,8 . @ih,8,8; }}
     set openvpn_shapes {{ typeof ip length . @th,96,8 . @ih,0,16; }}
@@ -131,21 +157,24 @@ def ruleset() -> str:
         meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 ip hdrlength 5 @ih,0,8 0x05 ip length . @th,96,8 . @ih,8,8 @socks5_shapes ct mark set ct mark | {MARKS["socks5"]:#x} counter name socks5_caught drop
     }}
     chain rule_wireguard {{
-        ct mark & {MARKS["wireguard"]:#x} == {MARKS["wireguard"]:#x} counter name wireguard_dropped drop
-        udp length 156 @ih,0,32 0x01000000 ct mark set ct mark | {MARKS["wireguard"]:#x} counter name wireguard_caught drop
+        {UFLOW} @udp_wireguard counter name wireguard_dropped drop
+        {UBACK} @udp_wireguard counter name wireguard_dropped drop
+        udp length 156 @ih,0,32 0x01000000 add @udp_wireguard {{ {UFLOW} }} counter name wireguard_caught drop
     }}
     chain rule_openvpn {{
         ct mark & {MARKS["openvpn"]:#x} == {MARKS["openvpn"]:#x} counter name openvpn_dropped drop
-        meta l4proto udp ct state new udp length >= {8 + OPENVPN_LENGTHS.start} @ih,0,8 {{ {OPENVPN_RESETS[0]:#x}, {OPENVPN_RESETS[1]:#x} }} ct mark set ct mark | {MARKS["openvpn"]:#x} counter name openvpn_caught drop
+        {UFLOW} @udp_openvpn counter name openvpn_dropped drop
+        {UBACK} @udp_openvpn counter name openvpn_dropped drop
+        meta l4proto udp ct state new udp length >= {8 + OPENVPN_LENGTHS.start} @ih,0,8 {{ {OPENVPN_RESETS[0]:#x}, {OPENVPN_RESETS[1]:#x} }} add @udp_openvpn {{ {UFLOW} }} counter name openvpn_caught drop
         meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 ip hdrlength 5 @ih,16,8 {{ {OPENVPN_RESETS[0]:#x}, {OPENVPN_RESETS[1]:#x} }} ip length . @th,96,8 . @ih,0,16 @openvpn_shapes ct mark set ct mark | {MARKS["openvpn"]:#x} counter name openvpn_caught drop
     }}
     chain rule_sni {{
-        {FLOW} @flows_sni counter name sni_dropped drop
-        {BACK} @flows_sni counter name sni_dropped drop
+        ct mark & {SEEN:#x} == 0 {FLOW} @flows_sni counter name sni_dropped drop
+        ct mark & {SEEN:#x} == 0 {BACK} @flows_sni counter name sni_dropped drop
     }}
     chain rule_hello {{
-        {FLOW} @flows_hello counter name hello_dropped drop
-        {BACK} @flows_hello counter name hello_dropped drop
+        ct mark & {SEEN:#x} == 0 {FLOW} @flows_hello counter name hello_dropped drop
+        ct mark & {SEEN:#x} == 0 {BACK} @flows_hello counter name hello_dropped drop
     }}
     chain hold {{
         meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 @ih,0,8 0x16 @ih,40,8 0x01 {FLOW} != @released counter name hold_held drop
@@ -154,6 +183,10 @@ def ruleset() -> str:
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+    }}
+    chain output {{
+        type filter hook output priority filter; policy accept;
+        meta l4proto tcp ct direction original @ih,0,8 0x16 @ih,40,8 0x01 ct mark set ct mark | {SEEN:#x}
     }}
 }}
 """  # noqa: E501
@@ -302,15 +335,16 @@ def save_settings(namespace: str, settings: Settings) -> None:
 
 
 def forget(namespace: str) -> None:
-    """Remove a censor's settings and counts (its namespace is gone)."""
-    for path in (settings_path(namespace), stats_path(namespace)):
+    """Remove a censor's settings, counts and verdict log (its namespace is gone)."""
+    for path in (settings_path(namespace), stats_path(namespace), log_path(namespace)):
         path.unlink(missing_ok=True)
 
 
 def install(namespace: str) -> None:
     """Load the censor's table (only ``ip`` on) and start from fresh settings; the
-    project's own client's hello fingerprint is on the ``hello`` list from the start."""
-    from resistance.lab.dpi import own_client_fingerprint
+    project's own client's hello fingerprints (with and without SNI) are on the
+    ``hello`` list from the start."""
+    from resistance.lab.dpi import own_client_fingerprints
 
     script = ruleset() + "".join(shape_statements())
     script += freeze_chain(DEFAULT_FREEZE_BYTES) + forward_chain(["ip"])
@@ -318,7 +352,7 @@ def install(namespace: str) -> None:
     # ct bytes (the freeze rule) count only with conntrack accounting on
     netns.in_ns(namespace, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
     forget(namespace)
-    save_settings(namespace, Settings(fingerprints=[own_client_fingerprint()]))
+    save_settings(namespace, Settings(fingerprints=own_client_fingerprints()))
 
 
 def expand(rules: Iterable[str]) -> list[str]:

@@ -7,9 +7,12 @@ that starts with a ClientHello (chain ``hold``) unless the flow is in the
 ``released`` set; this program sees the same segment on an AF_PACKET socket
 (which taps packets before netfilter), parses it with :mod:`resistance.lab.dpi`
 and puts the flow either in a drop set (``flows_sni``, ``flows_hello``) or in
-``released``.  The client's TCP retransmits the segment (after ~0.2 s), and
-this time nftables knows the verdict: exact, with no race between the first
-packet and the decision, at the cost of one retransmission per TLS flow.
+``released``.  A released hello is sent on at once from a raw IP socket (its
+own header, so the server sees the client's address; the table's output
+chain marks the flow's first payload seen); should that fail, the client's
+TCP retransmits it ~0.2 s later and nftables now knows the verdict.  Set
+elements go through one long-lived ``nft -i``.  Exact,
+with no race between the first packet and the decision.
 
 Active probing: a ClientHello without a server name (browsers always send
 one; a proxy dialled by address does not) makes the censor connect to the
@@ -144,6 +147,10 @@ class Watcher:
         self.settings = censor.Settings()
         self.settings_mtime = -1.0
         self.stop = threading.Event()
+        #: IPPROTO_RAW: the packet's own IP header (the client's source address) is sent.
+        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.nft_lock = threading.Lock()
+        self.nft_proc: subprocess.Popen[str] | None = None
 
     def reload(self) -> censor.Settings:
         try:
@@ -166,12 +173,22 @@ class Watcher:
         write_private(censor.stats_path(self.namespace), json.dumps(stats, indent=1))
 
     def nft(self, statement: str) -> None:
-        try:
-            subprocess.run(
-                ["nft", statement], check=True, capture_output=True, timeout=10, text=True
-            )
-        except (subprocess.SubprocessError, OSError) as exc:
-            print(f"nft {statement!r} failed: {exc}", flush=True)
+        """One nft statement, through a long-lived ``nft -i`` (a fresh nft per verdict
+        costs ~10 ms; interactive nft applies each line as it comes)."""
+        with self.nft_lock:
+            for _ in range(2):
+                if self.nft_proc is None or self.nft_proc.poll() is not None:
+                    self.nft_proc = subprocess.Popen(
+                        ["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+                    )
+                assert self.nft_proc.stdin is not None
+                try:
+                    self.nft_proc.stdin.write(statement + "\n")
+                    self.nft_proc.stdin.flush()
+                    return
+                except OSError as exc:
+                    print(f"nft went away ({exc}); starting it again", flush=True)
+                    self.nft_proc = None
 
     def add_flow(self, set_name: str, flow: tuple[str, int, str, int]) -> None:
         src, sport, dst, dport = flow
@@ -179,17 +196,31 @@ class Watcher:
             f"add element inet {censor.TABLE} {set_name} {{ {src} . {sport} . {dst} . {dport} }}"
         )
 
-    def judge(self, seg: dpi.TcpSegment) -> None:
+    def reinject(self, frame: bytes, dst: str) -> None:
+        """Send a released hello on towards the server from here, instead of letting
+        the client wait ~0.2 s to retransmit it (the output chain marks it seen)."""
+        total = int.from_bytes(frame[16:18], "big")
+        try:
+            self.raw.sendto(dpi.with_tcp_checksum(frame[14 : 14 + total]), (dst, 0))
+        except OSError as exc:
+            print(f"cannot pass on the hello to {dst}: {exc}", flush=True)
+
+    def judge(self, seg: dpi.TcpSegment, frame: bytes) -> None:
         now = time.monotonic()
         if self.decided.get(seg.flow, 0.0) > now:
             return
         if len(self.decided) > DECIDED_MAX:
             self.decided = {k: v for k, v in self.decided.items() if v > now}
-        self.decided[seg.flow] = now + 5.0
+            if len(self.decided) > DECIDED_MAX:  # the newest half is kept
+                self.decided = dict(list(self.decided.items())[DECIDED_MAX // 2 :])
+        # a condemned flow's segments come again (the kernel retransmits them):
+        # each flow is judged and counted once while nftables holds its verdict
+        self.decided[seg.flow] = now + censor.FLOW_TIMEOUT
         settings = self.reload()
         try:
             hello = dpi.parse_client_hello(seg.payload)
         except dpi.HelloError:
+            self.reinject(frame, seg.dst)
             self.add_flow("released", seg.flow)
             return
         on = set(settings.on)
@@ -198,7 +229,14 @@ class Watcher:
             verdict = "flows_sni"
         elif "hello" in on and hello.fingerprints() & set(settings.fingerprints):
             verdict = "flows_hello"
+        if verdict == "released":
+            self.reinject(frame, seg.dst)
         self.add_flow(verdict, seg.flow)
+        print(
+            f"{seg.src}:{seg.sport} > {seg.dst}:{seg.dport} sni={hello.server_name} "
+            f"ja4={hello.ja4()}: {verdict}",
+            flush=True,
+        )
         with self.lock:
             self.judged += 1
             if verdict != "released":
@@ -259,9 +297,12 @@ class Watcher:
                 continue
             seg = dpi.parse_ipv4_tcp(frame)
             if seg is not None and seg.payload:
-                self.judge(seg)
+                self.judge(seg, frame)
         sock.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.nft_proc is not None and self.nft_proc.stdin is not None:
+            self.nft_proc.stdin.close()
+            self.nft_proc.wait(10)
 
 
 def main(namespace: str) -> None:

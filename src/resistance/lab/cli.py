@@ -109,7 +109,10 @@ def status(name: str, state_dir: Path | None) -> None:
         )
     c = report.get("censor")
     if c:
-        state = c.get("error") or f"{c['dropped_packets']} packets dropped"
+        state = c.get("error") or (
+            f"{c['dropped_packets']} packets dropped by ip; rules on: "
+            f"{', '.join(c.get('rules_on', [])) or 'none'} (`resist lab censor status`)"
+        )
         table.add_row("censor", f"{name}-censor", state)
     console.print(table)
 
@@ -283,7 +286,7 @@ def _lists(
 
 
 @censor_group.command("on", context_settings=CONTEXT)
-@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES)
+@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES, metavar="RULE...")
 @click.option(
     "--sni",
     multiple=True,
@@ -351,7 +354,7 @@ def censor_on(
 
 
 @censor_group.command("off", context_settings=CONTEXT)
-@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES)
+@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES, metavar="RULE...")
 @NAME
 @one_line_errors
 def censor_off(rules: tuple[str, ...], name: str) -> None:

@@ -275,6 +275,15 @@ def own_client_fingerprint() -> str:
     return parse_client_hello(hello_of(pinning_client_context(), "198.18.10.1")).ja4()
 
 
+def own_client_fingerprints() -> list[str]:
+    """JA4 of the project's client's hello without SNI (a node dialled by address) and
+    with one (a node dialled by name): the fingerprints the lab's censor ships."""
+    from resistance.node.tlscert import pinning_client_context
+
+    named = parse_client_hello(hello_of(pinning_client_context(), "node.example")).ja4()
+    return [own_client_fingerprint(), named]
+
+
 # --- packets ------------------------------------------------------------------------------
 
 
@@ -311,3 +320,28 @@ def parse_ipv4_tcp(frame: bytes, *, link_header: int = 14) -> TcpSegment | None:
     dst = ".".join(str(b) for b in ip[16:20])
     sport, dport = struct.unpack("!HH", tcp[:4])
     return TcpSegment(src, sport, dst, dport, bytes(tcp[doff:]))
+
+
+def _ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def with_tcp_checksum(packet: bytes) -> bytes:
+    """An IPv4/TCP packet with its TCP checksum computed afresh.
+
+    A segment captured on a veth may carry only the pseudo-header's partial sum
+    (the sender left the rest to an offload that never happened); a copy sent
+    on from a raw socket needs the whole sum."""
+    ihl = (packet[0] & 0x0F) * 4
+    total = int.from_bytes(packet[2:4], "big")
+    tcp = bytearray(packet[ihl:total])
+    tcp[16:18] = b"\0\0"
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 6, len(tcp))
+    checksum = ~_ones_sum(pseudo + bytes(tcp)) & 0xFFFF
+    tcp[16:18] = struct.pack("!H", checksum)
+    return packet[:ihl] + bytes(tcp)

@@ -427,6 +427,7 @@ class Lab:
         if self.topology.censor in present:
             try:
                 report["censor"] = censor.blocked(self.topology.censor)
+                report["censor"]["rules_on"] = censor.load_settings(self.topology.censor).on
             except LabError as exc:
                 report["censor"] = {"error": str(exc)}
         return report
