@@ -96,8 +96,9 @@ _STAGE_OF_STEP = {
 
 #: Failures a censor's silent drop or injected reset produce (not a proxy's "no").
 CENSOR_LIKE = frozenset({Failure.TIMEOUT, Failure.RESET, Failure.CLOSED})
-#: A transfer must have carried at least this much before a stall counts as a freeze.
-MIN_FREEZE_BYTES = 1
+#: A flow must have carried at least this much from the server before a stall counts
+#: as a freeze (a stall right after the SOCKS5 reply is the far end, not a byte count).
+MIN_FREEZE_BYTES = 1024
 #: Byte counts are recorded up to this (a freeze happens well below it).
 MAX_BYTES = 1 << 40
 
