@@ -132,7 +132,7 @@ def parse_assignment(raw: Any) -> Assignment:
     targets = []
     hints: dict[int, tuple[tuple[int, ...], bool | None]] = {}
     control = None
-    control_raw = raw.get("control")
+    control_raw = raw.get("control_proxy")
     if isinstance(control_raw, dict):
         control = Target(
             str(control_raw["host"]),
@@ -155,7 +155,7 @@ def parse_assignment(raw: Any) -> Assignment:
             wg_key if protocol == "wireguard" else None,
         )
         targets.append((int(p["due_ms"]), target))
-        ports = p.get("control_ports", [])
+        ports = p.get("control_ports") or []
         outside = p.get("outside_ok")
         if not isinstance(ports, list) or not isinstance(outside, bool | None):
             raise ValueError("control_ports is a list and outside_ok a boolean or null")

@@ -165,6 +165,8 @@ class ProbeResult(Base):
     connect_us: Mapped[int | None] = mapped_column(BigInteger)
     ttfb_us: Mapped[int | None] = mapped_column(BigInteger)
     throughput_kbps: Mapped[int | None] = mapped_column(BigInteger)
+    #: The mechanism the probe's controls named for a failure (migration 0007).
+    mechanism: Mapped[str | None] = mapped_column(String(24))
 
 
 class ProbeEvidenceRow(Base):
@@ -184,6 +186,8 @@ class ProbeEvidenceRow(Base):
     last_ok: Mapped[bool] = mapped_column(Boolean)
     fail_streak: Mapped[int] = mapped_column(Integer)
     fail_windows: Mapped[list[int]] = mapped_column(JSON)
+    #: The latest result's ``ok`` or named mechanism; null when it had none (0007).
+    mechanism: Mapped[str | None] = mapped_column(String(24))
 
 
 class ProbeRollup(Base):

@@ -196,6 +196,19 @@ class ProbeTargetView(BaseModel):
     wg_public_key: str | None = Field(
         default=None, description="For WireGuard: the server key to handshake with."
     )
+    control_ports: list[int] | None = Field(
+        default=None, description="Other listeners of the same host, for a failed check's controls."
+    )
+    outside_ok: bool | None = Field(
+        default=None, description="Whether the control vantages' latest check of it worked."
+    )
+
+
+class ControlProxyView(BaseModel):
+    host: str
+    port: int
+    username: str
+    password: str
 
 
 class ProbeAssignment(BaseModel):
@@ -206,6 +219,9 @@ class ProbeAssignment(BaseModel):
     round_seconds: int
     canary: CanaryView | None
     proxies: list[ProbeTargetView]
+    control_proxy: ControlProxyView | None = Field(
+        default=None, description="A proxy up and on no censor's list, for control checks."
+    )
 
 
 class ProbeBatchBody(Strict):
