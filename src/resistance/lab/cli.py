@@ -235,3 +235,191 @@ def datacentre(listen: str) -> None:
     from resistance.lab.datacentre import serve
 
     asyncio.run(serve(parse_endpoint(listen, what="listen address")))
+
+
+# --- `resist lab censor`: the DPI censor's rules ---------------------------------------------
+
+RULE_NAMES = click.Choice([*censor.RULES, "all"])
+
+
+@lab.group("censor", context_settings=CONTEXT)
+def censor_group() -> None:
+    """Switch the censor's rules on and off, set their lists, see what they caught.
+
+    \b
+    Rules: ip (prefix blocklist), socks5, wireguard, openvpn (handshake
+    fingerprints), sni (TLS server names), hello (JA3/JA4 fingerprints),
+    freeze (flows stop after N bytes), whitelist (only listed prefixes
+    pass), active-probe (the censor probes servers itself), all.
+    Examples:
+      sudo resist lab censor on socks5 wireguard openvpn
+      sudo resist lab censor on sni --sni blocked.example
+      sudo resist lab censor on freeze --prefix 198.18.10.0/24 --freeze-bytes 16384
+      sudo resist lab censor status
+    """
+
+
+def _lists(
+    rules: list[str],
+    sni: tuple[str, ...],
+    fingerprints: tuple[str, ...],
+    prefixes: tuple[str, ...],
+    freeze_bytes: int | None,
+    probe_block: int | None,
+) -> dict[str, object]:
+    """The lists given on the command line, each to the rules it is for."""
+    targets = [r for r in rules if r in censor.PREFIX_RULES]
+    if prefixes and not targets:
+        raise click.UsageError("--prefix goes with one of the rules ip, freeze, whitelist")
+    lists: dict[str, object] = {"sni": sni, "fingerprints": fingerprints}
+    if "freeze" in targets:
+        lists["freeze_prefixes"] = prefixes
+    if "whitelist" in targets:
+        lists["whitelist"] = prefixes
+    lists["freeze_bytes"] = freeze_bytes
+    lists["probe_block_seconds"] = probe_block
+    return lists
+
+
+@censor_group.command("on", context_settings=CONTEXT)
+@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES, metavar="RULE...")
+@click.option(
+    "--sni",
+    multiple=True,
+    metavar="NAME",
+    help="A server name (and its subdomains) the sni rule blocks.",
+)
+@click.option(
+    "--fingerprint",
+    "fingerprints",
+    multiple=True,
+    metavar="HASH",
+    help="A JA3 hash or JA4 fingerprint the hello rule blocks.",
+)
+@click.option(
+    "--prefix",
+    "prefixes",
+    multiple=True,
+    metavar="CIDR",
+    help="A prefix for the ip, freeze or whitelist rule named.",
+)
+@click.option(
+    "--freeze-bytes",
+    type=click.IntRange(1),
+    help="Bytes from the server after which a flow freezes (default 16384).",
+)
+@click.option(
+    "--probe-block",
+    type=click.IntRange(1),
+    metavar="SECONDS",
+    help="How long an actively probed server stays blocked.",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="The lists given replace the rule's list instead of adding to it.",
+)
+@NAME
+@one_line_errors
+def censor_on(
+    rules: tuple[str, ...],
+    sni: tuple[str, ...],
+    fingerprints: tuple[str, ...],
+    prefixes: tuple[str, ...],
+    freeze_bytes: int | None,
+    probe_block: int | None,
+    replace: bool,
+    name: str,
+) -> None:
+    """Switch censor rules on, with their lists and limits (kept until changed).
+
+    \b
+    Examples:
+      sudo resist lab censor on all
+      sudo resist lab censor on sni --sni blocked.example --sni t.me
+      sudo resist lab censor on hello --fingerprint t13i181000_85036bcba153_d41ae481755e
+      sudo resist lab censor on whitelist --prefix 198.18.3.1/32
+    """
+    censor_ns = _censor_of(name)
+    names = censor.expand(rules)
+    lists = _lists(names, sni, fingerprints, prefixes, freeze_bytes, probe_block)
+    if "ip" in names and prefixes:
+        censor.block(censor_ns, censor.ranges_of(prefixes))
+    settings = censor.enable(censor_ns, *names, replace=replace, **lists)
+    click.echo(f"censor rules on: {', '.join(settings.on) or 'none'}")
+
+
+@censor_group.command("off", context_settings=CONTEXT)
+@click.argument("rules", nargs=-1, required=True, type=RULE_NAMES, metavar="RULE...")
+@NAME
+@one_line_errors
+def censor_off(rules: tuple[str, ...], name: str) -> None:
+    """Switch censor rules off (their lists stay, for when they are on again).
+
+    \b
+    Examples:
+      sudo resist lab censor off sni hello
+      sudo resist lab censor off all
+    """
+    settings = censor.disable(_censor_of(name), *rules)
+    click.echo(f"censor rules on: {', '.join(settings.on) or 'none'}")
+
+
+@censor_group.command("status", context_settings=CONTEXT)
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@one_line_errors
+def censor_status(name: str, as_json: bool) -> None:
+    """The censor's rules: which are on, what each caught, and its lists and limits.
+
+    \b
+    Example:
+      sudo resist lab censor status
+    """
+    import json
+
+    rep = censor.report(_censor_of(name))
+    if as_json:
+        click.echo(json.dumps(rep, indent=1))
+        return
+    s = rep["settings"]
+    settings_of = {
+        "ip": "prefixes: `resist lab block` / `nft list set inet resist_censor blocked4`",
+        "socks5": "05 N + N methods as a flow's first payload",
+        "wireguard": "UDP, 148 bytes, type 1 + 3 zero bytes",
+        "openvpn": "hard reset client v2/v3, first payload (TCP) or packet (UDP)",
+        "sni": "names: " + (", ".join(s["sni"]) or "(none)"),
+        "hello": "fingerprints: " + (", ".join(s["fingerprints"]) or "(none)"),
+        "freeze": f"after {s['freeze_bytes']} bytes from: "
+        + (", ".join(s["freeze_prefixes"]) or "(no prefix)"),
+        "whitelist": "only: " + (", ".join(s["whitelist"]) or "(nothing)"),
+        "active-probe": f"TLS without SNI; blocks for {s['probe_block_seconds']} s",
+    }
+    table = Table(title=f"censor of lab {name}")
+    for col in ("rule", "on", "caught", "packets dropped", "lists and limits"):
+        table.add_column(col)
+    for rule, r in rep["rules"].items():
+        table.add_row(
+            rule, "on" if r["on"] else "off", str(r["caught"]), str(r["dropped"]),
+            settings_of[rule],
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    watcher = "running" if rep["watcher"] else "not running"
+    console.print(f"verdict program: {watcher}; {rep['held']} ClientHellos held for a verdict")
+    for p in rep["probes"][-10:]:
+        console.print(
+            f"probed {p['address']}:{p['port']}: {p['verdict']} (browser: {p['browser']}; "
+            f"replay: {p['replay']}; random: {p['random']})",
+            highlight=False,
+        )
+
+
+@censor_group.command("watch", context_settings=CONTEXT, hidden=True)
+@click.option("--namespace", required=True)
+@one_line_errors
+def censor_watch(namespace: str) -> None:
+    """Run the censor's verdict program (the lab starts it inside the censor namespace)."""
+    from resistance.lab.censorwatch import main
+
+    main(namespace)

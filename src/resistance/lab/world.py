@@ -354,6 +354,7 @@ class Lab:
         for ns in sorted(present):
             stopped += self._stop_stragglers(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+        censor.forget(self.topology.censor)
         # wireguard-go's control socket lives on the host's file system, not in the
         # namespace: a killed one leaves it behind, and the name could not be reused.
         stale = Path(WG_SOCKET_DIR) / f"{self.topology.wg_interface}.sock"

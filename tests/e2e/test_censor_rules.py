@@ -1,0 +1,321 @@
+"""Each censor rule blocks what it targets and passes its near miss (root only).
+
+The lab's network without its processes: the censored, censor and free
+namespaces of a throw-away Topology, the censor's table in the middle, and
+tests/e2e/censor_servers.py in the free namespace on two addresses: LISTED
+(the one the lists name) and OTHER.  Clients are real where one exists:
+python-socks for the SOCKS5 greeting, curl for TLS with a server name, the
+project's own TLS client context for its hello; WireGuard and OpenVPN
+handshakes are crafted datagrams/segments of the exact shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from resistance.lab import censor, netns
+from resistance.lab import topology as topo
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the censor lab needs root (network namespaces)"),
+    pytest.mark.timeout(300),
+]
+
+LISTED, OTHER = topo.NODE_ADDRS[0], topo.NODE_ADDRS[1]
+ECHO, SENDER, SITE, HIDDEN = 7000, 7001, 443, 8443
+WAIT = 2.0  # how long a client waits for an answer the censor may have dropped
+T = TypeVar("T")
+
+
+class Net:
+    def __init__(self, t: topo.Topology) -> None:
+        self.t = t
+
+    @property
+    def router(self) -> str:
+        return self.t.censor
+
+    def client(self, func: Callable[..., T], *args: Any) -> T:
+        return netns.call_in(self.t.censored, func, *args, timeout=60)
+
+    def curl(self, name: str, addr: str, port: int = SITE) -> subprocess.CompletedProcess[str]:
+        url = f"https://{name}:{port}/"
+        return subprocess.run(
+            [*netns.exec_prefix(self.t.censored), "curl", "-sk", "--max-time", "4",
+             "--resolve", f"{name}:{port}:{addr}", url],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    t = topo.Topology(f"cz{os.getpid() % 100000}")
+    tmp = tmp_path_factory.mktemp("censor")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=lab"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    server: subprocess.Popen[str] | None = None
+    try:
+        for cmd in t.build_commands():
+            netns.run(*cmd)
+        censor.install(t.censor)
+        script = Path(__file__).with_name("censor_servers.py")
+        server = subprocess.Popen(
+            [*netns.exec_prefix(t.free), sys.executable, str(script), str(cert), str(key),
+             LISTED, OTHER],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield Net(t)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        settings = censor.load_settings(t.censor)
+        if settings.watcher:
+            censor._stop_watcher(settings.watcher)
+        for ns in t.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        censor.forget(t.censor)
+
+
+@pytest.fixture
+def only(net: Net) -> Iterator[Callable[..., censor.Settings]]:
+    """Switch on one rule (with its lists) for a test; everything off afterwards."""
+
+    def switch(rule: str, **lists: Any) -> censor.Settings:
+        return censor.enable(net.router, rule, replace=True, **lists)
+
+    yield switch
+    censor.disable(net.router, "all")
+
+
+def caught(net: Net, rule: str) -> int:
+    return int(censor.report(net.router)["rules"][rule]["caught"])
+
+
+# --- clients ------------------------------------------------------------------------------
+
+
+def tcp_exchange(addr: str, port: int, payload: bytes) -> bytes | None:
+    """Send on a fresh connection; the answer, or None if nothing came within WAIT."""
+    with socket.create_connection((addr, port), timeout=WAIT) as s:
+        s.sendall(payload)
+        try:
+            return s.recv(65536)
+        except TimeoutError:
+            return None
+
+
+def udp_exchange(addr: str, payloads: list[bytes]) -> list[bytes | None]:
+    """Send datagrams from one socket (one flow); the answer to each, or None."""
+    answers: list[bytes | None] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(WAIT)
+        for p in payloads:
+            s.sendto(p, (addr, ECHO))
+            try:
+                answers.append(s.recvfrom(65536)[0])
+            except TimeoutError:
+                answers.append(None)
+    return answers
+
+
+def socks5_dial(addr: str) -> str:
+    """python-socks's greeting to an echo server: 'timeout' if dropped, else its error."""
+    from python_socks import ProxyError, ProxyTimeoutError
+    from python_socks.sync import Proxy
+
+    proxy = Proxy.from_url(f"socks5://{addr}:{ECHO}")
+    try:
+        proxy.connect("198.18.3.1", 80, timeout=WAIT)
+    except ProxyTimeoutError:
+        return "timeout"
+    except ProxyError as exc:
+        return f"answered: {exc}"
+    return "connected"
+
+
+def download(addr: str, size: int) -> int:
+    """Bytes received of ``size`` asked from the sender before the flow ends or stalls."""
+    got = 0
+    with socket.create_connection((addr, SENDER), timeout=WAIT) as s:
+        s.sendall(f"{size}\n".encode())
+        try:
+            while chunk := s.recv(65536):
+                got += len(chunk)
+        except TimeoutError:
+            pass
+    return got
+
+
+def own_client_request(addr: str, port: int = SITE) -> bytes | None:
+    """The project's TLS client context, dialled by address as client/dial.py does."""
+    from resistance.node.tlscert import pinning_client_context
+
+    try:
+        with (
+            socket.create_connection((addr, port), timeout=WAIT) as raw,
+            pinning_client_context().wrap_socket(raw, server_hostname=addr) as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            return tls.recv(4096)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def connects(addr: str, port: int) -> bool:
+    return netns.tcp_open(addr, port, WAIT)
+
+
+# --- the rules ----------------------------------------------------------------------------
+
+
+def test_nothing_on_everything_passes(net: Net) -> None:
+    censor.disable(net.router, "all")
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x01\x00") == b"\x05\x01\x00"
+    assert net.curl("blocked.example", LISTED).stdout == "ok\n"
+
+
+def test_socks5_greeting_is_dropped_and_near_misses_pass(net: Net, only: Any) -> None:
+    only("socks5")
+    before = caught(net, "socks5")
+    assert net.client(socks5_dial, LISTED) == "timeout"
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x02\x00\x02") is None
+    assert caught(net, "socks5") == before + 2
+    # same size, other bytes; a greeting whose count disagrees with its length
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x04\x01\x00") == b"\x04\x01\x00"
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x02\x00") == b"\x05\x02\x00"
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x01\x00\x00") == b"\x05\x01\x00\x00"
+
+    # not the first payload: a greeting later in a flow passes
+    def later() -> tuple[bytes, bytes]:
+        with socket.create_connection((LISTED, ECHO), timeout=WAIT) as s:
+            s.sendall(b"hi")
+            first = s.recv(100)
+            s.sendall(b"\x05\x01\x00")
+            return first, s.recv(100)
+
+    assert net.client(later) == (b"hi", b"\x05\x01\x00")
+    assert caught(net, "socks5") == before + 2
+
+
+def test_wireguard_initiation_is_dropped_with_its_flow(net: Net, only: Any) -> None:
+    only("wireguard")
+    init = b"\x01\x00\x00\x00" + os.urandom(144)
+    assert len(init) == 148
+    # the initiation and everything after it on the same flow die
+    assert net.client(udp_exchange, LISTED, [init, b"keepalive"]) == [None, None]
+    assert caught(net, "wireguard") >= 1
+    near = [b"\x02\x00\x00\x00" + init[4:], init[:147], init + b"x", b"\x01\x00\x00\x01" + init[4:]]
+    for payload in near:
+        assert net.client(udp_exchange, LISTED, [payload]) == [payload]
+
+
+def test_openvpn_resets_udp_and_tcp(net: Net, only: Any) -> None:
+    only("openvpn")
+    body = os.urandom(13)
+    for opcode in (0x38, 0x50):
+        assert net.client(udp_exchange, OTHER, [bytes([opcode]) + body]) == [None]
+        tcp = (14).to_bytes(2, "big") + bytes([opcode]) + body
+        assert net.client(tcp_exchange, OTHER, ECHO, tcp) is None
+    assert caught(net, "openvpn") == 4
+    # same size, another opcode (key id 1); a length prefix that disagrees
+    near = bytes([0x39]) + body
+    assert net.client(udp_exchange, OTHER, [near]) == [near]
+    wrong_len = (15).to_bytes(2, "big") + bytes([0x38]) + body
+    assert net.client(tcp_exchange, OTHER, ECHO, wrong_len) == wrong_len
+    other_op = (14).to_bytes(2, "big") + bytes([0x20]) + body
+    assert net.client(tcp_exchange, OTHER, ECHO, other_op) == other_op
+
+
+def test_sni_on_the_list_is_dropped_an_allowed_one_passes(net: Net, only: Any) -> None:
+    only("sni", sni=["blocked.example"])
+    assert net.curl("blocked.example", LISTED).returncode != 0
+    assert net.curl("www.blocked.example", LISTED).returncode != 0
+    assert caught(net, "sni") == 2
+    ok = net.curl("allowed.example", LISTED)
+    assert ok.returncode == 0 and ok.stdout == "ok\n"
+    assert net.curl("notblocked.example", LISTED).stdout == "ok\n"
+
+
+def test_the_project_clients_hello_is_dropped_curls_passes(net: Net, only: Any) -> None:
+    settings = only("hello")
+    from resistance.lab.dpi import own_client_fingerprint
+
+    assert own_client_fingerprint() in settings.fingerprints  # shipped by default
+    assert net.client(own_client_request, LISTED) is None
+    assert caught(net, "hello") == 1
+    ok = net.curl("any.example", LISTED)
+    assert ok.returncode == 0 and ok.stdout == "ok\n"
+
+
+def test_freeze_stops_a_listed_prefix_after_the_limit(net: Net, only: Any) -> None:
+    only("freeze", freeze_prefixes=[f"{LISTED}/24"], freeze_bytes=16384)
+    got = net.client(download, LISTED, 200_000)
+    assert 8_000 <= got <= 16384
+    assert caught(net, "freeze") == 1
+    # below the limit from the listed prefix, and far past it from another
+    assert net.client(download, LISTED, 8_000) == 8_000
+    assert net.client(download, OTHER, 200_000) == 200_000
+
+
+def test_whitelist_passes_only_listed_prefixes(net: Net, only: Any) -> None:
+    only("whitelist", whitelist=[f"{OTHER}/32"])
+    assert net.client(connects, OTHER, ECHO)
+    assert not net.client(connects, LISTED, ECHO)
+    assert censor.report(net.router)["rules"]["whitelist"]["dropped"] >= 1
+
+
+def test_active_probe_blocks_a_hidden_service_not_a_website(net: Net, only: Any) -> None:
+    only("active-probe", probe_block_seconds=60)
+    # a TLS flow without SNI to a website: probed, judged a website, still reachable
+    assert net.client(own_client_request, LISTED, SITE) is not None
+    # the same to a TLS service that is no website: probed, its address blocked
+    net.client(own_client_request, OTHER, HIDDEN)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and net.client(connects, OTHER, ECHO):
+        time.sleep(0.3)
+    assert not net.client(connects, OTHER, ECHO)
+    assert net.client(connects, LISTED, ECHO)
+    probes = {(p["address"], p["port"]): p for p in censor.report(net.router)["probes"]}
+    assert probes[(LISTED, SITE)]["verdict"] == "website"
+    hidden = probes[(OTHER, HIDDEN)]
+    assert hidden["verdict"] == "blocked" and hidden["replay"] != "silent"
+    assert caught(net, "active-probe") == 1
+    # a TLS flow with SNI is not suspicious: no probe
+    assert net.curl("a.example", LISTED).stdout == "ok\n"
+    assert len(censor.report(net.router)["probes"]) == 2
+    censor.disable(net.router, "active-probe")
+    netns.in_ns(net.router, "nft", "flush", "set", "inet", censor.TABLE, "probed4")
+
+
+def test_status_command_shows_rules_lists_and_counts(net: Net, only: Any) -> None:
+    only("sni", sni=["t.example"])
+    done = subprocess.run(
+        [sys.executable, "-m", "resistance", "lab", "censor", "status", "--name", net.t.name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "t.example" in done.stdout and "verdict program: running" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "resistance", "lab", "censor", "on", "freeze", "--name",
+         net.t.name, "--prefix", "10.0.0.0/33"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert censor.load_settings(net.router).on == ["sni"]  # nothing changed
