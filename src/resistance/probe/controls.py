@@ -19,19 +19,24 @@ proxy cannot be blamed for yet is followed, on the same network seam, by:
   after a probe used it is an active probe's block.  An IP block that lands
   inside that window by chance looks the same; the reason says so.
 
-Benign-SNI controls need a TLS check, which the probe does not run yet
-(its checks are plain SOCKS5 and WireGuard), so ``blocked-sni`` is never
-named by the agent today; :mod:`resistance.probe.diagnose` knows the rule.
+For TLS, :func:`tls_attempt` opens a TLS handshake with a chosen server name
+and the client's own browser-like hello; the same handshake with a benign
+name is the benign-SNI control (:func:`sni_evidence`).  The agent's rounds
+check plain SOCKS5 and WireGuard, so it names ``blocked-sni`` only where a
+caller runs these (the lab's end-to-end test does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from dataclasses import dataclass
 
+from resistance.client.hello import browser_context
 from resistance.probe.check import Failure
 from resistance.probe.diagnose import Attempt, Diagnosis, Evidence, Stage, diagnose
-from resistance.probe.net import NetFailure, Network
+from resistance.probe.net import NetFailure, Network, translate
 from resistance.probe.runner import Canary, CheckResult, CheckSettings, Target, run_check
 
 #: At most this many other ports of one host are tried.
@@ -127,3 +132,59 @@ async def diagnose_check(
         listed_ok=listed_ok,
     )
     return evidence, diagnose(evidence)
+
+
+#: A server name no censor lists, for the benign-SNI control.
+BENIGN_SNI = "www.wikipedia.org"
+
+
+async def tls_attempt(
+    host: str,
+    port: int,
+    server_name: str | None,
+    seconds: float,
+    *,
+    context: ssl.SSLContext | None = None,
+) -> Attempt:
+    """TCP, then a TLS handshake naming ``server_name``; where it stopped, if it did."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        try:
+            async with asyncio.timeout(seconds):
+                await loop.sock_connect(sock, (host, port))
+        except TimeoutError:
+            return Attempt.stopped(Stage.TCP, Failure.TIMEOUT)
+        except OSError as exc:
+            return Attempt.stopped(Stage.TCP, translate(exc).failure)
+        try:
+            async with asyncio.timeout(seconds):
+                _, writer = await asyncio.open_connection(
+                    sock=sock, ssl=context or browser_context(), server_hostname=server_name,
+                    ssl_handshake_timeout=seconds,
+                )  # fmt: skip
+        except TimeoutError:
+            return Attempt.stopped(Stage.HANDSHAKE, Failure.TIMEOUT)
+        except ssl.SSLError:
+            return Attempt.stopped(Stage.HANDSHAKE, Failure.WRONG_ANSWER)
+        except (ConnectionResetError, BrokenPipeError):
+            return Attempt.stopped(Stage.HANDSHAKE, Failure.RESET)
+        except OSError as exc:
+            return Attempt.stopped(Stage.HANDSHAKE, translate(exc).failure)
+        writer.transport.abort()
+        return Attempt.passed()
+    finally:
+        sock.close()
+
+
+async def sni_evidence(
+    host: str, port: int, server_name: str, seconds: float, *, outside_ok: bool | None = None
+) -> Evidence:
+    """A TLS handshake naming ``server_name`` and its benign-SNI control."""
+    main = await tls_attempt(host, port, server_name, seconds)
+    benign = None if main.ok else await tls_attempt(host, port, BENIGN_SNI, seconds)
+    outside = None
+    if outside_ok is not None:
+        outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
+    return Evidence(main=main, tls=True, benign_sni=benign, outside=outside)
