@@ -161,7 +161,7 @@ async def tls_attempt(
         try:
             async with asyncio.timeout(seconds):
                 _, writer = await asyncio.open_connection(
-                    sock=sock, ssl=context or browser_context(), server_hostname=server_name,
+                    sock=sock, ssl=context or browser_context(), server_hostname=server_name or "",
                     ssl_handshake_timeout=seconds,
                 )  # fmt: skip
         except TimeoutError:

@@ -1,0 +1,162 @@
+"""A probe in the lab's censored network names the mechanism of each block (root only).
+
+Two real nodes in the free namespace: TARGET (SOCKS5 and a TLS listener) and CONTROL
+(SOCKS5, the control proxy).  The probe's own check and control experiments
+(resistance.probe.controls) run inside the censored namespace over real sockets, the
+outside view from the free side; the censor switches on one rule at a time:
+
+* ``ip`` with TARGET's address listed: ``blocked-ip``;
+* ``socks5`` (the greeting's fingerprint): ``blocked-fingerprint``;
+* ``sni`` with the node's name listed: ``blocked-sni`` (a benign name passes);
+* ``hello`` with the project's old fixed hello: the client's browser-like hello passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from resistance.lab import censor, netns
+from resistance.lab import topology as topo
+from resistance.node.tlscert import pinning_client_context
+from resistance.probe.controls import Controls, diagnose_check, sni_evidence, tls_attempt
+from resistance.probe.diagnose import Mechanism, diagnose
+from resistance.probe.net import SocketNetwork
+from resistance.probe.runner import CheckSettings, Target, run_check
+from tests.conftest import RunningNode, launch_node
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the censor lab needs root (network namespaces)"),
+    pytest.mark.timeout(300),
+]
+
+TARGET, CONTROL = topo.NODE_ADDRS[0], topo.NODE_ADDRS[1]
+SOCKS, TLS = 1080, 8443
+SETTINGS = CheckSettings(step_timeout=2.0, transfer_timeout=2.0)
+
+
+def check(addr: str, other_ports: tuple[int, ...], outside_ok: bool | None) -> tuple[str, Any]:
+    """The probe's check of addr's SOCKS5 port and, if it failed, its controls."""
+
+    async def run() -> tuple[str, Any]:
+        network = SocketNetwork()
+        result = await run_check(Target(addr, SOCKS, "probe", "pw", 1), None, network, SETTINGS)
+        if result.verdict.ok:
+            return Mechanism.OK.value, None
+        controls = Controls(
+            other_ports=other_ports,
+            control=Target(CONTROL, SOCKS, "probe", "pw"),
+            outside_ok=outside_ok,
+        )
+        evidence, diagnosis = await diagnose_check(
+            result, canary=None, network=network, settings=SETTINGS, controls=controls,
+            listed_ok=False,
+        )  # fmt: skip
+        return diagnosis.mechanism.value, evidence.to_json()
+
+    return asyncio.run(run())
+
+
+def sni_check(addr: str, name: str) -> tuple[str, Any]:
+    evidence = asyncio.run(sni_evidence(addr, TLS, name, SETTINGS.step_timeout, outside_ok=True))
+    return diagnose(evidence).mechanism.value, evidence.to_json()
+
+
+def hello_passes(addr: str, old_hello: bool) -> bool:
+    context = pinning_client_context() if old_hello else None
+    return asyncio.run(tls_attempt(addr, TLS, None, SETTINGS.step_timeout, context=context)).ok
+
+
+class Lab:
+    def __init__(self, t: topo.Topology) -> None:
+        self.t = t
+
+    def inside(self, func: Any, *args: Any) -> Any:
+        return netns.call_in(self.t.censored, func, *args, timeout=120)
+
+    def outside_ok(self, addr: str) -> bool:
+        mechanism, _ = netns.call_in(self.t.free, check, addr, (), None, timeout=120)
+        return bool(mechanism == Mechanism.OK.value)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    t = topo.Topology(f"pm{os.getpid() % 100000}")
+    tmp = tmp_path_factory.mktemp("probe-lab")
+    nodes: list[RunningNode] = []
+    try:
+        for cmd in t.build_commands():
+            netns.run(*cmd)
+        censor.install(t.censor)
+        prefix = tuple(netns.exec_prefix(t.free))
+        for addr, extra in ((TARGET, ["--tls-listen", f"{TARGET}:{TLS}"]), (CONTROL, [])):
+            args = ["--user", "probe:pw", *extra]
+            nodes.append(launch_node(args, tmp / addr, listen=f"{addr}:{SOCKS}", prefix=prefix))
+        censor.disable(t.censor, "all")
+        yield Lab(t)
+    finally:
+        for node in nodes:
+            node.stop()
+        settings = censor.load_settings(t.censor)
+        if settings.watcher:
+            censor._stop_watcher(settings.watcher)
+        for ns in t.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        censor.forget(t.censor)
+
+
+@pytest.fixture
+def rules(lab: Lab) -> Iterator[Lab]:
+    yield lab
+    censor.disable(lab.t.censor, "all")
+
+
+def test_unblocked_the_probe_says_ok(rules: Lab) -> None:
+    assert rules.inside(check, TARGET, (TLS,), True)[0] == "ok"
+    assert rules.inside(sni_check, TARGET, "node.example")[0] == "ok"
+
+
+def test_an_ip_block_is_named_blocked_ip(rules: Lab) -> None:
+    ranges = censor.ranges_of([TARGET])
+    censor.enable(rules.t.censor, "ip")
+    censor.block(rules.t.censor, ranges)
+    try:
+        outside = rules.outside_ok(TARGET)
+        assert outside
+        mechanism, evidence = rules.inside(check, TARGET, (TLS,), outside)
+    finally:
+        censor.unblock(rules.t.censor, ranges)
+    assert mechanism == "blocked-ip", evidence
+    assert evidence["other_port"]["stage"] == "tcp" and evidence["control_host"]["ok"]
+    # near miss: the control proxy on another address is not blocked
+    assert rules.inside(check, CONTROL, (), True)[0] == "ok"
+
+
+def test_a_socks5_fingerprint_block_is_named_blocked_fingerprint(rules: Lab) -> None:
+    censor.enable(rules.t.censor, "socks5")
+    mechanism, evidence = rules.inside(check, TARGET, (TLS,), rules.outside_ok(TARGET))
+    assert mechanism == "blocked-fingerprint", evidence
+    assert evidence["main"]["stage"] == "handshake"
+    assert evidence["control_host"]["stage"] == "handshake"
+
+
+def test_an_sni_block_is_named_blocked_sni(rules: Lab) -> None:
+    censor.enable(rules.t.censor, "sni", sni=["node.example"], replace=True)
+    mechanism, evidence = rules.inside(sni_check, TARGET, "node.example")
+    assert mechanism == "blocked-sni", evidence
+    assert evidence["benign_sni"]["ok"]
+    assert rules.inside(sni_check, TARGET, "other.example")[0] == "ok"  # near miss
+
+
+def test_the_clients_browser_hello_passes_the_hello_rule_the_old_one_does_not(
+    rules: Lab,
+) -> None:
+    censor.enable(rules.t.censor, "hello")
+    assert not rules.inside(hello_passes, TARGET, True)
+    assert rules.inside(hello_passes, TARGET, False)
