@@ -12,20 +12,45 @@ from pathlib import Path
 import click
 
 from resistance import __version__
-from resistance.clikit import CONTEXT, LazyGroup, one_line_errors
+from resistance.clikit import CONTEXT, LazyCommand, LazyGroup, one_line_errors
 
 __all__ = ["CONTEXT", "main", "one_line_errors"]
 
-#: Command name → "module:attribute" of the click command that implements it.
+#: Command name → where it lives and its summary for `resist --help` (which then
+#: imports no command group).  tests/unit/test_cli_help.py keeps each summary equal
+#: to the first sentence of the command's docstring.
 COMMANDS = {
-    "node": "resistance.node.cli:node",
-    "connect": "resistance.client.cli:connect",
-    "registry": "resistance.registry.cli:registry",
-    "directory": "resistance.directory.cli:directory",
-    "grants": "resistance.grants.cli:grants",
-    "probe": "resistance.probe.cli:probe",
-    "vpn": "resistance.vpn.cli:vpn",
-    "lab": "resistance.lab.cli:lab",
+    "node": LazyCommand(
+        "resistance.node.cli:node", "Run a SOCKS5 proxy node that volunteers can safely expose."
+    ),
+    "connect": LazyCommand(
+        "resistance.client.cli:connect",
+        "A local SOCKS5 proxy that keeps working while upstream proxies get blocked.",
+    ),
+    "registry": LazyCommand(
+        "resistance.registry.cli:registry",
+        "The registry: operators, proxies, payout addresses and the signed directory.",
+    ),
+    "directory": LazyCommand(
+        "resistance.directory.cli:directory",
+        "Verify and co-sign signed directories (works offline, on any copy).",
+    ),
+    "grants": LazyCommand(
+        "resistance.grants.cli:grants",
+        "Grant rounds: awards from measurements, payouts a real wallet signs.",
+    ),
+    "probe": LazyCommand(
+        "resistance.probe.cli:probe",
+        "Measure proxies the way users use them, from inside and outside the block.",
+    ),
+    "vpn": LazyCommand(
+        "resistance.vpn.cli:vpn",
+        "A WireGuard server for volunteers: peers, limits, probes, metrics.",
+    ),
+    "lab": LazyCommand(
+        "resistance.lab.cli:lab",
+        "A censorship lab in network namespaces: a censored network, a censor, a free world.",
+    ),
 }
 
 
@@ -49,16 +74,19 @@ def main() -> None:
 )
 @one_line_errors
 def link(proxy_url: str, qr: bool, qr_file: Path | None) -> None:
-    """Print Telegram's links (and a QR code) for a SOCKS5 proxy.
+    """Print Telegram's links (and a QR code) for a SOCKS5 or MTProto proxy.
+
+    PROXY_URL is socks5://USER:PASS@HOST:PORT, an MTProto link (tg://proxy?...,
+    https://t.me/proxy?...) or mtproto://SECRET@HOST:PORT.
 
     \b
-    Example:
+    Examples:
       resist link socks5://alice:s3cret@203.0.113.7:1080 --qr
+      resist link mtproto://ee0123456789abcdef0123456789abcdef6578616d706c652e636f6d@203.0.113.7:443
     """
-    from resistance.links import parse_socks_url, qr_save, qr_terminal, socks_links
+    from resistance.links import qr_save, qr_terminal, telegram_links_for
 
-    proxy = parse_socks_url(proxy_url)
-    links = socks_links(proxy.host, proxy.port, proxy.username, proxy.password)
+    links = telegram_links_for(proxy_url)
     click.echo(links.tg)
     click.echo(links.https)
     if qr:

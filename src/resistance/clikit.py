@@ -6,8 +6,8 @@ import functools
 import importlib
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import click
 
@@ -43,16 +43,29 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("resistance").setLevel(max(level, logging.INFO) if verbose else level)
 
 
+class LazyCommand(NamedTuple):
+    """Where a lazily loaded command lives, and its one-line help for listings."""
+
+    target: str
+    """``"module:attribute"`` of the click command."""
+    short_help: str
+    """The command's summary (its docstring's first sentence), shown by the group's
+    ``--help`` without importing the command; a test keeps the two equal."""
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported the first time they are used.
 
-    ``lazy_commands`` maps a command name to ``"module:attribute"``.  Listing
-    the commands (``resist --help``) imports each one for its one-line help,
-    which is what a person asking for help expects to wait for; running one
-    command imports only that one.
+    ``lazy_commands`` maps a command name to a :class:`LazyCommand` (or to a bare
+    ``"module:attribute"``).  Listing the commands (``resist --help``) shows each
+    one's ``short_help`` from the table and imports none of them, so help costs
+    what the group's own module costs; running a command imports only that one.
+    A bare target has no summary to show, so the listing imports it.
     """
 
-    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kw: Any):
+    def __init__(
+        self, *args: Any, lazy_commands: Mapping[str, LazyCommand | str] | None = None, **kw: Any
+    ):
         super().__init__(*args, **kw)
         self.lazy_commands = dict(lazy_commands or {})
 
@@ -60,11 +73,33 @@ class LazyGroup(click.Group):
         return sorted({*super().list_commands(ctx), *self.lazy_commands})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = self.lazy_commands.get(cmd_name)
-        if target is None:
+        entry = self.lazy_commands.get(cmd_name)
+        if entry is None:
             return super().get_command(ctx, cmd_name)
+        target = entry.target if isinstance(entry, LazyCommand) else entry
         module_name, _, attribute = target.partition(":")
         command = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's command listing, with the lazy commands' summaries from the table."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            entry = self.lazy_commands.get(name)
+            if isinstance(entry, LazyCommand):
+                # Shortened to fit exactly as click shortens a command's own help.
+                summary = click.Command(name, help=entry.short_help).get_short_help_str(limit)
+                rows.append((name, summary))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)

@@ -7,8 +7,10 @@ import ssl
 
 from resistance.proto.socks5 import (
     Address,
+    ClientConnection,
     Command,
     Reply,
+    UpstreamRefused,
     client_auth,
     client_greeting,
     client_request,
@@ -33,6 +35,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def read_reply(sock: socket.socket) -> tuple[Reply, Address]:
+    """One reply (as BIND's second), read a byte at a time so nothing after it is taken."""
     data = b""
     while True:
         parsed = parse_reply(data)
@@ -54,23 +57,33 @@ def handshake(
     user: str | None = "alice",
     password: str | None = "secret",
 ) -> Address:
-    """Greeting, authentication and request; returns the bound address on success."""
-    auth = user is not None
-    sock.sendall(client_greeting(auth=auth))
-    method = recv_exact(sock, 2)
-    if method[1] == 0xFF:
-        raise ConnectionError("no acceptable method")
-    if auth:
-        assert user is not None and password is not None
-        sock.sendall(client_auth(user.encode(), password.encode()))
-        status = recv_exact(sock, 2)
-        if status[1] != 0:
-            raise PermissionError("authentication failed")
+    """Greeting, authentication and request; returns the bound address on success.
+
+    Lock-step, one message and its answer at a time, as most clients (curl,
+    browsers) talk, where ``resist connect`` pipelines; the answers are read
+    by the project's one client state machine all the same.
+    """
+    machine = ClientConnection(user, password)
+    try:
+        sock.sendall(client_greeting(auth=user is not None))
+        machine.receive_data(recv_exact(sock, 2))
+    except UpstreamRefused:
+        raise ConnectionError("no acceptable method") from None
+    if machine.auth is not None:
+        sock.sendall(client_auth(*machine.auth))
+        try:
+            machine.receive_data(recv_exact(sock, 2))
+        except UpstreamRefused:
+            raise PermissionError("authentication failed") from None
     sock.sendall(client_request(command, address))
-    code, bound = read_reply(sock)
-    if code is not Reply.SUCCEEDED:
-        raise SocksFailure(code)
-    return bound
+    try:
+        while (done := machine.receive_data(recv_exact(sock, 1))) is None:
+            pass
+    except UpstreamRefused as exc:
+        assert exc.code is not None
+        raise SocksFailure(exc.code) from None
+    assert machine.take_early_data() == b"", "read past the reply"
+    return done.bound
 
 
 def open_socks(

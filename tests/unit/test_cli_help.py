@@ -8,6 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from resistance.cli import COMMANDS as LAZY
 from resistance.cli import main
 
 
@@ -36,3 +37,21 @@ def test_help_has_a_summary_and_an_example(path: tuple[str, ...], command: click
     assert result.exit_code == 0, result.output
     assert (command.help or "").strip(), "no description"
     assert "xample" in result.output, f"resist {' '.join(path)} --help shows no example"
+
+
+@pytest.mark.parametrize("name", sorted(LAZY))
+def test_the_listed_summary_is_the_commands_own(name: str) -> None:
+    """`resist --help` shows the table's summary without importing the command:
+    it must say what the command's own docstring says."""
+    command = main.get_command(click.Context(main), name)
+    assert command is not None
+    assert LAZY[name].short_help == command.get_short_help_str(limit=10**6)
+
+
+def test_listing_shows_every_command_with_its_summary() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0, result.output
+    listed = result.output.split("Commands:")[1]
+    for name in [*LAZY, "link"]:
+        assert f"\n  {name} " in listed, name
+    assert "Run a SOCKS5 proxy node that volunteers can safely expose." in listed

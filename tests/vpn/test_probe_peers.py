@@ -33,28 +33,31 @@ def resist(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_probe_peers_have_no_route_and_are_kept(server: VpnServer) -> None:
     key = keys.KeyPair.generate().public_text
-    peer = server.add_probe(key, "probe-ams")
+    peer, added = server.add_probe(key, "probe-ams")
+    assert added
     assert peer.kind is PeerKind.PROBE and peer.address is None and peer.allowed_ips() == []
     assert peer.preshared_key is None
     (stored,) = server.db.read()
     assert stored.public_key == key and stored.kind is PeerKind.PROBE
     with pytest.raises(ConfigError, match="already has that name or key"):
         server.add_probe(key, "other-name")
+    with pytest.raises(ConfigError, match="already has that name or key"):
+        server.add_probe(keys.KeyPair.generate().public_text, "probe-ams")
     server.remove("probe-ams")
     assert server.db.read() == []
 
 
-def test_ensure_probe_is_idempotent_and_finds_a_free_name(server: VpnServer) -> None:
+def test_adding_a_probe_again_is_idempotent_and_finds_a_free_name(server: VpnServer) -> None:
     first, second = keys.KeyPair.generate().public_text, keys.KeyPair.generate().public_text
-    peer, added = server.ensure_probe(first, "probe-x")
+    peer, added = server.add_probe(first, "probe-x", again=True)
     assert added and peer.name == "probe-x"
-    again, added = server.ensure_probe(first, "anything")
+    again, added = server.add_probe(first, "anything", again=True)
     assert not added and again.name == "probe-x"
-    other, added = server.ensure_probe(second, "probe-x")
+    other, added = server.add_probe(second, "probe-x", again=True)
     assert added and other.name == "probe-x-2"
     client, _ = server.add("alice")
     with pytest.raises(ConfigError, match="client alice"):
-        server.ensure_probe(client.public_key, "probe-y")
+        server.add_probe(client.public_key, "probe-y", again=True)
 
 
 def test_list_shows_probes_apart_from_users(server: VpnServer, tmp_path: Path) -> None:

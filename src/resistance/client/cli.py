@@ -107,7 +107,8 @@ def connect(
     if ctx.invoked_subcommand is not None:
         return
     from resistance.client.directory import DirectoryConfig
-    from resistance.client.service import ConnectSettings, run_connect
+    from resistance.client.listener import ConnectSettings
+    from resistance.client.service import run_connect
     from resistance.client.upstreams import Upstream
     from resistance.config import parse_endpoint, parse_user
     from resistance.directory.keys import trusted_key

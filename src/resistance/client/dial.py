@@ -3,6 +3,9 @@
 One write carries greeting, credentials and request (see
 :class:`~resistance.proto.socks5.ClientConnection`), so a dial costs one TCP
 handshake and one round trip.  Every step shares one deadline.
+
+The client's connections and health checks and the registry's proof of
+control all dial here: the SOCKS5 client handshake exists once.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Dialed:
     early: bytes
     seconds: float
     transport: asyncio.Transport | None = None  # a TLS connection instead
+    certificate_sha256: str | None = None  # over TLS, the pin of the certificate presented
 
     def close(self) -> None:
         if self.sock is not None:
@@ -61,10 +65,11 @@ class Dialed:
 class _TlsExchange(asyncio.Protocol):
     """The SOCKS5 exchange over a TLS transport, until the request is answered."""
 
-    def __init__(self, machine: ClientConnection, hello: bytes, pin: str) -> None:
+    def __init__(self, machine: ClientConnection, hello: bytes, pin: str | None) -> None:
         self.machine = machine
         self.hello = hello
-        self.pin = pin
+        self.pin = pin  # None: any certificate, learned into ``seen``
+        self.seen = ""
         self.transport: asyncio.Transport | None = None
         self.done: asyncio.Future[Established] = asyncio.get_running_loop().create_future()
 
@@ -72,8 +77,11 @@ class _TlsExchange(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        seen = certificate_sha256(der) if der else ""
-        if not hmac.compare_digest(seen, self.pin):
+        self.seen = seen = certificate_sha256(der) if der else ""
+        if not seen:
+            self._fail(DialError("the upstream presented no certificate", Reply.GENERAL_FAILURE))
+            return
+        if self.pin is not None and not hmac.compare_digest(seen, self.pin):
             self._fail(
                 DialError(
                     "the upstream's certificate does not match its pin", Reply.GENERAL_FAILURE
@@ -116,13 +124,12 @@ class _TlsExchange(asyncio.Protocol):
 
 
 async def _dial_tls(
-    upstream: Upstream, command: Command, address: Address, seconds: float
+    upstream: Upstream, command: Command, address: Address, seconds: float, pin: str | None
 ) -> Dialed:
-    assert upstream.tls_sha256 is not None
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     machine = ClientConnection(upstream.username, upstream.password)
-    exchange = _TlsExchange(machine, machine.start(command, address), upstream.tls_sha256)
+    exchange = _TlsExchange(machine, machine.start(command, address), pin)
     transport: asyncio.BaseTransport | None = None
     try:
         async with asyncio.timeout(seconds):
@@ -135,7 +142,14 @@ async def _dial_tls(
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
         raise DialError("the upstream did not answer in time", Reply.TTL_EXPIRED) from None
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        if transport is not None:
+            cast(asyncio.Transport, transport).abort()
+        raise DialError(
+            f"cannot reach the upstream: no TLS handshake ({exc.reason or type(exc).__name__})",
+            Reply.GENERAL_FAILURE,
+        ) from None
+    except OSError as exc:
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
         raise DialError(f"cannot reach the upstream: {exc}", Reply.GENERAL_FAILURE) from None
@@ -150,6 +164,7 @@ async def _dial_tls(
         machine.take_early_data(),
         time.monotonic() - started,
         exchange.transport,
+        exchange.seen,
     )
 
 
@@ -213,10 +228,25 @@ async def _resolve(upstream: Upstream, seconds: float) -> tuple[int, Any]:
     return socket.AF_INET, (str(ip), upstream.port)
 
 
-async def dial(upstream: Upstream, command: Command, address: Address, *, seconds: float) -> Dialed:
-    """A non-blocking socket on which ``upstream`` has accepted the request, within ``seconds``."""
+async def dial(
+    upstream: Upstream,
+    command: Command,
+    address: Address,
+    *,
+    seconds: float,
+    learn_certificate: bool = False,
+) -> Dialed:
+    """A non-blocking socket on which ``upstream`` has accepted the request, within ``seconds``.
+
+    Over TLS (``upstream.tls_sha256`` set) the certificate must match that
+    pin.  ``learn_certificate`` dials over TLS accepting any certificate and
+    reports its pin in :attr:`Dialed.certificate_sha256`: only for a caller
+    that then has the node sign that pin (the registry's proof of control).
+    """
+    if learn_certificate:
+        return await _dial_tls(upstream, command, address, seconds, None)
     if upstream.tls_sha256 is not None:
-        return await _dial_tls(upstream, command, address, seconds)
+        return await _dial_tls(upstream, command, address, seconds, upstream.tls_sha256)
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     try:

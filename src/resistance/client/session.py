@@ -19,16 +19,20 @@ import ipaddress
 import logging
 import socket
 from asyncio import FIRST_COMPLETED
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from resistance.client.dial import Dialed, DialError, dial
 from resistance.client.upstreams import Upstream
 from resistance.net.relay import TransportRelay
-from resistance.node.server import RawSession
+from resistance.node.host import SessionHost
+from resistance.node.session import RawSession
 from resistance.proto.socks5 import (
     ANY_IPV4,
+    CONNECT,
+    DOMAIN,
+    SUCCEEDED,
+    UDP_ASSOCIATE,
     Address,
-    AddressType,
     Command,
     CommandRequest,
     Reply,
@@ -36,7 +40,7 @@ from resistance.proto.socks5 import (
 )
 
 if TYPE_CHECKING:
-    from resistance.client.service import ConnectNode
+    from resistance.client.upstreams import UpstreamPool
 
 log = logging.getLogger("resistance.connect")
 
@@ -51,22 +55,34 @@ DESTINATION_FAULTS = frozenset(
 """Replies that may say more about the destination than about the upstream."""
 
 
+class ConnectHost(SessionHost, Protocol):
+    """The session host of ``resist connect``: a node host plus the upstreams."""
+
+    pool: UpstreamPool
+    dial_timeout: float
+    max_attempts: int
+    race_after: float | None
+    dial_failures: int
+
+
 class ClientSession(RawSession):
+    """An application's connection, forwarded through the upstream pool."""
+
     __slots__ = ()
 
     @property
-    def client_node(self) -> ConnectNode:
-        return self.node  # type: ignore[return-value]
+    def client_node(self) -> ConnectHost:
+        return cast("ConnectHost", self.host)  # only a ConnectHost makes these sessions
 
     def _on_request(self, request: CommandRequest) -> None:
         self.request = request
         self._stop_waiting()  # the dial has its own deadlines from here on
-        node = self.node
-        node.metrics.request_by_command[request.command].inc()
-        if request.command is Command.CONNECT:
-            self.task = node.loop.create_task(self._forward(request), name=f"forward-{id(self):x}")
-        elif request.command is Command.UDP_ASSOCIATE:
-            self.task = node.loop.create_task(self._associate(request), name=f"udp-{id(self):x}")
+        host = self.host
+        host.metrics.request_by_command[request.command].inc()
+        if request.command is CONNECT:
+            self.task = host.loop.create_task(self._forward(request), name=f"forward-{id(self):x}")
+        elif request.command is UDP_ASSOCIATE:
+            self.task = host.loop.create_task(self._associate(request), name=f"udp-{id(self):x}")
         else:
             self.reply_and_close(Reply.COMMAND_NOT_SUPPORTED)
 
@@ -85,7 +101,7 @@ class ClientSession(RawSession):
         node = self.client_node
         pool = node.pool
         order = pool.order()
-        if command is Command.UDP_ASSOCIATE:  # its control connection must be plain
+        if command is UDP_ASSOCIATE:  # its control connection must be plain
             order = [u for u in order if u.tls_sha256 is None]
         candidates = order[: node.max_attempts]
         racing: dict[asyncio.Task[Dialed], Upstream] = {}
@@ -151,12 +167,12 @@ class ClientSession(RawSession):
         return self.conn, dialed
 
     async def _forward(self, request: CommandRequest) -> None:
-        got = await self._dial_for(Command.CONNECT, request.address)
+        got = await self._dial_for(CONNECT, request.address)
         if got is None:
             return
         conn, dialed = got
-        conn.reply(Reply.SUCCEEDED, dialed.bound)
-        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        conn.reply(SUCCEEDED, dialed.bound)
+        self.host.metrics.reply_by_code[SUCCEEDED].inc()
         self.write(conn.data_to_send() + dialed.early)
         early = conn.take_early_data()
         self.conn = None
@@ -168,7 +184,7 @@ class ClientSession(RawSession):
 
     async def _relay_tls(self, upstream: asyncio.Transport, early: bytes) -> None:
         """Relay to an upstream reached over TLS: both sides as transports, copying."""
-        reactor = self.node.reactor
+        reactor = self.host.reactor
         assert reactor is not None
         self.paused = True
         reactor.release(self.fd)  # the client socket moves to a transport
@@ -183,7 +199,7 @@ class ClientSession(RawSession):
         try:
             # Both asyncio's loop and uvloop take the C socket type the listener makes;
             # typeshed asks for the Python subclass.
-            await self.node.loop.connect_accepted_socket(
+            await self.host.loop.connect_accepted_socket(
                 lambda: relay.client_side, sock=cast(socket.socket, self.sock)
             )
         except OSError:
@@ -192,22 +208,19 @@ class ClientSession(RawSession):
         upstream.resume_reading()
 
     async def _associate(self, request: CommandRequest) -> None:
-        got = await self._dial_for(Command.UDP_ASSOCIATE, ANY_IPV4)
+        got = await self._dial_for(UDP_ASSOCIATE, ANY_IPV4)
         if got is None:
             return
         conn, dialed = got
         assert dialed.sock is not None  # UDP goes only through plain upstreams
         relay_host = dialed.bound.host
-        if (
-            dialed.bound.type is AddressType.DOMAIN
-            or ipaddress.ip_address(relay_host).is_unspecified
-        ):
+        if dialed.bound.type is DOMAIN or ipaddress.ip_address(relay_host).is_unspecified:
             relay_host = dialed.sock.getpeername()[0]
         hint = request.address
         try:
             forward = UdpForward(
                 self,
-                app_port=hint.port if hint.type is not AddressType.DOMAIN else 0,
+                app_port=hint.port if hint.type is not DOMAIN else 0,
                 local_ip=self.local_ip(),
                 upstream_relay=(relay_host, dialed.bound.port),
                 control=dialed.sock,
@@ -216,9 +229,9 @@ class ClientSession(RawSession):
             dialed.sock.close()
             self.reply_and_close(Reply.GENERAL_FAILURE)
             return
-        self.udp = forward  # type: ignore[assignment]
-        conn.reply(Reply.SUCCEEDED, forward.bound_address())
-        self.node.metrics.reply_by_code[Reply.SUCCEEDED].inc()
+        self.udp = forward
+        conn.reply(SUCCEEDED, forward.bound_address())
+        self.host.metrics.reply_by_code[SUCCEEDED].inc()
         self.write(conn.data_to_send())
         conn.take_early_data()
         self.resume_reading()  # to see the application's control connection end
@@ -255,7 +268,7 @@ class UdpForward:
         self.closed = False
         self.idle = 0
         self.control = control
-        loop = session.node.loop
+        loop = session.host.loop
         family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
         self.app_sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
@@ -269,8 +282,8 @@ class UdpForward:
         loop.add_reader(self.app_sock.fileno(), self._from_app)
         loop.add_reader(self.upstream_sock.fileno(), self._from_upstream)
         loop.add_reader(control.fileno(), self._control_readable)
-        session.node.udp_associations.add(self)  # type: ignore[arg-type]
-        session.node.metrics.udp_associations.inc()
+        session.host.udp_associations.add(self)
+        session.host.metrics.udp_associations.inc()
 
     def bound_address(self) -> Address:
         host, port = self.app_sock.getsockname()[:2]
@@ -324,9 +337,9 @@ class UdpForward:
         if self.closed:
             return
         self.closed = True
-        loop = self.session.node.loop
+        loop = self.session.host.loop
         for sock in (self.app_sock, self.upstream_sock, self.control):
             loop.remove_reader(sock.fileno())
             sock.close()
-        self.session.node.udp_associations.discard(self)
-        self.session.node.metrics.udp_associations.dec()
+        self.session.host.udp_associations.discard(self)
+        self.session.host.metrics.udp_associations.dec()

@@ -17,7 +17,6 @@ from resistance.directory.document import (
     verify_directory,
 )
 from resistance.directory.keys import (
-    check_private_mode,
     create_private_key,
     key_id,
     load_private_key,
@@ -120,7 +119,6 @@ def cosign_command(file: Path, key_file: Path, out: Path | None) -> None:
     Example:
       resist directory cosign directory.json --key ~/.resist/authority.pem
     """
-    check_private_mode(key_file)
     key = load_private_key(key_file)
     try:
         data = cosign(_read(file), key)

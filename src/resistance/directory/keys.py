@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from resistance import keyfile
 from resistance.errors import ConfigError
-from resistance.paths import write_private
 
 
 def b64url(data: bytes) -> str:
@@ -136,41 +135,16 @@ def _pem_public(data: bytes, path: Path) -> Ed25519PublicKey:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{path} is not an unencrypted PKCS8 PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 private key")
-    return key
+    """An Ed25519 key from a PKCS8 PEM file (mode 0600)."""
+    return keyfile.read_private(path, keyfile.parse_ed25519_pem, what="Ed25519 private key")
 
 
 def private_pem(key: Ed25519PrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
+    return keyfile.ed25519_pem(key).decode("ascii")
 
 
 def create_private_key(path: Path) -> Ed25519PrivateKey:
     """Make a new key file (mode 0600); refuses to overwrite an existing one."""
-    if path.exists():
-        raise ConfigError(f"{path} already exists: refusing to overwrite a key")
-    key = Ed25519PrivateKey.generate()
-    try:
-        write_private(path, private_pem(key))
-    except OSError as exc:
-        raise ConfigError(f"cannot write key file {path}: {exc.strerror}") from None
-    return key
-
-
-def check_private_mode(path: Path) -> None:
-    """Refuse a key file others can read (as ssh does)."""
-    mode = os.stat(path).st_mode & 0o077
-    if mode:
-        raise ConfigError(f"{path} is readable by others (mode {oct(mode)}): chmod 600 it")
+    data = keyfile.new_ed25519_pem()
+    keyfile.create_new(path, data, what="Ed25519 private key")
+    return keyfile.parse_ed25519_pem(data)

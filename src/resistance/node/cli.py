@@ -100,7 +100,7 @@ def node(
       resist node --listen 0.0.0.0:1080 --workers 2 --public-host 203.0.113.7
     """
     from resistance.config import node_settings, parse_user
-    from resistance.node.service import run_node
+    from resistance.node.run import run_node
 
     setup_logging(verbose + 1)
     overrides: dict[str, Any] = dict(options)

@@ -29,8 +29,9 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from resistance import keyfile
+from resistance.directory.keys import verify_signature
 from resistance.errors import ConfigError
-from resistance.paths import write_private
 
 IDENTITY_FILE: Final = "node-identity.pem"
 PROBE_USER_FILE: Final = "node-probe-user.txt"
@@ -43,33 +44,14 @@ _CHALLENGE_NAME: Final = re.compile(r"([0-9a-f]{32})\.challenge\.resist\.invalid
 def load_identity(state_dir: Path) -> Ed25519PrivateKey | None:
     """The node's key if it has one."""
     path = state_dir / IDENTITY_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except ValueError:
-        raise ConfigError(f"{path} is not a PEM private key; remove it to make a new one") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 key")
-    return key
+    return keyfile.read_private(path, keyfile.parse_ed25519_pem, what="node identity key")
 
 
 def load_or_create_identity(state_dir: Path) -> Ed25519PrivateKey:
     """The node's key, made on first use."""
-    key = load_identity(state_dir)
-    if key is None:
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        write_private(state_dir / IDENTITY_FILE, pem.decode())
-    return key
+    return keyfile.load_or_create_ed25519(state_dir / IDENTITY_FILE, what="node identity key")
 
 
 def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -91,18 +73,14 @@ def public_key_from_text(text: str) -> Ed25519PublicKey:
 
 def probe_credential(state_dir: Path) -> tuple[str, str]:
     """The user the node keeps for registries and probes, made on first use."""
-    path = state_dir / PROBE_USER_FILE
-    try:
-        name, sep, password = path.read_text().strip().partition(":")
-    except FileNotFoundError:
-        name, password = "probe-" + secrets.token_hex(4), secrets.token_urlsafe(24)
-        write_private(path, f"{name}:{password}\n")
-        return name, password
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    if not sep or not name or not password:
-        raise ConfigError(f"{path} is damaged: expected one NAME:PASSWORD line; remove it")
-    return name, password
+    return keyfile.load_or_create(
+        state_dir / PROBE_USER_FILE,
+        parse=keyfile.parse_credential,
+        new=lambda: keyfile.credential_text(
+            "probe-" + secrets.token_hex(4), secrets.token_urlsafe(24)
+        ),
+        what="probe user",
+    )
 
 
 def challenge_message(nonce: bytes) -> bytes:
@@ -117,6 +95,27 @@ def tls_challenge_message(nonce: bytes, cert_sha256: bytes) -> bytes:
     if len(nonce) != 16 or len(cert_sha256) != 32:
         raise ValueError("a challenge nonce is 16 bytes and a certificate digest 32")
     return CHALLENGE_TLS_CONTEXT + nonce + cert_sha256
+
+
+def verify_challenge(
+    public_key: Ed25519PublicKey,
+    nonce: bytes,
+    signature: bytes,
+    *,
+    cert_sha256: bytes | None = None,
+) -> bool:
+    """Whether ``signature`` is the answer of the node holding ``public_key`` to the
+    challenge with ``nonce``; over TLS (``cert_sha256`` given), for that certificate.
+
+    The one check of a challenge answer: the registry's proof of control and
+    the client's health check both use it.
+    """
+    message = (
+        challenge_message(nonce)
+        if cert_sha256 is None
+        else tls_challenge_message(nonce, cert_sha256)
+    )
+    return verify_signature(public_key, signature, message)
 
 
 def challenge_name(nonce: bytes) -> str:

@@ -32,213 +32,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.errors import ConfigError
 from resistance.net.deadlines import Deadlines
-from resistance.net.reactor import ENDED, HAS_EPOLL, READABLE, Reactor
-from resistance.net.relay import (
-    HAS_SPLICE,
-    AnyPipePool,
-    Relay,
-    TransportRelay,
-    new_pipe_pool,
-)
+from resistance.net.reactor import HAS_EPOLL, Reactor
+from resistance.net.relay import HAS_SPLICE, AnyPipePool, new_pipe_pool
+from resistance.node.host import Association, Client
 from resistance.node.metrics import NodeMetrics
+from resistance.node.net import NodeNetwork, SocketNetwork
 from resistance.node.policy import EgressPolicy
-from resistance.node.session import Session
+from resistance.node.session import RawSession, Session, StreamSession
 from resistance.node.tlscert import leaf_der
-from resistance.node.udp import UdpAssociation
 from resistance.node.users import UserDB
 
 log = logging.getLogger("resistance.node")
 
-RECV_SIZE = 4096
 ACCEPT_BATCH = 64
 SWEEP_SECONDS = 5.0
 # Pipes of 1 MiB let one splice move a large chunk; pages are only used while
 # data is in flight, and an empty pipe goes back to the pool.
 PIPE_SIZE = 1 << 20
-
-
-class RawSession(Session):
-    """A client on the plain listener, served over its raw socket.
-
-    Its socket is watched edge-triggered by the node's reactor from accept to
-    close; the relay takes the same registration over.
-    """
-
-    __slots__ = ("ending", "fd", "paused", "sock")
-
-    def __init__(self, node: Node, sock: socket.SocketType, peer_ip: str, reactor: Reactor) -> None:
-        super().__init__(node, peer_ip)
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.paused = False
-        self.ending = False  # the client shut down: its FIN waits behind the data
-        reactor.watch(self.fd, self.on_event)
-
-    def on_event(self, events: int) -> None:
-        if events & ENDED:
-            self.ending = True
-        if events & READABLE and not self.paused:
-            self.on_readable()
-
-    def on_readable(self) -> None:
-        for _ in range(4):
-            if self.fd < 0 or self.paused:
-                return
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.close()
-                return
-            if not data:
-                self.on_eof()
-                return
-            self.feed(data)
-            if len(data) < RECV_SIZE and not self.ending:
-                return  # drained: any later byte brings a new edge
-        self.node.loop.call_soon(self.on_readable)  # a firehose: let others run first
-
-    def local_ip(self) -> str:
-        return str(self.sock.getsockname()[0])
-
-    def write(self, data: bytes) -> None:
-        # Handshake replies are tiny and the socket's send buffer is empty:
-        # a non-blocking send takes them whole or the client is gone.
-        try:
-            self.sock.send(data)
-        except OSError:
-            pass
-
-    def pause_reading(self) -> None:
-        # Edge-triggered: unread bytes simply wait in the kernel.
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        if self.paused and self.fd >= 0:
-            self.paused = False
-            self.node.loop.call_soon(self.on_readable)  # no edge comes for bytes already there
-
-    def start_relay(
-        self, upstream: socket.SocketType, early: bytes, *, upstream_unread: bool = True
-    ) -> None:
-        # Otherwise every byte so far was read and fed (and a FIN would have been seen).
-        client_unread = self.paused or self.ending
-        self.paused = True  # from here on the relay reads this socket, never the session
-        reactor = self.node.reactor
-        assert reactor is not None
-        relay = Relay(
-            reactor,
-            self.sock,
-            upstream,
-            pool=self.node.pipes,
-            on_close=self._relay_closed,
-        )
-        self.relay = relay
-        relay.start(early, client_unread=client_unread, upstream_unread=upstream_unread)
-
-    def _relay_closed(self, relay: Any, exc: OSError | None) -> None:
-        self.fd = -1
-        self.node.session_closed(self, relay.bytes_up, relay.bytes_down)
-
-    def close_client(self) -> None:
-        if self.relay is not None:
-            self.relay.close()
-            return
-        if self.fd >= 0:
-            assert self.node.reactor is not None
-            self.node.reactor.forget(self.fd)
-            self.fd = -1
-            self.sock.close()
-            self.node.session_closed(self, 0, 0)
-
-
-class StreamSession(Session):
-    """A client on an asyncio transport (the TLS listener, or any listener where
-    epoll is missing); the relay copies through transports."""
-
-    __slots__ = ("_local_ip", "_tls_binding", "closed", "transport")
-
-    def __init__(
-        self,
-        node: Node,
-        transport: asyncio.Transport,
-        peer_ip: str,
-        local_ip: str,
-        tls_binding: bytes | None = None,
-    ):
-        super().__init__(node, peer_ip)
-        self.transport: asyncio.Transport = transport
-        self.closed = False
-        self._local_ip = local_ip
-        self._tls_binding = tls_binding
-
-    def local_ip(self) -> str:
-        return self._local_ip
-
-    def tls_binding(self) -> bytes | None:
-        return self._tls_binding
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def pause_reading(self) -> None:
-        if not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self.closed:
-            self.transport.resume_reading()
-
-    def start_relay(
-        self, upstream: socket.SocketType, early: bytes, *, upstream_unread: bool = True
-    ) -> None:
-        self.transport.pause_reading()  # until the relay owns the transport
-        if self.node.reactor is not None:
-            self.node.reactor.release(upstream.fileno())  # the transport watches it now
-        relay = TransportRelay(self._relay_closed)
-        self.relay = relay
-        self.task = self.node.loop.create_task(
-            self._attach(relay, upstream, early), name=f"tls-relay-{id(self):x}"
-        )
-
-    async def _attach(
-        self, relay: TransportRelay, upstream: socket.SocketType, early: bytes
-    ) -> None:
-        # The client side first (it stays paused): the destination's bytes may
-        # flow the moment its transport exists, and they must find somewhere to go.
-        transport = self.transport
-        transport.set_protocol(relay.client_side)
-        relay.client_side.connection_made(transport)
-        try:
-            # Both asyncio's loop and uvloop take the C socket type; typeshed asks for
-            # the Python subclass.
-            await self.node.loop.connect_accepted_socket(
-                lambda: relay.upstream_side, sock=cast(socket.socket, upstream)
-            )
-        except OSError:
-            self.task = None
-            upstream.close()
-            relay.close()
-            return
-        self.task = None
-        if early:
-            relay.client_side.data_received(early)
-        transport.resume_reading()
-
-    def _relay_closed(self, relay: TransportRelay, exc: OSError | None) -> None:
-        if not self.closed:
-            self.closed = True
-            self.node.session_closed(self, relay.bytes_up, relay.bytes_down)
-
-    def close_client(self) -> None:
-        if self.relay is not None:
-            self.relay.close()
-            return
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
-            self.node.session_closed(self, 0, 0)
 
 
 class _StreamHandshake(asyncio.Protocol):
@@ -413,7 +223,10 @@ def connection_capacity(max_connections: int) -> int:
 
 
 class Node:
-    """A SOCKS5 node serving its listeners until stopped."""
+    """A SOCKS5 node serving its listeners until stopped.
+
+    It is the :class:`~resistance.node.host.SessionHost` of its sessions.
+    """
 
     def __init__(
         self,
@@ -425,10 +238,12 @@ class Node:
         loop: asyncio.AbstractEventLoop | None = None,
         identity: Ed25519PrivateKey | None = None,
         sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
+        net: NodeNetwork | None = None,
     ) -> None:
         """``sockets``: listening sockets made beforehand, for ``settings.listen`` and
         ``settings.tls_listen`` in order (a worker's share of a SO_REUSEPORT group);
-        by default the node makes its own."""
+        by default the node makes its own.  ``net``: the network its sessions
+        resolve and dial through (by default real sockets)."""
         self.settings = settings
         self.sockets = sockets
         self.identity = identity
@@ -450,6 +265,7 @@ class Node:
         use_splice = relay_kind(settings) == "splice"
         self.pipes: AnyPipePool | None = new_pipe_pool(size=PIPE_SIZE) if use_splice else None
         self.reactor: Reactor | None = Reactor(self.loop) if HAS_EPOLL else None
+        self.net: NodeNetwork = net or SocketNetwork(self.loop, self.reactor)
         limits = self.limits
         self.handshake_deadlines: Deadlines[Session] = Deadlines(
             self.loop, limits.handshake_timeout, methodcaller("on_handshake_timeout")
@@ -460,8 +276,8 @@ class Node:
         self.bind_deadlines: Deadlines[Session] = Deadlines(
             self.loop, limits.bind_timeout, methodcaller("on_bind_timeout")
         )
-        self.sessions: set[Session] = set()
-        self.udp_associations: set[UdpAssociation] = set()
+        self.sessions: set[Client] = set()
+        self.udp_associations: set[Association] = set()
         self.per_ip: dict[str, int] = {}
         self.listeners: list[Listener] = []
         self.tls_servers: list[asyncio.Server] = []  # and plain ones served by transports
@@ -585,12 +401,12 @@ class Node:
         else:
             self.per_ip.pop(ip, None)
 
-    def session_opened(self, session: Session) -> None:
+    def session_opened(self, session: Client) -> None:
         self.sessions.add(session)
         self.metrics.connections.inc()
         self.metrics.active.inc()
 
-    def session_closed(self, session: Session, up: int, down: int) -> None:
+    def session_closed(self, session: Client, up: int, down: int) -> None:
         if session not in self.sessions:
             return
         self.sessions.discard(session)

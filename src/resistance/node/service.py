@@ -1,6 +1,9 @@
-"""`resist node` as a process: settings in, a serving node out, until SIGTERM.
+"""One serving node process: prepared settings in, a node that serves until SIGTERM.
 
-Builds the user table (or the generated user), the egress policy and the
+:func:`resistance.node.run.run_node` prepares what this needs once and runs
+:func:`serve` itself or, with ``--workers``, in each worker of
+:mod:`resistance.node.workers`; both import from here, nothing here imports
+them.  Builds the user table (or the generated user), the egress policy and the
 metrics endpoint from settings, prints where the node listens and the links
 a user can tap, and wires the signals: SIGTERM and SIGINT drain and stop,
 SIGHUP re-reads users and policy without touching established connections.
@@ -15,14 +18,11 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance import __version__
 from resistance.config import Endpoint, NodeSettings
@@ -30,13 +30,15 @@ from resistance.errors import ConfigError
 from resistance.links import qr_terminal, socks_links
 from resistance.net import native
 from resistance.net.relay import HAS_SPLICE
-from resistance.node.identity import load_or_create_identity, probe_credential, public_key_text
+from resistance.node.identity import probe_credential, public_key_text
 from resistance.node.metrics import NodeMetrics, SummedMetrics
 from resistance.node.policy import EgressPolicy
-from resistance.node.server import Node, raise_nofile_limit, relay_kind
+from resistance.node.server import Node, relay_kind
 from resistance.node.tlscert import ensure_certificate
 from resistance.node.users import GENERATED_USERS_FILE, UserDB, generated_user
-from resistance.paths import resolve_state_dir
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger("resistance.node")
 
@@ -115,24 +117,6 @@ class Prepared:
     nofile: int
     """The descriptor limit in force."""
     out: TextIO
-
-
-def run_node(load_settings: Callable[[], NodeSettings], *, out: TextIO = sys.stdout) -> int:
-    """Run a node until SIGTERM/SIGINT; return the exit status."""
-    settings = load_settings()
-    state_dir = resolve_state_dir(settings.state_dir)
-    access = build_access(settings, state_dir)
-    policy = build_policy(settings)
-    identity = load_or_create_identity(state_dir)
-    settings = with_certificate(settings, state_dir)
-    nofile = raise_nofile_limit()
-    prepared = Prepared(settings, load_settings, state_dir, access, policy, identity, nofile, out)
-    if settings.workers > 1:
-        from resistance.node.workers import Workers
-
-        return Workers(prepared).run()
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(serve(prepared))
 
 
 async def serve(

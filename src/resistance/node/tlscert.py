@@ -22,15 +22,16 @@ import hashlib
 import ipaddress
 import ssl
 from pathlib import Path
-from typing import Final
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Final
 
 from resistance.errors import ConfigError
 from resistance.paths import write_atomic, write_private
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography's X.509 and EC modules load in the functions that use them (a node
+# without a TLS listener never does): importing them costs a node's start ~15 ms.
 
 CERT_FILE: Final = "node-tls-cert.pem"
 KEY_FILE: Final = "node-tls-key.pem"
@@ -75,6 +76,9 @@ def leaf_der(cert_path: Path) -> bytes:
         data = cert_path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read TLS certificate {cert_path}: {exc.strerror}") from None
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         chain = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -83,6 +87,8 @@ def leaf_der(cert_path: Path) -> bytes:
 
 
 def _subject_name(common_name: str) -> x509.GeneralName:
+    from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(common_name))
     except ValueError:
@@ -93,6 +99,11 @@ def make_self_signed(
     common_name: str, *, now: datetime.datetime | None = None
 ) -> tuple[bytes, bytes]:
     """A new key and self-signed certificate, both PEM: ``(cert, key)``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     now = now or datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])

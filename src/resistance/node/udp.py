@@ -31,11 +31,11 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
 from resistance.errors import ProtocolError
-from resistance.proto.socks5 import Address, AddressType, parse_udp_datagram, udp_header_for_ip
+from resistance.proto.socks5 import DOMAIN, Address, parse_udp_datagram, udp_header_for_ip
 
 if TYPE_CHECKING:
-    from resistance.node.server import Node
-    from resistance.node.session import Session
+    from resistance.node.host import Client, SessionHost
+    from resistance.node.net import DatagramSocket
 
 log = logging.getLogger("resistance.node")
 
@@ -53,9 +53,9 @@ class UdpAssociation:
         "client_ip",
         "client_port",
         "closed",
+        "host",
         "idle",
         "names",
-        "node",
         "out4",
         "out6",
         "peers",
@@ -65,9 +65,9 @@ class UdpAssociation:
     )
 
     def __init__(
-        self, node: Node, session: Session, client_ip: str, client_port: int, bind_ip: str
+        self, host: SessionHost, session: Client, client_ip: str, client_port: int, bind_ip: str
     ) -> None:
-        self.node = node
+        self.host = host
         self.session = session
         self.client_ip = _plain_ip(client_ip)
         self.client_port = client_port
@@ -79,20 +79,14 @@ class UdpAssociation:
         self.peers: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.names: OrderedDict[str, str] = OrderedDict()
         self.resolving: asyncio.Task[None] | None = None
-        self.out4: socket.socket | None = None
-        self.out6: socket.socket | None = None
+        self.out4: DatagramSocket | None = None
+        self.out6: DatagramSocket | None = None
         family = socket.AF_INET6 if ":" in bind_ip else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind((bind_ip, 0))
-        except OSError:
-            sock.close()
-            raise
+        sock = host.net.open_datagram(family, (bind_ip, 0))
         self.relay_sock = sock
-        node.loop.add_reader(sock.fileno(), self._on_client_readable)
-        node.metrics.udp_associations.inc()
-        node.udp_associations.add(self)
+        host.net.watch_readable(sock, self._on_client_readable)
+        host.metrics.udp_associations.inc()
+        host.udp_associations.add(self)
 
     def bound_address(self) -> Address:
         host, port = self.relay_sock.getsockname()[:2]
@@ -102,7 +96,7 @@ class UdpAssociation:
 
     def _on_client_readable(self) -> None:
         sock = self.relay_sock
-        counter = self.node.metrics.udp_datagrams
+        counter = self.host.metrics.udp_datagrams
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
@@ -121,7 +115,7 @@ class UdpAssociation:
                 counter.labels("up", "fragment").inc()
                 continue
             address = dgram.address
-            if address.type is AddressType.DOMAIN:
+            if address.type is DOMAIN:
                 ip = self.names.get(address.host)
                 if ip is None:
                     self._resolve(address.host)
@@ -144,11 +138,11 @@ class UdpAssociation:
         return bool(addr[1] == self.client_addr[1])
 
     def _send_out(self, ip: str, port: int, payload: bytes) -> None:
-        counter = self.node.metrics.udp_datagrams
-        verdict = self.node.policy.check(ip, port)
+        counter = self.host.metrics.udp_datagrams
+        verdict = self.host.policy.check(ip, port)
         if not verdict.allowed:
             counter.labels("up", "refused").inc()
-            self.node.metrics.policy_refusals.labels(verdict.reason).inc()
+            self.host.metrics.policy_refusals.labels(verdict.reason).inc()
             return
         ip = _plain_ip(ip)
         try:
@@ -168,37 +162,35 @@ class UdpAssociation:
         self.bytes_up += len(payload)
         counter.labels("up", "relayed").inc()
 
-    def _out_socket(self, family: int) -> socket.socket:
+    def _out_socket(self, family: int) -> DatagramSocket:
         sock = self.out6 if family == socket.AF_INET6 else self.out4
         if sock is None:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            net = self.host.net
+            sock = net.open_datagram(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
             if family == socket.AF_INET6:
                 self.out6 = sock
             else:
                 self.out4 = sock
-            self.node.loop.add_reader(sock.fileno(), self._on_remote_readable, sock)
+            net.watch_readable(sock, self._on_remote_readable, sock)
         return sock
 
     def _resolve(self, name: str) -> None:
         if self.resolving is not None:
             return
-        self.resolving = self.node.loop.create_task(
+        self.resolving = self.host.loop.create_task(
             self._lookup(name), name=f"udp-resolve-{id(self):x}"
         )
 
     async def _lookup(self, name: str) -> None:
         try:
             infos = await asyncio.wait_for(
-                self.node.loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM),
-                self.node.limits.dns_timeout,
+                self.host.net.resolve(name, None, datagram=True), self.host.limits.dns_timeout
             )
         except (OSError, TimeoutError, UnicodeError):
             infos = []
         finally:
             self.resolving = None
-        for family, _, _, _, sockaddr in infos:
+        for family, sockaddr in infos:
             if family in (socket.AF_INET, socket.AF_INET6):
                 self.names[name] = str(sockaddr[0])
                 if len(self.names) > MAX_NAMES:
@@ -207,8 +199,8 @@ class UdpAssociation:
 
     # -- destination to client ---------------------------------------------------
 
-    def _on_remote_readable(self, sock: socket.socket) -> None:
-        counter = self.node.metrics.udp_datagrams
+    def _on_remote_readable(self, sock: DatagramSocket) -> None:
+        counter = self.host.metrics.udp_datagrams
         client = self.client_addr
         for _ in range(BATCH):
             try:
@@ -234,17 +226,17 @@ class UdpAssociation:
         if self.closed:
             return
         self.closed = True
-        loop = self.node.loop
+        net = self.host.net
         if self.resolving is not None:
             self.resolving.cancel()
             self.resolving = None
         for sock in (self.relay_sock, self.out4, self.out6):
             if sock is not None:
-                loop.remove_reader(sock.fileno())
+                net.unwatch(sock)
                 sock.close()
-        self.node.metrics.udp_associations.dec()
-        self.node.metrics.add_bytes(self.session.user, self.bytes_up, self.bytes_down)
-        self.node.udp_associations.discard(self)
+        self.host.metrics.udp_associations.dec()
+        self.host.metrics.add_bytes(self.session.user, self.bytes_up, self.bytes_down)
+        self.host.udp_associations.discard(self)
 
 
 def _plain_ip(host: str) -> str:

@@ -17,8 +17,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from resistance.errors import ConfigError
-from resistance.paths import write_private
+from resistance import keyfile
 
 GENERATED_USERS_FILE = "node-users.toml"
 
@@ -54,17 +53,10 @@ def generated_user(state_dir: Path) -> tuple[str, str, bool]:
     Returns ``(name, password, created)``; the same credentials come back on
     every start so that links a user already has keep working.
     """
-    path = state_dir / GENERATED_USERS_FILE
-    if path.exists():
-        try:
-            text = path.read_text()
-            name, _, password = text.strip().partition(":")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-        if name and password:
-            return name, password, False
-        raise ConfigError(f"{path} is damaged: expected one NAME:PASSWORD line; remove it")
-    name = "u" + secrets.token_hex(3)
-    password = secrets.token_urlsafe(18)
-    write_private(path, f"{name}:{password}\n")
-    return name, password, True
+    (name, password), created = keyfile.load_or_create_created(
+        state_dir / GENERATED_USERS_FILE,
+        parse=keyfile.parse_credential,
+        new=lambda: keyfile.credential_text("u" + secrets.token_hex(3), secrets.token_urlsafe(18)),
+        what="generated user",
+    )
+    return name, password, created

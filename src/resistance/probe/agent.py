@@ -50,6 +50,7 @@ from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
 from resistance.probe.controls import MAX_OTHER_PORTS, Controls, diagnose_check
 from resistance.probe.keys import load_or_create_probe_key, load_or_create_wireguard_key
+from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.net import Network, SocketNetwork
 from resistance.probe.runner import (
     Canary,
@@ -145,6 +146,9 @@ def parse_assignment(raw: Any) -> Assignment:
         wg_key = p.get("wg_public_key")
         if protocol == "wireguard" and not isinstance(wg_key, str):
             raise ValueError("a WireGuard target without its server key")
+        mt_secret = p.get("mtproto_secret")
+        if protocol == "mtproto" and not isinstance(mt_secret, str):
+            raise ValueError("an MTProto target without its secret")
         target = Target(
             str(p["host"]),
             int(p["port"]),
@@ -153,6 +157,7 @@ def parse_assignment(raw: Any) -> Assignment:
             int(p["proxy_id"]),
             protocol,
             wg_key if protocol == "wireguard" else None,
+            mt_secret if protocol == "mtproto" else None,
         )
         targets.append((int(p["due_ms"]), target))
         ports = p.get("control_ports") or []
@@ -357,6 +362,10 @@ class Agent:
                         self.wg_key.private,
                         self.settings.check,
                         source=self.settings.source,
+                    )
+                elif target.protocol == "mtproto":
+                    result = await run_mtproto_check(
+                        target, self.settings.check, source=self.settings.source
                     )
                 else:
                     result = await run_check(

@@ -26,9 +26,11 @@ must agree with ``ok``.  Results without it (older probes) stay valid.
 which the registry checks again.  A WireGuard check's RESULT adds
 ``"protocol": "wireguard"`` (absent means SOCKS5); its one step is
 ``handshake``, ``connect_us`` is the handshake's round trip, and it has no
-canary (nothing goes through a probe peer).  :func:`parse_batch` accepts bytes from
-anywhere and either returns a checked :class:`SignedBatch` or raises
-:class:`BatchError`; it never raises anything else.
+canary (nothing goes through a probe peer).  An MTProto check's RESULT adds
+``"protocol": "mtproto"``; its steps are ``tcp``, ``handshake`` (fake-TLS)
+and ``respq``, and it has no canary (the path ends at a data centre).
+:func:`parse_batch` accepts bytes from anywhere and either returns a checked
+:class:`SignedBatch` or raises :class:`BatchError`; it never raises anything else.
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ _DOC_KEYS = frozenset(
     {"version", "batch_id", "vantage", "country", "probe_key", "created_at", "results"}
 )
 _CANARY_KEYS = frozenset({"nonce", "upload_sha256", "download", "signature"})
-PROTOCOLS: Final = ("socks5", "wireguard")
+PROTOCOLS: Final = ("socks5", "wireguard", "mtproto")
+#: The steps an MTProto check may fail at.
+MTPROTO_STEPS: Final = frozenset({Step.TCP.value, Step.HANDSHAKE.value, Step.RESPQ.value})
 
 
 class BatchError(ResistanceError):
@@ -132,9 +136,8 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     v = result.verdict
     t = result.timings
     proof = result.proof
-    extra: dict[str, Any] = (
-        {"protocol": "wireguard"} if result.target.protocol == "wireguard" else {}
-    )
+    protocol = result.target.protocol
+    extra: dict[str, Any] = {"protocol": protocol} if protocol in ("wireguard", "mtproto") else {}
     if result.diagnosis is not None and result.evidence is not None:
         diagnosis: dict[str, Any] = {"mechanism": result.diagnosis.mechanism.value}
         if result.diagnosis.frozen_at is not None:
@@ -266,8 +269,13 @@ def _result(value: Any, index: int) -> ResultRecord:
             raise BatchError(f"{where}: a WireGuard result has no canary")
         if step not in (None, Step.HANDSHAKE.value):
             raise BatchError(f"{where}: a WireGuard check has one step, handshake")
-    elif step == Step.HANDSHAKE.value:
-        raise BatchError(f"{where}: only a WireGuard check has a handshake step")
+    elif protocol == "mtproto":
+        if record.canary is not None:
+            raise BatchError(f"{where}: an MTProto result has no canary")
+        if step is not None and step not in MTPROTO_STEPS:
+            raise BatchError(f"{where}: an MTProto check's steps are tcp, handshake and respq")
+    elif step in (Step.HANDSHAKE.value, Step.RESPQ.value):
+        raise BatchError(f"{where}: only WireGuard and MTProto checks have a {step} step")
     elif ok and record.canary is None:
         raise BatchError(f"{where}: a successful result must carry the canary's proof")
     return record

@@ -6,8 +6,10 @@ credential, CONNECT through the proxy to the canary, the canary's signed
 answer to a fresh nonce (bytes up), and the download that follows (bytes
 down).  Each step either passes or fails in one recorded way; the first
 failure ends the check.  A WireGuard endpoint has one step, the handshake
-(:mod:`resistance.probe.wireguard`).  Everything here is pure: the I/O that produces the
-outcomes is in :mod:`resistance.probe.runner`.
+(:mod:`resistance.probe.wireguard`); an MTProto proxy has TCP, the fake-TLS
+handshake (ee only) and ``respq`` (:mod:`resistance.probe.mtproto`).
+Everything here is pure: the I/O that produces the outcomes is in
+:mod:`resistance.probe.runner`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ class Step(enum.StrEnum):
     CANARY = "canary"
     TRANSFER = "transfer"
     #: WireGuard's only step: a handshake that the server answers with its key.
+    #: Also an MTProto ee proxy's fake-TLS handshake (its ServerHello's HMAC'd random).
     HANDSHAKE = "handshake"
+    #: MTProto's last step: req_pq_multi through the proxy, answered by a data
+    #: centre's resPQ echoing our nonce (:mod:`resistance.probe.mtproto`).
+    RESPQ = "respq"
 
 
 #: A SOCKS5 check's steps, in order.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from resistance.directory.keys import check_private_mode, create_private_key, load_private_key
+from resistance import keyfile
 from resistance.vpn import keys as wg_keys
 
 PROBE_KEY_FILE = "probe-key.pem"
@@ -19,11 +19,7 @@ WIREGUARD_KEY_FILE = "wireguard.key"
 
 
 def load_or_create_probe_key(state_dir: Path) -> Ed25519PrivateKey:
-    path = state_dir / PROBE_KEY_FILE
-    if not path.exists():
-        return create_private_key(path)
-    check_private_mode(path)
-    return load_private_key(path)
+    return keyfile.load_or_create_ed25519(state_dir / PROBE_KEY_FILE, what="probe key")
 
 
 def load_or_create_wireguard_key(state_dir: Path) -> wg_keys.KeyPair:

@@ -41,9 +41,11 @@ class Target:
     username: str | None
     password: str | None
     proxy_id: int = 0
-    #: "socks5", or "wireguard" with the server's key (see :mod:`.wireguard`).
+    #: "socks5", "wireguard" with the server's key (see :mod:`.wireguard`), or
+    #: "mtproto" with the secret to connect with (see :mod:`.mtproto`).
     protocol: str = "socks5"
     wg_public_key: str | None = None
+    mtproto_secret: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,27 +94,29 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-# Members the per-connection path reads, as module globals: on Python 3.11 an
-# enum member read through its class (``State.GREETING``) is a descriptor call
-# of ~80 ns, a global ~10 ns, and one handshake reads dozens of them.
-_GREETING: Final = State.GREETING
-_AUTH: Final = State.AUTH
-_AUTH_DECISION: Final = State.AUTH_DECISION
-_REQUEST: Final = State.REQUEST
-_REPLY_PENDING: Final = State.REPLY_PENDING
-_BIND_PENDING: Final = State.BIND_PENDING
-_ESTABLISHED: Final = State.ESTABLISHED
-_UDP: Final = State.UDP
-_CLOSED: Final = State.CLOSED
-_UNBOUNDED_STATES: Final = frozenset((_ESTABLISHED, _BIND_PENDING, _UDP))
-_CONNECT: Final = Command.CONNECT
-_BIND: Final = Command.BIND
-_IPV4: Final = AddressType.IPV4
-_IPV6: Final = AddressType.IPV6
-_DOMAIN: Final = AddressType.DOMAIN
-_SUCCEEDED: Final = Reply.SUCCEEDED
-_NO_AUTH: Final = Method.NO_AUTH
-_USERNAME_PASSWORD: Final = Method.USERNAME_PASSWORD
+# Members the per-connection path reads, as module globals named like the member:
+# on Python 3.11 an enum member read through its class (``State.GREETING``) is a
+# descriptor call of ~80 ns, a global ~10 ns, and one handshake reads dozens of
+# them.  The one set of such aliases: sessions import these, never their own.
+GREETING: Final = State.GREETING
+AUTH: Final = State.AUTH
+AUTH_DECISION: Final = State.AUTH_DECISION
+REQUEST: Final = State.REQUEST
+REPLY_PENDING: Final = State.REPLY_PENDING
+BIND_PENDING: Final = State.BIND_PENDING
+ESTABLISHED: Final = State.ESTABLISHED
+UDP: Final = State.UDP
+CLOSED: Final = State.CLOSED
+_UNBOUNDED_STATES: Final = frozenset((ESTABLISHED, BIND_PENDING, UDP))
+CONNECT: Final = Command.CONNECT
+BIND: Final = Command.BIND
+UDP_ASSOCIATE: Final = Command.UDP_ASSOCIATE
+IPV4: Final = AddressType.IPV4
+IPV6: Final = AddressType.IPV6
+DOMAIN: Final = AddressType.DOMAIN
+SUCCEEDED: Final = Reply.SUCCEEDED
+NO_AUTH: Final = Method.NO_AUTH
+USERNAME_PASSWORD: Final = Method.USERNAME_PASSWORD
 
 _COMMANDS: Final = {c.value: c for c in Command}
 _ATYPS: Final = {a.value: a for a in AddressType}
@@ -132,8 +134,8 @@ class Address:
     def from_ip(cls, host: str, port: int) -> Address:
         """An address from an IP literal as sockets report it (``'::1'``, ``'1.2.3.4'``)."""
         if ":" in host:
-            return cls(_IPV6, host.partition("%")[0], port)
-        return cls(_IPV4, host, port)
+            return cls(IPV6, host.partition("%")[0], port)
+        return cls(IPV4, host, port)
 
     @classmethod
     def from_host(cls, host: str, port: int) -> Address:
@@ -141,16 +143,16 @@ class Address:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            return cls(_DOMAIN, host, port)
+            return cls(DOMAIN, host, port)
         if ip.version == 4:
-            return cls(_IPV4, str(ip), port)
-        return cls(_IPV6, str(ip).partition("%")[0], port)
+            return cls(IPV4, str(ip), port)
+        return cls(IPV6, str(ip).partition("%")[0], port)
 
     def pack(self) -> bytes:
         """ATYP, address and port, as they appear on the wire."""
-        if self.type is _IPV4:
+        if self.type is IPV4:
             raw = _pack_ipv4(self.host)
-        elif self.type is _IPV6:
+        elif self.type is IPV6:
             raw = ipaddress.IPv6Address(self.host).packed
         else:
             name = self.host.encode("ascii") if self.host.isascii() else self.host.encode("idna")
@@ -160,7 +162,7 @@ class Address:
         return bytes((self.type,)) + raw + self.port.to_bytes(2, "big")
 
 
-ANY_IPV4: Final = Address(_IPV4, "0.0.0.0", 0)
+ANY_IPV4: Final = Address(IPV4, "0.0.0.0", 0)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -188,13 +190,13 @@ def parse_address(
         if n < end:
             return None
         host = f"{data[offset + 1]}.{data[offset + 2]}.{data[offset + 3]}.{data[offset + 4]}"
-        kind = _IPV4
+        kind = IPV4
     elif atyp == 4:
         end = offset + 19
         if n < end:
             return None
         host = ipaddress.IPv6Address(bytes(data[offset + 1 : offset + 17])).compressed
-        kind = _IPV6
+        kind = IPV6
     elif atyp == 3:
         if n < offset + 2:
             return None
@@ -214,7 +216,7 @@ def parse_address(
                 "domain name is not ASCII",
                 pack_reply(Reply.HOST_UNREACHABLE) if reply_on_error else b"",
             ) from None
-        kind = _DOMAIN
+        kind = DOMAIN
     else:
         raise ProtocolError(
             f"unknown address type {atyp:#04x}",
@@ -279,7 +281,7 @@ class ServerConnection:
     def __init__(self, *, require_auth: bool, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self.require_auth = require_auth
         self.max_buffer = max_buffer
-        self.state = _GREETING
+        self.state = GREETING
         self.method: Method | None = None
         self.command: Command | None = None
         self._buf = bytearray()
@@ -289,23 +291,23 @@ class ServerConnection:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes from the client; they are parsed by :meth:`next_event`."""
-        if self.state is _CLOSED:
+        if self.state is CLOSED:
             raise ProtocolError("data after the connection was closed")
         self._buf += data
         if len(self._buf) > self.max_buffer and self.state not in _UNBOUNDED_STATES:
-            self.state = _CLOSED
+            self.state = CLOSED
             raise BufferOverflow(f"handshake larger than {self.max_buffer} bytes")
 
     def next_event(self) -> Event:
         """The next event, :data:`NEED_DATA`, or :data:`PAUSED`."""
         state = self.state
-        if state is _GREETING:
+        if state is GREETING:
             return self._parse_greeting()
-        if state is _AUTH:
+        if state is AUTH:
             return self._parse_auth()
-        if state is _REQUEST:
+        if state is REQUEST:
             return self._parse_request()
-        if state is _AUTH_DECISION or state is _REPLY_PENDING:
+        if state is AUTH_DECISION or state is REPLY_PENDING:
             return PAUSED
         return NEED_DATA
 
@@ -314,7 +316,7 @@ class ServerConnection:
         if not buf:
             return NEED_DATA
         if buf[0] != VERSION:
-            self.state = _CLOSED
+            self.state = CLOSED
             reply = _SOCKS4_REJECT if buf[0] == 4 else b""
             raise ProtocolError(f"not SOCKS5 (version byte {buf[0]:#04x})", reply)
         if len(buf) < 2 or len(buf) < 2 + buf[1]:
@@ -322,15 +324,15 @@ class ServerConnection:
         end = 2 + buf[1]
         methods = buf[2:end]
         del buf[:end]
-        wanted = _USERNAME_PASSWORD if self.require_auth else _NO_AUTH
+        wanted = USERNAME_PASSWORD if self.require_auth else NO_AUTH
         if wanted not in methods:
-            self.state = _CLOSED
+            self.state = CLOSED
             raise ProtocolError(
                 "no acceptable authentication method", _METHOD_REPLY[Method.NO_ACCEPTABLE]
             )
         self.method = wanted
         self._out += _METHOD_REPLY[wanted]
-        self.state = _AUTH if self.require_auth else _REQUEST
+        self.state = AUTH if self.require_auth else REQUEST
         return self.next_event()
 
     def _parse_auth(self) -> Event:
@@ -339,7 +341,7 @@ class ServerConnection:
         if not n:
             return NEED_DATA
         if buf[0] != AUTH_VERSION:
-            self.state = _CLOSED
+            self.state = CLOSED
             raise ProtocolError(f"bad auth version {buf[0]:#04x}", _AUTH_FAILED)
         if n < 2:
             return NEED_DATA
@@ -352,7 +354,7 @@ class ServerConnection:
             return NEED_DATA
         event = AuthRequest(bytes(buf[2 : 2 + ulen]), bytes(buf[3 + ulen : end]))
         del buf[:end]
-        self.state = _AUTH_DECISION
+        self.state = AUTH_DECISION
         return event
 
     def _parse_request(self) -> Event:
@@ -360,7 +362,7 @@ class ServerConnection:
         if not buf:
             return NEED_DATA
         if buf[0] != VERSION:
-            self.state = _CLOSED
+            self.state = CLOSED
             raise ProtocolError(
                 f"bad request version {buf[0]:#04x}", pack_reply(Reply.GENERAL_FAILURE)
             )
@@ -368,52 +370,52 @@ class ServerConnection:
             return NEED_DATA
         command = _COMMANDS.get(buf[1])
         if command is None:
-            self.state = _CLOSED
+            self.state = CLOSED
             raise ProtocolError(
                 f"unknown command {buf[1]:#04x}", pack_reply(Reply.COMMAND_NOT_SUPPORTED)
             )
         try:
             parsed = parse_address(buf, 3)
         except ProtocolError:
-            self.state = _CLOSED
+            self.state = CLOSED
             raise
         if parsed is None:
             return NEED_DATA
         address, end = parsed
         del buf[:end]
         self.command = command
-        self.state = _REPLY_PENDING
+        self.state = REPLY_PENDING
         return CommandRequest(command, address)
 
     # -- decisions ----------------------------------------------------------
 
     def accept_auth(self) -> None:
-        self._expect(_AUTH_DECISION)
+        self._expect(AUTH_DECISION)
         self._out += _AUTH_OK
-        self.state = _REQUEST
+        self.state = REQUEST
 
     def reject_auth(self) -> None:
         """Queue the failure status; the caller closes after sending it (RFC 1929)."""
-        self._expect(_AUTH_DECISION)
+        self._expect(AUTH_DECISION)
         self._out += _AUTH_FAILED
-        self.state = _CLOSED
+        self.state = CLOSED
 
     def reply(self, code: Reply, bind: Address = ANY_IPV4) -> None:
         """Answer the pending request (or, for BIND, the incoming connection)."""
-        if self.state is _BIND_PENDING:
+        if self.state is BIND_PENDING:
             self._out += pack_reply(code, bind)
-            self.state = _ESTABLISHED if code is _SUCCEEDED else _CLOSED
+            self.state = ESTABLISHED if code is SUCCEEDED else CLOSED
             return
-        self._expect(_REPLY_PENDING)
+        self._expect(REPLY_PENDING)
         self._out += pack_reply(code, bind)
-        if code is not _SUCCEEDED:
-            self.state = _CLOSED
-        elif self.command is _CONNECT:
-            self.state = _ESTABLISHED
-        elif self.command is _BIND:
-            self.state = _BIND_PENDING
+        if code is not SUCCEEDED:
+            self.state = CLOSED
+        elif self.command is CONNECT:
+            self.state = ESTABLISHED
+        elif self.command is BIND:
+            self.state = BIND_PENDING
         else:
-            self.state = _UDP
+            self.state = UDP
 
     def _expect(self, state: State) -> None:
         if self.state is not state:

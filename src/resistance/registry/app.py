@@ -22,6 +22,7 @@ from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from resistance.registry.db import database_url, make_engine, make_sessions, migrate
 from resistance.registry.errors import error_response, install_error_handlers
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
+from resistance.registry.mtproto_routes import router as mtproto_router
 from resistance.registry.probe_routes import router as probe_router
 from resistance.registry.ratelimit import TokenBucketLimiter
 from resistance.registry.round_routes import router as round_router
@@ -150,5 +151,6 @@ def create_app(
     app.include_router(probe_router)
     app.include_router(round_router)
     app.include_router(wireguard_router)
+    app.include_router(mtproto_router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

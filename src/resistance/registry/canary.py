@@ -18,8 +18,8 @@ from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from resistance import keyfile
 from resistance.config import Endpoint
-from resistance.directory.keys import check_private_mode, create_private_key, load_private_key
 from resistance.errors import ConfigError, ProtocolError
 from resistance.probe.canary import CanaryRequestParser, answer
 
@@ -31,11 +31,7 @@ MAX_OPEN = 20_000
 
 
 def load_or_create_canary_key(state_dir: Path) -> Ed25519PrivateKey:
-    path = state_dir / CANARY_KEY_FILE
-    if not path.exists():
-        return create_private_key(path)
-    check_private_mode(path)
-    return load_private_key(path)
+    return keyfile.load_or_create_ed25519(state_dir / CANARY_KEY_FILE, what="canary key")
 
 
 class CanaryProtocol(asyncio.Protocol):

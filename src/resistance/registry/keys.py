@@ -8,14 +8,13 @@ bytes) keys the hash ring, so a censor cannot compute who gets which proxy.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from resistance.directory.keys import check_private_mode, create_private_key, load_private_key
+from resistance import keyfile
 from resistance.errors import ConfigError
-from resistance.paths import write_atomic, write_private
+from resistance.paths import write_atomic
 
 KEYS_DIR = "registry-keys"
 FIRST_KEY = "key-1.pem"
@@ -30,27 +29,20 @@ def load_or_create_signing_keys(state_dir: Path) -> list[Ed25519PrivateKey]:
     except OSError as exc:
         raise ConfigError(f"cannot use {folder}: {exc.strerror}") from None
     if not files:
-        return [create_private_key(folder / FIRST_KEY)]
-    keys = []
-    for path in files:
-        check_private_mode(path)
-        keys.append(load_private_key(path))
-    return keys
+        return [keyfile.load_or_create_ed25519(folder / FIRST_KEY, what="registry signing key")]
+    return [
+        keyfile.read_private(path, keyfile.parse_ed25519_pem, what="registry signing key")
+        for path in files
+    ]
 
 
 def load_or_create_ring_key(state_dir: Path) -> bytes:
-    path = state_dir / RING_KEY
-    if not path.exists():
-        write_private(path, secrets.token_hex(32) + "\n")
-    check_private_mode(path)
-    try:
-        text = path.read_text().strip()
-        key = bytes.fromhex(text)
-    except (OSError, ValueError):
-        raise ConfigError(f"{path} is damaged: expected 64 hex digits") from None
-    if len(key) != 32:
-        raise ConfigError(f"{path} is damaged: expected 64 hex digits")
-    return key
+    return keyfile.load_or_create(
+        state_dir / RING_KEY,
+        parse=keyfile.parse_hex32,
+        new=keyfile.new_hex32,
+        what="distribution key",
+    )
 
 
 def write_public_file(path: Path, data: bytes) -> None:

@@ -143,4 +143,8 @@ async def directory_measurements(
 
 
 def _transport(proxy: Proxy) -> str:
-    return "wireguard" if "wireguard" in proxy.protocols else "socks5"
+    """The transport a probe's check of this proxy row measures."""
+    for protocol in ("wireguard", "mtproto"):
+        if protocol in proxy.protocols:
+            return protocol
+    return "socks5"

@@ -89,6 +89,16 @@ class Proxy(Base):
     #: The probes' WireGuard keys the operator added as probe peers when registering:
     #: only those probes are sent to check it (others would see silence).
     wg_probe_keys: Mapped[list[str] | None] = mapped_column(JSON)
+    # --- MTProto proxies (migration 0006) ----------------------------------------------
+    # A row with protocols ["mtproto"] is an MTProto proxy at host:port (TCP), proven by
+    # a req_pq_multi answered through it with the operator's prober secret (see
+    # :mod:`resistance.registry.mtproto`); no node key, credentials nor probe login.
+    #: How users connect: "classic", "dd" (padded intermediate) or "ee" (fake-TLS).
+    mtproto_mode: Mapped[str | None] = mapped_column(String(8))
+    #: The fake-TLS domain of an "ee" proxy (what its ClientHello names).
+    mtproto_domain: Mapped[str | None] = mapped_column(String(253))
+    #: The 16-byte secret key (hex) probes check with; never published.
+    mtproto_key: Mapped[str | None] = mapped_column(String(32))
 
 
 class StatementNonce(Base):

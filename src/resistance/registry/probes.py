@@ -4,7 +4,8 @@ Theory of operation of :func:`ingest_batch`: check the batch's shape and its
 signature by its own key; require that key, vantage name and country to be
 those of the uploading probe's account; require its times to be plausible;
 require every successful result to carry a canary proof that verifies with
-the canary key (except WireGuard handshakes, see :mod:`.wireguard`), and
+the canary key (except WireGuard handshakes and MTProto exchanges, which end
+elsewhere: see :mod:`.wireguard`, :mod:`.mtproto`), and
 every result to use its proxy's protocol; then, in one transaction and under the probe lock, either
 find the batch id already stored (same digest: a harmless retry, nothing is
 stored; different digest: refused) or store the batch verbatim, its raw
@@ -29,8 +30,8 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.probe import rollup
 from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
 from resistance.probe.verdict import ProbeEvidence, Rules, Status, Verdict, evaluate, observe
+from resistance.registry import mtproto, wireguard
 from resistance.registry import repositories as repo
-from resistance.registry import wireguard
 from resistance.registry.errors import ApiError
 from resistance.registry.models import (
     ProbeAccount,
@@ -156,6 +157,11 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
             if extra is None:
                 continue  # the server does not know this probe's key: it would hear silence
             target.update(extra)
+        elif mtproto.is_mtproto(p):
+            extra = mtproto.probe_target(p)
+            if extra is None:
+                continue
+            target.update(extra)
         targets.append(target)
     return {
         "vantage": probe.name,
@@ -216,7 +222,7 @@ async def ingest_batch(
     for index, r in enumerate(batch.results):
         if (
             r.ok
-            and r.protocol != wireguard.PROTOCOL
+            and r.protocol not in (wireguard.PROTOCOL, mtproto.PROTOCOL)
             and (canary is None or not verify_canary(r, canary))
         ):
             raise ApiError(422, f"results[{index}]: the canary proof does not verify")
@@ -255,6 +261,7 @@ async def _store(
         if unknown := [i for i in proxy_ids if i not in known]:
             raise ApiError(422, f"batch names unknown proxy ids {unknown[:5]}")
         wireguard.check_result_protocols(results, known)
+        mtproto.check_result_protocols(results, known)
         rows = [
             ProbeResult(
                 batch_id=batch_id,

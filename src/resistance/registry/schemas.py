@@ -104,6 +104,8 @@ class ProxyView(BaseModel):
     tls: TlsListenerView | None = None
     #: A WireGuard endpoint's server key (``protocols`` is ["wireguard"]).
     wg_public_key: str | None = None
+    #: An MTProto proxy's mode and fake-TLS domain (``protocols`` is ["mtproto"]).
+    mtproto: dict[str, Any] | None = None
 
 
 class ProxyList(BaseModel):
@@ -192,9 +194,14 @@ class ProbeTargetView(BaseModel):
     username: str
     password: str
     due_ms: int = Field(description="When to check it, in ms after the round starts.")
-    protocol: Literal["socks5", "wireguard"] = "socks5"
+    protocol: Literal["socks5", "wireguard", "mtproto"] = "socks5"
     wg_public_key: str | None = Field(
         default=None, description="For WireGuard: the server key to handshake with."
+    )
+    mtproto_secret: str | None = Field(
+        default=None,
+        description="For MTProto: the secret (hex, with its dd/ee prefix and domain) to "
+        "connect with. Only probes see it; the directory never carries it.",
     )
     control_ports: list[int] | None = Field(
         default=None, description="Other listeners of the same host, for a failed check's controls."

@@ -176,6 +176,11 @@ def proxy_view(proxy: Proxy) -> dict[str, Any]:
         "verified_at": proxy.verified_at,
         "wg_public_key": proxy.wg_public_key,
         "tls": tls.to_json() if tls else None,
+        "mtproto": (
+            {"mode": proxy.mtproto_mode, "domain": proxy.mtproto_domain}
+            if MTPROTO_PROTOCOL in proxy.protocols
+            else None
+        ),
     }
 
 
@@ -211,26 +216,39 @@ def _verify_statement(registry: Registry, request: RegistrationRequest) -> dict[
 
 
 WIREGUARD_PROTOCOL = "wireguard"
+MTPROTO_PROTOCOL = "mtproto"
+#: What each kind of proxy row is called in refusals, by the protocol that marks it.
+KINDS = {
+    "socks5": "a SOCKS5 node",
+    WIREGUARD_PROTOCOL: "a WireGuard server",
+    MTPROTO_PROTOCOL: "an MTProto proxy",
+}
+
+
+def proxy_kind(protocols: list[str]) -> str:
+    """``wireguard``, ``mtproto`` or ``socks5``: which kind of server a row describes."""
+    for kind in (WIREGUARD_PROTOCOL, MTPROTO_PROTOCOL):
+        if kind in protocols:
+            return kind
+    return "socks5"
 
 
 def check_owner(
-    current: Proxy | None, operator_id: int, host: str, port: int, *, wireguard: bool
+    current: Proxy | None, operator_id: int, host: str, port: int, *, kind: str
 ) -> None:
     """Refuse to register over an endpoint another operator holds, or over one
-    registered as the other kind of server (a row half rewritten would show a
+    registered as another kind of server (a row half rewritten would show a
     WireGuard key on a SOCKS5 node, or no credentials on a WireGuard server)."""
     if current is None:
         return
     if current.operator_id != operator_id:
         raise ApiError(409, f"endpoint {host}:{port} belongs to another operator")
-    if (WIREGUARD_PROTOCOL in current.protocols) != wireguard:
-        held, new = (
-            ("a SOCKS5 node", "WireGuard server")
-            if wireguard
-            else ("a WireGuard server", "SOCKS5 node")
-        )
+    held = proxy_kind(list(current.protocols))
+    if held != kind:
         raise ApiError(
-            409, f"endpoint {host}:{port} is registered as {held}: give the {new} another port"
+            409,
+            f"endpoint {host}:{port} is registered as {KINDS[held]}: give the "
+            f"{KINDS[kind].partition(' ')[2]} another port",
         )
 
 
@@ -246,7 +264,7 @@ async def register_proxy(
         if await repo.nonce_seen(session, nonce=st.nonce):
             raise ApiError(409, "statement already used (replay refused): make a new one")
         owner = await repo.proxy_by_endpoint(session, host=host, port=port)
-    check_owner(owner, operator_id, host, port, wireguard=False)
+    check_owner(owner, operator_id, host, port, kind="socks5")
     try:
         await prove_control(
             host=host,
@@ -282,7 +300,7 @@ async def register_proxy(
         async with registry.sessions.begin() as session:
             await repo.add_nonce(session, nonce=st.nonce, now=now)
             current = await repo.proxy_by_endpoint(session, host=host, port=port)
-            check_owner(current, operator_id, host, port, wireguard=False)
+            check_owner(current, operator_id, host, port, kind="socks5")
             proxy = await repo.save_proxy(session, fields=fields)
             await repo.forget_nonces(session, before=now - 2 * registry.settings.statement_skew)
             view = proxy_view(proxy)
@@ -324,6 +342,10 @@ async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str
 
 
 def _listing(proxy: Proxy) -> dict[str, Any]:
+    if MTPROTO_PROTOCOL in proxy.protocols:
+        from resistance.registry import mtproto
+
+        return mtproto.listing(proxy)
     if "wireguard" in proxy.protocols:
         # A WireGuard endpoint (migration 0005): no credentials, no node key; users get
         # their configs from the operator.  Clients that want SOCKS5 skip it by protocol.

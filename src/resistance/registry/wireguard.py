@@ -117,7 +117,7 @@ async def register_endpoint(
     network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:
         current = await repo.proxy_by_endpoint(session, host=host, port=port)
-    check_owner(current, operator_id, host, port, wireguard=True)
+    check_owner(current, operator_id, host, port, kind=PROTOCOL)
     within = registry.settings.challenge_timeout
     result = await handshake(
         host,
@@ -155,7 +155,7 @@ async def register_endpoint(
     try:
         async with registry.sessions.begin() as session:
             current = await repo.proxy_by_endpoint(session, host=host, port=port)
-            check_owner(current, operator_id, host, port, wireguard=True)
+            check_owner(current, operator_id, host, port, kind=PROTOCOL)
             proxy = await repo.save_proxy(session, fields=fields)
             view = proxy_view(proxy)
     except IntegrityError:

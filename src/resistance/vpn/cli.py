@@ -236,7 +236,7 @@ def add_probe(public_key: str, name: str | None, state_dir: Path | None) -> None
       resist vpn add-probe "$(wg pubkey < probe.key)" --name probe-fra
     """
     server = _server(state_dir)
-    peer = server.add_probe(public_key, name)
+    peer, _ = server.add_probe(public_key, name)
     host_key, endpoint = server.probe_config()
     click.echo(f"added probe peer {peer.name}; probe it with:")
     click.echo(f"  resist vpn probe {endpoint} --server-key {host_key} --key PRIVATE_KEY_FILE")

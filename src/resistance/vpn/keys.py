@@ -18,9 +18,8 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from resistance.directory.keys import check_private_mode
+from resistance import keyfile
 from resistance.errors import ConfigError
-from resistance.paths import write_private
 
 KEY_LEN: Final = 32
 _KEY_TEXT: Final = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
@@ -92,11 +91,20 @@ def generate_psk() -> bytes:
 def load_or_create_key_file(path: Path, *, what: str) -> KeyPair:
     """A key pair kept in ``path`` (its private key's base64 text, mode 0600),
     made on first use; ``what`` names it in errors."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_private(path, KeyPair.generate().private_text + "\n")
-    check_private_mode(path)
-    return KeyPair.from_private(read_key_file(path, what=what))
+    return keyfile.load_or_create(path, parse=parse_key_file, new=new_key_file, what=what)
+
+
+def parse_key_file(data: bytes) -> KeyPair:
+    """A key pair from a key file's bytes; ``ValueError`` if it holds no key."""
+    text = data.decode("ascii").strip()
+    if not _KEY_TEXT.fullmatch(text):
+        raise ValueError("expected 44 characters of base64 (as wg genkey prints)")
+    return KeyPair.from_private(base64.b64decode(text, validate=True))
+
+
+def new_key_file() -> bytes:
+    """A new private key's text, as ``wg genkey > FILE`` writes it."""
+    return (KeyPair.generate().private_text + "\n").encode("ascii")
 
 
 def read_key_file(path: Path, *, what: str = "private key") -> bytes:

@@ -83,11 +83,11 @@ def register(
         raise ConfigError("the VPN is down: run resist vpn up first (the registry handshakes)")
     prober, probes = fetch_prober_keys(registry, timeout=timeout)
     added = []
-    peer, new = server.ensure_probe(prober, _peer_name("registry-", prober))
+    peer, new = server.add_probe(prober, _peer_name("registry-", prober), again=True)
     if new:
         added.append(peer.name)
     for key in probes:
-        peer, new = server.ensure_probe(key, _peer_name("probe-", key))
+        peer, new = server.add_probe(key, _peer_name("probe-", key), again=True)
         if new:
             added.append(peer.name)
     enabled = {p.public_key for p in server.db.read() if p.kind is PeerKind.PROBE and p.enabled}

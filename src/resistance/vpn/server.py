@@ -32,6 +32,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any, Final
 
+from resistance import keyfile
 from resistance.config import Endpoint, parse_endpoint
 from resistance.errors import ConfigError
 from resistance.node.policy import EgressPolicy
@@ -181,7 +182,7 @@ class VpnServer:
                 f"a VPN is already set up in {state_dir}: use resist vpn up, or another --state-dir"
             )
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(directory / "server.key", keys.KeyPair.generate().private_text + "\n")
+        keys.load_or_create_key_file(directory / "server.key", what="server key")
         PeerDatabase(directory / "peers.json").write([])
         write_private(
             directory / "server.json", json.dumps(config.to_json(), indent=2, sort_keys=True)
@@ -191,7 +192,8 @@ class VpnServer:
     # -- keys ----------------------------------------------------------------
 
     def _private_key(self) -> str:
-        return keys.encode(keys.read_key_file(self.key_path, what="server key"))
+        pair = keyfile.read_private(self.key_path, keys.parse_key_file, what="server key")
+        return pair.private_text
 
     @property
     def public_key(self) -> str:
@@ -358,30 +360,29 @@ class VpnServer:
             peers.append(peer)
         return peer, self._client_config(peer, pair.private_text)
 
-    def add_probe(self, public_key: str, name: str | None = None) -> Peer:
-        """A prober's key as a peer with no routes: it can handshake, nothing more."""
+    def add_probe(
+        self, public_key: str, name: str | None = None, *, again: bool = False
+    ) -> tuple[Peer, bool]:
+        """A prober's key as a peer with no routes: it can handshake, nothing more.
+
+        Returns ``(peer, added)``.  A key or name already taken is an error
+        (the operator adding a probe by hand), unless ``again``: a
+        registration, run again and again, gets back the probe peer that
+        already holds the key, unchanged, and a taken name gets a number.
+        """
         keys.decode(public_key, what="probe public key")
         name = check_name(name or "probe-" + "".join(c for c in public_key if c.isalnum())[:8])
         with self._peers() as peers:
-            for p in peers:
-                if p.name == name or p.public_key == public_key:
-                    raise ConfigError(f"peer {p.name!r} already has that name or key")
-            peer = Peer(name=name, kind=PeerKind.PROBE, public_key=public_key, created=utcnow())
-            self._attach(peer)
-            peers.append(peer)
-        return peer
-
-    def ensure_probe(self, public_key: str, name: str) -> tuple[Peer, bool]:
-        """The probe peer with this key, added under ``name`` if missing; (peer, added)."""
-        keys.decode(public_key, what="probe public key")
-        check_name(name)
-        with self._peers() as peers:
-            for p in peers:
-                if p.public_key == public_key:
-                    if p.kind is not PeerKind.PROBE:
-                        raise ConfigError(f"key of probe {name} is already client {p.name}'s")
-                    return p, False
+            holder = next((p for p in peers if p.public_key == public_key), None)
+            if holder is not None and not again:
+                raise ConfigError(f"peer {holder.name!r} already has that name or key")
+            if holder is not None:
+                if holder.kind is not PeerKind.PROBE:
+                    raise ConfigError(f"key of probe {name} is already client {holder.name}'s")
+                return holder, False
             taken = {p.name for p in peers}
+            if name in taken and not again:
+                raise ConfigError(f"peer {name!r} already has that name or key")
             base, n = name, 2
             while name in taken:
                 name = f"{base[:28]}-{n}"

@@ -7,7 +7,7 @@ by the directory's per-network ``reach``.  The evidence itself stays in the
 batch body, kept verbatim and signed.
 
 Revision ID: 0007
-Revises: 0005 (to be 0006 once the MTProto migration is on the same line)
+Revises: 0006
 Create Date: 2026-12-07
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

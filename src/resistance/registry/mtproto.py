@@ -1,0 +1,199 @@
+"""MTProto proxies in the registry: proven with the operator's prober secret, probed like any.
+
+Theory of operation of proof of control.  An MTProto proxy authenticates
+clients with symmetric secrets, and the secrets of a public proxy are in
+every link users pass around, so "I can get through with this secret"
+proves nothing about who runs the proxy: anyone holding a user's link could
+register someone else's proxy and collect its grants.  So, as with
+WireGuard's prober key, the registry makes the credential itself: each
+operator has a *prober secret*, a 16-byte key derived from the registry's
+distribution key and the operator id (HMAC-SHA256, nothing stored), which
+only that operator can read (``GET /api/v1/mtproto/prober-secret`` with
+their token).  The operator adds it to their node as one more MTProto user
+(``resist node --mtproto-user registry:KEY``) and registers the endpoint with
+the mode users connect with (``classic``, ``dd``, or ``ee`` with its fake-TLS
+domain).  The registry then does what a Telegram client does: the fake-TLS
+handshake (``ee``: the server's random must be the HMAC made with that
+key), the obfuscated2 init made with that key, and an unencrypted
+``req_pq_multi`` that must come back as a ``resPQ`` echoing its nonce
+(:mod:`resistance.net.mtproto`).  Only a proxy whose operator added this
+operator's secret can pass; a wrong key, a fronting proxy that hands us a
+real website, silence or a closed port all mean "not proven", answered with
+a 422 and nothing stored.  Unlike the SOCKS5 challenge it needs no node
+identity key, so a node that runs only the MTProto listener registers too.
+
+A registered proxy is a row of ``proxies`` with protocols ["mtproto"], so
+verdicts, rollups, the directory and grants treat it as any proxy.  The key
+is stored (``mtproto_key``) and handed to probes through their authenticated
+assignment, which is how they check it; the public directory lists only the
+endpoint, the mode and the domain, never a secret: users get their own
+secrets (links) from the operator.  A probe's successful MTProto result
+carries no canary proof (the path ends at a data centre, not at our
+canary); it rests on the probe's signature, as WireGuard results do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from sqlalchemy.exc import IntegrityError
+
+from resistance.links import MTProtoSecret, is_host_name
+from resistance.probe.batch import ResultRecord
+from resistance.registry import repositories as repo
+from resistance.registry.errors import ApiError
+from resistance.registry.models import Proxy
+from resistance.registry.services import (
+    Registry,
+    check_endpoint_host,
+    check_owner,
+    proxy_view,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL: Final = "mtproto"
+MODES: Final = ("classic", "dd", "ee")
+_PROBER_LABEL: Final = b"resist registry: MTProto prober secret for operator "
+
+
+def is_mtproto(proxy: Proxy) -> bool:
+    return PROTOCOL in proxy.protocols
+
+
+def prober_key(registry: Registry, operator_id: int) -> bytes:
+    """The operator's 16-byte prober secret key (the same on every call, never stored)."""
+    label = _PROBER_LABEL + str(operator_id).encode()
+    return hmac.new(registry.ring_key, label, hashlib.sha256).digest()[:16]
+
+
+def prober_secret(registry: Registry, *, operator_id: int) -> dict[str, Any]:
+    key = prober_key(registry, operator_id).hex()
+    return {
+        "key": key,
+        "user": "registry",
+        "node_option": f"--mtproto-user registry:{key}",
+    }
+
+
+def proxy_secret(proxy: Proxy) -> MTProtoSecret | None:
+    """The secret probes check ``proxy`` with (mode, key, domain), if it is MTProto."""
+    if not is_mtproto(proxy) or proxy.mtproto_key is None or proxy.mtproto_mode not in MODES:
+        return None
+    domain = proxy.mtproto_domain if proxy.mtproto_mode == "ee" else None
+    return MTProtoSecret(proxy.mtproto_mode, bytes.fromhex(proxy.mtproto_key), domain)
+
+
+def listing(proxy: Proxy) -> dict[str, Any]:
+    """What the directory says of an MTProto proxy: where, and how; never a secret."""
+    mtproto: dict[str, Any] = {"mode": proxy.mtproto_mode}
+    if proxy.mtproto_mode == "ee":
+        mtproto["domain"] = proxy.mtproto_domain
+    return {
+        "endpoint": {"host": proxy.host, "port": proxy.port},
+        "protocols": list(proxy.protocols),
+        "mtproto": mtproto,
+    }
+
+
+def check_mode(mode: str, domain: str | None) -> str | None:
+    """The domain to store for this mode, or ApiError when mode and domain disagree."""
+    if mode not in MODES:
+        raise ApiError(422, f"mode must be one of {', '.join(MODES)}", field="mode")
+    if mode != "ee":
+        if domain is not None:
+            raise ApiError(422, "only an ee (fake-TLS) proxy has a domain", field="domain")
+        return None
+    if domain is None:
+        raise ApiError(422, "an ee (fake-TLS) proxy needs its domain", field="domain")
+    if not is_host_name(domain):
+        raise ApiError(422, f"domain {domain!r} is not a host name", field="domain")
+    return domain
+
+
+async def register_endpoint(
+    registry: Registry,
+    *,
+    operator_id: int,
+    host: str,
+    port: int,
+    mode: str,
+    domain: str | None,
+    public: bool,
+) -> dict[str, Any]:
+    """Prove an MTProto proxy with the operator's prober secret, then store it as a proxy."""
+    from resistance.net.mtproto import ask_res_pq
+
+    domain = check_mode(mode, domain)
+    network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    async with registry.sessions() as session:
+        current = await repo.proxy_by_endpoint(session, host=host, port=port)
+    check_owner(current, operator_id, host, port, kind=PROTOCOL)
+    key = prober_key(registry, operator_id)
+    secret = MTProtoSecret(mode, key, domain)
+    within = registry.settings.challenge_timeout
+    answer = await ask_res_pq(host, port, secret, within=within)
+    if not answer.ok:
+        log.info("MTProto registration of %s:%d refused: %s", host, port, answer.reason)
+        raise ApiError(
+            422,
+            f"proof of control failed: {answer.reason} (did the node add this operator's "
+            "prober secret, GET /api/v1/mtproto/prober-secret, as an --mtproto-user, and "
+            f"does it serve {mode} connections?)",
+        )
+    now = registry.now()
+    fields: dict[str, Any] = {
+        "operator_id": operator_id,
+        "host": host,
+        "port": port,
+        "network": network,
+        "public_key": "",
+        "protocols": [PROTOCOL],
+        "probe_user": "",
+        "probe_password": "",
+        "credentials": [],
+        "public": public,
+        "status": "active",
+        "registered_at": now,
+        "verified_at": now,
+        "mtproto_mode": mode,
+        "mtproto_domain": domain,
+        "mtproto_key": key.hex(),
+    }
+    try:
+        async with registry.sessions.begin() as session:
+            current = await repo.proxy_by_endpoint(session, host=host, port=port)
+            check_owner(current, operator_id, host, port, kind=PROTOCOL)
+            proxy = await repo.save_proxy(session, fields=fields)
+            view = proxy_view(proxy)
+    except IntegrityError:
+        raise ApiError(409, f"endpoint {host}:{port} was taken meanwhile") from None
+    return view
+
+
+# --- what probes do with MTProto proxies ----------------------------------------------
+
+
+def probe_target(proxy: Proxy) -> dict[str, Any] | None:
+    """The assignment fields of an MTProto proxy: the full secret, for probes only."""
+    secret = proxy_secret(proxy)
+    if secret is None:
+        return None
+    return {"protocol": PROTOCOL, "mtproto_secret": secret.hex}
+
+
+def check_result_protocols(
+    results: Sequence[ResultRecord], protocols: Mapping[int, Sequence[str]]
+) -> None:
+    """Refuse MTProto results for other proxies, and other results for MTProto proxies."""
+    for index, r in enumerate(results):
+        mtproto = PROTOCOL in protocols.get(r.proxy_id, ())
+        if (r.protocol == PROTOCOL) != mtproto:
+            kind = "an MTProto proxy" if mtproto else "not an MTProto proxy"
+            raise ApiError(
+                422, f"results[{index}]: proxy {r.proxy_id} is {kind}; the result says {r.protocol}"
+            )
