@@ -126,3 +126,20 @@ async def test_assignments_carry_the_controls_inputs(world: Any) -> None:
     assert (await outside.post("/api/v1/probe/batches", headers=JSON, content=data)).is_success
     (target,) = (await probe.get("/api/v1/probe/assignment")).json()["proxies"]
     assert target["outside_ok"] is True
+
+
+async def test_reach_names_each_transport_of_the_node(world: Any) -> None:
+    reg, probe, key, proxy_id = world
+    fingerprint = Evidence(
+        main=Attempt.stopped(Stage.HANDSHAKE, Failure.TIMEOUT), outside=Attempt.passed()
+    )
+    tls_ok = Evidence(main=Attempt.passed(), tls=True, sni_sent=False)
+    result = diagnosed(proxy_id, fingerprint)
+    result["step"] = "greeting"
+    result["transports"] = {"tls": {"mechanism": "ok", "evidence": tls_ok.to_json()}}
+    sent = await probe.post("/api/v1/probe/batches", headers=JSON, content=batch(key, [result]))
+    assert sent.status_code == 201, sent.text
+    (entry,) = (await publish(reg.registry))["document"]["proxies"]
+    assert entry["measurements"]["reach"] == {
+        "msk-1": {"socks5": "blocked-fingerprint", "tls": "ok"}
+    }

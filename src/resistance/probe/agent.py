@@ -48,7 +48,7 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.errors import ConfigError
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
-from resistance.probe.controls import MAX_OTHER_PORTS, Controls, diagnose_check
+from resistance.probe.controls import MAX_OTHER_PORTS, Controls, diagnose_check, tls_reach
 from resistance.probe.keys import load_or_create_probe_key, load_or_create_wireguard_key
 from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.net import Network, SocketNetwork
@@ -395,14 +395,23 @@ class Agent:
         return stats
 
     async def _diagnose(self, result: CheckResult, assignment: Assignment) -> None:
-        """Name the mechanism of a failed SOCKS5 check from control experiments."""
+        """Name the mechanism of a failed SOCKS5 check from control experiments, and
+        measure the node's TLS listener beside it (its reach as a second transport)."""
         proxy_id = result.target.proxy_id
+        ports, outside = assignment.hints.get(proxy_id, ((), None))
+        if ports:
+            result.transports["tls"] = await tls_reach(
+                result,
+                ports[0],
+                seconds=self.settings.check.step_timeout,
+                outside_ok=outside,
+                source=self.settings.source,
+            )
         if result.verdict.ok:
             self.last_ok[proxy_id] = time.monotonic()
             if len(self.last_ok) > MAX_REMEMBERED:
                 self.last_ok.pop(next(iter(self.last_ok)))
             return
-        ports, outside = assignment.hints.get(proxy_id, ((), None))
         last = self.last_ok.get(proxy_id)
         controls = Controls(
             other_ports=ports,

@@ -47,7 +47,7 @@ from resistance.directory.canonical import CanonicalError, canonical_bytes, pars
 from resistance.directory.keys import b64url, b64url_decode, parse_public_key, verify_signature
 from resistance.errors import ResistanceError
 from resistance.probe.check import Failure, Step
-from resistance.probe.diagnose import Evidence, diagnose
+from resistance.probe.diagnose import Diagnosis, Evidence, diagnose
 from resistance.probe.runner import CheckResult
 
 FORMAT: Final = "resist-probe-batch/1"
@@ -113,6 +113,8 @@ class ResultRecord:
     protocol: str = "socks5"
     #: The mechanism a diagnosis named (None: no diagnosis recorded).
     mechanism: str | None = None
+    #: Other transports of the node measured beside it: (name, ``ok`` or mechanism).
+    transports: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +141,12 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     protocol = result.target.protocol
     extra: dict[str, Any] = {"protocol": protocol} if protocol in ("wireguard", "mtproto") else {}
     if result.diagnosis is not None and result.evidence is not None:
-        diagnosis: dict[str, Any] = {"mechanism": result.diagnosis.mechanism.value}
-        if result.diagnosis.frozen_at is not None:
-            diagnosis["frozen_at"] = result.diagnosis.frozen_at
-        extra["diagnosis"] = {**diagnosis, "evidence": result.evidence.to_json()}
+        extra["diagnosis"] = _diagnosis_json(result.diagnosis, result.evidence)
+    if result.transports:
+        extra["transports"] = {
+            name: _diagnosis_json(diagnosis, evidence)
+            for name, (evidence, diagnosis) in result.transports.items()
+        }
     return {
         "proxy_id": result.target.proxy_id,
         "at": result.at,
@@ -164,6 +168,14 @@ def result_json(result: CheckResult) -> dict[str, Any]:
         },
         **extra,
     }
+
+
+def _diagnosis_json(diagnosis: Diagnosis, evidence: Evidence) -> dict[str, Any]:
+    out: dict[str, Any] = {"mechanism": diagnosis.mechanism.value}
+    if diagnosis.frozen_at is not None:
+        out["frozen_at"] = diagnosis.frozen_at
+    out["evidence"] = evidence.to_json()
+    return out
 
 
 def signed_message(document: Mapping[str, Any]) -> bytes:
@@ -231,7 +243,7 @@ def _canary(value: Any, where: str) -> CanaryEvidence | None:
 
 def _result(value: Any, index: int) -> ResultRecord:
     where = f"results[{index}]"
-    if not isinstance(value, dict) or set(value) - {"protocol", "diagnosis"} != _RESULT_KEYS:
+    if not isinstance(value, dict) or set(value) - _OPTIONAL_KEYS != _RESULT_KEYS:
         raise BatchError(f"{where} must be an object with exactly {sorted(_RESULT_KEYS)}")
     protocol = value.get("protocol", "socks5")
     if not isinstance(protocol, str) or protocol not in PROTOCOLS:
@@ -263,6 +275,7 @@ def _result(value: Any, index: int) -> ResultRecord:
         canary=_canary(value["canary"], where),
         protocol=protocol,
         mechanism=_diagnosis(value["diagnosis"], ok, where) if "diagnosis" in value else None,
+        transports=_transports(value.get("transports"), where),
     )
     if protocol == "wireguard":
         if record.canary is not None:
@@ -279,6 +292,27 @@ def _result(value: Any, index: int) -> ResultRecord:
     elif ok and record.canary is None:
         raise BatchError(f"{where}: a successful result must carry the canary's proof")
     return record
+
+
+#: Transports a result may report beside its own (a node's TLS listener).
+TRANSPORTS: Final = ("tls",)
+_OPTIONAL_KEYS = frozenset({"protocol", "diagnosis", "transports"})
+
+
+def _transports(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not set(value) <= set(TRANSPORTS):
+        raise BatchError(f"{where}.transports names only {', '.join(TRANSPORTS)}")
+    found = []
+    for name in sorted(value):
+        item = value[name]
+        if not isinstance(item, dict) or not isinstance(item.get("evidence"), dict):
+            raise BatchError(f"{where}.transports.{name} must carry its evidence")
+        main = item["evidence"].get("main")
+        ok = isinstance(main, dict) and main.get("ok") is True
+        found.append((name, _diagnosis(item, ok, f"{where}.transports.{name}")))
+    return tuple(found)
 
 
 def _diagnosis(value: Any, ok: bool, where: str) -> str:

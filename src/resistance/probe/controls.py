@@ -145,13 +145,17 @@ async def tls_attempt(
     seconds: float,
     *,
     context: ssl.SSLContext | None = None,
+    source: str | None = None,
 ) -> Attempt:
-    """TCP, then a TLS handshake naming ``server_name``; where it stopped, if it did."""
+    """TCP (from ``source`` if given), then a TLS handshake naming ``server_name``
+    with the client's own hello; where it stopped, if it did."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         try:
+            if source is not None:
+                sock.bind((source, 0))
             async with asyncio.timeout(seconds):
                 await loop.sock_connect(sock, (host, port))
         except TimeoutError:
@@ -188,3 +192,30 @@ async def sni_evidence(
     if outside_ok is not None:
         outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
     return Evidence(main=main, tls=True, benign_sni=benign, outside=outside)
+
+
+async def tls_reach(
+    result: CheckResult,
+    tls_port: int,
+    *,
+    seconds: float,
+    outside_ok: bool | None,
+    source: str | None = None,
+) -> tuple[Evidence, Diagnosis]:
+    """Whether the node's TLS listener gets through from here, as a client dials it
+    (by address: no server name; the client's browser-like hello), and why not.
+
+    The plain check beside it is the other-port control: its TCP outcome tells
+    an address block from a hello that is dropped.
+    """
+    target = result.target
+    main = await tls_attempt(target.host, tls_port, None, seconds, source=source)
+    plain = main_attempt(result)
+    other = Attempt.passed() if plain.got_tcp else plain
+    outside = None
+    if outside_ok is not None:
+        outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
+    evidence = Evidence(
+        main=main, tls=True, sni_sent=False, outside=outside, other_port=None if main.ok else other
+    )
+    return evidence, diagnose(evidence)

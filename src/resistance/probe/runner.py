@@ -77,6 +77,8 @@ class CheckResult:
     #: For a failed check: the control experiments' evidence and the mechanism they name.
     evidence: Evidence | None = None
     diagnosis: Diagnosis | None = None
+    #: Other transports of the same node measured beside it (``tls``): evidence, diagnosis.
+    transports: dict[str, tuple[Evidence, Diagnosis]] = field(default_factory=dict)
 
 
 def required_steps(target: Target, canary: Canary | None) -> tuple[Step, ...]:

@@ -27,10 +27,14 @@ MAX_REACH_NETWORKS = 16
 
 def reach(rows: Sequence[tuple[ProbeEvidenceRow, str]], transport: str) -> dict[str, Any]:
     """Per network (probe vantage): whether ``transport`` got through, or the mechanism
-    that stopped it (``failed`` when the probe named none)."""
+    that stopped it (``failed`` when the probe named none), and the same for the
+    node's other transports the probe measured beside it (``tls``)."""
     latest = sorted(rows, key=lambda item: (-item[0].last_at, item[1]))[:MAX_REACH_NETWORKS]
     return {
-        name: {transport: "ok" if row.last_ok else (row.mechanism or "failed")}
+        name: {
+            transport: "ok" if row.last_ok else (row.mechanism or "failed"),
+            **{t: str(m) for t, m in sorted((row.transports or {}).items())[:4]},
+        }
         for row, name in sorted(latest, key=lambda item: item[1])
     }
 

@@ -198,6 +198,8 @@ class ProbeEvidenceRow(Base):
     fail_windows: Mapped[list[int]] = mapped_column(JSON)
     #: The latest result's ``ok`` or named mechanism; null when it had none (0007).
     mechanism: Mapped[str | None] = mapped_column(String(24))
+    #: The same for the node's other transports measured beside it, e.g. {"tls": "ok"}.
+    transports: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 class ProbeRollup(Base):

@@ -322,6 +322,7 @@ async def _fold(
         row.fail_streak, row.fail_windows = after.fail_streak, list(after.fail_windows)
         if after is not before:  # this result is the latest one seen
             row.mechanism = "ok" if r.ok else r.mechanism
+            row.transports = dict(r.transports) or None
     await _roll_up(session, probe, proxy_ids, results)
     await session.flush()
     everyone: dict[int, list[ProbeEvidence]] = {}
