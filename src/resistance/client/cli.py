@@ -67,6 +67,13 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     help="The network you are in, for what the client learns gets through here "
     "(default: named from the default route's gateway).",
 )
+@click.option(
+    "--freeze-check",
+    metavar="HOST:PORT",
+    help="A registry's canary: each health check downloads 64 KiB from it through every "
+    "upstream, and a download that stops partway (a censor's freeze) takes that "
+    "transport out of use.",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
@@ -87,6 +94,7 @@ def connect(
     dial_timeout: float,
     race_after: float,
     network: str | None,
+    freeze_check: str | None,
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -140,6 +148,7 @@ def connect(
         qr=qr,
         transport=transport,
         network=network,
+        freeze_check=parse_endpoint(freeze_check, what="canary") if freeze_check else None,
     )
     sys.exit(run_connect(settings))
 
