@@ -66,8 +66,11 @@ TRANSPORTS: tuple[Transport, ...] = (
         "mtproto-faketls",
         "MTProto fake-TLS",
         usable=False,
-        note="slot only: no MTProto client in resist connect yet (the mtproto branch adds "
-        "the proxy side); a node's fake-TLS secret is not used for dials",
+        note="slot only: an MTProto proxy reaches nothing but Telegram's data centres, so "
+        "this rung would carry only an app's connections to a data-centre address, "
+        "re-framed: the app's own obfuscated2 stream decrypted and sent again inside the "
+        "node's fake-TLS with the secret's keys (proto/obfuscated2.py, proto/faketls.py "
+        "and net/mtproto.py have the client half; the re-framing relay is not written)",
     ),
     Transport("socks5", "plain SOCKS5 (last: its greeting is a fingerprint)"),
 )
