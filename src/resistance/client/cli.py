@@ -65,7 +65,8 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     "--network",
     metavar="NAME",
     help="The network you are in, for what the client learns gets through here "
-    "(default: named from the default route's gateway).",
+    "(default: named from the default route's gateway). Named as a probe vantage, the "
+    "directory's reach for it orders what the client has not tried yet.",
 )
 @click.option(
     "--freeze-check",
@@ -205,13 +206,16 @@ def _print_ladder(console: Any, status: dict[str, Any]) -> None:
         t["name"] + ("" if t["usable"] else " (slot, not usable yet)") for t in status["transports"]
     )
     console.print(f"ladder in network {status['network']}: {rungs}")
-    table = Table("try", "upstream", "transport", "here", "worked", "failed", "last error")
+    table = Table(
+        "try", "upstream", "transport", "here", "probes here", "worked", "failed", "last error"
+    )
     for i, row in enumerate(status["ladder"], 1):
         table.add_row(
             str(i),
             row["upstream"],
             row["transport"],
             row["state"],
+            row.get("probes") or "—",
             "—" if row["ok_ago"] is None else f"{row['ok_ago']:.0f} s ago",
             "—" if row["fail_ago"] is None else f"{row['fail_ago']:.0f} s ago",
             row["error"],
