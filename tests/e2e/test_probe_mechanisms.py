@@ -8,6 +8,8 @@ outside view from the free side; the censor switches on one rule at a time:
 * ``ip`` with TARGET's address listed: ``blocked-ip``;
 * ``socks5`` (the greeting's fingerprint): ``blocked-fingerprint``;
 * ``sni`` with the node's name listed: ``blocked-sni`` (a benign name passes);
+* ``whitelist`` letting only CONTROL through: ``whitelisted-out`` (THIRD, a third node,
+  is the unlisted control proxy);
 * ``hello`` with the project's old fixed hello: the client's browser-like hello passes.
 """
 
@@ -24,7 +26,13 @@ import pytest
 from resistance.lab import censor, netns
 from resistance.lab import topology as topo
 from resistance.node.tlscert import pinning_client_context
-from resistance.probe.controls import Controls, diagnose_check, sni_evidence, tls_attempt
+from resistance.probe.controls import (
+    Controls,
+    diagnose_check,
+    sni_evidence,
+    tcp_attempt,
+    tls_attempt,
+)
 from resistance.probe.diagnose import Mechanism, diagnose
 from resistance.probe.net import SocketNetwork
 from resistance.probe.runner import CheckSettings, Target, run_check
@@ -36,13 +44,20 @@ pytestmark = [
     pytest.mark.timeout(300),
 ]
 
-TARGET, CONTROL = topo.NODE_ADDRS[0], topo.NODE_ADDRS[1]
+TARGET, CONTROL, THIRD = topo.NODE_ADDRS
 SOCKS, TLS = 1080, 8443
 SETTINGS = CheckSettings(step_timeout=2.0, transfer_timeout=2.0)
 
 
-def check(addr: str, other_ports: tuple[int, ...], outside_ok: bool | None) -> tuple[str, Any]:
-    """The probe's check of addr's SOCKS5 port and, if it failed, its controls."""
+def check(
+    addr: str,
+    other_ports: tuple[int, ...],
+    outside_ok: bool | None,
+    control: str = CONTROL,
+    listed: str | None = None,
+) -> tuple[str, Any]:
+    """The probe's check of addr's SOCKS5 port and, if it failed, its controls (with a
+    listed host to reach when ``listed`` names one)."""
 
     async def run() -> tuple[str, Any]:
         network = SocketNetwork()
@@ -51,12 +66,16 @@ def check(addr: str, other_ports: tuple[int, ...], outside_ok: bool | None) -> t
             return Mechanism.OK.value, None
         controls = Controls(
             other_ports=other_ports,
-            control=Target(CONTROL, SOCKS, "probe", "pw"),
+            control=Target(control, SOCKS, "probe", "pw"),
             outside_ok=outside_ok,
         )
+        listed_ok = False
+        if listed is not None:
+            reached = await tcp_attempt(network, listed, SOCKS, SETTINGS.step_timeout)
+            listed_ok = reached.ok
         evidence, diagnosis = await diagnose_check(
             result, canary=None, network=network, settings=SETTINGS, controls=controls,
-            listed_ok=False,
+            listed_ok=listed_ok,
         )  # fmt: skip
         return diagnosis.mechanism.value, evidence.to_json()
 
@@ -95,7 +114,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             netns.run(*cmd)
         censor.install(t.censor)
         prefix = tuple(netns.exec_prefix(t.free))
-        for addr, extra in ((TARGET, ["--tls-listen", f"{TARGET}:{TLS}"]), (CONTROL, [])):
+        for addr, extra in (
+            (TARGET, ["--tls-listen", f"{TARGET}:{TLS}"]), (CONTROL, []), (THIRD, []),
+        ):  # fmt: skip
             args = ["--user", "probe:pw", *extra]
             nodes.append(launch_node(args, tmp / addr, listen=f"{addr}:{SOCKS}", prefix=prefix))
         censor.disable(t.censor, "all")
@@ -152,6 +173,15 @@ def test_an_sni_block_is_named_blocked_sni(rules: Lab) -> None:
     assert mechanism == "blocked-sni", evidence
     assert evidence["benign_sni"]["ok"]
     assert rules.inside(sni_check, TARGET, "other.example")[0] == "ok"  # near miss
+
+
+def test_a_whitelist_is_named_whitelisted_out(rules: Lab) -> None:
+    censor.enable(rules.t.censor, "whitelist", whitelist=[f"{CONTROL}/32"], replace=True)
+    mechanism, evidence = rules.inside(check, TARGET, (TLS,), True, THIRD, CONTROL)
+    assert mechanism == "whitelisted-out", evidence
+    assert evidence["control_host"]["stage"] == "tcp" and evidence["listed_host"]["ok"]
+    # near miss: the listed host itself is reachable and works
+    assert rules.inside(check, CONTROL, (), True)[0] == "ok"
 
 
 def test_the_clients_browser_hello_passes_the_hello_rule_the_old_one_does_not(
