@@ -8,6 +8,8 @@ outside view from the free side; the censor switches on one rule at a time:
 * ``ip`` with TARGET's address listed: ``blocked-ip``;
 * ``socks5`` (the greeting's fingerprint): ``blocked-fingerprint``;
 * ``sni`` with the node's name listed: ``blocked-sni`` (a benign name passes);
+* ``freeze`` on TARGET's prefix: ``frozen`` with the byte count (the canary's download
+  through CONTROL, another prefix, completes);
 * ``whitelist`` letting only CONTROL through: ``whitelisted-out`` (THIRD, a third node,
   is the unlisted control proxy);
 * ``hello`` with the project's old fixed hello: the client's browser-like hello passes.
@@ -18,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from resistance.directory.keys import parse_public_key
 from resistance.lab import censor, netns
 from resistance.lab import topology as topo
 from resistance.node.tlscert import pinning_client_context
@@ -35,7 +40,7 @@ from resistance.probe.controls import (
 )
 from resistance.probe.diagnose import Mechanism, diagnose
 from resistance.probe.net import SocketNetwork
-from resistance.probe.runner import CheckSettings, Target, run_check
+from resistance.probe.runner import Canary, CheckSettings, Target, run_check
 from tests.conftest import RunningNode, launch_node
 
 pytestmark = [
@@ -45,7 +50,7 @@ pytestmark = [
 ]
 
 TARGET, CONTROL, THIRD = topo.NODE_ADDRS
-SOCKS, TLS = 1080, 8443
+SOCKS, TLS, CANARY_PORT = 1080, 8443, 9900
 SETTINGS = CheckSettings(step_timeout=2.0, transfer_timeout=2.0)
 
 
@@ -93,8 +98,9 @@ def hello_passes(addr: str, old_hello: bool) -> bool:
 
 
 class Lab:
-    def __init__(self, t: topo.Topology) -> None:
+    def __init__(self, t: topo.Topology, canary_key: str) -> None:
         self.t = t
+        self.canary_key = canary_key
 
     def inside(self, func: Any, *args: Any) -> Any:
         return netns.call_in(self.t.censored, func, *args, timeout=120)
@@ -109,6 +115,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     t = topo.Topology(f"pm{os.getpid() % 100000}")
     tmp = tmp_path_factory.mktemp("probe-lab")
     nodes: list[RunningNode] = []
+    canary: subprocess.Popen[str] | None = None
     try:
         for cmd in t.build_commands():
             netns.run(*cmd)
@@ -117,13 +124,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         for addr, extra in (
             (TARGET, ["--tls-listen", f"{TARGET}:{TLS}"]), (CONTROL, []), (THIRD, []),
         ):  # fmt: skip
-            args = ["--user", "probe:pw", *extra]
+            args = ["--user", "probe:pw", "--allow", "198.18.0.0/15", *extra]
             nodes.append(launch_node(args, tmp / addr, listen=f"{addr}:{SOCKS}", prefix=prefix))
+        canary = subprocess.Popen(
+            [*prefix, sys.executable, str(Path(__file__).with_name("canary_server.py")),
+             THIRD, str(CANARY_PORT)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert canary.stdout is not None
+        canary_key = canary.stdout.readline().strip()
         censor.disable(t.censor, "all")
-        yield Lab(t)
+        yield Lab(t, canary_key)
     finally:
         for node in nodes:
             node.stop()
+        if canary is not None:
+            canary.terminate()
+            canary.wait(10)
         settings = censor.load_settings(t.censor)
         if settings.watcher:
             censor._stop_watcher(settings.watcher)
@@ -182,6 +199,38 @@ def test_a_whitelist_is_named_whitelisted_out(rules: Lab) -> None:
     assert evidence["control_host"]["stage"] == "tcp" and evidence["listed_host"]["ok"]
     # near miss: the listed host itself is reachable and works
     assert rules.inside(check, CONTROL, (), True)[0] == "ok"
+
+
+def freeze_check(addr: str, canary_key: str) -> tuple[str, Any]:
+    """The full check (the canary's 64 KiB download through the proxy) and its controls."""
+
+    async def run() -> tuple[str, Any]:
+        network = SocketNetwork()
+        canary = Canary(THIRD, CANARY_PORT, parse_public_key(canary_key))
+        target = Target(addr, SOCKS, "probe", "pw", 1)
+        result = await run_check(target, canary, network, SETTINGS)
+        if result.verdict.ok:
+            return Mechanism.OK.value, result.received
+        evidence, diagnosis = await diagnose_check(
+            result, canary=canary, network=network, settings=SETTINGS,
+            controls=Controls(outside_ok=True), listed_ok=True,
+        )  # fmt: skip
+        return diagnosis.mechanism.value, evidence.to_json()
+
+    return asyncio.run(run())
+
+
+def test_a_freeze_is_named_frozen_with_its_byte_count(rules: Lab) -> None:
+    censor.enable(
+        rules.t.censor, "freeze", freeze_prefixes=[f"{TARGET}/24"], freeze_bytes=16384,
+        replace=True,
+    )  # fmt: skip
+    mechanism, evidence = rules.inside(freeze_check, TARGET, rules.canary_key)
+    assert mechanism == "frozen", evidence
+    assert evidence["main"]["stage"] == "transfer"
+    assert 8_000 <= evidence["main"]["received"] <= 16384
+    # near miss: another prefix is not frozen (the whole download comes)
+    assert rules.inside(freeze_check, CONTROL, rules.canary_key)[0] == "ok"
 
 
 def test_the_clients_browser_hello_passes_the_hello_rule_the_old_one_does_not(
