@@ -4,19 +4,24 @@ rollups (what grants pay from) do not change with a diagnosis (SQLite and Postgr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from resistance.directory.keys import public_key_text
+from resistance.probe.agent import parse_assignment
 from resistance.probe.check import Failure
 from resistance.probe.diagnose import Attempt, Evidence, Stage, diagnose
+from resistance.probe.runner import Target
 from resistance.registry import repositories as repo
 from resistance.registry.models import Proxy
 from resistance.registry.services import publish
 from tests.probe import test_batches_api
 from tests.probe.test_batches_api import JSON, bad_result, batch, good_result
+from tests.registry.conftest import start_registry
 
 world = test_batches_api.world  # the registry, a probe, its key and a proxy
 
@@ -143,3 +148,31 @@ async def test_reach_names_each_transport_of_the_node(world: Any) -> None:
     assert entry["measurements"]["reach"] == {
         "msk-1": {"socks5": "blocked-fingerprint", "tls": "ok"}
     }
+
+
+async def test_the_control_proxy_setting_reaches_every_probe(tmp_path: Path, db_url: str) -> None:
+    control = {"host": "127.0.0.9", "port": 1080, "username": "probe", "password": "pw"}
+    async with start_registry(tmp_path / "reg", db_url, probe_control=control) as reg:
+        admin = reg.client(token=reg.admin_token)
+        key = Ed25519PrivateKey.generate()
+        created = await admin.post(
+            "/api/v1/probes",
+            json={"name": "msk-2", "country": "RU",
+                  "public_key": public_key_text(key.public_key())},
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+        probe = reg.client(token=created.json()["token"])
+        body = (await probe.get("/api/v1/probe/assignment")).json()
+    assert body["control_proxy"] == control
+    assert parse_assignment(body).control == Target("127.0.0.9", 1080, "probe", "pw")
+
+
+def test_the_registry_command_takes_the_control_proxy_with_its_credentials() -> None:
+    from resistance.errors import ConfigError
+    from resistance.registry.cli import _control_proxy
+
+    assert _control_proxy("socks5://probe:pw@198.51.100.9:1080") == {
+        "host": "198.51.100.9", "port": 1080, "username": "probe", "password": "pw",
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="credentials"):
+        _control_proxy("socks5://198.51.100.9:1080")
