@@ -48,7 +48,14 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.errors import ConfigError
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
-from resistance.probe.controls import MAX_OTHER_PORTS, Controls, diagnose_check, tls_reach
+from resistance.probe.controls import (
+    MAX_OTHER_PORTS,
+    Controls,
+    diagnose_check,
+    main_attempt,
+    tls_reach,
+)
+from resistance.probe.diagnose import Attempt
 from resistance.probe.keys import load_or_create_probe_key, load_or_create_wireguard_key
 from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.net import Network, SocketNetwork
@@ -267,6 +274,8 @@ class Agent:
         self.last_round = RoundStats()
         #: proxy id -> monotonic time of this vantage's last passing check of it.
         self.last_ok: dict[int, float] = {}
+        #: This round's check of the control proxy (see :meth:`_control_check`).
+        self.control_task: asyncio.Task[CheckResult] | None = None
 
     # --- batches ----------------------------------------------------------------------
 
@@ -376,13 +385,18 @@ class Agent:
                 stats.ok += result.verdict.ok
                 results.append(result)
 
+        self._take_control_task()
         tasks = [asyncio.create_task(produce(), name="probe-schedule")]
         tasks += [asyncio.create_task(work(), name=f"probe-worker-{i}") for i in range(workers)]
         try:
             await asyncio.gather(*tasks)
         finally:
+            control = self._take_control_task()
             for task in tasks:
                 task.cancel()
+            if control is not None:
+                control.cancel()
+                await asyncio.gather(control, return_exceptions=True)
             await asyncio.gather(*tasks, return_exceptions=True)
             try:
                 alive = await self._canary_alive(assignment)
@@ -393,6 +407,21 @@ class Agent:
             self._keep(results, alive=alive)
         stats.seconds = time.monotonic() - started
         return stats
+
+    def _take_control_task(self) -> asyncio.Task[CheckResult] | None:
+        task, self.control_task = self.control_task, None
+        return task
+
+    async def _control_check(self, assignment: Assignment) -> Attempt | None:
+        """The control proxy's check, made once per round for every failing proxy."""
+        if assignment.control is None:
+            return None
+        if self.control_task is None:
+            self.control_task = asyncio.create_task(
+                run_check(assignment.control, assignment.canary, self.network, self.settings.check),
+                name="probe-control-check",
+            )
+        return main_attempt(await asyncio.shield(self.control_task))
 
     async def _diagnose(self, result: CheckResult, assignment: Assignment) -> None:
         """Name the mechanism of a failed SOCKS5 check from control experiments, and
@@ -416,6 +445,7 @@ class Agent:
         controls = Controls(
             other_ports=ports,
             control=assignment.control,
+            control_seen=await self._control_check(assignment),
             outside_ok=outside,
             last_ok_ago=None if last is None else time.monotonic() - last,
         )
