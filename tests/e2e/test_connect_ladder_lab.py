@@ -3,9 +3,10 @@
 Two nodes in the free namespace (each a plain SOCKS5 port and a TLS listener), an echo
 service behind them, and ``resist connect`` in the censored namespace with all four
 transports as upstreams.  The censor escalates: the SOCKS5 greeting's fingerprint, then
-the project's old fixed TLS hello, then the address of the node in use (every transport
-of it).  After each step the application's request through the client succeeds, and the
-ladder has learned which transport of which node gets through in this network.
+the project's old fixed TLS hello, then active probing of hellos without a server
+name, then the address of the node in use (every transport of it).  After each step
+the application's request through the client succeeds, and the ladder has learned
+which transport of which node gets through in this network.
 """
 
 from __future__ import annotations
@@ -151,7 +152,16 @@ def test_the_ladder_survives_an_escalating_censor(lab: Lab) -> None:
     for _ in range(3):
         lab.request()
     assert lab.states()[(FIRST, "tls")] == "works"
-    # 3. The address of the node in use is blocked: its TLS listener dies as well, and
+    # 3. Active probing: a hello naming no server sends the censor's prober to the
+    #    server.  Every hello of the client names one (the node certificate's name once
+    #    seen, a plausible one before), so no node is probed and nothing changes.
+    censor.enable(lab.t.censor, "active-probe", probe_block_seconds=60)
+    figures["active-probe"] = recovery(lab)
+    for _ in range(3):
+        lab.request()
+    assert censor.report(lab.t.censor)["probes"] == []
+    assert lab.states()[(FIRST, "tls")] == "works"
+    # 4. The address of the node in use is blocked: its TLS listener dies as well, and
     #    the other node's TLS listener takes over.
     active = str(read_status(lab.state)["active"]).split(":")[0]
     other = SECOND if active == FIRST else FIRST
