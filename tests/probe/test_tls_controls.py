@@ -116,7 +116,8 @@ async def test_tls_reach_ok_fingerprinted_or_address_blocked(
     assert found.mechanism is Mechanism.OK and evidence.main.ok
     evidence, found = await tls_reach(fingerprinted, hello_eater, seconds=0.3, outside_ok=True)
     assert found.mechanism is Mechanism.BLOCKED_FINGERPRINT
-    assert not evidence.sni_sent and evidence.other_port is not None and evidence.other_port.ok
+    assert evidence.benign_sni is not None and not evidence.benign_sni.ok  # the hello itself
+    assert evidence.other_port is not None and evidence.other_port.ok
     with socket.create_server(("127.0.0.1", 0)) as gone:
         closed = gone.getsockname()[1]
     dark = await plain_result("drop")

@@ -33,7 +33,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from resistance.client.hello import browser_context
+from resistance.client.hello import browser_context, server_name
 from resistance.probe.check import Failure
 from resistance.probe.diagnose import Attempt, Diagnosis, Evidence, Stage, diagnose
 from resistance.probe.net import NetFailure, Network, translate
@@ -209,19 +209,26 @@ async def tls_reach(
     source: str | None = None,
 ) -> tuple[Evidence, Diagnosis]:
     """Whether the node's TLS listener gets through from here, as a client dials it
-    (by address: no server name; the client's browser-like hello), and why not.
+    (the client's browser-like hello, naming a server as the client does before it
+    has seen the node's certificate), and why not.
 
-    The plain check beside it is the other-port control: its TCP outcome tells
-    an address block from a hello that is dropped.
+    The plain check beside it is the other-port control (its TCP outcome tells an
+    address block from a dropped hello), and a failed handshake is tried again
+    naming a benign server (the hello itself, or the name).
     """
     target = result.target
-    main = await tls_attempt(target.host, tls_port, None, seconds, source=source)
+    name = server_name(target.host, None)
+    main = await tls_attempt(target.host, tls_port, name, seconds, source=source)
+    benign = None
+    if not main.ok and main.got_tcp:
+        benign = await tls_attempt(target.host, tls_port, BENIGN_SNI, seconds, source=source)
     plain = main_attempt(result)
     other = Attempt.passed() if plain.got_tcp else plain
     outside = None
     if outside_ok is not None:
         outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
     evidence = Evidence(
-        main=main, tls=True, sni_sent=False, outside=outside, other_port=None if main.ok else other
-    )
+        main=main, tls=True, outside=outside, benign_sni=benign,
+        other_port=None if main.ok else other,
+    )  # fmt: skip
     return evidence, diagnose(evidence)
