@@ -192,3 +192,25 @@ def test_reach_hints_read_the_directory_for_this_network_only() -> None:
     assert reach_hints(document, "spb-home") == {pair_key(A_PLAIN): "ok"}
     assert reach_hints(document, "elsewhere") == {}
     assert reach_hints({"proxies": "nope"}, "msk-mobile") == {}
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(ALL), st.booleans()), max_size=40),
+    st.dictionaries(st.sampled_from([pair_key(u) for u in ALL]),
+                    st.sampled_from(["ok", "blocked-ip", "frozen"]), max_size=4),
+)  # fmt: skip
+def test_any_history_orders_works_then_untried_then_failed(
+    history: list[tuple[Upstream, bool]], hints: dict[str, str]
+) -> None:
+    ladder = Ladder(None, "prop", clock=Clock())
+    ladder.hint(hints)
+    for upstream, ok in history:
+        ladder.record(upstream, ok=ok, error="" if ok else "x")
+    order = [ladder.state(u) for u in sorted(ALL, key=ladder.rank)]
+    rank = {WORKS: 0, UNTRIED: 1, FAILED: 2}
+    assert order == sorted(order, key=rank.__getitem__)
+    # the last outcome recorded for an upstream is its state here
+    last = dict(history)
+    for upstream in ALL:
+        expected = UNTRIED if upstream not in last else (WORKS if last[upstream] else FAILED)
+        assert ladder.state(upstream) == expected
