@@ -10,6 +10,8 @@ outside view from the free side; the censor switches on one rule at a time:
 * ``sni`` with the node's name listed: ``blocked-sni`` (a benign name passes);
 * ``freeze`` on TARGET's prefix: ``frozen`` with the byte count (the canary's download
   through CONTROL, another prefix, completes);
+* ``active-probe`` after a nameless hello to TARGET's TLS port, right after a passing
+  check: ``probed`` (the same darkness without that check: ``blocked-ip``);
 * ``whitelist`` letting only CONTROL through: ``whitelisted-out`` (THIRD, a third node,
   is the unlisted control proxy);
 * ``hello`` with the project's old fixed hello: the client's browser-like hello passes.
@@ -21,6 +23,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ def check(
     outside_ok: bool | None,
     control: str = CONTROL,
     listed: str | None = None,
+    last_ok_ago: float | None = None,
 ) -> tuple[str, Any]:
     """The probe's check of addr's SOCKS5 port and, if it failed, its controls (with a
     listed host to reach when ``listed`` names one)."""
@@ -73,6 +77,7 @@ def check(
             other_ports=other_ports,
             control=Target(control, SOCKS, "probe", "pw"),
             outside_ok=outside_ok,
+            last_ok_ago=last_ok_ago,
         )
         listed_ok = False
         if listed is not None:
@@ -231,6 +236,33 @@ def test_a_freeze_is_named_frozen_with_its_byte_count(rules: Lab) -> None:
     assert 8_000 <= evidence["main"]["received"] <= 16384
     # near miss: another prefix is not frozen (the whole download comes)
     assert rules.inside(freeze_check, CONTROL, rules.canary_key)[0] == "ok"
+
+
+def nameless_hello(addr: str) -> bool:
+    """A TLS dial naming no server, as an old client dialling by address sent it."""
+    return asyncio.run(tls_attempt(addr, TLS, None, SETTINGS.step_timeout)).ok
+
+
+def test_an_address_blocked_after_an_active_probe_is_named_probed(rules: Lab) -> None:
+    censor.enable(rules.t.censor, "active-probe", probe_block_seconds=60)
+    try:
+        assert rules.inside(check, TARGET, (TLS,), True)[0] == "ok"
+        passed_at = time.monotonic()
+        # a hello naming no server sends the censor's prober to the node, which it does
+        # not judge an ordinary website: the node's address goes dark
+        rules.inside(nameless_hello, TARGET)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and rules.inside(netns.tcp_open, TARGET, SOCKS, 1.0):
+            time.sleep(0.3)
+        ago = time.monotonic() - passed_at
+        mechanism, evidence = rules.inside(check, TARGET, (TLS,), True, CONTROL, None, ago)
+        assert mechanism == "probed", evidence
+        assert evidence["first_ok"] and evidence["other_port"]["stage"] == "tcp"
+        # near miss: without a passing check just before, the same darkness is an IP block
+        assert rules.inside(check, TARGET, (TLS,), True)[0] == "blocked-ip"
+    finally:
+        censor.disable(rules.t.censor, "active-probe")
+        netns.in_ns(rules.t.censor, "nft", "flush", "set", "inet", censor.TABLE, "probed4")
 
 
 def test_the_clients_browser_hello_passes_the_hello_rule_the_old_one_does_not(
