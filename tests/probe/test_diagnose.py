@@ -98,6 +98,12 @@ def test_blocked_fingerprint_from_the_control_host_or_outside() -> None:
     assert mech(main=HS_DROP, control_host=NO_TCP) is Mechanism.INCONCLUSIVE
 
 
+def test_a_tls_hello_without_a_server_name_can_only_be_a_fingerprint() -> None:
+    assert mech(main=HS_DROP, tls=True, sni_sent=False, outside=OK) is Mechanism.BLOCKED_FINGERPRINT
+    assert mech(main=HS_DROP, tls=True, sni_sent=False, benign_sni=OK) is Mechanism.INCONCLUSIVE
+    assert mech(main=HS_DROP, tls=True, sni_sent=False) is Mechanism.INCONCLUSIVE
+
+
 def test_frozen_names_the_byte_count() -> None:
     found = diagnose(Evidence(main=STALL, outside=OK))
     assert (found.mechanism, found.frozen_at) == (Mechanism.FROZEN, 16384)
@@ -144,6 +150,7 @@ evidences = st.builds(
     Evidence,
     main=attempts,
     tls=st.booleans(),
+    sni_sent=st.booleans(),
     outside=maybe,
     other_port=maybe,
     control_host=maybe,
@@ -178,7 +185,7 @@ def test_every_verdict_is_backed_by_its_controls(e: Evidence) -> None:
         assert e.listed_host is not None and e.listed_host.got_tcp
         assert e.control_host is not None and not e.control_host.got_tcp
     if d.mechanism is Mechanism.BLOCKED_SNI:
-        assert e.tls and e.benign_sni is not None and e.benign_sni.ok
+        assert e.tls and e.sni_sent and e.benign_sni is not None and e.benign_sni.ok
         assert e.main.stage is Stage.HANDSHAKE
     if d.mechanism is Mechanism.BLOCKED_FINGERPRINT:
         assert e.main.stage is Stage.HANDSHAKE and e.main.censor_like

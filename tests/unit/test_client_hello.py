@@ -62,3 +62,27 @@ def test_reader_gives_a_hello_or_value_error(data: bytes) -> None:
         parse_hello(b"\x16\x03\x01\x01\x00\x01" + data)
     except ValueError:
         pass
+
+
+def test_every_hello_names_a_server_learned_from_the_certificate_once_seen() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from resistance.node.tlscert import certificate_sha256, make_self_signed
+
+    assert hello.server_name("node.example.org", None) == "node.example.org"
+    guesses = {hello.server_name("192.0.2.7", None) for _ in range(5)}
+    assert len(guesses) == 5 and all(g.startswith("www.") and g.endswith(".net") for g in guesses)
+    cert_pem, _ = make_self_signed("www.quietgarden.net")
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
+    pin = certificate_sha256(der)
+    assert hello.learn_name(pin, der) == "www.quietgarden.net"
+    assert hello.server_name("192.0.2.7", pin) == "www.quietgarden.net"
+    found = capture_hello(hello.variant(0, 0), hello.server_name("192.0.2.7", pin))
+    assert 0 in found.extensions  # server_name
+
+
+@given(st.binary(max_size=400))
+def test_learning_a_name_from_any_bytes_gives_a_name_or_none(der: bytes) -> None:
+    name = hello.learn_name("f" * 64 + der.hex()[:8], der)
+    assert name is None or hello._HOST_NAME.fullmatch(name)

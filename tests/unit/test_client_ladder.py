@@ -161,3 +161,56 @@ def test_parsing_any_json_gives_networks_or_value_error(raw: object) -> None:
         parse_ladder(raw)
     except ValueError:
         pass
+
+
+def test_the_directorys_reach_orders_what_was_not_tried_here() -> None:
+    ladder = Ladder(None, "msk-mobile")
+    ladder.hint({pair_key(A_TLS): "blocked-fingerprint", pair_key(B_PLAIN): "ok"})
+    assert sorted(ALL, key=ladder.rank) == [B_PLAIN, B_TLS, A_PLAIN, A_TLS]
+    # the client's own experience comes first, whatever the probes said
+    ladder.record(A_TLS, ok=True)
+    ladder.record(B_PLAIN, ok=False, error="reset")
+    assert sorted(ALL, key=ladder.rank) == [A_TLS, B_TLS, A_PLAIN, B_PLAIN]
+    assert {r["upstream"]: r["probes"] for r in ladder.rows(ALL)}[A_TLS.label] == (
+        "blocked-fingerprint"
+    )
+
+
+def test_reach_hints_read_the_directory_for_this_network_only() -> None:
+    from resistance.client.directory import reach_hints
+
+    entry = {
+        "endpoint": {"host": "192.0.2.1", "port": 1080}, "protocols": ["socks5"],
+        "credentials": [{"username": "u", "password": "p"}], "node_key": None, "status": "up",
+        "tls": {"port": 443, "sha256": PIN},
+        "measurements": {"reach": {"msk-mobile": {"socks5": "blocked-fingerprint", "tls": "ok"},
+                                   "spb-home": {"socks5": "ok"}}},
+    }  # fmt: skip
+    document = {"proxies": [entry, {"junk": True}, "not an entry"]}
+    hints = reach_hints(document, "msk-mobile")
+    assert hints == {pair_key(A_TLS): "ok", pair_key(A_PLAIN): "blocked-fingerprint"}
+    assert reach_hints(document, "spb-home") == {pair_key(A_PLAIN): "ok"}
+    assert reach_hints(document, "elsewhere") == {}
+    assert reach_hints({"proxies": "nope"}, "msk-mobile") == {}
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(ALL), st.booleans()), max_size=40),
+    st.dictionaries(st.sampled_from([pair_key(u) for u in ALL]),
+                    st.sampled_from(["ok", "blocked-ip", "frozen"]), max_size=4),
+)  # fmt: skip
+def test_any_history_orders_works_then_untried_then_failed(
+    history: list[tuple[Upstream, bool]], hints: dict[str, str]
+) -> None:
+    ladder = Ladder(None, "prop", clock=Clock())
+    ladder.hint(hints)
+    for upstream, ok in history:
+        ladder.record(upstream, ok=ok, error="" if ok else "x")
+    order = [ladder.state(u) for u in sorted(ALL, key=ladder.rank)]
+    rank = {WORKS: 0, UNTRIED: 1, FAILED: 2}
+    assert order == sorted(order, key=rank.__getitem__)
+    # the last outcome recorded for an upstream is its state here
+    last = dict(history)
+    for upstream in ALL:
+        expected = UNTRIED if upstream not in last else (WORKS if last[upstream] else FAILED)
+        assert ladder.state(upstream) == expected

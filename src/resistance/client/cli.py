@@ -65,7 +65,15 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     "--network",
     metavar="NAME",
     help="The network you are in, for what the client learns gets through here "
-    "(default: named from the default route's gateway).",
+    "(default: named from the default route's gateway). Named as a probe vantage, the "
+    "directory's reach for it orders what the client has not tried yet.",
+)
+@click.option(
+    "--freeze-check",
+    metavar="HOST:PORT",
+    help="A registry's canary: each health check downloads 64 KiB from it through every "
+    "upstream, and a download that stops partway (a censor's freeze) takes that "
+    "transport out of use.",
 )
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
@@ -87,6 +95,7 @@ def connect(
     dial_timeout: float,
     race_after: float,
     network: str | None,
+    freeze_check: str | None,
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -140,6 +149,7 @@ def connect(
         qr=qr,
         transport=transport,
         network=network,
+        freeze_check=parse_endpoint(freeze_check, what="canary") if freeze_check else None,
     )
     sys.exit(run_connect(settings))
 
@@ -196,13 +206,16 @@ def _print_ladder(console: Any, status: dict[str, Any]) -> None:
         t["name"] + ("" if t["usable"] else " (slot, not usable yet)") for t in status["transports"]
     )
     console.print(f"ladder in network {status['network']}: {rungs}")
-    table = Table("try", "upstream", "transport", "here", "worked", "failed", "last error")
+    table = Table(
+        "try", "upstream", "transport", "here", "probes here", "worked", "failed", "last error"
+    )
     for i, row in enumerate(status["ladder"], 1):
         table.add_row(
             str(i),
             row["upstream"],
             row["transport"],
             row["state"],
+            row.get("probes") or "—",
             "—" if row["ok_ago"] is None else f"{row['ok_ago']:.0f} s ago",
             "—" if row["fail_ago"] is None else f"{row['fail_ago']:.0f} s ago",
             row["error"],

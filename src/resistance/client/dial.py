@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from resistance.client.hello import browser_context
+from resistance.client.hello import browser_context, learn_name, server_name
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
 from resistance.node.tlscert import certificate_sha256
@@ -88,6 +88,8 @@ class _TlsExchange(asyncio.Protocol):
                 )
             )
             return
+        if der:
+            learn_name(seen, der)  # the next hello to this node names it
         self.transport.write(self.hello)
 
     def data_received(self, data: bytes) -> None:
@@ -135,7 +137,7 @@ async def _dial_tls(
         async with asyncio.timeout(seconds):
             transport, _ = await loop.create_connection(
                 lambda: exchange, upstream.host, upstream.port, ssl=browser_context(),
-                server_hostname=upstream.host, ssl_handshake_timeout=seconds,
+                server_hostname=server_name(upstream.host, pin), ssl_handshake_timeout=seconds,
             )  # fmt: skip
             established = await exchange.done
     except TimeoutError:

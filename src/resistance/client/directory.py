@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from resistance.client.ladder import pair_key, transport_of
 from resistance.client.upstreams import Upstream
 from resistance.directory.document import (
     MAX_FILE_BYTES,
@@ -126,6 +127,30 @@ def upstreams_from(
             continue
         found += entry_upstreams(entry, transport)
     return found
+
+
+#: Hints kept from one directory at most (one per transport of each listed node).
+MAX_HINTS = 4096
+
+
+def reach_hints(document: dict[str, Any], network: str) -> dict[str, str]:
+    """What the directory's probes saw from ``network`` (a probe vantage's name):
+    per transport of each node (:func:`~resistance.client.ladder.pair_key`), ``ok``
+    or the mechanism that stopped it (see :mod:`resistance.probe.diagnose`)."""
+    hints: dict[str, str] = {}
+    entries = document.get("proxies")
+    for value in entries if isinstance(entries, list) else []:
+        measurements = value.get("measurements") if isinstance(value, dict) else None
+        reach = measurements.get("reach") if isinstance(measurements, dict) else None
+        seen = reach.get(network) if isinstance(reach, dict) else None
+        entry = parse_entry(value) if isinstance(seen, dict) else None
+        if entry is None or not isinstance(seen, dict):
+            continue
+        for upstream in entry_upstreams(entry):
+            verdict = seen.get(transport_of(upstream))
+            if isinstance(verdict, str) and len(verdict) <= 32 and len(hints) < MAX_HINTS:
+                hints[pair_key(upstream)] = verdict
+    return hints
 
 
 def fetch_assigned(url: str, *, seconds: float, transport: str = "auto") -> list[Upstream]:

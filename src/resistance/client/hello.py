@@ -21,6 +21,9 @@ Python 3.11, through the same libssl that :mod:`ssl` uses (``ctypes`` on the
 * ALPN ``h2, http/1.1``; OCSP status request and signed certificate
   timestamp extensions; the padding extension; no encrypt-then-mac.
 
+Each hello names a server (:func:`server_name`): the node's own name, or the
+name its certificate showed, or a fresh plausible one.
+
 What still differs from Chrome, and why it cannot be fixed with the stdlib
 :mod:`ssl` over OpenSSL 3.0: no GREASE values (OpenSSL has no GREASE; it is
 BoringSSL's), the fixed OpenSSL extension order (Chrome permutes its
@@ -36,13 +39,17 @@ order points do not count there; the missing extensions do.  When the
 from __future__ import annotations
 
 import _ssl
+import collections
 import ctypes
 import functools
 import logging
 import random
+import re
 import ssl
 import sys
 from dataclasses import dataclass
+
+from resistance.node.tlscert import default_name
 
 log = logging.getLogger("resistance.connect")
 
@@ -217,6 +224,54 @@ def browser_context(rng: random.Random | None = None) -> ssl.SSLContext:
     """A client context for one dial: a browser's hello, a variant picked at random."""
     profile, dropped = (rng or random).choice(VARIANTS)
     return variant(profile, dropped)
+
+
+#: Server names learned from nodes' certificates, by certificate pin (bounded).
+MAX_NAMES = 4096
+_NAMES: collections.OrderedDict[str, str] = collections.OrderedDict()
+_HOST_NAME = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def server_name(host: str, pin: str | None) -> str:
+    """The server name a dial's hello carries.
+
+    Browsers always send one, and a hello without one is what a censor's active
+    prober waits for (it then connects to the server itself).  A node dialled
+    by name gets that name; a node dialled by address gets the name in its
+    certificate once a handshake has shown it, and before that a fresh name of
+    the shape nodes give their certificates (``www.<letters>.net``), never a
+    fixed one a list could hold.
+    """
+    if _HOST_NAME.fullmatch(host.lower()):
+        return host
+    learned = _NAMES.get(pin) if pin else None
+    return learned or default_name()
+
+
+def learn_name(pin: str, der: bytes) -> str | None:
+    """Remember the DNS name of the certificate with this pin; the name, if it has one."""
+    if pin in _NAMES:
+        return _NAMES[pin]
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            names = cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = []
+        names += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        return None  # a certificate whose names cannot be read names nothing
+    name = next((n.lower() for n in names if _HOST_NAME.fullmatch(n.lower())), None)
+    if name is not None:
+        _NAMES[pin] = name
+        while len(_NAMES) > MAX_NAMES:
+            _NAMES.popitem(last=False)
+    return name
 
 
 @functools.cache

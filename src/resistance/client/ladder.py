@@ -14,6 +14,12 @@ the client remembers it per network:
   through here first, then the untried, then what failed here last; inside
   each group the ladder's order holds.  A failure is never permanent: the
   pool's backoff retries it, and one success moves it back up.
+* A directory's ``reach`` (what the registry's probes in a network of the
+  same name saw, :func:`~resistance.client.directory.reach_hints`) orders
+  what the client has not tried itself: a transport the probes got through
+  before the untried, one they saw blocked after them; the client's own
+  experience always comes first.  Hints are not stored (the next directory
+  brings them again).
 * The memory is a small JSON file in the state directory, written
   atomically whenever a pair's state changes (works ↔ failed), bounded to
   :data:`MAX_NETWORKS` networks of :data:`MAX_ENTRIES` pairs each (the
@@ -66,8 +72,11 @@ TRANSPORTS: tuple[Transport, ...] = (
         "mtproto-faketls",
         "MTProto fake-TLS",
         usable=False,
-        note="slot only: no MTProto client in resist connect yet (the mtproto branch adds "
-        "the proxy side); a node's fake-TLS secret is not used for dials",
+        note="slot only: an MTProto proxy reaches nothing but Telegram's data centres, so "
+        "this rung would carry only an app's connections to a data-centre address, "
+        "re-framed: the app's own obfuscated2 stream decrypted and sent again inside the "
+        "node's fake-TLS with the secret's keys (proto/obfuscated2.py, proto/faketls.py "
+        "and net/mtproto.py have the client half; the re-framing relay is not written)",
     ),
     Transport("socks5", "plain SOCKS5 (last: its greeting is a fingerprint)"),
 )
@@ -86,7 +95,7 @@ def pair_key(upstream: Upstream) -> str:
 
 
 WORKS, UNTRIED, FAILED = "works", "untried", "failed"
-_STATE_RANK = {WORKS: 0, UNTRIED: 1, FAILED: 2}
+_STATE_RANK = {WORKS: 0, UNTRIED: 2, FAILED: 4}
 
 
 @dataclass(slots=True)
@@ -201,6 +210,8 @@ class Ladder:
         self.clock = clock
         self.networks: dict[str, dict[str, Learned]] = {}
         self.saves = 0
+        #: pair key -> what the directory's probes in this network saw (``ok`` or why not).
+        self.hints: dict[str, str] = {}
         if path is not None:
             self._load(path)
         self.here = self.networks.setdefault(self.network, {})
@@ -212,8 +223,18 @@ class Ladder:
         return learned.state if learned else UNTRIED
 
     def rank(self, upstream: Upstream) -> tuple[int, int]:
-        """Sort key: what got through here first, then untried, then failed; ladder order."""
-        return _STATE_RANK[self.state(upstream)], _RANK.get(transport_of(upstream), len(_RANK))
+        """Sort key: what got through here first, then untried (those the probes saw
+        get through, then the rest, then those they saw blocked), then failed; inside
+        each, the ladder's order."""
+        state = _STATE_RANK[self.state(upstream)]
+        if state == _STATE_RANK[UNTRIED]:
+            hint = self.hints.get(pair_key(upstream))
+            state += 0 if hint is None else (-1 if hint == "ok" else 1)
+        return state, _RANK.get(transport_of(upstream), len(_RANK))
+
+    def hint(self, hints: dict[str, str]) -> None:
+        """Take a fresh directory's view of this network (replaces the last one)."""
+        self.hints = dict(hints)
 
     # --- learning ---------------------------------------------------------------------
 
@@ -306,6 +327,7 @@ class Ladder:
                     "ok_ago": _ago(now, learned.ok_at) if learned else None,
                     "fail_ago": _ago(now, learned.fail_at) if learned else None,
                     "error": learned.error if learned else "",
+                    "probes": self.hints.get(pair_key(upstream)),
                 }
             )
         return rows

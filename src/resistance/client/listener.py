@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from resistance import __version__
 from resistance.client.dial import DialError, dial, read_at_least
+from resistance.client.freeze import bulk_through
 from resistance.client.ladder import LADDER_FILE, TRANSPORTS, Ladder, current_network
 from resistance.client.session import ClientSession
 from resistance.client.upstreams import Upstream, UpstreamPool
@@ -59,6 +60,11 @@ class ConnectSettings:
     #: The network the client sits in (``None``: named from the default route), for
     #: what the ladder learns (see :mod:`resistance.client.ladder`).
     network: str | None = None
+    #: A canary to download from through each upstream at every health check, so a
+    #: flow that freezes partway is seen (see :mod:`resistance.client.freeze`).
+    freeze_check: Endpoint | None = None
+    #: Seconds without a byte before the end of that download that count as a freeze.
+    freeze_stall: float = 3.0
 
 
 class ConnectNode(Node):
@@ -127,6 +133,14 @@ class ConnectNode(Node):
                 key = None
             if key is None or not verify_challenge(key, nonce, answer, cert_sha256=pin):
                 self.pool.failed(upstream, "health check: not the node the directory names")
+                return
+        source = self.connect_settings.freeze_check
+        if source is not None:
+            bulk = await bulk_through(upstream, source, stall=self.connect_settings.freeze_stall)
+            if bulk.frozen:
+                self.pool.failed(
+                    upstream, f"frozen: a download stopped after {bulk.received} bytes"
+                )
                 return
         self.pool.succeeded(upstream, dialed.seconds)
 

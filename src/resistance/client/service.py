@@ -28,6 +28,7 @@ from resistance.client.directory import (
     DirectoryClient,
     UpstreamSources,
     fetch_assigned,
+    reach_hints,
     upstreams_from,
 )
 from resistance.client.ladder import LADDER_FILE, Ladder, current_network
@@ -90,6 +91,8 @@ async def _serve(
     loop = asyncio.get_running_loop()
     ladder = Ladder(settings.state_dir / LADDER_FILE, current_network(settings.network))
     node = ConnectNode(settings, loop=loop, ladder=ladder)
+    if directory is not None and directory.current is not None:
+        ladder.hint(reach_hints(directory.current.document, ladder.network))
     node.pool.replace(sources.combined())
     await node.start()
     endpoint = node.bound[0]
@@ -133,6 +136,7 @@ async def _serve(
             sources.listed = upstreams_from(
                 verified.document, country=client.config.country, transport=settings.transport
             )
+            node.ladder.hint(reach_hints(verified.document, node.ladder.network))
             node.pool.replace(sources.combined())
 
     async def assign_loop() -> None:

@@ -24,13 +24,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from resistance.errors import ConfigError
 from resistance.links import parse_socks_url
-
-if TYPE_CHECKING:
-    from resistance.client.ladder import Ladder
 
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
@@ -80,6 +77,14 @@ def _is_hex(text: str) -> bool:
     return True
 
 
+class TransportMemory(Protocol):
+    """What the pool needs of :class:`~resistance.client.ladder.Ladder`."""
+
+    def rank(self, upstream: Upstream) -> tuple[int, int]: ...
+
+    def record(self, upstream: Upstream, *, ok: bool, error: str = "") -> None: ...
+
+
 @dataclass(slots=True)
 class Health:
     """What the client knows of one upstream from its own use and checks."""
@@ -102,7 +107,7 @@ class UpstreamPool:
         upstreams: Iterable[Upstream],
         *,
         prefer_tls: bool = False,
-        ladder: Ladder | None = None,
+        ladder: TransportMemory | None = None,
     ) -> None:
         self.prefer_tls = prefer_tls
         self.ladder = ladder

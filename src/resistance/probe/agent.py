@@ -48,6 +48,14 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.errors import ConfigError
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
+from resistance.probe.controls import (
+    MAX_OTHER_PORTS,
+    Controls,
+    diagnose_check,
+    main_attempt,
+    tls_reach,
+)
+from resistance.probe.diagnose import Attempt
 from resistance.probe.keys import load_or_create_probe_key, load_or_create_wireguard_key
 from resistance.probe.mtproto import run_mtproto_check
 from resistance.probe.net import Network, SocketNetwork
@@ -71,6 +79,8 @@ ASSIGNMENT_PATH = "/api/v1/probe/assignment"
 UPLOAD_PATH = "/api/v1/probe/batches"
 WIREGUARD_KEY_PATH = "/api/v1/probe/wireguard-key"
 ROUNDS_TASK = "probe-rounds"
+#: Proxies whose last passing check is remembered (for the active-probing control).
+MAX_REMEMBERED = 100_000
 UPLOADER_TASK = "probe-uploader"
 
 
@@ -109,6 +119,10 @@ class Assignment:
     round_seconds: int
     canary: Canary | None
     targets: tuple[tuple[int, Target], ...]  # (due_ms, target), sorted by due
+    #: A proxy that is up and unlisted, for control checks (see :mod:`.controls`).
+    control: Target | None = None
+    #: Per proxy id: the other ports of its host, and the control vantages' latest view.
+    hints: dict[int, tuple[tuple[int, ...], bool | None]] = field(default_factory=dict)
 
 
 def parse_assignment(raw: Any) -> Assignment:
@@ -124,6 +138,16 @@ def parse_assignment(raw: Any) -> Assignment:
             parse_public_key(str(canary_raw["public_key"])),
         )
     targets = []
+    hints: dict[int, tuple[tuple[int, ...], bool | None]] = {}
+    control = None
+    control_raw = raw.get("control_proxy")
+    if isinstance(control_raw, dict):
+        control = Target(
+            str(control_raw["host"]),
+            int(control_raw["port"]),
+            str(control_raw["username"]),
+            str(control_raw["password"]),
+        )
     for p in raw["proxies"]:
         protocol = str(p.get("protocol", "socks5"))
         wg_key = p.get("wg_public_key")
@@ -143,10 +167,15 @@ def parse_assignment(raw: Any) -> Assignment:
             mt_secret if protocol == "mtproto" else None,
         )
         targets.append((int(p["due_ms"]), target))
+        ports = p.get("control_ports") or []
+        outside = p.get("outside_ok")
+        if not isinstance(ports, list) or not isinstance(outside, bool | None):
+            raise ValueError("control_ports is a list and outside_ok a boolean or null")
+        hints[target.proxy_id] = (tuple(int(x) for x in ports[:MAX_OTHER_PORTS]), outside)
     targets.sort(key=lambda item: item[0])
     return Assignment(
         str(raw["vantage"]), str(raw["country"]), int(raw["round_seconds"]), canary,
-        tuple(targets),
+        tuple(targets), control, hints,
     )  # fmt: skip
 
 
@@ -243,6 +272,10 @@ class Agent:
         self.rounds_done = 0
         self.batches_made = 0
         self.last_round = RoundStats()
+        #: proxy id -> monotonic time of this vantage's last passing check of it.
+        self.last_ok: dict[int, float] = {}
+        #: This round's check of the control proxy (see :meth:`_control_check`).
+        self.control_task: asyncio.Task[CheckResult] | None = None
 
     # --- batches ----------------------------------------------------------------------
 
@@ -347,17 +380,23 @@ class Agent:
                     result = await run_check(
                         target, assignment.canary, self.network, self.settings.check
                     )
+                    await self._diagnose(result, assignment)
                 stats.checked += 1
                 stats.ok += result.verdict.ok
                 results.append(result)
 
+        self._take_control_task()
         tasks = [asyncio.create_task(produce(), name="probe-schedule")]
         tasks += [asyncio.create_task(work(), name=f"probe-worker-{i}") for i in range(workers)]
         try:
             await asyncio.gather(*tasks)
         finally:
+            control = self._take_control_task()
             for task in tasks:
                 task.cancel()
+            if control is not None:
+                control.cancel()
+                await asyncio.gather(control, return_exceptions=True)
             await asyncio.gather(*tasks, return_exceptions=True)
             try:
                 alive = await self._canary_alive(assignment)
@@ -368,6 +407,57 @@ class Agent:
             self._keep(results, alive=alive)
         stats.seconds = time.monotonic() - started
         return stats
+
+    def _take_control_task(self) -> asyncio.Task[CheckResult] | None:
+        task, self.control_task = self.control_task, None
+        return task
+
+    async def _control_check(self, assignment: Assignment) -> Attempt | None:
+        """The control proxy's check, made once per round for every failing proxy."""
+        if assignment.control is None:
+            return None
+        if self.control_task is None:
+            self.control_task = asyncio.create_task(
+                run_check(assignment.control, assignment.canary, self.network, self.settings.check),
+                name="probe-control-check",
+            )
+        return main_attempt(await asyncio.shield(self.control_task))
+
+    async def _diagnose(self, result: CheckResult, assignment: Assignment) -> None:
+        """Name the mechanism of a failed SOCKS5 check from control experiments, and
+        measure the node's TLS listener beside it (its reach as a second transport)."""
+        proxy_id = result.target.proxy_id
+        ports, outside = assignment.hints.get(proxy_id, ((), None))
+        if ports:
+            result.transports["tls"] = await tls_reach(
+                result,
+                ports[0],
+                seconds=self.settings.check.step_timeout,
+                outside_ok=outside,
+                source=self.settings.source,
+            )
+        if result.verdict.ok:
+            self.last_ok[proxy_id] = time.monotonic()
+            if len(self.last_ok) > MAX_REMEMBERED:
+                self.last_ok.pop(next(iter(self.last_ok)))
+            return
+        last = self.last_ok.get(proxy_id)
+        controls = Controls(
+            other_ports=ports,
+            control=assignment.control,
+            control_seen=await self._control_check(assignment),
+            outside_ok=outside,
+            last_ok_ago=None if last is None else time.monotonic() - last,
+        )
+        result.evidence, result.diagnosis = await diagnose_check(
+            result,
+            canary=assignment.canary,
+            network=self.network,
+            settings=self.settings.check,
+            controls=controls,
+            listed_ok=assignment.canary is not None,  # the round runs only if it answered
+        )
+        log.info("proxy %d: %s", proxy_id, result.diagnosis)
 
     def _keep(self, results: list[CheckResult], *, alive: bool) -> None:
         """Batch the results that can be attributed to their proxies."""

@@ -17,6 +17,11 @@ The signature is Ed25519 by the probe's own key (``probe_key``) over
      "canary": {"nonce": B64URL, "upload_sha256": B64URL, "download": INT,
                 "signature": B64URL} | null}
 
+A failed RESULT may add ``"diagnosis": {"mechanism": M, "frozen_at": N (frozen
+only), "evidence": EVIDENCE}``: the mechanism the probe's control experiments
+name and the evidence itself (:mod:`resistance.probe.diagnose`).  It is
+checked here: the evidence must give that mechanism, and its main attempt
+must agree with ``ok``.  Results without it (older probes) stay valid.
 ``canary`` is required when ``ok`` is true: it is the canary's signed answer,
 which the registry checks again.  A WireGuard check's RESULT adds
 ``"protocol": "wireguard"`` (absent means SOCKS5); its one step is
@@ -42,6 +47,7 @@ from resistance.directory.canonical import CanonicalError, canonical_bytes, pars
 from resistance.directory.keys import b64url, b64url_decode, parse_public_key, verify_signature
 from resistance.errors import ResistanceError
 from resistance.probe.check import Failure, Step
+from resistance.probe.diagnose import Diagnosis, Evidence, diagnose
 from resistance.probe.runner import CheckResult
 
 FORMAT: Final = "resist-probe-batch/1"
@@ -105,6 +111,10 @@ class ResultRecord:
     throughput_kbps: int | None
     canary: CanaryEvidence | None
     protocol: str = "socks5"
+    #: The mechanism a diagnosis named (None: no diagnosis recorded).
+    mechanism: str | None = None
+    #: Other transports of the node measured beside it: (name, ``ok`` or mechanism).
+    transports: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +139,14 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     t = result.timings
     proof = result.proof
     protocol = result.target.protocol
-    extra = {"protocol": protocol} if protocol in ("wireguard", "mtproto") else {}
+    extra: dict[str, Any] = {"protocol": protocol} if protocol in ("wireguard", "mtproto") else {}
+    if result.diagnosis is not None and result.evidence is not None:
+        extra["diagnosis"] = _diagnosis_json(result.diagnosis, result.evidence)
+    if result.transports:
+        extra["transports"] = {
+            name: _diagnosis_json(diagnosis, evidence)
+            for name, (evidence, diagnosis) in result.transports.items()
+        }
     return {
         "proxy_id": result.target.proxy_id,
         "at": result.at,
@@ -151,6 +168,14 @@ def result_json(result: CheckResult) -> dict[str, Any]:
         },
         **extra,
     }
+
+
+def _diagnosis_json(diagnosis: Diagnosis, evidence: Evidence) -> dict[str, Any]:
+    out: dict[str, Any] = {"mechanism": diagnosis.mechanism.value}
+    if diagnosis.frozen_at is not None:
+        out["frozen_at"] = diagnosis.frozen_at
+    out["evidence"] = evidence.to_json()
+    return out
 
 
 def signed_message(document: Mapping[str, Any]) -> bytes:
@@ -218,7 +243,7 @@ def _canary(value: Any, where: str) -> CanaryEvidence | None:
 
 def _result(value: Any, index: int) -> ResultRecord:
     where = f"results[{index}]"
-    if not isinstance(value, dict) or set(value) - {"protocol"} != _RESULT_KEYS:
+    if not isinstance(value, dict) or set(value) - _OPTIONAL_KEYS != _RESULT_KEYS:
         raise BatchError(f"{where} must be an object with exactly {sorted(_RESULT_KEYS)}")
     protocol = value.get("protocol", "socks5")
     if not isinstance(protocol, str) or protocol not in PROTOCOLS:
@@ -249,6 +274,8 @@ def _result(value: Any, index: int) -> ResultRecord:
         throughput_kbps=_opt_int(value["throughput_kbps"], f"{where}.throughput_kbps"),
         canary=_canary(value["canary"], where),
         protocol=protocol,
+        mechanism=_diagnosis(value["diagnosis"], ok, where) if "diagnosis" in value else None,
+        transports=_transports(value.get("transports"), where),
     )
     if protocol == "wireguard":
         if record.canary is not None:
@@ -265,6 +292,47 @@ def _result(value: Any, index: int) -> ResultRecord:
     elif ok and record.canary is None:
         raise BatchError(f"{where}: a successful result must carry the canary's proof")
     return record
+
+
+#: Transports a result may report beside its own (a node's TLS listener).
+TRANSPORTS: Final = ("tls",)
+_OPTIONAL_KEYS = frozenset({"protocol", "diagnosis", "transports"})
+
+
+def _transports(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not set(value) <= set(TRANSPORTS):
+        raise BatchError(f"{where}.transports names only {', '.join(TRANSPORTS)}")
+    found = []
+    for name in sorted(value):
+        item = value[name]
+        if not isinstance(item, dict) or not isinstance(item.get("evidence"), dict):
+            raise BatchError(f"{where}.transports.{name} must carry its evidence")
+        main = item["evidence"].get("main")
+        ok = isinstance(main, dict) and main.get("ok") is True
+        found.append((name, _diagnosis(item, ok, f"{where}.transports.{name}")))
+    return tuple(found)
+
+
+def _diagnosis(value: Any, ok: bool, where: str) -> str:
+    """The mechanism of a recorded diagnosis, once its evidence is shown to give it."""
+    if not isinstance(value, dict) or not {"mechanism", "evidence"} <= set(value) <= {
+        "mechanism",
+        "frozen_at",
+        "evidence",
+    }:
+        raise BatchError(f"{where}.diagnosis must have mechanism, evidence (and frozen_at)")
+    try:
+        evidence = Evidence.from_json(value["evidence"])
+    except ValueError as exc:
+        raise BatchError(f"{where}.diagnosis.evidence: {exc}") from None
+    if evidence.main.ok != ok:
+        raise BatchError(f"{where}.diagnosis: the evidence's main attempt contradicts ok")
+    found = diagnose(evidence)
+    if value["mechanism"] != found.mechanism.value or value.get("frozen_at") != found.frozen_at:
+        raise BatchError(f"{where}.diagnosis: the evidence gives {found.mechanism.value}")
+    return found.mechanism.value
 
 
 def check_document(document: Any, signature: Any) -> SignedBatch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -128,6 +129,30 @@ def run(
 @click.option("--registry", "registry_url", metavar="URL", help="Learn canary and key from here.")
 @click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, metavar="S")  # fmt: skip
+@click.option(
+    "--other-port",
+    "other_ports",
+    multiple=True,
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Control: another port of the same host (its TLS port).",
+)
+@click.option(
+    "--control",
+    metavar="URL",
+    help="Control: the same check through this proxy (socks5://USER:PASS@HOST:PORT, one that "
+    "is up and on no censor's list).",
+)
+@click.option(
+    "--listed",
+    metavar="HOST:PORT",
+    help="Control: a host the network is known to let through (for a whitelist).",
+)
+@click.option(
+    "--outside",
+    type=click.Choice(["ok", "failed"]),
+    help="Control: what a check from outside the censored network saw.",
+)
 @one_line_errors
 def check(
     proxy_url: str,
@@ -135,13 +160,20 @@ def check(
     canary_key: str | None,
     registry_url: str | None,
     step_timeout: float,
+    other_ports: tuple[int, ...],
+    control: str | None,
+    listed: str | None,
+    outside: str | None,
 ) -> None:
     """Check one proxy now, step by step, and print the verdict.
 
     Without a canary the check ends after authentication; with one it goes
     through the proxy and back, and with the canary's key (or --registry)
-    it verifies that the answer really came from the canary.  Exit status 0
-    when every step passed, 1 otherwise.
+    it verifies that the answer really came from the canary.  A failed check
+    runs the control experiments given (--other-port, --control, --listed,
+    --outside) and names the mechanism: down, blocked-ip,
+    blocked-fingerprint, frozen (with the byte count), whitelisted-out,
+    or inconclusive.  Exit status 0 when every step passed, 1 otherwise.
 
     \b
     Examples:
@@ -149,6 +181,8 @@ def check(
       resist probe check socks5://alice:s3cret@203.0.113.7:1080 --registry https://reg.example
       resist probe check socks5://u:p@127.0.0.1:1080 --canary 127.0.0.1:9900 --canary-key KEY
       resist probe check 'tg://proxy?server=203.0.113.7&port=443&secret=ee...'
+      resist probe check socks5://u:p@203.0.113.7:1080 --other-port 443 \\
+          --control socks5://u:p@198.51.100.9:1080 --outside ok
     """
     from rich.console import Console
     from rich.table import Table
@@ -208,7 +242,58 @@ def check(
         console.print("[yellow]canary answer not verified (give --canary-key or --registry)[/]")
     style = "green" if result.verdict.ok else "red"
     console.print(f"verdict: [{style}]{result.verdict}[/]")
+    if not result.verdict.ok:
+        _explain(console, result, target_canary, step_timeout, other_ports, control, listed,
+                 outside)  # fmt: skip
     sys.exit(0 if result.verdict.ok else 1)
+
+
+def _explain(
+    console: Any,
+    result: Any,
+    canary: Any,
+    step_timeout: float,
+    other_ports: tuple[int, ...],
+    control: str | None,
+    listed: str | None,
+    outside: str | None,
+) -> None:
+    """Run the controls given beside a failed check and print the mechanism they name."""
+    from resistance.config import parse_endpoint
+    from resistance.links import parse_socks_url
+    from resistance.probe.controls import Controls, diagnose_check, tcp_attempt
+    from resistance.probe.net import SocketNetwork
+    from resistance.probe.runner import CheckSettings, Target
+
+    control_target = None
+    if control:
+        proxy = parse_socks_url(control)
+        control_target = Target(proxy.host, proxy.port, proxy.username, proxy.password)
+    listed_at = parse_endpoint(listed, what="listed host") if listed else None
+    settings = CheckSettings(step_timeout=step_timeout)
+
+    async def run() -> Any:
+        network = SocketNetwork()
+        listed_ok = False
+        if listed_at is not None:
+            reached = await tcp_attempt(network, listed_at.host, listed_at.port, step_timeout)
+            listed_ok = reached.ok
+        controls = Controls(
+            other_ports=other_ports,
+            control=control_target,
+            outside_ok=None if outside is None else outside == "ok",
+        )
+        return await diagnose_check(
+            result, canary=canary, network=network, settings=settings, controls=controls,
+            listed_ok=listed_ok,
+        )  # fmt: skip
+
+    evidence, diagnosis = asyncio.run(run())
+    for name, attempt in evidence.to_json().items():
+        if isinstance(attempt, dict) and name != "main":
+            state = "ok" if attempt["ok"] else f"{attempt['stage']}: {attempt['failure']}"
+            console.print(f"  control {name:<13} {state}")
+    console.print(f"why: [bold]{diagnosis}[/]")
 
 
 def _registry_canary(url: str) -> tuple[str, str]:

@@ -37,8 +37,9 @@ controls that distinguish it were run and agree.  Everything else is
    check's first connection went through, else ``blocked-ip``;
 5. TCP but the handshake died (timeout, reset, close): a benign SNI that
    passes: ``blocked-sni``; the same protocol to the control host dying
-   too, or a TLS hello dying whatever its server name, or a non-TLS
-   protocol dying while it works from outside: ``blocked-fingerprint``.
+   too, or a TLS hello dying whatever its server name (or naming none), or
+   a non-TLS protocol dying while it works from outside:
+   ``blocked-fingerprint``.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ _STAGE_OF_STEP = {
 
 #: Failures a censor's silent drop or injected reset produce (not a proxy's "no").
 CENSOR_LIKE = frozenset({Failure.TIMEOUT, Failure.RESET, Failure.CLOSED})
-#: A transfer must have carried at least this much before a stall counts as a freeze.
-MIN_FREEZE_BYTES = 1
+#: A flow must have carried at least this much from the server before a stall counts
+#: as a freeze (a stall right after the SOCKS5 reply is the far end, not a byte count).
+MIN_FREEZE_BYTES = 1024
 #: Byte counts are recorded up to this (a freeze happens well below it).
 MAX_BYTES = 1 << 40
 
@@ -188,6 +190,9 @@ class Evidence:
     main: Attempt
     #: Whether the main transport is TLS (an SNI can be blamed only then).
     tls: bool = False
+    #: For TLS: whether the main hello named a server (a client dialling by address
+    #: sends none, and then only the hello itself can be recognised).
+    sni_sent: bool = True
     outside: Attempt | None = None
     other_port: Attempt | None = None
     control_host: Attempt | None = None
@@ -200,6 +205,8 @@ class Evidence:
     def to_json(self) -> dict[str, Any]:
         """The evidence as recorded in a signed measurement (controls not run are left out)."""
         out: dict[str, Any] = {"main": self.main.to_json(), "tls": self.tls}
+        if not self.sni_sent:
+            out["sni_sent"] = False
         for name in _CONTROLS:
             attempt = getattr(self, name)
             if attempt is not None:
@@ -213,16 +220,18 @@ class Evidence:
         """Parse recorded evidence; raises ``ValueError`` for anything else."""
         if not isinstance(raw, Mapping):
             raise ValueError("evidence is an object")
-        unknown = set(raw) - {"main", "tls", "first_ok", *_CONTROLS}
+        unknown = set(raw) - {"main", "tls", "sni_sent", "first_ok", *_CONTROLS}
         if unknown:
             raise ValueError(f"unknown evidence field {sorted(unknown)[0]!r}")
         if "main" not in raw:
             raise ValueError("evidence without its main attempt")
         tls, first_ok = raw.get("tls", False), raw.get("first_ok", False)
-        if not isinstance(tls, bool) or not isinstance(first_ok, bool):
-            raise ValueError("evidence tls and first_ok are booleans")
+        sni_sent = raw.get("sni_sent", True)
+        if not all(isinstance(v, bool) for v in (tls, first_ok, sni_sent)):
+            raise ValueError("evidence tls, sni_sent and first_ok are booleans")
         controls = {name: Attempt.from_json(raw[name]) for name in _CONTROLS if name in raw}
-        return cls(Attempt.from_json(raw["main"]), tls=tls, first_ok=first_ok, **controls)
+        main = Attempt.from_json(raw["main"])
+        return cls(main, tls=tls, sni_sent=sni_sent, first_ok=first_ok, **controls)
 
 
 _CONTROLS = (
@@ -318,7 +327,7 @@ def _no_handshake(e: Evidence) -> Diagnosis:
     if not main.censor_like:
         return _inconclusive(f"the proxy answered the handshake with {main.failure}")
     sni = e.benign_sni
-    if e.tls and sni is not None and sni.ok:
+    if e.tls and e.sni_sent and sni is not None and sni.ok:
         return Diagnosis(
             Mechanism.BLOCKED_SNI, "the same hello with a benign server name goes through"
         )
@@ -335,6 +344,11 @@ def _no_handshake(e: Evidence) -> Diagnosis:
         )
     if control is not None and control.ok:
         return _inconclusive("the protocol works to the control host; only this host fails")
+    if e.tls and not e.sni_sent and e.outside is not None and e.outside.ok:
+        return Diagnosis(
+            Mechanism.BLOCKED_FINGERPRINT,
+            "a TLS hello naming no server dies here, not from outside: the hello is caught",
+        )
     if not e.tls and e.outside is not None and e.outside.ok:
         return Diagnosis(
             Mechanism.BLOCKED_FINGERPRINT,

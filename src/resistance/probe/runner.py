@@ -29,6 +29,7 @@ from resistance.probe.check import (
     throughput_kbps,
     verdict,
 )
+from resistance.probe.diagnose import Diagnosis, Evidence
 from resistance.probe.exchange import CanaryProof, ProbeExchange, StepFailed
 from resistance.probe.net import Connection, NetFailure, Network
 
@@ -71,6 +72,13 @@ class CheckResult:
     timings: Timings
     proof: CanaryProof | None = None
     required: tuple[Step, ...] = field(default=STEPS)
+    #: Bytes that came from the proxy on the check's connection (where a freeze stopped it).
+    received: int = 0
+    #: For a failed check: the control experiments' evidence and the mechanism they name.
+    evidence: Evidence | None = None
+    diagnosis: Diagnosis | None = None
+    #: Other transports of the same node measured beside it (``tls``): evidence, diagnosis.
+    transports: dict[str, tuple[Evidence, Diagnosis]] = field(default_factory=dict)
 
 
 def required_steps(target: Target, canary: Canary | None) -> tuple[Step, ...]:
@@ -108,6 +116,7 @@ async def run_check(
     required = required_steps(target, canary)
     marks: dict[Step, float] = {}
     conn: Connection | None = None
+    received = [0]
 
     def record(outcome: StepOutcome) -> None:
         outcomes.append(outcome)
@@ -126,7 +135,7 @@ async def run_check(
         now = time.perf_counter()
         marks[Step.TCP] = now
         record(StepOutcome(Step.TCP, micros=int((now - started) * 1e6)))
-        await _drive(conn, machine, settings, required, marks, record)
+        await _drive(conn, machine, settings, required, marks, record, received)
     except StepFailed as exc:
         begun = marks[max(marks, key=marks.__getitem__)] if marks else started
         record(
@@ -145,6 +154,7 @@ async def run_check(
         timings=_timings(started, marks, machine),
         proof=machine.proof if Step.TRANSFER in marks else None,
         required=required,
+        received=received[0],
     )
 
 
@@ -155,6 +165,7 @@ async def _drive(
     required: tuple[Step, ...],
     marks: dict[Step, float],
     record: Callable[[StepOutcome], None],
+    received: list[int],
 ) -> None:
     """Send, receive and advance until the last required step passes."""
     last = required[-1]
@@ -175,6 +186,7 @@ async def _drive(
             raise StepFailed(step, exc.failure, exc.detail) from None
         if not data:
             raise StepFailed(step, Failure.CLOSED, "connection closed")
+        received[0] += len(data)
         for passed in machine.receive(data):
             now = time.perf_counter()
             marks[passed.step] = now

@@ -78,6 +78,12 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     help="Run the canary probes reach through proxies here (given to probes).",
 )
 @click.option(
+    "--probe-control",
+    metavar="URL",
+    help="A proxy that is up and on no censor's list (socks5://USER:PASS@HOST:PORT): probes "
+    "check a failing proxy's protocol against it to name the mechanism that blocks it.",
+)
+@click.option(
     "--probe-round",
     type=click.IntRange(min=0),
     default=600,
@@ -128,6 +134,7 @@ def serve(
     approve_open_periods: bool,
     no_migrate: bool,
     canary: str | None,
+    probe_control: str | None,
     probe_round: int,
     verdict_window: int,
     blocked_min_probes: int,
@@ -164,6 +171,7 @@ def serve(
         auto_migrate=not no_migrate,
         canary=parse_endpoint(canary, what="canary address") if canary else None,
         probe_round_seconds=probe_round,
+        probe_control=_control_proxy(probe_control) if probe_control else None,
         verdict_window_seconds=verdict_window,
         blocked_min_probes=blocked_min_probes,
         blocked_min_windows=blocked_min_windows,
@@ -433,3 +441,16 @@ def register_mtproto(
         f"{endpoint.get('port')} ({mode}{', ' + domain if domain else ''}; "
         f"{'public' if answer.get('public') else 'not in the public directory'})"
     )
+
+
+def _control_proxy(url: str) -> dict[str, object]:
+    """The probes' control proxy from its URL (it must carry the probe's credentials)."""
+    from resistance.links import parse_socks_url
+
+    proxy = parse_socks_url(url)
+    if proxy.username is None or proxy.password is None:
+        raise ConfigError("--probe-control needs the probes' credentials in its URL (USER:PASS@)")
+    return {
+        "host": proxy.host, "port": proxy.port, "username": proxy.username,
+        "password": proxy.password,
+    }  # fmt: skip

@@ -17,10 +17,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
 from resistance.registry.blocklist import address_hex
-from resistance.registry.models import ProbeRollup, Proxy, ProxyBlocklistFlag
+from resistance.registry.models import ProbeEvidenceRow, ProbeRollup, Proxy, ProxyBlocklistFlag
 
 #: Days of rollups the directory summarizes (today and the days before).
 DAYS = 2
+#: Networks (probe vantages) a proxy's ``reach`` names at most, the most recent first.
+MAX_REACH_NETWORKS = 16
+
+
+def reach(rows: Sequence[tuple[ProbeEvidenceRow, str]], transport: str) -> dict[str, Any]:
+    """Per network (probe vantage): whether ``transport`` got through, or the mechanism
+    that stopped it (``failed`` when the probe named none), and the same for the
+    node's other transports the probe measured beside it (``tls``)."""
+    latest = sorted(rows, key=lambda item: (-item[0].last_at, item[1]))[:MAX_REACH_NETWORKS]
+    return {
+        name: {
+            transport: "ok" if row.last_ok else (row.mechanism or "failed"),
+            **{t: str(m) for t, m in sorted((row.transports or {}).items())[:4]},
+        }
+        for row, name in sorted(latest, key=lambda item: item[1])
+    }
 
 
 def recent_days(now: int, count: int = DAYS) -> list[str]:
@@ -106,6 +122,9 @@ async def directory_measurements(
     for row in await repo.rollups_for(session, proxy_ids=ids, days=days):
         by_proxy.setdefault(row.proxy_id, []).append(row)
     listed = await refresh_flags(session, proxies, now)
+    seen: dict[int, list[tuple[ProbeEvidenceRow, str]]] = {}
+    for view, name in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
+        seen.setdefault(view.proxy_id, []).append((view, name))
     out: dict[int, tuple[str, dict[str, Any]]] = {}
     for proxy in proxies:
         verdict = verdicts.get(proxy.id)
@@ -121,6 +140,15 @@ async def directory_measurements(
                 "censor_listed": listed.get(proxy.id),
                 "days": days,
                 "reachability": reachability(by_proxy.get(proxy.id, [])),
+                "reach": reach(seen.get(proxy.id, []), _transport(proxy)),
             },
         )
     return out
+
+
+def _transport(proxy: Proxy) -> str:
+    """The transport a probe's check of this proxy row measures."""
+    for protocol in ("wireguard", "mtproto"):
+        if protocol in proxy.protocols:
+            return protocol
+    return "socks5"

@@ -175,6 +175,8 @@ class ProbeResult(Base):
     connect_us: Mapped[int | None] = mapped_column(BigInteger)
     ttfb_us: Mapped[int | None] = mapped_column(BigInteger)
     throughput_kbps: Mapped[int | None] = mapped_column(BigInteger)
+    #: The mechanism the probe's controls named for a failure (migration 0007).
+    mechanism: Mapped[str | None] = mapped_column(String(24))
 
 
 class ProbeEvidenceRow(Base):
@@ -194,6 +196,10 @@ class ProbeEvidenceRow(Base):
     last_ok: Mapped[bool] = mapped_column(Boolean)
     fail_streak: Mapped[int] = mapped_column(Integer)
     fail_windows: Mapped[list[int]] = mapped_column(JSON)
+    #: The latest result's ``ok`` or named mechanism; null when it had none (0007).
+    mechanism: Mapped[str | None] = mapped_column(String(24))
+    #: The same for the node's other transports measured beside it, e.g. {"tls": "ok"}.
+    transports: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 class ProbeRollup(Base):

@@ -134,6 +134,7 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
     probe = await _account(registry, probe_id)
     async with registry.sessions() as session:
         proxies = await repo.all_active_proxies(session)
+        outside = {} if probe.control else await repo.control_views(session)
     round_ms = registry.settings.probe_round_seconds * 1000
     targets = []
     for p in proxies:
@@ -145,6 +146,12 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
             "password": p.probe_password,
             "due_ms": secrets.randbelow(round_ms) if round_ms else 0,
         }
+        # For the controls of a failed check (resistance.probe.controls): the host's
+        # other listener, and what the control vantages last saw.
+        if p.tls_port is not None:
+            target["control_ports"] = [p.tls_port]
+        if p.id in outside:
+            target["outside_ok"] = outside[p.id]
         if wireguard.is_wireguard(p):
             extra = wireguard.probe_target(p, probe)
             if extra is None:
@@ -164,6 +171,7 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
         "round_seconds": registry.settings.probe_round_seconds,
         "canary": canary_info(registry),
         "proxies": targets,
+        "control_proxy": registry.settings.probe_control,
     }
 
 
@@ -269,6 +277,7 @@ async def _store(
                 connect_us=r.connect_us,
                 ttfb_us=r.ttfb_us,
                 throughput_kbps=r.throughput_kbps,
+                mechanism=r.mechanism,
             )
             for r in results
         ]
@@ -311,6 +320,9 @@ async def _fold(
         row.country, row.control = probe.country, probe.control
         row.last_at, row.last_ok = after.last_at, after.last_ok
         row.fail_streak, row.fail_windows = after.fail_streak, list(after.fail_windows)
+        if after is not before:  # this result is the latest one seen
+            row.mechanism = "ok" if r.ok else r.mechanism
+            row.transports = dict(r.transports) or None
     await _roll_up(session, probe, proxy_ids, results)
     await session.flush()
     everyone: dict[int, list[ProbeEvidence]] = {}

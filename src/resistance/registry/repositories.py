@@ -471,3 +471,27 @@ async def add_carries(
         for operator_id, amount in amounts.items()
     )
     await session.flush()
+
+
+async def reach_rows(
+    session: AsyncSession, *, proxy_ids: Sequence[int], since: int
+) -> Sequence[tuple[ProbeEvidenceRow, str]]:
+    """Each probe's latest view of these proxies since ``since``, with the probe's name."""
+    result = await session.execute(
+        select(ProbeEvidenceRow, ProbeAccount.name)
+        .join(ProbeAccount, ProbeAccount.id == ProbeEvidenceRow.probe_id)
+        .where(ProbeEvidenceRow.proxy_id.in_(proxy_ids), ProbeEvidenceRow.last_at >= since)
+    )
+    return [(row, name) for row, name in result.all()]
+
+
+async def control_views(session: AsyncSession) -> dict[int, bool]:
+    """Per proxy: whether the latest check from a control vantage worked."""
+    result = await session.execute(
+        select(ProbeEvidenceRow).where(ProbeEvidenceRow.control.is_(True))
+    )
+    latest: dict[int, ProbeEvidenceRow] = {}
+    for row in result.scalars().all():
+        if row.proxy_id not in latest or row.last_at > latest[row.proxy_id].last_at:
+            latest[row.proxy_id] = row
+    return {proxy_id: row.last_ok for proxy_id, row in latest.items()}

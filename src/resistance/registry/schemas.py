@@ -204,6 +204,19 @@ class ProbeTargetView(BaseModel):
         description="For MTProto: the secret (hex, with its dd/ee prefix and domain) to "
         "connect with. Only probes see it; the directory never carries it.",
     )
+    control_ports: list[int] | None = Field(
+        default=None, description="Other listeners of the same host, for a failed check's controls."
+    )
+    outside_ok: bool | None = Field(
+        default=None, description="Whether the control vantages' latest check of it worked."
+    )
+
+
+class ControlProxyView(BaseModel):
+    host: str
+    port: int
+    username: str
+    password: str
 
 
 class ProbeAssignment(BaseModel):
@@ -214,6 +227,9 @@ class ProbeAssignment(BaseModel):
     round_seconds: int
     canary: CanaryView | None
     proxies: list[ProbeTargetView]
+    control_proxy: ControlProxyView | None = Field(
+        default=None, description="A proxy up and on no censor's list, for control checks."
+    )
 
 
 class ProbeBatchBody(Strict):

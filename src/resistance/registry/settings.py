@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from resistance.config import Endpoint
 from resistance.errors import ConfigError
@@ -47,6 +48,9 @@ class RegistrySettings:
     canary: Endpoint | None = None
     #: How often each probe measures each proxy; offsets inside a round are random.
     probe_round_seconds: int = 600
+    #: A proxy that is up and on no censor's list, for probes' control checks:
+    #: {"host", "port", "username", "password"} (see resistance.probe.controls).
+    probe_control: dict[str, Any] | None = None
     #: Verdict rules (see :mod:`resistance.probe.verdict`).
     verdict_window_seconds: int = 3600
     blocked_min_probes: int = 2

@@ -1,0 +1,234 @@
+"""The control experiments a probe runs beside a failed check, and the diagnosis.
+
+A check that passed needs no controls (its 64 KiB download is already a
+transfer past the 16 KB freeze size).  A check that failed in a way the
+proxy cannot be blamed for yet is followed, on the same network seam, by:
+
+* a TCP connect to each other listener of the same host that the registry
+  names (``control_ports``: the node's TLS port) — the whole address or
+  one port;
+* the same check through a control proxy (``control`` in the assignment:
+  a proxy that is up and not on the censor's lists) — the protocol or
+  this host; it is also the unlisted host of the whitelist test;
+* the canary, reached directly at the round's start, as the listed host
+  (the round only runs when it answers);
+* the registry's control vantages' latest view of this proxy
+  (``outside_ok``): down or blocked;
+* whether this vantage's last check of the proxy passed within
+  ``probed_window`` seconds (``first_ok``): an address that went dark right
+  after a probe used it is an active probe's block.  An IP block that lands
+  inside that window by chance looks the same; the reason says so.
+
+For TLS, :func:`tls_attempt` opens a TLS handshake with a chosen server name
+and the client's own browser-like hello; the same handshake with a benign
+name is the benign-SNI control (:func:`sni_evidence`).  The agent's rounds
+check plain SOCKS5 and WireGuard, so it names ``blocked-sni`` only where a
+caller runs these (the lab's end-to-end test does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+
+from resistance.client.hello import browser_context, server_name
+from resistance.probe.check import Failure
+from resistance.probe.diagnose import Attempt, Diagnosis, Evidence, Stage, diagnose
+from resistance.probe.net import NetFailure, Network, translate
+from resistance.probe.runner import Canary, CheckResult, CheckSettings, Target, run_check
+
+#: At most this many other ports of one host are tried.
+MAX_OTHER_PORTS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """What the assignment offers for one target's controls."""
+
+    other_ports: tuple[int, ...] = ()
+    control: Target | None = None
+    outside_ok: bool | None = None
+    #: Seconds since this vantage's last passing check of the target (None: none known).
+    last_ok_ago: float | None = None
+    probed_window: float = 120.0
+    #: The control proxy's check, when already made this round (one per round, not one
+    #: per failing proxy): how :attr:`control` went, instead of checking it again.
+    control_seen: Attempt | None = None
+
+
+def main_attempt(result: CheckResult) -> Attempt:
+    v = result.verdict
+    return Attempt.from_step(v.failed_step, v.failure, min(result.received, 1 << 40))
+
+
+async def tcp_attempt(network: Network, host: str, port: int, seconds: float) -> Attempt:
+    """Whether a TCP connection opens (then closed at once)."""
+    try:
+        async with asyncio.timeout(seconds):
+            conn = await network.connect(host, port)
+    except TimeoutError:
+        return Attempt.stopped(Stage.TCP, Failure.TIMEOUT)
+    except NetFailure as exc:
+        return Attempt.stopped(Stage.TCP, exc.failure)
+    conn.close()
+    return Attempt.passed()
+
+
+async def gather_evidence(
+    result: CheckResult,
+    *,
+    canary: Canary | None,
+    network: Network,
+    settings: CheckSettings,
+    controls: Controls,
+    listed_ok: bool,
+) -> Evidence:
+    """The evidence for ``result`` (a failed check); runs the controls that apply."""
+    target = result.target
+    main = main_attempt(result)
+    other_port = None
+    control = None
+    if not main.got_tcp:
+        for port in controls.other_ports[:MAX_OTHER_PORTS]:
+            if port == target.port:
+                continue
+            other_port = await tcp_attempt(network, target.host, port, settings.step_timeout)
+            if other_port.got_tcp:
+                break
+    if main.stage in (Stage.TCP, Stage.HANDSHAKE):
+        if controls.control_seen is not None:
+            control = controls.control_seen
+        elif controls.control is not None:
+            control = main_attempt(await run_check(controls.control, canary, network, settings))
+    outside = None
+    if controls.outside_ok is not None:
+        # The registry passes only whether its control vantages' latest check worked.
+        outside = (
+            Attempt.passed() if controls.outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
+        )
+    first_ok = controls.last_ok_ago is not None and controls.last_ok_ago <= controls.probed_window
+    return Evidence(
+        main=main,
+        tls=False,
+        outside=outside,
+        other_port=other_port,
+        control_host=control,
+        listed_host=Attempt.passed() if listed_ok else None,
+        first_ok=first_ok,
+    )
+
+
+async def diagnose_check(
+    result: CheckResult,
+    *,
+    canary: Canary | None,
+    network: Network,
+    settings: CheckSettings,
+    controls: Controls,
+    listed_ok: bool,
+) -> tuple[Evidence, Diagnosis]:
+    evidence = await gather_evidence(
+        result,
+        canary=canary,
+        network=network,
+        settings=settings,
+        controls=controls,
+        listed_ok=listed_ok,
+    )
+    return evidence, diagnose(evidence)
+
+
+#: A server name no censor lists, for the benign-SNI control.
+BENIGN_SNI = "www.wikipedia.org"
+
+
+async def tls_attempt(
+    host: str,
+    port: int,
+    server_name: str | None,
+    seconds: float,
+    *,
+    context: ssl.SSLContext | None = None,
+    source: str | None = None,
+) -> Attempt:
+    """TCP (from ``source`` if given), then a TLS handshake naming ``server_name``
+    with the client's own hello; where it stopped, if it did."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        try:
+            if source is not None:
+                sock.bind((source, 0))
+            async with asyncio.timeout(seconds):
+                await loop.sock_connect(sock, (host, port))
+        except TimeoutError:
+            return Attempt.stopped(Stage.TCP, Failure.TIMEOUT)
+        except OSError as exc:
+            return Attempt.stopped(Stage.TCP, translate(exc).failure)
+        try:
+            async with asyncio.timeout(seconds):
+                _, writer = await asyncio.open_connection(
+                    sock=sock, ssl=context or browser_context(), server_hostname=server_name or "",
+                    ssl_handshake_timeout=seconds,
+                )  # fmt: skip
+        except TimeoutError:
+            return Attempt.stopped(Stage.HANDSHAKE, Failure.TIMEOUT)
+        except ssl.SSLError:
+            return Attempt.stopped(Stage.HANDSHAKE, Failure.WRONG_ANSWER)
+        except (ConnectionResetError, BrokenPipeError):
+            return Attempt.stopped(Stage.HANDSHAKE, Failure.RESET)
+        except OSError as exc:
+            return Attempt.stopped(Stage.HANDSHAKE, translate(exc).failure)
+        writer.transport.abort()
+        return Attempt.passed()
+    finally:
+        sock.close()
+
+
+async def sni_evidence(
+    host: str, port: int, server_name: str, seconds: float, *, outside_ok: bool | None = None
+) -> Evidence:
+    """A TLS handshake naming ``server_name`` and its benign-SNI control."""
+    main = await tls_attempt(host, port, server_name, seconds)
+    benign = None if main.ok else await tls_attempt(host, port, BENIGN_SNI, seconds)
+    outside = None
+    if outside_ok is not None:
+        outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
+    return Evidence(main=main, tls=True, benign_sni=benign, outside=outside)
+
+
+async def tls_reach(
+    result: CheckResult,
+    tls_port: int,
+    *,
+    seconds: float,
+    outside_ok: bool | None,
+    source: str | None = None,
+) -> tuple[Evidence, Diagnosis]:
+    """Whether the node's TLS listener gets through from here, as a client dials it
+    (the client's browser-like hello, naming a server as the client does before it
+    has seen the node's certificate), and why not.
+
+    The plain check beside it is the other-port control (its TCP outcome tells an
+    address block from a dropped hello), and a failed handshake is tried again
+    naming a benign server (the hello itself, or the name).
+    """
+    target = result.target
+    name = server_name(target.host, None)
+    main = await tls_attempt(target.host, tls_port, name, seconds, source=source)
+    benign = None
+    if not main.ok and main.got_tcp:
+        benign = await tls_attempt(target.host, tls_port, BENIGN_SNI, seconds, source=source)
+    plain = main_attempt(result)
+    other = Attempt.passed() if plain.got_tcp else plain
+    outside = None
+    if outside_ok is not None:
+        outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
+    evidence = Evidence(
+        main=main, tls=True, outside=outside, benign_sni=benign,
+        other_port=None if main.ok else other,
+    )  # fmt: skip
+    return evidence, diagnose(evidence)
