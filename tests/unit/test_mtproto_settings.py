@@ -19,7 +19,8 @@ from resistance.config import (
     parse_size,
 )
 from resistance.errors import ConfigError
-from resistance.node.mtproto import dc_table, default_modes, proxy_links
+from resistance.links import mtproto_links
+from resistance.node.mtproto import dc_table, default_modes
 from resistance.node.mtproto_users import (
     GENERATED_FILE,
     HandshakeRefused,
@@ -112,7 +113,7 @@ def test_generated_secrets_are_kept(tmp_path: Path) -> None:
 
 
 def test_links() -> None:
-    links = proxy_links("203.0.113.7", 443, ProxySecret(KEY, SecretMode.EE, "example.com"))
+    links = mtproto_links("203.0.113.7", 443, ProxySecret(KEY, SecretMode.EE, "example.com"))
     assert links.tg == (
         "tg://proxy?server=203.0.113.7&port=443&secret=ee" + KEY.hex() + b"example.com".hex()
     )

@@ -64,7 +64,7 @@ from typing import Any
 
 from resistance.config import Endpoint, MTProtoSettings, MTProtoUserSpec, NodeLimits
 from resistance.errors import BufferOverflow, ProtocolError
-from resistance.links import TelegramLinks
+from resistance.links import mtproto_links
 from resistance.node.metrics import Family, NodeMetrics
 from resistance.node.mtproto_users import (
     REPLAY_FILE,
@@ -188,14 +188,6 @@ def dc_table(settings: MTProtoSettings) -> dict[int, tuple[Endpoint, ...]]:
         if dc > 0 and -dc not in settings.dcs:
             table[-dc] = endpoints  # a media DC follows its DC unless given apart
     return table
-
-
-def proxy_links(host: str, port: int, secret: ProxySecret) -> TelegramLinks:
-    """``tg://proxy`` and ``https://t.me/proxy`` links for one user's secret."""
-    from urllib.parse import urlencode
-
-    query = urlencode({"server": host.strip("[]"), "port": port, "secret": secret.to_hex()})
-    return TelegramLinks(tg=f"tg://proxy?{query}", https=f"https://t.me/proxy?{query}")
 
 
 class MTProtoMetrics:
@@ -1042,12 +1034,12 @@ def banner_lines(server: MTProtoServer, node_settings: Any, *, shown: int = 5) -
         return lines
     links = user_secrets(server)
     for item in links[:shown]:
-        link = proxy_links(host, first.port, item.secret)
+        link = mtproto_links(host, first.port, item.secret)
         lines.append(f"MTProto user {item.name}: {link.tg}")
     if len(links) > shown:
         lines.append(f"... and {len(links) - shown} more MTProto users")
     if links and node_settings.qr:
         from resistance.links import qr_terminal
 
-        lines.append(qr_terminal(proxy_links(host, first.port, links[0].secret).https).rstrip())
+        lines.append(qr_terminal(mtproto_links(host, first.port, links[0].secret).https).rstrip())
     return lines
