@@ -15,7 +15,9 @@ State kept in the state directory (all mode 0600):
 * ``mtproto-users.toml`` - the secrets the node generated for users
   configured without one, so that their links survive restarts;
 * ``mtproto-usage.json`` - bytes used per user, for quotas across restarts;
-* ``mtproto-replay.bin`` - the replay cache (see :class:`ReplayCache`).
+* ``mtproto-replay.map`` - the replay cache shared by the node's workers
+  (see :mod:`resistance.node.mtproto_shared`); an older node's
+  ``mtproto-replay.bin`` (:class:`ReplayCache`) is read into it once.
 """
 
 from __future__ import annotations
@@ -361,6 +363,10 @@ class ReplayCache:
 
     def __len__(self) -> int:
         return self._count
+
+    def buckets(self) -> dict[int, set[int]]:
+        """Bucket number -> keys (for carrying a saved cache into the shared one)."""
+        return self._buckets
 
     def _expire(self, now: float) -> None:
         current = int(now // self.BUCKET)

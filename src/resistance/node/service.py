@@ -123,6 +123,7 @@ async def serve(
     prepared: Prepared,
     *,
     sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
+    mtproto_sockets: list[socket.socket] | None = None,
     signals_ready: Callable[[], object] | None = None,
     metrics_channel: socket.socket | None = None,
 ) -> int:
@@ -144,7 +145,7 @@ async def serve(
         sockets=sockets,
     )
     await node.start()
-    mtproto = await start_mtproto(prepared, metrics, node)
+    mtproto = await start_mtproto(prepared, metrics, node, mtproto_sockets)
     metrics_server: Any = None
     if metrics_channel is not None:
         _answer_metrics(loop, metrics_channel, metrics)
@@ -327,8 +328,14 @@ def _tls_link_line(settings: NodeSettings, listening: Listening, access: Access)
     return f"resist connect --upstream '{url}'"
 
 
-async def start_mtproto(prepared: Prepared, metrics: NodeMetrics, node: Node) -> Any:
-    """The MTProto listener beside the SOCKS5 node, when ``--mtproto-listen`` asks for one."""
+async def start_mtproto(
+    prepared: Prepared,
+    metrics: NodeMetrics,
+    node: Node,
+    sockets: list[socket.socket] | None = None,
+) -> Any:
+    """The MTProto listener beside the SOCKS5 node, when ``--mtproto-listen`` asks for one
+    (a worker of ``--workers`` gets its listening ``sockets`` from the supervisor)."""
     mt = prepared.settings.mtproto
     if mt is None or not mt.listen:
         return None
@@ -338,7 +345,7 @@ async def start_mtproto(prepared: Prepared, metrics: NodeMetrics, node: Node) ->
         mt, prepared.settings.limits, state_dir=prepared.state_dir, metrics=metrics
     )
     try:
-        await server.start()
+        await server.start(sockets)
     except BaseException:
         await node.stop()
         raise
