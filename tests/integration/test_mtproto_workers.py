@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from resistance.errors import ProtocolError
 from resistance.proto.faketls import ProxySecret, SecretMode
 from resistance.proto.mtclient import ProxyClient
 from tests.conftest import RunningNode, launch_node
@@ -275,5 +276,82 @@ async def test_sighup_reaches_every_worker(stands: Stands, tmp_path: Path) -> No
             client.close()
         for writer in writers:
             writer.close()
+    finally:
+        assert await stop(node) == 0
+
+
+KEY_C = bytes(range(16))
+
+
+async def test_user_connection_limit_holds_node_wide(stands: Stands, tmp_path: Path) -> None:
+    node, port = await start_node(
+        stands, tmp_path / "state", "--mtproto-user", f"cap:{KEY_C.hex()}:conns=4"
+    )
+    secret = ProxySecret(KEY_C, SecretMode.EE, DOMAIN)
+    clients, writers = [], []
+    try:
+        for i in range(4):
+            client = Client(secret)
+            await client.connect(port)
+            clients.append(client)
+            assert await client.roundtrip(b"cap%d" % i) == b"ECHOcap%d" % i
+        # Counted per worker, whichever worker holds fewer than 4 would serve these.
+        for _ in range(ROUNDS // 2):
+            answer, writer = await replay(port, ProxyClient(secret, 2).start())
+            writers.append(writer)
+            assert answer == GREETING
+        clients.pop().close()
+        served = False
+        for _ in range(50):  # the freed place is taken again (once the close is seen)
+            client = Client(secret)
+            try:
+                await client.connect(port)
+                served = await client.roundtrip(b"back") == b"ECHOback"
+            except (ConnectionError, TimeoutError, ProtocolError, OSError):
+                client.writer.close()
+                await asyncio.sleep(0.1)
+                continue
+            clients.append(client)
+            break
+        assert served
+    finally:
+        for c in clients:
+            c.close()
+        for writer in writers:
+            writer.close()
+        assert await stop(node) == 0
+
+
+async def test_user_quota_holds_node_wide_and_across_a_restart(
+    stands: Stands, tmp_path: Path
+) -> None:
+    quota = 3 << 20
+    chunk = 256 * 1024
+    state = tmp_path / "state"
+    user = f"small:{KEY_C.hex()}:quota={quota}"
+    node, port = await start_node(stands, state, "--mtproto-user", user)
+    secret = ProxySecret(KEY_C, SecretMode.EE, DOMAIN)
+    served = 0
+    try:
+        for _ in range(40):  # a new connection each time: both workers take part
+            client = Client(secret)
+            try:
+                await client.connect(port)
+                assert await client.roundtrip(bytes(chunk)) == b"ECHO" + bytes(chunk)
+            except (ConnectionError, TimeoutError, ProtocolError, OSError, AssertionError):
+                break
+            finally:
+                client.writer.close()
+            served += 1
+    finally:
+        assert await stop(node) == 0
+    # Each round trip counts 2 chunks; workers add their bytes at least every MiB,
+    # so the node overruns by less than a MiB per worker (per worker it would be 2x).
+    assert quota <= served * 2 * chunk < quota + 2 * (1 << 20) + 2 * chunk, served
+    node, port = await start_node(stands, state, "--mtproto-user", user)
+    try:
+        answer, writer = await replay(port, ProxyClient(secret, 2).start())
+        writer.close()
+        assert answer == GREETING
     finally:
         assert await stop(node) == 0

@@ -66,7 +66,13 @@ from resistance.config import Endpoint, MTProtoSettings, MTProtoUserSpec, NodeLi
 from resistance.errors import BufferOverflow, ProtocolError
 from resistance.links import mtproto_links
 from resistance.node.metrics import Family, NodeMetrics
-from resistance.node.mtproto_shared import SHARED_REPLAY_FILE, SharedReplayCache, state_lock
+from resistance.node.mtproto_shared import (
+    SHARED_REPLAY_FILE,
+    SHARED_USERS_FILE,
+    SharedReplayCache,
+    SharedUsers,
+    state_lock,
+)
 from resistance.node.mtproto_users import (
     REPLAY_FILE,
     HandshakeRefused,
@@ -115,6 +121,7 @@ SWEEP_SECONDS = 5.0
 #: Classic and dd inits carry no time: they are remembered this long.
 CLASSIC_REPLAY_SECONDS = 3600.0
 SAVE_EVERY = 12  # sweeps between saves of usage and the replay cache
+SYNC_BYTES = SharedUsers.SYNC_BYTES
 
 
 def tune_malloc() -> bool:
@@ -263,7 +270,10 @@ class MTProtoServer:
         metrics: NodeMetrics,
         loop: asyncio.AbstractEventLoop | None = None,
         now: Callable[[], float] = time.time,
+        worker: tuple[int, int] | None = None,
     ) -> None:
+        """``worker``: (slot, count) of a ``--workers`` node, whose users' bytes and
+        connections are then counted node-wide (:class:`SharedUsers`)."""
         self.settings = settings
         self.limits = limits
         self.state_dir = state_dir
@@ -273,9 +283,14 @@ class MTProtoServer:
         self.metrics = MTProtoMetrics(metrics)
         with state_lock(state_dir):  # workers resolve at once: one generated secret each
             self.users = UserTable(resolve_users(settings.users or DEFAULT_USERS, state_dir))
-        usage = load_usage(state_dir)
-        for user in self.users.users:
-            user.used = usage.get(user.name, 0)
+        self.shared_users: SharedUsers | None = None
+        if worker is not None:
+            self.shared_users = SharedUsers(state_dir / SHARED_USERS_FILE, worker[1], worker[0])
+            self._attach(self.users.users)
+        else:
+            usage = load_usage(state_dir)
+            for user in self.users.users:
+                user.used = usage.get(user.name, 0)
         self.replay = open_replay_cache(state_dir, now())
         self.dcs = dc_table(settings)
         self.front = front_of(settings)
@@ -404,10 +419,41 @@ class MTProtoServer:
                 await self._sweeper
         self.save_state()
         self.replay.close()
+        if self.shared_users is not None:
+            self.shared_users.close()
+
+    def _attach(self, users: list[MTProtoUser]) -> None:
+        shared = self.shared_users
+        if shared is None:
+            return
+        for user in users:
+            if user.shared_slot is None:
+                user.shared_slot = shared.slot(user.name)
+            self.sync(user)
+
+    def sync(self, user: MTProtoUser) -> None:
+        """Add this worker's unsynced bytes to the node's count and learn the total."""
+        shared, slot = self.shared_users, user.shared_slot
+        if shared is not None and slot is not None:
+            user.used = shared.add_used(slot, user.unsynced)
+        user.unsynced = 0
+
+    def claim(self, conn: ClientConnection, user: MTProtoUser) -> None:
+        """Count the connection node-wide; refused when the user's limit is reached."""
+        shared, slot = self.shared_users, user.shared_slot
+        if shared is None or slot is None:
+            return
+        if not shared.claim(slot, user.max_connections):
+            self.metrics.refused.labels(user.name, "user_connections").inc()
+            raise HandshakeRefused("user_connections")
+        conn.claimed = slot
 
     def save_state(self) -> None:
         try:
-            save_usage(self.state_dir, self.users.users)
+            for user in self.users.users:
+                self.sync(user)
+            with state_lock(self.state_dir):
+                save_usage(self.state_dir, self.users.users)
             self.replay.save()
         except OSError as exc:
             log.error("cannot keep MTProto state in %s: %s", self.state_dir, exc.strerror)
@@ -416,6 +462,7 @@ class MTProtoServer:
         """SIGHUP: new users and limits for new connections; usage carries over."""
         with state_lock(self.state_dir):
             self.users.replace(resolve_users(settings.users or DEFAULT_USERS, self.state_dir))
+        self._attach(self.users.users)
         log.info("MTProto users reloaded: %d", len(self.users.users))
 
     # -- admission ------------------------------------------------------------
@@ -447,6 +494,8 @@ class MTProtoServer:
         self.forget(conn.peer_ip)
         self._flush(conn, final=True)
         user = conn.user
+        if conn.claimed is not None and self.shared_users is not None:
+            self.shared_users.release(conn.claimed)
         if user is not None:
             user.active -= 1
             user.sessions.discard(conn)
@@ -499,6 +548,10 @@ class MTProtoServer:
                     conn.close()
             if sweeps % SAVE_EVERY == 0:
                 self.save_state()
+            elif self.shared_users is not None:
+                for user in self.users.users:  # other workers' bytes count against quotas
+                    if user.unsynced or user.quota_bytes is not None:
+                        self.sync(user)
 
     # -- DC ---------------------------------------------------------------------
 
@@ -546,6 +599,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_eof = False
         self.deadline: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.claimed: int | None = None  # the user's shared slot, once counted node-wide
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -669,6 +723,7 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             server.metrics.refused.labels(user.name, refusal).inc()
             raise HandshakeRefused(refusal)
+        server.claim(self, user)
         self.transport.write(
             faketls.build_server_answer(user.key, hello, payload_len=server.cert_len)
         )
@@ -718,6 +773,7 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             self.server.metrics.refused.labels(user.name, refusal).inc()
             raise HandshakeRefused(refusal)
+        self.server.claim(self, user)
         self.user = user
         self.client = parsed
         self._count_in(user)
@@ -800,6 +856,9 @@ class ClientConnection(asyncio.Protocol):
         n = len(plain)
         self.bytes_up += n
         user.used += n
+        user.unsynced += n
+        if user.unsynced >= SYNC_BYTES:
+            self.server.sync(user)
         dc.write(plain)
         if user.quota_bytes is not None and user.used > user.quota_bytes:
             self.server.metrics.refused.labels(user.name, "quota").inc()
@@ -811,6 +870,9 @@ class ClientConnection(asyncio.Protocol):
         n = len(data)
         self.bytes_down += n
         user.used += n
+        user.unsynced += n
+        if user.unsynced >= SYNC_BYTES:
+            self.server.sync(user)
         self.touched = True
         if self.tls:
             data = faketls.encode_records(data)

@@ -170,4 +170,145 @@ class SharedReplayCache:
             os.close(self._fd)
 
 
-__all__ = ["LOCK_FILE", "SHARED_REPLAY_FILE", "SharedReplayCache", "state_lock"]
+SHARED_USERS_FILE = "mtproto-users.map"
+USERS_MAGIC = b"RSTUSR01"
+_USERS_HEADER = struct.Struct("<8sII16s")  # magic, slots, workers, hash key
+_USER_HEAD = struct.Struct("<QQ")  # name key (0: empty), bytes used node-wide
+_ACTIVE = struct.Struct("<i")
+MAX_PROBE = 64
+
+
+class SharedUsers:
+    """Per-user numbers that must hold node-wide under ``--workers``: bytes used
+    (for quotas) and open connections (for connection limits).
+
+    One mapped file in the state directory, made afresh by the supervisor
+    when the node starts (bytes used come from ``mtproto-usage.json``), with
+    a slot per user name: the bytes used, and one connection count per
+    worker, so that a worker that dies and is replaced clears only its own
+    column.  Changes happen under an exclusive ``flock``; a worker adds its
+    bytes in batches (:data:`SYNC_BYTES`) so relaying costs no lock per read.
+    """
+
+    SLOTS = 1 << 16
+    SYNC_BYTES = 1 << 20
+    """A worker adds its bytes to the node's count at least this often (and at
+    every sweep): a quota is overrun by at most this much per worker."""
+
+    def __init__(self, path: Path, workers: int, column: int) -> None:
+        self.path = path
+        self.workers = workers
+        self.column = column
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            head = os.pread(fd, _USERS_HEADER.size, 0)
+            if len(head) != _USERS_HEADER.size:
+                raise OSError(f"{path} is damaged")
+            magic, slots, cols, self._key = _USERS_HEADER.unpack(head)
+            self._slot_len = _USER_HEAD.size + 4 * cols
+            size = HEADER_LEN + slots * self._slot_len
+            if magic != USERS_MAGIC or cols != workers or os.fstat(fd).st_size != size:
+                raise OSError(f"{path} was made for another node")
+            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._slots = int(slots)
+        self._active = struct.Struct(f"<{cols}i")
+        with self._locked():  # a replaced worker starts with no connections of its own
+            for slot in range(slots):
+                offset = HEADER_LEN + slot * self._slot_len
+                if _USER_HEAD.unpack_from(self._map, offset)[0]:
+                    _ACTIVE.pack_into(self._map, offset + _USER_HEAD.size + 4 * column, 0)
+
+    @classmethod
+    def create(cls, path: Path, workers: int, used: dict[str, int], *, slots: int = SLOTS) -> None:
+        """Make the file afresh (the supervisor, before any worker starts)."""
+        slot_len = _USER_HEAD.size + 4 * workers
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, HEADER_LEN + slots * slot_len)
+            os.pwrite(fd, _USERS_HEADER.pack(USERS_MAGIC, slots, workers, os.urandom(16)), 0)
+        finally:
+            os.close(fd)
+        made = cls(path, workers, 0)
+        try:
+            for name, value in used.items():
+                slot = made.slot(name)
+                if slot is not None:
+                    made.add_used(slot, value)
+        finally:
+            made.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def slot(self, name: str) -> int | None:
+        """The user's slot (claimed if new), or ``None`` when the table is full there."""
+        digest = hashlib.blake2b(name.encode(), key=self._key, digest_size=8).digest()
+        key: int = struct.unpack("<Q", digest)[0] | 1
+        with self._locked():
+            for probe in range(MAX_PROBE):
+                slot = (key + probe) % self._slots
+                offset = HEADER_LEN + slot * self._slot_len
+                found = _USER_HEAD.unpack_from(self._map, offset)[0]
+                if found == key:
+                    return slot
+                if found == 0:
+                    _USER_HEAD.pack_into(self._map, offset, key, 0)
+                    return slot
+        log.warning("MTProto user table of the workers is full: %s is counted per worker", name)
+        return None
+
+    def add_used(self, slot: int, n: int) -> int:
+        """Add ``n`` bytes to the user's node-wide count; the new count."""
+        offset = HEADER_LEN + slot * self._slot_len
+        with self._locked():
+            key, used = _USER_HEAD.unpack_from(self._map, offset)
+            used += n
+            _USER_HEAD.pack_into(self._map, offset, key, used)
+        return int(used)
+
+    def claim(self, slot: int, limit: int | None) -> bool:
+        """One more connection of the user in this worker, unless the node has ``limit``."""
+        offset = HEADER_LEN + slot * self._slot_len + _USER_HEAD.size
+        with self._locked():
+            counts = self._active.unpack_from(self._map, offset)
+            if limit is not None and sum(counts) >= limit:
+                return False
+            mine = offset + 4 * self.column
+            _ACTIVE.pack_into(self._map, mine, counts[self.column] + 1)
+        return True
+
+    def release(self, slot: int) -> None:
+        mine = HEADER_LEN + slot * self._slot_len + _USER_HEAD.size + 4 * self.column
+        with self._locked():
+            (count,) = _ACTIVE.unpack_from(self._map, mine)
+            _ACTIVE.pack_into(self._map, mine, max(0, count - 1))
+
+    def active(self, slot: int) -> int:
+        offset = HEADER_LEN + slot * self._slot_len + _USER_HEAD.size
+        return sum(self._active.unpack_from(self._map, offset))
+
+    def close(self) -> None:
+        if not self._map.closed:
+            self._map.close()
+            os.close(self._fd)
+
+
+__all__ = [
+    "LOCK_FILE",
+    "SHARED_REPLAY_FILE",
+    "SHARED_USERS_FILE",
+    "SharedReplayCache",
+    "SharedUsers",
+    "state_lock",
+]

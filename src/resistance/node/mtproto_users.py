@@ -72,6 +72,10 @@ class MTProtoUser:
     sessions: set[object] = field(default_factory=set)
     addresses: dict[bytes, int] = field(default_factory=dict)
     """Open connections per client address (keyed hashes, never addresses)."""
+    unsynced: int = 0
+    """With ``--workers``: bytes this worker relayed and has not added to the node's count."""
+    shared_slot: int | None = None
+    """With ``--workers``: the user's slot in the node's shared table."""
 
     def refusal(self, now: float, address: bytes | None = None) -> str | None:
         """Why this user may not open another connection now, or ``None``."""
@@ -177,6 +181,7 @@ class UserTable:
             old = self.by_name.get(user.name)
             if old is not None:
                 user.used, user.active, user.sessions = old.used, old.active, old.sessions
+                user.unsynced = old.unsynced
                 user.addresses = old.addresses
         self.users = users
         self.by_name = {u.name: u for u in users}

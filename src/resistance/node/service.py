@@ -124,6 +124,7 @@ async def serve(
     *,
     sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
     mtproto_sockets: list[socket.socket] | None = None,
+    worker: tuple[int, int] | None = None,
     signals_ready: Callable[[], object] | None = None,
     metrics_channel: socket.socket | None = None,
 ) -> int:
@@ -145,7 +146,7 @@ async def serve(
         sockets=sockets,
     )
     await node.start()
-    mtproto = await start_mtproto(prepared, metrics, node, mtproto_sockets)
+    mtproto = await start_mtproto(prepared, metrics, node, mtproto_sockets, worker)
     metrics_server: Any = None
     if metrics_channel is not None:
         _answer_metrics(loop, metrics_channel, metrics)
@@ -333,6 +334,7 @@ async def start_mtproto(
     metrics: NodeMetrics,
     node: Node,
     sockets: list[socket.socket] | None = None,
+    worker: tuple[int, int] | None = None,
 ) -> Any:
     """The MTProto listener beside the SOCKS5 node, when ``--mtproto-listen`` asks for one
     (a worker of ``--workers`` gets its listening ``sockets`` from the supervisor)."""
@@ -342,7 +344,7 @@ async def start_mtproto(
     from resistance.node.mtproto import MTProtoServer
 
     server = MTProtoServer(
-        mt, prepared.settings.limits, state_dir=prepared.state_dir, metrics=metrics
+        mt, prepared.settings.limits, state_dir=prepared.state_dir, metrics=metrics, worker=worker
     )
     try:
         await server.start(sockets)

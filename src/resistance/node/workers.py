@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from resistance.config import Endpoint, NodeSettings
@@ -114,6 +115,7 @@ class Workers:
 
             assert self.settings.mtproto is not None
             mt_view = banner_view(self.settings.mtproto, self.prepared.state_dir)
+            _share_mtproto_users(self.prepared.state_dir, self.settings.workers)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             for slot in range(self.settings.workers):
@@ -211,6 +213,7 @@ class Workers:
                 # The signals stay blocked (pending) until the worker's loop handles
                 # them: a SIGHUP now must not kill it with the default action.
                 code = self._serve(
+                    slot,
                     (plain, tls, mt),
                     lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask),
                     theirs,
@@ -234,6 +237,7 @@ class Workers:
 
     def _serve(
         self,
+        slot: int,
         sockets: tuple[list[socket.socket], list[socket.socket], list[socket.socket]],
         signals_ready: Callable[[], object],
         metrics_channel: socket.socket | None,
@@ -245,6 +249,7 @@ class Workers:
                     self.worker,
                     sockets=(plain, tls),
                     mtproto_sockets=mt,
+                    worker=(slot, self.settings.workers),
                     signals_ready=signals_ready,
                     metrics_channel=metrics_channel,
                 )
@@ -336,6 +341,16 @@ class Workers:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def _share_mtproto_users(state_dir: Path, workers: int) -> None:
+    """The table through which workers count MTProto users' bytes and connections
+    node-wide, made afresh from the kept usage before any worker starts."""
+    from resistance.node.mtproto_shared import SHARED_USERS_FILE, SharedUsers, state_lock
+    from resistance.node.mtproto_users import load_usage
+
+    with state_lock(state_dir):
+        SharedUsers.create(state_dir / SHARED_USERS_FILE, workers, load_usage(state_dir))
 
 
 def _end_with_parent(supervisor: int) -> None:
