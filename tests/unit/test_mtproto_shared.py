@@ -17,7 +17,9 @@ from resistance.node.mtproto import open_replay_cache
 from resistance.node.mtproto_shared import (
     HEADER_LEN,
     SHARED_REPLAY_FILE,
+    SHARED_USERS_FILE,
     SharedReplayCache,
+    SharedUsers,
     state_lock,
 )
 from resistance.node.mtproto_users import REPLAY_FILE, ReplayCache
@@ -175,3 +177,54 @@ def test_state_lock_excludes_another_process(tmp_path: Path) -> None:
 def test_bad_geometry() -> None:
     with pytest.raises(ValueError):
         SharedReplayCache(Path("/nonexistent/x"), sets=3)
+
+
+# -- the per-user table of a --workers node ---------------------------------------------
+
+
+def test_shared_users_count_connections_and_bytes_over_workers(tmp_path: Path) -> None:
+    path = tmp_path / SHARED_USERS_FILE
+    SharedUsers.create(path, 2, {"alice": 1000, "gone": 5}, slots=64)
+    first, second = SharedUsers(path, 2, 0), SharedUsers(path, 2, 1)
+    a0, a1 = first.slot("alice"), second.slot("alice")
+    assert a0 is not None and a0 == a1
+    assert first.add_used(a0, 0) == 1000  # carried from the kept usage
+    assert first.add_used(a0, 500) == 1500 and second.add_used(a0, 1) == 1501
+    # conns=3 across both workers
+    assert first.claim(a0, 3) and second.claim(a0, 3) and second.claim(a0, 3)
+    assert not first.claim(a0, 3) and not second.claim(a0, 3)
+    first.release(a0)
+    assert second.claim(a0, 3) and second.active(a0) == 3
+    # A replacement for worker 1 starts with none of its predecessor's connections.
+    second.close()
+    replaced = SharedUsers(path, 2, 1)
+    assert replaced.active(a0) == 0
+    assert replaced.claim(a0, None) and first.active(a0) == 1
+    bob = first.slot("bob")
+    assert bob is not None and bob != a0 and first.add_used(bob, 0) == 0
+    first.close()
+    replaced.close()
+
+
+def test_shared_users_made_for_another_node_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / SHARED_USERS_FILE
+    SharedUsers.create(path, 2, {}, slots=8)
+    with pytest.raises(OSError):
+        SharedUsers(path, 3, 0)
+    path.write_bytes(b"short")
+    with pytest.raises(OSError):
+        SharedUsers(path, 2, 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=40, unique=True))
+def test_shared_users_slots_are_distinct_and_stable(names: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / SHARED_USERS_FILE
+        SharedUsers.create(path, 1, {}, slots=16)
+        table = SharedUsers(path, 1, 0)
+        slots = [table.slot(n) for n in names]
+        placed = [s for s in slots if s is not None]
+        assert len(placed) == len(set(placed)) and len(placed) == min(len(names), 16)
+        assert [table.slot(n) for n in names] == slots  # the same slot every time
+        table.close()
