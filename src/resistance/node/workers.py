@@ -17,6 +17,14 @@ worker for its numbers over a socketpair (one byte out, one JSON line back)
 and adds them up, so the counters mean the whole node.  A worker that is
 restarted starts its counters at zero, which Prometheus reads as a reset.
 
+With ``--mtproto-listen`` the MTProto listener joins the same scheme (its
+own ``SO_REUSEPORT`` group).  Before forking, the supervisor resolves the
+MTProto users once (so generated secrets are made once) and makes the
+shared per-user table afresh; the replay cache and that table are files of
+the state directory every worker maps (:mod:`resistance.node.mtproto_shared`),
+so a replayed hello is refused and quotas and ``conns=`` hold whichever
+worker a connection reaches.
+
 The supervisor prints the banner, passes SIGHUP on (each worker reloads
 users and policy), turns SIGTERM/SIGINT into a SIGTERM for every worker and
 waits for them to drain (``drain_timeout``, then SIGKILL), and restarts a
