@@ -356,3 +356,29 @@ async def test_user_quota_holds_node_wide_and_across_a_restart(
         assert answer == GREETING
     finally:
         assert await stop(node) == 0
+
+
+async def test_a_generated_secret_is_the_same_in_every_worker(
+    stands: Stands, tmp_path: Path
+) -> None:
+    from resistance.proto.faketls import parse_secret
+
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\n[node.mtproto_users]\ngen = ""\n')
+    node, port = await start_node(stands, tmp_path / "state", config=config)
+    clients = []
+    try:
+        line = next(x for x in node.banner if "MTProto user gen" in x)
+        m = re.search(r"secret=(ee[0-9a-f]+)", line)
+        assert m, line
+        secret = parse_secret(m.group(1))
+        for i in range(ROUNDS):
+            client = Client(secret)
+            await client.connect(port)
+            clients.append(client)
+            assert await client.roundtrip(b"gn%02d" % i) == b"ECHOgn%02d" % i
+        assert all(held_per_worker(node, port))
+    finally:
+        for c in clients:
+            c.close()
+        assert await stop(node) == 0
