@@ -80,7 +80,7 @@ def test_a_socks5_success_still_needs_its_canary_and_handshakes_stay_wireguard()
     with pytest.raises(BatchError, match="protocol"):
         parse_batch(signed([{**base, "protocol": "openvpn"}]))
     failed = {**base, "ok": False, "step": "handshake", "failure": "timeout"}
-    with pytest.raises(BatchError, match="only WireGuard and MTProto checks have a handshake step"):
+    with pytest.raises(BatchError, match="only a WireGuard check"):
         parse_batch(signed([failed]))
     assert parse_batch(signed([{**failed, "protocol": "wireguard"}])).results[0].step == "handshake"
 
