@@ -22,6 +22,12 @@ replaces its public-IP lookup (which would reach the internet) with
 127.0.0.1.  Without the peer, only our node is measured.
 
     .venv/bin/python bench/mtproto.py --peer /path/to/mtprotoproxy.py
+
+``--workers N`` runs our node with N worker processes (not pinned: they and
+this client then share the machine's cores; CPU is summed over the
+workers); ``--no-transfer`` measures handshakes only; ``--replay-cost``
+times one check-and-insert of the replay cache shared by the workers (a
+mapped file under flock) against the per-process cache it replaced.
 """
 
 from __future__ import annotations
@@ -106,8 +112,14 @@ class Proxy:
     port: int
 
     def cpu(self) -> float:
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
+        """CPU seconds of the proxy and its worker processes (which stay alive)."""
+        proc = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -141,13 +153,19 @@ def pin(cpu: int) -> Callable[[], None]:
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-def spawn(cmd: list[str], cwd: Path | None) -> subprocess.Popen[bytes]:
+def spawn(cmd: list[str], cwd: Path | None, *, pinned: bool = True) -> subprocess.Popen[bytes]:
     """A proxy process pinned to CPU 0 (its stderr kept in cwd for the peer)."""
     err = (cwd / "stderr.txt").open("wb") if cwd else subprocess.DEVNULL
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=pin(0))
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        preexec_fn=pin(0) if pinned else None,
+    )
 
 
-async def start_resist(users: int, stand: Stand, front: int, tmp: Path) -> Proxy:
+async def start_resist(users: int, stand: Stand, front: int, tmp: Path, workers: int = 1) -> Proxy:
     state = tmp / f"resist-{users}"
     state.mkdir()
     conf = state / "node.toml"
@@ -162,7 +180,9 @@ async def start_resist(users: int, stand: Stand, front: int, tmp: Path) -> Proxy
         "--mtproto-domain", DOMAIN, "--mtproto-front", f"127.0.0.1:{front}",
         "--mtproto-dc", f"2=127.0.0.1:{stand.port}", "--mtproto-dc", f"4=127.0.0.2:{stand.port}",
     ]  # fmt: skip
-    proc = spawn(cmd, None)
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    proc = spawn(cmd, None, pinned=workers == 1)
     await wait_port(port, proc)
     return Proxy("resist", proc, port)
 
@@ -313,7 +333,8 @@ async def handshakes(
 
 
 async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    os.sched_setaffinity(0, {1})
+    if args.workers == 1:
+        os.sched_setaffinity(0, {1})
     stand = Stand()
     await stand.start()
     front_server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
@@ -329,11 +350,11 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             row = results.setdefault(name, {})
             for users in args.users:
                 if name == "resist":
-                    proxy = await start_resist(users, stand, front, tmp)
+                    proxy = await start_resist(users, stand, front, tmp, args.workers)
                 else:
                     proxy = await start_peer(Path(args.peer), users, stand, front, tmp)
                 try:
-                    if users == args.users[0]:
+                    if users == args.users[0] and not args.no_transfer:
                         up = [await upload(proxy, stand, total) for _ in range(args.repeat)]
                         down = [await download(proxy, stand, total) for _ in range(args.repeat)]
                         for label, runs in (("upload", up), ("download", down)):
@@ -368,6 +389,29 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return results
 
 
+def replay_cost(count: int = 200_000) -> dict[str, float]:
+    """µs per check-and-insert: the shared cache (mapped file, flock) and the old one."""
+    from resistance.node.mtproto_shared import SharedReplayCache
+    from resistance.node.mtproto_users import ReplayCache
+
+    tokens = [os.urandom(32) for _ in range(count)]
+    now = time.time()
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        caches = {
+            "shared (mmap + flock) µs/check": SharedReplayCache(Path(d) / "r.map"),
+            "per-process (dict of sets) µs/check": ReplayCache(),
+        }
+        for label, cache in caches.items():
+            start = time.perf_counter()
+            for token in tokens:
+                cache.seen(token, now + 300, now)
+            for token in tokens[: count // 4]:  # replays: found
+                cache.seen(token, now + 300, now)
+            out[label] = (time.perf_counter() - start) / (count + count // 4) * 1e6
+    return out
+
+
 def table(results: dict[str, dict[str, float]]) -> str:
     names = list(results)
     metrics = list(dict.fromkeys(m for n in names for m in results[n]))
@@ -393,7 +437,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0, help="per handshake case")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help="our node's --workers")
+    parser.add_argument("--no-transfer", action="store_true", help="handshakes only")
+    parser.add_argument("--replay-cost", action="store_true", help="time the replay caches")
     ns = parser.parse_args()
+    if ns.replay_cost:
+        print(json.dumps(replay_cost(), indent=1, ensure_ascii=False))
+        raise SystemExit(0)
     if ns.peer and not Path(ns.peer).exists():
         parser.error(f"--peer {ns.peer} does not exist")
     try:

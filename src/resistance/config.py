@@ -271,8 +271,6 @@ def _build(
         kwargs["mtproto"] = mtproto = mtproto_settings(raw)
         if mtproto.listen and "listen" not in raw:
             kwargs["listen"] = ()  # MTProto alone unless a SOCKS5 listener is asked for too
-        if mtproto.listen and kwargs.get("workers", 1) > 1:
-            raise ConfigError("--mtproto-listen runs in one process: drop --workers for now")
     settings = NodeSettings(**kwargs)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")

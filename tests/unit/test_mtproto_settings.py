@@ -89,13 +89,17 @@ def test_node_settings_mtproto_keys(tmp_path: Path) -> None:
         {"mtproto_listen": ["127.0.0.1:1"], "mtproto_modes": "dd,tls"},
         {"mtproto_listen": ["127.0.0.1:1"], "mtproto_user": ["a", "a"]},
         {"mtproto_listen": ["127.0.0.1:1"], "mtproto_user": [f"a:{KEY.hex()}", f"b:{KEY.hex()}"]},
-        {"mtproto_listen": ["127.0.0.1:1"], "workers": 2},
         {"mtproto_domain": "bad domain"},
     ],
 )
 def test_bad_node_settings(overrides: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         node_settings(overrides=overrides)
+
+
+def test_mtproto_with_workers_is_accepted() -> None:
+    s = node_settings(overrides={"mtproto_listen": ["127.0.0.1:1"], "workers": 2})
+    assert s.workers == 2 and s.mtproto is not None and s.mtproto.listen
 
 
 def test_sizes() -> None:

@@ -66,6 +66,13 @@ from resistance.config import Endpoint, MTProtoSettings, MTProtoUserSpec, NodeLi
 from resistance.errors import BufferOverflow, ProtocolError
 from resistance.links import mtproto_links
 from resistance.node.metrics import Family, NodeMetrics
+from resistance.node.mtproto_shared import (
+    SHARED_REPLAY_FILE,
+    SHARED_USERS_FILE,
+    SharedReplayCache,
+    SharedUsers,
+    state_lock,
+)
 from resistance.node.mtproto_users import (
     REPLAY_FILE,
     HandshakeRefused,
@@ -114,6 +121,7 @@ SWEEP_SECONDS = 5.0
 #: Classic and dd inits carry no time: they are remembered this long.
 CLASSIC_REPLAY_SECONDS = 3600.0
 SAVE_EVERY = 12  # sweeps between saves of usage and the replay cache
+SYNC_BYTES = SharedUsers.SYNC_BYTES
 
 
 def tune_malloc() -> bool:
@@ -170,10 +178,38 @@ def encrypted_flight(data: bytes) -> int | None:
     return total
 
 
+def open_replay_cache(state_dir: Path, now: float) -> SharedReplayCache:
+    """The node's replay cache, shared by its workers; an older node's saved cache joins it."""
+    cache = SharedReplayCache(state_dir / SHARED_REPLAY_FILE)
+    old_path = state_dir / REPLAY_FILE
+    with state_lock(state_dir):
+        if old_path.exists():
+            old = ReplayCache()
+            old.load(old_path, now)
+            for bucket, keys in old.buckets().items():
+                for key in keys:
+                    cache.seen(struct.pack("<Q", key), (bucket + 1) * ReplayCache.BUCKET, now)
+            with contextlib.suppress(OSError):
+                old_path.unlink()
+    return cache
+
+
 def default_modes(settings: MTProtoSettings) -> frozenset[str]:
     if settings.modes is not None:
         return settings.modes
     return frozenset({"ee"}) if settings.domain else frozenset({"dd"})
+
+
+def checked_modes(settings: MTProtoSettings) -> frozenset[str]:
+    modes = default_modes(settings)
+    if "ee" in modes and not settings.domain:
+        raise ProtocolError("mode ee needs a domain")
+    return modes
+
+
+def front_of(settings: MTProtoSettings) -> Endpoint | None:
+    """Where failed handshakes go: ``--mtproto-front``, else the domain on port 443."""
+    return settings.front or (Endpoint(settings.domain, 443) if settings.domain else None)
 
 
 def dc_table(settings: MTProtoSettings) -> dict[int, tuple[Endpoint, ...]]:
@@ -234,24 +270,30 @@ class MTProtoServer:
         metrics: NodeMetrics,
         loop: asyncio.AbstractEventLoop | None = None,
         now: Callable[[], float] = time.time,
+        worker: tuple[int, int] | None = None,
     ) -> None:
+        """``worker``: (slot, count) of a ``--workers`` node, whose users' bytes and
+        connections are then counted node-wide (:class:`SharedUsers`)."""
         self.settings = settings
         self.limits = limits
         self.state_dir = state_dir
         self.loop = loop or asyncio.get_running_loop()
         self.now = now
-        self.modes = default_modes(settings)
-        if "ee" in self.modes and not settings.domain:
-            raise ProtocolError("mode ee needs a domain")
+        self.modes = checked_modes(settings)
         self.metrics = MTProtoMetrics(metrics)
-        self.users = UserTable(resolve_users(settings.users or DEFAULT_USERS, state_dir))
-        usage = load_usage(state_dir)
-        for user in self.users.users:
-            user.used = usage.get(user.name, 0)
-        self.replay = ReplayCache()
-        self.replay.load(state_dir / REPLAY_FILE, now())
+        with state_lock(state_dir):  # workers resolve at once: one generated secret each
+            self.users = UserTable(resolve_users(settings.users or DEFAULT_USERS, state_dir))
+        self.shared_users: SharedUsers | None = None
+        if worker is not None:
+            self.shared_users = SharedUsers(state_dir / SHARED_USERS_FILE, worker[1], worker[0])
+            self._attach(self.users.users)
+        else:
+            usage = load_usage(state_dir)
+            for user in self.users.users:
+                user.used = usage.get(user.name, 0)
+        self.replay = open_replay_cache(state_dir, now())
         self.dcs = dc_table(settings)
-        self.front = settings.front or (Endpoint(settings.domain, 443) if settings.domain else None)
+        self.front = front_of(settings)
         self.cert_len = self._cert_len()
         self.connections: set[ClientConnection] = set()
         self.per_ip: dict[str, int] = {}
@@ -266,13 +308,14 @@ class MTProtoServer:
     def _cert_len(self) -> int:
         """The fake certificate's size: the front's own when learnt, else drawn once and kept."""
         path = self.state_dir / STATE_FILE
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            value = int(json.loads(path.read_text())["cert_len"])
-            if MIN_CERT_LEN <= value <= faketls.MAX_FRAGMENT:
-                return value
-        value = 2500 + secrets.randbelow(2000)
-        self._keep_cert_len(value)
-        return value
+        with state_lock(self.state_dir):  # every worker of the node answers alike
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                value = int(json.loads(path.read_text())["cert_len"])
+                if MIN_CERT_LEN <= value <= faketls.MAX_FRAGMENT:
+                    return value
+            value = 2500 + secrets.randbelow(2000)
+            self._keep_cert_len(value)
+            return value
 
     def _keep_cert_len(self, value: int) -> None:
         from resistance.paths import write_private
@@ -375,17 +418,51 @@ class MTProtoServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         self.save_state()
+        self.replay.close()
+        if self.shared_users is not None:
+            self.shared_users.close()
+
+    def _attach(self, users: list[MTProtoUser]) -> None:
+        shared = self.shared_users
+        if shared is None:
+            return
+        for user in users:
+            if user.shared_slot is None:
+                user.shared_slot = shared.slot(user.name)
+            self.sync(user)
+
+    def sync(self, user: MTProtoUser) -> None:
+        """Add this worker's unsynced bytes to the node's count and learn the total."""
+        shared, slot = self.shared_users, user.shared_slot
+        if shared is not None and slot is not None:
+            user.used = shared.add_used(slot, user.unsynced)
+        user.unsynced = 0
+
+    def claim(self, conn: ClientConnection, user: MTProtoUser) -> None:
+        """Count the connection node-wide; refused when the user's limit is reached."""
+        shared, slot = self.shared_users, user.shared_slot
+        if shared is None or slot is None:
+            return
+        if not shared.claim(slot, user.max_connections):
+            self.metrics.refused.labels(user.name, "user_connections").inc()
+            raise HandshakeRefused("user_connections")
+        conn.claimed = slot
 
     def save_state(self) -> None:
         try:
-            save_usage(self.state_dir, self.users.users)
-            self.replay.save(self.state_dir / REPLAY_FILE, self.now())
+            for user in self.users.users:
+                self.sync(user)
+            with state_lock(self.state_dir):
+                save_usage(self.state_dir, self.users.users)
+            self.replay.save()
         except OSError as exc:
             log.error("cannot keep MTProto state in %s: %s", self.state_dir, exc.strerror)
 
     def reload(self, settings: MTProtoSettings) -> None:
         """SIGHUP: new users and limits for new connections; usage carries over."""
-        self.users.replace(resolve_users(settings.users or DEFAULT_USERS, self.state_dir))
+        with state_lock(self.state_dir):
+            self.users.replace(resolve_users(settings.users or DEFAULT_USERS, self.state_dir))
+        self._attach(self.users.users)
         log.info("MTProto users reloaded: %d", len(self.users.users))
 
     # -- admission ------------------------------------------------------------
@@ -417,6 +494,8 @@ class MTProtoServer:
         self.forget(conn.peer_ip)
         self._flush(conn, final=True)
         user = conn.user
+        if conn.claimed is not None and self.shared_users is not None:
+            self.shared_users.release(conn.claimed)
         if user is not None:
             user.active -= 1
             user.sessions.discard(conn)
@@ -469,6 +548,10 @@ class MTProtoServer:
                     conn.close()
             if sweeps % SAVE_EVERY == 0:
                 self.save_state()
+            elif self.shared_users is not None:
+                for user in self.users.users:  # other workers' bytes count against quotas
+                    if user.unsynced or user.quota_bytes is not None:
+                        self.sync(user)
 
     # -- DC ---------------------------------------------------------------------
 
@@ -516,6 +599,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_eof = False
         self.deadline: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.claimed: int | None = None  # the user's shared slot, once counted node-wide
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -639,6 +723,7 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             server.metrics.refused.labels(user.name, refusal).inc()
             raise HandshakeRefused(refusal)
+        server.claim(self, user)
         self.transport.write(
             faketls.build_server_answer(user.key, hello, payload_len=server.cert_len)
         )
@@ -688,6 +773,7 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             self.server.metrics.refused.labels(user.name, refusal).inc()
             raise HandshakeRefused(refusal)
+        self.server.claim(self, user)
         self.user = user
         self.client = parsed
         self._count_in(user)
@@ -770,6 +856,9 @@ class ClientConnection(asyncio.Protocol):
         n = len(plain)
         self.bytes_up += n
         user.used += n
+        user.unsynced += n
+        if user.unsynced >= SYNC_BYTES:
+            self.server.sync(user)
         dc.write(plain)
         if user.quota_bytes is not None and user.used > user.quota_bytes:
             self.server.metrics.refused.labels(user.name, "quota").inc()
@@ -781,6 +870,9 @@ class ClientConnection(asyncio.Protocol):
         n = len(data)
         self.bytes_down += n
         user.used += n
+        user.unsynced += n
+        if user.unsynced >= SYNC_BYTES:
+            self.server.sync(user)
         self.touched = True
         if self.tls:
             data = faketls.encode_records(data)
@@ -996,12 +1088,33 @@ class FrontConnection(asyncio.Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class BannerView:
+    """What the banner shows of an MTProto listener run by workers (the supervisor
+    has no :class:`MTProtoServer`): the same attributes the banner reads."""
+
+    settings: MTProtoSettings
+    modes: frozenset[str]
+    front: Endpoint | None
+    users: UserTable
+    bound: list[Endpoint]
+
+
+def banner_view(settings: MTProtoSettings, state_dir: Path) -> BannerView:
+    """Check the MTProto settings and resolve the users once, before workers start
+    (so they all find the same generated secrets); ``bound`` is filled in later."""
+    modes = checked_modes(settings)
+    with state_lock(state_dir):
+        users = UserTable(resolve_users(settings.users or DEFAULT_USERS, state_dir))
+    return BannerView(settings, modes, front_of(settings), users, [])
+
+
+@dataclass(frozen=True, slots=True)
 class UserLink:
     name: str
     secret: ProxySecret
 
 
-def user_secrets(server: MTProtoServer) -> list[UserLink]:
+def user_secrets(server: MTProtoServer | BannerView) -> list[UserLink]:
     """Each user's secret in the form its link should carry (ee when on, else dd/classic)."""
     modes = server.modes
     out = []
@@ -1016,7 +1129,9 @@ def user_secrets(server: MTProtoServer) -> list[UserLink]:
     return out
 
 
-def banner_lines(server: MTProtoServer, node_settings: Any, *, shown: int = 5) -> list[str]:
+def banner_lines(
+    server: MTProtoServer | BannerView, node_settings: Any, *, shown: int = 5
+) -> list[str]:
     """What ``resist node`` prints about its MTProto side: where, how, and the links."""
     modes = ",".join(sorted(server.modes))
     front = f", front {server.front}" if server.front else ", no front (failures held silent)"

@@ -15,7 +15,9 @@ State kept in the state directory (all mode 0600):
 * ``mtproto-users.toml`` - the secrets the node generated for users
   configured without one, so that their links survive restarts;
 * ``mtproto-usage.json`` - bytes used per user, for quotas across restarts;
-* ``mtproto-replay.bin`` - the replay cache (see :class:`ReplayCache`).
+* ``mtproto-replay.map`` - the replay cache shared by the node's workers
+  (see :mod:`resistance.node.mtproto_shared`); an older node's
+  ``mtproto-replay.bin`` (:class:`ReplayCache`) is read into it once.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ class MTProtoUser:
     sessions: set[object] = field(default_factory=set)
     addresses: dict[bytes, int] = field(default_factory=dict)
     """Open connections per client address (keyed hashes, never addresses)."""
+    unsynced: int = 0
+    """With ``--workers``: bytes this worker relayed and has not added to the node's count."""
+    shared_slot: int | None = None
+    """With ``--workers``: the user's slot in the node's shared table."""
 
     def refusal(self, now: float, address: bytes | None = None) -> str | None:
         """Why this user may not open another connection now, or ``None``."""
@@ -175,6 +181,7 @@ class UserTable:
             old = self.by_name.get(user.name)
             if old is not None:
                 user.used, user.active, user.sessions = old.used, old.active, old.sessions
+                user.unsynced = old.unsynced
                 user.addresses = old.addresses
         self.users = users
         self.by_name = {u.name: u for u in users}
@@ -361,6 +368,10 @@ class ReplayCache:
 
     def __len__(self) -> int:
         return self._count
+
+    def buckets(self) -> dict[int, set[int]]:
+        """Bucket number -> keys (for carrying a saved cache into the shared one)."""
+        return self._buckets
 
     def _expire(self, now: float) -> None:
         current = int(now // self.BUCKET)

@@ -123,6 +123,8 @@ async def serve(
     prepared: Prepared,
     *,
     sockets: tuple[list[socket.socket], list[socket.socket]] | None = None,
+    mtproto_sockets: list[socket.socket] | None = None,
+    worker: tuple[int, int] | None = None,
     signals_ready: Callable[[], object] | None = None,
     metrics_channel: socket.socket | None = None,
 ) -> int:
@@ -144,7 +146,7 @@ async def serve(
         sockets=sockets,
     )
     await node.start()
-    mtproto = await start_mtproto(prepared, metrics, node)
+    mtproto = await start_mtproto(prepared, metrics, node, mtproto_sockets, worker)
     metrics_server: Any = None
     if metrics_channel is not None:
         _answer_metrics(loop, metrics_channel, metrics)
@@ -327,18 +329,25 @@ def _tls_link_line(settings: NodeSettings, listening: Listening, access: Access)
     return f"resist connect --upstream '{url}'"
 
 
-async def start_mtproto(prepared: Prepared, metrics: NodeMetrics, node: Node) -> Any:
-    """The MTProto listener beside the SOCKS5 node, when ``--mtproto-listen`` asks for one."""
+async def start_mtproto(
+    prepared: Prepared,
+    metrics: NodeMetrics,
+    node: Node,
+    sockets: list[socket.socket] | None = None,
+    worker: tuple[int, int] | None = None,
+) -> Any:
+    """The MTProto listener beside the SOCKS5 node, when ``--mtproto-listen`` asks for one
+    (a worker of ``--workers`` gets its listening ``sockets`` from the supervisor)."""
     mt = prepared.settings.mtproto
     if mt is None or not mt.listen:
         return None
     from resistance.node.mtproto import MTProtoServer
 
     server = MTProtoServer(
-        mt, prepared.settings.limits, state_dir=prepared.state_dir, metrics=metrics
+        mt, prepared.settings.limits, state_dir=prepared.state_dir, metrics=metrics, worker=worker
     )
     try:
-        await server.start()
+        await server.start(sockets)
     except BaseException:
         await node.stop()
         raise

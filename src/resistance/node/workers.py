@@ -17,6 +17,14 @@ worker for its numbers over a socketpair (one byte out, one JSON line back)
 and adds them up, so the counters mean the whole node.  A worker that is
 restarted starts its counters at zero, which Prometheus reads as a reset.
 
+With ``--mtproto-listen`` the MTProto listener joins the same scheme (its
+own ``SO_REUSEPORT`` group).  Before forking, the supervisor resolves the
+MTProto users once (so generated secrets are made once) and makes the
+shared per-user table afresh; the replay cache and that table are files of
+the state directory every worker maps (:mod:`resistance.node.mtproto_shared`),
+so a replayed hello is refused and quotas and ``conns=`` hold whichever
+worker a connection reaches.
+
 The supervisor prints the banner, passes SIGHUP on (each worker reloads
 users and policy), turns SIGTERM/SIGINT into a SIGTERM for every worker and
 waits for them to drain (``drain_timeout``, then SIGKILL), and restarts a
@@ -42,6 +50,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from resistance.config import Endpoint, NodeSettings
@@ -95,6 +104,7 @@ class Workers:
         self.worker = dataclasses.replace(prepared, settings=worker_settings(settings))
         self.bound: list[Endpoint] = []
         self.tls_bound: list[Endpoint] = []
+        self.mt_bound: list[Endpoint] = []
         self.pids: dict[int, int] = {}  # worker PID -> slot
         self.deaths: collections.deque[float] = collections.deque(maxlen=RESPAWN_LIMIT)
         self.stop_deadline: float | None = None
@@ -107,13 +117,25 @@ class Workers:
     def run(self) -> int:
         relay = relay_kind(self.settings)  # a bad setting fails here, not in every worker
         digest = tls_context(self.settings)[1] if self.settings.tls_listen else None
+        mt_view = None
+        if self._mtproto_endpoints():
+            from resistance.node.mtproto import banner_view
+
+            assert self.settings.mtproto is not None
+            mt_view = banner_view(self.settings.mtproto, self.prepared.state_dir)
+            _share_mtproto_users(self.prepared.state_dir, self.settings.workers)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             for slot in range(self.settings.workers):
                 self._spawn(slot, blocked)
             metrics_server = None
             if self.settings.metrics is not None:
-                metrics_server = start_metrics(SummedMetrics(self._scrape), self.settings.metrics)
+                summed = SummedMetrics(self._scrape)
+                if self._mtproto_endpoints():
+                    from resistance.node.mtproto import MTProtoMetrics
+
+                    MTProtoMetrics(summed.template)  # its families, summed like the others
+                metrics_server = start_metrics(summed, self.settings.metrics)
             listening = Listening(
                 relay, self.bound, self.tls_bound, digest.hex() if digest is not None else None
             )
@@ -126,6 +148,13 @@ class Workers:
                 prepared.nofile,
                 prepared.out,
             )
+            if mt_view is not None:
+                from resistance.node.mtproto import banner_lines
+
+                mt_view.bound.extend(self.mt_bound)
+                lines = banner_lines(mt_view, self.settings)
+                prepared.out.write("\n".join(lines) + "\n")
+                prepared.out.flush()
             log.info("node identity %s", public_key_text(prepared.identity))
             try:
                 return self._watch(blocked)
@@ -139,16 +168,23 @@ class Workers:
 
     # -- sockets ------------------------------------------------------------------
 
-    def _sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
-        """One worker's listening sockets, in the node's SO_REUSEPORT groups; the
-        first set made decides the ports (``:0`` included) for all the others."""
-        first = not (self.bound or self.tls_bound)
+    def _mtproto_endpoints(self) -> tuple[Endpoint, ...]:
+        mt = self.settings.mtproto
+        return mt.listen if mt is not None else ()
+
+    def _sockets(self) -> tuple[list[socket.socket], list[socket.socket], list[socket.socket]]:
+        """One worker's listening sockets (SOCKS5, SOCKS5 over TLS, MTProto), in the
+        node's SO_REUSEPORT groups; the first set made decides the ports (``:0``
+        included) for all the others."""
+        first = not (self.bound or self.tls_bound or self.mt_bound)
         plain: list[socket.socket] = []
         tls: list[socket.socket] = []
+        mt: list[socket.socket] = []
         try:
             for endpoints, made, bound in (
                 (self.settings.listen, plain, self.bound),
                 (self.settings.tls_listen, tls, self.tls_bound),
+                (self._mtproto_endpoints(), mt, self.mt_bound),
             ):
                 for i, endpoint in enumerate(endpoints):
                     sock = listening_socket(endpoint if first else bound[i], reuse_port=True)
@@ -157,15 +193,15 @@ class Workers:
                         host, port = sock.getsockname()[:2]
                         bound.append(Endpoint(host, port))
         except BaseException:
-            for sock in plain + tls:
+            for sock in plain + tls + mt:
                 sock.close()
             raise
-        return plain, tls
+        return plain, tls, mt
 
     # -- workers ------------------------------------------------------------------
 
     def _spawn(self, slot: int, mask: set[int | signal.Signals]) -> None:
-        plain, tls = self._sockets()
+        plain, tls, mt = self._sockets()
         channel = theirs = None
         if self.settings.metrics is not None:
             channel, theirs = socket.socketpair()
@@ -185,13 +221,16 @@ class Workers:
                 # The signals stay blocked (pending) until the worker's loop handles
                 # them: a SIGHUP now must not kill it with the default action.
                 code = self._serve(
-                    plain, tls, lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask), theirs
+                    slot,
+                    (plain, tls, mt),
+                    lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask),
+                    theirs,
                 )
             except BaseException:
                 log.exception("worker %d failed", slot)
             finally:
                 os._exit(code)
-        for sock in plain + tls:
+        for sock in plain + tls + mt:
             sock.close()  # the worker's now: the supervisor must not hold a queue nobody accepts
         if channel is not None and theirs is not None:
             theirs.close()
@@ -206,16 +245,19 @@ class Workers:
 
     def _serve(
         self,
-        plain: list[socket.socket],
-        tls: list[socket.socket],
+        slot: int,
+        sockets: tuple[list[socket.socket], list[socket.socket], list[socket.socket]],
         signals_ready: Callable[[], object],
         metrics_channel: socket.socket | None,
     ) -> int:
+        plain, tls, mt = sockets
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(
                 serve(
                     self.worker,
                     sockets=(plain, tls),
+                    mtproto_sockets=mt,
+                    worker=(slot, self.settings.workers),
                     signals_ready=signals_ready,
                     metrics_channel=metrics_channel,
                 )
@@ -307,6 +349,16 @@ class Workers:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def _share_mtproto_users(state_dir: Path, workers: int) -> None:
+    """The table through which workers count MTProto users' bytes and connections
+    node-wide, made afresh from the kept usage before any worker starts."""
+    from resistance.node.mtproto_shared import SHARED_USERS_FILE, SharedUsers, state_lock
+    from resistance.node.mtproto_users import load_usage
+
+    with state_lock(state_dir):
+        SharedUsers.create(state_dir / SHARED_USERS_FILE, workers, load_usage(state_dir))
 
 
 def _end_with_parent(supervisor: int) -> None:
