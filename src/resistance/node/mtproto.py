@@ -65,6 +65,7 @@ from typing import Any
 from resistance.config import Endpoint, MTProtoSettings, MTProtoUserSpec, NodeLimits
 from resistance.errors import BufferOverflow, ProtocolError
 from resistance.links import mtproto_links
+from resistance.node.admission import PerAddress
 from resistance.node.metrics import Family, NodeMetrics
 from resistance.node.mtproto_shared import (
     SHARED_REPLAY_FILE,
@@ -296,7 +297,7 @@ class MTProtoServer:
         self.front = front_of(settings)
         self.cert_len = self._cert_len()
         self.connections: set[ClientConnection] = set()
-        self.per_ip: dict[str, int] = {}
+        self.per_ip = PerAddress(self.limits.max_connections_per_ip)
         self.servers: list[asyncio.Server] = []
         self.bound: list[Endpoint] = []
         self.draining = False
@@ -473,19 +474,13 @@ class MTProtoServer:
         if len(self.connections) >= self.limits.max_connections:
             self.metrics.failures.labels("max_connections").inc()
             return False
-        count = self.per_ip.get(ip, 0)
-        if count >= self.limits.max_connections_per_ip:
+        if not self.per_ip.take(ip):
             self.metrics.failures.labels("max_connections_per_ip").inc()
             return False
-        self.per_ip[ip] = count + 1
         return True
 
     def forget(self, ip: str) -> None:
-        count = self.per_ip.get(ip, 0) - 1
-        if count > 0:
-            self.per_ip[ip] = count
-        else:
-            self.per_ip.pop(ip, None)
+        self.per_ip.release(ip)
 
     def closed(self, conn: ClientConnection) -> None:
         if conn not in self.connections:

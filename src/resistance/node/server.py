@@ -37,6 +37,7 @@ from resistance.errors import ConfigError
 from resistance.net.deadlines import Deadlines
 from resistance.net.reactor import HAS_EPOLL, Reactor
 from resistance.net.relay import HAS_SPLICE, AnyPipePool, new_pipe_pool
+from resistance.node.admission import PerAddress
 from resistance.node.host import Association, Client
 from resistance.node.metrics import NodeMetrics
 from resistance.node.net import NodeNetwork, SocketNetwork
@@ -281,7 +282,7 @@ class Node:
         )
         self.sessions: set[Client] = set()
         self.udp_associations: set[Association] = set()
-        self.per_ip: dict[str, int] = {}
+        self.per_ip = PerAddress(limits.max_connections_per_ip)
         self.listeners: list[Listener] = []
         self.tls_servers: list[asyncio.Server] = []  # and plain ones served by transports
         self.bound: list[Endpoint] = []
@@ -390,19 +391,13 @@ class Node:
         if len(self.sessions) >= self.capacity:
             self.metrics.rejected.labels("max-connections").inc()
             return False
-        count = self.per_ip.get(ip, 0)
-        if count >= self.limits.max_connections_per_ip:
+        if not self.per_ip.take(ip):
             self.metrics.rejected.labels("max-connections-per-ip").inc()
             return False
-        self.per_ip[ip] = count + 1
         return True
 
     def forget(self, ip: str) -> None:
-        count = self.per_ip.get(ip, 0) - 1
-        if count > 0:
-            self.per_ip[ip] = count
-        else:
-            self.per_ip.pop(ip, None)
+        self.per_ip.release(ip)
 
     def session_opened(self, session: Client) -> None:
         self.sessions.add(session)
