@@ -18,7 +18,9 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     "upstreams",
     multiple=True,
     metavar="URL",
-    help="socks5://USER:PASS@HOST:PORT of a node; repeatable, tried in turn.",
+    help="socks5://USER:PASS@HOST:PORT of a node, socks5s://…#sha256=PIN, or an MTProto "
+    "proxy link (tg://proxy?…, mtproto://SECRET@HOST:PORT: carries Telegram's DC "
+    "connections only); repeatable, tried in turn.",
 )
 @click.option(
     "--directory",
@@ -75,6 +77,14 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     "upstream, and a download that stops partway (a censor's freeze) takes that "
     "transport out of use.",
 )
+@click.option(
+    "--telegram-range",
+    "telegram_ranges",
+    multiple=True,
+    metavar="CIDR",
+    help="Count this network as Telegram's data centres too (lab stand-ins), for the "
+    "MTProto rung; the published ranges always count.",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
@@ -96,6 +106,7 @@ def connect(
     race_after: float,
     network: str | None,
     freeze_check: str | None,
+    telegram_ranges: tuple[str, ...],
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -111,6 +122,8 @@ def connect(
       resist connect --upstream socks5://alice:s3cret@203.0.113.7:1080 \\
                      --upstream socks5://bob:0ther@198.51.100.9:1080
       resist connect --upstream 'socks5s://alice:s3cret@203.0.113.7:443#sha256=PIN'
+      resist connect --upstream 'tg://proxy?server=203.0.113.7&port=443&secret=ee…' \\
+                     --upstream socks5://alice:s3cret@203.0.113.7:1080
       resist connect status
     """
     if ctx.invoked_subcommand is not None:
@@ -121,6 +134,7 @@ def connect(
     from resistance.client.upstreams import Upstream
     from resistance.config import parse_endpoint, parse_user
     from resistance.directory.keys import trusted_key
+    from resistance.node.policy import load_networks
     from resistance.paths import resolve_state_dir
 
     setup_logging(verbose + 1)
@@ -150,6 +164,9 @@ def connect(
         transport=transport,
         network=network,
         freeze_check=parse_endpoint(freeze_check, what="canary") if freeze_check else None,
+        telegram_ranges=tuple(load_networks("\n".join(telegram_ranges), source="--telegram-range"))
+        if telegram_ranges
+        else (),
     )
     sys.exit(run_connect(settings))
 

@@ -1,7 +1,7 @@
 """The client's ladder: per network it sits in, which transport of which node got through.
 
 Theory of operation.  A node may offer several transports (its TLS listener,
-its plain SOCKS5 port; MTProto fake-TLS once the client has one), and a
+its plain SOCKS5 port, its MTProto fake-TLS port), and a
 censor blocks them differently: a fingerprint rule kills plain SOCKS5 and
 leaves TLS alone, an IP rule kills every transport of one node.  What gets
 through depends on the network the user sits in (home, mobile, a café), so
@@ -70,13 +70,9 @@ TRANSPORTS: tuple[Transport, ...] = (
     Transport("tls", "SOCKS5 inside TLS, with a browser's ClientHello (client/hello.py)"),
     Transport(
         "mtproto-faketls",
-        "MTProto fake-TLS",
-        usable=False,
-        note="slot only: an MTProto proxy reaches nothing but Telegram's data centres, so "
-        "this rung would carry only an app's connections to a data-centre address, "
-        "re-framed: the app's own obfuscated2 stream decrypted and sent again inside the "
-        "node's fake-TLS with the secret's keys (proto/obfuscated2.py, proto/faketls.py "
-        "and net/mtproto.py have the client half; the re-framing relay is not written)",
+        "an app's data-centre connections re-framed onto an MTProto proxy, fake-TLS for ee "
+        "secrets (client/mtrung.py)",
+        note="carries only obfuscated2 to Telegram's data centres; other connections skip it",
     ),
     Transport("socks5", "plain SOCKS5 (last: its greeting is a fingerprint)"),
 )
@@ -84,6 +80,8 @@ _RANK = {t.name: i for i, t in enumerate(TRANSPORTS)}
 
 
 def transport_of(upstream: Upstream) -> str:
+    if upstream.mtproto_secret is not None:
+        return "mtproto-faketls"
     return "tls" if upstream.tls_sha256 is not None else "socks5"
 
 

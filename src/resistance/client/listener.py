@@ -25,13 +25,14 @@ from resistance.client.session import ClientSession
 from resistance.client.upstreams import Upstream, UpstreamPool
 from resistance.config import Endpoint, NodeLimits, NodeSettings
 from resistance.errors import ConfigError
+from resistance.net.mtproto import ask_res_pq
 from resistance.node.identity import (
     challenge_name,
     public_key_from_text,
     verify_challenge,
 )
 from resistance.node.metrics import NodeMetrics
-from resistance.node.policy import EgressPolicy
+from resistance.node.policy import EgressPolicy, Network
 from resistance.node.server import Node
 from resistance.node.users import UserDB
 from resistance.proto.socks5 import Address, Command
@@ -65,6 +66,9 @@ class ConnectSettings:
     freeze_check: Endpoint | None = None
     #: Seconds without a byte before the end of that download that count as a freeze.
     freeze_stall: float = 3.0
+    #: Networks whose CONNECTs count as Telegram data centres besides the published
+    #: ranges (the lab's and tests' DC stand-ins), for the MTProto rung.
+    telegram_ranges: tuple[Network, ...] = ()
 
 
 class ConnectNode(Node):
@@ -103,9 +107,20 @@ class ConnectNode(Node):
         self.max_attempts = settings.max_attempts
         self.race_after = settings.race_after
         self.dial_failures = 0
+        self.telegram_ranges = settings.telegram_ranges
 
     async def check(self, upstream: Upstream) -> None:
         """One health check: the node challenge through ``upstream``."""
+        secret = upstream.mtproto
+        if secret is not None:  # an MTProto proxy: a resPQ from DC 2 through it
+            res_pq = await ask_res_pq(
+                upstream.host, upstream.port, secret, within=self.dial_timeout
+            )
+            if res_pq.ok:
+                self.pool.succeeded(upstream, (res_pq.tcp_us or 0) / 1e6)
+            else:
+                self.pool.failed(upstream, f"health check: {res_pq.reason}")
+            return
         nonce = os.urandom(16)
         address = Address.from_host(challenge_name(nonce), 0)
         try:

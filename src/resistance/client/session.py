@@ -15,6 +15,7 @@ pass between the application and the upstream's relay unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -22,7 +23,9 @@ from asyncio import FIRST_COMPLETED
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from resistance.client.dial import Dialed, DialError, dial
+from resistance.client.mtrung import Reframer, is_dc_address, read_app_init
 from resistance.client.upstreams import Upstream
+from resistance.errors import ProtocolError
 from resistance.net.relay import TransportRelay
 from resistance.node.host import SessionHost
 from resistance.node.session import RawSession
@@ -63,6 +66,8 @@ class ConnectHost(SessionHost, Protocol):
     max_attempts: int
     race_after: float | None
     dial_failures: int
+    #: Networks counted as Telegram's besides the published ranges (lab, tests).
+    telegram_ranges: tuple[Any, ...]
 
 
 class ClientSession(RawSession):
@@ -101,6 +106,8 @@ class ClientSession(RawSession):
         node = self.client_node
         pool = node.pool
         order = pool.order()
+        # An MTProto proxy carries only DC traffic, and only through _forward_dc.
+        order = [u for u in order if u.mtproto_secret is None]
         if command is UDP_ASSOCIATE:  # its control connection must be plain
             order = [u for u in order if u.tls_sha256 is None]
         candidates = order[: node.max_attempts]
@@ -167,6 +174,14 @@ class ClientSession(RawSession):
         return self.conn, dialed
 
     async def _forward(self, request: CommandRequest) -> None:
+        node = self.client_node
+        if (
+            request.address.type is not DOMAIN
+            and any(u.mtproto_secret is not None for u in node.pool.upstreams)
+            and is_dc_address(request.address.host, node.telegram_ranges)
+        ):
+            await self._forward_dc(request)
+            return
         got = await self._dial_for(CONNECT, request.address)
         if got is None:
             return
@@ -206,6 +221,78 @@ class ClientSession(RawSession):
             relay.close()
             return
         upstream.resume_reading()
+
+    async def _forward_dc(self, request: CommandRequest) -> None:
+        """A CONNECT to a data-centre address: the MTProto rung if the app speaks obfuscated2.
+
+        The app is answered first (its init comes only after the reply), then
+        its first 64 bytes decide (:mod:`resistance.client.mtrung`); upstreams
+        are tried one after another in the pool's order, MTProto proxies only
+        for a valid init, the others with the bytes read so far passed on.
+        If none carries it the app's connection is closed (it has its answer).
+        """
+        node = self.client_node
+        conn = self.conn
+        assert conn is not None and self.host.reactor is not None
+        conn.reply(SUCCEEDED, ANY_IPV4)
+        self.host.metrics.reply_by_code[SUCCEEDED].inc()
+        self.write(conn.data_to_send())
+        first = conn.take_early_data()
+        self.conn = None
+        self.paused = True
+        self.host.reactor.release(self.fd)
+        self.fd = -1
+        pump = DcPump(self)
+        self.relay = pump
+        try:
+            app_r, app_w = await asyncio.open_connection(sock=self.sock, limit=PUMP_READ)
+            pump.writers.append(app_w)
+            async with asyncio.timeout(node.dial_timeout):
+                while len(first) < 64:
+                    data = await app_r.read(64 - len(first))
+                    if not data:
+                        return
+                    first += data
+            app = read_app_init(first[:64])
+            order = node.pool.order()
+            if app is None:
+                order = [u for u in order if u.mtproto_secret is None]
+            for upstream in order[: node.max_attempts]:
+                try:
+                    if upstream.mtproto_secret is not None:
+                        assert app is not None and upstream.mtproto is not None
+                        reframer = Reframer(app, upstream.mtproto)
+                        up_r, up_w, seconds = await _open_mtproto(
+                            upstream, reframer, node.dial_timeout
+                        )
+                        pump.writers.append(up_w)
+                        up_w.write(reframer.to_proxy(first[64:]))
+                        to_up: Any = reframer.to_proxy
+                        to_app: Any = reframer.from_proxy
+                    else:
+                        dialed = await dial(
+                            upstream, CONNECT, request.address, seconds=node.dial_timeout
+                        )
+                        seconds = dialed.seconds
+                        up_r, up_w = await _streams_of(dialed)
+                        pump.writers.append(up_w)
+                        app_w.write(dialed.early)
+                        up_w.write(first)
+                        to_up, to_app = _same, _same_pair
+                except (DialError, OSError, TimeoutError, ProtocolError) as exc:
+                    node.dial_failures += 1
+                    node.pool.failed(upstream, str(exc) or type(exc).__name__)
+                    log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
+                    continue
+                node.pool.succeeded(upstream, seconds)
+                node.pool.used(upstream)
+                await pump.run(app_r, app_w, up_r, up_w, to_up, to_app)
+                return
+        except (OSError, TimeoutError):
+            return
+        finally:
+            self.task = None
+            pump.finish()
 
     async def _associate(self, request: CommandRequest) -> None:
         got = await self._dial_for(UDP_ASSOCIATE, ANY_IPV4)
@@ -343,3 +430,134 @@ class UdpForward:
             sock.close()
         self.session.host.udp_associations.discard(self)
         self.session.host.metrics.udp_associations.dec()
+
+
+#: Bytes per read on either leg of a data-centre relay (and the stream buffers' limit).
+PUMP_READ = 64 * 1024
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+def _same_pair(data: bytes) -> tuple[bytes, bytes]:
+    return data, b""
+
+
+#: A fake-TLS answer is a few KiB; more before it is complete is not an MTProto proxy.
+MAX_ANSWER = 64 * 1024
+
+
+async def _open_mtproto(
+    upstream: Upstream, reframer: Reframer, seconds: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
+    """A connection to the MTProto proxy, past its fake-TLS answer for ee secrets."""
+    started = asyncio.get_running_loop().time()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(seconds):
+            reader, writer = await asyncio.open_connection(
+                upstream.host, upstream.port, limit=PUMP_READ
+            )
+            writer.write(reframer.start())
+            answered = 0
+            while not reframer.established:
+                data = await reader.read(PUMP_READ)
+                if not data:
+                    raise DialError("the MTProto proxy closed", Reply.GENERAL_FAILURE)
+                answered += len(data)
+                if answered > MAX_ANSWER:
+                    raise ProtocolError("far more bytes than a fake-TLS answer")
+                _, due = reframer.from_proxy(data)
+                assert not due  # nothing was held back yet
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    return reader, writer, asyncio.get_running_loop().time() - started
+
+
+async def _streams_of(dialed: Dialed) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over a dialed upstream, plain socket or TLS transport."""
+    if dialed.sock is not None:
+        return await asyncio.open_connection(sock=dialed.sock, limit=PUMP_READ)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=PUMP_READ, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    assert dialed.transport is not None
+    transport = dialed.transport
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    transport.resume_reading()
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+class DcPump:
+    """Both directions of a data-centre connection, translated; the session's relay.
+
+    Reads are bounded (:data:`PUMP_READ`) and each write waits for the other
+    side to drain (backpressure); the host's sweep ends it when idle.
+    """
+
+    __slots__ = ("bytes_down", "bytes_up", "done", "idle", "session", "tasks", "writers")
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.idle = 0
+        self.done = False
+        self.writers: list[asyncio.StreamWriter] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def run(
+        self,
+        app_r: asyncio.StreamReader,
+        app_w: asyncio.StreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+        to_up: Any,
+        to_app: Any,
+    ) -> None:
+        async def up() -> None:
+            while data := await app_r.read(PUMP_READ):
+                self.idle = 0
+                self.bytes_up += len(data)
+                up_w.write(to_up(data))
+                await up_w.drain()
+
+        async def down() -> None:
+            while data := await up_r.read(PUMP_READ):
+                self.idle = 0
+                plain, due = to_app(data)
+                self.bytes_down += len(data)
+                if due:
+                    up_w.write(due)
+                app_w.write(plain)
+                await app_w.drain()
+
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(up()), loop.create_task(down())]
+        try:
+            await asyncio.wait(self.tasks, return_when=FIRST_COMPLETED)
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            for task in self.tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.finish()
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        for writer in self.writers:
+            writer.close()
+        if not self.writers:
+            self.session.sock.close()
+        self.session.host.session_closed(self.session, self.bytes_up, self.bytes_down)

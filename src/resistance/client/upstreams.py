@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from resistance.errors import ConfigError
-from resistance.links import parse_socks_url
+from resistance.links import parse_mtproto_link, parse_mtproto_secret, parse_socks_url
+from resistance.proto.faketls import ProxySecret
 
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
@@ -45,6 +46,13 @@ class Upstream:
     public_key: str | None = None  # the node's identity key, when a directory gave it
     name: str = ""
     tls_sha256: str | None = None  # SOCKS5 inside TLS, to a certificate with this SHA-256
+    #: An MTProto proxy (the ladder's MTProto rung) opened by this secret, in hex.
+    mtproto_secret: str | None = None
+
+    @property
+    def mtproto(self) -> ProxySecret | None:
+        """The MTProto proxy's secret, if this upstream is one (it carries only DC traffic)."""
+        return None if self.mtproto_secret is None else parse_mtproto_secret(self.mtproto_secret)
 
     @property
     def label(self) -> str:
@@ -52,10 +60,18 @@ class Upstream:
         if self.name:
             return self.name
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.mtproto_secret is not None:
+            return f"{host}:{self.port} (MTProto)"
         return f"{host}:{self.port}" + (" (TLS)" if self.tls_sha256 is not None else "")
 
     @classmethod
     def from_url(cls, url: str) -> Upstream:
+        """``socks5://``, ``socks5s://…#sha256=PIN``, or an MTProto proxy link
+        (``tg://proxy?…``, ``https://t.me/proxy?…``, ``mtproto://SECRET@HOST:PORT``)."""
+        scheme = url.strip().partition(":")[0].lower()
+        if scheme in ("tg", "mtproto", "http", "https"):
+            mt = parse_mtproto_link(url)
+            return cls(mt.host, mt.port, mtproto_secret=mt.secret.to_hex())
         proxy = parse_socks_url(url)
         pin = None
         if proxy.scheme == "socks5s":
@@ -138,7 +154,9 @@ class UpstreamPool:
             h = self.health[u]
             resting = 0 if h.available(now) else 1
             learned, rung = ladder.rank(u) if ladder is not None else (0, 0)
-            plain = 1 if self.prefer_tls and u.tls_sha256 is None else 0
+            plain = (
+                1 if self.prefer_tls and u.tls_sha256 is None and u.mtproto_secret is None else 0
+            )
             sticky = 0 if u == self.active else 1
             latency = h.latency if h.latency is not None else float("inf")
             return (resting, learned, rung, plain, sticky, latency, index[u])
