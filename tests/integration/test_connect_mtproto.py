@@ -87,10 +87,12 @@ async def in_thread(fn: Any, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
+@pytest.mark.parametrize("mode", [SecretMode.EE, SecretMode.DD, SecretMode.CLASSIC])
 async def test_an_apps_dc_connection_goes_over_the_mtproto_proxy(
-    mtproxy: int, dc: int, tmp_path: Path
+    mtproxy: int, dc: int, tmp_path: Path, mode: SecretMode
 ) -> None:
-    link = mtproto_links("127.0.0.1", mtproxy, ProxySecret(KEY, SecretMode.EE, DOMAIN)).tg
+    secret = ProxySecret(KEY, mode, DOMAIN if mode is SecretMode.EE else None)
+    link = mtproto_links("127.0.0.1", mtproxy, secret).tg
     state = tmp_path / "client"
     # The MTProto proxy is the only upstream: nothing but the rung can reach the DC.
     client = await in_thread(
@@ -131,3 +133,26 @@ async def test_what_is_not_dc_traffic_skips_the_rung_without_an_error(
             assert recv_exact(sock, len(payload)) == payload
 
     await in_thread(http_like)
+
+
+async def test_a_blocked_mtproto_proxy_falls_to_the_next_transport_unseen(
+    dc: int, tmp_path: Path, node: RunningNode
+) -> None:
+    dead = free_port()  # nothing listens: the censor's reset, at once
+    link = mtproto_links("127.0.0.1", dead, ProxySecret(KEY, SecretMode.EE, DOMAIN)).tg
+    state = tmp_path / "client"
+    client = await in_thread(
+        start_client, state, "--upstream", link,
+        "--upstream", f"socks5://alice:secret@127.0.0.1:{node.port}",
+        "--telegram-range", "127.0.0.1/32", "--network", "lab", "--dial-timeout", "3",
+    )  # fmt: skip
+    for _ in range(2):  # the app's init is passed on unchanged: the DC reads it itself
+        await in_thread(app_res_pq, client, dc)
+
+    def learned() -> Any:
+        rows = {r["transport"]: r for r in read_status(state).get("ladder", [])}
+        ok = rows.get("socks5", {}).get("state") == "works"
+        return ok and rows.get("mtproto-faketls", {}).get("state") == "failed" and rows
+
+    rows = await in_thread(wait_for, learned, "the ladder did not learn the rung is blocked")
+    assert rows["mtproto-faketls"]["error"]
