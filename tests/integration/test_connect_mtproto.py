@@ -6,7 +6,10 @@ secret), re-framed by the client; what is not DC traffic skips the rung to plain
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -135,11 +138,32 @@ async def test_what_is_not_dc_traffic_skips_the_rung_without_an_error(
     await in_thread(http_like)
 
 
+@pytest.fixture
+def silent() -> Iterator[int]:
+    """A port that accepts and never answers: a censor dropping the proxy's packets."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.parametrize("block", ["reset", "drop"])
 async def test_a_blocked_mtproto_proxy_falls_to_the_next_transport_unseen(
-    dc: int, tmp_path: Path, node: RunningNode
+    dc: int, tmp_path: Path, node: RunningNode, silent: int, block: str
 ) -> None:
-    dead = free_port()  # nothing listens: the censor's reset, at once
-    link = mtproto_links("127.0.0.1", dead, ProxySecret(KEY, SecretMode.EE, DOMAIN)).tg
+    # "reset": nothing listens, refused at once; "drop": the hello goes unanswered and
+    # the dial is raced by the next transport after a second.
+    blocked = free_port() if block == "reset" else silent
+    link = mtproto_links("127.0.0.1", blocked, ProxySecret(KEY, SecretMode.EE, DOMAIN)).tg
     state = tmp_path / "client"
     client = await in_thread(
         start_client, state, "--upstream", link,

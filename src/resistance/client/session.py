@@ -20,6 +20,8 @@ import ipaddress
 import logging
 import socket
 from asyncio import FIRST_COMPLETED
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from resistance.client.dial import Dialed, DialError, dial
@@ -227,9 +229,10 @@ class ClientSession(RawSession):
 
         The app is answered first (its init comes only after the reply), then
         its first 64 bytes decide (:mod:`resistance.client.mtrung`); upstreams
-        are tried one after another in the pool's order, MTProto proxies only
-        for a valid init, the others with the bytes read so far passed on.
-        If none carries it the app's connection is closed (it has its answer).
+        are tried in the pool's order, a slow one raced by the next after
+        ``race_after``, MTProto proxies only for a valid init, the others
+        with the bytes read so far passed on unchanged.  If none carries it
+        the app's connection is closed (it already has its SOCKS5 answer).
         """
         node = self.client_node
         conn = self.conn
@@ -247,52 +250,75 @@ class ClientSession(RawSession):
         try:
             app_r, app_w = await asyncio.open_connection(sock=self.sock, limit=PUMP_READ)
             pump.writers.append(app_w)
-            async with asyncio.timeout(node.dial_timeout):
-                while len(first) < 64:
-                    data = await app_r.read(64 - len(first))
-                    if not data:
-                        return
-                    first += data
-            app = read_app_init(first[:64])
-            order = node.pool.order()
-            if app is None:
-                order = [u for u in order if u.mtproto_secret is None]
-            for upstream in order[: node.max_attempts]:
-                try:
-                    if upstream.mtproto_secret is not None:
-                        assert app is not None and upstream.mtproto is not None
-                        reframer = Reframer(app, upstream.mtproto)
-                        up_r, up_w, seconds = await _open_mtproto(
-                            upstream, reframer, node.dial_timeout
-                        )
-                        pump.writers.append(up_w)
-                        up_w.write(reframer.to_proxy(first[64:]))
-                        to_up: Any = reframer.to_proxy
-                        to_app: Any = reframer.from_proxy
-                    else:
-                        dialed = await dial(
-                            upstream, CONNECT, request.address, seconds=node.dial_timeout
-                        )
-                        seconds = dialed.seconds
-                        up_r, up_w = await _streams_of(dialed)
-                        pump.writers.append(up_w)
-                        app_w.write(dialed.early)
-                        up_w.write(first)
-                        to_up, to_app = _same, _same_pair
-                except (DialError, OSError, TimeoutError, ProtocolError) as exc:
-                    node.dial_failures += 1
-                    node.pool.failed(upstream, str(exc) or type(exc).__name__)
-                    log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
-                    continue
-                node.pool.succeeded(upstream, seconds)
-                node.pool.used(upstream)
-                await pump.run(app_r, app_w, up_r, up_w, to_up, to_app)
+            try:
+                async with asyncio.timeout(node.dial_timeout):
+                    while len(first) < 64:
+                        data = await app_r.read(64 - len(first))
+                        if not data:
+                            return
+                        first += data
+            except TimeoutError:
+                pass  # the app waits for the server to speak first: not obfuscated2
+            dc_traffic = len(first) >= 64 and read_app_init(first[:64]) is not None
+            leg = await self._race_dc_legs(request.address, first, dc_traffic)
+            if leg is None:
                 return
+            pump.writers.append(leg.writer)
+            app_w.write(leg.early)
+            await pump.run(app_r, app_w, leg.reader, leg.writer, leg.to_up, leg.to_app)
         except (OSError, TimeoutError):
             return
         finally:
             self.task = None
             pump.finish()
+
+    async def _race_dc_legs(self, address: Address, first: bytes, dc_traffic: bool) -> DcLeg | None:
+        """The first upstream to carry ``first`` onwards, racing a slow one as
+        :meth:`_through_upstreams` does; MTProto proxies only for DC traffic."""
+        node = self.client_node
+        pool = node.pool
+        order = pool.order()
+        if not dc_traffic:
+            order = [u for u in order if u.mtproto_secret is None]
+        candidates = order[: node.max_attempts]
+        racing: dict[asyncio.Task[DcLeg], Upstream] = {}
+        started = 0
+        try:
+            while started < len(candidates) or racing:
+                if started < len(candidates) and (not racing or node.race_after is not None):
+                    upstream = candidates[started]
+                    started += 1
+                    racing[node.loop.create_task(_open_leg(upstream, address, first, node))] = (
+                        upstream
+                    )
+                more = started < len(candidates)
+                done, _ = await asyncio.wait(
+                    racing, timeout=node.race_after if more else None, return_when=FIRST_COMPLETED
+                )
+                for task in done:
+                    upstream = racing.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        leg = task.result()
+                        for loser, slow in racing.items():
+                            loser.cancel()
+                            pool.failed(slow, "slower than another upstream")
+                        racing.clear()
+                        for other in done - {task}:
+                            if other.exception() is None:
+                                other.result().writer.close()
+                        pool.succeeded(upstream, leg.seconds)
+                        pool.used(upstream)
+                        return leg
+                    if not isinstance(exc, DialError | OSError | TimeoutError | ProtocolError):
+                        raise exc
+                    node.dial_failures += 1
+                    pool.failed(upstream, str(exc) or type(exc).__name__)
+                    log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
+        finally:
+            for task in racing:
+                task.cancel()
+        return None
 
     async def _associate(self, request: CommandRequest) -> None:
         got = await self._dial_for(UDP_ASSOCIATE, ANY_IPV4)
@@ -436,6 +462,39 @@ class UdpForward:
 PUMP_READ = 64 * 1024
 
 
+@dataclass(slots=True)
+class DcLeg:
+    """An upstream carrying a data-centre connection, and how each direction is translated."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    seconds: float
+    early: bytes  # for the app, before anything from the reader
+    to_up: Callable[[bytes], bytes]
+    to_app: Callable[[bytes], tuple[bytes, bytes]]
+
+
+async def _open_leg(upstream: Upstream, address: Address, first: bytes, node: ConnectHost) -> DcLeg:
+    """``first`` (the app's bytes so far) sent on through ``upstream``: re-framed onto an
+    MTProto proxy, or unchanged through a SOCKS5 upstream."""
+    secret = upstream.mtproto
+    if secret is not None:
+        app = read_app_init(first[:64])  # its own ciphers: attempts may race
+        assert app is not None
+        reframer = Reframer(app, secret)
+        reader, writer, seconds = await _open_mtproto(upstream, reframer, node.dial_timeout)
+        writer.write(reframer.to_proxy(first[64:]))
+        return DcLeg(reader, writer, seconds, b"", reframer.to_proxy, reframer.from_proxy)
+    dialed = await dial(upstream, CONNECT, address, seconds=node.dial_timeout)
+    try:
+        reader, writer = await _streams_of(dialed)
+    except BaseException:
+        dialed.close()
+        raise
+    writer.write(first)
+    return DcLeg(reader, writer, dialed.seconds, dialed.early, _same, _same_pair)
+
+
 def _same(data: bytes) -> bytes:
     return data
 
@@ -516,8 +575,8 @@ class DcPump:
         app_w: asyncio.StreamWriter,
         up_r: asyncio.StreamReader,
         up_w: asyncio.StreamWriter,
-        to_up: Any,
-        to_app: Any,
+        to_up: Callable[[bytes], bytes],
+        to_app: Callable[[bytes], tuple[bytes, bytes]],
     ) -> None:
         async def up() -> None:
             while data := await app_r.read(PUMP_READ):
