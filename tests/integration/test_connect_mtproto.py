@@ -6,7 +6,9 @@ secret), re-framed by the client; what is not DC traffic skips the rung to plain
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
 import secrets
 import socket
 import threading
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from python_socks.sync import Proxy
+from telethon.network.connection import ConnectionTcpObfuscated
 
 from resistance.config import Endpoint
 from resistance.lab import datacentre
@@ -111,6 +114,31 @@ async def test_an_apps_dc_connection_goes_over_the_mtproto_proxy(
 
     rows = await in_thread(wait_for, learned, "the ladder never saw the MTProto rung work")
     assert rows["mtproto-faketls"]["upstream"] == f"127.0.0.1:{mtproxy} (MTProto)"
+
+
+LOGGERS = collections.defaultdict(lambda: logging.getLogger("telethon-test"))
+
+
+async def test_telethon_through_resist_connect_reaches_the_dc_over_the_mtproto_proxy(
+    mtproxy: int, dc: int, tmp_path: Path
+) -> None:
+    """Telethon's obfuscated TCP connection (abridged, and the DC index left random in
+    its init) through our SOCKS5 port: the lab DC's address is named with --telegram-dc."""
+    link = mtproto_links("127.0.0.1", mtproxy, ProxySecret(KEY, SecretMode.EE, DOMAIN)).tg
+    client = await in_thread(
+        start_client, tmp_path / "client", "--upstream", link,
+        "--telegram-dc", "2=127.0.0.1", "--network", "lab", "--dial-timeout", "3",
+    )  # fmt: skip
+    proxy = {"proxy_type": "socks5", "addr": "127.0.0.1", "port": client.port}
+    for _ in range(2):
+        conn = ConnectionTcpObfuscated("127.0.0.1", dc, 2, loggers=LOGGERS, proxy=proxy)
+        await conn.connect(timeout=WAIT)
+        try:
+            request = req_pq_multi(time.time())
+            await conn.send(request.serialize())
+            check_res_pq(await asyncio.wait_for(conn.recv(), WAIT), request)
+        finally:
+            await conn.disconnect()
 
 
 async def test_what_is_not_dc_traffic_skips_the_rung_without_an_error(

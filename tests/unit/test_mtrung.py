@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resistance.client.ladder import TRANSPORTS, transport_of
-from resistance.client.mtrung import Reframer, is_dc_address, read_app_init
+from resistance.client.mtrung import Reframer, dc_of_address, is_dc_address, read_app_init
 from resistance.client.upstreams import Upstream, UpstreamPool
 from resistance.errors import ConfigError, ProtocolError
 from resistance.proto import faketls
@@ -175,3 +175,19 @@ def test_a_tls_preferring_pool_does_not_put_mtproto_behind_plain_socks5() -> Non
     plain = Upstream("198.51.100.1", 1080)
     mt = Upstream("203.0.113.7", 443, mtproto_secret=SECRETS["ee"].to_hex())
     assert UpstreamPool([plain, mt], prefer_tls=True).order()[0] == mt
+
+
+def test_an_init_without_a_dc_index_takes_the_index_of_the_address() -> None:
+    wire = bytearray(generate_init(ProtocolTag.ABRIDGED, 0)[0])  # DC index 0: left out
+    assert read_app_init(bytes(wire)) is None
+    app = read_app_init(bytes(wire), dc_of_address("149.154.175.100"))
+    assert app is not None and app.dc == 3
+    random_dc = read_app_init(generate_init(ProtocolTag.ABRIDGED, 777)[0], 3)
+    assert random_dc is not None and random_dc.dc == 3  # random bytes lose to the address
+    media = read_app_init(generate_init(ProtocolTag.PADDED, -3)[0], 3)
+    assert media is not None and media.dc == -3
+    assert dc_of_address("2001:67c:4e8:f002:0::a") == 2
+    assert dc_of_address("149.154.167.40") == 10002  # a test DC
+    assert dc_of_address("127.0.0.1") is None
+    assert dc_of_address("127.0.0.1", {"127.0.0.1": 4}) == 4
+    assert dc_of_address("dc.example") is None

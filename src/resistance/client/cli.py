@@ -85,6 +85,14 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     help="Count this network as Telegram's data centres too (lab stand-ins), for the "
     "MTProto rung; the published ranges always count.",
 )
+@click.option(
+    "--telegram-dc",
+    "telegram_dcs",
+    multiple=True,
+    metavar="N=IP",
+    help="A lab data centre: this address counts as Telegram's DC N (for apps whose "
+    "init leaves the DC index out); the published DC addresses are known already.",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where status and caches live.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
@@ -107,6 +115,7 @@ def connect(
     network: str | None,
     freeze_check: str | None,
     telegram_ranges: tuple[str, ...],
+    telegram_dcs: tuple[str, ...],
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -167,8 +176,25 @@ def connect(
         telegram_ranges=tuple(load_networks("\n".join(telegram_ranges), source="--telegram-range"))
         if telegram_ranges
         else (),
+        telegram_dcs=dict(_lab_dc(text) for text in telegram_dcs),
     )
     sys.exit(run_connect(settings))
+
+
+def _lab_dc(text: str) -> tuple[str, int]:
+    import ipaddress
+
+    index, _, host = text.partition("=")
+    try:
+        dc = int(index)
+        ip = str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected N=IP, e.g. 2=127.0.0.1", param_hint="--telegram-dc"
+        ) from None
+    if dc == 0 or abs(dc) > 10_005:
+        raise click.BadParameter(f"{text!r}: DC index 1-5 (or 10001-10005, negative for media)")
+    return ip, dc
 
 
 @connect.command("status", context_settings=CONTEXT)

@@ -69,6 +69,9 @@ class ConnectSettings:
     #: Networks whose CONNECTs count as Telegram data centres besides the published
     #: ranges (the lab's and tests' DC stand-ins), for the MTProto rung.
     telegram_ranges: tuple[Network, ...] = ()
+    #: Lab data-centre addresses (``--telegram-dc N=IP``): each counts as Telegram's
+    #: and gives the DC index to inits that leave it out.
+    telegram_dcs: dict[str, int] = field(default_factory=dict)
 
 
 class ConnectNode(Node):
@@ -108,6 +111,7 @@ class ConnectNode(Node):
         self.race_after = settings.race_after
         self.dial_failures = 0
         self.telegram_ranges = settings.telegram_ranges
+        self.telegram_dcs = settings.telegram_dcs
 
     async def check(self, upstream: Upstream) -> None:
         """One health check: the node challenge through ``upstream``."""

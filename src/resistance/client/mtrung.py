@@ -28,7 +28,7 @@ the bytes already read passed on unchanged, never an error to the app.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -62,17 +62,53 @@ class AppInit:
     init: Init
 
 
-def read_app_init(first: bytes) -> AppInit | None:
-    """The app's init from its first 64 bytes, or ``None``: not DC traffic, skip the rung."""
+def _real_dc(dc: int) -> bool:
+    return dc != 0 and abs(dc) <= MAX_DC_INDEX
+
+
+def read_app_init(first: bytes, dc_hint: int | None = None) -> AppInit | None:
+    """The app's init from its first 64 bytes, or ``None``: not DC traffic, skip the rung.
+
+    Telegram's apps write the DC index into the init; some clients (Telethon)
+    leave those two bytes random, since a data centre knows who it is.  So
+    ``dc_hint``, the index of the destination address (:func:`dc_of_address`),
+    wins when given (the init's value only adds the media sign); without
+    one, an init whose index is 0 or out of range skips the rung.
+    """
     if len(first) != INIT_LEN or not obfuscated2.init_is_allowed(first):
         return None
     try:
         init = obfuscated2.parse_init(first)
     except ProtocolError:
         return None
-    if init.dc == 0 or abs(init.dc) > MAX_DC_INDEX:
+    if dc_hint is not None and _real_dc(dc_hint):
+        # The address's own index wins over random bytes; the init keeps its sign (media).
+        return AppInit(init.tag, init.dc if abs(init.dc) == abs(dc_hint) else dc_hint, init)
+    if _real_dc(init.dc):
+        return AppInit(init.tag, init.dc, init)
+    return None
+
+
+def dc_of_address(host: str, lab: Mapping[str, int] | None = None) -> int | None:
+    """The DC index of a published data-centre address (test DCs 10001+), or of a lab one."""
+    from resistance.node.mtproto import (  # the node's table; imported only when needed
+        DEFAULT_DCS_V4,
+        DEFAULT_DCS_V6,
+        TEST_DC_OFFSET,
+        TEST_DCS_V4,
+    )
+
+    try:
+        ip = str(ipaddress.ip_address(host))
+    except ValueError:
         return None
-    return AppInit(init.tag, init.dc, init)
+    if lab and ip in lab:
+        return lab[ip]
+    for table, offset in ((DEFAULT_DCS_V4, 0), (DEFAULT_DCS_V6, 0), (TEST_DCS_V4, TEST_DC_OFFSET)):
+        for index, address in table.items():
+            if str(ipaddress.ip_address(address)) == ip:
+                return index + offset
+    return None
 
 
 class Reframer:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from resistance.client.dial import Dialed, DialError, dial
-from resistance.client.mtrung import Reframer, is_dc_address, read_app_init
+from resistance.client.mtrung import Reframer, dc_of_address, is_dc_address, read_app_init
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
 from resistance.net.relay import TransportRelay
@@ -70,6 +70,8 @@ class ConnectHost(SessionHost, Protocol):
     dial_failures: int
     #: Networks counted as Telegram's besides the published ranges (lab, tests).
     telegram_ranges: tuple[Any, ...]
+    #: Lab data-centre addresses and their DC index (for clients that leave it out).
+    telegram_dcs: dict[str, int]
 
 
 class ClientSession(RawSession):
@@ -180,7 +182,10 @@ class ClientSession(RawSession):
         if (
             request.address.type is not DOMAIN
             and any(u.mtproto_secret is not None for u in node.pool.upstreams)
-            and is_dc_address(request.address.host, node.telegram_ranges)
+            and (
+                is_dc_address(request.address.host, node.telegram_ranges)
+                or request.address.host in node.telegram_dcs
+            )
         ):
             await self._forward_dc(request)
             return
@@ -259,8 +264,10 @@ class ClientSession(RawSession):
                         first += data
             except TimeoutError:
                 pass  # the app waits for the server to speak first: not obfuscated2
-            dc_traffic = len(first) >= 64 and read_app_init(first[:64]) is not None
-            leg = await self._race_dc_legs(request.address, first, dc_traffic)
+            dc_hint = dc_of_address(request.address.host, node.telegram_dcs)
+            app = read_app_init(first[:64], dc_hint) if len(first) >= 64 else None
+            dc_traffic = app is not None
+            leg = await self._race_dc_legs(request.address, first, dc_traffic, dc_hint)
             if leg is None:
                 return
             pump.writers.append(leg.writer)
@@ -272,7 +279,9 @@ class ClientSession(RawSession):
             self.task = None
             pump.finish()
 
-    async def _race_dc_legs(self, address: Address, first: bytes, dc_traffic: bool) -> DcLeg | None:
+    async def _race_dc_legs(
+        self, address: Address, first: bytes, dc_traffic: bool, dc_hint: int | None
+    ) -> DcLeg | None:
         """The first upstream to carry ``first`` onwards, racing a slow one as
         :meth:`_through_upstreams` does; MTProto proxies only for DC traffic."""
         node = self.client_node
@@ -288,9 +297,9 @@ class ClientSession(RawSession):
                 if started < len(candidates) and (not racing or node.race_after is not None):
                     upstream = candidates[started]
                     started += 1
-                    racing[node.loop.create_task(_open_leg(upstream, address, first, node))] = (
-                        upstream
-                    )
+                    racing[
+                        node.loop.create_task(_open_leg(upstream, address, first, dc_hint, node))
+                    ] = upstream
                 more = started < len(candidates)
                 done, _ = await asyncio.wait(
                     racing, timeout=node.race_after if more else None, return_when=FIRST_COMPLETED
@@ -474,12 +483,14 @@ class DcLeg:
     to_app: Callable[[bytes], tuple[bytes, bytes]]
 
 
-async def _open_leg(upstream: Upstream, address: Address, first: bytes, node: ConnectHost) -> DcLeg:
+async def _open_leg(
+    upstream: Upstream, address: Address, first: bytes, dc_hint: int | None, node: ConnectHost
+) -> DcLeg:
     """``first`` (the app's bytes so far) sent on through ``upstream``: re-framed onto an
     MTProto proxy, or unchanged through a SOCKS5 upstream."""
     secret = upstream.mtproto
     if secret is not None:
-        app = read_app_init(first[:64])  # its own ciphers: attempts may race
+        app = read_app_init(first[:64], dc_hint)  # its own ciphers: attempts may race
         assert app is not None
         reframer = Reframer(app, secret)
         reader, writer, seconds = await _open_mtproto(upstream, reframer, node.dial_timeout)
