@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -68,6 +69,24 @@ async def test_req_pq_multi_gets_a_res_pq_in_every_framing(
     pq = int.from_bytes(answer.pq, "big")
     assert pq.bit_length() in (61, 62) and not datacentre.is_prime(pq)
     assert second.payload == other  # any other packet is echoed
+    writer.close()
+
+
+@pytest.mark.parametrize("first", [0x16, 0x47, 0x00])
+async def test_any_init_a_client_may_send_is_answered(dc_port: int, first: int) -> None:
+    """Regression: inits starting 0x16 (one in 256) were echoed as if TLS, not answered."""
+
+    def random(n: int) -> bytes:
+        return bytes([first]) + os.urandom(n - 1)
+
+    tag = obfuscated2.ProtocolTag.INTERMEDIATE
+    wire, init = obfuscated2.generate_init(tag, 2, random=random)
+    assert wire[0] == first
+    reader, writer = await asyncio.open_connection("127.0.0.1", dc_port)
+    request = req_pq_multi(time.time())
+    writer.write(wire + init.encryptor.update(obfuscated2.encode_frame(tag, request.serialize())))
+    (answer,) = await _packets(reader, init, 1)
+    assert check_res_pq(answer.payload, request).nonce == request.nonce
     writer.close()
 
 

@@ -161,7 +161,9 @@ async def _serve_one(
                         first += more
                     writer.write(http_answer())
                 else:
-                    if first and first[0] != 0xEF and first[:1] != b"\x16":
+                    # Any init a client may send is tried (one starting 0x16 included:
+                    # only 16 03 01 02 is forbidden); what is no init is echoed.
+                    if first and first[0] != 0xEF:
                         first = await _read_init(reader, first)
                         init = _init_of(first)
                         if init is not None:
