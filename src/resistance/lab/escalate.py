@@ -1,0 +1,291 @@
+"""The story under today's censor: the rules switch on one after another.
+
+``resist lab demo --escalate`` runs the first three steps of the story (the
+data centre blocked, nodes registered and measured, the user through with
+``resist connect``), then the censor escalates as TSPU did, one rule per
+step, every earlier rule staying on: the address of the node in use, the
+SOCKS5 greeting's fingerprint, the server name the client's hello carries to
+the node in use, the fingerprint of that hello, a freeze of the node in use
+after 16 KB, active probing, and last a whitelist.  After each step the
+user's application (curl through resist connect) is timed until it reaches
+the data centre again, and a probe round's verdict for each node the step
+blocked is read from the signed directory (``reach``: per probe network and
+transport, ``ok`` or the mechanism the probe's controls named).
+
+The whitelist cannot be survived with what exists (no domestic bridge): the
+step shows the application failing and says so.  Times are reported, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from resistance.lab import censor, netns
+from resistance.lab import topology as topo
+from resistance.lab.errors import LabError
+from resistance.lab.story import Story
+
+#: Attempts (each one application request, bounded by its own timeout) to get through.
+RECOVERY_ATTEMPTS = 20
+#: Seconds to wait for a probe round to show a blocked node's verdict in the directory.
+VERDICT_SECONDS = 60.0
+#: The probes inside the censored network (lab.story.PROBES).
+INSIDE = ("inside-ru-1", "inside-ru-2")
+JA4 = re.compile(r"> (\S+):(\d+) sni=(\S+) ja4=(\S+): released")
+
+
+def recovery(request: Callable[[], bool], attempts: int = RECOVERY_ATTEMPTS) -> float | None:
+    """Seconds from now until ``request()`` (one application request; False or an
+    OSError when it failed) succeeds, or None if it never did in ``attempts``."""
+    started = time.monotonic()
+    for _ in range(attempts):
+        try:
+            if request():
+                return time.monotonic() - started
+        except OSError:
+            continue
+    return None
+
+
+@dataclass
+class Escalation:
+    number: int
+    rule: str
+    blocked: list[int]
+    expected: str
+    recovered_s: float | None
+    verdicts: dict[int, str] = field(default_factory=dict)
+    via: int | None = None
+    note: str = ""
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.verdicts) and all(self.expected in v for v in self.verdicts.values())
+
+
+class EscalatingStory(Story):
+    """Steps 8-14: the censor escalates; :meth:`run_escalation` runs 1-3 first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.escalations: list[Escalation] = []
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def active_node(self) -> int | None:
+        return self.node_of(self.connect_status().get("active"))
+
+    def via_tls(self) -> bool:
+        return str(self.connect_status().get("active", "")).endswith("(TLS)")
+
+    def node_names(self, node: int) -> list[str]:
+        """The DNS names in node's TLS certificate (what the client's hello names once
+        it has seen it), read from the free side."""
+        from cryptography import x509
+
+        addr = topo.NODE_ADDRS[node - 1]
+        pem = netns.call_in(
+            self.t.free, ssl.get_server_certificate, (addr, topo.NODE_TLS_PORT), timeout=30
+        )
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            return [str(n) for n in san.value.get_values_for_type(x509.DNSName)]
+        except x509.ExtensionNotFound:
+            return []
+
+    def last_client_ja4(self, addr: str) -> str | None:
+        """The fingerprint of the last hello the censor let through to addr's TLS port."""
+        try:
+            text = censor.log_path(self.t.censor).read_text(errors="replace")
+        except OSError:
+            return None
+        found = None
+        for m in JA4.finditer(text):
+            if m.group(1) == addr and int(m.group(2)) == topo.NODE_TLS_PORT:
+                found = m.group(4)
+        return found
+
+    def reach_of(self, node: int) -> dict[str, dict[str, str]]:
+        addr = topo.NODE_ADDRS[node - 1]
+        for entry in self.directory().get("proxies", []):
+            if entry.get("endpoint", {}).get("host") == addr and entry.get("reach"):
+                reach: dict[str, dict[str, str]] = entry["reach"]
+                return reach
+        return {}
+
+    def verdict(self, node: int, expected: str) -> str:
+        """A probe round's verdict on node from inside, as the directory shows it:
+        waits (bounded) for the expected mechanism, else reports what it shows."""
+        seen = ""
+        deadline = time.monotonic() + VERDICT_SECONDS
+        while time.monotonic() < deadline:
+            reach = self.reach_of(node)
+            inside = {n: reach[n] for n in INSIDE if n in reach}
+            seen = "; ".join(
+                ", ".join(f"{t} {m}" for t, m in sorted(v.items())) for v in inside.values()
+            )
+            if any(expected in v.values() for v in inside.values()):
+                first = next(v for v in inside.values() if expected in v.values())
+                return ", ".join(f"{t} {m}" for t, m in sorted(first.items()))
+            time.sleep(2)
+        return seen or "no verdict"
+
+    def _request(self) -> bool:
+        return self.fetch_through_connect().ok
+
+    def _escalate(
+        self, number: int, rule: str, blocked: list[int], expected: str, act: Callable[[], str]
+    ) -> Escalation:
+        note = act()
+        recovered = recovery(self._request)
+        via = self.active_node()
+        step = Escalation(number, rule, blocked, expected, recovered, via=via, note=note)
+        if recovered is None:
+            self.say(f"   the application did NOT get through again ({RECOVERY_ATTEMPTS} tries)")
+        else:
+            self.say(
+                f"   the application reached the data centre again after {recovered:.2f} s, "
+                f"now via node-{via}{' over TLS' if self.via_tls() else ''}"
+            )
+        for node in blocked:
+            step.verdicts[node] = self.verdict(node, expected)
+            self.say(f"   probes inside RU on node-{node}: {step.verdicts[node]}")
+        self.escalations.append(step)
+        return step
+
+    # --- the steps -------------------------------------------------------------------------
+
+    def step8_ip(self) -> Escalation:
+        node = self.active_node() or 1
+        addr = topo.NODE_ADDRS[node - 1]
+        self.say(f"8. IP: the censor blocks node-{node} ({addr}), the node in use.")
+
+        def act() -> str:
+            censor.block(self.t.censor, censor.ranges_of([addr]))
+            return f"{addr}/32"
+
+        return self._escalate(8, "ip", [node], "blocked-ip", act)
+
+    def step9_socks5(self) -> Escalation:
+        self.say("9. Fingerprint: every flow that starts with a SOCKS5 greeting is dropped.")
+        blocked = [n for n in range(1, len(topo.NODE_ADDRS) + 1) if n != self._ip_blocked()]
+        return self._escalate(
+            9, "socks5", blocked, "blocked-fingerprint",
+            lambda: (censor.enable(self.t.censor, "socks5"), "SOCKS5 greeting")[1],
+        )  # fmt: skip
+
+    def _ip_blocked(self) -> int | None:
+        return self.escalations[0].blocked[0] if self.escalations else None
+
+    def step10_sni(self) -> Escalation:
+        node = self.active_node() or 2
+        names = self.node_names(node)
+        self.say(
+            f"10. SNI: the censor lists the name node-{node}'s hellos carry "
+            f"({', '.join(names) or 'none'})."
+        )
+        return self._escalate(
+            10, "sni", [node], "blocked-sni",
+            lambda: (censor.enable(self.t.censor, "sni", sni=names), ", ".join(names))[1],
+        )  # fmt: skip
+
+    def step11_hello(self) -> Escalation:
+        node = self.active_node() or 3
+        addr = topo.NODE_ADDRS[node - 1]
+        ja4 = self.last_client_ja4(addr)
+        if ja4 is None:
+            raise LabError(f"the censor saw no hello of the client to {addr}")
+        self.say(f"11. Hello: the censor drops hellos with the client's current fingerprint {ja4}.")
+        return self._escalate(
+            11, "hello", [node], "blocked-fingerprint",
+            lambda: (censor.enable(self.t.censor, "hello", fingerprints=[ja4]), ja4)[1],
+        )  # fmt: skip
+
+    def step12_freeze(self) -> Escalation:
+        node = self.active_node() or 1
+        addr = topo.NODE_ADDRS[node - 1]
+        self.say(f"12. Freeze: flows from node-{node} ({addr}) stop after 16 KB.")
+        return self._escalate(
+            12, "freeze", [node], "frozen",
+            lambda: (
+                censor.enable(self.t.censor, "freeze", freeze_prefixes=[f"{addr}/32"]),
+                f"{addr}/32 after 16 KB",
+            )[1],
+        )  # fmt: skip
+
+    def step13_active_probe(self) -> Escalation:
+        self.say(
+            "13. Active probing: a hello naming no server sends the censor's prober to the "
+            "server; what is not an ordinary website is blocked."
+        )
+        before = len(censor.report(self.t.censor)["probes"])
+
+        def act() -> str:
+            censor.enable(self.t.censor, "active-probe", probe_block_seconds=600)
+            return "probe nameless hellos' servers"
+
+        step = self._escalate(13, "active-probe", [], "probed", act)
+        time.sleep(5)  # a probe round's nameless TLS hellos, if any, get probed
+        probes = censor.report(self.t.censor)["probes"][before:]
+        hit = sorted(
+            {
+                i + 1
+                for p in probes
+                if p.get("verdict") == "blocked"
+                for i, a in enumerate(topo.NODE_ADDRS)
+                if p.get("address") == a
+            }
+        )
+        self.say(
+            f"   the censor probed {len(probes)} server(s); blocked: "
+            + (", ".join(f"node-{n}" for n in hit) or "none")
+        )
+        for node in hit:
+            step.blocked.append(node)
+            step.verdicts[node] = self.verdict(node, "probed")
+            self.say(f"   probes inside RU on node-{node}: {step.verdicts[node]}")
+        if hit:
+            again = recovery(self._request)
+            step.recovered_s = again
+            result = "did NOT get through" if again is None else f"got through in {again:.2f} s"
+            self.say(f"   the application {result}")
+        return step
+
+    def step14_whitelist(self) -> Escalation:
+        listed = [f"{topo.REGISTRY_ADDR}/32", topo.CENSORED_NET]
+        self.say(
+            f"14. Whitelist: only {', '.join(listed)} pass (the registry and the censored "
+            "network itself); every node is abroad."
+        )
+        nodes = list(range(1, len(topo.NODE_ADDRS) + 1))
+        step = self._escalate(
+            14, "whitelist", nodes, "whitelisted-out",
+            lambda: (
+                censor.enable(self.t.censor, "whitelist", whitelist=listed),
+                ", ".join(listed),
+            )[1],
+        )  # fmt: skip
+        if step.recovered_s is None:
+            self.say(
+                "   not survivable with what exists: every node is outside the whitelist and "
+                "there is no domestic bridge yet"
+            )
+        return step
+
+    def run_escalation(self) -> list[Escalation]:
+        self.step1_blocked_directly()
+        self.step2_register_and_measure()
+        self.step3_connect()
+        for step in (
+            self.step8_ip, self.step9_socks5, self.step10_sni, self.step11_hello,
+            self.step12_freeze, self.step13_active_probe, self.step14_whitelist,
+        ):  # fmt: skip
+            step()
+        return self.escalations
