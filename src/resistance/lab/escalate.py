@@ -19,6 +19,7 @@ asserted.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 import time
@@ -29,7 +30,7 @@ from typing import Any
 from resistance.lab import censor, netns
 from resistance.lab import topology as topo
 from resistance.lab.errors import LabError
-from resistance.lab.story import Story
+from resistance.lab.story import Story, wait_until
 
 #: Attempts (each one application request, bounded by its own timeout) to get through.
 RECOVERY_ATTEMPTS = 20
@@ -115,8 +116,8 @@ class EscalatingStory(Story):
     def reach_of(self, node: int) -> dict[str, dict[str, str]]:
         addr = topo.NODE_ADDRS[node - 1]
         for entry in self.directory().get("proxies", []):
-            if entry.get("endpoint", {}).get("host") == addr and entry.get("reach"):
-                reach: dict[str, dict[str, str]] = entry["reach"]
+            if entry.get("endpoint", {}).get("host") == addr:
+                reach: dict[str, dict[str, str]] = entry.get("measurements", {}).get("reach", {})
                 return reach
         return {}
 
@@ -143,8 +144,12 @@ class EscalatingStory(Story):
     def _escalate(
         self, number: int, rule: str, blocked: list[int], expected: str, act: Callable[[], str]
     ) -> Escalation:
+        before = self.active_node()
         note = act()
         recovered = recovery(self._request)
+        if recovered is not None and before in blocked:  # the status file lags up to 2 s
+            with contextlib.suppress(LabError):
+                wait_until(lambda: self.active_node() not in (None, before), 6, "the new upstream")
         via = self.active_node()
         step = Escalation(number, rule, blocked, expected, recovered, via=via, note=note)
         if recovered is None:
