@@ -152,7 +152,7 @@ async def test_after_one_handshake_the_probe_names_the_certificates_name(tmp_pat
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     names: list[str | None] = []
-    ctx.sni_callback = lambda sock, name, _: names.append(name)  # type: ignore[assignment]
+    ctx.sni_callback = lambda sock, name, _: names.append(name)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
