@@ -326,7 +326,14 @@ class Lab:
         keys = self.api("GET", "/api/v1/directory/keys")["keys"]
         self.info["directory_keys"] = [k["public_key"] for k in keys]
         say(f"registry at {t.registry_url} (regtest payouts), canary on port {topo.CANARY_PORT}")
+        from resistance.node.tlscert import default_name, ensure_certificate
+
         for i, addr in enumerate(topo.NODE_ADDRS):
+            # A volunteer's certificate names a host (a random www.<letters>.net, as a
+            # node without a domain gets): the name its users' hellos carry once seen,
+            # and what a censor's SNI list can hold.
+            (self.dir / f"node-{i + 1}").mkdir(mode=0o700, parents=True, exist_ok=True)
+            ensure_certificate(self.dir / f"node-{i + 1}", common_name=default_name())
             self.start(
                 f"node-{i + 1}",
                 t.free,
