@@ -228,13 +228,19 @@ class EscalatingStory(Story):
         node = self.active_node() or 1
         addr = topo.NODE_ADDRS[node - 1]
         self.say(f"12. Freeze: flows from node-{node} ({addr}) stop after 16 KB.")
-        return self._escalate(
+        step = self._escalate(
             12, "freeze", [node], "frozen",
             lambda: (
                 censor.enable(self.t.censor, "freeze", freeze_prefixes=[f"{addr}/32"]),
                 f"{addr}/32 after 16 KB",
             )[1],
         )  # fmt: skip
+        if not any("frozen" in v for v in step.verdicts.values()):
+            self.say(
+                "   the probes' 64 KiB transfer runs over plain SOCKS5, which the socks5 rule "
+                "stops first: from inside they cannot see this freeze (a gap)"
+            )
+        return step
 
     def step13_active_probe(self) -> Escalation:
         self.say(
