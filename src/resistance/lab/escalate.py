@@ -90,11 +90,22 @@ class EscalatingStory(Story):
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def active_label(self) -> str | None:
+        """The upstream in use: the status's ``active``, or between connections the
+        first ladder row that works (what the next connection takes)."""
+        status = self.connect_status()
+        if status.get("active"):
+            return str(status["active"])
+        for row in status.get("ladder", []):
+            if row.get("state") == "works":
+                return str(row["upstream"])
+        return None
+
     def active_node(self) -> int | None:
-        return self.node_of(self.connect_status().get("active"))
+        return self.node_of(self.active_label())
 
     def via_tls(self) -> bool:
-        return str(self.connect_status().get("active", "")).endswith("(TLS)")
+        return str(self.active_label()).endswith("(TLS)")
 
     def node_names(self, node: int) -> list[str]:
         """The DNS names in node's TLS certificate (what the client's hello names once
