@@ -294,10 +294,10 @@ class EscalatingStory(Story):
         return step
 
     def step14_whitelist(self) -> Escalation:
-        listed = [f"{topo.REGISTRY_ADDR}/32", topo.CENSORED_NET]
+        listed = [f"{topo.REGISTRY_ADDR}/32"]
         self.say(
-            f"14. Whitelist: only {', '.join(listed)} pass (the registry and the censored "
-            "network itself); every node is abroad."
+            f"14. Whitelist: only traffic to or from {', '.join(listed)} (the registry, a "
+            "domestic service here) passes; every node is abroad."
         )
         nodes = list(range(1, len(topo.NODE_ADDRS) + 1))
         step = self._escalate(
