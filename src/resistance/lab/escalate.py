@@ -38,6 +38,8 @@ RECOVERY_ATTEMPTS = 20
 VERDICT_SECONDS = 60.0
 #: The probes inside the censored network (lab.story.PROBES).
 INSIDE = ("inside-ru-1", "inside-ru-2")
+#: The transport a rule's verdict is read on (None: any; ip and whitelist stop all).
+RULE_TRANSPORT = {"socks5": "socks5", "sni": "tls", "hello": "tls", "freeze": "socks5"}
 JA4 = re.compile(r"> (\S+):(\d+) sni=(\S+) ja4=(\S+): released")
 
 
@@ -143,20 +145,19 @@ class EscalatingStory(Story):
                 return reach
         return {}
 
-    def verdict(self, node: int, expected: str) -> str:
-        """A probe round's verdict on node from inside, as the directory shows it:
-        waits (bounded) for the expected mechanism, else reports what it shows."""
+    def verdict(self, node: int, expected: str, transport: str | None = None) -> str:
+        """A probe round's verdict on node from inside, as the directory shows it
+        (``transport mechanism`` pairs): waits (bounded) for the expected mechanism on
+        ``transport`` (on any, if None), else reports what it shows."""
         seen = ""
         deadline = time.monotonic() + VERDICT_SECONDS
         while time.monotonic() < deadline:
             reach = self.reach_of(node)
-            inside = {n: reach[n] for n in INSIDE if n in reach}
-            seen = "; ".join(
-                ", ".join(f"{t} {m}" for t, m in sorted(v.items())) for v in inside.values()
-            )
-            if any(expected in v.values() for v in inside.values()):
-                first = next(v for v in inside.values() if expected in v.values())
-                return ", ".join(f"{t} {m}" for t, m in sorted(first.items()))
+            inside = [reach[n] for n in INSIDE if n in reach]
+            seen = "; ".join(", ".join(f"{t} {m}" for t, m in sorted(v.items())) for v in inside)
+            for v in inside:
+                if v.get(transport) == expected if transport else expected in v.values():
+                    return ", ".join(f"{t} {m}" for t, m in sorted(v.items()))
             time.sleep(2)
         return seen or "no verdict"
 
@@ -182,7 +183,7 @@ class EscalatingStory(Story):
                 f"now via node-{via}{' over TLS' if self.via_tls() else ''}"
             )
         for node in blocked:
-            step.verdicts[node] = self.verdict(node, expected)
+            step.verdicts[node] = self.verdict(node, expected, RULE_TRANSPORT.get(rule))
             self.say(f"   probes inside RU on node-{node}: {step.verdicts[node]}")
         self.escalations.append(step)
         return step
