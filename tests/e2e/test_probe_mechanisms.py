@@ -10,8 +10,10 @@ outside view from the free side; the censor switches on one rule at a time:
 * ``sni`` with the node's name listed: ``blocked-sni`` (a benign name passes);
 * ``freeze`` on TARGET's prefix: ``frozen`` with the byte count (the canary's download
   through CONTROL, another prefix, completes);
-* ``active-probe`` after a nameless hello to TARGET's TLS port, right after a passing
-  check: ``probed`` (the same darkness without that check: ``blocked-ip``);
+* ``active-probe`` after a nameless hello to a TLS service on TARGET that is no
+  website, right after a passing check: ``probed`` (the same darkness without that
+  check: ``blocked-ip``; the node's own TLS listener, a website to the prober, is
+  not blocked);
 * ``whitelist`` letting only CONTROL through: ``whitelisted-out`` (THIRD, a third node,
   is the unlisted control proxy);
 * ``hello`` with the project's old fixed hello: the client's browser-like hello passes.
