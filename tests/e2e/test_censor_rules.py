@@ -197,11 +197,18 @@ def test_socks5_greeting_is_dropped_and_near_misses_pass(net: Net, only: Any) ->
     before = caught(net, "socks5")
     assert net.client(socks5_dial, LISTED) == "timeout"
     assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x02\x00\x02") is None
-    assert caught(net, "socks5") == before + 2
-    # same size, other bytes; a greeting whose count disagrees with its length
+    # greeting, credentials and request in one write, as resist connect dials
+    whole = (
+        b"\x05\x01\x02" + b"\x01\x05alice\x06secret" + b"\x05\x01\x00\x01\xc6\x12\x03\x01\x00\x50"
+    )
+    assert net.client(tcp_exchange, LISTED, ECHO, whole) is None
+    assert caught(net, "socks5") == before + 3
+    # same size, other bytes; a greeting shorter than its count; a count of zero
     assert net.client(tcp_exchange, LISTED, ECHO, b"\x04\x01\x00") == b"\x04\x01\x00"
     assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x02\x00") == b"\x05\x02\x00"
-    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x01\x00\x00") == b"\x05\x01\x00\x00"
+    assert net.client(tcp_exchange, LISTED, ECHO, b"\x05\x00\x00\x00") == b"\x05\x00\x00\x00"
+    near = b"\x04\x01\x02" + whole[3:]
+    assert net.client(tcp_exchange, LISTED, ECHO, near) == near
 
     # not the first payload: a greeting later in a flow passes
     def later() -> tuple[bytes, bytes]:
@@ -212,7 +219,7 @@ def test_socks5_greeting_is_dropped_and_near_misses_pass(net: Net, only: Any) ->
             return first, s.recv(100)
 
     assert net.client(later) == (b"hi", b"\x05\x01\x00")
-    assert caught(net, "socks5") == before + 2
+    assert caught(net, "socks5") == before + 3
 
 
 def test_wireguard_initiation_is_dropped_with_its_flow(net: Net, only: Any) -> None:

@@ -83,16 +83,16 @@ def test_up_block_from_a_censor_file_status_and_down(tmp_path: Path) -> None:
 
         status = resist("status", *common, *state)
         assert status.returncode == 0, status.stderr
-        for role in ("datacentre", "registry", "node-1", "node-2", "node-3"):
+        for role in ("datacentre", "registry", "node-1", "node-2", "node-3", "control-proxy"):
             assert role in status.stdout
         assert "gone" not in status.stdout
         assert "packets dropped" in status.stdout
         pids = [p.pid for p in Lab.load(tmp_path / "lab" / name, name).processes]
-        assert len(pids) == 5
+        assert len(pids) == 6  # with the probes' control proxy
     finally:
         down = resist("down", *common, *state)
     assert down.returncode == 0, down.stderr
-    assert down.stdout.strip() == f"lab {name} is down: 5 processes stopped, 3 namespaces removed"
+    assert down.stdout.strip() == f"lab {name} is down: 6 processes stopped, 3 namespaces removed"
     assert not set(topo.Topology(name).namespaces) & netns.namespaces()
     assert all(netns.process_start_ticks(pid) is None for pid in pids)
     twice = resist("down", *common, *state)

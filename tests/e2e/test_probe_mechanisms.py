@@ -10,8 +10,10 @@ outside view from the free side; the censor switches on one rule at a time:
 * ``sni`` with the node's name listed: ``blocked-sni`` (a benign name passes);
 * ``freeze`` on TARGET's prefix: ``frozen`` with the byte count (the canary's download
   through CONTROL, another prefix, completes);
-* ``active-probe`` after a nameless hello to TARGET's TLS port, right after a passing
-  check: ``probed`` (the same darkness without that check: ``blocked-ip``);
+* ``active-probe`` after a nameless hello to a TLS service on TARGET that is no
+  website, right after a passing check: ``probed`` (the same darkness without that
+  check: ``blocked-ip``; the node's own TLS listener, a website to the prober, is
+  not blocked);
 * ``whitelist`` letting only CONTROL through: ``whitelisted-out`` (THIRD, a third node,
   is the unlisted control proxy);
 * ``hello`` with the project's old fixed hello: the client's browser-like hello passes.
@@ -53,7 +55,9 @@ pytestmark = [
 ]
 
 TARGET, CONTROL, THIRD = topo.NODE_ADDRS
-SOCKS, TLS, CANARY_PORT = 1080, 8443, 9900
+SOCKS, TLS, CANARY_PORT = 1080, 9443, 9900
+#: censor_servers.py's TLS service that is no website (a node before it fronted a site).
+NOT_WEBSITE = 8443
 SETTINGS = CheckSettings(step_timeout=2.0, transfer_timeout=2.0)
 
 
@@ -121,6 +125,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("probe-lab")
     nodes: list[RunningNode] = []
     canary: subprocess.Popen[str] | None = None
+    servers: subprocess.Popen[str] | None = None
     try:
         for cmd in t.build_commands():
             netns.run(*cmd)
@@ -138,14 +143,26 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         )  # fmt: skip
         assert canary.stdout is not None
         canary_key = canary.stdout.readline().strip()
+        from resistance.node.tlscert import make_self_signed
+
+        cert, key = make_self_signed("lab")
+        (tmp / "site.pem").write_bytes(cert)
+        (tmp / "site.key").write_bytes(key)
+        servers = subprocess.Popen(
+            [*prefix, sys.executable, str(Path(__file__).with_name("censor_servers.py")),
+             str(tmp / "site.pem"), str(tmp / "site.key"), TARGET],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert servers.stdout is not None and servers.stdout.readline().strip() == "ready"
         censor.disable(t.censor, "all")
         yield Lab(t, canary_key)
     finally:
         for node in nodes:
             node.stop()
-        if canary is not None:
-            canary.terminate()
-            canary.wait(10)
+        for server in (canary, servers):
+            if server is not None:
+                server.terminate()
+                server.wait(10)
         settings = censor.load_settings(t.censor)
         if settings.watcher:
             censor._stop_watcher(settings.watcher)
@@ -238,19 +255,32 @@ def test_a_freeze_is_named_frozen_with_its_byte_count(rules: Lab) -> None:
     assert rules.inside(freeze_check, CONTROL, rules.canary_key)[0] == "ok"
 
 
-def nameless_hello(addr: str) -> bool:
+def nameless_hello(addr: str, port: int) -> bool:
     """A TLS dial naming no server, as an old client dialling by address sent it."""
-    return asyncio.run(tls_attempt(addr, TLS, None, SETTINGS.step_timeout)).ok
+    return asyncio.run(tls_attempt(addr, port, None, SETTINGS.step_timeout)).ok
 
 
 def test_an_address_blocked_after_an_active_probe_is_named_probed(rules: Lab) -> None:
     censor.enable(rules.t.censor, "active-probe", probe_block_seconds=60)
     try:
         assert rules.inside(check, TARGET, (TLS,), True)[0] == "ok"
+        # near miss: a hello naming no server to the node's TLS listener sends the
+        # censor's prober there, and it finds an ordinary website: nothing goes dark
+        before = len(censor.report(rules.t.censor)["probes"])
+        rules.inside(nameless_hello, TARGET, TLS)
+        deadline = time.monotonic() + 20
+        while (
+            time.monotonic() < deadline and len(censor.report(rules.t.censor)["probes"]) == before
+        ):
+            time.sleep(0.3)
+        assert [p["verdict"] for p in censor.report(rules.t.censor)["probes"][before:]] == [
+            "website"
+        ]
+        assert rules.inside(check, TARGET, (TLS,), True)[0] == "ok"
         passed_at = time.monotonic()
-        # a hello naming no server sends the censor's prober to the node, which it does
-        # not judge an ordinary website: the node's address goes dark
-        rules.inside(nameless_hello, TARGET)
+        # the same hello to a TLS service on that host that is no website (a node that
+        # fronted none): the prober blocks the address
+        rules.inside(nameless_hello, TARGET, NOT_WEBSITE)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and rules.inside(netns.tcp_open, TARGET, SOCKS, 1.0):
             time.sleep(0.3)

@@ -138,3 +138,35 @@ async def test_tls_reach_travels_in_the_signed_batch(tls_server: int) -> None:
         parse_batch(signed([forged]))
     with pytest.raises(BatchError, match="names only tls"):
         parse_batch(signed([{**raw, "transports": {"quic": raw["transports"]["tls"]}}]))
+
+
+async def test_after_one_handshake_the_probe_names_the_certificates_name(tmp_path: Path) -> None:
+    """As the client does: the first hello names a plausible server, the next ones the
+    name the listener's certificate showed (what an SNI list would hold)."""
+    from resistance.client.hello import server_name
+    from resistance.probe.controls import listener_key
+
+    cert, key = make_self_signed("www.probe-learns.net")
+    (tmp_path / "c.pem").write_bytes(cert)
+    (tmp_path / "k.pem").write_bytes(key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    names: list[str | None] = []
+    ctx.sni_callback = lambda sock, name, _: names.append(name)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        first = server_name("127.0.0.1", listener_key("127.0.0.1", port))
+        assert first != "www.probe-learns.net"
+        assert (await tls_attempt("127.0.0.1", port, first, 5.0)).ok
+        assert server_name("127.0.0.1", listener_key("127.0.0.1", port)) == "www.probe-learns.net"
+        learned = server_name("127.0.0.1", listener_key("127.0.0.1", port))
+        assert (await tls_attempt("127.0.0.1", port, learned, 5.0)).ok
+        assert names == [first, "www.probe-learns.net"]
+    finally:
+        server.close()

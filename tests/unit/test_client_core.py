@@ -175,3 +175,31 @@ def test_blocked_proxies_are_skipped_only_where_blocked() -> None:
     }
     assert len(upstreams_from(document, country="RU")) == 1
     assert len(upstreams_from(document, country="IR")) == 2
+
+
+def test_a_node_blocked_by_its_plain_ports_fingerprint_keeps_its_tls_listener() -> None:
+    """The probes inside saw SOCKS5 fail and TLS get through: TLS stays listed there;
+    a node whose every transport failed, or with no such measurement, does not."""
+    from resistance.client.directory import upstreams_from
+
+    def entry(host: str, reach: dict[str, dict[str, str]]) -> dict[str, object]:
+        return {
+            "endpoint": {"host": host, "port": 1080},
+            "protocols": ["socks5"],
+            "credentials": [{"username": "u", "password": "p"}],
+            "tls": {"port": 443, "sha256": "ab" * 32},
+            "status": "blocked:RU",
+            "measurements": {"reach": reach},
+        }
+
+    document = {
+        "proxies": [
+            entry("192.0.2.1", {"in-ru": {"socks5": "blocked-fingerprint", "tls": "ok"}}),
+            entry("192.0.2.2", {"in-ru": {"socks5": "blocked-ip", "tls": "blocked-ip"}}),
+            entry("192.0.2.3", {"nl": {"socks5": "ok", "tls": "ok"}}),
+            entry("192.0.2.4", {}),
+        ]
+    }
+    found = upstreams_from(document, country="RU")
+    assert [(u.host, u.port, u.tls_sha256 is not None) for u in found] == [("192.0.2.1", 443, True)]
+    assert len(upstreams_from(document, country="IR")) == 8

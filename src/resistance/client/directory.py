@@ -123,10 +123,27 @@ def upstreams_from(
         entry = parse_entry(value)
         if entry is None or "socks5" not in entry.protocols:
             continue
-        if not usable(entry.status, country):
+        if usable(entry.status, country):
+            found += entry_upstreams(entry, transport)
             continue
-        found += entry_upstreams(entry, transport)
+        # Blocked where the user is, by what stopped its plain port: a transport a
+        # probe saw get through beside that failure still serves (TLS past a
+        # SOCKS5 fingerprint rule).
+        through = transports_past_a_block(value)
+        found += [u for u in entry_upstreams(entry, transport) if transport_of(u) in through]
     return found
+
+
+def transports_past_a_block(value: Any, main: str = "socks5") -> set[str]:
+    """The transports some probe vantage saw get through while the same vantage saw
+    the node's ``main`` transport fail (the directory's ``measurements.reach``)."""
+    measurements = value.get("measurements") if isinstance(value, dict) else None
+    reach = measurements.get("reach") if isinstance(measurements, dict) else None
+    through: set[str] = set()
+    for seen in reach.values() if isinstance(reach, dict) else ():
+        if isinstance(seen, dict) and seen.get(main) not in (None, "ok"):
+            through |= {t for t, v in seen.items() if t != main and v == "ok"}
+    return through
 
 
 #: Hints kept from one directory at most (one per transport of each listed node).

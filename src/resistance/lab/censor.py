@@ -10,11 +10,14 @@ whatever the size; later blocks use ``auto-merge`` so they may overlap.
 The rules of the censor people live under now (TSPU, 2023-2026):
 
 * ``socks5``, ``openvpn`` (TCP): the flow's *first payload* (conntrack mark
-  bit SEEN is set once one went by) is a SOCKS5 greeting of exactly
-  ``2 + N`` bytes, or an OpenVPN hard reset v2/v3 whose 2-byte length agrees
-  with the segment.  nft cannot add header lengths, so a set lists every
-  (IP length, TCP data offset, count) that fits.  A caught flow gets a mark
-  and every later packet of it, both ways, is dropped.
+  bit SEEN is set once one went by) starts with a SOCKS5 greeting (``05 N``
+  and at least N method bytes, whatever follows: a client may send its
+  credentials and request in the same write), or is an OpenVPN hard reset
+  v2/v3 whose 2-byte length agrees with the segment.  nft cannot add header
+  lengths, so a set lists every (IP length, TCP data offset, count) that fits
+  (for SOCKS5 an interval of IP lengths: the greeting's up to the largest).
+  A caught flow gets a mark and every later packet of it, both ways, is
+  dropped.
 * ``wireguard``, ``openvpn`` (UDP): a 148-byte handshake initiation
   (type 1 and three zero bytes), a reset as a flow's first datagram.  The
   flow goes into a set with a timeout (a dropped first packet leaves no
@@ -91,11 +94,15 @@ def _tcp_doffs() -> range:
 
 
 def socks5_shapes() -> list[str]:
-    """``ip length . tcp byte 12 . method count`` of every SOCKS5 greeting that is a
-    segment's whole payload: 05, N in 1..255, then exactly N methods.  nft cannot
-    add the IP header, TCP header and N, so the set lists every combination."""
+    """``ip length . tcp byte 12 . method count`` of every segment whose payload starts
+    with a SOCKS5 greeting: 05, N in 1..255, then at least N methods (a client's
+    credentials and request may follow in the same segment).  nft cannot add the IP
+    header, TCP header and N, so the set lists every combination, the IP length as
+    an interval from the bare greeting's up to the largest packet."""
     return [
-        f"{20 + 4 * d + 2 + n} . {d << 4:#x} . {n}" for d in _tcp_doffs() for n in range(1, 256)
+        f"{20 + 4 * d + 2 + n}-65535 . {d << 4:#x} . {n}"
+        for d in _tcp_doffs()
+        for n in range(1, 256)
     ]
 
 
@@ -135,7 +142,7 @@ def ruleset() -> str:
     set udp_wireguard {{ {flows} flags dynamic; }}
     set udp_openvpn {{ {flows} flags dynamic; }}
     set flows_hello {{ {flows} }}
-    set socks5_shapes {{ typeof ip length . @th,96,8 . @ih,8,8; }}
+    set socks5_shapes {{ typeof ip length . @th,96,8 . @ih,8,8; flags interval; }}
     set openvpn_shapes {{ typeof ip length . @th,96,8 . @ih,0,16; }}
 {counters}    counter hold_held {{ }}
     chain rule_ip {{

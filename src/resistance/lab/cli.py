@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -190,8 +191,14 @@ def unblock(prefixes: tuple[str, ...], name: str) -> None:
 @NAME
 @STATE
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards.")
+@click.option(
+    "--escalate",
+    is_flag=True,
+    help="After steps 1-3 the censor escalates (ip, socks5, sni, hello, freeze, "
+    "active-probe, whitelist); recovery time and the probes' verdicts per step.",
+)
 @one_line_errors
-def demo(name: str, state_dir: Path | None, keep: bool) -> None:
+def demo(name: str, state_dir: Path | None, keep: bool, escalate: bool) -> None:
     """Run the whole story with narration, then a table of what happened.
 
     Builds the lab, then: the data centre is blocked; volunteers register
@@ -200,11 +207,16 @@ def demo(name: str, state_dir: Path | None, keep: bool) -> None:
     probes judge it blocked; a grant round pays the nodes and Electrum signs; a
     volunteer's MTProto proxy gets a Telegram-like client through.
 
+    With --escalate: steps 1-3, then today's censor switches on its rules one
+    after another (steps 8-14) while the user's curl keeps being timed until it
+    gets through, and the probes name the mechanism that blocked each node.
+
     \b
     Example:
       sudo resist lab demo
+      sudo resist lab demo --escalate --name esc
     """
-    from resistance.lab.story import Story
+    from resistance.lab.escalate import EscalatingStory
 
     world = _lab(name, state_dir)
     console = Console()
@@ -215,8 +227,11 @@ def demo(name: str, state_dir: Path | None, keep: bool) -> None:
     started = time.monotonic()
     world.up(say=say)
     try:
-        story = Story(world, say)
-        story.run_all()
+        story = EscalatingStory(world, say)
+        if escalate:
+            story.run_escalation()
+        else:
+            story.run_all()
     finally:
         if not keep:
             stopped, removed = world.down()
@@ -227,8 +242,22 @@ def demo(name: str, state_dir: Path | None, keep: bool) -> None:
     for r in story.results:
         table.add_row(str(r.number), r.title, r.outcome)
     console.print(table)
+    if escalate:
+        console.print(escalation_table(story.escalations))
     if keep:
         console.print(f"the lab is still up: `resist lab down --name {name}` removes it")
+
+
+def escalation_table(steps: list[Any]) -> Table:
+    """Step, rule, seconds to recovery, and the probes' verdict per blocked node."""
+    table = Table(title="the censor escalates (recovery target < 3 s)")
+    for col in ("step", "rule", "recovery s", "verdicts (probes inside RU)"):
+        table.add_column(col)
+    for s in steps:
+        seconds = "not survived" if s.recovered_s is None else f"{s.recovered_s:.2f}"
+        verdicts = "; ".join(f"node-{n}: {v}" for n, v in s.verdicts.items()) or "none blocked"
+        table.add_row(str(s.number), f"{s.rule} ({s.note})", seconds, verdicts)
+    return table
 
 
 @lab.command(context_settings=CONTEXT, hidden=True)

@@ -39,6 +39,8 @@ NODE_PORT = 1080
 NODE_TLS_PORT = 443
 #: A fourth volunteer runs WireGuard (resist vpn) instead of SOCKS5.
 VPN_ADDR = "198.18.13.1"
+#: The probes' control proxy (registry --probe-control): up, unregistered, on no list.
+CONTROL_ADDR = "198.18.14.1"
 VPN_PORT = 51820
 DATACENTRE_ADDR = "198.18.100.1"
 DATACENTRE_PORT = 443
@@ -117,7 +119,7 @@ class Topology:
         for ns, dev in ((ns_censored, "eth0"), (ns_censor, "inside"), (ns_censor, "outside"),
                         (ns_free, "eth0")):  # fmt: skip
             cmds.append(["ip", "-n", ns, "link", "set", dev, "up"])
-        for addr in (REGISTRY_ADDR, *NODE_ADDRS, VPN_ADDR, DATACENTRE_ADDR):
+        for addr in (REGISTRY_ADDR, *NODE_ADDRS, VPN_ADDR, CONTROL_ADDR, DATACENTRE_ADDR):
             cmds.append(["ip", "-n", ns_free, "addr", "add", f"{addr}/32", "dev", "lo"])
         cmds += [
             ["ip", "-n", ns_censored, "route", "add", "default", "via", CENSOR_INSIDE],

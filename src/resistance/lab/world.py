@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -297,6 +298,8 @@ class Lab:
             ready=(topo.DATACENTRE_ADDR, topo.DATACENTRE_PORT),
         )
         registry_dir = self.dir / "registry"
+        control_pw = secrets.token_hex(8)
+        control_url = f"socks5://probe:{control_pw}@{topo.CONTROL_ADDR}:{topo.NODE_PORT}"
         registry = self.start(
             "registry",
             t.free,
@@ -312,6 +315,7 @@ class Lab:
                 "--probe-round", "2",
                 "--verdict-window", "2",
                 "--fresh", "30",
+                "--probe-control", control_url,
             ],
             ready=(topo.REGISTRY_ADDR, topo.REGISTRY_PORT),
         )  # fmt: skip
@@ -326,7 +330,14 @@ class Lab:
         keys = self.api("GET", "/api/v1/directory/keys")["keys"]
         self.info["directory_keys"] = [k["public_key"] for k in keys]
         say(f"registry at {t.registry_url} (regtest payouts), canary on port {topo.CANARY_PORT}")
+        from resistance.node.tlscert import default_name, ensure_certificate
+
         for i, addr in enumerate(topo.NODE_ADDRS):
+            # A volunteer's certificate names a host (a random www.<letters>.net, as a
+            # node without a domain gets): the name its users' hellos carry once seen,
+            # and what a censor's SNI list can hold.
+            (self.dir / f"node-{i + 1}").mkdir(mode=0o700, parents=True, exist_ok=True)
+            ensure_certificate(self.dir / f"node-{i + 1}", common_name=default_name())
             self.start(
                 f"node-{i + 1}",
                 t.free,
@@ -340,6 +351,18 @@ class Lab:
                 ],
                 ready=(addr, topo.NODE_PORT),
             )  # fmt: skip
+        self.start(
+            "control-proxy",
+            t.free,
+            [
+                "node", "--listen", f"{topo.CONTROL_ADDR}:{topo.NODE_PORT}",
+                "--state-dir", str(self.dir / "control-proxy"),
+                "--user", f"probe:{control_pw}",
+                "--allow", f"{topo.REGISTRY_ADDR}/32",
+            ],
+            ready=(topo.CONTROL_ADDR, topo.NODE_PORT),
+        )  # fmt: skip
+        say(f"the probes' control proxy (up, unregistered, on no list): {topo.CONTROL_ADDR}")
         say(
             f"three SOCKS5 nodes: {', '.join(topo.NODE_ADDRS)} port {topo.NODE_PORT}, "
             f"SOCKS5 inside TLS on {topo.NODE_TLS_PORT}"

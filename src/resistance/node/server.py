@@ -37,6 +37,7 @@ from resistance.errors import ConfigError
 from resistance.net.deadlines import Deadlines
 from resistance.net.reactor import HAS_EPOLL, Reactor
 from resistance.net.relay import HAS_SPLICE, AnyPipePool, new_pipe_pool
+from resistance.node import website
 from resistance.node.admission import PerAddress
 from resistance.node.host import Association, Client
 from resistance.node.metrics import NodeMetrics
@@ -61,6 +62,7 @@ class _StreamHandshake(asyncio.Protocol):
     def __init__(self, node: Node, *, tls: bool = False) -> None:
         self.node = node
         self.tls = tls
+        self.first = tls  # over TLS, the first bytes tell a SOCKS5 client from a browser
         self.session: StreamSession | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,8 +78,15 @@ class _StreamHandshake(asyncio.Protocol):
         self.node.session_opened(self.session)
 
     def data_received(self, data: bytes) -> None:
-        if self.session is not None:
-            self.session.feed(data)
+        if self.session is None:
+            return
+        if self.first:
+            self.first = False
+            if not website.is_socks5(data):  # a browser or a censor's prober: a website
+                self.session.write(website.answer(data))
+                self.session.close()
+                return
+        self.session.feed(data)
 
     def eof_received(self) -> bool:
         if self.session is not None:

@@ -33,7 +33,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from resistance.client.hello import browser_context, server_name
+from resistance.client.hello import browser_context, learn_name, server_name
 from resistance.probe.check import Failure
 from resistance.probe.diagnose import Attempt, Diagnosis, Evidence, Stage, diagnose
 from resistance.probe.net import NetFailure, Network, translate
@@ -182,18 +182,28 @@ async def tls_attempt(
             return Attempt.stopped(Stage.HANDSHAKE, Failure.RESET)
         except OSError as exc:
             return Attempt.stopped(Stage.HANDSHAKE, translate(exc).failure)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:  # as the client does: the next hello to this listener names the certificate
+            learn_name(listener_key(host, port), der)
         writer.transport.abort()
         return Attempt.passed()
     finally:
         sock.close()
 
 
+def listener_key(host: str, port: int) -> str:
+    """The key a TLS listener's learned server name is kept under in this process."""
+    return f"{host}:{port}"
+
+
 async def sni_evidence(
     host: str, port: int, server_name: str, seconds: float, *, outside_ok: bool | None = None
 ) -> Evidence:
     """A TLS handshake naming ``server_name`` and its benign-SNI control."""
-    main = await tls_attempt(host, port, server_name, seconds)
-    benign = None if main.ok else await tls_attempt(host, port, BENIGN_SNI, seconds)
+    hello = browser_context()  # one hello for both: the control changes only the name
+    main = await tls_attempt(host, port, server_name, seconds, context=hello)
+    benign = None if main.ok else await tls_attempt(host, port, BENIGN_SNI, seconds, context=hello)
     outside = None
     if outside_ok is not None:
         outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
@@ -209,19 +219,23 @@ async def tls_reach(
     source: str | None = None,
 ) -> tuple[Evidence, Diagnosis]:
     """Whether the node's TLS listener gets through from here, as a client dials it
-    (the client's browser-like hello, naming a server as the client does before it
-    has seen the node's certificate), and why not.
+    (the client's browser-like hello, naming a server as the client does: the name
+    in the listener's certificate once a handshake has shown it, a plausible one
+    before), and why not.
 
     The plain check beside it is the other-port control (its TCP outcome tells an
     address block from a dropped hello), and a failed handshake is tried again
     naming a benign server (the hello itself, or the name).
     """
     target = result.target
-    name = server_name(target.host, None)
-    main = await tls_attempt(target.host, tls_port, name, seconds, source=source)
+    name = server_name(target.host, listener_key(target.host, tls_port))
+    hello = browser_context()  # the control differs from the main attempt by the name only
+    main = await tls_attempt(target.host, tls_port, name, seconds, context=hello, source=source)
     benign = None
     if not main.ok and main.got_tcp:
-        benign = await tls_attempt(target.host, tls_port, BENIGN_SNI, seconds, source=source)
+        benign = await tls_attempt(
+            target.host, tls_port, BENIGN_SNI, seconds, context=hello, source=source
+        )
     plain = main_attempt(result)
     other = Attempt.passed() if plain.got_tcp else plain
     outside = None
