@@ -84,3 +84,32 @@ def test_every_hello_names_a_server_learned_from_the_certificate_once_seen() -> 
 def test_learning_a_name_from_any_bytes_gives_a_name_or_none(der: bytes) -> None:
     name = hello.learn_name("f" * 64 + der.hex()[:8], der)
     assert name is None or hello._HOST_NAME.fullmatch(name)
+
+
+def test_dials_in_a_row_send_different_hellos_and_a_failed_one_rests_at_that_node() -> None:
+    where, other = "198.51.100.7:443", "198.51.100.8:443"
+    first, second = hello.pick_variant(where, 0.0), hello.pick_variant(other, 0.0)
+    assert first != second  # a dial and the rival raced beside it
+    hello.variant_failed(where, first, 0.0)
+    try:
+        picks = [hello.pick_variant(where, 1.0) for _ in range(3 * len(hello.VARIANTS))]
+        assert first not in picks and set(picks) == set(hello.VARIANTS) - {first}
+        assert first in {hello.pick_variant(other, 1.0) for _ in hello.VARIANTS}
+        rested = hello.VARIANT_REST + 1.0
+        assert first in {hello.pick_variant(where, rested) for _ in hello.VARIANTS}
+        hello.variant_worked(where, first)
+        assert first in {hello.pick_variant(where, 1.0) for _ in hello.VARIANTS}
+    finally:
+        hello.variant_worked(where, first)
+
+
+def test_when_every_hello_failed_at_a_node_it_still_gets_one() -> None:
+    where = "198.51.100.9:443"
+    for chosen in hello.VARIANTS:
+        hello.variant_failed(where, chosen, 0.0)
+    try:
+        assert hello.pick_variant(where, 1.0) in hello.VARIANTS
+    finally:
+        for chosen in hello.VARIANTS:
+            hello.variant_worked(where, chosen)
+    assert where not in hello._FAILED

@@ -20,7 +20,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from resistance.client.hello import browser_context, learn_name, server_name
+from resistance.client.hello import (
+    learn_name,
+    pick_variant,
+    server_name,
+    variant,
+    variant_failed,
+    variant_worked,
+)
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
 from resistance.node.tlscert import certificate_sha256
@@ -133,18 +140,22 @@ async def _dial_tls(
     machine = ClientConnection(upstream.username, upstream.password)
     exchange = _TlsExchange(machine, machine.start(command, address), pin)
     transport: asyncio.BaseTransport | None = None
+    where = f"{upstream.host}:{upstream.port}"
+    chosen = pick_variant(where, time.monotonic())
     try:
         async with asyncio.timeout(seconds):
             transport, _ = await loop.create_connection(
-                lambda: exchange, upstream.host, upstream.port, ssl=browser_context(),
+                lambda: exchange, upstream.host, upstream.port, ssl=variant(*chosen),
                 server_hostname=server_name(upstream.host, pin), ssl_handshake_timeout=seconds,
             )  # fmt: skip
             established = await exchange.done
     except TimeoutError:
+        variant_failed(where, chosen, time.monotonic())
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
         raise DialError("the upstream did not answer in time", Reply.TTL_EXPIRED) from None
     except ssl.SSLError as exc:
+        variant_failed(where, chosen, time.monotonic())
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
         raise DialError(
@@ -152,6 +163,7 @@ async def _dial_tls(
             Reply.GENERAL_FAILURE,
         ) from None
     except OSError as exc:
+        variant_failed(where, chosen, time.monotonic())
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
         raise DialError(f"cannot reach the upstream: {exc}", Reply.GENERAL_FAILURE) from None
@@ -160,6 +172,7 @@ async def _dial_tls(
             cast(asyncio.Transport, transport).abort()
         raise
     assert exchange.transport is not None
+    variant_worked(where, chosen)
     return Dialed(
         None,
         established.bound,

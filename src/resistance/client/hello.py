@@ -42,6 +42,7 @@ import _ssl
 import collections
 import ctypes
 import functools
+import itertools
 import logging
 import random
 import re
@@ -217,7 +218,54 @@ def variant(profile_index: int, dropped: int) -> ssl.SSLContext:
     return ctx
 
 
-VARIANTS = tuple((p, d) for p in range(len(PROFILES)) for d in range(MAX_DROPPED + 1))
+Variant = tuple[int, int]
+"""A hello variant: (index into PROFILES, legacy suites dropped)."""
+VARIANTS: tuple[Variant, ...] = tuple(
+    (p, d) for p in range(len(PROFILES)) for d in range(MAX_DROPPED + 1)
+)
+
+
+#: Seconds a hello variant that a node's address did not answer is avoided there.
+VARIANT_REST = 300.0
+#: Addresses remembered with failed variants (oldest forgotten first).
+MAX_FAILED = 4096
+_FAILED: collections.OrderedDict[str, dict[Variant, float]] = collections.OrderedDict()
+_turn = itertools.count(random.randrange(len(VARIANTS)))
+
+
+def pick_variant(where: str, now: float) -> Variant:
+    """The hello variant for the next dial to ``where`` (``host:port``).
+
+    Variants are taken in turn, so a dial and the rival raced beside it never
+    send the same hello; one that ``where`` did not answer within
+    :data:`VARIANT_REST` seconds is passed over (a censor's hello rule drops
+    the flows of one fingerprint), unless every one has failed there.
+    """
+    start = next(_turn)
+    failed = _FAILED.get(where, {})
+    for i in range(len(VARIANTS)):
+        chosen = VARIANTS[(start + i) % len(VARIANTS)]
+        if failed.get(chosen, 0.0) <= now:
+            return chosen
+    return VARIANTS[start % len(VARIANTS)]
+
+
+def variant_failed(where: str, chosen: Variant, now: float) -> None:
+    """``where`` did not finish a handshake with ``chosen``: rest it there."""
+    failed = _FAILED.pop(where, {})
+    failed[chosen] = now + VARIANT_REST
+    _FAILED[where] = failed
+    while len(_FAILED) > MAX_FAILED:
+        _FAILED.popitem(last=False)
+
+
+def variant_worked(where: str, chosen: Variant) -> None:
+    """A handshake with ``chosen`` went through at ``where``."""
+    failed = _FAILED.get(where)
+    if failed is not None:
+        failed.pop(chosen, None)
+        if not failed:
+            del _FAILED[where]
 
 
 def browser_context(rng: random.Random | None = None) -> ssl.SSLContext:
