@@ -113,3 +113,9 @@ def test_when_every_hello_failed_at_a_node_it_still_gets_one() -> None:
         for chosen in hello.VARIANTS:
             hello.variant_worked(where, chosen)
     assert where not in hello._FAILED
+
+
+def test_a_probes_hellos_come_round_in_turn() -> None:
+    seen = [hello.next_variant() for _ in range(2 * len(hello.VARIANTS))]
+    assert set(seen[: len(hello.VARIANTS)]) == set(hello.VARIANTS)
+    assert seen[: len(hello.VARIANTS)] == seen[len(hello.VARIANTS) :]

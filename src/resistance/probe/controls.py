@@ -33,7 +33,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from resistance.client.hello import browser_context, learn_name, server_name
+from resistance.client.hello import learn_name, next_variant, server_name, variant
 from resistance.probe.check import Failure
 from resistance.probe.diagnose import Attempt, Diagnosis, Evidence, Stage, diagnose
 from resistance.probe.net import NetFailure, Network, translate
@@ -171,8 +171,8 @@ async def tls_attempt(
         try:
             async with asyncio.timeout(seconds):
                 _, writer = await asyncio.open_connection(
-                    sock=sock, ssl=context or browser_context(), server_hostname=server_name or "",
-                    ssl_handshake_timeout=seconds,
+                    sock=sock, ssl=context or variant(*next_variant()),
+                    server_hostname=server_name or "", ssl_handshake_timeout=seconds,
                 )  # fmt: skip
         except TimeoutError:
             return Attempt.stopped(Stage.HANDSHAKE, Failure.TIMEOUT)
@@ -201,7 +201,9 @@ async def sni_evidence(
     host: str, port: int, server_name: str, seconds: float, *, outside_ok: bool | None = None
 ) -> Evidence:
     """A TLS handshake naming ``server_name`` and its benign-SNI control."""
-    hello = browser_context()  # one hello for both: the control changes only the name
+    # One hello for both (the control changes only the name); hellos taken in turn, so a
+    # rule against one of the client's variants is met within len(VARIANTS) rounds.
+    hello = variant(*next_variant())
     main = await tls_attempt(host, port, server_name, seconds, context=hello)
     benign = None if main.ok else await tls_attempt(host, port, BENIGN_SNI, seconds, context=hello)
     outside = None
@@ -229,7 +231,9 @@ async def tls_reach(
     """
     target = result.target
     name = server_name(target.host, listener_key(target.host, tls_port))
-    hello = browser_context()  # the control differs from the main attempt by the name only
+    # The control differs from the main attempt by the name only; hellos taken in turn, so
+    # a rule against one of the client's variants is met within len(VARIANTS) rounds.
+    hello = variant(*next_variant())
     main = await tls_attempt(target.host, tls_port, name, seconds, context=hello, source=source)
     benign = None
     if not main.ok and main.got_tcp:
