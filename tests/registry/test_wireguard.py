@@ -306,8 +306,8 @@ async def test_results_must_use_the_proxys_protocol(world: World) -> None:
     socks_style = wg_result(wg_id, ok=False, step="tcp")
     del socks_style["protocol"]
     cases = [
-        ([socks_style], "is a WireGuard endpoint"),
-        ([wg_result(socks_id, ok=True)], "is not a WireGuard endpoint"),
+        ([socks_style], "is a WireGuard server"),
+        ([wg_result(socks_id, ok=True)], "is not a WireGuard server"),
         ([wg_result(wg_id, ok=False, step="tcp")], "one step, handshake"),
     ]
     for results, fragment in cases:

@@ -40,8 +40,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy.exc import IntegrityError
-
 from resistance.links import MODES_BY_NAME
 from resistance.net.mtproto import ask_res_pq
 from resistance.probe.batch import ResultRecord
@@ -53,7 +51,8 @@ from resistance.registry.services import (
     Registry,
     check_endpoint_host,
     check_owner,
-    proxy_view,
+    check_result_kind,
+    save_keyless_proxy,
 )
 
 log = logging.getLogger(__name__)
@@ -143,34 +142,15 @@ async def register_endpoint(
             "prober secret, GET /api/v1/mtproto/prober-secret, as an --mtproto-user, and "
             f"does it serve {mode} connections?)",
         )
-    now = registry.now()
-    fields: dict[str, Any] = {
-        "operator_id": operator_id,
-        "host": host,
-        "port": port,
-        "network": network,
-        "public_key": "",
-        "protocols": [PROTOCOL],
-        "probe_user": "",
-        "probe_password": "",
-        "credentials": [],
-        "public": public,
-        "status": "active",
-        "registered_at": now,
-        "verified_at": now,
-        "mtproto_mode": mode,
-        "mtproto_domain": domain,
-        "mtproto_key": key.hex(),
-    }
-    try:
-        async with registry.sessions.begin() as session:
-            current = await repo.proxy_by_endpoint(session, host=host, port=port)
-            check_owner(current, operator_id, host, port, kind=PROTOCOL)
-            proxy = await repo.save_proxy(session, fields=fields)
-            view = proxy_view(proxy)
-    except IntegrityError:
-        raise ApiError(409, f"endpoint {host}:{port} was taken meanwhile") from None
-    return view
+    return await save_keyless_proxy(
+        registry, operator_id=operator_id, host=host, port=port, network=network,
+        kind=PROTOCOL, public=public,
+        extra={
+            "mtproto_mode": mode,
+            "mtproto_domain": domain,
+            "mtproto_key": key.hex(),
+        },
+    )  # fmt: skip
 
 
 # --- what probes do with MTProto proxies ----------------------------------------------
@@ -188,10 +168,4 @@ def check_result_protocols(
     results: Sequence[ResultRecord], protocols: Mapping[int, Sequence[str]]
 ) -> None:
     """Refuse MTProto results for other proxies, and other results for MTProto proxies."""
-    for index, r in enumerate(results):
-        mtproto = PROTOCOL in protocols.get(r.proxy_id, ())
-        if (r.protocol == PROTOCOL) != mtproto:
-            kind = "an MTProto proxy" if mtproto else "not an MTProto proxy"
-            raise ApiError(
-                422, f"results[{index}]: proxy {r.proxy_id} is {kind}; the result says {r.protocol}"
-            )
+    check_result_kind(results, protocols, PROTOCOL)

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from resistance.registry.statement import endpoint_network, statement_bytes
 from resistance.registry.tokens import new_token, same_hash, token_hash
 
 if TYPE_CHECKING:
+    from resistance.probe.batch import ResultRecord
     from resistance.vpn.keys import KeyPair
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,60 @@ def check_owner(
             f"endpoint {host}:{port} is registered as {KINDS[held]}: give the "
             f"{KINDS[kind].partition(' ')[2]} another port",
         )
+
+
+async def save_keyless_proxy(
+    registry: Registry,
+    *,
+    operator_id: int,
+    host: str,
+    port: int,
+    network: str,
+    kind: str,
+    public: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Store a proven server that has no SOCKS5 credentials or node key (WireGuard,
+    MTProto): the common row, ``extra`` holding its kind's own columns."""
+    now = registry.now()
+    fields: dict[str, Any] = {
+        "operator_id": operator_id,
+        "host": host,
+        "port": port,
+        "network": network,
+        "public_key": "",
+        "protocols": [kind],
+        "probe_user": "",
+        "probe_password": "",
+        "credentials": [],
+        "public": public,
+        "status": "active",
+        "registered_at": now,
+        "verified_at": now,
+        **extra,
+    }
+    try:
+        async with registry.sessions.begin() as session:
+            current = await repo.proxy_by_endpoint(session, host=host, port=port)
+            check_owner(current, operator_id, host, port, kind=kind)
+            proxy = await repo.save_proxy(session, fields=fields)
+            view = proxy_view(proxy)
+    except IntegrityError:
+        raise ApiError(409, f"endpoint {host}:{port} was taken meanwhile") from None
+    return view
+
+
+def check_result_kind(
+    results: Sequence[ResultRecord], protocols: Mapping[int, Sequence[str]], kind: str
+) -> None:
+    """Refuse ``kind`` results for other proxies, and other results for ``kind`` proxies."""
+    for index, r in enumerate(results):
+        held = kind in protocols.get(r.proxy_id, ())
+        if (r.protocol == kind) != held:
+            what = KINDS[kind] if held else f"not {KINDS[kind]}"
+            raise ApiError(
+                422, f"results[{index}]: proxy {r.proxy_id} is {what}; the result says {r.protocol}"
+            )
 
 
 async def register_proxy(

@@ -33,8 +33,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy.exc import IntegrityError
-
 from resistance.errors import ConfigError
 from resistance.probe.batch import ResultRecord
 from resistance.registry import repositories as repo
@@ -45,7 +43,8 @@ from resistance.registry.services import (
     Registry,
     check_endpoint_host,
     check_owner,
-    proxy_view,
+    check_result_kind,
+    save_keyless_proxy,
 )
 from resistance.vpn import keys
 from resistance.vpn.probe import Outcome, handshake
@@ -134,33 +133,14 @@ async def register_endpoint(
             "proof of control failed: "
             + _refusal(result.outcome, result.detail, host, port, within),
         )
-    now = registry.now()
-    fields: dict[str, Any] = {
-        "operator_id": operator_id,
-        "host": host,
-        "port": port,
-        "network": network,
-        "public_key": "",
-        "protocols": [PROTOCOL],
-        "probe_user": "",
-        "probe_password": "",
-        "credentials": [],
-        "public": public,
-        "status": "active",
-        "registered_at": now,
-        "verified_at": now,
-        "wg_public_key": server_key,
-        "wg_probe_keys": added,
-    }
-    try:
-        async with registry.sessions.begin() as session:
-            current = await repo.proxy_by_endpoint(session, host=host, port=port)
-            check_owner(current, operator_id, host, port, kind=PROTOCOL)
-            proxy = await repo.save_proxy(session, fields=fields)
-            view = proxy_view(proxy)
-    except IntegrityError:
-        raise ApiError(409, f"endpoint {host}:{port} was taken meanwhile") from None
-    return view
+    return await save_keyless_proxy(
+        registry, operator_id=operator_id, host=host, port=port, network=network,
+        kind=PROTOCOL, public=public,
+        extra={
+            "wg_public_key": server_key,
+            "wg_probe_keys": added,
+        },
+    )  # fmt: skip
 
 
 async def announce_probe_key(
@@ -190,10 +170,4 @@ def check_result_protocols(
     results: Sequence[ResultRecord], protocols: Mapping[int, Sequence[str]]
 ) -> None:
     """Refuse results made with another protocol than their proxy speaks."""
-    for index, r in enumerate(results):
-        wireguard = PROTOCOL in protocols.get(r.proxy_id, ())
-        if (r.protocol == PROTOCOL) != wireguard:
-            kind = "a WireGuard endpoint" if wireguard else "not a WireGuard endpoint"
-            raise ApiError(
-                422, f"results[{index}]: proxy {r.proxy_id} is {kind}; the result says {r.protocol}"
-            )
+    check_result_kind(results, protocols, PROTOCOL)
