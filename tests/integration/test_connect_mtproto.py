@@ -30,11 +30,36 @@ from resistance.proto.mtclient import ProxyClient
 from resistance.proto.mtproto import check_res_pq, req_pq_multi
 from tests.conftest import EchoServer, RunningNode
 from tests.integration.socksclient import recv_exact
-from tests.integration.test_connect_directory import read_status, start_client, wait_for
+from tests.integration.test_connect_directory import (  # noqa: F401 (an autouse fixture)
+    _stop_clients,  # stops, by PID, every client this module's tests start
+    read_status,
+    start_client,
+    wait_for,
+)
 from tests.integration.test_mtproto_system import DOMAIN, free_port, start_mtproto_node
 
 KEY = secrets.token_bytes(16)
 WAIT = 10.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_client_outlives_the_module() -> Iterator[None]:
+    """Regression: these tests once left every `resist connect` they started running."""
+    yield
+    import psutil
+
+    def is_client(process: psutil.Process) -> bool:
+        try:
+            argv = process.cmdline()
+        except psutil.Error:  # gone, or a zombie
+            return False
+        return "connect" in argv and "resistance" in " ".join(argv)
+
+    left = [p.pid for p in psutil.Process().children(recursive=True) if is_client(p)]
+    for pid in left:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+    assert not left, f"resist connect processes left running: {left}"
 
 
 @pytest.fixture
