@@ -14,6 +14,14 @@ Theory of operation.  Two named tasks run until SIGTERM/SIGINT:
   with jitter up to ``max_backoff``; a refusal for good (422, 409, 413) moves
   the file to ``spool/rejected`` with the reason.
 
+No proxy can hold a round: each check ends within its cap (see
+:mod:`resistance.probe.runner`), and the agent bounds each check with its
+diagnosis by :func:`check_limit` besides; a check cut off there is recorded
+as failed with reason ``slow`` at the step it had reached.  So a round ends
+by its last due time plus ``check_limit`` for each check a worker waits
+behind (with the default 128 workers, one), and its results are signed and
+spooled then, whatever some proxies do.
+
 On SIGTERM the round is cancelled (checks in flight are dropped, never
 half-recorded), results already made are signed and spooled, and the
 uploader gets ``drain_seconds`` to send what it can; the rest waits on disk
@@ -48,6 +56,7 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.errors import ConfigError
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
+from resistance.probe.check import Failure, Step, StepOutcome, Timings, verdict
 from resistance.probe.controls import (
     MAX_OTHER_PORTS,
     Controls,
@@ -66,6 +75,8 @@ from resistance.probe.runner import (
     Target,
     attributable,
     canary_answers,
+    check_cap,
+    required_steps,
     run_check,
 )
 from resistance.probe.spool import Spool
@@ -365,22 +376,7 @@ class Agent:
 
         async def work() -> None:
             while (target := await queue.get()) is not None:
-                if target.protocol == "wireguard":
-                    result = await run_wireguard_check(
-                        target,
-                        self.wg_key.private,
-                        self.settings.check,
-                        source=self.settings.source,
-                    )
-                elif target.protocol == "mtproto":
-                    result = await run_mtproto_check(
-                        target, self.settings.check, source=self.settings.source
-                    )
-                else:
-                    result = await run_check(
-                        target, assignment.canary, self.network, self.settings.check
-                    )
-                    await self._diagnose(result, assignment)
+                result = await self._bounded_check(target, assignment)
                 stats.checked += 1
                 stats.ok += result.verdict.ok
                 results.append(result)
@@ -407,6 +403,29 @@ class Agent:
             self._keep(results, alive=alive)
         stats.seconds = time.monotonic() - started
         return stats
+
+    async def _bounded_check(self, target: Target, assignment: Assignment) -> CheckResult:
+        """One proxy's check with its diagnosis, cut off at :func:`check_limit`."""
+        settings = self.settings.check
+        seen: list[StepOutcome] = []
+        started = time.monotonic()
+        limit = check_limit(settings)
+        try:
+            async with asyncio.timeout(limit):
+                if target.protocol == "wireguard":
+                    return await run_wireguard_check(
+                        target, self.wg_key.private, settings, source=self.settings.source
+                    )
+                if target.protocol == "mtproto":
+                    return await run_mtproto_check(target, settings, source=self.settings.source)
+                result = await run_check(
+                    target, assignment.canary, self.network, settings, on_step=seen.append
+                )
+                await self._diagnose(result, assignment)
+                return result
+        except TimeoutError:
+            log.warning("proxy %d: check cut off after %g s", target.proxy_id, limit)
+            return cut_off(target, assignment.canary, seen, started_at=started, seconds=limit)
 
     def _take_control_task(self) -> asyncio.Task[CheckResult] | None:
         task, self.control_task = self.control_task, None
@@ -594,6 +613,45 @@ def run_agent(settings: AgentSettings) -> int:
         return await agent.run()
 
     return asyncio.run(main())
+
+
+def check_limit(settings: CheckSettings) -> float:
+    """The longest the agent waits for one proxy's check and its diagnosis: the
+    check's cap twice (the diagnosis repeats the check once) and a step more."""
+    return 2 * check_cap(settings) + settings.step_timeout
+
+
+def cut_off(
+    target: Target,
+    canary: Canary | None,
+    seen: Sequence[StepOutcome],
+    *,
+    started_at: float,
+    seconds: float,
+) -> CheckResult:
+    """The result of a check the agent stopped: failed ``slow`` at the step it had reached."""
+    if target.protocol == "wireguard":
+        required: tuple[Step, ...] = (Step.HANDSHAKE,)
+    elif target.protocol == "mtproto":
+        required = (Step.TCP, Step.RESPQ)
+    else:
+        required = required_steps(target, canary)
+    passed = [o for o in seen if o.passed]
+    done = {o.step for o in passed}
+    if seen and not seen[-1].passed:  # the check itself ended; its diagnosis did not
+        outcomes = list(seen)
+    else:
+        step = next((s for s in required if s not in done), required[-1])
+        outcomes = [*passed, StepOutcome(step, Failure.SLOW, f"check cut off after {seconds:g} s")]
+    at = int(time.time() - (time.monotonic() - started_at))
+    return CheckResult(
+        target=target,
+        at=at,
+        outcomes=outcomes,
+        verdict=verdict(outcomes, required=required),
+        timings=Timings(),
+        required=required,
+    )
 
 
 def targets_from(entries: Sequence[Target]) -> Assignment:

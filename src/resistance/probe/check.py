@@ -49,6 +49,8 @@ class Failure(enum.StrEnum):
     """How a step failed."""
 
     TIMEOUT = "timeout"
+    #: Still sending, too slowly to finish the step by its deadline: cut off (the proxy's fault).
+    SLOW = "slow"
     REFUSED = "refused"  # TCP RST to SYN, or the proxy said no (method, credentials, reply code)
     RESET = "reset"  # connection reset or broken pipe mid-step
     CLOSED = "closed"  # orderly close before the step's answer was complete

@@ -1,10 +1,31 @@
-"""One check over the network seam: every step has its own timeout.
+"""One check over the network seam: every step has a timeout and a deadline.
 
 The runner drives :class:`~resistance.probe.exchange.ProbeExchange` over a
 :class:`~resistance.probe.net.Connection`, timing each step and turning
 timeouts, OS errors and protocol faults into step outcomes.  It never raises
 for anything the proxy does; the result always says which step failed and
 how.
+
+Bounds (a registered proxy may be the censor's, and hostile on purpose).
+Each step has two clocks, so no peer can hold a check longer than its cap:
+
+* an *idle* timeout, ``step_timeout`` (``transfer_timeout`` for TRANSFER),
+  restarted by every byte: a peer that falls silent fails the step with
+  ``timeout`` (a flow that stops partway, the mark of a freeze, stays a
+  timeout);
+* a *deadline*, twice that timeout from the step's start, that bytes do not
+  move: a peer that keeps sending too slowly to finish the step (one byte a
+  second, say) is cut off there and the step fails with ``slow``.
+
+TCP has only its connect timeout.  So a whole check ends within
+:func:`check_cap` seconds, ``step_timeout * (1 + 2 * handshake steps) + 2 *
+transfer_timeout`` (65 s with the defaults 5 s and 10 s for a full SOCKS5
+check: TCP, greeting, auth, CONNECT, canary, transfer), and reads at most
+:func:`byte_cap` bytes: 1 KiB of answer per handshake step, the canary's
+signature and the download asked for (plus one read of 64 KiB already in
+flight); a peer that sends more fails with ``wrong-answer``.  A ``slow``
+failure is the proxy's: it counts against the proxy even when the canary
+fell silent (see :func:`attributable`).
 """
 
 from __future__ import annotations
@@ -30,7 +51,12 @@ from resistance.probe.check import (
     verdict,
 )
 from resistance.probe.diagnose import Diagnosis, Evidence
-from resistance.probe.exchange import CanaryProof, ProbeExchange, StepFailed
+from resistance.probe.exchange import (
+    MAX_HEADER_BUFFER,
+    CanaryProof,
+    ProbeExchange,
+    StepFailed,
+)
 from resistance.probe.net import Connection, NetFailure, Network
 
 
@@ -55,12 +81,40 @@ class Canary:
     public_key: Ed25519PublicKey | None
 
 
+#: A step's deadline is this many times its idle timeout.
+DEADLINE_FACTOR = 2
+
+
 @dataclass(frozen=True, slots=True)
 class CheckSettings:
+    #: Idle timeout of each step but TRANSFER (and TCP's connect timeout); the
+    #: step's deadline is twice this (see the module docstring).
     step_timeout: float = 5.0
+    #: Idle timeout of the TRANSFER step; its deadline is twice this.
     transfer_timeout: float = 10.0
     upload: int = 16 * 1024
     download: int = 64 * 1024
+
+    def idle(self, step: Step) -> float:
+        """Seconds without a byte after which ``step`` fails with ``timeout``."""
+        return self.transfer_timeout if step is Step.TRANSFER else self.step_timeout
+
+    def deadline(self, step: Step) -> float:
+        """Seconds from its start after which ``step`` fails with ``slow``."""
+        return self.step_timeout if step is Step.TCP else DEADLINE_FACTOR * self.idle(step)
+
+
+def check_cap(settings: CheckSettings, required: tuple[Step, ...] = STEPS) -> float:
+    """The longest a check of ``required`` steps can take, whatever the peer does."""
+    return sum(settings.deadline(step) for step in required)
+
+
+def byte_cap(settings: CheckSettings, required: tuple[Step, ...] = STEPS) -> int:
+    """The most bytes a check of ``required`` steps accepts from the peer."""
+    answers = MAX_HEADER_BUFFER * sum(1 for s in required if s not in (Step.TCP, Step.TRANSFER))
+    if Step.TRANSFER in required:
+        answers += SIGNATURE_BYTES + settings.download
+    return answers
 
 
 @dataclass(slots=True)
@@ -167,26 +221,41 @@ async def _drive(
     record: Callable[[StepOutcome], None],
     received: list[int],
 ) -> None:
-    """Send, receive and advance until the last required step passes."""
+    """Send, receive and advance until the last required step passes.
+
+    Every wait ends at the sooner of the step's idle timeout (from the last
+    byte) and its deadline (from the step's start): see the module docstring.
+    """
     last = required[-1]
+    cap = byte_cap(settings, required)
+    loop = asyncio.get_running_loop()
     step_started = time.perf_counter()
+    step = machine.step
+    deadline = loop.time() + settings.deadline(step)
     pending = machine.start()
     while True:
-        step = machine.step
-        limit = settings.transfer_timeout if step is Step.TRANSFER else settings.step_timeout
+        idle_end = loop.time() + settings.idle(step)
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout_at(min(deadline, idle_end)):
                 if pending:
                     await conn.send(pending)
                     pending = b""
                 data = await conn.recv()
         except TimeoutError:
-            raise StepFailed(step, Failure.TIMEOUT, f"no answer in {limit:g} s") from None
+            if deadline <= idle_end:
+                raise StepFailed(
+                    step, Failure.SLOW, f"not done in {settings.deadline(step):g} s"
+                ) from None
+            raise StepFailed(
+                step, Failure.TIMEOUT, f"no answer in {settings.idle(step):g} s"
+            ) from None
         except NetFailure as exc:
             raise StepFailed(step, exc.failure, exc.detail) from None
         if not data:
             raise StepFailed(step, Failure.CLOSED, "connection closed")
         received[0] += len(data)
+        if received[0] > cap + len(data):  # one read past the cap may be in flight
+            raise StepFailed(step, Failure.WRONG_ANSWER, f"more than {cap} bytes")
         for passed in machine.receive(data):
             now = time.perf_counter()
             marks[passed.step] = now
@@ -195,6 +264,9 @@ async def _drive(
             pending += passed.send
             if passed.step is last:
                 return
+        if machine.step is not step:
+            step = machine.step
+            deadline = loop.time() + settings.deadline(step)
 
 
 def _timings(started: float, marks: dict[Step, float], machine: ProbeExchange) -> Timings:
@@ -254,7 +326,9 @@ CANARY_SIDE = frozenset({Step.CONNECT, Step.CANARY, Step.TRANSFER})
 def attributable(result: CheckResult, *, canary_alive: bool) -> bool:
     """Whether ``result`` may be held against (or for) the proxy.
 
-    Successes always count; a failure at the canary's end counts only when the
-    canary answered directly before and after the round.
+    Successes always count, and so does a proxy cut off for being too slow
+    (the canary does not drip); a failure at the canary's end counts only
+    when the canary answered directly before and after the round.
     """
-    return canary_alive or result.verdict.ok or result.verdict.failed_step not in CANARY_SIDE
+    v = result.verdict
+    return canary_alive or v.ok or v.failure is Failure.SLOW or v.failed_step not in CANARY_SIDE
