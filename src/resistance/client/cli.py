@@ -57,6 +57,15 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 @click.option("--check-interval", default=30.0, show_default=True, metavar="S")
 @click.option("--dial-timeout", default=8.0, show_default=True, metavar="S")
 @click.option(
+    "--failover-budget",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    metavar="S",
+    help="An application's connection gets a working upstream or a SOCKS5 error within S "
+    "seconds, trying as many upstreams as fit (failed fastest first).",
+)
+@click.option(
     "--race-after",
     default=1.0,
     show_default=True,
@@ -111,6 +120,7 @@ def connect(
     users: tuple[str, ...],
     check_interval: float,
     dial_timeout: float,
+    failover_budget: float,
     race_after: float,
     network: str | None,
     freeze_check: str | None,
@@ -131,6 +141,8 @@ def connect(
       resist connect --upstream socks5://alice:s3cret@203.0.113.7:1080 \\
                      --upstream socks5://bob:0ther@198.51.100.9:1080
       resist connect --upstream 'socks5s://alice:s3cret@203.0.113.7:443#sha256=PIN'
+      resist connect --directory https://mirror.example/directory.json --trust KEY \\
+                     --failover-budget 3
       resist connect --upstream 'tg://proxy?server=203.0.113.7&port=443&secret=ee…' \\
                      --upstream socks5://alice:s3cret@203.0.113.7:1080
       resist connect status
@@ -165,6 +177,7 @@ def connect(
         users=dict(parse_user(u) for u in users) or None,
         check_interval=check_interval,
         dial_timeout=dial_timeout,
+        failover_budget=failover_budget,
         race_after=race_after or None,
         state_dir=state,
         directory=directory,

@@ -44,13 +44,17 @@ from resistance.proto.socks5 import (
 class DialError(Exception):
     """A dial through an upstream failed; ``reply`` is what to tell the application.
 
-    ``answered`` says the upstream itself answered with ``reply`` (so it is alive).
+    ``answered`` says the upstream itself answered with ``reply`` (so it is alive);
+    ``identity`` that it failed its identity check (a certificate not its pin).
     """
 
-    def __init__(self, message: str, reply: Reply, *, answered: bool = False) -> None:
+    def __init__(
+        self, message: str, reply: Reply, *, answered: bool = False, identity: bool = False
+    ) -> None:
         super().__init__(message)
         self.reply = reply
         self.answered = answered
+        self.identity = identity
 
 
 @dataclass(slots=True)
@@ -86,12 +90,18 @@ class _TlsExchange(asyncio.Protocol):
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.seen = seen = certificate_sha256(der) if der else ""
         if not seen:
-            self._fail(DialError("the upstream presented no certificate", Reply.GENERAL_FAILURE))
+            self._fail(
+                DialError(
+                    "the upstream presented no certificate", Reply.GENERAL_FAILURE, identity=True
+                )
+            )
             return
         if self.pin is not None and not hmac.compare_digest(seen, self.pin):
             self._fail(
                 DialError(
-                    "the upstream's certificate does not match its pin", Reply.GENERAL_FAILURE
+                    "the upstream's certificate does not match its pin",
+                    Reply.GENERAL_FAILURE,
+                    identity=True,
                 )
             )
             return

@@ -49,7 +49,9 @@ class ConnectSettings:
     users: dict[str, str] | None = None
     check_interval: float = 30.0
     dial_timeout: float = 8.0
-    max_attempts: int = 3
+    #: An application's connection gets an upstream or a SOCKS5 error within this
+    #: many seconds, trying as many upstreams as fit (see :mod:`..failover`).
+    failover_budget: float = 5.0
     race_after: float | None = 1.0
     state_dir: Path = Path(".")
     directory: DirectoryConfig | None = None
@@ -107,7 +109,7 @@ class ConnectNode(Node):
             settings.upstreams, prefer_tls=settings.transport != "plain", ladder=self.ladder
         )
         self.dial_timeout = settings.dial_timeout
-        self.max_attempts = settings.max_attempts
+        self.failover_budget = settings.failover_budget
         self.race_after = settings.race_after
         self.dial_failures = 0
         self.telegram_ranges = settings.telegram_ranges
@@ -130,7 +132,7 @@ class ConnectNode(Node):
         try:
             dialed = await dial(upstream, Command.CONNECT, address, seconds=self.dial_timeout)
         except DialError as exc:
-            self.pool.failed(upstream, str(exc))
+            self.pool.failed(upstream, str(exc), lying=exc.identity)
             return
         try:
             answer = await read_at_least(dialed, 64, seconds=self.dial_timeout)
@@ -151,7 +153,9 @@ class ConnectNode(Node):
             except ConfigError:
                 key = None
             if key is None or not verify_challenge(key, nonce, answer, cert_sha256=pin):
-                self.pool.failed(upstream, "health check: not the node the directory names")
+                self.pool.failed(
+                    upstream, "health check: not the node the directory names", lying=True
+                )
                 return
         source = self.connect_settings.freeze_check
         if source is not None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from resistance.client.dial import Dialed, DialError, dial
+from resistance.client.failover import Abandoned, race_upstreams
 from resistance.client.mtrung import Reframer, dc_of_address, is_dc_address, read_app_init
 from resistance.client.upstreams import Upstream
 from resistance.errors import ProtocolError
@@ -46,6 +47,7 @@ from resistance.proto.socks5 import (
 
 if TYPE_CHECKING:
     from resistance.client.upstreams import UpstreamPool
+    from resistance.net.reactor import Reactor
 
 log = logging.getLogger("resistance.connect")
 
@@ -65,7 +67,8 @@ class ConnectHost(SessionHost, Protocol):
 
     pool: UpstreamPool
     dial_timeout: float
-    max_attempts: int
+    #: Seconds an application's connection waits for an upstream at most.
+    failover_budget: float
     race_after: float | None
     dial_failures: int
     #: Networks counted as Telegram's besides the published ranges (lab, tests).
@@ -75,9 +78,24 @@ class ConnectHost(SessionHost, Protocol):
 
 
 class ClientSession(RawSession):
-    """An application's connection, forwarded through the upstream pool."""
+    """An application's connection, forwarded through the upstream pool.
 
-    __slots__ = ()
+    A connection that ends before the destination sent a byte, after the
+    application sent some (or broken by an error), is the upstream's failure,
+    told to the pool at once: an upstream that accepts CONNECT and then
+    resets or closes must not be chosen for the next connection.
+    """
+
+    __slots__ = ("answered", "upstream")
+
+    def __init__(
+        self, host: SessionHost, sock: socket.SocketType, peer_ip: str, reactor: Reactor
+    ) -> None:
+        super().__init__(host, sock, peer_ip, reactor)
+        #: The upstream carrying this connection (None before, and once judged).
+        self.upstream: Upstream | None = None
+        #: Whether the destination's bytes came with the upstream's reply.
+        self.answered = False
 
     @property
     def client_node(self) -> ConnectHost:
@@ -95,17 +113,29 @@ class ClientSession(RawSession):
         else:
             self.reply_and_close(Reply.COMMAND_NOT_SUPPORTED)
 
+    def _relay_closed(self, relay: Any, exc: OSError | None) -> None:
+        self.judge_upstream(relay.bytes_up, relay.bytes_down, broken=exc is not None)
+        super()._relay_closed(relay, exc)
+
+    def judge_upstream(self, up: int, down: int, *, broken: bool) -> None:
+        """At the end of a relayed connection: did its upstream fail it?"""
+        upstream, self.upstream = self.upstream, None
+        if upstream is None or down or self.answered or not (up or broken):
+            return
+        self.client_node.pool.failed(upstream, "the connection died before the destination spoke")
+        log.info("upstream %s broke a connection after accepting it", upstream.label)
+
     async def _through_upstreams(
         self, command: Command, address: Address
     ) -> tuple[Upstream, Dialed]:
-        """Dial through upstreams in the pool's order, racing a slow one.
+        """Dial through upstreams in the pool's order within the failover budget
+        (see :mod:`resistance.client.failover`).
 
-        A censor that drops packets makes a dial hang rather than fail, so
-        waiting for its timeout would stall the application for seconds.
-        Instead, when an attempt has not finished after ``race_after``
-        seconds the next upstream is tried alongside it (as Happy Eyeballs
-        does for addresses); the first success wins and the rest are
-        cancelled.  An attempt that fails starts the next one at once.
+        A censor that drops packets makes a dial hang rather than fail, so a
+        slow attempt is raced by the next; an answer from the upstream that
+        blames the destination leaves the upstream in good standing.  When
+        nothing got through, the application is told the last upstream's
+        reply, or TTL expired (0x06) when the budget ran out.
         """
         node = self.client_node
         pool = node.pool
@@ -114,59 +144,45 @@ class ClientSession(RawSession):
         order = [u for u in order if u.mtproto_secret is None]
         if command is UDP_ASSOCIATE:  # its control connection must be plain
             order = [u for u in order if u.tls_sha256 is None]
-        candidates = order[: node.max_attempts]
-        racing: dict[asyncio.Task[Dialed], Upstream] = {}
-        last = Reply.GENERAL_FAILURE
-        started = 0
-        try:
-            while started < len(candidates) or racing:
-                if started < len(candidates) and (not racing or node.race_after is not None):
-                    upstream = candidates[started]
-                    started += 1
-                    task = node.loop.create_task(
-                        dial(upstream, command, address, seconds=node.dial_timeout),
-                        name=f"dial-{id(self):x}-{started}",
-                    )
-                    racing[task] = upstream
-                more = started < len(candidates)
-                done, _ = await asyncio.wait(
-                    racing, timeout=node.race_after if more else None, return_when=FIRST_COMPLETED
+        last = [Reply.GENERAL_FAILURE]
+
+        def failed(upstream: Upstream, exc: BaseException, seconds: float) -> None:
+            if isinstance(exc, DialError):
+                last[0] = exc.reply
+                node.dial_failures += 1
+                if exc.answered and exc.reply in DESTINATION_FAULTS:
+                    pool.succeeded(upstream, None)  # alive; the destination may be the problem
+                    return
+                log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
+            pool.failed(upstream, str(exc), seconds=seconds, lying=getattr(exc, "identity", False))
+
+        won, spent = await race_upstreams(
+            order,
+            lambda upstream, seconds: dial(upstream, command, address, seconds=seconds),
+            budget=node.failover_budget,
+            race_after=node.race_after,
+            dial_timeout=node.dial_timeout,
+            failed=failed,
+            discard=Dialed.close,
+            retryable=(DialError,),
+            name=f"dial-{id(self):x}",
+        )
+        if won is None:
+            if spent:
+                raise DialError(
+                    f"no upstream answered within {node.failover_budget:g} s", Reply.TTL_EXPIRED
                 )
-                for task in done:
-                    upstream = racing.pop(task)
-                    exc = task.exception()
-                    if exc is None:
-                        dialed = task.result()
-                        for loser, slow in racing.items():  # still hanging: treat as failed
-                            loser.cancel()
-                            pool.failed(slow, "slower than another upstream")
-                        racing.clear()
-                        for other in done - {task}:
-                            if other.exception() is None:
-                                other.result().close()
-                        pool.succeeded(upstream, dialed.seconds)
-                        pool.used(upstream)
-                        return upstream, dialed
-                    if not isinstance(exc, DialError):
-                        raise exc
-                    last = exc.reply
-                    node.dial_failures += 1
-                    if exc.answered and exc.reply in DESTINATION_FAULTS:
-                        pool.succeeded(upstream, None)  # alive; the destination may be the problem
-                    else:
-                        pool.failed(upstream, str(exc))
-                        log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
-        finally:
-            for task in racing:
-                task.cancel()
-        raise DialError("no upstream could carry the request", last)
+            raise DialError("no upstream could carry the request", last[0])
+        pool.succeeded(won.upstream, won.value.seconds)
+        pool.used(won.upstream)
+        return won.upstream, won.value
 
     async def _dial_for(
         self, command: Command, address: Address
     ) -> tuple[ServerConnection, Dialed] | None:
         """An accepted upstream request, or ``None`` once the failure is answered."""
         try:
-            _, dialed = await self._through_upstreams(command, address)
+            upstream, dialed = await self._through_upstreams(command, address)
         except DialError as exc:
             self.task = None
             self.reply_and_close(exc.reply)
@@ -175,6 +191,8 @@ class ClientSession(RawSession):
         if self.conn is None:  # the application left meanwhile
             dialed.close()
             return None
+        self.upstream = upstream
+        self.answered = bool(dialed.early)
         return self.conn, dialed
 
     async def _forward(self, request: CommandRequest) -> None:
@@ -282,52 +300,43 @@ class ClientSession(RawSession):
     async def _race_dc_legs(
         self, address: Address, first: bytes, dc_traffic: bool, dc_hint: int | None
     ) -> DcLeg | None:
-        """The first upstream to carry ``first`` onwards, racing a slow one as
-        :meth:`_through_upstreams` does; MTProto proxies only for DC traffic."""
+        """The first upstream to carry ``first`` onwards within the failover budget, as
+        :meth:`_through_upstreams` dials; MTProto proxies only for DC traffic."""
         node = self.client_node
         pool = node.pool
         order = pool.order()
         if not dc_traffic:
             order = [u for u in order if u.mtproto_secret is None]
-        candidates = order[: node.max_attempts]
-        racing: dict[asyncio.Task[DcLeg], Upstream] = {}
-        started = 0
-        try:
-            while started < len(candidates) or racing:
-                if started < len(candidates) and (not racing or node.race_after is not None):
-                    upstream = candidates[started]
-                    started += 1
-                    racing[
-                        node.loop.create_task(_open_leg(upstream, address, first, dc_hint, node))
-                    ] = upstream
-                more = started < len(candidates)
-                done, _ = await asyncio.wait(
-                    racing, timeout=node.race_after if more else None, return_when=FIRST_COMPLETED
-                )
-                for task in done:
-                    upstream = racing.pop(task)
-                    exc = task.exception()
-                    if exc is None:
-                        leg = task.result()
-                        for loser, slow in racing.items():
-                            loser.cancel()
-                            pool.failed(slow, "slower than another upstream")
-                        racing.clear()
-                        for other in done - {task}:
-                            if other.exception() is None:
-                                other.result().writer.close()
-                        pool.succeeded(upstream, leg.seconds)
-                        pool.used(upstream)
-                        return leg
-                    if not isinstance(exc, DialError | OSError | TimeoutError | ProtocolError):
-                        raise exc
-                    node.dial_failures += 1
-                    pool.failed(upstream, str(exc) or type(exc).__name__)
-                    log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
-        finally:
-            for task in racing:
-                task.cancel()
-        return None
+
+        def failed(upstream: Upstream, exc: BaseException, seconds: float) -> None:
+            if not isinstance(exc, Abandoned):
+                node.dial_failures += 1
+                log.info("upstream %s failed: %s; trying the next", upstream.label, exc)
+            pool.failed(
+                upstream,
+                str(exc) or type(exc).__name__,
+                seconds=seconds,
+                lying=getattr(exc, "identity", False),
+            )
+
+        won, _ = await race_upstreams(
+            order,
+            lambda upstream, seconds: _open_leg(upstream, address, first, dc_hint, seconds),
+            budget=node.failover_budget,
+            race_after=node.race_after,
+            dial_timeout=node.dial_timeout,
+            failed=failed,
+            discard=lambda leg: leg.writer.close(),
+            retryable=(DialError, OSError, TimeoutError, ProtocolError),
+            name=f"dc-{id(self):x}",
+        )
+        if won is None:
+            return None
+        pool.succeeded(won.upstream, won.value.seconds)
+        pool.used(won.upstream)
+        self.upstream = won.upstream
+        self.answered = bool(won.value.early)
+        return won.value
 
     async def _associate(self, request: CommandRequest) -> None:
         got = await self._dial_for(UDP_ASSOCIATE, ANY_IPV4)
@@ -484,7 +493,11 @@ class DcLeg:
 
 
 async def _open_leg(
-    upstream: Upstream, address: Address, first: bytes, dc_hint: int | None, node: ConnectHost
+    upstream: Upstream,
+    address: Address,
+    first: bytes,
+    dc_hint: int | None,
+    seconds: float,
 ) -> DcLeg:
     """``first`` (the app's bytes so far) sent on through ``upstream``: re-framed onto an
     MTProto proxy, or unchanged through a SOCKS5 upstream."""
@@ -493,10 +506,10 @@ async def _open_leg(
         app = read_app_init(first[:64], dc_hint)  # its own ciphers: attempts may race
         assert app is not None
         reframer = Reframer(app, secret)
-        reader, writer, seconds = await _open_mtproto(upstream, reframer, node.dial_timeout)
+        reader, writer, took = await _open_mtproto(upstream, reframer, seconds)
         writer.write(reframer.to_proxy(first[64:]))
-        return DcLeg(reader, writer, seconds, b"", reframer.to_proxy, reframer.from_proxy)
-    dialed = await dial(upstream, CONNECT, address, seconds=node.dial_timeout)
+        return DcLeg(reader, writer, took, b"", reframer.to_proxy, reframer.from_proxy)
+    dialed = await dial(upstream, CONNECT, address, seconds=seconds)
     try:
         reader, writer = await _streams_of(dialed)
     except BaseException:
@@ -630,4 +643,5 @@ class DcPump:
             writer.close()
         if not self.writers:
             self.session.sock.close()
+        self.session.judge_upstream(self.bytes_up, self.bytes_down, broken=False)
         self.session.host.session_closed(self.session, self.bytes_up, self.bytes_down)

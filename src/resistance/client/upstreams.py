@@ -5,7 +5,14 @@ so an application's connections do not hop between exits without a reason.
 When a dial through it fails, the failure is recorded and the next
 upstream is tried at once; an upstream that keeps failing is put aside with
 exponential backoff (2 s, 4 s, 8 s ... at most 5 minutes) and only tried
-again after that, or when nothing else is left.  Among the others the order
+again after that, or when nothing else is left; among those resting, the
+ones whose last failure came fastest are tried first (a refusal costs the
+application nothing, a silent upstream costs a timeout).  An upstream that
+failed its identity check (a certificate that is not its pin, a challenge
+not signed by the key the directory names) is *lying*, not merely down: it
+is sidelined for 30 minutes, doubling to a day, ranks after every honest
+upstream even when its time is up, and no later success wipes that record
+(a censor's proxy can answer correctly whenever it likes).  Among the others the order
 is by measured handshake latency (an exponentially weighted mean), untested
 upstreams after measured ones, ties by the order they were given in.
 A pool that prefers TLS puts every available TLS upstream before every
@@ -32,6 +39,9 @@ from resistance.proto.faketls import ProxySecret
 
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
+#: How long a failed identity check sidelines an upstream, first and at most.
+SIDELINE_FIRST = 1800.0
+SIDELINE_MAX = 86400.0
 LATENCY_WEIGHT = 0.3
 
 
@@ -112,9 +122,14 @@ class Health:
     down_until: float = 0.0
     last_error: str = ""
     last_change: float = field(default_factory=time.monotonic)
+    #: Seconds the last failed attempt took (how much a retry of it costs).
+    fail_seconds: float | None = None
+    #: Failed identity checks: never reset by a success.
+    lies: int = 0
+    sidelined_until: float = 0.0
 
     def available(self, now: float) -> bool:
-        return now >= self.down_until
+        return now >= self.down_until and now >= self.sidelined_until
 
 
 class UpstreamPool:
@@ -150,16 +165,19 @@ class UpstreamPool:
 
         ladder = self.ladder
 
-        def key(u: Upstream) -> tuple[int, int, int, int, int, float, int]:
+        def key(u: Upstream) -> tuple[int, int, float, int, int, int, int, float, int]:
             h = self.health[u]
             resting = 0 if h.available(now) else 1
+            lying = 1 if h.lies else 0
+            # Among those resting, what failed fastest costs least to try again.
+            cost = (h.fail_seconds or 0.0) if resting else 0.0
             learned, rung = ladder.rank(u) if ladder is not None else (0, 0)
             plain = (
                 1 if self.prefer_tls and u.tls_sha256 is None and u.mtproto_secret is None else 0
             )
             sticky = 0 if u == self.active else 1
             latency = h.latency if h.latency is not None else float("inf")
-            return (resting, learned, rung, plain, sticky, latency, index[u])
+            return (resting, lying, cost, learned, rung, plain, sticky, latency, index[u])
 
         return sorted(self.upstreams, key=key)
 
@@ -175,7 +193,8 @@ class UpstreamPool:
         if h.consecutive_failures or h.down_until:
             h.last_change = time.monotonic() if now is None else now
         h.consecutive_failures = 0
-        h.down_until = 0.0
+        h.down_until = 0.0  # but not sidelined_until nor lies: a success does not undo a lie
+        h.fail_seconds = None
         if latency is not None:
             h.latency = (
                 latency
@@ -191,7 +210,16 @@ class UpstreamPool:
             self.active = upstream
         self._dropped = None
 
-    def failed(self, upstream: Upstream, error: str, *, now: float | None = None) -> None:
+    def failed(
+        self,
+        upstream: Upstream,
+        error: str,
+        *,
+        now: float | None = None,
+        seconds: float | None = None,
+        lying: bool = False,
+    ) -> None:
+        """``upstream`` failed after ``seconds``; ``lying``: it failed its identity check."""
         h = self.health.get(upstream)
         if h is None:
             return
@@ -202,6 +230,11 @@ class UpstreamPool:
         h.consecutive_failures += 1
         h.last_error = error
         h.last_change = now
+        if seconds is not None:
+            h.fail_seconds = seconds
         h.down_until = now + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (h.consecutive_failures - 1))
+        if lying:
+            h.lies += 1
+            h.sidelined_until = now + min(SIDELINE_MAX, SIDELINE_FIRST * 2 ** (h.lies - 1))
         if upstream == self.active:
             self._dropped, self.active = upstream, None
