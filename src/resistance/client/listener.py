@@ -194,7 +194,10 @@ class ConnectNode(Node):
                     "upstream": u.label,
                     "available": h.available(now),
                     "consecutive_failures": h.consecutive_failures,
-                    "resting_seconds": max(0.0, round(h.down_until - now, 1)),
+                    "resting_seconds": max(
+                        0.0, round(max(h.down_until, h.sidelined_until) - now, 1)
+                    ),
+                    "failed_identity_checks": h.lies,
                     "successes": h.successes,
                     "failures": h.failures,
                     "latency_ms": round(h.latency * 1000, 1) if h.latency is not None else None,
