@@ -6,6 +6,9 @@ are in tests/probe/test_hostile_checks.py and tests/unit/test_failover.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +236,8 @@ def test_wrong_pin_stalled_handshake_and_plain_tcp_on_a_tls_port(
         assert liar["resting_seconds"] > 1000  # sidelined, not the 2 s backoff
         others = [rows[f"127.0.0.1:{p.port} (TLS)"] for p in (stall, plain)]
         assert all(r["resting_seconds"] < 1000 for r in others), others
+        shown = subprocess.run(
+            [sys.executable, "-m", "resistance", "connect", "status", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        assert "(failed its identity check)" in shown.stdout, shown.stdout

@@ -235,7 +235,9 @@ def connect_status(state_dir: Path | None) -> None:
     )
     table = Table("upstream", "state", "latency ms", "ok", "failed", "last error")
     for row in status["upstreams"]:
-        if not row["available"]:
+        if not row["available"] and row.get("failed_identity_checks"):
+            state = f"sidelined {row['resting_seconds']} s (failed its identity check)"
+        elif not row["available"]:
             state = f"resting {row['resting_seconds']} s"
         elif row.get("consecutive_failures"):
             state = "failing, due for a retry"

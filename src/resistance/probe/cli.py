@@ -72,7 +72,9 @@ def wg_key(state_dir: Path | None) -> None:
 @click.option("--source", metavar="IP", help="Local address to connect from (multi-homed hosts).")
 @click.option("--concurrency", type=click.IntRange(1, 10_000), default=128, show_default=True)
 @click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
-              show_default=True, metavar="S", help="Timeout of each step of a check.")  # fmt: skip
+              show_default=True, metavar="S",
+              help="Idle timeout of each step of a check; a step still unfinished after "
+              "twice this is cut off as slow (a check ends within 9 S + 20 s).")  # fmt: skip
 @click.option("--rounds", type=click.IntRange(1), help="Stop after this many rounds.")
 @click.option("--min-round", type=click.FloatRange(min=0), default=1.0, show_default=True,
               metavar="S", help="Never start rounds closer together than this.")  # fmt: skip
@@ -128,7 +130,9 @@ def run(
 @click.option("--canary-key", metavar="KEY", help="The canary's public key (verifies its answer).")
 @click.option("--registry", "registry_url", metavar="URL", help="Learn canary and key from here.")
 @click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
-              show_default=True, metavar="S")  # fmt: skip
+              show_default=True, metavar="S",
+              help="Idle timeout of each step; a step still unfinished after twice this "
+              "is cut off as slow.")  # fmt: skip
 @click.option(
     "--other-port",
     "other_ports",
