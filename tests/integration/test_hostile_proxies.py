@@ -241,3 +241,36 @@ def test_wrong_pin_stalled_handshake_and_plain_tcp_on_a_tls_port(
             capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"},
         )  # fmt: skip
         assert "(failed its identity check)" in shown.stdout, shown.stdout
+
+
+async def test_an_mtproto_proxy_that_drips_its_fake_tls_answer_is_cut_off_as_slow() -> None:
+    """The MTProto check has the same two clocks per step (net/mtproto.py)."""
+    import asyncio
+
+    from resistance.links import MODES_BY_NAME
+    from resistance.net.mtproto import ask_res_pq
+    from resistance.proto.faketls import ProxySecret
+
+    async def drip(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read(65536)  # the ClientHello
+        try:
+            for byte in b"\x16\x03\x03\x10\x00" + bytes(4096):  # a ServerHello record, slowly
+                w.write(bytes([byte]))
+                await w.drain()
+                await asyncio.sleep(0.05)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    secret = ProxySecret(bytes(16), MODES_BY_NAME["ee"], "example.com")
+    try:
+        started = time.monotonic()
+        answer = await ask_res_pq("127.0.0.1", port, secret, within=0.2)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert (answer.step, answer.failure) == ("handshake", "slow"), answer
+    assert took < 5 * 0.2 + 2

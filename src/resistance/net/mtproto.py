@@ -18,7 +18,13 @@ of control with the operator's prober secret) and the lab's Telegram-like
 client.  It never raises for anything the proxy does: the answer names the
 step that failed (``tcp``, ``handshake``, ``respq``) and how, in the probe's
 failure words (``timeout``, ``refused``, ``reset``, ``closed``,
-``unreachable``, ``wrong-answer``, ``error``).
+``unreachable``, ``wrong-answer``, ``error``, ``slow``).
+
+Bounds: ``within`` is each step's idle timeout (a silent proxy fails with
+``timeout``) and twice it the step's deadline, which bytes do not move (a
+proxy that drips its answer is cut off with ``slow``); a proxy that sends
+more than an answer fails with ``wrong-answer``.  So an answer comes within
+``5 * within`` seconds (TCP, then two steps) whatever the proxy does.
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ def _os_failure(exc: OSError) -> str:
 
 
 class _Session:
-    """One connection's bytes, with a deadline per step."""
+    """One connection's bytes, with an idle timeout and a deadline per step."""
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, within: float
@@ -94,12 +100,25 @@ class _Session:
         self.reader, self.writer, self.within = reader, writer, within
         self.received = 0
         self.handshake_us: int | None = None
+        self.step = ""
+        self.deadline = 0.0
+
+    def _until(self, step: str) -> tuple[float, bool]:
+        """When this wait ends, and whether that is the step's deadline."""
+        now = asyncio.get_running_loop().time()
+        if step != self.step:
+            self.step, self.deadline = step, now + 2 * self.within
+        idle_end = now + self.within
+        return min(idle_end, self.deadline), self.deadline <= idle_end
 
     async def read(self, step: str) -> bytes:
+        until, last = self._until(step)
         try:
-            async with asyncio.timeout(self.within):
+            async with asyncio.timeout_at(until):
                 data = await self.reader.read(_READ)
         except TimeoutError:
+            if last:
+                raise _Failed(step, "slow", f"not done in {2 * self.within:g} s") from None
             raise _Failed(step, "timeout", f"no answer within {self.within:g} s") from None
         except OSError as exc:
             raise _Failed(step, _os_failure(exc), exc.strerror or type(exc).__name__) from None
@@ -111,9 +130,10 @@ class _Session:
         return data
 
     async def send(self, step: str, data: bytes) -> None:
+        until, _ = self._until(step)
         try:
             self.writer.write(data)
-            async with asyncio.timeout(self.within):
+            async with asyncio.timeout_at(until):
                 await self.writer.drain()
         except TimeoutError:
             raise _Failed(step, "timeout", "the proxy does not take our bytes") from None
