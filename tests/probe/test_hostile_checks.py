@@ -401,3 +401,75 @@ def _key_text() -> str:
     from resistance.directory.keys import public_key_text
 
     return public_key_text(KEY.public_key())
+
+
+async def test_a_diagnosis_that_hangs_is_cut_off_at_the_agents_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's own bound, behind the runner's: whatever hangs after a check
+    (here its diagnosis), the result is kept and the round ends."""
+
+    async def hang(self: Agent, result: CheckResult, assignment: object) -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(Agent, "_diagnose", hang)
+
+    class World:
+        async def connect(self, host: str, port: int) -> Connection:
+            return Peer(silence)
+
+    tiny = CheckSettings(step_timeout=0.05, transfer_timeout=0.05)
+    settings_ = AgentSettings(
+        registry="http://127.0.0.1:9", token="t", vantage="msk-1", country="RU",
+        state_dir=tmp_path, check=tiny,
+    )  # fmt: skip
+    agent = Agent(settings_, network=World())
+    assignment = parse_assignment({
+        "vantage": "msk-1", "country": "RU", "round_seconds": 0, "canary": None,
+        "proxies": [{"username": "probe", "password": "pw", "due_ms": 0, "proxy_id": 5,
+                     "host": "192.0.2.5", "port": 1080, "outside_ok": None}],
+    })  # fmt: skip
+    started = time.monotonic()
+    try:
+        stats = await agent.run_round(assignment)
+        agent.flush()
+    finally:
+        await agent.link.close()
+    assert time.monotonic() - started < check_limit(tiny) + 2
+    assert stats.checked == 1
+    (path,) = agent.spool.pending()
+    (record,) = parse_batch(path.read_bytes()).results
+    assert (record.step, record.failure) == ("greeting", "timeout")  # what the check saw
+
+
+async def test_a_check_still_running_at_the_limit_is_recorded_slow_at_its_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resistance.probe import agent as agent_module
+
+    async def stuck(*args: object, on_step: Callable[[StepOutcome], None], **kw: object) -> None:
+        on_step(StepOutcome(Step.TCP))
+        on_step(StepOutcome(Step.GREETING))
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(agent_module, "run_check", stuck)
+    tiny = CheckSettings(step_timeout=0.05, transfer_timeout=0.05)
+    settings_ = AgentSettings(
+        registry="http://127.0.0.1:9", token="t", vantage="msk-1", country="RU",
+        state_dir=tmp_path, check=tiny,
+    )  # fmt: skip
+    agent = Agent(settings_, network=Net(Peer(silence)))
+    assignment = parse_assignment({
+        "vantage": "msk-1", "country": "RU", "round_seconds": 0, "canary": None,
+        "proxies": [{"username": "probe", "password": "pw", "due_ms": 0, "proxy_id": 5,
+                     "host": "192.0.2.5", "port": 1080, "outside_ok": None}],
+    })  # fmt: skip
+    try:
+        await agent.run_round(assignment)
+        agent.flush()
+    finally:
+        await agent.link.close()
+    (path,) = agent.spool.pending()
+    (record,) = parse_batch(path.read_bytes()).results
+    assert (record.step, record.failure) == ("auth", "slow")
+    assert "cut off" in record.detail
