@@ -289,6 +289,8 @@ class ClientSession(RawSession):
             if leg is None:
                 return
             pump.writers.append(leg.writer)
+            pump.bytes_up += len(first)  # went with the dial, and asks for an answer
+            pump.bytes_down += len(leg.early)
             app_w.write(leg.early)
             await pump.run(app_r, app_w, leg.reader, leg.writer, leg.to_up, leg.to_app)
         except (OSError, TimeoutError):
