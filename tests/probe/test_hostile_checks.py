@@ -20,8 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resistance.probe import canary
-from resistance.probe.agent import Agent, AgentSettings, check_limit, cut_off, parse_assignment
-from resistance.probe.batch import parse_batch
+from resistance.probe.agent import (
+    Agent,
+    AgentSettings,
+    RoundStats,
+    check_limit,
+    cut_off,
+    parse_assignment,
+)
+from resistance.probe.batch import ResultRecord, parse_batch
 from resistance.probe.check import Failure, Step, StepOutcome
 from resistance.probe.net import Connection, NetFailure
 from resistance.probe.runner import (
@@ -367,31 +374,13 @@ async def test_a_dripping_proxy_does_not_hold_the_round_or_its_batch(tmp_path: P
             self.peers.append(peer)
             return peer
 
-    settings_ = AgentSettings(
-        registry="http://127.0.0.1:9", token="t", vantage="msk-1", country="RU",
-        state_dir=tmp_path, check=SETTINGS,
-    )  # fmt: skip
-    agent = Agent(settings_, network=World())
-    proxy = {"username": "probe", "password": "pw", "due_ms": 0, "outside_ok": None}
-    assignment = parse_assignment({
-        "vantage": "msk-1", "country": "RU", "round_seconds": 0,
-        "canary": {"host": CANARY.host, "port": CANARY.port,
-                   "public_key": _key_text()},
-        "proxies": [
-            {**proxy, "proxy_id": i, "host": f"192.0.2.{i}", "port": 1080, "control_ports": []}
-            for i in (1, 2, 66, 3)
-        ],
-    })  # fmt: skip
-    started = time.monotonic()
-    try:
-        stats = await agent.run_round(assignment)
-        agent.flush()
-    finally:
-        await agent.link.close()
-    assert time.monotonic() - started < check_limit(SETTINGS) + 2
+    canary_raw = {"host": CANARY.host, "port": CANARY.port, "public_key": _key_text()}
+    stats, records, took = await one_round(
+        tmp_path, World(), SETTINGS, ids=(1, 2, 66, 3), canary_raw=canary_raw
+    )
+    assert took < check_limit(SETTINGS) + 2
     assert (stats.checked, stats.ok) == (4, 3)
-    (path,) = agent.spool.pending()
-    results = {r.proxy_id: r for r in parse_batch(path.read_bytes()).results}
+    results = {r.proxy_id: r for r in records}
     assert sorted(results) == [1, 2, 3, 66]
     assert (results[66].step, results[66].failure) == ("connect", "slow")
     assert all(results[i].failure is None for i in (1, 2, 3))
@@ -401,6 +390,38 @@ def _key_text() -> str:
     from resistance.directory.keys import public_key_text
 
     return public_key_text(KEY.public_key())
+
+
+async def one_round(
+    tmp_path: Path,
+    network: object,
+    check: CheckSettings,
+    *,
+    ids: tuple[int, ...] = (5,),
+    canary_raw: dict[str, object] | None = None,
+) -> tuple[RoundStats, list[ResultRecord], float]:
+    """One agent round over ``network`` for proxies ``ids`` (at 192.0.2.ID); its stats,
+    signed results and seconds."""
+    settings_ = AgentSettings(
+        registry="http://127.0.0.1:9", token="t", vantage="msk-1", country="RU",
+        state_dir=tmp_path, check=check,
+    )  # fmt: skip
+    agent = Agent(settings_, network=network)  # type: ignore[arg-type]
+    proxy = {"username": "probe", "password": "pw", "due_ms": 0, "outside_ok": None}
+    assignment = parse_assignment({
+        "vantage": "msk-1", "country": "RU", "round_seconds": 0, "canary": canary_raw,
+        "proxies": [{**proxy, "proxy_id": i, "host": f"192.0.2.{i}", "port": 1080,
+                     "control_ports": []} for i in ids],
+    })  # fmt: skip
+    started = time.monotonic()
+    try:
+        stats = await agent.run_round(assignment)
+        agent.flush()
+    finally:
+        await agent.link.close()
+    took = time.monotonic() - started
+    (path,) = agent.spool.pending()
+    return stats, list(parse_batch(path.read_bytes()).results), took
 
 
 async def test_a_diagnosis_that_hangs_is_cut_off_at_the_agents_limit(
@@ -419,26 +440,9 @@ async def test_a_diagnosis_that_hangs_is_cut_off_at_the_agents_limit(
             return Peer(silence)
 
     tiny = CheckSettings(step_timeout=0.05, transfer_timeout=0.05)
-    settings_ = AgentSettings(
-        registry="http://127.0.0.1:9", token="t", vantage="msk-1", country="RU",
-        state_dir=tmp_path, check=tiny,
-    )  # fmt: skip
-    agent = Agent(settings_, network=World())
-    assignment = parse_assignment({
-        "vantage": "msk-1", "country": "RU", "round_seconds": 0, "canary": None,
-        "proxies": [{"username": "probe", "password": "pw", "due_ms": 0, "proxy_id": 5,
-                     "host": "192.0.2.5", "port": 1080, "outside_ok": None}],
-    })  # fmt: skip
-    started = time.monotonic()
-    try:
-        stats = await agent.run_round(assignment)
-        agent.flush()
-    finally:
-        await agent.link.close()
-    assert time.monotonic() - started < check_limit(tiny) + 2
+    stats, (record,), took = await one_round(tmp_path, World(), tiny)
+    assert took < check_limit(tiny) + 2
     assert stats.checked == 1
-    (path,) = agent.spool.pending()
-    (record,) = parse_batch(path.read_bytes()).results
     assert (record.step, record.failure) == ("greeting", "timeout")  # what the check saw
 
 
@@ -454,22 +458,6 @@ async def test_a_check_still_running_at_the_limit_is_recorded_slow_at_its_step(
 
     monkeypatch.setattr(agent_module, "run_check", stuck)
     tiny = CheckSettings(step_timeout=0.05, transfer_timeout=0.05)
-    settings_ = AgentSettings(
-        registry="http://127.0.0.1:9", token="t", vantage="msk-1", country="RU",
-        state_dir=tmp_path, check=tiny,
-    )  # fmt: skip
-    agent = Agent(settings_, network=Net(Peer(silence)))
-    assignment = parse_assignment({
-        "vantage": "msk-1", "country": "RU", "round_seconds": 0, "canary": None,
-        "proxies": [{"username": "probe", "password": "pw", "due_ms": 0, "proxy_id": 5,
-                     "host": "192.0.2.5", "port": 1080, "outside_ok": None}],
-    })  # fmt: skip
-    try:
-        await agent.run_round(assignment)
-        agent.flush()
-    finally:
-        await agent.link.close()
-    (path,) = agent.spool.pending()
-    (record,) = parse_batch(path.read_bytes()).results
+    _, (record,), _ = await one_round(tmp_path, Net(Peer(silence)), tiny)
     assert (record.step, record.failure) == ("auth", "slow")
     assert "cut off" in record.detail
