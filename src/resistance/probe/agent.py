@@ -69,7 +69,7 @@ from resistance.probe.runner import (
     run_check,
 )
 from resistance.probe.spool import Spool
-from resistance.probe.wireguard import run_wireguard_check
+from resistance.probe.wireguard import key_announcement, run_wireguard_check
 
 log = logging.getLogger("resistance.probe")
 
@@ -202,12 +202,10 @@ class RegistryLink:
         response.raise_for_status()
         return response.json()
 
-    async def announce_wireguard_key(self, public_key: str) -> str | None:
-        """Tell the registry our WireGuard key; None when accepted, else why not."""
+    async def announce_wireguard_key(self, body: dict[str, object]) -> str | None:
+        """Tell the registry our WireGuard key (signed); None when accepted, else why not."""
         try:
-            response = await self.client.put(
-                self.base + WIREGUARD_KEY_PATH, json={"public_key": public_key}
-            )
+            response = await self.client.put(self.base + WIREGUARD_KEY_PATH, json=body)
         except httpx.HTTPError as exc:
             return f"registry unreachable: {type(exc).__name__}"
         if response.status_code == 200:
@@ -378,8 +376,9 @@ class Agent:
                     )
                 else:
                     result = await run_check(
-                        target, assignment.canary, self.network, self.settings.check
-                    )
+                        target, assignment.canary, self.network, self.settings.check,
+                        probe_key=self.probe_key,
+                    )  # fmt: skip
                     await self._diagnose(result, assignment)
                 stats.checked += 1
                 stats.ok += result.verdict.ok
@@ -474,7 +473,13 @@ class Agent:
         """Announce the WireGuard key once per run (retried each round until accepted)."""
         if self.wg_announced:
             return
-        refused = await self.link.announce_wireguard_key(self.wg_key.public_text)
+        body = key_announcement(
+            self.key,
+            probe_key=self.probe_key,
+            wireguard_key=self.wg_key.public_text,
+            at=int(time.time()),
+        )
+        refused = await self.link.announce_wireguard_key(body)
         if refused is None:
             self.wg_announced = True
             log.info("WireGuard key %s announced", self.wg_key.public_text)

@@ -387,8 +387,13 @@ def parse_batch(data: bytes) -> SignedBatch:
     return check_document(outer["document"], outer["signature"])
 
 
-def verify_canary(record: ResultRecord, key: Ed25519PublicKey) -> bool:
-    from resistance.probe.canary import verify_proof
+def verify_canary(record: ResultRecord, key: Ed25519PublicKey, *, probe_key: str) -> bool:
+    """Whether the result's canary proof is the answer to ``probe_key``'s check of its proxy
+    at its time (see :mod:`resistance.probe.canary`, "What a proof backs")."""
+    from resistance.probe.canary import verify_bound
 
     c = record.canary
-    return c is not None and verify_proof(key, c.nonce, c.upload_sha256, c.download, c.signature)
+    return c is not None and verify_bound(
+        key, probe_key=probe_key, proxy_id=record.proxy_id, at=record.at, nonce=c.nonce,
+        upload_sha256=c.upload_sha256, download=c.download, signature=c.signature,
+    )  # fmt: skip

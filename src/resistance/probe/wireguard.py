@@ -7,6 +7,11 @@ trip as the latency a user waits before the tunnel carries anything;
 silence, an ICMP error or an invalid answer is a failure of the one step,
 ``handshake``.  Two attempts of half the step timeout each, so that one lost
 datagram is not a failure.
+
+The agent announces its WireGuard key to the registry signed with its probe
+key (:func:`key_announcement`): a token alone cannot claim a WireGuard key,
+and the registry keeps each key to one probe, so no probe can take another's
+key and be sent to the endpoints only the other was added to.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from resistance.directory.canonical import canonical_bytes
+from resistance.directory.keys import b64url
 from resistance.errors import ConfigError
 from resistance.probe.check import Failure, Step, StepOutcome, Timings, verdict
 from resistance.probe.runner import CheckResult, CheckSettings, Target
@@ -21,6 +30,23 @@ from resistance.vpn import keys
 from resistance.vpn.probe import Outcome, handshake
 
 REQUIRED = (Step.HANDSHAKE,)
+KEY_PURPOSE = "resist-probe-wireguard-key/1"
+
+
+def key_statement(*, probe_key: str, wireguard_key: str, at: int) -> bytes:
+    """What a probe signs to announce its WireGuard key (canonical JSON)."""
+    return canonical_bytes(
+        {"purpose": KEY_PURPOSE, "probe_key": probe_key, "wireguard_key": wireguard_key, "at": at}
+    )
+
+
+def key_announcement(
+    key: Ed25519PrivateKey, *, probe_key: str, wireguard_key: str, at: int
+) -> dict[str, object]:
+    """The body of ``PUT /api/v1/probe/wireguard-key``."""
+    signature = key.sign(key_statement(probe_key=probe_key, wireguard_key=wireguard_key, at=at))
+    return {"public_key": wireguard_key, "at": at, "signature": b64url(signature)}
+
 
 _FAILURES = {
     Outcome.SILENCE: Failure.TIMEOUT,

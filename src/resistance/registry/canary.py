@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import cast
 
@@ -62,7 +63,13 @@ class CanaryProtocol(asyncio.Protocol):
             return
         if request is not None:
             transport.write(
-                answer(self._server.key, request.nonce, request.upload_sha256, request.download)
+                answer(
+                    self._server.key,
+                    request.nonce,
+                    request.upload_sha256,
+                    request.download,
+                    now=time.time(),
+                )
             )
             transport.close()
 

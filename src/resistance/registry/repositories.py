@@ -374,16 +374,22 @@ async def blocklist_flags(
 # --- WireGuard ------------------------------------------------------------------------
 
 
-async def proxy_protocols(session: AsyncSession, *, ids: Sequence[int]) -> dict[int, list[str]]:
-    """The protocols of each existing proxy among ``ids``."""
-    result = await session.execute(select(Proxy.id, Proxy.protocols).where(Proxy.id.in_(ids)))
-    return {proxy_id: list(protocols) for proxy_id, protocols in result.all()}
+async def proxies_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Proxy]:
+    result = await session.execute(select(Proxy).where(Proxy.id.in_(ids)))
+    return result.scalars().all()
 
 
 async def set_probe_wireguard_key(session: AsyncSession, *, probe_id: int, public_key: str) -> None:
     probe = await session.get(ProbeAccount, probe_id)
     if probe is not None:
         probe.wg_public_key = public_key
+
+
+async def probe_by_wireguard_key(session: AsyncSession, *, public_key: str) -> ProbeAccount | None:
+    result = await session.execute(
+        select(ProbeAccount).where(ProbeAccount.wg_public_key == public_key)
+    )
+    return result.scalar_one_or_none()
 
 
 async def probe_wireguard_keys(session: AsyncSession) -> list[str]:

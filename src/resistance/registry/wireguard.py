@@ -33,8 +33,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from sqlalchemy.exc import IntegrityError
+
+from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
 from resistance.errors import ConfigError
 from resistance.probe.batch import ResultRecord
+from resistance.probe.wireguard import key_statement
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import ProbeAccount, Proxy
@@ -144,12 +148,36 @@ async def register_endpoint(
 
 
 async def announce_probe_key(
-    registry: Registry, *, probe_id: int, public_key: str
+    registry: Registry, *, probe_id: int, public_key: str, at: int, signature: str
 ) -> dict[str, str]:
-    """A probe agent's WireGuard key, which operators then add as a probe peer."""
+    """A probe agent's WireGuard key, which operators then add as a probe peer.
+
+    The announcement must be signed by the probe's own key, recent, and name a key no
+    other probe holds (else a probe could be sent where only another was added).
+    """
     key = _wg_key(public_key, "public_key")
-    async with registry.sessions.begin() as session:
-        await repo.set_probe_wireguard_key(session, probe_id=probe_id, public_key=key)
+    if abs(at - registry.now()) > registry.settings.statement_skew:
+        raise ApiError(422, "announcement time is too far from the registry's clock")
+    try:
+        async with registry.sessions.begin() as session:
+            probe = await repo.probe_by_id(session, probe_id=probe_id)
+            if probe is None:
+                raise ApiError(403, "this probe account no longer exists")
+            statement = key_statement(probe_key=probe.public_key, wireguard_key=key, at=at)
+            try:
+                proven = verify_signature(
+                    parse_public_key(probe.public_key), b64url_decode(signature), statement
+                )
+            except ValueError:
+                proven = False
+            if not proven:
+                raise ApiError(422, "the announcement is not signed by this probe's key")
+            holder = await repo.probe_by_wireguard_key(session, public_key=key)
+            if holder is not None and holder.id != probe_id:
+                raise ApiError(409, "another probe has announced this WireGuard key")
+            await repo.set_probe_wireguard_key(session, probe_id=probe_id, public_key=key)
+    except IntegrityError:
+        raise ApiError(409, "another probe has announced this WireGuard key") from None
     return {"public_key": key}
 
 
