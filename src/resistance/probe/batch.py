@@ -22,8 +22,9 @@ only), "evidence": EVIDENCE}``: the mechanism the probe's control experiments
 name and the evidence itself (:mod:`resistance.probe.diagnose`).  It is
 checked here: the evidence must give that mechanism, and its main attempt
 must agree with ``ok``.  Results without it (older probes) stay valid.
-``canary`` is required when ``ok`` is true: it is the canary's signed answer,
-which the registry checks again.  A WireGuard check's RESULT adds
+``canary`` is required when ``ok`` is true: it is the canary's signed answer
+to a nonce bound to the probe's key, the proxy id and ``at``, which the
+registry recomputes and checks (:mod:`resistance.probe.canary`).  A WireGuard check's RESULT adds
 ``"protocol": "wireguard"`` (absent means SOCKS5); its one step is
 ``handshake``, ``connect_us`` is the handshake's round trip, and it has no
 canary (nothing goes through a probe peer).  An MTProto check's RESULT adds

@@ -4,14 +4,24 @@ Theory of operation of :func:`ingest_batch`: check the batch's shape and its
 signature by its own key; require that key, vantage name and country to be
 those of the uploading probe's account; require its times to be plausible;
 require every successful result to carry a canary proof that verifies with
-the canary key (except WireGuard handshakes and MTProto exchanges, which end
-elsewhere: see :mod:`.wireguard`, :mod:`.mtproto`), and
-every result to use its proxy's protocol; then, in one transaction and under the probe lock, either
-find the batch id already stored (same digest: a harmless retry, nothing is
-stored; different digest: refused) or store the batch verbatim, its raw
-results, and fold the results into per-(proxy, probe) evidence, daily
-rollups and the verdicts of the proxies concerned, recording each change of
-verdict.  A refused batch changes nothing.
+the canary key and is bound to this probe, its proxy and its time
+(:func:`resistance.probe.canary.verify_bound`; except WireGuard handshakes
+and MTProto exchanges, which end elsewhere: see :mod:`.wireguard`,
+:mod:`.mtproto`), and every result to use its proxy's protocol; then, in one
+transaction and under the probe lock, either find the batch id already
+stored (same digest: a harmless retry, nothing is stored; different digest:
+refused) or store the batch verbatim, its raw results, and fold the results
+into per-(proxy, probe) evidence, daily rollups and the verdicts of the
+proxies concerned, recording each change of verdict.  A refused batch
+changes nothing.
+
+Results for proxies outside the probe's assignment (:func:`in_assignment`:
+not active, or a WireGuard server the operator did not add this probe's key
+to) are recorded but not counted: they stay in the stored batch body, signed
+and verbatim, but get no result row and touch no evidence, rollup or
+verdict; the receipt names their proxies (``not_counted``).  Refusing the
+whole batch instead would throw away an honest probe's other results
+whenever a proxy is retired between its assignment and its upload.
 """
 
 from __future__ import annotations

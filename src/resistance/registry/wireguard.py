@@ -21,9 +21,14 @@ blame the proxy for it.  Re-running ``resist vpn register`` adds newly
 announced probes.
 
 A probe's successful WireGuard result carries no canary proof: nothing can
-go through a probe peer, and a handshake transcript proves nothing to a third
-party (the initiator could have made the response itself).  It rests on the
-probe's signature, as its failures always did.
+go through a probe peer, and no proof from the handshake is feasible: the
+response's keys come from Diffie-Hellman with the probe's own static and
+ephemeral keys, so the registry, holding neither, has nothing to check, and
+the probe could have made the response itself.  It rests on the probe's
+signature, as its failures always did, and counts only where the operator
+added that probe's key (:func:`resistance.registry.probes.in_assignment`);
+the probe's key itself is announced signed with its probe key and held by
+one probe only (:func:`announce_probe_key`).
 """
 
 from __future__ import annotations
