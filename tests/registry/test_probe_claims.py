@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
@@ -56,16 +57,38 @@ async def status(reg: RunningRegistry, proxy_id: int) -> str:
     return found
 
 
+async def add_socks_proxy(reg: RunningRegistry, host: str, *, status: str = "active") -> int:
+    """Another SOCKS5 proxy of the batch tests' operator (id 1)."""
+    async with reg.registry.sessions.begin() as session:
+        proxy = await repo.save_proxy(
+            session,
+            fields={
+                "operator_id": 1, "host": host, "port": 1080, "network": "192.0.2.0/24",
+                "public_key": "k" * 43, "protocols": ["socks5"], "probe_user": "p",
+                "probe_password": "q", "credentials": [], "public": True, "status": status,
+                "registered_at": 1, "verified_at": 1,
+            },
+        )  # fmt: skip
+        return proxy.id
+
+
 # --- results count only for the probe's assignment ------------------------------------
 
 
-async def test_a_wireguard_ok_outside_the_assignment_counts_for_nothing(world: World) -> None:
-    listed, l_key, l_wg = await make_probe(world.reg, "ams-1", "NL", control=True)
-    outsider, o_key, _ = await make_probe(world.reg, "fra-1", "DE", control=True)
+Probe = tuple[httpx.AsyncClient, Ed25519PrivateKey, keys.KeyPair]
+
+
+async def endpoint_for_one_of_two(world: World) -> tuple[Probe, Probe, int]:
+    """Probes ams-1 and fra-1; a WireGuard endpoint whose operator added only ams-1."""
+    added = await make_probe(world.reg, "ams-1", "NL", control=True)
+    other = await make_probe(world.reg, "fra-1", "DE", control=True)
     with responder(world) as server:
-        proxy_id = (await world.register(server.port, probe_keys=[l_wg.public_text])).json()[
-            "proxy_id"
-        ]
+        answer = await world.register(server.port, probe_keys=[added[2].public_text])
+    return added, other, int(answer.json()["proxy_id"])
+
+
+async def test_a_wireguard_ok_outside_the_assignment_counts_for_nothing(world: World) -> None:
+    (listed, l_key, _), (outsider, o_key, _), proxy_id = await endpoint_for_one_of_two(world)
     claimed = batch(o_key, [wg_result(proxy_id, ok=True)] * 2, "fra-1", "DE")
     answer = await outsider.post("/api/v1/probe/batches", headers=JSON, content=claimed)
     assert answer.status_code == 201, answer.text
@@ -85,17 +108,7 @@ async def test_a_wireguard_ok_outside_the_assignment_counts_for_nothing(world: W
 
 async def test_results_for_a_proxy_no_longer_active_do_not_count(socks_world: Any) -> None:
     reg, probe, key, proxy_id = socks_world
-    async with reg.registry.sessions.begin() as session:
-        other = await repo.save_proxy(
-            session,
-            fields={
-                "operator_id": 1, "host": "192.0.2.9", "port": 1080, "network": "192.0.2.0/24",
-                "public_key": "k" * 43, "protocols": ["socks5"], "probe_user": "p",
-                "probe_password": "q", "credentials": [], "public": True, "status": "retired",
-                "registered_at": 1, "verified_at": 1,
-            },
-        )  # fmt: skip
-        retired = other.id
+    retired = await add_socks_proxy(reg, "192.0.2.9", status="retired")
     data = socks_batch(key, [good_result(reg, proxy_id, key), good_result(reg, retired, key)])
     answer = await probe.post("/api/v1/probe/batches", headers=JSON, content=data)
     assert answer.status_code == 201, answer.text
@@ -119,12 +132,7 @@ def announcement(key: Ed25519PrivateKey, wg: str, **kw: Any) -> dict[str, Any]:
 
 
 async def test_a_probe_cannot_announce_another_probes_key(world: World) -> None:
-    victim, v_key, v_wg = await make_probe(world.reg, "ams-1", "NL", control=True)
-    thief, t_key, t_wg = await make_probe(world.reg, "fra-1", "DE", control=True)
-    with responder(world) as server:
-        proxy_id = (await world.register(server.port, probe_keys=[v_wg.public_text])).json()[
-            "proxy_id"
-        ]
+    (victim, v_key, v_wg), (thief, t_key, t_wg), proxy_id = await endpoint_for_one_of_two(world)
     taken = await thief.put(
         "/api/v1/probe/wireguard-key", json=announcement(t_key, v_wg.public_text)
     )
@@ -167,17 +175,7 @@ async def test_an_announcement_must_be_signed_by_the_probes_key_and_recent(world
 
 async def test_one_canary_proof_cannot_back_two_proxies_probes_or_times(socks_world: Any) -> None:
     reg, probe, key, proxy_id = socks_world
-    async with reg.registry.sessions.begin() as session:
-        twin = await repo.save_proxy(
-            session,
-            fields={
-                "operator_id": 1, "host": "192.0.2.8", "port": 1080, "network": "192.0.2.0/24",
-                "public_key": "k" * 43, "protocols": ["socks5"], "probe_user": "p",
-                "probe_password": "q", "credentials": [], "public": True, "status": "active",
-                "registered_at": 1, "verified_at": 1,
-            },
-        )  # fmt: skip
-        twin_id = twin.id
+    twin_id = await add_socks_proxy(reg, "192.0.2.8")
     signer = reg.registry.canary_key
     assert signer is not None
     at = int(time.time())
@@ -221,17 +219,7 @@ async def test_a_proof_fetched_straight_from_the_canary_backs_one_result(
 ) -> None:
     """The issue's attack over real sockets: one direct canary fetch used for two proxies."""
     reg, probe, key, proxy_id = socks_world
-    async with reg.registry.sessions.begin() as session:
-        made = await repo.save_proxy(
-            session,
-            fields={
-                "operator_id": 1, "host": "192.0.2.10", "port": 1080, "network": "192.0.2.0/24",
-                "public_key": "k" * 43, "protocols": ["socks5"], "probe_user": "p",
-                "probe_password": "q", "credentials": [], "public": True, "status": "active",
-                "registered_at": 1, "verified_at": 1,
-            },
-        )  # fmt: skip
-        other_id = made.id
+    other_id = await add_socks_proxy(reg, "192.0.2.10")
     assert reg.registry.canary_address is not None
     host, port = reg.registry.canary_address
     at = int(time.time())
