@@ -122,28 +122,34 @@ async def test_results_for_a_proxy_no_longer_active_do_not_count(socks_world: An
 # --- a probe's WireGuard key is proven and its own ------------------------------------
 
 
-def announcement(key: Ed25519PrivateKey, wg: str, **kw: Any) -> dict[str, Any]:
+def announcement(
+    world: World, key: Ed25519PrivateKey, wg: keys.KeyPair, **kw: Any
+) -> dict[str, Any]:
     return key_announcement(
         kw.pop("signer", key),
-        probe_key=kw.pop("probe_key", public_key_text(key.public_key())),
-        wireguard_key=wg,
+        wg,
+        probe_key=public_key_text(key.public_key()),
+        prober_key=kw.pop("prober", world.prober),
         at=kw.pop("at", int(time.time())),
     )
 
 
 async def test_a_probe_cannot_announce_another_probes_key(world: World) -> None:
     (victim, v_key, v_wg), (thief, t_key, t_wg), proxy_id = await endpoint_for_one_of_two(world)
-    taken = await thief.put(
-        "/api/v1/probe/wireguard-key", json=announcement(t_key, v_wg.public_text)
+    # Claiming the victim's public key without its private key: no proof of possession.
+    pretend = keys.KeyPair(private=t_wg.private, public=v_wg.public)
+    claimed = await thief.put(
+        "/api/v1/probe/wireguard-key", json=announcement(world, t_key, pretend)
     )
+    assert claimed.status_code == 422 and "held" in claimed.text, claimed.text
+    # Even holding a copy of it: one key, one probe.
+    taken = await thief.put("/api/v1/probe/wireguard-key", json=announcement(world, t_key, v_wg))
     assert taken.status_code == 409, taken.text
     assert (await thief.get("/api/v1/probe/assignment")).json()["proxies"] == []
     (target,) = (await victim.get("/api/v1/probe/assignment")).json()["proxies"]
     assert target["proxy_id"] == proxy_id
     # Announcing one's own key again is fine.
-    again = await victim.put(
-        "/api/v1/probe/wireguard-key", json=announcement(v_key, v_wg.public_text)
-    )
+    again = await victim.put("/api/v1/probe/wireguard-key", json=announcement(world, v_key, v_wg))
     assert again.status_code == 200, again.text
     assert (
         await scalar(world.reg, "SELECT wg_public_key FROM probe_accounts WHERE name = 'fra-1'")
@@ -151,23 +157,30 @@ async def test_a_probe_cannot_announce_another_probes_key(world: World) -> None:
     )
 
 
-async def test_an_announcement_must_be_signed_by_the_probes_key_and_recent(world: World) -> None:
+async def test_an_announcement_must_be_signed_proven_and_recent(world: World) -> None:
     probe, key, wg = await make_probe(world.reg, "ams-1", "NL", control=True)
-    fresh = keys.KeyPair.generate().public_text
+    fresh = keys.KeyPair.generate()
     stranger = Ed25519PrivateKey.generate()
-    unsigned = {"public_key": fresh}
+    good = announcement(world, key, fresh)
     cases = {
-        "unsigned": (unsigned, 422),
-        "stranger's signature": (announcement(key, fresh, signer=stranger), 422),
-        "stranger's statement": (announcement(stranger, fresh), 422),
-        "an hour old": (announcement(key, fresh, at=int(time.time()) - 3600), 422),
-        "garbage signature": ({**announcement(key, fresh), "signature": "A" * 86}, 422),
+        "unsigned": {"public_key": fresh.public_text},
+        "no possession proof": {k: v for k, v in good.items() if k != "possession"},
+        "stranger's signature": announcement(world, key, fresh, signer=stranger),
+        "stranger's statement": announcement(world, stranger, fresh),
+        "for another registry": announcement(
+            world, key, fresh, prober=keys.KeyPair.generate().public_text
+        ),
+        "an hour old": announcement(world, key, fresh, at=int(time.time()) - 3600),
+        "garbage signature": {**good, "signature": "A" * 86},
+        "garbage possession": {**good, "possession": "A" * 43},
     }
-    for name, (body, code) in cases.items():
+    for name, body in cases.items():
         answer = await probe.put("/api/v1/probe/wireguard-key", json=body)
-        assert answer.status_code == code, (name, answer.text)
-    kept = await scalar(world.reg, "SELECT wg_public_key FROM probe_accounts")
-    assert kept == wg.public_text
+        assert answer.status_code == 422, (name, answer.text)
+    assert await scalar(world.reg, "SELECT wg_public_key FROM probe_accounts") == wg.public_text
+    answer = await probe.put("/api/v1/probe/wireguard-key", json=good)
+    assert answer.status_code == 200, answer.text
+    assert await scalar(world.reg, "SELECT wg_public_key FROM probe_accounts") == fresh.public_text
 
 
 # --- a canary proof backs one probe's one check of one proxy, at its time ----------------

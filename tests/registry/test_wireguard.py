@@ -206,8 +206,9 @@ async def make_probe(
     assert created.status_code == 201, created.text
     client = reg.client(token=created.json()["token"])
     wg = keys.KeyPair.generate()
+    prober = (await reg.client().get("/api/v1/wireguard/prober-key")).json()["public_key"]
     body = key_announcement(
-        key, probe_key=public_key_text(key.public_key()), wireguard_key=wg.public_text,
+        key, wg, probe_key=public_key_text(key.public_key()), prober_key=prober,
         at=int(time.time()),
     )  # fmt: skip
     announced = await client.put("/api/v1/probe/wireguard-key", json=body)
@@ -256,7 +257,7 @@ async def test_probes_are_sent_only_where_their_key_was_added(world: World) -> N
     refused = await world.operator.put(
         "/api/v1/probe/wireguard-key",
         json=key_announcement(
-            l_key, probe_key=public_key_text(l_key.public_key()), wireguard_key=l_wg.public_text,
+            l_key, l_wg, probe_key=public_key_text(l_key.public_key()), prober_key=world.prober,
             at=int(time.time()),
         ),
     )  # fmt: skip

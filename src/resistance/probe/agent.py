@@ -70,6 +70,7 @@ from resistance.probe.runner import (
 )
 from resistance.probe.spool import Spool
 from resistance.probe.wireguard import key_announcement, run_wireguard_check
+from resistance.vpn.noise import HandshakeError
 
 log = logging.getLogger("resistance.probe")
 
@@ -78,6 +79,7 @@ SPOOL_DIR = "spool"
 ASSIGNMENT_PATH = "/api/v1/probe/assignment"
 UPLOAD_PATH = "/api/v1/probe/batches"
 WIREGUARD_KEY_PATH = "/api/v1/probe/wireguard-key"
+PROBER_KEY_PATH = "/api/v1/wireguard/prober-key"
 ROUNDS_TASK = "probe-rounds"
 #: Proxies whose last passing check is remembered (for the active-probing control).
 MAX_REMEMBERED = 100_000
@@ -201,6 +203,15 @@ class RegistryLink:
             raise ConfigError(f"registry refused the probe token ({_error(response)})")
         response.raise_for_status()
         return response.json()
+
+    async def prober_key(self) -> str | None:
+        """The registry's WireGuard prober key (what the announcement's proof is made with)."""
+        try:
+            response = await self.client.get(self.base + PROBER_KEY_PATH)
+            key = response.json().get("public_key") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return key if isinstance(key, str) else None
 
     async def announce_wireguard_key(self, body: dict[str, object]) -> str | None:
         """Tell the registry our WireGuard key (signed); None when accepted, else why not."""
@@ -473,12 +484,18 @@ class Agent:
         """Announce the WireGuard key once per run (retried each round until accepted)."""
         if self.wg_announced:
             return
-        body = key_announcement(
-            self.key,
-            probe_key=self.probe_key,
-            wireguard_key=self.wg_key.public_text,
-            at=int(time.time()),
-        )
+        prober = await self.link.prober_key()
+        if prober is None:
+            log.warning("cannot read the registry's WireGuard prober key; will retry")
+            return
+        try:
+            body = key_announcement(
+                self.key, self.wg_key, probe_key=self.probe_key, prober_key=prober,
+                at=int(time.time()),
+            )  # fmt: skip
+        except (ConfigError, HandshakeError) as exc:
+            log.warning("the registry's WireGuard prober key is unusable (%s); will retry", exc)
+            return
         refused = await self.link.announce_wireguard_key(body)
         if refused is None:
             self.wg_announced = True

@@ -39,6 +39,9 @@ class ProbeWireGuardAnnouncement(ProbeWireGuardKey):
     signature: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{86}$")] = Field(
         description="Ed25519 by the probe's key over resistance.probe.wireguard.key_statement."
     )
+    possession: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")] = Field(
+        description="HMAC-SHA256 of the statement keyed by X25519(this key, the prober key)."
+    )
 
 
 @router.get(
@@ -78,5 +81,6 @@ async def announce(body: ProbeWireGuardAnnouncement, registry: RegistryDep, prob
     """The probe's WireGuard key, signed with its probe key, for operators to add as a
     probe peer; a key another probe holds is refused (409)."""
     return await wireguard.announce_probe_key(
-        registry, probe_id=probe, public_key=body.public_key, at=body.at, signature=body.signature
-    )
+        registry, probe_id=probe, public_key=body.public_key, at=body.at,
+        signature=body.signature, possession=body.possession,
+    )  # fmt: skip
