@@ -1,4 +1,5 @@
-"""The canary service the registry runs: answers a probe's nonce with a signature.
+"""The canary service the registry runs: answers a probe's nonce with a signature
+that also covers the canary's clock (in 5-minute windows).
 
 See :mod:`resistance.probe.canary` for the exchange.  One asyncio protocol
 per connection, fed by :class:`~resistance.probe.canary.CanaryRequestParser`;
