@@ -116,7 +116,8 @@ def verify_proof(
 ) -> bool:
     """Whether the canary signed this in the window of ``around`` or the one on each side."""
     middle = window_of(around)
-    for window in (middle, middle - 1, middle + 1):
+    # Most likely first: the check's window, then the next (the answer comes after it).
+    for window in (middle, middle + 1, middle - 1):
         try:
             message = proof_message(nonce, upload_sha256, download, window)
         except ValueError:
