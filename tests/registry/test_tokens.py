@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -269,3 +270,37 @@ async def test_command_line_on_the_database_while_the_registry_serves(
         assert await whoami(reg, new_admin) == 401
         bad = await asyncio.to_thread(resist, "expire", new_id, "soon", *db)
         assert bad.returncode == 2
+
+
+def test_two_serve_processes_on_one_database(tmp_path: Path, db_url: str) -> None:
+    """Real `resist registry serve` processes: a rotation through one is refused by the other."""
+    from tests.registry.test_serve import serve_process
+
+    with (
+        serve_process(tmp_path / "a", db_url) as (a, admin),
+        serve_process(tmp_path / "b", db_url, first=False) as (b, second_token),
+    ):
+        assert admin is not None and second_token is None
+
+        def get(url: str, token: str) -> int:
+            auth = {"Authorization": f"Bearer {token}"}
+            return httpx.get(f"{url}/api/v1/tokens", headers=auth, timeout=10).status_code
+
+        assert get(b, admin) == 200
+        rotated = httpx.post(
+            f"{a}/api/v1/tokens/rotate",
+            headers={"Authorization": f"Bearer {admin}"},
+            json={"expires_in": 3600},
+            timeout=10,
+        )
+        assert rotated.status_code == 201, rotated.text
+        new = rotated.json()["token"]
+        assert get(b, admin) == 401 and get(a, admin) == 401
+        assert get(b, new) == 200
+        listed = httpx.get(
+            f"{b}/api/v1/tokens", headers={"Authorization": f"Bearer {new}"}, timeout=10
+        ).json()["tokens"]
+        assert [(t["state"], t["current"]) for t in listed] == [
+            ("revoked", False),
+            ("live", True),
+        ]
