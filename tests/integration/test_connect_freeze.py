@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,13 @@ class Canary:
                 while (request := parser.feed(conn.recv(65536))) is None:
                     pass
                 conn.sendall(
-                    answer(self.key, request.nonce, request.upload_sha256, request.download)
+                    answer(
+                        self.key,
+                        request.nonce,
+                        request.upload_sha256,
+                        request.download,
+                        now=time.time(),
+                    )
                 )
             except OSError:
                 pass

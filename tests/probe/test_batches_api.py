@@ -50,18 +50,38 @@ async def add_proxy(reg: RunningRegistry) -> int:
         return proxy.id
 
 
+def canary_proof(
+    signer: Ed25519PrivateKey,
+    probe: Ed25519PrivateKey,
+    proxy_id: int,
+    at: int,
+    *,
+    signed_at: int | None = None,
+) -> dict[str, Any]:
+    """What the canary would answer to ``probe``'s check of ``proxy_id`` begun at ``at``."""
+    nonce = canary.bound_nonce(public_key_text(probe.public_key()), proxy_id, at)
+    upload = hashlib.sha256(secrets.token_bytes(8)).digest()
+    window = canary.window_of(at if signed_at is None else signed_at)
+    sig = signer.sign(canary.proof_message(nonce, upload, 1024, window))
+    return {"nonce": b64url(nonce), "upload_sha256": b64url(upload), "download": 1024,
+            "signature": b64url(sig)}  # fmt: skip
+
+
 def good_result(
-    reg: RunningRegistry, proxy_id: int, *, key: Ed25519PrivateKey | None = None
+    reg: RunningRegistry,
+    proxy_id: int,
+    probe: Ed25519PrivateKey,
+    *,
+    key: Ed25519PrivateKey | None = None,
+    at: int | None = None,
 ) -> dict[str, Any]:
     signer = key or reg.registry.canary_key
     assert signer is not None
-    nonce, upload = secrets.token_bytes(16), hashlib.sha256(b"up").digest()
-    sig = signer.sign(canary.proof_message(nonce, upload, 1024))
+    at = int(time.time()) if at is None else at
     return {
-        "proxy_id": proxy_id, "at": int(time.time()), "ok": True, "step": None, "failure": None,
+        "proxy_id": proxy_id, "at": at, "ok": True, "step": None, "failure": None,
         "detail": "", "tcp_us": 100, "connect_us": 900, "ttfb_us": 300, "throughput_kbps": 5000,
-        "canary": {"nonce": b64url(nonce), "upload_sha256": b64url(upload), "download": 1024,
-                   "signature": b64url(sig)},
+        "canary": canary_proof(signer, probe, proxy_id, at),
     }  # fmt: skip
 
 
@@ -106,7 +126,7 @@ async def world(tmp_path: Path, db_url: str) -> Any:
 
 async def test_a_good_batch_is_stored_once_and_a_replay_stores_nothing(world: Any) -> None:
     reg, probe, key, proxy_id = world
-    data = batch(key, [good_result(reg, proxy_id), bad_result(proxy_id)])
+    data = batch(key, [good_result(reg, proxy_id, key), bad_result(proxy_id)])
     first = await probe.post("/api/v1/probe/batches", headers=JSON, content=data)
     assert first.status_code == 201, first.text
     assert first.json()["stored"] is True
@@ -134,7 +154,11 @@ async def test_forged_batches_are_refused_and_change_nothing(world: Any) -> None
             422,
             "does not verify",
         ),
-        "forged canary": (batch(key, [good_result(reg, proxy_id, key=stranger)]), 422, "canary"),
+        "forged canary": (
+            batch(key, [good_result(reg, proxy_id, key, key=stranger)]),
+            422,
+            "canary",
+        ),
         "other vantage": (batch(key, [bad_result(proxy_id)], vantage="spb-1"), 422, "vantage"),
         "unknown proxy": (batch(key, [bad_result(proxy_id + 99)]), 422, "unknown proxy"),
         "garbage": (
@@ -161,7 +185,7 @@ async def test_same_batch_id_with_other_content_is_refused(world: Any) -> None:
     )
     assert first.status_code == 201
     before = await counts(reg)
-    other = batch(key, [good_result(reg, proxy_id)], batch_id=batch_id)
+    other = batch(key, [good_result(reg, proxy_id, key)], batch_id=batch_id)
     response = await probe.post("/api/v1/probe/batches", headers=JSON, content=other)
     assert response.status_code == 409
     assert await counts(reg) == before

@@ -4,6 +4,7 @@ runner against scripted peers (the network seam), with no sockets at all."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from resistance.probe.runner import Canary, CheckSettings, Target, run_check
 KEY = Ed25519PrivateKey.generate()
 NONCE = bytes(range(16))
 UPLOAD = b"u" * 100
+AT = 1_800_000_000
 
 
 def machine(key: Ed25519PrivateKey | None = KEY, download: int = 300) -> ProbeExchange:
@@ -34,12 +36,13 @@ def machine(key: Ed25519PrivateKey | None = KEY, download: int = 300) -> ProbeEx
         nonce=NONCE,
         upload=UPLOAD,
         download=download,
+        at=AT,
     )
 
 
 def server_bytes(key: Ed25519PrivateKey = KEY, download: int = 300) -> bytes:
     reply = b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x09"
-    proof = canary.answer(key, NONCE, hashlib.sha256(UPLOAD).digest(), download)
+    proof = canary.answer(key, NONCE, hashlib.sha256(UPLOAD).digest(), download, now=AT + 5)
     return b"\x05\x02" + b"\x01\x00" + reply + proof
 
 
@@ -181,7 +184,9 @@ class Canned:
     def __call__(self) -> bytes:
         request = canary.CanaryRequestParser().feed(self.conn.sent[-1])
         assert request is not None
-        return canary.answer(self.key, request.nonce, request.upload_sha256, request.download)
+        return canary.answer(
+            self.key, request.nonce, request.upload_sha256, request.download, now=time.time()
+        )
 
 
 async def test_runner_passes_against_a_scripted_proxy_and_canary() -> None:

@@ -54,7 +54,7 @@ async def test_the_mechanism_is_stored_and_the_directory_reports_reach(world: An
     (entry,) = (await publish(reg.registry))["document"]["proxies"]
     assert entry["measurements"]["reach"] == {"msk-1": {"socks5": "blocked-ip"}}
     # a later success replaces it; an older result uploaded late changes nothing
-    good = good_result(reg, proxy_id)
+    good = good_result(reg, proxy_id, key)
     late = {**diagnosed(proxy_id), "at": good["at"] - 100}
     for results in ([good], [late]):
         sent = await probe.post("/api/v1/probe/batches", headers=JSON, content=batch(key, results))
@@ -98,8 +98,8 @@ async def test_rollups_and_so_grants_do_not_change_with_a_diagnosis(world: Any) 
         )  # fmt: skip
         twin_id = twin.id
     results = [
-        good_result(reg, proxy_id), diagnosed(proxy_id),
-        good_result(reg, twin_id), bad_result(twin_id),
+        good_result(reg, proxy_id, key), diagnosed(proxy_id),
+        good_result(reg, twin_id, key), bad_result(twin_id),
     ]  # fmt: skip
     sent = await probe.post("/api/v1/probe/batches", headers=JSON, content=batch(key, results))
     assert sent.status_code == 201, sent.text
@@ -127,7 +127,9 @@ async def test_assignments_carry_the_controls_inputs(world: Any) -> None:
     )  # fmt: skip
     assert created.status_code == 201, created.text
     outside = reg.client(token=created.json()["token"])
-    data = batch(outside_key, [good_result(reg, proxy_id)], vantage="ams-1", country="NL")
+    data = batch(
+        outside_key, [good_result(reg, proxy_id, outside_key)], vantage="ams-1", country="NL"
+    )
     assert (await outside.post("/api/v1/probe/batches", headers=JSON, content=data)).is_success
     (target,) = (await probe.get("/api/v1/probe/assignment")).json()["proxies"]
     assert target["outside_ok"] is True

@@ -13,7 +13,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,7 +493,9 @@ async def test_a_round_paying_nobody_carries_at_approval(world: World) -> None:
 BATCH_DAY = int(dt.datetime(2026, 11, 10, 12, tzinfo=dt.UTC).timestamp())
 
 
-def _result(reg: RunningRegistry, proxy_id: int, ok: bool, at: int) -> dict[str, Any]:
+def _result(
+    reg: RunningRegistry, proxy_id: int, ok: bool, at: int, probe: Ed25519PrivateKey
+) -> dict[str, Any]:
     if not ok:
         return {
             "proxy_id": proxy_id, "at": at, "ok": False, "step": "tcp", "failure": "timeout",
@@ -503,8 +504,9 @@ def _result(reg: RunningRegistry, proxy_id: int, ok: bool, at: int) -> dict[str,
         }  # fmt: skip
     key = reg.registry.canary_key
     assert key is not None
-    nonce, upload = secrets.token_bytes(16), hashlib.sha256(b"up").digest()
-    sig = key.sign(canary.proof_message(nonce, upload, 1024))
+    nonce = canary.bound_nonce(public_key_text(probe.public_key()), proxy_id, at)
+    upload = hashlib.sha256(b"up").digest()
+    sig = key.sign(canary.proof_message(nonce, upload, 1024, canary.window_of(at)))
     return {
         "proxy_id": proxy_id, "at": at, "ok": True, "step": None, "failure": None,
         "detail": "", "tcp_us": 100, "connect_us": 900, "ttfb_us": 300, "throughput_kbps": 5000,
@@ -540,7 +542,8 @@ async def test_a_round_from_real_probe_batches(tmp_path: Path, db_url: str) -> N
                 country=country,
                 created_at=BATCH_DAY,
                 results=[
-                    _result(reg, proxy_id, ok, BATCH_DAY - 600 + 60 * i) for i, ok in enumerate(oks)
+                    _result(reg, proxy_id, ok, BATCH_DAY - 600 + 60 * i, key)
+                    for i, ok in enumerate(oks)
                 ],
             )
             sent = await probe.post(

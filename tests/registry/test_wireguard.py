@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from resistance.directory.keys import public_key_text
 from resistance.probe.batch import new_batch_id, sign_batch
+from resistance.probe.wireguard import key_announcement
 from resistance.registry import repositories as repo
 from resistance.registry.db import migrate
 from resistance.registry.services import publish
@@ -205,7 +206,12 @@ async def make_probe(
     assert created.status_code == 201, created.text
     client = reg.client(token=created.json()["token"])
     wg = keys.KeyPair.generate()
-    announced = await client.put("/api/v1/probe/wireguard-key", json={"public_key": wg.public_text})
+    prober = (await reg.client().get("/api/v1/wireguard/prober-key")).json()["public_key"]
+    body = key_announcement(
+        key, wg, probe_key=public_key_text(key.public_key()), prober_key=prober,
+        at=int(time.time()),
+    )  # fmt: skip
+    announced = await client.put("/api/v1/probe/wireguard-key", json=body)
     assert announced.status_code == 200, announced.text
     return client, key, wg
 
@@ -249,8 +255,12 @@ async def test_probes_are_sent_only_where_their_key_was_added(world: World) -> N
     assert (await world.reg.client().get("/api/v1/proxies/assign")).json()["proxies"] == []
     # An operator cannot announce a probe key.
     refused = await world.operator.put(
-        "/api/v1/probe/wireguard-key", json={"public_key": l_wg.public_text}
-    )
+        "/api/v1/probe/wireguard-key",
+        json=key_announcement(
+            l_key, l_wg, probe_key=public_key_text(l_key.public_key()), prober_key=world.prober,
+            at=int(time.time()),
+        ),
+    )  # fmt: skip
     assert refused.status_code == 403
     del l_key
 

@@ -80,7 +80,8 @@ from resistance.probe.runner import (
     run_check,
 )
 from resistance.probe.spool import Spool
-from resistance.probe.wireguard import run_wireguard_check
+from resistance.probe.wireguard import key_announcement, run_wireguard_check
+from resistance.vpn.noise import HandshakeError
 
 log = logging.getLogger("resistance.probe")
 
@@ -89,6 +90,7 @@ SPOOL_DIR = "spool"
 ASSIGNMENT_PATH = "/api/v1/probe/assignment"
 UPLOAD_PATH = "/api/v1/probe/batches"
 WIREGUARD_KEY_PATH = "/api/v1/probe/wireguard-key"
+PROBER_KEY_PATH = "/api/v1/wireguard/prober-key"
 ROUNDS_TASK = "probe-rounds"
 #: Proxies whose last passing check is remembered (for the active-probing control).
 MAX_REMEMBERED = 100_000
@@ -213,12 +215,19 @@ class RegistryLink:
         response.raise_for_status()
         return response.json()
 
-    async def announce_wireguard_key(self, public_key: str) -> str | None:
-        """Tell the registry our WireGuard key; None when accepted, else why not."""
+    async def prober_key(self) -> str | None:
+        """The registry's WireGuard prober key (what the announcement's proof is made with)."""
         try:
-            response = await self.client.put(
-                self.base + WIREGUARD_KEY_PATH, json={"public_key": public_key}
-            )
+            response = await self.client.get(self.base + PROBER_KEY_PATH)
+            key = response.json().get("public_key") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return key if isinstance(key, str) else None
+
+    async def announce_wireguard_key(self, body: dict[str, object]) -> str | None:
+        """Tell the registry our WireGuard key (signed); None when accepted, else why not."""
+        try:
+            response = await self.client.put(self.base + WIREGUARD_KEY_PATH, json=body)
         except httpx.HTTPError as exc:
             return f"registry unreachable: {type(exc).__name__}"
         if response.status_code == 200:
@@ -419,8 +428,9 @@ class Agent:
                 if target.protocol == "mtproto":
                     return await run_mtproto_check(target, settings, source=self.settings.source)
                 result = await run_check(
-                    target, assignment.canary, self.network, settings, on_step=seen.append
-                )
+                    target, assignment.canary, self.network, settings,
+                    on_step=seen.append, probe_key=self.probe_key,
+                )  # fmt: skip
                 await self._diagnose(result, assignment)
                 return result
         except TimeoutError:
@@ -493,7 +503,19 @@ class Agent:
         """Announce the WireGuard key once per run (retried each round until accepted)."""
         if self.wg_announced:
             return
-        refused = await self.link.announce_wireguard_key(self.wg_key.public_text)
+        prober = await self.link.prober_key()
+        if prober is None:
+            log.warning("cannot read the registry's WireGuard prober key; will retry")
+            return
+        try:
+            body = key_announcement(
+                self.key, self.wg_key, probe_key=self.probe_key, prober_key=prober,
+                at=int(time.time()),
+            )  # fmt: skip
+        except (ConfigError, HandshakeError) as exc:
+            log.warning("the registry's WireGuard prober key is unusable (%s); will retry", exc)
+            return
+        refused = await self.link.announce_wireguard_key(body)
         if refused is None:
             self.wg_announced = True
             log.info("WireGuard key %s announced", self.wg_key.public_text)

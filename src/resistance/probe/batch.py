@@ -22,8 +22,9 @@ only), "evidence": EVIDENCE}``: the mechanism the probe's control experiments
 name and the evidence itself (:mod:`resistance.probe.diagnose`).  It is
 checked here: the evidence must give that mechanism, and its main attempt
 must agree with ``ok``.  Results without it (older probes) stay valid.
-``canary`` is required when ``ok`` is true: it is the canary's signed answer,
-which the registry checks again.  A WireGuard check's RESULT adds
+``canary`` is required when ``ok`` is true: it is the canary's signed answer
+to a nonce bound to the probe's key, the proxy id and ``at``, which the
+registry recomputes and checks (:mod:`resistance.probe.canary`).  A WireGuard check's RESULT adds
 ``"protocol": "wireguard"`` (absent means SOCKS5); its one step is
 ``handshake``, ``connect_us`` is the handshake's round trip, and it has no
 canary (nothing goes through a probe peer).  An MTProto check's RESULT adds
@@ -387,8 +388,13 @@ def parse_batch(data: bytes) -> SignedBatch:
     return check_document(outer["document"], outer["signature"])
 
 
-def verify_canary(record: ResultRecord, key: Ed25519PublicKey) -> bool:
-    from resistance.probe.canary import verify_proof
+def verify_canary(record: ResultRecord, key: Ed25519PublicKey, *, probe_key: str) -> bool:
+    """Whether the result's canary proof is the answer to ``probe_key``'s check of its proxy
+    at its time (see :mod:`resistance.probe.canary`, "What a proof backs")."""
+    from resistance.probe.canary import verify_bound
 
     c = record.canary
-    return c is not None and verify_proof(key, c.nonce, c.upload_sha256, c.download, c.signature)
+    return c is not None and verify_bound(
+        key, probe_key=probe_key, proxy_id=record.proxy_id, at=record.at, nonce=c.nonce,
+        upload_sha256=c.upload_sha256, download=c.download, signature=c.signature,
+    )  # fmt: skip

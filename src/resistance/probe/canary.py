@@ -9,11 +9,24 @@ sign.  So a check ends at the canary, through the proxy, with this exchange
     canary → probe    signature (64) | download bytes
 
 The signature is Ed25519, by the registry's canary key, over
-``CANARY_CONTEXT | nonce | SHA-256(upload) | download length (u32)``; the
-download bytes are SHAKE-128 of ``nonce | signature``, so neither direction's
-bytes can be made up by the proxy either.  The probe verifies at once when it
-knows the canary's public key, and it keeps nonce, upload digest and
-signature in its results so the registry can check them again.
+``CANARY_CONTEXT | nonce | SHA-256(upload) | download length (u32) | window
+(u64)``, where the window is the canary's clock in :data:`WINDOW_SECONDS`
+steps; the download bytes are SHAKE-128 of ``nonce | signature``, so neither
+direction's bytes can be made up by the proxy either.  The probe verifies at
+once when it knows the canary's public key, and it keeps nonce, upload
+digest and signature in its results so the registry can check them again.
+
+What a proof backs.  A probe could fetch the canary directly, without any
+proxy, and claim the answer came through one; nothing in the exchange can
+stop that once.  What stops it from counting more than once is the nonce: a
+probe's check uses :func:`bound_nonce`, a digest of the probe's key, the
+proxy id and the check's time, and the registry recomputes it from the
+result, and checks that the canary's window is within one of the check's
+time (:func:`verify_bound`).  So one canary answer backs one probe's one
+result for one proxy at one time, and a proof fetched now cannot back a
+check dated tomorrow or be shared between probes or proxies.  The window is
+not sent: the verifier tries the windows around the check's time, so the
+wire format is unchanged.
 
 :class:`CanaryRequestParser` is the canary's sans-IO half: fed bytes, it
 returns the request once complete, hashing the upload as it streams (never
@@ -33,7 +46,11 @@ from resistance.directory.keys import verify_signature
 from resistance.errors import ProtocolError
 
 MAGIC: Final = b"RSC1"
-CANARY_CONTEXT: Final = b"resist-canary/1\n"
+CANARY_CONTEXT: Final = b"resist-canary/2\n"
+NONCE_CONTEXT: Final = b"resist-canary-nonce/1\n"
+#: The canary signs its clock in steps of this many seconds; a proof is accepted for a
+#: check dated in the same step or the one before or after (clock skew up to a step).
+WINDOW_SECONDS: Final = 300
 NONCE_BYTES: Final = 16
 SIGNATURE_BYTES: Final = 64
 HEADER: Final = struct.Struct("!4s16sII")
@@ -41,13 +58,30 @@ MAX_UPLOAD: Final = 1 << 20
 MAX_DOWNLOAD: Final = 4 << 20
 
 
-def proof_message(nonce: bytes, upload_sha256: bytes, download: int) -> bytes:
+def proof_message(nonce: bytes, upload_sha256: bytes, download: int, window: int) -> bytes:
     """What the canary signs."""
     if len(nonce) != NONCE_BYTES or len(upload_sha256) != 32:
         raise ValueError("nonce must be 16 bytes and the upload digest 32")
     if not 0 <= download <= MAX_DOWNLOAD:
         raise ValueError(f"download length must be 0-{MAX_DOWNLOAD}")
-    return CANARY_CONTEXT + nonce + upload_sha256 + download.to_bytes(4, "big")
+    if not 0 <= window < 1 << 64:
+        raise ValueError("window out of range")
+    return (
+        CANARY_CONTEXT + nonce + upload_sha256 + download.to_bytes(4, "big")
+        + window.to_bytes(8, "big")
+    )  # fmt: skip
+
+
+def window_of(at: float) -> int:
+    return max(0, int(at) // WINDOW_SECONDS)
+
+
+def bound_nonce(probe_key: str, proxy_id: int, at: int) -> bytes:
+    """The nonce of ``probe_key``'s check of ``proxy_id`` started at ``at`` (unix seconds)."""
+    if not 0 <= proxy_id < 1 << 63 or not 0 <= at < 1 << 63:
+        raise ValueError("proxy id or time out of range")
+    material = b"%s%s\n%d\n%d" % (NONCE_CONTEXT, probe_key.encode(), proxy_id, at)
+    return hashlib.sha256(material).digest()[:NONCE_BYTES]
 
 
 def download_stream(nonce: bytes, signature: bytes, length: int) -> bytes:
@@ -63,20 +97,56 @@ def request_bytes(nonce: bytes, upload: bytes, download: int) -> bytes:
     return HEADER.pack(MAGIC, nonce, len(upload), download) + upload
 
 
-def answer(key: Ed25519PrivateKey, nonce: bytes, upload_sha256: bytes, download: int) -> bytes:
+def answer(
+    key: Ed25519PrivateKey, nonce: bytes, upload_sha256: bytes, download: int, *, now: float
+) -> bytes:
     """Everything the canary sends back: signature, then the download bytes."""
-    signature = key.sign(proof_message(nonce, upload_sha256, download))
+    signature = key.sign(proof_message(nonce, upload_sha256, download, window_of(now)))
     return signature + download_stream(nonce, signature, download)
 
 
 def verify_proof(
-    key: Ed25519PublicKey, nonce: bytes, upload_sha256: bytes, download: int, signature: bytes
+    key: Ed25519PublicKey,
+    nonce: bytes,
+    upload_sha256: bytes,
+    download: int,
+    signature: bytes,
+    *,
+    around: float,
 ) -> bool:
+    """Whether the canary signed this in the window of ``around`` or the one on each side."""
+    middle = window_of(around)
+    # Most likely first: the check's window, then the next (the answer comes after it).
+    for window in (middle, middle + 1, middle - 1):
+        try:
+            message = proof_message(nonce, upload_sha256, download, window)
+        except ValueError:
+            continue
+        if verify_signature(key, signature, message):
+            return True
+    return False
+
+
+def verify_bound(
+    key: Ed25519PublicKey,
+    *,
+    probe_key: str,
+    proxy_id: int,
+    at: int,
+    nonce: bytes,
+    upload_sha256: bytes,
+    download: int,
+    signature: bytes,
+) -> bool:
+    """Whether a result's proof is the canary's answer to this probe's check of this proxy
+    at ``at``, signed in that time's window (see the module's "What a proof backs")."""
     try:
-        message = proof_message(nonce, upload_sha256, download)
+        expected = bound_nonce(probe_key, proxy_id, at)
     except ValueError:
         return False
-    return verify_signature(key, signature, message)
+    return nonce == expected and verify_proof(
+        key, nonce, upload_sha256, download, signature, around=at
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ class ProbeExchange:
         "_buf",
         "_expected",
         "_got",
+        "at",
         "canary_key",
         "download",
         "nonce",
@@ -94,12 +95,15 @@ class ProbeExchange:
         nonce: bytes,
         upload: bytes,
         download: int,
+        at: int,
     ) -> None:
         self.username = username
         self.password = password or ""
         self.target = None if canary_host is None else target_address(canary_host, canary_port)
         self.canary_key = canary_key
         self.nonce = nonce
+        #: When the check began (unix seconds): the canary's signed window must be near it.
+        self.at = at
         self.upload = upload
         self.download = download
         self.step = Step.GREETING
@@ -194,7 +198,7 @@ class ProbeExchange:
             del buf[: canary.SIGNATURE_BYTES]
             digest = hashlib.sha256(self.upload).digest()
             if self.canary_key is not None and not canary.verify_proof(
-                self.canary_key, self.nonce, digest, self.download, signature
+                self.canary_key, self.nonce, digest, self.download, signature, around=self.at
             ):
                 raise StepFailed(step, Failure.WRONG_ANSWER, "canary signature does not verify")
             self.proof = CanaryProof(self.nonce, digest, self.download, signature)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from resistance.probe.canary import SIGNATURE_BYTES, request_bytes, verify_proof
+from resistance.probe.canary import SIGNATURE_BYTES, bound_nonce, request_bytes, verify_proof
 from resistance.probe.check import (
     STEPS,
     CheckVerdict,
@@ -152,8 +152,14 @@ async def run_check(
     *,
     clock: Callable[[], float] = time.time,
     on_step: Callable[[StepOutcome], None] | None = None,
+    probe_key: str | None = None,
 ) -> CheckResult:
-    """Check one proxy; the result lists each step's outcome in order."""
+    """Check one proxy; the result lists each step's outcome in order.
+
+    With ``probe_key`` (the agent's checks, which it uploads) the canary nonce is bound
+    to that key, the proxy and the check's time (:func:`~resistance.probe.canary.
+    bound_nonce`), as the registry requires; without it (one-off checks) it is random.
+    """
     at = int(clock())
     outcomes: list[StepOutcome] = []
     upload = secrets.token_bytes(settings.upload) if canary else b""
@@ -163,7 +169,12 @@ async def run_check(
         canary_host=canary.host if canary else None,
         canary_port=canary.port if canary else 0,
         canary_key=canary.public_key if canary else None,
-        nonce=secrets.token_bytes(16),
+        nonce=(
+            bound_nonce(probe_key, target.proxy_id, at)
+            if probe_key is not None
+            else secrets.token_bytes(16)
+        ),
+        at=at,
         upload=upload,
         download=settings.download if canary else 0,
     )
@@ -315,8 +326,9 @@ async def canary_answers(canary: Canary, network: Network, *, seconds: float) ->
     if canary.public_key is None:
         return len(data) >= SIGNATURE_BYTES
     return verify_proof(
-        canary.public_key, nonce, hashlib.sha256(b"").digest(), 0, data[:SIGNATURE_BYTES]
-    )
+        canary.public_key, nonce, hashlib.sha256(b"").digest(), 0, data[:SIGNATURE_BYTES],
+        around=time.time(),
+    )  # fmt: skip
 
 
 CANARY_SIDE = frozenset({Step.CONNECT, Step.CANARY, Step.TRANSFER})

@@ -26,6 +26,7 @@ from resistance.registry.ratelimit import TokenBucketLimiter
 from resistance.registry.routes import mtproto as mtproto_routes
 from resistance.registry.routes import probes as probe_routes
 from resistance.registry.routes import rounds as round_routes
+from resistance.registry.routes import tokens as token_routes
 from resistance.registry.routes import wireguard as wireguard_routes
 from resistance.registry.routes.proxies import accounts, public
 from resistance.registry.services import Registry
@@ -152,5 +153,6 @@ def create_app(
     app.include_router(round_routes.router)
     app.include_router(wireguard_routes.router)
     app.include_router(mtproto_routes.router)
+    app.include_router(token_routes.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

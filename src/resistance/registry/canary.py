@@ -1,4 +1,5 @@
-"""The canary service the registry runs: answers a probe's nonce with a signature.
+"""The canary service the registry runs: answers a probe's nonce with a signature
+that also covers the canary's clock (in 5-minute windows).
 
 See :mod:`resistance.probe.canary` for the exchange.  One asyncio protocol
 per connection, fed by :class:`~resistance.probe.canary.CanaryRequestParser`;
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import cast
 
@@ -62,7 +64,13 @@ class CanaryProtocol(asyncio.Protocol):
             return
         if request is not None:
             transport.write(
-                answer(self._server.key, request.nonce, request.upload_sha256, request.download)
+                answer(
+                    self._server.key,
+                    request.nonce,
+                    request.upload_sha256,
+                    request.download,
+                    now=time.time(),
+                )
             )
             transport.close()
 

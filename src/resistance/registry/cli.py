@@ -6,6 +6,7 @@ import asyncio
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -454,3 +455,161 @@ def _control_proxy(url: str) -> dict[str, object]:
         "host": proxy.host, "port": proxy.port, "username": proxy.username,
         "password": proxy.password,
     }  # fmt: skip
+
+
+# --- resist registry token --------------------------------------------------------------
+
+_DB = click.option("--db", "db", metavar="URL", help="Database URL [default: SQLite in state dir].")
+_STATE = click.option(
+    "--state-dir", type=click.Path(path_type=Path), help="Where the SQLite file is."
+)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    from resistance.registry.tokens import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _on_database(db: str | None, state_dir: Path | None, work: Any) -> Any:
+    from resistance.registry.db import database_url
+    from resistance.registry.tokens import on_database
+
+    return asyncio.run(on_database(database_url(db, resolve_state_dir(state_dir)), work))
+
+
+def _when(at: int | None) -> str:
+    import datetime
+
+    if at is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+@registry.group(context_settings=CONTEXT)
+def token() -> None:
+    """API tokens of the admin, operators and probes: list, rotate, expire, revoke.
+
+    These work on the registry's database directly (run them where `serve`
+    runs, with the same --db or --state-dir).  Every registry process on the
+    database refuses a revoked, rotated-away or expired token from its next
+    request; nothing needs a restart.  Accounts manage their own tokens
+    through the API (GET /api/v1/tokens, POST /api/v1/tokens/rotate).
+
+    \b
+    Examples:
+      resist registry token list --role probe
+      resist registry token rotate 1 --expires 90d
+      resist registry token revoke 7
+    """
+
+
+@token.command(name="list", context_settings=CONTEXT)
+@_DB
+@_STATE
+@click.option("--role", type=click.Choice(["admin", "operator", "probe"]), help="Only these.")
+@click.option("--live", is_flag=True, help="Only tokens that still work.")
+@one_line_errors
+def token_list(db: str | None, state_dir: Path | None, role: str | None, live: bool) -> None:
+    """List tokens (never the tokens themselves: they are stored only as hashes).
+
+    \b
+    Example:
+      resist registry token list --db postgresql+asyncpg://resist@127.0.0.1/resist --live
+    """
+    import time
+
+    from resistance.registry.tokens import list_tokens
+
+    now = int(time.time())
+    found = _on_database(db, state_dir, lambda s: list_tokens(s, now=now, role=role))
+    click.echo(f"{'ID':>6}  {'ROLE':8}  {'OWNER':24}  {'CREATED':16}  {'EXPIRES':16}  STATE")
+    for t in found:
+        if live and t["state"] != "live":
+            continue
+        click.echo(
+            f"{t['token_id']:>6}  {t['role']:8}  {(t['owner'] or '-')[:24]:24}  "
+            f"{_when(t['created_at']):16}  {_when(t['expires_at']):16}  {t['state']}"
+        )
+
+
+@token.command(name="rotate", context_settings=CONTEXT)
+@click.argument("token_id", type=click.IntRange(1, 2**31 - 1))
+@_DB
+@_STATE
+@click.option(
+    "--expires", callback=_duration, metavar="DURATION",
+    help="The new token stops working after this (30d, 12h, 2w ...) [default: never].",
+)  # fmt: skip
+@one_line_errors
+def token_rotate(
+    token_id: int, db: str | None, state_dir: Path | None, expires: int | None
+) -> None:
+    """Replace a token with a new one for the same account, printed once; the old one
+    is refused at once by every registry process (the admin token too, no restart).
+
+    \b
+    Example:
+      resist registry token rotate 1 --expires 90d
+    """
+    import time
+
+    from resistance.registry.tokens import rotate
+
+    now = int(time.time())
+    text, made = _on_database(
+        db, state_dir, lambda s: rotate(s, token_id=token_id, now=now, lifetime=expires)
+    )
+    click.echo(
+        f"token {token_id} revoked; its {made['role']} token is now {made['token_id']}, "
+        f"expires {_when(made['expires_at'])}"
+    )
+    click.echo(f"new token (shown once, keep it): {text}")
+
+
+@token.command(name="expire", context_settings=CONTEXT)
+@click.argument("token_id", type=click.IntRange(1, 2**31 - 1))
+@click.argument("after", callback=_duration, metavar="DURATION")
+@_DB
+@_STATE
+@one_line_errors
+def token_expire(token_id: int, after: int, db: str | None, state_dir: Path | None) -> None:
+    """Make a token stop working DURATION from now (30d, 12h, 90m, 2w ...).
+
+    \b
+    Example:
+      resist registry token expire 7 30d
+    """
+    import time
+
+    from resistance.registry.tokens import expire
+
+    now = int(time.time())
+    done = _on_database(db, state_dir, lambda s: expire(s, token_id=token_id, now=now, after=after))
+    click.echo(f"token {token_id} expires {_when(done['expires_at'])} UTC")
+
+
+@token.command(name="revoke", context_settings=CONTEXT)
+@click.argument("token_id", type=click.IntRange(1, 2**31 - 1))
+@_DB
+@_STATE
+@one_line_errors
+def token_revoke(token_id: int, db: str | None, state_dir: Path | None) -> None:
+    """Revoke a token now (the admin's last live token can only be rotated).
+
+    \b
+    Example:
+      resist registry token revoke 7
+    """
+    import time
+
+    from resistance.registry.tokens import revoke
+
+    now = int(time.time())
+    _on_database(db, state_dir, lambda s: revoke(s, token_id=token_id, now=now))
+    click.echo(f"token {token_id} revoked")

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -52,6 +53,10 @@ class ApiToken(Base):
     probe_id: Mapped[int | None] = mapped_column(
         ForeignKey("probe_accounts.id", ondelete="CASCADE"), index=True
     )
+    #: When it stops working (null: never) and when it was revoked or rotated away
+    #: (migration 0008); see :mod:`resistance.registry.tokens`.
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Proxy(Base):
@@ -127,6 +132,7 @@ class ProbeAccount(Base):
     """A measuring vantage, created by the admin with the probe's own public key."""
 
     __tablename__ = "probe_accounts"
+    __table_args__ = (Index("uq_probe_accounts_wg_public_key", "wg_public_key", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -134,7 +140,8 @@ class ProbeAccount(Base):
     country: Mapped[str] = mapped_column(String(2), index=True)
     control: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[int] = mapped_column(BigInteger)
-    #: The WireGuard public key its agent announced, for WireGuard checks (migration 0005).
+    #: The WireGuard public key its agent announced, for WireGuard checks (migration 0005),
+    #: proven by the probe's signature and held by one probe only (migration 0008).
     wg_public_key: Mapped[str | None] = mapped_column(String(44))
 
 

@@ -4,14 +4,24 @@ Theory of operation of :func:`ingest_batch`: check the batch's shape and its
 signature by its own key; require that key, vantage name and country to be
 those of the uploading probe's account; require its times to be plausible;
 require every successful result to carry a canary proof that verifies with
-the canary key (except WireGuard handshakes and MTProto exchanges, which end
-elsewhere: see :mod:`.wireguard`, :mod:`.mtproto`), and
-every result to use its proxy's protocol; then, in one transaction and under the probe lock, either
-find the batch id already stored (same digest: a harmless retry, nothing is
-stored; different digest: refused) or store the batch verbatim, its raw
-results, and fold the results into per-(proxy, probe) evidence, daily
-rollups and the verdicts of the proxies concerned, recording each change of
-verdict.  A refused batch changes nothing.
+the canary key and is bound to this probe, its proxy and its time
+(:func:`resistance.probe.canary.verify_bound`; except WireGuard handshakes
+and MTProto exchanges, which end elsewhere: see :mod:`.wireguard`,
+:mod:`.mtproto`), and every result to use its proxy's protocol; then, in one
+transaction and under the probe lock, either find the batch id already
+stored (same digest: a harmless retry, nothing is stored; different digest:
+refused) or store the batch verbatim, its raw results, and fold the results
+into per-(proxy, probe) evidence, daily rollups and the verdicts of the
+proxies concerned, recording each change of verdict.  A refused batch
+changes nothing.
+
+Results for proxies outside the probe's assignment (:func:`in_assignment`:
+not active, or a WireGuard server the operator did not add this probe's key
+to) are recorded but not counted: they stay in the stored batch body, signed
+and verbatim, but get no result row and touch no evidence, rollup or
+verdict; the receipt names their proxies (``not_counted``).  Refusing the
+whole batch instead would throw away an honest probe's other results
+whenever a proxy is retired between its assignment and its upload.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from resistance.registry.models import (
     ProbeEvidenceRow,
     ProbeResult,
     ProbeRollup,
+    Proxy,
     ProxyVerdict,
     ProxyVerdictChange,
 )
@@ -152,16 +163,10 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
             target["control_ports"] = [p.tls_port]
         if p.id in outside:
             target["outside_ok"] = outside[p.id]
-        if wireguard.is_wireguard(p):
-            extra = wireguard.probe_target(p, probe)
-            if extra is None:
-                continue  # the server does not know this probe's key: it would hear silence
-            target.update(extra)
-        elif mtproto.is_mtproto(p):
-            extra = mtproto.probe_target(p)
-            if extra is None:
-                continue
-            target.update(extra)
+        extra = _kind_fields(p, probe)
+        if extra is None:
+            continue
+        target.update(extra)
         targets.append(target)
     return {
         "vantage": probe.name,
@@ -175,11 +180,29 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
     }
 
 
+def _kind_fields(proxy: Proxy, probe: ProbeAccount) -> dict[str, Any] | None:
+    """A proxy's protocol-specific assignment fields for this probe, or ``None`` when the
+    probe is not to check it (a WireGuard server that does not know the probe's key would
+    answer it with silence; an MTProto proxy without a stored secret cannot be checked)."""
+    if wireguard.is_wireguard(proxy):
+        return wireguard.probe_target(proxy, probe)
+    if mtproto.is_mtproto(proxy):
+        return mtproto.probe_target(proxy)
+    return {}
+
+
+def in_assignment(proxy: Proxy, probe: ProbeAccount) -> bool:
+    """Whether :func:`assignment` gives ``proxy`` to ``probe`` now: only such results count."""
+    return proxy.status == "active" and _kind_fields(proxy, probe) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Ingested:
     batch_id: str
     stored: bool
     results: int
+    #: Proxy ids whose results were kept in the batch but not counted (not assigned).
+    not_counted: tuple[int, ...] = ()
 
 
 def _batch_digest(body: bytes) -> str:
@@ -223,7 +246,7 @@ async def ingest_batch(
         if (
             r.ok
             and r.protocol not in (wireguard.PROTOCOL, mtproto.PROTOCOL)
-            and (canary is None or not verify_canary(r, canary))
+            and (canary is None or not verify_canary(r, canary, probe_key=probe.public_key))
         ):
             raise ApiError(422, f"results[{index}]: the canary proof does not verify")
     digest = _batch_digest(body)
@@ -257,11 +280,18 @@ async def _store(
                 raise ApiError(409, "batch id already stored with different content")
             return Ingested(batch_id, False, existing.result_count)
         proxy_ids = sorted({r.proxy_id for r in results})
-        known = await repo.proxy_protocols(session, ids=proxy_ids)
-        if unknown := [i for i in proxy_ids if i not in known]:
+        proxies = {p.id: p for p in await repo.proxies_by_ids(session, ids=proxy_ids)}
+        if unknown := [i for i in proxy_ids if i not in proxies]:
             raise ApiError(422, f"batch names unknown proxy ids {unknown[:5]}")
+        known = {i: list(p.protocols) for i, p in proxies.items()}
         wireguard.check_result_protocols(results, known)
         mtproto.check_result_protocols(results, known)
+        # Results for proxies outside the probe's assignment stay in the signed batch body
+        # (kept verbatim) but are not counted: no result row, evidence, rollup or verdict.
+        outside = tuple(i for i in proxy_ids if not in_assignment(proxies[i], probe))
+        if outside:
+            results = [r for r in results if r.proxy_id not in outside]
+            proxy_ids = [i for i in proxy_ids if i not in outside]
         rows = [
             ProbeResult(
                 batch_id=batch_id,
@@ -291,8 +321,9 @@ async def _store(
             body=body.decode(),
         )
         await repo.add_batch(session, batch=record, results=rows)
-        await _fold(registry, session, probe, proxy_ids, results, now)
-    return Ingested(batch_id, True, len(results))
+        if results:
+            await _fold(registry, session, probe, proxy_ids, results, now)
+    return Ingested(batch_id, True, len(results), outside)
 
 
 async def _fold(

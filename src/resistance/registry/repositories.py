@@ -78,6 +78,80 @@ async def token_by_hash(session: AsyncSession, *, token_hash: str) -> ApiToken |
     return result.scalar_one_or_none()
 
 
+def _live(now: int) -> Any:
+    return (ApiToken.revoked_at.is_(None)) & (
+        ApiToken.expires_at.is_(None) | (ApiToken.expires_at > now)
+    )
+
+
+async def live_token_by_hash(
+    session: AsyncSession, *, token_hash: str, now: int
+) -> ApiToken | None:
+    """The token with this digest if it is neither revoked nor expired at ``now``."""
+    result = await session.execute(
+        select(ApiToken).where(ApiToken.token_hash == token_hash, _live(now))
+    )
+    return result.scalar_one_or_none()
+
+
+async def token_by_id(
+    session: AsyncSession, *, token_id: int, lock: bool = False
+) -> ApiToken | None:
+    query = select(ApiToken).where(ApiToken.id == token_id)
+    if lock:
+        query = query.with_for_update()
+    result = await session.execute(query)
+    return result.scalar_one_or_none()
+
+
+async def tokens_of(
+    session: AsyncSession,
+    *,
+    role: str | None = None,
+    operator_id: int | None = None,
+    probe_id: int | None = None,
+) -> list[tuple[ApiToken, str | None]]:
+    """Tokens (oldest first) with their owner's name, filtered by whatever is given."""
+    query = (
+        select(ApiToken, func.coalesce(Operator.name, ProbeAccount.name))
+        .outerjoin(Operator, Operator.id == ApiToken.operator_id)
+        .outerjoin(ProbeAccount, ProbeAccount.id == ApiToken.probe_id)
+        .order_by(ApiToken.id)
+    )
+    if role is not None:
+        query = query.where(ApiToken.role == role)
+    if operator_id is not None:
+        query = query.where(ApiToken.operator_id == operator_id)
+    if probe_id is not None:
+        query = query.where(ApiToken.probe_id == probe_id)
+    result = await session.execute(query)
+    return [(token, owner) for token, owner in result.all()]
+
+
+async def count_live_tokens(
+    session: AsyncSession,
+    *,
+    role: str,
+    operator_id: int | None,
+    probe_id: int | None,
+    now: int,
+) -> int:
+    """Live tokens of one account (the admin's, an operator's or a probe's)."""
+    query = (
+        select(func.count())
+        .select_from(ApiToken)
+        .where(
+            ApiToken.role == role,
+            ApiToken.operator_id.is_(None)
+            if operator_id is None
+            else ApiToken.operator_id == operator_id,
+            ApiToken.probe_id.is_(None) if probe_id is None else ApiToken.probe_id == probe_id,
+            _live(now),
+        )
+    )
+    return int((await session.execute(query)).scalar_one())
+
+
 async def count_tokens(session: AsyncSession, *, role: str) -> int:
     result = await session.execute(
         select(func.count()).select_from(ApiToken).where(ApiToken.role == role)
@@ -300,16 +374,22 @@ async def blocklist_flags(
 # --- WireGuard ------------------------------------------------------------------------
 
 
-async def proxy_protocols(session: AsyncSession, *, ids: Sequence[int]) -> dict[int, list[str]]:
-    """The protocols of each existing proxy among ``ids``."""
-    result = await session.execute(select(Proxy.id, Proxy.protocols).where(Proxy.id.in_(ids)))
-    return {proxy_id: list(protocols) for proxy_id, protocols in result.all()}
+async def proxies_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Proxy]:
+    result = await session.execute(select(Proxy).where(Proxy.id.in_(ids)))
+    return result.scalars().all()
 
 
 async def set_probe_wireguard_key(session: AsyncSession, *, probe_id: int, public_key: str) -> None:
     probe = await session.get(ProbeAccount, probe_id)
     if probe is not None:
         probe.wg_public_key = public_key
+
+
+async def probe_by_wireguard_key(session: AsyncSession, *, public_key: str) -> ProbeAccount | None:
+    result = await session.execute(
+        select(ProbeAccount).where(ProbeAccount.wg_public_key == public_key)
+    )
+    return result.scalar_one_or_none()
 
 
 async def probe_wireguard_keys(session: AsyncSession) -> list[str]:

@@ -241,7 +241,12 @@ class ProbeBatchBody(Strict):
 class BatchReceipt(BaseModel):
     batch_id: str
     stored: bool = Field(description="False when this batch id was already stored (a retry).")
-    results: int
+    results: int = Field(description="Results counted.")
+    not_counted: list[int] = Field(
+        default=[],
+        description="Proxies outside this probe's assignment: their results are kept in the "
+        "signed batch but count for nothing (listed on the first upload only).",
+    )
 
 
 class VerdictChange(BaseModel):

@@ -26,6 +26,7 @@ from resistance.directory.document import build_document, dump_signed, sign_docu
 from resistance.directory.entry import TlsListener
 from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
 from resistance.registry import repositories as repo
+from resistance.registry import tokens
 from resistance.registry.addresses import AddressError, payout_address
 from resistance.registry.challenge import ChallengeFailed, prove_control, prove_tls_control
 from resistance.registry.errors import ApiError
@@ -37,7 +38,7 @@ from resistance.registry.ring import HashRing, requester_key
 from resistance.registry.schemas import RegistrationRequest
 from resistance.registry.settings import RegistrySettings
 from resistance.registry.statement import endpoint_network, statement_bytes
-from resistance.registry.tokens import new_token, same_hash, token_hash
+from resistance.registry.tokens import new_token, token_hash
 
 if TYPE_CHECKING:
     from resistance.probe.batch import ResultRecord
@@ -80,6 +81,8 @@ class Principal:
     role: str
     operator_id: int | None
     probe_id: int | None = None
+    #: The token the request came with.
+    token_id: int | None = None
 
 
 # --- accounts -------------------------------------------------------------------------
@@ -98,12 +101,13 @@ async def ensure_admin_token(registry: Registry) -> str | None:
 
 
 async def authenticate(registry: Registry, *, token: str) -> Principal | None:
-    digest = token_hash(token)
+    """Who a live token belongs to, read from the database on every request (no cache,
+    so a token revoked by any process is refused by every process at once)."""
     async with registry.sessions() as session:
-        found = await repo.token_by_hash(session, token_hash=digest)
-    if found is None or not same_hash(found.token_hash, digest):
+        found = await tokens.authenticate(session, token=token, now=registry.now())
+    if found is None:
         return None
-    return Principal(found.role, found.operator_id, found.probe_id)
+    return Principal(found.role, found.operator_id, found.probe_id, found.id)
 
 
 async def sign_up(registry: Registry, *, name: str) -> tuple[int, str]:

@@ -21,20 +21,30 @@ blame the proxy for it.  Re-running ``resist vpn register`` adds newly
 announced probes.
 
 A probe's successful WireGuard result carries no canary proof: nothing can
-go through a probe peer, and a handshake transcript proves nothing to a third
-party (the initiator could have made the response itself).  It rests on the
-probe's signature, as its failures always did.
+go through a probe peer, and no proof from the handshake is feasible: the
+response's keys come from Diffie-Hellman with the probe's own static and
+ephemeral keys, so the registry, holding neither, has nothing to check, and
+the probe could have made the response itself.  It rests on the probe's
+signature, as its failures always did, and counts only where the operator
+added that probe's key (:func:`resistance.registry.probes.in_assignment`);
+the probe's key itself is announced signed with its probe key and held by
+one probe only (:func:`announce_probe_key`).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from sqlalchemy.exc import IntegrityError
+
+from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
 from resistance.errors import ConfigError
 from resistance.probe.batch import ResultRecord
+from resistance.probe.wireguard import key_statement, possession_mac
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import ProbeAccount, Proxy
@@ -47,6 +57,7 @@ from resistance.registry.services import (
     save_keyless_proxy,
 )
 from resistance.vpn import keys
+from resistance.vpn.noise import HandshakeError, dh
 from resistance.vpn.probe import Outcome, handshake
 
 log = logging.getLogger(__name__)
@@ -144,12 +155,52 @@ async def register_endpoint(
 
 
 async def announce_probe_key(
-    registry: Registry, *, probe_id: int, public_key: str
+    registry: Registry,
+    *,
+    probe_id: int,
+    public_key: str,
+    at: int,
+    signature: str,
+    possession: str,
 ) -> dict[str, str]:
-    """A probe agent's WireGuard key, which operators then add as a probe peer."""
+    """A probe agent's WireGuard key, which operators then add as a probe peer.
+
+    The announcement must be recent, signed by the probe's own key, prove that the
+    probe holds the WireGuard private key (see :mod:`resistance.probe.wireguard`), and
+    name a key no other probe holds (else a probe could be sent where only another was
+    added, and report on endpoints it can never reach).
+    """
     key = _wg_key(public_key, "public_key")
-    async with registry.sessions.begin() as session:
-        await repo.set_probe_wireguard_key(session, probe_id=probe_id, public_key=key)
+    if abs(at - registry.now()) > registry.settings.statement_skew:
+        raise ApiError(422, "announcement time is too far from the registry's clock")
+    prober = _prober(registry)
+    try:
+        async with registry.sessions.begin() as session:
+            probe = await repo.probe_by_id(session, probe_id=probe_id)
+            if probe is None:
+                raise ApiError(403, "this probe account no longer exists")
+            statement = key_statement(
+                probe_key=probe.public_key, wireguard_key=key, prober_key=prober.public_text,
+                at=at,
+            )  # fmt: skip
+            try:
+                signed = verify_signature(
+                    parse_public_key(probe.public_key), b64url_decode(signature), statement
+                )
+                mac = possession_mac(dh(prober.private, keys.decode(key)), statement)
+                held = hmac.compare_digest(mac, b64url_decode(possession))
+            except (ValueError, HandshakeError):
+                signed = held = False
+            if not signed:
+                raise ApiError(422, "the announcement is not signed by this probe's key")
+            if not held:
+                raise ApiError(422, "the announcement does not prove the WireGuard key is held")
+            holder = await repo.probe_by_wireguard_key(session, public_key=key)
+            if holder is not None and holder.id != probe_id:
+                raise ApiError(409, "another probe has announced this WireGuard key")
+            await repo.set_probe_wireguard_key(session, probe_id=probe_id, public_key=key)
+    except IntegrityError:
+        raise ApiError(409, "another probe has announced this WireGuard key") from None
     return {"public_key": key}
 
 

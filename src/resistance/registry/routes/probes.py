@@ -72,7 +72,12 @@ async def upload(
     )
     if not done.stored:
         response.status_code = status.HTTP_200_OK
-    return {"batch_id": done.batch_id, "stored": done.stored, "results": done.results}
+    return {
+        "batch_id": done.batch_id,
+        "stored": done.stored,
+        "results": done.results,
+        "not_counted": list(done.not_counted),
+    }
 
 
 @router.get(

@@ -34,6 +34,16 @@ class ProbeWireGuardKey(Strict):
     public_key: WgKey
 
 
+class ProbeWireGuardAnnouncement(ProbeWireGuardKey):
+    at: Annotated[int, Field(ge=0, le=2**62, description="Unix time of the statement.")]
+    signature: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{86}$")] = Field(
+        description="Ed25519 by the probe's key over resistance.probe.wireguard.key_statement."
+    )
+    possession: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")] = Field(
+        description="HMAC-SHA256 of the statement keyed by X25519(this key, the prober key)."
+    )
+
+
 @router.get(
     "/wireguard/prober-key",
     response_model=ProberKeys,
@@ -67,6 +77,10 @@ async def register(
 
 
 @router.put("/probe/wireguard-key", response_model=ProbeWireGuardKey, tags=["probes"])
-async def announce(body: ProbeWireGuardKey, registry: RegistryDep, probe: ProbeDep) -> Any:
-    """The probe's WireGuard key, for operators to add as a probe peer."""
-    return await wireguard.announce_probe_key(registry, probe_id=probe, public_key=body.public_key)
+async def announce(body: ProbeWireGuardAnnouncement, registry: RegistryDep, probe: ProbeDep) -> Any:
+    """The probe's WireGuard key, signed with its probe key, for operators to add as a
+    probe peer; a key another probe holds is refused (409)."""
+    return await wireguard.announce_probe_key(
+        registry, probe_id=probe, public_key=body.public_key, at=body.at,
+        signature=body.signature, possession=body.possession,
+    )  # fmt: skip
