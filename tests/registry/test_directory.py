@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from resistance.cli import main
+from resistance.client import directory as client_directory
 from resistance.directory.canonical import CanonicalError, canonical_bytes, parse_strict
 from resistance.directory.document import (
     DirectoryError,
@@ -135,6 +136,42 @@ def test_duplicate_signatures_of_one_key_count_once(keys: list[Ed25519PrivateKey
 def test_validity_window(keys: list[Ed25519PrivateKey], now: int, match: str) -> None:
     with pytest.raises(DirectoryError, match=match):
         verify(signed(document(), keys[0]), [keys[0]], now=now)
+
+
+def test_skew_forgives_only_the_start_of_the_window(keys: list[Ed25519PrivateKey]) -> None:
+    data = signed(document(), keys[0])
+    assert verify(data, [keys[0]], now=NOW - 70, skew=60).serial == 10
+    with pytest.raises(DirectoryError, match="not valid yet"):
+        verify(data, [keys[0]], now=NOW - 71, skew=60)
+    with pytest.raises(DirectoryError, match="expired"):
+        verify(data, [keys[0]], now=NOW + 1000, skew=60)
+
+
+def test_client_reads_the_clock_after_the_fetch(
+    keys: list[Ed25519PrivateKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory published during the fetch is accepted: the clock is read after it.
+
+    The fetch here takes 'an hour' (the clock moves while it runs) and returns a
+    directory that starts after the moment refresh() was called; reading the
+    clock before the fetch refused it as not valid yet (seen in CI).
+    """
+    clock = [NOW - 3600]
+    late = signed(document(valid_after=NOW - 5), keys[0])
+
+    def slow_fetch(source: str, *, seconds: float) -> bytes:
+        clock[0] = NOW
+        return late
+
+    monkeypatch.setattr(client_directory, "fetch", slow_fetch)
+    monkeypatch.setattr(client_directory.time, "time", lambda: float(clock[0]))
+    config = client_directory.DirectoryConfig(
+        sources=("http://127.0.0.1:9/directory",),
+        trusted=(keys[0].public_key(),),
+        threshold=1,
+        state_dir=tmp_path,
+    )
+    assert client_directory.DirectoryClient(config).refresh().serial == 10
 
 
 def test_rollback_refused(keys: list[Ed25519PrivateKey]) -> None:

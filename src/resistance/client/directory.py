@@ -40,6 +40,10 @@ from resistance.paths import write_private
 log = logging.getLogger("resistance.connect")
 
 CACHE_FILE = "directory-cache.json"
+#: Seconds a directory may claim to start in the future: the registry's clock
+#: may run ahead of ours, and a directory published in the second we fetch it
+#: starts after the moment we looked at the clock.
+CLOCK_SKEW = 60
 UNUSABLE = frozenset({"down", "disabled"})
 
 
@@ -209,15 +213,16 @@ class DirectoryClient:
         self.failures = 0
         self.last_error = ""
 
-    def _accept(self, data: bytes, now: int) -> VerifiedDirectory:
+    def _accept(self, data: bytes, now: int | None) -> VerifiedDirectory:
         state = load_trust_state(self.config.state_dir)
         verified = verify_directory(
             data,
             trusted=self.config.trusted,
             threshold=self.config.threshold,
-            now=now,
+            now=int(time.time()) if now is None else now,
             last_serial=state.serial,
             last_digest=state.digest,
+            skew=CLOCK_SKEW,
         )
         save_trust_state(self.config.state_dir, verified)
         return verified
@@ -228,7 +233,6 @@ class DirectoryClient:
         Falls back to the cached directory; raises :class:`DirectoryError` when
         neither works (the message names each source's reason).
         """
-        now = int(time.time()) if now is None else now
         reasons = []
         for source in self.config.sources:
             try:

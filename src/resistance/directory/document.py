@@ -158,8 +158,14 @@ def verify_directory(
     now: int,
     last_serial: int | None = None,
     last_digest: str | None = None,
+    skew: int = 0,
 ) -> VerifiedDirectory:
-    """Check a signed directory file; raises :class:`DirectoryError` saying why not."""
+    """Check a signed directory file; raises :class:`DirectoryError` saying why not.
+
+    ``skew`` seconds of clock difference are forgiven at the start of the
+    validity window only (a directory signed a moment ago by a registry whose
+    clock runs ahead); the end of the window is never stretched.
+    """
     if threshold < 1:
         raise DirectoryError("threshold must be at least 1")
     distinct = {raw_public(k) for k in trusted}
@@ -180,7 +186,7 @@ def verify_directory(
             f"directory has good signatures from {len(signers)} trusted key(s), "
             f"{threshold} required"
         )
-    if now < document["valid_after"]:
+    if now + skew < document["valid_after"]:
         raise DirectoryError(
             f"directory is not valid yet (valid after {document['valid_after']}, now {now})"
         )
