@@ -25,11 +25,15 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 48
 class Series:
     name: str
     values: Sequence[float | None]
+    #: The series' colour; by default the palette's next one.
+    colour: str | None = None
 
 
 def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
+    if value <= 4:  # small counts: whole-number ticks 0-4
+        return 4.0
     step = 10 ** len(str(int(value))) / 10 if value >= 1 else 0.1
     top = step
     while top < value:
@@ -80,7 +84,7 @@ def _legend(series: Sequence[Series]) -> list[str]:
     out = []
     x = LEFT
     for i, s in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = s.colour or PALETTE[i % len(PALETTE)]
         out.append(
             f'<rect x="{x}" y="{HEIGHT - 18}" width="12" height="12" fill="{colour}"/>'
             f'<text x="{x + 16}" y="{HEIGHT - 8}">{escape(s.name)}</text>'
@@ -100,7 +104,7 @@ def bar_chart(
     bar = slot * 0.8 / max(1, len(series))
     body = _axes(labels, top, unit)
     for j, s in enumerate(series):
-        colour = PALETTE[j % len(PALETTE)]
+        colour = s.colour or PALETTE[j % len(PALETTE)]
         for i, v in enumerate(s.values):
             if not v:
                 continue
@@ -126,7 +130,7 @@ def line_chart(
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
     body = _axes(labels, top, unit)
     for j, s in enumerate(series):
-        colour = PALETTE[j % len(PALETTE)]
+        colour = s.colour or PALETTE[j % len(PALETTE)]
         runs: list[list[str]] = [[]]
         for i, v in enumerate(s.values):
             if v is None:

@@ -39,6 +39,12 @@ PAGE_SIZE = 50
 #: Sign-in attempts per client network: 10 at once, then one every 6 seconds.
 SIGNIN_LIMIT = RateLimit(per_second=1 / 6, burst=10)
 STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
+STATE_COLOURS = {
+    "probation": "#1f5fa8",
+    "serving": "#1e6b2a",
+    "blocked": "#a3301a",
+    "down": "#5a5a5a",
+}
 ROLE_HOME = {"operator": "/ui/operator", "admin": "/ui/funder"}
 
 
@@ -200,7 +206,10 @@ def router() -> APIRouter:
         chart = charts.bar_chart(
             "Proxies by kind and state",
             list(queries.KINDS),
-            [Series(s, [counts.get((k, s), 0) for k in queries.KINDS]) for s in states],
+            [
+                Series(s, [counts.get((k, s), 0) for k in queries.KINDS], STATE_COLOURS.get(s))
+                for s in states
+            ],
         )
         return ui.render(
             request,
@@ -252,8 +261,8 @@ def router() -> APIRouter:
             "Share of checks that got through, per day",
             [d[5:] for d in days],
             [
-                Series("inside the censored network", [rate(t[1]) for t in table]),
-                Series("outside (control)", [rate(t[2]) for t in table]),
+                Series("inside the censored network", [rate(t[1]) for t in table], "#a3301a"),
+                Series("outside (control)", [rate(t[2]) for t in table], "#1f5fa8"),
             ],
             unit="%",
         )
