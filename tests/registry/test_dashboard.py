@@ -347,3 +347,74 @@ def test_chart_text_is_escaped(name: str, values: list[int]) -> None:
 @pytest.mark.parametrize("value", [0, 0.5, 7, 99, 1234])
 def test_chart_axis_tops_cover_the_largest_value(value: float) -> None:
     assert charts._nice_max(value) >= value
+
+
+async def test_daily_reach_totals_follow_every_rollup_change(running: RunningRegistry) -> None:
+    """The triggers of migration 0011 keep the per-day totals equal to the rollups' sums."""
+    from sqlalchemy import delete, func, select, update
+
+    from resistance.registry.models import ProbeRollup, Proxy
+    from resistance.registry.ui.queries import reach_by_day
+
+    _, _, seeded = await world(running)
+    reg = running.registry
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        async with reg.sessions() as db:
+            kept = await reach_by_day(db, since="0000")
+            direct = await db.execute(
+                select(
+                    ProbeRollup.day,
+                    ProbeRollup.control,
+                    func.sum(ProbeRollup.attempts),
+                    func.sum(ProbeRollup.successes),
+                )
+                .group_by(ProbeRollup.day, ProbeRollup.control)
+                .order_by(ProbeRollup.day, ProbeRollup.control)
+            )
+        summed = [(d, bool(c), int(a), int(s)) for d, c, a, s in direct.all()]
+        return [k for k in kept if k[2] or k[3]], summed
+
+    kept, summed = await both()
+    assert kept == summed and len(kept) == 8
+    async with reg.sessions.begin() as db:
+        # Ingestion's read-modify-write, a day moved, and a deleted row.
+        await db.execute(
+            update(ProbeRollup)
+            .where(ProbeRollup.proxy_id == seeded.socks_id, ProbeRollup.control.is_(False))
+            .values(attempts=ProbeRollup.attempts + 5, successes=ProbeRollup.successes + 1)
+        )
+        await db.execute(
+            update(ProbeRollup)
+            .where(ProbeRollup.proxy_id == seeded.mtproto_id, ProbeRollup.day == seeded.days[0])
+            .values(day="2000-01-01")
+        )
+        await db.execute(delete(ProbeRollup).where(ProbeRollup.proxy_id == seeded.other_id))
+    kept, summed = await both()
+    assert kept == summed and ("2000-01-01", True, 24, 24) in kept
+    async with reg.sessions.begin() as db:  # a proxy removed takes its rollups (cascade)
+        await db.execute(delete(Proxy).where(Proxy.id == seeded.socks_id))
+    kept, summed = await both()
+    assert kept == summed
+
+
+async def test_migration_0011_goes_down_and_up_again(db_url: str) -> None:
+    from sqlalchemy import inspect
+
+    from resistance.registry.db import make_engine, migrate
+    from tests.registry.test_wireguard import downgrade
+
+    async def tables() -> set[str]:
+        engine = make_engine(db_url)
+        try:
+            async with engine.connect() as conn:
+                return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        finally:
+            await engine.dispose()
+
+    await migrate(db_url)
+    assert "dashboard_daily_reach" in await tables()
+    await downgrade(db_url, "0007")
+    assert "dashboard_daily_reach" not in await tables()
+    await migrate(db_url)
+    assert "dashboard_daily_reach" in await tables()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, case, cast, func, select
+from sqlalchemy import BigInteger, Boolean, String, case, cast, column, func, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resistance.registry.models import (
@@ -26,7 +26,6 @@ from resistance.registry.models import (
     ProbeAccount,
     ProbeEvidenceRow,
     ProbeResult,
-    ProbeRollup,
     Proxy,
     ProxyBlocklistFlag,
     ProxyVerdict,
@@ -98,36 +97,49 @@ class VantageRow:
 
 async def vantages(session: AsyncSession) -> list[VantageRow]:
     """Per vantage network (country, control or inside): proxies whose last check worked."""
+    probes = await session.execute(
+        select(ProbeAccount.country, ProbeAccount.control, func.count()).group_by(
+            ProbeAccount.country, ProbeAccount.control
+        )
+    )
+    accounts = {(c, bool(k)): int(n) for c, k, n in probes.all()}
     result = await session.execute(
         select(
             ProbeEvidenceRow.country,
             ProbeEvidenceRow.control,
-            func.count(func.distinct(ProbeEvidenceRow.probe_id)),
-            func.sum(case((ProbeEvidenceRow.last_ok, 1), else_=0)),
+            ProbeEvidenceRow.last_ok,
             func.count(),
-        ).group_by(ProbeEvidenceRow.country, ProbeEvidenceRow.control)
+        ).group_by(ProbeEvidenceRow.country, ProbeEvidenceRow.control, ProbeEvidenceRow.last_ok)
     )
+    seen: dict[tuple[str, bool], list[int]] = {}
+    for country, control, ok, n in result.all():
+        seen.setdefault((country, bool(control)), [0, 0])[0 if ok else 1] += int(n)
     rows = [
-        VantageRow(country, bool(control), int(probes), int(ok or 0), int(n) - int(ok or 0))
-        for country, control, probes, ok, n in result.all()
+        VantageRow(country, control, accounts.get((country, control), 0), ok, failed)
+        for (country, control), (ok, failed) in seen.items()
     ]
     return sorted(rows, key=lambda r: (r.control, r.country))
 
 
+#: Per-day totals of the rollups, kept by triggers (migration 0011).
+DAILY_REACH = table(
+    "dashboard_daily_reach",
+    column("day", String),
+    column("control", Boolean),
+    column("attempts", BigInteger),
+    column("successes", BigInteger),
+)
+
+
 async def reach_by_day(session: AsyncSession, *, since: str) -> list[tuple[str, bool, int, int]]:
     """``(day, control, attempts, successes)`` per UTC day from ``since`` on."""
+    c = DAILY_REACH.c
     result = await session.execute(
-        select(
-            ProbeRollup.day,
-            ProbeRollup.control,
-            func.sum(ProbeRollup.attempts),
-            func.sum(ProbeRollup.successes),
-        )
-        .where(ProbeRollup.day >= since)
-        .group_by(ProbeRollup.day, ProbeRollup.control)
-        .order_by(ProbeRollup.day)
+        select(c.day, c.control, c.attempts, c.successes)
+        .where(c.day >= since)
+        .order_by(c.day, c.control)
     )
-    return [(d, bool(c), int(a or 0), int(s or 0)) for d, c, a, s in result.all()]
+    return [(d, bool(k), int(a), int(s)) for d, k, a, s in result.all()]
 
 
 async def time_to_block(session: AsyncSession) -> list[tuple[str, int]]:
