@@ -9,7 +9,8 @@ and vantage side (6,000,000 rows), 5 raw results per proxy (500,000), 30
 blocklist imports with 100,000 current ranges and a paid grant round. Then
 it asks each page N times through the ASGI app in-process (no sockets, so
 the time is the server's: routing, queries, templates, charts) and prints
-the median and the 95th percentile per page.
+the first request's time (it computes the public aggregates, which are then
+reused for a minute), the median and the 95th percentile per page.
 
     .venv/bin/python bench/dashboard.py [--proxies 100000] [--days 30] [--repeat 20]
 """
@@ -34,6 +35,7 @@ from resistance.probe import rollup
 from resistance.registry.app import create_app
 from resistance.registry.db import migrate
 from resistance.registry.settings import RateLimit, RegistrySettings
+from resistance.registry.tokens import new_token, token_hash
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 GENEROUS = RateLimit(per_second=1e6, burst=10**6)
@@ -134,13 +136,32 @@ async def fill(url: str, proxies: int, days: int, console: Console) -> None:
         await conn.close()
 
 
-async def measure(url: str, state: Path, repeat: int) -> list[tuple[str, list[float]]]:
+async def measure(
+    url: str, state: Path, repeat: int
+) -> list[tuple[str, tuple[float, list[float]]]]:
     settings = RegistrySettings(
         state_dir=state, database_url=url, network="regtest", publish_interval=0,
         signup_limit=GENEROUS, public_limit=GENEROUS, auto_migrate=False,
     )  # fmt: skip
-    tokens: list[str] = []
-    app = create_app(settings, on_admin_token=tokens.append)
+    # Publishing a directory of 70,000 public proxies on start fails on PostgreSQL today (one
+    # bind parameter per proxy in verdicts_for, over asyncpg's 32,767); the dashboard does
+    # not read the directory, so a fresh stand-in publication lets the app start.
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+    body = json.dumps({"document": {"fresh_until": int(time.time()) + 10**6}})
+    await conn.execute(
+        "INSERT INTO publications (serial, published_at, body) VALUES (1, $1, $2) "
+        "ON CONFLICT DO NOTHING",
+        int(time.time()),
+        body,
+    )
+    admin_token = new_token()  # a second admin token: a reused database has one already
+    await conn.execute(
+        "INSERT INTO api_tokens (role, operator_id, token_hash, created_at, probe_id) "
+        "VALUES ('admin', NULL, $1, 0, NULL)",
+        token_hash(admin_token),
+    )
+    await conn.close()
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
         async with (
@@ -148,13 +169,13 @@ async def measure(url: str, state: Path, repeat: int) -> list[tuple[str, list[fl
             httpx.AsyncClient(transport=transport, base_url="http://registry.bench") as operator,
             httpx.AsyncClient(transport=transport, base_url="http://registry.bench") as funder,
         ):
-            made = await public.post("/api/v1/operators", json={"name": "bench-operator"})
+            made = await public.post("/api/v1/operators", json={"name": f"bench-{os.getpid()}"})
             op_token = made.json()["token"]
             op_id = made.json()["operator_id"]
             conn = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
             await conn.execute("UPDATE proxies SET operator_id = $1 WHERE id <= 100", op_id)
             await conn.close()
-            for client, token in ((operator, op_token), (funder, tokens[0])):
+            for client, token in ((operator, op_token), (funder, admin_token)):
                 page = await client.get("/ui/signin")
                 csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
                 signed = await client.post("/ui/signin", data={"token": token, "csrf": csrf})
@@ -173,12 +194,14 @@ async def measure(url: str, state: Path, repeat: int) -> list[tuple[str, list[fl
             out = []
             for label, client, path in pages:
                 times = []
-                for _ in range(repeat + 1):  # the first (cold) one is dropped
+                # The first request computes the public aggregates (reused for a minute)
+                # and warms PostgreSQL's cache: shown apart from the rest.
+                for _ in range(repeat + 1):
                     started = time.perf_counter()
                     response = await client.get(path)
                     times.append((time.perf_counter() - started) * 1000)
                     assert response.status_code == 200, (path, response.status_code)
-                out.append((label, times[1:]))
+                out.append((label, (times[0], times[1:])))
     return out
 
 
@@ -211,11 +234,11 @@ async def main() -> None:
         title=f"dashboard server time per page, PostgreSQL, {args.proxies:,} proxies, "
         f"{args.days} days ({args.repeat} requests each)"
     )
-    for col in ("page", "median ms", "p95 ms"):
+    for col in ("page", "first ms", "median ms", "p95 ms"):
         table.add_column(col, justify="right" if col != "page" else "left")
-    for label, times in results:
+    for label, (first, times) in results:
         p95 = sorted(times)[max(0, round(0.95 * len(times)) - 1)]
-        table.add_row(label, f"{statistics.median(times):.1f}", f"{p95:.1f}")
+        table.add_row(label, f"{first:.1f}", f"{statistics.median(times):.1f}", f"{p95:.1f}")
     console.print(table)
 
 

@@ -418,3 +418,26 @@ async def test_migration_0011_goes_down_and_up_again(db_url: str) -> None:
     assert "dashboard_daily_reach" not in await tables()
     await migrate(db_url)
     assert "dashboard_daily_reach" in await tables()
+
+
+async def test_public_aggregates_are_computed_once_a_window(
+    running: RunningRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resistance.registry.ui import pages
+
+    calls = []
+    real = pages.queries.kinds_by_state
+
+    async def counted(db: Any) -> Any:
+        calls.append(1)
+        return await real(db)
+
+    monkeypatch.setattr(pages.queries, "kinds_by_state", counted)
+    client = running.client()
+    for _ in range(3):
+        assert (await client.get("/ui/")).status_code == 200
+    assert len(calls) == 1
+    monkeypatch.setattr(pages, "AGGREGATE_SECONDS", 0.0)
+    await client.get("/ui/")  # the reused value expired: computed again
+    await client.get("/ui/")
+    assert len(calls) == 3

@@ -93,16 +93,22 @@ def _legend(series: Sequence[Series]) -> list[str]:
     return out
 
 
+def _plot(
+    labels: Sequence[str], series: Sequence[Series], unit: str
+) -> tuple[float, float, float, list[str]]:
+    """The value axis' top, the plot's height, one label's width, and the axes drawn."""
+    values = [v for s in series for v in s.values if v is not None]
+    top = _nice_max(max(values, default=0.0))
+    slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
+    return top, HEIGHT - TOP - BOTTOM, slot, _axes(labels, top, unit)
+
+
 def bar_chart(
     title: str, labels: Sequence[str], series: Sequence[Series], *, unit: str = ""
 ) -> Markup:
     """Grouped bars: one group per label, one bar per series."""
-    values = [v for s in series for v in s.values if v is not None]
-    top = _nice_max(max(values, default=0.0))
-    plot_h = HEIGHT - TOP - BOTTOM
-    slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
+    top, plot_h, slot, body = _plot(labels, series, unit)
     bar = slot * 0.8 / max(1, len(series))
-    body = _axes(labels, top, unit)
     for j, s in enumerate(series):
         colour = s.colour or PALETTE[j % len(PALETTE)]
         for i, v in enumerate(s.values):
@@ -124,11 +130,7 @@ def line_chart(
     title: str, labels: Sequence[str], series: Sequence[Series], *, unit: str = ""
 ) -> Markup:
     """Lines over ``labels`` (e.g. days); a ``None`` value breaks the line."""
-    values = [v for s in series for v in s.values if v is not None]
-    top = _nice_max(max(values, default=0.0))
-    plot_h = HEIGHT - TOP - BOTTOM
-    slot = (WIDTH - LEFT - RIGHT) / max(1, len(labels))
-    body = _axes(labels, top, unit)
+    top, plot_h, slot, body = _plot(labels, series, unit)
     for j, s in enumerate(series):
         colour = s.colour or PALETTE[j % len(PALETTE)]
         runs: list[list[str]] = [[]]

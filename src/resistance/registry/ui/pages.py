@@ -13,7 +13,8 @@ import asyncio
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -36,6 +37,10 @@ from resistance.registry.ui import charts, queries, sessions
 from resistance.registry.ui.charts import Series
 
 PAGE_SIZE = 50
+#: The public aggregates (counts over every proxy and every vantage's evidence) are
+#: computed at most once per this many seconds per process; probes report every few
+#: minutes, so a page is never more than this much behind them.
+AGGREGATE_SECONDS = 60.0
 #: Sign-in attempts per client network: 10 at once, then one every 6 seconds.
 SIGNIN_LIMIT = RateLimit(per_second=1 / 6, burst=10)
 STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
@@ -87,6 +92,19 @@ class Dashboard:
         #: Addresses the current blocklist import covers, by import id (ranges are fixed
         #: per import, so the sum is computed once).
         self.covered: dict[int, tuple[int, int]] = {}
+        self._aggregates: dict[str, tuple[float, Any]] = {}
+        self._aggregate_lock = asyncio.Lock()
+
+    async def aggregate(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """``compute()``'s value, reused for :data:`AGGREGATE_SECONDS`; one computes at a time,
+        so a burst of visitors costs one query, not one each."""
+        async with self._aggregate_lock:
+            found = self._aggregates.get(name)
+            if found is not None and time.monotonic() < found[0] + AGGREGATE_SECONDS:
+                return found[1]
+            value = await compute()
+            self._aggregates[name] = (time.monotonic(), value)
+            return value
 
     def registry(self, request: Request) -> Registry:
         registry: Registry = request.app.state.registry
@@ -199,9 +217,12 @@ def router() -> APIRouter:
     @api.get("/")
     async def network_now(request: Request) -> Response:
         registry = ui.registry(request)
-        async with registry.sessions() as db:
-            counts = await queries.kinds_by_state(db)
-            vantages = await queries.vantages(db)
+
+        async def compute() -> tuple[Any, Any]:
+            async with registry.sessions() as db:
+                return await queries.kinds_by_state(db), await queries.vantages(db)
+
+        counts, vantages = await ui.aggregate("network", compute)
         states = list(queries.STATES.values())
         chart = charts.bar_chart(
             "Proxies by kind and state",
@@ -276,8 +297,12 @@ def router() -> APIRouter:
     @api.get("/blocking")
     async def blocking(request: Request) -> Response:
         registry = ui.registry(request)
-        async with registry.sessions() as db:
-            buckets = await queries.time_to_block(db)
+
+        async def compute() -> list[tuple[str, int]]:
+            async with registry.sessions() as db:
+                return await queries.time_to_block(db)
+
+        buckets = await ui.aggregate("time-to-block", compute)
         chart = charts.bar_chart(
             "Time from registration to first blocked verdict",
             [b[0] for b in buckets],
@@ -293,16 +318,21 @@ def router() -> APIRouter:
     @api.get("/censor")
     async def censor(request: Request) -> Response:
         registry = ui.registry(request)
-        async with registry.sessions() as db:
-            imports = await queries.blocklist_imports(db)
-            checked, listed = await queries.listed_proxies(db)
-            covered = (0, 0)
-            if imports:
-                current = imports[-1].id
-                if current not in ui.covered:
-                    ranges = await queries.current_ranges(db)
-                    ui.covered = {current: _covered(ranges)}
-                covered = ui.covered[current]
+
+        async def compute() -> tuple[Any, int, int, tuple[int, int]]:
+            async with registry.sessions() as db:
+                imports = await queries.blocklist_imports(db)
+                checked, listed = await queries.listed_proxies(db)
+                covered = (0, 0)
+                if imports:
+                    current = imports[-1].id
+                    if current not in ui.covered:
+                        ranges = await queries.current_ranges(db)
+                        ui.covered = {current: _covered(ranges)}
+                    covered = ui.covered[current]
+            return imports, checked, listed, covered
+
+        imports, checked, listed, covered = await ui.aggregate("censor", compute)
         chart = charts.line_chart(
             "Prefixes in the censor's registry, per import",
             [i.updated or _when(i.imported_at)[:10] for i in imports],
