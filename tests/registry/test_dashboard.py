@@ -441,3 +441,20 @@ async def test_public_aggregates_are_computed_once_a_window(
     await client.get("/ui/")  # the reused value expired: computed again
     await client.get("/ui/")
     assert len(calls) == 3
+
+
+async def test_funder_drops_a_preview_and_an_approved_round_stays(
+    running: RunningRegistry,
+) -> None:
+    _, _, seeded = await world(running)
+    client, where = await funder_round(running, seeded)
+    page = await client.get(where)
+    gone = await client.post(where + "/delete", data={"csrf": csrf_of(page)})
+    assert gone.status_code == 303 and gone.headers["location"] == "/ui/funder"
+    assert (await client.get(where)).status_code == 404
+    client, where = await funder_round(running, seeded)  # the days are free again
+    page = await client.get(where)
+    await client.post(where + "/approve", data={"csrf": csrf_of(page)})
+    page = await client.get(where)
+    kept = await client.post(where + "/delete", data={"csrf": csrf_of(page)})
+    assert kept.status_code == 409 and (await client.get(where)).status_code == 200

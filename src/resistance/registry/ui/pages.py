@@ -606,6 +606,21 @@ def router() -> APIRouter:
 
         return await guarded(request, page)
 
+    @api.post("/funder/rounds/{round_id}/delete")
+    async def funder_delete(request: Request, round_id: str) -> Response:
+        async def page() -> Response:
+            who = await ui.require(request, "admin")
+            await ui.check_form(request)
+            try:
+                await registry_rounds.delete_draft(ui.registry(request), round_id=round_id)
+            except ApiError as exc:
+                return await _round_page(
+                    request, who, round_id, error=exc.message, status=exc.status
+                )
+            return RedirectResponse("/ui/funder", status_code=303)
+
+        return await guarded(request, page)
+
     @api.post("/funder/rounds/{round_id}/psbt")
     async def funder_psbt(request: Request, round_id: str) -> Response:
         async def page() -> Response:
