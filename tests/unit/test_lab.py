@@ -168,3 +168,13 @@ async def test_datacentre_stand_in_answers_http_and_echoes() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_demo_ends_with_the_dashboard_address_inside_the_lab() -> None:
+    from resistance.lab.cli import dashboard_line
+
+    t = topo.Topology("rlab")
+    kept = dashboard_line(t, keep=True)
+    assert f"http://{topo.REGISTRY_ADDR}:{topo.REGISTRY_PORT}/ui/" in kept
+    assert f"ip netns exec {t.free} " in kept
+    assert "--keep" in dashboard_line(t, keep=False)

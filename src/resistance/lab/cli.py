@@ -246,6 +246,19 @@ def demo(name: str, state_dir: Path | None, keep: bool, escalate: bool) -> None:
         console.print(escalation_table(story.escalations))
     if keep:
         console.print(f"the lab is still up: `resist lab down --name {name}` removes it")
+    console.print(dashboard_line(world.topology, keep=keep), soft_wrap=True, highlight=False)
+
+
+def dashboard_line(topology: topo.Topology, *, keep: bool) -> str:
+    """Where the registry's dashboard is inside the lab (it lives as long as the lab)."""
+    url = f"{topology.registry_url}/ui/"
+    if keep:
+        return (
+            f"dashboard: {url} (inside the lab's free network, e.g. "
+            f"`ip netns exec {topology.free} chromium --headless --no-sandbox "
+            f"--screenshot=dashboard.png {url}`)"
+        )
+    return f"dashboard: {url} while the lab was up; run with --keep to browse it"
 
 
 def escalation_table(steps: list[Any]) -> Table:

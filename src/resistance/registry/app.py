@@ -31,6 +31,7 @@ from resistance.registry.routes import wireguard as wireguard_routes
 from resistance.registry.routes.proxies import accounts, public
 from resistance.registry.services import Registry
 from resistance.registry.settings import RegistrySettings
+from resistance.registry.ui import pages as dashboard
 from resistance.registry.wireguard import load_or_create_prober_key
 
 PUBLISH_TASK = "registry-publish-directory"
@@ -154,5 +155,6 @@ def create_app(
     app.include_router(wireguard_routes.router)
     app.include_router(mtproto_routes.router)
     app.include_router(token_routes.router)
+    app.include_router(dashboard.router())
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -1,0 +1,1 @@
+"""The registry's web dashboard under ``/ui/`` (see :mod:`.pages`)."""
