@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -27,49 +28,67 @@ def resist(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.fixture
-def served(tmp_path: Path, db_url: str) -> Iterator[tuple[str, str, Path]]:
-    state = tmp_path / "registry"
+@contextlib.contextmanager
+def serve_process(
+    state: Path, db_url: str, *extra: str, stderr: Path | None = None
+) -> Iterator[tuple[str, str]]:
+    """`resist registry serve` on a free loopback port: its URL and admin token.
+
+    ``stderr`` collects the process's log (else it is discarded).
+    """
     cmd = [
         sys.executable, "-m", "resistance", "registry", "serve", "--listen", "127.0.0.1:0",
         "--state-dir", str(state), "--db", db_url, "--network", "regtest",
-        "--publish-interval", "0", "--allow-private-endpoints",
+        "--publish-interval", "0", "--allow-private-endpoints", *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
-    )
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(stderr.open("w")) if stderr else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL
+        )
+        try:
+            yield _started(proc)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _started(proc: subprocess.Popen[str]) -> tuple[str, str]:
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
     url = token = None
     deadline = time.monotonic() + 20
-    try:
-        while (url is None or token is None) and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if proc.poll() is not None:
-                    break
-                continue
-            if m := LISTENING.search(line):
-                url = m.group(1)
-            if m := TOKEN.search(line):
-                token = m.group(1)
-        assert url and token, "registry did not start (no address or admin token printed)"
-        for _ in range(100):  # the token is printed by the lifespan, just before serving
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        yield url, token, state
-    finally:
-        proc.terminate()
+    while (url is None or token is None) and time.monotonic() < deadline:
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        if m := LISTENING.search(line):
+            url = m.group(1)
+        if m := TOKEN.search(line):
+            token = m.group(1)
+    assert url and token, "registry did not start (no address or admin token printed)"
+    for _ in range(100):  # the token is printed by the lifespan, just before serving
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return url, token
+
+
+@pytest.fixture
+def served(tmp_path: Path, db_url: str) -> Iterator[tuple[str, str, Path]]:
+    state = tmp_path / "registry"
+    with serve_process(state, db_url) as (url, token):
+        yield url, token, state
 
 
 def test_serve_register_publish_verify(

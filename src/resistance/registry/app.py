@@ -117,6 +117,7 @@ def create_app(
         RequestGuard,
         max_body=settings.max_body_bytes,
         max_headers=settings.max_headers,
+        max_header_bytes=settings.max_header_bytes,
         body_timeout=settings.body_timeout,
     )
     return app

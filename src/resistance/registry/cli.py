@@ -161,7 +161,7 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     default=16 * 1024,
     show_default=True,
     metavar="B",
-    help="Answer 400 to a header block over B bytes.",
+    help="Answer 431 to headers over B bytes.",
 )
 @click.option(
     "--max-body-bytes",

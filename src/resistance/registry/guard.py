@@ -2,8 +2,9 @@
 
 An ASGI middleware, so it covers every route (present and future) alike:
 
-* at most ``max_headers`` header lines (431 otherwise): h11 caps their total
-  size, not their number;
+* at most ``max_headers`` header lines and ``max_header_bytes`` of them
+  (431 otherwise): h11 caps only a header block still arriving, not one
+  read whole in one go, and never counts lines;
 * a body of at most ``max_body`` bytes, declared or streamed (413), read
   whole before the app runs so a chunked body over the limit is a 413 too,
   not a parse error half-way through, and within ``body_timeout`` seconds
@@ -41,11 +42,18 @@ def _is_json(content_type: bytes) -> bool:
 
 class RequestGuard:
     def __init__(
-        self, app: ASGIApp, *, max_body: int, max_headers: int, body_timeout: float
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        max_headers: int,
+        max_header_bytes: int,
+        body_timeout: float,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
         self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,6 +63,10 @@ class RequestGuard:
         headers = scope.get("headers", ())
         if len(headers) > self.max_headers:
             await _refuse(scope, receive, send, 431, f"more than {self.max_headers} header lines")
+            return
+        if sum(len(name) + len(value) + 4 for name, value in headers) > self.max_header_bytes:
+            message = f"headers are larger than {self.max_header_bytes} bytes"
+            await _refuse(scope, receive, send, 431, message)
             return
         content_type = b""
         for name, value in headers:

@@ -52,7 +52,7 @@ class RegistrySettings:
     body_timeout: float = 30.0
     #: Seconds an idle keep-alive connection stays open between requests.
     keepalive_timeout: int = 5
-    #: At most this many header lines (431 beyond) and this many bytes of them (400 beyond).
+    #: At most this many header lines and this many bytes of them (431 beyond).
     max_headers: int = 64
     max_header_bytes: int = 16 * 1024
     #: Connections (and requests in progress) at once; beyond it requests get 503.
