@@ -65,8 +65,8 @@ class RequestGuard:
             await _refuse(scope, receive, send, 431, f"more than {self.max_headers} header lines")
             return
         if sum(len(name) + len(value) + 4 for name, value in headers) > self.max_header_bytes:
-            message = f"headers are larger than {self.max_header_bytes} bytes"
-            await _refuse(scope, receive, send, 431, message)
+            too_big = f"headers are larger than {self.max_header_bytes} bytes"
+            await _refuse(scope, receive, send, 431, too_big)
             return
         content_type = b""
         for name, value in headers:
