@@ -23,6 +23,9 @@ its next request when the answer arrives: ``GET /healthz`` (no body) and
 ``POST /api/v1/operators`` with a JSON body the validation refuses (422: the
 guard parses it, FastAPI parses it again, no database write).  Rounds
 alternate the variants so a busy minute on this shared machine hits both.
+Besides requests/s (which follows the machine's load), the table shows the
+server process's CPU time per request (user + system, from /proc), which a
+busy neighbour changes much less.
 """
 
 from __future__ import annotations
@@ -87,11 +90,21 @@ async def _client(port: int, request: bytes, until: float, counts: list[int]) ->
     counts.append(done)
 
 
-async def _load(port: int, request: bytes, seconds: float, connections: int) -> float:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _load(
+    pid: int, port: int, request: bytes, seconds: float, connections: int
+) -> tuple[float, float]:
+    """Requests/s and the server's CPU microseconds per request."""
     counts: list[int] = []
     until = time.monotonic() + seconds
+    cpu = _cpu_seconds(pid)
     await asyncio.gather(*(_client(port, request, until, counts) for _ in range(connections)))
-    return sum(counts) / seconds
+    cpu = _cpu_seconds(pid) - cpu
+    return sum(counts) / seconds, cpu * 1e6 / max(1, sum(counts))
 
 
 def _free_port() -> int:
@@ -129,7 +142,7 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.port, args.state)
         return
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for variant in ("before", "after"):
@@ -138,20 +151,23 @@ def main() -> None:
                 try:
                     time.sleep(0.5)  # the lifespan (migration) finishes before serving
                     for name, request in REQUESTS.items():
-                        rate = asyncio.run(_load(port, request, args.seconds, args.connections))
-                        results.setdefault((variant, name), []).append(rate)
+                        measured = asyncio.run(
+                            _load(proc.pid, port, request, args.seconds, args.connections)
+                        )
+                        results.setdefault((variant, name), []).append(measured)
                 finally:
                     proc.terminate()
                     proc.wait(15)
-    print(f"{os.cpu_count()} CPUs, {args.connections} connections, {args.rounds} rounds of "
-          f"{args.seconds:g} s; median requests/s (min-max)")  # fmt: skip
+    load = os.getloadavg()[0]
+    print(f"{os.cpu_count()} CPUs, load average {load:.1f}, {args.connections} connections, "
+          f"{args.rounds} rounds of {args.seconds:g} s")  # fmt: skip
+    print(f"  {'request':16} {'variant':7} {'req/s median (min-max)':>24} {'server CPU/req':>15}")
     for name in REQUESTS:
         for variant in ("before", "after"):
-            rates = results[(variant, name)]
-            print(
-                f"  {name:16} {variant:7} {statistics.median(rates):8.0f}"
-                f"  ({min(rates):.0f}-{max(rates):.0f})"
-            )
+            rates = [r for r, _ in results[(variant, name)]]
+            cpu = statistics.median(c for _, c in results[(variant, name)])
+            spread = f"{statistics.median(rates):.0f} ({min(rates):.0f}-{max(rates):.0f})"
+            print(f"  {name:16} {variant:7} {spread:>24} {cpu:>12.0f} us")
 
 
 if __name__ == "__main__":
