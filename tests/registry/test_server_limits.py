@@ -277,3 +277,12 @@ def test_serve_vv_logs_no_secret(tmp_path: Path, db_url: str, node_factory: Any)
                 secrets[f"{path.name} line {n}"] = line.strip()
     for name, secret in secrets.items():
         assert secret and secret not in text, f"{name} is in the -vv log"
+
+
+def test_bad_limits_are_refused_before_serving(tmp_path: Path) -> None:
+    serve = ("registry", "serve", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0")
+    done = resist(*serve, "--trust-proxy", "10.0.0.0/33")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "resist: error: --trust-proxy '10.0.0.0/33' is not an address or CIDR\n"
+    done = resist(*serve, "--max-headers", "5")  # click's own range check
+    assert done.returncode == 2 and "5 is not in the range 8<=x<=1000" in done.stderr
