@@ -32,15 +32,31 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: Libraries that log SQL parameters, query results, request bodies or headers (so
+#: passwords, token digests and keys) at DEBUG or INFO: kept at WARNING whatever -v says.
+QUIET_LOGGERS = (
+    "aiosqlite", "asyncpg", "sqlalchemy", "alembic.runtime.migration", "httpx", "httpcore",
+    "hpack", "h11", "h2", "urllib3", "websockets", "asyncio", "telethon", "multipart",
+    "python_multipart",
+)  # fmt: skip
+
+
 def setup_logging(verbose: int) -> None:
-    """Log to stderr: warnings by default, -v info, -vv debug."""
+    """Log to stderr: warnings by default, -v info, -vv debug (of this package only).
+
+    Other libraries log at most INFO, and those in :data:`QUIET_LOGGERS` only
+    warnings: at DEBUG they write what they carry (aiosqlite every query's
+    parameters and rows), and no verbosity may put a secret on stderr.
+    """
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(
-        level=level,
+        level=max(level, logging.INFO) if verbose else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("resistance").setLevel(max(level, logging.INFO) if verbose else level)
+    logging.getLogger("resistance").setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class LazyCommand(NamedTuple):

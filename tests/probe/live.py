@@ -106,6 +106,7 @@ class RegistryServer:
         token = signup.json()["token"]
         body = registration_body(
             state_dir=node_state,
+            operator_id=signup.json()["operator_id"],
             host="127.0.0.1",
             port=port,
             public=True,

@@ -23,6 +23,7 @@ import uvicorn
 
 from resistance.registry.app import create_app
 from resistance.registry.db import migrate
+from resistance.registry.server import server_config
 from resistance.registry.services import Registry
 from resistance.registry.settings import RateLimit, RegistrySettings
 
@@ -100,6 +101,8 @@ class RunningRegistry:
     admin_token: str
     state_dir: Path
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    #: Operator ids by token, for statements (they name their operator).
+    operator_ids: dict[str, int] = field(default_factory=dict)
 
     @property
     def registry(self) -> Registry:
@@ -121,6 +124,7 @@ class RunningRegistry:
         response = await self.client().post("/api/v1/operators", json={"name": name})
         assert response.status_code == 201, response.text
         token: str = response.json()["token"]
+        self.operator_ids[token] = response.json()["operator_id"]
         return token
 
 
@@ -156,13 +160,15 @@ class start_registry:
 
 
 class ThreadedServer:
-    """The app under uvicorn on a loopback port, in a thread (for schemathesis)."""
+    """The app on a loopback port, in a thread, served as `serve` serves it (for schemathesis)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, settings: RegistrySettings | None = None) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        # the server's limits are all the config reads: their defaults unless given
+        limits = settings or RegistrySettings(state_dir=Path("unused"))
+        self.server = uvicorn.Server(server_config(app, limits))
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )

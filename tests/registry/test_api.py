@@ -196,7 +196,12 @@ async def test_private_endpoints_refused_by_default(tmp_path: Path, db_url: str)
         token = await reg.operator("priv")
         for host in ("127.0.0.1", "10.0.0.1", "::1", "0.0.0.0"):
             body = registration_body(
-                state_dir=tmp_path / "node", host=host, port=1080, public=False, users=[]
+                state_dir=tmp_path / "node",
+                operator_id=reg.operator_ids[token],
+                host=host,
+                port=1080,
+                public=False,
+                users=[],
             )
             r = await reg.client(token=token).post("/api/v1/proxies", json=body)
             assert_error(r, 422, host)

@@ -31,10 +31,11 @@ def live_node(node_factory: Any, tmp_path: Path) -> tuple[Any, Path]:
     return node_factory("--user", "alice:secret", state_dir=state), state
 
 
-def body_for(state: Path, port: int, **kw: Any) -> dict[str, Any]:
+def body_for(state: Path, port: int, operator_id: int, **kw: Any) -> dict[str, Any]:
     return registration_body(
-        state_dir=state, host="127.0.0.1", port=port, public=False, users=[], **kw
-    )
+        state_dir=state, operator_id=operator_id, host="127.0.0.1", port=port, public=False,
+        users=[], **kw,
+    )  # fmt: skip
 
 
 def test_challenge_message_matches_the_node() -> None:
@@ -45,7 +46,7 @@ def test_challenge_message_matches_the_node() -> None:
 async def test_register_success(running: RunningRegistry, live_node: tuple[Any, Path]) -> None:
     node, state = live_node
     token = await running.operator("op1")
-    body = body_for(state, node.port)
+    body = body_for(state, node.port, running.operator_ids[token])
     body["public"] = True
     body["users"] = [{"username": "alice", "password": "secret"}]
     r = await running.client(token=token).post("/api/v1/proxies", json=body)
@@ -57,7 +58,9 @@ async def test_register_success(running: RunningRegistry, live_node: tuple[Any, 
     mine = (await running.client(token=token).get("/api/v1/proxies")).json()["proxies"]
     assert [p["proxy_id"] for p in mine] == [answer["proxy_id"]]
     # re-registering one's own endpoint with a fresh statement is an update
-    r = await running.client(token=token).post("/api/v1/proxies", json=body_for(state, node.port))
+    r = await running.client(token=token).post(
+        "/api/v1/proxies", json=body_for(state, node.port, running.operator_ids[token])
+    )
     assert r.status_code == 201 and r.json()["proxy_id"] == answer["proxy_id"]
 
 
@@ -66,7 +69,8 @@ async def test_wrong_key_refused(running: RunningRegistry, live_node: tuple[Any,
     token = await running.operator("op2")
     user, password = probe_credential(state)
     statement, signature = make_statement(
-        key=Ed25519PrivateKey.generate(), host="127.0.0.1", port=node.port,
+        key=Ed25519PrivateKey.generate(), operator_id=running.operator_ids[token],
+        host="127.0.0.1", port=node.port,
         probe_user=user, probe_password=password, now=int(time.time()),
     )  # fmt: skip
     before = await snapshot(running)
@@ -82,7 +86,7 @@ async def test_replayed_statement_refused(
 ) -> None:
     node, state = live_node
     token = await running.operator("op3")
-    body = body_for(state, node.port)
+    body = body_for(state, node.port, running.operator_ids[token])
     assert (await running.client(token=token).post("/api/v1/proxies", json=body)).status_code == 201
     before = await snapshot(running)
     assert_error(
@@ -96,10 +100,14 @@ async def test_endpoint_owned_by_another_operator(
 ) -> None:
     node, state = live_node
     first, second = await running.operator("op4"), await running.operator("op5")
-    r = await running.client(token=first).post("/api/v1/proxies", json=body_for(state, node.port))
+    r = await running.client(token=first).post(
+        "/api/v1/proxies", json=body_for(state, node.port, running.operator_ids[first])
+    )
     assert r.status_code == 201
     before = await snapshot(running)
-    r = await running.client(token=second).post("/api/v1/proxies", json=body_for(state, node.port))
+    r = await running.client(token=second).post(
+        "/api/v1/proxies", json=body_for(state, node.port, running.operator_ids[second])
+    )
     assert_error(r, 409, "another operator")
     assert await snapshot(running) == before
 
@@ -116,7 +124,9 @@ async def test_a_wireguard_endpoint_is_not_taken_over_by_a_socks5_node(
         assert me is not None
         await repo.save_proxy(session, fields=wireguard_fields(me.id, port=node.port))
     before = await snapshot(running)
-    r = await running.client(token=token).post("/api/v1/proxies", json=body_for(state, node.port))
+    r = await running.client(token=token).post(
+        "/api/v1/proxies", json=body_for(state, node.port, running.operator_ids[token])
+    )
     assert_error(r, 409, "registered as a WireGuard server")
     assert await snapshot(running) == before
 
@@ -140,22 +150,27 @@ async def test_bad_statements_refused(running: RunningRegistry, tmp_path: Path) 
         dead_port = s.getsockname()[1]
     before = await snapshot(running)
 
-    stale = body_for(state, dead_port, now=int(time.time()) - 1000)
+    stale = body_for(state, dead_port, running.operator_ids[token], now=int(time.time()) - 1000)
     assert_error(await client.post("/api/v1/proxies", json=stale), 422, "timestamp")
 
-    forged = body_for(state, dead_port)
+    forged = body_for(state, dead_port, running.operator_ids[token])
     forged["statement"]["endpoint"]["port"] = dead_port + 1 if dead_port < 65535 else 1
     assert_error(await client.post("/api/v1/proxies", json=forged), 422, "signature")
 
-    dead = body_for(state, dead_port)
+    dead = body_for(state, dead_port, running.operator_ids[token])
     assert_error(await client.post("/api/v1/proxies", json=dead), 422, "cannot reach")
 
-    extra = body_for(state, dead_port)
+    extra = body_for(state, dead_port, running.operator_ids[token])
     extra["statement"]["extra"] = 1
     assert_error(await client.post("/api/v1/proxies", json=extra), 422, "invalid request")
 
     named = registration_body(
-        state_dir=state, host="localhost", port=dead_port, public=False, users=[]
+        state_dir=state,
+        operator_id=running.operator_ids[token],
+        host="localhost",
+        port=dead_port,
+        public=False,
+        users=[],
     )
     assert_error(await client.post("/api/v1/proxies", json=named), 422, "IP address")
 

@@ -1,57 +1,92 @@
 """Schemathesis against the live app on loopback: no 5xx, responses match the spec.
 
 Runs every operation of ``/openapi.json`` with generated (valid and invalid)
-requests, bounded by ``max_examples``.  The operations are driven directly
-with hypothesis because schemathesis' pytest plugin does not load under the
-pytest version used here.
+requests, signed out and with each role's token (admin, operator, probe), on
+SQLite and PostgreSQL (the ``db_url`` fixture), bounded by ``max_examples``
+so the whole run takes a few minutes.  The app is served as `serve` serves it
+(:func:`resistance.registry.server.server_config`).  The operations are
+driven directly with hypothesis because schemathesis' pytest plugin does not
+load under the pytest version used here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import schemathesis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.generation import GenerationMode
 
+from resistance.directory.keys import public_key_text
 from resistance.registry.app import create_app
 from tests.registry.conftest import ThreadedServer, make_settings
 
+#: Examples per operation, role and mode: 4 roles x 2 modes x ~30 operations x this.
+EXAMPLES = 5
+
 
 @pytest.fixture
-def live_server(tmp_path: Path, db_url: str) -> Iterator[tuple[str, str]]:
-    app = create_app(make_settings(tmp_path / "reg", db_url))
-    with ThreadedServer(app) as server:
+def live_server(tmp_path: Path, db_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    settings_ = make_settings(tmp_path / "reg", db_url)
+    admin: list[str] = []
+    app = create_app(settings_, on_admin_token=admin.append)
+    with ThreadedServer(app, settings_) as server:
         base = f"http://127.0.0.1:{server.port}"
         signup = httpx.post(f"{base}/api/v1/operators", json={"name": "fuzz"}, timeout=10)
-        yield base, signup.json()["token"]
+        key = public_key_text(Ed25519PrivateKey.generate().public_key())
+        probe = httpx.post(
+            f"{base}/api/v1/probes",
+            json={"name": "fuzz-probe", "country": "RU", "public_key": key},
+            headers={"Authorization": f"Bearer {admin[0]}"},
+            timeout=10,
+        )
+        assert signup.status_code == 201 and probe.status_code == 201, probe.text
+        yield (
+            base,
+            {
+                "signed out": "",
+                "admin": admin[0],
+                "operator": signup.json()["token"],
+                "probe": probe.json()["token"],
+            },
+        )
 
 
-def test_api_conforms(live_server: tuple[str, str]) -> None:
-    base, token = live_server
+def test_api_conforms(live_server: tuple[str, dict[str, str]]) -> None:
+    base, tokens = live_server
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 9
-    headers = {"Authorization": f"Bearer {token}"}
-    for operation in operations:
+    for (role, token), operation in itertools.product(tokens.items(), operations):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
-            def run(case: schemathesis.Case) -> None:
-                response = case.call(headers=headers)
-                assert response.status_code < 500, (case.path, response.text)
-                # Schema-valid data may still be refused on meaning (a bad signature or
-                # address checksum is no JSON Schema matter): that is a 4xx, not a bug.
-                case.validate_response(response, excluded_checks=[positive_data_acceptance])
-
             try:
-                run()
+                _examples(operation, mode, role, headers)()
             except Unsatisfiable:
                 # nothing to make invalid (no parameters, no body)
                 assert mode is GenerationMode.NEGATIVE
+
+
+def _examples(
+    operation: Any, mode: GenerationMode, role: str, headers: dict[str, str]
+) -> Callable[[], None]:
+    """The hypothesis test of one operation in one mode as one role."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    def run(case: schemathesis.Case) -> None:
+        response = case.call(headers=headers)
+        assert response.status_code < 500, (role, case.method, case.path, response.text)
+        # Schema-valid data may still be refused on meaning (a bad signature or
+        # address checksum is no JSON Schema matter): that is a 4xx, not a bug.
+        case.validate_response(response, excluded_checks=[positive_data_acceptance])
+
+    return run

@@ -28,60 +28,69 @@ def resist(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def serve_process(
+    state: Path, db_url: str, *extra: str, stderr: Path | None = None, first: bool = True
+) -> Iterator[tuple[str, str | None]]:
+    """`resist registry serve` on a free loopback port: its URL and, if it is the
+    ``first`` on its database, the admin token it printed (later processes print none).
+
+    ``stderr`` collects the process's log (else it is discarded).
+    """
+    cmd = [
+        sys.executable, "-m", "resistance", "registry", "serve", "--listen", "127.0.0.1:0",
+        "--state-dir", str(state), "--db", db_url, "--network", "regtest",
+        "--publish-interval", "0", "--allow-private-endpoints", *extra,
+    ]  # fmt: skip
+    with contextlib.ExitStack() as files:
+        log = files.enter_context(stderr.open("w")) if stderr else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, text=True, stdin=subprocess.DEVNULL
+        )
+        try:
+            yield _started(proc, first)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _started(proc: subprocess.Popen[str], first: bool) -> tuple[str, str | None]:
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
+    url = token = None
+    deadline = time.monotonic() + 20
+    while (url is None or (first and token is None)) and time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        if m := LISTENING.search(line):
+            url = m.group(1)
+        if m := TOKEN.search(line):
+            token = m.group(1)
+    assert url and (token or not first), "registry did not start (no address or token printed)"
+    for _ in range(100):  # the token is printed by the lifespan, just before serving
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return url, token
+
+
 @pytest.fixture
 def served(tmp_path: Path, db_url: str) -> Iterator[tuple[str, str, Path]]:
     state = tmp_path / "registry"
     with serve_process(state, db_url) as (url, token):
         assert token is not None
         yield url, token, state
-
-
-@contextlib.contextmanager
-def serve_process(
-    state: Path, db_url: str, *, first: bool = True
-) -> Iterator[tuple[str, str | None]]:
-    """``resist registry serve`` on loopback: its URL and, if it is the ``first`` on its
-    database, the admin token it printed (later processes on the database print none)."""
-    cmd = [
-        sys.executable, "-m", "resistance", "registry", "serve", "--listen", "127.0.0.1:0",
-        "--state-dir", str(state), "--db", db_url, "--network", "regtest",
-        "--publish-interval", "0", "--allow-private-endpoints",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
-    url = token = None
-    deadline = time.monotonic() + 20
-    try:
-        while (url is None or (first and token is None)) and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                if proc.poll() is not None:
-                    break
-                continue
-            if m := LISTENING.search(line):
-                url = m.group(1)
-            if m := TOKEN.search(line):
-                token = m.group(1)
-        assert url and (token or not first), "registry did not start (no address or token)"
-        for _ in range(100):  # the token is printed by the lifespan, just before serving
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        yield url, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_serve_register_publish_verify(

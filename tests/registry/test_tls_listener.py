@@ -50,9 +50,11 @@ def tls_node(node_factory: Any, tmp_path: Path) -> tuple[RunningNode, Path]:
     return start_tls_node(node_factory, state), state
 
 
-def body_for(state: Path, port: int, tls_port: int | None, **kw: Any) -> dict[str, Any]:
+def body_for(
+    state: Path, port: int, tls_port: int | None, operator_id: int, **kw: Any
+) -> dict[str, Any]:
     return registration_body(
-        state_dir=state, host="127.0.0.1", port=port, public=True,
+        state_dir=state, operator_id=operator_id, host="127.0.0.1", port=port, public=True,
         users=[{"username": "alice", "password": "secret"}], tls_port=tls_port, **kw,
     )  # fmt: skip
 
@@ -102,7 +104,10 @@ async def test_tls_listener_recorded_and_published(
     pin = banner_pin(node)
     token = await running.operator("tls-op")
     client = running.client(token=token)
-    r = await client.post("/api/v1/proxies", json=body_for(state, node.port, node.tls_port))
+    r = await client.post(
+        "/api/v1/proxies",
+        json=body_for(state, node.port, node.tls_port, running.operator_ids[token]),
+    )
     assert r.status_code == 201, r.text
     assert r.json()["tls"] == {"port": node.tls_port, "sha256": pin}
     listed = (await client.get("/api/v1/proxies")).json()["proxies"]
@@ -114,12 +119,17 @@ async def test_tls_listener_recorded_and_published(
     assert entry["tls"] == {"port": node.tls_port, "sha256": pin}
 
     # Registering again without a TLS port drops the listener from the directory.
-    r = await client.post("/api/v1/proxies", json=body_for(state, node.port, None))
+    r = await client.post(
+        "/api/v1/proxies", json=body_for(state, node.port, None, running.operator_ids[token])
+    )
     assert r.status_code == 201 and r.json()["tls"] is None
     [entry] = (await publish_and_verify(running))["proxies"]
     assert "tls" not in entry
     # ... and registering with it again brings it back.
-    r = await client.post("/api/v1/proxies", json=body_for(state, node.port, node.tls_port))
+    r = await client.post(
+        "/api/v1/proxies",
+        json=body_for(state, node.port, node.tls_port, running.operator_ids[token]),
+    )
     assert r.status_code == 201 and r.json()["tls"]["sha256"] == pin
 
 
@@ -135,7 +145,8 @@ async def test_another_nodes_tls_listener_refused(
     token = await running.operator("borrower")
     before = await snapshot(running)
     r = await running.client(token=token).post(
-        "/api/v1/proxies", json=body_for(state, mine.port, other.tls_port)
+        "/api/v1/proxies",
+        json=body_for(state, mine.port, other.tls_port, running.operator_ids[token]),
     )
     assert_error(r, 422, "TLS proof of control failed", "is not this node")
     assert r.json()["field"] == "statement.tls_port"
@@ -211,7 +222,8 @@ async def test_tls_front_with_another_certificate_refused(
     before = await snapshot(running)
     async with TlsFront(tmp_path, (target[0], target[1]), inner_tls=inner_tls) as front:
         r = await running.client(token=token).post(
-            "/api/v1/proxies", json=body_for(state, node.port, front.port)
+            "/api/v1/proxies",
+            json=body_for(state, node.port, front.port, running.operator_ids[token]),
         )
     assert_error(r, 422, "TLS proof of control failed", "is not this node")
     assert front.pin not in r.text
@@ -226,25 +238,27 @@ async def test_tls_port_refusals_are_json(
     client = running.client(token=token)
     before = await snapshot(running)
     for bad in (0, 70000, -1, "443", True, 1.5):
-        body = body_for(state, node.port, 443)
+        body = body_for(state, node.port, 443, running.operator_ids[token])
         body["statement"]["tls_port"] = bad
         r = await client.post("/api/v1/proxies", json=body)
         assert_error(r, 422, "invalid request", "tls_port")
         assert any(d["field"] == "statement.tls_port" for d in r.json()["details"])
-    same = body_for(state, node.port, node.port)
+    same = body_for(state, node.port, node.port, running.operator_ids[token])
     assert_error(await client.post("/api/v1/proxies", json=same), 422, "must differ")
     # Something that is not TLS at all (an echo server), and nothing at all.
-    not_tls = body_for(state, node.port, echo_server.port)
+    not_tls = body_for(state, node.port, echo_server.port, running.operator_ids[token])
     assert_error(
         await client.post("/api/v1/proxies", json=not_tls), 422, "TLS proof of control failed"
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    r = await client.post("/api/v1/proxies", json=body_for(state, node.port, dead))
+    r = await client.post(
+        "/api/v1/proxies", json=body_for(state, node.port, dead, running.operator_ids[token])
+    )
     assert_error(r, 422, "TLS proof of control failed", "cannot reach")
     # A TLS port the statement does not say is not taken from outside the signature.
-    forged = body_for(state, node.port, None)
+    forged = body_for(state, node.port, None, running.operator_ids[token])
     forged["statement"]["tls_port"] = node.tls_port
     assert_error(await client.post("/api/v1/proxies", json=forged), 422, "signature")
     assert await snapshot(running) == before

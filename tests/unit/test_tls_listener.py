@@ -257,7 +257,7 @@ def test_statements_without_tls_port_are_unchanged() -> None:
 
     key = Ed25519PrivateKey.generate()
     kw: dict[str, Any] = {
-        "key": key, "host": "203.0.113.7", "port": 1080, "probe_user": "p",
+        "key": key, "operator_id": 1, "host": "203.0.113.7", "port": 1080, "probe_user": "p",
         "probe_password": "pw", "now": 1, "nonce": "0" * 32,
     }  # fmt: skip
     old, _ = statement.make_statement(**kw)

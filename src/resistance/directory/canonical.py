@@ -32,7 +32,7 @@ class CanonicalError(ResistanceError):
     """A value has no canonical form (a float, a huge integer, a bad key...)."""
 
 
-def _check(value: Any, depth: int) -> None:
+def _check(value: Any, depth: int, numbers: bool = False) -> None:
     if depth > _MAX_DEPTH:
         raise CanonicalError(f"nested deeper than {_MAX_DEPTH} levels")
     if value is None or isinstance(value, bool | str):
@@ -40,21 +40,23 @@ def _check(value: Any, depth: int) -> None:
             _check_text(value)
         return
     if isinstance(value, int):
-        if not INT_MIN <= value <= INT_MAX:
+        if not numbers and not INT_MIN <= value <= INT_MAX:
             raise CanonicalError(f"integer {value} is outside the signed 64-bit range")
         return
     if isinstance(value, float):
+        if numbers:
+            return
         raise CanonicalError("floats have no canonical form: use integers")
     if isinstance(value, list | tuple):
         for item in value:
-            _check(item, depth + 1)
+            _check(item, depth + 1, numbers)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise CanonicalError(f"object key {key!r} is not a string")
             _check_text(key)
-            _check(item, depth + 1)
+            _check(item, depth + 1, numbers)
         return
     raise CanonicalError(f"{type(value).__name__} has no canonical JSON form")
 
@@ -91,8 +93,12 @@ def _no_constant(text: str) -> Any:
     raise CanonicalError(f"{text} is not JSON")
 
 
-def parse_strict(data: bytes) -> Any:
-    """Parse JSON refusing floats, NaN and duplicate keys (what canonical bytes allow)."""
+def parse_strict(data: bytes, *, numbers: bool = False) -> Any:
+    """Parse JSON refusing floats, NaN and duplicate keys (what canonical bytes allow).
+
+    ``numbers=True`` lets finite floats and integers of any size through (the
+    registry's request guard leaves numbers to validation, which names the field).
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -101,12 +107,14 @@ def parse_strict(data: bytes) -> Any:
         value = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
+            parse_float=float if numbers else _no_float,
             parse_constant=_no_constant,
         )
     except json.JSONDecodeError as exc:
         raise CanonicalError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise CanonicalError(f"not JSON: {exc}") from None
     except RecursionError:
         raise CanonicalError("nested too deeply") from None
-    _check(value, 0)
+    _check(value, 0, numbers)
     return value

@@ -57,6 +57,8 @@ BATCH_CONTEXT: Final = b"resist-probe-batch/1\n"
 MAX_RESULTS: Final = 50
 MAX_BATCH_BYTES: Final = 60_000
 MAX_DETAIL: Final = 120
+#: The largest proxy id: the registry's id columns are 32-bit (PostgreSQL ``integer``).
+PROXY_ID_MAX: Final = 2**31 - 1
 BATCH_ID: Final = re.compile(r"[0-9a-f]{32}")
 VANTAGE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 COUNTRY: Final = re.compile(r"[A-Z]{2}")
@@ -263,7 +265,7 @@ def _result(value: Any, index: int) -> ResultRecord:
     ):
         raise BatchError(f"{where}: a failed result names its step and failure kind")
     record = ResultRecord(
-        proxy_id=_int(value["proxy_id"], f"{where}.proxy_id", low=1),
+        proxy_id=_int(value["proxy_id"], f"{where}.proxy_id", low=1, high=PROXY_ID_MAX),
         at=_int(value["at"], f"{where}.at"),
         ok=ok,
         step=step,

@@ -14,13 +14,13 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from resistance.paths import resolve_state_dir
 from resistance.registry import services
 from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from resistance.registry.db import database_url, make_engine, make_sessions, migrate
-from resistance.registry.errors import error_response, install_error_handlers
+from resistance.registry.errors import install_error_handlers
+from resistance.registry.guard import RequestGuard
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
 from resistance.registry.ratelimit import TokenBucketLimiter
 from resistance.registry.routes import mtproto as mtproto_routes
@@ -35,45 +35,6 @@ from resistance.registry.ui import pages as dashboard
 from resistance.registry.wireguard import load_or_create_prober_key
 
 PUBLISH_TASK = "registry-publish-directory"
-
-
-class BodyLimit:
-    """Refuse request bodies above ``limit`` bytes with 413, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await self._refuse(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"request body is larger than {self.limit} bytes")
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def open_registry(settings: RegistrySettings) -> Registry:
@@ -156,5 +117,11 @@ def create_app(
     app.include_router(mtproto_routes.router)
     app.include_router(token_routes.router)
     app.include_router(dashboard.router())
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        max_body=settings.max_body_bytes,
+        max_headers=settings.max_headers,
+        max_header_bytes=settings.max_header_bytes,
+        body_timeout=settings.body_timeout,
+    )
     return app

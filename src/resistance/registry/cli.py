@@ -123,6 +123,68 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     metavar="S",
     help="Clients refresh the directory after S seconds (valid for 24 h, or S if longer).",
 )
+# --- HTTP server limits and forwarded headers (resistance.registry.server) ---
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Close a connection whose request headers take longer than S seconds.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Answer 408 when a request body takes longer than S seconds.",
+)
+@click.option(
+    "--keepalive-timeout",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    metavar="S",
+    help="Close an idle keep-alive connection after S seconds.",
+)
+@click.option(
+    "--max-headers",
+    type=click.IntRange(8, 1000),
+    default=64,
+    show_default=True,
+    metavar="N",
+    help="Answer 431 to a request with more than N header lines.",
+)
+@click.option(
+    "--max-header-bytes",
+    type=click.IntRange(1024, 1 << 20),
+    default=16 * 1024,
+    show_default=True,
+    metavar="B",
+    help="Answer 431 to headers over B bytes.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=64 * 1024,
+    show_default=True,
+    metavar="B",
+    help="Answer 413 to a body over B bytes (declared or chunked).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Answer 503 beyond N connections or requests at once.",
+)
+@click.option(
+    "--trust-proxy", "trust_proxy", multiple=True, metavar="CIDR",
+    help="Believe X-Forwarded-For/-Proto from this reverse proxy's address or network "
+    "(repeatable; default: from nobody, loopback included).",
+)  # fmt: skip
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @one_line_errors
 def serve(
@@ -141,6 +203,14 @@ def serve(
     blocked_min_probes: int,
     blocked_min_windows: int,
     fresh_seconds: int,
+    header_timeout: float,
+    body_timeout: float,
+    keepalive_timeout: int,
+    max_headers: int,
+    max_header_bytes: int,
+    max_body_bytes: int,
+    max_connections: int,
+    trust_proxy: tuple[str, ...],
     verbose: int,
 ) -> None:
     """Serve the registry's HTTP API (migrating the database first).
@@ -153,10 +223,12 @@ def serve(
       resist registry serve --listen 127.0.0.1:8080 --network signet
       resist registry serve --db postgresql+asyncpg://resist@127.0.0.1/resist
       resist registry serve --listen 0.0.0.0:8080 --canary 0.0.0.0:9900
+      resist registry serve --listen 127.0.0.1:8080 --trust-proxy 127.0.0.1
     """
     import uvicorn
 
     from resistance.registry.app import create_app
+    from resistance.registry.server import server_config
     from resistance.registry.settings import RegistrySettings
 
     setup_logging(verbose)
@@ -178,6 +250,14 @@ def serve(
         blocked_min_windows=blocked_min_windows,
         fresh_seconds=fresh_seconds,
         valid_seconds=max(24 * 3600, fresh_seconds),
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keepalive_timeout=keepalive_timeout,
+        max_headers=max_headers,
+        max_header_bytes=max_header_bytes,
+        max_body_bytes=max_body_bytes,
+        max_connections=max_connections,
+        trust_proxy=trust_proxy,
     )
 
     def show_token(token: str) -> None:
@@ -190,8 +270,8 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"registry listening on http://{shown}:{port}")
     sys.stdout.flush()
-    config = uvicorn.Config(
-        app, log_level="info" if verbose else "warning", lifespan="on", access_log=verbose > 1
+    config = server_config(
+        app, settings, log_level="info" if verbose else "warning", access_log=verbose > 1
     )
     server = uvicorn.Server(config)
     try:
@@ -269,6 +349,7 @@ def register_node(
     """
     from resistance.registry.client import (
         node_user_credentials,
+        operator_id_for,
         post_registration,
         registration_body,
     )
@@ -280,6 +361,7 @@ def register_node(
     ] or node_user_credentials(state)
     body = registration_body(
         state_dir=state,
+        operator_id=operator_id_for(registry_url, token),
         host=public_host,
         port=port,
         public=public,

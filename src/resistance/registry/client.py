@@ -32,6 +32,7 @@ def node_user_credentials(state_dir: Path) -> list[dict[str, str]]:
 def registration_body(
     *,
     state_dir: Path,
+    operator_id: int,
     host: str,
     port: int,
     public: bool,
@@ -47,6 +48,7 @@ def registration_body(
     probe_user, probe_password = probe_credential(state_dir)
     statement, signature = make_statement(
         key=key,
+        operator_id=operator_id,
         host=host,
         port=port,
         probe_user=probe_user,
@@ -91,6 +93,15 @@ def call_registry(
     if not isinstance(answer, dict):
         raise error(f"registry answered {response.status_code} without a JSON object")
     return answer
+
+
+def operator_id_for(registry: str, token: str, *, timeout: float = 30.0) -> int:
+    """The id of the operator account ``token`` belongs to (statements name it)."""
+    answer = call_registry(registry, "/api/v1/operators/me", token=token, timeout=timeout)
+    operator_id = answer.get("operator_id")
+    if not isinstance(operator_id, int):
+        raise ConfigError("the registry did not say which operator this token belongs to")
+    return operator_id
 
 
 def post_registration(

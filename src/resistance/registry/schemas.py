@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from resistance.grants.model import MAX_SAT, Award
+from resistance.probe.batch import PROXY_ID_MAX
+
+#: A row id in a path: the id columns are 32-bit, so larger ids are refused (422)
+#: before a query could overflow the column (PostgreSQL answers that with an error).
+RowIdPath = Annotated[int, Path(ge=1, le=PROXY_ID_MAX)]
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Credential = Annotated[str, Field(min_length=1, max_length=255)]
@@ -60,7 +66,11 @@ class EndpointModel(Strict):
 
 
 class NodeStatement(Strict):
-    version: Literal[1]
+    version: Literal[2]
+    operator_id: Annotated[int, Field(ge=1, le=PROXY_ID_MAX)] = Field(
+        description="The operator account the statement is for: posted with another "
+        "account's token it is refused."
+    )
     endpoint: EndpointModel
     protocols: Annotated[list[Literal["socks5"]], Field(min_length=1, max_length=4)]
     public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
@@ -266,9 +276,10 @@ class ProxyStatusView(BaseModel):
 
 # --- grant rounds ---------------------------------------------------------------------
 
-RoundId = Annotated[
-    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-]
+ROUND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+RoundId = Annotated[str, Field(min_length=1, max_length=64, pattern=ROUND_ID_PATTERN)]
+#: The same in a path (the body's round id always had a pattern; the path's now too).
+RoundIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ROUND_ID_PATTERN)]
 IsoDate = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
 Sat = Annotated[int, Field(ge=0, le=MAX_SAT)]
 BasisPoints = Annotated[int, Field(ge=1, le=10_000)]

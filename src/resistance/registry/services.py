@@ -317,6 +317,13 @@ async def register_proxy(
     """Verify a signed statement, challenge the node, then store the proxy."""
     _verify_statement(registry, request)
     st = request.statement
+    if st.operator_id != operator_id:
+        raise ApiError(
+            403,
+            f"statement is for operator {st.operator_id}, not for this token's "
+            f"operator {operator_id}: sign one for your own account",
+            field="statement.operator_id",
+        )
     host, port = st.endpoint.host, st.endpoint.port
     network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:

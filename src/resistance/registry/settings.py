@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,20 @@ class RegistrySettings:
     public_limit: RateLimit = field(default_factory=lambda: RateLimit(5.0, 60))
     rate_limit_clients: int = 10_000
     max_body_bytes: int = 64 * 1024
+    # --- HTTP server limits (`resist registry serve` options; see resistance.registry.server)
+    #: Seconds a client has to send a request's whole header block (slow headers are cut).
+    header_timeout: float = 10.0
+    #: Seconds a client has to send a request's whole body once its headers are in (408).
+    body_timeout: float = 30.0
+    #: Seconds an idle keep-alive connection stays open between requests.
+    keepalive_timeout: int = 5
+    #: At most this many header lines and this many bytes of them (431 beyond).
+    max_headers: int = 64
+    max_header_bytes: int = 16 * 1024
+    #: Connections (and requests in progress) at once; beyond it requests get 503.
+    max_connections: int = 1000
+    #: Networks whose X-Forwarded-For/-Proto is believed (a reverse proxy); empty: nobody.
+    trust_proxy: tuple[str, ...] = ()
     #: Where the canary listens (``None``: no canary; probes then stop after CONNECT).
     canary: Endpoint | None = None
     #: How often each probe measures each proxy; offsets inside a round are random.
@@ -79,5 +94,16 @@ class RegistrySettings:
             raise ConfigError("probe round must be >= 0 s and the verdict window >= 1 s")
         if min(self.blocked_min_probes, self.blocked_min_windows, self.down_after) < 1:
             raise ConfigError("verdict thresholds must be at least 1")
+        if min(self.header_timeout, self.body_timeout) <= 0 or self.keepalive_timeout < 1:
+            raise ConfigError("header and body timeouts must be positive, keep-alive at least 1 s")
+        if not 8 <= self.max_headers <= 1000 or not 1024 <= self.max_header_bytes <= 1 << 20:
+            raise ConfigError("header limits must be 8-1000 lines and 1 KiB-1 MiB")
+        if self.max_connections < 1:
+            raise ConfigError("max connections must be at least 1")
+        for network in self.trust_proxy:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"--trust-proxy {network!r} is not an address or CIDR") from None
         if self.batch_max_age < 60:
             raise ConfigError("batch max age must be at least 60 s")

@@ -2,14 +2,18 @@
 
 A statement is a JSON object::
 
-    {"version": 1, "endpoint": {"host": H, "port": P}, "protocols": ["socks5"],
-     "public_key": B64URL, "probe_user": U, "probe_password": PW,
-     "timestamp": UNIX_SECONDS, "nonce": 32_HEX, "tls_port": P}
+    {"version": 2, "operator_id": N, "endpoint": {"host": H, "port": P},
+     "protocols": ["socks5"], "public_key": B64URL, "probe_user": U,
+     "probe_password": PW, "timestamp": UNIX_SECONDS, "nonce": 32_HEX, "tls_port": P}
 
 signed by the node identity key over its canonical bytes
 (:func:`resistance.directory.canonical.canonical_bytes`).  The signature proves
 the statement was made by the holder of ``public_key``; the SOCKS5 challenge
-then proves that this key's holder answers at the endpoint.  ``tls_port`` is
+then proves that this key's holder answers at the endpoint.  ``operator_id``
+names the registry account the statement is for (version 2; version 1 named
+none, so whoever posted an unused statement first within its time window got
+the node): the registry refuses a statement posted with another account's
+token.  ``tls_port`` is
 optional (absent from statements of nodes without a TLS listener, so their
 bytes are what they always were): the registry then challenges the node
 again inside TLS on that port, where the node's signature also covers the
@@ -33,12 +37,13 @@ from resistance.directory.keys import b64url, public_key_text
 from resistance.node.identity import challenge_message as challenge_message
 from resistance.node.identity import tls_challenge_message as tls_challenge_message
 
-STATEMENT_VERSION = 1
+STATEMENT_VERSION = 2
 
 
 def make_statement(
     *,
     key: Ed25519PrivateKey,
+    operator_id: int,
     host: str,
     port: int,
     probe_user: str,
@@ -50,6 +55,7 @@ def make_statement(
     """A statement and its signature (base64url)."""
     statement: dict[str, Any] = {
         "version": STATEMENT_VERSION,
+        "operator_id": operator_id,
         "endpoint": {"host": host, "port": port},
         "protocols": ["socks5"],
         "public_key": public_key_text(key.public_key()),

@@ -22,7 +22,7 @@ from resistance.registry.services import Principal, Registry
 _bearer = HTTPBearer(auto_error=False, description="An API token (admin or operator).")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 405, 409, 413, 422, 429)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 405, 408, 409, 413, 422, 429, 431)
 }
 
 

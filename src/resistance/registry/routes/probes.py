@@ -18,6 +18,7 @@ from resistance.registry.schemas import (
     ProbeCreateRequest,
     ProbeList,
     ProxyStatusView,
+    RowIdPath,
 )
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -43,7 +44,7 @@ async def list_probes(registry: RegistryDep, _: AdminDep) -> dict[str, Any]:
 
 
 @router.get("/proxies/{proxy_id}/status", response_model=ProxyStatusView, tags=["admin"])
-async def proxy_status(proxy_id: int, registry: RegistryDep, _: AdminDep) -> dict[str, Any]:
+async def proxy_status(proxy_id: RowIdPath, registry: RegistryDep, _: AdminDep) -> dict[str, Any]:
     """A proxy's verdict from the probes and every change of it."""
     if not 1 <= proxy_id <= 2**62:
         raise ApiError(404, "no such proxy")

@@ -12,6 +12,7 @@ from resistance.registry.schemas import (
     MarkPaidRequest,
     RoundCreateRequest,
     RoundFileBody,
+    RoundIdPath,
     RoundList,
     RoundRecomputeRequest,
     RoundView,
@@ -32,12 +33,12 @@ async def list_rounds(registry: RegistryDep, _: AdminDep) -> dict[str, Any]:
 
 
 @router.get("/rounds/{round_id}", response_model=RoundView)
-async def show_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Any:
+async def show_round(round_id: RoundIdPath, registry: RegistryDep, _: AdminDep) -> Any:
     return await rounds.show_round(registry, round_id=round_id)
 
 
 @router.delete("/rounds/{round_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Response:
+async def delete_round(round_id: RoundIdPath, registry: RegistryDep, _: AdminDep) -> Response:
     """Delete a draft (an approved or paid round is kept for ever)."""
     await rounds.delete_draft(registry, round_id=round_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -45,27 +46,27 @@ async def delete_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Res
 
 @router.post("/rounds/{round_id}/recompute", response_model=RoundView)
 async def recompute_round(
-    round_id: str, body: RoundRecomputeRequest, registry: RegistryDep, _: AdminDep
+    round_id: RoundIdPath, body: RoundRecomputeRequest, registry: RegistryDep, _: AdminDep
 ) -> Any:
     """Recompute a draft from fresh rollups, addresses and carried amounts."""
     return await rounds.recompute_round(registry, round_id=round_id, request=body)
 
 
 @router.post("/rounds/{round_id}/approve", response_model=RoundView)
-async def approve_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Any:
+async def approve_round(round_id: RoundIdPath, registry: RegistryDep, _: AdminDep) -> Any:
     """Freeze a draft whose period is over; nothing in it changes again."""
     return await rounds.approve_round(registry, round_id=round_id)
 
 
 @router.get("/rounds/{round_id}/export", response_model=RoundFileBody)
-async def export_round(round_id: str, registry: RegistryDep, _: AdminDep) -> Any:
+async def export_round(round_id: RoundIdPath, registry: RegistryDep, _: AdminDep) -> Any:
     """The round file `resist grants` works on (verify, psbt, electrum-list...)."""
     return await rounds.export_round(registry, round_id=round_id)
 
 
 @router.post("/rounds/{round_id}/mark-paid", response_model=RoundView)
 async def mark_paid(
-    round_id: str, body: MarkPaidRequest, registry: RegistryDep, _: AdminDep
+    round_id: RoundIdPath, body: MarkPaidRequest, registry: RegistryDep, _: AdminDep
 ) -> Any:
     """Record the signed transaction that pays exactly the approved awards."""
     return await rounds.mark_round_paid(
