@@ -11,7 +11,10 @@ load under the pytest version used here.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import itertools
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,55 @@ from tests.registry.conftest import ThreadedServer, make_settings
 
 #: Examples per operation, role and mode: 4 roles x 2 modes x ~30 operations x this.
 EXAMPLES = 5
+
+
+def loopback_address(address: object) -> bool:
+    """Whether a socket address is one this test may reach (loopback or a Unix path)."""
+    if isinstance(address, (str, bytes)):
+        return True  # AF_UNIX
+    if not isinstance(address, tuple) or not address:
+        return False
+    try:
+        return ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: resolved elsewhere, never dialed from here
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated requests may register any public address as an endpoint, and the
+    registry dials what is registered (proof-of-control challenges, WireGuard and
+    MTProto handshakes).  The server runs in this process, so every TCP connect and
+    UDP send here to anything but loopback fails at once instead of leaving."""
+    real = socket.socket
+
+    def refuse(address: object) -> None:
+        if not loopback_address(address):
+            raise OSError(errno.ENETUNREACH, f"test refuses to dial {address!r}")
+
+    def connect(self: socket.socket, address: Any) -> None:
+        refuse(address)
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        refuse(address)
+        return real_connect_ex(self, address)
+
+    def sendto(self: socket.socket, data: Any, *rest: Any) -> int:
+        refuse(rest[-1])
+        return real_sendto(self, data, *rest)
+
+    real_connect, real_connect_ex, real_sendto = real.connect, real.connect_ex, real.sendto
+    monkeypatch.setattr(real, "connect", connect)
+    monkeypatch.setattr(real, "connect_ex", connect_ex)
+    monkeypatch.setattr(real, "sendto", sendto)
+
+
+def test_only_loopback_passes_the_guard() -> None:
+    assert loopback_address(("127.0.0.1", 80)) and loopback_address(("::1", 80, 0, 0))
+    assert loopback_address("/run/postgresql/.s.PGSQL.5432")
+    for other in (("198.51.100.7", 80), ("10.0.0.1", 1), ("::ffff:8.8.8.8", 53), ("host", 1)):
+        assert not loopback_address(other)
 
 
 @pytest.fixture
