@@ -84,6 +84,7 @@ class Translator:
         amnezia_publics: Callable[[], Iterable[bytes]],
         max_flows: int = DEFAULT_MAX_FLOWS,
         idle: float = DEFAULT_IDLE,
+        fwmark: int = 0,
     ) -> None:
         self.params = params
         self.side = side
@@ -93,6 +94,7 @@ class Translator:
         self._amnezia_publics = amnezia_publics
         self.max_flows = max_flows
         self.idle = idle
+        self.fwmark = fwmark  # on upstream sockets: wg-quick's full tunnel lets them out
         self.counters = Counters()
         self._flows: dict[Any, _Flow] = {}
         self._sock: socket.socket | None = None
@@ -168,6 +170,8 @@ class Translator:
         sock = socket.socket(self._target_family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            if self.fwmark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
             sock.connect(self._target_addr)
         except OSError as exc:
             sock.close()
@@ -256,3 +260,31 @@ class Translator:
             self.counters.outbound += 1
         except OSError:
             self.counters.dropped += 1
+
+
+def run_translator(translator: Translator, *, announce: str = "") -> int:
+    """Serve until SIGTERM or SIGINT (for the command line); the exit status."""
+    import signal
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        bound = await translator.start()
+        print(f"{announce}AmneziaWG {translator.side.value} translator on {bound}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await translator.close()
+            c = translator.counters
+            log.info(
+                "translator stopped: %d in, %d out, %d dropped, %d flows",
+                c.inbound,
+                c.outbound,
+                c.dropped,
+                c.flows_opened,
+            )
+
+    asyncio.run(main())
+    return 0
