@@ -595,6 +595,31 @@ def probe(
         sys.exit(1)
 
 
+def _listen_host(host: str) -> str:
+    """The endpoint's address when it is one of ours, else every address.
+
+    A UDP server bound to every address answers from whichever address the
+    route picks, and a client whose socket is connected to the endpoint
+    ignores answers from any other; bound to the endpoint, answers come
+    from it.  (Behind 1:1 NAT the public address is not ours: then the
+    wildcard, and the host's one address answers.)
+    """
+    import socket
+    from ipaddress import ip_address
+
+    try:
+        ip_address(host)
+    except ValueError:
+        return "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            return "::" if family == socket.AF_INET6 else "0.0.0.0"
+    return host
+
+
 @vpn.command("amnezia-relay", context_settings=CONTEXT)
 @_state_dir_option
 @click.option("--max-flows", default=4096, show_default=True, type=click.IntRange(1, 1_000_000))
@@ -623,7 +648,7 @@ def amnezia_relay(state_dir: Path | None, max_flows: int, verbose: int) -> None:
     translator = Translator(
         cfg.amnezia,
         side=Side.SERVER,
-        listen=Endpoint("::" if ":" in cfg.endpoint.host else "0.0.0.0", cfg.amnezia_port),
+        listen=Endpoint(_listen_host(cfg.endpoint.host), cfg.amnezia_port),
         target=Endpoint("127.0.0.1", cfg.endpoint.port),
         wireguard_public=keys.decode(server.public_key),
         amnezia_publics=server.peer_public_keys,

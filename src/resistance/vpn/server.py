@@ -364,6 +364,11 @@ class VpnServer:
                 preshared_key=peer.preshared_key,
                 dns=self.config.dns,
                 amnezia=self.config.amnezia,
+                # S4 bytes of padding ride on every transport packet: keep them in one MTU
+                # (and give wg-quick behind amnezia-client an MTU, or it takes loopback's)
+                mtu=None
+                if self.config.amnezia is None
+                else self.config.mtu - self.config.amnezia.s4,
             )
         )
 
