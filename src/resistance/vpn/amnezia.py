@@ -419,7 +419,8 @@ def wireguard_type(datagram: bytes) -> MessageType | None:
         return None
     wtype = MessageType(kind)
     if wtype is MessageType.TRANSPORT:
-        return wtype if len(datagram) % 16 == 0 else None
+        # any length: WireGuard pads to 16 bytes only up to the MTU (calculatePaddingSize)
+        return wtype
     return wtype if len(datagram) == BASE_SIZE[wtype] else None
 
 
@@ -521,7 +522,7 @@ class Rewriter:
             if receiver not in self._wg_indices:
                 return None
         if kind is MessageType.TRANSPORT:
-            return bytes(message) if len(message) % 16 == 0 else None
+            return bytes(message)
         if kind is MessageType.COOKIE_REPLY:
             return self._cookie_reply(message, self._wg, self._far_key)
         if not _mac1_ok(datagram[self.params.padding(kind) :], mac1_key(self._wg_key)):
