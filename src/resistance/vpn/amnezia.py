@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import random
 import re
 import secrets
 import struct
@@ -105,6 +106,7 @@ _ORDER: Final = (
     MessageType.COOKIE_REPLY,
     MessageType.TRANSPORT,
 )
+_TRANSPORT_TYPE: Final = b"\x04\x00\x00\x00"
 COOKIE_LIFETIME: Final = 120.0  # seconds, as WireGuard's CookieRefreshTime
 
 
@@ -484,6 +486,8 @@ class Rewriter:
         "_candidates",
         "_clock",
         "_far_key",
+        "_fast",
+        "_rng",
         "_wg",
         "_wg_indices",
         "_wg_key",
@@ -508,9 +512,29 @@ class Rewriter:
         # AmneziaWG end may address (so junk that looks like transport stops here)
         self._wg_indices: dict[int, None] = {}
         self._clock = clock
+        # the transport fast path: sizes that can only be transport, S4, H4's bounds
+        handshake_sizes = {params.padding(t) + BASE_SIZE[t] for t in _ORDER[:3]}
+        self._fast = (
+            handshake_sizes,
+            params.s4 + KEEPALIVE_LEN,
+            params.s4,
+            params.h4.lo,
+            params.h4.hi,
+        )
+        # header values are public (they only have to vary): a fast generator will do
+        self._rng = random.Random(secrets.randbits(64))
 
     def to_wireguard(self, datagram: bytes) -> bytes | None:
         """AmneziaWG datagram in, WireGuard datagram out; ``None`` drops it."""
+        handshake_sizes, least, s4, lo, hi = self._fast
+        size = len(datagram)
+        if size >= least and size not in handshake_sizes:
+            # classify() would find transport or nothing: the same checks, inline
+            if not lo <= int.from_bytes(datagram[s4 : s4 + 4], "little") <= hi:
+                return None
+            if int.from_bytes(datagram[s4 + 4 : s4 + 8], "little") not in self._wg_indices:
+                return None
+            return _TRANSPORT_TYPE + datagram[s4 + 4 :]
         kind = classify(self.params, datagram)
         if kind is None:
             return None
@@ -536,6 +560,10 @@ class Rewriter:
 
     def to_amnezia(self, datagram: bytes) -> list[bytes]:
         """WireGuard datagram in, AmneziaWG datagrams out (empty: dropped)."""
+        if datagram[:4] == _TRANSPORT_TYPE and len(datagram) >= KEEPALIVE_LEN:
+            _, _, s4, lo, hi = self._fast
+            header = self._rng.randint(lo, hi).to_bytes(4, "little")
+            return [os.urandom(s4) + header + datagram[4:]]
         kind = wireguard_type(datagram)
         if kind is None:
             return []
