@@ -315,6 +315,11 @@ def register(
         f"({'public' if done.public else 'not in the public directory'}; "
         f"{done.probes} probe(s) will check it)"
     )
+    if done.amnezia_proxy_id is not None:
+        click.echo(
+            f"registered AmneziaWG endpoint {done.host}:{done.amnezia_port} "
+            f"as proxy {done.amnezia_proxy_id}"
+        )
 
 
 def _peer_command(action: str, verb: str) -> Callable[..., None]:
