@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.vpn.test_tunnel import wireguard_go_pids
+
 from procstat import cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,16 +120,10 @@ def resist(*args: str, ns: str | None = None) -> str:
 
 
 def wireguard_go_pid(interface: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"wireguard-go") and interface.encode() in argv[1:]:
-            return int(entry.name)
-    raise SystemExit(f"no wireguard-go for {interface}")
+    pids = wireguard_go_pids(interface)
+    if not pids:
+        raise SystemExit(f"no wireguard-go for {interface}")
+    return pids[0]
 
 
 def relay_pid(state: Path) -> int:

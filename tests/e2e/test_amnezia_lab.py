@@ -31,6 +31,7 @@ import pytest
 
 from resistance.lab import censor, netns
 from resistance.lab import topology as topo
+from tests.vpn.test_tunnel import kill_wireguard_go
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "wg", "wg-quick", "wireguard-go", "nft", "ping")
@@ -104,22 +105,6 @@ class Lab:
             capture_output=True, text=True, timeout=60, cwd=ROOT,
         )  # fmt: skip
         return done.stdout.strip()
-
-
-def kill_wireguard_go(interface: str) -> None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"wireguard-go") and interface.encode() in argv[1:]:
-            try:
-                os.kill(int(entry.name), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    Path(f"/var/run/wireguard/{interface}.sock").unlink(missing_ok=True)
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from resistance.config import Endpoint
 from resistance.vpn import keys
 from resistance.vpn.amnezia import AmneziaParams, junk_packets
-from resistance.vpn.probe import Outcome, handshake
+from resistance.vpn.probe import Outcome, ProbeResult, handshake
 from resistance.vpn.translator import Side, Translator
 from tests.vpn.responder import UdpResponder
 
@@ -50,28 +50,34 @@ def port_of(t: Translator) -> int:
     return int(t._sock.getsockname()[1])
 
 
+async def shake(
+    t: Translator,
+    private: bytes,
+    *,
+    server: bytes = SERVER.public,
+    within: float = 3.0,
+    amnezia: AmneziaParams | None = PARAMS,
+) -> ProbeResult:
+    """The handshake probe (AmneziaWG unless ``amnezia`` is None) against ``t``."""
+    return await handshake(
+        "127.0.0.1",
+        port_of(t),
+        server_public=server,
+        private_key=private,
+        within=within,
+        amnezia=amnezia,
+    )
+
+
 async def test_amnezia_probe_completes_through_the_server_translator() -> None:
     with UdpResponder(SERVER.private, {CLIENT.public}) as wg:
         async with translator(
             Side.SERVER, wg.port, peers=lambda: [CLIENT.public], wg=SERVER.public
         ) as t:
-            result = await handshake(
-                "127.0.0.1",
-                port_of(t),
-                server_public=SERVER.public,
-                private_key=CLIENT.private,
-                within=3.0,
-                amnezia=PARAMS,
-            )
+            result = await shake(t, CLIENT.private)
             assert result.up, result.detail
             # plain WireGuard to the AmneziaWG port: nothing comes back
-            plain = await handshake(
-                "127.0.0.1",
-                port_of(t),
-                server_public=SERVER.public,
-                private_key=CLIENT.private,
-                within=0.5,
-            )
+            plain = await shake(t, CLIENT.private, within=0.5, amnezia=None)
             assert not plain.up and plain.outcome is Outcome.SILENCE
             await asyncio.sleep(0.1)
             # the responder saw exactly one initiation and one keepalive: no junk
@@ -84,14 +90,7 @@ async def test_cookie_round_trip_through_the_translator() -> None:
         async with translator(
             Side.SERVER, wg.port, peers=lambda: [CLIENT.public], wg=SERVER.public
         ) as t:
-            result = await handshake(
-                "127.0.0.1",
-                port_of(t),
-                server_public=SERVER.public,
-                private_key=CLIENT.private,
-                within=3.0,
-                amnezia=PARAMS,
-            )
+            result = await shake(t, CLIENT.private)
             assert result.up and result.cookie, result.detail
             assert wg.counts.cookie_replies == 1
 
@@ -107,13 +106,7 @@ async def test_stock_wireguard_through_client_and_server_translators() -> None:
             ) as client,
         ):
             # plain WireGuard (the probe without parameters) into the client side
-            result = await handshake(
-                "127.0.0.1",
-                port_of(client),
-                server_public=SERVER.public,
-                private_key=CLIENT.private,
-                within=3.0,
-            )
+            result = await shake(client, CLIENT.private, amnezia=None)
             assert result.up, result.detail
             await asyncio.sleep(0.1)
             assert wg.counts.keepalives == 1
@@ -131,14 +124,7 @@ async def test_junk_garbage_and_strangers_never_reach_wireguard() -> None:
                 for datagram in [*junk_packets(PARAMS), os.urandom(148), b"", b"x" * 2000]:
                     sock.sendto(datagram, ("127.0.0.1", port_of(t)))
                 # a stranger with the right parameters but a wrong server key
-                result = await handshake(
-                    "127.0.0.1",
-                    port_of(t),
-                    server_public=stranger.public,
-                    private_key=CLIENT.private,
-                    within=0.5,
-                    amnezia=PARAMS,
-                )
+                result = await shake(t, CLIENT.private, server=stranger.public, within=0.5)
                 assert not result.up
             finally:
                 sock.close()
@@ -157,21 +143,7 @@ async def test_flows_are_capped() -> None:
             wg=SERVER.public,
             max_flows=1,
         ) as t:
-            first = await handshake(
-                "127.0.0.1",
-                port_of(t),
-                server_public=SERVER.public,
-                private_key=CLIENT.private,
-                within=3.0,
-                amnezia=PARAMS,
-            )
-            second = await handshake(
-                "127.0.0.1",
-                port_of(t),
-                server_public=SERVER.public,
-                private_key=other.private,
-                within=0.5,
-                amnezia=PARAMS,
-            )
+            first = await shake(t, CLIENT.private)
+            second = await shake(t, other.private, within=0.5)
             assert first.up and not second.up
             assert t.flows == 1 and wg.counts.initiations == 1
