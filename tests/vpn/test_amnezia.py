@@ -226,3 +226,21 @@ def test_cps_tags_from_the_source() -> None:
     packet = amnezia.build_cps(tags, now=0x01020304)
     assert packet[:6] == b"\x01\x02\x01\x02\x03\x04" and packet[6:].isdigit()
     assert amnezia.parse_cps("no tags at all") == ()
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["jc", "Jmin", "JMAX", "s1", "S2", "s3", "s4", "h1", "H2", "h3", "h4", "i1", "x"]
+        ),
+        st.text(max_size=12),
+        max_size=13,
+    )
+)
+def test_config_keys_parse_or_refuse_in_one_line(keys: dict[str, str]) -> None:
+    try:
+        params = AmneziaParams.from_keys(keys, "test")
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert AmneziaParams.from_keys(dict(params.interface_keys()), "test") == params
