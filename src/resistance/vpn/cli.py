@@ -81,13 +81,14 @@ def vpn() -> None:
     """A WireGuard server for volunteers: peers, limits, probes, metrics.
 
     Clients use the official WireGuard apps with the config (or QR code) that
-    `add` prints.  Clients reach the internet only: private, link-local
-    (cloud metadata) and other reserved ranges behind the server are refused,
-    as on the SOCKS node.
+    `add` prints; on a server made with `init --amnezia`, the AmneziaVPN apps
+    (AmneziaWG, which DPI that blocks WireGuard does not recognise).  Clients
+    reach the internet only: private, link-local (cloud metadata) and other
+    reserved ranges behind the server are refused, as on the SOCKS node.
 
     \b
     Examples:
-      resist vpn init --endpoint 203.0.113.7:51820 --dns 9.9.9.9
+      resist vpn init --endpoint 203.0.113.7:51820 --dns 9.9.9.9 --amnezia
       resist vpn add alice --expires 30d --quota 50GB --qr
       resist vpn list
       resist vpn serve --metrics 127.0.0.1:9109
