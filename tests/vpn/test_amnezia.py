@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import pytest
@@ -244,3 +245,14 @@ def test_config_keys_parse_or_refuse_in_one_line(keys: dict[str, str]) -> None:
         assert "\n" not in str(exc)
         return
     assert AmneziaParams.from_keys(dict(params.interface_keys()), "test") == params
+
+
+def test_legacy_parameters_are_what_awg_1_peers_read() -> None:
+    params = AmneziaParams.generate(legacy=True)
+    keys = dict(params.interface_keys())
+    assert "S3" not in keys and "S4" not in keys
+    assert all(re.fullmatch(r"\d+", keys[f"H{n}"]) for n in range(1, 5))
+    assert AmneziaParams.from_keys(keys, "test") == params
+    client, server = pair(params)
+    initiator = noise.Initiator(CLIENT, SERVER_PUB)
+    assert server.to_wireguard(client.to_amnezia(initiator.initiation)[-1]) == initiator.initiation

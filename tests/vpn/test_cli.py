@@ -51,7 +51,8 @@ def test_commands_cover_the_issue() -> None:
             ["probe", "127.0.0.1:9", "--server-key", "nope", "--key", "/dev/null"],
             "bad --server-key",
         ),
-        (["init", "--endpoint", "h", "--amnezia-port", "5", "--netns", "x"], "needs --amnezia"),
+        (["init", "--endpoint", "h", "--amnezia-port", "5", "--netns", "x"], "need --amnezia"),
+        (["init", "--endpoint", "h", "--amnezia-legacy", "--netns", "x"], "need --amnezia"),
         (
             ["init", "--endpoint", "h:5000", "--amnezia", "--amnezia-port", "5000", "--netns", "x"],
             "not the WireGuard port",

@@ -303,18 +303,23 @@ class AmneziaParams:
         return [tags for tags in map(parse_cps, chains) if tags]
 
     @classmethod
-    def generate(cls, *, jc: int | None = None) -> AmneziaParams:
+    def generate(cls, *, jc: int | None = None, legacy: bool = False) -> AmneziaParams:
         """Fresh random parameters: valid, non-overlapping, one MTU at most.
 
         Jc 4..8 junk datagrams of 40..700 bytes; S1, S2 15..150 and S3 8..64
         (the handshakes lose WireGuard's sizes); S4 1..16 (it costs MTU on
         every transport packet); H1..H4 four disjoint ranges above 4.
+        ``legacy`` makes what AWG 1.0 peers (older AmneziaVPN apps,
+        amneziawg-go v0.2.12) read: single H values and no S3/S4.
         """
         rand = secrets.SystemRandom()
         while True:
             jmin = rand.randint(40, 100)
             points = sorted(rand.sample(range(5, MAX_U32 + 1), 8))
-            ranges = [HeaderRange(points[2 * i], points[2 * i + 1]) for i in range(4)]
+            if legacy:
+                ranges = [HeaderRange(p, p) for p in points[:4]]
+            else:
+                ranges = [HeaderRange(points[2 * i], points[2 * i + 1]) for i in range(4)]
             rand.shuffle(ranges)
             try:
                 return cls(
@@ -323,8 +328,8 @@ class AmneziaParams:
                     jmax=jmin + rand.randint(100, 600),
                     s1=rand.randint(15, 150),
                     s2=rand.randint(15, 150),
-                    s3=rand.randint(8, 64),
-                    s4=rand.randint(1, 16),
+                    s3=0 if legacy else rand.randint(8, 64),
+                    s4=0 if legacy else rand.randint(1, 16),
                     h1=ranges[0],
                     h2=ranges[1],
                     h3=ranges[2],
@@ -341,8 +346,7 @@ class AmneziaParams:
             ("Jmax", str(self.jmax)),
             ("S1", str(self.s1)),
             ("S2", str(self.s2)),
-            ("S3", str(self.s3)),
-            ("S4", str(self.s4)),
+            *([("S3", str(self.s3)), ("S4", str(self.s4))] if self.s3 or self.s4 else []),
             ("H1", str(self.h1)),
             ("H2", str(self.h2)),
             ("H3", str(self.h3)),
@@ -372,6 +376,9 @@ class AmneziaParams:
             for f in fields(cls):
                 if f.name not in lowered:
                     if f.name.startswith("i"):
+                        continue
+                    if f.name in ("s3", "s4"):  # AWG 1.0 configs have neither
+                        values[f.name] = 0
                         continue
                     raise ConfigError(f"{source}: AmneziaWG key {f.name.upper()} missing")
                 text = lowered[f.name]

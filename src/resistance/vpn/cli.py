@@ -115,6 +115,11 @@ def vpn() -> None:
     metavar="PORT",
     help="UDP port of the AmneziaWG translator [default: the WireGuard port + 1].",
 )
+@click.option(
+    "--amnezia-legacy",
+    is_flag=True,
+    help="AWG 1.0 parameters (single H values, no S3/S4) for older AmneziaVPN apps.",
+)
 @_state_dir_option
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @_one_line_errors
@@ -128,6 +133,7 @@ def init(
     netns: str | None,
     amnezia: bool,
     amnezia_port: int | None,
+    amnezia_legacy: bool,
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -161,6 +167,7 @@ def init(
         netns=netns,
         amnezia=amnezia,
         amnezia_port=amnezia_port,
+        amnezia_legacy=amnezia_legacy,
     )
     fail_if_missing_tools()
     server = VpnServer.initialise(resolve_state_dir(state_dir), config)

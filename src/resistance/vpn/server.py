@@ -139,6 +139,7 @@ def make_config(
     netns: str | None = None,
     amnezia: bool = False,
     amnezia_port: int | None = None,
+    amnezia_legacy: bool = False,
 ) -> ServerConfig:
     """Check ``resist vpn init``'s options and build the settings.
 
@@ -170,9 +171,10 @@ def make_config(
         port = config.endpoint.port + 1 if amnezia_port is None else amnezia_port
         if not 1 <= port <= 65535 or port == config.endpoint.port:
             raise ConfigError(f"bad --amnezia-port {port}: 1-65535, not the WireGuard port")
-        config = replace(config, amnezia=AmneziaParams.generate(), amnezia_port=port)
-    elif amnezia_port is not None:
-        raise ConfigError("--amnezia-port needs --amnezia")
+        params = AmneziaParams.generate(legacy=amnezia_legacy)
+        config = replace(config, amnezia=params, amnezia_port=port)
+    elif amnezia_port is not None or amnezia_legacy:
+        raise ConfigError("--amnezia-port and --amnezia-legacy need --amnezia")
     config.policy()  # checks --allow/--deny
     return config
 
