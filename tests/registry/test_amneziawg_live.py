@@ -18,12 +18,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.probe.live import RegistryServer, sqlite_rows, start_agent, wait_for
-from tests.registry.test_wireguard_live import ROOT, Live, _prober_key, _run
-from tests.vpn.test_tunnel import kill_wireguard_go
+from tests.probe.live import sqlite_rows, start_agent, wait_for
+from tests.registry.test_wireguard_live import ROOT, Live, _prober_key, live_world
 
 missing = [t for t in ("ip", "wg", "wireguard-go", "nft") if shutil.which(t) is None]
 pytestmark = [
@@ -40,63 +38,25 @@ SERVER_IP = "198.18.6.2"
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    init = ("--amnezia", "--amnezia-port", str(AWG_PORT))
     tmp = tmp_path_factory.mktemp("awg-live")
-    ns, here, there, interface = f"resist-al-{TAG}", f"ralh{TAG}", f"rals{TAG}", f"ral{TAG}"
-    made_ns = False
-    registry: RegistryServer | None = None
-    serve: subprocess.Popen[str] | None = None
-    state = tmp / "vpn"
-    world: Live | None = None
-    try:
-        _run("ip", "netns", "add", ns)
-        made_ns = True
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
-        _run("ip", "address", "add", "198.18.6.1/30", "dev", here)
-        _run("ip", "link", "set", here, "up")
-        _run("ip", "-n", ns, "address", "add", f"{SERVER_IP}/30", "dev", there)
-        _run("ip", "-n", ns, "link", "set", there, "up")
-        db = tmp / "registry.sqlite3"
-        registry = RegistryServer(
-            tmp / "registry", f"sqlite+aiosqlite:///{db}", challenge_timeout=2.0
-        )
-        registry.start()
-        signup = httpx.post(f"{registry.url}/api/v1/operators", json={"name": "awg"}, timeout=10)
-        world = Live(tmp, state, registry, db, signup.json()["token"])
-        init = world.vpn(
-            "init", "--endpoint", f"{SERVER_IP}:{WG_PORT}", "--interface", interface,
-            "--netns", ns, "--amnezia", "--amnezia-port", str(AWG_PORT),
-        )  # fmt: skip
-        assert init.returncode == 0, init.stderr
+    with live_world(tmp, prefix="al", net="198.18.6", port=WG_PORT, init=init) as world:
         serve = subprocess.Popen(
             [sys.executable, "-m", "resistance", "vpn", "serve", "--interval", "5",
-             "--state-dir", str(state)],
+             "--state-dir", str(world.vpn_state)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         )  # fmt: skip
-        assert serve.stdout is not None
-        lines = [serve.stdout.readline() for _ in range(2)]
-        assert any("AmneziaWG server translator on" in line for line in lines), lines
-        yield world
-    finally:
-        if world is not None and world.agent is not None:
-            world.agent.stop()
-        if serve is not None:
+        try:
+            assert serve.stdout is not None
+            lines = [serve.stdout.readline() for _ in range(2)]
+            assert any("AmneziaWG server translator on" in line for line in lines), lines
+            yield world
+        finally:
             serve.send_signal(signal.SIGTERM)
             try:
                 serve.wait(15)
             except subprocess.TimeoutExpired:
                 serve.kill()
-        if (state / "vpn" / "server.json").exists():
-            subprocess.run(
-                [sys.executable, "-m", "resistance", "vpn", "down", "--state-dir", str(state)],
-                capture_output=True, timeout=60, cwd=ROOT,
-            )  # fmt: skip
-        kill_wireguard_go(interface)
-        if registry is not None:
-            registry.stop()
-        subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=30)
-        if made_ns:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 def test_register_proves_both_endpoints_and_the_agent_measures_amneziawg(live: Live) -> None:
