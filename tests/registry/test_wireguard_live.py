@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,18 @@ def _run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    tmp = tmp_path_factory.mktemp("wg-live")
-    ns, here, there, interface = f"resist-wl-{TAG}", f"rwlh{TAG}", f"rwls{TAG}", f"rwl{TAG}"
+@contextmanager
+def live_world(
+    tmp: Path, *, prefix: str, net: str, port: int, init: tuple[str, ...] = ()
+) -> Iterator[Live]:
+    """A namespace with ``resist vpn init`` (``init``: more options) at NET.2, this side
+    at NET.1 over a veth pair, and a registry on loopback; removed afterwards."""
+    ns, here, there, interface = (
+        f"resist-{prefix}-{TAG}",
+        f"r{prefix}h{TAG}",
+        f"r{prefix}s{TAG}",
+        f"r{prefix}{TAG}",
+    )
     made_ns = False
     registry: RegistryServer | None = None
     state = tmp / "vpn"
@@ -107,9 +116,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         made_ns = True
         _run("ip", "-n", ns, "link", "set", "lo", "up")
         _run("ip", "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
-        _run("ip", "address", "add", "198.18.4.1/30", "dev", here)
+        _run("ip", "address", "add", f"{net}.1/30", "dev", here)
         _run("ip", "link", "set", here, "up")
-        _run("ip", "-n", ns, "address", "add", f"{SERVER_IP}/30", "dev", there)
+        _run("ip", "-n", ns, "address", "add", f"{net}.2/30", "dev", there)
         _run("ip", "-n", ns, "link", "set", there, "up")
         db = tmp / "registry.sqlite3"
         registry = RegistryServer(
@@ -118,11 +127,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         registry.start()
         signup = httpx.post(f"{registry.url}/api/v1/operators", json={"name": "wg"}, timeout=10)
         world = Live(tmp, state, registry, db, signup.json()["token"])
-        init = world.vpn(
-            "init", "--endpoint", f"{SERVER_IP}:{WG_PORT}", "--interface", interface,
-            "--netns", ns,
+        done = world.vpn(
+            "init", "--endpoint", f"{net}.2:{port}", "--interface", interface, "--netns", ns,
+            *init,
         )  # fmt: skip
-        assert init.returncode == 0, init.stderr
+        assert done.returncode == 0, done.stderr
         yield world
     finally:
         if world is not None and world.agent is not None:
@@ -140,6 +149,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=30)
         if made_ns:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("wg-live")
+    with live_world(tmp, prefix="wl", net="198.18.4", port=WG_PORT) as world:
+        yield world
 
 
 @pytest.fixture

@@ -167,6 +167,7 @@ def mac2_valid(initiation: bytes, cookie: bytes) -> bool:
 
 @dataclass
 class Counts:
+    datagrams: int = 0  # everything that arrived
     initiations: int = 0
     cookie_replies: int = 0
     responses: int = 0
@@ -217,6 +218,7 @@ class UdpResponder:
                 continue
             except OSError:
                 return
+            self.counts.datagrams += 1
             if len(data) == 32 and data[:4] == b"\x04\x00\x00\x00":
                 self.counts.keepalives += 1
                 continue

@@ -32,7 +32,7 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
 def test_commands_cover_the_issue() -> None:
     assert {
         "init", "up", "down", "add", "add-probe", "list", "disable", "enable", "remove",
-        "rotate", "limit", "enforce", "serve", "probe",
+        "rotate", "limit", "enforce", "serve", "probe", "amnezia-relay", "amnezia-client",
     } <= set(COMMANDS)  # fmt: skip
 
 
@@ -51,6 +51,13 @@ def test_commands_cover_the_issue() -> None:
             ["probe", "127.0.0.1:9", "--server-key", "nope", "--key", "/dev/null"],
             "bad --server-key",
         ),
+        (["init", "--endpoint", "h", "--amnezia-port", "5", "--netns", "x"], "need --amnezia"),
+        (["init", "--endpoint", "h", "--amnezia-legacy", "--netns", "x"], "need --amnezia"),
+        (
+            ["init", "--endpoint", "h:5000", "--amnezia", "--amnezia-port", "5000", "--netns", "x"],
+            "not the WireGuard port",
+        ),
+        (["amnezia-relay"], "run resist vpn init first"),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:

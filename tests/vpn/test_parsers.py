@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from resistance.errors import ConfigError
 from resistance.vpn import clientconf, keys, peers
+from resistance.vpn.amnezia import AmneziaParams
 from resistance.vpn.peers import DisabledReason, Peer, PeerKind
 
 key_text = st.binary(min_size=32, max_size=32).map(keys.encode)
@@ -37,6 +38,7 @@ client_configs = st.builds(
     allowed_ips=st.just(clientconf.FULL_TUNNEL),
     persistent_keepalive=st.one_of(st.none(), st.integers(0, 65535)),
     mtu=st.one_of(st.none(), st.integers(576, 9000)),
+    amnezia=st.one_of(st.none(), st.builds(AmneziaParams.generate)),
 )
 
 

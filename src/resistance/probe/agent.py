@@ -164,8 +164,11 @@ def parse_assignment(raw: Any) -> Assignment:
     for p in raw["proxies"]:
         protocol = str(p.get("protocol", "socks5"))
         wg_key = p.get("wg_public_key")
-        if protocol == "wireguard" and not isinstance(wg_key, str):
+        if protocol in ("wireguard", "amneziawg") and not isinstance(wg_key, str):
             raise ValueError("a WireGuard target without its server key")
+        awg = p.get("amnezia")
+        if protocol == "amneziawg" and not isinstance(awg, dict):
+            raise ValueError("an AmneziaWG target without its parameters")
         mt_secret = p.get("mtproto_secret")
         if protocol == "mtproto" and not isinstance(mt_secret, str):
             raise ValueError("an MTProto target without its secret")
@@ -176,8 +179,9 @@ def parse_assignment(raw: Any) -> Assignment:
             str(p["password"]),
             int(p["proxy_id"]),
             protocol,
-            wg_key if protocol == "wireguard" else None,
+            wg_key if protocol in ("wireguard", "amneziawg") else None,
             mt_secret if protocol == "mtproto" else None,
+            awg if protocol == "amneziawg" else None,
         )
         targets.append((int(p["due_ms"]), target))
         ports = p.get("control_ports") or []
@@ -421,7 +425,7 @@ class Agent:
         limit = check_limit(settings)
         try:
             async with asyncio.timeout(limit):
-                if target.protocol == "wireguard":
+                if target.protocol in ("wireguard", "amneziawg"):
                     return await run_wireguard_check(
                         target, self.wg_key.private, settings, source=self.settings.source
                     )

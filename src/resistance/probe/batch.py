@@ -27,7 +27,8 @@ to a nonce bound to the probe's key, the proxy id and ``at``, which the
 registry recomputes and checks (:mod:`resistance.probe.canary`).  A WireGuard check's RESULT adds
 ``"protocol": "wireguard"`` (absent means SOCKS5); its one step is
 ``handshake``, ``connect_us`` is the handshake's round trip, and it has no
-canary (nothing goes through a probe peer).  An MTProto check's RESULT adds
+canary (nothing goes through a probe peer); an AmneziaWG check's is the
+same with ``"protocol": "amneziawg"``.  An MTProto check's RESULT adds
 ``"protocol": "mtproto"``; its steps are ``tcp``, ``handshake`` (fake-TLS)
 and ``respq``, and it has no canary (the path ends at a data centre).
 :func:`parse_batch` accepts bytes from anywhere and either returns a checked
@@ -83,7 +84,9 @@ _DOC_KEYS = frozenset(
     {"version", "batch_id", "vantage", "country", "probe_key", "created_at", "results"}
 )
 _CANARY_KEYS = frozenset({"nonce", "upload_sha256", "download", "signature"})
-PROTOCOLS: Final = ("socks5", "wireguard", "mtproto")
+PROTOCOLS: Final = ("socks5", "wireguard", "amneziawg", "mtproto")
+#: Checked by one handshake, without a canary.
+HANDSHAKE_PROTOCOLS: Final = ("wireguard", "amneziawg")
 #: The steps an MTProto check may fail at.
 MTPROTO_STEPS: Final = frozenset({Step.TCP.value, Step.HANDSHAKE.value, Step.RESPQ.value})
 
@@ -142,7 +145,7 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     t = result.timings
     proof = result.proof
     protocol = result.target.protocol
-    extra: dict[str, Any] = {"protocol": protocol} if protocol in ("wireguard", "mtproto") else {}
+    extra: dict[str, Any] = {"protocol": protocol} if protocol != "socks5" else {}
     if result.diagnosis is not None and result.evidence is not None:
         extra["diagnosis"] = _diagnosis_json(result.diagnosis, result.evidence)
     if result.transports:
@@ -280,7 +283,7 @@ def _result(value: Any, index: int) -> ResultRecord:
         mechanism=_diagnosis(value["diagnosis"], ok, where) if "diagnosis" in value else None,
         transports=_transports(value.get("transports"), where),
     )
-    if protocol == "wireguard":
+    if protocol in HANDSHAKE_PROTOCOLS:
         if record.canary is not None:
             raise BatchError(f"{where}: a WireGuard result has no canary")
         if step not in (None, Step.HANDSHAKE.value):

@@ -36,6 +36,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -72,6 +73,8 @@ class Target:
     protocol: str = "socks5"
     wg_public_key: str | None = None
     mtproto_secret: str | None = None
+    #: "amneziawg": the server's key and these parameters (AmneziaParams.to_json).
+    amnezia: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,9 @@ and nothing else can pass.  A verified response is "up", with the round
 trip as the latency a user waits before the tunnel carries anything;
 silence, an ICMP error or an invalid answer is a failure of the one step,
 ``handshake``.  Two attempts of half the step timeout each, so that one lost
-datagram is not a failure.
+datagram is not a failure.  An AmneziaWG target (protocol "amneziawg") is
+the same handshake in AmneziaWG's wire format, with the parameters the
+registry assigned; parameters that do not parse are an error of the step.
 
 The agent announces its WireGuard key to the registry with two proofs
 (:func:`key_announcement`): the statement is signed with its probe key (a
@@ -32,6 +34,7 @@ from resistance.errors import ConfigError
 from resistance.probe.check import Failure, Step, StepOutcome, Timings, verdict
 from resistance.probe.runner import CheckResult, CheckSettings, Target
 from resistance.vpn import keys
+from resistance.vpn.amnezia import AmneziaParams
 from resistance.vpn.noise import dh
 from resistance.vpn.probe import Outcome, handshake
 
@@ -96,6 +99,9 @@ async def run_wireguard_check(
     started = time.perf_counter()
     try:
         server = keys.decode(target.wg_public_key or "", what="server key")
+        amnezia = None
+        if target.protocol == "amneziawg":
+            amnezia = AmneziaParams.from_json(target.amnezia, "AmneziaWG parameters")
     except ConfigError as exc:
         outcome = StepOutcome(Step.HANDSHAKE, Failure.ERROR, str(exc)[:120])
         return CheckResult(target, at, [outcome], verdict([outcome], required=REQUIRED),
@@ -108,6 +114,7 @@ async def run_wireguard_check(
         within=settings.step_timeout / 2,
         attempts=2,
         source=source,
+        amnezia=amnezia,
     )
     if result.up and result.rtt is not None:
         micros = int(result.rtt * 1e6)

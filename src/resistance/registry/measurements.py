@@ -148,7 +148,7 @@ async def directory_measurements(
 
 def _transport(proxy: Proxy) -> str:
     """The transport a probe's check of this proxy row measures."""
-    for protocol in ("wireguard", "mtproto"):
+    for protocol in ("wireguard", "amneziawg", "mtproto"):
         if protocol in proxy.protocols:
             return protocol
     return "socks5"

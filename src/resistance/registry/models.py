@@ -94,6 +94,9 @@ class Proxy(Base):
     #: The probes' WireGuard keys the operator added as probe peers when registering:
     #: only those probes are sent to check it (others would see silence).
     wg_probe_keys: Mapped[list[str] | None] = mapped_column(JSON)
+    #: An AmneziaWG endpoint's obfuscation parameters (protocols ["amneziawg"], migration
+    #: 0010): what its handshake needs besides the keys.  Probes get them; the directory not.
+    awg_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # --- MTProto proxies (migration 0006) ----------------------------------------------
     # A row with protocols ["mtproto"] is an MTProto proxy at host:port (TCP), proven by
     # a req_pq_multi answered through it with the operator's prober secret (see

@@ -245,7 +245,7 @@ async def ingest_batch(
     for index, r in enumerate(batch.results):
         if (
             r.ok
-            and r.protocol not in (wireguard.PROTOCOL, mtproto.PROTOCOL)
+            and r.protocol not in (*wireguard.KINDS, mtproto.PROTOCOL)
             and (canary is None or not verify_canary(r, canary, probe_key=probe.public_key))
         ):
             raise ApiError(422, f"results[{index}]: the canary proof does not verify")

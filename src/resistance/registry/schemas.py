@@ -205,9 +205,14 @@ class ProbeTargetView(BaseModel):
     username: str
     password: str
     due_ms: int = Field(description="When to check it, in ms after the round starts.")
-    protocol: Literal["socks5", "wireguard", "mtproto"] = "socks5"
+    protocol: Literal["socks5", "wireguard", "amneziawg", "mtproto"] = "socks5"
     wg_public_key: str | None = Field(
-        default=None, description="For WireGuard: the server key to handshake with."
+        default=None, description="For WireGuard and AmneziaWG: the server key to handshake with."
+    )
+    amnezia: dict[str, Any] | None = Field(
+        default=None,
+        description="For AmneziaWG: the obfuscation parameters (jc..h4, i1..i5). Only probes "
+        "see them; the directory never carries them.",
     )
     mtproto_secret: str | None = Field(
         default=None,

@@ -221,18 +221,20 @@ def _verify_statement(registry: Registry, request: RegistrationRequest) -> dict[
 
 
 WIREGUARD_PROTOCOL = "wireguard"
+AMNEZIAWG_PROTOCOL = "amneziawg"
 MTPROTO_PROTOCOL = "mtproto"
 #: What each kind of proxy row is called in refusals, by the protocol that marks it.
 KINDS = {
     "socks5": "a SOCKS5 node",
     WIREGUARD_PROTOCOL: "a WireGuard server",
+    AMNEZIAWG_PROTOCOL: "an AmneziaWG server",
     MTPROTO_PROTOCOL: "an MTProto proxy",
 }
 
 
 def proxy_kind(protocols: list[str]) -> str:
-    """``wireguard``, ``mtproto`` or ``socks5``: which kind of server a row describes."""
-    for kind in (WIREGUARD_PROTOCOL, MTPROTO_PROTOCOL):
+    """``wireguard``, ``amneziawg``, ``mtproto`` or ``socks5``: which kind a row describes."""
+    for kind in (WIREGUARD_PROTOCOL, AMNEZIAWG_PROTOCOL, MTPROTO_PROTOCOL):
         if kind in protocols:
             return kind
     return "socks5"
@@ -419,9 +421,10 @@ def _listing(proxy: Proxy) -> dict[str, Any]:
             "protocols": list(proxy.protocols),
             "mtproto": mtproto,
         }
-    if "wireguard" in proxy.protocols:
-        # A WireGuard endpoint (migration 0005): no credentials, no node key; users get
-        # their configs from the operator.  Clients that want SOCKS5 skip it by protocol.
+    if WIREGUARD_PROTOCOL in proxy.protocols or AMNEZIAWG_PROTOCOL in proxy.protocols:
+        # A WireGuard endpoint (migration 0005) or AmneziaWG (0010): no credentials, no
+        # node key; users get their configs (AmneziaWG's parameters with them) from the
+        # operator.  Clients that want SOCKS5 skip it by protocol.
         return {
             "endpoint": {"host": proxy.host, "port": proxy.port},
             "protocols": list(proxy.protocols),

@@ -20,6 +20,13 @@ is checked only by the probes whose keys the operator added (kept in
 blame the proxy for it.  Re-running ``resist vpn register`` adds newly
 announced probes.
 
+An AmneziaWG endpoint (the same server's translator, on its own port) is
+registered the same way with its obfuscation parameters: the proving
+handshake is made in AmneziaWG's wire format with them, the row gets
+protocols ["amneziawg"] and the parameters (migration 0010), and probes get
+the parameters with their assignment and report results with protocol
+"amneziawg".  The parameters never go into the directory.
+
 A probe's successful WireGuard result carries no canary proof: nothing can
 go through a probe peer, and no proof from the handshake is feasible: the
 response's keys come from Diffie-Hellman with the probe's own static and
@@ -49,6 +56,7 @@ from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import ProbeAccount, Proxy
 from resistance.registry.services import (
+    AMNEZIAWG_PROTOCOL,
     WIREGUARD_PROTOCOL,
     Registry,
     check_endpoint_host,
@@ -57,6 +65,7 @@ from resistance.registry.services import (
     save_keyless_proxy,
 )
 from resistance.vpn import keys
+from resistance.vpn.amnezia import AmneziaParams
 from resistance.vpn.noise import HandshakeError, dh
 from resistance.vpn.probe import Outcome, handshake
 
@@ -72,8 +81,21 @@ def load_or_create_prober_key(state_dir: Path) -> keys.KeyPair:
     return keys.load_or_create_key_file(state_dir / PROBER_KEY_FILE, what="WireGuard prober key")
 
 
+KINDS: Final = (PROTOCOL, AMNEZIAWG_PROTOCOL)
+
+
 def is_wireguard(proxy: Proxy) -> bool:
-    return PROTOCOL in proxy.protocols
+    """WireGuard, plain or AmneziaWG: checked by a handshake from a probe peer."""
+    return any(kind in proxy.protocols for kind in KINDS)
+
+
+def _amnezia(params: Mapping[str, Any] | None) -> AmneziaParams | None:
+    if params is None:
+        return None
+    try:
+        return AmneziaParams.from_json(dict(params), "amnezia")
+    except ConfigError as exc:
+        raise ApiError(422, str(exc)) from None
 
 
 def _wg_key(text: str, what: str) -> str:
@@ -118,8 +140,15 @@ async def register_endpoint(
     public_key: str,
     public: bool,
     probe_keys: Sequence[str],
+    amnezia: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Prove control of a WireGuard endpoint by a handshake, then store it as a proxy."""
+    """Prove control of a WireGuard endpoint by a handshake, then store it as a proxy.
+
+    With ``amnezia`` (its parameters) it is an AmneziaWG endpoint, proven by a
+    handshake in that wire format.
+    """
+    params = _amnezia(amnezia)
+    kind = PROTOCOL if params is None else AMNEZIAWG_PROTOCOL
     server_key = _wg_key(public_key, "public_key")
     added = sorted({_wg_key(k, "probe_keys entry") for k in probe_keys})
     if len(added) > MAX_PROBE_KEYS:
@@ -127,7 +156,7 @@ async def register_endpoint(
     network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
     async with registry.sessions() as session:
         current = await repo.proxy_by_endpoint(session, host=host, port=port)
-    check_owner(current, operator_id, host, port, kind=PROTOCOL)
+    check_owner(current, operator_id, host, port, kind=kind)
     within = registry.settings.challenge_timeout
     result = await handshake(
         host,
@@ -136,6 +165,7 @@ async def register_endpoint(
         private_key=_prober(registry).private,
         within=within / 2,
         attempts=2,
+        amnezia=params,
     )
     if not result.up:
         log.info("WireGuard registration of %s:%d refused: %s", host, port, result.outcome)
@@ -146,10 +176,11 @@ async def register_endpoint(
         )
     return await save_keyless_proxy(
         registry, operator_id=operator_id, host=host, port=port, network=network,
-        kind=PROTOCOL, public=public,
+        kind=kind, public=public,
         extra={
             "wg_public_key": server_key,
             "wg_probe_keys": added,
+            "awg_params": None if params is None else params.to_json(),
         },
     )  # fmt: skip
 
@@ -214,6 +245,12 @@ def probe_target(proxy: Proxy, probe: ProbeAccount) -> dict[str, Any] | None:
     """
     if probe.wg_public_key is None or probe.wg_public_key not in (proxy.wg_probe_keys or []):
         return None
+    if AMNEZIAWG_PROTOCOL in proxy.protocols:
+        return {
+            "protocol": AMNEZIAWG_PROTOCOL,
+            "wg_public_key": proxy.wg_public_key,
+            "amnezia": proxy.awg_params,
+        }
     return {"protocol": PROTOCOL, "wg_public_key": proxy.wg_public_key}
 
 
@@ -221,4 +258,5 @@ def check_result_protocols(
     results: Sequence[ResultRecord], protocols: Mapping[int, Sequence[str]]
 ) -> None:
     """Refuse results made with another protocol than their proxy speaks."""
-    check_result_kind(results, protocols, PROTOCOL)
+    for kind in KINDS:
+        check_result_kind(results, protocols, kind)

@@ -81,13 +81,14 @@ def vpn() -> None:
     """A WireGuard server for volunteers: peers, limits, probes, metrics.
 
     Clients use the official WireGuard apps with the config (or QR code) that
-    `add` prints.  Clients reach the internet only: private, link-local
-    (cloud metadata) and other reserved ranges behind the server are refused,
-    as on the SOCKS node.
+    `add` prints; on a server made with `init --amnezia`, the AmneziaVPN apps
+    (AmneziaWG, which DPI that blocks WireGuard does not recognise).  Clients
+    reach the internet only: private, link-local (cloud metadata) and other
+    reserved ranges behind the server are refused, as on the SOCKS node.
 
     \b
     Examples:
-      resist vpn init --endpoint 203.0.113.7:51820 --dns 9.9.9.9
+      resist vpn init --endpoint 203.0.113.7:51820 --dns 9.9.9.9 --amnezia
       resist vpn add alice --expires 30d --quota 50GB --qr
       resist vpn list
       resist vpn serve --metrics 127.0.0.1:9109
@@ -103,6 +104,22 @@ def vpn() -> None:
 @click.option("--allow", multiple=True, metavar="CIDR", help="Let clients reach this range.")
 @click.option("--deny", multiple=True, metavar="CIDR", help="Refuse this range too.")
 @click.option("--netns", metavar="NS", help="Run the interface in this network namespace.")
+@click.option(
+    "--amnezia",
+    is_flag=True,
+    help="Also serve AmneziaWG (parameters generated now); `add` then prints AmneziaWG configs.",
+)
+@click.option(
+    "--amnezia-port",
+    type=int,
+    metavar="PORT",
+    help="UDP port of the AmneziaWG translator [default: the WireGuard port + 1].",
+)
+@click.option(
+    "--amnezia-legacy",
+    is_flag=True,
+    help="AWG 1.0 parameters (single H values, no S3/S4) for older AmneziaVPN apps.",
+)
 @_state_dir_option
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @_one_line_errors
@@ -114,6 +131,9 @@ def init(
     allow: tuple[str, ...],
     deny: tuple[str, ...],
     netns: str | None,
+    amnezia: bool,
+    amnezia_port: int | None,
+    amnezia_legacy: bool,
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -123,9 +143,14 @@ def init(
     turns on IPv4 forwarding and adds an nftables table of its own
     (masquerade and the egress policy) that `down` removes.
 
+    With --amnezia the server also speaks AmneziaWG (the AmneziaVPN apps,
+    awg-quick), which DPI that blocks WireGuard does not recognise: `serve`
+    runs a translator on --amnezia-port in front of the same interface.
+
     \b
-    Example:
+    Examples:
       resist vpn init --endpoint vpn.example.org:51820 --dns 9.9.9.9
+      resist vpn init --endpoint vpn.example.org:51820 --amnezia --amnezia-port 443
     """
     from resistance.clikit import setup_logging
     from resistance.paths import resolve_state_dir
@@ -140,6 +165,9 @@ def init(
         allow=allow,
         deny=deny,
         netns=netns,
+        amnezia=amnezia,
+        amnezia_port=amnezia_port,
+        amnezia_legacy=amnezia_legacy,
     )
     fail_if_missing_tools()
     server = VpnServer.initialise(resolve_state_dir(state_dir), config)
@@ -148,6 +176,11 @@ def init(
         f"vpn {config.interface} up ({how}): endpoint {config.endpoint}, "
         f"subnet {config.subnet}, server public key {server.public_key}"
     )
+    if config.amnezia is not None and config.amnezia_endpoint is not None:
+        click.echo(
+            f"AmneziaWG on {config.amnezia_endpoint} (run resist vpn serve): "
+            + ", ".join(f"{k} {v}" for k, v in config.amnezia.interface_keys())
+        )
 
 
 @vpn.command(context_settings=CONTEXT)
@@ -207,6 +240,9 @@ def add(
 ) -> None:
     """Add a client and print its wg-quick config (works with the WireGuard apps).
 
+    On a server made with --amnezia it is an AmneziaWG config (the Jc, Jmin,
+    Jmax, S1-S4 and H1-H4 keys in [Interface]) for the AmneziaVPN apps and
+    awg-quick, or for `resist vpn amnezia-client` in front of stock WireGuard.
     The client's private key exists only in this output: keep it, or use
     `rotate` later to make a new one.
 
@@ -287,6 +323,11 @@ def register(
         f"({'public' if done.public else 'not in the public directory'}; "
         f"{done.probes} probe(s) will check it)"
     )
+    if done.amnezia_proxy_id is not None:
+        click.echo(
+            f"registered AmneziaWG endpoint {done.host}:{done.amnezia_port} "
+            f"as proxy {done.amnezia_proxy_id}"
+        )
 
 
 def _peer_command(action: str, verb: str) -> Callable[..., None]:
@@ -497,6 +538,9 @@ def enforce(state_dir: Path | None) -> None:
 def serve(interval: float, metrics: str | None, state_dir: Path | None, verbose: int) -> None:
     """Keep the VPN up, enforce expiry and quotas, and export metrics by peer name.
 
+    On an AmneziaWG server it also runs the translator (`amnezia-relay`) as a
+    child process, in the interface's namespace, and stops it on exit.
+
     \b
     Example:
       resist vpn serve --interval 60 --metrics 127.0.0.1:9109
@@ -562,3 +606,137 @@ def probe(
     else:
         click.echo(f"down: {target}: {result.detail}")
         sys.exit(1)
+
+
+def _listen_host(host: str) -> str:
+    """The endpoint's address when it is one of ours, else every address.
+
+    A UDP server bound to every address answers from whichever address the
+    route picks, and a client whose socket is connected to the endpoint
+    ignores answers from any other; bound to the endpoint, answers come
+    from it.  (Behind 1:1 NAT the public address is not ours: then the
+    wildcard, and the host's one address answers.)
+    """
+    import socket
+    from ipaddress import ip_address
+
+    try:
+        ip_address(host)
+    except ValueError:
+        return "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            return "::" if family == socket.AF_INET6 else "0.0.0.0"
+    return host
+
+
+@vpn.command("amnezia-relay", context_settings=CONTEXT)
+@_state_dir_option
+@click.option("--max-flows", default=4096, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@_one_line_errors
+def amnezia_relay(state_dir: Path | None, max_flows: int, verbose: int) -> None:
+    """Translate AmneziaWG on the AmneziaWG port to this server's WireGuard.
+
+    `serve` runs it for you; run it alone (in the interface's namespace) to
+    keep it apart.  SIGTERM stops it.
+
+    \b
+    Example:
+      resist vpn amnezia-relay --state-dir /var/lib/resist
+    """
+    from resistance.clikit import setup_logging
+    from resistance.config import Endpoint
+    from resistance.vpn import keys
+    from resistance.vpn.translator import Side, Translator, run_translator
+
+    setup_logging(verbose)
+    server = _server(state_dir)
+    cfg = server.config
+    if cfg.amnezia is None or cfg.amnezia_port is None:
+        raise ConfigError("this VPN has no AmneziaWG: make it with resist vpn init --amnezia")
+    translator = Translator(
+        cfg.amnezia,
+        side=Side.SERVER,
+        listen=Endpoint(_listen_host(cfg.endpoint.host), cfg.amnezia_port),
+        target=Endpoint("127.0.0.1", cfg.endpoint.port),
+        wireguard_public=keys.decode(server.public_key),
+        amnezia_publics=server.peer_public_keys,
+        max_flows=max_flows,
+    )
+    sys.exit(run_translator(translator))
+
+
+@vpn.command("amnezia-client", context_settings=CONTEXT)
+@click.argument("config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--listen",
+    default="127.0.0.1:51821",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the local WireGuard client sends.",
+)
+@click.option(
+    "--wg-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the plain WireGuard config for wg-quick here (0600).",
+)
+@click.option(
+    "--fwmark",
+    default=51820,
+    show_default=True,
+    type=click.IntRange(0, 2**32 - 1),
+    help="Mark the translator's packets as wg-quick marks its own (0: none).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@_one_line_errors
+def amnezia_client(
+    config_file: Path, listen: str, wg_config: Path, fwmark: int, verbose: int
+) -> None:
+    """Let a stock WireGuard client (wg-quick, wireguard-go) use an AmneziaWG server.
+
+    Reads the AmneziaWG config `resist vpn add` printed, writes a plain
+    WireGuard config pointing at --listen, and translates between them until
+    SIGTERM.  With wg-quick's full tunnel the translator's own packets carry
+    wg-quick's fwmark, so they leave outside the tunnel.
+
+    \b
+    Example:
+      resist vpn amnezia-client alice.conf --wg-config /etc/wireguard/awg0.conf &
+      wg-quick up awg0
+    """
+    from dataclasses import replace
+
+    from resistance.clikit import setup_logging
+    from resistance.config import parse_endpoint
+    from resistance.paths import write_private
+    from resistance.vpn import clientconf, keys
+    from resistance.vpn.translator import Side, Translator, run_translator
+
+    setup_logging(verbose)
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {config_file}: {exc}") from None
+    config = clientconf.parse(text)
+    if config.amnezia is None:
+        raise ConfigError(f"{config_file} has no AmneziaWG keys (Jc, S1, H1...)")
+    local = parse_endpoint(listen, what="--listen")
+    remote = parse_endpoint(config.endpoint, what="endpoint")
+    plain = replace(config, amnezia=None, endpoint=str(local))
+    write_private(wg_config, clientconf.render(plain))
+    translator = Translator(
+        config.amnezia,
+        side=Side.CLIENT,
+        listen=local,
+        target=remote,
+        wireguard_public=keys.public_from_private(keys.decode(config.private_key)),
+        amnezia_publics=lambda: [keys.decode(config.server_public_key)],
+        max_flows=4,
+        fwmark=fwmark,
+    )
+    sys.exit(run_translator(translator, announce=f"{wg_config} written; "))

@@ -6,6 +6,12 @@ with the client's private key, address and optional DNS, and one ``[Peer]``,
 the server, carrying all traffic (``0.0.0.0/0, ::/0``; the IPv6 route keeps
 the client's IPv6 traffic from leaking around the tunnel).
 
+An AmneziaWG config is the same file with the obfuscation keys (Jc, Jmin,
+Jmax, S1-S4, H1-H4, I1-I5) in its ``[Interface]``, as awg-quick and the
+AmneziaVPN apps read it; :attr:`ClientConfig.amnezia` holds them, checked by
+:class:`resistance.vpn.amnezia.AmneziaParams`.  Stock ``wg`` refuses them:
+:func:`render` leaves them out when ``amnezia`` is ``None``.
+
 The parser reads what ``wg-quick`` reads (section names and keys are
 case-insensitive, ``#`` starts a comment) and is strict about what this
 project writes; any other input raises :class:`ConfigError`, never anything
@@ -20,6 +26,7 @@ from typing import Final
 
 from resistance.errors import ConfigError
 from resistance.vpn import keys
+from resistance.vpn.amnezia import AmneziaParams
 
 FULL_TUNNEL: Final = ("0.0.0.0/0", "::/0")
 MAX_CONFIG: Final = 64 * 1024
@@ -36,6 +43,7 @@ class ClientConfig:
     allowed_ips: tuple[str, ...] = FULL_TUNNEL
     persistent_keepalive: int | None = 25
     mtu: int | None = None
+    amnezia: AmneziaParams | None = None
 
     def __repr__(self) -> str:
         return f"ClientConfig(address={self.address!r}, endpoint={self.endpoint!r})"
@@ -47,6 +55,8 @@ def render(config: ClientConfig) -> str:
         lines.append(f"DNS = {', '.join(config.dns)}")
     if config.mtu is not None:
         lines.append(f"MTU = {config.mtu}")
+    if config.amnezia is not None:
+        lines += [f"{key} = {value}" for key, value in config.amnezia.interface_keys()]
     lines += ["", "[Peer]", f"PublicKey = {config.server_public_key}"]
     if config.preshared_key is not None:
         lines.append(f"PresharedKey = {config.preshared_key}")
@@ -57,7 +67,14 @@ def render(config: ClientConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-_INTERFACE_KEYS: Final = {"privatekey", "address", "dns", "mtu"}
+_AMNEZIA_KEYS: Final = {"jc", "jmin", "jmax", "s1", "s2", "s3", "s4", "h1", "h2", "h3", "h4"} | {
+    "i1",
+    "i2",
+    "i3",
+    "i4",
+    "i5",
+}
+_INTERFACE_KEYS: Final = {"privatekey", "address", "dns", "mtu"} | _AMNEZIA_KEYS
 _PEER_KEYS: Final = {"publickey", "presharedkey", "allowedips", "endpoint", "persistentkeepalive"}
 
 
@@ -134,6 +151,8 @@ def parse(text: str) -> ClientConfig:
     _int(port, "endpoint port", 1, 65535)
     keepalive = peer.get("persistentkeepalive")
     mtu = iface.get("mtu")
+    awg = {k: v for k, v in iface.items() if k in _AMNEZIA_KEYS}
+    amnezia = AmneziaParams.from_keys(awg, "client config") if awg else None
     return ClientConfig(
         private_key=iface["privatekey"],
         address=address,
@@ -146,4 +165,5 @@ def parse(text: str) -> ClientConfig:
         if keepalive is None or keepalive == "off"
         else _int(keepalive, "keepalive", 0, 65535),
         mtu=None if mtu is None else _int(mtu, "MTU", 576, 65535),
+        amnezia=amnezia,
     )

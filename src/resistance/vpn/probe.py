@@ -12,6 +12,12 @@ A server under load answers with a cookie reply instead: the probe decrypts
 the cookie and sends a new initiation carrying ``mac2`` from the same socket
 (the cookie is bound to our address and port), once per attempt.
 
+An AmneziaWG server (``amnezia`` parameters given) gets the same handshake
+in its wire format: every datagram goes out through a
+:class:`~resistance.vpn.amnezia.Rewriter` (signature and junk packets, padding,
+H headers, mac1 recomputed) and every answer comes back through it, so
+the verdict still rests on the response decrypting.
+
 :func:`handshake` is the asyncio version the registry and the probe agent
 use; :func:`probe_handshake` runs it for the command line.
 """
@@ -26,7 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from resistance.vpn.noise import CookieReply, HandshakeError, Initiator
+from resistance.vpn.amnezia import AmneziaParams, Rewriter
+from resistance.vpn.noise import CookieReply, HandshakeError, Initiator, public_key
 
 
 class Outcome(enum.StrEnum):
@@ -90,6 +97,7 @@ async def _attempt(
     psk: bytes | None,
     within: float,
     source: str | None,
+    amnezia: AmneziaParams | None,
 ) -> tuple[Outcome, str, float | None, bool]:
     loop = asyncio.get_running_loop()
     local = (source, 0) if source else None
@@ -100,11 +108,23 @@ async def _attempt(
     except OSError as exc:
         return _OS_OUTCOMES.get(exc.errno or 0, Outcome.ERROR), _os_text(exc), None, False
     outcome, last, used_cookie = Outcome.SILENCE, f"no valid response within {within:g} s", False
+    rewriter = None
+    if amnezia is not None:
+        rewriter = Rewriter(
+            amnezia,
+            wireguard_public=public_key(private_key),
+            amnezia_publics=lambda: (server_public,),
+        )
+
+    def send(datagram: bytes) -> None:
+        for wire in [datagram] if rewriter is None else rewriter.to_amnezia(datagram):
+            transport.sendto(wire)
+
     try:
         initiator = Initiator(private_key, server_public, psk=psk)
         started = time.monotonic()
         deadline = started + within
-        transport.sendto(initiator.initiation)
+        send(initiator.initiation)
         while (left := deadline - time.monotonic()) > 0:
             try:
                 item = await asyncio.wait_for(receiver.queue.get(), left)
@@ -113,6 +133,15 @@ async def _attempt(
             if isinstance(item, OSError):
                 outcome = _OS_OUTCOMES.get(item.errno or 0, Outcome.ERROR)
                 return outcome, f"no response ({_os_text(item)})", None, used_cookie
+            if rewriter is not None:
+                translated = rewriter.to_wireguard(item)
+                if translated is None:
+                    outcome, last = (
+                        Outcome.INVALID,
+                        "invalid response: not AmneziaWG with these parameters",
+                    )
+                    continue
+                item = translated
             try:
                 session = initiator.receive(item)
             except CookieReply as reply:
@@ -121,13 +150,13 @@ async def _attempt(
                     continue
                 used_cookie = True
                 initiator = Initiator(private_key, server_public, psk=psk, cookie=reply.cookie)
-                transport.sendto(initiator.initiation)
+                send(initiator.initiation)
                 continue
             except HandshakeError as exc:
                 outcome, last = Outcome.INVALID, f"invalid response: {exc}"
                 continue
             rtt = time.monotonic() - started
-            transport.sendto(session.keepalive())
+            send(session.keepalive())
             return Outcome.UP, "handshake completed", rtt, used_cookie
     finally:
         transport.close()
@@ -148,11 +177,13 @@ async def handshake(
     within: float = 3.0,
     attempts: int = 1,
     source: str | None = None,
+    amnezia: AmneziaParams | None = None,
 ) -> ProbeResult:
     """Handshake with a WireGuard server; ``up`` only for a verified response.
 
     Each attempt uses a fresh socket and initiation and waits up to
-    ``within`` seconds; ``source`` picks the local address to send from.
+    ``within`` seconds; ``source`` picks the local address to send from;
+    ``amnezia`` speaks AmneziaWG with those parameters.
     """
     try:
         family, address = await _resolve(host, port)
@@ -168,6 +199,7 @@ async def handshake(
             psk=psk,
             within=within,
             source=source,
+            amnezia=amnezia,
         )
         result = ProbeResult(outcome is Outcome.UP, detail, rtt, attempt, outcome, cookie)
         if result.up:
@@ -184,6 +216,7 @@ def probe_handshake(
     psk: bytes | None = None,
     timeout: float = 3.0,
     attempts: int = 1,
+    amnezia: AmneziaParams | None = None,
 ) -> ProbeResult:
     """:func:`handshake` for callers without an event loop (the command line)."""
     return asyncio.run(
@@ -195,5 +228,6 @@ def probe_handshake(
             psk=psk,
             within=timeout,
             attempts=attempts,
+            amnezia=amnezia,
         )
     )

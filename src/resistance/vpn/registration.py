@@ -40,6 +40,9 @@ class Registered:
     public: bool
     added: tuple[str, ...]  # names of the probe peers added this time
     probes: int  # probe keys the registry was told about
+    #: the AmneziaWG endpoint's proxy id and port, on a server made with --amnezia
+    amnezia_proxy_id: int | None = None
+    amnezia_port: int | None = None
 
 
 def _peer_name(prefix: str, public_key: str) -> str:
@@ -103,14 +106,29 @@ def register(
         timeout=timeout,
     )  # fmt: skip
     proxy_id = int(answer["proxy_id"])
+    awg_id = None
+    cfg = server.config
+    if cfg.amnezia is not None and cfg.amnezia_port is not None:
+        # the same server again, as AmneziaWG: its own endpoint, kind and parameters
+        awg_body = body | {
+            "endpoint": {"host": host, "port": cfg.amnezia_port},
+            "amnezia": cfg.amnezia.to_json(),
+        }
+        awg = call_registry(
+            registry, REGISTER_PATH, token=token, method="POST", body=awg_body, expect=(201,),
+            timeout=timeout,
+        )  # fmt: skip
+        awg_id = int(awg["proxy_id"])
     record = {
         "registry": registry,
         "proxy_id": proxy_id,
         "endpoint": f"{host}:{port}",
         "registered_at": utcnow().isoformat(timespec="seconds"),
         "probe_keys": len(probe_keys),
+        "amnezia_proxy_id": awg_id,
     }
     write_private(server.dir / REGISTRATION_FILE, json.dumps(record, indent=2) + "\n")
     return Registered(
-        proxy_id, host, port, bool(answer.get("public")), tuple(added), len(probe_keys)
-    )
+        proxy_id, host, port, bool(answer.get("public")), tuple(added), len(probe_keys),
+        awg_id, cfg.amnezia_port if awg_id is not None else None,
+    )  # fmt: skip

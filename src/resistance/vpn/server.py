@@ -38,6 +38,7 @@ from resistance.errors import ConfigError
 from resistance.node.policy import EgressPolicy
 from resistance.paths import write_private
 from resistance.vpn import clientconf, firewall, keys
+from resistance.vpn.amnezia import AmneziaParams
 from resistance.vpn.device import Host, PeerStatus, VpnError, WireGuardDevice
 from resistance.vpn.peers import (
     DisabledReason,
@@ -75,6 +76,15 @@ class ServerConfig:
     deny: tuple[str, ...] = ()
     netns: str | None = None
     mtu: int = DEFAULT_MTU
+    #: AmneziaWG: its parameters and the UDP port its translator listens on
+    amnezia: AmneziaParams | None = None
+    amnezia_port: int | None = None
+
+    @property
+    def amnezia_endpoint(self) -> Endpoint | None:
+        if self.amnezia_port is None:
+            return None
+        return Endpoint(self.endpoint.host, self.amnezia_port)
 
     @property
     def address(self) -> IPv4Address:
@@ -93,6 +103,8 @@ class ServerConfig:
             "deny": list(self.deny),
             "netns": self.netns,
             "mtu": self.mtu,
+            "amnezia": None if self.amnezia is None else self.amnezia.to_json(),
+            "amnezia_port": self.amnezia_port,
         }
 
     @classmethod
@@ -107,6 +119,10 @@ class ServerConfig:
                 deny=tuple(str(d) for d in doc["deny"]),
                 netns=doc["netns"],
                 mtu=int(doc["mtu"]),
+                amnezia=None
+                if doc.get("amnezia") is None
+                else AmneziaParams.from_json(doc["amnezia"], source),
+                amnezia_port=None if doc.get("amnezia_port") is None else int(doc["amnezia_port"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: bad server settings ({exc})") from None
@@ -121,8 +137,16 @@ def make_config(
     allow: tuple[str, ...] = (),
     deny: tuple[str, ...] = (),
     netns: str | None = None,
+    amnezia: bool = False,
+    amnezia_port: int | None = None,
+    amnezia_legacy: bool = False,
 ) -> ServerConfig:
-    """Check ``resist vpn init``'s options and build the settings."""
+    """Check ``resist vpn init``'s options and build the settings.
+
+    ``amnezia`` generates this server's AmneziaWG parameters; its translator
+    listens on ``amnezia_port`` (default: the WireGuard port + 1), beside
+    plain WireGuard on the endpoint's port.
+    """
     try:
         net = IPv4Network(subnet)
     except ValueError as exc:
@@ -143,6 +167,14 @@ def make_config(
         deny=deny,
         netns=netns,
     )
+    if amnezia:
+        port = config.endpoint.port + 1 if amnezia_port is None else amnezia_port
+        if not 1 <= port <= 65535 or port == config.endpoint.port:
+            raise ConfigError(f"bad --amnezia-port {port}: 1-65535, not the WireGuard port")
+        params = AmneziaParams.generate(legacy=amnezia_legacy)
+        config = replace(config, amnezia=params, amnezia_port=port)
+    elif amnezia_port is not None or amnezia_legacy:
+        raise ConfigError("--amnezia-port and --amnezia-legacy need --amnezia")
     config.policy()  # checks --allow/--deny
     return config
 
@@ -322,17 +354,29 @@ class VpnServer:
         return blocked
 
     def _client_config(self, peer: Peer, private_key: str) -> str:
+        """The client's config: AmneziaWG when the server has it on, else WireGuard."""
         assert peer.address is not None
+        endpoint = self.config.amnezia_endpoint or self.config.endpoint
         return clientconf.render(
             clientconf.ClientConfig(
                 private_key=private_key,
                 address=f"{peer.address}/32",
                 server_public_key=self.public_key,
-                endpoint=str(self.config.endpoint),
+                endpoint=str(endpoint),
                 preshared_key=peer.preshared_key,
                 dns=self.config.dns,
+                amnezia=self.config.amnezia,
+                # S4 bytes of padding ride on every transport packet: keep them in one MTU
+                # (and give wg-quick behind amnezia-client an MTU, or it takes loopback's)
+                mtu=None
+                if self.config.amnezia is None
+                else self.config.mtu - self.config.amnezia.s4,
             )
         )
+
+    def peer_public_keys(self) -> list[bytes]:
+        """Every enabled peer's public key (the translator's mac1 candidates)."""
+        return [keys.decode(p.public_key) for p in self.db.read() if p.enabled]
 
     def add(
         self, name: str, *, expires: datetime | None = None, quota: int | None = None

@@ -28,6 +28,11 @@ class WireGuardRegistration(Strict):
     probe_keys: Annotated[list[WgKey], Field(max_length=wireguard.MAX_PROBE_KEYS)] = Field(
         default=[], description="Probe keys added as probe peers: those probes check it."
     )
+    amnezia: dict[str, int | str] | None = Field(
+        default=None,
+        description="An AmneziaWG endpoint's parameters (jc, jmin, jmax, s1-s4, h1-h4, "
+        "i1-i5, as resist vpn keeps them); absent for plain WireGuard.",
+    )
 
 
 class ProbeWireGuardKey(Strict):
@@ -73,6 +78,7 @@ async def register(
         public_key=body.public_key,
         public=body.public,
         probe_keys=body.probe_keys,
+        amnezia=body.amnezia,
     )
 
 

@@ -1,0 +1,644 @@
+"""AmneziaWG's wire format, and rewriting it to WireGuard and back, sans-IO.
+
+AmneziaWG is WireGuard (same Noise handshake, keys and transport crypto)
+whose datagrams no longer look like WireGuard's.  What follows was read in
+amneziawg-go at commit 1b86b2a (tag v3.1.20260814): ``device/send.go``,
+``device/receive.go`` (``DeterminePacketTypeAndPadding``),
+``device/noise-protocol.go``, ``device/noise-types.go`` (``UintRange``),
+``device/uapi.go`` and ``device/obf*.go`` (the CPS tags).
+
+The wire rules (as implemented here)
+------------------------------------
+* Every datagram of message type T is ``S_T random bytes ‖ the WireGuard
+  message``, whose 4-byte little-endian type field holds a value picked at
+  random from the range H_T instead of 1..4.  S1/H1: initiation (148 bytes
+  after the padding), S2/H2: response (92), S3/H3: cookie reply (64),
+  S4/H4: transport (at least 32).
+* mac1 and mac2 are computed over the message *with* its H value in the
+  type field (send.go: the type is set before ``AddMacs``), so whoever
+  rewrites the type must recompute them.
+* A receiver classifies a datagram (receive.go) by trying, in order,
+  initiation, response, cookie reply and transport: the size must be exactly
+  S_T + 148/92/64 (at least S4 + 32 for transport) and the four bytes after
+  the padding must lie in H_T.  Datagrams under 32 bytes and anything that
+  classifies as none of them are dropped without an answer.  The handshake
+  messages then pass mac1 (keyed by HASH("mac1----" ‖ receiver's public
+  key)), as in WireGuard.
+* Before each handshake initiation the initiator sends, in this order, the
+  signature packets I1..I5 (those that are set), then Jc junk datagrams of
+  Jmin + rand(Jmax - Jmin) random bytes each (send.go, noise-protocol.go
+  ``JunkPackets``).  The receiver drops them: they classify as nothing.
+* An I packet is built from a CPS chain of tags: ``<b 0xHEX>`` those bytes,
+  ``<t>`` the Unix time as 4 big-endian bytes, ``<r N>`` N random bytes,
+  ``<rc N>`` N random ASCII letters, ``<rd N>`` N random ASCII digits, and
+  ``<d>``, ``<ds>``, ``<dz N>`` (the data, its base64, its size in N bytes),
+  which are empty in an I packet (it carries no data).  Text outside tags
+  is ignored; an unknown tag, a bad argument or a missing ``>`` is an error.
+* H values: ``N`` or ``LO-HI`` (LO ≤ HI, 32-bit); the four ranges must not
+  overlap (uapi.go).  Values ≤ 4 are refused here, because AWG 1.0/2.0 peers
+  read them as "plain WireGuard".
+* S1..S4 and H1..H4 must match on both ends; Jc, Jmin, Jmax and I1..I5 are
+  the sender's own.  S1+148, S2+92, S3+64 and S4+32 must all differ (older
+  amneziawg-go enforces it; HEAD does not, but its peers in the field do).
+
+Not implemented: AWG 3's header protection (``header_protection_key``: a
+ChaCha20 stream keyed per message by the first 12 padding bytes),
+``random_trailers`` and ``content_padding_addition``.  Servers generated
+here leave them off, and configs that set them are refused.
+
+Theory of operation
+-------------------
+:class:`AmneziaParams` holds one server's parameters, checks them, makes
+new ones (:meth:`AmneziaParams.generate`) and renders them as the
+``[Interface]`` keys awg-quick and the AmneziaVPN apps read.
+:func:`classify` is the receiver's classification.  :class:`Rewriter` is one
+flow's translator between the two wire formats: :meth:`Rewriter.to_wireguard`
+takes an AmneziaWG datagram and returns the WireGuard datagram (or ``None``:
+junk, I packets, a handshake with a bad mac1, a message addressed to an
+index our WireGuard end never announced — so junk does not reach WireGuard),
+:meth:`Rewriter.to_amnezia` the reverse (a list: junk and I packets go in
+front of an initiation).  It recomputes mac1 for the new type field, keeps
+the cookie a cookie reply carries so mac2 can be recomputed too, and
+re-encrypts each cookie reply for the mac1 its recipient actually sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import random
+import re
+import secrets
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+from resistance.errors import ConfigError, ProtocolError
+from resistance.vpn.noise import (
+    COOKIE_REPLY_LEN,
+    INITIATION_LEN,
+    KEEPALIVE_LEN,
+    LABEL_COOKIE,
+    LABEL_MAC1,
+    RESPONSE_LEN,
+    HandshakeError,
+    MessageType,
+    blake2s,
+    mac,
+    xaead_decrypt,
+    xaead_encrypt,
+)
+
+MAX_DATAGRAM: Final = 65507
+MAX_U16: Final = 65535
+MAX_U32: Final = 0xFFFFFFFF
+BASE_SIZE: Final = {
+    MessageType.INITIATION: INITIATION_LEN,
+    MessageType.RESPONSE: RESPONSE_LEN,
+    MessageType.COOKIE_REPLY: COOKIE_REPLY_LEN,
+    MessageType.TRANSPORT: KEEPALIVE_LEN,
+}
+_ORDER: Final = (
+    MessageType.INITIATION,
+    MessageType.RESPONSE,
+    MessageType.COOKIE_REPLY,
+    MessageType.TRANSPORT,
+)
+_TRANSPORT_TYPE: Final = b"\x04\x00\x00\x00"
+COOKIE_LIFETIME: Final = 120.0  # seconds, as WireGuard's CookieRefreshTime
+
+
+class AmneziaError(ProtocolError):
+    """A CPS chain or a parameter set that amneziawg-go would refuse."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRange:
+    """An H value: ``lo``..``hi`` inclusive (``N`` is ``N-N``)."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lo <= self.hi <= MAX_U32:
+            raise AmneziaError(f"bad header range {self.lo}-{self.hi}")
+
+    @classmethod
+    def parse(cls, text: str) -> HeaderRange:
+        match = re.fullmatch(r"\s*(\d{1,10})(?:\s*-\s*(\d{1,10}))?\s*", text)
+        if match is None:
+            raise AmneziaError(f"bad header value {text!r}: expected N or LO-HI")
+        lo = int(match[1])
+        hi = lo if match[2] is None else int(match[2])
+        return cls(lo, hi)
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and self.lo <= value <= self.hi
+
+    def overlaps(self, other: HeaderRange) -> bool:
+        return self.lo <= other.hi and other.lo <= self.hi
+
+    def pick(self) -> int:
+        return self.lo + secrets.randbelow(self.hi - self.lo + 1)
+
+
+# --- CPS chains (signature packets I1..I5) ---------------------------------
+
+_TAG_ARG: Final = {
+    "b": "hex",
+    "t": None,
+    "r": "n",
+    "rc": "n",
+    "rd": "n",
+    "d": None,
+    "ds": None,
+    "dz": "n",
+}
+_LETTERS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_DIGITS: Final = b"0123456789"
+
+
+@dataclass(frozen=True, slots=True)
+class CpsTag:
+    name: str
+    data: bytes = b""
+    length: int = 0
+
+
+def parse_cps(spec: str) -> tuple[CpsTag, ...]:
+    """The tags of a CPS chain (obf.go's ``newObfChain``); :class:`AmneziaError` if bad."""
+    tags: list[CpsTag] = []
+    rest = spec
+    while (start := rest.find("<")) != -1:
+        end = rest.find(">", start)
+        if end == -1:
+            raise AmneziaError(f"bad CPS chain {spec[:40]!r}: missing enclosing >")
+        parts = rest[start + 1 : end].split()
+        rest = rest[end + 1 :]
+        if not parts:
+            raise AmneziaError("bad CPS chain: empty tag")
+        name, arg = parts[0], (parts[1] if len(parts) > 1 else "")
+        if name not in _TAG_ARG:
+            raise AmneziaError(f"bad CPS chain: unknown tag <{name[:20]}>")
+        kind = _TAG_ARG[name]
+        if kind == "hex":
+            digits = arg.removeprefix("0x")
+            if not digits or len(digits) % 2 or not re.fullmatch(r"[0-9a-fA-F]+", digits):
+                raise AmneziaError("bad CPS chain: <b> needs an even, non-empty hex string")
+            tags.append(CpsTag(name, data=bytes.fromhex(digits)))
+        elif kind == "n":
+            if not re.fullmatch(r"\d{1,5}", arg) or int(arg) > MAX_U16:
+                raise AmneziaError(f"bad CPS chain: <{name}> needs a length 0..65535")
+            tags.append(CpsTag(name, length=int(arg)))
+        else:
+            tags.append(CpsTag(name))
+    if sum(cps_size(tag) for tag in tags) > MAX_DATAGRAM:
+        raise AmneziaError("bad CPS chain: the packet would exceed 65507 bytes")
+    return tuple(tags)
+
+
+def cps_size(tag: CpsTag) -> int:
+    if tag.name == "b":
+        return len(tag.data)
+    if tag.name == "t":
+        return 4
+    if tag.name in ("r", "rc", "rd", "dz"):
+        return tag.length
+    return 0  # <d>, <ds>: an I packet carries no data
+
+
+def build_cps(tags: Iterable[CpsTag], *, now: float | None = None) -> bytes:
+    """One signature packet from its tags (obfChain.Obfuscate with no data)."""
+    out = bytearray()
+    for tag in tags:
+        if tag.name == "b":
+            out += tag.data
+        elif tag.name == "t":
+            out += struct.pack(">I", int(time.time() if now is None else now) & MAX_U32)
+        elif tag.name == "r":
+            out += os.urandom(tag.length)
+        elif tag.name == "rc":
+            out += bytes(_LETTERS[b % 52] for b in os.urandom(tag.length))
+        elif tag.name == "rd":
+            out += bytes(_DIGITS[b % 10] for b in os.urandom(tag.length))
+        elif tag.name == "dz":
+            out += bytes(tag.length)  # the size of no data, big-endian
+    return bytes(out)
+
+
+# --- parameters --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AmneziaParams:
+    """One server's obfuscation parameters (see the module docstring)."""
+
+    jc: int
+    jmin: int
+    jmax: int
+    s1: int
+    s2: int
+    s3: int
+    s4: int
+    h1: HeaderRange
+    h2: HeaderRange
+    h3: HeaderRange
+    h4: HeaderRange
+    i1: str = ""
+    i2: str = ""
+    i3: str = ""
+    i4: str = ""
+    i5: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("jc", "jmin", "jmax", "s1", "s2", "s3", "s4"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= MAX_U16:
+                raise AmneziaError(f"bad {name.capitalize()} {value!r}: expected 0..65535")
+        if self.jc and self.jmin > self.jmax:
+            raise AmneziaError(f"Jmin {self.jmin} is above Jmax {self.jmax}")
+        if self.jmax > MAX_DATAGRAM:
+            raise AmneziaError(f"Jmax {self.jmax} is above one datagram (65507)")
+        headers = self.headers()
+        for t, h in headers.items():
+            if h.lo <= 4:
+                raise AmneziaError(f"H{t} {h} includes 0..4, WireGuard's own types")
+        ranges = list(headers.items())
+        for i, (ta, a) in enumerate(ranges):
+            for tb, b in ranges[i + 1 :]:
+                if a.overlaps(b):
+                    raise AmneziaError(f"H{ta} {a} and H{tb} {b} overlap")
+        sizes = [self.padding(t) + BASE_SIZE[t] for t in _ORDER]
+        if len(set(sizes)) != 4:
+            raise AmneziaError(
+                "S1+148, S2+92, S3+64 and S4+32 must all differ "
+                f"(they are {', '.join(map(str, sizes))})"
+            )
+        if max(sizes) > MAX_DATAGRAM:
+            raise AmneziaError("a padded handshake message would exceed 65507 bytes")
+        for n in range(1, 6):
+            parse_cps(getattr(self, f"i{n}"))
+
+    def headers(self) -> dict[MessageType, HeaderRange]:
+        return {
+            MessageType.INITIATION: self.h1,
+            MessageType.RESPONSE: self.h2,
+            MessageType.COOKIE_REPLY: self.h3,
+            MessageType.TRANSPORT: self.h4,
+        }
+
+    def header(self, kind: MessageType) -> HeaderRange:
+        return self.headers()[kind]
+
+    def padding(self, kind: MessageType) -> int:
+        return (self.s1, self.s2, self.s3, self.s4)[kind - 1]
+
+    def signature_packets(self) -> list[tuple[CpsTag, ...]]:
+        chains = (self.i1, self.i2, self.i3, self.i4, self.i5)
+        return [tags for tags in map(parse_cps, chains) if tags]
+
+    @classmethod
+    def generate(cls, *, jc: int | None = None, legacy: bool = False) -> AmneziaParams:
+        """Fresh random parameters: valid, non-overlapping, one MTU at most.
+
+        Jc 4..8 junk datagrams of 40..700 bytes; S1, S2 15..150 and S3 8..64
+        (the handshakes lose WireGuard's sizes); S4 1..16 (it costs MTU on
+        every transport packet); H1..H4 four disjoint ranges above 4.
+        ``legacy`` makes what AWG 1.0 peers (older AmneziaVPN apps,
+        amneziawg-go v0.2.12) read: single H values and no S3/S4.
+        """
+        rand = secrets.SystemRandom()
+        while True:
+            jmin = rand.randint(40, 100)
+            points = sorted(rand.sample(range(5, MAX_U32 + 1), 8))
+            if legacy:
+                ranges = [HeaderRange(p, p) for p in points[:4]]
+            else:
+                ranges = [HeaderRange(points[2 * i], points[2 * i + 1]) for i in range(4)]
+            rand.shuffle(ranges)
+            try:
+                return cls(
+                    jc=rand.randint(4, 8) if jc is None else jc,
+                    jmin=jmin,
+                    jmax=jmin + rand.randint(100, 600),
+                    s1=rand.randint(15, 150),
+                    s2=rand.randint(15, 150),
+                    s3=0 if legacy else rand.randint(8, 64),
+                    s4=0 if legacy else rand.randint(1, 16),
+                    h1=ranges[0],
+                    h2=ranges[1],
+                    h3=ranges[2],
+                    h4=ranges[3],
+                )
+            except AmneziaError:
+                continue  # sizes collided: draw again
+
+    def interface_keys(self) -> list[tuple[str, str]]:
+        """The ``[Interface]`` keys awg-quick and AmneziaVPN read, in their order."""
+        keys = [
+            ("Jc", str(self.jc)),
+            ("Jmin", str(self.jmin)),
+            ("Jmax", str(self.jmax)),
+            ("S1", str(self.s1)),
+            ("S2", str(self.s2)),
+            *([("S3", str(self.s3)), ("S4", str(self.s4))] if self.s3 or self.s4 else []),
+            ("H1", str(self.h1)),
+            ("H2", str(self.h2)),
+            ("H3", str(self.h3)),
+            ("H4", str(self.h4)),
+        ]
+        for n in range(1, 6):
+            if value := getattr(self, f"i{n}"):
+                keys.append((f"I{n}", value))
+        return keys
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            doc[f.name] = str(value) if isinstance(value, HeaderRange) else value
+        return doc
+
+    @classmethod
+    def from_keys(cls, keys: dict[str, str], source: str) -> AmneziaParams:
+        """From ``[Interface]``-style keys (any case), as awg-quick reads them."""
+        lowered = {k.lower(): v.strip() for k, v in keys.items()}
+        unknown = set(lowered) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"{source}: unsupported AmneziaWG key {sorted(unknown)[0]!r}")
+        try:
+            values: dict[str, Any] = {}
+            for f in fields(cls):
+                if f.name not in lowered:
+                    if f.name.startswith("i"):
+                        continue
+                    if f.name in ("s3", "s4"):  # AWG 1.0 configs have neither
+                        values[f.name] = 0
+                        continue
+                    raise ConfigError(f"{source}: AmneziaWG key {f.name.upper()} missing")
+                text = lowered[f.name]
+                if f.name.startswith("h"):
+                    values[f.name] = HeaderRange.parse(text)
+                elif f.name.startswith("i"):
+                    values[f.name] = text
+                else:
+                    if not re.fullmatch(r"\d{1,5}", text):
+                        raise AmneziaError(f"bad {f.name.capitalize()} {text[:20]!r}")
+                    values[f.name] = int(text)
+            return cls(**values)
+        except AmneziaError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str) -> AmneziaParams:
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{source}: bad AmneziaWG settings")
+        return cls.from_keys({k: str(v) for k, v in doc.items()}, source)
+
+
+# --- classification and rewriting -------------------------------------------
+
+
+def classify(params: AmneziaParams, datagram: bytes) -> MessageType | None:
+    """The message type a receiver sees in ``datagram`` (``None``: dropped)."""
+    size = len(datagram)
+    if size < KEEPALIVE_LEN:
+        return None
+    for kind in _ORDER:
+        padding = params.padding(kind)
+        expected = padding + BASE_SIZE[kind]
+        if size == expected or (kind is MessageType.TRANSPORT and size > expected):
+            (value,) = struct.unpack_from("<I", datagram, padding)
+            if value in params.header(kind):
+                return kind
+    return None
+
+
+def wireguard_type(datagram: bytes) -> MessageType | None:
+    """The type of a plain WireGuard datagram (``None`` if it is not one)."""
+    if len(datagram) < KEEPALIVE_LEN or datagram[1:4] != b"\x00\x00\x00":
+        return None
+    kind = datagram[0]
+    if not 1 <= kind <= 4:
+        return None
+    wtype = MessageType(kind)
+    if wtype is MessageType.TRANSPORT:
+        # any length: WireGuard pads to 16 bytes only up to the MTU (calculatePaddingSize)
+        return wtype
+    return wtype if len(datagram) == BASE_SIZE[wtype] else None
+
+
+def mac1_key(public: bytes) -> bytes:
+    return blake2s(LABEL_MAC1, public)
+
+
+def cookie_key(public: bytes) -> bytes:
+    return blake2s(LABEL_COOKIE, public)
+
+
+def _remac(message: bytearray, key: bytes, cookie: bytes | None) -> None:
+    """Recompute mac1 (and mac2 when a cookie is known) after a type change."""
+    n = len(message)
+    message[n - 32 : n - 16] = mac(key, bytes(message[: n - 32]))
+    if cookie is not None:
+        message[n - 16 :] = mac(cookie, bytes(message[: n - 16]))
+    else:
+        message[n - 16 :] = bytes(16)
+
+
+def _mac1_ok(message: bytes, key: bytes) -> bool:
+    n = len(message)
+    return hmac.compare_digest(mac(key, message[: n - 32]), message[n - 32 : n - 16])
+
+
+class _Side:
+    """What the rewriter knows about the messages one end sends."""
+
+    __slots__ = ("cookie", "cookie_at", "mac1_pairs")
+
+    def __init__(self) -> None:
+        # mac1 as that end sent it -> mac1 as we forwarded it (the last few)
+        self.mac1_pairs: dict[bytes, bytes] = {}
+        self.cookie: bytes | None = None
+        self.cookie_at = 0.0
+
+    def remember(self, sent: bytes, forwarded: bytes) -> None:
+        self.mac1_pairs[forwarded] = sent
+        while len(self.mac1_pairs) > 4:
+            del self.mac1_pairs[next(iter(self.mac1_pairs))]
+
+    def fresh_cookie(self, now: float) -> bytes | None:
+        if self.cookie is not None and now - self.cookie_at < COOKIE_LIFETIME:
+            return self.cookie
+        return None
+
+
+class Rewriter:
+    """One flow's translator between an AmneziaWG end and a WireGuard end.
+
+    ``wireguard_public`` is the public key of the WireGuard device on our
+    side; ``amnezia_publics`` returns the public keys the far (AmneziaWG)
+    end may hold (every client's, on a server; the server's, on a client).
+    The far key is learnt from the first message of ours whose mac1 it
+    matches.
+    """
+
+    __slots__ = (
+        "_amnezia",
+        "_candidates",
+        "_clock",
+        "_far_key",
+        "_fast",
+        "_rng",
+        "_wg",
+        "_wg_indices",
+        "_wg_key",
+        "params",
+    )
+
+    def __init__(
+        self,
+        params: AmneziaParams,
+        *,
+        wireguard_public: bytes,
+        amnezia_publics: Callable[[], Iterable[bytes]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.params = params
+        self._wg_key = wireguard_public
+        self._candidates = amnezia_publics
+        self._far_key: bytes | None = None
+        self._amnezia = _Side()  # messages the AmneziaWG end sent
+        self._wg = _Side()  # messages the WireGuard end sent
+        # sender indices the WireGuard end announced: the only receivers the
+        # AmneziaWG end may address (so junk that looks like transport stops here)
+        self._wg_indices: dict[int, None] = {}
+        self._clock = clock
+        # the transport fast path: sizes that can only be transport, S4, H4's bounds
+        handshake_sizes = {params.padding(t) + BASE_SIZE[t] for t in _ORDER[:3]}
+        self._fast = (
+            handshake_sizes,
+            params.s4 + KEEPALIVE_LEN,
+            params.s4,
+            params.h4.lo,
+            params.h4.hi,
+        )
+        # header values are public (they only have to vary): a fast generator will do
+        self._rng = random.Random(secrets.randbits(64))
+
+    def to_wireguard(self, datagram: bytes) -> bytes | None:
+        """AmneziaWG datagram in, WireGuard datagram out; ``None`` drops it."""
+        handshake_sizes, least, s4, lo, hi = self._fast
+        size = len(datagram)
+        if size >= least and size not in handshake_sizes:
+            # classify() would find transport or nothing: the same checks, inline
+            if not lo <= int.from_bytes(datagram[s4 : s4 + 4], "little") <= hi:
+                return None
+            if int.from_bytes(datagram[s4 + 4 : s4 + 8], "little") not in self._wg_indices:
+                return None
+            return _TRANSPORT_TYPE + datagram[s4 + 4 :]
+        kind = classify(self.params, datagram)
+        if kind is None:
+            return None
+        message = bytearray(datagram[self.params.padding(kind) :])
+        message[0:4] = bytes((kind, 0, 0, 0))
+        if kind is not MessageType.INITIATION:
+            offset = 8 if kind is MessageType.RESPONSE else 4
+            (receiver,) = struct.unpack_from("<I", message, offset)
+            if receiver not in self._wg_indices:
+                return None
+        if kind is MessageType.TRANSPORT:
+            return bytes(message)
+        if kind is MessageType.COOKIE_REPLY:
+            return self._cookie_reply(message, self._wg, self._far_key)
+        if not _mac1_ok(datagram[self.params.padding(kind) :], mac1_key(self._wg_key)):
+            return None
+        sent_mac1 = datagram[-32:-16]
+        has_mac2 = datagram[-16:] != bytes(16)
+        cookie = self._amnezia.fresh_cookie(self._clock()) if has_mac2 else None
+        _remac(message, mac1_key(self._wg_key), cookie)
+        self._amnezia.remember(sent_mac1, bytes(message[-32:-16]))
+        return bytes(message)
+
+    def to_amnezia(self, datagram: bytes) -> list[bytes]:
+        """WireGuard datagram in, AmneziaWG datagrams out (empty: dropped)."""
+        if datagram[:4] == _TRANSPORT_TYPE and len(datagram) >= KEEPALIVE_LEN:
+            _, _, s4, lo, hi = self._fast
+            header = self._rng.randint(lo, hi).to_bytes(4, "little")
+            return [os.urandom(s4) + header + datagram[4:]]
+        kind = wireguard_type(datagram)
+        if kind is None:
+            return []
+        message = bytearray(datagram)
+        message[0:4] = struct.pack("<I", self.params.header(kind).pick())
+        if kind is MessageType.COOKIE_REPLY:
+            rewritten = self._cookie_reply(message, self._amnezia, self._wg_key)
+            if rewritten is None:
+                return []
+            message = bytearray(rewritten)
+        elif kind is not MessageType.TRANSPORT:
+            (sender,) = struct.unpack_from("<I", datagram, 4)
+            self._wg_indices[sender] = None
+            while len(self._wg_indices) > 8:
+                del self._wg_indices[next(iter(self._wg_indices))]
+            far = self._far_public(datagram)
+            if far is None:
+                return []
+            has_mac2 = datagram[-16:] != bytes(16)
+            cookie = self._wg.fresh_cookie(self._clock()) if has_mac2 else None
+            _remac(message, mac1_key(far), cookie)
+            self._wg.remember(datagram[-32:-16], bytes(message[-32:-16]))
+        out: list[bytes] = []
+        if kind is MessageType.INITIATION:
+            out += [build_cps(tags) for tags in self.params.signature_packets()]
+            out += junk_packets(self.params)
+        out.append(os.urandom(self.params.padding(kind)) + bytes(message))
+        return out
+
+    def _far_public(self, datagram: bytes) -> bytes | None:
+        if self._far_key is not None and _mac1_ok(datagram, mac1_key(self._far_key)):
+            return self._far_key
+        for key in self._candidates():
+            if _mac1_ok(datagram, mac1_key(key)):
+                self._far_key = key
+                return key
+        return None
+
+    def _cookie_reply(
+        self, message: bytearray, recipient: _Side, sender_key: bytes | None
+    ) -> bytes | None:
+        """Re-encrypt a cookie reply for the mac1 its recipient really sent.
+
+        The reply's cookie is sealed with the mac1 of the message it answers
+        as associated data; that is our rewritten mac1, so we open it with
+        that one, keep the cookie (for mac2 on the recipient's next
+        messages, which we rewrite) and seal it again under the mac1 the
+        recipient computed.
+        """
+        if sender_key is None:
+            return None
+        key = cookie_key(sender_key)
+        for forwarded, sent in reversed(recipient.mac1_pairs.items()):
+            try:
+                cookie = xaead_decrypt(key, bytes(message[8:32]), bytes(message[32:64]), forwarded)
+            except HandshakeError:
+                continue
+            recipient.cookie, recipient.cookie_at = cookie, self._clock()
+            nonce = os.urandom(24)
+            sealed = xaead_encrypt(key, nonce, cookie, sent)
+            return bytes(message[:8]) + nonce + sealed
+        return None
+
+
+def junk_packets(params: AmneziaParams) -> list[bytes]:
+    """Jc datagrams of Jmin + rand(Jmax - Jmin) random bytes (JunkPackets)."""
+    spread = params.jmax - params.jmin
+    return [
+        os.urandom(params.jmin + (secrets.randbelow(spread) if spread > 0 else 0))
+        for _ in range(params.jc)
+    ]

@@ -1,0 +1,290 @@
+"""The UDP translator between AmneziaWG and a WireGuard device, on asyncio.
+
+On a server it listens on the AmneziaWG port and forwards to wireguard-go
+(or the kernel's WireGuard) on the same host; on a client it listens on
+loopback for a stock WireGuard client (wg-quick, wireguard-go) and forwards
+to the AmneziaWG server.  The rewriting is :class:`resistance.vpn.amnezia.Rewriter`.
+
+Theory of operation
+-------------------
+Each far address is a *flow*: its own :class:`~resistance.vpn.amnezia.Rewriter`
+and its own connected upstream UDP socket, so WireGuard sees one endpoint per
+user (roaming, cookies and per-address rate limits keep working).  Sockets
+are non-blocking and read by ``loop.add_reader`` callbacks that drain up to
+:data:`BATCH` datagrams per wake-up; a datagram that cannot be sent at once
+(full socket buffer) is dropped, as a router would — there is no queue to
+grow.  On a server a flow is created only for a datagram that rewrites to a
+WireGuard message (a handshake initiation whose mac1 is right), so junk and
+scans never open sockets; flows are capped at ``max_flows`` and closed after
+``idle`` seconds without traffic by a sweeper task.  :meth:`close` stops
+everything; nothing here outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from resistance.config import Endpoint
+from resistance.vpn.amnezia import AmneziaParams, Rewriter
+
+log = logging.getLogger(__name__)
+
+BATCH: Final = 64
+MAX_DATAGRAM: Final = 65535
+DEFAULT_IDLE: Final = 180.0
+DEFAULT_MAX_FLOWS: Final = 4096
+
+
+class Side(enum.Enum):
+    """Which end of the translator speaks AmneziaWG."""
+
+    SERVER = "server"  # listeners are AmneziaWG clients; upstream is our WireGuard
+    CLIENT = "client"  # listener is our stock WireGuard client; upstream the AmneziaWG server
+
+
+@dataclass(slots=True)
+class Counters:
+    inbound: int = 0
+    outbound: int = 0
+    dropped: int = 0
+    flows_opened: int = 0
+
+
+class _Flow:
+    __slots__ = ("addr", "last", "rewriter", "sock")
+
+    def __init__(self, addr: Any, sock: socket.socket, rewriter: Rewriter, now: float) -> None:
+        self.addr = addr
+        self.sock = sock
+        self.rewriter = rewriter
+        self.last = now
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class Translator:
+    """AmneziaWG on ``listen`` <-> WireGuard (see the module docstring)."""
+
+    def __init__(
+        self,
+        params: AmneziaParams,
+        *,
+        side: Side,
+        listen: Endpoint,
+        target: Endpoint,
+        wireguard_public: bytes,
+        amnezia_publics: Callable[[], Iterable[bytes]],
+        max_flows: int = DEFAULT_MAX_FLOWS,
+        idle: float = DEFAULT_IDLE,
+        fwmark: int = 0,
+    ) -> None:
+        self.params = params
+        self.side = side
+        self.listen = listen
+        self.target = target
+        self._wg_public = wireguard_public
+        self._amnezia_publics = amnezia_publics
+        self.max_flows = max_flows
+        self.idle = idle
+        self.fwmark = fwmark  # on upstream sockets: wg-quick's full tunnel lets them out
+        self.counters = Counters()
+        self._flows: dict[Any, _Flow] = {}
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._target_addr: Any = None
+        self._target_family = socket.AF_INET
+
+    @property
+    def flows(self) -> int:
+        return len(self._flows)
+
+    async def start(self) -> Endpoint:
+        """Bind and start serving; the bound address (port 0 picks one)."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        infos = await loop.getaddrinfo(self.target.host, self.target.port, type=socket.SOCK_DGRAM)
+        self._target_addr = infos[0][4]
+        self._target_family = infos[0][0]
+        sock = socket.socket(_family(self.listen.host), socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.listen.host, self.listen.port))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._downstream_readable)
+        self._sweeper = loop.create_task(self._sweep(), name="amnezia-translator-sweeper")
+        host, port = sock.getsockname()[:2]
+        return Endpoint(host, port)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        for addr in list(self._flows):
+            self._close_flow(addr)
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    async def _sweep(self) -> None:
+        assert self._loop is not None
+        while True:
+            await asyncio.sleep(min(30.0, self.idle / 2))
+            cutoff = self._loop.time() - self.idle
+            for addr in [a for a, f in self._flows.items() if f.last < cutoff]:
+                self._close_flow(addr)
+
+    def _close_flow(self, addr: Any) -> None:
+        flow = self._flows.pop(addr, None)
+        if flow is not None and self._loop is not None:
+            self._loop.remove_reader(flow.sock.fileno())
+            flow.sock.close()
+
+    def _new_rewriter(self) -> Rewriter:
+        return Rewriter(
+            self.params,
+            wireguard_public=self._wg_public,
+            amnezia_publics=self._amnezia_publics,
+        )
+
+    def _open_flow(self, addr: Any, rewriter: Rewriter) -> _Flow | None:
+        assert self._loop is not None
+        if len(self._flows) >= self.max_flows:
+            return None
+        sock = socket.socket(self._target_family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if self.fwmark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
+            sock.connect(self._target_addr)
+        except OSError as exc:
+            sock.close()
+            log.warning("translator: cannot reach %s: %s", self.target, exc.strerror)
+            return None
+        flow = _Flow(addr, sock, rewriter, self._loop.time())
+        self._flows[addr] = flow
+        self.counters.flows_opened += 1
+        self._loop.add_reader(sock.fileno(), self._upstream_readable, flow)
+        return flow
+
+    # --- the hot path ---------------------------------------------------------
+
+    def _downstream_readable(self) -> None:
+        sock = self._sock
+        if sock is None or self._loop is None:
+            return
+        now = self._loop.time()
+        counters = self.counters
+        server = self.side is Side.SERVER
+        for _ in range(BATCH):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # ICMP errors surface here on some kernels: not ours to act on
+            counters.inbound += 1
+            flow = self._flows.get(addr)
+            if server:
+                rewriter = flow.rewriter if flow is not None else self._new_rewriter()
+                out = rewriter.to_wireguard(data)
+                if out is None:
+                    counters.dropped += 1
+                    continue
+                if flow is None:
+                    flow = self._open_flow(addr, rewriter)
+                    if flow is None:
+                        counters.dropped += 1
+                        continue
+                flow.last = now
+                self._send_up(flow, out)
+            else:
+                if flow is None:
+                    flow = self._open_flow(addr, self._new_rewriter())
+                    if flow is None:
+                        counters.dropped += 1
+                        continue
+                flow.last = now
+                wire = flow.rewriter.to_amnezia(data)
+                if not wire:
+                    counters.dropped += 1
+                for datagram in wire:
+                    self._send_up(flow, datagram)
+
+    def _upstream_readable(self, flow: _Flow) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        counters = self.counters
+        server = self.side is Side.SERVER
+        for _ in range(BATCH):
+            try:
+                data = flow.sock.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. ECONNREFUSED from an ICMP port-unreachable
+            if server:
+                wire = flow.rewriter.to_amnezia(data)
+            else:
+                out = flow.rewriter.to_wireguard(data)
+                wire = [] if out is None else [out]
+            if not wire:
+                counters.dropped += 1
+            for datagram in wire:
+                try:
+                    sock.sendto(datagram, flow.addr)
+                    counters.outbound += 1
+                except OSError:
+                    counters.dropped += 1
+
+    def _send_up(self, flow: _Flow, datagram: bytes) -> None:
+        try:
+            flow.sock.send(datagram)
+            self.counters.outbound += 1
+        except OSError:
+            self.counters.dropped += 1
+
+
+def run_translator(translator: Translator, *, announce: str = "") -> int:
+    """Serve until SIGTERM or SIGINT (for the command line); the exit status."""
+    import signal
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        bound = await translator.start()
+        print(f"{announce}AmneziaWG {translator.side.value} translator on {bound}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await translator.close()
+            c = translator.counters
+            log.info(
+                "translator stopped: %d in, %d out, %d dropped, %d flows",
+                c.inbound,
+                c.outbound,
+                c.dropped,
+                c.flows_opened,
+            )
+
+    asyncio.run(main())
+    return 0
