@@ -99,6 +99,10 @@ async def proxy_by_endpoint(session: AsyncSession, *, host: str, port: int) -> P
     return result.scalar_one_or_none()
 
 
+async def proxy_by_id(session: AsyncSession, *, proxy_id: int) -> Proxy | None:
+    return await session.get(Proxy, proxy_id)
+
+
 async def save_proxy(session: AsyncSession, *, fields: dict[str, Any]) -> Proxy:
     """Insert a proxy, or update the one at the same endpoint (same operator)."""
     existing = await proxy_by_endpoint(session, host=fields["host"], port=fields["port"])
