@@ -39,6 +39,7 @@ from resistance.net.mtproto import ask_res_pq
 from resistance.paths import write_private
 from resistance.proto.faketls import ProxySecret, SecretMode
 from tests.conftest import RunningNode, launch_node
+from tests.e2e.labkit import lab_certificate, remove_lab
 from tests.integration.socksclient import SocksFailure, open_socks, recv_exact
 from tests.integration.test_connect_tls_directory import banner_pin
 
@@ -123,12 +124,7 @@ def recovery(check: object) -> float:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     t = topo.Topology(f"br{os.getpid() % 100000}")
     tmp = tmp_path_factory.mktemp("bridge-lab")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=lab"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
+    cert, key = lab_certificate(tmp)
     started: list[RunningNode] = []
     servers: list[subprocess.Popen[str]] = []
     try:
@@ -192,12 +188,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for server in servers:
             server.terminate()
             server.wait(10)
-        settings = censor.load_settings(t.censor)
-        if settings.watcher:
-            censor._stop_watcher(settings.watcher)
-        for ns in t.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        censor.forget(t.censor)
+        remove_lab(t)
 
 
 def test_both_users_get_through_the_whitelist_via_bridge_and_exit(world: World) -> None:
