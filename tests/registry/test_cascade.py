@@ -20,7 +20,13 @@ from resistance.grants.award import compute_result
 from resistance.grants.model import GrantSettings
 from resistance.probe import rollup
 from resistance.registry import rounds, services
-from resistance.registry.models import ProbeRollup
+from resistance.registry.models import (
+    ProbeAccount,
+    ProbeBatch,
+    ProbeResult,
+    ProbeRollup,
+    ProxyVerdict,
+)
 from tests.grants.helpers import address
 from tests.registry.conftest import RunningRegistry
 from tests.registry.test_api import assert_error
@@ -140,3 +146,45 @@ async def test_a_rounds_rows_pay_the_exit_through_its_bridge(
         "bridge-op": 600_000,
         "exit-op": 400_000,
     }
+
+
+async def test_the_operator_sees_which_hop_fails(
+    running: RunningRegistry, cascade_nodes: dict[str, tuple[Any, Path]]
+) -> None:
+    exit_view, bridge_view, tokens = await register_cascade(running, cascade_nodes)
+    client = running.client(token=tokens["bridge-op"])
+
+    async def hop() -> str:
+        (mine,) = (await client.get("/api/v1/proxies")).json()["proxies"]
+        return str(mine["hop"])
+
+    assert await hop() == "unknown"  # not measured yet
+    async with running.registry.sessions.begin() as session:
+        session.add(ProbeAccount(id=1, name="in-ru", public_key="k", country="RU",
+                                 control=False, created_at=1))  # fmt: skip
+        session.add(ProbeBatch(batch_id="b1", probe_id=1, digest="d", created_at=1,
+                               received_at=1, result_count=2, body="{}"))  # fmt: skip
+        session.add(ProxyVerdict(proxy_id=exit_view["proxy_id"], verdict="functional",
+                                 blocked_in=[], since=1, updated_at=1))  # fmt: skip
+
+    async def inside(at: int, ok: bool, step: str | None, failure: str | None) -> None:
+        async with running.registry.sessions.begin() as session:
+            session.add(
+                ProbeResult(
+                    batch_id="b1", probe_id=1, proxy_id=bridge_view["proxy_id"], measured_at=at,
+                    country="RU", control=False, ok=ok, step=step, failure=failure, detail="",
+                )
+            )  # fmt: skip
+
+    await inside(10, False, "connect", "timeout")
+    assert await hop() == "hop-blocked"
+    await inside(20, False, "tcp", "timeout")
+    assert await hop() == "bridge-unreachable"
+    await inside(30, True, None, None)
+    assert await hop() == "works"
+    await inside(40, False, "connect", "refused")
+    async with running.registry.sessions.begin() as session:
+        verdict = await session.get(ProxyVerdict, exit_view["proxy_id"])
+        assert verdict is not None
+        verdict.verdict = "down"
+    assert await hop() == "exit-down"

@@ -236,6 +236,17 @@ async def verdicts_for(
     return result.scalars().all()
 
 
+async def latest_inside_result(session: AsyncSession, *, proxy_id: int) -> ProbeResult | None:
+    """The newest result for ``proxy_id`` from a vantage inside a censored country."""
+    result = await session.execute(
+        select(ProbeResult)
+        .where(ProbeResult.proxy_id == proxy_id, ProbeResult.control.is_(False))
+        .order_by(ProbeResult.measured_at.desc(), ProbeResult.id.desc())
+        .limit(1)
+    )
+    return result.scalars().first()
+
+
 async def verdict_history(session: AsyncSession, *, proxy_id: int) -> Sequence[ProxyVerdictChange]:
     result = await session.execute(
         select(ProxyVerdictChange)

@@ -130,6 +130,8 @@ class ProxyView(BaseModel):
     cascade_role: str | None = None
     #: A bridge's exit (its proxy_id; the exit's address is never published).
     exit_id: int | None = None
+    #: A bridge's per-hop verdict: works, bridge-unreachable, hop-blocked, exit-down, unknown.
+    hop: str | None = None
 
 
 class ProxyList(BaseModel):

@@ -25,6 +25,9 @@ from resistance.directory.canonical import CanonicalError
 from resistance.directory.document import build_document, dump_signed, sign_document
 from resistance.directory.entry import TlsListener
 from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
+from resistance.probe.cascade import HopVerdict, cascade_verdict
+from resistance.probe.check import CheckVerdict, Failure, Step
+from resistance.probe.verdict import Status, Verdict
 from resistance.registry import repositories as repo
 from resistance.registry.addresses import AddressError, payout_address
 from resistance.registry.challenge import ChallengeFailed, prove_control, prove_tls_control
@@ -432,7 +435,29 @@ def listed(proxies: Sequence[Proxy]) -> list[Proxy]:
 async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str, Any]]:
     async with registry.sessions() as session:
         proxies = await repo.proxies_of(session, operator_id=operator_id)
-    return [proxy_view(p) for p in proxies]
+        hops = {p.id: await hop_verdict(session, p) for p in proxies if p.exit_id is not None}
+    return [proxy_view(p) | ({"hop": hops[p.id]} if p.id in hops else {}) for p in proxies]
+
+
+async def hop_verdict(session: AsyncSession, bridge: Proxy) -> str:
+    """Which hop of a cascade fails (:func:`resistance.probe.cascade.cascade_verdict`):
+    the bridge's newest check from inside, and its exit's status from the probes."""
+    inside = await repo.latest_inside_result(session, proxy_id=bridge.id)
+    if inside is None or bridge.exit_id is None:
+        return HopVerdict.UNKNOWN.value
+    try:
+        step = Step(inside.step) if inside.step else None
+        failure = Failure(inside.failure) if inside.failure else None
+    except ValueError:
+        step, failure = None, None
+    check = CheckVerdict(inside.ok, step, failure, "")
+    (current,) = await repo.verdicts_for(session, proxy_ids=[bridge.exit_id]) or (None,)
+    exit_status = (
+        Status(Verdict(current.verdict), tuple(current.blocked_in))
+        if current is not None
+        else Status(Verdict.UNTESTED)
+    )
+    return cascade_verdict(check, exit_status).value
 
 
 def _listing(proxy: Proxy) -> dict[str, Any]:
