@@ -30,7 +30,8 @@ SOCKS5 CONNECT hop; a bridge refuses them (configuration turns both off).
 
 The hop's credentials are the bridge's own user on the exit (one per
 bridge, revoked on the exit by removing it and SIGHUP); they are never
-logged: upstreams are named by :attr:`Upstream.label`.
+logged: upstreams are named by :attr:`Upstream.label`.  The upstreams are
+read at start; SIGHUP on the bridge does not change them.
 """
 
 from __future__ import annotations
