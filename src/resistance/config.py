@@ -117,6 +117,8 @@ class NodeSettings:
     state_dir: Path | None = None
     config_file: Path | None = None
     mtproto: MTProtoSettings | None = None
+    upstream: tuple[str, ...] = ()
+    """Exits this node (a bridge) reaches everything through, as ``--upstream`` URLs."""
 
 
 _LIMIT_FIELDS = {f.name: f.type for f in dataclasses.fields(NodeLimits)}
@@ -150,6 +152,7 @@ _NODE_KEYS = {
     "mtproto_dc",
     "mtproto_modes",
     "mtproto_fast",
+    "upstream",
 }
 
 
@@ -254,6 +257,10 @@ def _build(
     for key in ("no_auth", "qr", "log_destinations", "udp", "bind"):
         if key in raw:
             kwargs[key] = _as_bool(raw[key], key)
+    if raw.get("upstream"):
+        # A bridge's hop to its exit is a SOCKS5 CONNECT: UDP and BIND cannot cross it.
+        kwargs["upstream"] = tuple(_as_list(raw["upstream"], "upstream"))
+        kwargs["udp"] = kwargs["bind"] = False
     if raw.get("metrics"):
         kwargs["metrics"] = parse_endpoint(str(raw["metrics"]), what="metrics address")
     if "public_host" in raw:

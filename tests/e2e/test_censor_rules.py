@@ -26,6 +26,7 @@ import pytest
 
 from resistance.lab import censor, netns
 from resistance.lab import topology as topo
+from tests.e2e.labkit import lab_certificate, remove_lab
 
 pytestmark = [
     pytest.mark.root,
@@ -63,12 +64,7 @@ class Net:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     t = topo.Topology(f"cz{os.getpid() % 100000}")
     tmp = tmp_path_factory.mktemp("censor")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=lab"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
+    cert, key = lab_certificate(tmp)
     server: subprocess.Popen[str] | None = None
     try:
         for cmd in t.build_commands():
@@ -86,12 +82,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         if server is not None:
             server.terminate()
             server.wait(10)
-        settings = censor.load_settings(t.censor)
-        if settings.watcher:
-            censor._stop_watcher(settings.watcher)
-        for ns in t.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        censor.forget(t.censor)
+        remove_lab(t)
 
 
 @pytest.fixture

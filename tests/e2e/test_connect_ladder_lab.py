@@ -22,6 +22,7 @@ import pytest
 from resistance.lab import censor, escalate, netns
 from resistance.lab import topology as topo
 from tests.conftest import RunningNode, launch_node
+from tests.e2e.labkit import lab_certificate, remove_lab
 from tests.integration.socksclient import open_socks, recv_exact
 from tests.integration.test_connect_directory import read_status, wait_for
 from tests.integration.test_connect_tls_directory import banner_pin
@@ -63,12 +64,7 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     t = topo.Topology(f"cl{os.getpid() % 100000}")
     tmp = tmp_path_factory.mktemp("ladder-lab")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=lab"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
+    cert, key = lab_certificate(tmp)
     started: list[RunningNode] = []
     server: subprocess.Popen[str] | None = None
     try:
@@ -111,12 +107,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         if server is not None:
             server.terminate()
             server.wait(10)
-        settings = censor.load_settings(t.censor)
-        if settings.watcher:
-            censor._stop_watcher(settings.watcher)
-        for ns in t.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        censor.forget(t.censor)
+        remove_lab(t)
 
 
 def recovery(lab: Lab) -> float:

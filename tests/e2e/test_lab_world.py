@@ -92,7 +92,7 @@ def test_up_block_from_a_censor_file_status_and_down(tmp_path: Path) -> None:
     finally:
         down = resist("down", *common, *state)
     assert down.returncode == 0, down.stderr
-    assert down.stdout.strip() == f"lab {name} is down: 6 processes stopped, 3 namespaces removed"
+    assert down.stdout.strip() == f"lab {name} is down: 6 processes stopped, 4 namespaces removed"
     assert not set(topo.Topology(name).namespaces) & netns.namespaces()
     assert all(netns.process_start_ticks(pid) is None for pid in pids)
     twice = resist("down", *common, *state)

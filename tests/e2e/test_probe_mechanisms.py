@@ -47,6 +47,7 @@ from resistance.probe.diagnose import Mechanism, diagnose
 from resistance.probe.net import SocketNetwork
 from resistance.probe.runner import Canary, CheckSettings, Target, run_check
 from tests.conftest import RunningNode, launch_node
+from tests.e2e.labkit import remove_lab
 
 pytestmark = [
     pytest.mark.root,
@@ -163,12 +164,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             if server is not None:
                 server.terminate()
                 server.wait(10)
-        settings = censor.load_settings(t.censor)
-        if settings.watcher:
-            censor._stop_watcher(settings.watcher)
-        for ns in t.namespaces:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        censor.forget(t.censor)
+        remove_lab(t)
 
 
 @pytest.fixture

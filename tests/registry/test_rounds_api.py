@@ -604,4 +604,4 @@ def test_create_and_recompute_requests_tune_the_same_settings() -> None:
     round_fields = {"round_id", "period_start", "period_end", "target_country"}
     assert set(RoundCreateRequest.model_fields) - round_fields == set(TUNABLE)
     assert set(TUNABLE) <= {f.name for f in dataclasses.fields(GrantSettings)}
-    assert len(TUNABLE) == 9
+    assert len(TUNABLE) == 10  # cascade_exit_bp (issue 24)

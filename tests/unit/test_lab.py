@@ -22,7 +22,9 @@ from resistance.registry.blocklist import V4_OFFSET, merge_ranges, parse_prefix
 @pytest.mark.parametrize("name", ["rlab", "e12345", "a", "lab-2"])
 def test_good_lab_names(name: str) -> None:
     t = topo.Topology(name)
-    assert t.namespaces == (f"{name}-censored", f"{name}-censor", f"{name}-free")
+    assert t.namespaces == (
+        f"{name}-censored", f"{name}-censor", f"{name}-free", f"{name}-domestic",
+    )  # fmt: skip
 
 
 def test_interface_names_fit_and_differ_between_labs() -> None:
@@ -48,19 +50,19 @@ def test_build_plan_touches_only_the_labs_namespaces() -> None:
             assert cmd[2] in lab_ns
         else:  # a veth pair, made with both ends inside lab namespaces
             assert cmd[1:3] == ["link", "add"]
-            assert [cmd[i + 1] for i, w in enumerate(cmd) if w == "netns"] == [
-                t.censored if cmd[3] == "eth0" else t.censor,
-                t.censor if cmd[3] == "eth0" else t.free,
-            ]
+            peers = {"eth0": [t.censored, t.censor], "outside": [t.censor, t.free],
+                     "domestic": [t.censor, t.domestic]}  # fmt: skip
+            assert [cmd[i + 1] for i, w in enumerate(cmd) if w == "netns"] == peers[cmd[3]]
 
 
 def test_every_lab_address_is_in_the_benchmarking_range() -> None:
     lab = ipaddress.ip_network(topo.LAB_RANGE)
     addrs = [topo.USER_ADDR, topo.CENSOR_INSIDE, topo.CENSOR_OUTSIDE, topo.FREE_UPLINK,
              topo.REGISTRY_ADDR, topo.DATACENTRE_ADDR, topo.VPN_ADDR,
-             *topo.NODE_ADDRS]  # fmt: skip
+             topo.CENSOR_DOMESTIC, topo.BRIDGE_ADDR, *topo.NODE_ADDRS]  # fmt: skip
     assert all(ipaddress.ip_address(a) in lab for a in addrs)
     assert ipaddress.ip_address(topo.DATACENTRE_ADDR) in ipaddress.ip_network(topo.DATACENTRE_RANGE)
+    assert ipaddress.ip_address(topo.BRIDGE_ADDR) in ipaddress.ip_network(topo.DOMESTIC_NET)
     # one /24 per node, so the grant rule's network cap sees three networks
     assert len({ipaddress.ip_network(f"{a}/24", strict=False) for a in topo.NODE_ADDRS}) == 3
 

@@ -13,6 +13,7 @@ The transport is never trusted: a mirror on any host serves the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -126,6 +127,13 @@ def upstreams_from(
     for value in entries if isinstance(entries, list) else []:
         entry = parse_entry(value)
         if entry is None or "socks5" not in entry.protocols:
+            continue
+        if value.get("bridge") is True:  # a cascade's bridge (issue 24)
+            found += [
+                dataclasses.replace(u, bridge=True)
+                for u in entry_upstreams(entry, transport)
+                if usable(entry.status, country)
+            ]
             continue
         if usable(entry.status, country):
             found += entry_upstreams(entry, transport)

@@ -19,6 +19,13 @@ A pool that prefers TLS puts every available TLS upstream before every
 plain one (before even the sticky one): a TLS handshake costs a round trip
 more, but it hides the SOCKS5 handshake and its password from a censor's
 DPI, so latency must not talk the client out of it.
+Bridges (domestic nodes relaying to an exit abroad, issue 24) go last among
+the available upstreams: a bridge's domestic address is precious, and a
+censor that sees it used where nodes abroad still work learns it for
+nothing.  Where the network is whitelisted they go first: the pool takes it
+to be whitelisted once a bridge got through while every other upstream was
+failing (a whitelist cuts off everything abroad), and not any more once any
+other upstream gets through again.
 With a :class:`~resistance.client.ladder.Ladder` (what got through in the
 network the client sits in), its rank comes right after the backoff: what
 got through here first, then the untried, then what failed here, each in
@@ -58,6 +65,8 @@ class Upstream:
     tls_sha256: str | None = None  # SOCKS5 inside TLS, to a certificate with this SHA-256
     #: An MTProto proxy (the ladder's MTProto rung) opened by this secret, in hex.
     mtproto_secret: str | None = None
+    #: A bridge: a domestic node that relays to an exit (the directory says so).
+    bridge: bool = False
 
     @property
     def mtproto(self) -> ProxySecret | None:
@@ -145,6 +154,8 @@ class UpstreamPool:
         self.upstreams: list[Upstream] = []
         self.health: dict[Upstream, Health] = {}
         self.active: Upstream | None = None
+        #: Whether the network looks whitelisted (see the module docstring).
+        self.whitelisted = False
         #: The active upstream that just failed, so moving off it counts as a switch.
         self._dropped: Upstream | None = None
         self.switches = 0
@@ -165,19 +176,20 @@ class UpstreamPool:
 
         ladder = self.ladder
 
-        def key(u: Upstream) -> tuple[int, int, float, int, int, int, int, float, int]:
+        def key(u: Upstream) -> tuple[int, int, float, int, int, int, int, int, float, int]:
             h = self.health[u]
             resting = 0 if h.available(now) else 1
             lying = 1 if h.lies else 0
             # Among those resting, what failed fastest costs least to try again.
             cost = (h.fail_seconds or 0.0) if resting else 0.0
+            bridge = (0 if u.bridge else 1) if self.whitelisted else (1 if u.bridge else 0)
             learned, rung = ladder.rank(u) if ladder is not None else (0, 0)
             plain = (
                 1 if self.prefer_tls and u.tls_sha256 is None and u.mtproto_secret is None else 0
             )
             sticky = 0 if u == self.active else 1
             latency = h.latency if h.latency is not None else float("inf")
-            return (resting, lying, cost, learned, rung, plain, sticky, latency, index[u])
+            return (resting, lying, cost, bridge, learned, rung, plain, sticky, latency, index[u])
 
         return sorted(self.upstreams, key=key)
 
@@ -189,6 +201,11 @@ class UpstreamPool:
             return
         if self.ladder is not None:
             self.ladder.record(upstream, ok=True)
+        if not upstream.bridge:
+            self.whitelisted = False
+        elif not self.whitelisted:
+            others = [self.health[u] for u in self.upstreams if not u.bridge]
+            self.whitelisted = bool(others) and all(o.consecutive_failures for o in others)
         h.successes += 1
         if h.consecutive_failures or h.down_until:
             h.last_change = time.monotonic() if now is None else now

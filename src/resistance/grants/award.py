@@ -26,6 +26,15 @@ first ``probation_days`` such days of a proxy (minus the days it already served
 in earlier rounds, ``prior_service_days``) earn nothing. The proxy's weight is
 the sum of its other day weights.
 
+**Cascades.** A bridge that relays to an exit is one proxy with two
+operators. Its earned weight ``w`` (after probation) is split before the pool
+is shared: ``exit_w = floor(w * cascade_exit_bp / 10000)`` goes to the exit's
+operator in the exit's network, ``w - exit_w`` to the bridge's operator in the
+bridge's network. So the split never loses or makes weight, each operator's
+cap and each network's cap apply to its own part, and the rounding below
+makes the satoshi sum exactly. An exit serving several bridges gets one part
+per bridge.
+
 **Sharing the pool, with caps (water-filling).** The pool is the budget minus
 the fee reserve. Each operator may get at most ``operator_cap_bp`` and each /24
 (or /48) network at most ``network_cap_bp`` basis points of the pool (the cap in
@@ -104,11 +113,16 @@ def day_weight(settings: GrantSettings, r: DailyRollup) -> int:
 class _ProxyTally:
     """What the rule keeps of one proxy while reading its rows."""
 
-    __slots__ = ("days_seen", "early", "network", "operator_id", "probation", "service", "total")
+    __slots__ = (
+        "days_seen", "early", "exit", "network", "operator_id", "probation", "service", "total",
+    )  # fmt: skip
 
-    def __init__(self, operator_id: str, network: str, probation: int) -> None:
+    def __init__(
+        self, operator_id: str, network: str, probation: int, exit: tuple[str, str] | None
+    ) -> None:
         self.operator_id = operator_id
         self.network = network
+        self.exit = exit  # (operator, network) of a cascade's exit
         self.probation = probation
         self.days_seen = 0  # bit i set: day period_start + i has a row
         self.total = 0  # sum of all day weights
@@ -168,14 +182,22 @@ def tally(
                 f"{settings.period_start}..{settings.period_end}"
             )
         p = proxies.get(r.proxy_id)
+        exit = (r.exit_operator_id, r.exit_network) if r.exit_operator_id else None
         if p is None:
             left = max(0, probation - prior_service_days.get(r.proxy_id, 0))
-            p = proxies[r.proxy_id] = _ProxyTally(r.operator_id, r.network, left)
-        elif p.operator_id != r.operator_id or p.network != r.network:
+            p = proxies[r.proxy_id] = _ProxyTally(r.operator_id, r.network, left, exit)
+        elif p.operator_id != r.operator_id or p.network != r.network or p.exit != exit:
             raise InputError(
-                f"proxy {r.proxy_id}: rows disagree on operator or network "
-                f"({p.operator_id} {p.network} vs {r.operator_id} {r.network})"
+                f"proxy {r.proxy_id}: rows disagree on operator, network or exit "
+                f"({p.operator_id} {p.network} {p.exit} vs {r.operator_id} {r.network} {exit})"
             )
+        if exit is not None:
+            known = addresses.setdefault(r.exit_operator_id, r.exit_payout_address)
+            if known != r.exit_payout_address:
+                raise InputError(
+                    f"operator {r.exit_operator_id}: rows disagree on the payout address "
+                    f"({known} vs {r.exit_payout_address})"
+                )
         bit = 1 << offset
         if p.days_seen & bit:
             raise InputError(f"rollup {r.proxy_id} {r.day} {country}: duplicate row")
@@ -300,6 +322,16 @@ def largest_remainder(total: int, shares: list[tuple[str, Fraction]]) -> dict[st
     return floors
 
 
+def split_weight(settings: GrantSettings, p: _ProxyTally) -> list[tuple[str, str, int]]:
+    """(operator, network, weight) parts of one proxy's earned weight: one part, or a
+    cascade's bridge part and exit part (the exit's floored, so they sum exactly)."""
+    earned = p.earned
+    if p.exit is None:
+        return [(p.operator_id, p.network, earned)]
+    exit_weight = earned * settings.cascade_exit_bp // BASIS_POINTS
+    return [(p.operator_id, p.network, earned - exit_weight), (*p.exit, exit_weight)]
+
+
 def compute_result(settings: GrantSettings, inputs: RoundInputs) -> RoundResult:
     """Apply the award rule to a round's recorded inputs."""
     return compute_result_from(
@@ -321,14 +353,13 @@ def compute_result_from(
     op_proxies: dict[str, int] = {}
     op_days: dict[str, int] = {}
     for p in t.proxies.values():
-        earned = p.earned
-        op = p.operator_id
-        op_weight[op] = op_weight.get(op, 0) + earned
-        op_proxies[op] = op_proxies.get(op, 0) + 1
-        op_days[op] = op_days.get(op, 0) + p.service
-        if earned > 0:
-            key = (op, p.network)
-            unit_weight[key] = unit_weight.get(key, 0) + earned
+        for op, net, earned in split_weight(settings, p):
+            op_weight[op] = op_weight.get(op, 0) + earned
+            op_proxies[op] = op_proxies.get(op, 0) + 1
+            op_days[op] = op_days.get(op, 0) + p.service
+            if earned > 0:
+                key = (op, net)
+                unit_weight[key] = unit_weight.get(key, 0) + earned
     units = [(op, net, w) for (op, net), w in sorted(unit_weight.items())]
     exact = fill(
         pool,

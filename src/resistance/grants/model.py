@@ -34,6 +34,12 @@ NETWORKS = ("bitcoin", "testnet", "testnet4", "signet", "regtest")
 MIN_PAYOUT_FLOOR_SAT = 546
 BASIS_POINTS = 10_000
 MAX_SAT = 21_000_000 * 100_000_000
+#: A cascade's split (issue 24): the exit's operator gets 40 % of its weight by
+#: default, the bridge's 60 % (the domestic hop is the scarce one); a funder may set
+#: anything from 10 % to 90 %, so neither volunteer of a cascade is left unpaid.
+CASCADE_EXIT_DEFAULT_BP = 4_000
+CASCADE_EXIT_MIN_BP = 1_000
+CASCADE_EXIT_MAX_BP = 9_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,9 @@ class GrantSettings:
     probation_days: int = 0
     operator_cap_bp: int = BASIS_POINTS
     network_cap_bp: int = BASIS_POINTS
+    cascade_exit_bp: int = CASCADE_EXIT_DEFAULT_BP
+    """A cascade's weight goes this many basis points to its exit's operator, the
+    rest to its bridge's (see :mod:`resistance.grants.award`)."""
 
     def __post_init__(self) -> None:
         if not self.round_id:
@@ -92,6 +101,12 @@ class GrantSettings:
         for name in ("operator_cap_bp", "network_cap_bp"):
             if not 1 <= getattr(self, name) <= BASIS_POINTS:
                 raise SettingsError(f"{name} must be between 1 and {BASIS_POINTS}")
+        if not CASCADE_EXIT_MIN_BP <= self.cascade_exit_bp <= CASCADE_EXIT_MAX_BP:
+            raise SettingsError(
+                f"cascade_exit_bp must be between {CASCADE_EXIT_MIN_BP} and "
+                f"{CASCADE_EXIT_MAX_BP} (each operator of a cascade gets at least "
+                f"{CASCADE_EXIT_MIN_BP / 100:g} %): {self.cascade_exit_bp}"
+            )
 
     @property
     def pool_sat(self) -> int:
@@ -122,6 +137,15 @@ class DailyRollup:
     target_attempts: int
     target_successes: int
     throughput_kbps: int = 0
+    #: A cascade (this proxy is a bridge relaying to an exit): the exit's operator,
+    #: its /24 or /48 and its payout address; all empty for a proxy of one hop.
+    exit_operator_id: str = ""
+    exit_network: str = ""
+    exit_payout_address: str = ""
+
+    @property
+    def cascade(self) -> bool:
+        return bool(self.exit_operator_id)
 
     def __post_init__(self) -> None:
         ca, cs = self.control_attempts, self.control_successes
@@ -142,6 +166,14 @@ class DailyRollup:
         ):
             self._explain()
         check_network(self.network, f"rollup {self.proxy_id} {self.day}")
+        exit_fields = (self.exit_operator_id, self.exit_network, self.exit_payout_address)
+        if any(exit_fields):
+            if not all(exit_fields):
+                raise InputError(
+                    f"rollup {self.proxy_id} {self.day}: a cascade needs exit_operator_id, "
+                    "exit_network and exit_payout_address"
+                )
+            check_network(self.exit_network, f"rollup {self.proxy_id} {self.day} (exit)")
 
     def _explain(self) -> None:
         """Raise the error that says what is wrong with this row (the slow path)."""
@@ -310,7 +342,12 @@ def settings_to_json(s: GrantSettings) -> dict[str, Any]:
         "probation_days": s.probation_days,
         "operator_cap_bp": s.operator_cap_bp,
         "network_cap_bp": s.network_cap_bp,
-    }
+    } | (
+        # Written when the funder changed it, so earlier round files read as they did.
+        {"cascade_exit_bp": s.cascade_exit_bp}
+        if s.cascade_exit_bp != CASCADE_EXIT_DEFAULT_BP
+        else {}
+    )
 
 
 def _int(obj: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
@@ -379,7 +416,15 @@ def rollup_to_json(r: DailyRollup) -> dict[str, Any]:
         "target_attempts": r.target_attempts,
         "target_successes": r.target_successes,
         "throughput_kbps": r.throughput_kbps,
-    }
+    } | (
+        {
+            "exit_operator_id": r.exit_operator_id,
+            "exit_network": r.exit_network,
+            "exit_payout_address": r.exit_payout_address,
+        }
+        if r.cascade
+        else {}  # a one-hop proxy's row reads as it always did
+    )
 
 
 def rollup_from_json(obj: Any, index: int) -> DailyRollup:
@@ -397,7 +442,11 @@ def rollup_from_json(obj: Any, index: int) -> DailyRollup:
         target_attempts=_int(o, "target_attempts", w),
         target_successes=_int(o, "target_successes", w),
         throughput_kbps=_int(o, "throughput_kbps", w, 0),
+        **{key: _str(o, key, w) for key in _EXIT_FIELDS if key in o},
     )
+
+
+_EXIT_FIELDS = ("exit_operator_id", "exit_network", "exit_payout_address")
 
 
 def inputs_to_json(i: RoundInputs) -> dict[str, Any]:

@@ -23,7 +23,7 @@ NAME = click.option(
     "--name",
     default="rlab",
     show_default=True,
-    help="Lab name (namespaces are NAME-censored, NAME-censor, NAME-free).",
+    help="Lab name (namespaces are NAME-censored, NAME-censor, NAME-free, NAME-domestic).",
 )
 STATE = click.option(
     "--state-dir", type=click.Path(path_type=Path), help="Where the lab keeps its record and logs."

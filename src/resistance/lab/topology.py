@@ -1,14 +1,19 @@
-"""The lab's map: three namespaces, two links, and every address in 198.18.0.0/15.
+"""The lab's map: four namespaces, three links, and every address in 198.18.0.0/15.
 
 ::
 
     censored                censor (router, nftables)              free
     198.18.1.2 ──veth── 198.18.1.1 | 198.18.2.1 ──veth── 198.18.2.2
-    user, resist connect,                                 registry  198.18.3.1
-    two probes (RU)                                       nodes     198.18.10.1, .11.1, .12.1
-                                                          WireGuard 198.18.13.1 (resist vpn)
-                                                          probe (control, NL)
-                                                          data centre 198.18.100.1 (blocked)
+    user, resist connect,           | 198.18.4.1          registry  198.18.3.1
+    two probes (RU)                 |                     nodes     198.18.10.1, .11.1, .12.1
+                                  veth                    WireGuard 198.18.13.1 (resist vpn)
+                                    |                     probe (control, NL)
+                              198.18.4.2 domestic         data centre 198.18.100.1 (blocked)
+                              (a bridge on domestic hosting, inside the censored country)
+
+The domestic hosting network is inside the censored country: its traffic to
+the user and to the free side crosses the censor like the user's does, and a
+whitelist lists its prefix (as real whitelists list large domestic clouds).
 
 198.18.0.0/15 is the benchmarking range (RFC 2544): never routed on the
 internet, so nothing here can reach or impersonate a real host.  Each node
@@ -42,6 +47,10 @@ VPN_ADDR = "198.18.13.1"
 #: The probes' control proxy (registry --probe-control): up, unregistered, on no list.
 CONTROL_ADDR = "198.18.14.1"
 VPN_PORT = 51820
+#: Domestic hosting inside the censored country (a whitelist lists it) and its bridge.
+DOMESTIC_NET = "198.18.4.0/24"
+CENSOR_DOMESTIC = "198.18.4.1"
+BRIDGE_ADDR = "198.18.4.2"
 DATACENTRE_ADDR = "198.18.100.1"
 DATACENTRE_PORT = 443
 #: The stand-in Telegram range: blocked from the start, as Telegram's own ranges were.
@@ -83,8 +92,12 @@ class Topology:
         return f"{self.name}-free"
 
     @property
-    def namespaces(self) -> tuple[str, str, str]:
-        return (self.censored, self.censor, self.free)
+    def domestic(self) -> str:
+        return f"{self.name}-domestic"
+
+    @property
+    def namespaces(self) -> tuple[str, str, str, str]:
+        return (self.censored, self.censor, self.free, self.domestic)
 
     @property
     def wg_interface(self) -> str:
@@ -102,7 +115,7 @@ class Topology:
 
     def build_commands(self) -> list[list[str]]:
         """``ip`` commands that make the namespaces, links, addresses and routes."""
-        ns_censored, ns_censor, ns_free = self.namespaces
+        ns_censored, ns_censor, ns_free, ns_domestic = self.namespaces
         cmds: list[list[str]] = [["ip", "netns", "add", ns] for ns in self.namespaces]
         cmds += [["ip", "-n", ns, "link", "set", "lo", "up"] for ns in self.namespaces]
         # veths are made directly inside their namespaces: the host never sees them.
@@ -111,18 +124,24 @@ class Topology:
              "peer", "name", "inside", "netns", ns_censor],
             ["ip", "link", "add", "outside", "netns", ns_censor, "type", "veth",
              "peer", "name", "eth0", "netns", ns_free],
+            ["ip", "link", "add", "domestic", "netns", ns_censor, "type", "veth",
+             "peer", "name", "eth0", "netns", ns_domestic],
             ["ip", "-n", ns_censored, "addr", "add", f"{USER_ADDR}/24", "dev", "eth0"],
             ["ip", "-n", ns_censor, "addr", "add", f"{CENSOR_INSIDE}/24", "dev", "inside"],
             ["ip", "-n", ns_censor, "addr", "add", f"{CENSOR_OUTSIDE}/30", "dev", "outside"],
             ["ip", "-n", ns_free, "addr", "add", f"{FREE_UPLINK}/30", "dev", "eth0"],
+            ["ip", "-n", ns_censor, "addr", "add", f"{CENSOR_DOMESTIC}/24", "dev", "domestic"],
+            ["ip", "-n", ns_domestic, "addr", "add", f"{BRIDGE_ADDR}/24", "dev", "eth0"],
         ]  # fmt: skip
         for ns, dev in ((ns_censored, "eth0"), (ns_censor, "inside"), (ns_censor, "outside"),
-                        (ns_free, "eth0")):  # fmt: skip
+                        (ns_free, "eth0"), (ns_censor, "domestic"),
+                        (ns_domestic, "eth0")):  # fmt: skip
             cmds.append(["ip", "-n", ns, "link", "set", dev, "up"])
         for addr in (REGISTRY_ADDR, *NODE_ADDRS, VPN_ADDR, CONTROL_ADDR, DATACENTRE_ADDR):
             cmds.append(["ip", "-n", ns_free, "addr", "add", f"{addr}/32", "dev", "lo"])
         cmds += [
             ["ip", "-n", ns_censored, "route", "add", "default", "via", CENSOR_INSIDE],
+            ["ip", "-n", ns_domestic, "route", "add", "default", "via", CENSOR_DOMESTIC],
             ["ip", "-n", ns_free, "route", "add", "default", "via", CENSOR_OUTSIDE],
             ["ip", "-n", ns_censor, "route", "add", LAB_RANGE, "via", FREE_UPLINK],
             ["ip", "netns", "exec", ns_censor, "sysctl", "-qw", "net.ipv4.ip_forward=1"],

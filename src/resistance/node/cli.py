@@ -103,6 +103,15 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
     metavar="LIST",
     help="Comma list of classic,dd,ee [default: ee with --mtproto-domain, else dd].",
 )
+@click.option(
+    "--upstream",
+    multiple=True,
+    metavar="URL",
+    help="Make this node a bridge to an exit node (repeatable, tried in order with "
+    "failover): socks5s://USER:PASS@HOST:PORT#sha256=PIN (SOCKS5 inside TLS, also "
+    "socks5+tls://USER:PASS@HOST:PORT?pin=PIN) or socks5://USER:PASS@HOST:PORT; "
+    "UDP ASSOCIATE and BIND are then refused.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @one_line_errors
 def node(
@@ -134,6 +143,13 @@ def node(
       resist node --listen 0.0.0.0:1080 --workers 2 --public-host 203.0.113.7
       resist node --mtproto-listen 0.0.0.0:443 --mtproto-domain www.example.com \\
                   --mtproto-user alice --public-host 203.0.113.7
+
+    \b
+    A bridge on a domestic server, relaying to an exit abroad (the exit's
+    banner prints its socks5s:// URL; give the bridge its own user there):
+      resist node --listen 0.0.0.0:1080 --public-host 198.51.100.20 \\
+        --upstream 'socks5s://bridge1:s3cret@203.0.113.7:443#sha256=<PIN>' \\
+        --upstream 'socks5://bridge1:s3cret@203.0.113.7:1080'
     """
     from resistance.config import node_settings, parse_user
     from resistance.node.run import run_node
@@ -151,7 +167,7 @@ def node(
     overrides["deny_ports"] = ["25", *options["deny_ports"]] if options["deny_ports"] else None
     if options["metrics"] is None:
         overrides.pop("metrics")
-    for key in ("mtproto_listen", "mtproto_user", "mtproto_dc"):
+    for key in ("mtproto_listen", "mtproto_user", "mtproto_dc", "upstream"):
         overrides[key] = list(options[key]) or None
     for key in ("tls_cert", "tls_key", "state_dir"):
         if options[key] is not None:

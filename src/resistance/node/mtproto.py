@@ -57,7 +57,7 @@ import secrets
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,14 +272,18 @@ class MTProtoServer:
         loop: asyncio.AbstractEventLoop | None = None,
         now: Callable[[], float] = time.time,
         worker: tuple[int, int] | None = None,
+        open_connection: Callable[..., Awaitable[tuple[Any, Any]]] | None = None,
     ) -> None:
         """``worker``: (slot, count) of a ``--workers`` node, whose users' bytes and
-        connections are then counted node-wide (:class:`SharedUsers`)."""
+        connections are then counted node-wide (:class:`SharedUsers`).
+        ``open_connection``: how data centres are dialed, as ``loop.create_connection``
+        (a bridge's goes through its exit)."""
         self.settings = settings
         self.limits = limits
         self.state_dir = state_dir
         self.loop = loop or asyncio.get_running_loop()
         self.now = now
+        self.open_connection = open_connection or self.loop.create_connection
         self.modes = checked_modes(settings)
         self.metrics = MTProtoMetrics(metrics)
         with state_lock(state_dir):  # workers resolve at once: one generated secret each
@@ -801,7 +805,7 @@ class ClientConnection(asyncio.Protocol):
         for endpoint in server.dc_endpoints(client.dc):
             try:
                 transport, dc = await asyncio.wait_for(
-                    server.loop.create_connection(
+                    server.open_connection(
                         lambda: DCConnection(self), endpoint.host, endpoint.port
                     ),
                     server.limits.connect_timeout,

@@ -136,6 +136,11 @@ async def serve(
     identity = prepared.identity
     loop = asyncio.get_running_loop()
     metrics = NodeMetrics()
+    upstream: Any = None
+    if settings.upstream:
+        from resistance.node.upstream import upstream_network  # only a bridge needs TLS dialing
+
+        upstream = upstream_network(settings.upstream, loop)
     node = Node(
         settings,
         users=access.users,
@@ -144,9 +149,17 @@ async def serve(
         loop=loop,
         identity=identity if access.users is not None else None,
         sockets=sockets,
+        net=upstream,
     )
     await node.start()
-    mtproto = await start_mtproto(prepared, metrics, node, mtproto_sockets, worker)
+    mtproto = await start_mtproto(
+        prepared,
+        metrics,
+        node,
+        mtproto_sockets,
+        worker,
+        upstream.open_transport if upstream else None,
+    )
     metrics_server: Any = None
     if metrics_channel is not None:
         _answer_metrics(loop, metrics_channel, metrics)
@@ -184,6 +197,8 @@ async def serve(
                 "stopping: draining connections for up to %.0f s", settings.limits.drain_timeout
             )
             stopping.append(loop.create_task(node.stop(), name="node-stop"))
+            if upstream is not None:
+                upstream.close()
             if mtproto is not None:
                 stopping.append(loop.create_task(mtproto.stop(), name="mtproto-stop"))
 
@@ -289,6 +304,11 @@ def print_banner(
         lines.append(_tls_link_line(settings, listening, access))
     if settings.metrics is not None:
         lines.append(f"metrics on http://{settings.metrics}/metrics")
+    if settings.upstream:
+        lines.append(
+            f"bridge: everything goes through {len(settings.upstream)} upstream transport"
+            f"{'s' if len(settings.upstream) != 1 else ''} to the exit (UDP and BIND refused)"
+        )
     if access.generated and (listening.bound or listening.tls_bound):
         how = "new" if access.created else "kept"
         lines.append(
@@ -335,16 +355,23 @@ async def start_mtproto(
     node: Node,
     sockets: list[socket.socket] | None = None,
     worker: tuple[int, int] | None = None,
+    open_connection: Callable[..., Any] | None = None,
 ) -> Any:
     """The MTProto listener beside the SOCKS5 node, when ``--mtproto-listen`` asks for one
-    (a worker of ``--workers`` gets its listening ``sockets`` from the supervisor)."""
+    (a worker of ``--workers`` gets its listening ``sockets`` from the supervisor;
+    a bridge's ``open_connection`` dials data centres through its exit)."""
     mt = prepared.settings.mtproto
     if mt is None or not mt.listen:
         return None
     from resistance.node.mtproto import MTProtoServer
 
     server = MTProtoServer(
-        mt, prepared.settings.limits, state_dir=prepared.state_dir, metrics=metrics, worker=worker
+        mt,
+        prepared.settings.limits,
+        state_dir=prepared.state_dir,
+        metrics=metrics,
+        worker=worker,
+        open_connection=open_connection,
     )
     try:
         await server.start(sockets)

@@ -302,6 +302,15 @@ def migrate(db: str | None, state_dir: Path | None, revision: str) -> None:
     click.echo("database is up to date")
 
 
+def _hop(exit_id: int | None, exit_user: str | None) -> dict[str, object] | None:
+    if (exit_id is None) != (exit_user is None):
+        raise click.UsageError("--exit and --exit-user go together")
+    if exit_id is None or exit_user is None:
+        return None
+    username, password = parse_user(exit_user)
+    return {"exit_id": exit_id, "username": username, "password": password}
+
+
 @registry.command(name="register-node", context_settings=CONTEXT)
 @click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
 @click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
@@ -321,6 +330,25 @@ def migrate(db: str | None, state_dir: Path | None, revision: str) -> None:
     metavar="NAME:PASSWORD",
     help="Credential to hand to users; repeatable [default: the node's generated user].",
 )
+@click.option(
+    "--as-exit",
+    is_flag=True,
+    help="Register an exit of cascades: reached only through bridges, never published.",
+)
+@click.option(
+    "--exit",
+    "exit_id",
+    type=click.IntRange(1),
+    metavar="PROXY_ID",
+    help="Register a bridge relaying to this exit (its proxy_id, from its operator).",
+)
+@click.option(
+    "--exit-user",
+    envvar="RESIST_EXIT_USER",
+    metavar="NAME:PASSWORD",
+    help="The bridge's own user on the exit (the registry logs in once to see the exit's "
+    "operator agreed); may come from $RESIST_EXIT_USER.",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="The node's state directory.")
 @one_line_errors
 def register_node(
@@ -331,6 +359,9 @@ def register_node(
     tls_port: int | None,
     public: bool,
     users: tuple[str, ...],
+    as_exit: bool,
+    exit_id: int | None,
+    exit_user: str | None,
     state_dir: Path | None,
 ) -> None:
     """Register this node: sign a statement with its identity key; the registry
@@ -342,10 +373,19 @@ def register_node(
     the certificate's pin, so `resist connect` reaches the node over TLS
     (registering again without --tls-port drops the TLS listener).
 
+    A cascade: the exit's operator registers it with --as-exit and hands the
+    bridge's operator its proxy_id and a user of its own on the exit; the
+    bridge registers with --exit and --exit-user.  Both operators are paid.
+
     \b
-    Example:
+    Examples:
       resist registry register-node --registry https://reg.example --token rst_... \\
           --public-host 203.0.113.7 --port 1080 --tls-port 443 --public
+      resist registry register-node --registry https://reg.example --token rst_... \\
+          --public-host 203.0.113.7 --port 1080 --as-exit
+      RESIST_EXIT_USER=bridge1:s3cret resist registry register-node \\
+          --registry https://reg.example --token rst_... --public-host 198.51.100.20 \\
+          --port 1080 --tls-port 443 --public --exit 17
     """
     from resistance.registry.client import (
         node_user_credentials,
@@ -367,6 +407,8 @@ def register_node(
         public=public,
         users=credentials,
         tls_port=tls_port,
+        role="exit" if as_exit else "proxy",
+        exit=_hop(exit_id, exit_user),
     )
     answer = post_registration(registry=registry_url, token=token, body=body)
     endpoint = answer.get("endpoint", {})

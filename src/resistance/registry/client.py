@@ -39,6 +39,8 @@ def registration_body(
     users: list[dict[str, str]],
     now: int | None = None,
     tls_port: int | None = None,
+    role: str = "proxy",
+    exit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     try:
         from resistance.node.identity import load_or_create_identity, probe_credential
@@ -56,7 +58,12 @@ def registration_body(
         now=int(time.time()) if now is None else now,
         tls_port=tls_port,
     )
-    return {"statement": statement, "signature": signature, "public": public, "users": users}
+    body = {"statement": statement, "signature": signature, "public": public, "users": users}
+    if role != "proxy":
+        body["role"] = role
+    if exit is not None:
+        body["exit"] = exit
+    return body
 
 
 def call_registry(

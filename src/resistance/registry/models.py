@@ -107,6 +107,14 @@ class Proxy(Base):
     mtproto_domain: Mapped[str | None] = mapped_column(String(253))
     #: The 16-byte secret key (hex) probes check with; never published.
     mtproto_key: Mapped[str | None] = mapped_column(String(32))
+    # --- cascades (migration 0013) -----------------------------------------------------
+    #: "exit": a node abroad that bridges relay to; never in the directory nor handed
+    #: out, paid only through its bridges.  "bridge": a node (on a domestic address)
+    #: relaying everything to ``exit_id``.  Null: an ordinary proxy.
+    cascade_role: Mapped[str | None] = mapped_column(String(8))
+    exit_id: Mapped[int | None] = mapped_column(
+        ForeignKey("proxies.id", ondelete="SET NULL"), index=True
+    )
 
 
 class StatementNonce(Base):

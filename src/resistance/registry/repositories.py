@@ -173,6 +173,10 @@ async def proxy_by_endpoint(session: AsyncSession, *, host: str, port: int) -> P
     return result.scalar_one_or_none()
 
 
+async def proxy_by_id(session: AsyncSession, *, proxy_id: int) -> Proxy | None:
+    return await session.get(Proxy, proxy_id)
+
+
 async def save_proxy(session: AsyncSession, *, fields: dict[str, Any]) -> Proxy:
     """Insert a proxy, or update the one at the same endpoint (same operator)."""
     existing = await proxy_by_endpoint(session, host=fields["host"], port=fields["port"])
@@ -304,6 +308,17 @@ async def verdicts_for(
 ) -> Sequence[ProxyVerdict]:
     result = await session.execute(select(ProxyVerdict).where(ProxyVerdict.proxy_id.in_(proxy_ids)))
     return result.scalars().all()
+
+
+async def latest_inside_result(session: AsyncSession, *, proxy_id: int) -> ProbeResult | None:
+    """The newest result for ``proxy_id`` from a vantage inside a censored country."""
+    result = await session.execute(
+        select(ProbeResult)
+        .where(ProbeResult.proxy_id == proxy_id, ProbeResult.control.is_(False))
+        .order_by(ProbeResult.measured_at.desc(), ProbeResult.id.desc())
+        .limit(1)
+    )
+    return result.scalars().first()
 
 
 async def verdict_history(session: AsyncSession, *, proxy_id: int) -> Sequence[ProxyVerdictChange]:

@@ -116,9 +116,17 @@ def _day_rows(rows: Iterable[Any]) -> dict[tuple[int, str], list[Any]]:
 
 
 def _daily(
-    settings: GrantSettings, proxy: Proxy, operator: str, address: str, day: str, t: list[Any]
+    settings: GrantSettings,
+    proxy: Proxy,
+    operator: str,
+    address: str,
+    day: str,
+    t: list[Any],
+    exit: tuple[str, str, str] | None = None,
 ) -> DailyRollup:
+    """One row; ``exit`` is a bridge's exit (operator, network, payout address)."""
     throughput = rollup.percentile(t[4], rollup.THROUGHPUT_BOUNDS_KBPS, 0.5) or 0
+    exit_operator, exit_network, exit_address = exit or ("", "", "")
     return DailyRollup(
         proxy_id=str(proxy.id),
         operator_id=operator,
@@ -131,7 +139,25 @@ def _daily(
         target_attempts=t[2],
         target_successes=t[3],
         throughput_kbps=throughput,
+        exit_operator_id=exit_operator,
+        exit_network=exit_network,
+        exit_payout_address=exit_address,
     )
+
+
+def _exit_of(
+    proxy: Proxy, proxies: dict[int, Proxy], operators: dict[int, Any]
+) -> tuple[str, str, str] | None:
+    """A bridge's exit as the award rule needs it; None for an ordinary proxy, or when
+    the exit is gone or its operator has no payout address (then the bridge's
+    operator is paid the whole award, as for any one-hop proxy)."""
+    if proxy.cascade_role != "bridge" or proxy.exit_id is None:
+        return None
+    exit_proxy = proxies.get(proxy.exit_id)
+    operator = operators.get(exit_proxy.operator_id) if exit_proxy is not None else None
+    if exit_proxy is None or operator is None or not operator.payout_address:
+        return None
+    return operator.name, exit_proxy.network, operator.payout_address
 
 
 async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> BuiltInputs:
@@ -147,12 +173,13 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     for (proxy_id, day), t in sorted(days.items()):
         proxy = proxies.get(proxy_id)
         operator = operators.get(proxy.operator_id) if proxy is not None else None
-        if proxy is None or operator is None:
-            continue
+        if proxy is None or operator is None or proxy.cascade_role == "exit":
+            continue  # an exit is paid through its bridges only: users never reach it
         if not operator.payout_address:
             skipped.add(operator.name)
             continue
-        rows.append(_daily(settings, proxy, operator.name, operator.payout_address, day, t))
+        exit = _exit_of(proxy, proxies, operators)
+        rows.append(_daily(settings, proxy, operator.name, operator.payout_address, day, t, exit))
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
         wanted = {int(r.proxy_id) for r in rows}

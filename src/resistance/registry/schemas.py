@@ -8,7 +8,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from resistance.grants.model import MAX_SAT, Award
+from resistance.grants.model import (
+    CASCADE_EXIT_DEFAULT_BP,
+    CASCADE_EXIT_MAX_BP,
+    CASCADE_EXIT_MIN_BP,
+    MAX_SAT,
+    Award,
+)
 from resistance.probe.batch import PROXY_ID_MAX
 
 #: A row id in a path: the id columns are 32-bit, so larger ids are refused (422)
@@ -90,11 +96,26 @@ class UserCredential(Strict):
     password: Credential
 
 
+class HopCredential(Strict):
+    """A bridge's own user on its exit: proves the exit's operator agreed to the
+    cascade (the registry logs in with it once); never stored nor published."""
+
+    exit_id: int = Field(
+        ge=1, le=PROXY_ID_MAX, description="The exit's proxy_id (registered with role exit)."
+    )
+    username: Credential
+    password: Credential
+
+
 class RegistrationRequest(Strict):
     statement: NodeStatement
     signature: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{86}$")]
     public: bool = False
     users: Annotated[list[UserCredential], Field(max_length=16)] = []
+    #: "exit": a node bridges relay to, never published (issue 24).
+    role: Literal["proxy", "exit"] = "proxy"
+    #: Set for a bridge: the exit it relays to, and its credential there.
+    exit: HopCredential | None = None
 
 
 class TlsListenerView(BaseModel):
@@ -117,6 +138,12 @@ class ProxyView(BaseModel):
     wg_public_key: str | None = None
     #: An MTProto proxy's mode and fake-TLS domain (``protocols`` is ["mtproto"]).
     mtproto: dict[str, Any] | None = None
+    #: "exit" or "bridge" in a cascade, else absent.
+    cascade_role: str | None = None
+    #: A bridge's exit (its proxy_id; the exit's address is never published).
+    exit_id: int | None = None
+    #: A bridge's per-hop verdict: works, bridge-unreachable, hop-blocked, exit-down, unknown.
+    hop: str | None = None
 
 
 class ProxyList(BaseModel):
@@ -288,6 +315,8 @@ RoundIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ROUND_ID_
 IsoDate = Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
 Sat = Annotated[int, Field(ge=0, le=MAX_SAT)]
 BasisPoints = Annotated[int, Field(ge=1, le=10_000)]
+#: A cascade's part for its exit's operator (the rest to its bridge's), issue 24.
+CascadeExitBp = Annotated[int, Field(ge=CASCADE_EXIT_MIN_BP, le=CASCADE_EXIT_MAX_BP)]
 Exponent = Annotated[int, Field(ge=1, le=64)]
 Attempts = Annotated[int, Field(ge=1, le=1_000_000)]
 Kbps = Annotated[int, Field(ge=0, le=1_000_000_000)]
@@ -310,6 +339,7 @@ class RoundCreateRequest(Strict):
     probation_days: Days = 0
     operator_cap_bp: BasisPoints = 10_000
     network_cap_bp: BasisPoints = 10_000
+    cascade_exit_bp: CascadeExitBp = CASCADE_EXIT_DEFAULT_BP
 
 
 class RoundRecomputeRequest(Strict):
@@ -324,6 +354,7 @@ class RoundRecomputeRequest(Strict):
     probation_days: Days | None = None
     operator_cap_bp: BasisPoints | None = None
     network_cap_bp: BasisPoints | None = None
+    cascade_exit_bp: CascadeExitBp | None = None
 
 
 class MarkPaidRequest(Strict):

@@ -25,6 +25,9 @@ from resistance.directory.canonical import CanonicalError
 from resistance.directory.document import build_document, dump_signed, sign_document
 from resistance.directory.entry import TlsListener
 from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
+from resistance.probe.cascade import HopVerdict, cascade_verdict
+from resistance.probe.check import CheckVerdict, Failure, Step
+from resistance.probe.verdict import Status, Verdict
 from resistance.registry import repositories as repo
 from resistance.registry import tokens
 from resistance.registry.addresses import AddressError, payout_address
@@ -186,6 +189,8 @@ def proxy_view(proxy: Proxy) -> dict[str, Any]:
             if MTPROTO_PROTOCOL in proxy.protocols
             else None
         ),
+        "cascade_role": proxy.cascade_role,
+        "exit_id": proxy.exit_id,
     }
 
 
@@ -345,6 +350,7 @@ async def register_proxy(
     except ChallengeFailed as exc:
         raise ApiError(422, f"proof of control failed: {exc}") from None
     tls_sha256 = await _prove_tls_listener(registry, request)
+    exit_id = await _prove_exit_agreed(registry, request)
     now = registry.now()
     fields: dict[str, Any] = {
         "operator_id": operator_id,
@@ -356,13 +362,16 @@ async def register_proxy(
         "probe_user": st.probe_user,
         "probe_password": st.probe_password,
         "credentials": [u.model_dump() for u in request.users],
-        "public": request.public,
+        # an exit is reached only through its bridges: never published nor handed out
+        "public": request.public and request.role != "exit",
         "status": "active",
         "registered_at": now,
         "verified_at": now,
         # a re-registration without tls_port says the node has no TLS listener (any more)
         "tls_port": st.tls_port,
         "tls_sha256": tls_sha256,
+        "cascade_role": "exit" if request.role == "exit" else ("bridge" if exit_id else None),
+        "exit_id": exit_id,
     }
     try:
         async with registry.sessions.begin() as session:
@@ -403,10 +412,65 @@ async def _prove_tls_listener(registry: Registry, request: RegistrationRequest) 
         ) from None
 
 
+async def _prove_exit_agreed(registry: Registry, request: RegistrationRequest) -> int | None:
+    """A bridge's exit, once the exit has accepted the bridge's own credential there
+    (so its operator agreed to the cascade) and signed the challenge with its key."""
+    hop = request.exit
+    if hop is None:
+        return None
+    if request.role == "exit":
+        raise ApiError(422, "an exit relays to no other exit", field="exit")
+    async with registry.sessions() as session:
+        exit_proxy = await repo.proxy_by_id(session, proxy_id=hop.exit_id)
+    if exit_proxy is None or exit_proxy.cascade_role != "exit" or exit_proxy.status != "active":
+        raise ApiError(422, f"proxy {hop.exit_id} is no active exit", field="exit.exit_id")
+    try:
+        await prove_control(
+            host=exit_proxy.host,
+            port=exit_proxy.port,
+            user=hop.username,
+            password=hop.password,
+            public_key=exit_proxy.public_key,
+            within=registry.settings.challenge_timeout,
+        )
+    except ChallengeFailed as exc:
+        raise ApiError(
+            422, f"the exit refused the bridge's credential: {exc}", field="exit"
+        ) from None
+    return exit_proxy.id
+
+
+def listed(proxies: Sequence[Proxy]) -> list[Proxy]:
+    """What users may learn: every proxy but the exits of cascades."""
+    return [p for p in proxies if p.cascade_role != "exit"]
+
+
 async def list_proxies(registry: Registry, *, operator_id: int) -> list[dict[str, Any]]:
     async with registry.sessions() as session:
         proxies = await repo.proxies_of(session, operator_id=operator_id)
-    return [proxy_view(p) for p in proxies]
+        hops = {p.id: await hop_verdict(session, p) for p in proxies if p.exit_id is not None}
+    return [proxy_view(p) | ({"hop": hops[p.id]} if p.id in hops else {}) for p in proxies]
+
+
+async def hop_verdict(session: AsyncSession, bridge: Proxy) -> str:
+    """Which hop of a cascade fails (:func:`resistance.probe.cascade.cascade_verdict`):
+    the bridge's newest check from inside, and its exit's status from the probes."""
+    inside = await repo.latest_inside_result(session, proxy_id=bridge.id)
+    if inside is None or bridge.exit_id is None:
+        return HopVerdict.UNKNOWN.value
+    try:
+        step = Step(inside.step) if inside.step else None
+        failure = Failure(inside.failure) if inside.failure else None
+    except ValueError:
+        step, failure = None, None
+    check = CheckVerdict(inside.ok, step, failure, "")
+    (current,) = await repo.verdicts_for(session, proxy_ids=[bridge.exit_id]) or (None,)
+    exit_status = (
+        Status(Verdict(current.verdict), tuple(current.blocked_in))
+        if current is not None
+        else Status(Verdict.UNTESTED)
+    )
+    return cascade_verdict(check, exit_status).value
 
 
 def _listing(proxy: Proxy) -> dict[str, Any]:
@@ -439,6 +503,9 @@ def _listing(proxy: Proxy) -> dict[str, Any]:
     tls = tls_listener(proxy)
     if tls is not None:  # absent otherwise: entries of plain nodes stay as they were
         listing["tls"] = tls.to_json()
+    if proxy.cascade_role == "bridge":
+        # On a domestic address a whitelist lets through; its exit is never named.
+        listing["bridge"] = True
     return listing
 
 
@@ -449,7 +516,7 @@ def utc_day(now: int) -> str:
 async def assign(registry: Registry, *, client_host: str | None) -> dict[str, Any]:
     """A few non-public proxies, the same for one /16 (/32) network all UTC day."""
     async with registry.sessions() as session:
-        proxies = await repo.active_proxies(session, public=False)
+        proxies = listed(await repo.active_proxies(session, public=False))
     # Only what a requester can use with the credentials handed out (not WireGuard).
     by_name = {f"{p.host}|{p.port}": p for p in proxies if "socks5" in p.protocols}
     day = utc_day(registry.now())
@@ -469,7 +536,7 @@ async def publish(registry: Registry) -> dict[str, Any]:
         async with registry.sessions.begin() as session:
             last = await repo.last_publication(session)
             serial = max((last.serial + 1) if last else 1, now)
-            proxies = await repo.active_proxies(session, public=True)
+            proxies = listed(await repo.active_proxies(session, public=True))
             measured = await directory_measurements(session, proxies, now)
             entries = [
                 {**_listing(p), "status": measured[p.id][0], "measurements": measured[p.id][1]}

@@ -1,0 +1,341 @@
+"""A bridge node: every outbound connection goes through another node, the exit.
+
+Where a whitelist lets only domestic addresses through, a node on a domestic
+address (the bridge) relays to a node abroad (the exit).  ``resist node
+--upstream URL`` (repeatable) makes a node a bridge: :class:`UpstreamNetwork`
+takes the place of the node's :class:`~resistance.node.net.SocketNetwork`, so a
+SOCKS5 CONNECT is still checked against the bridge's own limits and egress
+policy (after resolving, as always) and then dialed as a SOCKS5 CONNECT on the
+exit, which applies its own.  The MTProto server's data-centre connections
+take the same path (:meth:`UpstreamNetwork.open_transport`).
+
+Theory of operation.  The upstreams are the transports to the exit(s), in
+the order given: SOCKS5 inside TLS with the browser-like hello
+(``socks5s://``, the exit's certificate pinned) and plain SOCKS5
+(``socks5://``).  They sit in the client's
+:class:`~resistance.client.upstreams.UpstreamPool`: the one that last worked
+stays in use; when a dial through it fails (refused, reset, no TLS
+handshake, no answer within :data:`HOP_TIMEOUT`) the failure is recorded,
+the next is dialed at once for the same connection, and the failed one rests
+with exponential backoff, so later connections skip it without waiting.  A
+refusal the exit *answers* (destination refused, not allowed) is the exit's
+verdict on the destination, not a broken hop: it goes to the user as the
+SOCKS reply.  The user sees an error only when every upstream fails.
+
+A plain hop hands the session the socket itself (the splice relay takes it
+over).  A TLS hop cannot be spliced: the session gets one end of a socket
+pair and a :class:`~resistance.net.relay.TransportRelay` copies between the
+other end and the TLS connection.  UDP ASSOCIATE and BIND cannot cross a
+SOCKS5 CONNECT hop; a bridge refuses them (configuration turns both off).
+
+The hop's credentials are the bridge's own user on the exit (one per
+bridge, revoked on the exit by removing it and SIGHUP); they are never
+logged: upstreams are named by :attr:`Upstream.label`.  The upstreams are
+read at start; SIGHUP on the bridge does not change them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from resistance.client.dial import Dialed, DialError, dial
+from resistance.client.upstreams import Upstream, UpstreamPool
+from resistance.errors import ConfigError
+from resistance.net.relay import TransportRelay
+from resistance.node.net import DatagramSocket, DialDone, Listening, PeerArrived, Sockaddr
+from resistance.node.session import ERRNO_REPLY
+from resistance.proto.socks5 import CONNECT, Address, Reply
+
+log = logging.getLogger("resistance.node")
+
+HOP_TIMEOUT: Final = 4.0
+"""Seconds one attempt on one upstream may take (TCP, TLS and the SOCKS5 reply)
+before the next is tried: a hop the censor silently drops costs this once."""
+
+SCHEMES: Final = ("socks5", "socks5s", "socks5+tls")
+MAX_URL: Final = 2048
+
+REPLY_ERRNO: Final[dict[Reply, int]] = {}
+for _code, _reply in ERRNO_REPLY.items():
+    REPLY_ERRNO.setdefault(_reply, _code)
+"""The errno that makes the session answer the user with the exit's reply."""
+
+
+def parse_upstream_url(text: str) -> Upstream:
+    """An exit as ``--upstream`` names it, or one :class:`ConfigError` saying why not.
+
+    The error never repeats the credentials.
+    """
+    if not isinstance(text, str) or len(text) > MAX_URL or not text.isprintable():
+        raise ConfigError("bad --upstream URL: expected socks5s://USER:PASS@HOST:PORT#sha256=PIN")
+    shown = text.rpartition("@")[2] or text
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"bad --upstream URL {shown!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"bad --upstream URL {shown!r}: expected socks5s://, socks5+tls:// or socks5://"
+        )
+    if not hostname or port is None or port == 0:
+        raise ConfigError(f"bad --upstream URL {shown!r}: the exit's host and port are required")
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"bad --upstream URL {shown!r}: unexpected path {parts.path!r}")
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if (username is None) != (password is None) or username == "" or password == "":
+        raise ConfigError(f"bad --upstream URL {shown!r}: give both USER and PASS, or neither")
+    if (
+        username is not None
+        and password is not None
+        and max(len(username.encode()), len(password.encode())) > 255
+    ):
+        raise ConfigError(f"bad --upstream URL {shown!r}: USER and PASS are 255 bytes at most")
+    pin = _pin(parts.query, parts.fragment, shown)
+    if scheme == "socks5":
+        if pin is not None:
+            raise ConfigError(f"bad --upstream URL {shown!r}: a pin needs socks5s:// (TLS)")
+    elif pin is None:
+        raise ConfigError(
+            f"bad --upstream URL {shown!r}: TLS needs the exit's certificate pinned "
+            "as #sha256=<64 hex digits> (or ?pin=)"
+        )
+    return Upstream(hostname, port, username, password, tls_sha256=pin)
+
+
+def _pin(query: str, fragment: str, shown: str) -> str | None:
+    given: list[str] = []
+    if fragment:
+        if not fragment.startswith("sha256="):
+            raise ConfigError(f"bad --upstream URL {shown!r}: expected #sha256=PIN")
+        given.append(fragment.removeprefix("sha256="))
+    if query:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise ConfigError(f"bad --upstream URL {shown!r}: bad query") from None
+        for key, value in pairs:
+            if key != "pin":
+                raise ConfigError(f"bad --upstream URL {shown!r}: unknown parameter {key!r}")
+            given.append(value)
+    if not given:
+        return None
+    pins = {p.replace(":", "").lower().removeprefix("sha256=") for p in given}
+    pin = pins.pop()
+    if pins or len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
+        raise ConfigError(f"bad --upstream URL {shown!r}: the pin is one SHA-256 in 64 hex digits")
+    return pin
+
+
+class _HopSocket(socket.socket):
+    """The session's end of a socket pair behind a TLS hop; reports the exit's
+    bound address as its own (the SOCKS reply's BND.ADDR)."""
+
+    __slots__ = ("bound",)
+
+    bound: tuple[str, int]
+
+    def getsockname(self) -> Any:
+        return self.bound
+
+
+class UpstreamNetwork:
+    """The node's network seam for a bridge: TCP dials go through the exit(s).
+
+    Implements :class:`~resistance.node.net.NodeNetwork`.
+    """
+
+    def __init__(
+        self,
+        upstreams: Iterable[Upstream],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        hop_timeout: float = HOP_TIMEOUT,
+    ) -> None:
+        self.pool = UpstreamPool(upstreams)
+        if not self.pool.upstreams:
+            raise ConfigError("--upstream: at least one exit is needed")
+        self.loop = loop
+        self.hop_timeout = hop_timeout
+        self.dials: set[_HopDial] = set()
+        self.relays: set[TransportRelay] = set()
+
+    # -- what the pool decides -------------------------------------------------------
+
+    async def connect(self, address: Address) -> Dialed:
+        """A connection to ``address`` through the first upstream that gets through.
+
+        Raises :class:`DialError` with the exit's reply if the exit answered, or
+        the last failure when no upstream got through."""
+        pool = self.pool
+        last: DialError | None = None
+        for upstream in pool.order():
+            try:
+                dialed = await dial(upstream, CONNECT, address, seconds=self.hop_timeout)
+            except DialError as exc:
+                if exc.answered:  # the exit is there and refuses the destination
+                    pool.succeeded(upstream, None)
+                    pool.used(upstream)
+                    raise
+                pool.failed(upstream, str(exc))
+                log.warning("upstream %s failed (%s); trying the next", upstream.label, exc)
+                last = exc
+                continue
+            pool.succeeded(upstream, dialed.seconds)
+            if pool.active is not upstream and pool.active is not None:
+                log.info("upstream: now through %s", upstream.label)
+            pool.used(upstream)
+            return dialed
+        assert last is not None
+        raise last
+
+    # -- NodeNetwork -------------------------------------------------------------------
+
+    async def resolve(
+        self, host: str, port: int | None, *, datagram: bool = False
+    ) -> list[tuple[int, Sockaddr]]:
+        # The bridge resolves as any node does, so its egress policy sees addresses.
+        kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
+        infos = await self.loop.getaddrinfo(host, port, type=kind)
+        return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+    def dial(self, family: int, sockaddr: Sockaddr, done: DialDone) -> _HopDial:
+        return _HopDial(self, Address.from_ip(sockaddr[0], sockaddr[1]), done)
+
+    def listen(self, local_ip: str, on_peer: PeerArrived) -> Listening:
+        raise OSError(errno.EOPNOTSUPP, "BIND cannot cross the hop to the exit")
+
+    def open_datagram(self, family: int, address: Sockaddr) -> DatagramSocket:
+        raise OSError(errno.EOPNOTSUPP, "UDP cannot cross the hop to the exit")
+
+    def watch_readable(
+        self, sock: DatagramSocket, callback: Callable[..., None], *args: Any
+    ) -> None:
+        raise OSError(errno.EOPNOTSUPP, "UDP cannot cross the hop to the exit")
+
+    def unwatch(self, sock: DatagramSocket) -> None:
+        return None
+
+    # -- handing the connection over ----------------------------------------------------
+
+    async def as_stream(self, dialed: Dialed) -> tuple[socket.socket, bool]:
+        """A socket the session's splice relay can take: the hop's own when plain,
+        else a socket pair's end relayed to the TLS connection."""
+        if dialed.sock is not None and not dialed.early:
+            return dialed.sock, True
+        ours, theirs = socket.socketpair()
+        stream = _HopSocket(ours.family, ours.type, fileno=ours.detach())
+        stream.bound = (dialed.bound.host, dialed.bound.port)
+        try:
+            stream.setblocking(False)
+            theirs.setblocking(False)
+            relay = TransportRelay(self._relay_closed)
+            self.relays.add(relay)
+            # The session's side first: nothing comes from it before done() is called,
+            # and the exit's bytes must find somewhere to go.
+            await self.loop.connect_accepted_socket(lambda: relay.client_side, sock=theirs)
+            if dialed.early:
+                relay.upstream_side.data_received(dialed.early)  # towards the session
+            if dialed.transport is not None:
+                upstream = dialed.transport
+                upstream.set_protocol(relay.upstream_side)
+                relay.upstream_side.connection_made(upstream)
+                upstream.resume_reading()
+            else:
+                assert dialed.sock is not None
+                await self.loop.create_connection(lambda: relay.upstream_side, sock=dialed.sock)
+        except BaseException:
+            stream.close()
+            theirs.close()
+            dialed.close()
+            raise
+        return stream, True
+
+    def _relay_closed(self, relay: TransportRelay, exc: OSError | None) -> None:
+        self.relays.discard(relay)
+
+    async def open_transport(
+        self, protocol_factory: Callable[[], asyncio.Protocol], host: str, port: int
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """``loop.create_connection`` through the exit (the MTProto server's DC dials);
+        raises ``OSError`` as that does."""
+        try:
+            dialed = await self.connect(Address.from_host(host, port))
+        except DialError as exc:
+            raise OSError(REPLY_ERRNO.get(exc.reply, errno.EIO), str(exc)) from None
+        protocol = protocol_factory()
+        if dialed.transport is not None:
+            transport = dialed.transport
+            transport.set_protocol(protocol)
+            protocol.connection_made(transport)
+        else:
+            assert dialed.sock is not None
+            if dialed.early:  # a data centre speaks second: this is not one
+                dialed.close()
+                raise OSError(errno.EPROTO, "the data centre spoke first")
+            try:
+                transport, _ = await self.loop.create_connection(lambda: protocol, sock=dialed.sock)
+            except BaseException:
+                dialed.close()
+                raise
+            return transport, protocol
+        if dialed.early:
+            protocol.data_received(dialed.early)
+        transport.resume_reading()
+        return transport, protocol
+
+    def close(self) -> None:
+        """Cancel dials in flight and end relays (the node is stopping)."""
+        for pending in list(self.dials):
+            pending.cancel()
+        for relay in list(self.relays):
+            relay.abort()
+
+
+class _HopDial:
+    """One CONNECT through the exit on behalf of a session (a ``PendingDial``)."""
+
+    __slots__ = ("done", "net", "task")
+
+    def __init__(self, net: UpstreamNetwork, address: Address, done: DialDone) -> None:
+        self.net = net
+        self.done = done
+        net.dials.add(self)
+        self.task = net.loop.create_task(self._run(address), name="upstream-dial")
+
+    async def _run(self, address: Address) -> None:
+        net = self.net
+        try:
+            try:
+                dialed = await net.connect(address)
+            except DialError as exc:
+                self.done(None, REPLY_ERRNO.get(exc.reply, errno.EIO), False)
+                return
+            try:
+                stream, unread = await net.as_stream(dialed)
+            except OSError as exc:
+                self.done(None, exc.errno or errno.EIO, False)
+                return
+            self.done(stream, 0, unread)
+        finally:
+            net.dials.discard(self)
+
+    def cancel(self) -> None:
+        self.net.dials.discard(self)
+        self.task.cancel()
+
+
+def upstream_network(urls: Iterable[str], loop: asyncio.AbstractEventLoop) -> UpstreamNetwork:
+    return UpstreamNetwork([parse_upstream_url(url) for url in urls], loop=loop)
+
+
+__all__ = ["HOP_TIMEOUT", "UpstreamNetwork", "parse_upstream_url", "upstream_network"]

@@ -1,0 +1,246 @@
+"""A bridge node (``--upstream``) relays through an exit node (real processes on loopback).
+
+The exit is an ordinary ``resist node`` whose users file holds one user per
+bridge; the bridge dials it over SOCKS5 inside TLS (pinned) or plain SOCKS5,
+fails over between those, and never shows its hop credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resistance.config import Endpoint, MTProtoSettings, MTProtoUserSpec, NodeLimits
+from resistance.node.metrics import NodeMetrics
+from resistance.node.mtproto import MTProtoServer
+from resistance.node.upstream import UpstreamNetwork, parse_upstream_url
+from resistance.proto.faketls import ProxySecret, SecretMode
+from resistance.proto.socks5 import Address, Command, Reply
+from tests.conftest import EchoServer, RunningNode
+from tests.integration.socksclient import SocksFailure, handshake, open_socks, recv_exact
+from tests.integration.test_connect_tls_directory import banner_pin
+from tests.integration.test_mtproto_node import DOMAIN, KEY_A, Client, DataCentre
+
+HOP_USER, HOP_PASSWORD = "bridge-one", "hop-Secret-7f3a"
+
+
+def exit_config(path: Path, users: dict[str, str]) -> Path:
+    lines = ["[node.users]", *(f'"{name}" = "{password}"' for name, password in users.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def exit_node(node_factory: Any, tmp_path: Path) -> tuple[RunningNode, Path]:
+    config = exit_config(tmp_path / "exit.toml", {HOP_USER: HOP_PASSWORD})
+    node = node_factory(
+        "--config", str(config), "--allow", "127.0.0.0/8", "--tls-listen", "127.0.0.1:0",
+        state_dir=tmp_path / "exit",
+    )  # fmt: skip
+    assert node.tls_port
+    return node, config
+
+
+def tls_url(exit_: RunningNode, *, password: str = HOP_PASSWORD) -> str:
+    return f"socks5s://{HOP_USER}:{password}@127.0.0.1:{exit_.tls_port}#sha256={banner_pin(exit_)}"
+
+
+def plain_url(exit_: RunningNode) -> str:
+    return f"socks5://{HOP_USER}:{HOP_PASSWORD}@127.0.0.1:{exit_.port}"
+
+
+def start_bridge(node_factory: Any, tmp_path: Path, *upstreams: str) -> RunningNode:
+    args = ["--user", "alice:secret", "--allow", "127.0.0.0/8", "-vv"]
+    for url in upstreams:
+        args += ["--upstream", url]
+    node: RunningNode = node_factory(*args, state_dir=tmp_path / "bridge")
+    return node
+
+
+def echo_through(bridge: RunningNode, echo: EchoServer, size: int = 1 << 20) -> None:
+    payload = os.urandom(size)
+    with open_socks((bridge.host, bridge.port), echo.host, echo.port) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(payload,))
+        sender.start()
+        got = recv_exact(sock, size)
+        sender.join(10)
+    assert got == payload
+
+
+class Silent:
+    """A TCP listener that accepts and never answers: a hop the censor silently drops."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    s = Silent()
+    yield s
+    s.close()
+
+
+def test_a_connection_through_the_bridge_crosses_the_tls_hop(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
+) -> None:
+    exit_, _ = exit_node
+    bridge = start_bridge(node_factory, tmp_path, tls_url(exit_))
+    assert any("bridge: everything goes through 1 upstream" in line for line in bridge.banner)
+    echo_through(bridge, echo_server)
+    # Through the exit indeed: stopped, nothing goes through the bridge.
+    exit_.stop()
+    with pytest.raises(SocksFailure):
+        open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port).close()
+
+
+def test_the_exit_applies_its_own_policy(
+    node_factory: Any, tmp_path: Path, echo_server: EchoServer
+) -> None:
+    config = exit_config(tmp_path / "exit.toml", {HOP_USER: HOP_PASSWORD})
+    exit_ = node_factory(
+        "--config", str(config), "--allow", "127.0.0.0/8",
+        "--deny-port", str(echo_server.port), state_dir=tmp_path / "exit",
+    )  # fmt: skip
+    bridge = start_bridge(node_factory, tmp_path, plain_url(exit_))
+    with pytest.raises(SocksFailure) as refused:
+        open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port)
+    assert refused.value.reply is Reply.NOT_ALLOWED  # the exit's answer, passed on
+
+
+def test_a_dropped_transport_fails_over_without_an_error_to_the_user(
+    node_factory: Any,
+    tmp_path: Path,
+    exit_node: tuple[RunningNode, Path],
+    echo_server: EchoServer,
+    silent: Silent,
+) -> None:
+    exit_, _ = exit_node
+    pin = banner_pin(exit_)
+    dropped = f"socks5s://{HOP_USER}:{HOP_PASSWORD}@127.0.0.1:{silent.port}#sha256={pin}"
+    bridge = start_bridge(node_factory, tmp_path, dropped, plain_url(exit_))
+    for _ in range(3):  # the first waits out the dropped hop; the rest skip it
+        echo_through(bridge, echo_server, 64 * 1024)
+    bridge.stop()
+    log = bridge.stderr()
+    assert "failed" in log and "trying the next" in log
+    assert HOP_PASSWORD not in log and "alice" not in log  # credentials are never logged
+
+
+def test_a_revoked_bridge_credential_is_refused_at_once(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
+) -> None:
+    exit_, config = exit_node
+    bridge = start_bridge(node_factory, tmp_path, tls_url(exit_), plain_url(exit_))
+    echo_through(bridge, echo_server, 4096)
+    exit_config(config, {"another-bridge": "other-Secret-1"})
+    exit_.proc.send_signal(signal.SIGHUP)
+    deadline_tries = 50
+    for _ in range(deadline_tries):  # SIGHUP is asynchronous; the reload takes a moment
+        try:
+            open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port).close()
+        except SocksFailure as exc:
+            assert exc.reply is Reply.GENERAL_FAILURE
+            break
+        threading.Event().wait(0.1)
+    else:
+        pytest.fail("the exit kept serving a revoked bridge")
+    assert exit_.proc.poll() is None  # no restart
+
+
+def test_udp_and_bind_are_refused_on_a_bridge(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path]
+) -> None:
+    exit_, _ = exit_node
+    bridge = start_bridge(node_factory, tmp_path, tls_url(exit_))
+    for command in (Command.UDP_ASSOCIATE, Command.BIND):
+        with socket.create_connection((bridge.host, bridge.port), timeout=10) as sock:
+            with pytest.raises(SocksFailure) as refused:
+                handshake(sock, command, Address.from_host("127.0.0.1", 9))
+            assert refused.value.reply is Reply.COMMAND_NOT_SUPPORTED
+
+
+def test_a_server_that_speaks_first_is_heard_through_both_hops(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path]
+) -> None:
+    exit_, _ = exit_node
+    banner = b"SSH-2.0-stand-in\r\n"
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def greet() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(banner)
+                conn.recv(1)
+
+    greeter = threading.Thread(target=greet, daemon=True)
+    greeter.start()
+    try:
+        for url in (tls_url(exit_), plain_url(exit_)):
+            bridge = start_bridge(node_factory, tmp_path / url[:7].replace(":", ""), url)
+            with open_socks((bridge.host, bridge.port), "127.0.0.1", port) as sock:
+                assert recv_exact(sock, len(banner)) == banner
+            bridge.stop()
+    finally:
+        server.close()
+
+
+async def test_mtproto_data_centre_connections_go_through_the_exit(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], silent: Silent
+) -> None:
+    """A Telegram-like client (fake-TLS) through the bridge's MTProto listener reaches
+    the DC stand-in via the exit, the first (dropped) transport failed over."""
+    exit_, _ = exit_node
+    dc = DataCentre()
+    await dc.start()
+    pin = banner_pin(exit_)
+    dropped = f"socks5s://{HOP_USER}:{HOP_PASSWORD}@127.0.0.1:{silent.port}#sha256={pin}"
+    net = UpstreamNetwork(
+        [parse_upstream_url(dropped), parse_upstream_url(tls_url(exit_))],
+        loop=asyncio.get_running_loop(),
+        hop_timeout=2.0,
+    )
+    settings = MTProtoSettings(
+        listen=(Endpoint("127.0.0.1", 0),),
+        users=(MTProtoUserSpec("alice", KEY_A),),
+        domain=DOMAIN,
+        front=Endpoint("127.0.0.1", 9),
+        dcs={2: (Endpoint("127.0.0.1", dc.port),)},
+    )
+    (tmp_path / "mt").mkdir()
+    server = MTProtoServer(
+        settings,
+        NodeLimits(handshake_timeout=10.0),
+        state_dir=tmp_path / "mt",
+        metrics=NodeMetrics(),
+        open_connection=net.open_transport,
+    )
+    await server.start()
+    try:
+        for _ in range(2):
+            client = Client(ProxySecret(KEY_A, SecretMode.EE, DOMAIN), dc=2)
+            await client.connect(server.bound[0].port)
+            payload = os.urandom(50_000)
+            assert await client.roundtrip(payload) == b"ECHO" + payload
+            client.close()
+        assert dc.connections == 2  # both reached the DC, the first after failing over
+        assert net.pool.active is not None and net.pool.active.port == exit_.tls_port
+    finally:
+        await server.stop()
+        net.close()
+        assert dc.server is not None
+        dc.server.close()
