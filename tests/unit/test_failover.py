@@ -116,7 +116,10 @@ async def test_when_nothing_answers_the_budget_ends_it() -> None:
     assert won is None and spent
     assert took < 0.5 + 0.5
     assert 1 <= len(failures) <= 40
-    assert all(kind == "Abandoned" for _, kind, _ in failures)
+    # Each attempt's own timeout is what is left of the budget, so the last ones end
+    # with the budget: cut off by it (Abandoned) or timed out by themselves a moment
+    # sooner (DialError), whichever the loop runs first.
+    assert {kind for _, kind, _ in failures} <= {"Abandoned", "DialError"}
 
 
 async def test_every_attempt_gets_at_most_what_is_left_of_the_budget() -> None:
