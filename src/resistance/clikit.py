@@ -40,7 +40,10 @@ def setup_logging(verbose: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("resistance").setLevel(max(level, logging.INFO) if verbose else level)
+    logging.getLogger("resistance").setLevel(level)
+    # httpx logs every request at INFO: only worth seeing when debugging.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(level if level <= logging.DEBUG else logging.WARNING)
 
 
 class LazyCommand(NamedTuple):
@@ -88,7 +91,8 @@ class LazyGroup(click.Group):
         names = self.list_commands(ctx)
         if not names:
             return
-        limit = formatter.width - 6 - max(len(name) for name in names)
+        # Never shortened with "...": write_dl wraps a long summary instead.
+        limit = 1000
         rows = []
         for name in names:
             entry = self.lazy_commands.get(name)

@@ -44,6 +44,14 @@ class OperatorView(BaseModel):
     payout_type: str | None
 
 
+class OperatorSummary(OperatorView):
+    proxies: int = Field(description="How many proxies the operator has registered.")
+
+
+class OperatorList(BaseModel):
+    operators: list[OperatorSummary]
+
+
 class PayoutRequest(Strict):
     address: Annotated[str, Field(min_length=1, max_length=200)]
 

@@ -126,6 +126,41 @@ async def sign_up(registry: Registry, *, name: str) -> tuple[int, str]:
     return operator_id, token
 
 
+async def list_operators(registry: Registry) -> list[dict[str, Any]]:
+    """Every operator with the number of proxies they registered (for the admin)."""
+    async with registry.sessions() as session:
+        operators = sorted(await repo.all_operators(session), key=lambda o: o.id)
+        counts = {o.id: len(await repo.proxies_of(session, operator_id=o.id)) for o in operators}
+    return [
+        {
+            "operator_id": o.id,
+            "name": o.name,
+            "created_at": o.created_at,
+            "payout_address": o.payout_address,
+            "payout_type": o.payout_type,
+            "proxies": counts[o.id],
+        }
+        for o in operators
+    ]
+
+
+async def issue_operator_token(registry: Registry, *, name: str) -> tuple[int, str]:
+    """A new token for an existing operator (its other tokens stay valid); shown once."""
+    token = new_token()
+    async with registry.sessions.begin() as session:
+        operator = await repo.operator_by_name(session, name=name)
+        if operator is None:
+            raise ApiError(404, f"no operator named {name!r}")
+        await repo.add_token(
+            session,
+            role="operator",
+            operator_id=operator.id,
+            token_hash=token_hash(token),
+            now=registry.now(),
+        )
+        return operator.id, token
+
+
 async def operator_view(registry: Registry, *, operator_id: int) -> dict[str, Any]:
     async with registry.sessions() as session:
         operator = await repo.operator_by_id(session, operator_id=operator_id)
