@@ -182,12 +182,12 @@ def test_dev_mode_says_what_it_relaxes(tmp_path: Path) -> None:
     )
     try:
         assert proc.stderr is not None and proc.stdout is not None
-        warning = proc.stderr.readline()
+        warning = "".join(proc.stderr.readline() for _ in range(6))
         banner = [proc.stdout.readline() for _ in range(3)]
     finally:
         proc.terminate()
         proc.wait(15)
-    assert warning.startswith("DEVELOPMENT MODE (--dev): never use it on a server.")
+    assert warning.startswith("DEVELOPMENT MODE (--dev), never on a server:\n  - ")
     for relaxed in ("loopback and private addresses", "regtest", "probes check every 5 s"):
         assert relaxed in warning
     assert "published every" not in warning  # --publish-interval was given: it holds

@@ -195,9 +195,15 @@ def serve(
             "publish_interval", float(DEV_SECONDS), f"the directory is published {every}"
         )
         probe_round = unless_given("probe_round", DEV_SECONDS, f"probes check {every}")
+        # Probes' successful checks must carry the canary's proof: run one beside it.
+        canary = unless_given(
+            "canary", f"{endpoint.host}:0", f"a canary for probes runs on {endpoint.host}"
+        )
         relaxed.append("rounds can be approved before their period ends")
         click.echo(
-            "DEVELOPMENT MODE (--dev): never use it on a server. " + "; ".join(relaxed) + ".",
+            "DEVELOPMENT MODE (--dev), never on a server:\n"
+            + "".join(f"  - {r}\n" for r in relaxed),
+            nl=False,
             err=True,
         )
     settings = RegistrySettings(
@@ -617,3 +623,27 @@ def operator_token(name: str, registry_url: str, token: str) -> None:
         method="POST", expect=(201,),
     )  # fmt: skip
     click.echo(f"operator token for {answer['name']} (shown once, keep it): {answer['token']}")
+
+
+@registry.command(name="payout-address", context_settings=CONTEXT)
+@click.argument("address")
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
+@one_line_errors
+def payout_address(address: str, registry_url: str, token: str) -> None:
+    """Set the Bitcoin address your grants are paid to (checked for the registry's network).
+
+    Rounds snapshot it when they are created; a round approved before you set it
+    carries your amount to the next one.
+
+    \b
+    Example:
+      resist registry payout-address bc1q... --registry https://reg.example --token rst_...
+    """
+    from resistance.registry.client import call_registry
+
+    answer = call_registry(
+        registry_url, "/api/v1/operators/me/payout-address", token=token, method="PUT",
+        body={"address": address},
+    )  # fmt: skip
+    click.echo(f"payouts go to {answer['address']} ({answer['type']})")
