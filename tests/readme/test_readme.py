@@ -60,6 +60,7 @@ MASKS: tuple[tuple[str, str], ...] = (
     ("dir", r"(?:/[\w.-]+)+/(?=[\w.-])"),  # directories in paths (state, temporary)
     ("serial", r"(?<!\d)\d{9,}(?!\d)"),  # directory serials, big counts
     ("pid", r"(?<=pid )\d+"),
+    ("fdlimit", r"(?<=fd limit )\d+"),  # the machine's descriptor limit
     ("amount", r"(?<![\w.])\d+(?:\.\d+)?(?= ?(?:s|ms|ago)\b)"),  # durations, ages
     ("decimal", r"(?<![\w.])\d+\.\d+(?![\w.])"),  # latencies
 )
