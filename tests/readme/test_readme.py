@@ -259,6 +259,8 @@ def test_every_console_block_does_what_it_shows(namespace: str, tmp_path: Path) 
 
 #: Where the state directory is shown (root's default) when the README is rewritten.
 HOME_SHOWN = "/root/.local/share/resistance"
+#: ... and the directory the commands run in.
+WORK_SHOWN = "/root"
 
 
 def _rewrite(
@@ -268,11 +270,11 @@ def _rewrite(
     they carry into the commands that use them."""
     lines = README.read_text(encoding="utf-8").split("\n")
     values = {k: v for k, v in learned.items() if not v.startswith(str(tmp_path))}
-    home = str(tmp_path / "home")
+    shown_paths = {str(tmp_path / "home"): HOME_SHOWN, str(tmp_path / "work"): WORK_SHOWN}
     for command, real in sorted(outputs, key=lambda o: o[0].line, reverse=True):
         at = command.output_line - 1
         if ELLIPSIS not in command.shown:
-            lines[at : at + len(command.shown)] = [x.replace(home, HOME_SHOWN) for x in real]
+            lines[at : at + len(command.shown)] = [substitute(x, shown_paths) for x in real]
         for n in range(command.line - 1, at):
             lines[n] = substitute(lines[n], values)
     README.write_text("\n".join(lines), encoding="utf-8")
