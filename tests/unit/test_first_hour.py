@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import click
 import pytest
@@ -134,3 +135,25 @@ def test_a_rollups_missing_fields_are_named_at_once(drop: set[str]) -> None:
 def test_an_empty_inputs_file_names_both_parts() -> None:
     with pytest.raises(InputError, match=r"^inputs file: missing settings, rollups \("):
         round_inputs_file_from_json({})
+
+
+def test_the_lab_wallet_writes_coins_its_descriptor_can_spend(tmp_path: Path) -> None:
+    import bdkpython as bdk
+
+    from resistance.lab import funder
+
+    utxos = tmp_path / "utxos.json"
+    result = CliRunner().invoke(
+        main, ["lab", "wallet", "--utxos", str(utxos), "--sat", "30000", "--sat", "40000"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"descriptor: {funder.DESCRIPTOR}" in result.output
+    coins = json.loads(utxos.read_text())
+    assert [c["value"] for c in coins] == [30000, 40000]
+    assert [c["derivation_index"] for c in coins] == [0, 1]
+    tx = bdk.Transaction(bytes.fromhex(coins[0]["prev_tx_hex"]))
+    assert str(tx.compute_txid()) == coins[0]["txid"]
+    paid = [
+        str(bdk.Address.from_script(out.script_pubkey, bdk.Network.REGTEST)) for out in tx.output()
+    ]
+    assert paid == [funder.wallet_address(0), funder.wallet_address(1)]
