@@ -47,6 +47,10 @@ COMMANDS = {
         "resistance.vpn.cli:vpn",
         "A WireGuard server for volunteers: peers, limits, probes, metrics.",
     ),
+    "service": LazyCommand(
+        "resistance.systemd:service",
+        "systemd units that keep a node, VPN, registry or probe running across reboots.",
+    ),
     "lab": LazyCommand(
         "resistance.lab.cli:lab",
         "A censorship lab in network namespaces: a censored network, a censor, a free world.",

@@ -104,7 +104,8 @@ class LazyGroup(click.Group):
         names = self.list_commands(ctx)
         if not names:
             return
-        limit = formatter.width - 6 - max(len(name) for name in names)
+        # Never shortened with "...": write_dl wraps a long summary instead.
+        limit = 1000
         rows = []
         for name in names:
             entry = self.lazy_commands.get(name)

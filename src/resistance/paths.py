@@ -7,15 +7,80 @@ lives in ``$RESIST_HOME`` or the platform's user data directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import platformdirs
 
 from resistance.errors import ConfigError
 
+#: The layout of a state directory this release reads and writes.  A release that
+#: changes the layout bumps it and adds the step from the one before to MIGRATIONS.
+STATE_FORMAT = 1
+STATE_FORMAT_FILE = "state-format"
+
+
+def _stamp_only(path: Path) -> None:
+    """Format 0 (before formats were recorded) has the layout of format 1."""
+
+
+#: Format N -> the step that brings a state directory from format N to N + 1.
+MIGRATIONS: dict[int, Callable[[Path], None]] = {0: _stamp_only}
+
+
+def check_state_format(
+    path: Path,
+    *,
+    current: int = STATE_FORMAT,
+    migrations: Mapping[int, Callable[[Path], None]] = MIGRATIONS,
+) -> int:
+    """Bring the state directory at ``path`` to format ``current``, or refuse it.
+
+    A new (empty) directory is stamped with ``current``; one with files but no
+    stamp predates formats (0).  An older format is migrated step by step, the
+    stamp written after each step, so an interrupted upgrade resumes; a newer
+    one (written by a later release) is refused rather than misread.  Returns
+    the format found.
+    """
+    stamp = path / STATE_FORMAT_FILE
+    try:
+        text = stamp.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = None
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot read {stamp}: {exc}") from None
+    if text is None:
+        found = 0 if any(path.iterdir()) else current
+    elif text.isdigit():
+        found = int(text)
+    else:
+        raise ConfigError(f"{stamp} does not hold a state format number: {text[:40]!r}")
+    if found > current:
+        raise ConfigError(
+            f"state directory {path} has format {found}, written by a newer release; this one "
+            f"reads format {current}: upgrade resist, or give another --state-dir"
+        )
+    for step in range(found, current):
+        migrate = migrations.get(step)
+        if migrate is None:
+            raise ConfigError(f"state directory {path} has format {step}, too old to migrate")
+        migrate(path)
+        _stamp(stamp, step + 1)
+    if text is None and found == current:
+        _stamp(stamp, current)
+    return found
+
+
+def _stamp(stamp: Path, format_: int) -> None:
+    try:
+        write_atomic(stamp, f"{format_}\n".encode(), mode=0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot record the state format in {stamp}: {exc.strerror}") from None
+
 
 def resolve_state_dir(option: str | os.PathLike[str] | None) -> Path:
-    """The state directory to use, created with mode 0700 if missing."""
+    """The state directory to use, created with mode 0700 if missing, at this
+    release's format (see :func:`check_state_format`)."""
     if option:
         path = Path(option)
     elif os.environ.get("RESIST_HOME"):
@@ -29,6 +94,7 @@ def resolve_state_dir(option: str | os.PathLike[str] | None) -> Path:
         raise ConfigError(f"cannot create state directory {path}: {exc.strerror}") from None
     if not path.is_dir():
         raise ConfigError(f"state directory {path} is not a directory")
+    check_state_format(path)
     return path
 
 

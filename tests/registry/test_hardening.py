@@ -48,6 +48,15 @@ async def test_round_ids_in_paths_have_the_bodys_pattern(running: RunningRegistr
         assert r.status_code in (404, 422), r.text  # 422: mark-paid's body is incomplete
 
 
+async def test_operator_names_in_paths_have_the_bodys_pattern(running: RunningRegistry) -> None:
+    admin = running.client(token=running.admin_token)
+    before = await snapshot(running)
+    for bad in ("fz%00op", "a%20b", "x" * 65, "-lead"):
+        r = await admin.post(f"/api/v1/operators/{bad}/tokens")
+        assert_error(r, 422, "name")
+    assert await snapshot(running) == before
+
+
 async def test_duplicate_keys_are_refused_on_every_body(running: RunningRegistry) -> None:
     before = await snapshot(running)
     raw = b'{"name":"bad name!","name":"ok"}'

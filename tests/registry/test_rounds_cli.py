@@ -171,3 +171,22 @@ def test_cli_errors_are_one_line(live: tuple[str, str]) -> None:
         assert res.exit_code == 2, (args, res.output)
         assert fragment in res.output, (args, res.output)
         assert res.output.startswith("resist: error:") and res.output.count("\n") == 1
+
+
+def test_a_round_without_measurements_is_flagged(live: tuple[str, str]) -> None:
+    """Issue 19: a round with no measurements returns the whole budget: say so on create
+    and on approve, and say nothing for a round that pays."""
+    base, token = live
+    reg = ["--registry", base, "--token", token]
+    res = resist("grants", "round", "create", *reg, "--period", "2026-09", "--budget", "0.1BTC")
+    assert res.exit_code == 0, res.output
+    assert (
+        "warning: this round pays nothing: no measurements from RU in 2026-09-01..2026-09-30 "
+        "(did probes run there?); the whole budget is returned and approving it pays nobody"
+    ) in res.output
+    res = resist("grants", "round", "approve", "2026-09-RU", *reg)
+    assert res.exit_code == 0 and "approved" in res.output
+    assert "warning: this round pays nothing" in res.output and "and it pays nobody" in res.output
+
+    res = resist("grants", "round", "create", *reg, "--period", "2026-10", "--budget", "0.1BTC")
+    assert res.exit_code == 0 and "alice" in res.output and "warning" not in res.output

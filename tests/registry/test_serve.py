@@ -152,3 +152,65 @@ def test_every_command_has_help_with_example() -> None:
     ):  # fmt: skip
         result = resist(*args, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, args
+
+
+def test_operator_commands_publish_keys_and_docs(served: tuple[str, str, Path]) -> None:
+    """Issue 19: an operator is made, listed and given a new token by commands, the
+    directory is published and its key printed by commands, and the API has docs."""
+    url, admin, _state = served
+    result = resist("registry", "operator", "create", "alice", "--registry", url)
+    assert result.returncode == 0, result.stderr
+    first = re.search(r"operator token \(shown once, keep it\): (rst_\S+)", result.stdout)
+    assert first and result.stdout.startswith("operator 1 alice\n")
+    again = resist("registry", "operator", "create", "alice", "--registry", url)
+    assert again.returncode == 2 and "is taken" in again.stderr
+
+    listed = resist("registry", "operator", "list", "--registry", url, "--token", admin)
+    assert listed.stdout == "1 alice: 0 proxies, payout address not set\n", listed.stderr
+    refused = resist(
+        "registry", "operator", "list", "--registry", url, "--token", first.group(1)
+    )  # an operator's token is not the admin's
+    assert refused.returncode == 2 and "(403)" in refused.stderr
+
+    result = resist("registry", "operator", "token", "alice", "--registry", url, "--token", admin)
+    second = re.search(r"\(shown once, keep it\): (rst_\S+)", result.stdout)
+    assert result.returncode == 0 and second and second.group(1) != first.group(1)
+    for token in (first.group(1), second.group(1)):  # both work
+        me = httpx.get(
+            f"{url}/api/v1/operators/me", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert me.json()["name"] == "alice"
+    missing = resist("registry", "operator", "token", "bob", "--registry", url, "--token", admin)
+    assert missing.returncode == 2 and "no operator named 'bob'" in missing.stderr
+
+    published = resist("registry", "publish", "--registry", url, "--token", admin)
+    assert re.fullmatch(r"published directory serial \d+ with 0 proxies\n", published.stdout)
+    keys = resist("registry", "keys", "--registry", url)
+    served_keys = httpx.get(f"{url}/api/v1/directory/keys", timeout=10).json()["keys"]
+    assert keys.stdout == "".join(k["public_key"] + "\n" for k in served_keys)
+
+    docs = httpx.get(f"{url}/docs", timeout=10)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_dev_mode_says_what_it_relaxes(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "resistance", "registry", "serve", "--dev", "--listen",
+        "127.0.0.1:0", "--state-dir", str(tmp_path), "--publish-interval", "60",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        warning = "".join(proc.stderr.readline() for _ in range(6))
+        banner = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert warning.startswith("DEVELOPMENT MODE (--dev), never on a server:\n  - ")
+    for relaxed in ("loopback and private addresses", "regtest", "probes check every 5 s"):
+        assert relaxed in warning
+    assert "published every" not in warning  # --publish-interval was given: it holds
+    assert banner[0].startswith("registry listening on http://127.0.0.1:")
+    assert re.fullmatch(r"directory key \(clients pin it: --trust KEY\): [\w-]{43}\n", banner[1])

@@ -12,7 +12,13 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 
 
 @click.group(context_settings=CONTEXT, invoke_without_command=True)
-@click.option("--listen", default="127.0.0.1:1080", show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--listen",
+    default="127.0.0.1:1090",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where applications connect (1090: beside a node on its default 1080).",
+)
 @click.option(
     "--upstream",
     "upstreams",
@@ -230,17 +236,20 @@ def connect_status(state_dir: Path | None) -> None:
     status = read_status(resolve_state_dir(state_dir))
     console = Console()
     console.print(
-        f"listening on {status['listen']}, active upstream: {status['active'] or 'none yet'}, "
-        f"{status['connections_open']} connections open, {status['switches']} switches"
+        f"listening on {status['listen']}, active upstream: {status['active'] or 'none yet'}"
     )
-    table = Table("upstream", "state", "latency ms", "ok", "failed", "last error")
+    console.print(f"{status['connections_open']} connections open, {status['switches']} switches")
+    # Narrow columns so the table reads at 80 columns; only the error wraps.
+    table = Table("upstream", "state", "ms", "ok", "failed", "last error")
+    for column in table.columns[:-1]:
+        column.no_wrap = True
     for row in status["upstreams"]:
         if not row["available"] and row.get("failed_identity_checks"):
             state = f"sidelined {row['resting_seconds']} s (failed its identity check)"
         elif not row["available"]:
             state = f"resting {row['resting_seconds']} s"
         elif row.get("consecutive_failures"):
-            state = "failing, due for a retry"
+            state = "retry due"
         else:
             state = "up" if row["successes"] else "untested"
         latency = "—" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}"
@@ -264,9 +273,9 @@ def _print_ladder(console: Any, status: dict[str, Any]) -> None:
         t["name"] + ("" if t["usable"] else " (slot, not usable yet)") for t in status["transports"]
     )
     console.print(f"ladder in network {status['network']}: {rungs}")
-    table = Table(
-        "try", "upstream", "transport", "here", "probes here", "worked", "failed", "last error"
-    )
+    # The errors go under the table, so its columns fit in 80 characters.
+    table = Table("#", "upstream", "transport", "here", "probes", "worked", "failed")
+    errors = []
     for i, row in enumerate(status["ladder"], 1):
         table.add_row(
             str(i),
@@ -276,6 +285,9 @@ def _print_ladder(console: Any, status: dict[str, Any]) -> None:
             row.get("probes") or "—",
             "—" if row["ok_ago"] is None else f"{row['ok_ago']:.0f} s ago",
             "—" if row["fail_ago"] is None else f"{row['fail_ago']:.0f} s ago",
-            row["error"],
         )
+        if row["error"]:
+            errors.append(f"#{i} last error: {row['error']}")
     console.print(table)
+    for line in errors:
+        console.print(line)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ConnectSettings:
-    listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 1080))
+    listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 1090))
     upstreams: tuple[Upstream, ...] = ()
     users: dict[str, str] | None = None
     check_interval: float = 30.0

@@ -44,6 +44,8 @@ from resistance.paths import write_private
 log = logging.getLogger("resistance.connect")
 
 STATUS_FILE = "connect-status.json"
+STATUS_SECONDS = 2.0
+STATUS_POLL_SECONDS = 0.1
 
 ASSIGN_REFRESH_SECONDS = 3600.0
 
@@ -121,9 +123,15 @@ async def _serve(
             await asyncio.sleep(settings.check_interval)
 
     async def status_loop() -> None:
+        # Saved at once after a dial succeeds or fails (so `connect status` right after
+        # a request shows it), else every STATUS_SECONDS for the ages and rest times.
+        written, since = -1, 0.0
         while True:
-            write_private(status_path, json.dumps(node.status(), indent=1))
-            await asyncio.sleep(2.0)
+            if node.pool.version != written or since >= STATUS_SECONDS:
+                written, since = node.pool.version, 0.0
+                write_private(status_path, json.dumps(node.status(), indent=1))
+            await asyncio.sleep(STATUS_POLL_SECONDS)
+            since += STATUS_POLL_SECONDS
 
     async def directory_loop(client: DirectoryClient) -> None:
         while True:

@@ -159,6 +159,8 @@ class UpstreamPool:
         #: The active upstream that just failed, so moving off it counts as a switch.
         self._dropped: Upstream | None = None
         self.switches = 0
+        #: Bumped by every success, use and failure: the status writer saves on a change.
+        self.version = 0
         self.replace(upstreams)
 
     def replace(self, upstreams: Iterable[Upstream]) -> None:
@@ -206,6 +208,7 @@ class UpstreamPool:
         elif not self.whitelisted:
             others = [self.health[u] for u in self.upstreams if not u.bridge]
             self.whitelisted = bool(others) and all(o.consecutive_failures for o in others)
+        self.version += 1
         h.successes += 1
         if h.consecutive_failures or h.down_until:
             h.last_change = time.monotonic() if now is None else now
@@ -221,6 +224,7 @@ class UpstreamPool:
 
     def used(self, upstream: Upstream) -> None:
         """A connection went through ``upstream``: it becomes the sticky one."""
+        self.version += 1
         if upstream != self.active:
             if self.active is not None or self._dropped not in (None, upstream):
                 self.switches += 1
@@ -243,6 +247,7 @@ class UpstreamPool:
         if self.ladder is not None:
             self.ladder.record(upstream, ok=False, error=error)
         now = time.monotonic() if now is None else now
+        self.version += 1
         h.failures += 1
         h.consecutive_failures += 1
         h.last_error = error

@@ -59,16 +59,32 @@ def grants() -> None:
 
 
 @grants.command(context_settings=CONTEXT)
-@click.argument("inputs", type=ROUND_FILE)
-@click.option("--out", "out", type=OUT_FILE, required=True, help="Round file to write.")
+@click.argument("inputs", type=ROUND_FILE, required=False)
+@click.option("--out", "out", type=OUT_FILE, help="Round file to write.")
+@click.option(
+    "--example", is_flag=True, help="Print a complete inputs file to start from, and exit."
+)
 @one_line_errors
-def compute(inputs: Path, out: Path) -> None:
+def compute(inputs: Path | None, out: Path | None, example: bool) -> None:
     """Compute a draft round from an inputs file (settings, rollups, carried amounts).
 
+    The inputs file is what a registry exports (`resist grants round export`) or
+    one you write: --example prints one with every field.
+
     \b
-    Example:
+    Examples:
+      resist grants compute --example > inputs.json
       resist grants compute inputs.json --out round.json
     """
+    if example:
+        import json
+
+        from resistance.grants.model import example_inputs_file
+
+        click.echo(json.dumps(example_inputs_file(), indent=1))
+        return
+    if inputs is None or out is None:
+        raise click.UsageError("give INPUTS and --out (or --example for a sample inputs file)")
     if out.exists():
         existing = files.load_round(out)
         if existing.state.status is not RoundStatus.DRAFT:

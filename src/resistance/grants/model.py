@@ -384,13 +384,38 @@ def _list(value: Any, where: str) -> Sequence[Any]:
     return value
 
 
+def _require(o: Mapping[str, Any], names: Sequence[str], where: str) -> None:
+    """Name every missing field at once, not one per attempt."""
+    missing = [name for name in names if name not in o]
+    if missing:
+        raise InputError(
+            f"{where}: missing {', '.join(missing)} (`resist grants compute --example` "
+            "prints a complete inputs file)"
+        )
+
+
+#: The settings an inputs file must give (the rest have defaults).
+REQUIRED_SETTINGS = (
+    "round_id", "network", "target_country", "period_start", "period_end", "budget_sat",
+    "fee_reserve_sat",
+)  # fmt: skip
+#: The fields every rollup must give (throughput_kbps defaults to 0).
+REQUIRED_ROLLUP = (
+    "proxy_id", "operator_id", "network", "payout_address", "day", "country",
+    "control_attempts", "control_successes", "target_attempts", "target_successes",
+)  # fmt: skip
+
+
 def settings_from_json(obj: Any) -> GrantSettings:
+    if obj is None:
+        _require({}, REQUIRED_SETTINGS, "settings")
     o = _mapping(obj, "settings")
     w = "settings"
     known = set(GrantSettings.__dataclass_fields__)
     unknown = set(o) - known
     if unknown:
         raise InputError(f"settings: unknown fields {sorted(unknown)}")
+    _require(o, REQUIRED_SETTINGS, w)
     d = GrantSettings.__dataclass_fields__
     kwargs: dict[str, Any] = {}
     for name in d:
@@ -430,6 +455,7 @@ def rollup_to_json(r: DailyRollup) -> dict[str, Any]:
 def rollup_from_json(obj: Any, index: int) -> DailyRollup:
     w = f"rollups[{index}]"
     o = _mapping(obj, w)
+    _require(o, REQUIRED_ROLLUP, w)
     return DailyRollup(
         proxy_id=_str(o, "proxy_id", w),
         operator_id=_str(o, "operator_id", w),
@@ -470,6 +496,7 @@ def inputs_to_json(i: RoundInputs) -> dict[str, Any]:
 
 def inputs_from_json(obj: Any) -> RoundInputs:
     o = _mapping(obj, "inputs")
+    _require(o, ("rollups",), "inputs file")
     rollups = tuple(
         rollup_from_json(r, n) for n, r in enumerate(_list(o.get("rollups"), "rollups"))
     )
@@ -600,6 +627,7 @@ def round_inputs_file_from_json(obj: Any) -> tuple[GrantSettings, RoundInputs]:
     fmt = o.get("format", INPUTS_FORMAT)
     if fmt != INPUTS_FORMAT:
         raise InputError(f"not an inputs file (format {fmt!r}, expected {INPUTS_FORMAT!r})")
+    _require(o, ("settings", "rollups"), "inputs file")
     return settings_from_json(o.get("settings")), inputs_from_json(o)
 
 
@@ -609,3 +637,35 @@ def round_inputs_file_to_json(settings: GrantSettings, inputs: RoundInputs) -> d
         "settings": settings_to_json(settings),
         **inputs_to_json(inputs),
     }
+
+
+def example_inputs_file() -> dict[str, Any]:
+    """A complete inputs file for `resist grants compute --example`: two operators'
+    proxies measured on two days from a control vantage and from inside RU, regtest
+    addresses nobody holds a key for."""
+    day = dt.date(2026, 10, 1)
+    settings = GrantSettings(
+        round_id="2026-10-RU", network="regtest", target_country="RU", period_start=day,
+        period_end=day + dt.timedelta(days=1), budget_sat=1_000_000, fee_reserve_sat=10_000,
+    )  # fmt: skip
+    rollups = tuple(
+        DailyRollup(
+            proxy_id=proxy,
+            operator_id=operator,
+            network=network,
+            payout_address=address,
+            day=day + dt.timedelta(days=n),
+            country="RU",
+            control_attempts=24,
+            control_successes=24,
+            target_attempts=24,
+            target_successes=reached,
+            throughput_kbps=0,
+        )
+        for proxy, operator, network, address, reached in (
+            ("1", "alice", "203.0.113.0/24", "bcrt1qelwna30f4qae2tlkfkx7kyfuxz9kqh7wf7u5l5", 24),
+            ("2", "bob", "198.51.100.0/24", "bcrt1q6yejutxy0u2qkhhpgmzd6yllk4967ftarsaxkd", 20),
+        )
+        for n in range(2)
+    )
+    return round_inputs_file_to_json(settings, RoundInputs(rollups, (), {}, ()))

@@ -159,8 +159,28 @@ def _print_round(view: dict[str, Any]) -> None:
         )
     if view.get("digest"):
         console.print(f"digest {view['digest']}")
+    _warn_if_empty(view)
     if view.get("txid"):
         console.print(f"paid by {view['txid']}")
+
+
+def _warn_if_empty(view: dict[str, Any]) -> None:
+    """A round that pays nobody is almost always a mistake (no probes ran, wrong period
+    or country, no payout addresses): say so before the funder approves it."""
+    if view.get("payouts") or view.get("status") == "paid":
+        return
+    if not view.get("rollups"):
+        why = (
+            f"no measurements from {view['target_country']} in "
+            f"{view['period_start']}..{view['period_end']} (did probes run there?)"
+        )
+    else:
+        why = "no operator earned a payout (no payout address, or all below the minimum)"
+    then = "approving it pays nobody" if view.get("status") == "draft" else "it pays nobody"
+    click.echo(
+        f"warning: this round pays nothing: {why}; the whole budget is returned and {then}",
+        err=True,
+    )
 
 
 def _round_path(round_id: str, action: str = "") -> str:

@@ -494,3 +494,48 @@ def telegram(target: str, within: float) -> None:
     click.echo(line)
     if not ok:
         raise SystemExit(1)
+
+
+@lab.command(context_settings=CONTEXT)
+@click.option(
+    "--utxos",
+    "utxos_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Where to write the trial coins (for `resist grants psbt --utxos`).",
+)
+@click.option(
+    "--sat",
+    "amounts",
+    type=click.IntRange(1000, 10**15),
+    multiple=True,
+    default=(2_000_000,),
+    show_default=True,
+    help="A coin's value; repeatable.",
+)
+@one_line_errors
+def wallet(utxos_file: Path, amounts: tuple[int, ...]) -> None:
+    """The lab funder's regtest wallet: its seed, descriptors, and made-up coins.
+
+    For trying a round's payout on one machine without a chain: the seed is
+    published (regtest only, never real money), the coins come from a funding
+    transaction that was never mined, and Electrum signs offline with the seed.
+
+    \b
+    Example:
+      resist lab wallet --utxos utxos.json
+      electrum --regtest --offline -D wallet restore "SEED WORDS"
+    """
+    import json
+
+    from resistance.lab import funder
+
+    coins = funder.funder_utxos(list(amounts))
+    utxos_file.write_text(json.dumps(coins, indent=1) + "\n")
+    click.echo(f"seed (regtest only, published): {funder.SEED_WORDS}")
+    click.echo(f"descriptor: {funder.DESCRIPTOR}")
+    click.echo(f"change descriptor: {funder.CHANGE_DESCRIPTOR}")
+    click.echo(
+        f"wrote {utxos_file}: {len(coins)} made-up coin{'s' if len(coins) != 1 else ''} of "
+        f"{sum(amounts):,} sat on {funder.wallet_address(0)}"
+    )

@@ -23,7 +23,13 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 @click.option("--no-auth", is_flag=True, default=None, help="Serve without authentication.")
 @click.option("--allow", multiple=True, metavar="CIDR", help="Allow a destination range.")
 @click.option("--deny", multiple=True, metavar="CIDR", help="Refuse a destination range.")
-@click.option("--allow-port", "allow_ports", multiple=True, metavar="PORT[-PORT]")
+@click.option(
+    "--allow-port",
+    "allow_ports",
+    multiple=True,
+    metavar="PORT[-PORT]",
+    help="Allow only these destination ports (repeatable) [default: every port but 25].",
+)
 @click.option(
     "--deny-port",
     "deny_ports",
@@ -68,10 +74,30 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 )
 @click.option("--max-connections", type=click.IntRange(1), help="All clients at once.")
 @click.option("--max-connections-per-ip", type=click.IntRange(1), help="Per client address.")
-@click.option("--handshake-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
-@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
-@click.option("--drain-timeout", type=click.FloatRange(min=0, min_open=True), metavar="S")
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Close a client that has not sent its request after S s (slow-loris) [default: 10].",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Give up dialling a destination after S s (reply: host unreachable) [default: 10].",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Close a relayed connection after S s without a byte either way [default: 600].",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="On SIGTERM, wait up to S s for open connections before closing them [default: 10].",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where keys and state live.")
 @click.option(
     "--mtproto-listen",

@@ -180,7 +180,7 @@ async def serve(
 
                 prepared.out.write("\n".join(banner_lines(mtproto, settings)) + "\n")
                 prepared.out.flush()
-            log.info("node identity %s", public_key_text(identity))
+            log.debug("node identity %s", public_key_text(identity))
         if access.users is None:
             log.warning("without authentication the node cannot prove its identity to a registry")
     except BaseException:

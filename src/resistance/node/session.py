@@ -309,6 +309,8 @@ class Session:
 
     def _refuse(self, reason: str) -> None:
         self.host.metrics.policy_refusals.labels(reason).inc()
+        # The reason only (never the client's address): -v shows why a test fails.
+        log.debug("refused a destination: %s (--allow CIDR / --allow-port opens it)", reason)
         self.reply_and_close(Reply.NOT_ALLOWED)
 
     def _resolve_then(self, address: Address, then: Any) -> None:

@@ -155,7 +155,7 @@ class Workers:
                 lines = banner_lines(mt_view, self.settings)
                 prepared.out.write("\n".join(lines) + "\n")
                 prepared.out.flush()
-            log.info("node identity %s", public_key_text(prepared.identity))
+            log.debug("node identity %s", public_key_text(prepared.identity))
             try:
                 return self._watch(blocked)
             finally:

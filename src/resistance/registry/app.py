@@ -105,7 +105,7 @@ def create_app(
         title="Digital Resistance registry",
         version="1",
         lifespan=lifespan,
-        docs_url=None,
+        docs_url="/docs",
         redoc_url=None,
     )
     install_error_handlers(app)

@@ -7,6 +7,7 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -27,6 +28,10 @@ def registry() -> None:
       resist registry register-node --registry https://reg.example --token rst_... \\
           --public-host 203.0.113.7 --port 1080
     """
+
+
+#: Publication and probe interval of `serve --dev`, in seconds.
+DEV_SECONDS = 5
 
 
 def _bind(endpoint: Endpoint) -> socket.socket:
@@ -185,9 +190,17 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     help="Believe X-Forwarded-For/-Proto from this reverse proxy's address or network "
     "(repeatable; default: from nobody, loopback included).",
 )  # fmt: skip
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="One-machine trials: loopback proxies, regtest, quick publishing and probing, "
+    "rounds approvable at once (printed at start; never on a server).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
 @one_line_errors
 def serve(
+    ctx: click.Context,
     listen: str,
     db: str | None,
     state_dir: Path | None,
@@ -211,12 +224,14 @@ def serve(
     max_body_bytes: int,
     max_connections: int,
     trust_proxy: tuple[str, ...],
+    dev: bool,
     verbose: int,
 ) -> None:
     """Serve the registry's HTTP API (migrating the database first).
 
     On first start it makes the admin token and prints it once: keep it, the
-    registry stores only its hash.
+    registry stores only its hash.  It prints the directory signing key that
+    clients pin (`resist connect --trust KEY`); the API is described at /docs.
 
     \b
     Examples:
@@ -224,15 +239,45 @@ def serve(
       resist registry serve --db postgresql+asyncpg://resist@127.0.0.1/resist
       resist registry serve --listen 0.0.0.0:8080 --canary 0.0.0.0:9900
       resist registry serve --listen 127.0.0.1:8080 --trust-proxy 127.0.0.1
+      resist registry serve --dev      # everything on one machine, to try it out
     """
     import uvicorn
 
+    from resistance.directory.keys import public_key_text
     from resistance.registry.app import create_app
+    from resistance.registry.keys import load_or_create_signing_keys
     from resistance.registry.server import server_config
     from resistance.registry.settings import RegistrySettings
 
     setup_logging(verbose)
     endpoint = parse_endpoint(listen, what="listen address")
+    if dev:
+        relaxed = ["proxies on loopback and private addresses are accepted"]
+
+        def unless_given(name: str, value: Any, what: str) -> Any:
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                return ctx.params[name]
+            relaxed.append(what)
+            return value
+
+        allow_private_endpoints = approve_open_periods = True
+        network = unless_given("network", "regtest", "payout addresses are regtest")
+        every = f"every {DEV_SECONDS} s"
+        publish_interval = unless_given(
+            "publish_interval", float(DEV_SECONDS), f"the directory is published {every}"
+        )
+        probe_round = unless_given("probe_round", DEV_SECONDS, f"probes check {every}")
+        # Probes' successful checks must carry the canary's proof: run one beside it.
+        canary = unless_given(
+            "canary", f"{endpoint.host}:0", f"a canary for probes runs on {endpoint.host}"
+        )
+        relaxed.append("rounds can be approved before their period ends")
+        click.echo(
+            "DEVELOPMENT MODE (--dev), never on a server:\n"
+            + "".join(f"  - {r}\n" for r in relaxed),
+            nl=False,
+            err=True,
+        )
     settings = RegistrySettings(
         state_dir=resolve_state_dir(state_dir),
         database_url=db,
@@ -268,7 +313,10 @@ def serve(
     sock = _bind(endpoint)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"registry listening on http://{shown}:{port}")
+    click.echo(f"registry listening on http://{shown}:{port} (API described at /docs)")
+    for key in load_or_create_signing_keys(settings.state_dir):
+        pinned = public_key_text(key.public_key())
+        click.echo(f"directory key (clients pin it: --trust KEY): {pinned}")
     sys.stdout.flush()
     config = server_config(
         app, settings, log_level="info" if verbose else "warning", access_log=verbose > 1
@@ -737,3 +785,147 @@ def token_revoke(token_id: int, db: str | None, state_dir: Path | None) -> None:
     now = int(time.time())
     _on_database(db, state_dir, lambda s: revoke(s, token_id=token_id, now=now))
     click.echo(f"token {token_id} revoked")
+
+
+@registry.command(context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_ADMIN_TOKEN", help="The admin token.")
+@one_line_errors
+def publish(registry_url: str, token: str) -> None:
+    """Sign and publish a new directory now (instead of at the next interval).
+
+    \b
+    Example:
+      resist registry publish --registry http://127.0.0.1:8080 --token rst_ADMIN
+    """
+    from resistance.registry.client import call_registry
+
+    answer = call_registry(registry_url, "/api/v1/directory/publish", token=token, method="POST")
+    proxies = answer["proxies"]
+    click.echo(
+        f"published directory serial {answer['serial']} with {proxies} "
+        f"prox{'y' if proxies == 1 else 'ies'}"
+    )
+
+
+@registry.command(context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@one_line_errors
+def keys(registry_url: str) -> None:
+    """Print the registry's directory keys, one a line, for `resist connect --trust`.
+
+    Fetched over the network they are only as trustworthy as the connection:
+    compare them with what the registry's operator publishes elsewhere.
+
+    \b
+    Example:
+      resist registry keys --registry http://127.0.0.1:8080
+    """
+    from resistance.registry.client import call_registry
+
+    for key in call_registry(registry_url, "/api/v1/directory/keys")["keys"]:
+        click.echo(key["public_key"])
+
+
+@registry.group(context_settings=CONTEXT)
+def operator() -> None:
+    """Operator accounts: create one, list them, give one a new token.
+
+    \b
+    Examples:
+      resist registry operator create alice --registry http://127.0.0.1:8080
+      resist registry operator list --registry http://127.0.0.1:8080 --token rst_ADMIN
+      resist registry operator token alice --registry http://127.0.0.1:8080 --token rst_ADMIN
+    """
+
+
+@operator.command(name="create", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@one_line_errors
+def operator_create(name: str, registry_url: str) -> None:
+    """Create an operator account and print its token (shown once).
+
+    Anyone may sign up (a few a minute per network); the token registers
+    nodes and sets the payout address.
+
+    \b
+    Example:
+      resist registry operator create alice --registry http://127.0.0.1:8080
+    """
+    from resistance.registry.client import call_registry
+
+    answer = call_registry(
+        registry_url, "/api/v1/operators", method="POST", body={"name": name}, expect=(201,)
+    )
+    click.echo(f"operator {answer['operator_id']} {answer['name']}")
+    click.echo(f"operator token (shown once, keep it): {answer['token']}")
+
+
+@operator.command(name="list", context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_ADMIN_TOKEN", help="The admin token.")
+@one_line_errors
+def operator_list(registry_url: str, token: str) -> None:
+    """List the operators, their payout address and how many proxies each has.
+
+    \b
+    Example:
+      resist registry operator list --registry http://127.0.0.1:8080 --token rst_ADMIN
+    """
+    from resistance.registry.client import call_registry
+
+    rows = call_registry(registry_url, "/api/v1/operators", token=token)["operators"]
+    if not rows:
+        click.echo("no operators yet (resist registry operator create NAME)")
+    for row in rows:
+        click.echo(
+            f"{row['operator_id']} {row['name']}: {row['proxies']} "
+            f"prox{'y' if row['proxies'] == 1 else 'ies'}, "
+            f"payout address {row['payout_address'] or 'not set'}"
+        )
+
+
+@operator.command(name="token", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_ADMIN_TOKEN", help="The admin token.")
+@one_line_errors
+def operator_token(name: str, registry_url: str, token: str) -> None:
+    """Give an operator a new token (shown once); their other tokens stay valid.
+
+    \b
+    Example:
+      resist registry operator token alice --registry http://127.0.0.1:8080 --token rst_ADMIN
+    """
+    from resistance.registry.client import call_registry
+
+    answer = call_registry(
+        registry_url, f"/api/v1/operators/{quote(name, safe='')}/tokens", token=token,
+        method="POST", expect=(201,),
+    )  # fmt: skip
+    click.echo(f"operator token for {answer['name']} (shown once, keep it): {answer['token']}")
+
+
+@registry.command(name="payout-address", context_settings=CONTEXT)
+@click.argument("address")
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
+@one_line_errors
+def payout_address(address: str, registry_url: str, token: str) -> None:
+    """Set the Bitcoin address your grants are paid to (checked for the registry's network).
+
+    Rounds snapshot it when they are created; a round approved before you set it
+    carries your amount to the next one.
+
+    \b
+    Example:
+      resist registry payout-address bc1q... --registry https://reg.example --token rst_...
+    """
+    from resistance.registry.client import call_registry
+
+    answer = call_registry(
+        registry_url, "/api/v1/operators/me/payout-address", token=token, method="PUT",
+        body={"address": address},
+    )  # fmt: skip
+    click.echo(f"payouts go to {answer['address']} ({answer['type']})")

@@ -21,7 +21,10 @@ from resistance.probe.batch import PROXY_ID_MAX
 #: before a query could overflow the column (PostgreSQL answers that with an error).
 RowIdPath = Annotated[int, Path(ge=1, le=PROXY_ID_MAX)]
 
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+#: An account name in a path, held to the same rule as in a body (422, never a 5xx).
+NamePath = Annotated[str, Path(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 Credential = Annotated[str, Field(min_length=1, max_length=255)]
 
 
@@ -54,6 +57,14 @@ class OperatorView(BaseModel):
     created_at: int
     payout_address: str | None
     payout_type: str | None
+
+
+class OperatorSummary(OperatorView):
+    proxies: int = Field(description="How many proxies the operator has registered.")
+
+
+class OperatorList(BaseModel):
+    operators: list[OperatorSummary]
 
 
 class PayoutRequest(Strict):

@@ -35,7 +35,7 @@ from resistance.registry.challenge import ChallengeFailed, prove_control, prove_
 from resistance.registry.errors import ApiError
 from resistance.registry.keys import write_public_file
 from resistance.registry.measurements import directory_measurements
-from resistance.registry.models import Proxy
+from resistance.registry.models import Operator, Proxy
 from resistance.registry.ratelimit import TokenBucketLimiter
 from resistance.registry.ring import HashRing, requester_key
 from resistance.registry.schemas import RegistrationRequest
@@ -113,31 +113,43 @@ async def authenticate(registry: Registry, *, token: str) -> Principal | None:
     return Principal(found.role, found.operator_id, found.probe_id, found.id)
 
 
-async def sign_up(registry: Registry, *, name: str) -> tuple[int, str]:
+async def _add_operator_token(
+    registry: Registry, session: AsyncSession, *, operator_id: int
+) -> str:
+    """A new operator token, stored as its hash; the token itself is shown once."""
     token = new_token()
+    await repo.add_token(
+        session,
+        role="operator",
+        operator_id=operator_id,
+        token_hash=token_hash(token),
+        now=registry.now(),
+    )
+    return token
+
+
+async def sign_up(registry: Registry, *, name: str) -> tuple[int, str]:
     try:
         async with registry.sessions.begin() as session:
             if await repo.operator_by_name(session, name=name) is not None:
                 raise ApiError(409, f"operator name {name!r} is taken")
             operator = await repo.add_operator(session, name=name, now=registry.now())
-            await repo.add_token(
-                session,
-                role="operator",
-                operator_id=operator.id,
-                token_hash=token_hash(token),
-                now=registry.now(),
-            )
+            token = await _add_operator_token(registry, session, operator_id=operator.id)
             operator_id = operator.id
     except IntegrityError:
         raise ApiError(409, f"operator name {name!r} is taken") from None
     return operator_id, token
 
 
-async def operator_view(registry: Registry, *, operator_id: int) -> dict[str, Any]:
+async def list_operators(registry: Registry) -> list[dict[str, Any]]:
+    """Every operator with the number of proxies they registered (for the admin)."""
     async with registry.sessions() as session:
-        operator = await repo.operator_by_id(session, operator_id=operator_id)
-    if operator is None:
-        raise ApiError(404, "operator not found")
+        operators = sorted(await repo.all_operators(session), key=lambda o: o.id)
+        counts = {o.id: len(await repo.proxies_of(session, operator_id=o.id)) for o in operators}
+    return [{**_operator_json(o), "proxies": counts[o.id]} for o in operators]
+
+
+def _operator_json(operator: Operator) -> dict[str, Any]:
     return {
         "operator_id": operator.id,
         "name": operator.name,
@@ -145,6 +157,23 @@ async def operator_view(registry: Registry, *, operator_id: int) -> dict[str, An
         "payout_address": operator.payout_address,
         "payout_type": operator.payout_type,
     }
+
+
+async def issue_operator_token(registry: Registry, *, name: str) -> tuple[int, str]:
+    """A new token for an existing operator (its other tokens stay valid); shown once."""
+    async with registry.sessions.begin() as session:
+        operator = await repo.operator_by_name(session, name=name)
+        if operator is None:
+            raise ApiError(404, f"no operator named {name!r}")
+        return operator.id, await _add_operator_token(registry, session, operator_id=operator.id)
+
+
+async def operator_view(registry: Registry, *, operator_id: int) -> dict[str, Any]:
+    async with registry.sessions() as session:
+        operator = await repo.operator_by_id(session, operator_id=operator_id)
+    if operator is None:
+        raise ApiError(404, "operator not found")
+    return _operator_json(operator)
 
 
 async def set_payout(registry: Registry, *, operator_id: int, address: str) -> dict[str, str]:

@@ -21,6 +21,8 @@ from resistance.registry.schemas import (
     Assignment,
     Health,
     KeyList,
+    NamePath,
+    OperatorList,
     OperatorView,
     PayoutRequest,
     PayoutView,
@@ -82,6 +84,24 @@ async def sign_up(body: SignupRequest, registry: RegistryDep) -> dict[str, Any]:
     """Create an operator account; the token in the answer is shown only once."""
     operator, token = await services.sign_up(registry, name=body.name)
     return {"operator_id": operator, "name": body.name, "token": token}
+
+
+@accounts.get("/operators", response_model=OperatorList, tags=["admin"])
+async def operators(registry: RegistryDep, _admin: AdminDep) -> dict[str, Any]:
+    """Every operator and how many proxies each registered."""
+    return {"operators": await services.list_operators(registry)}
+
+
+@accounts.post(
+    "/operators/{name}/tokens",
+    response_model=SignupResponse,
+    status_code=status.HTTP_201_CREATED,
+    tags=["admin"],
+)
+async def operator_token(name: NamePath, registry: RegistryDep, _admin: AdminDep) -> dict[str, Any]:
+    """A new token for an operator who lost theirs; shown only once."""
+    operator, token = await services.issue_operator_token(registry, name=name)
+    return {"operator_id": operator, "name": name, "token": token}
 
 
 @accounts.get("/operators/me", response_model=OperatorView, tags=["operators"])
