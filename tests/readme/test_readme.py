@@ -202,6 +202,7 @@ def namespace() -> Iterator[str]:
         yield name
 
 
+@pytest.mark.timeout(1200)  # every walkthrough, one command at a time, on a shared machine
 def test_every_console_block_does_what_it_shows(namespace: str, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
