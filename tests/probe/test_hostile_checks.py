@@ -88,7 +88,9 @@ def honest_stream(peer: Peer, key: Ed25519PrivateKey = KEY) -> bytes:
     """What an honest proxy and canary send back, given the request the probe sent."""
     request = canary.CanaryRequestParser().feed(peer.sent[-1])
     assert request is not None
-    return canary.answer(key, request.nonce, request.upload_sha256, request.download)
+    return canary.answer(
+        key, request.nonce, request.upload_sha256, request.download, now=time.time()
+    )
 
 
 def scripted(chunks: list[bytes], then: Callable[[Peer], Awaitable[bytes]]) -> Peer:

@@ -57,7 +57,8 @@ async def register_cascade(
     tokens = {name: await running.operator(name) for name in ("exit-op", "bridge-op")}
     exit_client = running.client(token=tokens["exit-op"])
     bridge_client = running.client(token=tokens["bridge-op"])
-    body = body_for(exit_state, exit_.port, role="exit")
+    bridge_op = running.operator_ids[tokens["bridge-op"]]
+    body = body_for(exit_state, exit_.port, running.operator_ids[tokens["exit-op"]], role="exit")
     body["public"] = True  # asked for, and still never published
     r = await exit_client.post("/api/v1/proxies", json=body)
     assert r.status_code == 201, r.text
@@ -66,11 +67,13 @@ async def register_cascade(
 
     wrong = {**HOP, "password": "not-it", "exit_id": exit_view["proxy_id"]}
     r = await bridge_client.post(
-        "/api/v1/proxies", json=body_for(bridge_state, bridge.port, exit=wrong)
+        "/api/v1/proxies", json=body_for(bridge_state, bridge.port, bridge_op, exit=wrong)
     )
     assert_error(r, 422, "the exit refused the bridge's credential")
 
-    body = body_for(bridge_state, bridge.port, exit={**HOP, "exit_id": exit_view["proxy_id"]})
+    body = body_for(
+        bridge_state, bridge.port, bridge_op, exit={**HOP, "exit_id": exit_view["proxy_id"]}
+    )
     body["public"] = True
     body["users"] = [{"username": "bob", "password": "secret"}]
     r = await bridge_client.post("/api/v1/proxies", json=body)
@@ -99,11 +102,15 @@ async def test_a_bridge_must_name_an_active_exit(
 ) -> None:
     bridge, bridge_state = cascade_nodes["bridge"]
     exit_, exit_state = cascade_nodes["exit"]
-    client = running.client(token=await running.operator("someone"))
-    r = await client.post("/api/v1/proxies", json=body_for(exit_state, exit_.port))
+    token = await running.operator("someone")
+    client = running.client(token=token)
+    someone = running.operator_ids[token]
+    r = await client.post("/api/v1/proxies", json=body_for(exit_state, exit_.port, someone))
     assert r.status_code == 201 and r.json()["cascade_role"] is None  # an ordinary proxy
     hop = {**HOP, "exit_id": r.json()["proxy_id"]}
-    r = await client.post("/api/v1/proxies", json=body_for(bridge_state, bridge.port, exit=hop))
+    r = await client.post(
+        "/api/v1/proxies", json=body_for(bridge_state, bridge.port, someone, exit=hop)
+    )
     assert_error(r, 422, "is no active exit")
 
 
