@@ -16,6 +16,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -216,7 +217,7 @@ class Hostile:
             key = Ed25519PrivateKey.generate()
         elif kind == "replayed-canary":
             nonce = bytes(16)  # an earlier check's (the canary signed it then)
-        answer = canary.answer(key, nonce, upload_sha256, download)
+        answer = canary.answer(key, nonce, upload_sha256, download, now=time.time())
         if kind == "huge-canary":
             w.write(answer[:-1])
             for _ in range(100 * 16):  # 100 MB
