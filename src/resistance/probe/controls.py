@@ -171,7 +171,7 @@ async def tls_attempt(
         try:
             async with asyncio.timeout(seconds):
                 _, writer = await asyncio.open_connection(
-                    sock=sock, ssl=context or variant(*next_variant()),
+                    sock=sock, ssl=context or variant(*next_variant(listener_key(host, port))),
                     server_hostname=server_name or "", ssl_handshake_timeout=seconds,
                 )  # fmt: skip
         except TimeoutError:
@@ -193,8 +193,9 @@ async def tls_attempt(
 
 
 def listener_key(host: str, port: int) -> str:
-    """The key a TLS listener's learned server name is kept under in this process."""
-    return f"{host}:{port}"
+    """The key a TLS listener is known by in this process: its learned server name,
+    its own turn of hello variants."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def sni_evidence(
@@ -203,7 +204,7 @@ async def sni_evidence(
     """A TLS handshake naming ``server_name`` and its benign-SNI control."""
     # One hello for both (the control changes only the name); hellos taken in turn, so a
     # rule against one of the client's variants is met within len(VARIANTS) rounds.
-    hello = variant(*next_variant())
+    hello = variant(*next_variant(listener_key(host, port)))
     main = await tls_attempt(host, port, server_name, seconds, context=hello)
     benign = None if main.ok else await tls_attempt(host, port, BENIGN_SNI, seconds, context=hello)
     outside = None
@@ -233,7 +234,7 @@ async def tls_reach(
     name = server_name(target.host, listener_key(target.host, tls_port))
     # The control differs from the main attempt by the name only; hellos taken in turn, so
     # a rule against one of the client's variants is met within len(VARIANTS) rounds.
-    hello = variant(*next_variant())
+    hello = variant(*next_variant(listener_key(target.host, tls_port)))
     main = await tls_attempt(target.host, tls_port, name, seconds, context=hello, source=source)
     benign = None
     if not main.ok and main.got_tcp:
