@@ -42,6 +42,7 @@ from resistance.probe.controls import (
     sni_evidence,
     tcp_attempt,
     tls_attempt,
+    tls_reach,
 )
 from resistance.probe.diagnose import Mechanism, diagnose
 from resistance.probe.net import SocketNetwork
@@ -253,6 +254,49 @@ def test_a_freeze_is_named_frozen_with_its_byte_count(rules: Lab) -> None:
     assert 8_000 <= evidence["main"]["received"] <= 16384
     # near miss: another prefix is not frozen (the whole download comes)
     assert rules.inside(freeze_check, CONTROL, rules.canary_key)[0] == "ok"
+
+
+def freeze_behind_fingerprint_check(addr: str, canary_key: str) -> tuple[str, str, Any]:
+    """The agent's plain check and, beside it, the node's TLS listener measured with
+    the round's canary (tls_reach): the plain mechanism, the TLS one, its evidence."""
+
+    async def run() -> tuple[str, str, Any]:
+        network = SocketNetwork()
+        canary = Canary(THIRD, CANARY_PORT, parse_public_key(canary_key))
+        result = await run_check(Target(addr, SOCKS, "probe", "pw", 1), canary, network, SETTINGS)
+        evidence, tls = await tls_reach(
+            result, TLS, seconds=SETTINGS.step_timeout, outside_ok=True, canary=canary,
+            settings=SETTINGS,
+        )  # fmt: skip
+        _, plain = await diagnose_check(
+            result, canary=canary, network=network, settings=SETTINGS,
+            controls=Controls(other_ports=(TLS,), control=Target(CONTROL, SOCKS, "probe", "pw"),
+                              outside_ok=True),
+            listed_ok=True,
+        )  # fmt: skip
+        return plain.mechanism.value, f"{tls.mechanism.value} {tls.frozen_at}", evidence.to_json()
+
+    return asyncio.run(run())
+
+
+def test_a_freeze_behind_the_socks5_fingerprint_is_named_over_tls(rules: Lab) -> None:
+    """The fingerprint rule stops the plain check's download before any freeze; the
+    big-transfer control over the node's TLS listener (a browser's hello) gets
+    through and names the freeze with its byte count."""
+    censor.enable(rules.t.censor, "socks5")
+    plain, tls, evidence = rules.inside(freeze_behind_fingerprint_check, TARGET, rules.canary_key)
+    # near miss: without a freeze the same control carries the whole download
+    assert plain == "blocked-fingerprint" and tls == "ok None", evidence
+    assert evidence["big_transfer"]["ok"]
+    censor.enable(
+        rules.t.censor, "freeze", freeze_prefixes=[f"{TARGET}/32"], freeze_bytes=16384,
+    )  # fmt: skip
+    plain, tls, evidence = rules.inside(freeze_behind_fingerprint_check, TARGET, rules.canary_key)
+    assert plain == "blocked-fingerprint", evidence
+    mechanism, frozen_at = tls.split()
+    assert mechanism == "frozen", evidence
+    assert evidence["main"]["ok"] and evidence["big_transfer"]["stage"] == "transfer"
+    assert 8_000 <= int(frozen_at) <= 16384
 
 
 def nameless_hello(addr: str, port: int) -> bool:

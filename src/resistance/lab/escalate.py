@@ -39,7 +39,9 @@ VERDICT_SECONDS = 60.0
 #: The probes inside the censored network (lab.story.PROBES).
 INSIDE = ("inside-ru-1", "inside-ru-2")
 #: The transport a rule's verdict is read on (None: any; ip and whitelist stop all).
-RULE_TRANSPORT = {"socks5": "socks5", "sni": "tls", "hello": "tls", "freeze": "socks5"}
+#: The freeze is read on TLS: the socks5 rule stops the plain check before any freeze,
+#: and the probes' big-transfer control runs over the node's TLS listener.
+RULE_TRANSPORT = {"socks5": "socks5", "sni": "tls", "hello": "tls", "freeze": "tls"}
 JA4 = re.compile(r"> (\S+):(\d+) sni=(\S+) ja4=(\S+): released")
 
 
@@ -248,10 +250,7 @@ class EscalatingStory(Story):
             )[1],
         )  # fmt: skip
         if not any("frozen" in v for v in step.verdicts.values()):
-            self.say(
-                "   the probes' 64 KiB transfer runs over plain SOCKS5, which the socks5 rule "
-                "stops first: from inside they cannot see this freeze (a gap)"
-            )
+            self.say("   the probes did not name the freeze in time")
         return step
 
     def step13_active_probe(self) -> Escalation:

@@ -435,6 +435,8 @@ class Agent:
                 seconds=self.settings.check.step_timeout,
                 outside_ok=outside,
                 source=self.settings.source,
+                canary=assignment.canary,
+                settings=self.settings.check,
             )
         if result.verdict.ok:
             self.last_ok[proxy_id] = time.monotonic()

@@ -31,12 +31,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from resistance.client.hello import learn_name, next_variant, server_name, variant
 from resistance.probe.check import Failure
-from resistance.probe.diagnose import Attempt, Diagnosis, Evidence, Stage, diagnose
-from resistance.probe.net import NetFailure, Network, translate
+from resistance.probe.diagnose import (
+    MAX_BYTES,
+    Attempt,
+    Diagnosis,
+    Evidence,
+    Stage,
+    diagnose,
+)
+from resistance.probe.net import NetFailure, Network, TlsNetwork, translate
 from resistance.probe.runner import Canary, CheckResult, CheckSettings, Target, run_check
 
 #: At most this many other ports of one host are tried.
@@ -220,6 +227,8 @@ async def tls_reach(
     seconds: float,
     outside_ok: bool | None,
     source: str | None = None,
+    canary: Canary | None = None,
+    settings: CheckSettings | None = None,
 ) -> tuple[Evidence, Diagnosis]:
     """Whether the node's TLS listener gets through from here, as a client dials it
     (the client's browser-like hello, naming a server as the client does: the name
@@ -229,25 +238,40 @@ async def tls_reach(
     The plain check beside it is the other-port control (its TCP outcome tells an
     address block from a dropped hello), and a failed handshake is tried again
     naming a benign server (the hello itself, or the name).
+
+    When the plain check did not carry its download (a rule stopped it first, a
+    fingerprint rule for one) and the handshake goes through, the whole check
+    (the canary's 64 KiB download, past the 16 KB freeze size) runs again over
+    this TLS listener with the same hello: the big-transfer control, so a freeze
+    behind the plain protocol's block is still named ``frozen`` with its byte
+    count (``canary`` and ``settings`` given; the round's canary).
     """
     target = result.target
-    name = server_name(target.host, listener_key(target.host, tls_port))
+    key = listener_key(target.host, tls_port)
+    name = server_name(target.host, key)
     # The control differs from the main attempt by the name only; hellos taken in turn, so
     # a rule against one of the client's variants is met within len(VARIANTS) rounds.
-    hello = variant(*next_variant(listener_key(target.host, tls_port)))
+    hello = variant(*next_variant(key))
     main = await tls_attempt(target.host, tls_port, name, seconds, context=hello, source=source)
     benign = None
     if not main.ok and main.got_tcp:
         benign = await tls_attempt(
             target.host, tls_port, BENIGN_SNI, seconds, context=hello, source=source
         )
+    big = None
+    if main.ok and not result.verdict.ok and canary is not None and settings is not None:
+        over_tls = replace(target, port=tls_port)
+        network = TlsNetwork(hello, server_name(target.host, key), source)
+        big = main_attempt(await run_check(over_tls, canary, network, settings))
+        if network.last is not None:  # where it stopped, counted as the censor counts
+            big = replace(big, received=min(network.last.wire_received, MAX_BYTES))
     plain = main_attempt(result)
     other = Attempt.passed() if plain.got_tcp else plain
     outside = None
     if outside_ok is not None:
         outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
     evidence = Evidence(
-        main=main, tls=True, outside=outside, benign_sni=benign,
+        main=main, tls=True, outside=outside, benign_sni=benign, big_transfer=big,
         other_port=None if main.ok else other,
     )  # fmt: skip
     return evidence, diagnose(evidence)
