@@ -61,9 +61,9 @@ def test_8_an_ip_block_of_the_node_in_use(story: EscalatingStory) -> None:
     step = story.step8_ip()
     assert step.recovered_s is not None
     assert step.blocked == [before] and step.via != before
-    # the TLS port's verdict is the address block; the plain port's check passed
-    # seconds before, so it may read as an active probe's block (the probe cannot tell)
-    assert mechanisms(step, before)["tls"] == "blocked-ip", step.verdicts
+    # both ports' verdict is the address block (the plain port's check passed seconds
+    # before: no evidence of an active probe, which needs this check's own flow first)
+    assert mechanisms(step, before) == {"socks5": "blocked-ip", "tls": "blocked-ip"}, step.verdicts
 
 
 def test_9_the_socks5_fingerprint(story: EscalatingStory) -> None:

@@ -14,10 +14,13 @@ proxy cannot be blamed for yet is followed, on the same network seam, by:
   (the round only runs when it answers);
 * the registry's control vantages' latest view of this proxy
   (``outside_ok``): down or blocked;
-* whether this vantage's last check of the proxy passed within
-  ``probed_window`` seconds (``first_ok``): an address that went dark right
-  after a probe used it is an active probe's block.  An IP block that lands
-  inside that window by chance looks the same; the reason says so.
+* whether this same check's first connection to the host went through
+  (``first_ok``, a retry now finding the address dark), or, when the main
+  connection itself went through and its handshake died, the other port
+  tried right after: an address that went dark during the check, right
+  after the check's own flow, is an active probe's block.  A passing check
+  in an earlier round is not that evidence: an IP block that landed since
+  looks the same, and the address block is named.
 
 For TLS, :func:`tls_attempt` opens a TLS handshake with a chosen server name
 and the client's own browser-like hello; the same handshake with a benign
@@ -57,9 +60,9 @@ class Controls:
     other_ports: tuple[int, ...] = ()
     control: Target | None = None
     outside_ok: bool | None = None
-    #: Seconds since this vantage's last passing check of the target (None: none known).
-    last_ok_ago: float | None = None
-    probed_window: float = 120.0
+    #: This same check's first connection to the target went through (seconds ago);
+    #: the attempt diagnosed is its retry.
+    first_ok: bool = False
     #: The control proxy's check, when already made this round (one per round, not one
     #: per failing proxy): how :attr:`control` went, instead of checking it again.
     control_seen: Attempt | None = None
@@ -97,7 +100,9 @@ async def gather_evidence(
     main = main_attempt(result)
     other_port = None
     control = None
-    if not main.got_tcp:
+    # No TCP: the whole address or one port?  TCP but a handshake that died the way a
+    # censor kills flows: did the address go dark right after this connection?
+    if not main.got_tcp or (main.stage is Stage.HANDSHAKE and main.censor_like):
         for port in controls.other_ports[:MAX_OTHER_PORTS]:
             if port == target.port:
                 continue
@@ -115,7 +120,6 @@ async def gather_evidence(
         outside = (
             Attempt.passed() if controls.outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
         )
-    first_ok = controls.last_ok_ago is not None and controls.last_ok_ago <= controls.probed_window
     return Evidence(
         main=main,
         tls=False,
@@ -123,7 +127,7 @@ async def gather_evidence(
         other_port=other_port,
         control_host=control,
         listed_host=Attempt.passed() if listed_ok else None,
-        first_ok=first_ok,
+        first_ok=controls.first_ok and not main.got_tcp,
     )
 
 
@@ -229,6 +233,7 @@ async def tls_reach(
     source: str | None = None,
     canary: Canary | None = None,
     settings: CheckSettings | None = None,
+    plain_evidence: Evidence | None = None,
 ) -> tuple[Evidence, Diagnosis]:
     """Whether the node's TLS listener gets through from here, as a client dials it
     (the client's browser-like hello, naming a server as the client does: the name
@@ -245,6 +250,10 @@ async def tls_reach(
     this TLS listener with the same hello: the big-transfer control, so a freeze
     behind the plain protocol's block is still named ``frozen`` with its byte
     count (``canary`` and ``settings`` given; the round's canary).
+
+    ``plain_evidence``, the plain check's evidence when it failed, lends its whitelist
+    controls (the unlisted control host, the listed host) to a handshake that got
+    no TCP either, so a whitelist is named on this transport too.
     """
     target = result.target
     key = listener_key(target.host, tls_port)
@@ -270,8 +279,13 @@ async def tls_reach(
     outside = None
     if outside_ok is not None:
         outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
+    # The plain check ran before this handshake: its TCP outcome tells an address block
+    # only when this one got no TCP either (not "dark after this flow").
+    lent = plain_evidence if not main.got_tcp else None
     evidence = Evidence(
         main=main, tls=True, outside=outside, benign_sni=benign, big_transfer=big,
-        other_port=None if main.ok else other,
+        other_port=None if main.got_tcp else other,
+        control_host=lent.control_host if lent else None,
+        listed_host=lent.listed_host if lent else None,
     )  # fmt: skip
     return evidence, diagnose(evidence)
