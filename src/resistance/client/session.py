@@ -116,22 +116,40 @@ class ClientSession(RawSession):
             order = [u for u in order if u.tls_sha256 is None]
         candidates = order[: node.max_attempts]
         racing: dict[asyncio.Task[Dialed], Upstream] = {}
+        rehello: set[int] = set()  # TLS upstreams already raced by themselves
         last = Reply.GENERAL_FAILURE
         started = 0
+
+        def begin(upstream: Upstream) -> None:
+            task = node.loop.create_task(
+                dial(upstream, command, address, seconds=node.dial_timeout),
+                name=f"dial-{id(self):x}-{started}-{len(rehello)}",
+            )
+            racing[task] = upstream
+
         try:
             while started < len(candidates) or racing:
                 if started < len(candidates) and (not racing or node.race_after is not None):
-                    upstream = candidates[started]
                     started += 1
-                    task = node.loop.create_task(
-                        dial(upstream, command, address, seconds=node.dial_timeout),
-                        name=f"dial-{id(self):x}-{started}",
-                    )
-                    racing[task] = upstream
+                    begin(candidates[started - 1])
                 more = started < len(candidates)
-                done, _ = await asyncio.wait(
-                    racing, timeout=node.race_after if more else None, return_when=FIRST_COMPLETED
+                # A TLS dial still hanging when no other upstream is left to race is
+                # raced by itself with the next hello variant: a censor's hello rule
+                # drops one fingerprint's flows, and the last upstream that works
+                # must not cost the application a dial timeout.
+                again = node.race_after is not None and any(
+                    u.tls_sha256 is not None and id(u) not in rehello for u in racing.values()
                 )
+                done, _ = await asyncio.wait(
+                    racing,
+                    timeout=node.race_after if more or again else None,
+                    return_when=FIRST_COMPLETED,
+                )
+                if not done and not more and again:
+                    for upstream in list(racing.values()):
+                        if upstream.tls_sha256 is not None and id(upstream) not in rehello:
+                            rehello.add(id(upstream))
+                            begin(upstream)
                 for task in done:
                     upstream = racing.pop(task)
                     exc = task.exception()
@@ -139,7 +157,8 @@ class ClientSession(RawSession):
                         dialed = task.result()
                         for loser, slow in racing.items():  # still hanging: treat as failed
                             loser.cancel()
-                            pool.failed(slow, "slower than another upstream")
+                            if slow is not upstream:  # not its own dial with another hello
+                                pool.failed(slow, "slower than another upstream")
                         racing.clear()
                         for other in done - {task}:
                             if other.exception() is None:
