@@ -78,16 +78,19 @@ def test_probed_when_the_first_connection_worked_and_the_address_then_went_dark(
     assert mech(main=NO_TCP, other_port=NO_TCP, outside=OK) is Mechanism.BLOCKED_IP
 
 
-def test_probed_when_this_connection_got_through_and_the_other_port_then_went_silent() -> None:
-    silent = Attempt.stopped(Stage.HANDSHAKE, Failure.TIMEOUT)
-    assert mech(main=silent, other_port=NO_TCP, outside=OK) is Mechanism.PROBED
-    # near misses: the other port answers (a fingerprint, not the address); it refuses
-    # (the host is up and says no); the main handshake was answered with a refusal
-    assert mech(main=silent, other_port=OK, outside=OK) is not Mechanism.PROBED
+def test_probed_when_this_flow_got_through_and_the_other_port_then_went_silent() -> None:
+    stopped = Attempt.stopped(Stage.TRANSFER, Failure.TIMEOUT, 200)
+    assert mech(main=stopped, other_port=NO_TCP, outside=OK) is Mechanism.PROBED
+    # near misses: the other port answers; it refuses (the host is up and says no); the
+    # flow stalled past the freeze mark (a freeze); the handshake died (a fingerprint
+    # rule, or a whitelist switched on during its timeout, not a probe)
+    assert mech(main=stopped, other_port=OK, outside=OK) is Mechanism.INCONCLUSIVE
     refused = Attempt.stopped(Stage.TCP, Failure.REFUSED)
-    assert mech(main=silent, other_port=refused, outside=OK) is not Mechanism.PROBED
-    answered = Attempt.stopped(Stage.HANDSHAKE, Failure.WRONG_ANSWER)
-    assert mech(main=answered, other_port=NO_TCP, outside=OK) is Mechanism.INCONCLUSIVE
+    assert mech(main=stopped, other_port=refused, outside=OK) is Mechanism.INCONCLUSIVE
+    stalled = Attempt.stopped(Stage.TRANSFER, Failure.TIMEOUT, 12_000)
+    assert mech(main=stalled, other_port=NO_TCP, outside=OK) is Mechanism.FROZEN
+    silent = Attempt.stopped(Stage.HANDSHAKE, Failure.TIMEOUT)
+    assert mech(main=silent, other_port=NO_TCP, outside=OK) is not Mechanism.PROBED
 
 
 def test_blocked_sni_when_a_benign_name_goes_through() -> None:
@@ -194,8 +197,8 @@ def test_every_verdict_is_backed_by_its_controls(e: Evidence) -> None:
     if d.mechanism is Mechanism.PROBED:  # dark during this check, after its own flow
         assert e.other_port is not None and not e.other_port.got_tcp
         if e.main.got_tcp:
-            assert e.main.stage is Stage.HANDSHAKE and e.main.censor_like
-            assert e.other_port.censor_like
+            assert e.main.stage is Stage.TRANSFER and e.main.censor_like
+            assert e.other_port.censor_like and not e.main.stalled
         else:
             assert e.first_ok
     if d.mechanism is Mechanism.WHITELISTED_OUT:

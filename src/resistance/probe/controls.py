@@ -16,8 +16,8 @@ proxy cannot be blamed for yet is followed, on the same network seam, by:
   (``outside_ok``): down or blocked;
 * whether this same check's first connection to the host went through
   (``first_ok``, a retry now finding the address dark), or, when the main
-  connection itself went through and its handshake died, the other port
-  tried right after: an address that went dark during the check, right
+  flow got past its handshake and then stopped, the other port tried right
+  after: an address that went dark during the check, right
   after the check's own flow, is an active probe's block.  A passing check
   in an earlier round is not that evidence: an IP block that landed since
   looks the same, and the address block is named.
@@ -100,9 +100,9 @@ async def gather_evidence(
     main = main_attempt(result)
     other_port = None
     control = None
-    # No TCP: the whole address or one port?  TCP but a handshake that died the way a
-    # censor kills flows: did the address go dark right after this connection?
-    if not main.got_tcp or (main.stage is Stage.HANDSHAKE and main.censor_like):
+    # No TCP: the whole address or one port?  A flow the censor let through that then
+    # stopped short of a freeze: did the address go dark right after it?
+    if not main.got_tcp or (main.stage is Stage.TRANSFER and main.censor_like):
         for port in controls.other_ports[:MAX_OTHER_PORTS]:
             if port == target.port:
                 continue

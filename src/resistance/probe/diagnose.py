@@ -40,13 +40,17 @@ controls that distinguish it were run and agree.  Everything else is
    after its own flow), else, the host alive from outside, ``blocked-ip``.
    An address block is told first: a passing check in an earlier round is
    no evidence of an active probe (an IP block landing since looks the same);
-5. TCP but the handshake died (timeout, reset, close): the host's other
-   port, tried right after, silent: ``probed`` (the address went dark after
-   this connection reached it); a benign SNI that
+5. TCP but the handshake died (timeout, reset, close): a benign SNI that
    passes: ``blocked-sni``; the same protocol to the control host dying
    too, or a TLS hello dying whatever its server name (or naming none), or
    a non-TLS protocol dying while it works from outside:
-   ``blocked-fingerprint``.
+   ``blocked-fingerprint``;
+6. the handshake passed and the data stopped short of a freeze's mark (no
+   stall past MIN_FREEZE_BYTES) the way a censor stops flows, and the host's
+   other port, tried right after, is silent: ``probed`` (the censor let this
+   flow through and then darkened the address).  A handshake that died is
+   not this evidence: a fingerprint rule kills it, and a block landing during
+   its timeout (a whitelist switched on mid-check) would read as a probe.
 """
 
 from __future__ import annotations
@@ -297,6 +301,13 @@ def diagnose(e: Evidence) -> Diagnosis:
         return _no_tcp(e)
     if main.stage is Stage.HANDSHAKE:
         return _no_handshake(e)
+    other = e.other_port
+    if main.censor_like and other is not None and other.stage is Stage.TCP and other.censor_like:
+        return Diagnosis(
+            Mechanism.PROBED,
+            "the censor let this check's flow through, then it stopped and the host's other "
+            "port is silent: the address went dark right after this flow",
+        )
     return _inconclusive(f"the data flow ended with {main.failure}, not a stall")
 
 
@@ -333,13 +344,6 @@ def _no_handshake(e: Evidence) -> Diagnosis:
     main = e.main
     if not main.censor_like:
         return _inconclusive(f"the proxy answered the handshake with {main.failure}")
-    other = e.other_port
-    if other is not None and other.stage is Stage.TCP and other.censor_like:
-        return Diagnosis(
-            Mechanism.PROBED,
-            "this check's connection reached the host, then its other port went silent: "
-            "the address went dark right after this flow",
-        )
     sni = e.benign_sni
     if e.tls and e.sni_sent and sni is not None and sni.ok:
         return Diagnosis(
