@@ -283,8 +283,10 @@ class Watcher:
             self.decide(seg, [frame], None)
             return
         if not hello.complete and len(self.split) < MAX_SPLIT:
-            self.split[seg.flow] = (dpi.SplitHello(seg, frame), now + SPLIT_SECONDS)
-            return
+            split = dpi.SplitHello(seg, frame)
+            if not split.full:  # (a record that is whole holds all this hello will show)
+                self.split[seg.flow] = (split, now + SPLIT_SECONDS)
+                return
         self.decide(seg, [frame], hello)
 
     def more(self, seg: dpi.TcpSegment, frame: bytes) -> None:
