@@ -10,10 +10,10 @@ outside view from the free side; the censor switches on one rule at a time:
 * ``sni`` with the node's name listed: ``blocked-sni`` (a benign name passes);
 * ``freeze`` on TARGET's prefix: ``frozen`` with the byte count (the canary's download
   through CONTROL, another prefix, completes);
-* ``active-probe`` after a nameless hello to a TLS service on TARGET that is no
-  website, right after a passing check: ``probed`` (the same darkness without that
-  check: ``blocked-ip``; the node's own TLS listener, a website to the prober, is
-  not blocked);
+* ``active-probe`` after the probe's own nameless hello to a TLS service on TARGET
+  that is no website went through, its retry finding the address dark: ``probed``
+  (the same darkness without that first connection of the check: ``blocked-ip``; the
+  node's own TLS listener, a website to the prober, is not blocked);
 * ``whitelist`` letting only CONTROL through: ``whitelisted-out`` (THIRD, a third node,
   is the unlisted control proxy);
 * ``hello`` with the project's old fixed hello: the client's browser-like hello passes.
@@ -42,6 +42,7 @@ from resistance.probe.controls import (
     sni_evidence,
     tcp_attempt,
     tls_attempt,
+    tls_reach,
 )
 from resistance.probe.diagnose import Mechanism, diagnose
 from resistance.probe.net import SocketNetwork
@@ -68,7 +69,7 @@ def check(
     outside_ok: bool | None,
     control: str = CONTROL,
     listed: str | None = None,
-    last_ok_ago: float | None = None,
+    first_ok: bool = False,
 ) -> tuple[str, Any]:
     """The probe's check of addr's SOCKS5 port and, if it failed, its controls (with a
     listed host to reach when ``listed`` names one)."""
@@ -82,7 +83,7 @@ def check(
             other_ports=other_ports,
             control=Target(control, SOCKS, "probe", "pw"),
             outside_ok=outside_ok,
-            last_ok_ago=last_ok_ago,
+            first_ok=first_ok,
         )
         listed_ok = False
         if listed is not None:
@@ -251,6 +252,49 @@ def test_a_freeze_is_named_frozen_with_its_byte_count(rules: Lab) -> None:
     assert rules.inside(freeze_check, CONTROL, rules.canary_key)[0] == "ok"
 
 
+def freeze_behind_fingerprint_check(addr: str, canary_key: str) -> tuple[str, str, Any]:
+    """The agent's plain check and, beside it, the node's TLS listener measured with
+    the round's canary (tls_reach): the plain mechanism, the TLS one, its evidence."""
+
+    async def run() -> tuple[str, str, Any]:
+        network = SocketNetwork()
+        canary = Canary(THIRD, CANARY_PORT, parse_public_key(canary_key))
+        result = await run_check(Target(addr, SOCKS, "probe", "pw", 1), canary, network, SETTINGS)
+        evidence, tls = await tls_reach(
+            result, TLS, seconds=SETTINGS.step_timeout, outside_ok=True, canary=canary,
+            settings=SETTINGS,
+        )  # fmt: skip
+        _, plain = await diagnose_check(
+            result, canary=canary, network=network, settings=SETTINGS,
+            controls=Controls(other_ports=(TLS,), control=Target(CONTROL, SOCKS, "probe", "pw"),
+                              outside_ok=True),
+            listed_ok=True,
+        )  # fmt: skip
+        return plain.mechanism.value, f"{tls.mechanism.value} {tls.frozen_at}", evidence.to_json()
+
+    return asyncio.run(run())
+
+
+def test_a_freeze_behind_the_socks5_fingerprint_is_named_over_tls(rules: Lab) -> None:
+    """The fingerprint rule stops the plain check's download before any freeze; the
+    big-transfer control over the node's TLS listener (a browser's hello) gets
+    through and names the freeze with its byte count."""
+    censor.enable(rules.t.censor, "socks5")
+    plain, tls, evidence = rules.inside(freeze_behind_fingerprint_check, TARGET, rules.canary_key)
+    # near miss: without a freeze the same control carries the whole download
+    assert plain == "blocked-fingerprint" and tls == "ok None", evidence
+    assert evidence["big_transfer"]["ok"]
+    censor.enable(
+        rules.t.censor, "freeze", freeze_prefixes=[f"{TARGET}/32"], freeze_bytes=16384,
+    )  # fmt: skip
+    plain, tls, evidence = rules.inside(freeze_behind_fingerprint_check, TARGET, rules.canary_key)
+    assert plain == "blocked-fingerprint", evidence
+    mechanism, frozen_at = tls.split()
+    assert mechanism == "frozen", evidence
+    assert evidence["main"]["ok"] and evidence["big_transfer"]["stage"] == "transfer"
+    assert 8_000 <= int(frozen_at) <= 16384
+
+
 def nameless_hello(addr: str, port: int) -> bool:
     """A TLS dial naming no server, as an old client dialling by address sent it."""
     return asyncio.run(tls_attempt(addr, port, None, SETTINGS.step_timeout)).ok
@@ -272,19 +316,20 @@ def test_an_address_blocked_after_an_active_probe_is_named_probed(rules: Lab) ->
         assert [p["verdict"] for p in censor.report(rules.t.censor)["probes"][before:]] == [
             "website"
         ]
-        assert rules.inside(check, TARGET, (TLS,), True)[0] == "ok"
-        passed_at = time.monotonic()
-        # the same hello to a TLS service on that host that is no website (a node that
-        # fronted none): the prober blocks the address
-        rules.inside(nameless_hello, TARGET, NOT_WEBSITE)
+        # the probe's own check of a TLS service on that host that is no website (a node
+        # that fronted none), dialled by address as an old client did: its first
+        # connection goes through and sends the prober there, which blocks the address
+        assert rules.inside(nameless_hello, TARGET, NOT_WEBSITE)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and rules.inside(netns.tcp_open, TARGET, SOCKS, 1.0):
             time.sleep(0.3)
-        ago = time.monotonic() - passed_at
-        mechanism, evidence = rules.inside(check, TARGET, (TLS,), True, CONTROL, None, ago)
+        # its retry seconds later, on the node's SOCKS5 port: the address went dark
+        # during the check
+        mechanism, evidence = rules.inside(check, TARGET, (TLS,), True, CONTROL, None, True)
         assert mechanism == "probed", evidence
         assert evidence["first_ok"] and evidence["other_port"]["stage"] == "tcp"
-        # near miss: without a passing check just before, the same darkness is an IP block
+        # near miss: without this check's own connection before it (a passing check in
+        # an earlier round is no evidence), the same darkness is an IP block
         assert rules.inside(check, TARGET, (TLS,), True)[0] == "blocked-ip"
     finally:
         censor.disable(rules.t.censor, "active-probe")

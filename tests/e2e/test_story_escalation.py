@@ -61,9 +61,9 @@ def test_8_an_ip_block_of_the_node_in_use(story: EscalatingStory) -> None:
     step = story.step8_ip()
     assert step.recovered_s is not None
     assert step.blocked == [before] and step.via != before
-    # the TLS port's verdict is the address block; the plain port's check passed
-    # seconds before, so it may read as an active probe's block (the probe cannot tell)
-    assert mechanisms(step, before)["tls"] == "blocked-ip", step.verdicts
+    # both ports' verdict is the address block (the plain port's check passed seconds
+    # before: no evidence of an active probe, which needs this check's own flow first)
+    assert mechanisms(step, before) == {"socks5": "blocked-ip", "tls": "blocked-ip"}, step.verdicts
 
 
 def test_9_the_socks5_fingerprint(story: EscalatingStory) -> None:
@@ -88,13 +88,13 @@ def test_11_the_fingerprint_of_the_clients_hello(story: EscalatingStory) -> None
 
 
 def test_12_a_freeze_of_the_node_in_use(story: EscalatingStory) -> None:
-    """The application's requests are small: they get through.  The probes' transfer
-    test runs over plain SOCKS5, which the fingerprint rule stops before any freeze:
-    what they name is that fingerprint (a gap: they cannot see the freeze)."""
+    """The application's requests are small: they get through.  The socks5 rule stops
+    the probes' plain check before any freeze; their big-transfer control over the
+    node's TLS listener (a browser's hello) names the freeze."""
     step = story.step12_freeze()
     assert step.recovered_s is not None
     (node,) = step.blocked
-    assert mechanisms(step, node)["socks5"] in ("frozen", "blocked-fingerprint"), step.verdicts
+    assert mechanisms(step, node)["tls"] == "frozen", step.verdicts
 
 
 def test_13_active_probing_finds_ordinary_websites(story: EscalatingStory) -> None:

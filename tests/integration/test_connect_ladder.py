@@ -27,6 +27,8 @@ class HelloEater:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.drop_tls = False
+        #: JA4 fingerprints of hellos to swallow (a hello rule), whatever ``drop_tls`` says.
+        self.drop_fingerprints: set[str] = set()
         self.eaten = 0
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -51,7 +53,7 @@ class HelloEater:
     def _serve(self, conn: socket.socket) -> None:
         try:
             first = conn.recv(65536)
-            if first[:1] == b"\x16" and self.drop_tls:
+            if first[:1] == b"\x16" and (self.drop_tls or self._fingerprinted(first)):
                 with self.lock:
                     self.eaten += 1
                 while conn.recv(65536):  # swallow, never answer, until the client gives up
@@ -65,6 +67,14 @@ class HelloEater:
             self._pump(conn, upstream)
         except OSError:
             return
+
+    def _fingerprinted(self, first: bytes) -> bool:
+        from resistance.lab.dpi import HelloError, parse_client_hello
+
+        try:
+            return parse_client_hello(first).ja4() in self.drop_fingerprints
+        except HelloError:
+            return False
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -166,3 +176,27 @@ def test_a_blocked_tls_port_falls_to_plain_and_the_ladder_remembers(
         client.stop()
     networks = json.loads((state / "ladder.json").read_text())["networks"]
     assert set(networks) == {"lab-mobile", "home-wifi"}
+
+
+def test_a_hello_rule_on_the_only_upstream_costs_a_race_not_a_dial_timeout(
+    tls_node: RunningNode, eater: HelloEater, tmp_path: Path, echo_server: Any
+) -> None:
+    """A hello rule drops one of the client's hello variants, and the node behind it is
+    the only upstream: the dial that sends that hello hangs, and is raced by the same
+    upstream with the next variant after a second, so no request waits for the dial
+    timeout (60 s here; the application's patience is 10 s)."""
+    from resistance.client import hello
+    from resistance.lab.dpi import hello_of, parse_client_hello
+
+    pin = banner_pin(tls_node)
+    blocked = parse_client_hello(hello_of(hello.variant(*hello.VARIANTS[0]), "x.example")).ja4()
+    eater.drop_fingerprints.add(blocked)
+    args = (
+        "--upstream", f"socks5s://alice:secret@127.0.0.1:{eater.port}#sha256={pin}",
+        "--dial-timeout", "60",
+    )  # fmt: skip
+    client = start_client(tmp_path / "client", *args)
+    # every variant comes round within len(VARIANTS) dials (health checks dial too)
+    for _ in range(2 * len(hello.VARIANTS)):
+        echo_through(client, echo_server.port)
+    assert eater.eaten >= 1

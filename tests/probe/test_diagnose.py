@@ -78,6 +78,21 @@ def test_probed_when_the_first_connection_worked_and_the_address_then_went_dark(
     assert mech(main=NO_TCP, other_port=NO_TCP, outside=OK) is Mechanism.BLOCKED_IP
 
 
+def test_probed_when_this_flow_got_through_and_the_other_port_then_went_silent() -> None:
+    stopped = Attempt.stopped(Stage.TRANSFER, Failure.TIMEOUT, 200)
+    assert mech(main=stopped, other_port=NO_TCP, outside=OK) is Mechanism.PROBED
+    # near misses: the other port answers; it refuses (the host is up and says no); the
+    # flow stalled past the freeze mark (a freeze); the handshake died (a fingerprint
+    # rule, or a whitelist switched on during its timeout, not a probe)
+    assert mech(main=stopped, other_port=OK, outside=OK) is Mechanism.INCONCLUSIVE
+    refused = Attempt.stopped(Stage.TCP, Failure.REFUSED)
+    assert mech(main=stopped, other_port=refused, outside=OK) is Mechanism.INCONCLUSIVE
+    stalled = Attempt.stopped(Stage.TRANSFER, Failure.TIMEOUT, 12_000)
+    assert mech(main=stalled, other_port=NO_TCP, outside=OK) is Mechanism.FROZEN
+    silent = Attempt.stopped(Stage.HANDSHAKE, Failure.TIMEOUT)
+    assert mech(main=silent, other_port=NO_TCP, outside=OK) is not Mechanism.PROBED
+
+
 def test_blocked_sni_when_a_benign_name_goes_through() -> None:
     assert mech(main=HS_DROP, tls=True, benign_sni=OK) is Mechanism.BLOCKED_SNI
     assert mech(main=HS_RESET, tls=True, benign_sni=OK, outside=OK) is Mechanism.BLOCKED_SNI
@@ -179,8 +194,13 @@ def test_every_verdict_is_backed_by_its_controls(e: Evidence) -> None:
     if d.mechanism is Mechanism.BLOCKED_IP:
         assert not e.main.got_tcp and e.outside is not None and e.outside.ok
         assert e.other_port is not None and not e.other_port.got_tcp
-    if d.mechanism is Mechanism.PROBED:
-        assert e.first_ok and not e.main.got_tcp
+    if d.mechanism is Mechanism.PROBED:  # dark during this check, after its own flow
+        assert e.other_port is not None and not e.other_port.got_tcp
+        if e.main.got_tcp:
+            assert e.main.stage is Stage.TRANSFER and e.main.censor_like
+            assert e.other_port.censor_like and not e.main.stalled
+        else:
+            assert e.first_ok
     if d.mechanism is Mechanism.WHITELISTED_OUT:
         assert e.listed_host is not None and e.listed_host.got_tcp
         assert e.control_host is not None and not e.control_host.got_tcp

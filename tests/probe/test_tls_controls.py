@@ -15,7 +15,7 @@ from resistance.node.tlscert import make_self_signed
 from resistance.probe.batch import BatchError, parse_batch, result_json
 from resistance.probe.check import Failure
 from resistance.probe.controls import sni_evidence, tls_attempt, tls_reach
-from resistance.probe.diagnose import Mechanism, Stage, diagnose
+from resistance.probe.diagnose import Attempt, Evidence, Mechanism, Stage, diagnose
 from resistance.probe.runner import CheckResult, CheckSettings, Target, run_check
 from tests.probe.test_controls import World
 from tests.probe.test_parsers import signed
@@ -117,7 +117,8 @@ async def test_tls_reach_ok_fingerprinted_or_address_blocked(
     evidence, found = await tls_reach(fingerprinted, hello_eater, seconds=0.3, outside_ok=True)
     assert found.mechanism is Mechanism.BLOCKED_FINGERPRINT
     assert evidence.benign_sni is not None and not evidence.benign_sni.ok  # the hello itself
-    assert evidence.other_port is not None and evidence.other_port.ok
+    # the plain check ran first: its TCP outcome is no "went dark after this flow"
+    assert evidence.other_port is None
     with socket.create_server(("127.0.0.1", 0)) as gone:
         closed = gone.getsockname()[1]
     dark = await plain_result("drop")
@@ -125,6 +126,22 @@ async def test_tls_reach_ok_fingerprinted_or_address_blocked(
     assert found.mechanism is Mechanism.BLOCKED_IP
     _, found = await tls_reach(dark, closed, seconds=0.3, outside_ok=False)
     assert found.mechanism is Mechanism.DOWN
+
+
+async def test_tls_reach_names_a_whitelist_with_the_plain_checks_controls() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        closed = gone.getsockname()[1]
+    dark = await plain_result("drop")
+    no_tcp = Attempt.stopped(Stage.TCP, Failure.TIMEOUT)
+    plain = Evidence(main=no_tcp, control_host=no_tcp, listed_host=Attempt.passed())
+    evidence, found = await tls_reach(
+        dark, closed, seconds=0.3, outside_ok=True, plain_evidence=plain
+    )
+    assert found.mechanism is Mechanism.WHITELISTED_OUT, evidence
+    # near miss: the unlisted control host answers: the address, not a whitelist
+    plain = Evidence(main=no_tcp, control_host=Attempt.passed(), listed_host=Attempt.passed())
+    _, found = await tls_reach(dark, closed, seconds=0.3, outside_ok=True, plain_evidence=plain)
+    assert found.mechanism is Mechanism.BLOCKED_IP
 
 
 async def test_tls_reach_travels_in_the_signed_batch(tls_server: int) -> None:

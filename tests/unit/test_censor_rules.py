@@ -107,3 +107,34 @@ def test_server_names_match_the_domain_and_below_only() -> None:
     assert not server_name_listed("notblocked.example", listed)
     assert not server_name_listed("blocked.example.org", listed)
     assert not server_name_listed(None, listed)
+
+
+def _nflog_message(*attrs: bytes) -> bytes:
+    import struct
+
+    from resistance.lab import censorwatch as cw
+
+    body = struct.pack("BBH", 2, 0, 0x1200) + b"".join(attrs)
+    kind = (cw._NFNL_SUBSYS_ULOG << 8) | cw._NFULNL_MSG_PACKET
+    return struct.pack("IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def test_nflog_messages_give_their_packets() -> None:
+    from resistance.lab import censorwatch as cw
+
+    hwaddr = cw._attr(3, bytes(6))  # another attribute first, padded
+    one = _nflog_message(hwaddr, cw._attr(cw._NFULA_PAYLOAD, b"\x45packet-one"))
+    two = _nflog_message(cw._attr(cw._NFULA_PAYLOAD, b"\x45two"))
+    assert cw.nflog_packets(one + two) == [b"\x45packet-one", b"\x45two"]
+    assert cw.nflog_packets(one[:-3]) == []  # cut short: nothing made up
+    config = cw._config(18, cw._attr(cw._NFULA_CFG_CMD, b"\x01"))
+    assert cw.nflog_packets(config) == []  # not a packet message
+
+
+@given(st.binary(max_size=600))
+def test_any_nflog_read_gives_packets_or_nothing(data: bytes) -> None:
+    from resistance.lab import censorwatch as cw
+
+    packets = cw.nflog_packets(data)
+    assert all(isinstance(p, bytes) and len(p) <= len(data) for p in packets)
+    assert cw.nflog_packets(_nflog_message(cw._attr(cw._NFULA_PAYLOAD, data))) == [data]

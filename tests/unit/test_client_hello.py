@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import random
 import ssl
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -116,6 +118,34 @@ def test_when_every_hello_failed_at_a_node_it_still_gets_one() -> None:
 
 
 def test_a_probes_hellos_come_round_in_turn() -> None:
-    seen = [hello.next_variant() for _ in range(2 * len(hello.VARIANTS))]
+    where = "198.51.100.10:443"
+    seen = [hello.next_variant(where) for _ in range(2 * len(hello.VARIANTS))]
     assert set(seen[: len(hello.VARIANTS)]) == set(hello.VARIANTS)
     assert seen[: len(hello.VARIANTS)] == seen[len(hello.VARIANTS) :]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=40))
+def test_each_listener_has_its_own_turn_of_hellos(others: list[int]) -> None:
+    """Whatever the process dials between two hellos to one listener (here 0-4 other
+    listeners each time, as a probe round's other nodes and controls are), that
+    listener meets every variant within len(VARIANTS) of its own hellos."""
+    where = "198.51.100.11:443"
+    mine: list[hello.Variant] = []
+    for i in range(len(hello.VARIANTS)):
+        mine.append(hello.next_variant(where))
+        for j in range(others[i % len(others)]):
+            hello.next_variant(f"198.51.100.{20 + j}:443")
+            hello.pick_variant(f"198.51.100.{30 + j}:443", 0.0)  # the client's dials too
+    assert set(mine) == set(hello.VARIANTS)
+
+
+def test_listener_turns_are_bounded_and_the_oldest_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hello, "MAX_FAILED", 3)
+    monkeypatch.setattr(hello, "_TURNS", collections.OrderedDict())
+    for n in range(5):
+        hello.next_variant(f"192.0.2.{n}:443")
+    hello.next_variant("192.0.2.2:443")  # used again: the newest
+    hello.next_variant("192.0.2.9:443")
+    assert list(hello._TURNS) == ["192.0.2.4:443", "192.0.2.2:443", "192.0.2.9:443"]

@@ -7,7 +7,7 @@ import ssl
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resistance.lab import dpi
@@ -155,7 +155,7 @@ def _frame(payload: bytes, *, proto: int = 6, flags_frag: int = 0x4000, doff: in
 
 def test_tcp_segment_from_a_frame() -> None:
     seg = dpi.parse_ipv4_tcp(_frame(b"hello", doff=8))
-    assert seg == dpi.TcpSegment("198.18.1.2", 40000, "198.18.10.1", 443, b"hello")
+    assert seg == dpi.TcpSegment("198.18.1.2", 40000, "198.18.10.1", 443, b"hello", 1)
     assert dpi.parse_ipv4_tcp(_frame(b"x", proto=17)) is None
     assert dpi.parse_ipv4_tcp(_frame(b"x", flags_frag=0x2000)) is None  # more fragments
 
@@ -207,3 +207,64 @@ def test_fingerprints_of_a_real_chrome_hello_match_a_published_capture() -> None
     )
     assert hello.ja3() == "98487aa16281980e7d1120d399efb6a4"
     assert hello.ja4() == "t13d1516h2_8daaf6152771_d8a2da3f94cd"
+
+
+def _segments(data: bytes, cuts: list[int], seq: int) -> list[dpi.TcpSegment]:
+    points = sorted({c % len(data) for c in cuts} - {0})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    out, at = [], seq
+    for piece in pieces:
+        out.append(dpi.TcpSegment("198.18.1.2", 40000, "198.18.10.1", 443, piece, at))
+        at = (at + len(piece)) % (1 << 32)
+    return out
+
+
+@settings(deadline=None, max_examples=50)
+@given(names, st.lists(st.integers(1, 4000), max_size=8), st.integers(0, (1 << 32) - 1))
+def test_a_hello_split_anywhere_is_put_back_together(name: str, cuts: list[int], seq: int) -> None:
+    whole = dpi.hello_of(ssl.create_default_context(), name)
+    segs = _segments(whole, cuts, seq)
+    split = dpi.SplitHello(segs[0], b"f0")
+    for i, seg in enumerate(segs[1:], 1):
+        assert not split.full
+        assert split.add(seg, f"f{i}".encode())
+        assert not split.add(seg, b"again")  # a retransmission is not taken twice
+    assert split.full and bytes(split.data) == whole
+    assert split.frames == [f"f{i}".encode() for i in range(len(segs))]
+    assert split.hello() == dpi.parse_client_hello(whole)
+    assert split.hello().server_name == name
+
+
+@settings(deadline=None, max_examples=30)
+@given(names, st.integers(1, 200))
+def test_a_segment_out_of_order_waits(name: str, cut: int) -> None:
+    whole = dpi.hello_of(ssl.create_default_context(), name)
+    first, second, third = _segments(whole, [cut, cut + 100], 7)
+    split = dpi.SplitHello(first, b"")
+    assert not split.add(third, b"")  # a gap: left for the retransmission
+    assert split.add(second, b"") and split.add(third, b"") and split.full
+
+
+@given(st.binary(min_size=1, max_size=300), st.lists(st.binary(max_size=300), max_size=20))
+def test_split_hellos_of_any_bytes_stay_bounded_and_parse_or_fail_cleanly(
+    first: bytes, more: list[bytes]
+) -> None:
+    at = 1000
+    split = dpi.SplitHello(dpi.TcpSegment("a", 1, "b", 2, first, at), b"")
+    at += len(first)
+    for data in more:
+        split.add(dpi.TcpSegment("a", 1, "b", 2, data, at), b"")
+        at += len(data)
+    assert len(split.data) <= dpi.MAX_HELLO + 5
+    assert len(split.frames) <= dpi.MAX_SPLIT_SEGMENTS
+    try:
+        split.hello()
+    except dpi.HelloError:
+        pass
+
+
+def test_the_sequence_number_is_read_from_the_frame() -> None:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 45, 0, 0, 64, 6, 0, bytes(4), bytes(4))
+    tcp = struct.pack("!HHIIBBHHH", 1, 2, 0xDEADBEEF, 0, 5 << 4, 0x18, 100, 0, 0)
+    seg = dpi.parse_ipv4_tcp(bytes(14) + ip + tcp + b"hello")
+    assert seg is not None and seg.seq == 0xDEADBEEF and seg.payload == b"hello"

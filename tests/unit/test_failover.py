@@ -153,3 +153,30 @@ async def test_all_failing_fast_is_not_a_spent_budget() -> None:
 async def test_an_unexpected_error_is_not_swallowed() -> None:
     with pytest.raises(RuntimeError):
         await race({UPSTREAMS[0]: "broken", UPSTREAMS[1]: "good"}, budget=1.0, race_after=None)
+
+
+async def test_a_hanging_last_upstream_is_raced_once_more_by_itself() -> None:
+    """A hello rule drops the first hello's flow: with nothing left to race, the same
+    upstream's second attempt (the next hello) wins, well inside the budget; the
+    first attempt is not reported as a failure of the upstream that won."""
+    only = UPSTREAMS[0]
+    calls: list[float] = []
+
+    async def attempt(upstream: Upstream, seconds: float) -> str:
+        calls.append(seconds)
+        if len(calls) == 1:
+            await asyncio.sleep(seconds)  # the dropped hello: silence
+            raise DialError("no answer", Reply.TTL_EXPIRED)
+        return upstream.host
+
+    failures: list[tuple[Upstream, str]] = []
+    for again, wins in ((lambda u: True, True), (None, False)):
+        calls.clear()
+        won, _ = await race_upstreams(
+            [only], attempt, budget=0.6, race_after=0.05, dial_timeout=60,
+            failed=lambda u, exc, s: failures.append((u, type(exc).__name__)),
+            discard=lambda value: None, retryable=(DialError,), name="t", again=again,
+        )  # fmt: skip
+        assert (won is not None) is wins and len(calls) == (2 if wins else 1)
+        if wins:
+            assert failures == []

@@ -142,6 +142,10 @@ class _TlsExchange(asyncio.Protocol):
             self.transport.abort()
 
 
+#: Seconds a TLS handshake must have hung before a cancelled dial rests its hello there.
+HELLO_HANG = 0.5
+
+
 async def _dial_tls(
     upstream: Upstream, command: Command, address: Address, seconds: float, pin: str | None
 ) -> Dialed:
@@ -180,6 +184,10 @@ async def _dial_tls(
     except BaseException:
         if transport is not None:
             cast(asyncio.Transport, transport).abort()
+        if exchange.transport is None and time.monotonic() - started >= HELLO_HANG:
+            # cancelled with the handshake still hanging: a rival (this upstream with
+            # another hello, or another upstream) won; rest this hello here
+            variant_failed(where, chosen, time.monotonic())
         raise
     assert exchange.transport is not None
     variant_worked(where, chosen)

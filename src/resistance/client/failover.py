@@ -18,6 +18,12 @@ or a clear SOCKS5 error within ``budget`` seconds (``--failover-budget``,
   reported as failed (slower than another), and so is every attempt
   still running when the budget is spent.
 
+* with ``again``, an upstream it accepts that is still hanging when no other
+  candidate is left to start is raced once more by itself (a TLS upstream
+  with the next hello variant: a censor's hello rule drops one
+  fingerprint's flows, and the last upstream that works must not cost the
+  application a dial timeout); its two attempts count as one upstream.
+
 Without ``race_after`` an attempt starts only when the one before failed.
 Nothing here knows sockets: ``attempt`` opens one upstream, ``failed`` is
 told every failure with the seconds it took.
@@ -62,6 +68,7 @@ async def race_upstreams(
     discard: Callable[[T], None],
     retryable: tuple[type[BaseException], ...],
     name: str,
+    again: Callable[[Upstream], bool] | None = None,
 ) -> tuple[Won[T] | None, bool]:
     """The first candidate ``attempt`` opens within ``budget`` seconds, or ``None``;
     the flag says whether the budget ran out (rather than every candidate failing)."""
@@ -69,8 +76,19 @@ async def race_upstreams(
     start = loop.time()
     deadline = start + budget
     racing: dict[asyncio.Task[T], tuple[Upstream, float]] = {}
+    raced_again: set[Upstream] = set()
     started = 0
     next_at = start
+
+    def once_more() -> Upstream | None:
+        """A hanging upstream to race by itself, once none is left to start."""
+        if again is None or race_after is None or started < len(candidates):
+            return None
+        for upstream, _ in racing.values():
+            if upstream not in raced_again and again(upstream):
+                return upstream
+        return None
+
     try:
         while started < len(candidates) or racing:
             now = loop.time()
@@ -90,8 +108,16 @@ async def race_upstreams(
                     fit = left / (waiting + 1)  # the last one needs time to answer too
                     next_at = now + min(race_after, max(MIN_INTERVAL, fit))
                 continue
+            alone = once_more()
+            if alone is not None and now >= next_at:
+                raced_again.add(alone)
+                task = loop.create_task(
+                    attempt(alone, min(dial_timeout, left)), name=f"{name}-again"
+                )
+                racing[task] = (alone, now)
+                continue
             until = deadline
-            if room and race_after is not None:
+            if (room or alone is not None) and race_after is not None:
                 until = min(until, next_at)
             done, _ = await asyncio.wait(
                 racing, timeout=max(0.0, until - loop.time()), return_when=FIRST_COMPLETED
@@ -103,7 +129,11 @@ async def race_upstreams(
                     value = task.result()
                     for loser, (slow, since) in racing.items():
                         loser.cancel()
-                        failed(slow, Abandoned("slower than another upstream"), loop.time() - since)
+                        if slow != upstream:  # not its own attempt with another hello
+                            failed(
+                                slow, Abandoned("slower than another upstream"),
+                                loop.time() - since,
+                            )  # fmt: skip
                     racing.clear()
                     for other in done - {task}:
                         if other.exception() is None:

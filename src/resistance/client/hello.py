@@ -230,27 +230,42 @@ VARIANT_REST = 300.0
 #: Addresses remembered with failed variants (oldest forgotten first).
 MAX_FAILED = 4096
 _FAILED: collections.OrderedDict[str, dict[Variant, float]] = collections.OrderedDict()
-_turn = itertools.count(random.randrange(len(VARIANTS)))
+#: The client's turn of hello variants (one for all its dials: see :func:`pick_variant`).
+_client_turn = itertools.count(random.randrange(len(VARIANTS)))
+#: Each TLS listener's own turn of variants for probes: the index of the next one, by
+#: listener (``host:port``); at most MAX_FAILED listeners, the one unused longest forgotten.
+_TURNS: collections.OrderedDict[str, int] = collections.OrderedDict()
 
 
-def next_variant() -> Variant:
-    """The next hello variant in turn: every one comes round within len(VARIANTS) dials.
+def next_variant(where: str) -> Variant:
+    """The next hello variant in ``where``'s own turn (``where``: a TLS listener's key).
 
-    A probe takes its hellos this way, so a hello rule that drops one of the
-    client's variants is met within a bounded number of rounds, not by luck.
+    Every variant comes round within len(VARIANTS) hellos to the same listener,
+    whatever else the process dials in between, so a hello rule against one of
+    the client's variants meets a probe's hello within a bounded number of
+    rounds.  (One turn shared by every listener let a listener be skipped past
+    the dropped variant round after round when the number of dials between
+    two of its hellos varied.)  A listener first seen starts at a random variant.
     """
-    return VARIANTS[next(_turn) % len(VARIANTS)]
+    turn = _TURNS.pop(where, None)
+    if turn is None:
+        turn = random.randrange(len(VARIANTS))
+    _TURNS[where] = (turn + 1) % len(VARIANTS)
+    while len(_TURNS) > MAX_FAILED:
+        _TURNS.popitem(last=False)
+    return VARIANTS[turn]
 
 
 def pick_variant(where: str, now: float) -> Variant:
     """The hello variant for the next dial to ``where`` (``host:port``).
 
-    Variants are taken in turn, so a dial and the rival raced beside it never
-    send the same hello; one that ``where`` did not answer within
-    :data:`VARIANT_REST` seconds is passed over (a censor's hello rule drops
-    the flows of one fingerprint), unless every one has failed there.
+    The client's dials take variants in one turn, so a dial and the rival
+    raced beside it (another upstream) never send the same hello; one that
+    ``where`` did not answer within :data:`VARIANT_REST` seconds is passed
+    over (a censor's hello rule drops the flows of one fingerprint), unless
+    every one has failed there.
     """
-    start = VARIANTS.index(next_variant())
+    start = next(_client_turn) % len(VARIANTS)
     failed = _FAILED.get(where, {})
     for i in range(len(VARIANTS)):
         chosen = VARIANTS[(start + i) % len(VARIANTS)]

@@ -166,6 +166,9 @@ class ClientSession(RawSession):
             discard=Dialed.close,
             retryable=(DialError,),
             name=f"dial-{id(self):x}",
+            # A TLS dial hanging on the last upstream may be a hello rule dropping
+            # this variant's flows: the same node with the next hello gets through.
+            again=lambda upstream: upstream.tls_sha256 is not None,
         )
         if won is None:
             if spent:

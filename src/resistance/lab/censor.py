@@ -25,7 +25,9 @@ The rules of the censor people live under now (TSPU, 2023-2026):
 * ``sni``, ``hello``, ``active-probe``: need parsing, so
   :mod:`resistance.lab.censorwatch` decides (this kernel has no NFQUEUE):
   the ``hold`` chain drops a flow's first ClientHello until the verdict
-  program has put the flow in ``released`` or a drop set.
+  program has put the flow in ``released`` or a drop set; a hello cut over
+  several segments holds its later segments too and hands them to the
+  program over NFLOG, which puts the hello back together before deciding.
 * ``freeze``: replies from listed prefixes past N bytes (conntrack's count,
   headers included) are dropped; the flow stays open, data stops.
 * ``whitelist``: a packet passes only if one end is on the list.
@@ -66,6 +68,12 @@ WATCHED = frozenset({"sni", "hello", "active-probe"})
 PREFIX_RULES = frozenset({"ip", "freeze", "whitelist"})
 #: Conntrack mark bits: a flow's first payload went by; a flow a rule condemned.
 SEEN = 0x1
+#: A flow whose first ClientHello segment waits for the verdict program: its later
+#: segments (a hello cut in two) wait too, and go to it over NFLOG group NFLOG_GROUP,
+#: while the server has sent nothing but its SYN-ACK (once a released hello reached
+#: it, the client's next bytes pass even before ``released`` holds the flow).
+HELD = 0x2
+NFLOG_GROUP = 18
 #: (UDP flows are kept in sets instead: a flow whose first packet is dropped
 #: never gets a conntrack entry to carry a mark.)
 MARKS = {"socks5": 0x100, "openvpn": 0x400, "freeze": 0x800}
@@ -184,7 +192,8 @@ def ruleset() -> str:
         ct mark & {SEEN:#x} == 0 {BACK} @flows_hello counter name hello_dropped drop
     }}
     chain hold {{
-        meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 @ih,0,8 0x16 @ih,40,8 0x01 {FLOW} != @released counter name hold_held drop
+        meta l4proto tcp ct direction original ct mark & {SEEN:#x} == 0 @ih,0,8 0x16 @ih,40,8 0x01 {FLOW} != @released ct mark set ct mark | {HELD:#x} counter name hold_held drop
+        meta l4proto tcp ct direction original ct mark & {SEEN | HELD:#x} == {HELD:#x} ct reply packets < 2 @ih,0,8 0-255 {FLOW} != @released log group {NFLOG_GROUP} counter name hold_held drop
     }}
     chain rule_freeze {{
     }}

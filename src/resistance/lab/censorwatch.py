@@ -23,8 +23,14 @@ its address goes into ``probed4`` for ``probe_block_seconds``.  Probes run in
 at most PROBE_WORKERS threads, each with timeouts, once per server per
 PROBE_TTL.
 
-A cut hello (larger than one segment) is judged on what the first segment
-holds: an SNI or fingerprint not in it lets the flow through.
+A cut hello (its record longer than the first segment) is put back
+together before the verdict (:class:`~resistance.lab.dpi.SplitHello`): the
+``hold`` chain holds the flow's later segments as well and logs them to
+NFLOG group ``censor.NFLOG_GROUP``, which this program reads; once the
+record is whole (or bounded: MAX_SPLIT_SEGMENTS segments, SPLIT_SECONDS) it
+is judged like any hello, and a released one is sent on segment by segment.
+At most MAX_SPLIT flows wait so at once; a flow beyond that is judged on
+its first segment, as before.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import ssl
@@ -55,6 +62,65 @@ PROBE_TTL = 300.0
 MAX_PROBES_KEPT = 50
 #: Flows decided recently (a retransmission seen again is not judged twice).
 DECIDED_MAX = 10_000
+#: Cut hellos being put back together at once, and how long one may wait for its rest.
+MAX_SPLIT = 256
+SPLIT_SECONDS = 2.0
+
+# nfnetlink_log (linux/netfilter/nfnetlink_log.h)
+NETLINK_NETFILTER = 12
+_NFNL_SUBSYS_ULOG = 4
+_NFULNL_MSG_PACKET = 0
+_NFULNL_MSG_CONFIG = 1
+_NFULA_CFG_CMD = 1
+_NFULA_CFG_MODE = 2
+_NFULNL_CFG_CMD_BIND = 1
+_NFULNL_COPY_PACKET = 2
+_NFULA_PAYLOAD = 9
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    data = struct.pack("HH", 4 + len(value), kind) + value
+    return data + bytes(-len(data) % 4)
+
+
+def _config(group: int, *attrs: bytes) -> bytes:
+    body = struct.pack("BBH", socket.AF_UNSPEC, 0, socket.htons(group)) + b"".join(attrs)
+    kind = (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_CONFIG
+    return struct.pack("IHHII", 16 + len(body), kind, _NLM_F_REQUEST, 0, 0) + body
+
+
+def open_nflog(group: int) -> socket.socket:
+    """A netlink socket bound to NFLOG ``group``, copying whole packets."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock.bind((0, 0))
+    sock.send(_config(group, _attr(_NFULA_CFG_CMD, bytes([_NFULNL_CFG_CMD_BIND]))))
+    mode = struct.pack("!IBB", 0xFFFF, _NFULNL_COPY_PACKET, 0)
+    sock.send(_config(group, _attr(_NFULA_CFG_MODE, mode)))
+    return sock
+
+
+def nflog_packets(data: bytes) -> list[bytes]:
+    """The IP packets in one read from an NFLOG socket (malformed messages skipped)."""
+    packets = []
+    at = 0
+    while at + 16 <= len(data):
+        length, kind = struct.unpack_from("IH", data, at)
+        if length < 16 or at + length > len(data):
+            break
+        if kind == (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_PACKET:
+            pos, end = at + 20, at + length
+            while pos + 4 <= end:
+                alen, atype = struct.unpack_from("HH", data, pos)
+                if alen < 4 or pos + alen > end:
+                    break
+                if atype & 0x3FFF == _NFULA_PAYLOAD:
+                    packets.append(data[pos + 4 : pos + alen])
+                pos += (alen + 3) & ~3
+        at += (length + 3) & ~3
+    return packets
+
 
 # Classic BPF: IPv4, TCP, not a fragment, payload[0] == 0x16 and payload[5] == 0x01.
 _FILTER = [
@@ -142,6 +208,8 @@ class Watcher:
         self.probes: list[dict[str, Any]] = []
         self.probed: dict[tuple[str, int], float] = {}
         self.decided: dict[tuple[str, int, str, int], float] = {}
+        #: Cut hellos waiting for their rest: flow -> (the hello so far, give-up time).
+        self.split: dict[tuple[str, int, str, int], tuple[dpi.SplitHello, float]] = {}
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe")
         self.settings = censor.Settings()
@@ -207,8 +275,49 @@ class Watcher:
 
     def judge(self, seg: dpi.TcpSegment, frame: bytes) -> None:
         now = time.monotonic()
-        if self.decided.get(seg.flow, 0.0) > now:
+        if self.decided.get(seg.flow, 0.0) > now or seg.flow in self.split:
+            return  # decided, or a retransmission of a cut hello's first segment
+        try:
+            hello = dpi.parse_client_hello(seg.payload)
+        except dpi.HelloError:
+            self.decide(seg, [frame], None)
             return
+        if not hello.complete and len(self.split) < MAX_SPLIT:
+            split = dpi.SplitHello(seg, frame)
+            if not split.full:  # (a record that is whole holds all this hello will show)
+                self.split[seg.flow] = (split, now + SPLIT_SECONDS)
+                return
+        self.decide(seg, [frame], hello)
+
+    def more(self, seg: dpi.TcpSegment, frame: bytes) -> None:
+        """A later segment of a held flow (from NFLOG): the rest of a cut hello."""
+        waiting = self.split.get(seg.flow)
+        if waiting is None or not waiting[0].add(seg, frame):
+            return
+        if waiting[0].full:
+            self.finish(seg.flow)
+
+    def finish(self, flow: tuple[str, int, str, int]) -> None:
+        split, _ = self.split.pop(flow)
+        first = dpi.TcpSegment(*flow, bytes(split.data), split.first_seq)
+        try:
+            hello = split.hello()
+        except dpi.HelloError:
+            self.decide(first, split.frames, None)
+            return
+        self.decide(first, split.frames, hello)
+
+    def expire(self) -> None:
+        """Cut hellos whose rest did not come in time: judged on what came."""
+        now = time.monotonic()
+        for flow in [f for f, (_, until) in self.split.items() if until <= now]:
+            self.finish(flow)
+
+    def decide(
+        self, seg: dpi.TcpSegment, frames: list[bytes], hello: dpi.ClientHello | None
+    ) -> None:
+        """Release or condemn ``seg``'s flow (``hello`` None: not a hello, released)."""
+        now = time.monotonic()
         if len(self.decided) > DECIDED_MAX:
             self.decided = {k: v for k, v in self.decided.items() if v > now}
             if len(self.decided) > DECIDED_MAX:  # the newest half is kept
@@ -216,13 +325,12 @@ class Watcher:
         # a condemned flow's segments come again (the kernel retransmits them):
         # each flow is judged and counted once while nftables holds its verdict
         self.decided[seg.flow] = now + censor.FLOW_TIMEOUT
-        settings = self.reload()
-        try:
-            hello = dpi.parse_client_hello(seg.payload)
-        except dpi.HelloError:
-            self.reinject(frame, seg.dst)
+        if hello is None:
+            for frame in frames:
+                self.reinject(frame, seg.dst)
             self.add_flow("released", seg.flow)
             return
+        settings = self.reload()
         on = set(settings.on)
         verdict = "released"
         if "sni" in on and server_name_listed(hello.server_name, settings.sni):
@@ -230,11 +338,13 @@ class Watcher:
         elif "hello" in on and hello.fingerprints() & set(settings.fingerprints):
             verdict = "flows_hello"
         if verdict == "released":
-            self.reinject(frame, seg.dst)
+            for frame in frames:
+                self.reinject(frame, seg.dst)
         self.add_flow(verdict, seg.flow)
         print(
             f"{seg.src}:{seg.sport} > {seg.dst}:{seg.dport} sni={hello.server_name} "
-            f"ja4={hello.ja4()}: {verdict}",
+            f"ja4={hello.ja4()}{f' ({len(frames)} segments)' if len(frames) > 1 else ''}: "
+            f"{verdict}",
             flush=True,
         )
         with self.lock:
@@ -274,6 +384,30 @@ class Watcher:
         self.write_stats()
         print(f"probed {addr}:{port}: {evidence['verdict']} ({seen})", flush=True)
 
+    def _read_packets(self, sock: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                frame, address = sock.recvfrom(65535)
+            except BlockingIOError:
+                return
+            if address[2] == PACKET_OUTGOING:
+                continue
+            seg = dpi.parse_ipv4_tcp(frame)
+            if seg is not None and seg.payload:
+                self.judge(seg, frame)
+
+    def _read_nflog(self, nflog: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data = nflog.recv(1 << 17)
+            except BlockingIOError:
+                return
+            for packet in nflog_packets(data):
+                frame = bytes(14) + packet  # as AF_PACKET gives it: a link header first
+                seg = dpi.parse_ipv4_tcp(frame)
+                if seg is not None and seg.payload:
+                    self.more(seg, frame)
+
     def run(self) -> None:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
         attach_filter(sock)
@@ -285,19 +419,20 @@ class Watcher:
                 pass
         except BlockingIOError:
             pass
-        sock.settimeout(0.5)
+        sock.setblocking(False)
+        nflog = open_nflog(censor.NFLOG_GROUP)
+        nflog.setblocking(False)
         self.write_stats()
         print(f"censor verdict program watching {self.namespace}", flush=True)
         while not self.stop.is_set():
-            try:
-                frame, address = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            if address[2] == PACKET_OUTGOING:
-                continue
-            seg = dpi.parse_ipv4_tcp(frame)
-            if seg is not None and seg.payload:
-                self.judge(seg, frame)
+            ready, _, _ = select.select([sock, nflog], [], [], 0.5)
+            if sock in ready:
+                self._read_packets(sock)
+            if nflog in ready:
+                self._read_nflog(nflog)
+            if self.split:
+                self.expire()
+        nflog.close()
         sock.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.nft_proc is not None and self.nft_proc.stdin is not None:

@@ -294,6 +294,8 @@ class TcpSegment:
     dst: str
     dport: int
     payload: bytes
+    #: The TCP sequence number of the payload's first byte.
+    seq: int = 0
 
     @property
     def flow(self) -> tuple[str, int, str, int]:
@@ -318,8 +320,57 @@ def parse_ipv4_tcp(frame: bytes, *, link_header: int = 14) -> TcpSegment | None:
         return None
     src = ".".join(str(b) for b in ip[12:16])
     dst = ".".join(str(b) for b in ip[16:20])
-    sport, dport = struct.unpack("!HH", tcp[:4])
-    return TcpSegment(src, sport, dst, dport, bytes(tcp[doff:]))
+    sport, dport, seq = struct.unpack("!HHI", tcp[:8])
+    return TcpSegment(src, sport, dst, dport, bytes(tcp[doff:]), seq)
+
+
+#: A cut hello is put back together from at most this many segments.
+MAX_SPLIT_SEGMENTS = 16
+
+
+class SplitHello:
+    """A ClientHello cut over TCP segments, put back together in sequence order.
+
+    An on-path censor that judged only a flow's first segment would let any
+    client through that cuts its hello before the server name (a known DPI
+    evasion).  The first segment starts the buffer; each later segment is
+    taken only if it is the very next one (its sequence number where the
+    buffer ends), so a retransmission or a segment out of order is left for
+    the client's retransmission.  Bounded: the hello's own record length
+    (at most :data:`MAX_HELLO` bytes) and :data:`MAX_SPLIT_SEGMENTS` segments.
+    """
+
+    __slots__ = ("data", "first_seq", "frames")
+
+    def __init__(self, first: TcpSegment, frame: bytes) -> None:
+        self.first_seq = first.seq
+        self.data = bytearray(first.payload[: MAX_HELLO + 5])
+        self.frames = [frame]
+
+    @property
+    def wanted(self) -> int:
+        """Bytes of the whole TLS record (header included), as its header says."""
+        if len(self.data) < 5:
+            return MAX_HELLO + 5
+        return min(5 + int.from_bytes(self.data[3:5], "big"), MAX_HELLO + 5)
+
+    def add(self, seg: TcpSegment, frame: bytes) -> bool:
+        """Take ``seg`` if it is the next segment of the hello; whether it was taken."""
+        offset = (seg.seq - self.first_seq) % (1 << 32)
+        if offset != len(self.data) or not seg.payload or self.full:
+            return False
+        self.data += seg.payload[: self.wanted - len(self.data)]
+        self.frames.append(frame)
+        return True
+
+    @property
+    def full(self) -> bool:
+        """Nothing more to wait for: the record is whole, or the bounds are reached."""
+        return len(self.data) >= self.wanted or len(self.frames) >= MAX_SPLIT_SEGMENTS
+
+    def hello(self) -> ClientHello:
+        """The hello as far as the segments go (raises :class:`HelloError` if not one)."""
+        return parse_client_hello(bytes(self.data))
 
 
 def _ones_sum(data: bytes) -> int:

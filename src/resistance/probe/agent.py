@@ -92,8 +92,6 @@ UPLOAD_PATH = "/api/v1/probe/batches"
 WIREGUARD_KEY_PATH = "/api/v1/probe/wireguard-key"
 PROBER_KEY_PATH = "/api/v1/wireguard/prober-key"
 ROUNDS_TASK = "probe-rounds"
-#: Proxies whose last passing check is remembered (for the active-probing control).
-MAX_REMEMBERED = 100_000
 UPLOADER_TASK = "probe-uploader"
 
 
@@ -296,8 +294,6 @@ class Agent:
         self.rounds_done = 0
         self.batches_made = 0
         self.last_round = RoundStats()
-        #: proxy id -> monotonic time of this vantage's last passing check of it.
-        self.last_ok: dict[int, float] = {}
         #: This round's check of the control proxy (see :meth:`_control_check`).
         self.control_task: asyncio.Task[CheckResult] | None = None
 
@@ -461,6 +457,22 @@ class Agent:
         measure the node's TLS listener beside it (its reach as a second transport)."""
         proxy_id = result.target.proxy_id
         ports, outside = assignment.hints.get(proxy_id, ((), None))
+        if not result.verdict.ok:
+            controls = Controls(
+                other_ports=ports,
+                control=assignment.control,
+                control_seen=await self._control_check(assignment),
+                outside_ok=outside,
+            )
+            result.evidence, result.diagnosis = await diagnose_check(
+                result,
+                canary=assignment.canary,
+                network=self.network,
+                settings=self.settings.check,
+                controls=controls,
+                listed_ok=assignment.canary is not None,  # the round runs only if it answered
+            )
+            log.info("proxy %d: %s", proxy_id, result.diagnosis)
         if ports:
             result.transports["tls"] = await tls_reach(
                 result,
@@ -468,29 +480,10 @@ class Agent:
                 seconds=self.settings.check.step_timeout,
                 outside_ok=outside,
                 source=self.settings.source,
+                canary=assignment.canary,
+                settings=self.settings.check,
+                plain_evidence=result.evidence,
             )
-        if result.verdict.ok:
-            self.last_ok[proxy_id] = time.monotonic()
-            if len(self.last_ok) > MAX_REMEMBERED:
-                self.last_ok.pop(next(iter(self.last_ok)))
-            return
-        last = self.last_ok.get(proxy_id)
-        controls = Controls(
-            other_ports=ports,
-            control=assignment.control,
-            control_seen=await self._control_check(assignment),
-            outside_ok=outside,
-            last_ok_ago=None if last is None else time.monotonic() - last,
-        )
-        result.evidence, result.diagnosis = await diagnose_check(
-            result,
-            canary=assignment.canary,
-            network=self.network,
-            settings=self.settings.check,
-            controls=controls,
-            listed_ok=assignment.canary is not None,  # the round runs only if it answered
-        )
-        log.info("proxy %d: %s", proxy_id, result.diagnosis)
 
     def _keep(self, results: list[CheckResult], *, alive: bool) -> None:
         """Batch the results that can be attributed to their proxies."""

@@ -14,10 +14,13 @@ proxy cannot be blamed for yet is followed, on the same network seam, by:
   (the round only runs when it answers);
 * the registry's control vantages' latest view of this proxy
   (``outside_ok``): down or blocked;
-* whether this vantage's last check of the proxy passed within
-  ``probed_window`` seconds (``first_ok``): an address that went dark right
-  after a probe used it is an active probe's block.  An IP block that lands
-  inside that window by chance looks the same; the reason says so.
+* whether this same check's first connection to the host went through
+  (``first_ok``, a retry now finding the address dark), or, when the main
+  flow got past its handshake and then stopped, the other port tried right
+  after: an address that went dark during the check, right
+  after the check's own flow, is an active probe's block.  A passing check
+  in an earlier round is not that evidence: an IP block that landed since
+  looks the same, and the address block is named.
 
 For TLS, :func:`tls_attempt` opens a TLS handshake with a chosen server name
 and the client's own browser-like hello; the same handshake with a benign
@@ -31,12 +34,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from resistance.client.hello import learn_name, next_variant, server_name, variant
 from resistance.probe.check import Failure
-from resistance.probe.diagnose import Attempt, Diagnosis, Evidence, Stage, diagnose
-from resistance.probe.net import NetFailure, Network, translate
+from resistance.probe.diagnose import (
+    MAX_BYTES,
+    Attempt,
+    Diagnosis,
+    Evidence,
+    Stage,
+    diagnose,
+)
+from resistance.probe.net import NetFailure, Network, TlsNetwork, translate
 from resistance.probe.runner import Canary, CheckResult, CheckSettings, Target, run_check
 
 #: At most this many other ports of one host are tried.
@@ -50,9 +60,9 @@ class Controls:
     other_ports: tuple[int, ...] = ()
     control: Target | None = None
     outside_ok: bool | None = None
-    #: Seconds since this vantage's last passing check of the target (None: none known).
-    last_ok_ago: float | None = None
-    probed_window: float = 120.0
+    #: This same check's first connection to the target went through (seconds ago);
+    #: the attempt diagnosed is its retry.
+    first_ok: bool = False
     #: The control proxy's check, when already made this round (one per round, not one
     #: per failing proxy): how :attr:`control` went, instead of checking it again.
     control_seen: Attempt | None = None
@@ -90,7 +100,9 @@ async def gather_evidence(
     main = main_attempt(result)
     other_port = None
     control = None
-    if not main.got_tcp:
+    # No TCP: the whole address or one port?  A flow the censor let through that then
+    # stopped short of a freeze: did the address go dark right after it?
+    if not main.got_tcp or (main.stage is Stage.TRANSFER and main.censor_like):
         for port in controls.other_ports[:MAX_OTHER_PORTS]:
             if port == target.port:
                 continue
@@ -108,7 +120,6 @@ async def gather_evidence(
         outside = (
             Attempt.passed() if controls.outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
         )
-    first_ok = controls.last_ok_ago is not None and controls.last_ok_ago <= controls.probed_window
     return Evidence(
         main=main,
         tls=False,
@@ -116,7 +127,7 @@ async def gather_evidence(
         other_port=other_port,
         control_host=control,
         listed_host=Attempt.passed() if listed_ok else None,
-        first_ok=first_ok,
+        first_ok=controls.first_ok and not main.got_tcp,
     )
 
 
@@ -171,7 +182,7 @@ async def tls_attempt(
         try:
             async with asyncio.timeout(seconds):
                 _, writer = await asyncio.open_connection(
-                    sock=sock, ssl=context or variant(*next_variant()),
+                    sock=sock, ssl=context or variant(*next_variant(listener_key(host, port))),
                     server_hostname=server_name or "", ssl_handshake_timeout=seconds,
                 )  # fmt: skip
         except TimeoutError:
@@ -193,8 +204,9 @@ async def tls_attempt(
 
 
 def listener_key(host: str, port: int) -> str:
-    """The key a TLS listener's learned server name is kept under in this process."""
-    return f"{host}:{port}"
+    """The key a TLS listener is known by in this process: its learned server name,
+    its own turn of hello variants."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def sni_evidence(
@@ -203,7 +215,7 @@ async def sni_evidence(
     """A TLS handshake naming ``server_name`` and its benign-SNI control."""
     # One hello for both (the control changes only the name); hellos taken in turn, so a
     # rule against one of the client's variants is met within len(VARIANTS) rounds.
-    hello = variant(*next_variant())
+    hello = variant(*next_variant(listener_key(host, port)))
     main = await tls_attempt(host, port, server_name, seconds, context=hello)
     benign = None if main.ok else await tls_attempt(host, port, BENIGN_SNI, seconds, context=hello)
     outside = None
@@ -219,6 +231,9 @@ async def tls_reach(
     seconds: float,
     outside_ok: bool | None,
     source: str | None = None,
+    canary: Canary | None = None,
+    settings: CheckSettings | None = None,
+    plain_evidence: Evidence | None = None,
 ) -> tuple[Evidence, Diagnosis]:
     """Whether the node's TLS listener gets through from here, as a client dials it
     (the client's browser-like hello, naming a server as the client does: the name
@@ -228,25 +243,49 @@ async def tls_reach(
     The plain check beside it is the other-port control (its TCP outcome tells an
     address block from a dropped hello), and a failed handshake is tried again
     naming a benign server (the hello itself, or the name).
+
+    When the plain check did not carry its download (a rule stopped it first, a
+    fingerprint rule for one) and the handshake goes through, the whole check
+    (the canary's 64 KiB download, past the 16 KB freeze size) runs again over
+    this TLS listener with the same hello: the big-transfer control, so a freeze
+    behind the plain protocol's block is still named ``frozen`` with its byte
+    count (``canary`` and ``settings`` given; the round's canary).
+
+    ``plain_evidence``, the plain check's evidence when it failed, lends its whitelist
+    controls (the unlisted control host, the listed host) to a handshake that got
+    no TCP either, so a whitelist is named on this transport too.
     """
     target = result.target
-    name = server_name(target.host, listener_key(target.host, tls_port))
+    key = listener_key(target.host, tls_port)
+    name = server_name(target.host, key)
     # The control differs from the main attempt by the name only; hellos taken in turn, so
     # a rule against one of the client's variants is met within len(VARIANTS) rounds.
-    hello = variant(*next_variant())
+    hello = variant(*next_variant(key))
     main = await tls_attempt(target.host, tls_port, name, seconds, context=hello, source=source)
     benign = None
     if not main.ok and main.got_tcp:
         benign = await tls_attempt(
             target.host, tls_port, BENIGN_SNI, seconds, context=hello, source=source
         )
+    big = None
+    if main.ok and not result.verdict.ok and canary is not None and settings is not None:
+        over_tls = replace(target, port=tls_port)
+        network = TlsNetwork(hello, server_name(target.host, key), source)
+        big = main_attempt(await run_check(over_tls, canary, network, settings))
+        if network.last is not None:  # where it stopped, counted as the censor counts
+            big = replace(big, received=min(network.last.wire_received, MAX_BYTES))
     plain = main_attempt(result)
     other = Attempt.passed() if plain.got_tcp else plain
     outside = None
     if outside_ok is not None:
         outside = Attempt.passed() if outside_ok else Attempt.stopped(Stage.TCP, Failure.ERROR)
+    # The plain check ran before this handshake: its TCP outcome tells an address block
+    # only when this one got no TCP either (not "dark after this flow").
+    lent = plain_evidence if not main.got_tcp else None
     evidence = Evidence(
-        main=main, tls=True, outside=outside, benign_sni=benign,
-        other_port=None if main.ok else other,
+        main=main, tls=True, outside=outside, benign_sni=benign, big_transfer=big,
+        other_port=None if main.got_tcp else other,
+        control_host=lent.control_host if lent else None,
+        listed_host=lent.listed_host if lent else None,
     )  # fmt: skip
     return evidence, diagnose(evidence)

@@ -17,6 +17,8 @@ few controls it runs beside the main check:
 ``listed_host``    a host the censor's whitelist lets through: whitelist
 ``first_ok``       the check's first connection went through and a retry a few
                    seconds later could not connect: an active probe's block
+                   (the same mark: the main connection went through and the
+                   host's other port, tried right after, is silent)
 =================  ==============================================================
 
 Each control is optional (``None``: not run).  :func:`diagnose` is pure and
@@ -33,13 +35,22 @@ controls that distinguish it were run and agree.  Everything else is
 4. no TCP: the probe's own network is tested first (a listed host that
    fails says nothing can be judged); unlisted hosts unreachable but the
    listed one reached: ``whitelisted-out``; the host's other port
-   unreachable too and the host alive from outside: ``probed`` when this
-   check's first connection went through, else ``blocked-ip``;
+   unreachable too: ``probed`` when this same check's first connection went
+   through seconds before (the address went dark *during* the check, right
+   after its own flow), else, the host alive from outside, ``blocked-ip``.
+   An address block is told first: a passing check in an earlier round is
+   no evidence of an active probe (an IP block landing since looks the same);
 5. TCP but the handshake died (timeout, reset, close): a benign SNI that
    passes: ``blocked-sni``; the same protocol to the control host dying
    too, or a TLS hello dying whatever its server name (or naming none), or
    a non-TLS protocol dying while it works from outside:
-   ``blocked-fingerprint``.
+   ``blocked-fingerprint``;
+6. the handshake passed and the data stopped short of a freeze's mark (no
+   stall past MIN_FREEZE_BYTES) the way a censor stops flows, and the host's
+   other port, tried right after, is silent: ``probed`` (the censor let this
+   flow through and then darkened the address).  A handshake that died is
+   not this evidence: a fingerprint rule kills it, and a block landing during
+   its timeout (a whitelist switched on mid-check) would read as a probe.
 """
 
 from __future__ import annotations
@@ -290,6 +301,13 @@ def diagnose(e: Evidence) -> Diagnosis:
         return _no_tcp(e)
     if main.stage is Stage.HANDSHAKE:
         return _no_handshake(e)
+    other = e.other_port
+    if main.censor_like and other is not None and other.stage is Stage.TCP and other.censor_like:
+        return Diagnosis(
+            Mechanism.PROBED,
+            "the censor let this check's flow through, then it stopped and the host's other "
+            "port is silent: the address went dark right after this flow",
+        )
     return _inconclusive(f"the data flow ended with {main.failure}, not a stall")
 
 
@@ -312,7 +330,7 @@ def _no_tcp(e: Evidence) -> Diagnosis:
     if e.first_ok:
         return Diagnosis(
             Mechanism.PROBED,
-            "the first connection went through, then the whole address went dark",
+            "this check's first connection went through, then the whole address went dark",
         )
     if e.outside is not None and e.outside.ok:
         return Diagnosis(

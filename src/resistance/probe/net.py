@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import ssl
 from typing import Protocol
 
 from resistance.probe.check import Failure
@@ -105,3 +106,94 @@ class SocketNetwork:
             sock.close()
             raise
         return SocketConnection(sock, loop)
+
+
+class TlsConnection:
+    """TLS over a :class:`SocketConnection` through :class:`ssl.SSLObject` (memory BIOs),
+    so the bytes that came on the wire are counted (``wire_received``): a censor
+    counts those, and a freeze cuts a TLS record in the middle, so the plaintext
+    that could be read says less about where the flow stopped."""
+
+    __slots__ = ("incoming", "outgoing", "raw", "tls", "wire_received")
+
+    def __init__(self, raw: SocketConnection, context: ssl.SSLContext, server_name: str) -> None:
+        self.raw = raw
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=server_name)
+        self.wire_received = 0
+
+    async def _flush(self) -> None:
+        if pending := self.outgoing.read():
+            await self.raw.send(pending)
+
+    async def _fill(self) -> None:
+        data = await self.raw.recv()
+        self.wire_received += len(data)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+            except ssl.SSLError as exc:
+                raise NetFailure(Failure.WRONG_ANSWER, exc.reason or type(exc).__name__) from None
+            else:
+                await self._flush()
+                return
+
+    async def send(self, data: bytes) -> None:
+        try:
+            self.tls.write(data)
+        except ssl.SSLError as exc:
+            raise NetFailure(Failure.WRONG_ANSWER, exc.reason or type(exc).__name__) from None
+        await self._flush()
+
+    async def recv(self) -> bytes:
+        while True:
+            try:
+                return self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                return b""
+            except ssl.SSLError as exc:
+                raise NetFailure(Failure.WRONG_ANSWER, exc.reason or type(exc).__name__) from None
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class TlsNetwork:
+    """TCP as :class:`SocketNetwork` opens it, then a TLS handshake with ``context``
+    naming ``server_name``: a check run over it speaks to a node's TLS listener
+    the way the client does (its hello, its name), so a rule that stops the
+    plain protocol's first bytes does not hide what comes later (a freeze).
+    ``last`` is the last connection opened (its ``wire_received``)."""
+
+    def __init__(
+        self, context: ssl.SSLContext, server_name: str, source: str | None = None
+    ) -> None:
+        self.context = context
+        self.server_name = server_name
+        self.tcp = SocketNetwork(source)
+        self.last: TlsConnection | None = None
+
+    async def connect(self, host: str, port: int) -> Connection:
+        raw = await self.tcp.connect(host, port)
+        assert isinstance(raw, SocketConnection)
+        conn = TlsConnection(raw, self.context, self.server_name)
+        try:
+            await conn.handshake()
+        except BaseException:
+            conn.close()
+            raise
+        self.last = conn
+        return conn
