@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +58,9 @@ def signed_file(
 _clients: list[RunningNode] = []
 
 
-@pytest.fixture(autouse=True)
-def _stop_clients() -> Iterator[None]:
-    """Every client a test starts is stopped by PID when it ends, passed or failed
-    (test_mirrors_are_tried_in_turn left its client running)."""
-    yield
-    while _clients:
-        _clients.pop().stop()
-
-
 def start_client(state: Path, *args: str) -> RunningNode:
+    """A client stopped by PID when the test ends, passed or failed, in whatever module
+    it runs (tests/integration/conftest.py; test_connect_ladder's tests left theirs)."""
     client = launch_node([*args, "--check-interval", "0.5"], state, command="connect")
     _clients.append(client)
     return client
