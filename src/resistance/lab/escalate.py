@@ -36,6 +36,11 @@ from resistance.lab.story import Story, wait_until
 RECOVERY_ATTEMPTS = 20
 #: Seconds to wait for a probe round to show a blocked node's verdict in the directory.
 VERDICT_SECONDS = 60.0
+#: ... and for a hello rule, which drops one of len(VARIANTS) hello variants: each probe
+#: takes the variants in turn per listener (client.hello.next_variant), so it meets the
+#: dropped one within 8 rounds, and a round with the socks5 rule on takes its step
+#: timeouts; 60 s was short of that on a loaded machine (the story's test flaked).
+HELLO_VERDICT_SECONDS = 180.0
 #: The probes inside the censored network (lab.story.PROBES).
 INSIDE = ("inside-ru-1", "inside-ru-2")
 #: The transport a rule's verdict is read on (None: any; ip and whitelist stop all).
@@ -147,13 +152,19 @@ class EscalatingStory(Story):
                 return reach
         return {}
 
-    def verdict(self, node: int, expected: str, transport: str | None = None) -> str:
+    def verdict(
+        self,
+        node: int,
+        expected: str,
+        transport: str | None = None,
+        seconds: float = VERDICT_SECONDS,
+    ) -> str:
         """A probe round's verdict on node from inside, as the directory shows it
         (``transport mechanism`` pairs): waits (bounded) for the expected mechanism on
         ``transport`` (on any, if None; on every one, if "all"), else reports what it
         shows."""
         seen = ""
-        deadline = time.monotonic() + VERDICT_SECONDS
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             reach = self.reach_of(node)
             inside = [reach[n] for n in INSIDE if n in reach]
@@ -190,7 +201,8 @@ class EscalatingStory(Story):
                 f"now via node-{via}{' over TLS' if self.via_tls() else ''}"
             )
         for node in blocked:
-            step.verdicts[node] = self.verdict(node, expected, RULE_TRANSPORT.get(rule))
+            wait = HELLO_VERDICT_SECONDS if rule == "hello" else VERDICT_SECONDS
+            step.verdicts[node] = self.verdict(node, expected, RULE_TRANSPORT.get(rule), wait)
             self.say(f"   probes inside RU on node-{node}: {step.verdicts[node]}")
         self.escalations.append(step)
         return step
