@@ -30,12 +30,7 @@ from resistance.proto.mtclient import ProxyClient
 from resistance.proto.mtproto import check_res_pq, req_pq_multi
 from tests.conftest import EchoServer, RunningNode
 from tests.integration.socksclient import recv_exact
-from tests.integration.test_connect_directory import (  # noqa: F401 (an autouse fixture)
-    _stop_clients,  # stops, by PID, every client this module's tests start
-    read_status,
-    start_client,
-    wait_for,
-)
+from tests.integration.test_connect_directory import read_status, start_client, wait_for
 from tests.integration.test_mtproto_system import DOMAIN, free_port, start_mtproto_node
 
 KEY = secrets.token_bytes(16)
