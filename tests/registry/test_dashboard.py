@@ -117,6 +117,21 @@ async def test_boundaries_between_public_operator_and_funder(running: RunningReg
     assert (await funder.get("/ui/funder")).status_code == 200
 
 
+async def test_path_ids_are_held_to_the_apis_rules(running: RunningRegistry) -> None:
+    """Ids past the 32-bit column and round ids with NUL are refused (422) before the
+    database, which on PostgreSQL answered them with a 500."""
+    mine, _, _ = await world(running)
+    operator = running.client()
+    await sign_in(operator, mine)
+    for proxy_id in (2**31, 2**62):
+        assert (await operator.get(f"/ui/operator/proxies/{proxy_id}")).status_code == 422
+    funder = running.client()
+    await sign_in(funder, running.admin_token)
+    for bad in ("fz%00op", "x" * 65):
+        assert (await funder.get(f"/ui/funder/rounds/{bad}")).status_code == 422
+        assert (await funder.post(f"/ui/funder/rounds/{bad}/approve")).status_code == 422
+
+
 async def test_operator_sees_verdicts_evidence_links_and_awards(running: RunningRegistry) -> None:
     mine, _, seeded = await world(running)
     client = running.client()

@@ -29,7 +29,7 @@ from resistance.registry import repositories as repo
 from resistance.registry import rounds as registry_rounds
 from resistance.registry.errors import ApiError
 from resistance.registry.ratelimit import TokenBucketLimiter, client_network
-from resistance.registry.schemas import RoundCreateRequest
+from resistance.registry.schemas import RoundCreateRequest, RoundIdPath, RowIdPath
 from resistance.registry.services import Registry
 from resistance.registry.settings import RateLimit
 from resistance.registry.tokens import token_hash
@@ -463,7 +463,7 @@ def router() -> APIRouter:
         return await guarded(request, page)
 
     @api.get("/operator/proxies/{proxy_id}")
-    async def operator_proxy(request: Request, proxy_id: int) -> Response:
+    async def operator_proxy(request: Request, proxy_id: RowIdPath) -> Response:
         async def page() -> Response:
             who = await ui.require(request, "operator")
             registry = ui.registry(request)
@@ -584,45 +584,46 @@ def router() -> APIRouter:
         )
 
     @api.get("/funder/rounds/{round_id}")
-    async def funder_round(request: Request, round_id: str) -> Response:
+    async def funder_round(request: Request, round_id: RoundIdPath) -> Response:
         async def page() -> Response:
             who = await ui.require(request, "admin")
             return await _round_page(request, who, round_id, error=None, status=200)
 
         return await guarded(request, page)
 
-    @api.post("/funder/rounds/{round_id}/approve")
-    async def funder_approve(request: Request, round_id: str) -> Response:
+    async def round_action(
+        request: Request,
+        round_id: str,
+        action: Callable[..., Awaitable[Any]],
+        then: str,
+    ) -> Response:
+        """A funder's form on a round: the action, then ``then``; its refusal on the page."""
+
         async def page() -> Response:
             who = await ui.require(request, "admin")
             await ui.check_form(request)
             try:
-                await registry_rounds.approve_round(ui.registry(request), round_id=round_id)
+                await action(ui.registry(request), round_id=round_id)
             except ApiError as exc:
                 return await _round_page(
                     request, who, round_id, error=exc.message, status=exc.status
                 )
-            return RedirectResponse(f"/ui/funder/rounds/{round_id}", status_code=303)
+            return RedirectResponse(then, status_code=303)
 
         return await guarded(request, page)
+
+    @api.post("/funder/rounds/{round_id}/approve")
+    async def funder_approve(request: Request, round_id: RoundIdPath) -> Response:
+        return await round_action(
+            request, round_id, registry_rounds.approve_round, f"/ui/funder/rounds/{round_id}"
+        )
 
     @api.post("/funder/rounds/{round_id}/delete")
-    async def funder_delete(request: Request, round_id: str) -> Response:
-        async def page() -> Response:
-            who = await ui.require(request, "admin")
-            await ui.check_form(request)
-            try:
-                await registry_rounds.delete_draft(ui.registry(request), round_id=round_id)
-            except ApiError as exc:
-                return await _round_page(
-                    request, who, round_id, error=exc.message, status=exc.status
-                )
-            return RedirectResponse("/ui/funder", status_code=303)
-
-        return await guarded(request, page)
+    async def funder_delete(request: Request, round_id: RoundIdPath) -> Response:
+        return await round_action(request, round_id, registry_rounds.delete_draft, "/ui/funder")
 
     @api.post("/funder/rounds/{round_id}/psbt")
-    async def funder_psbt(request: Request, round_id: str) -> Response:
+    async def funder_psbt(request: Request, round_id: RoundIdPath) -> Response:
         async def page() -> Response:
             who = await ui.require(request, "admin")
             form = await ui.check_form(request)
