@@ -118,7 +118,11 @@ def test_a_blocked_tls_port_falls_to_plain_and_the_ladder_remembers(
     tls_node: RunningNode, eater: HelloEater, tmp_path: Path, echo_server: Any
 ) -> None:
     pin = banner_pin(tls_node)
+    # The race delay is long so that a TLS handshake slowed by a loaded machine is not
+    # beaten by plain SOCKS5 while nothing blocks it (this test is about the ladder,
+    # not the race); a blocked hello still falls to plain within the 5 s budget.
     args = (
+        "--race-after", "2.5",
         "--upstream", f"socks5s://alice:secret@127.0.0.1:{eater.port}#sha256={pin}",
         "--upstream", f"socks5://alice:secret@127.0.0.1:{tls_node.port}",
         "--network", "lab-mobile", "--dial-timeout", "3",
@@ -191,7 +195,11 @@ def test_a_hello_rule_on_the_only_upstream_costs_a_race_not_a_dial_timeout(
     pin = banner_pin(tls_node)
     blocked = parse_client_hello(hello_of(hello.variant(*hello.VARIANTS[0]), "x.example")).ja4()
     eater.drop_fingerprints.add(blocked)
+    # The race delay is long so that a TLS handshake slowed by a loaded machine is not
+    # beaten by plain SOCKS5 while nothing blocks it (this test is about the ladder,
+    # not the race); a blocked hello still falls to plain within the 5 s budget.
     args = (
+        "--race-after", "2.5",
         "--upstream", f"socks5s://alice:secret@127.0.0.1:{eater.port}#sha256={pin}",
         "--dial-timeout", "60",
     )  # fmt: skip
