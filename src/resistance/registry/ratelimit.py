@@ -119,7 +119,7 @@ class DatabaseLimiter:
                 set_={
                     "tokens": left,
                     "at": func.greatest(row.at, now),
-                    "full_at": literal(now) + (literal(burst) - left) / rate,
+                    "full_at": func.greatest(row.at, now) + (literal(burst) - left) / rate,
                     "passed": refill >= 1.0,
                 },
             )
