@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import re
@@ -34,7 +35,7 @@ from resistance.registry.models import Publication
 from resistance.registry.ratelimit import DatabaseLimiter, prune_buckets
 from resistance.registry.settings import RateLimit
 from tests.registry.conftest import PG_URL, _pg_admin
-from tests.registry.test_serve import _started, resist, serve_process
+from tests.registry.test_serve import resist, serve_process
 
 SERIAL = re.compile(r"published directory serial (\d+)")
 
@@ -206,30 +207,18 @@ async def _publications(url: str) -> list[tuple[int, int]]:
 
 
 def test_workers_share_a_socket_and_stop_together(tmp_path: Path, pg_url: str) -> None:
-    log = tmp_path / "serve.log"
-    cmd = [
-        sys.executable, "-m", "resistance", "registry", "serve", "--listen", "127.0.0.1:0",
-        "--state-dir", str(tmp_path / "reg"), "--db", pg_url, "--network", "regtest",
-        "--publish-interval", "0", "--workers", "2", "-v",
-    ]  # fmt: skip
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, stdin=subprocess.DEVNULL
-        )
-        try:
-            url, admin = _started(proc, first=True)
-            assert admin is not None  # printed once, by the one worker that made it
-            workers = _children(proc.pid)
-            assert len(workers) == 2
-            for _ in range(20):
-                assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+    out, log = tmp_path / "serve.out", tmp_path / "serve.log"
+    with _serving(tmp_path / "reg", pg_url, out, log, "--workers", "2") as proc:
+        url = _healthy(proc, out)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        for _ in range(20):
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+    # The admin token is printed once, by the one worker that made it.
+    assert len(re.findall(r"admin token \(shown once, keep it\): rst_", out.read_text())) == 1
     text = log.read_text()
     assert text.count("Application shutdown complete") == 2 and "Traceback" not in text
     assert text.count("published directory serial") == 1  # the start-up one, by one worker
@@ -272,3 +261,65 @@ def test_shared_buckets_refill_and_are_pruned(pg_url: str) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_processes_starting_together_migrate_once(tmp_path: Path, pg_template: str) -> None:
+    """Two processes on a database never migrated: one migrates, makes the admin
+    token and publishes; the other waits for it and finds all three done."""
+    name = f"resist_mp_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    url = PG_URL.format(name=name)
+    state = tmp_path / "reg"  # one machine: both use the same state directory and keys
+    outs = [tmp_path / f"{i}.out" for i in range(2)]
+    logs = [tmp_path / f"{i}.log" for i in range(2)]
+    try:
+        with contextlib.ExitStack() as stack:
+            procs = [stack.enter_context(_serving(state, url, outs[i], logs[i])) for i in range(2)]
+            for proc, out in zip(procs, outs, strict=True):
+                _healthy(proc, out)
+        printed = "".join(out.read_text() for out in outs)
+        assert len(re.findall(r"admin token \(shown once, keep it\): rst_", printed)) == 1
+        text = "".join(log.read_text() for log in logs)
+        assert text.count("published directory serial") == 1
+        assert text.count("Application startup complete") == 2 and "Traceback" not in text
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def _serving(
+    state: Path, url: str, out: Path, log: Path, *extra: str
+) -> Iterator[subprocess.Popen[str]]:
+    cmd = [
+        sys.executable, "-m", "resistance", "registry", "serve", "--listen", "127.0.0.1:0",
+        "--state-dir", str(state), "--db", url, "--network", "regtest",
+        "--publish-interval", "0", "-v", *extra,
+    ]  # fmt: skip
+    with out.open("w") as stdout, log.open("w") as stderr:
+        proc = subprocess.Popen(
+            cmd, stdout=stdout, stderr=stderr, text=True, stdin=subprocess.DEVNULL
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _healthy(proc: subprocess.Popen[str], out: Path) -> str:
+    """The URL of a started registry, once it answers (its start may wait for another's)."""
+    for _ in range(1200):
+        assert proc.poll() is None, "the registry stopped"
+        found = re.search(r"registry listening on (http://\S+)", out.read_text())
+        if found:
+            try:
+                if httpx.get(f"{found.group(1)}/healthz", timeout=2).status_code == 200:
+                    return found.group(1)
+            except httpx.TransportError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("the registry did not start")
