@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from resistance.registry.db import make_engine, make_sessions
 from resistance.registry.models import Publication
-from resistance.registry.ratelimit import DatabaseLimiter, prune_buckets
+from resistance.registry.ratelimit import DatabaseLimiter, buckets_engine, prune_buckets
 from resistance.registry.settings import RateLimit
 from tests.registry.conftest import PG_URL, _pg_admin
 from tests.registry.test_serve import resist, serve_process
@@ -244,7 +244,7 @@ def test_workers_refuse_sqlite(tmp_path: Path) -> None:
 
 def test_shared_buckets_refill_and_are_pruned(pg_url: str) -> None:
     async def run() -> None:
-        engine = make_engine(pg_url)
+        engine = buckets_engine(pg_url)
         try:
             one = DatabaseLimiter(engine, "t", RateLimit(per_second=1.0, burst=2))
             other = DatabaseLimiter(engine, "t", RateLimit(per_second=1.0, burst=2))

@@ -22,6 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resistance.paths import resolve_state_dir
 from resistance.registry import services
@@ -37,7 +38,7 @@ from resistance.registry.db import (
 from resistance.registry.errors import install_error_handlers
 from resistance.registry.guard import RequestGuard
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
-from resistance.registry.ratelimit import make_limiter, prune_buckets
+from resistance.registry.ratelimit import buckets_engine, make_limiter, prune_buckets
 from resistance.registry.routes import mtproto as mtproto_routes
 from resistance.registry.routes import probes as probe_routes
 from resistance.registry.routes import rounds as round_routes
@@ -64,6 +65,8 @@ async def open_registry(settings: RegistrySettings) -> Registry:
         await migrate(url)
     engine = make_engine(url)
     clients = settings.rate_limit_clients
+    # Several processes may serve a PostgreSQL database: their rate limits are shared.
+    buckets = buckets_engine(engine.url) if engine.dialect.name == "postgresql" else None
     return Registry(
         settings=settings,
         engine=engine,
@@ -71,17 +74,18 @@ async def open_registry(settings: RegistrySettings) -> Registry:
         signing_keys=load_or_create_signing_keys(state_dir),
         ring_key=load_or_create_ring_key(state_dir),
         wireguard_prober=load_or_create_prober_key(state_dir),
-        signup_limiter=make_limiter(engine, "signup", settings.signup_limit, max_clients=clients),
-        public_limiter=make_limiter(engine, "public", settings.public_limit, max_clients=clients),
+        buckets=buckets,
+        signup_limiter=make_limiter(buckets, "signup", settings.signup_limit, max_clients=clients),
+        public_limiter=make_limiter(buckets, "public", settings.public_limit, max_clients=clients),
     )
 
 
-async def _prune_periodically(registry: Registry) -> None:
+async def _prune_periodically(buckets: AsyncEngine, clock: Callable[[], float]) -> None:
     """The named background task: forget shared rate-limit buckets that are full again."""
     while True:
         await asyncio.sleep(PRUNE_SECONDS)
         try:
-            await prune_buckets(registry.engine, now=registry.clock())
+            await prune_buckets(buckets, now=clock())
         except Exception:
             log.exception("pruning the rate-limit buckets failed; will retry")
 
@@ -118,8 +122,12 @@ def create_app(
                 tasks.append(
                     asyncio.create_task(services.publish_periodically(registry), name=PUBLISH_TASK)
                 )
-            if registry.shared:
-                tasks.append(asyncio.create_task(_prune_periodically(registry), name=PRUNE_TASK))
+            if registry.buckets is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        _prune_periodically(registry.buckets, registry.clock), name=PRUNE_TASK
+                    )
+                )
             yield
         finally:
             for task in tasks:
@@ -130,6 +138,8 @@ def create_app(
             if canary is not None:
                 await canary.close()
             await registry.engine.dispose()
+            if registry.buckets is not None:
+                await registry.buckets.dispose()
 
     app = FastAPI(
         title="Digital Resistance registry",

@@ -17,7 +17,12 @@ statement that refills and takes a token atomically (PostgreSQL locks the
 row, so two processes never spend the same token), and rows whose bucket
 is full again -- which say no more than a missing row -- are pruned in the
 background (:func:`prune_buckets`), so the table holds only the networks
-seen in the last ``burst / rate`` seconds.
+seen in the last ``burst / rate`` seconds.  The buckets have their own small
+engine (:func:`buckets_engine`): one statement per request in autocommit,
+no ping before it, and commits that do not wait for the disk
+(``synchronous_commit = off`` on those connections only) -- a bucket lost
+in a crash costs nothing, while the default's five round trips and a disk
+sync took a loaded machine 10-20 ms on every public request (3 ms so).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import ipaddress
 from collections import OrderedDict
 from typing import Protocol
 
-from sqlalchemy import case, delete, func, literal
+from sqlalchemy import URL, case, delete, func, literal
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from resistance.registry.models import RateBucket
 from resistance.registry.settings import RateLimit
@@ -85,6 +91,15 @@ class TokenBucketLimiter:
         return wait
 
 
+def buckets_engine(url: str | URL) -> AsyncEngine:
+    """The engine the shared buckets are kept through (see the module's docstring)."""
+    return create_async_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"server_settings": {"synchronous_commit": "off"}},
+    )
+
+
 class DatabaseLimiter:
     """Buckets in PostgreSQL's ``rate_buckets`` table, shared by every registry process."""
 
@@ -125,15 +140,23 @@ class DatabaseLimiter:
             )
             .returning(row.tokens, row.passed)
         )
-        async with self._engine.begin() as connection:
-            tokens, passed = (await connection.execute(statement)).one()
+        for attempt in (1, 2):
+            try:
+                async with self._engine.connect() as connection:
+                    tokens, passed = (await connection.execute(statement)).one()
+                break
+            except DBAPIError as exc:  # a connection the server closed: one more try
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
         return 0.0 if passed else (1.0 - tokens) / rate
 
 
-def make_limiter(engine: AsyncEngine, name: str, limit: RateLimit, *, max_clients: int) -> Limiter:
-    """Shared buckets on PostgreSQL (several processes may serve), else in memory."""
-    if engine.dialect.name == "postgresql":
-        return DatabaseLimiter(engine, name, limit)
+def make_limiter(
+    buckets: AsyncEngine | None, name: str, limit: RateLimit, *, max_clients: int
+) -> Limiter:
+    """Shared buckets through ``buckets`` (PostgreSQL), else in this process's memory."""
+    if buckets is not None:
+        return DatabaseLimiter(buckets, name, limit)
     return TokenBucketLimiter(limit, max_clients=max_clients)
 
 

@@ -73,6 +73,8 @@ class Registry:
     canary_address: tuple[str, int] | None = None
     #: Serializes batch ingestion (evidence and rollups are read-modify-write).
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The engine shared rate-limit buckets go through (PostgreSQL only; see ratelimit.py).
+    buckets: AsyncEngine | None = None
     #: The serial of the directory this process last wrote to ``directory.json``.
     written_serial: int | None = None
     #: The registry's own WireGuard key that proves control of WireGuard endpoints
@@ -81,11 +83,6 @@ class Registry:
 
     def now(self) -> int:
         return int(self.clock())
-
-    @property
-    def shared(self) -> bool:
-        """Whether other registry processes may share the database (PostgreSQL)."""
-        return self.engine.dialect.name == "postgresql"
 
     def make_limiter(self, name: str, limit: RateLimit) -> Limiter:
         """A rate limit every process on the database shares (in memory on SQLite)."""
