@@ -224,6 +224,24 @@ def test_workers_share_a_socket_and_stop_together(tmp_path: Path, pg_url: str) -
     assert text.count("published directory serial") == 1  # the start-up one, by one worker
 
 
+def test_a_machine_without_the_keys_is_refused(tmp_path: Path, pg_url: str) -> None:
+    """A second machine started with an empty state directory would sign with a key
+    of its own, which clients pinned to the first's refuse: it does not start."""
+    with serve_process(tmp_path / "a", pg_url) as (_url, admin):
+        assert admin is not None
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "resistance", "registry", "serve", "--listen",
+                "127.0.0.1:0", "--state-dir", str(tmp_path / "b"), "--db", pg_url,
+                "--network", "regtest", "--publish-interval", "0",
+            ],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert "signing keys did not sign the current directory" in result.stderr
+    assert "copy registry-keys/" in result.stderr
+
+
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(p) for p in text.split()]

@@ -11,7 +11,9 @@ Several processes may run this on one PostgreSQL database at once (``serve
 --workers N``, or machines behind a load balancer): migrating, and the
 admin token with the start-up publication, each run under an advisory lock
 (:func:`resistance.registry.db.advisory_lock`), so the first process does
-them and the others find them done -- one admin token, one directory.
+them and the others find them done -- one admin token, one directory.  A
+process whose signing keys did not sign the current directory refuses to
+start (:func:`resistance.registry.services.check_signing_keys`).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def create_app(
                 canary = CanaryServer(registry.canary_key)
                 registry.canary_address = await canary.start(settings.canary)
             async with advisory_lock(registry.engine, Lock.START):
+                await services.check_signing_keys(registry)
                 token = await services.ensure_admin_token(registry)
                 if token is not None and on_admin_token is not None:
                     on_admin_token(token)

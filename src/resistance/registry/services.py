@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from resistance.directory.canonical import CanonicalError
 from resistance.directory.document import build_document, dump_signed, sign_document
 from resistance.directory.entry import TlsListener
-from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
+from resistance.directory.keys import b64url_decode, key_id, parse_public_key, verify_signature
+from resistance.errors import ConfigError
 from resistance.probe.cascade import HopVerdict, cascade_verdict
 from resistance.probe.check import CheckVerdict, Failure, Step
 from resistance.probe.verdict import Status, Verdict
@@ -86,7 +87,7 @@ class Registry:
 
     def make_limiter(self, name: str, limit: RateLimit) -> Limiter:
         """A rate limit every process on the database shares (in memory on SQLite)."""
-        return make_limiter(self.engine, name, limit, max_clients=self.settings.rate_limit_clients)
+        return make_limiter(self.buckets, name, limit, max_clients=self.settings.rate_limit_clients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,6 +619,37 @@ async def current_directory(registry: Registry) -> dict[str, Any]:
         raise ApiError(404, "no directory has been published yet")
     result: dict[str, Any] = json.loads(last.body)
     return result
+
+
+async def check_signing_keys(registry: Registry) -> None:
+    """Refuse to serve with signing keys none of which signed the directory clients hold.
+
+    Every process on a database signs directories in turn, so all must hold the
+    same keys: a machine started with an empty state directory would make a key
+    of its own, and clients pinned to the others' keys would refuse what it signs.
+    (Keys are rotated by adding one and then retiring the old one, so a process
+    always shares a key with the current directory; once that directory has
+    expired, clients hold none, and nothing is checked.)  Only PostgreSQL is shared:
+    a SQLite database lives in the state directory beside its keys.
+    """
+    if registry.engine.dialect.name != "postgresql":
+        return
+    async with registry.sessions() as session:
+        last = await repo.last_publication(session)
+    if last is None:
+        return
+    signed = json.loads(last.body)
+    if registry.now() >= signed["document"]["valid_until"]:
+        return
+    ours = {key_id(key.public_key()) for key in registry.signing_keys}
+    if ours & {s["key_id"] for s in signed["signatures"]}:
+        return
+    raise ConfigError(
+        f"this registry's signing keys did not sign the current directory (serial "
+        f"{last.serial}) that another registry process published on this database: copy "
+        f"registry-keys/, distribution.key, canary-key.pem and wireguard-prober.key from "
+        f"that machine's state directory to {registry.settings.state_dir}"
+    )
 
 
 async def publish_if_stale(registry: Registry) -> None:
