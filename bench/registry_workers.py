@@ -251,6 +251,7 @@ async def ingest_rate(
                     stored[0] += RESULTS_PER_BATCH
                 else:
                     failed[0] += 1
+                    print(f"  (batch refused: {answer.status_code} {answer.text[:200]})")
 
     started = time.monotonic()
     await asyncio.gather(
