@@ -8,6 +8,7 @@ token handed out every proxy until a row was deleted by hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from resistance.directory.keys import public_key_text
 from resistance.probe.keys import load_or_create_probe_key
 from resistance.registry.tokens import MAX_LIFETIME, parse_duration
 from tests.registry.conftest import RunningRegistry, start_registry
+from tests.registry.test_multiproc import copy_keys
 
 
 async def whoami(reg: RunningRegistry, token: str) -> int:
@@ -197,22 +199,27 @@ async def test_no_new_token_in_the_logs(
 async def test_two_registries_on_one_database_refuse_a_rotated_admin_token_at_once(
     tmp_path: Path, db_url: str
 ) -> None:
-    async with (
-        start_registry(tmp_path / "a", db_url) as a,
-        start_registry(tmp_path / "b", db_url) as b,
-    ):
-        admin = a.admin_token
-        assert admin and not b.admin_token  # made once, by the first to start
-        assert await whoami(b, admin) == 200
-        alice = await a.operator("alice")
-        assert await whoami(b, alice) == 200
-        rotated = (await a.client(token=admin).post("/api/v1/tokens/rotate")).json()["token"]
-        assert await whoami(b, admin) == 401
-        assert await whoami(b, rotated) == 200
-        # An operator's rotation through B is refused by A on its next request.
-        fresh = (await b.client(token=alice).post("/api/v1/tokens/rotate")).json()["token"]
-        assert await whoami(a, alice) == 401
-        assert await whoami(a, fresh) == 200
+    async with start_registry(tmp_path / "a", db_url) as a:
+        # Registries on one database sign with the same keys (README: "When the
+        # registry outgrows one machine"); one with keys of its own is refused.
+        copy_keys(tmp_path / "a", tmp_path / "b")
+        async with start_registry(tmp_path / "b", db_url) as b:
+            await _rotations_through_either(a, b)
+
+
+async def _rotations_through_either(a: RunningRegistry, b: RunningRegistry) -> None:
+    admin = a.admin_token
+    assert admin and not b.admin_token  # made once, by the first to start
+    assert await whoami(b, admin) == 200
+    alice = await a.operator("alice")
+    assert await whoami(b, alice) == 200
+    rotated = (await a.client(token=admin).post("/api/v1/tokens/rotate")).json()["token"]
+    assert await whoami(b, admin) == 401
+    assert await whoami(b, rotated) == 200
+    # An operator's rotation through B is refused by A on its next request.
+    fresh = (await b.client(token=alice).post("/api/v1/tokens/rotate")).json()["token"]
+    assert await whoami(a, alice) == 401
+    assert await whoami(a, fresh) == 200
 
 
 def resist(*args: str) -> subprocess.CompletedProcess[str]:
@@ -276,10 +283,10 @@ def test_two_serve_processes_on_one_database(tmp_path: Path, db_url: str) -> Non
     """Real `resist registry serve` processes: a rotation through one is refused by the other."""
     from tests.registry.test_serve import serve_process
 
-    with (
-        serve_process(tmp_path / "a", db_url) as (a, admin),
-        serve_process(tmp_path / "b", db_url, first=False) as (b, second_token),
-    ):
+    with contextlib.ExitStack() as stack:
+        a, admin = stack.enter_context(serve_process(tmp_path / "a", db_url))
+        copy_keys(tmp_path / "a", tmp_path / "b")  # the same keys, as on every machine
+        b, second_token = stack.enter_context(serve_process(tmp_path / "b", db_url, first=False))
         assert admin is not None and second_token is None
 
         def get(url: str, token: str) -> int:

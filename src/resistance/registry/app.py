@@ -4,25 +4,43 @@ Theory of operation of the lifespan: migrate the database (unless told not
 to), open the engine, load or make the signing keys and the ring key, make
 the admin token on first start (handed to ``on_admin_token`` once, never
 stored in clear), publish a directory if none is fresh, then start the named
-periodic-publication task; on shutdown cancel that task and close the engine.
+periodic-publication task (and, on PostgreSQL, the task that prunes the
+shared rate-limit buckets); on shutdown cancel them and close the engine.
+
+Several processes may run this on one PostgreSQL database at once (``serve
+--workers N``, or machines behind a load balancer): migrating, and the
+admin token with the start-up publication, each run under an advisory lock
+(:func:`resistance.registry.db.advisory_lock`), so the first process does
+them and the others find them done -- one admin token, one directory.  A
+process whose signing keys did not sign the current directory refuses to
+start (:func:`resistance.registry.services.check_signing_keys`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resistance.paths import resolve_state_dir
 from resistance.registry import services
 from resistance.registry.canary import CanaryServer, load_or_create_canary_key
-from resistance.registry.db import database_url, make_engine, make_sessions, migrate
+from resistance.registry.db import (
+    Lock,
+    advisory_lock,
+    database_url,
+    make_engine,
+    make_sessions,
+    migrate,
+)
 from resistance.registry.errors import install_error_handlers
 from resistance.registry.guard import RequestGuard
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
-from resistance.registry.ratelimit import TokenBucketLimiter
+from resistance.registry.ratelimit import buckets_engine, make_limiter, prune_buckets
 from resistance.registry.routes import mtproto as mtproto_routes
 from resistance.registry.routes import probes as probe_routes
 from resistance.registry.routes import rounds as round_routes
@@ -35,6 +53,10 @@ from resistance.registry.ui import pages as dashboard
 from resistance.registry.wireguard import load_or_create_prober_key
 
 PUBLISH_TASK = "registry-publish-directory"
+PRUNE_TASK = "registry-prune-rate-buckets"
+#: Seconds between prunings of the shared rate-limit buckets.
+PRUNE_SECONDS = 60.0
+log = logging.getLogger(__name__)
 
 
 async def open_registry(settings: RegistrySettings) -> Registry:
@@ -44,6 +66,9 @@ async def open_registry(settings: RegistrySettings) -> Registry:
     if settings.auto_migrate:
         await migrate(url)
     engine = make_engine(url)
+    clients = settings.rate_limit_clients
+    # Several processes may serve a PostgreSQL database: their rate limits are shared.
+    buckets = buckets_engine(engine.url) if engine.dialect.name == "postgresql" else None
     return Registry(
         settings=settings,
         engine=engine,
@@ -51,13 +76,20 @@ async def open_registry(settings: RegistrySettings) -> Registry:
         signing_keys=load_or_create_signing_keys(state_dir),
         ring_key=load_or_create_ring_key(state_dir),
         wireguard_prober=load_or_create_prober_key(state_dir),
-        signup_limiter=TokenBucketLimiter(
-            settings.signup_limit, max_clients=settings.rate_limit_clients
-        ),
-        public_limiter=TokenBucketLimiter(
-            settings.public_limit, max_clients=settings.rate_limit_clients
-        ),
+        buckets=buckets,
+        signup_limiter=make_limiter(buckets, "signup", settings.signup_limit, max_clients=clients),
+        public_limiter=make_limiter(buckets, "public", settings.public_limit, max_clients=clients),
     )
+
+
+async def _prune_periodically(buckets: AsyncEngine, clock: Callable[[], float]) -> None:
+    """The named background task: forget shared rate-limit buckets that are full again."""
+    while True:
+        await asyncio.sleep(PRUNE_SECONDS)
+        try:
+            await prune_buckets(buckets, now=clock())
+        except Exception:
+            log.exception("pruning the rate-limit buckets failed; will retry")
 
 
 def create_app(
@@ -73,7 +105,7 @@ def create_app(
         registry = await open_registry(settings)
         if clock is not None:
             registry.clock = clock
-        task: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         canary: CanaryServer | None = None
         try:
             if settings.canary is not None:
@@ -82,24 +114,35 @@ def create_app(
                 )
                 canary = CanaryServer(registry.canary_key)
                 registry.canary_address = await canary.start(settings.canary)
-            token = await services.ensure_admin_token(registry)
-            if token is not None and on_admin_token is not None:
-                on_admin_token(token)
-            await services.publish_if_stale(registry)
+            async with advisory_lock(registry.engine, Lock.START):
+                await services.check_signing_keys(registry)
+                token = await services.ensure_admin_token(registry)
+                if token is not None and on_admin_token is not None:
+                    on_admin_token(token)
+                await services.publish_if_stale(registry)
             app.state.registry = registry
             if settings.publish_interval > 0:
-                task = asyncio.create_task(
-                    services.publish_periodically(registry), name=PUBLISH_TASK
+                tasks.append(
+                    asyncio.create_task(services.publish_periodically(registry), name=PUBLISH_TASK)
+                )
+            if registry.buckets is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        _prune_periodically(registry.buckets, registry.clock), name=PRUNE_TASK
+                    )
                 )
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if canary is not None:
                 await canary.close()
             await registry.engine.dispose()
+            if registry.buckets is not None:
+                await registry.buckets.dispose()
 
     app = FastAPI(
         title="Digital Resistance registry",

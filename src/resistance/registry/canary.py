@@ -96,6 +96,8 @@ class CanaryServer:
                 endpoint.port,
                 family=family,
                 reuse_address=True,
+                # Every worker of `serve --workers N` runs its canary on the same port.
+                reuse_port=endpoint.port != 0,
                 backlog=4096,
             )
         except OSError as exc:

@@ -32,6 +32,8 @@ def registry() -> None:
 
 #: Publication and probe interval of `serve --dev`, in seconds.
 DEV_SECONDS = 5
+#: The most processes `serve --workers` runs (each holds its own database pool).
+MAX_WORKERS = 64
 
 
 def _bind(endpoint: Endpoint) -> socket.socket:
@@ -191,6 +193,15 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     "(repeatable; default: from nobody, loopback included).",
 )  # fmt: skip
 @click.option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Serve from N processes on one listening socket (PostgreSQL only; they share "
+    "rate limits and tokens through the database and take turns to sign directories).",
+)
+@click.option(
     "--dev",
     is_flag=True,
     help="One-machine trials: loopback proxies, regtest, quick publishing and probing, "
@@ -224,6 +235,7 @@ def serve(
     max_body_bytes: int,
     max_connections: int,
     trust_proxy: tuple[str, ...],
+    workers: int,
     dev: bool,
     verbose: int,
 ) -> None:
@@ -239,18 +251,25 @@ def serve(
       resist registry serve --db postgresql+asyncpg://resist@127.0.0.1/resist
       resist registry serve --listen 0.0.0.0:8080 --canary 0.0.0.0:9900
       resist registry serve --listen 127.0.0.1:8080 --trust-proxy 127.0.0.1
+      resist registry serve --db postgresql://resist@127.0.0.1/resist --workers 4
       resist registry serve --dev      # everything on one machine, to try it out
     """
     import uvicorn
 
     from resistance.directory.keys import public_key_text
     from resistance.registry.app import create_app
+    from resistance.registry.db import database_url
     from resistance.registry.keys import load_or_create_signing_keys
-    from resistance.registry.server import server_config
+    from resistance.registry.server import run_workers, server_config
     from resistance.registry.settings import RegistrySettings
 
     setup_logging(verbose)
     endpoint = parse_endpoint(listen, what="listen address")
+    if workers > 1 and database_url(db, Path(".")).startswith("sqlite"):
+        raise ConfigError(
+            "--workers above 1 needs PostgreSQL (--db postgresql://...): "
+            "a SQLite registry is served by one process"
+        )
     if dev:
         relaxed = ["proxies on loopback and private addresses are accepted"]
 
@@ -309,25 +328,32 @@ def serve(
         click.echo(f"admin token (shown once, keep it): {token}")
         sys.stdout.flush()
 
-    app = create_app(settings, on_admin_token=show_token)
     sock = _bind(endpoint)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"registry listening on http://{shown}:{port} (API described at /docs)")
+    many = f", {workers} processes" if workers > 1 else ""
+    click.echo(f"registry listening on http://{shown}:{port} (API described at /docs{many})")
+    # Made here, before any worker starts, so that all of them sign with the same keys.
     for key in load_or_create_signing_keys(settings.state_dir):
         pinned = public_key_text(key.public_key())
         click.echo(f"directory key (clients pin it: --trust KEY): {pinned}")
     sys.stdout.flush()
-    config = server_config(
-        app, settings, log_level="info" if verbose else "warning", access_log=verbose > 1
-    )
-    server = uvicorn.Server(config)
-    try:
+
+    def run_one() -> int:
+        app = create_app(settings, on_admin_token=show_token)
+        config = server_config(
+            app, settings, log_level="info" if verbose else "warning", access_log=verbose > 1
+        )
+        server = uvicorn.Server(config)
         server.run(sockets=[sock])
+        return 0 if server.started else 1
+
+    try:
+        code = run_one() if workers == 1 else run_workers(run_one, workers)
     finally:
         sock.close()
-    if not server.started:
-        sys.exit(1)
+    if code:
+        sys.exit(code)
 
 
 @registry.command(context_settings=CONTEXT)

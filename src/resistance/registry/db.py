@@ -4,19 +4,35 @@ The default database is a SQLite file in the state directory, so a registry
 needs no set-up; PostgreSQL is chosen by URL (``postgresql+asyncpg://...``).
 The schema is only ever changed by the Alembic migrations in ``migrations/``,
 run by ``resist registry migrate`` or automatically on start.
+
+Several registry processes may share one PostgreSQL database (``serve
+--workers N``, or machines behind a load balancer).  What must happen once
+at a time across all of them -- migrating, the start-up steps, signing a
+directory -- runs under :func:`advisory_lock`, a PostgreSQL transaction-level
+advisory lock that the server releases when the holder commits, rolls back
+or dies.  SQLite serves one process only (``serve`` refuses more), so there
+the lock is a no-op and the in-process locks suffice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 from resistance.errors import ConfigError
@@ -50,6 +66,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class Lock(enum.IntEnum):
+    """The advisory locks registry processes take, by key (one 64-bit number each)."""
+
+    MIGRATE = 0x5245_5349_0001
+    START = 0x5245_5349_0002
+    PUBLISH = 0x5245_5349_0003
+
+
+@contextlib.asynccontextmanager
+async def advisory_lock(engine: AsyncEngine, lock: Lock) -> AsyncIterator[AsyncConnection | None]:
+    """Hold ``lock`` against every other process on this PostgreSQL database until exit.
+
+    Waits for a holder to finish.  Yields the transaction that holds it (the
+    caller may work in it) or ``None`` on SQLite, where nothing is taken.
+    """
+    if engine.dialect.name != "postgresql":
+        yield None
+        return
+    async with engine.connect() as connection, connection.begin():
+        await connection.execute(select(func.pg_advisory_xact_lock(int(lock))))
+        yield connection
+
+
 def make_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
     if engine.dialect.name == "sqlite":
@@ -78,8 +117,14 @@ async def migrate(url: str, *, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (the newest by default)."""
     engine = make_engine(url)
     try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, url, revision)
+        # Processes starting together: the first migrates, the rest wait for it
+        # and then find nothing to do (PostgreSQL's DDL is transactional).
+        async with advisory_lock(engine, Lock.MIGRATE) as locked:
+            if locked is not None:
+                await locked.run_sync(_upgrade, url, revision)
+            else:
+                async with engine.begin() as connection:
+                    await connection.run_sync(_upgrade, url, revision)
     except (OSError, SQLAlchemyError) as exc:
         raise ConfigError(f"cannot migrate the database: {_one_line(exc)}") from None
     finally:

@@ -8,6 +8,7 @@ bytes) keys the hash ring, so a censor cannot compute who gets which proxy.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -46,5 +47,9 @@ def load_or_create_ring_key(state_dir: Path) -> bytes:
 
 
 def write_public_file(path: Path, data: bytes) -> None:
-    """Write a file anyone may read (the published directory), atomically."""
-    write_atomic(path, data, mode=0o644)
+    """Write a file anyone may read (the published directory), atomically.
+
+    The temporary file is this process's own: the workers of ``serve --workers``
+    share the state directory and may write the directory at the same time.
+    """
+    write_atomic(path, data, mode=0o644, tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp"))

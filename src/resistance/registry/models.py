@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -124,6 +125,22 @@ class StatementNonce(Base):
 
     nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
     seen_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class RateBucket(Base):
+    """A client network's token bucket of one rate limit, shared by every registry
+    process on the database (migration 0017; used on PostgreSQL, see ratelimit.py)."""
+
+    __tablename__ = "rate_buckets"
+
+    limiter: Mapped[str] = mapped_column(String(16), primary_key=True)
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    at: Mapped[float] = mapped_column(Double)
+    #: When the bucket is full again: from then on the row says nothing and is pruned.
+    full_at: Mapped[float] = mapped_column(Double, index=True)
+    #: Whether the request that last touched the bucket passed.
+    passed: Mapped[bool] = mapped_column(Boolean)
 
 
 class Publication(Base):

@@ -15,6 +15,18 @@ same-host front end that passes them on (an onion service, stunnel, haproxy
 in TCP mode) cannot be used to forge the client address rate limits and
 proxy assignment are keyed on.
 
+Several processes (``serve --workers N``, :func:`run_workers`): the parent
+binds the listening socket, forks N workers that each run their own uvicorn
+server and event loop on it (the kernel hands each new connection to one
+of them), and then only waits: SIGTERM or SIGINT to the parent is passed to
+every worker as SIGTERM, which uvicorn takes as a graceful stop (no new
+connections, finish the open requests, run the lifespan's shutdown).  A
+worker that dies on its own stops the others and the parent exits with its
+status, so a supervisor (systemd) restarts the whole set rather than
+running it short-handed; a parent that dies takes its workers with it
+(``PR_SET_PDEATHSIG``).  What workers share lives in the database -- see
+:mod:`resistance.registry.db` and :mod:`resistance.registry.ratelimit`.
+
 Theory of operation of the deadline: armed when a connection opens and when
 the first byte of a later request arrives (between requests the idle
 connection is keep-alive's), disarmed once h11 has read a whole header
@@ -25,8 +37,14 @@ still awaited, the connection is closed.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
 import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -108,3 +126,74 @@ def server_config(
         forwarded_allow_ips=trusted or None,
         server_header=False,
     )
+
+
+#: ``prctl(PR_SET_PDEATHSIG, ...)``: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: workers then outlive a killed parent
+        pass
+
+
+def run_workers(run_one: Callable[[], int], workers: int) -> int:
+    """Fork ``workers`` processes running ``run_one()`` (each its own server on the socket
+    the caller bound before), pass SIGTERM/SIGINT on to them, and wait for all.
+
+    Returns 0 if they stopped because they were told to, else the exit status of
+    the first that stopped on its own (the others are then stopped too).
+    """
+    parent = os.getpid()
+    children: set[int] = set()
+    for _ in range(workers):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the caller's code
+            code = 1
+            try:
+                # Its own process group: a terminal's Ctrl-C reaches only the parent,
+                # which passes it on once (uvicorn takes a second signal as "force").
+                os.setpgid(0, 0)
+                _die_with_parent()
+                if os.getppid() == parent:
+                    code = run_one()
+            except BaseException:
+                log.exception("registry worker %d failed", os.getpid())
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.add(pid)
+    stopping = False
+
+    def stop_all(signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    code = 0
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            children.discard(pid)
+            if not stopping:
+                code = max(1, os.waitstatus_to_exitcode(status))
+                log.error("registry worker %d stopped (status %d): stopping the rest", pid, code)
+                stop_all()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code

@@ -8,12 +8,13 @@ I/O (the proof-of-control challenge) happens outside any transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from resistance.directory.canonical import CanonicalError
 from resistance.directory.document import build_document, dump_signed, sign_document
 from resistance.directory.entry import TlsListener
-from resistance.directory.keys import b64url_decode, parse_public_key, verify_signature
+from resistance.directory.keys import b64url_decode, key_id, parse_public_key, verify_signature
+from resistance.errors import ConfigError
 from resistance.probe.cascade import HopVerdict, cascade_verdict
 from resistance.probe.check import CheckVerdict, Failure, Step
 from resistance.probe.verdict import Status, Verdict
@@ -32,14 +34,15 @@ from resistance.registry import repositories as repo
 from resistance.registry import tokens
 from resistance.registry.addresses import AddressError, payout_address
 from resistance.registry.challenge import ChallengeFailed, prove_control, prove_tls_control
+from resistance.registry.db import Lock, advisory_lock
 from resistance.registry.errors import ApiError
 from resistance.registry.keys import write_public_file
 from resistance.registry.measurements import directory_measurements
 from resistance.registry.models import Operator, Proxy
-from resistance.registry.ratelimit import TokenBucketLimiter
+from resistance.registry.ratelimit import Limiter, make_limiter
 from resistance.registry.ring import HashRing, requester_key
 from resistance.registry.schemas import RegistrationRequest
-from resistance.registry.settings import RegistrySettings
+from resistance.registry.settings import RateLimit, RegistrySettings
 from resistance.registry.statement import endpoint_network, statement_bytes
 from resistance.registry.tokens import new_token, token_hash
 
@@ -62,8 +65,8 @@ class Registry:
     sessions: async_sessionmaker[AsyncSession]
     signing_keys: list[Ed25519PrivateKey]
     ring_key: bytes
-    signup_limiter: TokenBucketLimiter
-    public_limiter: TokenBucketLimiter
+    signup_limiter: Limiter
+    public_limiter: Limiter
     clock: Callable[[], float] = time.time
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The canary's signing key and where it actually listens (set by the lifespan).
@@ -71,12 +74,20 @@ class Registry:
     canary_address: tuple[str, int] | None = None
     #: Serializes batch ingestion (evidence and rollups are read-modify-write).
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The engine shared rate-limit buckets go through (PostgreSQL only; see ratelimit.py).
+    buckets: AsyncEngine | None = None
+    #: The serial of the directory this process last wrote to ``directory.json``.
+    written_serial: int | None = None
     #: The registry's own WireGuard key that proves control of WireGuard endpoints
     #: (see :mod:`resistance.registry.wireguard`; set by the lifespan).
     wireguard_prober: KeyPair | None = None
 
     def now(self) -> int:
         return int(self.clock())
+
+    def make_limiter(self, name: str, limit: RateLimit) -> Limiter:
+        """A rate limit every process on the database shares (in memory on SQLite)."""
+        return make_limiter(self.buckets, name, limit, max_clients=self.settings.rate_limit_clients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,32 +568,46 @@ async def assign(registry: Registry, *, client_host: str | None) -> dict[str, An
 # --- directory ------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def publishing(registry: Registry) -> AsyncIterator[None]:
+    """One signer at a time: in this process, and across every process on the database
+    (a PostgreSQL advisory lock), so each serial is computed from the last one stored
+    and signed once however many processes serve."""
+    async with registry.publish_lock, advisory_lock(registry.engine, Lock.PUBLISH):
+        yield
+
+
 async def publish(registry: Registry) -> dict[str, Any]:
     """Sign a new directory of the public proxies, store it and write directory.json."""
+    async with publishing(registry):
+        return await _publish_held(registry)
+
+
+async def _publish_held(registry: Registry) -> dict[str, Any]:
     settings = registry.settings
-    async with registry.publish_lock:
-        now = registry.now()
-        async with registry.sessions.begin() as session:
-            last = await repo.last_publication(session)
-            serial = max((last.serial + 1) if last else 1, now)
-            proxies = listed(await repo.active_proxies(session, public=True))
-            measured = await directory_measurements(session, proxies, now)
-            entries = [
-                {**_listing(p), "status": measured[p.id][0], "measurements": measured[p.id][1]}
-                for p in proxies
-            ]
-            document = build_document(
-                serial=serial,
-                valid_after=now,
-                fresh_until=now + settings.fresh_seconds,
-                valid_until=now + settings.valid_seconds,
-                proxies=entries,
-                network=settings.network,
-            )
-            signed = sign_document(document, registry.signing_keys)
-            body = dump_signed(signed)
-            await repo.add_publication(session, serial=serial, now=now, body=body.decode())
-        write_public_file(settings.state_dir / DIRECTORY_FILE, body)
+    now = registry.now()
+    async with registry.sessions.begin() as session:
+        last = await repo.last_publication(session)
+        serial = max((last.serial + 1) if last else 1, now)
+        proxies = listed(await repo.active_proxies(session, public=True))
+        measured = await directory_measurements(session, proxies, now)
+        entries = [
+            {**_listing(p), "status": measured[p.id][0], "measurements": measured[p.id][1]}
+            for p in proxies
+        ]
+        document = build_document(
+            serial=serial,
+            valid_after=now,
+            fresh_until=now + settings.fresh_seconds,
+            valid_until=now + settings.valid_seconds,
+            proxies=entries,
+            network=settings.network,
+        )
+        signed = sign_document(document, registry.signing_keys)
+        body = dump_signed(signed)
+        await repo.add_publication(session, serial=serial, now=now, body=body.decode())
+    write_public_file(settings.state_dir / DIRECTORY_FILE, body)
+    registry.written_serial = serial
     log.info("published directory serial %d with %d proxies", serial, len(entries))
     return signed
 
@@ -596,7 +621,39 @@ async def current_directory(registry: Registry) -> dict[str, Any]:
     return result
 
 
+async def check_signing_keys(registry: Registry) -> None:
+    """Refuse to serve with signing keys none of which signed the directory clients hold.
+
+    Every process on a database signs directories in turn, so all must hold the
+    same keys: a machine started with an empty state directory would make a key
+    of its own, and clients pinned to the others' keys would refuse what it signs.
+    (Keys are rotated by adding one and then retiring the old one, so a process
+    always shares a key with the current directory; once that directory has
+    expired, clients hold none, and nothing is checked.)  Only PostgreSQL is shared:
+    a SQLite database lives in the state directory beside its keys.
+    """
+    if registry.engine.dialect.name != "postgresql":
+        return
+    async with registry.sessions() as session:
+        last = await repo.last_publication(session)
+    if last is None:
+        return
+    signed = json.loads(last.body)
+    if registry.now() >= signed["document"]["valid_until"]:
+        return
+    ours = {key_id(key.public_key()) for key in registry.signing_keys}
+    if ours & {s["key_id"] for s in signed["signatures"]}:
+        return
+    raise ConfigError(
+        f"this registry's signing keys did not sign the current directory (serial "
+        f"{last.serial}) that another registry process published on this database: copy "
+        f"registry-keys/, distribution.key, canary-key.pem and wireguard-prober.key from "
+        f"that machine's state directory to {registry.settings.state_dir}"
+    )
+
+
 async def publish_if_stale(registry: Registry) -> None:
+    """At start: publish unless the last directory is still fresh (then write its file)."""
     async with registry.sessions() as session:
         last = await repo.last_publication(session)
     if last is None:
@@ -606,15 +663,44 @@ async def publish_if_stale(registry: Registry) -> None:
     if registry.now() >= document["fresh_until"]:
         await publish(registry)
     else:
-        write_public_file(registry.settings.state_dir / DIRECTORY_FILE, last.body.encode())
+        _write_directory_file(registry, last.serial, last.body)
+
+
+def _write_directory_file(registry: Registry, serial: int, body: str) -> None:
+    write_public_file(registry.settings.state_dir / DIRECTORY_FILE, body.encode())
+    registry.written_serial = serial
+
+
+async def publish_when_due(registry: Registry) -> float:
+    """Publish if the last directory, by whichever process, is ``publish_interval`` old.
+
+    Every process on the database runs this at the due time; the first to
+    take the publication lock signs, the others then find a directory too
+    young to replace and only bring their ``directory.json`` up to it.
+    Returns the seconds until the next publication is due.
+    """
+    interval = registry.settings.publish_interval
+    async with publishing(registry):
+        async with registry.sessions() as session:
+            last = await repo.last_publication(session)
+        now = registry.clock()
+        if last is None or now >= last.published_at + interval:
+            await _publish_held(registry)
+            return interval
+        if last.serial != registry.written_serial:
+            _write_directory_file(registry, last.serial, last.body)
+        return last.published_at + interval - now
 
 
 async def publish_periodically(registry: Registry) -> None:
-    """The named background task: publish every ``publish_interval`` seconds."""
+    """The named background task: publish every ``publish_interval`` seconds, counted
+    from the last publication of any process on the database (see publish_when_due)."""
     interval = registry.settings.publish_interval
+    wait = interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(max(wait, 0.05), interval))
         try:
-            await publish(registry)
+            wait = await publish_when_due(registry)
         except Exception:
             log.exception("periodic publication failed; will retry next interval")
+            wait = interval

@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from resistance.registry import services
 from resistance.registry.errors import ApiError
-from resistance.registry.ratelimit import TokenBucketLimiter, client_network
+from resistance.registry.ratelimit import Limiter, client_network
 from resistance.registry.schemas import (
     ErrorBody,
 )
@@ -34,8 +34,8 @@ def get_registry(request: Request) -> Registry:
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
-def _limited(limiter: TokenBucketLimiter, request: Request, registry: Registry) -> None:
-    wait = limiter.allow(
+async def _limited(limiter: Limiter, request: Request, registry: Registry) -> None:
+    wait = await limiter.allow(
         client_network(request.client.host if request.client else None), registry.clock()
     )
     if wait > 0:
@@ -48,12 +48,12 @@ def _limited(limiter: TokenBucketLimiter, request: Request, registry: Registry) 
         )
 
 
-def public_rate(request: Request, registry: RegistryDep) -> None:
-    _limited(registry.public_limiter, request, registry)
+async def public_rate(request: Request, registry: RegistryDep) -> None:
+    await _limited(registry.public_limiter, request, registry)
 
 
-def signup_rate(request: Request, registry: RegistryDep) -> None:
-    _limited(registry.signup_limiter, request, registry)
+async def signup_rate(request: Request, registry: RegistryDep) -> None:
+    await _limited(registry.signup_limiter, request, registry)
 
 
 async def principal(

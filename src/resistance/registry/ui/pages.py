@@ -28,7 +28,7 @@ from resistance.grants.errors import GrantsError
 from resistance.registry import repositories as repo
 from resistance.registry import rounds as registry_rounds
 from resistance.registry.errors import ApiError
-from resistance.registry.ratelimit import TokenBucketLimiter, client_network
+from resistance.registry.ratelimit import Limiter, client_network
 from resistance.registry.schemas import RoundCreateRequest, RoundIdPath, RowIdPath
 from resistance.registry.services import Registry
 from resistance.registry.settings import RateLimit
@@ -88,7 +88,7 @@ class Dashboard:
 
     def __init__(self) -> None:
         self.env = _environment()
-        self.limiter: TokenBucketLimiter | None = None
+        self.limiter: Limiter | None = None
         #: Addresses the current blocklist import covers, by import id (ranges are fixed
         #: per import, so the sum is computed once).
         self.covered: dict[int, tuple[int, int]] = {}
@@ -109,9 +109,7 @@ class Dashboard:
     def registry(self, request: Request) -> Registry:
         registry: Registry = request.app.state.registry
         if self.limiter is None:
-            self.limiter = TokenBucketLimiter(
-                SIGNIN_LIMIT, max_clients=registry.settings.rate_limit_clients
-            )
+            self.limiter = registry.make_limiter("signin", SIGNIN_LIMIT)
         return registry
 
     def key(self, request: Request) -> bytes:
@@ -373,7 +371,7 @@ def router() -> APIRouter:
         async def page() -> Response:
             registry = ui.registry(request)
             assert ui.limiter is not None
-            wait = ui.limiter.allow(
+            wait = await ui.limiter.allow(
                 client_network(request.client.host if request.client else None), registry.clock()
             )
             if wait > 0:
