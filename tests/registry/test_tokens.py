@@ -139,11 +139,12 @@ async def test_an_account_with_two_tokens_revokes_one(running: RunningRegistry) 
 
 async def test_expired_tokens_are_refused(running: RunningRegistry) -> None:
     alice = await running.operator("alice")
+    start = running.registry.now()
+    running.registry.clock = lambda: start  # a second ticking over mid-test moved expiry
     made = (
         await running.client(token=alice).post("/api/v1/tokens/rotate", json={"expires_in": 3600})
     ).json()
-    assert made["expires_at"] == running.registry.now() + 3600
-    start = running.registry.now()
+    assert made["expires_at"] == start + 3600
     running.registry.clock = lambda: start + 3599
     assert await whoami(running, made["token"]) == 200
     running.registry.clock = lambda: start + 3600
