@@ -531,6 +531,11 @@ class Rewriter:
         # header values are public (they only have to vary): a fast generator will do
         self._rng = random.Random(secrets.randbits(64))
 
+    @property
+    def wireguard_indices(self) -> dict[int, None]:
+        """The sender indices our WireGuard end announced (the C path reads them live)."""
+        return self._wg_indices
+
     def to_wireguard(self, datagram: bytes) -> bytes | None:
         """AmneziaWG datagram in, WireGuard datagram out; ``None`` drops it."""
         handshake_sizes, least, s4, lo, hi = self._fast
