@@ -18,6 +18,9 @@ seconds of every process involved (both wireguard-go, both translators)
 are read from /proc before and after (see bench/procstat.py).
 
     sudo .venv/bin/python bench/amnezia.py --seconds 5 --runs 3
+    sudo RESIST_NO_EXTENSIONS=1 .venv/bin/python bench/amnezia.py --seconds 5 --runs 3
+
+(the second with both translators in Python, as before ``_awg.c``).
 
 ``rewriter`` instead times the per-packet work alone, in this process: the
 sans-IO rewriting of a 1,420-byte transport packet each way, without sockets
@@ -300,7 +303,10 @@ def main() -> None:
             run("wg-quick", "down", str(conf), ns=CLIENT_NS)
             confs.remove(conf)
         load = os.getloadavg()[0]
-        print(f"cores {os.cpu_count()}, load average {load:.1f} at the end")
+        from resistance.vpn.translator import _native_module
+
+        path = "Python" if _native_module() is None else "C (_awg.c) for transport"
+        print(f"cores {os.cpu_count()}, load average {load:.1f} at the end; translators: {path}")
         print(f"{'mode':10} {'dir':5} {'Mbit/s':>8} {'CPU s/GB':>9} {'translators':>12}")
         for mode, by_dir in results.items():
             for direction, r in by_dir.items():

@@ -58,6 +58,11 @@
 static unsigned char *slots;   /* BATCH * SLOT, allocated at first use */
 static unsigned char *pads;    /* per datagram: S4 random bytes + a header value */
 static size_t pads_size;
+/* Random bytes from getrandom(2), drawn POOL at a time: a tunnel's datagrams mostly come
+   one per wake-up, and a getrandom per datagram was a system call more than needed. */
+#define POOL 16384
+static unsigned char pool[POOL];
+static size_t pool_left;
 static struct mmsghdr in_msgs[BATCH], out_msgs[BATCH];
 static struct iovec in_iov[BATCH], out_iov[BATCH][2];
 static struct sockaddr_storage names[BATCH];
@@ -74,6 +79,23 @@ static int fill_random(unsigned char *buf, size_t len)
         }
         buf += got;
         len -= (size_t)got;
+    }
+    return 0;
+}
+
+/* len (<= POOL) random bytes into buf from the pool; -1 with errno when getrandom fails. */
+static int take_random(unsigned char *buf, size_t len)
+{
+    while (len) {
+        if (pool_left == 0) {
+            if (fill_random(pool, POOL)) return -1;
+            pool_left = POOL;
+        }
+        size_t n = len < pool_left ? len : pool_left;
+        memcpy(buf, pool + POOL - pool_left, n);
+        pool_left -= n;
+        buf += n;
+        len -= n;
     }
     return 0;
 }
@@ -199,7 +221,7 @@ static PyObject *relay(PyObject *self, PyObject *args)
             continue; /* ICMP errors surface here on some kernels: not ours to act on */
         }
         received += got;
-        if (!to_wireguard && fill_random(pads, (size_t)got * pad_len)) {
+        if (!to_wireguard && take_random(pads, (size_t)got * pad_len)) {
             PyErr_SetFromErrno(PyExc_OSError);
             goto error;
         }

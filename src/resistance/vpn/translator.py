@@ -43,6 +43,9 @@ BATCH: Final = 64
 MAX_DATAGRAM: Final = 65535
 DEFAULT_IDLE: Final = 180.0
 DEFAULT_MAX_FLOWS: Final = 4096
+SOCKET_BUFFER: Final = 4 << 20
+SO_SNDBUFFORCE: Final = 32  # Linux's values (<asm-generic/socket.h>); not in the socket module
+SO_RCVBUFFORCE: Final = 33
 
 
 class Side(enum.Enum):
@@ -72,6 +75,23 @@ class _Flow:
         self.rewriter = rewriter
         self.last = now
         self.up_route: Any = None  # the C path's route for datagrams from ``sock``
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    """Socket buffers of SOCKET_BUFFER bytes each way (as wireguard-go asks for its own).
+
+    A tunnel's TCP sends bursts; with the default ~200 kB a burst that arrives
+    while the translator is descheduled overflows and costs a retransmission.
+    Root may pass the system's cap (SO_*BUFFORCE); others get up to the cap.
+    """
+    for force, plain in (
+        (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+        (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 def _native_module() -> Any:
@@ -168,6 +188,7 @@ class Translator:
         sock = socket.socket(_family(self.listen.host), socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            _grow_buffers(sock)
             sock.bind((self.listen.host, self.listen.port))
         except OSError:
             sock.close()
@@ -223,6 +244,7 @@ class Translator:
         sock = socket.socket(self._target_family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            _grow_buffers(sock)
             if self.fwmark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
             sock.connect(self._target_addr)
@@ -384,8 +406,24 @@ class Translator:
             self.counters.dropped += 1
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed, else asyncio's loop (``RESIST_EVENT_LOOP=asyncio`` picks it)."""
+    if os.environ.get("RESIST_EVENT_LOOP") == "asyncio":
+        return asyncio.new_event_loop()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 def run_translator(translator: Translator, *, announce: str = "") -> int:
-    """Serve until SIGTERM or SIGINT (for the command line); the exit status."""
+    """Serve until SIGTERM or SIGINT (for the command line); the exit status.
+
+    On uvloop where it is installed, as the node: its wake-ups cost less than
+    asyncio's own loop, and a tunnel's datagrams mostly come one per wake-up.
+    """
     import signal
 
     async def main() -> None:
@@ -408,5 +446,6 @@ def run_translator(translator: Translator, *, announce: str = "") -> int:
                 c.flows_opened,
             )
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+        runner.run(main())
     return 0
