@@ -227,6 +227,12 @@ def test_cps_tags_from_the_source() -> None:
     packet = amnezia.build_cps(tags, now=0x01020304)
     assert packet[:6] == b"\x01\x02\x01\x02\x03\x04" and packet[6:].isdigit()
     assert amnezia.parse_cps("no tags at all") == ()
+    # AWG 2.0's packet counter (v0.2.15 tag_generator.go): 8 bytes, big-endian
+    counted = amnezia.parse_cps("<b 0xaa><c>")
+    assert amnezia.build_cps(counted, counter=258) == b"\xaa" + (258).to_bytes(8, "big")
+    for bad in ("<c 1>", "<c><c>", "<>", "<b 0x1>", "<q>", "<r 70000>", "<b 0x01"):
+        with pytest.raises(amnezia.AmneziaError):
+            amnezia.parse_cps(bad)
 
 
 @given(
