@@ -230,3 +230,34 @@ def test_malformed_routes_raise_not_crash(
             routes,  # type: ignore[arg-type]
             -1,
         )
+
+
+@pytest.mark.parametrize("size", [32, 1420, 4000, 30000])
+def test_bursts_of_one_size_arrive_whole_and_in_order(
+    sockets: tuple[socket.socket, socket.socket, socket.socket], size: int
+) -> None:
+    """What _awg.c sends as UDP GSO (equal sizes, one destination) arrives as datagrams."""
+    for sock in sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    count = 150 if size < 30000 else 8
+    # numbered, all of one size but the last, which is shorter
+    plain = [
+        b"\x04\x00\x00\x00" + n.to_bytes(4, "little") + os.urandom(size - 8) for n in range(count)
+    ]
+    plain.append(b"\x04\x00\x00\x00" + count.to_bytes(4, "little") + bytes(24))
+    slow, received, sent, dropped, _, wire = relay_once(
+        sockets, plain, to_wireguard=False, indices=None
+    )
+    assert (slow, received, sent, dropped) == ([], count + 1, count + 1, 0)
+    assert [len(w) for w in wire] == [PARAMS.s4 + len(p) for p in plain]
+    python = rewriter()
+    for n, (original, datagram) in enumerate(zip(plain, wire, strict=True)):
+        python.wireguard_indices[n] = None
+        assert python.to_wireguard(datagram) == original
+    # and back: the C path strips what it added
+    indices = {n: None for n in range(count + 1)}
+    slow, received, sent, dropped, _, back = relay_once(
+        sockets, wire, to_wireguard=True, indices=indices
+    )
+    assert (received, sent, dropped) == (count + 1, count + 1, 0)
+    assert back == plain

@@ -49,11 +49,17 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
 
 #define BATCH 64
 #define ROUNDS 4
 #define SLOT 65536       /* one datagram: UDP carries at most 65,507 bytes */
 #define KEEPALIVE_LEN 32 /* the smallest WireGuard transport message */
+#define GSO_SEGMENTS 64  /* UDP_MAX_SEGMENTS of older kernels */
+#define GSO_BYTES 65000  /* one GSO send is one IP packet's worth before segmentation */
+
+static int gso_off; /* set when the kernel refuses UDP_SEGMENT */
 
 static unsigned char *slots;   /* BATCH * SLOT, allocated at first use */
 static unsigned char *pads;    /* per datagram: S4 random bytes + a header value */
@@ -113,13 +119,91 @@ static inline void store_le32(unsigned char *p, uint32_t v)
     p[3] = (unsigned char)(v >> 24);
 }
 
-/* Send out_msgs[0..count) in runs of one descriptor; adds to *sent and *dropped. */
+static size_t msg_len(int i)
+{
+    size_t n = 0;
+    for (size_t j = 0; j < out_msgs[i].msg_hdr.msg_iovlen; j++) n += out_msgs[i].msg_hdr.msg_iov[j].iov_len;
+    return n;
+}
+
+static int same_dest(int a, int b)
+{
+    const struct msghdr *x = &out_msgs[a].msg_hdr, *y = &out_msgs[b].msg_hdr;
+    return out_fd[a] == out_fd[b] && x->msg_namelen == y->msg_namelen &&
+           (x->msg_namelen == 0 || memcmp(x->msg_name, y->msg_name, x->msg_namelen) == 0);
+}
+
+/* Where a UDP GSO run starting at `start` ends: datagrams to one destination, all of the
+   first one's size but the last, which may be shorter (what UDP_SEGMENT sends). */
+static int gso_run(int start, int count)
+{
+    size_t seg = msg_len(start), total = seg;
+    int end = start + 1;
+    while (end < count && end - start < GSO_SEGMENTS && same_dest(start, end)) {
+        size_t len = msg_len(end);
+        if (len > seg || total + len > GSO_BYTES) break;
+        total += len;
+        end++;
+        if (len < seg) break;
+    }
+    return end;
+}
+
+/* out_msgs[start..end) as one sendmsg with UDP_SEGMENT: one trip through the stack. */
+static int send_gso(int start, int end)
+{
+    static struct iovec iov[2 * GSO_SEGMENTS];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } control;
+    size_t n = 0;
+    for (int i = start; i < end; i++)
+        for (size_t j = 0; j < out_msgs[i].msg_hdr.msg_iovlen; j++) iov[n++] = out_msgs[i].msg_hdr.msg_iov[j];
+    struct msghdr hdr = out_msgs[start].msg_hdr;
+    hdr.msg_iov = iov;
+    hdr.msg_iovlen = n;
+    memset(&control, 0, sizeof(control));
+    hdr.msg_control = control.buf;
+    hdr.msg_controllen = sizeof(control.buf);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&hdr);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t seg = (uint16_t)msg_len(start);
+    memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+    return sendmsg(out_fd[start], &hdr, 0) < 0 ? -1 : 0;
+}
+
+/* Send out_msgs[0..count); adds to *sent and *dropped.  Runs of equal-sized datagrams to
+   one destination (a tunnel's bulk traffic) go as UDP GSO, one skb through the stack for
+   up to GSO_SEGMENTS of them; the rest in sendmmsg calls, one per descriptor. */
 static void flush(int count, long *sent, long *dropped)
 {
     int start = 0;
     while (start < count) {
-        int end = start + 1;
-        while (end < count && out_fd[end] == out_fd[start]) end++;
+        int end = gso_off ? start + 1 : gso_run(start, count);
+        if (end - start >= 2) {
+            if (send_gso(start, end) == 0) {
+                *sent += end - start;
+                start = end;
+                continue;
+            }
+            if (errno == EINTR) continue;
+            if (errno == EIO || errno == EOPNOTSUPP || errno == ENOPROTOOPT)
+                gso_off = 1; /* no UDP GSO here: sendmmsg from now on */
+            else if (errno != EINVAL) { /* EINVAL: too big for GSO; send one by one */
+                *dropped += end - start; /* a full buffer, or an error for the run */
+                start = end;
+                continue;
+            }
+        }
+        /* sendmmsg up to the next datagram that starts a GSO run */
+        end = start + 1;
+        while (end < count && out_fd[end] == out_fd[start] &&
+               (gso_off || end + 1 >= count || !same_dest(end, end + 1) ||
+                msg_len(end + 1) > msg_len(end)))
+            end++;
         int at = start;
         while (at < end) {
             int r = sendmmsg(out_fd[start], out_msgs + at, (unsigned)(end - at), 0);
