@@ -222,9 +222,7 @@ def socket_cost(rounds: int = 20, burst: int = 1024) -> None:
 
     awg = _native_module()
     params = AmneziaParams.generate()
-    rw = Rewriter(
-        params, wireguard_public=noise.public_key(os.urandom(32)), amnezia_publics=list
-    )
+    rw = Rewriter(params, wireguard_public=noise.public_key(os.urandom(32)), amnezia_publics=list)
     rw.wireguard_indices[7] = None
     plain = b"\x04\x00\x00\x00" + (7).to_bytes(4, "little") + os.urandom(1412)
     (wire,) = rw.to_amnezia(plain)
