@@ -261,3 +261,24 @@ def test_bursts_of_one_size_arrive_whole_and_in_order(
     )
     assert (received, sent, dropped) == (count + 1, count + 1, 0)
     assert back == plain
+
+
+def test_transport_of_a_handshake_size_goes_to_python_which_rewrites_it(
+    sockets: tuple[socket.socket, socket.socket, socket.socket],
+) -> None:
+    """A transport message whose padded size is a handshake's: classify() sorts it by H."""
+    least = PARAMS.s4 + 32
+    colliding = [
+        amnezia_transport(os.urandom(size - PARAMS.s4 - 8))
+        for size in HANDSHAKE_SIZES
+        if size >= least
+    ]
+    python = rewriter()
+    slow, received, sent, dropped, _, out = relay_once(
+        sockets, colliding, to_wireguard=True, indices=python.wireguard_indices
+    )
+    assert (received, sent, dropped, out) == (len(colliding), 0, 0, [])
+    for (datagram, _), original in zip(slow, colliding, strict=True):
+        assert datagram == original
+        rewritten = python.to_wireguard(datagram)
+        assert rewritten == b"\x04\x00\x00\x00" + original[PARAMS.s4 + 4 :]

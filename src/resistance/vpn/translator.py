@@ -18,6 +18,21 @@ WireGuard message (a handshake initiation whose mac1 is right), so junk and
 scans never open sockets; flows are capped at ``max_flows`` and closed after
 ``idle`` seconds without traffic by a sweeper task.  :meth:`close` stops
 everything; nothing here outlives it.
+
+Where ``resistance.vpn._awg`` is built (and ``RESIST_NO_EXTENSIONS`` unset),
+each reader callback instead makes one call into C (``_awg.relay``, see the
+comment atop ``_awg.c``): transport messages, nearly all of a tunnel's
+datagrams, are read in recvmmsg batches, rewritten by the rewriter's own
+transport rules and sent (runs of one size as UDP GSO, else sendmmsg)
+without entering Python; everything else comes back to the same
+per-datagram code as on the Python path.  The C side finds a datagram's
+flow in :attr:`_routes` (raw source address -> upstream socket, the
+rewriter's live set of receiver indices, the flow), which flows register
+when they open and drop when they close; on a server a stranger's datagram
+reaches Python only if it has an initiation's size.  Sockets get
+:data:`SOCKET_BUFFER` bytes of buffer each way, and the command line runs
+the loop on uvloop (a tunnel's datagrams mostly come one per wake-up, and
+those cost less there).  bench/amnezia.py measures both paths.
 """
 
 from __future__ import annotations
