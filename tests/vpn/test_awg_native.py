@@ -282,3 +282,30 @@ def test_transport_of_a_handshake_size_goes_to_python_which_rewrites_it(
         assert datagram == original
         rewritten = python.to_wireguard(datagram)
         assert rewritten == b"\x04\x00\x00\x00" + original[PARAMS.s4 + 4 :]
+
+
+def test_ipv6_sources_read_back_as_python_gives_them() -> None:
+    sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    middle = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sender.bind(("::1", 0))
+        middle.bind(("::1", 0))
+        middle.setblocking(False)
+        sender.sendto(b"\x01" * 148, middle.getsockname())
+        assert awg is not None
+        slow, *_ = awg.relay(
+            middle.fileno(),
+            True,
+            PARAMS.s4,
+            PARAMS.h4.lo,
+            PARAMS.h4.hi,
+            HANDSHAKE_SIZES,
+            {},
+            -1,
+        )
+        ((data, source),) = slow
+        assert data == b"\x01" * 148
+        assert _address(source) == sender.getsockname()
+    finally:
+        sender.close()
+        middle.close()
