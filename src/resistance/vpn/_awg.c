@@ -73,7 +73,7 @@ static struct mmsghdr in_msgs[BATCH], out_msgs[BATCH];
 static struct iovec in_iov[BATCH], out_iov[BATCH][2];
 static struct sockaddr_storage names[BATCH];
 static int out_fd[BATCH];
-static PyObject *out_route[BATCH]; /* borrowed from routes (kept alive by it during a call) */
+static PyObject *out_route[BATCH]; /* strong references until the batch is sent */
 
 static int fill_random(unsigned char *buf, size_t len)
 {
@@ -285,6 +285,7 @@ static PyObject *relay(PyObject *self, PyObject *args)
 
     PyObject *slow = PyList_New(0), *tags = PyList_New(0);
     PyObject *last_tag = NULL;
+    int out = 0;
     if (slow == NULL || tags == NULL) goto error;
     long received = 0, sent = 0, dropped = 0;
 
@@ -309,7 +310,7 @@ static PyObject *relay(PyObject *self, PyObject *args)
             PyErr_SetFromErrno(PyExc_OSError);
             goto error;
         }
-        int out = 0;
+        out = 0;
         for (int i = 0; i < got; i++) {
             unsigned char *data = in_iov[i].iov_base;
             size_t size = in_msgs[i].msg_len;
@@ -387,6 +388,7 @@ static PyObject *relay(PyObject *self, PyObject *args)
                 hdr->msg_namelen = (socklen_t)PyBytes_GET_SIZE(dest);
             }
             out_fd[out] = route_fd;
+            Py_INCREF(route); /* its destination bytes must outlive the send */
             out_route[out] = route;
             out++;
         }
@@ -398,6 +400,8 @@ static PyObject *relay(PyObject *self, PyObject *args)
             }
         }
         flush(out, &sent, &dropped);
+        for (int i = 0; i < out; i++) Py_DECREF(out_route[i]);
+        out = 0;
         if (got < BATCH) break;
     }
     PyObject *result = Py_BuildValue("(NlllO)", slow, received, sent, dropped, tags);
@@ -405,6 +409,7 @@ static PyObject *relay(PyObject *self, PyObject *args)
     return result;
 
 error:
+    for (int i = 0; i < out; i++) Py_DECREF(out_route[i]);
     Py_XDECREF(slow);
     Py_XDECREF(tags);
     return NULL;
