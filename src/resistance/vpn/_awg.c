@@ -69,11 +69,17 @@ static size_t pads_size;
 #define POOL 16384
 static unsigned char pool[POOL];
 static size_t pool_left;
-static struct mmsghdr in_msgs[BATCH], out_msgs[BATCH];
-static struct iovec in_iov[BATCH], out_iov[BATCH][2];
+/* Out-going datagrams: a batch's, or more when UDP GRO hands over several per slot. */
+#define OUT_MAX 1024
+static struct mmsghdr in_msgs[BATCH], out_msgs[OUT_MAX];
+static struct iovec in_iov[BATCH], out_iov[OUT_MAX][2];
 static struct sockaddr_storage names[BATCH];
-static int out_fd[BATCH];
-static PyObject *out_route[BATCH]; /* strong references until the batch is sent */
+static union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+} controls[BATCH]; /* UDP_GRO's segment size, where the socket asked for it */
+static int out_fd[OUT_MAX];
+static PyObject *out_route[OUT_MAX]; /* strong references until they are sent */
 
 static int fill_random(unsigned char *buf, size_t len)
 {
@@ -226,6 +232,36 @@ static void flush(int count, long *sent, long *dropped)
     }
 }
 
+/* The segment size of a datagram the kernel coalesced (UDP_GRO), or 0. */
+static size_t gro_size(struct msghdr *hdr)
+{
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(hdr); cm != NULL; cm = CMSG_NXTHDR(hdr, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+            int value;
+            memcpy(&value, CMSG_DATA(cm), sizeof(value));
+            return value > 0 ? (size_t)value : 0;
+        }
+    }
+    return 0;
+}
+
+/* Send what is queued in out_msgs, note the flows it came from; -1 on a Python error. */
+static int send_out(int *out, PyObject *tags, PyObject **last_tag, long *sent, long *dropped)
+{
+    int error = 0;
+    for (int i = 0; i < *out && !error; i++) {
+        PyObject *tag = PyTuple_GET_ITEM(out_route[i], 3);
+        if (tag != *last_tag) {
+            error = PyList_Append(tags, tag);
+            *last_tag = tag;
+        }
+    }
+    if (!error) flush(*out, sent, dropped);
+    for (int i = 0; i < *out; i++) Py_DECREF(out_route[i]);
+    *out = 0;
+    return error ? -1 : 0;
+}
+
 /* A route tuple's parts; 0 on success, -1 (with an exception) when malformed. */
 static int unpack_route(PyObject *route, int *fd, PyObject **dest, PyObject **indices)
 {
@@ -274,11 +310,11 @@ static PyObject *relay(PyObject *self, PyObject *args)
         if (slots == NULL) return PyErr_NoMemory();
     }
     size_t pad_len = (size_t)s4 + 4;
-    if (!to_wireguard && pads_size < BATCH * pad_len) {
-        unsigned char *grown = PyMem_RawRealloc(pads, BATCH * pad_len);
+    if (!to_wireguard && pads_size < OUT_MAX * pad_len) {
+        unsigned char *grown = PyMem_RawRealloc(pads, OUT_MAX * pad_len);
         if (grown == NULL) return PyErr_NoMemory();
         pads = grown;
-        pads_size = BATCH * pad_len;
+        pads_size = OUT_MAX * pad_len;
     }
     uint64_t span = (uint64_t)hi - lo + 1;
     size_t least = to_wireguard ? (size_t)s4 + KEEPALIVE_LEN : KEEPALIVE_LEN;
@@ -298,6 +334,8 @@ static PyObject *relay(PyObject *self, PyObject *args)
             in_msgs[i].msg_hdr.msg_iovlen = 1;
             in_msgs[i].msg_hdr.msg_name = &names[i];
             in_msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
+            in_msgs[i].msg_hdr.msg_control = controls[i].buf;
+            in_msgs[i].msg_hdr.msg_controllen = sizeof(controls[i].buf);
         }
         int got = recvmmsg(fd, in_msgs, BATCH, MSG_DONTWAIT, NULL);
         if (got < 0) {
@@ -305,15 +343,17 @@ static PyObject *relay(PyObject *self, PyObject *args)
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
             continue; /* ICMP errors surface here on some kernels: not ours to act on */
         }
-        received += got;
-        if (!to_wireguard && take_random(pads, (size_t)got * pad_len)) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto error;
-        }
         out = 0;
         for (int i = 0; i < got; i++) {
-            unsigned char *data = in_iov[i].iov_base;
-            size_t size = in_msgs[i].msg_len;
+          /* a slot holds one datagram, or several of `seg` bytes (the last may be
+             shorter) where the socket has UDP_GRO and the kernel coalesced them */
+          size_t total = in_msgs[i].msg_len, seg = gro_size(&in_msgs[i].msg_hdr);
+          if (seg == 0 || seg >= total) seg = total ? total : 1;
+          for (size_t off = 0; off < total || (total == 0 && off == 0); off += seg) {
+            unsigned char *data = (unsigned char *)in_iov[i].iov_base + off;
+            size_t size = total - off < seg ? total - off : seg;
+            received++;
+            if (out == OUT_MAX && send_out(&out, tags, &last_tag, &sent, &dropped)) goto error;
             int fast;
             if (to_wireguard)
                 fast = size >= least && (long)size != hs[0] && (long)size != hs[1] &&
@@ -373,7 +413,11 @@ static PyObject *relay(PyObject *self, PyObject *args)
                 out_iov[out][0].iov_len = size - s4;
                 hdr->msg_iovlen = 1;
             } else {
-                unsigned char *pad = pads + (size_t)i * pad_len;
+                unsigned char *pad = pads + (size_t)out * pad_len;
+                if (take_random(pad, pad_len)) {
+                    PyErr_SetFromErrno(PyExc_OSError);
+                    goto error;
+                }
                 uint32_t r = load_le32(pad + s4);
                 store_le32(pad + s4, (uint32_t)(span > 0xFFFFFFFFULL ? r : lo + r % span));
                 out_iov[out][0].iov_base = pad;
@@ -391,17 +435,9 @@ static PyObject *relay(PyObject *self, PyObject *args)
             Py_INCREF(route); /* its destination bytes must outlive the send */
             out_route[out] = route;
             out++;
+          }
         }
-        for (int i = 0; i < out; i++) {
-            PyObject *tag = PyTuple_GET_ITEM(out_route[i], 3);
-            if (tag != last_tag) {
-                if (PyList_Append(tags, tag)) goto error;
-                last_tag = tag;
-            }
-        }
-        flush(out, &sent, &dropped);
-        for (int i = 0; i < out; i++) Py_DECREF(out_route[i]);
-        out = 0;
+        if (send_out(&out, tags, &last_tag, &sent, &dropped)) goto error;
         if (got < BATCH) break;
     }
     PyObject *result = Py_BuildValue("(NlllO)", slow, received, sent, dropped, tags);

@@ -335,7 +335,13 @@ class AmneziaParams:
 
         Jc 4..8 junk datagrams of 40..700 bytes; S1, S2 15..150 and S3 8..64
         (the handshakes lose WireGuard's sizes); S4 1..16 (it costs MTU on
-        every transport packet); H1..H4 four disjoint ranges above 4.
+        every transport packet); H1..H4 four disjoint ranges above 4.  No
+        handshake size is one a transport message can have: WireGuard pads
+        transport messages to 32 + 16n bytes (below the MTU), and a receiver
+        that sees a handshake's size reads that handshake's H at its padding
+        offset first, so a transport message of that size whose payload
+        happened to hold a value of that H range there would be taken for a
+        handshake and lost (amneziawg-go classifies in the same order).
         ``legacy`` makes what AWG 1.0 peers (older AmneziaVPN apps,
         amneziawg-go v0.2.12) read: single H values and no S3/S4.
         """
@@ -349,7 +355,7 @@ class AmneziaParams:
                 ranges = [HeaderRange(points[2 * i], points[2 * i + 1]) for i in range(4)]
             rand.shuffle(ranges)
             try:
-                return cls(
+                params = cls(
                     jc=rand.randint(4, 8) if jc is None else jc,
                     jmin=jmin,
                     jmax=jmin + rand.randint(100, 600),
@@ -364,6 +370,22 @@ class AmneziaParams:
                 )
             except AmneziaError:
                 continue  # sizes collided: draw again
+            if not params.transport_may_look_like_handshake(settable_only=legacy):
+                return params
+
+    def transport_may_look_like_handshake(self, *, settable_only: bool = False) -> bool:
+        """Whether a padded WireGuard transport message can have a handshake's size.
+
+        ``settable_only``: look at the initiation and response alone (AWG 1.0
+        has no S3, so its cookie reply keeps WireGuard's 64 bytes).
+        """
+        transport = self.s4 + KEEPALIVE_LEN
+        kinds = _ORDER[:2] if settable_only else _ORDER[:3]
+        return any(
+            (self.padding(t) + BASE_SIZE[t] - transport) % 16 == 0
+            and self.padding(t) + BASE_SIZE[t] >= transport
+            for t in kinds
+        )
 
     def interface_keys(self) -> list[tuple[str, str]]:
         """The ``[Interface]`` keys awg-quick and AmneziaVPN read, in their order."""

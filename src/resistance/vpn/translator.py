@@ -61,6 +61,7 @@ DEFAULT_MAX_FLOWS: Final = 4096
 SOCKET_BUFFER: Final = 4 << 20
 SO_SNDBUFFORCE: Final = 32  # Linux's values (<asm-generic/socket.h>); not in the socket module
 SO_RCVBUFFORCE: Final = 33
+UDP_GRO: Final = 104  # <linux/udp.h>: receive coalesced datagrams (the C path splits them)
 
 
 class Side(enum.Enum):
@@ -107,6 +108,14 @@ def _grow_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+def _accept_gro(sock: socket.socket) -> None:
+    """Let the kernel hand the C path runs of datagrams coalesced (UDP GRO), where it can."""
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 1)
+    except OSError:
+        pass  # an older kernel: one datagram per slot, as without it
 
 
 def _native_module() -> Any:
@@ -209,6 +218,8 @@ class Translator:
             sock.close()
             raise
         self._sock = sock
+        if self._awg is not None:
+            _accept_gro(sock)  # only the C path reads coalesced datagrams
         reader = self._downstream_native if self._awg is not None else self._downstream_readable
         loop.add_reader(sock.fileno(), reader)
         self._sweeper = loop.create_task(self._sweep(), name="amnezia-translator-sweeper")
@@ -278,6 +289,7 @@ class Translator:
             self._routes[key] = (sock.fileno(), None, indices if server else None, flow)
             # ... and what ``sock`` receives goes back down to the far end
             flow.up_route = (self._sock.fileno(), key, None if server else indices, flow)
+            _accept_gro(sock)
             self._loop.add_reader(sock.fileno(), self._upstream_native, flow)
         else:
             self._loop.add_reader(sock.fileno(), self._upstream_readable, flow)
