@@ -25,7 +25,7 @@
  *
  * relay(fd, to_wireguard, s4, h4_lo, h4_hi, handshake_sizes, routes, new_size)
  *   reads up to ROUNDS batches of BATCH datagrams from the non-blocking socket
- *   fd.  routes is either one route (a tuple: out_fd, raw destination address
+ *   fd (more datagrams where the kernel coalesced them).  routes is either one route (a tuple: out_fd, raw destination address
  *   bytes or None for a connected socket, the flow's receiver-index dict or
  *   None, a tag object) used for every datagram, or a dict from the raw source
  *   address (the bytes of its sockaddr) to such a route.  A datagram from a
@@ -35,6 +35,14 @@
  *   (slow, received, sent, dropped, tags): the datagrams for Python, counts,
  *   and the tags of the routes that moved datagrams (consecutive repeats
  *   folded), so the caller can stamp those flows as alive.
+ *
+ * Sending: runs of equal-sized datagrams to one destination (a tunnel's bulk
+ * traffic) go as one UDP GSO sendmsg (UDP_SEGMENT), which takes them through
+ * the kernel's stack once; the rest by sendmmsg.  perf put 84 % of the
+ * translator's time in the kernel before GSO.  Receiving: where the caller
+ * set UDP_GRO on the socket, a slot may hold a run of datagrams the kernel
+ * coalesced (a UDP_GRO control message gives their size); each is handled on
+ * its own, exactly as if it had come alone.
  *
  * A datagram that cannot be sent at once (full socket buffer) is dropped, as
  * the Python translator and a router do.  The GIL is kept throughout: every
