@@ -24,10 +24,11 @@
  * in arrival order, after this batch's transport messages have been sent.
  *
  * relay(fd, to_wireguard, s4, h4_lo, h4_hi, handshake_sizes, routes, new_size)
- *   reads up to ROUNDS batches of BATCH datagrams from the non-blocking socket
- *   fd (more datagrams where the kernel coalesced them).  routes is either one route (a tuple: out_fd, raw destination address
- *   bytes or None for a connected socket, the flow's receiver-index dict or
- *   None, a tag object) used for every datagram, or a dict from the raw source
+ *   reads up to ROUNDS batches of BATCH datagrams (more where the kernel
+ *   coalesced them) from the non-blocking socket fd.  routes is either one
+ *   route (a tuple: out_fd, raw destination address bytes or None for a
+ *   connected socket, the flow's receiver-index dict or None, a tag object)
+ *   used for every datagram, or a dict from the raw source
  *   address (the bytes of its sockaddr) to such a route.  A datagram from a
  *   source the dict does not know goes back to Python when new_size is -1 or
  *   its size is new_size (an initiation can open a flow), and is dropped
