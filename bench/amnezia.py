@@ -18,12 +18,20 @@ seconds of every process involved (both wireguard-go, both translators)
 are read from /proc before and after (see bench/procstat.py).
 
     sudo .venv/bin/python bench/amnezia.py --seconds 5 --runs 3
+    sudo RESIST_NO_EXTENSIONS=1 .venv/bin/python bench/amnezia.py --seconds 5 --runs 3
+
+(the second with both translators in Python, as before ``_awg.c``).
 
 ``rewriter`` instead times the per-packet work alone, in this process: the
 sans-IO rewriting of a 1,420-byte transport packet each way, without sockets
 (no root needed):
 
     .venv/bin/python bench/amnezia.py rewriter
+
+``sockets`` times one translator hop socket to socket, the C path beside
+the Python one (no root needed):
+
+    .venv/bin/python bench/amnezia.py sockets
 """
 
 from __future__ import annotations
@@ -199,9 +207,97 @@ def rewriter_cost(count: int = 200_000) -> None:
         print(f"{name}: {best * 1e6:.2f} us per 1,420-byte transport packet")
 
 
+def socket_cost(rounds: int = 20, burst: int = 1024) -> None:
+    """CPU microseconds per transport packet through one socket hop: C path against Python.
+
+    ``burst`` 1,420-byte transport packets wait in a loopback socket; one
+    direction of the translator (``_awg.relay`` in C, or the Python path:
+    recvfrom, the rewriter, send) moves them to another socket, and only that
+    is timed (process CPU time); best of ``rounds``.  The kernel's work for
+    the receive and the send is included: it is most of a translator's cost.
+    """
+    from resistance.vpn import noise
+    from resistance.vpn.amnezia import BASE_SIZE, AmneziaParams, Rewriter
+    from resistance.vpn.translator import _grow_buffers, _native_module
+
+    awg = _native_module()
+    params = AmneziaParams.generate()
+    rw = Rewriter(params, wireguard_public=noise.public_key(os.urandom(32)), amnezia_publics=list)
+    rw.wireguard_indices[7] = None
+    plain = b"\x04\x00\x00\x00" + (7).to_bytes(4, "little") + os.urandom(1412)
+    (wire,) = rw.to_amnezia(plain)
+    socks = []
+    for _ in range(3):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        _grow_buffers(sock)
+        socks.append(sock)
+    sender, middle, target = socks
+    host, port = target.getsockname()
+    dest = socket.AF_INET.to_bytes(2, sys.byteorder) + port.to_bytes(2, "big")
+    dest += socket.inet_aton(host) + bytes(8)  # a struct sockaddr_in
+    sizes = tuple(params.padding(t) + BASE_SIZE[t] for t in sorted(BASE_SIZE)[:3])
+    route = (middle.fileno(), dest, rw.wireguard_indices, None)
+
+    def drain() -> int:
+        n = 0
+        while True:
+            try:
+                target.recv(2048)
+            except BlockingIOError:
+                return n
+            n += 1
+
+    def python(to_wireguard: bool) -> None:
+        while True:
+            try:
+                data = middle.recv(65535)
+            except BlockingIOError:
+                return
+            if to_wireguard:
+                out = rw.to_wireguard(data)
+                if out is not None:
+                    middle.sendto(out, (host, port))
+            else:
+                for datagram in rw.to_amnezia(data):
+                    middle.sendto(datagram, (host, port))
+
+    def c(to_wireguard: bool) -> None:
+        assert awg is not None
+        while True:
+            slow, received, *_ = awg.relay(
+                middle.fileno(), to_wireguard, params.s4, params.h4.lo, params.h4.hi,
+                sizes if to_wireguard else (-1, -1, -1), route, -1,
+            )  # fmt: skip
+            assert not slow
+            if not received:
+                return
+
+    paths = [("Python", python)] + ([("C", c)] if awg is not None else [])
+    for to_wireguard, packet, label in ((False, plain, "WireGuard -> AmneziaWG"),
+                                        (True, wire, "AmneziaWG -> WireGuard")):  # fmt: skip
+        for name, move in paths:
+            best = float("inf")
+            for _ in range(rounds):
+                for _ in range(burst):
+                    sender.sendto(packet, middle.getsockname())
+                start = time.process_time()
+                move(to_wireguard)
+                best = min(best, time.process_time() - start)
+                moved = drain()
+                assert moved == burst, f"{name} moved {moved} of {burst}"
+            print(f"{label}, {name:6}: {best / burst * 1e6:.2f} us per packet, socket to socket")
+    for sock in socks:
+        sock.close()
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "rewriter":
         rewriter_cost()
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "sockets":
+        socket_cost()
         return
     if len(sys.argv) > 1 and sys.argv[1] == "sink":
         sink(int(sys.argv[2]))
@@ -300,7 +396,10 @@ def main() -> None:
             run("wg-quick", "down", str(conf), ns=CLIENT_NS)
             confs.remove(conf)
         load = os.getloadavg()[0]
-        print(f"cores {os.cpu_count()}, load average {load:.1f} at the end")
+        from resistance.vpn.translator import _native_module
+
+        path = "Python" if _native_module() is None else "C (_awg.c) for transport"
+        print(f"cores {os.cpu_count()}, load average {load:.1f} at the end; translators: {path}")
         print(f"{'mode':10} {'dir':5} {'Mbit/s':>8} {'CPU s/GB':>9} {'translators':>12}")
         for mode, by_dir in results.items():
             for direction, r in by_dir.items():

@@ -16,6 +16,7 @@ censor's ``wireguard`` rule on, in the censored namespace:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ import pytest
 
 from resistance.lab import censor, netns
 from resistance.lab import topology as topo
+from resistance.vpn.applink import read_app_link
 from tests.vpn.test_tunnel import kill_wireguard_go
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +56,7 @@ class Lab:
     server_if: str
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     client_confs: list[Path] = field(default_factory=list)
+    stderr: str = ""  # the last resist command's
 
     def resist(self, *args: str, ns: str | None = None) -> str:
         argv = [*(netns.exec_prefix(ns) if ns else ()), sys.executable, "-m", "resistance"]
@@ -61,6 +64,7 @@ class Lab:
             [*argv, "vpn", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
         )
         assert done.returncode == 0, f"resist vpn {args[0]}: {done.stdout} {done.stderr}"
+        self.stderr = done.stderr
         return done.stdout
 
     def spawn(self, *argv: str, ns: str | None = None) -> subprocess.Popen[str]:
@@ -170,8 +174,15 @@ def test_plain_wireguard_is_blocked_and_amneziawg_gets_through(lab: Lab) -> None
     for key in ("Jc", "Jmin", "Jmax", "S1", "S2", "S3", "S4", "H1", "H2", "H3", "H4"):
         assert re.search(rf"^{key} = \d+(-\d+)?$", config, re.M), key
     assert f"Endpoint = {topo.VPN_ADDR}:{topo.VPN_PORT + 1}" in config
+    # the AmneziaVPN app's link carries the same config: the tunnel below uses the link's
+    link = re.search(r"^vpn://\S+$", lab.stderr, re.M)
+    assert link is not None, lab.stderr
+    (container,) = read_app_link(link[0])["containers"]
+    assert container["container"] == "amnezia-awg"
+    carried = json.loads(container["awg"]["last_config"])["config"]
+    assert carried == config
     awg_conf = lab.state / "alice.conf"
-    awg_conf.write_text(config)
+    awg_conf.write_text(carried)
     awg_conf.chmod(0o600)
 
     censor.enable(t.censor, "wireguard", replace=True)

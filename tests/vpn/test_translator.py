@@ -13,8 +13,11 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
+
 from resistance.config import Endpoint
 from resistance.vpn import keys
+from resistance.vpn import translator as translator_module
 from resistance.vpn.amnezia import AmneziaParams, junk_packets
 from resistance.vpn.probe import Outcome, ProbeResult, handshake
 from resistance.vpn.translator import Side, Translator
@@ -23,6 +26,16 @@ from tests.vpn.responder import UdpResponder
 SERVER = keys.KeyPair.generate()
 CLIENT = keys.KeyPair.generate()
 PARAMS = AmneziaParams.generate()
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: transport messages moved by _awg.c, and all in Python."""
+    if request.param == "c" and translator_module._native_module() is None:
+        pytest.skip("resistance.vpn._awg is not built here")
+    if request.param == "python":
+        monkeypatch.setattr(translator_module, "_native_module", lambda: None)
+    return str(request.param)
 
 
 @asynccontextmanager

@@ -28,12 +28,26 @@ The wire rules (as implemented here)
   signature packets I1..I5 (those that are set), then Jc junk datagrams of
   Jmin + rand(Jmax - Jmin) random bytes each (send.go, noise-protocol.go
   ``JunkPackets``).  The receiver drops them: they classify as nothing.
-* An I packet is built from a CPS chain of tags: ``<b 0xHEX>`` those bytes,
-  ``<t>`` the Unix time as 4 big-endian bytes, ``<r N>`` N random bytes,
-  ``<rc N>`` N random ASCII letters, ``<rd N>`` N random ASCII digits, and
-  ``<d>``, ``<ds>``, ``<dz N>`` (the data, its base64, its size in N bytes),
-  which are empty in an I packet (it carries no data).  Text outside tags
-  is ignored; an unknown tag, a bad argument or a missing ``>`` is an error.
+* An I packet is built from a CPS chain of tags (obf.go's ``obfBuilders``):
+  ``<b 0xHEX>`` those bytes, ``<t>`` the Unix time as 4 big-endian bytes,
+  ``<r N>`` N random bytes, ``<rc N>`` N random ASCII letters, ``<rd N>`` N
+  random ASCII digits, and ``<d>``, ``<ds>``, ``<dz N>`` (the data, its
+  base64, its size in N bytes), which are empty in an I packet (it carries
+  no data).  Text outside tags is ignored; an unknown tag, an empty tag, a
+  bad argument or a missing ``>`` is an error (HEAD collects every error and
+  refuses the chain).  AWG 2.0 (v0.2.15, ``device/awg/tag_parser.go``) had
+  no ``<d>``/``<ds>``/``<dz>`` but a ``<c>`` tag: the packet counter as 8
+  big-endian bytes (its ``<t>`` was 8 bytes too), ``<c>`` and ``<t>`` at
+  most once each.  HEAD refuses ``<c>``; it is accepted here so AWG 2.0
+  client configs still read, and it writes the number of handshake
+  initiations the flow has sent (v0.2.15 counts every packet; the value is
+  only decoration: the receiver drops I packets).  Servers generated here
+  set no I packets: they are the sender's alone.
+* Which side checks what: the receiver checks only sizes and H ranges (and
+  then WireGuard's mac1/mac2 and crypto); it never checks Jc/Jmin/Jmax or
+  I1..I5, which only shape what its own side sends.  A header value is
+  picked afresh per message from the sender's H range, and the receiver
+  accepts any value in the range, so both ends need the same four ranges.
 * H values: ``N`` or ``LO-HI`` (LO ≤ HI, 32-bit); the four ranges must not
   overlap (uapi.go).  Values ≤ 4 are refused here, because AWG 1.0/2.0 peers
   read them as "plain WireGuard".
@@ -60,6 +74,10 @@ index our WireGuard end never announced — so junk does not reach WireGuard),
 front of an initiation).  It recomputes mac1 for the new type field, keeps
 the cookie a cookie reply carries so mac2 can be recomputed too, and
 re-encrypts each cookie reply for the mac1 its recipient actually sent.
+The translator (:mod:`resistance.vpn.translator`) runs the transport rules
+of :meth:`Rewriter.to_wireguard` and :meth:`Rewriter.to_amnezia` in C
+(``_awg.c``) where it is built; tests/vpn/test_awg_native.py holds the two
+to the same output datagram by datagram.
 """
 
 from __future__ import annotations
@@ -152,6 +170,7 @@ class HeaderRange:
 _TAG_ARG: Final = {
     "b": "hex",
     "t": None,
+    "c": None,
     "r": "n",
     "rc": "n",
     "rd": "n",
@@ -195,6 +214,10 @@ def parse_cps(spec: str) -> tuple[CpsTag, ...]:
             if not re.fullmatch(r"\d{1,5}", arg) or int(arg) > MAX_U16:
                 raise AmneziaError(f"bad CPS chain: <{name}> needs a length 0..65535")
             tags.append(CpsTag(name, length=int(arg)))
+        elif name == "c":  # AWG 2.0's tag: no argument, at most once (tag_parser.go)
+            if arg or any(t.name == "c" for t in tags):
+                raise AmneziaError("bad CPS chain: <c> takes no argument and comes once")
+            tags.append(CpsTag(name))
         else:
             tags.append(CpsTag(name))
     if sum(cps_size(tag) for tag in tags) > MAX_DATAGRAM:
@@ -207,17 +230,21 @@ def cps_size(tag: CpsTag) -> int:
         return len(tag.data)
     if tag.name == "t":
         return 4
+    if tag.name == "c":
+        return 8
     if tag.name in ("r", "rc", "rd", "dz"):
         return tag.length
     return 0  # <d>, <ds>: an I packet carries no data
 
 
-def build_cps(tags: Iterable[CpsTag], *, now: float | None = None) -> bytes:
+def build_cps(tags: Iterable[CpsTag], *, now: float | None = None, counter: int = 0) -> bytes:
     """One signature packet from its tags (obfChain.Obfuscate with no data)."""
     out = bytearray()
     for tag in tags:
         if tag.name == "b":
             out += tag.data
+        elif tag.name == "c":
+            out += struct.pack(">Q", counter & 0xFFFFFFFFFFFFFFFF)
         elif tag.name == "t":
             out += struct.pack(">I", int(time.time() if now is None else now) & MAX_U32)
         elif tag.name == "r":
@@ -308,7 +335,13 @@ class AmneziaParams:
 
         Jc 4..8 junk datagrams of 40..700 bytes; S1, S2 15..150 and S3 8..64
         (the handshakes lose WireGuard's sizes); S4 1..16 (it costs MTU on
-        every transport packet); H1..H4 four disjoint ranges above 4.
+        every transport packet); H1..H4 four disjoint ranges above 4.  No
+        handshake size is one a transport message can have: WireGuard pads
+        transport messages to 32 + 16n bytes (below the MTU), and a receiver
+        that sees a handshake's size reads that handshake's H at its padding
+        offset first, so a transport message of that size whose payload
+        happened to hold a value of that H range there would be taken for a
+        handshake and lost (amneziawg-go classifies in the same order).
         ``legacy`` makes what AWG 1.0 peers (older AmneziaVPN apps,
         amneziawg-go v0.2.12) read: single H values and no S3/S4.
         """
@@ -322,7 +355,7 @@ class AmneziaParams:
                 ranges = [HeaderRange(points[2 * i], points[2 * i + 1]) for i in range(4)]
             rand.shuffle(ranges)
             try:
-                return cls(
+                params = cls(
                     jc=rand.randint(4, 8) if jc is None else jc,
                     jmin=jmin,
                     jmax=jmin + rand.randint(100, 600),
@@ -337,6 +370,22 @@ class AmneziaParams:
                 )
             except AmneziaError:
                 continue  # sizes collided: draw again
+            if not params.transport_may_look_like_handshake(settable_only=legacy):
+                return params
+
+    def transport_may_look_like_handshake(self, *, settable_only: bool = False) -> bool:
+        """Whether a padded WireGuard transport message can have a handshake's size.
+
+        ``settable_only``: look at the initiation and response alone (AWG 1.0
+        has no S3, so its cookie reply keeps WireGuard's 64 bytes).
+        """
+        transport = self.s4 + KEEPALIVE_LEN
+        kinds = _ORDER[:2] if settable_only else _ORDER[:3]
+        return any(
+            (self.padding(t) + BASE_SIZE[t] - transport) % 16 == 0
+            and self.padding(t) + BASE_SIZE[t] >= transport
+            for t in kinds
+        )
 
     def interface_keys(self) -> list[tuple[str, str]]:
         """The ``[Interface]`` keys awg-quick and AmneziaVPN read, in their order."""
@@ -494,6 +543,7 @@ class Rewriter:
         "_clock",
         "_far_key",
         "_fast",
+        "_initiations",
         "_rng",
         "_wg",
         "_wg_indices",
@@ -519,6 +569,7 @@ class Rewriter:
         # AmneziaWG end may address (so junk that looks like transport stops here)
         self._wg_indices: dict[int, None] = {}
         self._clock = clock
+        self._initiations = 0  # sent to the far end: the value of a CPS <c> tag
         # the transport fast path: sizes that can only be transport, S4, H4's bounds
         handshake_sizes = {params.padding(t) + BASE_SIZE[t] for t in _ORDER[:3]}
         self._fast = (
@@ -530,6 +581,11 @@ class Rewriter:
         )
         # header values are public (they only have to vary): a fast generator will do
         self._rng = random.Random(secrets.randbits(64))
+
+    @property
+    def wireguard_indices(self) -> dict[int, None]:
+        """The sender indices our WireGuard end announced (the C path reads them live)."""
+        return self._wg_indices
 
     def to_wireguard(self, datagram: bytes) -> bytes | None:
         """AmneziaWG datagram in, WireGuard datagram out; ``None`` drops it."""
@@ -595,7 +651,9 @@ class Rewriter:
             self._wg.remember(datagram[-32:-16], bytes(message[-32:-16]))
         out: list[bytes] = []
         if kind is MessageType.INITIATION:
-            out += [build_cps(tags) for tags in self.params.signature_packets()]
+            self._initiations += 1
+            count = self._initiations
+            out += [build_cps(t, counter=count) for t in self.params.signature_packets()]
             out += junk_packets(self.params)
         out.append(os.urandom(self.params.padding(kind)) + bytes(message))
         return out

@@ -42,6 +42,8 @@ def _emit_client_config(
 ) -> None:
     from resistance.links import qr_save, qr_terminal
     from resistance.paths import write_private
+    from resistance.vpn import clientconf
+    from resistance.vpn.applink import app_link
 
     if out is not None:
         write_private(out, text)
@@ -54,6 +56,14 @@ def _emit_client_config(
         qr_save(text, str(qr_file))
         qr_file.chmod(0o600)
         click.echo(f"QR code written to {qr_file}", err=True)
+    config = clientconf.parse(text)
+    if config.amnezia is not None:
+        # the AmneziaVPN apps' own share format, on standard error so that standard
+        # output stays the .conf other tools read
+        link = app_link(text, description=f"{name} ({config.endpoint})")
+        click.echo(
+            f"AmneziaVPN app link (the same config; import it in the app):\n{link}", err=True
+        )
 
 
 def _expiry(text: str | None) -> datetime | None:

@@ -18,6 +18,21 @@ WireGuard message (a handshake initiation whose mac1 is right), so junk and
 scans never open sockets; flows are capped at ``max_flows`` and closed after
 ``idle`` seconds without traffic by a sweeper task.  :meth:`close` stops
 everything; nothing here outlives it.
+
+Where ``resistance.vpn._awg`` is built (and ``RESIST_NO_EXTENSIONS`` unset),
+each reader callback instead makes one call into C (``_awg.relay``, see the
+comment atop ``_awg.c``): transport messages, nearly all of a tunnel's
+datagrams, are read in recvmmsg batches, rewritten by the rewriter's own
+transport rules and sent (runs of one size as UDP GSO, else sendmmsg)
+without entering Python; everything else comes back to the same
+per-datagram code as on the Python path.  The C side finds a datagram's
+flow in :attr:`_routes` (raw source address -> upstream socket, the
+rewriter's live set of receiver indices, the flow), which flows register
+when they open and drop when they close; on a server a stranger's datagram
+reaches Python only if it has an initiation's size.  Sockets get
+:data:`SOCKET_BUFFER` bytes of buffer each way, and the command line runs
+the loop on uvloop (a tunnel's datagrams mostly come one per wake-up, and
+those cost less there).  bench/amnezia.py measures both paths.
 """
 
 from __future__ import annotations
@@ -25,13 +40,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from resistance.config import Endpoint
-from resistance.vpn.amnezia import AmneziaParams, Rewriter
+from resistance.net.native import DISABLE_ENV
+from resistance.vpn.amnezia import BASE_SIZE, AmneziaParams, Rewriter
+from resistance.vpn.noise import MessageType
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +58,10 @@ BATCH: Final = 64
 MAX_DATAGRAM: Final = 65535
 DEFAULT_IDLE: Final = 180.0
 DEFAULT_MAX_FLOWS: Final = 4096
+SOCKET_BUFFER: Final = 4 << 20
+SO_SNDBUFFORCE: Final = 32  # Linux's values (<asm-generic/socket.h>); not in the socket module
+SO_RCVBUFFORCE: Final = 33
+UDP_GRO: Final = 104  # <linux/udp.h>: receive coalesced datagrams (the C path splits them)
 
 
 class Side(enum.Enum):
@@ -57,13 +80,66 @@ class Counters:
 
 
 class _Flow:
-    __slots__ = ("addr", "last", "rewriter", "sock")
+    __slots__ = ("addr", "key", "last", "rewriter", "sock", "up_route")
 
-    def __init__(self, addr: Any, sock: socket.socket, rewriter: Rewriter, now: float) -> None:
-        self.addr = addr
+    def __init__(
+        self, addr: Any, key: Any, sock: socket.socket, rewriter: Rewriter, now: float
+    ) -> None:
+        self.addr = addr  # the far address as socket.sendto takes it
+        self.key = key  # what the flow is found by: ``addr``, or its raw sockaddr (C path)
         self.sock = sock
         self.rewriter = rewriter
         self.last = now
+        self.up_route: Any = None  # the C path's route for datagrams from ``sock``
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    """Socket buffers of SOCKET_BUFFER bytes each way (as wireguard-go asks for its own).
+
+    A tunnel's TCP sends bursts; with the default ~200 kB a burst that arrives
+    while the translator is descheduled overflows and costs a retransmission.
+    Root may pass the system's cap (SO_*BUFFORCE); others get up to the cap.
+    """
+    for force, plain in (
+        (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+        (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+def _accept_gro(sock: socket.socket) -> None:
+    """Let the kernel hand the C path runs of datagrams coalesced (UDP GRO), where it can."""
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 1)
+    except OSError:
+        pass  # an older kernel: one datagram per slot, as without it
+
+
+def _native_module() -> Any:
+    """``resistance.vpn._awg`` when it is built and not switched off, else None."""
+    if os.environ.get(DISABLE_ENV):
+        return None
+    try:
+        from resistance.vpn import _awg
+    except ImportError:
+        return None
+    return _awg
+
+
+def _address(raw: bytes) -> Any:
+    """A raw ``struct sockaddr`` (as the C path reports it) as socket.recvfrom gives it."""
+    family = int.from_bytes(raw[:2], sys.byteorder)
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    if family == socket.AF_INET6:
+        flowinfo = int.from_bytes(raw[4:8], "big")
+        scope = int.from_bytes(raw[24:28], sys.byteorder)
+        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope)
+    raise ValueError(f"unexpected address family {family}")
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -85,6 +161,7 @@ class Translator:
         max_flows: int = DEFAULT_MAX_FLOWS,
         idle: float = DEFAULT_IDLE,
         fwmark: int = 0,
+        native: bool | None = None,
     ) -> None:
         self.params = params
         self.side = side
@@ -102,6 +179,24 @@ class Translator:
         self._sweeper: asyncio.Task[None] | None = None
         self._target_addr: Any = None
         self._target_family = socket.AF_INET
+        # the transport path in C (``_awg.c``): None where it is not built or is switched
+        # off; ``native`` False forces the Python path, True insists on C
+        self._awg = _native_module() if native is not False else None
+        if native and self._awg is None:
+            raise RuntimeError("the translator's C path (resistance.vpn._awg) is not available")
+        # its routes: a far end's raw sockaddr -> (upstream fd, None, receiver indices, flow)
+        self._routes: dict[bytes, Any] = {}
+        p = params
+        self._handshake_sizes = tuple(
+            p.padding(t) + BASE_SIZE[t]
+            for t in (MessageType.INITIATION, MessageType.RESPONSE, MessageType.COOKIE_REPLY)
+        )
+        self._initiation_size = self._handshake_sizes[0] if side is Side.SERVER else -1
+
+    @property
+    def native(self) -> bool:
+        """Whether transport messages move in C (``_awg.c``)."""
+        return self._awg is not None
 
     @property
     def flows(self) -> int:
@@ -117,12 +212,16 @@ class Translator:
         sock = socket.socket(_family(self.listen.host), socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            _grow_buffers(sock)
             sock.bind((self.listen.host, self.listen.port))
         except OSError:
             sock.close()
             raise
         self._sock = sock
-        loop.add_reader(sock.fileno(), self._downstream_readable)
+        if self._awg is not None:
+            _accept_gro(sock)  # only the C path reads coalesced datagrams
+        reader = self._downstream_native if self._awg is not None else self._downstream_readable
+        loop.add_reader(sock.fileno(), reader)
         self._sweeper = loop.create_task(self._sweep(), name="amnezia-translator-sweeper")
         host, port = sock.getsockname()[:2]
         return Endpoint(host, port)
@@ -150,8 +249,9 @@ class Translator:
             for addr in [a for a, f in self._flows.items() if f.last < cutoff]:
                 self._close_flow(addr)
 
-    def _close_flow(self, addr: Any) -> None:
-        flow = self._flows.pop(addr, None)
+    def _close_flow(self, key: Any) -> None:
+        flow = self._flows.pop(key, None)
+        self._routes.pop(key, None)
         if flow is not None and self._loop is not None:
             self._loop.remove_reader(flow.sock.fileno())
             flow.sock.close()
@@ -163,13 +263,14 @@ class Translator:
             amnezia_publics=self._amnezia_publics,
         )
 
-    def _open_flow(self, addr: Any, rewriter: Rewriter) -> _Flow | None:
+    def _open_flow(self, key: Any, rewriter: Rewriter) -> _Flow | None:
         assert self._loop is not None
         if len(self._flows) >= self.max_flows:
             return None
         sock = socket.socket(self._target_family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            _grow_buffers(sock)
             if self.fwmark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
             sock.connect(self._target_addr)
@@ -177,10 +278,21 @@ class Translator:
             sock.close()
             log.warning("translator: cannot reach %s: %s", self.target, exc.strerror)
             return None
-        flow = _Flow(addr, sock, rewriter, self._loop.time())
-        self._flows[addr] = flow
+        addr = _address(key) if isinstance(key, bytes) else key
+        flow = _Flow(addr, key, sock, rewriter, self._loop.time())
+        self._flows[key] = flow
         self.counters.flows_opened += 1
-        self._loop.add_reader(sock.fileno(), self._upstream_readable, flow)
+        if self._awg is not None and self._sock is not None:
+            server = self.side is Side.SERVER
+            indices = rewriter.wireguard_indices
+            # downstream datagrams from this far end go up ``sock`` ...
+            self._routes[key] = (sock.fileno(), None, indices if server else None, flow)
+            # ... and what ``sock`` receives goes back down to the far end
+            flow.up_route = (self._sock.fileno(), key, None if server else indices, flow)
+            _accept_gro(sock)
+            self._loop.add_reader(sock.fileno(), self._upstream_native, flow)
+        else:
+            self._loop.add_reader(sock.fileno(), self._upstream_readable, flow)
         return flow
 
     # --- the hot path ---------------------------------------------------------
@@ -200,38 +312,42 @@ class Translator:
             except OSError:
                 continue  # ICMP errors surface here on some kernels: not ours to act on
             counters.inbound += 1
-            flow = self._flows.get(addr)
-            if server:
-                rewriter = flow.rewriter if flow is not None else self._new_rewriter()
-                out = rewriter.to_wireguard(data)
-                if out is None:
-                    counters.dropped += 1
-                    continue
+            self._down(data, addr, now, server)
+
+    def _down(self, data: bytes, key: Any, now: float, server: bool) -> None:
+        """One datagram from a far end (Python's share of it, on the C path)."""
+        counters = self.counters
+        flow = self._flows.get(key)
+        if server:
+            rewriter = flow.rewriter if flow is not None else self._new_rewriter()
+            out = rewriter.to_wireguard(data)
+            if out is None:
+                counters.dropped += 1
+                return
+            if flow is None:
+                flow = self._open_flow(key, rewriter)
                 if flow is None:
-                    flow = self._open_flow(addr, rewriter)
-                    if flow is None:
-                        counters.dropped += 1
-                        continue
-                flow.last = now
-                self._send_up(flow, out)
-            else:
-                if flow is None:
-                    flow = self._open_flow(addr, self._new_rewriter())
-                    if flow is None:
-                        counters.dropped += 1
-                        continue
-                flow.last = now
-                wire = flow.rewriter.to_amnezia(data)
-                if not wire:
                     counters.dropped += 1
-                for datagram in wire:
-                    self._send_up(flow, datagram)
+                    return
+            flow.last = now
+            self._send_up(flow, out)
+        else:
+            if flow is None:
+                flow = self._open_flow(key, self._new_rewriter())
+                if flow is None:
+                    counters.dropped += 1
+                    return
+            flow.last = now
+            wire = flow.rewriter.to_amnezia(data)
+            if not wire:
+                counters.dropped += 1
+            for datagram in wire:
+                self._send_up(flow, datagram)
 
     def _upstream_readable(self, flow: _Flow) -> None:
         sock = self._sock
         if sock is None:
             return
-        counters = self.counters
         server = self.side is Side.SERVER
         for _ in range(BATCH):
             try:
@@ -240,19 +356,74 @@ class Translator:
                 return
             except OSError:
                 continue  # e.g. ECONNREFUSED from an ICMP port-unreachable
-            if server:
-                wire = flow.rewriter.to_amnezia(data)
-            else:
-                out = flow.rewriter.to_wireguard(data)
-                wire = [] if out is None else [out]
-            if not wire:
+            self._up(flow, data, sock, server)
+
+    def _up(self, flow: _Flow, data: bytes, sock: socket.socket, server: bool) -> None:
+        """One datagram from our side of ``flow``, back down to its far end."""
+        counters = self.counters
+        if server:
+            wire = flow.rewriter.to_amnezia(data)
+        else:
+            out = flow.rewriter.to_wireguard(data)
+            wire = [] if out is None else [out]
+        if not wire:
+            counters.dropped += 1
+        for datagram in wire:
+            try:
+                sock.sendto(datagram, flow.addr)
+                counters.outbound += 1
+            except OSError:
                 counters.dropped += 1
-            for datagram in wire:
-                try:
-                    sock.sendto(datagram, flow.addr)
-                    counters.outbound += 1
-                except OSError:
-                    counters.dropped += 1
+
+    # --- the hot path with transport messages in C (``_awg.c``) ------------------
+
+    def _downstream_native(self) -> None:
+        sock, awg = self._sock, self._awg
+        if sock is None or self._loop is None or awg is None:
+            return
+        server = self.side is Side.SERVER
+        p = self.params
+        slow, received, sent, dropped, tags = awg.relay(
+            sock.fileno(),
+            server,
+            p.s4,
+            p.h4.lo,
+            p.h4.hi,
+            self._handshake_sizes,
+            self._routes,
+            self._initiation_size,
+        )
+        now = self._loop.time()
+        counters = self.counters
+        counters.inbound += received
+        counters.outbound += sent
+        counters.dropped += dropped
+        for flow in tags:
+            flow.last = now
+        for data, raw in slow:
+            self._down(data, raw, now, server)
+
+    def _upstream_native(self, flow: _Flow) -> None:
+        sock, awg = self._sock, self._awg
+        if sock is None or awg is None:
+            return
+        server = self.side is Side.SERVER
+        p = self.params
+        slow, _, sent, dropped, _ = awg.relay(
+            flow.sock.fileno(),
+            not server,
+            p.s4,
+            p.h4.lo,
+            p.h4.hi,
+            self._handshake_sizes,
+            flow.up_route,
+            -1,
+        )
+        counters = self.counters
+        counters.outbound += sent
+        counters.dropped += dropped
+        for data, _raw in slow:
+            self._up(flow, data, sock, server)
 
     def _send_up(self, flow: _Flow, datagram: bytes) -> None:
         try:
@@ -262,8 +433,24 @@ class Translator:
             self.counters.dropped += 1
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed, else asyncio's loop (``RESIST_EVENT_LOOP=asyncio`` picks it)."""
+    if os.environ.get("RESIST_EVENT_LOOP") == "asyncio":
+        return asyncio.new_event_loop()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 def run_translator(translator: Translator, *, announce: str = "") -> int:
-    """Serve until SIGTERM or SIGINT (for the command line); the exit status."""
+    """Serve until SIGTERM or SIGINT (for the command line); the exit status.
+
+    On uvloop where it is installed, as the node: its wake-ups cost less than
+    asyncio's own loop, and a tunnel's datagrams mostly come one per wake-up.
+    """
     import signal
 
     async def main() -> None:
@@ -286,5 +473,6 @@ def run_translator(translator: Translator, *, announce: str = "") -> int:
                 c.flows_opened,
             )
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+        runner.run(main())
     return 0
