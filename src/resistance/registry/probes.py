@@ -30,7 +30,7 @@ import hashlib
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -39,8 +39,16 @@ from resistance.directory.canonical import canonical_bytes
 from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.probe import rollup
 from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
-from resistance.probe.verdict import ProbeEvidence, Rules, Status, Verdict, evaluate, observe
-from resistance.registry import mtproto, wireguard
+from resistance.probe.verdict import (
+    ProbeEvidence,
+    Rules,
+    Status,
+    Verdict,
+    evaluate,
+    observe,
+    vantage_network,
+)
+from resistance.registry import mtproto, shard, wireguard
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import (
@@ -136,16 +144,22 @@ def canary_info(registry: Registry) -> dict[str, Any] | None:
 
 
 async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
-    """Every active proxy, each due at its own random offset inside the round.
+    """This probe's share of the active proxies (:func:`share`), each due at its own
+    random offset inside the round.
 
     The offsets come from the operating system's CSPRNG, fresh on every pull,
     so neither a proxy nor anyone watching earlier rounds can tell when the
     next check of a proxy will come.
     """
     probe = await _account(registry, probe_id)
+    now = registry.now()
+    async with registry.sessions.begin() as session:
+        await repo.note_probe_assignment(session, probe_id=probe.id, now=now)
     async with registry.sessions() as session:
-        proxies = await repo.all_active_proxies(session)
-        outside = {} if probe.control else await repo.control_views(session)
+        ids = await repo.active_proxy_ids(session)
+        mine = (await _shards(registry, session, probe, ids, now)).share(probe.id).tolist()
+        proxies = await repo.active_proxies_in(session, ids=mine)
+        outside = {} if probe.control else await repo.control_views(session, proxy_ids=mine)
     round_ms = registry.settings.probe_round_seconds * 1000
     targets = []
     for p in proxies:
@@ -192,8 +206,51 @@ def _kind_fields(proxy: Proxy, probe: ProbeAccount) -> dict[str, Any] | None:
 
 
 def in_assignment(proxy: Proxy, probe: ProbeAccount) -> bool:
-    """Whether :func:`assignment` gives ``proxy`` to ``probe`` now: only such results count."""
+    """Whether :func:`assignment` would give ``proxy`` to ``probe`` if it is in the probe's
+    share (:func:`outside_share` sorts those out first): only such results count."""
     return proxy.status == "active" and _kind_fields(proxy, probe) is not None
+
+
+async def _live_peers(registry: Registry, session: Any, probe: ProbeAccount, now: int) -> list[int]:
+    """The live probes of ``probe``'s vantage network, ``probe`` itself always included."""
+    mine = vantage_network(probe.country, probe.control)
+    rounds = registry.settings.probe_round_seconds
+    return [
+        p.id
+        for p in await repo.all_probes(session)
+        if vantage_network(p.country, p.control) == mine
+        and (p.id == probe.id or shard.is_live(p.last_batch_at, now=now, round_seconds=rounds))
+    ]
+
+
+async def _shards(
+    registry: Registry, session: Any, probe: ProbeAccount, proxy_ids: Sequence[int], now: int
+) -> shard.Shards:
+    peers = await _live_peers(registry, session, probe, now)
+    return registry.shards.get(
+        shard.shard_key(registry.ring_key),
+        proxy_ids=proxy_ids,
+        probe_ids=peers,
+        replicas=registry.settings.probe_replicas,
+    )
+
+
+async def outside_share(
+    registry: Registry, probe: ProbeAccount, proxy_ids: Sequence[int]
+) -> set[int]:
+    """Which of ``proxy_ids`` are not in ``probe``'s share now (for batches: rendezvous
+    hashing ranks each proxy on its own, so this scores only the batch's proxies)."""
+    async with registry.sessions() as session:
+        peers = await _live_peers(registry, session, probe, registry.now())
+        # Unknown ids are left to _store, which refuses the batch for them.
+        ids = sorted(await repo.existing_proxy_ids(session, ids=sorted(set(proxy_ids))))
+    shards = shard.assign(
+        shard.shard_key(registry.ring_key),
+        proxy_ids=ids,
+        probe_ids=peers,
+        replicas=registry.settings.probe_replicas,
+    )
+    return set(ids) - set(shards.share(probe.id).tolist())
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,17 +307,27 @@ async def ingest_batch(
         ):
             raise ApiError(422, f"results[{index}]: the canary proof does not verify")
     digest = _batch_digest(body)
+    # Results for proxies outside the probe's share are kept in the stored body but not
+    # counted, like those outside the rest of its assignment (see in_assignment).
+    unshared = await outside_share(registry, probe, [r.proxy_id for r in batch.results])
+    counted = [r for r in batch.results if r.proxy_id not in unshared]
     async with registry.probe_lock:
         try:
-            return await _store(
-                registry, probe, batch.batch_id, batch.created_at, batch.results, body, digest
+            done = await _store(
+                registry, probe, batch.batch_id, batch.created_at, counted, body, digest
             )
         except IntegrityError:
             async with registry.sessions() as session:
                 found = await repo.batch_by_id(session, batch_id=batch.batch_id)
             if found is not None and found.digest == digest:
-                return Ingested(batch.batch_id, False, found.result_count)
-            raise ApiError(409, "batch id already stored with different content") from None
+                done = Ingested(batch.batch_id, False, found.result_count)
+            else:
+                raise ApiError(409, "batch id already stored with different content") from None
+    async with registry.sessions.begin() as session:
+        await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
+    if unshared and done.stored:
+        done = replace(done, not_counted=tuple(sorted({*done.not_counted, *unshared})))
+    return done
 
 
 async def _store(

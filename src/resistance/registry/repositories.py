@@ -264,6 +264,45 @@ async def all_active_proxies(session: AsyncSession) -> Sequence[Proxy]:
     return result.scalars().all()
 
 
+async def active_proxy_ids(session: AsyncSession) -> list[int]:
+    """The ids of every active proxy, ascending (ids only: cheap at 100k proxies)."""
+    result = await session.execute(
+        select(Proxy.id).where(Proxy.status == "active").order_by(Proxy.id)
+    )
+    return list(result.scalars().all())
+
+
+#: Ids per IN list: PostgreSQL's driver takes at most 32,767 query arguments.
+IN_CHUNK = 10_000
+
+
+async def active_proxies_in(session: AsyncSession, *, ids: Sequence[int]) -> list[Proxy]:
+    """The active proxies among ``ids``, ascending by id, in chunks of :data:`IN_CHUNK`."""
+    found: list[Proxy] = []
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), IN_CHUNK):
+        result = await session.execute(
+            select(Proxy)
+            .where(Proxy.status == "active", Proxy.id.in_(ordered[start : start + IN_CHUNK]))
+            .order_by(Proxy.id)
+        )
+        found.extend(result.scalars().all())
+    return found
+
+
+async def note_probe_batch(session: AsyncSession, *, probe_id: int, now: int) -> None:
+    """Record that a batch of this probe's arrived (it is live: see registry.shard)."""
+    await session.execute(
+        update(ProbeAccount).where(ProbeAccount.id == probe_id).values(last_batch_at=now)
+    )
+
+
+async def note_probe_assignment(session: AsyncSession, *, probe_id: int, now: int) -> None:
+    await session.execute(
+        update(ProbeAccount).where(ProbeAccount.id == probe_id).values(last_assignment_at=now)
+    )
+
+
 async def existing_proxy_ids(session: AsyncSession, *, ids: Sequence[int]) -> set[int]:
     result = await session.execute(select(Proxy.id).where(Proxy.id.in_(ids)))
     return set(result.scalars().all())
@@ -580,13 +619,22 @@ async def reach_rows(
     return [(row, name) for row, name in result.all()]
 
 
-async def control_views(session: AsyncSession) -> dict[int, bool]:
-    """Per proxy: whether the latest check from a control vantage worked."""
-    result = await session.execute(
-        select(ProbeEvidenceRow).where(ProbeEvidenceRow.control.is_(True))
-    )
+async def control_views(
+    session: AsyncSession, *, proxy_ids: Sequence[int] | None = None
+) -> dict[int, bool]:
+    """Per proxy (of ``proxy_ids``, or every one): whether the latest check from a control
+    vantage worked."""
+    query = select(ProbeEvidenceRow).where(ProbeEvidenceRow.control.is_(True))
+    if proxy_ids is None:
+        chunks: list[Sequence[int] | None] = [None]
+    else:
+        chunks = [proxy_ids[i : i + IN_CHUNK] for i in range(0, len(proxy_ids), IN_CHUNK)]
+    rows: list[ProbeEvidenceRow] = []
+    for chunk in chunks:
+        chunked = query if chunk is None else query.where(ProbeEvidenceRow.proxy_id.in_(chunk))
+        rows.extend((await session.execute(chunked)).scalars().all())
     latest: dict[int, ProbeEvidenceRow] = {}
-    for row in result.scalars().all():
+    for row in rows:
         if row.proxy_id not in latest or row.last_at > latest[row.proxy_id].last_at:
             latest[row.proxy_id] = row
     return {proxy_id: row.last_ok for proxy_id, row in latest.items()}
