@@ -40,6 +40,7 @@ from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.probe import rollup
 from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
 from resistance.probe.verdict import (
+    Disagreement,
     ProbeEvidence,
     Rules,
     Status,
@@ -540,4 +541,64 @@ async def proxy_status(registry: Registry, *, proxy_id: int) -> dict[str, Any]:
             }
             for h in history
         ],
+    }
+
+
+async def fleet_status(registry: Registry, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+    """Every probe (a page of them): live or silent, its share of the proxies now, its last
+    batch and pull, and how often its peers outvoted it (admin; ``resist probe status``)."""
+    now = registry.now()
+    settings = registry.settings
+    verdict_rules = rules(registry)
+    async with registry.sessions() as session:
+        accounts = list(await repo.all_probes(session))
+        ids = await repo.active_proxy_ids(session)
+        votes = await repo.probe_disagreement(session, since=now - verdict_rules.stale_seconds)
+    rounds = settings.probe_round_seconds
+    live = {p.id for p in accounts if shard.is_live(p.last_batch_at, now=now, round_seconds=rounds)}
+    networks: dict[str, list[int]] = {}
+    for p in accounts:
+        if p.id in live:
+            networks.setdefault(vantage_network(p.country, p.control), []).append(p.id)
+    shares: dict[int, int] = {}
+    for peers in networks.values():
+        shards = registry.shards.get(
+            shard.shard_key(registry.ring_key),
+            proxy_ids=ids,
+            probe_ids=peers,
+            replicas=settings.probe_replicas,
+        )
+        shares.update(shards.counts())
+    page = []
+    for p in accounts[offset : offset + limit]:
+        compared, disagreed = votes.get(p.id, (0, 0))
+        seen = Disagreement(compared, disagreed)
+        page.append(
+            {
+                "probe_id": p.id,
+                "name": p.name,
+                "country": p.country,
+                "control": p.control,
+                "network": vantage_network(p.country, p.control),
+                "live": p.id in live,
+                "share": shares.get(p.id, 0),
+                "last_batch_at": p.last_batch_at,
+                "last_assignment_at": p.last_assignment_at,
+                "compared": compared,
+                "disagreed": disagreed,
+                "disagreement": seen.rate,
+                "flagged": seen.flagged(
+                    threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
+                ),
+            }
+        )
+    return {
+        "now": now,
+        "round_seconds": rounds,
+        "replicas": settings.probe_replicas,
+        "active_proxies": len(ids),
+        "total": len(accounts),
+        "offset": offset,
+        "limit": limit,
+        "probes": page,
     }

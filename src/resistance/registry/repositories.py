@@ -11,7 +11,20 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, String, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -638,3 +651,44 @@ async def control_views(
         if row.proxy_id not in latest or row.last_at > latest[row.proxy_id].last_at:
             latest[row.proxy_id] = row
     return {proxy_id: row.last_ok for proxy_id, row in latest.items()}
+
+
+async def probe_disagreement(session: AsyncSession, *, since: int) -> dict[int, tuple[int, int]]:
+    """Per probe: on how many proxies its peers had a majority, and on how many its
+    latest result went against it (the same as :func:`resistance.probe.verdict.
+    disagreement`, counted by the database over evidence newer than ``since``)."""
+    e = ProbeEvidenceRow
+    network = case((e.control.is_(True), literal("control")), else_=e.country)
+    ok = case((e.last_ok.is_(True), 1), else_=0)
+    groups = (
+        select(
+            e.proxy_id.label("proxy_id"),
+            network.label("network"),
+            func.count().label("n"),
+            func.sum(ok).label("n_ok"),
+        )
+        .where(e.last_at >= since)
+        .group_by(e.proxy_id, network)
+        .subquery()
+    )
+    peers = groups.c.n - 1
+    peers_ok = groups.c.n_ok - ok
+    compared = and_(peers > 0, 2 * peers_ok != peers)
+    against = or_(
+        and_(e.last_ok.is_(True), 2 * peers_ok < peers),
+        and_(e.last_ok.is_(False), 2 * peers_ok > peers),
+    )
+    query = (
+        select(
+            e.probe_id,
+            func.sum(case((compared, 1), else_=0)),
+            func.sum(case((and_(compared, against), 1), else_=0)),
+        )
+        .join(groups, and_(groups.c.proxy_id == e.proxy_id, groups.c.network == network))
+        .where(e.last_at >= since)
+        .group_by(e.probe_id)
+    )
+    return {
+        probe_id: (int(n or 0), int(d or 0))
+        for probe_id, n, d in (await session.execute(query)).all()
+    }
