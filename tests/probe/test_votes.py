@@ -36,10 +36,10 @@ def rounds(says: dict[int, bool], *, count: int = 3) -> dict[int, ProbeEvidence]
     return evidence
 
 
-def verdict(says: dict[int, bool], previous: Status = Status(Verdict.FUNCTIONAL)) -> Status:
+def verdict(says: dict[int, bool]) -> Status:
     evidence = rounds(says)
     now = max(e.last_at for e in evidence.values())
-    return evaluate(previous, evidence.values(), now=now, rules=RULES)
+    return evaluate(Status(Verdict.FUNCTIONAL), evidence.values(), now=now, rules=RULES)
 
 
 CONTROLS_UP = {1: True, 2: True, 3: True}
