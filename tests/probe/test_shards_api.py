@@ -291,3 +291,18 @@ def test_probe_status_cli_shows_live_and_silent_probes_a_page_at_a_time(
     assert "spb-1" not in page.output and "next: --offset 2" in page.output
     refused = runner.invoke(main, ["probe", "status", "--registry", base, "--token", token])
     assert refused.exit_code != 0 and "403" in refused.output
+
+
+async def test_fleet_status_is_for_the_admin_pages_and_refuses_unknown_parameters(
+    tmp_path: Path, db_url: str
+) -> None:
+    async with start_registry(tmp_path / "reg", db_url) as reg:
+        probes = [await make_probe(reg, f"msk-{n}", "RU", False) for n in range(5)]
+        page = await fleet(reg, offset=3, limit=10)
+        assert page["total"] == 5 and [p["name"] for p in page["probes"]] == ["msk-3", "msk-4"]
+        admin = reg.client(token=reg.admin_token)
+        for bad in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"page": 2}):
+            got = await admin.get("/api/v1/probes/status", params=bad)
+            assert got.status_code == 422, (bad, got.text)
+        refused = await probes[0].client.get("/api/v1/probes/status")
+        assert refused.status_code == 403

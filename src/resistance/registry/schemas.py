@@ -230,6 +230,14 @@ class ProbeList(BaseModel):
     probes: list[ProbeView]
 
 
+class ProbePage(BaseModel):
+    """Which probes of the fleet status to show (unknown query parameters are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    offset: int = Field(0, ge=0, le=2**31, description="Skip this many probes (by id).")
+    limit: int = Field(100, ge=1, le=500, description="Show at most this many.")
+
+
 class ProbeStatusView(BaseModel):
     probe_id: int
     name: str

@@ -18,6 +18,7 @@ from resistance.registry.schemas import (
     ProbeCreateRequest,
     ProbeFleetStatus,
     ProbeList,
+    ProbePage,
     ProxyStatusView,
     RowIdPath,
 )
@@ -46,14 +47,11 @@ async def list_probes(registry: RegistryDep, _: AdminDep) -> dict[str, Any]:
 
 @router.get("/probes/status", response_model=ProbeFleetStatus, tags=["admin"])
 async def fleet_status(
-    registry: RegistryDep,
-    _: AdminDep,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    registry: RegistryDep, _: AdminDep, page: Annotated[ProbePage, Query()]
 ) -> dict[str, Any]:
     """Which probes are live, their share of the proxies, their last batch, and how often
     their peers outvoted them (flagged: lying or broken)."""
-    return await probes.fleet_status(registry, offset=offset, limit=limit)
+    return await probes.fleet_status(registry, offset=page.offset, limit=page.limit)
 
 
 @router.get("/proxies/{proxy_id}/status", response_model=ProxyStatusView, tags=["admin"])
