@@ -13,8 +13,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Integer,
     String,
     and_,
+    any_,
     case,
     cast,
     delete,
@@ -23,9 +25,10 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resistance.registry.models import (
@@ -278,28 +281,34 @@ async def all_active_proxies(session: AsyncSession) -> Sequence[Proxy]:
 
 
 async def active_proxy_ids(session: AsyncSession) -> list[int]:
-    """The ids of every active proxy, ascending (ids only: cheap at 100k proxies)."""
-    result = await session.execute(
-        select(Proxy.id).where(Proxy.status == "active").order_by(Proxy.id)
-    )
-    return list(result.scalars().all())
+    """The ids of every active proxy, ascending, as one value rather than a row each
+    (an array on PostgreSQL, a list in text on SQLite): 100k ids in tens of ms."""
+    active = Proxy.status == "active"
+    if session.get_bind().dialect.name == "postgresql":
+        query = select(func.array_agg(aggregate_order_by(Proxy.id, Proxy.id))).where(active)
+        return list((await session.execute(query)).scalar_one() or [])
+    text = (await session.execute(select(func.group_concat(Proxy.id)).where(active))).scalar()
+    return sorted(int(i) for i in text.split(",")) if text else []
 
 
-#: Ids per IN list: PostgreSQL's driver takes at most 32,767 query arguments.
+#: Ids per IN list on SQLite (PostgreSQL gets one array: its driver takes at most
+#: 32,767 query arguments, and an array is one).
 IN_CHUNK = 10_000
 
 
+def _id_filters(session: AsyncSession, column: Any, ids: Sequence[int]) -> list[Any]:
+    """``column`` among ``ids``, as few conditions as the database allows."""
+    if session.get_bind().dialect.name == "postgresql":
+        return [column == any_(cast(list(ids), ARRAY(Integer)))]
+    return [column.in_(ids[i : i + IN_CHUNK]) for i in range(0, len(ids), IN_CHUNK)]
+
+
 async def active_proxies_in(session: AsyncSession, *, ids: Sequence[int]) -> list[Proxy]:
-    """The active proxies among ``ids``, ascending by id, in chunks of :data:`IN_CHUNK`."""
+    """The active proxies among ``ids``, ascending by id."""
     found: list[Proxy] = []
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), IN_CHUNK):
-        result = await session.execute(
-            select(Proxy)
-            .where(Proxy.status == "active", Proxy.id.in_(ordered[start : start + IN_CHUNK]))
-            .order_by(Proxy.id)
-        )
-        found.extend(result.scalars().all())
+    for among in _id_filters(session, Proxy.id, sorted(ids)) if ids else []:
+        query = select(Proxy).where(Proxy.status == "active", among).order_by(Proxy.id)
+        found.extend((await session.execute(query)).scalars().all())
     return found
 
 
@@ -639,13 +648,12 @@ async def control_views(
     vantage worked."""
     query = select(ProbeEvidenceRow).where(ProbeEvidenceRow.control.is_(True))
     if proxy_ids is None:
-        chunks: list[Sequence[int] | None] = [None]
+        filters: list[Any] = [true()]
     else:
-        chunks = [proxy_ids[i : i + IN_CHUNK] for i in range(0, len(proxy_ids), IN_CHUNK)]
+        filters = _id_filters(session, ProbeEvidenceRow.proxy_id, proxy_ids) if proxy_ids else []
     rows: list[ProbeEvidenceRow] = []
-    for chunk in chunks:
-        chunked = query if chunk is None else query.where(ProbeEvidenceRow.proxy_id.in_(chunk))
-        rows.extend((await session.execute(chunked)).scalars().all())
+    for among in filters:
+        rows.extend((await session.execute(query.where(among))).scalars().all())
     latest: dict[int, ProbeEvidenceRow] = {}
     for row in rows:
         if row.proxy_id not in latest or row.last_at > latest[row.proxy_id].last_at:
