@@ -156,9 +156,10 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
     now = registry.now()
     async with registry.sessions.begin() as session:
         await repo.note_probe_assignment(session, probe_id=probe.id, now=now)
+    peers = await _live_peers(registry, probe, now)
     async with registry.sessions() as session:
         ids = await repo.active_proxy_ids(session)
-        mine = (await _shards(registry, session, probe, ids, now)).share(probe.id).tolist()
+        mine = _shards(registry, peers, ids).share(probe.id).tolist()
         proxies = await repo.active_proxies_in(session, ids=mine)
         outside = {} if probe.control else await repo.control_views(session, proxy_ids=mine)
     round_ms = registry.settings.probe_round_seconds * 1000
@@ -212,22 +213,28 @@ def in_assignment(proxy: Proxy, probe: ProbeAccount) -> bool:
     return proxy.status == "active" and _kind_fields(proxy, probe) is not None
 
 
-async def _live_peers(registry: Registry, session: Any, probe: ProbeAccount, now: int) -> list[int]:
-    """The live probes of ``probe``'s vantage network, ``probe`` itself always included."""
+async def _live_peers(
+    registry: Registry, probe: ProbeAccount, now: int, *, recent: bool = False
+) -> list[int]:
+    """The live probes of ``probe``'s vantage network, ``probe`` itself always included:
+    read from the database, or with ``recent`` as last read (see :class:`shard.ShardCache`)."""
     mine = vantage_network(probe.country, probe.control)
-    rounds = registry.settings.probe_round_seconds
-    return [
-        p.id
-        for p in await repo.all_probes(session)
-        if vantage_network(p.country, p.control) == mine
-        and (p.id == probe.id or shard.is_live(p.last_batch_at, now=now, round_seconds=rounds))
-    ]
+    live = registry.shards.live(mine, now=now) if recent else None
+    if live is None:
+        rounds = registry.settings.probe_round_seconds
+        async with registry.sessions() as session:
+            accounts = await repo.probe_liveness(session)
+        live = frozenset(
+            probe_id
+            for probe_id, country, control, last_batch_at in accounts
+            if vantage_network(country, control) == mine
+            and shard.is_live(last_batch_at, now=now, round_seconds=rounds)
+        )
+        registry.shards.remember_live(mine, live, until=now + shard.live_ttl(rounds))
+    return sorted(live | {probe.id})
 
 
-async def _shards(
-    registry: Registry, session: Any, probe: ProbeAccount, proxy_ids: Sequence[int], now: int
-) -> shard.Shards:
-    peers = await _live_peers(registry, session, probe, now)
+def _shards(registry: Registry, peers: Sequence[int], proxy_ids: Sequence[int]) -> shard.Shards:
     return registry.shards.get(
         shard.shard_key(registry.ring_key),
         proxy_ids=proxy_ids,
@@ -239,19 +246,23 @@ async def _shards(
 async def outside_share(
     registry: Registry, probe: ProbeAccount, proxy_ids: Sequence[int]
 ) -> set[int]:
-    """Which of ``proxy_ids`` are not in ``probe``'s share now (for batches: rendezvous
-    hashing ranks each proxy on its own, so this scores only the batch's proxies)."""
-    async with registry.sessions() as session:
-        peers = await _live_peers(registry, session, probe, registry.now())
-        # Unknown ids are left to _store, which refuses the batch for them.
-        ids = sorted(await repo.existing_proxy_ids(session, ids=sorted(set(proxy_ids))))
+    """Which of ``proxy_ids`` are not in ``probe``'s share now.  For a batch: rendezvous
+    hashing ranks each proxy on its own, so this scores only the batch's proxies, against
+    the live probes as recently read; an honest probe's batch costs no query here."""
+    peers = await _live_peers(registry, probe, registry.now(), recent=True)
+    ids = sorted(set(proxy_ids))
     shards = shard.assign(
         shard.shard_key(registry.ring_key),
         proxy_ids=ids,
         probe_ids=peers,
         replicas=registry.settings.probe_replicas,
     )
-    return set(ids) - set(shards.share(probe.id).tolist())
+    outside = set(ids) - set(shards.share(probe.id).tolist())
+    if not outside:
+        return outside
+    # Unknown ids are left to _store, which refuses the batch for them.
+    async with registry.sessions() as session:
+        return await repo.existing_proxy_ids(session, ids=sorted(outside))
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +337,7 @@ async def ingest_batch(
                 raise ApiError(409, "batch id already stored with different content") from None
     async with registry.sessions.begin() as session:
         await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
+    registry.shards.mark_live(vantage_network(probe.country, probe.control), probe.id)
     if unshared and done.stored:
         done = replace(done, not_counted=tuple(sorted({*done.not_counted, *unshared})))
     return done

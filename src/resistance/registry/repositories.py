@@ -312,6 +312,17 @@ async def active_proxies_in(session: AsyncSession, *, ids: Sequence[int]) -> lis
     return found
 
 
+async def probe_liveness(session: AsyncSession) -> list[tuple[int, str, bool, int | None]]:
+    """(id, country, control, last batch time) of every probe account: columns, not
+    objects, since batches ask for them often."""
+    result = await session.execute(
+        select(
+            ProbeAccount.id, ProbeAccount.country, ProbeAccount.control, ProbeAccount.last_batch_at
+        )
+    )
+    return [(i, country, control, at) for i, country, control, at in result.all()]
+
+
 async def note_probe_batch(session: AsyncSession, *, probe_id: int, now: int) -> None:
     """Record that a batch of this probe's arrived (it is live: see registry.shard)."""
     await session.execute(

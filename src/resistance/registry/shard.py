@@ -19,6 +19,11 @@ pick its proxies.  This is rendezvous hashing, so:
   batch is at most :func:`silent_after` old (1.5 rounds), and the share is
   computed over live probes on every pull.  The probe asking is always
   counted as live, so a new or returning probe gets its share at once.
+  A batch's results count only inside the uploader's share, checked against
+  the live probes as read at most :func:`live_ttl` ago (so an honest
+  probe's batch costs no query); right after a probe falls silent, its
+  peers' results for the proxies they took from it may go uncounted for
+  that long.
 
 Scores are 64-bit integers computed with numpy over all proxies at once
 (a splitmix64 finaliser, a bijection, over keyed 64-bit seeds): 100,000
@@ -144,6 +149,12 @@ def silent_after(round_seconds: int) -> int:
     return max(round_seconds * 3 // 2, 60)
 
 
+def live_ttl(round_seconds: int) -> int:
+    """How long a batch check may reuse the live probes it last read: a tenth of
+    :func:`silent_after`, between 5 and 30 s."""
+    return min(max(silent_after(round_seconds) // 10, 5), 30)
+
+
 def is_live(last_batch_at: int | None, *, now: int, round_seconds: int) -> bool:
     return last_batch_at is not None and now - last_batch_at <= silent_after(round_seconds)
 
@@ -157,6 +168,28 @@ class ShardCache:
     def __init__(self, size: int = 16) -> None:
         self._size = size
         self._entries: OrderedDict[tuple[bytes, tuple[int, ...], int], Shards] = OrderedDict()
+        #: Per network: the live probes as last read, and until when to reuse them.
+        self._live: dict[str, tuple[int, frozenset[int]]] = {}
+
+    def live(self, network: str, *, now: int) -> frozenset[int] | None:
+        """The network's live probes as recently read, or ``None`` when too old.
+
+        Only batch checks reuse them (assignment pulls read the database): a probe that
+        falls silent stays in for at most :func:`live_ttl` more, and one that comes back
+        is added by :meth:`mark_live` when its batch is stored here, or read by the next
+        refresh when another process stored it."""
+        found = self._live.get(network)
+        if found is None or now >= found[0]:
+            return None
+        return found[1]
+
+    def remember_live(self, network: str, probes: frozenset[int], *, until: int) -> None:
+        self._live[network] = (until, probes)
+
+    def mark_live(self, network: str, probe_id: int) -> None:
+        found = self._live.get(network)
+        if found is not None and probe_id not in found[1]:
+            self._live[network] = (found[0], found[1] | {probe_id})
 
     def get(
         self, key: bytes, *, proxy_ids: Sequence[int], probe_ids: Sequence[int], replicas: int
