@@ -6,11 +6,11 @@ vantages, the rest in RU), all live.  Each probe pulls
 ``GET /api/v1/probe/assignment`` through the app as the agent does (ASGI,
 with the response model and JSON), so the time and size are what a probe
 costs the registry per round.  ``--replicas`` sets the probes per proxy and
-network; ``--replicas 100`` gives every probe every proxy (up to 100 probes), as
-sharding.
+network; ``--replicas 100`` gives every probe every proxy (up to 100 probes),
+as before sharding.
 
     .venv/bin/python bench/probe_shards.py --proxies 100000 --probes 100
-    .venv/bin/python bench/probe_shards.py --proxies 100000 --probes 100 --replicas 100
+    .venv/bin/python bench/probe_shards.py --proxies 100000 --probes 10 --replicas 100
 """
 
 from __future__ import annotations
