@@ -97,3 +97,46 @@ def test_liveness_is_a_batch_within_one_and_a_half_rounds() -> None:
     assert not shard.is_live(1000, now=1901, round_seconds=600)
     assert not shard.is_live(None, now=0, round_seconds=600)
     assert shard.silent_after(0) == 60  # continuous probes: a minute
+
+
+async def test_migration_0016_backfills_the_last_batch_and_goes_back(db_url: str) -> None:
+    """Probes that reported before the migration are live from their latest batch."""
+    from sqlalchemy import text
+
+    from resistance.registry.db import make_engine, migrate
+    from tests.registry.test_wireguard import downgrade
+
+    await migrate(db_url)
+    await downgrade(db_url, "0013")
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            for n in (1, 2):
+                await conn.execute(
+                    text(
+                        "INSERT INTO probe_accounts (id, name, public_key, country, control,"
+                        " created_at) VALUES (:n, :name, 'x', 'RU', false, 1)"
+                    ),
+                    {"n": n, "name": f"p{n}"},
+                )
+            for batch_id, at in (("a", 100), ("b", 300), ("c", 200)):
+                await conn.execute(
+                    text(
+                        "INSERT INTO probe_batches (batch_id, probe_id, digest, created_at,"
+                        " received_at, result_count, body) VALUES (:b, 1, 'd', 1, :at, 0, '')"
+                    ),
+                    {"b": batch_id, "at": at},
+                )
+        await migrate(db_url)
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT id, last_batch_at, last_assignment_at FROM probe_accounts ORDER BY id")
+            )
+            assert [tuple(r) for r in rows] == [(1, 300, None), (2, None, None)]
+        await downgrade(db_url, "0013")
+        async with engine.connect() as conn:
+            columns = await conn.execute(text("SELECT * FROM probe_accounts"))
+            assert "last_batch_at" not in list(columns.keys())
+        await migrate(db_url)
+    finally:
+        await engine.dispose()
