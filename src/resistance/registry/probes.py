@@ -15,9 +15,10 @@ into per-(proxy, probe) evidence, daily rollups and the verdicts of the
 proxies concerned, recording each change of verdict.  A refused batch
 changes nothing.
 
-Results for proxies outside the probe's assignment (:func:`in_assignment`:
-not active, or a WireGuard server the operator did not add this probe's key
-to) are recorded but not counted: they stay in the stored batch body, signed
+Results for proxies outside the probe's assignment (outside its share of
+the proxies, :func:`outside_share`; or :func:`in_assignment`: not active, or
+a WireGuard server the operator did not add this probe's key to) are
+recorded but not counted: they stay in the stored batch body, signed
 and verbatim, but get no result row and touch no evidence, rollup or
 verdict; the receipt names their proxies (``not_counted``).  Refusing the
 whole batch instead would throw away an honest probe's other results
@@ -145,8 +146,8 @@ def canary_info(registry: Registry) -> dict[str, Any] | None:
 
 
 async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
-    """This probe's share of the active proxies (:func:`share`), each due at its own
-    random offset inside the round.
+    """This probe's share of the active proxies (:mod:`resistance.registry.shard`), each
+    due at its own random offset inside the round.
 
     The offsets come from the operating system's CSPRNG, fresh on every pull,
     so neither a proxy nor anyone watching earlier rounds can tell when the
@@ -574,13 +575,7 @@ async def fleet_status(registry: Registry, *, offset: int = 0, limit: int = 100)
             networks.setdefault(vantage_network(p.country, p.control), []).append(p.id)
     shares: dict[int, int] = {}
     for peers in networks.values():
-        shards = registry.shards.get(
-            shard.shard_key(registry.ring_key),
-            proxy_ids=ids,
-            probe_ids=peers,
-            replicas=settings.probe_replicas,
-        )
-        shares.update(shards.counts())
+        shares.update(_shards(registry, peers, ids).counts())
     page = []
     for p in accounts[offset : offset + limit]:
         compared, disagreed = votes.get(p.id, (0, 0))
