@@ -25,6 +25,7 @@ def probe() -> None:
       resist probe run --registry https://reg.example --token rst_... \\
           --vantage msk-1 --country RU
       resist probe check socks5://alice:s3cret@203.0.113.7:1080 --registry https://reg.example
+      resist probe status --registry https://reg.example --token rst_ADMIN
     """
 
 
@@ -250,6 +251,76 @@ def check(
         _explain(console, result, target_canary, step_timeout, other_ports, control, listed,
                  outside)  # fmt: skip
     sys.exit(0 if result.verdict.ok else 1)
+
+
+@probe.command(context_settings=CONTEXT)
+@click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
+@click.option("--token", required=True, envvar="RESIST_ADMIN_TOKEN", help="The admin token.")
+@click.option("--offset", type=click.IntRange(0, 2**31), default=0, help="Skip this many probes.")
+@click.option("--limit", type=click.IntRange(1, 500), default=100, show_default=True,
+              help="Show at most this many probes.")  # fmt: skip
+@one_line_errors
+def status(registry_url: str, token: str, offset: int, limit: int) -> None:
+    """The probe fleet as the registry sees it (admin).
+
+    Per probe: its vantage network (the controls together, or its country),
+    whether it is live (a batch within 1.5 rounds; a silent probe's proxies go
+    to the next probes of its network), its share of the active proxies, its
+    last batch and assignment pull, and how often its latest result went
+    against the majority of its peers on the same proxy: a probe outvoted too
+    often is flagged as lying or broken.
+
+    \b
+    Example:
+      resist probe status --registry https://reg.example --token rst_ADMIN --limit 50
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from resistance.registry.client import call_registry
+
+    answer = call_registry(
+        registry_url, f"/api/v1/probes/status?offset={offset}&limit={limit}", token=token
+    )
+    now = answer["now"]
+    table = Table(
+        title=f"{answer['total']} probes, {answer['active_proxies']} active proxies, "
+        f"{answer['replicas']} probes per proxy and network, rounds of {answer['round_seconds']} s"
+    )
+    for name in ("id", "probe", "network", "state", "share", "last batch", "last pull"):
+        table.add_column(name, justify="right" if name in ("id", "share") else "left")
+    table.add_column("outvoted", justify="right")
+    table.add_column("flag")
+    for p in answer["probes"]:
+        rate = p["disagreement"]
+        outvoted = "—" if rate is None else f"{rate:.0%} of {p['compared']}"
+        table.add_row(
+            str(p["probe_id"]),
+            p["name"],
+            p["network"],
+            "live" if p["live"] else "silent",
+            str(p["share"]),
+            _ago(now, p["last_batch_at"]),
+            _ago(now, p["last_assignment_at"]),
+            outvoted,
+            "FLAGGED" if p["flagged"] else "",
+        )
+    Console(width=160).print(table)
+    shown = len(answer["probes"])
+    if offset + shown < answer["total"]:
+        click.echo(f"probes {offset + 1}-{offset + shown} of {answer['total']}; "
+                   f"next: --offset {offset + shown}")  # fmt: skip
+
+
+def _ago(now: int, at: int | None) -> str:
+    if at is None:
+        return "never"
+    seconds = max(now - at, 0)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
 
 
 def _explain(

@@ -13,25 +13,36 @@ last one seen change nothing, so late uploads cannot rewind it).
                      │ ▼
                  blocked in CC
 
-* **down**: every control vantage has failed at least ``down_after`` checks in
-  a row (fails from outside the censored country too: the proxy is off).
-  Without any control evidence, a proxy failing from every vantage is down
-  too, since nothing says it works anywhere.
-* **blocked in CC**: a control vantage's latest check worked, no vantage in
-  CC's latest check worked, and the failures in CC come from at least
-  ``min_probes`` distinct probes across at least ``min_windows`` distinct
-  time windows.  One flaky probe or one bad hour is not a block.
-* **functional**: some vantage's latest check worked, and nothing above holds.
-* Between those (a control vantage failed once): the previous status stands.
+Each proxy is measured by several probes of each vantage network (see
+:func:`network`: the control vantages together, and the inside vantages of
+each country), so no single probe decides anything: the probes of a network
+vote, and a lying or broken probe is outvoted.
 
-Any success moves back: a control success ends "down", a success in CC ends
-"blocked in CC".
+* **down**: a strict majority of the control vantages has failed at least
+  ``down_after`` checks in a row (fails from outside the censored country
+  too: the proxy is off).  Without any control evidence, the same majority
+  of all vantages says down, since nothing says it works anywhere.
+* **blocked in CC**: the control vantages whose latest check worked are at
+  least as many as those whose latest check failed, the vantages in CC whose
+  latest check failed outnumber those in CC whose latest check worked, and
+  those failures come from at least ``min_probes`` distinct probes across at
+  least ``min_windows`` distinct time windows.  One flaky probe, one bad hour
+  or one probe that always says "blocked" is not a block, and one probe that
+  always says "ok" does not hide a block its peers see.
+* **functional**: the control vantages (or, without any, all vantages) that
+  worked are at least as many as those that failed, and nothing above holds.
+* Between those (most controls failed, but not yet ``down_after`` times): the
+  previous status stands.
+
+A probe's *disagreement* (:func:`disagreement`) is how often its latest
+result differs from the majority of its peers' (same network, same proxy);
+the registry flags a probe whose rate stays high.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 MAX_WINDOWS = 8
@@ -98,6 +109,20 @@ def observe(evidence: ProbeEvidence, *, at: int, ok: bool, rules: Rules) -> Prob
     )
 
 
+#: The network label of control vantages (no country code is lowercase).
+CONTROL_NETWORK = "control"
+
+
+def network(evidence: ProbeEvidence) -> str:
+    """The vantage network a probe votes in: every control vantage together (they all
+    see the proxy from outside the censorship), or the inside vantages of one country."""
+    return vantage_network(evidence.country, evidence.control)
+
+
+def vantage_network(country: str, control: bool) -> str:
+    return CONTROL_NETWORK if control else country
+
+
 def evaluate(
     previous: Status, evidence: Iterable[ProbeEvidence], *, now: int, rules: Rules
 ) -> Status:
@@ -106,18 +131,15 @@ def evaluate(
     if not fresh:
         return previous if previous.verdict is not Verdict.UNTESTED else UNTESTED
     controls = [e for e in fresh if e.control]
-    control_up = any(e.last_ok for e in controls)
-    control_down = bool(controls) and all(e.fail_streak >= rules.down_after for e in controls)
-    if control_down:
+    voters = controls or fresh
+    working = sum(e.last_ok for e in voters)
+    failing = len(voters) - working
+    if 2 * sum(e.fail_streak >= rules.down_after for e in voters) > len(voters):
         return Status(Verdict.DOWN)
+    if working < failing:  # most failed, but not often enough to say down
+        return previous
     if not controls:
-        if any(e.last_ok for e in fresh):
-            return Status(Verdict.FUNCTIONAL)
-        if all(e.fail_streak >= rules.down_after for e in fresh):
-            return Status(Verdict.DOWN)
-        return previous
-    if not control_up:  # a control failed, but not often enough to say down
-        return previous
+        return Status(Verdict.FUNCTIONAL)
     blocked = tuple(sorted(c for c in _countries(fresh) if _blocked_in(c, fresh, rules)))
     if blocked:
         return Status(Verdict.BLOCKED, blocked)
@@ -130,8 +152,51 @@ def _countries(evidence: list[ProbeEvidence]) -> set[str]:
 
 def _blocked_in(country: str, evidence: list[ProbeEvidence], rules: Rules) -> bool:
     inside = [e for e in evidence if e.country == country and not e.control]
-    if any(e.last_ok for e in inside):
+    failed = [e for e in inside if not e.last_ok and e.fail_streak > 0]
+    if 2 * len(failed) <= len(inside):  # the working ones are not outnumbered
         return False
-    probes = {e.probe_id for e in inside if e.fail_streak > 0}
-    windows = {w for e in inside for w in e.fail_windows}
-    return len(probes) >= rules.min_probes and len(windows) >= rules.min_windows
+    windows = {w for e in failed for w in e.fail_windows}
+    return len(failed) >= rules.min_probes and len(windows) >= rules.min_windows
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """How often one probe's latest result went against its peers' majority."""
+
+    #: Proxies where its peers had a majority (at least one peer, no tie).
+    compared: int = 0
+    disagreed: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        return self.disagreed / self.compared if self.compared else None
+
+    def flagged(self, *, threshold: float, minimum: int) -> bool:
+        """Outvoted too often, over enough proxies for the rate to mean something."""
+        return self.compared >= minimum and self.disagreed > threshold * self.compared
+
+
+def disagreement(
+    by_proxy: Mapping[int, Iterable[ProbeEvidence]], *, now: int, rules: Rules
+) -> dict[int, Disagreement]:
+    """Each probe's :class:`Disagreement` over fresh evidence, proxy by proxy: its latest
+    result against the majority of the other probes of its network on the same proxy."""
+    compared: dict[int, int] = {}
+    disagreed: dict[int, int] = {}
+    for evidence in by_proxy.values():
+        groups: dict[str, list[ProbeEvidence]] = {}
+        for e in evidence:
+            if e.last_at >= 0 and now - e.last_at <= rules.stale_seconds:
+                groups.setdefault(network(e), []).append(e)
+        for group in groups.values():
+            working = sum(e.last_ok for e in group)
+            for e in group:
+                peers, peers_ok = len(group) - 1, working - e.last_ok
+                compared.setdefault(e.probe_id, 0)
+                disagreed.setdefault(e.probe_id, 0)
+                if peers == 0 or 2 * peers_ok == peers:
+                    continue
+                compared[e.probe_id] += 1
+                if e.last_ok != (2 * peers_ok > peers):
+                    disagreed[e.probe_id] += 1
+    return {p: Disagreement(compared[p], disagreed[p]) for p in compared}

@@ -115,6 +115,14 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     help="Distinct probes in a country that must fail before a proxy is blocked there.",
 )
 @click.option(
+    "--probe-replicas",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    metavar="R",
+    help="Probes of each vantage network (the controls; each country's) that check each proxy.",
+)
+@click.option(
     "--blocked-min-windows",
     type=click.IntRange(min=1),
     default=2,
@@ -225,6 +233,7 @@ def serve(
     probe_round: int,
     verdict_window: int,
     blocked_min_probes: int,
+    probe_replicas: int,
     blocked_min_windows: int,
     fresh_seconds: int,
     header_timeout: float,
@@ -312,6 +321,7 @@ def serve(
         verdict_window_seconds=verdict_window,
         blocked_min_probes=blocked_min_probes,
         blocked_min_windows=blocked_min_windows,
+        probe_replicas=probe_replicas,
         fresh_seconds=fresh_seconds,
         valid_seconds=max(24 * 3600, fresh_seconds),
         header_timeout=header_timeout,

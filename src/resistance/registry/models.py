@@ -171,6 +171,10 @@ class ProbeAccount(Base):
     #: The WireGuard public key its agent announced, for WireGuard checks (migration 0005),
     #: proven by the probe's signature and held by one probe only (migration 0008).
     wg_public_key: Mapped[str | None] = mapped_column(String(44))
+    #: When its last batch arrived and when it last pulled its assignment (migration 0016):
+    #: a probe without a batch for 1.5 rounds is silent and its share goes to others.
+    last_batch_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_assignment_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ProbeBatch(Base):

@@ -15,9 +15,10 @@ into per-(proxy, probe) evidence, daily rollups and the verdicts of the
 proxies concerned, recording each change of verdict.  A refused batch
 changes nothing.
 
-Results for proxies outside the probe's assignment (:func:`in_assignment`:
-not active, or a WireGuard server the operator did not add this probe's key
-to) are recorded but not counted: they stay in the stored batch body, signed
+Results for proxies outside the probe's assignment (outside its share of
+the proxies, :func:`outside_share`; or :func:`in_assignment`: not active, or
+a WireGuard server the operator did not add this probe's key to) are
+recorded but not counted: they stay in the stored batch body, signed
 and verbatim, but get no result row and touch no evidence, rollup or
 verdict; the receipt names their proxies (``not_counted``).  Refusing the
 whole batch instead would throw away an honest probe's other results
@@ -30,7 +31,7 @@ import hashlib
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -39,8 +40,17 @@ from resistance.directory.canonical import canonical_bytes
 from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.probe import rollup
 from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
-from resistance.probe.verdict import ProbeEvidence, Rules, Status, Verdict, evaluate, observe
-from resistance.registry import mtproto, wireguard
+from resistance.probe.verdict import (
+    Disagreement,
+    ProbeEvidence,
+    Rules,
+    Status,
+    Verdict,
+    evaluate,
+    observe,
+    vantage_network,
+)
+from resistance.registry import mtproto, shard, wireguard
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
 from resistance.registry.models import (
@@ -136,16 +146,23 @@ def canary_info(registry: Registry) -> dict[str, Any] | None:
 
 
 async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
-    """Every active proxy, each due at its own random offset inside the round.
+    """This probe's share of the active proxies (:mod:`resistance.registry.shard`), each
+    due at its own random offset inside the round.
 
     The offsets come from the operating system's CSPRNG, fresh on every pull,
     so neither a proxy nor anyone watching earlier rounds can tell when the
     next check of a proxy will come.
     """
     probe = await _account(registry, probe_id)
+    now = registry.now()
+    async with registry.sessions.begin() as session:
+        await repo.note_probe_assignment(session, probe_id=probe.id, now=now)
+    peers = await _live_peers(registry, probe, now)
     async with registry.sessions() as session:
-        proxies = await repo.all_active_proxies(session)
-        outside = {} if probe.control else await repo.control_views(session)
+        ids = await repo.active_proxy_ids(session)
+        mine = _shards(registry, peers, ids).share(probe.id).tolist()
+        proxies = await repo.active_proxies_in(session, ids=mine)
+        outside = {} if probe.control else await repo.control_views(session, proxy_ids=mine)
     round_ms = registry.settings.probe_round_seconds * 1000
     targets = []
     for p in proxies:
@@ -192,8 +209,61 @@ def _kind_fields(proxy: Proxy, probe: ProbeAccount) -> dict[str, Any] | None:
 
 
 def in_assignment(proxy: Proxy, probe: ProbeAccount) -> bool:
-    """Whether :func:`assignment` gives ``proxy`` to ``probe`` now: only such results count."""
+    """Whether :func:`assignment` would give ``proxy`` to ``probe`` if it is in the probe's
+    share (:func:`outside_share` sorts those out first): only such results count."""
     return proxy.status == "active" and _kind_fields(proxy, probe) is not None
+
+
+async def _live_peers(
+    registry: Registry, probe: ProbeAccount, now: int, *, recent: bool = False
+) -> list[int]:
+    """The live probes of ``probe``'s vantage network, ``probe`` itself always included:
+    read from the database, or with ``recent`` as last read (see :class:`shard.ShardCache`)."""
+    mine = vantage_network(probe.country, probe.control)
+    live = registry.shards.live(mine, now=now) if recent else None
+    if live is None:
+        rounds = registry.settings.probe_round_seconds
+        async with registry.sessions() as session:
+            accounts = await repo.probe_liveness(session)
+        live = frozenset(
+            probe_id
+            for probe_id, country, control, last_batch_at in accounts
+            if vantage_network(country, control) == mine
+            and shard.is_live(last_batch_at, now=now, round_seconds=rounds)
+        )
+        registry.shards.remember_live(mine, live, until=now + shard.live_ttl(rounds))
+    return sorted(live | {probe.id})
+
+
+def _shards(registry: Registry, peers: Sequence[int], proxy_ids: Sequence[int]) -> shard.Shards:
+    return registry.shards.get(
+        shard.shard_key(registry.ring_key),
+        proxy_ids=proxy_ids,
+        probe_ids=peers,
+        replicas=registry.settings.probe_replicas,
+    )
+
+
+async def outside_share(
+    registry: Registry, probe: ProbeAccount, proxy_ids: Sequence[int]
+) -> set[int]:
+    """Which of ``proxy_ids`` are not in ``probe``'s share now.  For a batch: rendezvous
+    hashing ranks each proxy on its own, so this scores only the batch's proxies, against
+    the live probes as recently read; an honest probe's batch costs no query here."""
+    peers = await _live_peers(registry, probe, registry.now(), recent=True)
+    ids = sorted(set(proxy_ids))
+    shards = shard.assign(
+        shard.shard_key(registry.ring_key),
+        proxy_ids=ids,
+        probe_ids=peers,
+        replicas=registry.settings.probe_replicas,
+    )
+    outside = set(ids) - set(shards.share(probe.id).tolist())
+    if not outside:
+        return outside
+    # Unknown ids are left to _store, which refuses the batch for them.
+    async with registry.sessions() as session:
+        return await repo.existing_proxy_ids(session, ids=sorted(outside))
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,17 +320,28 @@ async def ingest_batch(
         ):
             raise ApiError(422, f"results[{index}]: the canary proof does not verify")
     digest = _batch_digest(body)
+    # Results for proxies outside the probe's share are kept in the stored body but not
+    # counted, like those outside the rest of its assignment (see in_assignment).
+    unshared = await outside_share(registry, probe, [r.proxy_id for r in batch.results])
+    counted = [r for r in batch.results if r.proxy_id not in unshared]
     async with registry.probe_lock:
         try:
-            return await _store(
-                registry, probe, batch.batch_id, batch.created_at, batch.results, body, digest
+            done = await _store(
+                registry, probe, batch.batch_id, batch.created_at, counted, body, digest
             )
         except IntegrityError:
             async with registry.sessions() as session:
                 found = await repo.batch_by_id(session, batch_id=batch.batch_id)
             if found is not None and found.digest == digest:
-                return Ingested(batch.batch_id, False, found.result_count)
-            raise ApiError(409, "batch id already stored with different content") from None
+                done = Ingested(batch.batch_id, False, found.result_count)
+            else:
+                raise ApiError(409, "batch id already stored with different content") from None
+    async with registry.sessions.begin() as session:
+        await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
+    registry.shards.mark_live(vantage_network(probe.country, probe.control), probe.id)
+    if unshared and done.stored:
+        done = replace(done, not_counted=tuple(sorted({*done.not_counted, *unshared})))
+    return done
 
 
 async def _store(
@@ -473,4 +554,58 @@ async def proxy_status(registry: Registry, *, proxy_id: int) -> dict[str, Any]:
             }
             for h in history
         ],
+    }
+
+
+async def fleet_status(registry: Registry, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+    """Every probe (a page of them): live or silent, its share of the proxies now, its last
+    batch and pull, and how often its peers outvoted it (admin; ``resist probe status``)."""
+    now = registry.now()
+    settings = registry.settings
+    verdict_rules = rules(registry)
+    async with registry.sessions() as session:
+        accounts = list(await repo.all_probes(session))
+        ids = await repo.active_proxy_ids(session)
+        votes = await repo.probe_disagreement(session, since=now - verdict_rules.stale_seconds)
+    rounds = settings.probe_round_seconds
+    live = {p.id for p in accounts if shard.is_live(p.last_batch_at, now=now, round_seconds=rounds)}
+    networks: dict[str, list[int]] = {}
+    for p in accounts:
+        if p.id in live:
+            networks.setdefault(vantage_network(p.country, p.control), []).append(p.id)
+    shares: dict[int, int] = {}
+    for peers in networks.values():
+        shares.update(_shards(registry, peers, ids).counts())
+    page = []
+    for p in accounts[offset : offset + limit]:
+        compared, disagreed = votes.get(p.id, (0, 0))
+        seen = Disagreement(compared, disagreed)
+        page.append(
+            {
+                "probe_id": p.id,
+                "name": p.name,
+                "country": p.country,
+                "control": p.control,
+                "network": vantage_network(p.country, p.control),
+                "live": p.id in live,
+                "share": shares.get(p.id, 0),
+                "last_batch_at": p.last_batch_at,
+                "last_assignment_at": p.last_assignment_at,
+                "compared": compared,
+                "disagreed": disagreed,
+                "disagreement": seen.rate,
+                "flagged": seen.flagged(
+                    threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
+                ),
+            }
+        )
+    return {
+        "now": now,
+        "round_seconds": rounds,
+        "replicas": settings.probe_replicas,
+        "active_proxies": len(ids),
+        "total": len(accounts),
+        "offset": offset,
+        "limit": limit,
+        "probes": page,
     }

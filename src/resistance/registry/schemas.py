@@ -230,6 +230,41 @@ class ProbeList(BaseModel):
     probes: list[ProbeView]
 
 
+class ProbePage(BaseModel):
+    """Which probes of the fleet status to show (unknown query parameters are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    offset: int = Field(0, ge=0, le=2**31, description="Skip this many probes (by id).")
+    limit: int = Field(100, ge=1, le=500, description="Show at most this many.")
+
+
+class ProbeStatusView(BaseModel):
+    probe_id: int
+    name: str
+    country: str
+    control: bool
+    network: str = Field(description='Its vantage network: "control", or its country.')
+    live: bool = Field(description="Its last batch is at most 1.5 rounds old.")
+    share: int = Field(description="Active proxies it measures now (0 while silent).")
+    last_batch_at: int | None
+    last_assignment_at: int | None
+    compared: int = Field(description="Proxies where its peers' latest results had a majority.")
+    disagreed: int = Field(description="Of those, where its own latest result went against it.")
+    disagreement: float | None = Field(description="disagreed / compared; null if none.")
+    flagged: bool = Field(description="Outvoted too often: lying or broken.")
+
+
+class ProbeFleetStatus(BaseModel):
+    now: int
+    round_seconds: int
+    replicas: int = Field(description="Probes of each vantage network per proxy.")
+    active_proxies: int
+    total: int = Field(description="Probe accounts in all; `probes` is one page of them.")
+    offset: int
+    limit: int
+    probes: list[ProbeStatusView]
+
+
 class CanaryView(BaseModel):
     host: str
     port: int

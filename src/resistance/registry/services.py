@@ -43,6 +43,7 @@ from resistance.registry.ratelimit import Limiter, make_limiter
 from resistance.registry.ring import HashRing, requester_key
 from resistance.registry.schemas import RegistrationRequest
 from resistance.registry.settings import RateLimit, RegistrySettings
+from resistance.registry.shard import ShardCache
 from resistance.registry.statement import endpoint_network, statement_bytes
 from resistance.registry.tokens import new_token, token_hash
 
@@ -81,6 +82,8 @@ class Registry:
     #: The registry's own WireGuard key that proves control of WireGuard endpoints
     #: (see :mod:`resistance.registry.wireguard`; set by the lifespan).
     wireguard_prober: KeyPair | None = None
+    #: Each vantage network's assignment of proxies to probes (see registry.shard).
+    shards: ShardCache = field(default_factory=ShardCache)
 
     def now(self) -> int:
         return int(self.clock())

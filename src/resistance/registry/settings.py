@@ -73,6 +73,12 @@ class RegistrySettings:
     down_after: int = 2
     #: Batches older than this (by their own clock) are refused.
     batch_max_age: int = 7 * 86400
+    #: Probes of each vantage network that measure each proxy (see resistance.registry.shard).
+    probe_replicas: int = 3
+    #: A probe outvoted by its peers on more than this share of the proxies it was compared
+    #: on (at least ``probe_flag_min`` of them) is flagged as lying or broken.
+    probe_flag_rate: float = 0.25
+    probe_flag_min: int = 20
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -105,5 +111,9 @@ class RegistrySettings:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ConfigError(f"--trust-proxy {network!r} is not an address or CIDR") from None
+        if not 1 <= self.probe_replicas <= 100:
+            raise ConfigError("probe replicas must be 1-100")
+        if not 0 <= self.probe_flag_rate < 1 or self.probe_flag_min < 1:
+            raise ConfigError("probe flag rate must be in [0, 1) and its minimum at least 1")
         if self.batch_max_age < 60:
             raise ConfigError("batch max age must be at least 60 s")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from resistance.registry import probes
 from resistance.registry.errors import ApiError
@@ -16,7 +16,9 @@ from resistance.registry.schemas import (
     ProbeBatchBody,
     ProbeCreated,
     ProbeCreateRequest,
+    ProbeFleetStatus,
     ProbeList,
+    ProbePage,
     ProxyStatusView,
     RowIdPath,
 )
@@ -41,6 +43,15 @@ async def create_probe(body: ProbeCreateRequest, registry: RegistryDep, _: Admin
 @router.get("/probes", response_model=ProbeList, tags=["admin"])
 async def list_probes(registry: RegistryDep, _: AdminDep) -> dict[str, Any]:
     return {"probes": await probes.list_probes(registry)}
+
+
+@router.get("/probes/status", response_model=ProbeFleetStatus, tags=["admin"])
+async def fleet_status(
+    registry: RegistryDep, _: AdminDep, page: Annotated[ProbePage, Query()]
+) -> dict[str, Any]:
+    """Which probes are live, their share of the proxies, their last batch, and how often
+    their peers outvoted them (flagged: lying or broken)."""
+    return await probes.fleet_status(registry, offset=page.offset, limit=page.limit)
 
 
 @router.get("/proxies/{proxy_id}/status", response_model=ProxyStatusView, tags=["admin"])
