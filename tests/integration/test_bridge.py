@@ -139,6 +139,87 @@ def test_a_dropped_transport_fails_over_without_an_error_to_the_user(
     assert HOP_PASSWORD not in log and "alice" not in log  # credentials are never logged
 
 
+class HelloDropper:
+    """A TCP forwarder in front of the exit's TLS port that drops the flows of one
+    ClientHello fingerprint (the first it sees), as the censor's hello rule does:
+    it reads each flow's hello, holds the flows carrying the dropped JA4 silent and
+    relays the others."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[str] = []
+        self.dropped: str | None = None
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        from resistance.lab.dpi import parse_client_hello
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(10)
+            data = b""
+            while len(data) < 5 or len(data) < 5 + int.from_bytes(data[3:5], "big"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            ja4 = parse_client_hello(data).ja4()
+            self.seen.append(ja4)
+            if self.dropped is None:
+                self.dropped = ja4
+            if ja4 == self.dropped:
+                self.held.append(conn)  # silent: the bridge's handshake times out
+                continue
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.sendall(data)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_dropped_hello_on_the_hop_costs_one_attempt_not_the_connection(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
+) -> None:
+    """The only hop is TLS and the censor drops the hello the bridge sends first: the
+    bridge dials again with another hello for the same connection, and the user's
+    connection goes through (after one HOP_TIMEOUT), no error reaching it."""
+    exit_, _ = exit_node
+    dropper = HelloDropper(("127.0.0.1", exit_.tls_port or 0))
+    try:
+        url = f"socks5s://{HOP_USER}:{HOP_PASSWORD}@127.0.0.1:{dropper.port}#sha256="
+        bridge = start_bridge(node_factory, tmp_path, url + banner_pin(exit_))
+        echo_through(bridge, echo_server, 64 * 1024)
+        for _ in range(3):  # later connections pass over the dropped hello
+            echo_through(bridge, echo_server, 4096)
+        assert dropper.seen.count(dropper.dropped) == 1, dropper.seen
+        assert len(set(dropper.seen)) > 1
+        bridge.stop()
+        log = bridge.stderr()
+        assert "trying another hello" in log and "trying the next" not in log
+    finally:
+        dropper.close()
+
+
 def test_a_revoked_bridge_credential_is_refused_at_once(
     node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
 ) -> None:

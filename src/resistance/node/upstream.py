@@ -18,6 +18,10 @@ stays in use; when a dial through it fails (refused, reset, no TLS
 handshake, no answer within :data:`HOP_TIMEOUT`) the failure is recorded,
 the next is dialed at once for the same connection, and the failed one rests
 with exponential backoff, so later connections skip it without waiting.  A
+TLS upstream is dialed a second time first, with another hello (the
+variants come in turn, one the exit did not answer is passed over): a
+censor that fingerprints one hello on the hop costs one attempt, not the
+transport.  A
 refusal the exit *answers* (destination refused, not allowed) is the exit's
 verdict on the destination, not a broken hop: it goes to the user as the
 SOCKS reply.  The user sees an error only when every upstream fails.
@@ -180,14 +184,13 @@ class UpstreamNetwork:
         last: DialError | None = None
         for upstream in pool.order():
             try:
-                dialed = await dial(upstream, CONNECT, address, seconds=self.hop_timeout)
+                dialed = await self._dial(upstream, address)
             except DialError as exc:
                 if exc.answered:  # the exit is there and refuses the destination
                     pool.succeeded(upstream, None)
                     pool.used(upstream)
                     raise
                 pool.failed(upstream, str(exc))
-                log.warning("upstream %s failed (%s); trying the next", upstream.label, exc)
                 last = exc
                 continue
             pool.succeeded(upstream, dialed.seconds)
@@ -197,6 +200,30 @@ class UpstreamNetwork:
             return dialed
         assert last is not None
         raise last
+
+    async def _dial(self, upstream: Upstream, address: Address) -> Dialed:
+        """One upstream, with a second hello over TLS: a censor that drops one hello
+        fingerprint on the hop (the bridge's dials take the variants in turn) costs
+        one :data:`HOP_TIMEOUT`, and the next dial, which passes over the variant
+        that was not answered, carries the same connection.  A wrong certificate
+        or an answer from the exit is final."""
+        tries = 2 if upstream.tls_sha256 is not None else 1
+        for attempt in range(1, tries + 1):
+            try:
+                return await dial(upstream, CONNECT, address, seconds=self.hop_timeout)
+            except DialError as exc:
+                if exc.answered:
+                    raise
+                final = exc.identity or attempt == tries
+                log.warning(
+                    "upstream %s failed (%s); trying %s",
+                    upstream.label,
+                    exc,
+                    "the next" if final else "another hello",
+                )
+                if final:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- NodeNetwork -------------------------------------------------------------------
 
