@@ -241,6 +241,55 @@ def test_a_revoked_bridge_credential_is_refused_at_once(
     assert exit_.proc.poll() is None  # no restart
 
 
+def test_sighup_reloads_the_upstreams_without_dropping_sessions(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
+) -> None:
+    """The bridge's config names exit A; a session is open through it.  The config
+    then names exit B (which refuses the echo port) and the bridge gets SIGHUP:
+    new connections go through B (its refusal comes back), the session through A
+    keeps echoing, and a config with a bad URL keeps the running list."""
+    exit_a, _ = exit_node
+    config_b = exit_config(tmp_path / "exit-b.toml", {HOP_USER: HOP_PASSWORD})
+    exit_b = node_factory(
+        "--config", str(config_b), "--allow", "127.0.0.0/8",
+        "--deny-port", str(echo_server.port), state_dir=tmp_path / "exit-b",
+    )  # fmt: skip
+    bridge_config = tmp_path / "bridge.toml"
+    bridge_config.write_text(f'[node]\nupstream = ["{plain_url(exit_a)}"]\n')
+    bridge = node_factory(
+        "--config", str(bridge_config), "--user", "alice:secret", "--allow", "127.0.0.0/8",
+        "-vv", state_dir=tmp_path / "bridge",
+    )  # fmt: skip
+    with open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port) as session:
+        session.sendall(b"before")
+        assert recv_exact(session, 6) == b"before"
+        bridge_config.write_text(f'[node]\nupstream = ["{plain_url(exit_b)}"]\n')
+        bridge.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):  # SIGHUP is asynchronous; the reload takes a moment
+            try:
+                open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port).close()
+            except SocksFailure as exc:
+                assert exc.reply is Reply.NOT_ALLOWED  # exit B's own policy answered
+                break
+            threading.Event().wait(0.1)
+        else:
+            pytest.fail("the bridge kept its old upstream after SIGHUP")
+        session.sendall(b"after")  # the established session never noticed
+        assert recv_exact(session, 5) == b"after"
+        bridge_config.write_text('[node]\nupstream = ["socks5s://no-pin@127.0.0.1:1"]\n')
+        bridge.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if "upstream reload failed" in bridge.stderr():
+                break
+            threading.Event().wait(0.1)
+        with pytest.raises(SocksFailure) as still_b:
+            open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port)
+        assert still_b.value.reply is Reply.NOT_ALLOWED
+        session.sendall(b"still")
+        assert recv_exact(session, 5) == b"still"
+    assert bridge.proc.poll() is None
+
+
 def test_udp_and_bind_are_refused_on_a_bridge(
     node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path]
 ) -> None:

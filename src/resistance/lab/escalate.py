@@ -488,12 +488,14 @@ class EscalatingStory(Story):
             netns.run("ip", "-n", self.t.free, "addr", "add", f"{cascade.EXIT_ADDR}/32",
                       "dev", "lo")  # fmt: skip
         tokens: dict[int, str] = {}
-        for i in (6, 7):
+        # Each volunteer signs up from where it is: the bridge's operator from the
+        # domestic network (the registry limits sign-ups per network).
+        for i, where in ((6, self.t.free), (7, self.t.domestic)):
             signup = self.lab.api("POST", "/api/v1/operators", body={"name": f"volunteer-{i}"},
-                                  admin=False)  # fmt: skip
+                                  admin=False, namespace=where)  # fmt: skip
             tokens[i] = signup["token"]
             self.lab.api("PUT", "/api/v1/operators/me/payout-address", token=tokens[i],
-                         body={"address": payee_address(i)})  # fmt: skip
+                         body={"address": payee_address(i)}, namespace=where)  # fmt: skip
         exit_dir = self.lab.dir / cascade.EXIT_ROLE
         config, pin = cascade.exit_config(exit_dir, hop_password)
         self.lab.start(

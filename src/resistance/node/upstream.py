@@ -34,8 +34,10 @@ SOCKS5 CONNECT hop; a bridge refuses them (configuration turns both off).
 
 The hop's credentials are the bridge's own user on the exit (one per
 bridge, revoked on the exit by removing it and SIGHUP); they are never
-logged: upstreams are named by :attr:`Upstream.label`.  The upstreams are
-read at start; SIGHUP on the bridge does not change them.
+logged: upstreams are named by :attr:`Upstream.label`.  SIGHUP on the bridge
+reads the upstream list again (:meth:`UpstreamNetwork.reload`: new exits, a
+new hop password, an exit dropped) without touching established connections;
+a node becomes a bridge, or stops being one, only at start.
 """
 
 from __future__ import annotations
@@ -172,6 +174,19 @@ class UpstreamNetwork:
         self.hop_timeout = hop_timeout
         self.dials: set[_HopDial] = set()
         self.relays: set[TransportRelay] = set()
+
+    def reload(self, urls: Iterable[str]) -> None:
+        """The upstream list again (SIGHUP): every URL parsed first, so a bad one keeps
+        the running list (:class:`ConfigError`); upstreams in both keep their health.
+        Established connections are the relays' and never touch the list; a dial in
+        flight finishes on the upstream it took."""
+        fresh = [parse_upstream_url(url) for url in urls]
+        if not fresh:
+            raise ConfigError(
+                "--upstream: a bridge keeps at least one exit (restart it to stop being one)"
+            )
+        self.pool.replace(fresh)
+        log.info("upstream: %d transport(s) to the exit after reload", len(self.pool.upstreams))
 
     # -- what the pool decides -------------------------------------------------------
 
