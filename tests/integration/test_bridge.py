@@ -374,3 +374,62 @@ async def test_mtproto_data_centre_connections_go_through_the_exit(
         net.close()
         assert dc.server is not None
         dc.server.close()
+
+
+async def test_warm_tls_connections_spare_the_handshake_and_go_cold_when_idle(
+    exit_node: tuple[RunningNode, Path], echo_server: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a connection over the TLS hop the bridge keeps WARM_SIZE connections
+    with the handshake done; the next connection takes one (one round trip, no
+    handshake), unused ones are closed after WARM_IDLE and replaced only while the
+    bridge is in use, and close() ends them all."""
+    from resistance.node import upstream as upstream_module
+
+    monkeypatch.setattr(upstream_module, "WARM_IDLE", 0.5)
+    exit_, _ = exit_node
+    hop = parse_upstream_url(tls_url(exit_))
+    net = UpstreamNetwork([hop], loop=asyncio.get_running_loop(), hop_timeout=5.0)
+    target = Address.from_host(echo_server.host, echo_server.port)
+
+    async def warm_count(n: int) -> list[Any]:
+        for _ in range(100):
+            stock = [w for w in net.warm.get(hop, []) if w.alive()]
+            if len(stock) == n:
+                return stock
+            await asyncio.sleep(0.05)
+        pytest.fail(f"expected {n} warm connections, have {net.warm.get(hop)}")
+
+    async def echo() -> None:
+        dialed = await net.connect(target)
+        assert dialed.transport is not None
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        dialed.transport.set_protocol(protocol)
+        protocol.connection_made(dialed.transport)
+        dialed.transport.resume_reading()
+        dialed.transport.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        dialed.transport.close()
+
+    try:
+        await echo()  # cold: pays the handshake, then warms the hop
+        assert net.warm_hits == 0
+        first = await warm_count(upstream_module.WARM_SIZE)
+        await echo()
+        assert net.warm_hits == 1  # went out on a warm connection
+        assert sum(1 for w in first if w.alive()) >= 1
+        # Unused, they are closed after WARM_IDLE and replaced while the bridge is in use.
+        await asyncio.sleep(1.2)
+        again = await warm_count(upstream_module.WARM_SIZE)
+        assert not set(again) & set(first) and not any(w.alive() for w in first)
+        # Idle for longer than WARM_KEEP: the bridge goes cold.
+        monkeypatch.setattr(upstream_module, "WARM_KEEP", 0.0)
+        await asyncio.sleep(1.2)
+        await warm_count(0)
+        assert not net.warming.get(hop)
+        await echo()
+        await warm_count(upstream_module.WARM_SIZE)
+    finally:
+        net.close()
+    assert not net.warm and not net.expiries
+    await asyncio.sleep(0.1)
