@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ class ClientSession(RawSession):
             # A TLS dial hanging on the last upstream may be a hello rule dropping
             # this variant's flows: the same node with the next hello gets through.
             again=lambda upstream: upstream.tls_sha256 is not None,
+            hopeless=lambda upstream: not pool.health[upstream].available(time.monotonic()),
         )
         if won is None:
             if spent:

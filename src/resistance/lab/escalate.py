@@ -63,7 +63,9 @@ JA4 = re.compile(r"> (\S+):(\d+) sni=(\S+) ja4=(\S+): released")
 #: A hello the censor's verdict program judged: source, destination, JA4, verdict.
 HELLO = re.compile(r"(\S+):\d+ > (\S+):(\d+) sni=\S+ ja4=(\S+)(?: \(\d+ segments\))?: (\w+)")
 #: The bridge's log when a hop transport failed (labels never carry credentials).
-HOP_FAILED = re.compile(r"upstream (\S+?)( \(TLS\))? failed \(.*\); trying the next")
+HOP_FAILED = re.compile(
+    r"upstream (\S+?)( \(TLS\))? failed \(.*\); trying (?:the next|another hello)"
+)
 #: Seconds for the user's resist connect to learn the bridge from the directory
 #: (the lab's directory is fresh for 30 s; the bridge must be measured first).
 LEARN_SECONDS = 120.0
@@ -124,6 +126,8 @@ class EscalatingStory(Story):
         self.escalations: list[Escalation] = []
         #: The tg://proxy link of the cascade's bridge (step 7).
         self.bridge_link: str | None = None
+        #: What the Telegram-like client said when it last failed.
+        self.telegram_error = ""
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -160,7 +164,8 @@ class EscalatingStory(Story):
         try:
             netns.in_ns(self.t.censored, *self.lab.resist_argv(), "lab", "telegram",
                         "--within", "10", self.bridge_link)  # fmt: skip
-        except LabError:
+        except LabError as exc:
+            self.telegram_error = str(exc).partition(": ")[2] or str(exc)
             return False
         return True
 
@@ -452,25 +457,35 @@ class EscalatingStory(Story):
         # Until one of the bridge's dials has met the dropped hello (its hellos come in one
         # turn, the probes' checks through the bridge dialling too), every request of both
         # users must still get through: the bridge retries with another hello.
-        requests = failures = 0
+        requests = app_failed = telegram_failed = 0
+        errors: list[str] = []
         while requests < HOP_REQUESTS and not dropped():
             requests += 1
-            if not self._request():
-                failures += 1
+            fetch = self.fetch_through_connect()
+            if not fetch.ok:
+                app_failed += 1
+                errors.append(f"application: {fetch.error}")
             if not self.telegram_via_bridge():
-                failures += 1
+                telegram_failed += 1
+                errors.append(f"telegram: {self.telegram_error}")
         hop = self.hop_failures()[hop_before:]
         step.figures.update(
             hop_hellos_dropped=dropped(),
             requests=requests,
-            failed_requests=failures,
-            hop_tls_failures=sum(1 for _, tls in hop if tls),
+            failed_requests=app_failed + telegram_failed,
+            application_failed=app_failed,
+            telegram_failed=telegram_failed,
+            errors=errors,
+            hop_retries=len(hop),
         )
         self.say(
-            f"   the censor dropped {dropped()} of the bridge's hop hellos; the bridge took "
-            f"another hello each time: {requests} requests of each user after the rule, "
-            f"{failures} failed"
+            f"   the censor dropped {dropped()} of the bridge's hop hellos; the bridge's "
+            f"dials pass over that hello from then on: {requests} requests of each user "
+            f"after the rule, {app_failed} of the application's and {telegram_failed} of "
+            "Telegram's failed"
         )
+        for error in errors:
+            self.say(f"   {error}")
         return step
 
     def step7_cascade(self) -> StepResult:
