@@ -9,7 +9,9 @@ user's network and measures, through the exit alone and through bridge → exit
 
 * round trip of 32 bytes on an established connection (p50 of ``--rounds``);
 * connect: TCP connect to the first proxy until a 64-byte echo came back
-  (p50 of ``--connects`` sequential connections);
+  (p50 of ``--connects`` sequential connections; over the TLS hop the
+  bridge keeps warm connections to the exit after the first, so a
+  connection pays the hop's round trip, not its TLS handshake);
 * bulk download of ``--bulk`` bytes on one stream.
 
 ``--user-rate 100mbit`` limits the user's link (tbf on both its ends), as a
