@@ -37,7 +37,9 @@ of the 4 ms a connection took through bridge → exit in the lab).  After a
 connection through a TLS upstream the bridge keeps up to :data:`WARM_SIZE`
 connections to it with the handshake done and the pin checked, nothing sent
 (:class:`~resistance.client.dial.WarmTls`); the next connection sends its
-request on one and pays one round trip.  A warm connection unused for
+request on one and pays one round trip; when none is left it waits for
+the one being made rather than starting a handshake beside it (a burst of
+connections would otherwise pay twice).  A warm connection unused for
 :data:`WARM_IDLE` seconds is closed before the exit's handshake timeout would
 close it, and replaced only while connections came in the last
 :data:`WARM_KEEP` seconds, so an idle bridge goes cold.  A warm connection
@@ -58,6 +60,7 @@ import asyncio
 import errno
 import logging
 import socket
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -236,6 +239,18 @@ class UpstreamNetwork:
             warm.close()
         return None
 
+    async def _warm_for(self, upstream: Upstream) -> WarmTls | None:
+        """A warm connection to ``upstream``: one in stock, else the first of those
+        being made (begun before this connection came, it is done sooner than a
+        new dial would be, and a new dial beside it would only slow both), else
+        None."""
+        warm = self._take_warm(upstream)
+        tasks = self.warming.get(upstream)
+        if warm is None and tasks:
+            await asyncio.wait(set(tasks), timeout=self.hop_timeout, return_when=FIRST_COMPLETED)
+            warm = self._take_warm(upstream)
+        return warm
+
     def _refill(self, upstream: Upstream) -> None:
         """Warm connections to ``upstream`` up to :attr:`warm_size` (the one in use)."""
         if self.closed or upstream not in self.pool.health:
@@ -320,7 +335,7 @@ class UpstreamNetwork:
         tries = 2 if upstream.tls_sha256 is not None else 1
         if tries == 2:
             self.last_use = self.loop.time()
-            warm = self._take_warm(upstream)
+            warm = await self._warm_for(upstream)
             if warm is not None:
                 try:
                     dialed = await warm.request(CONNECT, address, seconds=self.hop_timeout)
