@@ -140,7 +140,7 @@ async def serve(
     if settings.upstream:
         from resistance.node.upstream import upstream_network  # only a bridge needs TLS dialing
 
-        upstream = upstream_network(settings.upstream, loop)
+        upstream = upstream_network(settings.upstream, loop, warm=settings.upstream_warm)
     node = Node(
         settings,
         users=access.users,

@@ -35,7 +35,8 @@ SOCKS5 CONNECT hop; a bridge refuses them (configuration turns both off).
 Warm connections.  A TLS hop costs a handshake per user connection (3.7 ms
 of the 4 ms a connection took through bridge → exit in the lab).  After a
 connection through a TLS upstream the bridge keeps up to :data:`WARM_SIZE`
-connections to it with the handshake done and the pin checked, nothing sent
+(``upstream_warm`` in the configuration) connections to it with the
+handshake done and the pin checked, nothing sent
 (:class:`~resistance.client.dial.WarmTls`); the next connection sends its
 request on one and pays one round trip; when none is left it waits for
 the one being made rather than starting a handshake beside it (a burst of
@@ -508,8 +509,10 @@ class _HopDial:
         self.task.cancel()
 
 
-def upstream_network(urls: Iterable[str], loop: asyncio.AbstractEventLoop) -> UpstreamNetwork:
-    return UpstreamNetwork([parse_upstream_url(url) for url in urls], loop=loop)
+def upstream_network(
+    urls: Iterable[str], loop: asyncio.AbstractEventLoop, *, warm: int = WARM_SIZE
+) -> UpstreamNetwork:
+    return UpstreamNetwork([parse_upstream_url(url) for url in urls], loop=loop, warm_size=warm)
 
 
 __all__ = ["HOP_TIMEOUT", "UpstreamNetwork", "parse_upstream_url", "upstream_network"]
