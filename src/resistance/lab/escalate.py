@@ -155,7 +155,10 @@ class EscalatingStory(Story):
         tls = " over TLS" if self.via_tls() else ""
         if self.via_bridge():
             return f"now via the bridge ({topo.BRIDGE_ADDR}, domestic){tls}"
-        return f"now via node-{self.active_node()}{tls}"
+        node = self.active_node()
+        if node is None:  # the status file (rewritten every 2 s) names none yet
+            return "(the status file names no upstream yet)"
+        return f"now via node-{node}{tls}"
 
     def telegram_via_bridge(self) -> bool:
         """The Telegram-like client in the censored network, with the bridge's link."""
