@@ -119,6 +119,8 @@ class NodeSettings:
     mtproto: MTProtoSettings | None = None
     upstream: tuple[str, ...] = ()
     """Exits this node (a bridge) reaches everything through, as ``--upstream`` URLs."""
+    upstream_warm: int = 2
+    """Warm TLS connections a bridge keeps to the exit in use (0: none)."""
 
 
 _LIMIT_FIELDS = {f.name: f.type for f in dataclasses.fields(NodeLimits)}
@@ -153,6 +155,7 @@ _NODE_KEYS = {
     "mtproto_modes",
     "mtproto_fast",
     "upstream",
+    "upstream_warm",
 }
 
 
@@ -269,6 +272,11 @@ def _build(
         if raw["relay"] not in ("auto", "splice", "copy"):
             raise ConfigError("relay: expected auto, splice or copy")
         kwargs["relay"] = raw["relay"]
+    if "upstream_warm" in raw:
+        warm = raw["upstream_warm"]
+        if isinstance(warm, bool) or not isinstance(warm, int) or not 0 <= warm <= 16:
+            raise ConfigError(f"upstream_warm: expected a whole number from 0 to 16, got {warm!r}")
+        kwargs["upstream_warm"] = warm
     if "workers" in raw:
         workers = raw["workers"]
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:

@@ -5,10 +5,14 @@ the user through with resist connect), then the censor of today switches on
 its rules one after another (lab.escalate, what ``resist lab demo --escalate``
 narrates): the node in use's address, the SOCKS5 greeting, the server name of
 the client's hello, that hello's fingerprint, a freeze, active probing, and a
-whitelist.  After each step the user's application gets through again (the
-whitelist excepted: nothing that exists survives it) and the probes inside the
-censored network name the mechanism that blocked each node.  Recovery times are
-printed, never asserted.
+whitelist.  Before the escalation a cascade is set up (step 7: an exit abroad
+on no list, a bridge on domestic hosting, both registered; the directory lists
+the bridge, never the exit; resist connect learns it).  After each step the
+user's application gets through again and the probes inside the censored
+network name the mechanism that blocked each node; under the whitelist both
+users (the application and the Telegram-like client) get through bridge →
+exit, and when the hop's hello is fingerprinted (15) the bridge takes another
+without an error reaching either.  Recovery times are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ def test_setup_the_user_gets_through(story: EscalatingStory) -> None:
     assert story.step1_blocked_directly().outcome == "blocked"
     story.step2_register_and_measure()
     assert story.step3_connect().figures["via_tls"] is True
+
+
+def test_7_a_cascade_is_registered_and_learned(story: EscalatingStory) -> None:
+    result = story.step7_cascade()
+    figures = result.figures
+    assert figures["bridge_listed"] and not figures["exit_published"], figures
+    assert figures["learned"], story.connect_status().get("ladder")
+    assert not story.via_bridge()  # nodes abroad work: the bridge is kept for later
 
 
 def test_8_an_ip_block_of_the_node_in_use(story: EscalatingStory) -> None:
@@ -105,9 +117,24 @@ def test_13_active_probing_finds_ordinary_websites(story: EscalatingStory) -> No
     assert step.blocked == []
 
 
-def test_14_the_whitelist_is_not_survived_and_is_named(story: EscalatingStory) -> None:
+def test_14_the_whitelist_is_survived_through_the_bridge_by_both_users(
+    story: EscalatingStory,
+) -> None:
     step = story.step14_whitelist()
-    assert step.recovered_s is None
+    assert step.recovered_s is not None and step.via_bridge
+    assert step.telegram_s is not None
     for node in step.blocked:
         assert "whitelisted-out" in mechanisms(step, node).values(), step.verdicts
-    print({s.rule: s.recovered_s for s in story.escalations})
+    # The plain hop's greeting has been fingerprinted since step 9: the bridge met it
+    # and carried the connections over its TLS hop.
+    assert step.figures["hop_plain_failures"] >= 1 and step.figures["hop_tls_hellos"] >= 1
+
+
+def test_15_the_hops_hello_fingerprinted_the_bridge_takes_another(
+    story: EscalatingStory,
+) -> None:
+    step = story.step15_hop_hello()
+    assert step.recovered_s is not None and step.telegram_s is not None
+    assert step.figures["hop_hellos_dropped"] >= 1, step.figures
+    assert step.figures["failed_requests"] == 0, step.figures
+    print({s.rule: (s.recovered_s, s.telegram_s) for s in story.escalations})

@@ -139,6 +139,87 @@ def test_a_dropped_transport_fails_over_without_an_error_to_the_user(
     assert HOP_PASSWORD not in log and "alice" not in log  # credentials are never logged
 
 
+class HelloDropper:
+    """A TCP forwarder in front of the exit's TLS port that drops the flows of one
+    ClientHello fingerprint (the first it sees), as the censor's hello rule does:
+    it reads each flow's hello, holds the flows carrying the dropped JA4 silent and
+    relays the others."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[str] = []
+        self.dropped: str | None = None
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        from resistance.lab.dpi import parse_client_hello
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(10)
+            data = b""
+            while len(data) < 5 or len(data) < 5 + int.from_bytes(data[3:5], "big"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            ja4 = parse_client_hello(data).ja4()
+            self.seen.append(ja4)
+            if self.dropped is None:
+                self.dropped = ja4
+            if ja4 == self.dropped:
+                self.held.append(conn)  # silent: the bridge's handshake times out
+                continue
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.sendall(data)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_dropped_hello_on_the_hop_costs_one_attempt_not_the_connection(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
+) -> None:
+    """The only hop is TLS and the censor drops the hello the bridge sends first: the
+    bridge dials again with another hello for the same connection, and the user's
+    connection goes through (after one HOP_TIMEOUT), no error reaching it."""
+    exit_, _ = exit_node
+    dropper = HelloDropper(("127.0.0.1", exit_.tls_port or 0))
+    try:
+        url = f"socks5s://{HOP_USER}:{HOP_PASSWORD}@127.0.0.1:{dropper.port}#sha256="
+        bridge = start_bridge(node_factory, tmp_path, url + banner_pin(exit_))
+        echo_through(bridge, echo_server, 64 * 1024)
+        for _ in range(3):  # later connections pass over the dropped hello
+            echo_through(bridge, echo_server, 4096)
+        assert dropper.seen.count(dropper.dropped) == 1, dropper.seen
+        assert len(set(dropper.seen)) > 1
+        bridge.stop()
+        log = bridge.stderr()
+        assert "trying another hello" in log and "trying the next" not in log
+    finally:
+        dropper.close()
+
+
 def test_a_revoked_bridge_credential_is_refused_at_once(
     node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
 ) -> None:
@@ -158,6 +239,55 @@ def test_a_revoked_bridge_credential_is_refused_at_once(
     else:
         pytest.fail("the exit kept serving a revoked bridge")
     assert exit_.proc.poll() is None  # no restart
+
+
+def test_sighup_reloads_the_upstreams_without_dropping_sessions(
+    node_factory: Any, tmp_path: Path, exit_node: tuple[RunningNode, Path], echo_server: EchoServer
+) -> None:
+    """The bridge's config names exit A; a session is open through it.  The config
+    then names exit B (which refuses the echo port) and the bridge gets SIGHUP:
+    new connections go through B (its refusal comes back), the session through A
+    keeps echoing, and a config with a bad URL keeps the running list."""
+    exit_a, _ = exit_node
+    config_b = exit_config(tmp_path / "exit-b.toml", {HOP_USER: HOP_PASSWORD})
+    exit_b = node_factory(
+        "--config", str(config_b), "--allow", "127.0.0.0/8",
+        "--deny-port", str(echo_server.port), state_dir=tmp_path / "exit-b",
+    )  # fmt: skip
+    bridge_config = tmp_path / "bridge.toml"
+    bridge_config.write_text(f'[node]\nupstream = ["{plain_url(exit_a)}"]\n')
+    bridge = node_factory(
+        "--config", str(bridge_config), "--user", "alice:secret", "--allow", "127.0.0.0/8",
+        "-vv", state_dir=tmp_path / "bridge",
+    )  # fmt: skip
+    with open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port) as session:
+        session.sendall(b"before")
+        assert recv_exact(session, 6) == b"before"
+        bridge_config.write_text(f'[node]\nupstream = ["{plain_url(exit_b)}"]\n')
+        bridge.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):  # SIGHUP is asynchronous; the reload takes a moment
+            try:
+                open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port).close()
+            except SocksFailure as exc:
+                assert exc.reply is Reply.NOT_ALLOWED  # exit B's own policy answered
+                break
+            threading.Event().wait(0.1)
+        else:
+            pytest.fail("the bridge kept its old upstream after SIGHUP")
+        session.sendall(b"after")  # the established session never noticed
+        assert recv_exact(session, 5) == b"after"
+        bridge_config.write_text('[node]\nupstream = ["socks5s://no-pin@127.0.0.1:1"]\n')
+        bridge.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if "upstream reload failed" in bridge.stderr():
+                break
+            threading.Event().wait(0.1)
+        with pytest.raises(SocksFailure) as still_b:
+            open_socks((bridge.host, bridge.port), echo_server.host, echo_server.port)
+        assert still_b.value.reply is Reply.NOT_ALLOWED
+        session.sendall(b"still")
+        assert recv_exact(session, 5) == b"still"
+    assert bridge.proc.poll() is None
 
 
 def test_udp_and_bind_are_refused_on_a_bridge(
@@ -244,3 +374,62 @@ async def test_mtproto_data_centre_connections_go_through_the_exit(
         net.close()
         assert dc.server is not None
         dc.server.close()
+
+
+async def test_warm_tls_connections_spare_the_handshake_and_go_cold_when_idle(
+    exit_node: tuple[RunningNode, Path], echo_server: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a connection over the TLS hop the bridge keeps WARM_SIZE connections
+    with the handshake done; the next connection takes one (one round trip, no
+    handshake), unused ones are closed after WARM_IDLE and replaced only while the
+    bridge is in use, and close() ends them all."""
+    from resistance.node import upstream as upstream_module
+
+    monkeypatch.setattr(upstream_module, "WARM_IDLE", 0.5)
+    exit_, _ = exit_node
+    hop = parse_upstream_url(tls_url(exit_))
+    net = UpstreamNetwork([hop], loop=asyncio.get_running_loop(), hop_timeout=5.0)
+    target = Address.from_host(echo_server.host, echo_server.port)
+
+    async def warm_count(n: int) -> list[Any]:
+        for _ in range(100):
+            stock = [w for w in net.warm.get(hop, []) if w.alive()]
+            if len(stock) == n:
+                return stock
+            await asyncio.sleep(0.05)
+        pytest.fail(f"expected {n} warm connections, have {net.warm.get(hop)}")
+
+    async def echo() -> None:
+        dialed = await net.connect(target)
+        assert dialed.transport is not None
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        dialed.transport.set_protocol(protocol)
+        protocol.connection_made(dialed.transport)
+        dialed.transport.resume_reading()
+        dialed.transport.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        dialed.transport.close()
+
+    try:
+        await echo()  # cold: pays the handshake, then warms the hop
+        assert net.warm_hits == 0
+        first = await warm_count(upstream_module.WARM_SIZE)
+        await echo()
+        assert net.warm_hits == 1  # went out on a warm connection
+        assert sum(1 for w in first if w.alive()) >= 1
+        # Unused, they are closed after WARM_IDLE and replaced while the bridge is in use.
+        await asyncio.sleep(1.2)
+        again = await warm_count(upstream_module.WARM_SIZE)
+        assert not set(again) & set(first) and not any(w.alive() for w in first)
+        # Idle for longer than WARM_KEEP: the bridge goes cold.
+        monkeypatch.setattr(upstream_module, "WARM_KEEP", 0.0)
+        await asyncio.sleep(1.2)
+        await warm_count(0)
+        assert not net.warming.get(hop)
+        await echo()
+        await warm_count(upstream_module.WARM_SIZE)
+    finally:
+        net.close()
+    assert not net.warm and not net.expiries
+    await asyncio.sleep(0.1)

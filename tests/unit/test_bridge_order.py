@@ -49,3 +49,23 @@ def test_the_directory_marks_bridges() -> None:
                                                               "bridge": True}]}  # fmt: skip
     found = upstreams_from(document, country="RU")
     assert [u.bridge for u in found] == [False, False, True, True]
+
+
+def test_a_bridge_blocked_by_its_plain_ports_fingerprint_still_serves_over_tls() -> None:
+    """Where the SOCKS5 greeting is fingerprinted the probes judge a bridge blocked by
+    its plain port; its TLS listener, seen getting through beside it, stays a bridge
+    on the client's ladder (as any node's does), the plain port does not."""
+    entry = {
+        "endpoint": {"host": "198.51.100.20", "port": 1080},
+        "protocols": ["socks5"],
+        "credentials": [{"username": "u", "password": "p"}],
+        "tls": {"port": 443, "sha256": "ab" * 32},
+        "status": "blocked:RU",
+        "bridge": True,
+        "measurements": {"reach": {"inside-ru-1": {"socks5": "blocked-fingerprint", "tls": "ok"}}},
+    }
+    found = upstreams_from({"proxies": [entry]}, country="RU")
+    assert [(u.port, u.bridge) for u in found] == [(443, True)]
+    reach = {"inside-ru-1": {"socks5": "blocked-ip", "tls": "blocked-ip"}}
+    gone = {**entry, "measurements": {"reach": reach}}
+    assert upstreams_from({"proxies": [gone]}, country="RU") == []

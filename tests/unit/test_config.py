@@ -148,3 +148,15 @@ def test_workers_split_the_connection_limits() -> None:
     share = worker_settings(settings)
     assert (share.limits.max_connections, share.limits.max_connections_per_ip) == (334, 4)
     assert share.limits.handshake_timeout == settings.limits.handshake_timeout
+
+
+def test_a_bridges_warm_connections_are_configurable(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[node]\n")
+    assert node_settings(config_file=config).upstream_warm == 2
+    config.write_text("[node]\nupstream_warm = 0\n")
+    assert node_settings(config_file=config).upstream_warm == 0
+    for bad in ("-1", "17", "1.5", "true", '"2"'):
+        config.write_text(f"[node]\nupstream_warm = {bad}\n")
+        with pytest.raises(ConfigError, match="upstream_warm"):
+            node_settings(config_file=config)

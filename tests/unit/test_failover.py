@@ -180,3 +180,29 @@ async def test_a_hanging_last_upstream_is_raced_once_more_by_itself() -> None:
         assert (won is not None) is wins and len(calls) == (2 if wins else 1)
         if wins:
             assert failures == []
+
+
+async def test_resting_candidates_do_not_hold_back_the_race_with_another_hello() -> None:
+    """Under a whitelist the bridge is first and every node abroad behind it rests
+    after its failures: the bridge's hanging TLS dial (a dropped hello) is raced by
+    itself after race_after, not after every resting node has been started."""
+    bridge, *abroad = UPSTREAMS[:4]
+    calls: list[Upstream] = []
+
+    async def attempt(upstream: Upstream, seconds: float) -> str:
+        calls.append(upstream)
+        if upstream != bridge or calls.count(bridge) == 1:
+            await asyncio.sleep(seconds)  # the dropped hello, or a node cut off: silence
+            raise DialError("no answer", Reply.TTL_EXPIRED)
+        return upstream.host
+
+    for hopeless, started_abroad in ((lambda u: u in abroad, 0), (None, len(abroad))):
+        calls.clear()
+        won, _ = await race_upstreams(
+            [bridge, *abroad], attempt, budget=2.0, race_after=0.05, dial_timeout=60,
+            failed=lambda *a: None, discard=lambda value: None, retryable=(DialError,),
+            name="t", again=lambda u: u == bridge, hopeless=hopeless,
+        )  # fmt: skip
+        assert won is not None and won.upstream == bridge
+        # with hopeless, the bridge's second hello races before any resting node starts
+        assert calls[:2] == [bridge, bridge] if started_abroad == 0 else len(calls) == 5, calls

@@ -74,14 +74,18 @@ class Dialed:
 
 
 class _TlsExchange(asyncio.Protocol):
-    """The SOCKS5 exchange over a TLS transport, until the request is answered."""
+    """The SOCKS5 exchange over a TLS transport, until the request is answered.
 
-    def __init__(self, machine: ClientConnection, hello: bytes, pin: str | None) -> None:
+    Without a ``machine`` the connection is warm (:class:`WarmTls`): the handshake
+    is done and the pin checked, and the request waits for :meth:`request`."""
+
+    def __init__(self, machine: ClientConnection | None, hello: bytes, pin: str | None) -> None:
         self.machine = machine
         self.hello = hello
         self.pin = pin  # None: any certificate, learned into ``seen``
         self.seen = ""
         self.transport: asyncio.Transport | None = None
+        self.lost = False
         self.done: asyncio.Future[Established] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -107,10 +111,23 @@ class _TlsExchange(asyncio.Protocol):
             return
         if der:
             learn_name(seen, der)  # the next hello to this node names it
-        self.transport.write(self.hello)
+        if self.machine is not None:
+            self.transport.write(self.hello)
+
+    def request(self, machine: ClientConnection, hello: bytes) -> None:
+        """Send a warm connection's request (greeting, credentials and CONNECT in one write)."""
+        if self.lost or self.transport is None or self.done.done():
+            raise DialError("the warm connection was closed", Reply.GENERAL_FAILURE)
+        self.machine = machine
+        self.transport.write(hello)
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
+            return
+        if self.machine is None:  # a SOCKS5 server speaks second: a warm one is broken
+            self.lost = True
+            if self.transport is not None:
+                self.transport.abort()
             return
         try:
             result = self.machine.receive_data(data)
@@ -130,6 +147,9 @@ class _TlsExchange(asyncio.Protocol):
             self.done.set_result(result)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.machine is None:
+            return  # a warm connection nobody waits on: it is just gone
         if not self.done.done():
             self.done.set_exception(
                 DialError("the upstream closed the connection", Reply.GENERAL_FAILURE)
@@ -146,13 +166,11 @@ class _TlsExchange(asyncio.Protocol):
 HELLO_HANG = 0.5
 
 
-async def _dial_tls(
-    upstream: Upstream, command: Command, address: Address, seconds: float, pin: str | None
-) -> Dialed:
+async def _open_tls(upstream: Upstream, exchange: _TlsExchange, seconds: float) -> None:
+    """TLS to ``upstream`` with a browser's hello (the variant's turn), driving
+    ``exchange`` until its request is answered (or, warm, until the handshake)."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    machine = ClientConnection(upstream.username, upstream.password)
-    exchange = _TlsExchange(machine, machine.start(command, address), pin)
     transport: asyncio.BaseTransport | None = None
     where = f"{upstream.host}:{upstream.port}"
     chosen = pick_variant(where, time.monotonic())
@@ -160,9 +178,11 @@ async def _dial_tls(
         async with asyncio.timeout(seconds):
             transport, _ = await loop.create_connection(
                 lambda: exchange, upstream.host, upstream.port, ssl=variant(*chosen),
-                server_hostname=server_name(upstream.host, pin), ssl_handshake_timeout=seconds,
+                server_hostname=server_name(upstream.host, exchange.pin),
+                ssl_handshake_timeout=seconds,
             )  # fmt: skip
-            established = await exchange.done
+            if exchange.machine is not None or exchange.done.done():
+                await exchange.done
     except TimeoutError:
         variant_failed(where, chosen, time.monotonic())
         if transport is not None:
@@ -191,6 +211,17 @@ async def _dial_tls(
         raise
     assert exchange.transport is not None
     variant_worked(where, chosen)
+
+
+async def _dial_tls(
+    upstream: Upstream, command: Command, address: Address, seconds: float, pin: str | None
+) -> Dialed:
+    started = time.monotonic()
+    machine = ClientConnection(upstream.username, upstream.password)
+    exchange = _TlsExchange(machine, machine.start(command, address), pin)
+    await _open_tls(upstream, exchange, seconds)
+    assert exchange.transport is not None
+    established = exchange.done.result()
     return Dialed(
         None,
         established.bound,
@@ -199,6 +230,63 @@ async def _dial_tls(
         exchange.transport,
         exchange.seen,
     )
+
+
+class WarmTls:
+    """A connection to a SOCKS5-inside-TLS upstream with the TLS handshake done and
+    the pin checked, nothing sent: a request on it (:meth:`request`) costs one
+    round trip instead of a TLS handshake and a round trip."""
+
+    __slots__ = ("exchange", "opened", "upstream")
+
+    def __init__(self, upstream: Upstream, exchange: _TlsExchange, opened: float) -> None:
+        self.upstream = upstream
+        self.exchange = exchange
+        self.opened = opened
+
+    def alive(self) -> bool:
+        t = self.exchange.transport
+        return t is not None and not self.exchange.lost and not t.is_closing()
+
+    def close(self) -> None:
+        if self.exchange.transport is not None:
+            self.exchange.transport.abort()
+
+    async def request(self, command: Command, address: Address, *, seconds: float) -> Dialed:
+        """The SOCKS5 request on this connection (used once); errors as :func:`dial`'s."""
+        started = time.monotonic()
+        upstream, exchange = self.upstream, self.exchange
+        machine = ClientConnection(upstream.username, upstream.password)
+        exchange.request(machine, machine.start(command, address))
+        try:
+            async with asyncio.timeout(seconds):
+                established = await exchange.done
+        except TimeoutError:
+            self.close()
+            raise DialError("the upstream did not answer in time", Reply.TTL_EXPIRED) from None
+        except BaseException:
+            self.close()
+            raise
+        assert exchange.transport is not None
+        return Dialed(
+            None,
+            established.bound,
+            machine.take_early_data(),
+            time.monotonic() - started,
+            exchange.transport,
+            exchange.seen,
+        )
+
+
+async def warm_tls(upstream: Upstream, *, seconds: float) -> WarmTls:
+    """A :class:`WarmTls` to ``upstream`` (its ``tls_sha256`` pinned), within ``seconds``."""
+    if upstream.tls_sha256 is None:
+        raise ValueError("a warm connection is TLS: the upstream has no pin")
+    exchange = _TlsExchange(None, b"", upstream.tls_sha256)
+    await _open_tls(upstream, exchange, seconds)
+    if exchange.done.done():  # the certificate was not its pin
+        exchange.done.result()
+    return WarmTls(upstream, exchange, time.monotonic())
 
 
 class _Collector(asyncio.Protocol):

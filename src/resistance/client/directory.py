@@ -128,21 +128,17 @@ def upstreams_from(
         entry = parse_entry(value)
         if entry is None or "socks5" not in entry.protocols:
             continue
-        if value.get("bridge") is True:  # a cascade's bridge (issue 24)
-            found += [
-                dataclasses.replace(u, bridge=True)
-                for u in entry_upstreams(entry, transport)
-                if usable(entry.status, country)
-            ]
-            continue
         if usable(entry.status, country):
-            found += entry_upstreams(entry, transport)
-            continue
-        # Blocked where the user is, by what stopped its plain port: a transport a
-        # probe saw get through beside that failure still serves (TLS past a
-        # SOCKS5 fingerprint rule).
-        through = transports_past_a_block(value)
-        found += [u for u in entry_upstreams(entry, transport) if transport_of(u) in through]
+            ups = entry_upstreams(entry, transport)
+        else:
+            # Blocked where the user is, by what stopped its plain port: a transport a
+            # probe saw get through beside that failure still serves (TLS past a
+            # SOCKS5 fingerprint rule), a cascade's bridge's as any node's.
+            through = transports_past_a_block(value)
+            ups = [u for u in entry_upstreams(entry, transport) if transport_of(u) in through]
+        if value.get("bridge") is True:  # a cascade's bridge (issue 24)
+            ups = [dataclasses.replace(u, bridge=True) for u in ups]
+        found += ups
     return found
 
 

@@ -23,6 +23,11 @@ or a clear SOCKS5 error within ``budget`` seconds (``--failover-budget``,
   with the next hello variant: a censor's hello rule drops one
   fingerprint's flows, and the last upstream that works must not cost the
   application a dial timeout); its two attempts count as one upstream.
+  With ``hopeless`` too, the candidates left that it names (the pool has
+  them resting after failures) do not hold that race back: under a
+  whitelist the bridge is the one upstream that works and every node abroad
+  behind it is resting, so a hello rule on the bridge's flow costs
+  ``race_after``, not the budget.
 
 Without ``race_after`` an attempt starts only when the one before failed.
 Nothing here knows sockets: ``attempt`` opens one upstream, ``failed`` is
@@ -69,6 +74,7 @@ async def race_upstreams(
     retryable: tuple[type[BaseException], ...],
     name: str,
     again: Callable[[Upstream], bool] | None = None,
+    hopeless: Callable[[Upstream], bool] | None = None,
 ) -> tuple[Won[T] | None, bool]:
     """The first candidate ``attempt`` opens within ``budget`` seconds, or ``None``;
     the flag says whether the budget ran out (rather than every candidate failing)."""
@@ -81,8 +87,11 @@ async def race_upstreams(
     next_at = start
 
     def once_more() -> Upstream | None:
-        """A hanging upstream to race by itself, once none is left to start."""
-        if again is None or race_after is None or started < len(candidates):
+        """A hanging upstream to race by itself, once none is left to start (none but
+        hopeless ones)."""
+        if again is None or race_after is None:
+            return None
+        if any(hopeless is None or not hopeless(u) for u in candidates[started:]):
             return None
         for upstream, _ in racing.values():
             if upstream not in raced_again and again(upstream):
@@ -96,6 +105,16 @@ async def race_upstreams(
             if left <= 0:
                 break
             room = started < len(candidates) and len(racing) < MAX_RACING
+            alone = once_more()
+            if alone is not None and now >= next_at:  # before any hopeless one starts
+                raced_again.add(alone)
+                task = loop.create_task(
+                    attempt(alone, min(dial_timeout, left)), name=f"{name}-again"
+                )
+                racing[task] = (alone, now)
+                if race_after is not None:
+                    next_at = now + race_after
+                continue
             if room and (not racing or (race_after is not None and now >= next_at)):
                 upstream = candidates[started]
                 started += 1
@@ -107,14 +126,6 @@ async def race_upstreams(
                     waiting = len(candidates) - started
                     fit = left / (waiting + 1)  # the last one needs time to answer too
                     next_at = now + min(race_after, max(MIN_INTERVAL, fit))
-                continue
-            alone = once_more()
-            if alone is not None and now >= next_at:
-                raced_again.add(alone)
-                task = loop.create_task(
-                    attempt(alone, min(dial_timeout, left)), name=f"{name}-again"
-                )
-                racing[task] = (alone, now)
                 continue
             until = deadline
             if (room or alone is not None) and race_after is not None:

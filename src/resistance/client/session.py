@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from resistance.client.dial import Dialed, DialError, dial
 from resistance.client.failover import Abandoned, race_upstreams
 from resistance.client.mtrung import Reframer, dc_of_address, is_dc_address, read_app_init
-from resistance.client.upstreams import Upstream
+from resistance.client.upstreams import Health, Upstream
 from resistance.errors import ProtocolError
 from resistance.net.relay import TransportRelay
 from resistance.node.host import SessionHost
@@ -169,6 +170,9 @@ class ClientSession(RawSession):
             # A TLS dial hanging on the last upstream may be a hello rule dropping
             # this variant's flows: the same node with the next hello gets through.
             again=lambda upstream: upstream.tls_sha256 is not None,
+            # ... and so may one whose other candidates all failed their last dial
+            # (under a whitelist every node abroad fails again as its rest ends).
+            hopeless=lambda upstream: _failing(pool.health[upstream]),
         )
         if won is None:
             if spent:
@@ -650,3 +654,9 @@ class DcPump:
             self.session.sock.close()
         self.session.judge_upstream(self.bytes_up, self.bytes_down, broken=False)
         self.session.host.session_closed(self.session, self.bytes_up, self.bytes_down)
+
+
+def _failing(health: Health) -> bool:
+    """Resting after a failure, or its last dial failed: not worth waiting for before
+    racing a hanging upstream with another hello."""
+    return health.consecutive_failures > 0 or not health.available(time.monotonic())

@@ -194,8 +194,9 @@ def unblock(prefixes: tuple[str, ...], name: str) -> None:
 @click.option(
     "--escalate",
     is_flag=True,
-    help="After steps 1-3 the censor escalates (ip, socks5, sni, hello, freeze, "
-    "active-probe, whitelist); recovery time and the probes' verdicts per step.",
+    help="After steps 1-3 and a cascade (7) the censor escalates (ip, socks5, sni, hello, "
+    "freeze, active-probe, whitelist, the hop's hello); recovery time and the probes' "
+    "verdicts per step.",
 )
 @one_line_errors
 def demo(name: str, state_dir: Path | None, keep: bool, escalate: bool) -> None:
@@ -207,9 +208,13 @@ def demo(name: str, state_dir: Path | None, keep: bool, escalate: bool) -> None:
     probes judge it blocked; a grant round pays the nodes and Electrum signs; a
     volunteer's MTProto proxy gets a Telegram-like client through.
 
-    With --escalate: steps 1-3, then today's censor switches on its rules one
-    after another (steps 8-14) while the user's curl keeps being timed until it
-    gets through, and the probes name the mechanism that blocked each node.
+    With --escalate: steps 1-3, a cascade registered (7: an exit abroad, a
+    bridge on domestic hosting), then today's censor switches on its rules one
+    after another (steps 8-15) while the user's curl keeps being timed until it
+    gets through, and the probes name the mechanism that blocked each node; the
+    whitelist (14) is survived through the bridge by the application and the
+    Telegram-like client, and the bridge's hop survives its hello being dropped
+    (15).
 
     \b
     Example:
@@ -268,6 +273,9 @@ def escalation_table(steps: list[Any]) -> Table:
         table.add_column(col)
     for s in steps:
         seconds = "not survived" if s.recovered_s is None else f"{s.recovered_s:.2f}"
+        if s.telegram_s is not None or s.via_bridge:
+            telegram = "not survived" if s.telegram_s is None else f"{s.telegram_s:.2f}"
+            seconds = f"{seconds} (Telegram {telegram}), via the bridge"
         verdicts = "; ".join(f"node-{n}: {v}" for n, v in s.verdicts.items()) or "none blocked"
         table.add_row(str(s.number), f"{s.rule} ({s.note})", seconds, verdicts)
     return table

@@ -158,7 +158,8 @@ def node(
     cloud metadata, CGNAT, their IPv6 forms) and SMTP unless allowed, logs no
     client address or destination, and prints the Telegram links for its
     first user.  Without --user it generates one and keeps it in the state
-    directory.  SIGHUP reloads users and policy; SIGTERM drains and stops.
+    directory.  SIGHUP reloads users, policy and a bridge's upstreams;
+    SIGTERM drains and stops.
 
     \b
     Examples:

@@ -140,7 +140,7 @@ async def serve(
     if settings.upstream:
         from resistance.node.upstream import upstream_network  # only a bridge needs TLS dialing
 
-        upstream = upstream_network(settings.upstream, loop)
+        upstream = upstream_network(settings.upstream, loop, warm=settings.upstream_warm)
     node = Node(
         settings,
         users=access.users,
@@ -211,6 +211,13 @@ async def serve(
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
         node.reload(users=fresh_access.users, policy=fresh_policy)
+        if upstream is not None:
+            try:
+                upstream.reload(fresh.upstream)
+            except ConfigError as exc:
+                log.error("upstream reload failed, keeping the running list: %s", exc)
+        elif fresh.upstream:
+            log.error("--upstream: a node becomes a bridge at start only; restart it")
         if mtproto is not None and fresh.mtproto is not None:
             try:
                 mtproto.reload(fresh.mtproto)
