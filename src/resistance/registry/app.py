@@ -23,6 +23,7 @@ from resistance.registry.errors import install_error_handlers
 from resistance.registry.guard import RequestGuard
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
 from resistance.registry.ratelimit import TokenBucketLimiter
+from resistance.registry.routes import censor as censor_routes
 from resistance.registry.routes import mtproto as mtproto_routes
 from resistance.registry.routes import probes as probe_routes
 from resistance.registry.routes import rounds as round_routes
@@ -116,6 +117,7 @@ def create_app(
     app.include_router(wireguard_routes.router)
     app.include_router(mtproto_routes.router)
     app.include_router(token_routes.router)
+    app.include_router(censor_routes.router)
     app.include_router(dashboard.router())
     app.add_middleware(
         RequestGuard,

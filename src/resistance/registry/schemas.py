@@ -423,3 +423,31 @@ class RoundFileBody(BaseModel):
     inputs: dict[str, Any]
     result: dict[str, Any]
     state: dict[str, Any]
+
+
+# --- the censor's registry, version by version (issue 25) ------------------------------
+
+
+class BlocklistVersion(BaseModel):
+    import_id: int
+    source: str
+    kind: str
+    updated: str | None
+    imported_at: int
+    prefixes: int
+    ranges: int = Field(description="Merged ranges in this version: its size.")
+    added: int = Field(description="Ranges it has that the version before it had not.")
+    removed: int = Field(description="Ranges the version before it had that it has not.")
+    skipped: int
+
+
+class BlocklistVersionList(BaseModel):
+    versions: list[BlocklistVersion]
+    next_before: int | None = Field(description="Pass as ?before= for older versions.")
+
+
+class BlocklistDiff(BaseModel):
+    version: BlocklistVersion
+    change: Literal["added", "removed"]
+    ranges: list[str] = Field(description="Prefixes (or first-last ranges), by start address.")
+    next_after: str | None = Field(description="Pass as ?after= for the next page.")
