@@ -18,6 +18,9 @@ name's users there see.
 Resolution goes through a :data:`Resolver`, an async function from a name to
 its addresses, so tests inject their own and never resolve real names.
 :func:`system_resolver` is the default: the host's ``getaddrinfo``.
+:class:`NameServerResolver` asks one DNS server of the operator's choice
+(``--dns HOST:PORT``): a probe inside a censored network pointed at the
+local ISP's resolver sees the answers its users get, poisoned or not.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-from resistance.errors import ResistanceError
+from resistance.config import Endpoint, parse_endpoint
+from resistance.errors import ConfigError, ResistanceError
 
 #: An async function from a DNS name to its addresses (text, in the order given).
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
@@ -79,6 +83,51 @@ async def system_resolver(name: str) -> list[str]:
         name, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
     return [str(info[4][0]).partition("%")[0] for info in infos]
+
+
+def dns_server(text: str) -> Endpoint:
+    """``--dns``'s value: an IP literal, with a port (53 if none); :class:`ConfigError`."""
+    endpoint = parse_endpoint(text, what="DNS server", default_port=53)
+    if not is_ip_literal(endpoint.host):
+        raise ConfigError(f"the DNS server is given by address, not {endpoint.host!r}")
+    return endpoint
+
+
+class NameServerResolver:
+    """A :data:`Resolver` asking one DNS server for A and AAAA records (UDP, TCP when the
+    answer is truncated; CNAME chains followed), never the host's configuration."""
+
+    __slots__ = ("host", "lifetime", "port")
+
+    def __init__(self, host: str, port: int = 53, *, lifetime: float = 5.0) -> None:
+        self.host, self.port, self.lifetime = host, port, lifetime
+
+    async def __call__(self, name: str) -> list[str]:
+        import dns.asyncresolver
+        import dns.exception
+        import dns.resolver
+
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [self.host]
+        resolver.port = self.port
+        resolver.lifetime = self.lifetime
+
+        async def ask(kind: str) -> list[str]:
+            try:
+                answer = await resolver.resolve(name, kind, search=False)
+            except dns.resolver.NoAnswer:
+                return []
+            return [str(record.address) for record in answer]
+
+        try:
+            found = await asyncio.gather(ask("A"), ask("AAAA"))
+        except dns.resolver.NXDOMAIN:
+            raise socket.gaierror(socket.EAI_NONAME, "no such name") from None
+        except dns.exception.Timeout:
+            raise TimeoutError from None
+        except dns.exception.DNSException as exc:  # SERVFAIL, REFUSED, a bad answer
+            raise OSError(f"{type(exc).__name__} from {self.host}:{self.port}") from None
+        return [*found[0], *found[1]]
 
 
 async def resolve_all(

@@ -53,10 +53,12 @@ from typing import Any
 
 import httpx
 
+from resistance.config import Endpoint
 from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.errors import ConfigError
 from resistance.net.resolve import (
     MAX_ADDRESSES,
+    NameServerResolver,
     ResolveError,
     Resolver,
     is_ip_literal,
@@ -123,6 +125,8 @@ class AgentSettings:
     drain_seconds: float = 5.0
     #: Stop after this many rounds (None: run until signalled).
     rounds: int | None = None
+    #: The DNS server that resolves proxies registered by name (None: the host's resolver).
+    dns: Endpoint | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_RESULTS:
@@ -347,7 +351,11 @@ class Agent:
         self.network = network or SocketNetwork(settings.source)
         self.link = link or RegistryLink(settings)
         #: How targets registered by name are resolved, per measurement (tests inject theirs).
-        self.resolver: Resolver = system_resolver
+        self.resolver: Resolver = (
+            NameServerResolver(settings.dns.host, settings.dns.port)
+            if settings.dns is not None
+            else system_resolver
+        )
         self.pending: list[dict[str, Any]] = []
         self.spooled = asyncio.Event()
         self.stop = asyncio.Event()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from resistance.net.resolve import NameServerResolver, Resolver, system_resolver
 from resistance.paths import resolve_state_dir
 from resistance.registry import services
 from resistance.registry.canary import CanaryServer, load_or_create_canary_key
@@ -45,7 +46,13 @@ async def open_registry(settings: RegistrySettings) -> Registry:
     if settings.auto_migrate:
         await migrate(url)
     engine = make_engine(url)
+    dns = settings.dns
     return Registry(
+        resolver=(
+            NameServerResolver(dns.host, dns.port, lifetime=settings.resolve_timeout)
+            if dns is not None
+            else system_resolver
+        ),
         settings=settings,
         engine=engine,
         sessions=make_sessions(engine),
@@ -66,14 +73,18 @@ def create_app(
     *,
     on_admin_token: Callable[[str], None] | None = None,
     clock: Callable[[], float] | None = None,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
-    """The registry app.  ``on_admin_token`` receives the admin token the one time it is made."""
+    """The registry app.  ``on_admin_token`` receives the admin token the one time it is made;
+    ``resolver`` resolves endpoint names (default: the host's; tests pass their own)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = await open_registry(settings)
         if clock is not None:
             registry.clock = clock
+        if resolver is not None:
+            registry.resolver = resolver
         task: asyncio.Task[None] | None = None
         canary: CanaryServer | None = None
         try:

@@ -192,6 +192,10 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     "(repeatable; default: from nobody, loopback included).",
 )  # fmt: skip
 @click.option(
+    "--dns", metavar="HOST:PORT",
+    help="Resolve proxies registered by DNS name with this server (default: the host's).",
+)  # fmt: skip
+@click.option(
     "--dev",
     is_flag=True,
     help="One-machine trials: loopback proxies, regtest, quick publishing and probing, "
@@ -225,6 +229,7 @@ def serve(
     max_body_bytes: int,
     max_connections: int,
     trust_proxy: tuple[str, ...],
+    dns: str | None,
     dev: bool,
     verbose: int,
 ) -> None:
@@ -279,6 +284,8 @@ def serve(
             nl=False,
             err=True,
         )
+    from resistance.net.resolve import dns_server
+
     settings = RegistrySettings(
         state_dir=resolve_state_dir(state_dir),
         database_url=db,
@@ -289,6 +296,7 @@ def serve(
         approve_open_periods=approve_open_periods,
         auto_migrate=not no_migrate,
         canary=parse_endpoint(canary, what="canary address") if canary else None,
+        dns=dns_server(dns) if dns else None,
         probe_round_seconds=probe_round,
         probe_control=_control_proxy(probe_control) if probe_control else None,
         verdict_window_seconds=verdict_window,

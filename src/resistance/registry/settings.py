@@ -37,6 +37,8 @@ class RegistrySettings:
     challenge_timeout: float = 10.0
     #: How long resolving an endpoint's DNS name may take at registration.
     resolve_timeout: float = 5.0
+    #: The DNS server that resolves endpoint names (None: the host's resolver).
+    dns: Endpoint | None = None
     statement_skew: int = 300
     #: Accept proxies on loopback/private addresses (tests and labs only).
     allow_private_endpoints: bool = False
