@@ -371,7 +371,13 @@ def _hop(exit_id: int | None, exit_user: str | None) -> dict[str, object] | None
 @registry.command(name="register-node", context_settings=CONTEXT)
 @click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
 @click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
-@click.option("--public-host", required=True, metavar="IP", help="Address users reach it at.")
+@click.option(
+    "--public-host",
+    required=True,
+    metavar="HOST",
+    help="Address or DNS name users reach it at (a name: the registry proves control at "
+    "every address it resolves to, and the directory carries the name).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=1080, show_default=True)
 @click.option(
     "--tls-port",
@@ -674,7 +680,13 @@ def mtproto_secret(registry_url: str, token: str) -> None:
 @registry.command(name="register-mtproto", context_settings=CONTEXT)
 @click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
 @click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
-@click.option("--public-host", required=True, metavar="IP", help="Address users reach it at.")
+@click.option(
+    "--public-host",
+    required=True,
+    metavar="HOST",
+    help="Address or DNS name users reach it at (a name: the registry proves control at "
+    "every address it resolves to, and the directory carries the name).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=443, show_default=True)
 @click.option(
     "--mode",

@@ -485,6 +485,11 @@ async def listed_since(session: AsyncSession, *, address_hex: str) -> int | None
     return since
 
 
+async def forget_blocklist_flag(session: AsyncSession, *, proxy_id: int) -> None:
+    """Drop a proxy's flag, so the next publication looks its address up again."""
+    await session.execute(delete(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id == proxy_id))
+
+
 async def flags_by_proxy(session: AsyncSession) -> dict[int, tuple[int, bool, int | None]]:
     """Every proxy's flag as ``(import_id, listed, listed_since)``."""
     result = await session.execute(

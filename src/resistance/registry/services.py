@@ -489,6 +489,8 @@ async def register_proxy(
             current = await repo.proxy_by_endpoint(session, host=host, port=port)
             check_owner(current, operator_id, host, port, kind="socks5")
             proxy = await repo.save_proxy(session, fields=fields)
+            if resolved is not None:  # a name may have moved: look its address up again
+                await repo.forget_blocklist_flag(session, proxy_id=proxy.id)
             await repo.forget_nonces(session, before=now - 2 * registry.settings.statement_skew)
             view = proxy_view(proxy)
     except IntegrityError:
