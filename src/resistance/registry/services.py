@@ -295,20 +295,30 @@ async def resolve_endpoint(registry: Registry, host: str) -> tuple[str, ...] | N
 
 
 async def prove_at_addresses(
-    addresses: Sequence[str], prove: Callable[[str], Awaitable[None]]
+    host: str, resolved: Sequence[str] | None, prove: Callable[[str], Awaitable[None]]
 ) -> tuple[str, ...]:
-    """The addresses where ``prove(address)`` succeeds (all tried at once, in order);
-    raises the first :class:`ChallengeFailed`, naming its address, if none does."""
+    """Where ``prove(address)`` succeeds: at ``host`` itself (an IP literal, ``resolved``
+    ``None``), or at each address a name resolved to (all tried at once, in order).
+    Raises the first :class:`ChallengeFailed` (naming its address, for a name) if none
+    succeeds."""
+    addresses = tuple(resolved) if resolved is not None else (host,)
     outcomes = await asyncio.gather(*(prove(a) for a in addresses), return_exceptions=True)
     proven = tuple(a for a, o in zip(addresses, outcomes, strict=True) if o is None)
     if proven:
         return proven
     for address, outcome in zip(addresses, outcomes, strict=True):
         if isinstance(outcome, ChallengeFailed):
+            if resolved is None:
+                raise outcome
             raise ChallengeFailed(f"at {address}: {outcome}")
         if isinstance(outcome, BaseException):
             raise outcome
     raise ChallengeFailed("no address to prove control at")
+
+
+def named_addresses(resolved: Sequence[str] | None, proven: Sequence[str]) -> list[str] | None:
+    """What ``proxies.addresses`` holds: the proven addresses of a name, null for a literal."""
+    return list(proven) if resolved is not None else None
 
 
 def _verify_statement(registry: Registry, request: RegistrationRequest) -> dict[str, Any]:
@@ -454,7 +464,7 @@ async def register_proxy(
     try:
         # A name is proven at each address it resolved to; only those proven are kept
         # (probes measure only them, see resistance.net.resolve).
-        proven = await prove_at_addresses(resolved or (host,), prove)
+        proven = await prove_at_addresses(host, resolved, prove)
     except ChallengeFailed as exc:
         raise ApiError(422, f"proof of control failed: {exc}") from None
     network = endpoint_network(proven[0])
@@ -464,7 +474,7 @@ async def register_proxy(
     fields: dict[str, Any] = {
         "operator_id": operator_id,
         "host": host,
-        "addresses": list(proven) if resolved is not None else None,
+        "addresses": named_addresses(resolved, proven),
         "port": port,
         "network": network,
         "public_key": st.public_key,
