@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from resistance.cli import main
@@ -307,3 +309,92 @@ async def test_migration_0018_carries_the_current_ranges_down_and_up(db_url: str
         await migrate(db_url)
     finally:
         await engine.dispose()
+
+
+# --- a property: the stored versions are exactly what was imported ---------------------
+
+_PREFIXES = st.lists(
+    st.tuples(st.integers(0, 63), st.sampled_from([26, 27, 28, 30, 32])), min_size=1, max_size=12
+)
+
+
+def _prefix_lines(items: list[tuple[int, int]]) -> bytes:
+    return b"".join(b"10.0.0.%d/%d\n" % (4 * n - (4 * n) % (1 << (32 - k)), k) for n, k in items)
+
+
+@pytest.fixture(scope="module")
+def migrated_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from resistance.registry.db import migrate
+
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    asyncio.run(migrate(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(versions=st.lists(_PREFIXES, min_size=1, max_size=5), keep=st.integers(1, 4))
+def test_every_kept_version_its_diff_and_who_blocked_whom_match_the_imports(
+    tmp_path: Path, migrated_file: Path, versions: list[list[tuple[int, int]]], keep: int
+) -> None:
+    import shutil
+    import uuid
+
+    from resistance.registry.blocklist import merge_ranges
+    from resistance.registry.db import make_engine, make_sessions
+
+    path = tmp_path / f"{uuid.uuid4().hex}.sqlite3"
+    shutil.copy(migrated_file, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    probes = [address_hex(f"10.0.0.{i}") for i in range(0, 256, 3)]
+
+    async def run() -> None:
+        expected: list[tuple[int, set[tuple[str, str]]]] = []
+        for items in versions:
+            data = _prefix_lines(items)
+            done = await import_blocklist(
+                url, data, "p", auto_migrate=False, keep_versions=keep, allow_shrink=True
+            )
+            ranges = merge_ranges(parse_blocklist(data)[0])
+            spans = {(f"{a:033x}", f"{b:033x}") for a, b in ranges}
+            previous = expected[-1][1] if expected else set()
+            assert (done.added, done.removed) == (len(spans - previous), len(previous - spans))
+            expected.append((done.import_id, spans))
+        kept = expected[-keep:]
+        engine = make_engine(url)
+        try:
+            async with make_sessions(engine)() as s:
+                rows = (await s.execute(select(BlocklistRange))).scalars().all()
+                ids = [v.id for v in await repo.blocklist_versions(s)]
+                assert ids == [v for v, _ in reversed(kept)]
+                for index, (version, spans) in enumerate(kept):
+                    held = {
+                        (r.start_hex, r.end_hex) for r in rows
+                        if r.first_import <= version
+                        and (r.until_import is None or r.until_import > version)
+                    }  # fmt: skip
+                    assert held == spans
+                    before = expected[len(expected) - len(kept) + index - 1][1] if (
+                        len(expected) - len(kept) + index > 0
+                    ) else set()  # fmt: skip
+                    added = await repo.blocklist_changes(s, import_id=version, added=True)
+                    removed = await repo.blocklist_changes(s, import_id=version, added=False)
+                    assert set(added) == spans - before and set(removed) == before - spans
+                for hexed in probes:
+                    since = None
+                    for version, spans in reversed(expected):
+                        if not any(a <= hexed <= b for a, b in spans):
+                            break
+                        since = version
+                    found = await repo.listed_since(s, address_hex=hexed)
+                    if since is not None and since < kept[0][0]:
+                        # the run reaches back past the kept versions: some import at or
+                        # before the oldest kept one is named
+                        assert found is not None and found <= kept[0][0]
+                    else:
+                        assert found == since
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
