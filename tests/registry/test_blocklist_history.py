@@ -332,7 +332,11 @@ def migrated_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    # each example is a database: shrinking one takes minutes, past the test timeout
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )
 @given(versions=st.lists(_PREFIXES, min_size=1, max_size=5), keep=st.integers(1, 4))
 def test_every_kept_version_its_diff_and_who_blocked_whom_match_the_imports(
