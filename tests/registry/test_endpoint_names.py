@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from resistance.net.resolve import ResolveError, host_name, pin, resolve_all
+from resistance.net.resolve import ResolveError, host_name, is_ip_literal, pin, resolve_all
 from resistance.probe.agent import parse_assignment, pinned, unresolved
 from resistance.probe.batch import parse_batch, result_json, sign_batch
 from resistance.probe.check import Failure, Step
@@ -288,3 +290,13 @@ async def test_a_public_registry_refuses_a_name_with_one_private_address(
             json=_body(state, "mixed.example", node.port, reg.operator_ids[token]),
         )
         assert_error(r, 422, "resolves to 127.0.0.1, which is not a public address")
+
+
+@given(st.text(max_size=300))
+def test_host_name_fuzz_gives_a_canonical_name_or_a_value_error(text: str) -> None:
+    try:
+        name = host_name(text)
+    except ValueError:
+        return
+    assert host_name(name) == name and len(name) <= 253 and name.isascii()
+    assert not is_ip_literal(name)
