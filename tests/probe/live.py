@@ -101,13 +101,15 @@ class RegistryServer:
         token: str = response.json()["token"]
         return token
 
-    def register(self, node_state: Path, port: int, name: str = "volunteer") -> int:
+    def register(
+        self, node_state: Path, port: int, name: str = "volunteer", *, host: str = "127.0.0.1"
+    ) -> int:
         signup = httpx.post(f"{self.url}/api/v1/operators", json={"name": name}, timeout=10)
         token = signup.json()["token"]
         body = registration_body(
             state_dir=node_state,
             operator_id=signup.json()["operator_id"],
-            host="127.0.0.1",
+            host=host,
             port=port,
             public=True,
             users=[{"username": "alice", "password": "secret"}],

@@ -32,6 +32,12 @@ PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 GENEROUS = RateLimit(per_second=1000.0, burst=10_000)
 
 
+async def no_dns(name: str) -> list[str]:
+    """The resolver test registries get: tests never resolve real names, so every name
+    fails as an unknown one would (tests that need names inject a table of their own)."""
+    raise socket.gaierror(socket.EAI_NONAME, f"{name[:60]}: no resolution in tests")
+
+
 async def _pg_admin(*statements: str) -> None:
     import asyncpg
 
@@ -140,7 +146,7 @@ class start_registry:
     def __init__(self, state_dir: Path, db_url: str, **overrides: Any) -> None:
         self.settings = make_settings(state_dir, db_url, **overrides)
         self.tokens: list[str] = []
-        self.app = create_app(self.settings, on_admin_token=self.tokens.append)
+        self.app = create_app(self.settings, on_admin_token=self.tokens.append, resolver=no_dns)
         self._ctx: Any = None
         self.reg: RunningRegistry | None = None
 

@@ -158,11 +158,13 @@ async def seed(registry: Registry, *, operator_id: int, other_operator_id: int) 
             await db.flush()
         # The current list covers 198.51.100.0/24 (256 addresses, one of them a proxy).
         db.add(BlocklistRange(
-            start_hex=_hex("198.51.100.0"), end_hex=_hex("198.51.100.255"), import_id=record.id,
+            start_hex=_hex("198.51.100.0"), end_hex=_hex("198.51.100.255"),
+            first_import=record.id,
         ))  # fmt: skip
         for proxy, listed in ((socks, True), (theirs, False)):
             db.add(ProxyBlocklistFlag(
                 proxy_id=proxy.id, import_id=record.id, listed=listed, checked_at=now,
+                listed_since=record.id if listed else None,
             ))  # fmt: skip
         ids = Seeded(socks.id, mtproto.id, theirs.id, days)
     return ids

@@ -85,6 +85,13 @@ async def test_public_pages_show_the_network_and_no_secrets(running: RunningRegi
     assert re.search(r'3-7 d</th><td class="num">1</td>', pages["/ui/blocking"])
     censor = pages["/ui/censor"]
     assert "<dd>256</dd>" in censor and "<dd>255</dd>" in censor  # covered, collateral
+    # The public proxy the list blocks, with the import that blocked it (the second).
+    blocked = re.search(
+        r'<th scope="row">198\.51\.100\.7:1080</th><td class="num">(\d+)</td>', censor
+    )
+    assert blocked is not None
+    ids = [int(i) for i in re.findall(r'<tr><th scope="row">(\d+)</th>', censor)]
+    assert int(blocked.group(1)) == max(ids) and len(ids) == 2
 
 
 async def test_static_files_and_unknown_ones(running: RunningRegistry) -> None:

@@ -152,6 +152,22 @@ async def test_a_proxy_with_the_prober_secret_is_registered(world: World, mode: 
     assert upstreams_from(signed["document"]) == []  # a SOCKS5 client cannot use it
 
 
+async def test_an_mtproto_proxy_by_dns_name_is_proven_at_its_addresses(world: World) -> None:
+    from tests.registry.test_endpoint_names import TableResolver
+
+    world.reg.registry.resolver = TableResolver({"mt.example": ["127.0.0.1", "127.0.0.4"]})
+    with world.proxy(world.key) as proxy:  # listens on 127.0.0.1 only
+        body = world.body(proxy.port, "ee", public=True)
+        body["endpoint"]["host"] = "mt.example"
+        response = await world.operator.post("/api/v1/mtproto/endpoints", json=body)
+    assert response.status_code == 201, response.text
+    view = response.json()
+    assert view["endpoint"]["host"] == "mt.example" and view["addresses"] == ["127.0.0.1"]
+    signed = await publish(world.reg.registry)
+    (entry,) = signed["document"]["proxies"]
+    assert entry["endpoint"]["host"] == "mt.example"
+
+
 @pytest.mark.parametrize("case", ["another key", "another operator's key", "wrong mode"])
 async def test_no_proof_no_proxy(world: World, case: str) -> None:
     keys = [secrets.token_bytes(16)]
@@ -180,7 +196,7 @@ async def test_a_closed_port_is_refused(world: World) -> None:
         ({"mode": "dd", "domain": DOMAIN}, "only an ee"),
         ({"mode": "ee", "domain": "not a host"}, "not a host name"),
         ({"mode": "xx"}, "mode"),
-        ({"endpoint": {"host": "localhost", "port": 443}}, "IP address literal"),
+        ({"endpoint": {"host": "localhost", "port": 443}}, "nor a name"),
         ({"secret": "00" * 16}, "secret"),
     ],
 )

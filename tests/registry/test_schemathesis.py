@@ -30,7 +30,7 @@ from schemathesis.generation import GenerationMode
 
 from resistance.directory.keys import public_key_text
 from resistance.registry.app import create_app
-from tests.registry.conftest import ThreadedServer, make_settings
+from tests.registry.conftest import ThreadedServer, make_settings, no_dns
 
 #: Examples per operation, role and mode: 4 roles x 2 modes x ~30 operations x this.
 EXAMPLES = 5
@@ -89,7 +89,7 @@ def test_only_loopback_passes_the_guard() -> None:
 def live_server(tmp_path: Path, db_url: str) -> Iterator[tuple[str, dict[str, str]]]:
     settings_ = make_settings(tmp_path / "reg", db_url)
     admin: list[str] = []
-    app = create_app(settings_, on_admin_token=admin.append)
+    app = create_app(settings_, on_admin_token=admin.append, resolver=no_dns)
     with ThreadedServer(app, settings_) as server:
         base = f"http://127.0.0.1:{server.port}"
         signup = httpx.post(f"{base}/api/v1/operators", json={"name": "fuzz"}, timeout=10)

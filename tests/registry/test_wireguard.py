@@ -150,7 +150,7 @@ async def test_no_valid_answer_is_refused_and_nothing_is_stored(world: World, ca
     ("body", "fragment"),
     [
         ({"public_key": "not-a-key"}, "public_key"),
-        ({"endpoint": {"host": "localhost", "port": 51820}}, "IP address literal"),
+        ({"endpoint": {"host": "localhost", "port": 51820}}, "nor a name"),
         ({"probe_keys": ["x"]}, "probe_keys"),
         ({"extra": 1}, "extra"),
     ],

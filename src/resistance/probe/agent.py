@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -52,8 +53,19 @@ from typing import Any
 
 import httpx
 
+from resistance.config import Endpoint
 from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.errors import ConfigError
+from resistance.net.resolve import (
+    MAX_ADDRESSES,
+    NameServerResolver,
+    ResolveError,
+    Resolver,
+    is_ip_literal,
+    pin,
+    resolve_all,
+    system_resolver,
+)
 from resistance.paths import write_private
 from resistance.probe.batch import MAX_RESULTS, new_batch_id, result_json, sign_batch
 from resistance.probe.check import Failure, Step, StepOutcome, Timings, verdict
@@ -113,6 +125,8 @@ class AgentSettings:
     drain_seconds: float = 5.0
     #: Stop after this many rounds (None: run until signalled).
     rounds: int | None = None
+    #: The DNS server that resolves proxies registered by name (None: the host's resolver).
+    dns: Endpoint | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_RESULTS:
@@ -180,6 +194,7 @@ def parse_assignment(raw: Any) -> Assignment:
             wg_key if protocol in ("wireguard", "amneziawg") else None,
             mt_secret if protocol == "mtproto" else None,
             awg if protocol == "amneziawg" else None,
+            _addresses(p.get("addresses")),
         )
         targets.append((int(p["due_ms"]), target))
         ports = p.get("control_ports") or []
@@ -192,6 +207,53 @@ def parse_assignment(raw: Any) -> Assignment:
         str(raw["vantage"]), str(raw["country"]), int(raw["round_seconds"]), canary,
         tuple(targets), control, hints,
     )  # fmt: skip
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    """A name target's proven addresses (IP literals), or ``()`` for an address target."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value or not all(is_ip_literal(str(a)) for a in value):
+        raise ValueError("addresses is a non-empty list of IP addresses")
+    return tuple(str(a) for a in value[:MAX_ADDRESSES])
+
+
+async def pinned(target: Target, resolver: Resolver, *, within: float) -> tuple[Target, str | None]:
+    """The target to measure, with a name's address pinned for the whole measurement,
+    and ``None``; or the target and why nothing may be dialled (the name did not
+    resolve, or resolves to no proven address: see :mod:`resistance.net.resolve`)."""
+    if not target.addresses or is_ip_literal(target.host):
+        return target, None
+    try:
+        resolved = await resolve_all(target.host, resolver, within=within)
+    except ResolveError as exc:
+        return target, f"dns: {exc}"
+    address = pin(resolved, target.addresses)
+    if address is None:
+        return target, (
+            f"dns: {target.host} resolves to {', '.join(resolved)}, none of the proven "
+            f"{', '.join(target.addresses)}: the operator must register it again"
+        )
+    return dataclasses.replace(target, host=address, name=target.host), None
+
+
+def unresolved(target: Target, canary: Canary | None, why: str, *, at: int) -> CheckResult:
+    """A measurement that dialled nothing: failed at its first step, ``unreachable``."""
+    if target.protocol in ("wireguard", "amneziawg"):
+        required: tuple[Step, ...] = (Step.HANDSHAKE,)
+    elif target.protocol == "mtproto":
+        required = (Step.TCP, Step.RESPQ)
+    else:
+        required = required_steps(target, canary)
+    outcomes = [StepOutcome(required[0], Failure.UNREACHABLE, why[:200])]
+    return CheckResult(
+        target=target,
+        at=at,
+        outcomes=outcomes,
+        verdict=verdict(outcomes, required=required),
+        timings=Timings(),
+        required=required,
+    )
 
 
 class Upload(enum.Enum):
@@ -288,6 +350,12 @@ class Agent:
         self.spool = Spool(settings.state_dir / SPOOL_DIR)
         self.network = network or SocketNetwork(settings.source)
         self.link = link or RegistryLink(settings)
+        #: How targets registered by name are resolved, per measurement (tests inject theirs).
+        self.resolver: Resolver = (
+            NameServerResolver(settings.dns.host, settings.dns.port)
+            if settings.dns is not None
+            else system_resolver
+        )
         self.pending: list[dict[str, Any]] = []
         self.spooled = asyncio.Event()
         self.stop = asyncio.Event()
@@ -419,6 +487,10 @@ class Agent:
         seen: list[StepOutcome] = []
         started = time.monotonic()
         limit = check_limit(settings)
+        target, why = await pinned(target, self.resolver, within=settings.step_timeout)
+        if why is not None:
+            log.info("proxy %d: not measured: %s", target.proxy_id, why)
+            return unresolved(target, assignment.canary, why, at=int(time.time()))
         try:
             async with asyncio.timeout(limit):
                 if target.protocol in ("wireguard", "amneziawg"):

@@ -31,12 +31,16 @@ canary (nothing goes through a probe peer); an AmneziaWG check's is the
 same with ``"protocol": "amneziawg"``.  An MTProto check's RESULT adds
 ``"protocol": "mtproto"``; its steps are ``tcp``, ``handshake`` (fake-TLS)
 and ``respq``, and it has no canary (the path ends at a data centre).
+A check of a proxy registered by DNS name adds ``"address": IP``: the address
+the probe resolved the name to and pinned for the whole measurement
+(:mod:`resistance.net.resolve`).
 :func:`parse_batch` accepts bytes from anywhere and either returns a checked
 :class:`SignedBatch` or raises :class:`BatchError`; it never raises anything else.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -48,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from resistance.directory.canonical import CanonicalError, canonical_bytes, parse_strict
 from resistance.directory.keys import b64url, b64url_decode, parse_public_key, verify_signature
 from resistance.errors import ResistanceError
+from resistance.net.resolve import is_ip_literal
 from resistance.probe.check import Failure, Step
 from resistance.probe.diagnose import Diagnosis, Evidence, diagnose
 from resistance.probe.runner import CheckResult
@@ -121,6 +126,8 @@ class ResultRecord:
     mechanism: str | None = None
     #: Other transports of the node measured beside it: (name, ``ok`` or mechanism).
     transports: tuple[tuple[str, str], ...] = ()
+    #: For a proxy registered by DNS name: the address this measurement pinned and dialled.
+    address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,8 @@ def result_json(result: CheckResult) -> dict[str, Any]:
     proof = result.proof
     protocol = result.target.protocol
     extra: dict[str, Any] = {"protocol": protocol} if protocol != "socks5" else {}
+    if result.target.name is not None:  # registered by name: the address it pinned
+        extra["address"] = result.target.host
     if result.diagnosis is not None and result.evidence is not None:
         extra["diagnosis"] = _diagnosis_json(result.diagnosis, result.evidence)
     if result.transports:
@@ -282,6 +291,7 @@ def _result(value: Any, index: int) -> ResultRecord:
         protocol=protocol,
         mechanism=_diagnosis(value["diagnosis"], ok, where) if "diagnosis" in value else None,
         transports=_transports(value.get("transports"), where),
+        address=_address(value.get("address"), where),
     )
     if protocol in HANDSHAKE_PROTOCOLS:
         if record.canary is not None:
@@ -302,7 +312,18 @@ def _result(value: Any, index: int) -> ResultRecord:
 
 #: Transports a result may report beside its own (a node's TLS listener).
 TRANSPORTS: Final = ("tls",)
-_OPTIONAL_KEYS = frozenset({"protocol", "diagnosis", "transports"})
+_OPTIONAL_KEYS = frozenset({"protocol", "diagnosis", "transports", "address"})
+
+
+def _address(value: Any, where: str) -> str | None:
+    """The address a name's measurement pinned: an IP literal in its canonical form."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 45 or not is_ip_literal(value):
+        raise BatchError(f"{where}.address must be an IP address")
+    if str(ipaddress.ip_address(value)) != value:
+        raise BatchError(f"{where}.address must be written as {ipaddress.ip_address(value)}")
+    return value
 
 
 def _transports(value: Any, where: str) -> tuple[tuple[str, str], ...]:

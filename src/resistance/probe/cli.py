@@ -71,6 +71,9 @@ def wg_key(state_dir: Path | None) -> None:
 @click.option("--country", required=True, metavar="CC", help="Where it measures from (RU, DE…).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Key, spool, assignment.")
 @click.option("--source", metavar="IP", help="Local address to connect from (multi-homed hosts).")
+@click.option("--dns", metavar="HOST:PORT",
+              help="Resolve proxies registered by name with this DNS server (default: the "
+              "host's); inside a censored network, the ISP's shows poisoning.")  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1, 10_000), default=128, show_default=True)
 @click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, metavar="S",
@@ -88,6 +91,7 @@ def run(
     country: str,
     state_dir: Path | None,
     source: str | None,
+    dns: str | None,
     concurrency: int,
     step_timeout: float,
     rounds: int | None,
@@ -106,6 +110,7 @@ def run(
       resist probe run --registry https://reg.example --token rst_... \\
           --vantage msk-1 --country RU --state-dir /var/lib/resist-probe
     """
+    from resistance.net.resolve import dns_server
     from resistance.probe.agent import AgentSettings, run_agent
     from resistance.probe.runner import CheckSettings
 
@@ -121,6 +126,7 @@ def run(
         check=CheckSettings(step_timeout=step_timeout),
         rounds=rounds,
         min_round_seconds=min_round,
+        dns=dns_server(dns) if dns else None,
     )
     sys.exit(run_agent(settings))
 

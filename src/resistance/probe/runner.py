@@ -75,6 +75,11 @@ class Target:
     mtproto_secret: str | None = None
     #: "amneziawg": the server's key and these parameters (AmneziaParams.to_json).
     amnezia: dict[str, Any] | None = None
+    #: A target registered by DNS name: the addresses its control was proven at.  The
+    #: agent resolves ``host`` per measurement and pins one of them (see :func:`pinned`).
+    addresses: tuple[str, ...] = ()
+    #: Set on a pinned target: the name it was registered by (``host`` is the address).
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from resistance.net.resolve import NameServerResolver, Resolver, system_resolver
 from resistance.paths import resolve_state_dir
 from resistance.registry import services
 from resistance.registry.canary import CanaryServer, load_or_create_canary_key
@@ -41,6 +42,7 @@ from resistance.registry.errors import install_error_handlers
 from resistance.registry.guard import RequestGuard
 from resistance.registry.keys import load_or_create_ring_key, load_or_create_signing_keys
 from resistance.registry.ratelimit import buckets_engine, make_limiter, prune_buckets
+from resistance.registry.routes import censor as censor_routes
 from resistance.registry.routes import mtproto as mtproto_routes
 from resistance.registry.routes import probes as probe_routes
 from resistance.registry.routes import rounds as round_routes
@@ -69,7 +71,13 @@ async def open_registry(settings: RegistrySettings) -> Registry:
     clients = settings.rate_limit_clients
     # Several processes may serve a PostgreSQL database: their rate limits are shared.
     buckets = buckets_engine(engine.url) if engine.dialect.name == "postgresql" else None
+    dns = settings.dns
     return Registry(
+        resolver=(
+            NameServerResolver(dns.host, dns.port, lifetime=settings.resolve_timeout)
+            if dns is not None
+            else system_resolver
+        ),
         settings=settings,
         engine=engine,
         sessions=make_sessions(engine),
@@ -97,14 +105,18 @@ def create_app(
     *,
     on_admin_token: Callable[[str], None] | None = None,
     clock: Callable[[], float] | None = None,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
-    """The registry app.  ``on_admin_token`` receives the admin token the one time it is made."""
+    """The registry app.  ``on_admin_token`` receives the admin token the one time it is made;
+    ``resolver`` resolves endpoint names (default: the host's; tests pass their own)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = await open_registry(settings)
         if clock is not None:
             registry.clock = clock
+        if resolver is not None:
+            registry.resolver = resolver
         tasks: list[asyncio.Task[None]] = []
         canary: CanaryServer | None = None
         try:
@@ -159,6 +171,7 @@ def create_app(
     app.include_router(wireguard_routes.router)
     app.include_router(mtproto_routes.router)
     app.include_router(token_routes.router)
+    app.include_router(censor_routes.router)
     app.include_router(dashboard.router())
     app.add_middleware(
         RequestGuard,

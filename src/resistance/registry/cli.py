@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -210,6 +211,10 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     "rate limits and tokens through the database and take turns to sign directories).",
 )
 @click.option(
+    "--dns", metavar="HOST:PORT",
+    help="Resolve proxies registered by DNS name with this server (default: the host's).",
+)  # fmt: skip
+@click.option(
     "--dev",
     is_flag=True,
     help="One-machine trials: loopback proxies, regtest, quick publishing and probing, "
@@ -245,6 +250,7 @@ def serve(
     max_connections: int,
     trust_proxy: tuple[str, ...],
     workers: int,
+    dns: str | None,
     dev: bool,
     verbose: int,
 ) -> None:
@@ -306,6 +312,8 @@ def serve(
             nl=False,
             err=True,
         )
+    from resistance.net.resolve import dns_server
+
     settings = RegistrySettings(
         state_dir=resolve_state_dir(state_dir),
         database_url=db,
@@ -316,6 +324,7 @@ def serve(
         approve_open_periods=approve_open_periods,
         auto_migrate=not no_migrate,
         canary=parse_endpoint(canary, what="canary address") if canary else None,
+        dns=dns_server(dns) if dns else None,
         probe_round_seconds=probe_round,
         probe_control=_control_proxy(probe_control) if probe_control else None,
         verdict_window_seconds=verdict_window,
@@ -398,7 +407,13 @@ def _hop(exit_id: int | None, exit_user: str | None) -> dict[str, object] | None
 @registry.command(name="register-node", context_settings=CONTEXT)
 @click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
 @click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
-@click.option("--public-host", required=True, metavar="IP", help="Address users reach it at.")
+@click.option(
+    "--public-host",
+    required=True,
+    metavar="HOST",
+    help="Address or DNS name users reach it at (a name: the registry proves control at "
+    "every address it resolves to, and the directory carries the name).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=1080, show_default=True)
 @click.option(
     "--tls-port",
@@ -542,17 +557,37 @@ def add_probe(
 @click.option("--db", "db", metavar="URL", help="Database URL [default: SQLite in state dir].")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="Where the SQLite file is.")
 @click.option("--show-problems", default=10, show_default=True, help="How many bad lines to list.")
+@click.option(
+    "--keep-versions",
+    default=365,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Versions kept; older ones are pruned.",
+)
+@click.option(
+    "--allow-shrink",
+    is_flag=True,
+    help="Import even if it lists under half the prefixes of the current version.",
+)
 @one_line_errors
 def import_blocklist(
-    file: Path, db: str | None, state_dir: Path | None, show_problems: int
+    file: Path,
+    db: str | None,
+    state_dir: Path | None,
+    show_problems: int,
+    keep_versions: int,
+    allow_shrink: bool,
 ) -> None:
     """Import a censor's registry and flag the proxies whose address is in it.
 
     Takes Roskomnadzor's registry dump (zapret-info dump.csv: "Updated: ..."
     then "IP | IP;domain;URL;body;decision;date" lines, windows-1251 or UTF-8)
     or a plain list with one address or prefix per line (antifilter style).
-    Bad lines are reported and skipped; the rest is imported.  The import
-    replaces the previous one.
+    Bad lines are reported and skipped; the rest is imported.  Each import is
+    a new version, stored as its difference from the previous one (see
+    blocklist-versions and blocklist-diff).  A file that looks cut short
+    (a broken last line without a line end, mostly broken lines, or under
+    half the prefixes of the current version) is refused and nothing changes.
 
     \b
     Examples:
@@ -564,18 +599,96 @@ def import_blocklist(
     from resistance.registry.db import database_url
 
     url = database_url(db, resolve_state_dir(state_dir))
-    summary = asyncio.run(run_import(url, read_blocklist(file), str(file)))
+    summary = asyncio.run(
+        run_import(
+            url,
+            read_blocklist(file),
+            str(file),
+            keep_versions=keep_versions,
+            allow_shrink=allow_shrink,
+        )
+    )
     report = summary.report
     click.echo(
         f"imported {report.prefixes} prefixes ({summary.ranges} merged ranges) from {file} "
         f"[{report.kind}{', updated ' + report.updated if report.updated else ''}] "
         f"in {summary.seconds:.1f} s; {report.skipped} bad lines skipped"
     )
+    click.echo(
+        f"version {summary.import_id}: {summary.added} ranges added, {summary.removed} "
+        f"removed since the previous one; {summary.pruned} old versions pruned"
+    )
     for line, why in report.problems[:show_problems]:
         click.echo(f"  line {line}: {why}", err=True)
     click.echo(f"{len(summary.flagged)} of {summary.proxies} proxies are in it")
     for endpoint in summary.flagged[:50]:
         click.echo(f"  flagged {endpoint}")
+
+
+@registry.command(name="blocklist-versions", context_settings=CONTEXT)
+@click.option("--db", "db", metavar="URL", help="Database URL [default: SQLite in state dir].")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where the SQLite file is.")
+@click.option("--before", type=click.IntRange(1, 2**62), help="Only versions older than this id.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@one_line_errors
+def blocklist_versions(
+    db: str | None, state_dir: Path | None, before: int | None, limit: int
+) -> None:
+    """List the imported versions of the censor's registry, newest first.
+
+    \b
+    Example:
+      resist registry blocklist-versions --limit 5
+    """
+    from resistance.registry.censor import read_versions
+    from resistance.registry.db import database_url
+
+    url = database_url(db, resolve_state_dir(state_dir))
+    page = asyncio.run(read_versions(url, before=before, limit=limit))
+    if not page["versions"]:
+        click.echo("no blocklist imported")
+    for v in page["versions"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(v["imported_at"]))
+        click.echo(
+            f"{v['import_id']:>6}  {when}  {v['prefixes']:>9} prefixes  {v['ranges']:>9} ranges"
+            f"  +{v['added']} -{v['removed']}  {v['kind']} {v['source']}"
+        )
+    if page["next_before"] is not None:
+        click.echo(f"(more: --before {page['next_before']})")
+
+
+@registry.command(name="blocklist-diff", context_settings=CONTEXT)
+@click.argument("version", type=click.IntRange(1, 2**62))
+@click.option("--db", "db", metavar="URL", help="Database URL [default: SQLite in state dir].")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Where the SQLite file is.")
+@click.option("--removed", is_flag=True, help="The ranges it dropped, not those it added.")
+@click.option("--after", default="", metavar="CURSOR", help="Page on from this cursor.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 10_000))
+@one_line_errors
+def blocklist_diff(
+    version: int, db: str | None, state_dir: Path | None, removed: bool, after: str, limit: int
+) -> None:
+    """Print the ranges a version added (or removed) against the version before it.
+
+    \b
+    Examples:
+      resist registry blocklist-diff 7
+      resist registry blocklist-diff 7 --removed --limit 100
+    """
+    from resistance.registry.censor import read_diff
+    from resistance.registry.db import database_url
+
+    url = database_url(db, resolve_state_dir(state_dir))
+    change = "removed" if removed else "added"
+    page = asyncio.run(read_diff(url, import_id=version, change=change, after=after, limit=limit))
+    if page is None:
+        raise ConfigError(f"no blocklist version {version} (pruned, or never imported)")
+    v = page["version"]
+    click.echo(f"version {version}: +{v['added']} -{v['removed']} ranges; {change}:")
+    for text in page["ranges"]:
+        click.echo(f"  {'-' if removed else '+'}{text}")
+    if page["next_after"] is not None:
+        click.echo(f"(more: --after {page['next_after']})")
 
 
 @registry.command(name="mtproto-secret", context_settings=CONTEXT)
@@ -603,7 +716,13 @@ def mtproto_secret(registry_url: str, token: str) -> None:
 @registry.command(name="register-mtproto", context_settings=CONTEXT)
 @click.option("--registry", "registry_url", required=True, metavar="URL", help="Registry URL.")
 @click.option("--token", required=True, envvar="RESIST_REGISTRY_TOKEN", help="Your operator token.")
-@click.option("--public-host", required=True, metavar="IP", help="Address users reach it at.")
+@click.option(
+    "--public-host",
+    required=True,
+    metavar="HOST",
+    help="Address or DNS name users reach it at (a name: the registry proves control at "
+    "every address it resolves to, and the directory carries the name).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=443, show_default=True)
 @click.option(
     "--mode",

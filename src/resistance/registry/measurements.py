@@ -76,8 +76,9 @@ def reachability(rows: Sequence[ProbeRollup]) -> dict[str, dict[str, Any]]:
 
 async def refresh_flags(
     session: AsyncSession, proxies: Sequence[Proxy], now: int
-) -> dict[int, bool]:
-    """Whether each proxy is in the current censor registry (``{}`` if none imported)."""
+) -> dict[int, tuple[bool, int | None]]:
+    """Whether each proxy is in the current censor registry, and the import that
+    blocked it (``{}`` if none imported)."""
     current = await repo.last_blocklist(session)
     if current is None or not proxies:
         return {}
@@ -85,26 +86,29 @@ async def refresh_flags(
         f.proxy_id: f
         for f in await repo.blocklist_flags(session, proxy_ids=[p.id for p in proxies])
     }
-    listed: dict[int, bool] = {}
+    listed: dict[int, tuple[bool, int | None]] = {}
     for proxy in proxies:
         flag = flags.get(proxy.id)
         if flag is None or flag.import_id != current.id:
             try:
-                hexed = address_hex(proxy.host)
+                hexed = address_hex(proxy.address)
             except ValueError:
                 continue
-            hit = await repo.range_containing(session, address_hex=hexed) is not None
+            since = await repo.listed_since(session, address_hex=hexed)
+            hit = since is not None
             if flag is None:
                 session.add(
                     ProxyBlocklistFlag(
-                        proxy_id=proxy.id, import_id=current.id, listed=hit, checked_at=now
+                        proxy_id=proxy.id, import_id=current.id, listed=hit, checked_at=now,
+                        listed_since=since,
                     )
-                )
+                )  # fmt: skip
             else:
                 flag.import_id, flag.listed, flag.checked_at = current.id, hit, now
-            listed[proxy.id] = hit
+                flag.listed_since = since
+            listed[proxy.id] = (hit, since)
         else:
-            listed[proxy.id] = flag.listed
+            listed[proxy.id] = (flag.listed, flag.listed_since if flag.listed else None)
     await session.flush()
     return listed
 
@@ -137,7 +141,8 @@ async def directory_measurements(
                 "status": name,
                 "blocked_in": blocked_in,
                 "since": verdict.since if verdict else None,
-                "censor_listed": listed.get(proxy.id),
+                "censor_listed": flag[0] if (flag := listed.get(proxy.id)) else None,
+                "censor_listed_since": flag[1] if flag else None,
                 "days": days,
                 "reachability": reachability(by_proxy.get(proxy.id, [])),
                 "reach": reach(seen.get(proxy.id, []), _transport(proxy)),

@@ -68,8 +68,12 @@ class Proxy(Base):
     operator_id: Mapped[int] = mapped_column(
         ForeignKey("operators.id", ondelete="CASCADE"), index=True
     )
-    host: Mapped[str] = mapped_column(String(64))
+    #: An IP literal, or a DNS name (migration 0018) that the directory carries.
+    host: Mapped[str] = mapped_column(String(253))
     port: Mapped[int] = mapped_column(Integer)
+    #: What a DNS-name host resolved to when control was proven, every address
+    #: checked by policy and the proof made against the first (null: an IP literal).
+    addresses: Mapped[list[str] | None] = mapped_column(JSON)
     #: The /24 (IPv4) or /48 (IPv6) the endpoint is in, e.g. ``203.0.113.0/24``.
     network: Mapped[str] = mapped_column(String(64), index=True)
     public_key: Mapped[str] = mapped_column(String(64))
@@ -116,6 +120,11 @@ class Proxy(Base):
     exit_id: Mapped[int | None] = mapped_column(
         ForeignKey("proxies.id", ondelete="SET NULL"), index=True
     )
+
+    @property
+    def address(self) -> str:
+        """The IP address the proxy was proven at: its host, or its name's first address."""
+        return self.addresses[0] if self.addresses else self.host
 
 
 class StatementNonce(Base):
@@ -291,7 +300,12 @@ class ProxyVerdictChange(Base):
 
 
 class BlocklistImport(Base):
-    """One import of a censor's registry (Roskomnadzor dump or a prefix list)."""
+    """One import of a censor's registry (Roskomnadzor dump or a prefix list): a version.
+
+    ``ranges`` is the version's size in merged ranges, ``added`` and ``removed``
+    how many ranges it gained and lost against the version before it (migration
+    0018; both 0 for the first import and for imports made before history was kept).
+    """
 
     __tablename__ = "blocklist_imports"
 
@@ -303,25 +317,48 @@ class BlocklistImport(Base):
     prefixes: Mapped[int] = mapped_column(Integer)
     ranges: Mapped[int] = mapped_column(Integer)
     skipped: Mapped[int] = mapped_column(Integer)
+    added: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    removed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class BlocklistRange(Base):
-    """Merged, disjoint address ranges of the current import, as fixed-width hex.
+    """A merged range of the censor's registry and the versions it was part of.
+
+    A row is stored once for the run of imports that keep it unchanged:
+    ``first_import`` is the import that added it, ``until_import`` the one that
+    dropped it (null while it is current).  A version ``v`` is the rows with
+    ``first_import <= v`` and ``until_import`` null or above ``v``; its diff
+    against the version before it is the rows with ``first_import = v``
+    (added) and ``until_import = v`` (removed).  So storage grows with what
+    changes between imports, not with their number times their size.
 
     IPv6 addresses are numbers below ``2**128`` and IPv4 ones ``2**128 +
     address``; 33 lowercase hex digits sort like the numbers they write, so
     "the range with the largest start <= address" is one indexed query.
+    The import ids carry no foreign key: pruning old versions
+    (:func:`resistance.registry.repositories.prune_blocklist`) drops imports
+    whose ranges may still be current.
     """
 
-    __tablename__ = "blocklist_ranges"
+    __tablename__ = "blocklist_spans"
+    __table_args__ = (
+        Index("ix_blocklist_spans_until_start", "until_import", "start_hex"),
+        Index("ix_blocklist_spans_first_start", "first_import", "start_hex"),
+    )
 
-    start_hex: Mapped[str] = mapped_column(String(33), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_hex: Mapped[str] = mapped_column(String(33))
     end_hex: Mapped[str] = mapped_column(String(33))
-    import_id: Mapped[int] = mapped_column(ForeignKey("blocklist_imports.id", ondelete="CASCADE"))
+    first_import: Mapped[int] = mapped_column(Integer)
+    until_import: Mapped[int | None] = mapped_column(Integer)
 
 
 class ProxyBlocklistFlag(Base):
-    """Whether a proxy's address is in the censor's registry, as of one import."""
+    """Whether a proxy's address is in the censor's registry, as of one import.
+
+    ``listed_since`` is the first import of the unbroken run of versions that
+    list the address (the import that blocked it), null when not listed.
+    """
 
     __tablename__ = "proxy_blocklist_flags"
 
@@ -331,6 +368,7 @@ class ProxyBlocklistFlag(Base):
     import_id: Mapped[int] = mapped_column(Integer)
     listed: Mapped[bool] = mapped_column(Boolean)
     checked_at: Mapped[int] = mapped_column(BigInteger)
+    listed_since: Mapped[int | None] = mapped_column(Integer)
 
 
 # --- grant rounds (migration 0004) ---------------------------------------------------

@@ -45,15 +45,19 @@ from resistance.net.mtproto import ask_res_pq
 from resistance.probe.batch import ResultRecord
 from resistance.proto.faketls import ProxySecret, SecretMode
 from resistance.registry import repositories as repo
+from resistance.registry.challenge import ChallengeFailed
 from resistance.registry.errors import ApiError
 from resistance.registry.models import Proxy
 from resistance.registry.services import (
     Registry,
-    check_endpoint_host,
     check_owner,
     check_result_kind,
+    named_addresses,
+    prove_at_addresses,
+    resolve_endpoint,
     save_keyless_proxy,
 )
+from resistance.registry.statement import endpoint_network
 
 log = logging.getLogger(__name__)
 
@@ -126,22 +130,30 @@ async def register_endpoint(
 ) -> dict[str, Any]:
     """Prove an MTProto proxy with the operator's prober secret, then store it as a proxy."""
     domain = check_mode(mode, domain)
-    network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    resolved = await resolve_endpoint(registry, host)
     async with registry.sessions() as session:
         current = await repo.proxy_by_endpoint(session, host=host, port=port)
     check_owner(current, operator_id, host, port, kind=PROTOCOL)
     key = prober_key(registry, operator_id)
     secret = make_secret(mode, key, domain)
     within = registry.settings.challenge_timeout
-    answer = await ask_res_pq(host, port, secret, within=within)
-    if not answer.ok:
-        log.info("MTProto registration of %s:%d refused: %s", host, port, answer.reason)
+
+    async def prove(address: str) -> None:
+        answer = await ask_res_pq(address, port, secret, within=within)
+        if not answer.ok:
+            log.info("MTProto registration of %s:%d refused: %s", address, port, answer.reason)
+            raise ChallengeFailed(answer.reason)
+
+    try:
+        proven = await prove_at_addresses(host, resolved, prove)
+    except ChallengeFailed as exc:
         raise ApiError(
             422,
-            f"proof of control failed: {answer.reason} (did the node add this operator's "
+            f"proof of control failed: {exc} (did the node add this operator's "
             "prober secret, GET /api/v1/mtproto/prober-secret, as an --mtproto-user, and "
             f"does it serve {mode} connections?)",
-        )
+        ) from None
+    network = endpoint_network(proven[0])
     return await save_keyless_proxy(
         registry, operator_id=operator_id, host=host, port=port, network=network,
         kind=PROTOCOL, public=public,
@@ -149,6 +161,7 @@ async def register_endpoint(
             "mtproto_mode": mode,
             "mtproto_domain": domain,
             "mtproto_key": key.hex(),
+            "addresses": named_addresses(resolved, proven),
         },
     )  # fmt: skip
 

@@ -174,6 +174,8 @@ async def assignment(registry: Registry, *, probe_id: int) -> dict[str, Any]:
             "password": p.probe_password,
             "due_ms": secrets.randbelow(round_ms) if round_ms else 0,
         }
+        if p.addresses:  # a name: the probe pins one of these (resistance.net.resolve)
+            target["addresses"] = list(p.addresses)
         # For the controls of a failed check (resistance.probe.controls): the host's
         # other listener, and what the control vantages last saw.
         if p.tls_port is not None:

@@ -410,24 +410,68 @@ async def count_rows(session: AsyncSession, *, model: type[Any]) -> int:
 # --- censor registry ------------------------------------------------------------------
 
 
+CHUNK = 5000
+
+
+async def current_blocklist_ranges(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """The current version's ranges, each with its row id."""
+    result = await session.execute(
+        select(BlocklistRange.start_hex, BlocklistRange.end_hex, BlocklistRange.id).where(
+            BlocklistRange.until_import.is_(None)
+        )
+    )
+    return {(a, b): row_id for a, b, row_id in result.all()}
+
+
 async def replace_blocklist(
     session: AsyncSession, *, record: BlocklistImport, ranges: Sequence[tuple[str, str]]
 ) -> int:
-    """Store a new import and make its ranges the current ones; returns the import id."""
+    """Store a new import as the next version and make its ranges the current ones.
+
+    Only the difference is written: ranges the current version lacks are added
+    with ``first_import`` = the new id, current ranges the import lacks get
+    ``until_import`` = the new id; ``record.added`` and ``record.removed`` count
+    them.  Flags of the previous version are dropped (the caller writes new
+    ones).  Returns the import id.
+    """
+    current = await current_blocklist_ranges(session)
+    wanted = set(ranges)
+    added = sorted(wanted.difference(current))
+    gone = sorted(row_id for span, row_id in current.items() if span not in wanted)
+    record.added, record.removed = len(added), len(gone)
     session.add(record)
     await session.flush()
-    await session.execute(delete(BlocklistRange))
-    await session.execute(delete(ProxyBlocklistFlag))
-    chunk = 5000
-    for i in range(0, len(ranges), chunk):
+    for i in range(0, len(gone), CHUNK):
+        await session.execute(
+            update(BlocklistRange)
+            .where(BlocklistRange.id.in_(gone[i : i + CHUNK]))
+            .values(until_import=record.id)
+        )
+    for i in range(0, len(added), CHUNK):
         await session.execute(
             insert(BlocklistRange),
             [
-                {"start_hex": a, "end_hex": b, "import_id": record.id}
-                for a, b in ranges[i : i + chunk]
+                {"start_hex": a, "end_hex": b, "first_import": record.id, "until_import": None}
+                for a, b in added[i : i + CHUNK]
             ],
         )
+    await session.execute(delete(ProxyBlocklistFlag))
     return record.id
+
+
+async def prune_blocklist(session: AsyncSession, *, keep: int) -> int:
+    """Keep the newest ``keep`` versions (and what their diffs need); returns how many
+    imports were dropped.  A range still part of a kept version stays, whatever
+    import added it; a range dropped before the oldest kept version goes."""
+    result = await session.execute(
+        select(BlocklistImport.id).order_by(BlocklistImport.id.desc()).offset(keep - 1).limit(1)
+    )
+    oldest = result.scalar_one_or_none()
+    if oldest is None:
+        return 0
+    await session.execute(delete(BlocklistRange).where(BlocklistRange.until_import < oldest))
+    dropped = await session.execute(delete(BlocklistImport).where(BlocklistImport.id < oldest))
+    return int(getattr(dropped, "rowcount", 0) or 0)
 
 
 async def last_blocklist(session: AsyncSession) -> BlocklistImport | None:
@@ -437,16 +481,98 @@ async def last_blocklist(session: AsyncSession) -> BlocklistImport | None:
     return result.scalar_one_or_none()
 
 
+async def blocklist_versions(
+    session: AsyncSession, *, before: int | None = None, limit: int = 100
+) -> Sequence[BlocklistImport]:
+    """Imports, newest first, with ids below ``before`` when given (keyset paging)."""
+    query = select(BlocklistImport).order_by(BlocklistImport.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(BlocklistImport.id < before)
+    result = await session.execute(query)
+    return result.scalars().all()
+
+
+async def blocklist_version(session: AsyncSession, *, import_id: int) -> BlocklistImport | None:
+    return await session.get(BlocklistImport, import_id)
+
+
+async def blocklist_changes(
+    session: AsyncSession, *, import_id: int, added: bool, after: str = "", limit: int = 1000
+) -> list[tuple[str, str]]:
+    """The ranges an import added (or removed), by start, after ``after`` (keyset paging)."""
+    column = BlocklistRange.first_import if added else BlocklistRange.until_import
+    result = await session.execute(
+        select(BlocklistRange.start_hex, BlocklistRange.end_hex)
+        .where(column == import_id, BlocklistRange.start_hex > after)
+        .order_by(BlocklistRange.start_hex)
+        .limit(limit)
+    )
+    return [(a, b) for a, b in result.all()]
+
+
 async def range_containing(session: AsyncSession, *, address_hex: str) -> BlocklistRange | None:
-    """The stored range holding the address, if any (ranges are disjoint)."""
+    """The current range holding the address, if any (a version's ranges are disjoint)."""
+    return await _span_containing(session, address_hex=address_hex, until=None)
+
+
+async def _span_containing(
+    session: AsyncSession, *, address_hex: str, until: int | None
+) -> BlocklistRange | None:
+    """The range holding the address among those ``until_import = until`` (one version's
+    worth of rows: the current ones for ``None``, else those one import dropped)."""
+    column = BlocklistRange.until_import
     result = await session.execute(
         select(BlocklistRange)
-        .where(BlocklistRange.start_hex <= address_hex)
+        .where(
+            column.is_(None) if until is None else column == until,
+            BlocklistRange.start_hex <= address_hex,
+        )
         .order_by(BlocklistRange.start_hex.desc())
         .limit(1)
     )
     found = result.scalar_one_or_none()
     return found if found is not None and found.end_hex >= address_hex else None
+
+
+async def listed_since(session: AsyncSession, *, address_hex: str) -> int | None:
+    """The import that blocked the address: the first of the unbroken run of versions
+    up to the current one whose ranges hold it (``None`` if the current one does not).
+
+    Ranges change shape between imports (merged with a neighbour, widened), so
+    the run is followed back range by range: the range holding the address in a
+    version, then the range holding it that the import adding that one
+    replaced, until an import that added it to no range.  If the run reaches
+    back past the oldest kept version, the id of the (pruned) import that added
+    the oldest range is returned.
+    """
+    span = await _span_containing(session, address_hex=address_hex, until=None)
+    if span is None:
+        return None
+    since = span.first_import
+    for _ in range(100_000):  # bounded by the number of versions kept
+        earlier = await _span_containing(session, address_hex=address_hex, until=since)
+        if earlier is None or earlier.first_import >= since:
+            break
+        since = earlier.first_import
+    return since
+
+
+async def forget_blocklist_flag(session: AsyncSession, *, proxy_id: int) -> None:
+    """Drop a proxy's flag, so the next publication looks its address up again."""
+    await session.execute(delete(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id == proxy_id))
+
+
+async def flags_by_proxy(session: AsyncSession) -> dict[int, tuple[int, bool, int | None]]:
+    """Every proxy's flag as ``(import_id, listed, listed_since)``."""
+    result = await session.execute(
+        select(
+            ProxyBlocklistFlag.proxy_id,
+            ProxyBlocklistFlag.import_id,
+            ProxyBlocklistFlag.listed,
+            ProxyBlocklistFlag.listed_since,
+        )
+    )
+    return {p: (i, bool(listed), since) for p, i, listed, since in result.all()}
 
 
 async def blocklist_flags(

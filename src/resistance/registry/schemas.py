@@ -78,7 +78,10 @@ class PayoutView(BaseModel):
 
 
 class EndpointModel(Strict):
-    host: Annotated[str, Field(min_length=1, max_length=64)]
+    host: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        description="An IP literal, or a DNS name: the registry resolves it, checks every "
+        "address and proves control at them; the directory carries the name."
+    )
     port: Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -155,6 +158,8 @@ class ProxyView(BaseModel):
     exit_id: int | None = None
     #: A bridge's per-hop verdict: works, bridge-unreachable, hop-blocked, exit-down, unknown.
     hop: str | None = None
+    #: When the endpoint is a DNS name: the addresses control was proven at.
+    addresses: list[str] | None = None
 
 
 class ProxyList(BaseModel):
@@ -294,6 +299,11 @@ class ProbeTargetView(BaseModel):
     )
     control_ports: list[int] | None = Field(
         default=None, description="Other listeners of the same host, for a failed check's controls."
+    )
+    addresses: list[str] | None = Field(
+        default=None,
+        description="When host is a DNS name: the addresses control was proven at. The probe "
+        "resolves the name per measurement and dials the first of these it resolves to.",
     )
     outside_ok: bool | None = Field(
         default=None, description="Whether the control vantages' latest check of it worked."
@@ -458,3 +468,31 @@ class RoundFileBody(BaseModel):
     inputs: dict[str, Any]
     result: dict[str, Any]
     state: dict[str, Any]
+
+
+# --- the censor's registry, version by version (issue 25) ------------------------------
+
+
+class BlocklistVersion(BaseModel):
+    import_id: int
+    source: str
+    kind: str
+    updated: str | None
+    imported_at: int
+    prefixes: int
+    ranges: int = Field(description="Merged ranges in this version: its size.")
+    added: int = Field(description="Ranges it has that the version before it had not.")
+    removed: int = Field(description="Ranges the version before it had that it has not.")
+    skipped: int
+
+
+class BlocklistVersionList(BaseModel):
+    versions: list[BlocklistVersion]
+    next_before: int | None = Field(description="Pass as ?before= for older versions.")
+
+
+class BlocklistDiff(BaseModel):
+    version: BlocklistVersion
+    change: Literal["added", "removed"]
+    ranges: list[str] = Field(description="Prefixes (or first-last ranges), by start address.")
+    next_after: str | None = Field(description="Pass as ?after= for the next page.")

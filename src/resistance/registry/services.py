@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,14 @@ from resistance.directory.document import build_document, dump_signed, sign_docu
 from resistance.directory.entry import TlsListener
 from resistance.directory.keys import b64url_decode, key_id, parse_public_key, verify_signature
 from resistance.errors import ConfigError
+from resistance.net.resolve import (
+    ResolveError,
+    Resolver,
+    host_name,
+    is_ip_literal,
+    resolve_all,
+    system_resolver,
+)
 from resistance.probe.cascade import HopVerdict, cascade_verdict
 from resistance.probe.check import CheckVerdict, Failure, Step
 from resistance.probe.verdict import Status, Verdict
@@ -84,6 +92,8 @@ class Registry:
     wireguard_prober: KeyPair | None = None
     #: Each vantage network's assignment of proxies to probes (see registry.shard).
     shards: ShardCache = field(default_factory=ShardCache)
+    #: How endpoint names are resolved at registration (tests inject their own).
+    resolver: Resolver = system_resolver
 
     def now(self) -> int:
         return int(self.clock())
@@ -234,7 +244,20 @@ def proxy_view(proxy: Proxy) -> dict[str, Any]:
         ),
         "cascade_role": proxy.cascade_role,
         "exit_id": proxy.exit_id,
+        "addresses": list(proxy.addresses) if proxy.addresses else None,
     }
+
+
+def endpoint_refusal(address: str, *, allow_private: bool) -> str | None:
+    """Why users cannot be sent to ``address`` (an IP literal), or ``None`` if they can:
+    never the unspecified or a multicast address, and only public ones unless the
+    registry allows private endpoints (a lab, a test)."""
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified or ip.is_multicast:
+        return "cannot serve users"
+    if not allow_private and not ip.is_global:
+        return "is not a public address"
+    return None
 
 
 def check_endpoint_host(host: str, *, allow_private: bool) -> str:
@@ -245,11 +268,71 @@ def check_endpoint_host(host: str, *, allow_private: bool) -> str:
         raise ApiError(422, f"endpoint host {host!r} must be an IP address literal") from None
     if str(ip) != host:
         raise ApiError(422, f"endpoint host {host!r} must be written as {str(ip)!r}")
-    if ip.is_unspecified or ip.is_multicast:
-        raise ApiError(422, f"endpoint host {host} cannot serve users")
-    if not allow_private and not ip.is_global:
-        raise ApiError(422, f"endpoint host {host} is not a public address")
+    why = endpoint_refusal(host, allow_private=allow_private)
+    if why is not None:
+        raise ApiError(422, f"endpoint host {host} {why}")
     return endpoint_network(host)
+
+
+def check_endpoint_addresses(host: str, addresses: Sequence[str], *, allow_private: bool) -> None:
+    """Refuse a name if ANY address it resolved to is refused: users' resolvers may
+    hand out any of them, so one private address would send users (and probes) there."""
+    for address in addresses:
+        why = endpoint_refusal(address, allow_private=allow_private)
+        if why is not None:
+            raise ApiError(422, f"endpoint host {host} resolves to {address}, which {why}")
+
+
+async def resolve_endpoint(registry: Registry, host: str) -> tuple[str, ...] | None:
+    """The addresses a name endpoint resolves to, every one allowed by policy; ``None``
+    for an IP literal (checked as ever).  Raises :class:`ApiError` (422)."""
+    allow = registry.settings.allow_private_endpoints
+    if is_ip_literal(host):
+        check_endpoint_host(host, allow_private=allow)
+        return None
+    try:
+        name = host_name(host)
+    except ValueError as exc:
+        raise ApiError(
+            422, f"endpoint host {host[:80]!r} is neither an address nor a name: {exc}"
+        ) from None
+    if name != host:
+        raise ApiError(422, f"endpoint host {host!r} must be written as {name!r}")
+    try:
+        addresses = await resolve_all(
+            name, registry.resolver, within=registry.settings.resolve_timeout
+        )
+    except ResolveError as exc:
+        raise ApiError(422, f"endpoint host: {exc}") from None
+    check_endpoint_addresses(name, addresses, allow_private=allow)
+    return addresses
+
+
+async def prove_at_addresses(
+    host: str, resolved: Sequence[str] | None, prove: Callable[[str], Awaitable[None]]
+) -> tuple[str, ...]:
+    """Where ``prove(address)`` succeeds: at ``host`` itself (an IP literal, ``resolved``
+    ``None``), or at each address a name resolved to (all tried at once, in order).
+    Raises the first :class:`ChallengeFailed` (naming its address, for a name) if none
+    succeeds."""
+    addresses = tuple(resolved) if resolved is not None else (host,)
+    outcomes = await asyncio.gather(*(prove(a) for a in addresses), return_exceptions=True)
+    proven = tuple(a for a, o in zip(addresses, outcomes, strict=True) if o is None)
+    if proven:
+        return proven
+    for address, outcome in zip(addresses, outcomes, strict=True):
+        if isinstance(outcome, ChallengeFailed):
+            if resolved is None:
+                raise outcome
+            raise ChallengeFailed(f"at {address}: {outcome}")
+        if isinstance(outcome, BaseException):
+            raise outcome
+    raise ChallengeFailed("no address to prove control at")
+
+
+def named_addresses(resolved: Sequence[str] | None, proven: Sequence[str]) -> list[str] | None:
+    """What ``proxies.addresses`` holds: the proven addresses of a name, null for a literal."""
+    return list(proven) if resolved is not None else None
 
 
 def _verify_statement(registry: Registry, request: RegistrationRequest) -> dict[str, Any]:
@@ -375,29 +458,37 @@ async def register_proxy(
             field="statement.operator_id",
         )
     host, port = st.endpoint.host, st.endpoint.port
-    network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    resolved = await resolve_endpoint(registry, host)
     async with registry.sessions() as session:
         if await repo.nonce_seen(session, nonce=st.nonce):
             raise ApiError(409, "statement already used (replay refused): make a new one")
         owner = await repo.proxy_by_endpoint(session, host=host, port=port)
     check_owner(owner, operator_id, host, port, kind="socks5")
-    try:
+
+    async def prove(address: str) -> None:
         await prove_control(
-            host=host,
+            host=address,
             port=port,
             user=st.probe_user,
             password=st.probe_password,
             public_key=st.public_key,
             within=registry.settings.challenge_timeout,
         )
+
+    try:
+        # A name is proven at each address it resolved to; only those proven are kept
+        # (probes measure only them, see resistance.net.resolve).
+        proven = await prove_at_addresses(host, resolved, prove)
     except ChallengeFailed as exc:
         raise ApiError(422, f"proof of control failed: {exc}") from None
-    tls_sha256 = await _prove_tls_listener(registry, request)
+    network = endpoint_network(proven[0])
+    tls_sha256 = await _prove_tls_listener(registry, request, proven[0])
     exit_id = await _prove_exit_agreed(registry, request)
     now = registry.now()
     fields: dict[str, Any] = {
         "operator_id": operator_id,
         "host": host,
+        "addresses": named_addresses(resolved, proven),
         "port": port,
         "network": network,
         "public_key": st.public_key,
@@ -422,6 +513,8 @@ async def register_proxy(
             current = await repo.proxy_by_endpoint(session, host=host, port=port)
             check_owner(current, operator_id, host, port, kind="socks5")
             proxy = await repo.save_proxy(session, fields=fields)
+            if resolved is not None:  # a name may have moved: look its address up again
+                await repo.forget_blocklist_flag(session, proxy_id=proxy.id)
             await repo.forget_nonces(session, before=now - 2 * registry.settings.statement_skew)
             view = proxy_view(proxy)
     except IntegrityError:
@@ -429,8 +522,11 @@ async def register_proxy(
     return view
 
 
-async def _prove_tls_listener(registry: Registry, request: RegistrationRequest) -> str | None:
-    """The pin of the statement's TLS listener, proven to be the node's own; or ``None``."""
+async def _prove_tls_listener(
+    registry: Registry, request: RegistrationRequest, address: str
+) -> str | None:
+    """The pin of the statement's TLS listener at ``address`` (the endpoint's first
+    proven address), proven to be the node's own; or ``None``."""
     st = request.statement
     if st.tls_port is None:
         return None
@@ -442,7 +538,7 @@ async def _prove_tls_listener(registry: Registry, request: RegistrationRequest) 
         )
     try:
         return await prove_tls_control(
-            host=st.endpoint.host,
+            host=address,
             port=st.tls_port,
             user=st.probe_user,
             password=st.probe_password,
@@ -469,7 +565,7 @@ async def _prove_exit_agreed(registry: Registry, request: RegistrationRequest) -
         raise ApiError(422, f"proxy {hop.exit_id} is no active exit", field="exit.exit_id")
     try:
         await prove_control(
-            host=exit_proxy.host,
+            host=exit_proxy.address,
             port=exit_proxy.port,
             user=hop.username,
             password=hop.password,

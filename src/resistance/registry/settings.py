@@ -35,6 +35,10 @@ class RegistrySettings:
     #: How many non-public proxies one requester network gets per day.
     assign_count: int = 3
     challenge_timeout: float = 10.0
+    #: How long resolving an endpoint's DNS name may take at registration.
+    resolve_timeout: float = 5.0
+    #: The DNS server that resolves endpoint names (None: the host's resolver).
+    dns: Endpoint | None = None
     statement_skew: int = 300
     #: Accept proxies on loopback/private addresses (tests and labs only).
     allow_private_endpoints: bool = False
@@ -89,8 +93,10 @@ class RegistrySettings:
             raise ConfigError("directory lifetimes must satisfy 0 < fresh <= valid")
         if not 1 <= self.assign_count <= 100:
             raise ConfigError("assign count must be 1-100")
-        if self.challenge_timeout <= 0 or self.statement_skew <= 0:
-            raise ConfigError("challenge timeout and statement skew must be positive")
+        if self.challenge_timeout <= 0 or self.statement_skew <= 0 or self.resolve_timeout <= 0:
+            raise ConfigError(
+                "challenge timeout, resolve timeout and statement skew must be positive"
+            )
         for limit in (self.signup_limit, self.public_limit):
             if limit.per_second <= 0 or limit.burst < 1:
                 raise ConfigError("rate limits need a positive rate and a burst of at least 1")

@@ -53,17 +53,21 @@ from resistance.errors import ConfigError
 from resistance.probe.batch import ResultRecord
 from resistance.probe.wireguard import key_statement, possession_mac
 from resistance.registry import repositories as repo
+from resistance.registry.challenge import ChallengeFailed
 from resistance.registry.errors import ApiError
 from resistance.registry.models import ProbeAccount, Proxy
 from resistance.registry.services import (
     AMNEZIAWG_PROTOCOL,
     WIREGUARD_PROTOCOL,
     Registry,
-    check_endpoint_host,
     check_owner,
     check_result_kind,
+    named_addresses,
+    prove_at_addresses,
+    resolve_endpoint,
     save_keyless_proxy,
 )
+from resistance.registry.statement import endpoint_network
 from resistance.vpn import keys
 from resistance.vpn.amnezia import AmneziaParams
 from resistance.vpn.noise import HandshakeError, dh
@@ -153,27 +157,31 @@ async def register_endpoint(
     added = sorted({_wg_key(k, "probe_keys entry") for k in probe_keys})
     if len(added) > MAX_PROBE_KEYS:
         raise ApiError(422, f"at most {MAX_PROBE_KEYS} probe_keys")
-    network = check_endpoint_host(host, allow_private=registry.settings.allow_private_endpoints)
+    resolved = await resolve_endpoint(registry, host)
     async with registry.sessions() as session:
         current = await repo.proxy_by_endpoint(session, host=host, port=port)
     check_owner(current, operator_id, host, port, kind=kind)
     within = registry.settings.challenge_timeout
-    result = await handshake(
-        host,
-        port,
-        server_public=keys.decode(server_key),
-        private_key=_prober(registry).private,
-        within=within / 2,
-        attempts=2,
-        amnezia=params,
-    )
-    if not result.up:
-        log.info("WireGuard registration of %s:%d refused: %s", host, port, result.outcome)
-        raise ApiError(
-            422,
-            "proof of control failed: "
-            + _refusal(result.outcome, result.detail, host, port, within),
+
+    async def prove(address: str) -> None:
+        result = await handshake(
+            address,
+            port,
+            server_public=keys.decode(server_key),
+            private_key=_prober(registry).private,
+            within=within / 2,
+            attempts=2,
+            amnezia=params,
         )
+        if not result.up:
+            log.info("WireGuard registration of %s:%d refused: %s", address, port, result.outcome)
+            raise ChallengeFailed(_refusal(result.outcome, result.detail, address, port, within))
+
+    try:
+        proven = await prove_at_addresses(host, resolved, prove)
+    except ChallengeFailed as exc:
+        raise ApiError(422, f"proof of control failed: {exc}") from None
+    network = endpoint_network(proven[0])
     return await save_keyless_proxy(
         registry, operator_id=operator_id, host=host, port=port, network=network,
         kind=kind, public=public,
@@ -181,6 +189,7 @@ async def register_endpoint(
             "wg_public_key": server_key,
             "wg_probe_keys": added,
             "awg_params": None if params is None else params.to_json(),
+            "addresses": named_addresses(resolved, proven),
         },
     )  # fmt: skip
 

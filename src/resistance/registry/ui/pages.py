@@ -317,10 +317,11 @@ def router() -> APIRouter:
     async def censor(request: Request) -> Response:
         registry = ui.registry(request)
 
-        async def compute() -> tuple[Any, int, int, tuple[int, int]]:
+        async def compute() -> tuple[Any, int, int, tuple[int, int], Any]:
             async with registry.sessions() as db:
                 imports = await queries.blocklist_imports(db)
                 checked, listed = await queries.listed_proxies(db)
+                blocked = await queries.listed_public_proxies(db)
                 covered = (0, 0)
                 if imports:
                     current = imports[-1].id
@@ -328,9 +329,9 @@ def router() -> APIRouter:
                         ranges = await queries.current_ranges(db)
                         ui.covered = {current: _covered(ranges)}
                     covered = ui.covered[current]
-            return imports, checked, listed, covered
+            return imports, checked, listed, covered, blocked
 
-        imports, checked, listed, covered = await ui.aggregate("censor", compute)
+        imports, checked, listed, covered, blocked = await ui.aggregate("censor", compute)
         chart = charts.line_chart(
             "Prefixes in the censor's registry, per import",
             [i.updated or _when(i.imported_at)[:10] for i in imports],
@@ -341,6 +342,7 @@ def router() -> APIRouter:
             "censor.html",
             {
                 "imports": imports,
+                "blocked": blocked,
                 "chart": chart,
                 "checked": checked,
                 "listed": listed,

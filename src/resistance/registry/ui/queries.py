@@ -177,8 +177,46 @@ async def blocklist_imports(session: AsyncSession, *, limit: int = 60) -> list[B
 
 
 async def current_ranges(session: AsyncSession) -> Sequence[tuple[str, str]]:
-    result = await session.execute(select(BlocklistRange.start_hex, BlocklistRange.end_hex))
+    result = await session.execute(
+        select(BlocklistRange.start_hex, BlocklistRange.end_hex).where(
+            BlocklistRange.until_import.is_(None)
+        )
+    )
     return [(a, b) for a, b in result.all()]
+
+
+@dataclass(frozen=True, slots=True)
+class ListedProxy:
+    proxy_id: int
+    endpoint: str
+    since: int | None
+    #: When the import that blocked it was made, and the list's own date (None: pruned).
+    since_at: int | None
+    since_updated: str | None
+
+
+async def listed_public_proxies(session: AsyncSession, *, limit: int = 100) -> list[ListedProxy]:
+    """Public proxies the current import lists, with the import that blocked each,
+    most recently blocked first (non-public ones are never named on a public page)."""
+    result = await session.execute(
+        select(
+            Proxy.id,
+            Proxy.host,
+            Proxy.port,
+            ProxyBlocklistFlag.listed_since,
+            BlocklistImport.imported_at,
+            BlocklistImport.updated,
+        )
+        .join(Proxy, Proxy.id == ProxyBlocklistFlag.proxy_id)
+        .outerjoin(BlocklistImport, BlocklistImport.id == ProxyBlocklistFlag.listed_since)
+        .where(ProxyBlocklistFlag.listed.is_(True), Proxy.public.is_(True))
+        .order_by(ProxyBlocklistFlag.listed_since.desc(), Proxy.id)
+        .limit(limit)
+    )
+    return [
+        ListedProxy(pid, f"{host}:{port}", since, at, updated)
+        for pid, host, port, since, at, updated in result.all()
+    ]
 
 
 async def listed_proxies(session: AsyncSession) -> tuple[int, int]:
