@@ -7,7 +7,7 @@ obfuscation parameters its handshake needs (Jc..H4, I1..I5 as
 in their assignment; the directory never carries them.
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-07
 """
 

@@ -14,7 +14,7 @@ changes by verdict and proxy (time to block), and the probes' evidence by
 vantage and outcome (the network page), each of them an index-only read.
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-07
 """
 

@@ -6,7 +6,7 @@ through its bridges), "bridge" or null (an ordinary proxy);
 award between its operator and its exit's (``cascade_exit_bp``).
 
 Revision ID: 0013
-Revises: 0007
+Revises: 0011
 Create Date: 2026-12-07
 """
 

@@ -12,7 +12,7 @@
   control was made (null for an IP literal endpoint).
 
 Revision ID: 0018
-Revises: 0013
+Revises: 0017
 Create Date: 2026-12-07
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
-down_revision = "0013"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
