@@ -331,7 +331,10 @@ def _serving(
 def _healthy(proc: subprocess.Popen[str], out: Path) -> str:
     """The URL of a started registry, once it answers (its start may wait for another's)."""
     for _ in range(1200):
-        assert proc.poll() is None, "the registry stopped"
+        if proc.poll() is not None:
+            logs = [out, *out.parent.glob("*.log")]
+            said = "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+            raise AssertionError(f"the registry stopped ({proc.returncode}):\n{said}")
         found = re.search(r"registry listening on (http://\S+)", out.read_text())
         if found:
             try:
