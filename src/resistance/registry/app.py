@@ -85,7 +85,7 @@ def create_app(
             token = await services.ensure_admin_token(registry)
             if token is not None and on_admin_token is not None:
                 on_admin_token(token)
-            await services.publish_if_stale(registry)
+            await services.publish_at_start(registry)
             app.state.registry = registry
             if settings.publish_interval > 0:
                 task = asyncio.create_task(

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
 from resistance.registry.blocklist import address_hex
-from resistance.registry.models import ProbeEvidenceRow, ProbeRollup, Proxy, ProxyBlocklistFlag
+from resistance.registry.models import Proxy
 
 #: Days of rollups the directory summarizes (today and the days before).
 DAYS = 2
@@ -25,17 +25,18 @@ DAYS = 2
 MAX_REACH_NETWORKS = 16
 
 
-def reach(rows: Sequence[tuple[ProbeEvidenceRow, str]], transport: str) -> dict[str, Any]:
+def reach(rows: Sequence[Any], transport: str) -> dict[str, Any]:
     """Per network (probe vantage): whether ``transport`` got through, or the mechanism
     that stopped it (``failed`` when the probe named none), and the same for the
-    node's other transports the probe measured beside it (``tls``)."""
-    latest = sorted(rows, key=lambda item: (-item[0].last_at, item[1]))[:MAX_REACH_NETWORKS]
+    node's other transports the probe measured beside it (``tls``).  ``rows`` are
+    :func:`~resistance.registry.repositories.reach_rows`' rows of one proxy."""
+    latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
     return {
-        name: {
+        row.name: {
             transport: "ok" if row.last_ok else (row.mechanism or "failed"),
             **{t: str(m) for t, m in sorted((row.transports or {}).items())[:4]},
         }
-        for row, name in sorted(latest, key=lambda item: item[1])
+        for row in sorted(latest, key=lambda row: row.name)
     }
 
 
@@ -44,8 +45,9 @@ def recent_days(now: int, count: int = DAYS) -> list[str]:
     return [(today - datetime.timedelta(days=i)).isoformat() for i in range(count)]
 
 
-def reachability(rows: Sequence[ProbeRollup]) -> dict[str, dict[str, Any]]:
-    """Per vantage country: attempts, successes, median latency and throughput."""
+def reachability(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Per vantage country: attempts, successes, median latency and throughput (``rows``
+    have a rollup's ``country, attempts, successes, latency_hist, throughput_hist``)."""
     merged: dict[str, tuple[int, int, list[int], list[int]]] = {}
     for row in rows:
         attempts, successes, lat, thr = merged.get(
@@ -81,50 +83,46 @@ async def refresh_flags(
     current = await repo.last_blocklist(session)
     if current is None or not proxies:
         return {}
-    flags = {
-        f.proxy_id: f
-        for f in await repo.blocklist_flags(session, proxy_ids=[p.id for p in proxies])
-    }
+    flags = await repo.flag_rows(session, proxy_ids=[p.id for p in proxies])
     listed: dict[int, bool] = {}
+    new: dict[int, bool] = {}
+    changed: dict[int, bool] = {}
     for proxy in proxies:
         flag = flags.get(proxy.id)
-        if flag is None or flag.import_id != current.id:
-            try:
-                hexed = address_hex(proxy.host)
-            except ValueError:
-                continue
-            hit = await repo.range_containing(session, address_hex=hexed) is not None
-            if flag is None:
-                session.add(
-                    ProxyBlocklistFlag(
-                        proxy_id=proxy.id, import_id=current.id, listed=hit, checked_at=now
-                    )
-                )
-            else:
-                flag.import_id, flag.listed, flag.checked_at = current.id, hit, now
-            listed[proxy.id] = hit
-        else:
-            listed[proxy.id] = flag.listed
-    await session.flush()
+        if flag is not None and flag[0] == current.id:
+            listed[proxy.id] = flag[1]
+            continue
+        try:
+            hexed = address_hex(proxy.host)
+        except ValueError:
+            continue
+        hit = await repo.range_containing(session, address_hex=hexed) is not None
+        (new if flag is None else changed)[proxy.id] = hit
+        listed[proxy.id] = hit
+    await repo.save_flags(session, import_id=current.id, now=now, new=new, changed=changed)
     return listed
 
 
 async def directory_measurements(
     session: AsyncSession, proxies: Sequence[Proxy], now: int
 ) -> dict[int, tuple[str, dict[str, Any]]]:
-    """For each proxy: its status text and its ``measurements`` object."""
+    """For each proxy: its status text and its ``measurements`` object.
+
+    Each query binds the proxies' ids as one parameter (a directory may list more
+    proxies than a statement may have parameters) and returns plain rows, read a
+    batch at a time: no ORM object per verdict, rollup or probe's view."""
     ids = [p.id for p in proxies]
     if not ids:
         return {}
-    verdicts = {v.proxy_id: v for v in await repo.verdicts_for(session, proxy_ids=ids)}
+    verdicts = {row.proxy_id: row async for row in await repo.verdict_rows(session, proxy_ids=ids)}
     days = recent_days(now)
-    by_proxy: dict[int, list[ProbeRollup]] = {}
-    for row in await repo.rollups_for(session, proxy_ids=ids, days=days):
+    by_proxy: dict[int, list[Any]] = {}
+    async for row in await repo.day_rollup_rows(session, proxy_ids=ids, days=days):
         by_proxy.setdefault(row.proxy_id, []).append(row)
     listed = await refresh_flags(session, proxies, now)
-    seen: dict[int, list[tuple[ProbeEvidenceRow, str]]] = {}
-    for view, name in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
-        seen.setdefault(view.proxy_id, []).append((view, name))
+    seen: dict[int, list[Any]] = {}
+    async for row in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
+        seen.setdefault(row.proxy_id, []).append(row)
     out: dict[int, tuple[str, dict[str, Any]]] = {}
     for proxy in proxies:
         verdict = verdicts.get(proxy.id)

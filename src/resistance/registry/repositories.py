@@ -11,7 +11,18 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, String, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,6 +45,9 @@ from resistance.registry.models import (
     Publication,
     StatementNonce,
 )
+
+#: Rows fetched at a time by the queries that read one row per proxy (or more).
+STREAM_ROWS = 10_000
 
 
 async def add_operator(session: AsyncSession, *, name: str, now: int) -> Operator:
@@ -265,7 +279,7 @@ async def all_active_proxies(session: AsyncSession) -> Sequence[Proxy]:
 
 
 async def existing_proxy_ids(session: AsyncSession, *, ids: Sequence[int]) -> set[int]:
-    result = await session.execute(select(Proxy.id).where(Proxy.id.in_(ids)))
+    result = await session.execute(select(Proxy.id).where(Proxy.id.in_(_each(session, ids))))
     return set(result.scalars().all())
 
 
@@ -286,7 +300,9 @@ async def evidence_for(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> Sequence[ProbeEvidenceRow]:
     result = await session.execute(
-        select(ProbeEvidenceRow).where(ProbeEvidenceRow.proxy_id.in_(proxy_ids)).with_for_update()
+        select(ProbeEvidenceRow)
+        .where(ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids)))
+        .with_for_update()
     )
     return result.scalars().all()
 
@@ -295,7 +311,7 @@ async def rollups_for(
     session: AsyncSession, *, proxy_ids: Sequence[int], days: Sequence[str], lock: bool = False
 ) -> Sequence[ProbeRollup]:
     query = select(ProbeRollup).where(
-        ProbeRollup.proxy_id.in_(proxy_ids), ProbeRollup.day.in_(days)
+        ProbeRollup.proxy_id.in_(_each(session, proxy_ids)), ProbeRollup.day.in_(days)
     )
     if lock:
         query = query.with_for_update()
@@ -306,7 +322,9 @@ async def rollups_for(
 async def verdicts_for(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> Sequence[ProxyVerdict]:
-    result = await session.execute(select(ProxyVerdict).where(ProxyVerdict.proxy_id.in_(proxy_ids)))
+    result = await session.execute(
+        select(ProxyVerdict).where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
+    )
     return result.scalars().all()
 
 
@@ -381,7 +399,7 @@ async def blocklist_flags(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> Sequence[ProxyBlocklistFlag]:
     result = await session.execute(
-        select(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id.in_(proxy_ids))
+        select(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id.in_(_each(session, proxy_ids)))
     )
     return result.scalars().all()
 
@@ -390,7 +408,7 @@ async def blocklist_flags(
 
 
 async def proxies_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Proxy]:
-    result = await session.execute(select(Proxy).where(Proxy.id.in_(ids)))
+    result = await session.execute(select(Proxy).where(Proxy.id.in_(_each(session, ids))))
     return result.scalars().all()
 
 
@@ -432,7 +450,7 @@ def _each(session: AsyncSession, values: Sequence[int] | Sequence[str]) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         elements = func.jsonb_array_elements_text(cast(literal(text), JSONB))
         column = elements.table_valued("value").c.value
-        kind: Any = BigInteger if values and isinstance(values[0], int) else String
+        kind: Any = String if values and isinstance(values[0], str) else BigInteger
         return select(cast(column, kind))
     return select(func.json_each(literal(text)).table_valued("value").c.value)
 
@@ -568,16 +586,92 @@ async def add_carries(
     await session.flush()
 
 
-async def reach_rows(
-    session: AsyncSession, *, proxy_ids: Sequence[int], since: int
-) -> Sequence[tuple[ProbeEvidenceRow, str]]:
-    """Each probe's latest view of these proxies since ``since``, with the probe's name."""
-    result = await session.execute(
-        select(ProbeEvidenceRow, ProbeAccount.name)
+async def reach_rows(session: AsyncSession, *, proxy_ids: Sequence[int], since: int) -> Any:
+    """Each probe's latest view of these proxies since ``since``: plain rows (no ORM
+    objects, there are probes x proxies of them) of ``proxy_id, name`` (the probe's),
+    ``last_at, last_ok, mechanism, transports``."""
+    return await session.stream(
+        select(
+            ProbeEvidenceRow.proxy_id,
+            ProbeAccount.name,
+            ProbeEvidenceRow.last_at,
+            ProbeEvidenceRow.last_ok,
+            ProbeEvidenceRow.mechanism,
+            ProbeEvidenceRow.transports,
+        )
         .join(ProbeAccount, ProbeAccount.id == ProbeEvidenceRow.probe_id)
-        .where(ProbeEvidenceRow.proxy_id.in_(proxy_ids), ProbeEvidenceRow.last_at >= since)
+        .where(
+            ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids)),
+            ProbeEvidenceRow.last_at >= since,
+        )
+        .execution_options(yield_per=STREAM_ROWS)
     )
-    return [(row, name) for row, name in result.all()]
+
+
+async def verdict_rows(session: AsyncSession, *, proxy_ids: Sequence[int]) -> Any:
+    """``proxy_id, verdict, blocked_in, since`` of these proxies' verdicts, as plain rows."""
+    return await session.stream(
+        select(
+            ProxyVerdict.proxy_id, ProxyVerdict.verdict, ProxyVerdict.blocked_in, ProxyVerdict.since
+        )
+        .where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
+        .execution_options(yield_per=STREAM_ROWS)
+    )
+
+
+async def day_rollup_rows(
+    session: AsyncSession, *, proxy_ids: Sequence[int], days: Sequence[str]
+) -> Any:
+    """``proxy_id, country, attempts, successes, latency_hist, throughput_hist`` of these
+    proxies' rollups of ``days``, as plain rows."""
+    return await session.stream(
+        select(
+            ProbeRollup.proxy_id,
+            ProbeRollup.country,
+            ProbeRollup.attempts,
+            ProbeRollup.successes,
+            ProbeRollup.latency_hist,
+            ProbeRollup.throughput_hist,
+        )
+        .where(ProbeRollup.proxy_id.in_(_each(session, proxy_ids)), ProbeRollup.day.in_(days))
+        .execution_options(yield_per=STREAM_ROWS)
+    )
+
+
+async def flag_rows(
+    session: AsyncSession, *, proxy_ids: Sequence[int]
+) -> dict[int, tuple[int, bool]]:
+    """Per proxy: the blocklist import its flag was checked against, and whether listed."""
+    result = await session.stream(
+        select(ProxyBlocklistFlag.proxy_id, ProxyBlocklistFlag.import_id, ProxyBlocklistFlag.listed)
+        .where(ProxyBlocklistFlag.proxy_id.in_(_each(session, proxy_ids)))
+        .execution_options(yield_per=STREAM_ROWS)
+    )
+    return {proxy_id: (import_id, listed) async for proxy_id, import_id, listed in result}
+
+
+async def save_flags(
+    session: AsyncSession,
+    *,
+    import_id: int,
+    now: int,
+    new: Mapping[int, bool],
+    changed: Mapping[int, bool],
+) -> None:
+    """Record proxies' blocklist flags against ``import_id``: ``new`` ones have no flag
+    row yet, ``changed`` ones have one checked against an older import."""
+    rows = [
+        {"proxy_id": p, "import_id": import_id, "listed": hit, "checked_at": now}
+        for p, hit in new.items()
+    ]
+    for i in range(0, len(rows), 5000):
+        await session.execute(insert(ProxyBlocklistFlag), rows[i : i + 5000])
+    updates = [
+        {"proxy_id": p, "import_id": import_id, "listed": hit, "checked_at": now}
+        for p, hit in changed.items()
+    ]
+    for i in range(0, len(updates), 5000):  # by primary key, one statement executed many times
+        await session.execute(update(ProxyBlocklistFlag), updates[i : i + 5000])
 
 
 async def control_views(session: AsyncSession) -> dict[int, bool]:

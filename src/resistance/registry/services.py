@@ -616,5 +616,20 @@ async def publish_periodically(registry: Registry) -> None:
         await asyncio.sleep(interval)
         try:
             await publish(registry)
-        except Exception:
-            log.exception("periodic publication failed; will retry next interval")
+        except Exception as exc:
+            log.error("periodic publication failed (%s); will retry next interval", _why(exc))
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as one line of a log (a database error's text spans several)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+async def publish_at_start(registry: Registry) -> None:
+    """The start-up publication: a failure is logged in one line and the server serves on
+    (the last directory stays what clients get; the periodic task tries again)."""
+    try:
+        await publish_if_stale(registry)
+    except Exception as exc:
+        log.error("publication at start-up failed (%s); serving the last directory", _why(exc))

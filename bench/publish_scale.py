@@ -1,0 +1,163 @@
+"""Benchmark: directory publish and a grant round at 100,000 proxies on PostgreSQL.
+
+Makes its own database (``resist_bench_pub_<pid>``, dropped at the end unless
+--keep) and fills it with the dashboard benchmark's loader (bench/dashboard.py:
+100,000 proxies, 70 % public, 30 days of rollups from four vantages, evidence,
+verdicts, a current blocklist import with flags), gives every operator a payout
+address, then runs each step as the registry does (``services.publish``,
+``rounds.create_round``) in a fresh child process, so the peak RSS reported is
+that step's own (the child's ``ru_maxrss``, interpreter and imports included).
+
+    .venv/bin/python bench/publish_scale.py [--proxies 100000] [--days 30] [--steps publish,round]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import bdkpython as bdk
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dashboard import GENEROUS, admin, fill
+from resistance.registry.db import migrate
+from resistance.registry.settings import RegistrySettings
+
+
+def _settings(url: str, state: str) -> RegistrySettings:
+    return RegistrySettings(
+        state_dir=Path(state), database_url=url, network="regtest", publish_interval=0,
+        signup_limit=GENEROUS, public_limit=GENEROUS, auto_migrate=False,
+    )  # fmt: skip
+
+
+async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
+    from resistance.registry import rounds, services
+    from resistance.registry.app import open_registry
+    from resistance.registry.schemas import RoundCreateRequest
+
+    registry = await open_registry(_settings(url, state))
+    try:
+        started = time.perf_counter()
+        if name == "publish":
+            signed = await services.publish(registry)
+            what = f"{len(signed['document']['proxies']):,} proxies"
+        else:
+            end = dt.date.today() - dt.timedelta(days=1)
+            start = end - dt.timedelta(days=days - 1)
+            request = RoundCreateRequest(
+                round_id=f"bench-{time.time_ns()}",
+                target_country="RU",
+                period_start=start.isoformat(),
+                period_end=end.isoformat(),
+                budget_sat=10**9,
+            )
+            made = await rounds.create_round(registry, request=request)
+            what = f"{made['rollups']:,} rollups, {made['payouts']:,} payouts"
+        seconds = time.perf_counter() - started
+    finally:
+        await registry.engine.dispose()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"step": name, "seconds": seconds, "peak_mb": rss, "what": what}
+
+
+def _child(name: str, url: str, state: str, days: int, out: Any) -> None:
+    try:
+        out.send(asyncio.run(_step(name, url, state, days)))
+    except Exception as exc:  # reported as the step's outcome
+        out.send({"step": name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+
+
+def run_step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(name, url, state, days, child))
+    proc.start()
+    result: dict[str, Any] = parent.recv()
+    proc.join()
+    return result
+
+
+async def addresses(url: str, operators: int = 1000) -> None:
+    """A payout address for every operator (the loader leaves none: a round would pay nobody)."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+    try:
+        rows = [
+            (
+                str(
+                    bdk.Address.from_script(
+                        bdk.Script(b"\x00\x14" + hashlib.sha256(b"op%d" % o).digest()[:20]),
+                        bdk.Network.REGTEST,
+                    )
+                ),
+                o,
+            )
+            for o in range(1, operators + 1)
+        ]
+        await conn.executemany(
+            "UPDATE operators SET payout_address = $1, payout_type = 'p2wpkh' WHERE id = $2", rows
+        )
+    finally:
+        await conn.close()
+
+
+async def prepare(args: argparse.Namespace, console: Console) -> tuple[str, str]:
+    name = args.database or f"resist_bench_pub_{os.getpid()}"
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    if not args.database:
+        await admin(f'CREATE DATABASE "{name}"')
+        await migrate(url)
+        console.print(f"filling {name}: {args.proxies} proxies, {args.days} days")
+        await fill(url, args.proxies, args.days, console)
+        await addresses(url)
+    else:
+        await migrate(url)
+    return name, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--proxies", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--steps", default="publish,round")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--database", help="measure a database a --keep run left")
+    args = parser.parse_args()
+    console = Console()
+    name, url = asyncio.run(prepare(args, console))
+    results = []
+    try:
+        with tempfile.TemporaryDirectory() as state:
+            for step in args.steps.split(","):
+                results.append(run_step(step, url, state, args.days))
+                console.print(json.dumps(results[-1]))
+    finally:
+        if not args.keep:
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    table = Table(title=f"PostgreSQL, {args.proxies:,} proxies, {args.days} days")
+    for col in ("step", "seconds", "peak RSS MB", "what"):
+        table.add_column(col)
+    for r in results:
+        if "error" in r:
+            table.add_row(r["step"], "fails", "", r["error"])
+        else:
+            table.add_row(r["step"], f"{r['seconds']:.1f}", f"{r['peak_mb']:.0f}", r["what"])
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
