@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -103,29 +104,47 @@ async def refresh_flags(
     return listed
 
 
-async def directory_measurements(
+@dataclass(frozen=True, slots=True)
+class MeasurementRows:
+    """What the directory's measurements are made of, read from the database."""
+
+    days: list[str]
+    verdicts: dict[int, Any]
+    rollups: dict[int, list[Any]]
+    listed: dict[int, bool]
+    seen: dict[int, list[Any]]
+
+
+async def measurement_rows(
     session: AsyncSession, proxies: Sequence[Proxy], now: int
-) -> dict[int, tuple[str, dict[str, Any]]]:
-    """For each proxy: its status text and its ``measurements`` object.
+) -> MeasurementRows:
+    """The verdicts, recent rollups, censor flags and probes' views of these proxies.
 
     Each query binds the proxies' ids as one parameter (a directory may list more
-    proxies than a statement may have parameters) and returns plain rows, read a
-    batch at a time: no ORM object per verdict, rollup or probe's view."""
+    proxies than a statement may have parameters) and returns plain rows: no ORM
+    object per verdict, rollup or probe's view."""
+    days = recent_days(now)
     ids = [p.id for p in proxies]
     if not ids:
-        return {}
-    verdicts = {row.proxy_id: row async for row in await repo.verdict_rows(session, proxy_ids=ids)}
-    days = recent_days(now)
+        return MeasurementRows(days, {}, {}, {}, {})
+    verdicts = {row.proxy_id: row for row in await repo.verdict_rows(session, proxy_ids=ids)}
     by_proxy: dict[int, list[Any]] = {}
-    async for row in await repo.day_rollup_rows(session, proxy_ids=ids, days=days):
+    for row in await repo.day_rollup_rows(session, proxy_ids=ids, days=days):
         by_proxy.setdefault(row.proxy_id, []).append(row)
     listed = await refresh_flags(session, proxies, now)
     seen: dict[int, list[Any]] = {}
-    async for row in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
+    for row in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
         seen.setdefault(row.proxy_id, []).append(row)
+    return MeasurementRows(days, verdicts, by_proxy, listed, seen)
+
+
+def directory_measurements(
+    proxies: Sequence[Proxy], rows: MeasurementRows
+) -> dict[int, tuple[str, dict[str, Any]]]:
+    """For each proxy: its status text and its ``measurements`` object (no I/O)."""
     out: dict[int, tuple[str, dict[str, Any]]] = {}
     for proxy in proxies:
-        verdict = verdicts.get(proxy.id)
+        verdict = rows.verdicts.get(proxy.id)
         name = verdict.verdict if verdict else "untested"
         blocked_in = sorted(verdict.blocked_in) if verdict else []
         status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
@@ -135,10 +154,10 @@ async def directory_measurements(
                 "status": name,
                 "blocked_in": blocked_in,
                 "since": verdict.since if verdict else None,
-                "censor_listed": listed.get(proxy.id),
-                "days": days,
-                "reachability": reachability(by_proxy.get(proxy.id, [])),
-                "reach": reach(seen.get(proxy.id, []), _transport(proxy)),
+                "censor_listed": rows.listed.get(proxy.id),
+                "days": rows.days,
+                "reachability": reachability(rows.rollups.get(proxy.id, [])),
+                "reach": reach(rows.seen.get(proxy.id, []), _transport(proxy)),
             },
         )
     return out

@@ -46,9 +46,6 @@ from resistance.registry.models import (
     StatementNonce,
 )
 
-#: Rows fetched at a time by the queries that read one row per proxy (or more).
-STREAM_ROWS = 10_000
-
 
 async def add_operator(session: AsyncSession, *, name: str, now: int) -> Operator:
     operator = Operator(name=name, created_at=now)
@@ -586,11 +583,13 @@ async def add_carries(
     await session.flush()
 
 
-async def reach_rows(session: AsyncSession, *, proxy_ids: Sequence[int], since: int) -> Any:
+async def reach_rows(
+    session: AsyncSession, *, proxy_ids: Sequence[int], since: int
+) -> Sequence[Any]:
     """Each probe's latest view of these proxies since ``since``: plain rows (no ORM
     objects, there are probes x proxies of them) of ``proxy_id, name`` (the probe's),
     ``last_at, last_ok, mechanism, transports``."""
-    return await session.stream(
+    result = await session.execute(
         select(
             ProbeEvidenceRow.proxy_id,
             ProbeAccount.name,
@@ -604,27 +603,26 @@ async def reach_rows(session: AsyncSession, *, proxy_ids: Sequence[int], since: 
             ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids)),
             ProbeEvidenceRow.last_at >= since,
         )
-        .execution_options(yield_per=STREAM_ROWS)
     )
+    return result.all()
 
 
-async def verdict_rows(session: AsyncSession, *, proxy_ids: Sequence[int]) -> Any:
+async def verdict_rows(session: AsyncSession, *, proxy_ids: Sequence[int]) -> Sequence[Any]:
     """``proxy_id, verdict, blocked_in, since`` of these proxies' verdicts, as plain rows."""
-    return await session.stream(
+    result = await session.execute(
         select(
             ProxyVerdict.proxy_id, ProxyVerdict.verdict, ProxyVerdict.blocked_in, ProxyVerdict.since
-        )
-        .where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
-        .execution_options(yield_per=STREAM_ROWS)
+        ).where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
     )
+    return result.all()
 
 
 async def day_rollup_rows(
     session: AsyncSession, *, proxy_ids: Sequence[int], days: Sequence[str]
-) -> Any:
+) -> Sequence[Any]:
     """``proxy_id, country, attempts, successes, latency_hist, throughput_hist`` of these
     proxies' rollups of ``days``, as plain rows."""
-    return await session.stream(
+    result = await session.execute(
         select(
             ProbeRollup.proxy_id,
             ProbeRollup.country,
@@ -632,22 +630,21 @@ async def day_rollup_rows(
             ProbeRollup.successes,
             ProbeRollup.latency_hist,
             ProbeRollup.throughput_hist,
-        )
-        .where(ProbeRollup.proxy_id.in_(_each(session, proxy_ids)), ProbeRollup.day.in_(days))
-        .execution_options(yield_per=STREAM_ROWS)
+        ).where(ProbeRollup.proxy_id.in_(_each(session, proxy_ids)), ProbeRollup.day.in_(days))
     )
+    return result.all()
 
 
 async def flag_rows(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> dict[int, tuple[int, bool]]:
     """Per proxy: the blocklist import its flag was checked against, and whether listed."""
-    result = await session.stream(
-        select(ProxyBlocklistFlag.proxy_id, ProxyBlocklistFlag.import_id, ProxyBlocklistFlag.listed)
-        .where(ProxyBlocklistFlag.proxy_id.in_(_each(session, proxy_ids)))
-        .execution_options(yield_per=STREAM_ROWS)
+    result = await session.execute(
+        select(
+            ProxyBlocklistFlag.proxy_id, ProxyBlocklistFlag.import_id, ProxyBlocklistFlag.listed
+        ).where(ProxyBlocklistFlag.proxy_id.in_(_each(session, proxy_ids)))
     )
-    return {proxy_id: (import_id, listed) async for proxy_id, import_id, listed in result}
+    return {proxy_id: (import_id, listed) for proxy_id, import_id, listed in result.all()}
 
 
 async def save_flags(
