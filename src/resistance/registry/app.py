@@ -99,6 +99,8 @@ def create_app(
                     await task
             if canary is not None:
                 await canary.close()
+            if registry.round_workers is not None:
+                registry.round_workers.shutdown(wait=False, cancel_futures=True)
             await registry.engine.dispose()
 
     app = FastAPI(

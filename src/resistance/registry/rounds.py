@@ -35,8 +35,10 @@ amounts are recorded when it is approved.
 Every transition is one transaction whose state change is conditional on the
 state it starts from (``UPDATE … WHERE status = 'draft'``), so two concurrent
 requests cannot both approve or both pay a round, and a refused request
-changes nothing. CPU-heavy steps (the award rule, decoding the transaction)
-run in a worker thread.
+changes nothing. A round is built, signed, computed and serialized in a worker
+process (:func:`compute_job`, its own database connection), outside any
+transaction, so the registry keeps answering while a round over 100,000
+proxies is computed; decoding a transaction runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import multiprocessing
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -73,6 +79,7 @@ from resistance.grants.model import (
 from resistance.grants.signing import sign_inputs
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
+from resistance.registry.db import make_engine, make_sessions
 from resistance.registry.errors import ApiError
 from resistance.registry.models import GrantRoundRow, Proxy
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
@@ -302,16 +309,82 @@ def _settings(**values: Any) -> GrantSettings:
         raise ApiError(422, f"settings refused: {exc}") from None
 
 
-async def _compute(
-    registry: Registry, session: AsyncSession, settings: GrantSettings
-) -> tuple[GrantRound, BuiltInputs]:
-    built = await build_inputs(session, settings=settings)
-    inputs = sign_inputs(settings, built.inputs, registry.signing_keys)
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A round computed by a worker: the columns to store, and what the view reads."""
+
+    stored: dict[str, Any]
+    carry_ids: list[int]
+    skipped_operators: list[str]
+
+
+def compute_job(
+    database_url: str, settings_json: str, keys: list[bytes]
+) -> Computed | tuple[str, str]:
+    """Build, sign and compute a round, and serialize it: the whole CPU-heavy part of a
+    round, as a plain function of picklable arguments run in a worker process (its
+    own event loop and database connection), so the registry's event loop never
+    waits on it.  Returns the computed round, or ``("refused", why)``."""
+    settings = settings_from_json(json.loads(settings_json))
+    signing = [Ed25519PrivateKey.from_private_bytes(k) for k in keys]
+    return asyncio.run(_compute_in_worker(database_url, settings, signing))
+
+
+async def _compute_in_worker(
+    database_url: str, settings: GrantSettings, keys: list[Ed25519PrivateKey]
+) -> Computed | tuple[str, str]:
+    engine = make_engine(database_url)
     try:
-        round_ = await asyncio.to_thread(grant_rounds.compute_round, settings, inputs)
+        async with make_sessions(engine)() as session:
+            built = await build_inputs(session, settings=settings)
+    finally:
+        await engine.dispose()
+    inputs = sign_inputs(settings, built.inputs, keys)
+    try:
+        round_ = grant_rounds.compute_round(settings, inputs)
     except GrantsError as exc:
-        raise ApiError(422, f"round refused: {exc}") from None
-    return round_, built
+        return ("refused", str(exc))
+    return Computed(_stored(round_), built.carry_ids, built.skipped_operators)
+
+
+def _workers(registry: Registry) -> Executor:
+    """The registry's round worker (one process, started at the first round)."""
+    if registry.round_workers is None:
+        registry.round_workers = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+    return registry.round_workers
+
+
+async def _compute(registry: Registry, settings: GrantSettings) -> Computed:
+    keys = [
+        k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        for k in registry.signing_keys
+    ]
+    url = registry.engine.url.render_as_string(hide_password=False)
+    settings_json = canonical_json(settings_to_json(settings))
+    done = await asyncio.get_running_loop().run_in_executor(
+        _workers(registry), compute_job, url, settings_json, keys
+    )
+    if isinstance(done, tuple):
+        raise ApiError(422, f"round refused: {done[1]}")
+    return done
+
+
+async def _refuse_clash(
+    session: AsyncSession, round_id: str, country: str, start: dt.date, end: dt.date
+) -> None:
+    if await repo.round_by_id(session, round_id=round_id) is not None:
+        raise ApiError(409, f"round {round_id} exists already")
+    clash = await repo.overlapping_round(
+        session, country=country, start=start.isoformat(), end=end.isoformat()
+    )
+    if clash is not None:
+        raise ApiError(
+            409,
+            f"round {clash.round_id} ({clash.status}) already covers "
+            f"{clash.period_start}..{clash.period_end} for {country}; a day is paid once",
+        )
 
 
 async def create_round(registry: Registry, *, request: RoundCreateRequest) -> dict[str, Any]:
@@ -331,21 +404,15 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
         period_end=end,
         **{name: getattr(request, name) for name in TUNABLE},
     )
+    # Refused early if it clashes (no work for nothing), computed outside any transaction
+    # (minutes at 100,000 proxies), then checked again as it is stored.
+    async with registry.sessions() as session:
+        await _refuse_clash(session, round_id, country, start, end)
+    computed = await _compute(registry, settings)
     now = registry.now()
     try:
         async with registry.sessions.begin() as session:
-            if await repo.round_by_id(session, round_id=round_id) is not None:
-                raise ApiError(409, f"round {round_id} exists already")
-            clash = await repo.overlapping_round(
-                session, country=country, start=start.isoformat(), end=end.isoformat()
-            )
-            if clash is not None:
-                raise ApiError(
-                    409,
-                    f"round {clash.round_id} ({clash.status}) already covers "
-                    f"{clash.period_start}..{clash.period_end} for {country}; a day is paid once",
-                )
-            round_, built = await _compute(registry, session, settings)
+            await _refuse_clash(session, round_id, country, start, end)
             row = await repo.add_round(
                 session,
                 fields={
@@ -355,8 +422,8 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     "target_country": country,
                     "period_start": start.isoformat(),
                     "period_end": end.isoformat(),
-                    "carry_ids": built.carry_ids,
-                    "skipped_operators": built.skipped_operators,
+                    "carry_ids": computed.carry_ids,
+                    "skipped_operators": computed.skipped_operators,
                     "digest": None,
                     "txid": None,
                     "tx_hex": None,
@@ -364,7 +431,7 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     "updated_at": now,
                     "approved_at": None,
                     "paid_at": None,
-                    **_stored(round_),
+                    **computed.stored,
                 },
             )
             return view(row)
@@ -407,29 +474,29 @@ async def recompute_round(
     registry: Registry, *, round_id: str, request: RoundRecomputeRequest
 ) -> dict[str, Any]:
     """A draft again from fresh rollups, addresses and carried amounts, and any new settings."""
-    async with registry.sessions.begin() as session:
+    async with registry.sessions() as session:
         row = await _row(session, round_id)
         _refuse_unless_draft(row, "recomputed")
         recorded = settings_from_json(json.loads(row.settings))
-        values = {name: getattr(recorded, name) for name in GrantSettings.__dataclass_fields__}
-        values.update(request.model_dump(exclude_none=True))
-        settings = _settings(**values)
-        round_, built = await _compute(registry, session, settings)
+    values = {name: getattr(recorded, name) for name in GrantSettings.__dataclass_fields__}
+    values.update(request.model_dump(exclude_none=True))
+    settings = _settings(**values)
+    computed = await _compute(registry, settings)
+    async with registry.sessions.begin() as session:
         changed = await repo.move_round(
             session,
             round_pk=row.id,
             from_status="draft",
             values={
-                **_stored(round_),
-                "carry_ids": built.carry_ids,
-                "skipped_operators": built.skipped_operators,
+                **computed.stored,
+                "carry_ids": computed.carry_ids,
+                "skipped_operators": computed.skipped_operators,
                 "updated_at": registry.now(),
             },
         )
         if not changed:
             raise ApiError(409, f"round {round_id} was approved meanwhile")
-        await session.refresh(row)
-        return view(row)
+        return view(await _row(session, round_id))
 
 
 async def approve_round(registry: Registry, *, round_id: str) -> dict[str, Any]:

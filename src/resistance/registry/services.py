@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,9 @@ class Registry:
     #: The registry's own WireGuard key that proves control of WireGuard endpoints
     #: (see :mod:`resistance.registry.wireguard`; set by the lifespan).
     wireguard_prober: KeyPair | None = None
+    #: Where grant rounds are computed (:mod:`resistance.registry.rounds` starts a worker
+    #: process at the first round; the lifespan shuts it down).
+    round_workers: Executor | None = None
 
     def now(self) -> int:
         return int(self.clock())
