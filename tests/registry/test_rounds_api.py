@@ -13,7 +13,10 @@ import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import AsyncIterator
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -605,3 +608,66 @@ def test_create_and_recompute_requests_tune_the_same_settings() -> None:
     assert set(RoundCreateRequest.model_fields) - round_fields == set(TUNABLE)
     assert set(TUNABLE) <= {f.name for f in dataclasses.fields(GrantSettings)}
     assert len(TUNABLE) == 10  # cascade_exit_bp (issue 24)
+
+
+class HeldWorker(Executor):
+    """The round worker held at its start until the test lets it go: a thread here (the
+    job is the same plain function the registry's worker process runs)."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def held() -> Any:
+            self.started.set()
+            assert self.go.wait(60), "the test never let the round go"
+            return fn(*args, **kwargs)
+
+        return self.pool.submit(held)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.go.set()
+        self.pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+async def test_requests_are_answered_while_a_round_is_computed(world: World) -> None:
+    """Issue 25: a round is computed off the event loop.  While the round's job is held in
+    its worker, other requests (reads of the database, a sign-up that writes to it, the
+    public directory) complete; the round then completes as it would have."""
+    await add_rollups(world, world.proxies["alice"], dt.date(2026, 10, 1), 31)
+    worker = HeldWorker()
+    world.reg.registry.round_workers = worker
+    creating = asyncio.create_task(create(world))
+    assert await asyncio.to_thread(worker.started.wait, 30)
+    public = world.reg.client()
+    during = [
+        await world.admin.get(ROUNDS),
+        await public.post("/api/v1/operators", json={"name": "dave"}),
+        await public.get("/api/v1/directory"),
+        await world.admin.get(f"{ROUNDS}/2026-10-RU"),
+    ]
+    assert not creating.done()  # every request above completed while the round was held
+    assert [r.status_code for r in during] == [200, 201, 200, 404]
+    assert during[0].json()["rounds"] == []
+    worker.go.set()
+    created = await asyncio.wait_for(creating, 60)
+    assert created.status_code == 201, created.text
+    assert [a["operator_id"] for a in created.json()["awards"]] == ["alice"]
+    assert created.json()["rollups"] == 2 * 31
+    keys = [k.public_key() for k in world.reg.registry.signing_keys]
+    exported = round_from_json((await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json())
+    assert check_signatures(exported.settings, exported.inputs, keys).signers
+
+
+async def test_a_round_computed_by_the_worker_process(world: World) -> None:
+    """The registry's own worker: a separate process computes the round."""
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    created = await create(world)
+    assert created.status_code == 201, created.text
+    workers = world.reg.registry.round_workers
+    assert isinstance(workers, ProcessPoolExecutor)
+    pids = await asyncio.get_running_loop().run_in_executor(workers, os.getpid)
+    assert pids != os.getpid()
+    assert [a["operator_id"] for a in created.json()["awards"]] == ["bob"]
