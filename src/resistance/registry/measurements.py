@@ -46,20 +46,33 @@ def recent_days(now: int, count: int = DAYS) -> list[str]:
     return [(today - datetime.timedelta(days=i)).isoformat() for i in range(count)]
 
 
+LATENCY_BUCKETS = len(rollup.empty(rollup.LATENCY_BOUNDS_MS))
+THROUGHPUT_BUCKETS = len(rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS))
+
+
+def _shaped(histogram: list[int], buckets: int) -> list[int]:
+    """A stored histogram as it is if it has the right number of buckets (else merging
+    it with an empty one refuses it, as any merge of it would)."""
+    if len(histogram) == buckets:
+        return histogram
+    return rollup.merge([0] * buckets, histogram)
+
+
 def reachability(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
     """Per vantage country: attempts, successes, median latency and throughput (``rows``
     have a rollup's ``country, attempts, successes, latency_hist, throughput_hist``)."""
     merged: dict[str, tuple[int, int, list[int], list[int]]] = {}
     for row in rows:
-        attempts, successes, lat, thr = merged.get(
-            row.country,
-            (
-                0,
-                0,
-                rollup.empty(rollup.LATENCY_BOUNDS_MS),
-                rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
-            ),
-        )
+        known = merged.get(row.country)
+        if known is None:  # the first row of a country is taken as it is (one merge less)
+            merged[row.country] = (
+                row.attempts,
+                row.successes,
+                _shaped(row.latency_hist, LATENCY_BUCKETS),
+                _shaped(row.throughput_hist, THROUGHPUT_BUCKETS),
+            )
+            continue
+        attempts, successes, lat, thr = known
         merged[row.country] = (
             attempts + row.attempts,
             successes + row.successes,
