@@ -671,3 +671,62 @@ async def test_a_round_computed_by_the_worker_process(world: World) -> None:
     pids = await asyncio.get_running_loop().run_in_executor(workers, os.getpid)
     assert pids != os.getpid()
     assert [a["operator_id"] for a in created.json()["awards"]] == ["bob"]
+
+
+async def test_the_round_page_reads_its_inputs_a_page_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: views read a summary and per-proxy rows stored with the round (never the
+    whole inputs document); the funder's page pages those rows."""
+    from resistance.registry import rounds
+    from resistance.registry.ui import pages
+    from tests.registry.test_dashboard import sign_in
+
+    await add_rollups(
+        world, world.proxies["alice"] + world.proxies["bob"], dt.date(2026, 10, 1), 31
+    )
+    created = (await create(world)).json()
+    assert created["rollups"] == 3 * 31
+    registry = world.reg.registry
+    async with registry.sessions() as session:
+        row = await repo.round_by_id(session, round_id="2026-10-RU")
+        assert row is not None
+        stored = await repo.round_proxies_page(session, round_pk=row.id, after=0, limit=10)
+    alice, bob = world.proxies["alice"], world.proxies["bob"]
+    assert [(p.position, p.operator, p.proxy_id) for p in stored] == [
+        (1, "alice", str(alice[0])),
+        (2, "alice", str(alice[1])),
+        (3, "bob", str(bob[0])),
+    ]
+    assert {(p.days, p.control_attempts, p.target_successes) for p in stored} == {
+        (31, 31 * 24, 31 * 24)
+    }
+    # the same numbers as summing the signed inputs themselves, and the same view from them
+    assert [
+        {k: getattr(p, k) for k in rounds.per_proxy(rounds.load_round(row).inputs)[0]}
+        for p in stored
+    ] == rounds.per_proxy(rounds.load_round(row).inputs)
+    legacy = rounds.view(row)
+    row.summary = None
+    assert rounds.view(row) == legacy == created
+
+    monkeypatch.setattr(pages, "ROUND_PAGE_SIZE", 2)
+    funder = world.reg.client()
+    assert (await sign_in(funder, world.reg.admin_token)).status_code == 303
+    first = await funder.get("/ui/funder/rounds/2026-10-RU")
+    assert first.status_code == 200, first.text
+    assert f">{alice[1]}</th>" in first.text and f">{bob[0]}</th>" not in first.text
+    assert 'href="?after=2"' in first.text
+    second = await funder.get("/ui/funder/rounds/2026-10-RU?after=2")
+    assert f">{bob[0]}</th>" in second.text and f">{alice[0]}</th>" not in second.text
+    assert 'rel="next"' not in second.text
+
+    # recomputed: the rows are replaced; deleted: they go with the round
+    await add_rollups(world, world.proxies["carol"], dt.date(2026, 10, 1), 31)
+    again = await world.admin.post(f"{ROUNDS}/2026-10-RU/recompute", json={})
+    assert again.status_code == 200, again.text
+    async with registry.sessions() as session:
+        assert len(await repo.round_proxies_page(session, round_pk=row.id, after=0, limit=9)) == 3
+    assert (await world.admin.delete(f"{ROUNDS}/2026-10-RU")).status_code == 204
+    async with registry.sessions() as session:
+        assert not await repo.round_has_proxies(session, round_pk=row.id)

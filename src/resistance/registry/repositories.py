@@ -31,6 +31,7 @@ from resistance.registry.models import (
     BlocklistImport,
     BlocklistRange,
     GrantCarry,
+    GrantRoundProxy,
     GrantRoundRow,
     Operator,
     ProbeAccount,
@@ -681,3 +682,33 @@ async def control_views(session: AsyncSession) -> dict[int, bool]:
         if row.proxy_id not in latest or row.last_at > latest[row.proxy_id].last_at:
             latest[row.proxy_id] = row
     return {proxy_id: row.last_ok for proxy_id, row in latest.items()}
+
+
+async def replace_round_proxies(
+    session: AsyncSession, *, round_pk: int, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """A round's inputs summed per proxy, in page order (any earlier rows replaced)."""
+    await session.execute(delete(GrantRoundProxy).where(GrantRoundProxy.round_pk == round_pk))
+    numbered = [{**r, "round_pk": round_pk, "position": i} for i, r in enumerate(rows, 1)]
+    for i in range(0, len(numbered), 5000):
+        await session.execute(insert(GrantRoundProxy), numbered[i : i + 5000])
+
+
+async def round_proxies_page(
+    session: AsyncSession, *, round_pk: int, after: int, limit: int
+) -> Sequence[GrantRoundProxy]:
+    """Up to ``limit`` of a round's per-proxy rows after position ``after``."""
+    result = await session.execute(
+        select(GrantRoundProxy)
+        .where(GrantRoundProxy.round_pk == round_pk, GrantRoundProxy.position > after)
+        .order_by(GrantRoundProxy.position)
+        .limit(limit)
+    )
+    return result.scalars().all()
+
+
+async def round_has_proxies(session: AsyncSession, *, round_pk: int) -> bool:
+    result = await session.execute(
+        select(GrantRoundProxy.position).where(GrantRoundProxy.round_pk == round_pk).limit(1)
+    )
+    return result.first() is not None

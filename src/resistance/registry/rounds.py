@@ -242,10 +242,24 @@ def summary(row: GrantRoundRow) -> dict[str, Any]:
     }
 
 
+def inputs_summary(row: GrantRoundRow) -> dict[str, Any]:
+    """``rollups`` (a count), ``signatures`` (key ids) and ``carried_in`` of the round's
+    inputs: stored beside them since migration 0015, read from them before."""
+    if row.summary is not None:
+        summary: dict[str, Any] = json.loads(row.summary)
+        return summary
+    inputs = json.loads(row.inputs)
+    return {
+        "rollups": len(inputs["rollups"]),
+        "signatures": [s["key_id"] for s in inputs["signatures"]],
+        "carried_in": inputs.get("carried_in", []),
+    }
+
+
 def view(row: GrantRoundRow) -> dict[str, Any]:
     settings = json.loads(row.settings)
     result = json.loads(row.result)
-    inputs = json.loads(row.inputs)
+    inputs = inputs_summary(row)
     return {
         **summary(row),
         "settings": settings,
@@ -255,8 +269,8 @@ def view(row: GrantRoundRow) -> dict[str, Any]:
         "ignored_rollups": result["ignored_rollups"],
         "carried_in_sat": result["totals"]["carried_in_sat"],
         "carried_out_sat": result["totals"]["carried_out_sat"],
-        "rollups": len(inputs["rollups"]),
-        "signatures": [s["key_id"] for s in inputs["signatures"]],
+        "rollups": inputs["rollups"],
+        "signatures": inputs["signatures"],
         "skipped_operators": list(row.skipped_operators),
         "awards": result["awards"],
     }
@@ -289,6 +303,20 @@ def _stored(round_: GrantRound) -> dict[str, Any]:
         "settings": canonical_json(settings_to_json(round_.settings)),
         "inputs": canonical_json(inputs_to_json(round_.inputs)),
         "result": canonical_json(result_to_json(round_.result)),
+        "summary": canonical_json(
+            {
+                "rollups": len(round_.inputs.rollups),
+                "signatures": [s.key_id for s in round_.inputs.signatures],
+                "carried_in": [
+                    {
+                        "operator_id": c.operator_id,
+                        "payout_address": c.payout_address,
+                        "amount_sat": c.amount_sat,
+                    }
+                    for c in round_.inputs.carried_in
+                ],
+            }
+        ),
     }
 
 
@@ -316,6 +344,8 @@ class Computed:
     stored: dict[str, Any]
     carry_ids: list[int]
     skipped_operators: list[str]
+    #: The inputs summed per proxy, in page order (:func:`per_proxy`).
+    per_proxy: list[dict[str, Any]]
 
 
 def compute_job(
@@ -344,7 +374,40 @@ async def _compute_in_worker(
         round_ = grant_rounds.compute_round(settings, inputs)
     except GrantsError as exc:
         return ("refused", str(exc))
-    return Computed(_stored(round_), built.carry_ids, built.skipped_operators)
+    return Computed(
+        _stored(round_), built.carry_ids, built.skipped_operators, per_proxy(round_.inputs)
+    )
+
+
+def per_proxy(inputs: RoundInputs) -> list[dict[str, Any]]:
+    """The inputs summed per proxy (days, control and target checks), sorted by operator
+    and proxy: the rows of ``grant_round_proxies`` without their round and position."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in inputs.rollups:
+        p = out.get(r.proxy_id)
+        if p is None:
+            p = out[r.proxy_id] = {
+                "proxy_id": r.proxy_id,
+                "operator": r.operator_id,
+                "network": r.network,
+                "days": 0,
+                "control_attempts": 0,
+                "control_successes": 0,
+                "target_attempts": 0,
+                "target_successes": 0,
+            }
+        p["days"] += 1
+        p["control_attempts"] += r.control_attempts
+        p["control_successes"] += r.control_successes
+        p["target_attempts"] += r.target_attempts
+        p["target_successes"] += r.target_successes
+    return sorted(out.values(), key=lambda p: (p["operator"], int(p["proxy_id"])))
+
+
+async def _store_per_proxy(
+    session: AsyncSession, round_pk: int, rows: list[dict[str, Any]]
+) -> None:
+    await repo.replace_round_proxies(session, round_pk=round_pk, rows=rows)
 
 
 def _workers(registry: Registry) -> Executor:
@@ -434,6 +497,7 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     **computed.stored,
                 },
             )
+            await _store_per_proxy(session, row.id, computed.per_proxy)
             return view(row)
     except IntegrityError:
         raise ApiError(409, f"round {round_id} exists already") from None
@@ -496,6 +560,7 @@ async def recompute_round(
         )
         if not changed:
             raise ApiError(409, f"round {round_id} was approved meanwhile")
+        await _store_per_proxy(session, row.id, computed.per_proxy)
         return view(await _row(session, round_id))
 
 
