@@ -730,3 +730,32 @@ async def test_the_round_page_reads_its_inputs_a_page_at_a_time(
     assert (await world.admin.delete(f"{ROUNDS}/2026-10-RU")).status_code == 204
     async with registry.sessions() as session:
         assert not await repo.round_has_proxies(session, round_pk=row.id)
+
+
+async def test_rounds_from_before_the_summaries_are_shown_from_their_inputs(
+    world: World, db_url: str
+) -> None:
+    """Migration 0015 down and up again: the round keeps its inputs, loses its summary
+    and per-proxy rows, and its views and page read the inputs instead."""
+    from resistance.registry.db import migrate
+    from tests.registry.test_dashboard import sign_in
+    from tests.registry.test_wireguard import downgrade
+
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    created = (await create(world)).json()
+    await world.reg.registry.engine.dispose()  # no pooled connection in the way of DDL
+    await downgrade(db_url, "0013")
+    async with world.reg.registry.engine.connect() as conn:
+        columns = (await conn.execute(text("SELECT * FROM grant_rounds"))).keys()
+        assert "summary" not in columns and "inputs" in columns
+    await world.reg.registry.engine.dispose()
+    await migrate(db_url)
+    async with world.reg.registry.sessions() as session:
+        row = await repo.round_by_id(session, round_id="2026-10-RU")
+        assert row is not None and row.summary is None
+        assert not await repo.round_has_proxies(session, round_pk=row.id)
+    assert (await world.admin.get(f"{ROUNDS}/2026-10-RU")).json() == created
+    funder = world.reg.client()
+    assert (await sign_in(funder, world.reg.admin_token)).status_code == 303
+    page = await funder.get("/ui/funder/rounds/2026-10-RU")
+    assert page.status_code == 200 and f">{world.proxies['bob'][0]}</th>" in page.text
