@@ -21,7 +21,8 @@ import asyncpg
 import pytest
 
 from resistance.probe import rollup
-from resistance.registry import services
+from resistance.registry import measurements, services
+from resistance.registry.blocklist import address_hex
 from resistance.registry.measurements import recent_days
 from tests.registry.conftest import PG_URL, _pg_admin, start_registry
 
@@ -179,3 +180,51 @@ async def test_periodic_publication_failure_keeps_the_task_alive(
 
         await _until(republished, "a publication after the failure")
     assert published_since >= first
+
+
+@pytest.mark.parametrize("lookups_at_most", [0, 10**6], ids=["walk", "lookups"])
+async def test_a_new_blocklist_import_reflags_every_proxy_at_the_next_publication(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, lookups_at_most: int
+) -> None:
+    """After an import every flag is stale: many are found by one walk of the ranges,
+    a few by one query each; both say the same."""
+    monkeypatch.setattr(measurements, "LOOKUPS_AT_MOST", lookups_at_most)
+    now = int(time.time())
+    count = 1500
+    await _fill(pg_url, count, now)
+    ranges = [
+        (address_hex("10.0.1.0"), address_hex("10.0.1.255")),  # proxies 256..511
+        (address_hex("10.0.5.1"), address_hex("10.0.5.1")),  # proxy 1281
+        (address_hex("10.0.5.4"), address_hex("10.0.9.0")),  # 1284..1500 and beyond
+        (address_hex("2001:db8::"), address_hex("2001:db8::ffff")),  # no proxy
+    ]
+    conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""), timeout=5)
+    try:
+        new = await conn.fetchval(
+            "INSERT INTO blocklist_imports (source, kind, updated, imported_at, prefixes, "
+            "ranges, skipped) VALUES ('dump-2', 'dump', NULL, $1, 4, 4, 0) RETURNING id",
+            now,
+        )
+        await conn.executemany(
+            "INSERT INTO blocklist_ranges (start_hex, end_hex, import_id) VALUES ($1, $2, $3)",
+            [(a, b, new) for a, b in ranges],
+        )
+        await conn.execute("DELETE FROM proxy_blocklist_flags WHERE proxy_id % 2 = 0")
+    finally:
+        await conn.close()
+    async with start_registry(tmp_path / "registry", pg_url) as reg:
+        entries = (await reg.client().get("/api/v1/directory")).json()["document"]["proxies"]
+    listed = {
+        int(e["endpoint"]["host"].split(".")[2]) * 256 + int(e["endpoint"]["host"].split(".")[3])
+        for e in entries
+        if e["measurements"]["censor_listed"]
+    }
+    assert listed == {*range(256, 512), 1281, *range(1284, count + 1)}
+    assert all(e["measurements"]["censor_listed"] is not None for e in entries)
+    conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""), timeout=5)
+    try:
+        flags = await conn.fetch("SELECT import_id, listed FROM proxy_blocklist_flags")
+    finally:
+        await conn.close()
+    assert len(flags) == count and {f["import_id"] for f in flags} == {new}
+    assert sum(f["listed"] for f in flags) == len(listed)

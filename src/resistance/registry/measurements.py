@@ -22,6 +22,9 @@ from resistance.registry.models import Proxy
 
 #: Days of rollups the directory summarizes (today and the days before).
 DAYS = 2
+#: Proxies whose censor flag is looked up one query each; above that many (after a new
+#: blocklist import every proxy's is stale) the stored ranges are walked once instead.
+LOOKUPS_AT_MOST = 1000
 #: Networks (probe vantages) a proxy's ``reach`` names at most, the most recent first.
 MAX_REACH_NETWORKS = 16
 
@@ -99,22 +102,48 @@ async def refresh_flags(
         return {}
     flags = await repo.flag_rows(session, proxy_ids=[p.id for p in proxies])
     listed: dict[int, bool] = {}
-    new: dict[int, bool] = {}
-    changed: dict[int, bool] = {}
+    stale: dict[int, str] = {}
     for proxy in proxies:
         flag = flags.get(proxy.id)
         if flag is not None and flag[0] == current.id:
             listed[proxy.id] = flag[1]
             continue
         try:
-            hexed = address_hex(proxy.host)
+            stale[proxy.id] = address_hex(proxy.host)
         except ValueError:
             continue
-        hit = await repo.range_containing(session, address_hex=hexed) is not None
-        (new if flag is None else changed)[proxy.id] = hit
-        listed[proxy.id] = hit
+    if len(stale) > LOOKUPS_AT_MOST:
+        hits = await _walk_ranges(session, stale)
+    else:
+        hits = {
+            proxy_id: await repo.range_containing(session, address_hex=hexed) is not None
+            for proxy_id, hexed in stale.items()
+        }
+    listed.update(hits)
+    new = {p: hit for p, hit in hits.items() if p not in flags}
+    changed = {p: hit for p, hit in hits.items() if p in flags}
     await repo.save_flags(session, import_id=current.id, now=now, new=new, changed=changed)
     return listed
+
+
+async def _walk_ranges(session: AsyncSession, addresses: dict[int, str]) -> dict[int, bool]:
+    """Whether each address is in a stored range, by one walk of the ranges in order
+    beside the addresses in order (the ranges are disjoint and sorted by start)."""
+    order = sorted(addresses.items(), key=lambda item: item[1])
+    hits: dict[int, bool] = {}
+    i = 0
+    async for start, end in repo.ranges_in_order(session):
+        while i < len(order) and order[i][1] < start:
+            hits[order[i][0]] = False
+            i += 1
+        while i < len(order) and order[i][1] <= end:
+            hits[order[i][0]] = True
+            i += 1
+        if i == len(order):
+            break
+    for proxy_id, _ in order[i:]:
+        hits[proxy_id] = False
+    return hits
 
 
 @dataclass(frozen=True, slots=True)

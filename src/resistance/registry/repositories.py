@@ -8,7 +8,7 @@ nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -391,6 +391,18 @@ async def range_containing(session: AsyncSession, *, address_hex: str) -> Blockl
     )
     found = result.scalar_one_or_none()
     return found if found is not None and found.end_hex >= address_hex else None
+
+
+async def ranges_in_order(session: AsyncSession) -> AsyncIterator[tuple[str, str]]:
+    """Every stored range ``(start_hex, end_hex)`` by start, read a batch at a time."""
+    result = await session.stream(
+        select(BlocklistRange.start_hex, BlocklistRange.end_hex)
+        .order_by(BlocklistRange.start_hex)
+        .execution_options(yield_per=20_000)
+    )
+    async for partition in result.partitions():
+        for start, end in partition:
+            yield start, end
 
 
 async def blocklist_flags(
