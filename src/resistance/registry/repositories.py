@@ -530,9 +530,11 @@ async def all_proxies(session: AsyncSession) -> Sequence[Proxy]:
 
 async def rollup_rows(
     session: AsyncSession, *, country: str, since: str | None, before: str
-) -> Sequence[Any]:
+) -> AsyncIterator[Sequence[Any]]:
     """Control rows and target-country rows of the days ``since`` (included, or from the
-    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings."""
+    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings.
+    Read a batch at a time (30 days of 100,000 proxies are 6,000,000 rows): the
+    caller folds each batch before the next is read."""
     query = select(
         ProbeRollup.proxy_id,
         ProbeRollup.day,
@@ -546,7 +548,9 @@ async def rollup_rows(
     )
     if since is not None:
         query = query.where(ProbeRollup.day >= since)
-    return (await session.execute(query)).all()
+    result = await session.stream(query.execution_options(yield_per=50_000))
+    async for partition in result.partitions():
+        yield partition
 
 
 async def open_carries(session: AsyncSession) -> Sequence[GrantCarry]:

@@ -47,7 +47,7 @@ import asyncio
 import datetime as dt
 import json
 import multiprocessing
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +100,16 @@ class BuiltInputs:
     skipped_operators: list[str]
 
 
-def _day_rows(rows: Iterable[Any]) -> dict[tuple[int, str], list[Any]]:
+async def _day_rows(batches: AsyncIterator[Iterable[Any]]) -> dict[tuple[int, str], list[Any]]:
     """``(proxy, day) -> [control attempts, control successes, target attempts,
-    target successes, merged throughput histogram]``."""
+    target successes, merged throughput histogram]``, folded a batch of rows at a time."""
     days: dict[tuple[int, str], list[Any]] = {}
+    async for rows in batches:
+        _fold_days(days, rows)
+    return days
+
+
+def _fold_days(days: dict[tuple[int, str], list[Any]], rows: Iterable[Any]) -> None:
     for proxy_id, day, control, attempts, successes, hist in rows:
         tally = days.get((proxy_id, day))
         if tally is None:
@@ -119,7 +125,6 @@ def _day_rows(rows: Iterable[Any]) -> dict[tuple[int, str], list[Any]]:
         tally[side + 1] += successes
         if hist and len(hist) == len(tally[4]):
             tally[4] = rollup.merge(tally[4], hist)
-    return days
 
 
 def _daily(
@@ -174,7 +179,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
-    days = _day_rows(await repo.rollup_rows(session, country=country, since=start, before=after))
+    days = await _day_rows(repo.rollup_rows(session, country=country, since=start, before=after))
     rows: list[DailyRollup] = []
     skipped: set[str] = set()
     for (proxy_id, day), t in sorted(days.items()):
@@ -190,8 +195,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
         wanted = {int(r.proxy_id) for r in rows}
-        earlier = _day_rows(
-            await repo.rollup_rows(session, country=country, since=None, before=start)
+        earlier = await _day_rows(
+            repo.rollup_rows(session, country=country, since=None, before=start)
         )
         for (proxy_id, day), t in earlier.items():
             if proxy_id not in wanted:
