@@ -759,3 +759,21 @@ async def test_rounds_from_before_the_summaries_are_shown_from_their_inputs(
     assert (await sign_in(funder, world.reg.admin_token)).status_code == 303
     page = await funder.get("/ui/funder/rounds/2026-10-RU")
     assert page.status_code == 200 and f">{world.proxies['bob'][0]}</th>" in page.text
+
+
+async def test_a_dead_round_worker_is_replaced(world: World) -> None:
+    """A worker killed (as the kernel kills one out of memory) fails its round with a 503;
+    the next round gets a new worker."""
+    import multiprocessing
+    import signal
+
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    workers = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    world.reg.registry.round_workers = workers
+    pid = await asyncio.get_running_loop().run_in_executor(workers, os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    assert_error(await create(world), 503, "worker process died")
+    assert world.reg.registry.round_workers is None
+    created = await create(world)
+    assert created.status_code == 201, created.text
+    assert world.reg.registry.round_workers is not workers

@@ -49,6 +49,7 @@ import json
 import multiprocessing
 from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -431,9 +432,17 @@ async def _compute(registry: Registry, settings: GrantSettings) -> Computed:
     ]
     url = registry.engine.url.render_as_string(hide_password=False)
     settings_json = canonical_json(settings_to_json(settings))
-    done = await asyncio.get_running_loop().run_in_executor(
-        _workers(registry), compute_job, url, settings_json, keys
-    )
+    workers = _workers(registry)
+    try:
+        done = await asyncio.get_running_loop().run_in_executor(
+            workers, compute_job, url, settings_json, keys
+        )
+    except BrokenProcessPool:
+        # the worker died (killed, out of memory): the next round starts a new one
+        if registry.round_workers is workers:
+            registry.round_workers = None
+        workers.shutdown(wait=False)
+        raise ApiError(503, "the round's worker process died; try again") from None
     if isinstance(done, tuple):
         raise ApiError(422, f"round refused: {done[1]}")
     return done
