@@ -70,14 +70,13 @@ from resistance.grants.model import (
     GrantSettings,
     RoundInputs,
     canonical_json,
-    inputs_to_json,
     result_to_json,
     round_from_json,
     round_to_json,
     settings_from_json,
     settings_to_json,
 )
-from resistance.grants.signing import sign_inputs
+from resistance.grants.signing import sign_inputs_json
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
 from resistance.registry.db import make_engine, make_sessions
@@ -300,14 +299,14 @@ def load_round(row: GrantRoundRow) -> GrantRound:
     )
 
 
-def _stored(round_: GrantRound) -> dict[str, Any]:
-    """The columns that hold a computed round."""
+def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
+    """The columns that hold a computed round (``inputs_json``: its inputs' JSON)."""
     return {
         "budget_sat": round_.settings.budget_sat,
         "paid_sat": round_.result.paid_sat,
         "payouts": len(round_.result.payouts()),
         "settings": canonical_json(settings_to_json(round_.settings)),
-        "inputs": canonical_json(inputs_to_json(round_.inputs)),
+        "inputs": canonical_json(inputs_json),
         "result": canonical_json(result_to_json(round_.result)),
         "summary": canonical_json(
             {
@@ -375,13 +374,16 @@ async def _compute_in_worker(
             built = await build_inputs(session, settings=settings)
     finally:
         await engine.dispose()
-    inputs = sign_inputs(settings, built.inputs, keys)
+    inputs, inputs_json = sign_inputs_json(settings, built.inputs, keys)
     try:
         round_ = grant_rounds.compute_round(settings, inputs)
     except GrantsError as exc:
         return ("refused", str(exc))
     return Computed(
-        _stored(round_), built.carry_ids, built.skipped_operators, per_proxy(round_.inputs)
+        _stored(round_, inputs_json),
+        built.carry_ids,
+        built.skipped_operators,
+        per_proxy(round_.inputs),
     )
 
 
