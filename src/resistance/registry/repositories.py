@@ -220,6 +220,17 @@ async def active_proxies(session: AsyncSession, *, public: bool) -> Sequence[Pro
     return result.scalars().all()
 
 
+async def active_proxy_rows(session: AsyncSession, *, public: bool) -> Sequence[Any]:
+    """``active_proxies`` as plain rows of every column (read as a ``Proxy`` is, by
+    attribute), for a directory of 100,000: no ORM object, no identity map."""
+    result = await session.execute(
+        select(*Proxy.__table__.columns)
+        .where(Proxy.public.is_(public), Proxy.status == "active")
+        .order_by(Proxy.host, Proxy.port)
+    )
+    return result.all()
+
+
 async def nonce_seen(session: AsyncSession, *, nonce: str) -> bool:
     return await session.get(StatementNonce, nonce) is not None
 

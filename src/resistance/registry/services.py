@@ -577,7 +577,7 @@ async def publish(registry: Registry) -> dict[str, Any]:
         async with registry.sessions.begin() as session:
             last = await repo.last_publication(session)
             serial = max((last.serial + 1) if last else 1, now)
-            proxies = listed(await repo.active_proxies(session, public=True))
+            proxies = listed(await repo.active_proxy_rows(session, public=True))
             rows = await measurement_rows(session, proxies, now)
             signed, body = await asyncio.to_thread(
                 _sign_directory, registry, proxies, rows, serial, now
