@@ -135,3 +135,18 @@ def test_a_bad_trusted_key_is_one_line(round_file: Path) -> None:
     res = invoke("verify", str(round_file), "--trust", "not-a-key")
     assert res.exit_code == 2
     assert res.output.count("\n") == 1 and "bad trusted key" in res.output
+
+
+def test_signing_with_the_json_is_signing_then_converting() -> None:
+    """The registry signs and converts a round's inputs in one pass: the same signatures,
+    and the JSON ``inputs_to_json`` makes of the signed inputs."""
+    from resistance.grants.model import inputs_to_json
+
+    s = settings()
+    unsigned = dataclasses.replace(signing.sign_inputs(s, sample_inputs(), [OTHER]), signatures=())
+    signed, body = signing.sign_inputs_json(s, unsigned, [KEY, OTHER])
+    assert signed == signing.sign_inputs(s, unsigned, [KEY, OTHER])
+    assert body == inputs_to_json(signed)
+    assert signing.check_signatures(s, signed, [KEY.public_key()]).signers == (
+        key_id(KEY.public_key()),
+    )

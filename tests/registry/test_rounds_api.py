@@ -13,7 +13,10 @@ import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import AsyncIterator
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -605,3 +608,172 @@ def test_create_and_recompute_requests_tune_the_same_settings() -> None:
     assert set(RoundCreateRequest.model_fields) - round_fields == set(TUNABLE)
     assert set(TUNABLE) <= {f.name for f in dataclasses.fields(GrantSettings)}
     assert len(TUNABLE) == 10  # cascade_exit_bp (issue 24)
+
+
+class HeldWorker(Executor):
+    """The round worker held at its start until the test lets it go: a thread here (the
+    job is the same plain function the registry's worker process runs)."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def held() -> Any:
+            self.started.set()
+            assert self.go.wait(60), "the test never let the round go"
+            return fn(*args, **kwargs)
+
+        return self.pool.submit(held)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.go.set()
+        self.pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+async def test_requests_are_answered_while_a_round_is_computed(world: World) -> None:
+    """Issue 25: a round is computed off the event loop.  While the round's job is held in
+    its worker, other requests (reads of the database, a sign-up that writes to it, the
+    public directory) complete; the round then completes as it would have."""
+    await add_rollups(world, world.proxies["alice"], dt.date(2026, 10, 1), 31)
+    worker = HeldWorker()
+    world.reg.registry.round_workers = worker
+    creating = asyncio.create_task(create(world))
+    assert await asyncio.to_thread(worker.started.wait, 30)
+    public = world.reg.client()
+    during = [
+        await world.admin.get(ROUNDS),
+        await public.post("/api/v1/operators", json={"name": "dave"}),
+        await public.get("/api/v1/directory"),
+        await world.admin.get(f"{ROUNDS}/2026-10-RU"),
+    ]
+    assert not creating.done()  # every request above completed while the round was held
+    assert [r.status_code for r in during] == [200, 201, 200, 404]
+    assert during[0].json()["rounds"] == []
+    worker.go.set()
+    created = await asyncio.wait_for(creating, 60)
+    assert created.status_code == 201, created.text
+    assert [a["operator_id"] for a in created.json()["awards"]] == ["alice"]
+    assert created.json()["rollups"] == 2 * 31
+    keys = [k.public_key() for k in world.reg.registry.signing_keys]
+    exported = round_from_json((await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json())
+    assert check_signatures(exported.settings, exported.inputs, keys).signers
+
+
+async def test_a_round_computed_by_the_worker_process(world: World) -> None:
+    """The registry's own worker: a separate process computes the round."""
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    created = await create(world)
+    assert created.status_code == 201, created.text
+    workers = world.reg.registry.round_workers
+    assert isinstance(workers, ProcessPoolExecutor)
+    pids = await asyncio.get_running_loop().run_in_executor(workers, os.getpid)
+    assert pids != os.getpid()
+    assert [a["operator_id"] for a in created.json()["awards"]] == ["bob"]
+
+
+async def test_the_round_page_reads_its_inputs_a_page_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: views read a summary and per-proxy rows stored with the round (never the
+    whole inputs document); the funder's page pages those rows."""
+    from resistance.registry import rounds
+    from resistance.registry.ui import pages
+    from tests.registry.test_dashboard import sign_in
+
+    await add_rollups(
+        world, world.proxies["alice"] + world.proxies["bob"], dt.date(2026, 10, 1), 31
+    )
+    created = (await create(world)).json()
+    assert created["rollups"] == 3 * 31
+    registry = world.reg.registry
+    async with registry.sessions() as session:
+        row = await repo.round_by_id(session, round_id="2026-10-RU")
+        assert row is not None
+        stored = await repo.round_proxies_page(session, round_pk=row.id, after=0, limit=10)
+    alice, bob = world.proxies["alice"], world.proxies["bob"]
+    assert [(p.position, p.operator, p.proxy_id) for p in stored] == [
+        (1, "alice", str(alice[0])),
+        (2, "alice", str(alice[1])),
+        (3, "bob", str(bob[0])),
+    ]
+    assert {(p.days, p.control_attempts, p.target_successes) for p in stored} == {
+        (31, 31 * 24, 31 * 24)
+    }
+    # the same numbers as summing the signed inputs themselves, and the same view from them
+    assert [
+        {k: getattr(p, k) for k in rounds.per_proxy(rounds.load_round(row).inputs)[0]}
+        for p in stored
+    ] == rounds.per_proxy(rounds.load_round(row).inputs)
+    legacy = rounds.view(row)
+    row.summary = None
+    assert rounds.view(row) == legacy == created
+
+    monkeypatch.setattr(pages, "ROUND_PAGE_SIZE", 2)
+    funder = world.reg.client()
+    assert (await sign_in(funder, world.reg.admin_token)).status_code == 303
+    first = await funder.get("/ui/funder/rounds/2026-10-RU")
+    assert first.status_code == 200, first.text
+    assert f">{alice[1]}</th>" in first.text and f">{bob[0]}</th>" not in first.text
+    assert 'href="?after=2"' in first.text
+    second = await funder.get("/ui/funder/rounds/2026-10-RU?after=2")
+    assert f">{bob[0]}</th>" in second.text and f">{alice[0]}</th>" not in second.text
+    assert 'rel="next"' not in second.text
+
+    # recomputed: the rows are replaced; deleted: they go with the round
+    await add_rollups(world, world.proxies["carol"], dt.date(2026, 10, 1), 31)
+    again = await world.admin.post(f"{ROUNDS}/2026-10-RU/recompute", json={})
+    assert again.status_code == 200, again.text
+    async with registry.sessions() as session:
+        assert len(await repo.round_proxies_page(session, round_pk=row.id, after=0, limit=9)) == 3
+    assert (await world.admin.delete(f"{ROUNDS}/2026-10-RU")).status_code == 204
+    async with registry.sessions() as session:
+        assert not await repo.round_has_proxies(session, round_pk=row.id)
+
+
+async def test_rounds_from_before_the_summaries_are_shown_from_their_inputs(
+    world: World, db_url: str
+) -> None:
+    """Migration 0015 down and up again: the round keeps its inputs, loses its summary
+    and per-proxy rows, and its views and page read the inputs instead."""
+    from resistance.registry.db import migrate
+    from tests.registry.test_dashboard import sign_in
+    from tests.registry.test_wireguard import downgrade
+
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    created = (await create(world)).json()
+    await world.reg.registry.engine.dispose()  # no pooled connection in the way of DDL
+    await downgrade(db_url, "0013")
+    async with world.reg.registry.engine.connect() as conn:
+        columns = (await conn.execute(text("SELECT * FROM grant_rounds"))).keys()
+        assert "summary" not in columns and "inputs" in columns
+    await world.reg.registry.engine.dispose()
+    await migrate(db_url)
+    async with world.reg.registry.sessions() as session:
+        row = await repo.round_by_id(session, round_id="2026-10-RU")
+        assert row is not None and row.summary is None
+        assert not await repo.round_has_proxies(session, round_pk=row.id)
+    assert (await world.admin.get(f"{ROUNDS}/2026-10-RU")).json() == created
+    funder = world.reg.client()
+    assert (await sign_in(funder, world.reg.admin_token)).status_code == 303
+    page = await funder.get("/ui/funder/rounds/2026-10-RU")
+    assert page.status_code == 200 and f">{world.proxies['bob'][0]}</th>" in page.text
+
+
+async def test_a_dead_round_worker_is_replaced(world: World) -> None:
+    """A worker killed (as the kernel kills one out of memory) fails its round with a 503;
+    the next round gets a new worker."""
+    import multiprocessing
+    import signal
+
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    workers = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    world.reg.registry.round_workers = workers
+    pid = await asyncio.get_running_loop().run_in_executor(workers, os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    assert_error(await create(world), 503, "worker process died")
+    assert world.reg.registry.round_workers is None
+    created = await create(world)
+    assert created.status_code == 201, created.text
+    assert world.reg.registry.round_workers is not workers

@@ -99,6 +99,23 @@ def dump_signed(signed: Mapping[str, Any]) -> bytes:
     return canonical_bytes(signed) + b"\n"
 
 
+def sign_and_dump(
+    document: Mapping[str, Any], keys: Sequence[Ed25519PrivateKey]
+) -> tuple[dict[str, Any], bytes]:
+    """``sign_document`` and ``dump_signed`` at once, the document serialized only once
+    (for a directory of 100,000 proxies that is seconds): the file's canonical bytes
+    hold the signed document's canonical bytes as they are (keys sort as
+    ``document``, ``format``, ``signatures``)."""
+    body = canonical_bytes(document)
+    signatures = [
+        {"key_id": key_id(k.public_key()), "signature": b64url(k.sign(SIGNING_CONTEXT + body))}
+        for k in keys
+    ]
+    signed = {"format": FILE_FORMAT, "document": dict(document), "signatures": signatures}
+    rest = canonical_bytes({"format": FILE_FORMAT, "signatures": signatures})
+    return signed, b'{"document":' + body + b"," + rest[1:] + b"\n"
+
+
 def _parse_file(data: bytes) -> tuple[dict[str, Any], list[Any]]:
     if len(data) > MAX_FILE_BYTES:
         raise DirectoryError(f"directory file is larger than {MAX_FILE_BYTES} bytes")

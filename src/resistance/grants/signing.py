@@ -25,8 +25,9 @@ by a key already counted, adds nothing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -44,6 +45,11 @@ def signed_message(settings: GrantSettings, inputs: RoundInputs) -> bytes:
     """The bytes a registry signs for these inputs of this round."""
     body = inputs_to_json(inputs)
     del body["signatures"]
+    return _message(settings, body)
+
+
+def _message(settings: GrantSettings, body: Mapping[str, Any]) -> bytes:
+    """The signed bytes from the inputs' JSON without its ``signatures``."""
     try:
         data = canonical_bytes(
             {
@@ -69,6 +75,24 @@ def sign_inputs(
         InputSignature(key_id(k.public_key()), ALGORITHM, b64url(k.sign(message))) for k in keys
     )
     return dataclasses.replace(inputs, signatures=signatures)
+
+
+def sign_inputs_json(
+    settings: GrantSettings, inputs: RoundInputs, keys: Sequence[Ed25519PrivateKey]
+) -> tuple[RoundInputs, dict[str, Any]]:
+    """``sign_inputs``, and the signed inputs' JSON (``inputs_to_json`` of them) made in
+    the same pass: a round over 100,000 proxies x 30 days has 3,000,000 rollups to
+    convert, once instead of twice."""
+    body = inputs_to_json(dataclasses.replace(inputs, signatures=()))
+    del body["signatures"]
+    message = _message(settings, body)
+    signatures = tuple(
+        InputSignature(key_id(k.public_key()), ALGORITHM, b64url(k.sign(message))) for k in keys
+    )
+    body["signatures"] = [
+        {"key_id": s.key_id, "algorithm": s.algorithm, "signature": s.signature} for s in signatures
+    ]
+    return dataclasses.replace(inputs, signatures=signatures), body
 
 
 @dataclass(frozen=True, slots=True)

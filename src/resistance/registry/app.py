@@ -131,7 +131,7 @@ def create_app(
                 token = await services.ensure_admin_token(registry)
                 if token is not None and on_admin_token is not None:
                     on_admin_token(token)
-                await services.publish_if_stale(registry)
+                await services.publish_at_start(registry)
             app.state.registry = registry
             if settings.publish_interval > 0:
                 tasks.append(
@@ -152,6 +152,8 @@ def create_app(
                     await task
             if canary is not None:
                 await canary.close()
+            if registry.round_workers is not None:
+                registry.round_workers.shutdown(wait=False, cancel_futures=True)
             await registry.engine.dispose()
             if registry.buckets is not None:
                 await registry.buckets.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,25 +18,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
 from resistance.registry.blocklist import address_hex
-from resistance.registry.models import ProbeEvidenceRow, ProbeRollup, Proxy, ProxyBlocklistFlag
+from resistance.registry.models import Proxy
 
 #: Days of rollups the directory summarizes (today and the days before).
 DAYS = 2
+#: Proxies whose censor flag is looked up one query each; above that many (after a new
+#: blocklist import every proxy's is stale) the stored ranges are walked once instead.
+LOOKUPS_AT_MOST = 1000
 #: Networks (probe vantages) a proxy's ``reach`` names at most, the most recent first.
 MAX_REACH_NETWORKS = 16
 
 
-def reach(rows: Sequence[tuple[ProbeEvidenceRow, str]], transport: str) -> dict[str, Any]:
+def reach(rows: Sequence[Any], transport: str) -> dict[str, Any]:
     """Per network (probe vantage): whether ``transport`` got through, or the mechanism
     that stopped it (``failed`` when the probe named none), and the same for the
-    node's other transports the probe measured beside it (``tls``)."""
-    latest = sorted(rows, key=lambda item: (-item[0].last_at, item[1]))[:MAX_REACH_NETWORKS]
+    node's other transports the probe measured beside it (``tls``).  ``rows`` are
+    :func:`~resistance.registry.repositories.reach_rows`' rows of one proxy."""
+    latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
     return {
-        name: {
+        row.name: {
             transport: "ok" if row.last_ok else (row.mechanism or "failed"),
             **{t: str(m) for t, m in sorted((row.transports or {}).items())[:4]},
         }
-        for row, name in sorted(latest, key=lambda item: item[1])
+        for row in sorted(latest, key=lambda row: row.name)
     }
 
 
@@ -44,19 +49,33 @@ def recent_days(now: int, count: int = DAYS) -> list[str]:
     return [(today - datetime.timedelta(days=i)).isoformat() for i in range(count)]
 
 
-def reachability(rows: Sequence[ProbeRollup]) -> dict[str, dict[str, Any]]:
-    """Per vantage country: attempts, successes, median latency and throughput."""
+LATENCY_BUCKETS = len(rollup.empty(rollup.LATENCY_BOUNDS_MS))
+THROUGHPUT_BUCKETS = len(rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS))
+
+
+def _shaped(histogram: list[int], buckets: int) -> list[int]:
+    """A stored histogram as it is if it has the right number of buckets (else merging
+    it with an empty one refuses it, as any merge of it would)."""
+    if len(histogram) == buckets:
+        return histogram
+    return rollup.merge([0] * buckets, histogram)
+
+
+def reachability(rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Per vantage country: attempts, successes, median latency and throughput (``rows``
+    have a rollup's ``country, attempts, successes, latency_hist, throughput_hist``)."""
     merged: dict[str, tuple[int, int, list[int], list[int]]] = {}
     for row in rows:
-        attempts, successes, lat, thr = merged.get(
-            row.country,
-            (
-                0,
-                0,
-                rollup.empty(rollup.LATENCY_BOUNDS_MS),
-                rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
-            ),
-        )
+        known = merged.get(row.country)
+        if known is None:  # the first row of a country is taken as it is (one merge less)
+            merged[row.country] = (
+                row.attempts,
+                row.successes,
+                _shaped(row.latency_hist, LATENCY_BUCKETS),
+                _shaped(row.throughput_hist, THROUGHPUT_BUCKETS),
+            )
+            continue
+        attempts, successes, lat, thr = known
         merged[row.country] = (
             attempts + row.attempts,
             successes + row.successes,
@@ -82,56 +101,101 @@ async def refresh_flags(
     current = await repo.last_blocklist(session)
     if current is None or not proxies:
         return {}
-    flags = {
-        f.proxy_id: f
-        for f in await repo.blocklist_flags(session, proxy_ids=[p.id for p in proxies])
-    }
+    flags = await repo.flag_rows(session, proxy_ids=[p.id for p in proxies])
     listed: dict[int, tuple[bool, int | None]] = {}
+    stale: dict[int, str] = {}
     for proxy in proxies:
         flag = flags.get(proxy.id)
-        if flag is None or flag.import_id != current.id:
-            try:
-                hexed = address_hex(proxy.address)
-            except ValueError:
-                continue
-            since = await repo.listed_since(session, address_hex=hexed)
-            hit = since is not None
-            if flag is None:
-                session.add(
-                    ProxyBlocklistFlag(
-                        proxy_id=proxy.id, import_id=current.id, listed=hit, checked_at=now,
-                        listed_since=since,
-                    )
-                )  # fmt: skip
-            else:
-                flag.import_id, flag.listed, flag.checked_at = current.id, hit, now
-                flag.listed_since = since
-            listed[proxy.id] = (hit, since)
-        else:
-            listed[proxy.id] = (flag.listed, flag.listed_since if flag.listed else None)
-    await session.flush()
+        if flag is not None and flag[0] == current.id:
+            listed[proxy.id] = (flag[1], flag[2] if flag[1] else None)
+            continue
+        try:
+            stale[proxy.id] = address_hex(proxy.address)
+        except ValueError:
+            continue
+    if len(stale) > LOOKUPS_AT_MOST:
+        hits = await _walk_ranges(session, stale)
+    else:
+        hits = {
+            proxy_id: await repo.range_containing(session, address_hex=hexed) is not None
+            for proxy_id, hexed in stale.items()
+        }
+    # The import that blocked each listed one (followed back through the versions).
+    found = {
+        proxy_id: (
+            hit,
+            await repo.listed_since(session, address_hex=stale[proxy_id]) if hit else None,
+        )
+        for proxy_id, hit in hits.items()
+    }
+    listed.update(found)
+    new = {p: v for p, v in found.items() if p not in flags}
+    changed = {p: v for p, v in found.items() if p in flags}
+    await repo.save_flags(session, import_id=current.id, now=now, new=new, changed=changed)
     return listed
 
 
-async def directory_measurements(
+async def _walk_ranges(session: AsyncSession, addresses: dict[int, str]) -> dict[int, bool]:
+    """Whether each address is in a stored range, by one walk of the ranges in order
+    beside the addresses in order (the ranges are disjoint and sorted by start)."""
+    order = sorted(addresses.items(), key=lambda item: item[1])
+    hits: dict[int, bool] = {}
+    i = 0
+    async for start, end in repo.ranges_in_order(session):
+        while i < len(order) and order[i][1] < start:
+            hits[order[i][0]] = False
+            i += 1
+        while i < len(order) and order[i][1] <= end:
+            hits[order[i][0]] = True
+            i += 1
+        if i == len(order):
+            break
+    for proxy_id, _ in order[i:]:
+        hits[proxy_id] = False
+    return hits
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementRows:
+    """What the directory's measurements are made of, read from the database."""
+
+    days: list[str]
+    verdicts: dict[int, Any]
+    rollups: dict[int, list[Any]]
+    listed: dict[int, tuple[bool, int | None]]
+    seen: dict[int, list[Any]]
+
+
+async def measurement_rows(
     session: AsyncSession, proxies: Sequence[Proxy], now: int
-) -> dict[int, tuple[str, dict[str, Any]]]:
-    """For each proxy: its status text and its ``measurements`` object."""
+) -> MeasurementRows:
+    """The verdicts, recent rollups, censor flags and probes' views of these proxies.
+
+    Each query binds the proxies' ids as one parameter (a directory may list more
+    proxies than a statement may have parameters) and returns plain rows: no ORM
+    object per verdict, rollup or probe's view."""
+    days = recent_days(now)
     ids = [p.id for p in proxies]
     if not ids:
-        return {}
-    verdicts = {v.proxy_id: v for v in await repo.verdicts_for(session, proxy_ids=ids)}
-    days = recent_days(now)
-    by_proxy: dict[int, list[ProbeRollup]] = {}
-    for row in await repo.rollups_for(session, proxy_ids=ids, days=days):
+        return MeasurementRows(days, {}, {}, {}, {})
+    verdicts = {row.proxy_id: row for row in await repo.verdict_rows(session, proxy_ids=ids)}
+    by_proxy: dict[int, list[Any]] = {}
+    for row in await repo.day_rollup_rows(session, proxy_ids=ids, days=days):
         by_proxy.setdefault(row.proxy_id, []).append(row)
     listed = await refresh_flags(session, proxies, now)
-    seen: dict[int, list[tuple[ProbeEvidenceRow, str]]] = {}
-    for view, name in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
-        seen.setdefault(view.proxy_id, []).append((view, name))
+    seen: dict[int, list[Any]] = {}
+    for row in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
+        seen.setdefault(row.proxy_id, []).append(row)
+    return MeasurementRows(days, verdicts, by_proxy, listed, seen)
+
+
+def directory_measurements(
+    proxies: Sequence[Proxy], rows: MeasurementRows
+) -> dict[int, tuple[str, dict[str, Any]]]:
+    """For each proxy: its status text and its ``measurements`` object (no I/O)."""
     out: dict[int, tuple[str, dict[str, Any]]] = {}
     for proxy in proxies:
-        verdict = verdicts.get(proxy.id)
+        verdict = rows.verdicts.get(proxy.id)
         name = verdict.verdict if verdict else "untested"
         blocked_in = sorted(verdict.blocked_in) if verdict else []
         status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
@@ -141,11 +205,11 @@ async def directory_measurements(
                 "status": name,
                 "blocked_in": blocked_in,
                 "since": verdict.since if verdict else None,
-                "censor_listed": flag[0] if (flag := listed.get(proxy.id)) else None,
+                "censor_listed": flag[0] if (flag := rows.listed.get(proxy.id)) else None,
                 "censor_listed_since": flag[1] if flag else None,
-                "days": days,
-                "reachability": reachability(by_proxy.get(proxy.id, [])),
-                "reach": reach(seen.get(proxy.id, []), _transport(proxy)),
+                "days": rows.days,
+                "reachability": reachability(rows.rollups.get(proxy.id, [])),
+                "reach": reach(rows.seen.get(proxy.id, []), _transport(proxy)),
             },
         )
     return out

@@ -408,6 +408,30 @@ class GrantRoundRow(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger)
     approved_at: Mapped[int | None] = mapped_column(BigInteger)
     paid_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: What views show of the inputs without parsing them (migration 0015): canonical JSON
+    #: ``{"rollups": n, "signatures": [key ids], "carried_in": [...]}``; null for rounds
+    #: computed before it.
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class GrantRoundProxy(Base):
+    """A round's signed inputs summed per proxy, in the order the funder's page shows them
+    (operator, then proxy), so the page reads one page of rows (migration 0015)."""
+
+    __tablename__ = "grant_round_proxies"
+
+    round_pk: Mapped[int] = mapped_column(
+        ForeignKey("grant_rounds.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    proxy_id: Mapped[str] = mapped_column(String(32))
+    operator: Mapped[str] = mapped_column(String(64))
+    network: Mapped[str] = mapped_column(String(64))
+    days: Mapped[int] = mapped_column(Integer)
+    control_attempts: Mapped[int] = mapped_column(BigInteger)
+    control_successes: Mapped[int] = mapped_column(BigInteger)
+    target_attempts: Mapped[int] = mapped_column(BigInteger)
+    target_successes: Mapped[int] = mapped_column(BigInteger)
 
 
 class GrantCarry(Base):

@@ -8,7 +8,7 @@ nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +36,7 @@ from resistance.registry.models import (
     BlocklistImport,
     BlocklistRange,
     GrantCarry,
+    GrantRoundProxy,
     GrantRoundRow,
     Operator,
     ProbeAccount,
@@ -224,6 +225,17 @@ async def active_proxies(session: AsyncSession, *, public: bool) -> Sequence[Pro
     return result.scalars().all()
 
 
+async def active_proxy_rows(session: AsyncSession, *, public: bool) -> Sequence[Any]:
+    """``active_proxies`` as plain rows of every column (read as a ``Proxy`` is, by
+    attribute), for a directory of 100,000: no ORM object, no identity map."""
+    result = await session.execute(
+        select(*Proxy.__table__.columns)
+        .where(Proxy.public.is_(public), Proxy.status == "active")
+        .order_by(Proxy.host, Proxy.port)
+    )
+    return result.all()
+
+
 async def nonce_seen(session: AsyncSession, *, nonce: str) -> bool:
     return await session.get(StatementNonce, nonce) is not None
 
@@ -337,7 +349,7 @@ async def note_probe_assignment(session: AsyncSession, *, probe_id: int, now: in
 
 
 async def existing_proxy_ids(session: AsyncSession, *, ids: Sequence[int]) -> set[int]:
-    result = await session.execute(select(Proxy.id).where(Proxy.id.in_(ids)))
+    result = await session.execute(select(Proxy.id).where(Proxy.id.in_(_each(session, ids))))
     return set(result.scalars().all())
 
 
@@ -358,7 +370,9 @@ async def evidence_for(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> Sequence[ProbeEvidenceRow]:
     result = await session.execute(
-        select(ProbeEvidenceRow).where(ProbeEvidenceRow.proxy_id.in_(proxy_ids)).with_for_update()
+        select(ProbeEvidenceRow)
+        .where(ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids)))
+        .with_for_update()
     )
     return result.scalars().all()
 
@@ -367,7 +381,7 @@ async def rollups_for(
     session: AsyncSession, *, proxy_ids: Sequence[int], days: Sequence[str], lock: bool = False
 ) -> Sequence[ProbeRollup]:
     query = select(ProbeRollup).where(
-        ProbeRollup.proxy_id.in_(proxy_ids), ProbeRollup.day.in_(days)
+        ProbeRollup.proxy_id.in_(_each(session, proxy_ids)), ProbeRollup.day.in_(days)
     )
     if lock:
         query = query.with_for_update()
@@ -378,7 +392,9 @@ async def rollups_for(
 async def verdicts_for(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> Sequence[ProxyVerdict]:
-    result = await session.execute(select(ProxyVerdict).where(ProxyVerdict.proxy_id.in_(proxy_ids)))
+    result = await session.execute(
+        select(ProxyVerdict).where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
+    )
     return result.scalars().all()
 
 
@@ -575,11 +591,24 @@ async def flags_by_proxy(session: AsyncSession) -> dict[int, tuple[int, bool, in
     return {p: (i, bool(listed), since) for p, i, listed, since in result.all()}
 
 
+async def ranges_in_order(session: AsyncSession) -> AsyncIterator[tuple[str, str]]:
+    """Every current range ``(start_hex, end_hex)`` by start, read a batch at a time."""
+    result = await session.stream(
+        select(BlocklistRange.start_hex, BlocklistRange.end_hex)
+        .where(BlocklistRange.until_import.is_(None))  # the current version's ranges
+        .order_by(BlocklistRange.start_hex)
+        .execution_options(yield_per=20_000)
+    )
+    async for partition in result.partitions():
+        for start, end in partition:
+            yield start, end
+
+
 async def blocklist_flags(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> Sequence[ProxyBlocklistFlag]:
     result = await session.execute(
-        select(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id.in_(proxy_ids))
+        select(ProxyBlocklistFlag).where(ProxyBlocklistFlag.proxy_id.in_(_each(session, proxy_ids)))
     )
     return result.scalars().all()
 
@@ -588,7 +617,7 @@ async def blocklist_flags(
 
 
 async def proxies_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Proxy]:
-    result = await session.execute(select(Proxy).where(Proxy.id.in_(ids)))
+    result = await session.execute(select(Proxy).where(Proxy.id.in_(_each(session, ids))))
     return result.scalars().all()
 
 
@@ -630,7 +659,7 @@ def _each(session: AsyncSession, values: Sequence[int] | Sequence[str]) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         elements = func.jsonb_array_elements_text(cast(literal(text), JSONB))
         column = elements.table_valued("value").c.value
-        kind: Any = BigInteger if values and isinstance(values[0], int) else String
+        kind: Any = String if values and isinstance(values[0], str) else BigInteger
         return select(cast(column, kind))
     return select(func.json_each(literal(text)).table_valued("value").c.value)
 
@@ -700,9 +729,11 @@ async def all_proxies(session: AsyncSession) -> Sequence[Proxy]:
 
 async def rollup_rows(
     session: AsyncSession, *, country: str, since: str | None, before: str
-) -> Sequence[Any]:
+) -> AsyncIterator[Sequence[Any]]:
     """Control rows and target-country rows of the days ``since`` (included, or from the
-    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings."""
+    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings.
+    Read a batch at a time (30 days of 100,000 proxies are 6,000,000 rows): the
+    caller folds each batch before the next is read."""
     query = select(
         ProbeRollup.proxy_id,
         ProbeRollup.day,
@@ -716,7 +747,9 @@ async def rollup_rows(
     )
     if since is not None:
         query = query.where(ProbeRollup.day >= since)
-    return (await session.execute(query)).all()
+    result = await session.stream(query.execution_options(yield_per=50_000))
+    async for partition in result.partitions():
+        yield partition
 
 
 async def open_carries(session: AsyncSession) -> Sequence[GrantCarry]:
@@ -768,14 +801,94 @@ async def add_carries(
 
 async def reach_rows(
     session: AsyncSession, *, proxy_ids: Sequence[int], since: int
-) -> Sequence[tuple[ProbeEvidenceRow, str]]:
-    """Each probe's latest view of these proxies since ``since``, with the probe's name."""
+) -> Sequence[Any]:
+    """Each probe's latest view of these proxies since ``since``: plain rows (no ORM
+    objects, there are probes x proxies of them) of ``proxy_id, name`` (the probe's),
+    ``last_at, last_ok, mechanism, transports``."""
     result = await session.execute(
-        select(ProbeEvidenceRow, ProbeAccount.name)
+        select(
+            ProbeEvidenceRow.proxy_id,
+            ProbeAccount.name,
+            ProbeEvidenceRow.last_at,
+            ProbeEvidenceRow.last_ok,
+            ProbeEvidenceRow.mechanism,
+            ProbeEvidenceRow.transports,
+        )
         .join(ProbeAccount, ProbeAccount.id == ProbeEvidenceRow.probe_id)
-        .where(ProbeEvidenceRow.proxy_id.in_(proxy_ids), ProbeEvidenceRow.last_at >= since)
+        .where(
+            ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids)),
+            ProbeEvidenceRow.last_at >= since,
+        )
     )
-    return [(row, name) for row, name in result.all()]
+    return result.all()
+
+
+async def verdict_rows(session: AsyncSession, *, proxy_ids: Sequence[int]) -> Sequence[Any]:
+    """``proxy_id, verdict, blocked_in, since`` of these proxies' verdicts, as plain rows."""
+    result = await session.execute(
+        select(
+            ProxyVerdict.proxy_id, ProxyVerdict.verdict, ProxyVerdict.blocked_in, ProxyVerdict.since
+        ).where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
+    )
+    return result.all()
+
+
+async def day_rollup_rows(
+    session: AsyncSession, *, proxy_ids: Sequence[int], days: Sequence[str]
+) -> Sequence[Any]:
+    """``proxy_id, country, attempts, successes, latency_hist, throughput_hist`` of these
+    proxies' rollups of ``days``, as plain rows."""
+    result = await session.execute(
+        select(
+            ProbeRollup.proxy_id,
+            ProbeRollup.country,
+            ProbeRollup.attempts,
+            ProbeRollup.successes,
+            ProbeRollup.latency_hist,
+            ProbeRollup.throughput_hist,
+        ).where(ProbeRollup.proxy_id.in_(_each(session, proxy_ids)), ProbeRollup.day.in_(days))
+    )
+    return result.all()
+
+
+async def flag_rows(
+    session: AsyncSession, *, proxy_ids: Sequence[int]
+) -> dict[int, tuple[int, bool, int | None]]:
+    """Per proxy: the blocklist import its flag was checked against, whether listed, and
+    the import that blocked it."""
+    f = ProxyBlocklistFlag
+    result = await session.execute(
+        select(f.proxy_id, f.import_id, f.listed, f.listed_since).where(
+            f.proxy_id.in_(_each(session, proxy_ids))
+        )
+    )
+    return {p: (i, bool(listed), since) for p, i, listed, since in result.all()}
+
+
+async def save_flags(
+    session: AsyncSession,
+    *,
+    import_id: int,
+    now: int,
+    new: Mapping[int, tuple[bool, int | None]],
+    changed: Mapping[int, tuple[bool, int | None]],
+) -> None:
+    """Record proxies' blocklist flags (listed, and the import that blocked it) against
+    ``import_id``: ``new`` ones have no flag row yet, ``changed`` ones have one checked
+    against an older import."""
+
+    def row(p: int, hit: bool, since: int | None) -> dict[str, Any]:
+        return {
+            "proxy_id": p, "import_id": import_id, "listed": hit, "checked_at": now,
+            "listed_since": since,
+        }  # fmt: skip
+
+    rows = [row(p, hit, since) for p, (hit, since) in new.items()]
+    for i in range(0, len(rows), 5000):
+        await session.execute(insert(ProxyBlocklistFlag), rows[i : i + 5000])
+    updates = [row(p, hit, since) for p, (hit, since) in changed.items()]
+    for i in range(0, len(updates), 5000):  # by primary key, one statement executed many times
+        await session.execute(update(ProxyBlocklistFlag), updates[i : i + 5000])
 
 
 async def control_views(
@@ -837,3 +950,33 @@ async def probe_disagreement(session: AsyncSession, *, since: int) -> dict[int, 
         probe_id: (int(n or 0), int(d or 0))
         for probe_id, n, d in (await session.execute(query)).all()
     }
+
+
+async def replace_round_proxies(
+    session: AsyncSession, *, round_pk: int, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """A round's inputs summed per proxy, in page order (any earlier rows replaced)."""
+    await session.execute(delete(GrantRoundProxy).where(GrantRoundProxy.round_pk == round_pk))
+    numbered = [{**r, "round_pk": round_pk, "position": i} for i, r in enumerate(rows, 1)]
+    for i in range(0, len(numbered), 5000):
+        await session.execute(insert(GrantRoundProxy), numbered[i : i + 5000])
+
+
+async def round_proxies_page(
+    session: AsyncSession, *, round_pk: int, after: int, limit: int
+) -> Sequence[GrantRoundProxy]:
+    """Up to ``limit`` of a round's per-proxy rows after position ``after``."""
+    result = await session.execute(
+        select(GrantRoundProxy)
+        .where(GrantRoundProxy.round_pk == round_pk, GrantRoundProxy.position > after)
+        .order_by(GrantRoundProxy.position)
+        .limit(limit)
+    )
+    return result.scalars().all()
+
+
+async def round_has_proxies(session: AsyncSession, *, round_pk: int) -> bool:
+    result = await session.execute(
+        select(GrantRoundProxy.position).where(GrantRoundProxy.round_pk == round_pk).limit(1)
+    )
+    return result.first() is not None

@@ -35,8 +35,10 @@ amounts are recorded when it is approved.
 Every transition is one transaction whose state change is conditional on the
 state it starts from (``UPDATE … WHERE status = 'draft'``), so two concurrent
 requests cannot both approve or both pay a round, and a refused request
-changes nothing. CPU-heavy steps (the award rule, decoding the transaction)
-run in a worker thread.
+changes nothing. A round is built, signed, computed and serialized in a worker
+process (:func:`compute_job`, its own database connection), outside any
+transaction, so the registry keeps answering while a round over 100,000
+proxies is computed; decoding a transaction runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+import multiprocessing
+from collections.abc import AsyncIterator, Iterable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,16 +70,16 @@ from resistance.grants.model import (
     GrantSettings,
     RoundInputs,
     canonical_json,
-    inputs_to_json,
     result_to_json,
     round_from_json,
     round_to_json,
     settings_from_json,
     settings_to_json,
 )
-from resistance.grants.signing import sign_inputs
+from resistance.grants.signing import sign_inputs_json
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
+from resistance.registry.db import make_engine, make_sessions
 from resistance.registry.errors import ApiError
 from resistance.registry.models import GrantRoundRow, Proxy
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
@@ -93,10 +100,16 @@ class BuiltInputs:
     skipped_operators: list[str]
 
 
-def _day_rows(rows: Iterable[Any]) -> dict[tuple[int, str], list[Any]]:
+async def _day_rows(batches: AsyncIterator[Iterable[Any]]) -> dict[tuple[int, str], list[Any]]:
     """``(proxy, day) -> [control attempts, control successes, target attempts,
-    target successes, merged throughput histogram]``."""
+    target successes, merged throughput histogram]``, folded a batch of rows at a time."""
     days: dict[tuple[int, str], list[Any]] = {}
+    async for rows in batches:
+        _fold_days(days, rows)
+    return days
+
+
+def _fold_days(days: dict[tuple[int, str], list[Any]], rows: Iterable[Any]) -> None:
     for proxy_id, day, control, attempts, successes, hist in rows:
         tally = days.get((proxy_id, day))
         if tally is None:
@@ -112,7 +125,6 @@ def _day_rows(rows: Iterable[Any]) -> dict[tuple[int, str], list[Any]]:
         tally[side + 1] += successes
         if hist and len(hist) == len(tally[4]):
             tally[4] = rollup.merge(tally[4], hist)
-    return days
 
 
 def _daily(
@@ -167,7 +179,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
-    days = _day_rows(await repo.rollup_rows(session, country=country, since=start, before=after))
+    days = await _day_rows(repo.rollup_rows(session, country=country, since=start, before=after))
     rows: list[DailyRollup] = []
     skipped: set[str] = set()
     for (proxy_id, day), t in sorted(days.items()):
@@ -183,8 +195,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
         wanted = {int(r.proxy_id) for r in rows}
-        earlier = _day_rows(
-            await repo.rollup_rows(session, country=country, since=None, before=start)
+        earlier = await _day_rows(
+            repo.rollup_rows(session, country=country, since=None, before=start)
         )
         for (proxy_id, day), t in earlier.items():
             if proxy_id not in wanted:
@@ -235,10 +247,24 @@ def summary(row: GrantRoundRow) -> dict[str, Any]:
     }
 
 
+def inputs_summary(row: GrantRoundRow) -> dict[str, Any]:
+    """``rollups`` (a count), ``signatures`` (key ids) and ``carried_in`` of the round's
+    inputs: stored beside them since migration 0015, read from them before."""
+    if row.summary is not None:
+        summary: dict[str, Any] = json.loads(row.summary)
+        return summary
+    inputs = json.loads(row.inputs)
+    return {
+        "rollups": len(inputs["rollups"]),
+        "signatures": [s["key_id"] for s in inputs["signatures"]],
+        "carried_in": inputs.get("carried_in", []),
+    }
+
+
 def view(row: GrantRoundRow) -> dict[str, Any]:
     settings = json.loads(row.settings)
     result = json.loads(row.result)
-    inputs = json.loads(row.inputs)
+    inputs = inputs_summary(row)
     return {
         **summary(row),
         "settings": settings,
@@ -248,8 +274,8 @@ def view(row: GrantRoundRow) -> dict[str, Any]:
         "ignored_rollups": result["ignored_rollups"],
         "carried_in_sat": result["totals"]["carried_in_sat"],
         "carried_out_sat": result["totals"]["carried_out_sat"],
-        "rollups": len(inputs["rollups"]),
-        "signatures": [s["key_id"] for s in inputs["signatures"]],
+        "rollups": inputs["rollups"],
+        "signatures": inputs["signatures"],
         "skipped_operators": list(row.skipped_operators),
         "awards": result["awards"],
     }
@@ -273,15 +299,29 @@ def load_round(row: GrantRoundRow) -> GrantRound:
     )
 
 
-def _stored(round_: GrantRound) -> dict[str, Any]:
-    """The columns that hold a computed round."""
+def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
+    """The columns that hold a computed round (``inputs_json``: its inputs' JSON)."""
     return {
         "budget_sat": round_.settings.budget_sat,
         "paid_sat": round_.result.paid_sat,
         "payouts": len(round_.result.payouts()),
         "settings": canonical_json(settings_to_json(round_.settings)),
-        "inputs": canonical_json(inputs_to_json(round_.inputs)),
+        "inputs": canonical_json(inputs_json),
         "result": canonical_json(result_to_json(round_.result)),
+        "summary": canonical_json(
+            {
+                "rollups": len(round_.inputs.rollups),
+                "signatures": [s.key_id for s in round_.inputs.signatures],
+                "carried_in": [
+                    {
+                        "operator_id": c.operator_id,
+                        "payout_address": c.payout_address,
+                        "amount_sat": c.amount_sat,
+                    }
+                    for c in round_.inputs.carried_in
+                ],
+            }
+        ),
     }
 
 
@@ -302,16 +342,128 @@ def _settings(**values: Any) -> GrantSettings:
         raise ApiError(422, f"settings refused: {exc}") from None
 
 
-async def _compute(
-    registry: Registry, session: AsyncSession, settings: GrantSettings
-) -> tuple[GrantRound, BuiltInputs]:
-    built = await build_inputs(session, settings=settings)
-    inputs = sign_inputs(settings, built.inputs, registry.signing_keys)
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A round computed by a worker: the columns to store, and what the view reads."""
+
+    stored: dict[str, Any]
+    carry_ids: list[int]
+    skipped_operators: list[str]
+    #: The inputs summed per proxy, in page order (:func:`per_proxy`).
+    per_proxy: list[dict[str, Any]]
+
+
+def compute_job(
+    database_url: str, settings_json: str, keys: list[bytes]
+) -> Computed | tuple[str, str]:
+    """Build, sign and compute a round, and serialize it: the whole CPU-heavy part of a
+    round, as a plain function of picklable arguments run in a worker process (its
+    own event loop and database connection), so the registry's event loop never
+    waits on it.  Returns the computed round, or ``("refused", why)``."""
+    settings = settings_from_json(json.loads(settings_json))
+    signing = [Ed25519PrivateKey.from_private_bytes(k) for k in keys]
+    return asyncio.run(_compute_in_worker(database_url, settings, signing))
+
+
+async def _compute_in_worker(
+    database_url: str, settings: GrantSettings, keys: list[Ed25519PrivateKey]
+) -> Computed | tuple[str, str]:
+    engine = make_engine(database_url)
     try:
-        round_ = await asyncio.to_thread(grant_rounds.compute_round, settings, inputs)
+        async with make_sessions(engine)() as session:
+            built = await build_inputs(session, settings=settings)
+    finally:
+        await engine.dispose()
+    inputs, inputs_json = sign_inputs_json(settings, built.inputs, keys)
+    try:
+        round_ = grant_rounds.compute_round(settings, inputs)
     except GrantsError as exc:
-        raise ApiError(422, f"round refused: {exc}") from None
-    return round_, built
+        return ("refused", str(exc))
+    return Computed(
+        _stored(round_, inputs_json),
+        built.carry_ids,
+        built.skipped_operators,
+        per_proxy(round_.inputs),
+    )
+
+
+def per_proxy(inputs: RoundInputs) -> list[dict[str, Any]]:
+    """The inputs summed per proxy (days, control and target checks), sorted by operator
+    and proxy: the rows of ``grant_round_proxies`` without their round and position."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in inputs.rollups:
+        p = out.get(r.proxy_id)
+        if p is None:
+            p = out[r.proxy_id] = {
+                "proxy_id": r.proxy_id,
+                "operator": r.operator_id,
+                "network": r.network,
+                "days": 0,
+                "control_attempts": 0,
+                "control_successes": 0,
+                "target_attempts": 0,
+                "target_successes": 0,
+            }
+        p["days"] += 1
+        p["control_attempts"] += r.control_attempts
+        p["control_successes"] += r.control_successes
+        p["target_attempts"] += r.target_attempts
+        p["target_successes"] += r.target_successes
+    return sorted(out.values(), key=lambda p: (p["operator"], int(p["proxy_id"])))
+
+
+async def _store_per_proxy(
+    session: AsyncSession, round_pk: int, rows: list[dict[str, Any]]
+) -> None:
+    await repo.replace_round_proxies(session, round_pk=round_pk, rows=rows)
+
+
+def _workers(registry: Registry) -> Executor:
+    """The registry's round worker (one process, started at the first round)."""
+    if registry.round_workers is None:
+        registry.round_workers = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+    return registry.round_workers
+
+
+async def _compute(registry: Registry, settings: GrantSettings) -> Computed:
+    keys = [
+        k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        for k in registry.signing_keys
+    ]
+    url = registry.engine.url.render_as_string(hide_password=False)
+    settings_json = canonical_json(settings_to_json(settings))
+    workers = _workers(registry)
+    try:
+        done = await asyncio.get_running_loop().run_in_executor(
+            workers, compute_job, url, settings_json, keys
+        )
+    except BrokenProcessPool:
+        # the worker died (killed, out of memory): the next round starts a new one
+        if registry.round_workers is workers:
+            registry.round_workers = None
+        workers.shutdown(wait=False)
+        raise ApiError(503, "the round's worker process died; try again") from None
+    if isinstance(done, tuple):
+        raise ApiError(422, f"round refused: {done[1]}")
+    return done
+
+
+async def _refuse_clash(
+    session: AsyncSession, round_id: str, country: str, start: dt.date, end: dt.date
+) -> None:
+    if await repo.round_by_id(session, round_id=round_id) is not None:
+        raise ApiError(409, f"round {round_id} exists already")
+    clash = await repo.overlapping_round(
+        session, country=country, start=start.isoformat(), end=end.isoformat()
+    )
+    if clash is not None:
+        raise ApiError(
+            409,
+            f"round {clash.round_id} ({clash.status}) already covers "
+            f"{clash.period_start}..{clash.period_end} for {country}; a day is paid once",
+        )
 
 
 async def create_round(registry: Registry, *, request: RoundCreateRequest) -> dict[str, Any]:
@@ -331,21 +483,15 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
         period_end=end,
         **{name: getattr(request, name) for name in TUNABLE},
     )
+    # Refused early if it clashes (no work for nothing), computed outside any transaction
+    # (minutes at 100,000 proxies), then checked again as it is stored.
+    async with registry.sessions() as session:
+        await _refuse_clash(session, round_id, country, start, end)
+    computed = await _compute(registry, settings)
     now = registry.now()
     try:
         async with registry.sessions.begin() as session:
-            if await repo.round_by_id(session, round_id=round_id) is not None:
-                raise ApiError(409, f"round {round_id} exists already")
-            clash = await repo.overlapping_round(
-                session, country=country, start=start.isoformat(), end=end.isoformat()
-            )
-            if clash is not None:
-                raise ApiError(
-                    409,
-                    f"round {clash.round_id} ({clash.status}) already covers "
-                    f"{clash.period_start}..{clash.period_end} for {country}; a day is paid once",
-                )
-            round_, built = await _compute(registry, session, settings)
+            await _refuse_clash(session, round_id, country, start, end)
             row = await repo.add_round(
                 session,
                 fields={
@@ -355,8 +501,8 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     "target_country": country,
                     "period_start": start.isoformat(),
                     "period_end": end.isoformat(),
-                    "carry_ids": built.carry_ids,
-                    "skipped_operators": built.skipped_operators,
+                    "carry_ids": computed.carry_ids,
+                    "skipped_operators": computed.skipped_operators,
                     "digest": None,
                     "txid": None,
                     "tx_hex": None,
@@ -364,9 +510,10 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     "updated_at": now,
                     "approved_at": None,
                     "paid_at": None,
-                    **_stored(round_),
+                    **computed.stored,
                 },
             )
+            await _store_per_proxy(session, row.id, computed.per_proxy)
             return view(row)
     except IntegrityError:
         raise ApiError(409, f"round {round_id} exists already") from None
@@ -407,29 +554,30 @@ async def recompute_round(
     registry: Registry, *, round_id: str, request: RoundRecomputeRequest
 ) -> dict[str, Any]:
     """A draft again from fresh rollups, addresses and carried amounts, and any new settings."""
-    async with registry.sessions.begin() as session:
+    async with registry.sessions() as session:
         row = await _row(session, round_id)
         _refuse_unless_draft(row, "recomputed")
         recorded = settings_from_json(json.loads(row.settings))
-        values = {name: getattr(recorded, name) for name in GrantSettings.__dataclass_fields__}
-        values.update(request.model_dump(exclude_none=True))
-        settings = _settings(**values)
-        round_, built = await _compute(registry, session, settings)
+    values = {name: getattr(recorded, name) for name in GrantSettings.__dataclass_fields__}
+    values.update(request.model_dump(exclude_none=True))
+    settings = _settings(**values)
+    computed = await _compute(registry, settings)
+    async with registry.sessions.begin() as session:
         changed = await repo.move_round(
             session,
             round_pk=row.id,
             from_status="draft",
             values={
-                **_stored(round_),
-                "carry_ids": built.carry_ids,
-                "skipped_operators": built.skipped_operators,
+                **computed.stored,
+                "carry_ids": computed.carry_ids,
+                "skipped_operators": computed.skipped_operators,
                 "updated_at": registry.now(),
             },
         )
         if not changed:
             raise ApiError(409, f"round {round_id} was approved meanwhile")
-        await session.refresh(row)
-        return view(row)
+        await _store_per_proxy(session, row.id, computed.per_proxy)
+        return view(await _row(session, round_id))
 
 
 async def approve_round(registry: Registry, *, round_id: str) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from resistance.registry.ui import charts, queries, sessions
 from resistance.registry.ui.charts import Series
 
 PAGE_SIZE = 50
+#: Proxies per page of a round's inputs on the funder's round page.
+ROUND_PAGE_SIZE = 500
 #: The public aggregates (counts over every proxy and every vantage's evidence) are
 #: computed at most once per this many seconds per process; probes report every few
 #: minutes, so a page is never more than this much behind them.
@@ -560,10 +562,25 @@ def router() -> APIRouter:
             shown = await registry_rounds.show_round(registry, round_id=round_id)
         except ApiError as exc:
             raise Refused(exc.status, exc.message) from None
+        after = _after(request)
         async with registry.sessions() as db:
             row = await repo.round_by_id(db, round_id=round_id)
-        assert row is not None
-        inputs = json.loads(row.inputs)
+            assert row is not None
+            page = await repo.round_proxies_page(
+                db, round_pk=row.id, after=after, limit=ROUND_PAGE_SIZE + 1
+            )
+            legacy = not page and after == 0 and row.summary is None
+        if legacy:  # computed before migration 0015: summed from its (small) inputs
+            per_proxy = [
+                _page_row(i, p)
+                for i, p in enumerate(
+                    registry_rounds.per_proxy(registry_rounds.load_round(row).inputs), 1
+                )
+            ]
+            per_proxy, next_after = per_proxy[:ROUND_PAGE_SIZE], None
+        else:
+            per_proxy = [_page_row(p.position, p) for p in page[:ROUND_PAGE_SIZE]]
+            next_after = per_proxy[-1]["position"] if len(page) > ROUND_PAGE_SIZE else None
         settings = shown["settings"]
         pool = shown["pool_sat"]
         operator_cap = pool * settings["operator_cap_bp"] // 10_000
@@ -572,8 +589,9 @@ def router() -> APIRouter:
             "round.html",
             {
                 "round": shown,
-                "per_proxy": _per_proxy(inputs["rollups"]),
-                "carried_in": inputs.get("carried_in", []),
+                "per_proxy": per_proxy,
+                "next_after": next_after,
+                "carried_in": registry_rounds.inputs_summary(row)["carried_in"],
                 "operator_cap": operator_cap,
                 "operator_capped": settings["operator_cap_bp"] < 10_000,
                 "network_cap": pool * settings["network_cap_bp"] // 10_000,
@@ -708,29 +726,20 @@ def _links(proxy: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _per_proxy(rollups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The round's inputs summed per proxy: days, control and target checks."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in rollups:
-        p = out.setdefault(
-            r["proxy_id"],
-            {
-                "proxy_id": r["proxy_id"],
-                "operator": r["operator_id"],
-                "network": r["network"],
-                "days": 0,
-                "ca": 0,
-                "cs": 0,
-                "ta": 0,
-                "ts": 0,
-            },
-        )
-        p["days"] += 1
-        p["ca"] += r["control_attempts"]
-        p["cs"] += r["control_successes"]
-        p["ta"] += r["target_attempts"]
-        p["ts"] += r["target_successes"]
-    return sorted(out.values(), key=lambda p: (p["operator"], int(p["proxy_id"])))
+def _page_row(position: int, p: Any) -> dict[str, Any]:
+    """One per-proxy row of a round for its page (a stored row, or a dict of one)."""
+    get = p.get if isinstance(p, dict) else lambda name: getattr(p, name)
+    return {
+        "position": position,
+        "proxy_id": get("proxy_id"),
+        "operator": get("operator"),
+        "network": get("network"),
+        "days": get("days"),
+        "ca": get("control_attempts"),
+        "cs": get("control_successes"),
+        "ta": get("target_attempts"),
+        "ts": get("target_successes"),
+    }
 
 
 def _awards_of(rows: list[Any], operator_name: str) -> list[dict[str, Any]]:

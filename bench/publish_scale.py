@@ -1,0 +1,216 @@
+"""Benchmark: directory publish and a grant round at 100,000 proxies on PostgreSQL.
+
+Makes its own database (``resist_bench_pub_<pid>``, dropped at the end unless
+--keep) and fills it with the dashboard benchmark's loader (bench/dashboard.py:
+100,000 proxies, 70 % public, 30 days of rollups from four vantages, evidence,
+verdicts, a current blocklist import with flags), gives every operator a payout
+address, then runs each step as the registry does (``services.publish``,
+``rounds.create_round``) in a fresh child process, so the peak RSS reported is
+that step's own (the child's ``ru_maxrss``, interpreter and imports included).
+
+    .venv/bin/python bench/publish_scale.py [--proxies 100000] [--days 30] [--steps publish,round]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import bdkpython as bdk
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dashboard import GENEROUS, admin, fill_sql
+from resistance.registry.db import migrate
+from resistance.registry.settings import RegistrySettings
+
+
+def _settings(url: str, state: str) -> RegistrySettings:
+    return RegistrySettings(
+        state_dir=Path(state), database_url=url, network="regtest", publish_interval=0,
+        signup_limit=GENEROUS, public_limit=GENEROUS, auto_migrate=False,
+    )  # fmt: skip
+
+
+async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    from resistance.registry import rounds, services
+    from resistance.registry.app import open_registry
+    from resistance.registry.schemas import RoundCreateRequest
+
+    registry = await open_registry(_settings(url, state))
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        if name == "publish":
+            signed = await services.publish(registry)
+            what = f"{len(signed['document']['proxies']):,} proxies"
+        else:
+            # a rerun's round would clash with the last run's (a day is paid once)
+            async with registry.sessions.begin() as session:
+                await session.execute(
+                    text("DELETE FROM grant_rounds WHERE round_id LIKE 'bench-%'")
+                )
+            started = time.perf_counter()
+            end = dt.date.today() - dt.timedelta(days=1)
+            start = end - dt.timedelta(days=days - 1)
+            request = RoundCreateRequest(
+                round_id=f"bench-{time.time_ns()}",
+                target_country="RU",
+                period_start=start.isoformat(),
+                period_end=end.isoformat(),
+                budget_sat=10**9,
+            )
+            made = await rounds.create_round(registry, request=request)
+            what = f"{made['rollups']:,} rollups, {made['payouts']:,} payouts"
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        if registry.round_workers is not None:  # waited for, so its usage is a child's
+            registry.round_workers.shutdown(wait=True)
+        await registry.engine.dispose()
+    # the registry's process (its worker threads included), and a round's worker process
+    # (rounds.compute_job), a child of it
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "step": name,
+        "seconds": seconds,
+        "cpu": cpu,
+        "peak_mb": rss,
+        "worker_cpu": child.ru_utime + child.ru_stime,
+        "worker_peak_mb": child.ru_maxrss / 1024,
+        "what": what,
+    }
+
+
+def _child(name: str, url: str, state: str, days: int, out: Any) -> None:
+    try:
+        out.send(asyncio.run(_step(name, url, state, days)))
+    except Exception as exc:  # reported as the step's outcome
+        out.send({"step": name, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+
+
+def run_step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(name, url, state, days, child))
+    proc.start()
+    result: dict[str, Any] = parent.recv()
+    proc.join()
+    return result
+
+
+async def fill(url: str, proxies: int, days: int, console: Console) -> None:
+    """The dashboard benchmark's rows, with the per-row triggers off while they go in (the
+    dashboard's daily sums, one hot row per day, made the rollups take minutes) and
+    those sums added from the rollups afterwards, as the triggers would have left them."""
+    statements = [
+        "SET session_replication_role = replica",
+        *fill_sql(proxies, days)[:-1],
+        """INSERT INTO dashboard_daily_reach (day, control, attempts, successes)
+           SELECT day, control, sum(attempts), sum(successes) FROM probe_rollups
+           GROUP BY day, control""",
+        "SET session_replication_role = DEFAULT",
+        "ANALYZE",
+    ]
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+    try:
+        for sql in statements:
+            started = time.monotonic()
+            status = await conn.execute(sql)
+            console.print(f"  {status[:28]:<28} {time.monotonic() - started:6.1f} s")
+    finally:
+        await conn.close()
+
+
+async def addresses(url: str, operators: int = 1000) -> None:
+    """A payout address for every operator (the loader leaves none: a round would pay nobody)."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+    try:
+        rows = [
+            (
+                str(
+                    bdk.Address.from_script(
+                        bdk.Script(b"\x00\x14" + hashlib.sha256(b"op%d" % o).digest()[:20]),
+                        bdk.Network.REGTEST,
+                    )
+                ),
+                o,
+            )
+            for o in range(1, operators + 1)
+        ]
+        await conn.executemany(
+            "UPDATE operators SET payout_address = $1, payout_type = 'p2wpkh' WHERE id = $2", rows
+        )
+    finally:
+        await conn.close()
+
+
+async def prepare(args: argparse.Namespace, console: Console) -> tuple[str, str]:
+    name = args.database or f"resist_bench_pub_{os.getpid()}"
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    if not args.database:
+        await admin(f'CREATE DATABASE "{name}"')
+        await migrate(url)
+        console.print(f"filling {name}: {args.proxies} proxies, {args.days} days")
+        await fill(url, args.proxies, args.days, console)
+        await addresses(url)
+    else:
+        await migrate(url)
+    return name, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--proxies", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--steps", default="publish,round")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--database", help="measure a database a --keep run left")
+    args = parser.parse_args()
+    console = Console()
+    name, url = asyncio.run(prepare(args, console))
+    results = []
+    try:
+        with tempfile.TemporaryDirectory() as state:
+            for step in args.steps.split(","):
+                results.append(run_step(step, url, state, args.days))
+                console.print(json.dumps(results[-1]))
+    finally:
+        if not args.keep:
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    table = Table(title=f"PostgreSQL, {args.proxies:,} proxies, {args.days} days")
+    columns = ("step", "wall s", "registry CPU s", "peak RSS MB", "worker CPU s", "worker MB")
+    for col in (*columns, "what"):
+        table.add_column(col)
+    for r in results:
+        if "error" in r:
+            table.add_row(r["step"], "fails", "", "", "", "", r["error"])
+        else:
+            table.add_row(
+                r["step"],
+                f"{r['seconds']:.1f}",
+                f"{r['cpu']:.1f}",
+                f"{r['peak_mb']:.0f}",
+                f"{r['worker_cpu']:.1f}" if r["worker_cpu"] else "-",
+                f"{r['worker_peak_mb']:.0f}" if r["worker_cpu"] else "-",
+                r["what"],
+            )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
