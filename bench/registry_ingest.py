@@ -100,6 +100,13 @@ def start_server(db_url: str, state: Path) -> tuple[subprocess.Popen[str], int, 
     return proc, port, token
 
 
+def start_profiler(pid: int, out: str, fmt: str) -> subprocess.Popen[bytes]:
+    """py-spy recording the server (installed beside this Python: ``pip install py-spy``)."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    command = [spy, "record", "-p", str(pid), "-o", out, "--format", fmt, "--rate", "200"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def seed(db_url: str, proxies: int, probes: list[int], now: int) -> list[int]:
     """Proxies through the repositories; one evidence row per (proxy, probe)."""
     from sqlalchemy import insert
@@ -115,11 +122,12 @@ async def seed(db_url: str, proxies: int, probes: list[int], now: int) -> list[i
         async with sessions.begin() as session:
             operator = await repo.add_operator(session, name="bench-op", now=now)
             for n in range(proxies):
+                net = f"10.{n >> 16 & 255}.{n >> 8 & 255}"
                 proxy = await repo.save_proxy(
                     session,
                     fields={
-                        "operator_id": operator.id, "host": f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}",
-                        "port": 1080, "network": f"10.{n >> 16 & 255}.{n >> 8 & 255}.0/24",
+                        "operator_id": operator.id, "host": f"{net}.{n & 255}",
+                        "port": 1080, "network": f"{net}.0/24",
                         "public_key": "k" * 43, "protocols": ["socks5"], "probe_user": "p",
                         "probe_password": "q", "credentials": [], "public": True,
                         "status": "active", "registered_at": now, "verified_at": now,
@@ -140,7 +148,7 @@ async def seed(db_url: str, proxies: int, probes: list[int], now: int) -> list[i
                     "fail_windows": [],
                     "mechanism": "ok",
                     "transports": None,
-                }  # fmt: skip
+                }
                 for probe_id in probes
                 for proxy_id in ids
             ]
@@ -282,11 +290,7 @@ async def run(args: argparse.Namespace) -> None:
             await send_all(port, tokens, warm, args.senders)
             spy = None
             if args.profile:
-                spy = subprocess.Popen(
-                    [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(proc.pid),
-                     "-o", args.profile, "--format", args.profile_format, "--rate", "200"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                spy = start_profiler(proc.pid, args.profile, args.profile_format)
                 await asyncio.sleep(1)
             cpu0, pg0, t0 = cpu_seconds(proc.pid), postgres_cpu(), time.perf_counter()
             stored = await send_all(port, tokens, batches, args.senders)
