@@ -11,9 +11,23 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, String, cast, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from resistance.registry.models import (
     ApiToken,
@@ -269,28 +283,6 @@ async def existing_proxy_ids(session: AsyncSession, *, ids: Sequence[int]) -> se
     return set(result.scalars().all())
 
 
-async def batch_by_id(session: AsyncSession, *, batch_id: str) -> ProbeBatch | None:
-    return await session.get(ProbeBatch, batch_id)
-
-
-async def add_batch(
-    session: AsyncSession, *, batch: ProbeBatch, results: list[ProbeResult]
-) -> None:
-    session.add(batch)
-    await session.flush()
-    session.add_all(results)
-    await session.flush()
-
-
-async def evidence_for(
-    session: AsyncSession, *, proxy_ids: Sequence[int]
-) -> Sequence[ProbeEvidenceRow]:
-    result = await session.execute(
-        select(ProbeEvidenceRow).where(ProbeEvidenceRow.proxy_id.in_(proxy_ids)).with_for_update()
-    )
-    return result.scalars().all()
-
-
 async def rollups_for(
     session: AsyncSession, *, proxy_ids: Sequence[int], days: Sequence[str], lock: bool = False
 ) -> Sequence[ProbeRollup]:
@@ -428,13 +420,22 @@ def _each(session: AsyncSession, values: Sequence[int] | Sequence[str]) -> Any:
     that many carried amounts could never approve a round.  One JSON array
     has no such limit and the query stays the same text whatever its length.
     """
-    text = json.dumps(list(values))
-    if session.get_bind().dialect.name == "postgresql":
-        elements = func.jsonb_array_elements_text(cast(literal(text), JSONB))
+    return _json_values(session.get_bind().dialect.name, values)
+
+
+def _each_on(connection: AsyncConnection, values: Sequence[int] | Sequence[str]) -> Any:
+    """:func:`_each` on a connection."""
+    return _json_values(connection.dialect.name, values)
+
+
+def _json_values(dialect: str, values: Sequence[int] | Sequence[str]) -> Any:
+    encoded = json.dumps(list(values))
+    if dialect == "postgresql":
+        elements = func.jsonb_array_elements_text(cast(literal(encoded), JSONB))
         column = elements.table_valued("value").c.value
         kind: Any = BigInteger if values and isinstance(values[0], int) else String
         return select(cast(column, kind))
-    return select(func.json_each(literal(text)).table_valued("value").c.value)
+    return select(func.json_each(literal(encoded)).table_valued("value").c.value)
 
 
 async def round_by_id(session: AsyncSession, *, round_id: str) -> GrantRoundRow | None:
@@ -590,3 +591,237 @@ async def control_views(session: AsyncSession) -> dict[int, bool]:
         if row.proxy_id not in latest or row.last_at > latest[row.proxy_id].last_at:
             latest[row.proxy_id] = row
     return {proxy_id: row.last_ok for proxy_id, row in latest.items()}
+
+
+# --- probe ingestion: Core statements, plain tuples, no ORM objects ---------------------
+#
+# A batch of 50 results touches 50 proxies; at 100 probes that is 5,000 evidence rows to
+# read for the verdicts.  Building ORM objects (and JSON-decoding every row's columns) for
+# those was most of the registry's ingest time (issue 25), so these read only the
+# columns needed as tuples and write with one executemany statement per table.
+
+#: ``pg_advisory_xact_lock(class, key)`` classes used by the registry (PostgreSQL only).
+LOCK_PROXY_FOLD = 25_001
+LOCK_PRUNE = 25_002
+
+#: What a verdict needs of one probe's evidence, in :class:`ProbeEvidence` field order.
+EVIDENCE_COLUMNS = (
+    ProbeEvidenceRow.probe_id,
+    ProbeEvidenceRow.country,
+    ProbeEvidenceRow.control,
+    ProbeEvidenceRow.last_at,
+    ProbeEvidenceRow.last_ok,
+    ProbeEvidenceRow.fail_streak,
+    ProbeEvidenceRow.fail_windows,
+)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _upsert(session: AsyncSession, model: type[Any]) -> Any:
+    """``INSERT`` for ``model`` that can take ``ON CONFLICT .. DO UPDATE`` on either database."""
+    if _dialect(session) == "postgresql":
+        return pg_insert(model)
+    return sqlite_insert(model)
+
+
+async def lock_proxies_for_fold(session: AsyncSession, *, proxy_ids: Sequence[int]) -> None:
+    """Hold, until the transaction ends, the right to fold results into these proxies'
+    evidence, rollups and verdicts (which are read, changed and written back).
+
+    On PostgreSQL a transaction-scoped advisory lock per proxy, taken in ascending id order
+    in one statement (two batches sharing proxies queue up instead of deadlocking), so
+    registry processes sharing one database serialize per proxy, not per batch.  On SQLite
+    there is one writer at a time anyway; the caller serializes its own writers.
+    """
+    if _dialect(session) != "postgresql" or not proxy_ids:
+        return
+    ids = sorted(set(proxy_ids))
+    await session.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(:kind, id)) "
+            "FROM unnest(CAST(:ids AS integer[])) WITH ORDINALITY AS t(id, n)"
+        ),
+        {"kind": LOCK_PROXY_FOLD, "ids": ids},
+    )
+
+
+async def batch_digest(session: AsyncSession, *, batch_id: str) -> tuple[str, int] | None:
+    """A stored batch's digest and result count, or ``None``."""
+    row = (
+        await session.execute(
+            select(ProbeBatch.digest, ProbeBatch.result_count).where(
+                ProbeBatch.batch_id == batch_id
+            )
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def insert_batch(
+    session: AsyncSession, *, batch: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
+) -> None:
+    """Store a batch's row and its results' rows (an existing batch id raises IntegrityError)."""
+    await session.execute(insert(ProbeBatch), [dict(batch)])
+    if results:
+        await session.execute(insert(ProbeResult), list(results))
+
+
+async def evidence_views(
+    session: AsyncSession, *, proxy_ids: Sequence[int]
+) -> Sequence[tuple[Any, ...]]:
+    """Every probe's evidence of these proxies: ``(proxy_id, *EVIDENCE_COLUMNS)`` tuples."""
+    result = await session.execute(
+        select(ProbeEvidenceRow.proxy_id, *EVIDENCE_COLUMNS).where(
+            ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids))
+        )
+    )
+    return [tuple(row) for row in result.all()]
+
+
+async def save_evidence(
+    session: AsyncSession,
+    *,
+    rows: Sequence[Mapping[str, Any]],
+    with_mechanism: bool,
+) -> None:
+    """Insert or replace (proxy, probe) evidence rows; ``with_mechanism`` also replaces
+    ``mechanism`` and ``transports`` (only a result newer than the row's sets those)."""
+    if not rows:
+        return
+    statement = _upsert(session, ProbeEvidenceRow)
+    columns = ["country", "control", "last_at", "last_ok", "fail_streak", "fail_windows"]
+    if with_mechanism:
+        columns += ["mechanism", "transports"]
+    statement = statement.on_conflict_do_update(
+        index_elements=["proxy_id", "probe_id"],
+        set_={c: getattr(statement.excluded, c) for c in columns},
+    )
+    await session.execute(statement, list(rows))
+
+
+async def rollup_counts(
+    session: AsyncSession,
+    *,
+    proxy_ids: Sequence[int],
+    days: Sequence[str],
+    country: str,
+    control: bool,
+) -> Sequence[tuple[Any, ...]]:
+    """One vantage kind's rollups of these proxies on these days:
+    ``(proxy_id, day, attempts, successes, latency_hist, throughput_hist)``."""
+    result = await session.execute(
+        select(
+            ProbeRollup.proxy_id,
+            ProbeRollup.day,
+            ProbeRollup.attempts,
+            ProbeRollup.successes,
+            ProbeRollup.latency_hist,
+            ProbeRollup.throughput_hist,
+        ).where(
+            ProbeRollup.proxy_id.in_(_each(session, proxy_ids)),
+            ProbeRollup.day.in_(_each(session, days)),
+            ProbeRollup.country == country,
+            ProbeRollup.control.is_(control),
+        )
+    )
+    return [tuple(row) for row in result.all()]
+
+
+async def save_rollups(session: AsyncSession, *, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert or replace daily rollups by (proxy, day, country, control)."""
+    if not rows:
+        return
+    statement = _upsert(session, ProbeRollup)
+    key = ("proxy_id", "day", "country", "control")
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c: getattr(statement.excluded, c) for c in rows[0] if c not in key},
+    )
+    await session.execute(statement, list(rows))
+
+
+async def verdict_states(
+    session: AsyncSession, *, proxy_ids: Sequence[int]
+) -> dict[int, tuple[str, list[str]]]:
+    """These proxies' current verdicts, where they have one: ``{id: (verdict, blocked_in)}``."""
+    result = await session.execute(
+        select(ProxyVerdict.proxy_id, ProxyVerdict.verdict, ProxyVerdict.blocked_in).where(
+            ProxyVerdict.proxy_id.in_(_each(session, proxy_ids))
+        )
+    )
+    return {proxy_id: (verdict, list(blocked)) for proxy_id, verdict, blocked in result.all()}
+
+
+async def touch_verdicts(session: AsyncSession, *, proxy_ids: Sequence[int], now: int) -> None:
+    """Mark unchanged verdicts as re-evaluated at ``now``."""
+    if proxy_ids:
+        await session.execute(
+            update(ProxyVerdict)
+            .where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def save_verdicts(
+    session: AsyncSession,
+    *,
+    verdicts: Sequence[Mapping[str, Any]],
+    changes: Sequence[Mapping[str, Any]],
+) -> None:
+    """Insert or replace verdict rows; append the changes to their history."""
+    if verdicts:
+        statement = _upsert(session, ProxyVerdict)
+        statement = statement.on_conflict_do_update(
+            index_elements=["proxy_id"],
+            set_={
+                c: getattr(statement.excluded, c)
+                for c in ("verdict", "blocked_in", "since", "updated_at")
+            },
+        )
+        await session.execute(statement, list(verdicts))
+    if changes:
+        await session.execute(insert(ProxyVerdictChange), list(changes))
+
+
+# --- retention of raw results -----------------------------------------------------------
+
+
+async def try_prune_lock(connection: AsyncConnection) -> bool:
+    """Whether this connection now holds the registry-wide pruning lock (PostgreSQL: a
+    session advisory lock, released by :func:`release_prune_lock`; SQLite: always)."""
+    if connection.dialect.name != "postgresql":
+        return True
+    result = await connection.execute(
+        text("SELECT pg_try_advisory_lock(:kind, 0)"), {"kind": LOCK_PRUNE}
+    )
+    return bool(result.scalar_one())
+
+
+async def release_prune_lock(connection: AsyncConnection) -> None:
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_unlock(:kind, 0)"), {"kind": LOCK_PRUNE})
+
+
+async def prune_batches(connection: AsyncConnection, *, before: int, limit: int) -> tuple[int, int]:
+    """Delete at most ``limit`` of the oldest batches received before ``before``, with their
+    raw results; ``(batches, results)`` deleted.  Rollups, evidence and verdicts stay."""
+    oldest = (
+        select(ProbeBatch.batch_id)
+        .where(ProbeBatch.received_at < before)
+        .order_by(ProbeBatch.received_at)
+        .limit(limit)
+    )
+    ids = list((await connection.execute(oldest)).scalars().all())
+    if not ids:
+        return 0, 0
+    results = await connection.execute(
+        delete(ProbeResult).where(ProbeResult.batch_id.in_(_each_on(connection, ids)))
+    )
+    batches = await connection.execute(
+        delete(ProbeBatch).where(ProbeBatch.batch_id.in_(_each_on(connection, ids)))
+    )
+    return int(batches.rowcount), int(results.rowcount)
