@@ -353,7 +353,7 @@ async def _fold(
         streak,
         windows,
     ) in await repo.evidence_views(session, proxy_ids=proxy_ids):
-        seen = ProbeEvidence(probe_id, country, control, last_at, last_ok, streak, tuple(windows))
+        seen = ProbeEvidence(probe_id, country, control, last_at, last_ok, streak, windows)
         if probe_id == probe.id:
             stored[proxy_id] = seen
         else:

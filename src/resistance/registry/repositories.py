@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     String,
+    Text,
     cast,
     delete,
     func,
@@ -604,16 +605,9 @@ async def control_views(session: AsyncSession) -> dict[int, bool]:
 LOCK_PROXY_FOLD = 25_001
 LOCK_PRUNE = 25_002
 
-#: What a verdict needs of one probe's evidence, in :class:`ProbeEvidence` field order.
-EVIDENCE_COLUMNS = (
-    ProbeEvidenceRow.probe_id,
-    ProbeEvidenceRow.country,
-    ProbeEvidenceRow.control,
-    ProbeEvidenceRow.last_at,
-    ProbeEvidenceRow.last_ok,
-    ProbeEvidenceRow.fail_streak,
-    ProbeEvidenceRow.fail_windows,
-)
+_EVIDENCE = ProbeEvidenceRow.__table__.c
+_ROLLUPS = ProbeRollup.__table__.c
+_VERDICTS = ProxyVerdict.__table__.c
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -671,14 +665,29 @@ async def insert_batch(
 
 async def evidence_views(
     session: AsyncSession, *, proxy_ids: Sequence[int]
-) -> Sequence[tuple[Any, ...]]:
-    """Every probe's evidence of these proxies: ``(proxy_id, *EVIDENCE_COLUMNS)`` tuples."""
+) -> list[tuple[int, int, str, bool, int, bool, int, tuple[int, ...]]]:
+    """Every probe's evidence of these proxies: ``(proxy_id, probe_id, country, control,
+    last_at, last_ok, fail_streak, fail_windows)`` tuples.
+
+    Table columns, not the mapped class (no ORM loading), and ``fail_windows`` read as
+    text and decoded only when not empty (it is empty whenever the last check worked).
+    """
     result = await session.execute(
-        select(ProbeEvidenceRow.proxy_id, *EVIDENCE_COLUMNS).where(
-            ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids))
-        )
+        select(
+            _EVIDENCE.proxy_id,
+            _EVIDENCE.probe_id,
+            _EVIDENCE.country,
+            _EVIDENCE.control,
+            _EVIDENCE.last_at,
+            _EVIDENCE.last_ok,
+            _EVIDENCE.fail_streak,
+            cast(_EVIDENCE.fail_windows, Text),
+        ).where(_EVIDENCE.proxy_id.in_(_each(session, proxy_ids)))
     )
-    return [tuple(row) for row in result.all()]
+    return [
+        (proxy, probe, country, control, at, ok, streak, () if w == "[]" else tuple(json.loads(w)))
+        for proxy, probe, country, control, at, ok, streak, w in result.all()
+    ]
 
 
 async def save_evidence(
@@ -714,17 +723,17 @@ async def rollup_counts(
     ``(proxy_id, day, attempts, successes, latency_hist, throughput_hist)``."""
     result = await session.execute(
         select(
-            ProbeRollup.proxy_id,
-            ProbeRollup.day,
-            ProbeRollup.attempts,
-            ProbeRollup.successes,
-            ProbeRollup.latency_hist,
-            ProbeRollup.throughput_hist,
+            _ROLLUPS.proxy_id,
+            _ROLLUPS.day,
+            _ROLLUPS.attempts,
+            _ROLLUPS.successes,
+            _ROLLUPS.latency_hist,
+            _ROLLUPS.throughput_hist,
         ).where(
-            ProbeRollup.proxy_id.in_(_each(session, proxy_ids)),
-            ProbeRollup.day.in_(_each(session, days)),
-            ProbeRollup.country == country,
-            ProbeRollup.control.is_(control),
+            _ROLLUPS.proxy_id.in_(_each(session, proxy_ids)),
+            _ROLLUPS.day.in_(_each(session, days)),
+            _ROLLUPS.country == country,
+            _ROLLUPS.control.is_(control),
         )
     )
     return [tuple(row) for row in result.all()]
@@ -748,8 +757,8 @@ async def verdict_states(
 ) -> dict[int, tuple[str, list[str]]]:
     """These proxies' current verdicts, where they have one: ``{id: (verdict, blocked_in)}``."""
     result = await session.execute(
-        select(ProxyVerdict.proxy_id, ProxyVerdict.verdict, ProxyVerdict.blocked_in).where(
-            ProxyVerdict.proxy_id.in_(_each(session, proxy_ids))
+        select(_VERDICTS.proxy_id, _VERDICTS.verdict, _VERDICTS.blocked_in).where(
+            _VERDICTS.proxy_id.in_(_each(session, proxy_ids))
         )
     )
     return {proxy_id: (verdict, list(blocked)) for proxy_id, verdict, blocked in result.all()}
