@@ -7,6 +7,7 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     String,
+    Table,
     Text,
     cast,
     delete,
@@ -599,26 +601,41 @@ async def control_views(session: AsyncSession) -> dict[int, bool]:
 # A batch of 50 results touches 50 proxies; at 100 probes that is 5,000 evidence rows to
 # read for the verdicts.  Building ORM objects (and JSON-decoding every row's columns) for
 # those was most of the registry's ingest time (issue 25), so these read only the
-# columns needed as tuples and write with one executemany statement per table.
+# columns needed as tuples, on the session's connection (no ORM execution path), and
+# write with one executemany statement per table, each statement built once per dialect.
+
+
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
 
 #: ``pg_advisory_xact_lock(class, key)`` classes used by the registry (PostgreSQL only).
 LOCK_PROXY_FOLD = 25_001
 LOCK_PRUNE = 25_002
 
-_EVIDENCE = ProbeEvidenceRow.__table__.c
-_ROLLUPS = ProbeRollup.__table__.c
-_VERDICTS = ProxyVerdict.__table__.c
+_BATCHES = _table(ProbeBatch)
+_RESULTS = _table(ProbeResult)
+_EVIDENCE = _table(ProbeEvidenceRow)
+_ROLLUPS = _table(ProbeRollup)
+_VERDICTS = _table(ProxyVerdict)
+_HISTORY = _table(ProxyVerdictChange)
+_ROLLUP_KEY = ("proxy_id", "day", "country", "control")
+_EVIDENCE_STATE = ("country", "control", "last_at", "last_ok", "fail_streak", "fail_windows")
 
 
 def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def _upsert(session: AsyncSession, model: type[Any]) -> Any:
-    """``INSERT`` for ``model`` that can take ``ON CONFLICT .. DO UPDATE`` on either database."""
-    if _dialect(session) == "postgresql":
-        return pg_insert(model)
-    return sqlite_insert(model)
+@functools.cache
+def _upsert(dialect: str, table: Any, key: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    """``INSERT .. ON CONFLICT (key) DO UPDATE SET columns = excluded.columns``."""
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(key), set_={c: statement.excluded[c] for c in columns}
+    )
 
 
 async def lock_proxies_for_fold(session: AsyncSession, *, proxy_ids: Sequence[int]) -> None:
@@ -632,22 +649,25 @@ async def lock_proxies_for_fold(session: AsyncSession, *, proxy_ids: Sequence[in
     """
     if _dialect(session) != "postgresql" or not proxy_ids:
         return
-    ids = sorted(set(proxy_ids))
-    await session.execute(
-        text(
-            "SELECT count(pg_advisory_xact_lock(:kind, id)) "
-            "FROM unnest(CAST(:ids AS integer[])) WITH ORDINALITY AS t(id, n)"
-        ),
-        {"kind": LOCK_PROXY_FOLD, "ids": ids},
+    connection = await session.connection()
+    await connection.execute(
+        _LOCK_PROXIES, {"kind": LOCK_PROXY_FOLD, "ids": sorted(set(proxy_ids))}
     )
+
+
+_LOCK_PROXIES = text(
+    "SELECT count(pg_advisory_xact_lock(:kind, id)) "
+    "FROM unnest(CAST(:ids AS integer[])) WITH ORDINALITY AS t(id, n)"
+)
 
 
 async def batch_digest(session: AsyncSession, *, batch_id: str) -> tuple[str, int] | None:
     """A stored batch's digest and result count, or ``None``."""
+    connection = await session.connection()
     row = (
-        await session.execute(
-            select(ProbeBatch.digest, ProbeBatch.result_count).where(
-                ProbeBatch.batch_id == batch_id
+        await connection.execute(
+            select(_BATCHES.c.digest, _BATCHES.c.result_count).where(
+                _BATCHES.c.batch_id == batch_id
             )
         )
     ).first()
@@ -658,9 +678,10 @@ async def insert_batch(
     session: AsyncSession, *, batch: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
 ) -> None:
     """Store a batch's row and its results' rows (an existing batch id raises IntegrityError)."""
-    await session.execute(insert(ProbeBatch), [dict(batch)])
+    connection = await session.connection()
+    await connection.execute(insert(_BATCHES), [dict(batch)])
     if results:
-        await session.execute(insert(ProbeResult), list(results))
+        await connection.execute(insert(_RESULTS), list(results))
 
 
 async def evidence_views(
@@ -669,20 +690,22 @@ async def evidence_views(
     """Every probe's evidence of these proxies: ``(proxy_id, probe_id, country, control,
     last_at, last_ok, fail_streak, fail_windows)`` tuples.
 
-    Table columns, not the mapped class (no ORM loading), and ``fail_windows`` read as
-    text and decoded only when not empty (it is empty whenever the last check worked).
+    ``fail_windows`` is read as text and decoded only when not empty (it is empty whenever
+    the last check worked).
     """
-    result = await session.execute(
+    connection = await session.connection()
+    c = _EVIDENCE.c
+    result = await connection.execute(
         select(
-            _EVIDENCE.proxy_id,
-            _EVIDENCE.probe_id,
-            _EVIDENCE.country,
-            _EVIDENCE.control,
-            _EVIDENCE.last_at,
-            _EVIDENCE.last_ok,
-            _EVIDENCE.fail_streak,
-            cast(_EVIDENCE.fail_windows, Text),
-        ).where(_EVIDENCE.proxy_id.in_(_each(session, proxy_ids)))
+            c.proxy_id,
+            c.probe_id,
+            c.country,
+            c.control,
+            c.last_at,
+            c.last_ok,
+            c.fail_streak,
+            cast(c.fail_windows, Text),
+        ).where(c.proxy_id.in_(_each(session, proxy_ids)))
     )
     return [
         (proxy, probe, country, control, at, ok, streak, () if w == "[]" else tuple(json.loads(w)))
@@ -700,15 +723,10 @@ async def save_evidence(
     ``mechanism`` and ``transports`` (only a result newer than the row's sets those)."""
     if not rows:
         return
-    statement = _upsert(session, ProbeEvidenceRow)
-    columns = ["country", "control", "last_at", "last_ok", "fail_streak", "fail_windows"]
-    if with_mechanism:
-        columns += ["mechanism", "transports"]
-    statement = statement.on_conflict_do_update(
-        index_elements=["proxy_id", "probe_id"],
-        set_={c: getattr(statement.excluded, c) for c in columns},
-    )
-    await session.execute(statement, list(rows))
+    columns = _EVIDENCE_STATE + (("mechanism", "transports") if with_mechanism else ())
+    statement = _upsert(_dialect(session), _EVIDENCE, ("proxy_id", "probe_id"), columns)
+    connection = await session.connection()
+    await connection.execute(statement, list(rows))
 
 
 async def rollup_counts(
@@ -718,22 +736,17 @@ async def rollup_counts(
     days: Sequence[str],
     country: str,
     control: bool,
-) -> Sequence[tuple[Any, ...]]:
+) -> list[tuple[Any, ...]]:
     """One vantage kind's rollups of these proxies on these days:
     ``(proxy_id, day, attempts, successes, latency_hist, throughput_hist)``."""
-    result = await session.execute(
-        select(
-            _ROLLUPS.proxy_id,
-            _ROLLUPS.day,
-            _ROLLUPS.attempts,
-            _ROLLUPS.successes,
-            _ROLLUPS.latency_hist,
-            _ROLLUPS.throughput_hist,
-        ).where(
-            _ROLLUPS.proxy_id.in_(_each(session, proxy_ids)),
-            _ROLLUPS.day.in_(_each(session, days)),
-            _ROLLUPS.country == country,
-            _ROLLUPS.control.is_(control),
+    connection = await session.connection()
+    c = _ROLLUPS.c
+    result = await connection.execute(
+        select(c.proxy_id, c.day, c.attempts, c.successes, c.latency_hist, c.throughput_hist).where(
+            c.proxy_id.in_(_each(session, proxy_ids)),
+            c.day.in_(_each(session, days)),
+            c.country == country,
+            c.control.is_(control),
         )
     )
     return [tuple(row) for row in result.all()]
@@ -743,23 +756,20 @@ async def save_rollups(session: AsyncSession, *, rows: Sequence[Mapping[str, Any
     """Insert or replace daily rollups by (proxy, day, country, control)."""
     if not rows:
         return
-    statement = _upsert(session, ProbeRollup)
-    key = ("proxy_id", "day", "country", "control")
-    statement = statement.on_conflict_do_update(
-        index_elements=list(key),
-        set_={c: getattr(statement.excluded, c) for c in rows[0] if c not in key},
-    )
-    await session.execute(statement, list(rows))
+    columns = tuple(c for c in rows[0] if c not in _ROLLUP_KEY)
+    statement = _upsert(_dialect(session), _ROLLUPS, _ROLLUP_KEY, columns)
+    connection = await session.connection()
+    await connection.execute(statement, list(rows))
 
 
 async def verdict_states(
     session: AsyncSession, *, proxy_ids: Sequence[int]
 ) -> dict[int, tuple[str, list[str]]]:
     """These proxies' current verdicts, where they have one: ``{id: (verdict, blocked_in)}``."""
-    result = await session.execute(
-        select(_VERDICTS.proxy_id, _VERDICTS.verdict, _VERDICTS.blocked_in).where(
-            _VERDICTS.proxy_id.in_(_each(session, proxy_ids))
-        )
+    connection = await session.connection()
+    c = _VERDICTS.c
+    result = await connection.execute(
+        select(c.proxy_id, c.verdict, c.blocked_in).where(c.proxy_id.in_(_each(session, proxy_ids)))
     )
     return {proxy_id: (verdict, list(blocked)) for proxy_id, verdict, blocked in result.all()}
 
@@ -767,11 +777,11 @@ async def verdict_states(
 async def touch_verdicts(session: AsyncSession, *, proxy_ids: Sequence[int], now: int) -> None:
     """Mark unchanged verdicts as re-evaluated at ``now``."""
     if proxy_ids:
-        await session.execute(
-            update(ProxyVerdict)
-            .where(ProxyVerdict.proxy_id.in_(_each(session, proxy_ids)))
+        connection = await session.connection()
+        await connection.execute(
+            update(_VERDICTS)
+            .where(_VERDICTS.c.proxy_id.in_(_each(session, proxy_ids)))
             .values(updated_at=now)
-            .execution_options(synchronize_session=False)
         )
 
 
@@ -782,18 +792,13 @@ async def save_verdicts(
     changes: Sequence[Mapping[str, Any]],
 ) -> None:
     """Insert or replace verdict rows; append the changes to their history."""
+    connection = await session.connection()
     if verdicts:
-        statement = _upsert(session, ProxyVerdict)
-        statement = statement.on_conflict_do_update(
-            index_elements=["proxy_id"],
-            set_={
-                c: getattr(statement.excluded, c)
-                for c in ("verdict", "blocked_in", "since", "updated_at")
-            },
-        )
-        await session.execute(statement, list(verdicts))
+        columns = ("verdict", "blocked_in", "since", "updated_at")
+        statement = _upsert(_dialect(session), _VERDICTS, ("proxy_id",), columns)
+        await connection.execute(statement, list(verdicts))
     if changes:
-        await session.execute(insert(ProxyVerdictChange), list(changes))
+        await connection.execute(insert(_HISTORY), list(changes))
 
 
 # --- retention of raw results -----------------------------------------------------------
