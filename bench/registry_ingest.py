@@ -23,7 +23,7 @@ proofs signed with the registry's canary key: 90 % successes, 10 % failures)
 before timing anything, and sends them over HTTP from ``--senders``
 keep-alive connections, each sending its next batch when the answer comes.
 Printed: results/s over the wall time, the server's CPU time per result
-(user + system, /proc), and PostgreSQL's CPU over the same time.
+(user + system, /proc), and the same for the database's PostgreSQL backends.
 """
 
 from __future__ import annotations
@@ -53,16 +53,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu() -> float:
-    """User + system seconds of every process named postgres (the server and backends)."""
-    total = 0.0
+def backend_cpu(database: str) -> dict[int, float]:
+    """User + system seconds of each PostgreSQL backend serving ``database``."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
-            if (entry / "comm").read_text().strip() == "postgres":
-                total += cpu_seconds(int(entry.name))
-    return total
+            title = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if title.startswith("postgres: ") and f" {database} " in title:
+                found[int(entry.name)] = cpu_seconds(int(entry.name))
+    return found
+
+
+def backend_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the backends spent between two readings (new backends from zero)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 async def pg_admin(statement: str) -> None:
@@ -292,11 +298,11 @@ async def run(args: argparse.Namespace) -> None:
             if args.profile:
                 spy = start_profiler(proc.pid, args.profile, args.profile_format)
                 await asyncio.sleep(1)
-            cpu0, pg0, t0 = cpu_seconds(proc.pid), postgres_cpu(), time.perf_counter()
+            cpu0, pg0, t0 = cpu_seconds(proc.pid), backend_cpu(name), time.perf_counter()
             stored = await send_all(port, tokens, batches, args.senders)
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(proc.pid) - cpu0
-            pg = postgres_cpu() - pg0
+            pg = backend_delta(pg0, backend_cpu(name))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
@@ -304,8 +310,8 @@ async def run(args: argparse.Namespace) -> None:
                 f"proxies {args.proxies}, probes {args.probes}, {len(batches)} batches of "
                 f"{PER_BATCH}, {args.senders} senders: {stored} results in {elapsed:.2f} s = "
                 f"{stored / elapsed:,.0f} results/s; registry CPU {cpu / stored * 1e6:.0f} µs "
-                f"per result ({cpu / elapsed:.0%} of a core), PostgreSQL CPU "
-                f"{pg / elapsed:.0%} of a core"
+                f"per result ({cpu / elapsed:.0%} of a core); PostgreSQL backends "
+                f"{pg / stored * 1e6:.0f} µs per result ({pg / elapsed:.0%} of a core)"
             )
     finally:
         if proc is not None:
