@@ -4,7 +4,8 @@ Theory of operation of the lifespan: migrate the database (unless told not
 to), open the engine, load or make the signing keys and the ring key, make
 the admin token on first start (handed to ``on_admin_token`` once, never
 stored in clear), publish a directory if none is fresh, then start the named
-periodic-publication task; on shutdown cancel that task and close the engine.
+periodic-publication and raw-result pruning tasks; on shutdown cancel those
+tasks and close the engine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 
 from resistance.paths import resolve_state_dir
-from resistance.registry import services
+from resistance.registry import retention, services
 from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from resistance.registry.db import database_url, make_engine, make_sessions, migrate
 from resistance.registry.errors import install_error_handlers
@@ -35,6 +36,7 @@ from resistance.registry.ui import pages as dashboard
 from resistance.registry.wireguard import load_or_create_prober_key
 
 PUBLISH_TASK = "registry-publish-directory"
+PRUNE_TASK = "registry-prune-raw-results"
 
 
 async def open_registry(settings: RegistrySettings) -> Registry:
@@ -73,7 +75,7 @@ def create_app(
         registry = await open_registry(settings)
         if clock is not None:
             registry.clock = clock
-        task: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         canary: CanaryServer | None = None
         try:
             if settings.canary is not None:
@@ -88,12 +90,16 @@ def create_app(
             await services.publish_if_stale(registry)
             app.state.registry = registry
             if settings.publish_interval > 0:
-                task = asyncio.create_task(
-                    services.publish_periodically(registry), name=PUBLISH_TASK
+                tasks.append(
+                    asyncio.create_task(services.publish_periodically(registry), name=PUBLISH_TASK)
+                )
+            if settings.retention_days > 0:
+                tasks.append(
+                    asyncio.create_task(retention.prune_periodically(registry), name=PRUNE_TASK)
                 )
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -128,6 +128,15 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     metavar="S",
     help="Clients refresh the directory after S seconds (valid for 24 h, or S if longer).",
 )
+@click.option(
+    "--retention-days",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Keep raw probe results and batch bodies N days, then prune them in the "
+    "background (0: keep for ever); rollups, verdicts and rounds are kept.",
+)
 # --- HTTP server limits and forwarded headers (resistance.registry.server) ---
 @click.option(
     "--header-timeout",
@@ -216,6 +225,7 @@ def serve(
     blocked_min_probes: int,
     blocked_min_windows: int,
     fresh_seconds: int,
+    retention_days: int,
     header_timeout: float,
     body_timeout: float,
     keepalive_timeout: int,
@@ -244,6 +254,7 @@ def serve(
     import uvicorn
 
     from resistance.directory.keys import public_key_text
+    from resistance.registry import retention
     from resistance.registry.app import create_app
     from resistance.registry.keys import load_or_create_signing_keys
     from resistance.registry.server import server_config
@@ -295,6 +306,7 @@ def serve(
         blocked_min_windows=blocked_min_windows,
         fresh_seconds=fresh_seconds,
         valid_seconds=max(24 * 3600, fresh_seconds),
+        retention_days=retention_days,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         keepalive_timeout=keepalive_timeout,
@@ -317,6 +329,7 @@ def serve(
     for key in load_or_create_signing_keys(settings.state_dir):
         pinned = public_key_text(key.public_key())
         click.echo(f"directory key (clients pin it: --trust KEY): {pinned}")
+    click.echo(retention.describe(settings))
     sys.stdout.flush()
     config = server_config(
         app, settings, log_level="info" if verbose else "warning", access_log=verbose > 1

@@ -73,6 +73,12 @@ class RegistrySettings:
     down_after: int = 2
     #: Batches older than this (by their own clock) are refused.
     batch_max_age: int = 7 * 86400
+    #: Days raw results and batch bodies are kept after they arrive (0: for ever); see
+    #: :mod:`resistance.registry.retention`.  Pruned every ``prune_interval`` seconds, at
+    #: most ``prune_chunk`` batches per transaction.
+    retention_days: int = 3
+    prune_interval: float = 600.0
+    prune_chunk: int = 500
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -107,3 +113,7 @@ class RegistrySettings:
                 raise ConfigError(f"--trust-proxy {network!r} is not an address or CIDR") from None
         if self.batch_max_age < 60:
             raise ConfigError("batch max age must be at least 60 s")
+        if self.retention_days < 0 or self.prune_interval <= 0 or self.prune_chunk < 1:
+            raise ConfigError(
+                "retention must be >= 0 days, the prune interval positive, its chunk >= 1"
+            )
