@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     cast,
     delete,
     func,
@@ -604,16 +605,16 @@ async def control_views(session: AsyncSession) -> dict[int, bool]:
 # columns needed as tuples, on the session's connection (no ORM execution path), and
 # write with one executemany statement per table, each statement built once per dialect.
 
+#: ``pg_advisory_xact_lock(class, key)`` classes used by the registry (PostgreSQL only).
+LOCK_PROXY_FOLD = 25_001
+LOCK_PRUNE = 25_002
+
 
 def _table(model: type[Any]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
 
-
-#: ``pg_advisory_xact_lock(class, key)`` classes used by the registry (PostgreSQL only).
-LOCK_PROXY_FOLD = 25_001
-LOCK_PRUNE = 25_002
 
 _BATCHES = _table(ProbeBatch)
 _RESULTS = _table(ProbeResult)
@@ -623,6 +624,44 @@ _VERDICTS = _table(ProxyVerdict)
 _HISTORY = _table(ProxyVerdictChange)
 _ROLLUP_KEY = ("proxy_id", "day", "country", "control")
 _EVIDENCE_STATE = ("country", "control", "last_at", "last_ok", "fail_streak", "fail_windows")
+
+
+# Built once: these run for every batch.  The id lists are a batch's proxies (at most
+# probe.batch.MAX_RESULTS), so plain expanding IN lists stay far below the drivers' caps.
+_BATCH_DIGEST = select(_BATCHES.c.digest, _BATCHES.c.result_count).where(
+    _BATCHES.c.batch_id == bindparam("batch_id")
+)
+_EVIDENCE_OF = select(
+    _EVIDENCE.c.proxy_id,
+    _EVIDENCE.c.probe_id,
+    _EVIDENCE.c.country,
+    _EVIDENCE.c.control,
+    _EVIDENCE.c.last_at,
+    _EVIDENCE.c.last_ok,
+    _EVIDENCE.c.fail_streak,
+    cast(_EVIDENCE.c.fail_windows, Text),
+).where(_EVIDENCE.c.proxy_id.in_(bindparam("ids", expanding=True)))
+_ROLLUPS_OF = select(
+    _ROLLUPS.c.proxy_id,
+    _ROLLUPS.c.day,
+    _ROLLUPS.c.attempts,
+    _ROLLUPS.c.successes,
+    _ROLLUPS.c.latency_hist,
+    _ROLLUPS.c.throughput_hist,
+).where(
+    _ROLLUPS.c.proxy_id.in_(bindparam("ids", expanding=True)),
+    _ROLLUPS.c.day.in_(bindparam("days", expanding=True)),
+    _ROLLUPS.c.country == bindparam("country"),
+    _ROLLUPS.c.control == bindparam("control"),
+)
+_VERDICTS_OF = select(_VERDICTS.c.proxy_id, _VERDICTS.c.verdict, _VERDICTS.c.blocked_in).where(
+    _VERDICTS.c.proxy_id.in_(bindparam("ids", expanding=True))
+)
+_TOUCH_VERDICTS = (
+    update(_VERDICTS)
+    .where(_VERDICTS.c.proxy_id.in_(bindparam("ids", expanding=True)))
+    .values(updated_at=bindparam("now"))
+)
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -664,13 +703,7 @@ _LOCK_PROXIES = text(
 async def batch_digest(session: AsyncSession, *, batch_id: str) -> tuple[str, int] | None:
     """A stored batch's digest and result count, or ``None``."""
     connection = await session.connection()
-    row = (
-        await connection.execute(
-            select(_BATCHES.c.digest, _BATCHES.c.result_count).where(
-                _BATCHES.c.batch_id == batch_id
-            )
-        )
-    ).first()
+    row = (await connection.execute(_BATCH_DIGEST, {"batch_id": batch_id})).first()
     return None if row is None else (row[0], row[1])
 
 
@@ -694,19 +727,7 @@ async def evidence_views(
     the last check worked).
     """
     connection = await session.connection()
-    c = _EVIDENCE.c
-    result = await connection.execute(
-        select(
-            c.proxy_id,
-            c.probe_id,
-            c.country,
-            c.control,
-            c.last_at,
-            c.last_ok,
-            c.fail_streak,
-            cast(c.fail_windows, Text),
-        ).where(c.proxy_id.in_(_each(session, proxy_ids)))
-    )
+    result = await connection.execute(_EVIDENCE_OF, {"ids": list(proxy_ids)})
     return [
         (proxy, probe, country, control, at, ok, streak, () if w == "[]" else tuple(json.loads(w)))
         for proxy, probe, country, control, at, ok, streak, w in result.all()
@@ -740,14 +761,9 @@ async def rollup_counts(
     """One vantage kind's rollups of these proxies on these days:
     ``(proxy_id, day, attempts, successes, latency_hist, throughput_hist)``."""
     connection = await session.connection()
-    c = _ROLLUPS.c
     result = await connection.execute(
-        select(c.proxy_id, c.day, c.attempts, c.successes, c.latency_hist, c.throughput_hist).where(
-            c.proxy_id.in_(_each(session, proxy_ids)),
-            c.day.in_(_each(session, days)),
-            c.country == country,
-            c.control.is_(control),
-        )
+        _ROLLUPS_OF,
+        {"ids": list(proxy_ids), "days": list(days), "country": country, "control": control},
     )
     return [tuple(row) for row in result.all()]
 
@@ -767,10 +783,7 @@ async def verdict_states(
 ) -> dict[int, tuple[str, list[str]]]:
     """These proxies' current verdicts, where they have one: ``{id: (verdict, blocked_in)}``."""
     connection = await session.connection()
-    c = _VERDICTS.c
-    result = await connection.execute(
-        select(c.proxy_id, c.verdict, c.blocked_in).where(c.proxy_id.in_(_each(session, proxy_ids)))
-    )
+    result = await connection.execute(_VERDICTS_OF, {"ids": list(proxy_ids)})
     return {proxy_id: (verdict, list(blocked)) for proxy_id, verdict, blocked in result.all()}
 
 
@@ -778,11 +791,7 @@ async def touch_verdicts(session: AsyncSession, *, proxy_ids: Sequence[int], now
     """Mark unchanged verdicts as re-evaluated at ``now``."""
     if proxy_ids:
         connection = await session.connection()
-        await connection.execute(
-            update(_VERDICTS)
-            .where(_VERDICTS.c.proxy_id.in_(_each(session, proxy_ids)))
-            .values(updated_at=now)
-        )
+        await connection.execute(_TOUCH_VERDICTS, {"ids": list(proxy_ids), "now": now})
 
 
 async def save_verdicts(
