@@ -37,6 +37,8 @@ from resistance.registry.wireguard import load_or_create_prober_key
 
 PUBLISH_TASK = "registry-publish-directory"
 PRUNE_TASK = "registry-prune-raw-results"
+#: Seconds a pruning chunk under way gets to finish on shutdown before it is cancelled.
+PRUNE_GRACE = 30.0
 
 
 async def open_registry(settings: RegistrySettings) -> Registry:
@@ -76,6 +78,7 @@ def create_app(
         if clock is not None:
             registry.clock = clock
         tasks: list[asyncio.Task[None]] = []
+        stop_pruning = asyncio.Event()
         canary: CanaryServer | None = None
         try:
             if settings.canary is not None:
@@ -95,11 +98,16 @@ def create_app(
                 )
             if settings.retention_days > 0:
                 tasks.append(
-                    asyncio.create_task(retention.prune_periodically(registry), name=PRUNE_TASK)
+                    asyncio.create_task(
+                        retention.prune_periodically(registry, stop_pruning), name=PRUNE_TASK
+                    )
                 )
             yield
         finally:
+            stop_pruning.set()  # pruning ends between two chunks, not inside a query
             for task in tasks:
+                if task.get_name() == PRUNE_TASK:
+                    await asyncio.wait({task}, timeout=PRUNE_GRACE)
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

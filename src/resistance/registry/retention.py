@@ -22,6 +22,7 @@ and requests never wait behind one long delete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -55,8 +56,9 @@ def describe(settings: RegistrySettings) -> str:
     )
 
 
-async def prune(registry: Registry) -> Pruned:
-    """Delete the batches received more than ``retention_days`` ago, chunk by chunk."""
+async def prune(registry: Registry, *, stop: asyncio.Event | None = None) -> Pruned:
+    """Delete the batches received more than ``retention_days`` ago, chunk by chunk
+    (stopping between two chunks once ``stop`` is set)."""
     settings = registry.settings
     before = registry.now() - settings.retention_days * DAY
     batches = results = 0
@@ -66,7 +68,7 @@ async def prune(registry: Registry) -> Pruned:
         if not held:
             return Pruned(0, 0, before, ran=False)
         try:
-            while True:
+            while stop is None or not stop.is_set():
                 chunk = await repo.prune_batches(
                     connection, before=before, limit=settings.prune_chunk
                 )
@@ -75,17 +77,22 @@ async def prune(registry: Registry) -> Pruned:
                 if chunk[0] < settings.prune_chunk:
                     break
                 await asyncio.sleep(0)  # let requests in between chunks
-        finally:
-            await repo.release_prune_lock(connection)
-            await connection.commit()
+        except BaseException:
+            # Closing the connection ends its database session and so the lock with it
+            # (a pooled connection would otherwise keep holding it).
+            await connection.invalidate()
+            raise
+        await repo.release_prune_lock(connection)
+        await connection.commit()
     return Pruned(batches, results, before)
 
 
-async def prune_periodically(registry: Registry) -> None:
-    """The named background task: prune at once, then every ``prune_interval`` seconds."""
-    while True:
+async def prune_periodically(registry: Registry, stop: asyncio.Event) -> None:
+    """The named background task: prune at once, then every ``prune_interval`` seconds,
+    until ``stop`` is set (it then ends between two chunks, never inside a query)."""
+    while not stop.is_set():
         try:
-            done = await prune(registry)
+            done = await prune(registry, stop=stop)
         except Exception:
             log.exception("pruning raw probe results failed; will retry next interval")
         else:
@@ -96,4 +103,5 @@ async def prune_periodically(registry: Registry) -> None:
                     done.results,
                     done.before,
                 )
-        await asyncio.sleep(registry.settings.prune_interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), registry.settings.prune_interval)
