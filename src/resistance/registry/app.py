@@ -4,8 +4,8 @@ Theory of operation of the lifespan: migrate the database (unless told not
 to), open the engine, load or make the signing keys and the ring key, make
 the admin token on first start (handed to ``on_admin_token`` once, never
 stored in clear), publish a directory if none is fresh, then start the named
-periodic-publication task (and, on PostgreSQL, the task that prunes the
-shared rate-limit buckets); on shutdown cancel them and close the engine.
+periodic-publication and raw-result pruning tasks (and, on PostgreSQL, the
+task that prunes the shared rate-limit buckets); on shutdown cancel them and close the engine.
 
 Several processes may run this on one PostgreSQL database at once (``serve
 --workers N``, or machines behind a load balancer): migrating, and the
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resistance.net.resolve import NameServerResolver, Resolver, system_resolver
 from resistance.paths import resolve_state_dir
-from resistance.registry import services
+from resistance.registry import retention, services
 from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from resistance.registry.db import (
     Lock,
@@ -55,9 +55,12 @@ from resistance.registry.ui import pages as dashboard
 from resistance.registry.wireguard import load_or_create_prober_key
 
 PUBLISH_TASK = "registry-publish-directory"
-PRUNE_TASK = "registry-prune-rate-buckets"
+BUCKETS_TASK = "registry-prune-rate-buckets"
 #: Seconds between prunings of the shared rate-limit buckets.
 PRUNE_SECONDS = 60.0
+PRUNE_TASK = "registry-prune-raw-results"
+#: Seconds a pruning chunk under way gets to finish on shutdown before it is cancelled.
+PRUNE_GRACE = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -118,6 +121,7 @@ def create_app(
         if resolver is not None:
             registry.resolver = resolver
         tasks: list[asyncio.Task[None]] = []
+        stop_pruning = asyncio.Event()
         canary: CanaryServer | None = None
         try:
             if settings.canary is not None:
@@ -140,12 +144,21 @@ def create_app(
             if registry.buckets is not None:
                 tasks.append(
                     asyncio.create_task(
-                        _prune_periodically(registry.buckets, registry.clock), name=PRUNE_TASK
+                        _prune_periodically(registry.buckets, registry.clock), name=BUCKETS_TASK
+                    )
+                )
+            if settings.retention_days > 0:
+                tasks.append(
+                    asyncio.create_task(
+                        retention.prune_periodically(registry, stop_pruning), name=PRUNE_TASK
                     )
                 )
             yield
         finally:
+            stop_pruning.set()  # pruning ends between two chunks, not inside a query
             for task in tasks:
+                if task.get_name() == PRUNE_TASK:
+                    await asyncio.wait({task}, timeout=PRUNE_GRACE)
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):

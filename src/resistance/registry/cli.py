@@ -139,6 +139,15 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     metavar="S",
     help="Clients refresh the directory after S seconds (valid for 24 h, or S if longer).",
 )
+@click.option(
+    "--retention-days",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Keep raw probe results and batch bodies N days, then prune them in the "
+    "background (0: keep for ever); rollups, verdicts and rounds are kept.",
+)
 # --- HTTP server limits and forwarded headers (resistance.registry.server) ---
 @click.option(
     "--header-timeout",
@@ -241,6 +250,7 @@ def serve(
     probe_replicas: int,
     blocked_min_windows: int,
     fresh_seconds: int,
+    retention_days: int,
     header_timeout: float,
     body_timeout: float,
     keepalive_timeout: int,
@@ -272,6 +282,7 @@ def serve(
     import uvicorn
 
     from resistance.directory.keys import public_key_text
+    from resistance.registry import retention
     from resistance.registry.app import create_app
     from resistance.registry.db import database_url
     from resistance.registry.keys import load_or_create_signing_keys
@@ -333,6 +344,7 @@ def serve(
         probe_replicas=probe_replicas,
         fresh_seconds=fresh_seconds,
         valid_seconds=max(24 * 3600, fresh_seconds),
+        retention_days=retention_days,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         keepalive_timeout=keepalive_timeout,
@@ -356,6 +368,7 @@ def serve(
     for key in load_or_create_signing_keys(settings.state_dir):
         pinned = public_key_text(key.public_key())
         click.echo(f"directory key (clients pin it: --trust KEY): {pinned}")
+    click.echo(retention.describe(settings))
     sys.stdout.flush()
 
     def run_one() -> int:

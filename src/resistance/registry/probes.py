@@ -8,12 +8,18 @@ the canary key and is bound to this probe, its proxy and its time
 (:func:`resistance.probe.canary.verify_bound`; except WireGuard handshakes
 and MTProto exchanges, which end elsewhere: see :mod:`.wireguard`,
 :mod:`.mtproto`), and every result to use its proxy's protocol; then, in one
-transaction and under the probe lock, either find the batch id already
-stored (same digest: a harmless retry, nothing is stored; different digest:
-refused) or store the batch verbatim, its raw results, and fold the results
-into per-(proxy, probe) evidence, daily rollups and the verdicts of the
-proxies concerned, recording each change of verdict.  A refused batch
-changes nothing.
+transaction, either find the batch id already stored (same digest: a
+harmless retry, nothing is stored; different digest: refused) or store the
+batch verbatim, its raw results, and, holding the fold locks of the proxies
+concerned (PostgreSQL advisory locks, taken in id order, so registry
+processes sharing the database never fold into one proxy at once; on SQLite
+this process's one writer), fold the results into per-(proxy, probe)
+evidence, daily rollups and the verdicts of those proxies, recording each
+change of verdict.  A refused batch changes nothing.  Everything is read and
+written as plain rows with one statement per table (at 100 probes a batch's
+verdicts weigh 5,000 evidence rows; ORM objects for them were most of the
+ingest time, issue 25).  Raw results and bodies are pruned after
+``retention_days`` (:mod:`.retention`).
 
 Results for proxies outside the probe's assignment (outside its share of
 the proxies, :func:`outside_share`; or :func:`in_assignment`: not active, or
@@ -27,6 +33,7 @@ whenever a proxy is retired between its assignment and its upload.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import secrets
@@ -53,16 +60,7 @@ from resistance.probe.verdict import (
 from resistance.registry import mtproto, shard, wireguard
 from resistance.registry import repositories as repo
 from resistance.registry.errors import ApiError
-from resistance.registry.models import (
-    ProbeAccount,
-    ProbeBatch,
-    ProbeEvidenceRow,
-    ProbeResult,
-    ProbeRollup,
-    Proxy,
-    ProxyVerdict,
-    ProxyVerdictChange,
-)
+from resistance.registry.models import ProbeAccount, Proxy
 from resistance.registry.services import Registry, utc_day
 from resistance.registry.tokens import new_token, token_hash
 
@@ -326,16 +324,20 @@ async def ingest_batch(
     # counted, like those outside the rest of its assignment (see in_assignment).
     unshared = await outside_share(registry, probe, [r.proxy_id for r in batch.results])
     counted = [r for r in batch.results if r.proxy_id not in unshared]
-    async with registry.probe_lock:
+    # PostgreSQL: per-proxy advisory locks inside the transaction (repositories.
+    # lock_proxies_for_fold), good across registry processes.  SQLite: one writer at a time,
+    # and two of this process's transactions upgrading their read locks at once would fail.
+    serial = registry.probe_lock if registry.engine.dialect.name == "sqlite" else _NO_LOCK
+    async with serial:
         try:
             done = await _store(
                 registry, probe, batch.batch_id, batch.created_at, counted, body, digest
             )
         except IntegrityError:
             async with registry.sessions() as session:
-                found = await repo.batch_by_id(session, batch_id=batch.batch_id)
-            if found is not None and found.digest == digest:
-                done = Ingested(batch.batch_id, False, found.result_count)
+                found = await repo.batch_digest(session, batch_id=batch.batch_id)
+            if found is not None and found[0] == digest:
+                done = Ingested(batch.batch_id, False, found[1])
             else:
                 raise ApiError(409, "batch id already stored with different content") from None
     async with registry.sessions.begin() as session:
@@ -344,6 +346,9 @@ async def ingest_batch(
     if unshared and done.stored:
         done = replace(done, not_counted=tuple(sorted({*done.not_counted, *unshared})))
     return done
+
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 async def _store(
@@ -357,11 +362,11 @@ async def _store(
 ) -> Ingested:
     now = registry.now()
     async with registry.sessions.begin() as session:
-        existing = await repo.batch_by_id(session, batch_id=batch_id)
+        existing = await repo.batch_digest(session, batch_id=batch_id)
         if existing is not None:
-            if existing.digest != digest:
+            if existing[0] != digest:
                 raise ApiError(409, "batch id already stored with different content")
-            return Ingested(batch_id, False, existing.result_count)
+            return Ingested(batch_id, False, existing[1])
         proxy_ids = sorted({r.proxy_id for r in results})
         proxies = {p.id: p for p in await repo.proxies_by_ids(session, ids=proxy_ids)}
         if unknown := [i for i in proxy_ids if i not in proxies]:
@@ -376,34 +381,34 @@ async def _store(
             results = [r for r in results if r.proxy_id not in outside]
             proxy_ids = [i for i in proxy_ids if i not in outside]
         rows = [
-            ProbeResult(
-                batch_id=batch_id,
-                probe_id=probe.id,
-                proxy_id=r.proxy_id,
-                measured_at=r.at,
-                country=probe.country,
-                control=probe.control,
-                ok=r.ok,
-                step=r.step,
-                failure=r.failure,
-                detail=r.detail,
-                connect_us=r.connect_us,
-                ttfb_us=r.ttfb_us,
-                throughput_kbps=r.throughput_kbps,
-                mechanism=r.mechanism,
-            )
+            {
+                "batch_id": batch_id,
+                "probe_id": probe.id,
+                "proxy_id": r.proxy_id,
+                "measured_at": r.at,
+                "country": probe.country,
+                "control": probe.control,
+                "ok": r.ok,
+                "step": r.step,
+                "failure": r.failure,
+                "detail": r.detail,
+                "connect_us": r.connect_us,
+                "ttfb_us": r.ttfb_us,
+                "throughput_kbps": r.throughput_kbps,
+                "mechanism": r.mechanism,
+            }
             for r in results
         ]
-        record = ProbeBatch(
-            batch_id=batch_id,
-            probe_id=probe.id,
-            digest=digest,
-            created_at=created_at,
-            received_at=now,
-            result_count=len(results),
-            body=body.decode(),
-        )
-        await repo.add_batch(session, batch=record, results=rows)
+        record = {
+            "batch_id": batch_id,
+            "probe_id": probe.id,
+            "digest": digest,
+            "created_at": created_at,
+            "received_at": now,
+            "result_count": len(results),
+            "body": body.decode(),
+        }
+        await repo.insert_batch(session, batch=record, results=rows)
         if results:
             await _fold(registry, session, probe, proxy_ids, results, now)
     return Ingested(batch_id, True, len(results), outside)
@@ -417,123 +422,171 @@ async def _fold(
     results: Sequence[ResultRecord],
     now: int,
 ) -> None:
-    """Evidence, rollups and verdicts of the proxies in one batch."""
+    """Evidence, rollups and verdicts of the proxies in one batch.
+
+    Under the proxies' fold locks, every probe's evidence of them is read once, as tuples;
+    this probe's is folded forward with the batch's results and written back, and the
+    verdicts are evaluated over the others' evidence and this probe's new one.
+    """
     verdict_rules = rules(registry)
-    evidence_rows = await repo.evidence_for(session, proxy_ids=proxy_ids)
-    mine = {row.proxy_id: row for row in evidence_rows if row.probe_id == probe.id}
-    for r in sorted(results, key=lambda r: r.at):
-        row = mine.get(r.proxy_id)
-        before = (
-            ProbeEvidence(probe.id, probe.country, probe.control) if row is None else _evidence(row)
-        )
-        after = observe(before, at=r.at, ok=r.ok, rules=verdict_rules)
-        if row is None:
-            row = ProbeEvidenceRow(proxy_id=r.proxy_id, probe_id=probe.id)
-            session.add(row)
-            mine[r.proxy_id] = row
-        row.country, row.control = probe.country, probe.control
-        row.last_at, row.last_ok = after.last_at, after.last_ok
-        row.fail_streak, row.fail_windows = after.fail_streak, list(after.fail_windows)
-        if after is not before:  # this result is the latest one seen
-            row.mechanism = "ok" if r.ok else r.mechanism
-            row.transports = dict(r.transports) or None
-    await _roll_up(session, probe, proxy_ids, results)
-    await session.flush()
-    everyone: dict[int, list[ProbeEvidence]] = {}
-    for row in await repo.evidence_for(session, proxy_ids=proxy_ids):
-        everyone.setdefault(row.proxy_id, []).append(_evidence(row))
-    verdicts = {v.proxy_id: v for v in await repo.verdicts_for(session, proxy_ids=proxy_ids)}
-    for proxy_id in proxy_ids:
-        current = verdicts.get(proxy_id)
-        previous = (
-            Status(Verdict(current.verdict), tuple(current.blocked_in))
-            if current
-            else Status(Verdict.UNTESTED)
-        )
-        status = evaluate(previous, everyone.get(proxy_id, []), now=now, rules=verdict_rules)
-        if current is not None and status == previous:
-            current.updated_at = now
-            continue
-        if current is None:
-            session.add(
-                ProxyVerdict(
-                    proxy_id=proxy_id,
-                    verdict=status.verdict.value,
-                    blocked_in=list(status.blocked_in),
-                    since=now,
-                    updated_at=now,
-                )
-            )
+    await repo.lock_proxies_for_fold(session, proxy_ids=proxy_ids)
+    others: dict[int, list[ProbeEvidence]] = {i: [] for i in proxy_ids}
+    stored: dict[int, ProbeEvidence] = {}
+    for (
+        proxy_id,
+        probe_id,
+        country,
+        control,
+        last_at,
+        last_ok,
+        streak,
+        windows,
+    ) in await repo.evidence_views(session, proxy_ids=proxy_ids):
+        seen = ProbeEvidence(probe_id, country, control, last_at, last_ok, streak, windows)
+        if probe_id == probe.id:
+            stored[proxy_id] = seen
         else:
-            current.verdict, current.blocked_in = status.verdict.value, list(status.blocked_in)
-            current.since = current.updated_at = now
-        if status != previous:
-            session.add(
-                ProxyVerdictChange(
-                    proxy_id=proxy_id,
-                    at=now,
-                    verdict=status.verdict.value,
-                    blocked_in=list(status.blocked_in),
-                    previous=str(previous),
-                )
-            )
-
-
-def _evidence(row: ProbeEvidenceRow) -> ProbeEvidence:
-    return ProbeEvidence(
-        probe_id=row.probe_id,
-        country=row.country,
-        control=row.control,
-        last_at=row.last_at,
-        last_ok=row.last_ok,
-        fail_streak=row.fail_streak,
-        fail_windows=tuple(row.fail_windows),
+            others[proxy_id].append(seen)
+    # This probe's rows always carry its account's country and kind.
+    mine = {
+        proxy_id: replace(seen, country=probe.country, control=probe.control)
+        for proxy_id, seen in stored.items()
+    }
+    newest: dict[int, ResultRecord] = {}
+    for r in sorted(results, key=lambda r: r.at):
+        before = mine.get(r.proxy_id)
+        if before is None:
+            before = ProbeEvidence(probe.id, probe.country, probe.control)
+        after = observe(before, at=r.at, ok=r.ok, rules=verdict_rules)
+        mine[r.proxy_id] = after
+        if after is not before:  # this result is the latest one seen
+            newest[r.proxy_id] = r
+    await repo.save_evidence(
+        session,
+        rows=[
+            {
+                **_evidence_row(mine[proxy_id], proxy_id),
+                "mechanism": "ok" if r.ok else r.mechanism,
+                "transports": dict(r.transports) or None,
+            }
+            for proxy_id, r in newest.items()
+        ],
+        with_mechanism=True,
     )
+    await repo.save_evidence(  # rows whose only change is the account's country or kind
+        session,
+        rows=[
+            _evidence_row(mine[proxy_id], proxy_id)
+            for proxy_id in proxy_ids
+            if proxy_id not in newest and stored[proxy_id] != mine[proxy_id]
+        ],
+        with_mechanism=False,
+    )
+    await _roll_up(session, probe, proxy_ids, results)
+    current = await repo.verdict_states(session, proxy_ids=proxy_ids)
+    unchanged: list[int] = []
+    verdicts: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    for proxy_id in proxy_ids:
+        found = current.get(proxy_id)
+        previous = Status(Verdict(found[0]), tuple(found[1])) if found else Status(Verdict.UNTESTED)
+        evidence = [*others[proxy_id], mine[proxy_id]]
+        status = evaluate(previous, evidence, now=now, rules=verdict_rules)
+        if found is not None and status == previous:
+            unchanged.append(proxy_id)
+            continue
+        blocked_in = list(status.blocked_in)
+        verdicts.append(
+            {
+                "proxy_id": proxy_id,
+                "verdict": status.verdict.value,
+                "blocked_in": blocked_in,
+                "since": now,
+                "updated_at": now,
+            }
+        )
+        if status != previous:
+            changes.append(
+                {
+                    "proxy_id": proxy_id,
+                    "at": now,
+                    "verdict": status.verdict.value,
+                    "blocked_in": blocked_in,
+                    "previous": str(previous),
+                }
+            )
+    await repo.touch_verdicts(session, proxy_ids=unchanged, now=now)
+    await repo.save_verdicts(session, verdicts=verdicts, changes=changes)
+
+
+def _evidence_row(evidence: ProbeEvidence, proxy_id: int) -> dict[str, Any]:
+    return {
+        "proxy_id": proxy_id,
+        "probe_id": evidence.probe_id,
+        "country": evidence.country,
+        "control": evidence.control,
+        "last_at": evidence.last_at,
+        "last_ok": evidence.last_ok,
+        "fail_streak": evidence.fail_streak,
+        "fail_windows": list(evidence.fail_windows),
+    }
 
 
 async def _roll_up(
     session: Any, probe: ProbeAccount, proxy_ids: list[int], results: Sequence[ResultRecord]
 ) -> None:
-    days = sorted({utc_day(r.at) for r in results})
-    existing = {
-        (row.proxy_id, row.day): row
-        for row in await repo.rollups_for(session, proxy_ids=proxy_ids, days=days, lock=True)
-        if row.country == probe.country and row.control == probe.control
+    """Add the results to this vantage kind's daily rollups (read, changed, written back)."""
+    days = {r.at: utc_day(r.at) for r in results}
+    totals: dict[tuple[int, str], list[Any]] = {
+        (proxy_id, day): [attempts, successes, list(latency), list(throughput)]
+        for proxy_id, day, attempts, successes, latency, throughput in await repo.rollup_counts(
+            session,
+            proxy_ids=proxy_ids,
+            days=sorted(set(days.values())),
+            country=probe.country,
+            control=probe.control,
+        )
     }
     touched: set[tuple[int, str]] = set()
     for r in results:
-        key = (r.proxy_id, utc_day(r.at))
-        row = existing.get(key)
+        key = (r.proxy_id, days[r.at])
+        row = totals.get(key)
         if row is None:
-            row = ProbeRollup(
-                proxy_id=r.proxy_id,
-                day=key[1],
-                country=probe.country,
-                control=probe.control,
-                attempts=0,
-                successes=0,
-                latency_hist=rollup.empty(rollup.LATENCY_BOUNDS_MS),
-                throughput_hist=rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
-            )
-            session.add(row)
-            existing[key] = row
-        row.attempts += 1
+            row = totals[key] = [
+                0,
+                0,
+                rollup.empty(rollup.LATENCY_BOUNDS_MS),
+                rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
+            ]
+        row[0] += 1
         if r.ok:
-            row.successes += 1
-            latency, throughput = list(row.latency_hist), list(row.throughput_hist)
+            row[1] += 1
             if r.connect_us is not None:
-                rollup.add(latency, rollup.LATENCY_BOUNDS_MS, math.ceil(r.connect_us / 1000))
+                rollup.add(row[2], rollup.LATENCY_BOUNDS_MS, math.ceil(r.connect_us / 1000))
             if r.throughput_kbps is not None:
-                rollup.add(throughput, rollup.THROUGHPUT_BOUNDS_KBPS, r.throughput_kbps)
-            row.latency_hist, row.throughput_hist = latency, throughput  # new lists: JSON changes
+                rollup.add(row[3], rollup.THROUGHPUT_BOUNDS_KBPS, r.throughput_kbps)
         touched.add(key)
-    for key in touched:
-        row = existing[key]
-        row.latency_p50_ms = rollup.percentile(row.latency_hist, rollup.LATENCY_BOUNDS_MS, 0.5)
-        row.latency_p90_ms = rollup.percentile(row.latency_hist, rollup.LATENCY_BOUNDS_MS, 0.9)
-        row.throughput_p50_kbps = rollup.percentile(
-            row.throughput_hist, rollup.THROUGHPUT_BOUNDS_KBPS, 0.5
+    rows = []
+    for proxy_id, day in sorted(touched):
+        attempts, successes, latency, throughput = totals[(proxy_id, day)]
+        rows.append(
+            {
+                "proxy_id": proxy_id,
+                "day": day,
+                "country": probe.country,
+                "control": probe.control,
+                "attempts": attempts,
+                "successes": successes,
+                "latency_hist": latency,
+                "latency_p50_ms": rollup.percentile(latency, rollup.LATENCY_BOUNDS_MS, 0.5),
+                "latency_p90_ms": rollup.percentile(latency, rollup.LATENCY_BOUNDS_MS, 0.9),
+                "throughput_hist": throughput,
+                "throughput_p50_kbps": rollup.percentile(
+                    throughput, rollup.THROUGHPUT_BOUNDS_KBPS, 0.5
+                ),
+            }
         )
+    await repo.save_rollups(session, rows=rows)
 
 
 async def proxy_status(registry: Registry, *, proxy_id: int) -> dict[str, Any]:

@@ -86,7 +86,8 @@ class Registry:
     #: The canary's signing key and where it actually listens (set by the lifespan).
     canary_key: Ed25519PrivateKey | None = None
     canary_address: tuple[str, int] | None = None
-    #: Serializes batch ingestion (evidence and rollups are read-modify-write).
+    #: Serializes batch ingestion on SQLite (one writer); on PostgreSQL per-proxy advisory
+    #: locks do it across processes (see :func:`repositories.lock_proxies_for_fold`).
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The engine shared rate-limit buckets go through (PostgreSQL only; see ratelimit.py).
     buckets: AsyncEngine | None = None

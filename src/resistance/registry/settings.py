@@ -83,6 +83,12 @@ class RegistrySettings:
     #: on (at least ``probe_flag_min`` of them) is flagged as lying or broken.
     probe_flag_rate: float = 0.25
     probe_flag_min: int = 20
+    #: Days raw results and batch bodies are kept after they arrive (0: for ever); see
+    #: :mod:`resistance.registry.retention`.  Pruned every ``prune_interval`` seconds, at
+    #: most ``prune_chunk`` batches per transaction.
+    retention_days: int = 3
+    prune_interval: float = 600.0
+    prune_chunk: int = 500
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -123,3 +129,7 @@ class RegistrySettings:
             raise ConfigError("probe flag rate must be in [0, 1) and its minimum at least 1")
         if self.batch_max_age < 60:
             raise ConfigError("batch max age must be at least 60 s")
+        if self.retention_days < 0 or self.prune_interval <= 0 or self.prune_chunk < 1:
+            raise ConfigError(
+                "retention must be >= 0 days, the prune interval positive, its chunk >= 1"
+            )
