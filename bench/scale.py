@@ -49,7 +49,6 @@ import multiprocessing
 import os
 import random
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,6 +100,8 @@ class Plan:
     ingest_results: int = 10_000
     senders: int = 4
     step_timeout: float = 600.0
+    #: The server is stopped when its RSS passes this (bytes); its step fails.
+    max_rss: float = 8e9
 
     @property
     def operators(self) -> int:
@@ -161,7 +162,11 @@ class Run:
 
 
 class StepFailed(Exception):
-    """A step's one-line reason for failing."""
+    """A step's one-line reason for failing; ``stuck``: the server may still be at it."""
+
+    def __init__(self, why: str, *, stuck: bool = False) -> None:
+        super().__init__(why)
+        self.stuck = stuck
 
 
 def one_line(text: str, limit: int = 150) -> str:
@@ -181,7 +186,7 @@ async def within(seconds: float, what: str, work: Awaitable[Any]) -> Any:
     try:
         return await asyncio.wait_for(work, seconds)
     except TimeoutError:
-        raise StepFailed(f"{what} took longer than {seconds:.0f} s") from None
+        raise StepFailed(f"{what} took longer than {seconds:.0f} s", stuck=True) from None
 
 
 # --- the results probes send (the probe's own code) ------------------------------------
@@ -301,6 +306,15 @@ def table_rows(
     day0 = dt.datetime.fromtimestamp(now, dt.UTC).date() - dt.timedelta(days=days)
     day_names = [(day0 + dt.timedelta(days=d)).isoformat() for d in range(days)]
 
+    hists: dict[int, tuple[str, str]] = {}  # per success count: its two histograms as JSON
+
+    def histograms(ok: int) -> tuple[str, str]:
+        if ok not in hists:
+            h, t = list(lat), list(thr)
+            h[9], h[11], t[7] = ok * 2 // 3, ok - ok * 2 // 3, ok
+            hists[ok] = json.dumps(h), json.dumps(t)
+        return hists[ok]
+
     def rollups() -> Iterator[tuple[Any, ...]]:
         for g in range(1, n + 1):
             blocked_from = days - 1 - g % 7 if blocked(g) else days
@@ -310,13 +324,9 @@ def table_rows(
                     ok = attempts - (g + d) % 5
                     if country == INSIDE and d >= blocked_from:
                         ok = 0
-                    h = list(lat)
-                    h[9], h[11] = ok * 2 // 3, ok - ok * 2 // 3
-                    t = list(thr)
-                    t[7] = ok
-                    yield (g, day, country, control, attempts, ok, json.dumps(h),
-                           50 if ok else None, 100 if ok else None, json.dumps(t),
-                           8000 if ok else None)  # fmt: skip
+                    h, t = histograms(ok)
+                    yield (g, day, country, control, attempts, ok, h, 50 if ok else None,
+                           100 if ok else None, t, 8000 if ok else None)  # fmt: skip
 
     # Raw results: a real signed batch's body stands for every stored batch's body (same
     # size and shape); the rows are what the registry keeps of each result.
@@ -468,13 +478,14 @@ async def load(
 class Server:
     """``resist registry serve`` in its own process, with its RSS sampled."""
 
-    def __init__(self, url: str, state: Path) -> None:
-        self.url, self.state = url, state
+    def __init__(self, url: str, state: Path, max_rss: float) -> None:
+        self.url, self.state, self.max_rss = url, state, max_rss
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.err_path = state / "server.err"
         self._err_mark = 0
         self.peak = 0
+        self.over_limit = False
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
 
@@ -525,6 +536,11 @@ class Server:
                 except psutil.Error:
                     continue
                 self.peak = max(self.peak, rss)
+                if rss > self.max_rss and self.proc is not None:
+                    # Other work shares this machine: a server over the limit is stopped
+                    # (its step then fails with the reason) rather than left to grow.
+                    self.over_limit = True
+                    self.proc.kill()
 
         self._sampler = threading.Thread(target=sample, name="scale-rss-sampler", daemon=True)
         self._sampler.start()
@@ -541,6 +557,11 @@ class Server:
             f.seek(self._err_mark)
             text = f.read().decode(errors="replace")
         return one_line(text) if text.strip() else ""
+
+    async def restart(self, deadline: float) -> float:
+        self.stop()
+        self.over_limit = False
+        return await self.start(deadline)
 
     def stop(self) -> None:
         self._stop.set()
@@ -743,19 +764,33 @@ async def step(
     seconds: float,
     console: Console,
 ) -> bool:
+    first = len(run.figures)
     with console.status(f"{run.plan.proxies:,} proxies: {name}…"):
         server.mark()
         try:
             await within(seconds, name, work())
-        except StepFailed as exc:
-            run.fail(name, "result", str(exc))
-            return False
-        except (httpx.HTTPError, OSError, asyncpg.PostgresError) as exc:
-            run.fail(name, "result", server.error_since_mark() or one_line(repr(exc)))
+        except (StepFailed, httpx.HTTPError, OSError, asyncpg.PostgresError) as exc:
+            if server.over_limit:
+                why = f"server RSS over {server.max_rss / 1e9:.0f} GB: stopped (--max-rss)"
+            elif isinstance(exc, StepFailed):
+                why = str(exc)
+            else:
+                why = server.error_since_mark() or one_line(repr(exc))
+            run.fail(name, "result", why)
+            if server.over_limit or (isinstance(exc, StepFailed) and exc.stuck):
+                # The next step gets a server that is not still busy with this one.
+                try:
+                    await server.restart(seconds)
+                except StepFailed as again:
+                    run.fail(name, "restart after it", str(again))
             return False
         finally:
             if server.proc is not None:
                 run.add(name, "server peak RSS", server.peak / 1e6, mb(server.peak))
+            for f in run.figures[first:]:
+                console.print(
+                    f"[dim]{run.plan.proxies:,} proxies: {name}: {f.name}: {f.text}[/dim]"
+                )
     return True
 
 
@@ -804,7 +839,7 @@ async def _measure(
     console.print(f"[dim]{plan.proxies:,} proxies: loaded {rows:,} rows in "
                   f"{time.monotonic() - started:.0f} s[/dim]")  # fmt: skip
 
-    server = Server(url, state)
+    server = Server(url, state, plan.max_rss)
     headers = {"Authorization": f"Bearer {fleet.admin_token}"}
     try:
 
@@ -823,7 +858,7 @@ async def _measure(
                 body,
             )
             await conn.close()
-            server = Server(url, state)
+            server = Server(url, state, plan.max_rss)
             server.mark()
             try:
                 await within(timeout, "start", server.start(timeout))
@@ -844,26 +879,24 @@ async def _measure(
             await step(run, server, "publish", publish, timeout, console)
 
             async def assignment() -> None:
-                inside = 1
+                # An inside probe's assignment also says what the control vantages last
+                # saw of each proxy; a control probe's does not: both are measured.
                 control = next(
                     (i for i in range(1, plan.probes + 1) if probe_country(i, plan.probes)[1]),
                     plan.probes,
                 )
-                seconds, sizes, counted = [], [], 0
                 async with httpx.AsyncClient(timeout=timeout) as probe:
-                    for i in (inside, control, plan.probes // 2 or 1):
+                    for label, i in (("inside", 1), ("control", control)):
                         t0 = time.perf_counter()
                         got = await _request(
                             server, probe, "GET", "/api/v1/probe/assignment",
                             headers={"Authorization": f"Bearer {fleet.probe_tokens[i]}"},
                         )  # fmt: skip
-                        seconds.append(time.perf_counter() - t0)
-                        sizes.append(len(got.content))
-                        counted = len(got.json()["proxies"])
-                s, size = statistics.median(seconds), statistics.median(sizes)
-                run.add("assignment", "seconds per probe", s, f"{s:.2f} s")
-                run.add("assignment", "bytes per probe", size / 1e6,
-                        f"{size / 1e6:.1f} MB, {counted:,} proxies")  # fmt: skip
+                        s = time.perf_counter() - t0
+                        size, counted = len(got.content), len(got.json()["proxies"])
+                        run.add("assignment", f"seconds, {label} probe", s, f"{s:.2f} s")
+                        run.add("assignment", f"bytes, {label} probe", size / 1e6,
+                                f"{size / 1e6:.1f} MB, {counted:,} proxies")  # fmt: skip
 
             await step(run, server, "assignment", assignment, timeout, console)
 
@@ -955,6 +988,7 @@ def single_table(run: Run) -> Table:
         title=f"registry at scale: {p.proxies:,} proxies, {p.operators:,} operators, "
         f"{p.probes} probes, {p.days} days (PostgreSQL, {os.cpu_count()} CPUs)"
     )
+    table.caption = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end"
     table.add_column("step")
     table.add_column("figure")
     table.add_column("result")
@@ -997,8 +1031,8 @@ def _k(n: int) -> str:
 
 PLOTTED = (
     ("publish", "seconds", "publish s"),
-    ("assignment", "seconds per probe", "assignment s"),
-    ("assignment", "bytes per probe", "assignment bytes"),
+    ("assignment", "seconds, inside probe", "assignment s (inside)"),
+    ("assignment", "bytes, inside probe", "assignment bytes"),
     ("ingest", "results per second", "ingest results/s"),
     ("round", "seconds", "grant round s"),
     ("round", "server peak RSS", "round peak RSS"),
@@ -1092,6 +1126,8 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4, help="sender processes")
     parser.add_argument("--step-timeout", type=float, default=600.0, metavar="S",
                         help="each step's deadline (loading 3x, ingest and round 2x)")  # fmt: skip
+    parser.add_argument("--max-rss", type=float, default=8.0, metavar="GB",
+                        help="stop the server (its step fails) past this RSS")  # fmt: skip
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -1106,7 +1142,8 @@ def main() -> int:
     else:
         plans = [
             Plan(int(s), probes=args.probes, days=args.days, ingest_results=args.ingest_results,
-                 senders=args.senders, step_timeout=args.step_timeout)
+                 senders=args.senders, step_timeout=args.step_timeout,
+                 max_rss=args.max_rss * 1e9)
             for s in args.sizes.split(",")
         ]  # fmt: skip
     if any(p.proxies < 1 or p.probes < 2 or p.days < 1 for p in plans):
