@@ -100,6 +100,7 @@ class Plan:
     ingest_results: int = 10_000
     senders: int = 4
     step_timeout: float = 600.0
+    load_timeout: float = 3600.0
     #: The server is stopped when its RSS passes this (bytes); its step fails.
     max_rss: float = 8e9
 
@@ -825,7 +826,7 @@ async def _measure(
     started = time.monotonic()
     try:
         await within(timeout, "migrate", migrate(url))
-        counts = await within(3 * timeout, "load", load(dsn, plan, fleet, canary, console))
+        counts = await within(plan.load_timeout, "load", load(dsn, plan, fleet, canary, console))
     except (StepFailed, asyncpg.PostgresError, OSError) as exc:
         run.fail("load", "result", one_line(str(exc)))
         return
@@ -1125,7 +1126,8 @@ def main() -> int:
                         help="results uploaded in the ingest step")  # fmt: skip
     parser.add_argument("--senders", type=int, default=4, help="sender processes")
     parser.add_argument("--step-timeout", type=float, default=600.0, metavar="S",
-                        help="each step's deadline (loading 3x, ingest and round 2x)")  # fmt: skip
+                        help="each step's deadline (ingest and round 2x)")  # fmt: skip
+    parser.add_argument("--load-timeout", type=float, default=3600.0, metavar="S")
     parser.add_argument("--max-rss", type=float, default=8.0, metavar="GB",
                         help="stop the server (its step fails) past this RSS")  # fmt: skip
     parser.add_argument(
@@ -1143,7 +1145,7 @@ def main() -> int:
         plans = [
             Plan(int(s), probes=args.probes, days=args.days, ingest_results=args.ingest_results,
                  senders=args.senders, step_timeout=args.step_timeout,
-                 max_rss=args.max_rss * 1e9)
+                 max_rss=args.max_rss * 1e9, load_timeout=args.load_timeout)
             for s in args.sizes.split(",")
         ]  # fmt: skip
     if any(p.proxies < 1 or p.probes < 2 or p.days < 1 for p in plans):
