@@ -162,6 +162,15 @@ class Run:
         }  # fmt: skip
 
 
+def run_from_json(data: dict[str, Any]) -> Run:
+    """A run as ``Run.json`` wrote it (for ``--report``)."""
+    run = Run(Plan(data["proxies"], probes=data["probes"], days=data["days"]))
+    run.figures = [
+        Figure(f["step"], f["name"], f["value"], f["text"], f["failed"]) for f in data["figures"]
+    ]
+    return run
+
+
 class StepFailed(Exception):
     """A step's one-line reason for failing; ``stuck``: the server may still be at it."""
 
@@ -1137,6 +1146,14 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="write the growth plot (SVG) here")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: the growth table and plot of earlier --json runs",
+    )
+    parser.add_argument("--width", type=int, help="table width (default: the terminal's)")
     args = parser.parse_args()
     if args.quick:
         plans = [Plan(1000, probes=5, days=2, raw_per_proxy=2, ingest_results=500, senders=2,
@@ -1150,8 +1167,14 @@ def main() -> int:
         ]  # fmt: skip
     if any(p.proxies < 1 or p.probes < 2 or p.days < 1 for p in plans):
         parser.error("sizes must be positive, with at least 2 probes and 1 day")
-    console = Console()
+    console = Console(width=args.width)
     runs = []
+    if args.report:
+        runs = sorted(
+            (run_from_json(item) for path in args.report for item in json.loads(path.read_text())),
+            key=lambda r: r.plan.proxies,
+        )
+        plans = []
     for plan in plans:
         run = asyncio.run(measure(plan, console))
         console.print(single_table(run))
