@@ -985,7 +985,7 @@ async def _measure(
     run.add("database", "size at the end", end["total"] / 1e6, mb(end["total"]))
     per = end["total"] / max(1, end["attempts"]) * 1e6
     run.add("database", "per million measurements", per / 1e6,
-            f"{per / 1e6:.1f} MB per million checks counted in rollups "
+            f"{per / 1e3:,.0f} kB per million checks counted in rollups "
             f"({end['attempts']:,} checks)")  # fmt: skip
 
 
@@ -1024,7 +1024,8 @@ def growth_table(runs: Sequence[Run]) -> Table:
         cells = []
         found = [next((f for f in r.figures if (f.step, f.name) == key), None) for r in runs]
         for f in found:
-            cells.append("—" if f is None else (f"[red]{f.text}[/red]" if f.failed else f.text))
+            short = "—" if f is None else f.text.split(" (")[0]  # the figure, not its notes
+            cells.append(f"[red]{f.text}[/red]" if f is not None and f.failed else short)
         a, b = found[0], found[-1]
         ratio = (
             f"{b.value / a.value:.1f}x"
