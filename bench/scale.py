@@ -189,6 +189,8 @@ def one_line(text: str, limit: int = 150) -> str:
     else:
         found = lines[-1] if lines else "no output"
     found = re.sub(r"^[\w.]+\.(\w+(Error|Exception))", r"\1", found)
+    # SQLAlchemy's wrapping names the driver's exception class again: once is enough.
+    found = re.sub(r"\((sqlalchemy|asyncpg)[\w.]*\)\s*|<class '[\w.]+'>:\s*", "", found)
     return found if len(found) <= limit else found[: limit - 1] + "…"
 
 

@@ -80,6 +80,14 @@ def test_one_line_names_the_exception_of_a_traceback() -> None:
     assert scale.one_line(output) == (
         "InterfaceError: the number of query arguments cannot exceed 32767"
     )
+    wrapped = (
+        "sqlalchemy.exc.InterfaceError: (sqlalchemy.dialects.postgresql.asyncpg.InterfaceError)"
+        " <class 'asyncpg.exceptions._base.InterfaceError'>: the number of query arguments "
+        "cannot exceed 32767\n"
+    )
+    assert scale.one_line(wrapped) == (
+        "InterfaceError: the number of query arguments cannot exceed 32767"
+    )
     assert scale.one_line("") == "no output"
     assert scale.one_line("just this\n") == "just this"
 
