@@ -892,13 +892,14 @@ async def _measure(
 
             async def assignment() -> None:
                 # An inside probe's assignment also says what the control vantages last
-                # saw of each proxy; a control probe's does not: both are measured.
+                # saw of each proxy; a control probe's does not: both are measured, the
+                # control one first (it is measured even when the inside one runs out of time).
                 control = next(
                     (i for i in range(1, plan.probes + 1) if probe_country(i, plan.probes)[1]),
                     plan.probes,
                 )
                 async with httpx.AsyncClient(timeout=timeout) as probe:
-                    for label, i in (("inside", 1), ("control", control)):
+                    for label, i in (("control", control), ("inside", 1)):
                         t0 = time.perf_counter()
                         got = await _request(
                             server, probe, "GET", "/api/v1/probe/assignment",
