@@ -755,17 +755,25 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def latency(server: Server, stop: asyncio.Event) -> list[float]:
-    """``GET /healthz`` every 20 ms until ``stop``: each request's time in ms."""
+async def latency(server: Server, stop: asyncio.Event) -> tuple[list[float], list[str]]:
+    """``GET /healthz`` every 20 ms until ``stop``: each answered request's time in ms, and
+    what went wrong with the others (kept apart: the step's own request says why it failed)."""
     times: list[float] = []
+    errors: list[str] = []
     async with httpx.AsyncClient(timeout=None) as client:
         while not stop.is_set():
             started = time.perf_counter()
-            await client.get(server.base + "/healthz")
-            times.append((time.perf_counter() - started) * 1000)
+            try:
+                response = await client.get(server.base + "/healthz")
+            except httpx.HTTPError as exc:
+                errors.append(repr(exc))
+            else:
+                times.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.02)
-    return times
+    return times, errors
 
 
 async def step(
@@ -784,6 +792,9 @@ async def step(
         except (StepFailed, httpx.HTTPError, OSError, asyncpg.PostgresError) as exc:
             if server.over_limit:
                 why = f"server RSS over {server.max_rss / 1e9:.0f} GB: stopped (--max-rss)"
+            elif server.proc is not None and server.proc.poll() is not None:
+                code = server.proc.returncode
+                why = f"server exited ({code}) during the step: {server.error_since_mark()}"
             elif isinstance(exc, StepFailed):
                 why = str(exc)
             else:
@@ -949,7 +960,7 @@ async def _measure(
                 idle = asyncio.create_task(latency(server, idle_stop), name="scale-idle-latency")
                 await asyncio.sleep(1.0)
                 idle_stop.set()
-                quiet = await idle
+                quiet, _ = await idle
                 today = dt.datetime.now(dt.UTC).date()
                 body = {
                     "round_id": "scale-bench",
@@ -966,7 +977,9 @@ async def _measure(
                     seconds = time.perf_counter() - t0
                 finally:
                     stop.set()
-                    during = await busy
+                    during, failures = await busy
+                if not during:
+                    raise StepFailed(f"no GET /healthz answered: {failures[:1]}")
                 payouts = made.json().get("payouts")
                 run.add("round", "seconds", seconds, f"{seconds:.1f} s, {payouts:,} payouts")
                 run.add("round", "API p50 ms idle", percentile(quiet, 0.5),
@@ -978,7 +991,8 @@ async def _measure(
                     "round",
                     "API p99 ms during",
                     p99,
-                    f"{p99:.1f} ms, max {max(during):.0f} ms ({len(during)} requests)",
+                    f"{p99:.1f} ms, max {max(during):.0f} ms ({len(during)} requests"
+                    + (f", {len(failures)} failed: {failures[0]})" if failures else ")"),
                 )
 
             await step(run, server, "round", round_, timeout * 2, console)
