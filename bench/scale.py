@@ -1032,17 +1032,27 @@ def growth_table(runs: Sequence[Run]) -> Table:
     for r in runs:
         table.add_column(f"{r.plan.proxies:,}", overflow="fold")
     table.add_column(f"{_k(last.plan.proxies)}/{_k(first.plan.proxies)}", justify="right")
-    keys: list[tuple[str, str]] = []
+    steps: list[str] = []
+    names: dict[str, list[str]] = {}
     for r in runs:
         for f in r.figures:
-            if (f.step, f.name) not in keys:
-                keys.append((f.step, f.name))
+            if f.step not in steps:
+                steps.append(f.step)
+            if f.name not in names.setdefault(f.step, []):
+                names[f.step].append(f.name)
+    keys = [(step_, name) for step_ in steps for name in names[step_]]
     for key in keys:
         cells = []
         found = [next((f for f in r.figures if (f.step, f.name) == key), None) for r in runs]
-        for f in found:
-            short = "—" if f is None else f.text.split(" (")[0]  # the figure, not its notes
-            cells.append(f"[red]{f.text}[/red]" if f is not None and f.failed else short)
+        for r, f in zip(runs, found, strict=True):
+            if f is not None and f.failed:
+                cells.append(f"[red]{f.text}[/red]")
+            elif f is not None:
+                cells.append(f.text.split(" (")[0])  # the figure, not its notes
+            elif any(g.failed for g in r.figures if g.step == key[0]):
+                cells.append("[red]failed[/red]")  # its step failed before this figure
+            else:
+                cells.append("—")
         a, b = found[0], found[-1]
         ratio = (
             f"{b.value / a.value:.1f}x"
