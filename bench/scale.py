@@ -142,6 +142,8 @@ class Figure:
 class Run:
     plan: Plan
     figures: list[Figure] = field(default_factory=list)
+    #: The machine's 1-minute load average when the run ended (it shares the machine).
+    load_average: float = 0.0
 
     def add(self, step: str, name: str, value: float | None, text: str) -> None:
         self.figures.append(Figure(step, name, value, text))
@@ -154,6 +156,7 @@ class Run:
             "proxies": self.plan.proxies,
             "probes": self.plan.probes,
             "days": self.plan.days,
+            "load_average": self.load_average,
             "figures": [
                 {"step": f.step, "name": f.name, "value": f.value, "text": f.text,
                  "failed": f.failed}
@@ -165,6 +168,7 @@ class Run:
 def run_from_json(data: dict[str, Any]) -> Run:
     """A run as ``Run.json`` wrote it (for ``--report``)."""
     run = Run(Plan(data["proxies"], probes=data["probes"], days=data["days"]))
+    run.load_average = data.get("load_average", 0.0)
     run.figures = [
         Figure(f["step"], f["name"], f["value"], f["text"], f["failed"]) for f in data["figures"]
     ]
@@ -1015,7 +1019,7 @@ def single_table(run: Run) -> Table:
         title=f"registry at scale: {p.proxies:,} proxies, {p.operators:,} operators, "
         f"{p.probes} probes, {p.days} days (PostgreSQL, {os.cpu_count()} CPUs)"
     )
-    table.caption = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end"
+    table.caption = f"load average {run.load_average:.1f} on {os.cpu_count()} CPUs at the end"
     table.add_column("step")
     table.add_column("figure")
     table.add_column("result")
@@ -1205,8 +1209,10 @@ def main() -> int:
         plans = []
     for plan in plans:
         run = asyncio.run(measure(plan, console))
-        console.print(single_table(run))
+        run.load_average = os.getloadavg()[0]
         runs.append(run)
+    for run in runs:
+        console.print(single_table(run))
     if len(runs) > 1:
         console.print(growth_table(runs))
     if args.plot is not None:
