@@ -29,10 +29,14 @@ The server's peak RSS (its process tree, sampled with psutil every 20 ms) is
 shown per step.  Every step has a deadline and shows ``failed: <one line>``
 instead of hanging.  ``--sizes 10000,100000`` runs each size in turn and
 prints the growth table (each figure per size and the ratio largest /
-smallest) and writes an SVG plot of it (``--plot``).
+smallest) and writes an SVG plot of it (``--plot``); ``--json`` keeps every
+figure, and ``--report A.json B.json`` makes the tables and plot from kept runs
+(BEFORE and AFTER a change).  A step that runs out of time, or a server past
+``--max-rss``, fails its step and the server is restarted for the next one.
 
     .venv/bin/python bench/scale.py --sizes 10000                # one size
     .venv/bin/python bench/scale.py --sizes 10000,100000 --plot docs/scale-growth.svg
+    .venv/bin/python bench/scale.py --report docs/scale-before.json after.json
     .venv/bin/python bench/scale.py --quick                     # 1k proxies, 5 probes, 2 days
 """
 
