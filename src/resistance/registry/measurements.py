@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
 from resistance.registry.blocklist import address_hex
-from resistance.registry.models import Proxy
+from resistance.registry.models import Proxy, proven_address
 
 #: Days of rollups the directory summarizes (today and the days before).
 DAYS = 2
@@ -110,7 +110,7 @@ async def refresh_flags(
             listed[proxy.id] = (flag[1], flag[2] if flag[1] else None)
             continue
         try:
-            stale[proxy.id] = address_hex(proxy.address)
+            stale[proxy.id] = address_hex(proven_address(proxy))  # a row: no properties
         except ValueError:
             continue
     if len(stale) > LOOKUPS_AT_MOST:

@@ -124,7 +124,14 @@ class Proxy(Base):
     @property
     def address(self) -> str:
         """The IP address the proxy was proven at: its host, or its name's first address."""
-        return self.addresses[0] if self.addresses else self.host
+        return proven_address(self)
+
+
+def proven_address(proxy: Any) -> str:
+    """:attr:`Proxy.address` of a proxy or of a plain row of its columns (the directory
+    reads rows, not objects): its host, or its name's first proven address."""
+    addresses = proxy.addresses
+    return str(addresses[0]) if addresses else str(proxy.host)
 
 
 class StatementNonce(Base):
