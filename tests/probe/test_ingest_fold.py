@@ -216,8 +216,9 @@ async def test_concurrent_batches_from_two_registries_on_one_database_lose_no_co
         pytest.skip("one SQLite file has one writer: several registries share PostgreSQL")
     state = tmp_path / "reg"
     async with (
-        start_registry(state, db_url, canary=Endpoint("127.0.0.1", 0)) as one,
-        start_registry(state, db_url, canary=Endpoint("127.0.0.1", 0)) as two,
+        # every probe measures every proxy here (no sharding: 4 probes, 4 replicas)
+        start_registry(state, db_url, canary=Endpoint("127.0.0.1", 0), probe_replicas=4) as one,
+        start_registry(state, db_url, canary=Endpoint("127.0.0.1", 0), probe_replicas=4) as two,
     ):
         proxies = await add_proxies(one, 20)
         probes = [await add_probe(one, f"msk-{n}", "RU", False) for n in range(4)]

@@ -205,8 +205,12 @@ async def test_a_new_blocklist_import_reflags_every_proxy_at_the_next_publicatio
             "ranges, skipped) VALUES ('dump-2', 'dump', NULL, $1, 4, 4, 0) RETURNING id",
             now,
         )
+        # the new version: the ranges it adds (an earlier version's would end here)
+        await conn.execute(
+            "UPDATE blocklist_spans SET until_import = $1 WHERE until_import IS NULL", new
+        )
         await conn.executemany(
-            "INSERT INTO blocklist_ranges (start_hex, end_hex, import_id) VALUES ($1, $2, $3)",
+            "INSERT INTO blocklist_spans (start_hex, end_hex, first_import) VALUES ($1, $2, $3)",
             [(a, b, new) for a, b in ranges],
         )
         await conn.execute("DELETE FROM proxy_blocklist_flags WHERE proxy_id % 2 = 0")

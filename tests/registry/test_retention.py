@@ -71,7 +71,11 @@ async def test_old_batches_and_results_go_and_what_was_folded_from_them_stays(
         await age(reg, young[0], 3 * DAY - 60)  # not yet old enough
         kept = [await rows(reg, sql) for sql in KEPT]
         async with reg.registry.sessions() as session:
-            paid_from = await repo.rollup_rows(session, country="RU", since=None, before="9999")
+            paid_from = [
+                tuple(row)
+                async for part in repo.rollup_rows(session, country="RU", since=None, before="9999")
+                for row in part
+            ]
 
         done = await retention.prune(reg.registry)
 
@@ -85,10 +89,11 @@ async def test_old_batches_and_results_go_and_what_was_folded_from_them_stays(
         assert await rows(reg, "SELECT COUNT(*) FROM probe_results") == [(4,)]
         assert [await rows(reg, sql) for sql in KEPT] == kept
         async with reg.registry.sessions() as session:
-            assert (
-                await repo.rollup_rows(session, country="RU", since=None, before="9999")
-                == paid_from
-            )
+            assert [
+                tuple(row)
+                async for part in repo.rollup_rows(session, country="RU", since=None, before="9999")
+                for row in part
+            ] == paid_from
         again = await retention.prune(reg.registry)
         assert (again.batches, again.results) == (0, 0)
 
