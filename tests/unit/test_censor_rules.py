@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -138,3 +142,81 @@ def test_any_nflog_read_gives_packets_or_nothing(data: bytes) -> None:
     packets = cw.nflog_packets(data)
     assert all(isinstance(p, bytes) and len(p) <= len(data) for p in packets)
     assert cw.nflog_packets(_nflog_message(cw._attr(cw._NFULA_PAYLOAD, data))) == [data]
+
+
+# --- the verdict program's record of its probes (no sockets: a Watcher never opened) ---
+
+
+@pytest.fixture
+def watcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from resistance.lab import censorwatch as cw
+
+    monkeypatch.setattr(censor, "CONFIG_DIR", tmp_path)
+    w = cw.Watcher("unit")
+    yield w
+    w.pool.shutdown(wait=True)
+
+
+def test_stats_written_from_many_threads_at_once_lose_no_probe_record(watcher: Any) -> None:
+    """The main thread writes the stats after each verdict while probe threads write
+    theirs: unserialised, they shared the temporary file (a rename found it gone, an
+    exception that ended the program) and an old snapshot could overwrite a record."""
+    import threading
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def writer(n: int) -> None:
+        start.wait(10)
+        try:
+            for i in range(40):
+                with watcher.lock:
+                    watcher.probes = [*watcher.probes, {"address": f"198.18.{n}.{i}"}]
+                watcher.write_stats()
+        except BaseException as exc:  # noqa: BLE001 - a thread's error, reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    written = censor.read_stats("unit")["probes"]
+    assert len(written) == 6 * 40 == len(watcher.probes)
+
+
+def test_a_probed_servers_record_is_written_before_its_address_is_blocked(
+    watcher: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sees the block must find the evidence (the e2e test once read the
+    probes between the two and found no record: KeyError)."""
+    from resistance.lab import censorwatch as cw
+
+    monkeypatch.setattr(cw, "browser_probe", lambda *_: (False, "no HTTPS answer"))
+    monkeypatch.setattr(cw, "_exchange", lambda *_: b"\x05\xff")
+    seen_at_block: list[list[dict[str, Any]]] = []
+    monkeypatch.setattr(
+        watcher, "nft", lambda statement: seen_at_block.append(censor.read_stats("unit")["probes"])
+    )
+    watcher.probe("198.18.11.1", 8443, b"\x16\x03\x01", 60)
+    (probes,) = seen_at_block
+    assert [(p["address"], p["port"], p["verdict"]) for p in probes] == [
+        ("198.18.11.1", 8443, "blocked")
+    ]
+    assert probes[0]["replay"] == "2 bytes: 05ff"
+
+
+def test_a_probe_that_raises_is_reported_not_lost(
+    watcher: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resistance.lab import censorwatch as cw
+
+    def broken(*_: Any) -> tuple[bool, str]:
+        raise ValueError("bad certificate text")
+
+    monkeypatch.setattr(cw, "browser_probe", broken)
+    watcher.probe("198.18.11.1", 8443, b"", 60)
+    assert "probing 198.18.11.1:8443 failed: ValueError: bad certificate text" in (
+        capsys.readouterr().out
+    )

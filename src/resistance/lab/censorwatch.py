@@ -44,8 +44,10 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -211,12 +213,15 @@ class Watcher:
         #: Cut hellos waiting for their rest: flow -> (the hello so far, give-up time).
         self.split: dict[tuple[str, int, str, int], tuple[dpi.SplitHello, float]] = {}
         self.lock = threading.Lock()
+        #: Held while the stats file is written (see :meth:`write_stats`).
+        self.stats_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="probe")
         self.settings = censor.Settings()
         self.settings_mtime = -1.0
         self.stop = threading.Event()
-        #: IPPROTO_RAW: the packet's own IP header (the client's source address) is sent.
-        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        #: IPPROTO_RAW: the packet's own IP header (the client's source address) is
+        #: sent; opened at the first released hello.
+        self.raw: socket.socket | None = None
         self.nft_lock = threading.Lock()
         self.nft_proc: subprocess.Popen[str] | None = None
 
@@ -231,14 +236,23 @@ class Watcher:
         return self.settings
 
     def write_stats(self) -> None:
-        with self.lock:
-            stats = {
-                "pid": os.getpid(),
-                "judged": self.judged,
-                "caught": dict(self.caught),
-                "probes": list(self.probes),
-            }
-        write_private(censor.stats_path(self.namespace), json.dumps(stats, indent=1))
+        """The counts and the probes' records to the stats file, as they are now.
+
+        The main thread (after each verdict) and the probe threads all write it:
+        one at a time, each its own fresh snapshot.  Unserialised, two writers
+        shared the temporary file (the second's rename found it gone: an
+        exception that ended the program, after which every held hello stayed
+        dropped), and a snapshot taken before a probe's record could be written
+        after it, losing the record."""
+        with self.stats_lock:
+            with self.lock:
+                stats = {
+                    "pid": os.getpid(),
+                    "judged": self.judged,
+                    "caught": dict(self.caught),
+                    "probes": list(self.probes),
+                }
+            write_private(censor.stats_path(self.namespace), json.dumps(stats, indent=1))
 
     def nft(self, statement: str) -> None:
         """One nft statement, through a long-lived ``nft -i`` (a fresh nft per verdict
@@ -269,6 +283,8 @@ class Watcher:
         the client wait ~0.2 s to retransmit it (the output chain marks it seen)."""
         total = int.from_bytes(frame[16:18], "big")
         try:
+            if self.raw is None:
+                self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
             self.raw.sendto(dpi.with_tcp_checksum(frame[14 : 14 + total]), (dst, 0))
         except OSError as exc:
             print(f"cannot pass on the hello to {dst}: {exc}", flush=True)
@@ -364,6 +380,15 @@ class Watcher:
         self.pool.submit(self.probe, addr, port, first, block_seconds)
 
     def probe(self, addr: str, port: int, first: bytes, block_seconds: int) -> None:
+        """Probe one server; its record is written before its address is blocked, so
+        whoever sees the block finds the evidence.  An error is printed, never lost
+        in the pool (the server may be probed again once PROBE_TTL has passed)."""
+        try:
+            self._probe(addr, port, first, block_seconds)
+        except Exception as exc:  # a thread of the pool: nobody else would see it
+            print(f"probing {addr}:{port} failed: {type(exc).__name__}: {exc}", flush=True)
+
+    def _probe(self, addr: str, port: int, first: bytes, block_seconds: int) -> None:
         website, seen = browser_probe(addr, port, None)
         evidence: dict[str, Any] = {"address": addr, "port": port, "browser": seen}
         for name, payload in (("replay", first), ("random", os.urandom(64))):
@@ -373,16 +398,16 @@ class Watcher:
                 evidence[name] = f"no connection: {type(exc).__name__}"
         evidence["verdict"] = "website" if website else "blocked"
         evidence["at"] = int(time.time())
-        if not website:
-            self.nft(
-                f"add element inet {censor.TABLE} probed4 {{ {addr} timeout {block_seconds}s }}"
-            )
         with self.lock:
             if not website:
                 self.caught["active-probe"] += 1
             self.probes = [*self.probes, evidence][-MAX_PROBES_KEPT:]
         self.write_stats()
         print(f"probed {addr}:{port}: {evidence['verdict']} ({seen})", flush=True)
+        if not website:
+            self.nft(
+                f"add element inet {censor.TABLE} probed4 {{ {addr} timeout {block_seconds}s }}"
+            )
 
     def _read_packets(self, sock: socket.socket) -> None:
         for _ in range(64):
@@ -426,12 +451,18 @@ class Watcher:
         print(f"censor verdict program watching {self.namespace}", flush=True)
         while not self.stop.is_set():
             ready, _, _ = select.select([sock, nflog], [], [], 0.5)
-            if sock in ready:
-                self._read_packets(sock)
-            if nflog in ready:
-                self._read_nflog(nflog)
-            if self.split:
-                self.expire()
+            try:
+                if sock in ready:
+                    self._read_packets(sock)
+                if nflog in ready:
+                    self._read_nflog(nflog)
+                if self.split:
+                    self.expire()
+            except Exception:
+                # Dead, this program would leave every TLS flow's first hello held
+                # (dropped) for as long as the rule is on: say what went wrong, go on.
+                traceback.print_exc()
+                sys.stdout.flush()
         nflog.close()
         sock.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
