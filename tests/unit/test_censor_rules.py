@@ -173,7 +173,7 @@ def test_stats_written_from_many_threads_at_once_lose_no_probe_record(watcher: A
                 with watcher.lock:
                     watcher.probes = [*watcher.probes, {"address": f"198.18.{n}.{i}"}]
                 watcher.write_stats()
-        except BaseException as exc:  # noqa: BLE001 - a thread's error, reported below
+        except BaseException as exc:  # a thread's error, reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
