@@ -39,7 +39,7 @@ from resistance.net.mtproto import ask_res_pq
 from resistance.paths import write_private
 from resistance.proto.faketls import ProxySecret, SecretMode
 from tests.conftest import RunningNode, launch_node
-from tests.e2e.labkit import lab_certificate, remove_lab
+from tests.e2e.labkit import kept_on_failure, lab_certificate, remove_lab
 from tests.integration.socksclient import SocksFailure, open_socks, recv_exact
 from tests.integration.test_connect_tls_directory import banner_pin
 
@@ -181,7 +181,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         # The data centre is blocked by address from the start, as Telegram's ranges were.
         censor.enable(t.censor, "ip")
         censor.block(t.censor, censor.ranges_of([topo.DATACENTRE_RANGE]))
-        yield World(t, exit_, exit_config, bridge, client)
+        with kept_on_failure(t, tmp):
+            yield World(t, exit_, exit_config, bridge, client)
     finally:
         for proc in started:
             proc.stop()

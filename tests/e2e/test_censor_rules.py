@@ -26,7 +26,7 @@ import pytest
 
 from resistance.lab import censor, netns
 from resistance.lab import topology as topo
-from tests.e2e.labkit import lab_certificate, remove_lab
+from tests.e2e.labkit import kept_on_failure, lab_certificate, remove_lab
 
 pytestmark = [
     pytest.mark.root,
@@ -77,7 +77,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        yield Net(t)
+        with kept_on_failure(t, tmp):
+            yield Net(t)
     finally:
         if server is not None:
             server.terminate()

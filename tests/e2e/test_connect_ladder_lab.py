@@ -22,7 +22,7 @@ import pytest
 from resistance.lab import censor, escalate, netns
 from resistance.lab import topology as topo
 from tests.conftest import RunningNode, launch_node
-from tests.e2e.labkit import lab_certificate, remove_lab
+from tests.e2e.labkit import kept_on_failure, lab_certificate, remove_lab
 from tests.integration.socksclient import open_socks, recv_exact
 from tests.integration.test_connect_directory import read_status, wait_for
 from tests.integration.test_connect_tls_directory import banner_pin
@@ -100,7 +100,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             command="connect",
         )  # fmt: skip
         started.append(client)
-        yield Lab(t, client, state)
+        with kept_on_failure(t, tmp):
+            yield Lab(t, client, state)
     finally:
         for proc in started:
             proc.stop()

@@ -20,6 +20,7 @@ from resistance.lab import topology as topo
 from resistance.lab.story import Story
 from resistance.lab.telegram import MTPROTO_ADDR
 from resistance.lab.world import Lab
+from tests.e2e.labkit import kept_on_failure
 
 pytestmark = [
     pytest.mark.root,
@@ -35,7 +36,8 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     narration: list[str] = []
     lab.up(say=narration.append)
     try:
-        yield Story(lab, narration.append)
+        with kept_on_failure(lab.topology, lab.dir):
+            yield Story(lab, narration.append)
     finally:
         pids = [p.pid for p in lab.processes]
         lab.down()

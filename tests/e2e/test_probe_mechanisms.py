@@ -48,7 +48,7 @@ from resistance.probe.diagnose import Mechanism, diagnose
 from resistance.probe.net import SocketNetwork
 from resistance.probe.runner import Canary, CheckSettings, Target, run_check
 from tests.conftest import RunningNode, launch_node
-from tests.e2e.labkit import remove_lab
+from tests.e2e.labkit import kept_on_failure, remove_lab
 
 pytestmark = [
     pytest.mark.root,
@@ -157,7 +157,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         )  # fmt: skip
         assert servers.stdout is not None and servers.stdout.readline().strip() == "ready"
         censor.disable(t.censor, "all")
-        yield Lab(t, canary_key)
+        with kept_on_failure(t, tmp):
+            yield Lab(t, canary_key)
     finally:
         for node in nodes:
             node.stop()

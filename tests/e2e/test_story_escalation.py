@@ -26,6 +26,7 @@ from resistance.lab import netns
 from resistance.lab import topology as topo
 from resistance.lab.escalate import EscalatingStory, Escalation
 from resistance.lab.world import Lab
+from tests.e2e.labkit import kept_on_failure
 
 pytestmark = [
     pytest.mark.root,
@@ -41,7 +42,8 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EscalatingStory]
     narration: list[str] = []
     lab.up(say=narration.append)
     try:
-        yield EscalatingStory(lab, narration.append)
+        with kept_on_failure(lab.topology, lab.dir):
+            yield EscalatingStory(lab, narration.append)
     finally:
         lab.down()
         assert not set(lab.topology.namespaces) & netns.namespaces()
