@@ -109,6 +109,8 @@ class NodeSettings:
     public_host: str | None = None
     qr: bool = False
     log_destinations: bool = False
+    hide_passwords: bool = False
+    """The banner masks every password (links, socks5s:// URL, a generated user's)."""
     udp: bool = True
     bind: bool = True
     relay: str = "auto"
@@ -140,6 +142,7 @@ _NODE_KEYS = {
     "public_host",
     "qr",
     "log_destinations",
+    "hide_passwords",
     "udp",
     "bind",
     "relay",
@@ -257,7 +260,7 @@ def _build(
     for key in ("allow", "deny", "allow_ports", "deny_ports", "only"):
         if key in raw:
             kwargs[key] = tuple(_as_list(raw[key], key))
-    for key in ("no_auth", "qr", "log_destinations", "udp", "bind"):
+    for key in ("no_auth", "qr", "log_destinations", "hide_passwords", "udp", "bind"):
         if key in raw:
             kwargs[key] = _as_bool(raw[key], key)
     if raw.get("upstream"):

@@ -18,11 +18,12 @@ without an error reaching either.  Recovery times are printed, never asserted.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Iterator
 
 import pytest
 
-from resistance.lab import netns
+from resistance.lab import cascade, netns
 from resistance.lab import topology as topo
 from resistance.lab.escalate import EscalatingStory, Escalation
 from resistance.lab.world import Lab
@@ -68,6 +69,14 @@ def test_7_a_cascade_is_registered_and_learned(story: EscalatingStory) -> None:
     assert figures["bridge_listed"] and not figures["exit_published"], figures
     assert figures["learned"], story.connect_status().get("ladder")
     assert not story.via_bridge()  # nodes abroad work: the bridge is kept for later
+    # The exit's first user is the bridge's hop credential: no log of the lab shows it
+    # (the exit's banner, in cascade-exit.log, masks it).
+    exit_toml = story.lab.dir / cascade.EXIT_ROLE / "exit.toml"
+    (hop_password,) = tomllib.loads(exit_toml.read_text())["users"].values()
+    banner = story.lab.log_text(cascade.EXIT_ROLE)
+    assert "listening on socks5s://" in banner and "pass=********" in banner, banner
+    for log in (story.lab.dir / "logs").glob("*.log"):
+        assert hop_password not in log.read_text(errors="replace"), log.name
 
 
 def test_8_an_ip_block_of_the_node_in_use(story: EscalatingStory) -> None:

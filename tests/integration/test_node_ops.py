@@ -349,6 +349,53 @@ def test_banner_prints_telegram_links_and_qr(node_factory: Any) -> None:
         time.sleep(0.05)
 
 
+def _whole_banner(node: Any, last: str) -> str:
+    """The banner once the line starting with ``last`` is in (it is read in the
+    background after the links)."""
+    deadline = time.monotonic() + 10
+    while not any(line.startswith(last) for line in node.banner):
+        assert time.monotonic() < deadline, node.banner
+        time.sleep(0.05)
+    return "\n".join(node.banner)
+
+
+def test_hide_passwords_masks_the_first_users_password_everywhere_in_the_banner(
+    node_factory: Any, tmp_path: Path, echo_server: Any
+) -> None:
+    """An exit's first user is a bridge's hop credential, and its banner goes to a log
+    (the lab's cascade-exit.log): with hide_passwords no line carries the password."""
+    secret = "hop-Kq3rT8vw-secret"
+    config = tmp_path / "exit.toml"
+    config.write_text(f'hide_passwords = true\n[users]\n"bridge-7" = "{secret}"\n')
+    node = node_factory(
+        "--config", str(config), "--allow", "127.0.0.0/8", "--tls-listen", "127.0.0.1:0",
+        "--public-host", "127.0.0.1", "--qr",
+    )  # fmt: skip
+    text = _whole_banner(node, "passwords masked")
+    assert secret not in text and secret not in node.stderr()
+    assert f"tg://socks?server=127.0.0.1&port={node.port}&user=bridge-7&pass=********" in text
+    assert f"socks5s://bridge-7:********@127.0.0.1:{node.tls_port}#sha256=" in text
+    assert not any("█" in line or "▀" in line for line in node.banner)  # no QR of it
+    # the password itself still works: only the banner masks it
+    with open_socks(
+        (node.host, node.port), "127.0.0.1", echo_server.port, user="bridge-7", password=secret
+    ) as s:
+        s.sendall(b"ok")
+        assert recv_exact(s, 2) == b"ok"
+
+
+def test_hide_passwords_masks_a_generated_users_password(node_factory: Any, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    node = node_factory("--allow", "127.0.0.0/8", "--hide-passwords", state_dir=state)
+    text = _whole_banner(node, "passwords masked")
+    from resistance.node.users import generated_user
+
+    name, password, created = generated_user(state)  # the one the node made and kept
+    assert not created
+    assert re.search(rf"user {name} password \*{{8}} \(new, in .+\)", text), text
+    assert password not in text
+
+
 def test_resist_link(tmp_path: Path) -> None:
     png = tmp_path / "proxy.png"
     done = resist("link", "socks5://bob:p%40ss@[2001:db8::7]:1080", "--qr-file", str(png))

@@ -13,7 +13,9 @@ directory then lists the bridge, never the exit's address, and
 ``resist connect`` learns the bridge from it.
 
 Secrets (the hop's password, the MTProto user's key) live in the nodes'
-config files, mode 0600, in the lab's state dir, never on a command line.
+config files, mode 0600, in the lab's state dir, never on a command line; the
+exit's banner (in the lab's cascade-exit.log) masks its user's password
+(``hide_passwords``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def exit_config(state_dir: Path, hop_password: str) -> tuple[Path, str]:
         path,
         f'listen = ["{EXIT_ADDR}:{topo.NODE_PORT}"]\n'
         f'tls_listen = ["{EXIT_ADDR}:{topo.NODE_TLS_PORT}"]\n'
-        f'public_host = "{EXIT_ADDR}"\n' + egress() + "[users]\n"
+        f'public_host = "{EXIT_ADDR}"\n'
+        # its banner goes to the lab's cascade-exit.log: no hop password in it
+        "hide_passwords = true\n" + egress() + "[users]\n"
         f'"{HOP_USER}" = "{hop_password}"\n',
     )
     return path, certificate_sha256(leaf_der(cert))

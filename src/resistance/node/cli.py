@@ -61,6 +61,15 @@ from resistance.clikit import CONTEXT, one_line_errors, setup_logging
 @click.option("--public-host", metavar="HOST", help="Address users reach the node at (links).")
 @click.option("--qr", is_flag=True, default=None, help="Print a QR code of the Telegram link.")
 @click.option("--log-destinations", is_flag=True, default=None, help="Log each destination.")
+@click.option(
+    "--hide-passwords",
+    is_flag=True,
+    default=None,
+    help="Print the banner with every password masked (its links and socks5s:// URL show "
+    "********), for a node whose output goes to a log, e.g. an exit whose first user is a "
+    "bridge's hop: resist node --config exit.toml --hide-passwords "
+    "(hide_passwords = true in the file).",
+)
 @click.option("--no-udp", is_flag=True, default=None, help="Refuse UDP ASSOCIATE.")
 @click.option("--no-bind", is_flag=True, default=None, help="Refuse BIND.")
 @click.option("--relay", type=click.Choice(["auto", "splice", "copy"]), help="Relay method.")

@@ -316,10 +316,11 @@ def print_banner(
             f"bridge: everything goes through {len(settings.upstream)} upstream transport"
             f"{'s' if len(settings.upstream) != 1 else ''} to the exit (UDP and BIND refused)"
         )
+    password = shown_password(settings, access)
     if access.generated and (listening.bound or listening.tls_bound):
         how = "new" if access.created else "kept"
         lines.append(
-            f"user {access.link_user} password {access.link_password} "
+            f"user {access.link_user} password {password} "
             f"({how}, in {state_dir / GENERATED_USERS_FILE})"
         )
     if listening.bound:
@@ -328,11 +329,14 @@ def print_banner(
         if not settings.public_host and host in ("0.0.0.0", "::"):
             lines.append("links: set --public-host to the address users reach this node at")
         else:
-            links = socks_links(host, first.port, access.link_user, access.link_password)
-            lines.append(f"Telegram: {links.tg}")
-            lines.append(f"          {links.https}")
-            if settings.qr:
+            links = socks_links(host, first.port, access.link_user, password)
+            encoded = quote(PASSWORD_MASK, safe="")  # the mask shown as itself, not %2A...
+            lines.append(f"Telegram: {links.tg.replace(encoded, PASSWORD_MASK)}")
+            lines.append(f"          {links.https.replace(encoded, PASSWORD_MASK)}")
+            if settings.qr and not settings.hide_passwords:  # a QR code would carry it
                 lines.append(qr_terminal(links.https).rstrip("\n"))
+    if settings.hide_passwords and access.link_password is not None:
+        lines.append(f"passwords masked ({PASSWORD_MASK}, --hide-passwords)")
     # Warnings first: whoever waits for the banner then sees them too.
     if not HAS_SPLICE and settings.relay == "auto":
         log.warning("os.splice is not available: relaying by copying")
@@ -342,6 +346,19 @@ def print_banner(
     out.flush()
 
 
+#: What the banner shows for a password under ``--hide-passwords``.
+PASSWORD_MASK = "********"
+
+
+def shown_password(settings: NodeSettings, access: Access) -> str | None:
+    """The first user's password as the banner prints it: masked under
+    ``--hide-passwords`` (an exit whose output goes to a log: its first user is a
+    bridge's hop credential)."""
+    if settings.hide_passwords and access.link_password is not None:
+        return PASSWORD_MASK
+    return access.link_password
+
+
 def _tls_link_line(settings: NodeSettings, listening: Listening, access: Access) -> str:
     """The socks5s:// URL for `resist connect --upstream` (Telegram cannot use TLS)."""
     host = settings.public_host or listening.tls_bound[0].host
@@ -349,8 +366,9 @@ def _tls_link_line(settings: NodeSettings, listening: Listening, access: Access)
         return "socks5s link: set --public-host to the address users reach this node at"
     shown = f"[{host}]" if ":" in host else host
     userinfo = ""
-    if access.link_user is not None and access.link_password is not None:
-        userinfo = f"{quote(access.link_user, safe='')}:{quote(access.link_password, safe='')}@"
+    password = shown_password(settings, access)
+    if access.link_user is not None and password is not None:
+        userinfo = f"{quote(access.link_user, safe='')}:{quote(password, safe='*')}@"
     tls = listening.tls_bound[0]
     url = f"socks5s://{userinfo}{shown}:{tls.port}#sha256={listening.tls_sha256}"
     return f"resist connect --upstream '{url}'"
