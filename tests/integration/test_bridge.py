@@ -376,6 +376,68 @@ async def test_mtproto_data_centre_connections_go_through_the_exit(
         dc.server.close()
 
 
+async def test_a_hello_dropped_after_warming_never_holds_a_connection_for_a_hop_timeout(
+    exit_node: tuple[RunningNode, Path], echo_server: EchoServer
+) -> None:
+    """The censor starts dropping the hello the bridge's hop last carried while the
+    bridge is in use (the story's step 15): the warm connections being made with it
+    hang, and so does a fresh dial that takes it.  Each user connection must still go
+    through in about HELLO_RACE, not wait a hop timeout for a hanging handshake: the
+    user's resist connect gives a connection 5 s in all, and failed the application's
+    request when the bridge waited for a warm handshake and then dialed serially.
+
+    The hop timeout here is far longer than the test's own bound on each connection, so
+    a connection that waits for a hanging handshake fails the test whatever the load."""
+    from resistance.client.hello import VARIANTS
+    from resistance.node import upstream as upstream_module
+
+    exit_, _ = exit_node
+    dropper = HelloDropper(("127.0.0.1", exit_.tls_port or 0))
+    dropper.dropped = "none yet"
+    url = f"socks5s://{HOP_USER}:{HOP_PASSWORD}@127.0.0.1:{dropper.port}#sha256="
+    hop = parse_upstream_url(url + banner_pin(exit_))
+    net = UpstreamNetwork([hop], loop=asyncio.get_running_loop(), hop_timeout=60.0)
+    target = Address.from_host(echo_server.host, echo_server.port)
+    bound = 30.0  # < hop_timeout: only a connection that waited on a dropped hello hits it
+
+    async def echo() -> None:
+        dialed = await asyncio.wait_for(net.connect(target), bound)
+        assert dialed.transport is not None
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        dialed.transport.set_protocol(protocol)
+        protocol.connection_made(dialed.transport)
+        dialed.transport.resume_reading()
+        dialed.transport.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+        dialed.transport.close()
+
+    try:
+        await echo()  # warms the hop
+        for _ in range(100):
+            if len(net.warm.get(hop, [])) == upstream_module.WARM_SIZE:
+                break
+            await asyncio.sleep(0.05)
+        dropper.dropped = dropper.seen[-1]  # the hello the hop carried last
+        met = dropper.seen.count(dropper.dropped)
+        # The hop's hellos take the variants in turn: within two turns' connections (and
+        # their warm refills) the dropped one is met again, by a warm handshake or a dial.
+        # Connections come in bursts (the application's, the Telegram client's and the
+        # probes' through the bridge): more at once than there are warm ones.
+        burst = upstream_module.WARM_SIZE + 2
+        bursts = 0
+        while bursts < 2 * len(VARIANTS) and dropper.seen.count(dropper.dropped) == met:
+            await asyncio.gather(*(echo() for _ in range(burst)))
+            bursts += 1
+        assert dropper.seen.count(dropper.dropped) > met, dropper.seen
+        for _ in range(2):  # and after it
+            await asyncio.gather(*(echo() for _ in range(burst)))
+    finally:
+        net.close()
+        dropper.close()
+    await asyncio.sleep(0.1)
+
+
 async def test_warm_tls_connections_spare_the_handshake_and_go_cold_when_idle(
     exit_node: tuple[RunningNode, Path], echo_server: EchoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

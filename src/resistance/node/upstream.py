@@ -19,9 +19,10 @@ handshake, no answer within :data:`HOP_TIMEOUT`) the failure is recorded,
 the next is dialed at once for the same connection, and the failed one rests
 with exponential backoff, so later connections skip it without waiting.  A
 TLS upstream is dialed a second time first, with another hello (the
-variants come in turn, one the exit did not answer is passed over): a
-censor that fingerprints one hello on the hop costs one attempt, not the
-transport.  A
+variants come in turn, one the exit did not answer is passed over), raced
+beside the first once that has hung :data:`HELLO_RACE` seconds: a censor
+that fingerprints one hello on the hop costs about that, not the transport
+nor the user's connection (whose resist connect allows it 5 s in all).  A
 refusal the exit *answers* (destination refused, not allowed) is the exit's
 verdict on the destination, not a broken hop: it goes to the user as the
 SOCKS reply.  The user sees an error only when every upstream fails.
@@ -40,9 +41,10 @@ handshake done and the pin checked, nothing sent
 (:class:`~resistance.client.dial.WarmTls`); the next connection sends its
 request on one and pays one round trip; when none is left it waits for
 the one being made rather than starting a handshake beside it (a burst of
-connections would otherwise pay twice).  A warm connection unused for
-:data:`WARM_IDLE` seconds is closed before the exit's handshake timeout would
-close it, and replaced only while connections came in the last
+connections would otherwise pay twice), at most :data:`HELLO_RACE` seconds
+(a warm handshake whose hello is dropped hangs until the hop timeout).  A
+warm connection unused for :data:`WARM_IDLE` seconds is closed before the
+exit's handshake timeout would close it, and replaced only while connections came in the last
 :data:`WARM_KEEP` seconds, so an idle bridge goes cold.  A warm connection
 the exit closed meanwhile costs nothing but a fresh dial; an exit's answer
 is final as always.
@@ -58,6 +60,7 @@ a node becomes a bridge, or stops being one, only at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -79,6 +82,13 @@ log = logging.getLogger("resistance.node")
 HOP_TIMEOUT: Final = 4.0
 """Seconds one attempt on one upstream may take (TCP, TLS and the SOCKS5 reply)
 before the next is tried: a hop the censor silently drops costs this once."""
+
+HELLO_RACE: Final = 1.0
+"""Seconds a TLS hop's handshake (or the warm connection being made) may hang before
+the bridge dials with the next hello beside it: a censor's hello rule drops one
+fingerprint's flows silently, and the user's resist connect gives a connection 5 s
+(``--failover-budget``) in all.  A handshake takes milliseconds to the exit's
+hundreds on a slow path."""
 
 WARM_SIZE: Final = 2
 """Warm TLS connections kept to the upstream in use (handshake done, nothing sent)."""
@@ -248,7 +258,9 @@ class UpstreamNetwork:
         warm = self._take_warm(upstream)
         tasks = self.warming.get(upstream)
         if warm is None and tasks:
-            await asyncio.wait(set(tasks), timeout=self.hop_timeout, return_when=FIRST_COMPLETED)
+            # ... but not one hanging (its hello dropped): a fresh dial races from then on
+            wait = min(self.hop_timeout, HELLO_RACE)
+            await asyncio.wait(set(tasks), timeout=wait, return_when=FIRST_COMPLETED)
             warm = self._take_warm(upstream)
         return warm
 
@@ -350,25 +362,77 @@ class UpstreamNetwork:
                     self.warm_hits += 1
                     self._refill(upstream)
                     return dialed
-        for attempt in range(1, tries + 1):
+        if tries == 1:
             try:
-                dialed = await dial(upstream, CONNECT, address, seconds=self.hop_timeout)
-                if tries == 2:
-                    self._refill(upstream)
-                return dialed
+                return await dial(upstream, CONNECT, address, seconds=self.hop_timeout)
             except DialError as exc:
-                if exc.answered:
-                    raise
-                final = exc.identity or attempt == tries
-                log.warning(
-                    "upstream %s failed (%s); trying %s",
-                    upstream.label,
-                    exc,
-                    "the next" if final else "another hello",
+                if not exc.answered:
+                    log.warning("upstream %s failed (%s); trying the next", upstream.label, exc)
+                raise
+        dialed = await self._dial_two_hellos(upstream, address)
+        self._refill(upstream)
+        return dialed
+
+    async def _dial_two_hellos(self, upstream: Upstream, address: Address) -> Dialed:
+        """A fresh TLS dial, raced after :data:`HELLO_RACE` by one with the next hello
+        (each bounded by the hop timeout): the first that gets through wins and the
+        other is cancelled (a hello still hanging then rests, client.hello).  One that
+        fails before the race starts it at once.  A wrong certificate or an answer
+        from the exit is final.
+
+        Serial, the second hello came only after a whole hop timeout, and a user's
+        connection could wait a warm handshake's timeout before that: past the
+        failover budget of the user's resist connect (5 s), which then failed the
+        application's request while the bridge was still switching hellos."""
+        label = upstream.label
+        first = self.loop.create_task(
+            dial(upstream, CONNECT, address, seconds=self.hop_timeout), name="upstream-hello"
+        )
+        pending: set[asyncio.Task[Dialed]] = {first}
+        raced = False
+        last: DialError | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending, timeout=None if raced else HELLO_RACE, return_when=FIRST_COMPLETED
                 )
-                if final:
-                    raise
-        raise AssertionError("unreachable")
+                for task in done:
+                    try:
+                        return task.result()
+                    except DialError as exc:
+                        if exc.answered or exc.identity:
+                            if not exc.answered:
+                                log.warning("upstream %s failed (%s); trying the next", label, exc)
+                            raise
+                        last = exc
+                        log.warning(
+                            "upstream %s failed (%s); trying %s",
+                            label,
+                            exc,
+                            "the next" if raced and not pending else "another hello",
+                        )
+                if not raced:
+                    if not done:
+                        log.info(
+                            "upstream %s: no TLS handshake in %g s; trying another hello beside it",
+                            label,
+                            HELLO_RACE,
+                        )
+                    raced = True
+                    second = self.loop.create_task(
+                        dial(upstream, CONNECT, address, seconds=self.hop_timeout),
+                        name="upstream-hello",
+                    )
+                    pending.add(second)
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:  # a dial that won meanwhile must not leak its connection
+                with contextlib.suppress(BaseException):
+                    late = await task
+                    late.close()
+        assert last is not None
+        raise last
 
     # -- NodeNetwork -------------------------------------------------------------------
 
