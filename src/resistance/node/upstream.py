@@ -412,9 +412,10 @@ class UpstreamNetwork:
                             "the next" if raced and not pending else "another hello",
                         )
                 if not raced:
-                    if not done:
-                        log.info(
-                            "upstream %s: no TLS handshake in %g s; trying another hello beside it",
+                    if not done:  # (as the lab's story counts the hop's failures)
+                        log.warning(
+                            "upstream %s failed (no TLS handshake in %g s); trying another "
+                            "hello beside it",
                             label,
                             HELLO_RACE,
                         )
