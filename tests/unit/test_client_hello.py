@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import ssl
 
@@ -149,3 +150,36 @@ def test_listener_turns_are_bounded_and_the_oldest_forgotten(
     hello.next_variant("192.0.2.2:443")  # used again: the newest
     hello.next_variant("192.0.2.9:443")
     assert list(hello._TURNS) == ["192.0.2.4:443", "192.0.2.2:443", "192.0.2.9:443"]
+
+
+def test_a_dial_raced_beside_a_hanging_one_never_sends_its_hello() -> None:
+    """The story's step 15 under load: slow handshakes cancelled when a rival won had
+    put every other variant to rest at the bridge, so the dial raced beside one whose
+    hello the censor dropped took that same hello (the only one not resting) and the
+    user's request ran out of its failover budget."""
+    where = "198.51.100.12:443"
+    dropped = hello.VARIANTS[0]
+    for chosen in hello.VARIANTS[1:]:
+        hello.variant_failed(where, chosen, 0.0)
+    try:
+        assert hello.pick_variant(where, 1.0) == dropped  # the only one not resting
+        with hello.dialing(where, dropped, 1.0):
+            # in flight but not yet hanging: a burst of dials may share it
+            assert hello.pick_variant(where, 1.0 + hello.HANGING / 2) == dropped
+            later = 1.0 + hello.HANGING
+            picks = {hello.pick_variant(where, later) for _ in hello.VARIANTS}
+            assert dropped not in picks and picks <= set(hello.VARIANTS[1:])
+        assert where not in hello._IN_FLIGHT
+        assert hello.pick_variant(where, 5.0) == dropped  # its dial ended
+    finally:
+        for chosen in hello.VARIANTS:
+            hello.variant_worked(where, chosen)
+
+
+def test_when_every_hello_hangs_at_a_node_it_still_gets_one() -> None:
+    where = "198.51.100.13:443"
+    with contextlib.ExitStack() as stack:
+        for chosen in hello.VARIANTS:
+            stack.enter_context(hello.dialing(where, chosen, 0.0))
+        assert hello.pick_variant(where, 10.0) in hello.VARIANTS
+    assert where not in hello._IN_FLIGHT

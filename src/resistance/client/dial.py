@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from resistance.client.hello import (
+    dialing,
     learn_name,
     pick_variant,
     server_name,
@@ -176,11 +177,12 @@ async def _open_tls(upstream: Upstream, exchange: _TlsExchange, seconds: float) 
     chosen = pick_variant(where, time.monotonic())
     try:
         async with asyncio.timeout(seconds):
-            transport, _ = await loop.create_connection(
-                lambda: exchange, upstream.host, upstream.port, ssl=variant(*chosen),
-                server_hostname=server_name(upstream.host, exchange.pin),
-                ssl_handshake_timeout=seconds,
-            )  # fmt: skip
+            with dialing(where, chosen, started):  # a rival passes over it once it hangs
+                transport, _ = await loop.create_connection(
+                    lambda: exchange, upstream.host, upstream.port, ssl=variant(*chosen),
+                    server_hostname=server_name(upstream.host, exchange.pin),
+                    ssl_handshake_timeout=seconds,
+                )  # fmt: skip
             if exchange.machine is not None or exchange.done.done():
                 await exchange.done
     except TimeoutError:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import _ssl
 import collections
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -48,6 +49,7 @@ import random
 import re
 import ssl
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from resistance.node.tlscert import default_name
@@ -256,22 +258,54 @@ def next_variant(where: str) -> Variant:
     return VARIANTS[turn]
 
 
+#: Seconds a dial's handshake may be in flight before its hello is suspected dropped.
+HANGING = 0.5
+#: Handshakes in flight, by address: (variant, started) per dial (see :func:`dialing`).
+_IN_FLIGHT: dict[str, list[tuple[Variant, float]]] = {}
+
+
 def pick_variant(where: str, now: float) -> Variant:
     """The hello variant for the next dial to ``where`` (``host:port``).
 
     The client's dials take variants in one turn, so a dial and the rival
     raced beside it (another upstream) never send the same hello; one that
     ``where`` did not answer within :data:`VARIANT_REST` seconds is passed
-    over (a censor's hello rule drops the flows of one fingerprint), unless
-    every one has failed there.
+    over (a censor's hello rule drops the flows of one fingerprint), and so
+    is one whose handshake there has hung :data:`HANGING` seconds and still
+    runs.  When every other variant rests there, a resting one is taken
+    rather than the hanging one: a dial raced beside a hanging dial to the
+    same node (the last that works) must not send the hello the censor is
+    dropping, which it did when slow handshakes cancelled under load had put
+    every other variant to rest (the story's step 15: the user's request
+    failed).  Only when every variant hangs there is a hanging one taken.
     """
     start = next(_client_turn) % len(VARIANTS)
     failed = _FAILED.get(where, {})
-    for i in range(len(VARIANTS)):
-        chosen = VARIANTS[(start + i) % len(VARIANTS)]
-        if failed.get(chosen, 0.0) <= now:
+    hanging = {v for v, since in _IN_FLIGHT.get(where, ()) if now - since >= HANGING}
+    turn = [VARIANTS[(start + i) % len(VARIANTS)] for i in range(len(VARIANTS))]
+    for chosen in turn:
+        if failed.get(chosen, 0.0) <= now and chosen not in hanging:
             return chosen
-    return VARIANTS[start]
+    for chosen in turn:
+        if chosen not in hanging:
+            return chosen
+    return turn[0]
+
+
+@contextlib.contextmanager
+def dialing(where: str, chosen: Variant, now: float) -> Iterator[None]:
+    """While inside, a handshake with ``chosen`` is in flight to ``where``
+    (:func:`pick_variant` passes over it once it has hung)."""
+    entry = (chosen, now)
+    _IN_FLIGHT.setdefault(where, []).append(entry)
+    try:
+        yield
+    finally:
+        flights = _IN_FLIGHT.get(where, [])
+        if entry in flights:
+            flights.remove(entry)
+        if not flights:
+            _IN_FLIGHT.pop(where, None)
 
 
 def variant_failed(where: str, chosen: Variant, now: float) -> None:
