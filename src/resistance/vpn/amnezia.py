@@ -82,6 +82,8 @@ to the same output datagram by datagram.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import os
 import random
@@ -92,6 +94,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from resistance.errors import ConfigError, ProtocolError
 from resistance.vpn.noise import (
@@ -126,6 +130,15 @@ _ORDER: Final = (
 )
 _TRANSPORT_TYPE: Final = b"\x04\x00\x00\x00"
 COOKIE_LIFETIME: Final = 120.0  # seconds, as WireGuard's CookieRefreshTime
+NONCE_SIZE: Final = 12  # HeaderCipherNonceSize: the padding bytes that key the header cipher
+TRANSPORT_HEADER: Final = 16  # type, receiver, counter: what header protection hides
+UDP_WINDOW: Final = 500  # DefaultUdpWindow: random trailers stop short of it
+# [Interface] keys as amneziawg-tools spells them -> AmneziaParams fields
+_AWG3_KEYS: Final = {
+    "headerprotectionkey": "header_protection_key",
+    "randomtrailers": "random_trailers",
+    "contentpaddingaddition": "content_padding_addition",
+}
 
 
 class AmneziaError(ProtocolError):
@@ -281,8 +294,24 @@ class AmneziaParams:
     i3: str = ""
     i4: str = ""
     i5: str = ""
+    header_protection_key: bytes = b""  # AWG 3: 32 bytes, or empty (off)
+    random_trailers: bool = False  # AWG 3: random bytes after handshake messages
+    content_padding_addition: HeaderRange | None = None  # AWG 3: sender's own, see docstring
 
     def __post_init__(self) -> None:
+        if len(self.header_protection_key) not in (0, 32):
+            raise AmneziaError("bad HeaderProtectionKey: expected 32 bytes (a key as awg genkey)")
+        if self.header_protection_key == bytes(32):
+            object.__setattr__(self, "header_protection_key", b"")  # all zero is off (IsZero)
+        if self.header_protection_key:
+            for n, s in enumerate((self.s1, self.s2, self.s3, self.s4), start=1):
+                if isinstance(s, int) and s < NONCE_SIZE:
+                    raise AmneziaError(
+                        f"S{n} {s} is below 12: header protection takes its nonce from the padding"
+                    )
+        cpa = self.content_padding_addition
+        if cpa is not None and cpa.hi > MAX_U16:
+            raise AmneziaError(f"bad ContentPaddingAddition {cpa}: expected 0..65535")
         for name in ("jc", "jmin", "jmax", "s1", "s2", "s3", "s4"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= MAX_U16:
@@ -330,7 +359,9 @@ class AmneziaParams:
         return [tags for tags in map(parse_cps, chains) if tags]
 
     @classmethod
-    def generate(cls, *, jc: int | None = None, legacy: bool = False) -> AmneziaParams:
+    def generate(
+        cls, *, jc: int | None = None, legacy: bool = False, awg3: bool = False
+    ) -> AmneziaParams:
         """Fresh random parameters: valid, non-overlapping, one MTU at most.
 
         Jc 4..8 junk datagrams of 40..700 bytes; S1, S2 15..150 and S3 8..64
@@ -344,16 +375,40 @@ class AmneziaParams:
         handshake and lost (amneziawg-go classifies in the same order).
         ``legacy`` makes what AWG 1.0 peers (older AmneziaVPN apps,
         amneziawg-go v0.2.12) read: single H values and no S3/S4.
+
+        ``awg3`` makes what AWG 3 peers (amneziawg-go 3.x) read: a header
+        protection key, random trailers on, every S at least 12 (S4 12..24),
+        and H1..H3 at most 256 values wide.  With random trailers a receiver
+        tries a transport message longer than S1+148 as an initiation first
+        (and so on for H2, H3): its four bytes at offset S_T, unmasked, are
+        random, so a range of width w takes it for a handshake, and loses
+        it, with probability w / 2^32.  Header protection already hides the
+        values, so narrow ranges cost nothing.
         """
+        if legacy and awg3:
+            raise AmneziaError("AWG 1.0 (legacy) parameters cannot have AWG 3's header protection")
         rand = secrets.SystemRandom()
         while True:
             jmin = rand.randint(40, 100)
             points = sorted(rand.sample(range(5, MAX_U32 + 1), 8))
             if legacy:
                 ranges = [HeaderRange(p, p) for p in points[:4]]
+            elif awg3:  # H1..H3 narrow (see above), H4 wide
+                ranges = [
+                    HeaderRange(points[2 * i], min(points[2 * i] + 255, points[2 * i + 1]))
+                    for i in range(4)
+                ]
+                wide = rand.randrange(4)
+                ranges[wide] = HeaderRange(points[2 * wide], points[2 * wide + 1])
+                ranges[wide], ranges[3] = ranges[3], ranges[wide]
             else:
                 ranges = [HeaderRange(points[2 * i], points[2 * i + 1]) for i in range(4)]
-            rand.shuffle(ranges)
+            if awg3:
+                head = ranges[:3]
+                rand.shuffle(head)
+                ranges[:3] = head
+            else:
+                rand.shuffle(ranges)
             try:
                 params = cls(
                     jc=rand.randint(4, 8) if jc is None else jc,
@@ -361,12 +416,14 @@ class AmneziaParams:
                     jmax=jmin + rand.randint(100, 600),
                     s1=rand.randint(15, 150),
                     s2=rand.randint(15, 150),
-                    s3=0 if legacy else rand.randint(8, 64),
-                    s4=0 if legacy else rand.randint(1, 16),
+                    s3=0 if legacy else rand.randint(12 if awg3 else 8, 64),
+                    s4=0 if legacy else (rand.randint(12, 24) if awg3 else rand.randint(1, 16)),
                     h1=ranges[0],
                     h2=ranges[1],
                     h3=ranges[2],
                     h4=ranges[3],
+                    header_protection_key=os.urandom(32) if awg3 else b"",
+                    random_trailers=awg3,
                 )
             except AmneziaError:
                 continue  # sizes collided: draw again
@@ -404,19 +461,44 @@ class AmneziaParams:
         for n in range(1, 6):
             if value := getattr(self, f"i{n}"):
                 keys.append((f"I{n}", value))
+        if self.header_protection_key:
+            keys.append(("HeaderProtectionKey", base64.b64encode(self.header_protection_key).decode()))
+        if self.content_padding_addition is not None:
+            keys.append(("ContentPaddingAddition", str(self.content_padding_addition)))
+        if self.random_trailers:
+            keys.append(("RandomTrailers", "on"))
         return keys
+
+    @property
+    def version(self) -> str:
+        """Which AmneziaWG this is: "AWG 3" (header protection or trailers), "AWG 2", "AWG 1"."""
+        if self.header_protection_key or self.random_trailers or self.content_padding_addition:
+            return "AWG 3"
+        if self.s3 or self.s4 or any(h.lo != h.hi for h in self.headers().values()):
+            return "AWG 2"
+        return "AWG 1"
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in ("header_protection_key", "random_trailers", "content_padding_addition"):
+                if value:  # absent when off, so older state files and code read the same
+                    doc[f.name] = (
+                        base64.b64encode(value).decode()
+                        if isinstance(value, bytes)
+                        else "on"
+                        if value is True
+                        else str(value)
+                    )
+                continue
             doc[f.name] = str(value) if isinstance(value, HeaderRange) else value
         return doc
 
     @classmethod
     def from_keys(cls, keys: dict[str, str], source: str) -> AmneziaParams:
         """From ``[Interface]``-style keys (any case), as awg-quick reads them."""
-        lowered = {k.lower(): v.strip() for k, v in keys.items()}
+        lowered = {_AWG3_KEYS.get(k.lower(), k.lower()): v.strip() for k, v in keys.items()}
         unknown = set(lowered) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"{source}: unsupported AmneziaWG key {sorted(unknown)[0]!r}")
@@ -424,14 +506,21 @@ class AmneziaParams:
             values: dict[str, Any] = {}
             for f in fields(cls):
                 if f.name not in lowered:
-                    if f.name.startswith("i"):
+                    if f.name.startswith("i") or f.name in _AWG3_KEYS.values():
                         continue
                     if f.name in ("s3", "s4"):  # AWG 1.0 configs have neither
                         values[f.name] = 0
                         continue
                     raise ConfigError(f"{source}: AmneziaWG key {f.name.upper()} missing")
                 text = lowered[f.name]
-                if f.name.startswith("h"):
+                if f.name == "header_protection_key":
+                    values[f.name] = _parse_key(text)
+                elif f.name == "random_trailers":
+                    values[f.name] = _parse_bool(text, "RandomTrailers")
+                elif f.name == "content_padding_addition":
+                    rng = HeaderRange.parse(text)
+                    values[f.name] = None if rng == HeaderRange(0, 0) else rng
+                elif f.name.startswith("h"):
                     values[f.name] = HeaderRange.parse(text)
                 elif f.name.startswith("i"):
                     values[f.name] = text
@@ -450,20 +539,93 @@ class AmneziaParams:
         return cls.from_keys({k: str(v) for k, v in doc.items()}, source)
 
 
+def _parse_key(text: str) -> bytes:
+    """HeaderProtectionKey as amneziawg-tools reads it (``parse_key``: base64 of 32 bytes)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32 or len(text) != 44:
+        raise AmneziaError("bad HeaderProtectionKey: expected a base64 key of 32 bytes (awg genkey)")
+    return raw
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    """on/off or a number, as amneziawg-tools' ``parse_bool`` (true/false too)."""
+    lowered = text.lower()
+    if lowered in ("on", "true"):
+        return True
+    if lowered in ("off", "false"):
+        return False
+    if re.fullmatch(r"\d{1,10}", text):
+        return int(text) != 0
+    raise AmneziaError(f"bad {name} {text[:20]!r}: expected on or off")
+
+
+# --- header protection (AWG 3) -----------------------------------------------
+
+
+def keystream(key: bytes, nonce: bytes, size: int) -> bytes:
+    """The first ``size`` bytes of ChaCha20(key, nonce), block counter 0 (RFC 8439).
+
+    amneziawg-go's ``chacha20.NewUnauthenticatedCipher(key, nonce)`` with a
+    12-byte nonce; ``cryptography`` takes the counter as the first four
+    (little-endian) bytes of a 16-byte nonce.
+    """
+    cipher = Cipher(algorithms.ChaCha20(key, b"\0\0\0\0" + nonce), mode=None)
+    return cipher.encryptor().update(bytes(size))
+
+
+def _xor(data: bytes, stream: bytes) -> bytes:
+    """``data`` XOR the first len(data) bytes of ``stream``."""
+    n = len(data)
+    return (int.from_bytes(data, "little") ^ int.from_bytes(stream[:n], "little")).to_bytes(
+        n, "little"
+    )
+
+
+def protect(key: bytes, padding: bytes, message: bytes, kind: MessageType) -> bytes:
+    """``message`` as it goes on the wire after ``padding`` (header protection on).
+
+    Handshake messages are XORed whole, transport messages only their 16-byte
+    header, with ChaCha20 keyed by ``key`` and the padding's first 12 bytes.
+    Its own inverse.
+    """
+    n = TRANSPORT_HEADER if kind is MessageType.TRANSPORT else len(message)
+    return _xor(message[:n], keystream(key, padding[:NONCE_SIZE], n)) + message[n:]
+
+
+def trailer_size(size: int) -> int:
+    """A random trailer's length for a handshake datagram of ``size`` bytes."""
+    return secrets.randbelow(UDP_WINDOW - size) if size < UDP_WINDOW else 0
+
+
 # --- classification and rewriting -------------------------------------------
 
 
-def classify(params: AmneziaParams, datagram: bytes) -> MessageType | None:
-    """The message type a receiver sees in ``datagram`` (``None``: dropped)."""
+def classify(
+    params: AmneziaParams, datagram: bytes, mask: int | None = None
+) -> MessageType | None:
+    """The message type a receiver sees in ``datagram`` (``None``: dropped).
+
+    ``mask``: the header protection's first four keystream bytes as a
+    little-endian number, if the caller has them already.
+    """
     size = len(datagram)
     if size < KEEPALIVE_LEN:
         return None
+    if mask is None:
+        key = params.header_protection_key
+        mask = int.from_bytes(keystream(key, datagram[:NONCE_SIZE], 4), "little") if key else 0
+    trailers = params.random_trailers
     for kind in _ORDER:
         padding = params.padding(kind)
         expected = padding + BASE_SIZE[kind]
-        if size == expected or (kind is MessageType.TRANSPORT and size > expected):
+        if size == expected or (
+            size > expected and (trailers or kind is MessageType.TRANSPORT)
+        ):
             (value,) = struct.unpack_from("<I", datagram, padding)
-            if value in params.header(kind):
+            if (value ^ mask) in params.header(kind):
                 return kind
     return None
 
@@ -590,18 +752,38 @@ class Rewriter:
     def to_wireguard(self, datagram: bytes) -> bytes | None:
         """AmneziaWG datagram in, WireGuard datagram out; ``None`` drops it."""
         handshake_sizes, least, s4, lo, hi = self._fast
+        key = self.params.header_protection_key
         size = len(datagram)
-        if size >= least and size not in handshake_sizes:
+        if size >= least and size not in handshake_sizes and not self.params.random_trailers:
             # classify() would find transport or nothing: the same checks, inline
-            if not lo <= int.from_bytes(datagram[s4 : s4 + 4], "little") <= hi:
+            if key:
+                header = _xor(
+                    datagram[s4 : s4 + TRANSPORT_HEADER],
+                    keystream(key, datagram[:NONCE_SIZE], TRANSPORT_HEADER),
+                )
+            else:
+                header = datagram[s4 : s4 + TRANSPORT_HEADER]
+            if not lo <= int.from_bytes(header[:4], "little") <= hi:
                 return None
-            if int.from_bytes(datagram[s4 + 4 : s4 + 8], "little") not in self._wg_indices:
+            if int.from_bytes(header[4:8], "little") not in self._wg_indices:
                 return None
-            return _TRANSPORT_TYPE + datagram[s4 + 4 :]
-        kind = classify(self.params, datagram)
+            return _TRANSPORT_TYPE + header[4:] + datagram[s4 + TRANSPORT_HEADER :]
+        if size < KEEPALIVE_LEN:
+            return None
+        # the longest stretch of keystream a message can need: an initiation's
+        stream = keystream(key, datagram[:NONCE_SIZE], INITIATION_LEN) if key else b""
+        mask = int.from_bytes(stream[:4], "little")
+        kind = classify(self.params, datagram, mask)
         if kind is None:
             return None
-        message = bytearray(datagram[self.params.padding(kind) :])
+        padding = self.params.padding(kind)
+        # the message without the padding (and, for a handshake, any random trailer)
+        end = size if kind is MessageType.TRANSPORT else padding + BASE_SIZE[kind]
+        wire = datagram[padding:end]
+        if key:
+            n = TRANSPORT_HEADER if kind is MessageType.TRANSPORT else len(wire)
+            wire = _xor(wire[:n], stream) + wire[n:]
+        message = bytearray(wire)
         message[0:4] = bytes((kind, 0, 0, 0))
         if kind is not MessageType.INITIATION:
             offset = 8 if kind is MessageType.RESPONSE else 4
@@ -612,10 +794,10 @@ class Rewriter:
             return bytes(message)
         if kind is MessageType.COOKIE_REPLY:
             return self._cookie_reply(message, self._wg, self._far_key)
-        if not _mac1_ok(datagram[self.params.padding(kind) :], mac1_key(self._wg_key)):
+        if not _mac1_ok(wire, mac1_key(self._wg_key)):
             return None
-        sent_mac1 = datagram[-32:-16]
-        has_mac2 = datagram[-16:] != bytes(16)
+        sent_mac1 = wire[-32:-16]
+        has_mac2 = wire[-16:] != bytes(16)
         cookie = self._amnezia.fresh_cookie(self._clock()) if has_mac2 else None
         _remac(message, mac1_key(self._wg_key), cookie)
         self._amnezia.remember(sent_mac1, bytes(message[-32:-16]))
@@ -623,10 +805,16 @@ class Rewriter:
 
     def to_amnezia(self, datagram: bytes) -> list[bytes]:
         """WireGuard datagram in, AmneziaWG datagrams out (empty: dropped)."""
+        key = self.params.header_protection_key
         if datagram[:4] == _TRANSPORT_TYPE and len(datagram) >= KEEPALIVE_LEN:
             _, _, s4, lo, hi = self._fast
             header = self._rng.randint(lo, hi).to_bytes(4, "little")
-            return [os.urandom(s4) + header + datagram[4:]]
+            pad = os.urandom(s4)
+            if key:
+                head = header + datagram[4:TRANSPORT_HEADER]
+                stream = keystream(key, pad[:NONCE_SIZE], TRANSPORT_HEADER)
+                return [pad + _xor(head, stream) + datagram[TRANSPORT_HEADER:]]
+            return [pad + header + datagram[4:]]
         kind = wireguard_type(datagram)
         if kind is None:
             return []
@@ -655,7 +843,12 @@ class Rewriter:
             count = self._initiations
             out += [build_cps(t, counter=count) for t in self.params.signature_packets()]
             out += junk_packets(self.params)
-        out.append(os.urandom(self.params.padding(kind)) + bytes(message))
+        pad = os.urandom(self.params.padding(kind))
+        body = protect(key, pad, bytes(message), kind) if key else bytes(message)
+        trailer = b""
+        if self.params.random_trailers and kind is not MessageType.TRANSPORT:
+            trailer = os.urandom(trailer_size(len(pad) + len(body)))
+        out.append(pad + body + trailer)
         return out
 
     def _far_public(self, datagram: bytes) -> bytes | None:

@@ -192,6 +192,17 @@ class Translator:
             for t in (MessageType.INITIATION, MessageType.RESPONSE, MessageType.COOKIE_REPLY)
         )
         self._initiation_size = self._handshake_sizes[0] if side is Side.SERVER else -1
+        # AWG 3: header protection in C too; with random trailers an initiation from a
+        # new far end can have any size from S1+148 up, so every stranger's datagram goes
+        # to Python (which drops junk), and C hands possible handshakes to Python
+        self._hp_key = p.header_protection_key or None
+        self._candidates: tuple[tuple[int, int, int, int], ...] = ()
+        if p.random_trailers:
+            self._initiation_size = -1
+            self._candidates = tuple(
+                (p.padding(t) + BASE_SIZE[t], p.padding(t), p.header(t).lo, p.header(t).hi)
+                for t in (MessageType.INITIATION, MessageType.RESPONSE, MessageType.COOKIE_REPLY)
+            )
 
     @property
     def native(self) -> bool:
@@ -392,6 +403,8 @@ class Translator:
             self._handshake_sizes,
             self._routes,
             self._initiation_size,
+            self._hp_key,
+            self._candidates,
         )
         now = self._loop.time()
         counters = self.counters
@@ -418,6 +431,8 @@ class Translator:
             self._handshake_sizes,
             flow.up_route,
             -1,
+            self._hp_key,
+            self._candidates,
         )
         counters = self.counters
         counters.outbound += sent
