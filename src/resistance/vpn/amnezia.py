@@ -462,7 +462,8 @@ class AmneziaParams:
             if value := getattr(self, f"i{n}"):
                 keys.append((f"I{n}", value))
         if self.header_protection_key:
-            keys.append(("HeaderProtectionKey", base64.b64encode(self.header_protection_key).decode()))
+            key = base64.b64encode(self.header_protection_key).decode()
+            keys.append(("HeaderProtectionKey", key))
         if self.content_padding_addition is not None:
             keys.append(("ContentPaddingAddition", str(self.content_padding_addition)))
         if self.random_trailers:
@@ -477,6 +478,19 @@ class AmneziaParams:
         if self.s3 or self.s4 or any(h.lo != h.hi for h in self.headers().values()):
             return "AWG 2"
         return "AWG 1"
+
+    def in_force(self) -> str:
+        """One line: the version and the AWG 3 settings a translator applies."""
+        parts = [self.version]
+        if self.version == "AWG 3":
+            parts.append(f"header protection {'on' if self.header_protection_key else 'off'}")
+            parts.append(f"random trailers {'on' if self.random_trailers else 'off'}")
+            if self.content_padding_addition is not None:
+                parts.append(
+                    f"content padding {self.content_padding_addition} "
+                    "(inside WireGuard's encryption: not applied by the translator)"
+                )
+        return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
@@ -546,7 +560,7 @@ def _parse_key(text: str) -> bytes:
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32 or len(text) != 44:
-        raise AmneziaError("bad HeaderProtectionKey: expected a base64 key of 32 bytes (awg genkey)")
+        raise AmneziaError("bad HeaderProtectionKey: expected base64 of 32 bytes (awg genkey)")
     return raw
 
 
@@ -603,9 +617,7 @@ def trailer_size(size: int) -> int:
 # --- classification and rewriting -------------------------------------------
 
 
-def classify(
-    params: AmneziaParams, datagram: bytes, mask: int | None = None
-) -> MessageType | None:
+def classify(params: AmneziaParams, datagram: bytes, mask: int | None = None) -> MessageType | None:
     """The message type a receiver sees in ``datagram`` (``None``: dropped).
 
     ``mask``: the header protection's first four keystream bytes as a
@@ -621,9 +633,7 @@ def classify(
     for kind in _ORDER:
         padding = params.padding(kind)
         expected = padding + BASE_SIZE[kind]
-        if size == expected or (
-            size > expected and (trailers or kind is MessageType.TRANSPORT)
-        ):
+        if size == expected or (size > expected and (trailers or kind is MessageType.TRANSPORT)):
             (value,) = struct.unpack_from("<I", datagram, padding)
             if (value ^ mask) in params.header(kind):
                 return kind

@@ -474,7 +474,11 @@ def run_translator(translator: Translator, *, announce: str = "") -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         bound = await translator.start()
-        print(f"{announce}AmneziaWG {translator.side.value} translator on {bound}", flush=True)
+        print(
+            f"{announce}AmneziaWG {translator.side.value} translator on {bound} "
+            f"({translator.params.in_force()})",
+            flush=True,
+        )
         try:
             await stop.wait()
         finally:
