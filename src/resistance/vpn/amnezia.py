@@ -55,10 +55,70 @@ The wire rules (as implemented here)
   the sender's own.  S1+148, S2+92, S3+64 and S4+32 must all differ (older
   amneziawg-go enforces it; HEAD does not, but its peers in the field do).
 
-Not implemented: AWG 3's header protection (``header_protection_key``: a
-ChaCha20 stream keyed per message by the first 12 padding bytes),
-``random_trailers`` and ``content_padding_addition``.  Servers generated
-here leave them off, and configs that set them are refused.
+AWG 3 (read at the same commit; file:line there)
+------------------------------------------------
+Config keys as amneziawg-tools (ee0f0a9, ``src/config.c:548-579``,
+``showconf.c:82-99``) spells them in ``[Interface]``, and their uapi names:
+
+* ``HeaderProtectionKey`` (uapi ``header_protection_key``, hex there): 32
+  bytes, base64 in the config like every wg key (``parse_key``); ``awg
+  genkey`` makes one.  All zero is "off" (noise-types.go:87 ``IsZero``).
+  Must match on both ends.
+* ``RandomTrailers`` (uapi ``random_trailers``): on/off or a number
+  (config.c ``parse_bool``; uapi.go:530 ``strconv.ParseBool``).
+* ``ContentPaddingAddition`` (uapi ``content_padding_addition``): ``N`` or
+  ``LO-HI``, 16 bits in amneziawg-tools (``u16_range_from_string``).
+  README: "client-side", need not match.
+
+Header protection (noise-protocol.go:647 ``HeaderProtectionCipher``): a
+ChaCha20 stream (RFC 8439, x/crypto ``NewUnauthenticatedCipher``: 12-byte
+nonce, block counter 0) keyed by the key, with the first 12 bytes of the
+datagram, i.e. of its random padding, as nonce (noise-types.go:23
+``HeaderCipherNonceSize``).  Setting a key with any S1..S4 under 12 is
+refused (uapi.go:852-858).
+
+* Sending, after the MACs are computed over the message with its H value
+  (so the MACs are the unmasked message's): a handshake message (initiation,
+  response, cookie reply) is XORed whole (send.go:165-170, 222-227,
+  275-280); a transport message only its 16-byte header, type, receiver
+  and counter, after sealing (send.go:638-645).  The padding itself and the
+  transport ciphertext are not masked.
+* Receiving (receive.go:144-180): the cipher is keyed by the datagram's
+  first 12 bytes whatever its type; the first 4 keystream bytes unmask the
+  candidate type field at each candidate padding offset during
+  classification (``DeterminePacketTypeAndPadding``, receive.go:604-657),
+  then the rest of the message (handshakes, receive.go:228-244) or of the
+  16-byte header (transport, receive.go:180) continues the same stream.  A
+  wrong key gives random type values: the datagram classifies as nothing,
+  or fails mac1 or the index lookup, and is dropped silently.
+
+Random trailers (send.go:150, 200, 264, 554-575; receive.go:611-640): the
+sender appends ``rand(udpWindow - size)`` random bytes after a handshake
+message (nothing when the datagram already reaches the window); udpWindow
+is 500 (constants.go:27 ``DefaultUdpWindow``), per peer raised to the
+largest transport datagram seen (send.go:592, receive.go:519).  The
+receiver, *if its own RandomTrailers is on*, accepts a handshake of S_T +
+size or longer (classification still needs the H value) and cuts the
+trailer off; with it off, only the exact size.  So it must be on at the
+receiver whenever the peer sends trailers: in practice both ends alike.
+Because handshakes are tried first, a transport datagram at least S1+148
+long whose (unmasked) bytes at offset S1 fall in H1 is taken for an
+initiation and lost (likewise H2, H3): :meth:`AmneziaParams.generate` keeps
+H1..H3 narrow for AWG 3.  On transport messages RandomTrailers and
+ContentPaddingAddition add zero bytes to the *plaintext before sealing*
+(send.go:533-552, 612-621), instead of WireGuard's pad-to-16: inside the
+AEAD, so only the WireGuard sender can do it, and the receiver needs nothing
+(the inner IP header gives the length).
+
+What this module does with them: header protection both ways on every
+message type (Python here; transport also in ``_awg.c``, whose RFC 8439
+block function is tested against the RFC's vectors); random trailers on the
+handshakes it sends (window fixed at 500: its trailers are shorter than
+amneziawg-go's can grow, which any receiver accepts) and accepted on those
+it receives when ``random_trailers`` is set; ContentPaddingAddition read,
+kept, shown, but not applied (a translator outside WireGuard's encryption
+cannot pad the plaintext; the setting is the sender's own).  Noticed in
+passing: uapi.go:856 names the offending S 0-based ("S0" for S1).
 
 Theory of operation
 -------------------
@@ -76,8 +136,9 @@ the cookie a cookie reply carries so mac2 can be recomputed too, and
 re-encrypts each cookie reply for the mac1 its recipient actually sent.
 The translator (:mod:`resistance.vpn.translator`) runs the transport rules
 of :meth:`Rewriter.to_wireguard` and :meth:`Rewriter.to_amnezia` in C
-(``_awg.c``) where it is built; tests/vpn/test_awg_native.py holds the two
-to the same output datagram by datagram.
+(``_awg.c``, header protection included) where it is built;
+tests/vpn/test_awg_native.py and test_awg3.py hold the two to the same
+output datagram by datagram.
 """
 
 from __future__ import annotations
