@@ -200,8 +200,8 @@ def init(
     )
     if config.amnezia is not None and config.amnezia_endpoint is not None:
         click.echo(
-            f"AmneziaWG ({config.amnezia.version}) on {config.amnezia_endpoint} "
-            "(run resist vpn serve): "
+            f"AmneziaWG on {config.amnezia_endpoint} ({config.amnezia.version}; "
+            "run resist vpn serve): "
             + ", ".join(f"{k} {v}" for k, v in config.amnezia.interface_keys())
         )
 
