@@ -778,6 +778,7 @@ class Rewriter:
         "_fast",
         "_initiations",
         "_rng",
+        "_trailer_candidates",
         "_wg",
         "_wg_indices",
         "_wg_key",
@@ -812,6 +813,14 @@ class Rewriter:
             params.h4.lo,
             params.h4.hi,
         )
+        # with random trailers, a datagram this long whose (unmasked) bytes at this
+        # padding lie in this H range may be a handshake: (least size, padding, lo, hi)
+        self._trailer_candidates = tuple(
+            (params.padding(t) + BASE_SIZE[t], params.padding(t), params.header(t).lo,
+             params.header(t).hi)
+            for t in _ORDER[:3]
+            if params.random_trailers
+        )  # fmt: skip
         # header values are public (they only have to vary): a fast generator will do
         self._rng = random.Random(secrets.randbits(64))
 
@@ -825,20 +834,26 @@ class Rewriter:
         handshake_sizes, least, s4, lo, hi = self._fast
         key = self.params.header_protection_key
         size = len(datagram)
-        if size >= least and size not in handshake_sizes and not self.params.random_trailers:
-            # classify() would find transport or nothing: the same checks, inline
+        if size >= least and size not in handshake_sizes:
+            # classify() would find transport or nothing (unless random trailers make it
+            # a possible handshake): the same checks, inline, as _awg.c does them
             if key:
-                header = _xor(
-                    datagram[s4 : s4 + TRANSPORT_HEADER],
-                    keystream(key, datagram[:NONCE_SIZE], TRANSPORT_HEADER),
-                )
+                stream = keystream(key, datagram[:NONCE_SIZE], TRANSPORT_HEADER)
+                header = _xor(datagram[s4 : s4 + TRANSPORT_HEADER], stream)
+                mask = int.from_bytes(stream[:4], "little")
             else:
                 header = datagram[s4 : s4 + TRANSPORT_HEADER]
-            if not lo <= int.from_bytes(header[:4], "little") <= hi:
-                return None
-            if int.from_bytes(header[4:8], "little") not in self._wg_indices:
-                return None
-            return _TRANSPORT_TYPE + header[4:] + datagram[s4 + TRANSPORT_HEADER :]
+                mask = 0
+            if not any(
+                size >= at_least
+                and hlo <= int.from_bytes(datagram[pad : pad + 4], "little") ^ mask <= hhi
+                for at_least, pad, hlo, hhi in self._trailer_candidates
+            ):
+                if not lo <= int.from_bytes(header[:4], "little") <= hi:
+                    return None
+                if int.from_bytes(header[4:8], "little") not in self._wg_indices:
+                    return None
+                return _TRANSPORT_TYPE + header[4:] + datagram[s4 + TRANSPORT_HEADER :]
         if size < KEEPALIVE_LEN:
             return None
         # the longest stretch of keystream a message can need: an initiation's
