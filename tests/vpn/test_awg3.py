@@ -511,3 +511,16 @@ def test_c_forwards_protected_transport_and_hands_over_trailing_handshakes(
     assert slow == [initiation] and (sent, dropped) == (8, 0)
     for n, datagram in enumerate(out):
         assert datagram[:16] == struct.pack("<IIQ", 4, 77, n)
+
+
+def test_the_app_link_carries_the_awg3_keys() -> None:
+    import json
+
+    from resistance.vpn.applink import app_link, read_app_link
+
+    key = base64.b64encode(KEY).decode()
+    text = config(f"HeaderProtectionKey = {key}\nRandomTrailers = on\n")
+    (container,) = read_app_link(app_link(text, description="t"))["containers"]
+    last = json.loads(container["awg"]["last_config"])
+    assert last["config"] == text
+    assert (last["HeaderProtectionKey"], last["RandomTrailers"]) == (key, "on")

@@ -55,10 +55,18 @@ def test_commands_cover_the_issue() -> None:
         (["init", "--endpoint", "h", "--amnezia-legacy", "--netns", "x"], "need --amnezia"),
         (["init", "--endpoint", "h", "--amnezia-v3", "--netns", "x"], "need --amnezia"),
         (
-            ["init", "--endpoint", "h", "--amnezia", "--amnezia-v3", "--amnezia-legacy",
-             "--netns", "x"],
+            [
+                "init",
+                "--endpoint",
+                "h",
+                "--amnezia",
+                "--amnezia-v3",
+                "--amnezia-legacy",
+                "--netns",
+                "x",
+            ],
             "exclude each other",
-        ),  # fmt: skip
+        ),
         (
             ["init", "--endpoint", "h:5000", "--amnezia", "--amnezia-port", "5000", "--netns", "x"],
             "not the WireGuard port",
