@@ -315,6 +315,7 @@ def test_client_configs_with_the_awg3_keys_read_and_render_back() -> None:
         ("HeaderProtectionKey = abc\n", "bad HeaderProtectionKey"),
         (f"HeaderProtectionKey = {base64.b64encode(bytes(31)).decode()}\n", "HeaderProtectionKey"),
         ("RandomTrailers = maybe\n", "bad RandomTrailers"),
+        ("RandomTrailers = true\n", "bad RandomTrailers"),  # awg-quick refuses it too
         ("ContentPaddingAddition = 70000\n", "bad ContentPaddingAddition"),
         ("ContentPaddingAddition = 20-10\n", "bad header range"),
     ],

@@ -626,11 +626,11 @@ def _parse_key(text: str) -> bytes:
 
 
 def _parse_bool(text: str, name: str) -> bool:
-    """on/off or a number, as amneziawg-tools' ``parse_bool`` (true/false too)."""
+    """on/off (any case) or a number, as amneziawg-tools' ``parse_bool`` reads a config."""
     lowered = text.lower()
-    if lowered in ("on", "true"):
+    if lowered == "on":
         return True
-    if lowered in ("off", "false"):
+    if lowered == "off":
         return False
     if re.fullmatch(r"\d{1,10}", text):
         return int(text) != 0
