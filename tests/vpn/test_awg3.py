@@ -317,7 +317,8 @@ def test_client_configs_with_the_awg3_keys_read_and_render_back() -> None:
         ("RandomTrailers = maybe\n", "bad RandomTrailers"),
         ("RandomTrailers = true\n", "bad RandomTrailers"),  # awg-quick refuses it too
         ("ContentPaddingAddition = 70000\n", "bad ContentPaddingAddition"),
-        ("ContentPaddingAddition = 20-10\n", "bad header range"),
+        ("ContentPaddingAddition = 20-10\n", "bad ContentPaddingAddition"),
+        ("ContentPaddingAddition = lots\n", "bad ContentPaddingAddition"),
     ],
 )
 def test_bad_awg3_values_are_refused_in_one_line(extra: str, message: str) -> None:

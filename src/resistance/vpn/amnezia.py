@@ -593,7 +593,12 @@ class AmneziaParams:
                 elif f.name == "random_trailers":
                     values[f.name] = _parse_bool(text, "RandomTrailers")
                 elif f.name == "content_padding_addition":
-                    rng = HeaderRange.parse(text)
+                    try:
+                        rng = HeaderRange.parse(text)
+                    except AmneziaError:
+                        raise AmneziaError(
+                            f"bad ContentPaddingAddition {text[:20]!r}: expected N or LO-HI"
+                        ) from None
                     values[f.name] = None if rng == HeaderRange(0, 0) else rng
                 elif f.name.startswith("h"):
                     values[f.name] = HeaderRange.parse(text)
