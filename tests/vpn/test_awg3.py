@@ -526,3 +526,31 @@ def test_the_app_link_carries_the_awg3_keys() -> None:
     last = json.loads(container["awg"]["last_config"])
     assert last["config"] == text
     assert (last["HeaderProtectionKey"], last["RandomTrailers"]) == (key, "on")
+
+
+@native
+@pytest.mark.parametrize("p", [PARAMS, TRAILERS], ids=["protected", "protected+trailers"])
+def test_a_strangers_initiation_reaches_python_and_its_junk_does_not(
+    sockets: tuple[socket.socket, socket.socket, socket.socket], p: AmneziaParams
+) -> None:
+    sender, middle, target = sockets
+    assert awg is not None
+    client, _ = pair(p)
+    wire = client.to_amnezia(noise.Initiator(CLIENT, SERVER_PUB).initiation)
+    initiation, junk = wire[-1], wire[:-1]
+    if p.random_trailers:  # make sure this one has a trailer: C must still let it through
+        initiation += os.urandom(7)
+    junk += [os.urandom(n) for n in (32, 100, 20 + 148, 300, 499)]
+    for datagram in [*junk, initiation]:
+        sender.sendto(datagram, middle.getsockname())
+    routes = {raw(target): (target.fileno(), None, {}, "flow")}  # not the sender's
+    slow, received, sent, dropped, _ = awg.relay(
+        middle.fileno(), True, p.s4, p.h4.lo, p.h4.hi, handshake_sizes(p), routes,
+        handshake_sizes(p)[0], p.header_protection_key or None, candidates(p),
+    )  # fmt: skip
+    # random bytes of the initiation's exact size go to Python (it drops them on mac1)
+    exact = [d for d in junk if len(d) == 20 + 148]
+    assert [d for d, _ in slow] == [*exact, initiation]
+    assert (received, sent, dropped) == (len(junk) + 1, 0, len(junk) - len(exact))
+    _, server = pair(p)
+    assert server.to_wireguard(initiation) is not None

@@ -46,7 +46,9 @@
  *   used for every datagram, or a dict from the raw source
  *   address (the bytes of its sockaddr) to such a route.  A datagram from a
  *   source the dict does not know goes back to Python when new_size is -1 or
- *   its size is new_size (an initiation can open a flow), and is dropped
+ *   its size is new_size (an initiation can open a flow) or, with random
+ *   trailers (candidates, whose first is the initiation's), when it reaches
+ *   the initiation's size and its unmasked four bytes at S1 lie in H1; it is dropped
  *   otherwise (so junk from strangers costs no Python).  Returns
  *   (slow, received, sent, dropped, tags): the datagrams for Python, counts,
  *   and the tags of the routes that moved datagrams (consecutive repeats
@@ -368,6 +370,25 @@ static int unpack_route(PyObject *route, int *fd, PyObject **dest, PyObject **in
     return 0;
 }
 
+struct candidate {
+    unsigned long least, pad, lo, hi;
+};
+
+/* With random trailers: whether a datagram can be an initiation (cand[0]) with a trailer. */
+static int maybe_initiation(const unsigned char *data, size_t size, const unsigned char *key,
+                            const struct candidate *cand, int ncand)
+{
+    if (ncand < 1 || size < cand[0].least) return 0;
+    uint32_t mask = 0;
+    if (key != NULL) {
+        unsigned char block[64];
+        chacha20_block(key, 0, data, block);
+        mask = load_le32(block);
+    }
+    uint32_t v = load_le32(data + cand[0].pad) ^ mask;
+    return v >= cand[0].lo && v <= cand[0].hi;
+}
+
 static PyObject *relay(PyObject *self, PyObject *args)
 {
     int fd, to_wireguard, new_size;
@@ -393,7 +414,7 @@ static PyObject *relay(PyObject *self, PyObject *args)
         }
         memcpy(hp_key, PyBytes_AS_STRING(hp_obj), 32);
     }
-    struct { unsigned long least, pad, lo, hi; } cand[3];
+    struct candidate cand[3];
     int ncand = 0;
     if (cand_obj != Py_None) {
         if (!PyTuple_Check(cand_obj) || PyTuple_GET_SIZE(cand_obj) > 3) {
@@ -493,7 +514,9 @@ static PyObject *relay(PyObject *self, PyObject *args)
                 Py_DECREF(key);
                 if (route == NULL) {
                     if (PyErr_Occurred()) goto error;
-                    if (new_size >= 0 && (long)size != new_size) {
+                    if (new_size >= 0 && (long)size != new_size &&
+                        !(to_wireguard && maybe_initiation(data, size, hp ? hp_key : NULL, cand,
+                                                           ncand))) {
                         dropped++; /* a stranger's datagram that cannot open a flow */
                         continue;
                     }

@@ -192,13 +192,12 @@ class Translator:
             for t in (MessageType.INITIATION, MessageType.RESPONSE, MessageType.COOKIE_REPLY)
         )
         self._initiation_size = self._handshake_sizes[0] if side is Side.SERVER else -1
-        # AWG 3: header protection in C too; with random trailers an initiation from a
-        # new far end can have any size from S1+148 up, so every stranger's datagram goes
-        # to Python (which drops junk), and C hands possible handshakes to Python
+        # AWG 3: header protection in C too; with random trailers C hands possible
+        # handshakes to Python, and a stranger's datagram that may be an initiation with
+        # a trailer (S1+148 bytes or more, H1 at S1 once unmasked)
         self._hp_key = p.header_protection_key or None
         self._candidates: tuple[tuple[int, int, int, int], ...] = ()
         if p.random_trailers:
-            self._initiation_size = -1
             self._candidates = tuple(
                 (p.padding(t) + BASE_SIZE[t], p.padding(t), p.header(t).lo, p.header(t).hi)
                 for t in (MessageType.INITIATION, MessageType.RESPONSE, MessageType.COOKIE_REPLY)
