@@ -29,7 +29,9 @@ per-datagram code as on the Python path.  The C side finds a datagram's
 flow in :attr:`_routes` (raw source address -> upstream socket, the
 rewriter's live set of receiver indices, the flow), which flows register
 when they open and drop when they close; on a server a stranger's datagram
-reaches Python only if it has an initiation's size.  Sockets get
+reaches Python only if it has an initiation's size (or, with AWG 3's random
+trailers, at least that size and an H1 value at S1).  AWG 3's header
+protection is applied in C too (one ChaCha20 block per datagram).  Sockets get
 :data:`SOCKET_BUFFER` bytes of buffer each way, and the command line runs
 the loop on uvloop (a tunnel's datagrams mostly come one per wake-up, and
 those cost less there).  bench/amnezia.py measures both paths.
