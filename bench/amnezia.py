@@ -19,9 +19,13 @@ are read from /proc before and after (see bench/procstat.py).
 
     sudo .venv/bin/python bench/amnezia.py --seconds 5 --runs 3
     sudo RESIST_NO_EXTENSIONS=1 .venv/bin/python bench/amnezia.py --seconds 5 --runs 3
+    sudo .venv/bin/python bench/amnezia.py --seconds 5 --runs 3 --awg3
 
-(the second with both translators in Python, as before ``_awg.c``).
+(the second with both translators in Python, as before ``_awg.c``; the
+third with an AWG 3 server, ``init --amnezia --amnezia-v3``: header
+protection and random trailers).
 
+``rewriter`` and ``sockets`` print AWG 2 and AWG 3 parameters both.
 ``rewriter`` instead times the per-packet work alone, in this process: the
 sans-IO rewriting of a 1,420-byte transport packet each way, without sockets
 (no root needed):
@@ -49,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -176,12 +181,19 @@ SERVER_TUNNEL = "198.18.5.1"
 
 def rewriter_cost(count: int = 200_000) -> None:
     """Microseconds per transport packet in each direction, sans-IO (best of 5)."""
+
+    from resistance.vpn.amnezia import AmneziaParams
+
+    for awg3 in (False, True):
+        _rewriter_cost(AmneziaParams.generate(awg3=awg3), count)
+
+
+def _rewriter_cost(params: Any, count: int) -> None:
     import timeit
 
     from resistance.vpn import noise
-    from resistance.vpn.amnezia import AmneziaParams, Rewriter
+    from resistance.vpn.amnezia import Rewriter
 
-    params = AmneziaParams.generate()
     client_key, server_key = os.urandom(32), os.urandom(32)
     client = Rewriter(
         params,
@@ -204,7 +216,7 @@ def rewriter_cost(count: int = 200_000) -> None:
         ("AmneziaWG -> WireGuard", lambda: server.to_wireguard(wire)),
     ):
         best = min(timeit.repeat(call, number=count, repeat=5)) / count
-        print(f"{name}: {best * 1e6:.2f} us per 1,420-byte transport packet")
+        print(f"{name}, {params.version}: {best * 1e6:.2f} us per 1,420-byte transport packet")
 
 
 def socket_cost(rounds: int = 20, burst: int = 1024) -> None:
@@ -216,12 +228,18 @@ def socket_cost(rounds: int = 20, burst: int = 1024) -> None:
     is timed (process CPU time); best of ``rounds``.  The kernel's work for
     the receive and the send is included: it is most of a translator's cost.
     """
+    from resistance.vpn.amnezia import AmneziaParams
+
+    for awg3 in (False, True):
+        _socket_cost(AmneziaParams.generate(awg3=awg3), rounds, burst)
+
+
+def _socket_cost(params: Any, rounds: int, burst: int) -> None:
     from resistance.vpn import noise
-    from resistance.vpn.amnezia import BASE_SIZE, AmneziaParams, Rewriter
+    from resistance.vpn.amnezia import BASE_SIZE, Rewriter
     from resistance.vpn.translator import _grow_buffers, _native_module
 
     awg = _native_module()
-    params = AmneziaParams.generate()
     rw = Rewriter(params, wireguard_public=noise.public_key(os.urandom(32)), amnezia_publics=list)
     rw.wireguard_indices[7] = None
     plain = b"\x04\x00\x00\x00" + (7).to_bytes(4, "little") + os.urandom(1412)
@@ -239,6 +257,12 @@ def socket_cost(rounds: int = 20, burst: int = 1024) -> None:
     dest += socket.inet_aton(host) + bytes(8)  # a struct sockaddr_in
     sizes = tuple(params.padding(t) + BASE_SIZE[t] for t in sorted(BASE_SIZE)[:3])
     route = (middle.fileno(), dest, rw.wireguard_indices, None)
+    candidates = tuple(
+        (params.padding(t) + BASE_SIZE[t], params.padding(t), params.header(t).lo,
+         params.header(t).hi)
+        for t in sorted(BASE_SIZE)[:3]
+        if params.random_trailers
+    )  # fmt: skip
 
     def drain() -> int:
         n = 0
@@ -269,6 +293,7 @@ def socket_cost(rounds: int = 20, burst: int = 1024) -> None:
             slow, received, *_ = awg.relay(
                 middle.fileno(), to_wireguard, params.s4, params.h4.lo, params.h4.hi,
                 sizes if to_wireguard else (-1, -1, -1), route, -1,
+                params.header_protection_key or None, candidates,
             )  # fmt: skip
             assert not slow
             if not received:
@@ -287,7 +312,10 @@ def socket_cost(rounds: int = 20, burst: int = 1024) -> None:
                 best = min(best, time.process_time() - start)
                 moved = drain()
                 assert moved == burst, f"{name} moved {moved} of {burst}"
-            print(f"{label}, {name:6}: {best / burst * 1e6:.2f} us per packet, socket to socket")
+            print(
+                f"{label}, {params.version}, {name:6}: {best / burst * 1e6:.2f} us per packet, "
+                "socket to socket"
+            )
     for sock in socks:
         sock.close()
 
@@ -308,6 +336,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--awg3", action="store_true", help="an AWG 3 server (init --amnezia --amnezia-v3)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
@@ -334,7 +365,7 @@ def main() -> None:
         resist(
             "init", "--endpoint", f"{SERVER_ADDR}:{PORT}", "--interface", SERVER_IF,
             "--netns", SERVER_NS, "--amnezia", "--allow", "198.18.0.0/15",
-            "--state-dir", str(state),
+            *(["--amnezia-v3"] if args.awg3 else []), "--state-dir", str(state),
         )  # fmt: skip
         serve = subprocess.Popen(
             [sys.executable, "-m", "resistance", "vpn", "serve", "--interval", "30",
@@ -353,7 +384,12 @@ def main() -> None:
         config = resist("add", "bench", "--state-dir", str(state))
         awg_conf = tmp / "bench.conf"
         awg_conf.write_text(config)
-        plain = re.sub(r"^(Jc|Jmin|Jmax|S\d|H\d|I\d) = .*\n", "", config, flags=re.M)
+        plain = re.sub(
+            r"^(Jc|Jmin|Jmax|S\d|H\d|I\d|HeaderProtectionKey|RandomTrailers) = .*\n",
+            "",
+            config,
+            flags=re.M,
+        )
         plain = plain.replace(f":{PORT + 1}", f":{PORT}")
         server_wg = wireguard_go_pid(SERVER_IF)
         relay = relay_pid(state)
@@ -399,7 +435,10 @@ def main() -> None:
         from resistance.vpn.translator import _native_module
 
         path = "Python" if _native_module() is None else "C (_awg.c) for transport"
-        print(f"cores {os.cpu_count()}, load average {load:.1f} at the end; translators: {path}")
+        print(
+            f"cores {os.cpu_count()}, load average {load:.1f} at the end; translators: {path}; "
+            f"{'AWG 3' if args.awg3 else 'AWG 2'} parameters"
+        )
         print(f"{'mode':10} {'dir':5} {'Mbit/s':>8} {'CPU s/GB':>9} {'translators':>12}")
         for mode, by_dir in results.items():
             for direction, r in by_dir.items():

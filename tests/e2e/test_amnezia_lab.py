@@ -12,6 +12,9 @@ censor's ``wireguard`` rule on, in the censored namespace:
 * over AmneziaWG (``resist vpn amnezia-client`` with her config, in front of
   the same stock wg-quick) she pings the server's tunnel address and moves
   200 kB over TCP inside the tunnel to a server in the free namespace.
+
+Twice: with the default (AWG 2) parameters, and with ``--amnezia-v3`` (AWG 3:
+header protection, random trailers), each on a server of its own.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Lab:
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     client_confs: list[Path] = field(default_factory=list)
     stderr: str = ""  # the last resist command's
+    echo: subprocess.Popen[str] | None = None  # the TCP echo server in the free namespace
 
     def resist(self, *args: str, ns: str | None = None) -> str:
         argv = [*(netns.exec_prefix(ns) if ns else ()), sys.executable, "-m", "resistance"]
@@ -151,13 +155,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         censor.forget(t.censor)
 
 
-def test_plain_wireguard_is_blocked_and_amneziawg_gets_through(lab: Lab) -> None:
+@pytest.mark.parametrize("version", ["awg2", "awg3"])
+def test_plain_wireguard_is_blocked_and_amneziawg_gets_through(lab: Lab, version: str) -> None:
     t = lab.t
+    if (lab.state / "vpn" / "server.json").exists():  # the other version's server: away with it
+        lab.resist("down", "--state-dir", str(lab.state))
+        kill_wireguard_go(lab.server_if)
+        lab.state = lab.state / version
+        lab.state.mkdir(mode=0o700)
+    extra = ("--amnezia-v3",) if version == "awg3" else ()
     out = lab.resist(
         "init", "--endpoint", f"{topo.VPN_ADDR}:{topo.VPN_PORT}", "--interface", lab.server_if,
-        "--netns", t.free, "--allow", topo.LAB_RANGE, "--amnezia", "--state-dir", str(lab.state),
+        "--netns", t.free, "--allow", topo.LAB_RANGE, "--amnezia", *extra,
+        "--state-dir", str(lab.state),
     )  # fmt: skip
     assert f"AmneziaWG on {topo.VPN_ADDR}:{topo.VPN_PORT + 1}" in out
+    assert ("AWG 3" in out) == (version == "awg3"), out
     serve = lab.spawn(
         sys.executable, "-m", "resistance", "vpn", "serve", "--interval", "1",
         "--state-dir", str(lab.state),
@@ -167,12 +180,19 @@ def test_plain_wireguard_is_blocked_and_amneziawg_gets_through(lab: Lab) -> None
     lines = [serve.stdout.readline() for _ in range(2)]
     assert any("serving vpn" in line for line in lines), lines
     assert any("AmneziaWG server translator on" in line for line in lines), lines
-    echo = lab.spawn(sys.executable, "-m", "tests.vpn.nettool", "serve", str(ECHO_PORT), ns=t.free)
-    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+    if lab.echo is None:  # one for both versions
+        echo = lab.spawn(
+            sys.executable, "-m", "tests.vpn.nettool", "serve", str(ECHO_PORT), ns=t.free
+        )
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+        lab.echo = echo
 
     config = lab.resist("add", "alice", "--state-dir", str(lab.state))
     for key in ("Jc", "Jmin", "Jmax", "S1", "S2", "S3", "S4", "H1", "H2", "H3", "H4"):
         assert re.search(rf"^{key} = \d+(-\d+)?$", config, re.M), key
+    if version == "awg3":
+        assert re.search(r"^HeaderProtectionKey = [A-Za-z0-9+/]{43}=$", config, re.M), config
+        assert re.search(r"^RandomTrailers = on$", config, re.M), config
     assert f"Endpoint = {topo.VPN_ADDR}:{topo.VPN_PORT + 1}" in config
     # the AmneziaVPN app's link carries the same config: the tunnel below uses the link's
     link = re.search(r"^vpn://\S+$", lab.stderr, re.M)
@@ -189,7 +209,12 @@ def test_plain_wireguard_is_blocked_and_amneziawg_gets_through(lab: Lab) -> None
     caught_before = int(censor.report(t.censor)["rules"]["wireguard"]["caught"])
 
     # 1. the same user, plain WireGuard: no AmneziaWG keys, the WireGuard port
-    plain = re.sub(r"^(Jc|Jmin|Jmax|S\d|H\d|I\d) = .*\n", "", config, flags=re.M)
+    plain = re.sub(
+        r"^(Jc|Jmin|Jmax|S\d|H\d|I\d|HeaderProtectionKey|RandomTrailers) = .*\n",
+        "",
+        config,
+        flags=re.M,
+    )
     plain = plain.replace(f":{topo.VPN_PORT + 1}", f":{topo.VPN_PORT}")
     plain_conf = lab.state / f"awgp{TAG}.conf"
     plain_conf.write_text(plain)
@@ -210,6 +235,7 @@ def test_plain_wireguard_is_blocked_and_amneziawg_gets_through(lab: Lab) -> None
     assert client.stdout is not None
     line = client.stdout.readline()
     assert "AmneziaWG client translator on 127.0.0.1:51821" in line, stop(client)
+    assert ("header protection on, random trailers on" in line) == (version == "awg3"), line
     assert "Jc" not in wg_conf.read_text()
     lab.wg_up(wg_conf)
     if not lab.ping("10.66.0.1", 20):

@@ -34,15 +34,18 @@ from tests.registry.test_wireguard import (
 __all__ = ["world"]  # the fixture, shared with test_wireguard.py
 
 PARAMS = AmneziaParams.generate()
+AWG3 = AmneziaParams.generate(awg3=True)
 
 
 @asynccontextmanager
-async def amnezia_server(w: World, *peers: bytes) -> AsyncIterator[int]:
+async def amnezia_server(
+    w: World, *peers: bytes, params: AmneziaParams = PARAMS
+) -> AsyncIterator[int]:
     """The responder behind a server-side translator; yields the AmneziaWG port."""
     with responder(w) as wg:
         wg.peers |= set(peers)
         t = Translator(
-            PARAMS,
+            params,
             side=Side.SERVER,
             listen=Endpoint("127.0.0.1", 0),
             target=Endpoint("127.0.0.1", wg.port),
@@ -72,6 +75,22 @@ async def test_an_amneziawg_server_is_proven_by_an_amneziawg_handshake(world: Wo
     assert entry["wg_public_key"] == world.server.public_text
     listed = json.dumps(entry)
     assert '"amnezia"' not in listed and "jmin" not in listed and str(PARAMS.h1) not in listed
+
+
+async def test_an_awg3_server_is_proven_with_its_header_protection(world: World) -> None:
+    async with amnezia_server(world, params=AWG3) as port:
+        # the AWG 2 parameters of the same headers and sizes hear silence there
+        without = AWG3.to_json()
+        del without["header_protection_key"], without["random_trailers"]
+        refused = await world.register(port, amnezia=without)
+        assert refused.status_code == 422, refused.text
+        response = await world.register(port, public=True, amnezia=AWG3.to_json())
+        assert response.status_code == 201, response.text
+    assert response.json()["protocols"] == ["amneziawg"]
+    signed = await publish(world.reg.registry)
+    (entry,) = signed["document"]["proxies"]
+    key = AWG3.to_json()["header_protection_key"]
+    assert key not in json.dumps(entry)  # the key, like every parameter, stays off the directory
 
 
 async def test_bad_parameters_are_refused_before_any_handshake(world: World) -> None:

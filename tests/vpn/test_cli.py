@@ -53,6 +53,20 @@ def test_commands_cover_the_issue() -> None:
         ),
         (["init", "--endpoint", "h", "--amnezia-port", "5", "--netns", "x"], "need --amnezia"),
         (["init", "--endpoint", "h", "--amnezia-legacy", "--netns", "x"], "need --amnezia"),
+        (["init", "--endpoint", "h", "--amnezia-v3", "--netns", "x"], "need --amnezia"),
+        (
+            [
+                "init",
+                "--endpoint",
+                "h",
+                "--amnezia",
+                "--amnezia-v3",
+                "--amnezia-legacy",
+                "--netns",
+                "x",
+            ],
+            "exclude each other",
+        ),
         (
             ["init", "--endpoint", "h:5000", "--amnezia", "--amnezia-port", "5000", "--netns", "x"],
             "not the WireGuard port",

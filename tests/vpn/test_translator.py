@@ -2,7 +2,9 @@
 
 The responder (tests/vpn/responder.py) is written from the whitepaper and
 shares no code with the translator: a handshake that completes through the
-translator means the rewritten datagrams are WireGuard's own.
+translator means the rewritten datagrams are WireGuard's own.  Every test
+runs with AWG 2 parameters and with AWG 3's (header protection, random
+trailers), on the C path and all in Python.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from tests.vpn.responder import UdpResponder
 
 SERVER = keys.KeyPair.generate()
 CLIENT = keys.KeyPair.generate()
-PARAMS = AmneziaParams.generate()
+VERSIONS = {"awg2": AmneziaParams.generate(), "awg3": AmneziaParams.generate(awg3=True)}
+PARAMS = VERSIONS["awg2"]  # the test's own, set by the ``version`` fixture
+
+
+@pytest.fixture(autouse=True, params=sorted(VERSIONS))
+def version(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(globals(), "PARAMS", VERSIONS[request.param])
+    return str(request.param)
 
 
 @pytest.fixture(autouse=True, params=["c", "python"])
@@ -69,9 +78,11 @@ async def shake(
     *,
     server: bytes = SERVER.public,
     within: float = 3.0,
-    amnezia: AmneziaParams | None = PARAMS,
+    amnezia: AmneziaParams | str | None = "the test's",
 ) -> ProbeResult:
     """The handshake probe (AmneziaWG unless ``amnezia`` is None) against ``t``."""
+    if isinstance(amnezia, str):
+        amnezia = PARAMS
     return await handshake(
         "127.0.0.1",
         port_of(t),

@@ -23,7 +23,22 @@
  * Everything else comes back to the caller as (datagram, raw source address),
  * in arrival order, after this batch's transport messages have been sent.
  *
- * relay(fd, to_wireguard, s4, h4_lo, h4_hi, handshake_sizes, routes, new_size)
+ * AWG 3 header protection (hp_key given): the 16-byte transport header (type,
+ * receiver, counter) travels XORed with the first 16 bytes of ChaCha20(hp_key,
+ * nonce = the datagram's first 12 bytes, counter 0), so S4 >= 12 and the
+ * nonce is the padding.  Reading, the header is unmasked before the checks
+ * above; writing, the type and the rest of the header are masked under the
+ * fresh padding.  chacha20_block() below is RFC 8439 section 2.3, written from
+ * the RFC (tests/vpn/test_awg_native.py holds it to the RFC's test vector and
+ * to the `cryptography` package).  One block per datagram: the Python path
+ * would build a cipher object per datagram, several microseconds each.
+ * AWG 3 random trailers (candidates given): a handshake may then be longer
+ * than its size, so a datagram that reaches a handshake's size and whose
+ * (unmasked) four bytes at that handshake's padding lie in its H range goes
+ * to Python, which classifies it as amneziawg-go does (handshakes first).
+ *
+ * relay(fd, to_wireguard, s4, h4_lo, h4_hi, handshake_sizes, routes, new_size
+ *       [, hp_key[, candidates]])
  *   reads up to ROUNDS batches of BATCH datagrams (more where the kernel
  *   coalesced them) from the non-blocking socket fd.  routes is either one
  *   route (a tuple: out_fd, raw destination address bytes or None for a
@@ -31,11 +46,16 @@
  *   used for every datagram, or a dict from the raw source
  *   address (the bytes of its sockaddr) to such a route.  A datagram from a
  *   source the dict does not know goes back to Python when new_size is -1 or
- *   its size is new_size (an initiation can open a flow), and is dropped
+ *   its size is new_size (an initiation can open a flow) or, with random
+ *   trailers (candidates, whose first is the initiation's), when it reaches
+ *   the initiation's size and its unmasked four bytes at S1 lie in H1; it is dropped
  *   otherwise (so junk from strangers costs no Python).  Returns
  *   (slow, received, sent, dropped, tags): the datagrams for Python, counts,
  *   and the tags of the routes that moved datagrams (consecutive repeats
- *   folded), so the caller can stamp those flows as alive.
+ *   folded), so the caller can stamp those flows as alive.  hp_key: None or
+ *   the 32-byte header protection key; candidates: a tuple of up to three
+ *   (least size, padding, H lo, H hi), one per handshake type, when the
+ *   receiver accepts random trailers (empty or None otherwise).
  *
  * Sending: runs of equal-sized datagrams to one destination (a tunnel's bulk
  * traffic) go as one UDP GSO sendmsg (UDP_SEGMENT), which takes them through
@@ -132,6 +152,62 @@ static inline void store_le32(unsigned char *p, uint32_t v)
     p[1] = (unsigned char)(v >> 8);
     p[2] = (unsigned char)(v >> 16);
     p[3] = (unsigned char)(v >> 24);
+}
+
+/* --- ChaCha20 (RFC 8439, section 2.3): the block function, for header protection --- */
+
+#define ROTL32(v, n) (((v) << (n)) | ((v) >> (32 - (n))))
+#define QUARTER(a, b, c, d)                                                                    \
+    do {                                                                                       \
+        a += b; d ^= a; d = ROTL32(d, 16);                                                     \
+        c += d; b ^= c; b = ROTL32(b, 12);                                                     \
+        a += b; d ^= a; d = ROTL32(d, 8);                                                      \
+        c += d; b ^= c; b = ROTL32(b, 7);                                                      \
+    } while (0)
+
+/* One 64-byte keystream block: key 32 bytes, nonce 12 bytes, block counter. */
+static void chacha20_block(const unsigned char *key, uint32_t counter, const unsigned char *nonce,
+                           unsigned char *out)
+{
+    uint32_t state[16], x[16];
+    state[0] = 0x61707865; /* "expand 32-byte k" */
+    state[1] = 0x3320646e;
+    state[2] = 0x79622d32;
+    state[3] = 0x6b206574;
+    for (int i = 0; i < 8; i++) state[4 + i] = load_le32(key + 4 * i);
+    state[12] = counter;
+    for (int i = 0; i < 3; i++) state[13 + i] = load_le32(nonce + 4 * i);
+    memcpy(x, state, sizeof(x));
+    for (int round = 0; round < 10; round++) {
+        QUARTER(x[0], x[4], x[8], x[12]); /* column rounds */
+        QUARTER(x[1], x[5], x[9], x[13]);
+        QUARTER(x[2], x[6], x[10], x[14]);
+        QUARTER(x[3], x[7], x[11], x[15]);
+        QUARTER(x[0], x[5], x[10], x[15]); /* diagonal rounds */
+        QUARTER(x[1], x[6], x[11], x[12]);
+        QUARTER(x[2], x[7], x[8], x[13]);
+        QUARTER(x[3], x[4], x[9], x[14]);
+    }
+    for (int i = 0; i < 16; i++) store_le32(out + 4 * i, x[i] + state[i]);
+}
+
+static PyObject *py_chacha20_block(PyObject *self, PyObject *args)
+{
+    Py_buffer key, nonce;
+    unsigned long counter;
+    unsigned char out[64];
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*ky*", &key, &counter, &nonce)) return NULL;
+    if (key.len != 32 || nonce.len != 12 || counter > 0xFFFFFFFFUL) {
+        PyBuffer_Release(&key);
+        PyBuffer_Release(&nonce);
+        PyErr_SetString(PyExc_ValueError, "chacha20_block(key of 32 bytes, counter, nonce of 12)");
+        return NULL;
+    }
+    chacha20_block(key.buf, (uint32_t)counter, nonce.buf, out);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&nonce);
+    return PyBytes_FromStringAndSize((const char *)out, 64);
 }
 
 static size_t msg_len(int i)
@@ -294,21 +370,68 @@ static int unpack_route(PyObject *route, int *fd, PyObject **dest, PyObject **in
     return 0;
 }
 
+struct candidate {
+    unsigned long least, pad, lo, hi;
+};
+
+/* With random trailers: whether a datagram can be an initiation (cand[0]) with a trailer. */
+static int maybe_initiation(const unsigned char *data, size_t size, const unsigned char *key,
+                            const struct candidate *cand, int ncand)
+{
+    if (ncand < 1 || size < cand[0].least) return 0;
+    uint32_t mask = 0;
+    if (key != NULL) {
+        unsigned char block[64];
+        chacha20_block(key, 0, data, block);
+        mask = load_le32(block);
+    }
+    uint32_t v = load_le32(data + cand[0].pad) ^ mask;
+    return v >= cand[0].lo && v <= cand[0].hi;
+}
+
 static PyObject *relay(PyObject *self, PyObject *args)
 {
     int fd, to_wireguard, new_size;
     unsigned int s4;
     unsigned long lo, hi;
     long hs[3];
-    PyObject *routes;
+    PyObject *routes, *hp_obj = Py_None, *cand_obj = Py_None;
     (void)self;
-    if (!PyArg_ParseTuple(args, "ipIkk(lll)Oi", &fd, &to_wireguard, &s4, &lo, &hi, &hs[0],
-                          &hs[1], &hs[2], &routes, &new_size))
+    if (!PyArg_ParseTuple(args, "ipIkk(lll)Oi|OO", &fd, &to_wireguard, &s4, &lo, &hi, &hs[0],
+                          &hs[1], &hs[2], &routes, &new_size, &hp_obj, &cand_obj))
         return NULL;
     if (lo > hi || hi > 0xFFFFFFFFUL || s4 > 65535) {
         PyErr_SetString(PyExc_ValueError, "bad S4 or H4");
         return NULL;
     }
+    /* AWG 3: the header protection key, and the handshake types random trailers lengthen */
+    unsigned char hp_key[32];
+    int hp = hp_obj != Py_None;
+    if (hp) {
+        if (!PyBytes_Check(hp_obj) || PyBytes_GET_SIZE(hp_obj) != 32 || s4 < 12) {
+            PyErr_SetString(PyExc_ValueError, "hp_key is 32 bytes or None, and needs S4 >= 12");
+            return NULL;
+        }
+        memcpy(hp_key, PyBytes_AS_STRING(hp_obj), 32);
+    }
+    struct candidate cand[3];
+    int ncand = 0;
+    if (cand_obj != Py_None) {
+        if (!PyTuple_Check(cand_obj) || PyTuple_GET_SIZE(cand_obj) > 3) {
+            PyErr_SetString(PyExc_TypeError, "candidates: a tuple of up to three 4-tuples");
+            return NULL;
+        }
+        for (; ncand < PyTuple_GET_SIZE(cand_obj); ncand++) {
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(cand_obj, ncand), "kkkk", &cand[ncand].least,
+                                  &cand[ncand].pad, &cand[ncand].lo, &cand[ncand].hi))
+                return NULL;
+            if (cand[ncand].least < cand[ncand].pad + 4 || cand[ncand].pad > 65535) {
+                PyErr_SetString(PyExc_ValueError, "a candidate's least size is below its padding + 4");
+                return NULL;
+            }
+        }
+    }
+    unsigned char block[64];
     int lookup = PyDict_Check(routes);
     int fixed_fd = -1;
     PyObject *fixed_dest = NULL, *fixed_indices = NULL;
@@ -364,10 +487,20 @@ static PyObject *relay(PyObject *self, PyObject *args)
             received++;
             if (out == OUT_MAX && send_out(&out, tags, &last_tag, &sent, &dropped)) goto error;
             int fast;
-            if (to_wireguard)
+            uint32_t mask = 0; /* header protection: the keystream's first four bytes */
+            if (to_wireguard) {
                 fast = size >= least && (long)size != hs[0] && (long)size != hs[1] &&
                        (long)size != hs[2];
-            else
+                if (fast && hp) {
+                    chacha20_block(hp_key, 0, data, block);
+                    mask = load_le32(block);
+                }
+                for (int c = 0; fast && c < ncand; c++)
+                    if (size >= cand[c].least) {
+                        uint32_t v = load_le32(data + cand[c].pad) ^ mask;
+                        if (v >= cand[c].lo && v <= cand[c].hi) fast = 0; /* maybe a handshake */
+                    }
+            } else
                 fast = size >= least && data[0] == 4 && data[1] == 0 && data[2] == 0 &&
                        data[3] == 0;
             PyObject *route = routes;
@@ -381,7 +514,9 @@ static PyObject *relay(PyObject *self, PyObject *args)
                 Py_DECREF(key);
                 if (route == NULL) {
                     if (PyErr_Occurred()) goto error;
-                    if (new_size >= 0 && (long)size != new_size) {
+                    if (new_size >= 0 && (long)size != new_size &&
+                        !(to_wireguard && maybe_initiation(data, size, hp ? hp_key : NULL, cand,
+                                                           ncand))) {
                         dropped++; /* a stranger's datagram that cannot open a flow */
                         continue;
                     }
@@ -403,12 +538,13 @@ static PyObject *relay(PyObject *self, PyObject *args)
             struct msghdr *hdr = &out_msgs[out].msg_hdr;
             memset(hdr, 0, sizeof(*hdr));
             if (to_wireguard) {
-                uint32_t header = load_le32(data + s4);
+                uint32_t header = load_le32(data + s4) ^ mask;
                 if (header < lo || header > hi || indices == NULL || indices == Py_None) {
                     dropped++;
                     continue;
                 }
-                PyObject *receiver = PyLong_FromUnsignedLong(load_le32(data + s4 + 4));
+                uint32_t index = load_le32(data + s4 + 4) ^ (hp ? load_le32(block + 4) : 0);
+                PyObject *receiver = PyLong_FromUnsignedLong(index);
                 if (receiver == NULL) goto error;
                 int known = PyDict_Contains(indices, receiver);
                 Py_DECREF(receiver);
@@ -418,6 +554,8 @@ static PyObject *relay(PyObject *self, PyObject *args)
                     continue;
                 }
                 store_le32(data + s4, 4);
+                if (hp)
+                    for (int k = 4; k < 16; k++) data[s4 + k] ^= block[k];
                 out_iov[out][0].iov_base = data + s4;
                 out_iov[out][0].iov_len = size - s4;
                 hdr->msg_iovlen = 1;
@@ -429,6 +567,11 @@ static PyObject *relay(PyObject *self, PyObject *args)
                 }
                 uint32_t r = load_le32(pad + s4);
                 store_le32(pad + s4, (uint32_t)(span > 0xFFFFFFFFULL ? r : lo + r % span));
+                if (hp) { /* mask the header under this padding's first 12 bytes */
+                    chacha20_block(hp_key, 0, pad, block);
+                    for (int k = 0; k < 4; k++) pad[s4 + k] ^= block[k];
+                    for (int k = 4; k < 16; k++) data[k] ^= block[k];
+                }
                 out_iov[out][0].iov_base = pad;
                 out_iov[out][0].iov_len = pad_len;
                 out_iov[out][1].iov_base = data + 4;
@@ -463,6 +606,8 @@ error:
 static PyMethodDef methods[] = {
     {"relay", relay, METH_VARARGS,
      "Move one socket's transport messages in batches; the rest back to Python."},
+    {"chacha20_block", py_chacha20_block, METH_VARARGS,
+     "chacha20_block(key, counter, nonce) -> the 64-byte ChaCha20 block (RFC 8439 2.3)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,5 +13,8 @@ def relay(
     handshake_sizes: tuple[int, int, int],
     routes: Route | dict[bytes, Route],
     new_size: int,
+    hp_key: bytes | None = None,
+    candidates: tuple[tuple[int, int, int, int], ...] | None = None,
     /,
 ) -> tuple[list[tuple[bytes, bytes]], int, int, int, list[Any]]: ...
+def chacha20_block(key: bytes, counter: int, nonce: bytes, /) -> bytes: ...

@@ -55,10 +55,70 @@ The wire rules (as implemented here)
   the sender's own.  S1+148, S2+92, S3+64 and S4+32 must all differ (older
   amneziawg-go enforces it; HEAD does not, but its peers in the field do).
 
-Not implemented: AWG 3's header protection (``header_protection_key``: a
-ChaCha20 stream keyed per message by the first 12 padding bytes),
-``random_trailers`` and ``content_padding_addition``.  Servers generated
-here leave them off, and configs that set them are refused.
+AWG 3 (read at the same commit; file:line there)
+------------------------------------------------
+Config keys as amneziawg-tools (ee0f0a9, ``src/config.c:548-579``,
+``showconf.c:82-99``) spells them in ``[Interface]``, and their uapi names:
+
+* ``HeaderProtectionKey`` (uapi ``header_protection_key``, hex there): 32
+  bytes, base64 in the config like every wg key (``parse_key``); ``awg
+  genkey`` makes one.  All zero is "off" (noise-types.go:87 ``IsZero``).
+  Must match on both ends.
+* ``RandomTrailers`` (uapi ``random_trailers``): on/off or a number
+  (config.c ``parse_bool``; uapi.go:530 ``strconv.ParseBool``).
+* ``ContentPaddingAddition`` (uapi ``content_padding_addition``): ``N`` or
+  ``LO-HI``, 16 bits in amneziawg-tools (``u16_range_from_string``).
+  README: "client-side", need not match.
+
+Header protection (noise-protocol.go:647 ``HeaderProtectionCipher``): a
+ChaCha20 stream (RFC 8439, x/crypto ``NewUnauthenticatedCipher``: 12-byte
+nonce, block counter 0) keyed by the key, with the first 12 bytes of the
+datagram, i.e. of its random padding, as nonce (noise-types.go:23
+``HeaderCipherNonceSize``).  Setting a key with any S1..S4 under 12 is
+refused (uapi.go:852-858).
+
+* Sending, after the MACs are computed over the message with its H value
+  (so the MACs are the unmasked message's): a handshake message (initiation,
+  response, cookie reply) is XORed whole (send.go:165-170, 222-227,
+  275-280); a transport message only its 16-byte header, type, receiver
+  and counter, after sealing (send.go:638-645).  The padding itself and the
+  transport ciphertext are not masked.
+* Receiving (receive.go:144-180): the cipher is keyed by the datagram's
+  first 12 bytes whatever its type; the first 4 keystream bytes unmask the
+  candidate type field at each candidate padding offset during
+  classification (``DeterminePacketTypeAndPadding``, receive.go:604-657),
+  then the rest of the message (handshakes, receive.go:228-244) or of the
+  16-byte header (transport, receive.go:180) continues the same stream.  A
+  wrong key gives random type values: the datagram classifies as nothing,
+  or fails mac1 or the index lookup, and is dropped silently.
+
+Random trailers (send.go:150, 200, 264, 554-575; receive.go:611-640): the
+sender appends ``rand(udpWindow - size)`` random bytes after a handshake
+message (nothing when the datagram already reaches the window); udpWindow
+is 500 (constants.go:27 ``DefaultUdpWindow``), per peer raised to the
+largest transport datagram seen (send.go:592, receive.go:519).  The
+receiver, *if its own RandomTrailers is on*, accepts a handshake of S_T +
+size or longer (classification still needs the H value) and cuts the
+trailer off; with it off, only the exact size.  So it must be on at the
+receiver whenever the peer sends trailers: in practice both ends alike.
+Because handshakes are tried first, a transport datagram at least S1+148
+long whose (unmasked) bytes at offset S1 fall in H1 is taken for an
+initiation and lost (likewise H2, H3): :meth:`AmneziaParams.generate` keeps
+H1..H3 narrow for AWG 3.  On transport messages RandomTrailers and
+ContentPaddingAddition add zero bytes to the *plaintext before sealing*
+(send.go:533-552, 612-621), instead of WireGuard's pad-to-16: inside the
+AEAD, so only the WireGuard sender can do it, and the receiver needs nothing
+(the inner IP header gives the length).
+
+What this module does with them: header protection both ways on every
+message type (Python here; transport also in ``_awg.c``, whose RFC 8439
+block function is tested against the RFC's vectors); random trailers on the
+handshakes it sends (window fixed at 500: its trailers are shorter than
+amneziawg-go's can grow, which any receiver accepts) and accepted on those
+it receives when ``random_trailers`` is set; ContentPaddingAddition read,
+kept, shown, but not applied (a translator outside WireGuard's encryption
+cannot pad the plaintext; the setting is the sender's own).  Noticed in
+passing: uapi.go:856 names the offending S 0-based ("S0" for S1).
 
 Theory of operation
 -------------------
@@ -76,12 +136,15 @@ the cookie a cookie reply carries so mac2 can be recomputed too, and
 re-encrypts each cookie reply for the mac1 its recipient actually sent.
 The translator (:mod:`resistance.vpn.translator`) runs the transport rules
 of :meth:`Rewriter.to_wireguard` and :meth:`Rewriter.to_amnezia` in C
-(``_awg.c``) where it is built; tests/vpn/test_awg_native.py holds the two
-to the same output datagram by datagram.
+(``_awg.c``, header protection included) where it is built;
+tests/vpn/test_awg_native.py and test_awg3.py hold the two to the same
+output datagram by datagram.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import os
 import random
@@ -92,6 +155,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from resistance.errors import ConfigError, ProtocolError
 from resistance.vpn.noise import (
@@ -126,6 +191,15 @@ _ORDER: Final = (
 )
 _TRANSPORT_TYPE: Final = b"\x04\x00\x00\x00"
 COOKIE_LIFETIME: Final = 120.0  # seconds, as WireGuard's CookieRefreshTime
+NONCE_SIZE: Final = 12  # HeaderCipherNonceSize: the padding bytes that key the header cipher
+TRANSPORT_HEADER: Final = 16  # type, receiver, counter: what header protection hides
+UDP_WINDOW: Final = 500  # DefaultUdpWindow: random trailers stop short of it
+# [Interface] keys as amneziawg-tools spells them -> AmneziaParams fields
+_AWG3_KEYS: Final = {
+    "headerprotectionkey": "header_protection_key",
+    "randomtrailers": "random_trailers",
+    "contentpaddingaddition": "content_padding_addition",
+}
 
 
 class AmneziaError(ProtocolError):
@@ -281,8 +355,24 @@ class AmneziaParams:
     i3: str = ""
     i4: str = ""
     i5: str = ""
+    header_protection_key: bytes = b""  # AWG 3: 32 bytes, or empty (off)
+    random_trailers: bool = False  # AWG 3: random bytes after handshake messages
+    content_padding_addition: HeaderRange | None = None  # AWG 3: sender's own, see docstring
 
     def __post_init__(self) -> None:
+        if len(self.header_protection_key) not in (0, 32):
+            raise AmneziaError("bad HeaderProtectionKey: expected 32 bytes (a key as awg genkey)")
+        if self.header_protection_key == bytes(32):
+            object.__setattr__(self, "header_protection_key", b"")  # all zero is off (IsZero)
+        if self.header_protection_key:
+            for n, s in enumerate((self.s1, self.s2, self.s3, self.s4), start=1):
+                if isinstance(s, int) and s < NONCE_SIZE:
+                    raise AmneziaError(
+                        f"S{n} {s} is below 12: header protection takes its nonce from the padding"
+                    )
+        cpa = self.content_padding_addition
+        if cpa is not None and cpa.hi > MAX_U16:
+            raise AmneziaError(f"bad ContentPaddingAddition {cpa}: expected 0..65535")
         for name in ("jc", "jmin", "jmax", "s1", "s2", "s3", "s4"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= MAX_U16:
@@ -330,7 +420,9 @@ class AmneziaParams:
         return [tags for tags in map(parse_cps, chains) if tags]
 
     @classmethod
-    def generate(cls, *, jc: int | None = None, legacy: bool = False) -> AmneziaParams:
+    def generate(
+        cls, *, jc: int | None = None, legacy: bool = False, awg3: bool = False
+    ) -> AmneziaParams:
         """Fresh random parameters: valid, non-overlapping, one MTU at most.
 
         Jc 4..8 junk datagrams of 40..700 bytes; S1, S2 15..150 and S3 8..64
@@ -344,16 +436,40 @@ class AmneziaParams:
         handshake and lost (amneziawg-go classifies in the same order).
         ``legacy`` makes what AWG 1.0 peers (older AmneziaVPN apps,
         amneziawg-go v0.2.12) read: single H values and no S3/S4.
+
+        ``awg3`` makes what AWG 3 peers (amneziawg-go 3.x) read: a header
+        protection key, random trailers on, every S at least 12 (S4 12..24),
+        and H1..H3 at most 256 values wide.  With random trailers a receiver
+        tries a transport message longer than S1+148 as an initiation first
+        (and so on for H2, H3): its four bytes at offset S_T, unmasked, are
+        random, so a range of width w takes it for a handshake, and loses
+        it, with probability w / 2^32.  Header protection already hides the
+        values, so narrow ranges cost nothing.
         """
+        if legacy and awg3:
+            raise AmneziaError("AWG 1.0 (legacy) parameters cannot have AWG 3's header protection")
         rand = secrets.SystemRandom()
         while True:
             jmin = rand.randint(40, 100)
             points = sorted(rand.sample(range(5, MAX_U32 + 1), 8))
             if legacy:
                 ranges = [HeaderRange(p, p) for p in points[:4]]
+            elif awg3:  # H1..H3 narrow (see above), H4 wide
+                ranges = [
+                    HeaderRange(points[2 * i], min(points[2 * i] + 255, points[2 * i + 1]))
+                    for i in range(4)
+                ]
+                wide = rand.randrange(4)
+                ranges[wide] = HeaderRange(points[2 * wide], points[2 * wide + 1])
+                ranges[wide], ranges[3] = ranges[3], ranges[wide]
             else:
                 ranges = [HeaderRange(points[2 * i], points[2 * i + 1]) for i in range(4)]
-            rand.shuffle(ranges)
+            if awg3:
+                head = ranges[:3]
+                rand.shuffle(head)
+                ranges[:3] = head
+            else:
+                rand.shuffle(ranges)
             try:
                 params = cls(
                     jc=rand.randint(4, 8) if jc is None else jc,
@@ -361,12 +477,14 @@ class AmneziaParams:
                     jmax=jmin + rand.randint(100, 600),
                     s1=rand.randint(15, 150),
                     s2=rand.randint(15, 150),
-                    s3=0 if legacy else rand.randint(8, 64),
-                    s4=0 if legacy else rand.randint(1, 16),
+                    s3=0 if legacy else rand.randint(12 if awg3 else 8, 64),
+                    s4=0 if legacy else (rand.randint(12, 24) if awg3 else rand.randint(1, 16)),
                     h1=ranges[0],
                     h2=ranges[1],
                     h3=ranges[2],
                     h4=ranges[3],
+                    header_protection_key=os.urandom(32) if awg3 else b"",
+                    random_trailers=awg3,
                 )
             except AmneziaError:
                 continue  # sizes collided: draw again
@@ -404,19 +522,58 @@ class AmneziaParams:
         for n in range(1, 6):
             if value := getattr(self, f"i{n}"):
                 keys.append((f"I{n}", value))
+        if self.header_protection_key:
+            key = base64.b64encode(self.header_protection_key).decode()
+            keys.append(("HeaderProtectionKey", key))
+        if self.content_padding_addition is not None:
+            keys.append(("ContentPaddingAddition", str(self.content_padding_addition)))
+        if self.random_trailers:
+            keys.append(("RandomTrailers", "on"))
         return keys
+
+    @property
+    def version(self) -> str:
+        """Which AmneziaWG this is: "AWG 3" (header protection or trailers), "AWG 2", "AWG 1"."""
+        if self.header_protection_key or self.random_trailers or self.content_padding_addition:
+            return "AWG 3"
+        if self.s3 or self.s4 or any(h.lo != h.hi for h in self.headers().values()):
+            return "AWG 2"
+        return "AWG 1"
+
+    def in_force(self) -> str:
+        """One line: the version and the AWG 3 settings a translator applies."""
+        parts = [self.version]
+        if self.version == "AWG 3":
+            parts.append(f"header protection {'on' if self.header_protection_key else 'off'}")
+            parts.append(f"random trailers {'on' if self.random_trailers else 'off'}")
+            if self.content_padding_addition is not None:
+                parts.append(
+                    f"content padding {self.content_padding_addition} "
+                    "(inside WireGuard's encryption: not applied by the translator)"
+                )
+        return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in ("header_protection_key", "random_trailers", "content_padding_addition"):
+                if value:  # absent when off, so older state files and code read the same
+                    doc[f.name] = (
+                        base64.b64encode(value).decode()
+                        if isinstance(value, bytes)
+                        else "on"
+                        if value is True
+                        else str(value)
+                    )
+                continue
             doc[f.name] = str(value) if isinstance(value, HeaderRange) else value
         return doc
 
     @classmethod
     def from_keys(cls, keys: dict[str, str], source: str) -> AmneziaParams:
         """From ``[Interface]``-style keys (any case), as awg-quick reads them."""
-        lowered = {k.lower(): v.strip() for k, v in keys.items()}
+        lowered = {_AWG3_KEYS.get(k.lower(), k.lower()): v.strip() for k, v in keys.items()}
         unknown = set(lowered) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"{source}: unsupported AmneziaWG key {sorted(unknown)[0]!r}")
@@ -424,14 +581,26 @@ class AmneziaParams:
             values: dict[str, Any] = {}
             for f in fields(cls):
                 if f.name not in lowered:
-                    if f.name.startswith("i"):
+                    if f.name.startswith("i") or f.name in _AWG3_KEYS.values():
                         continue
                     if f.name in ("s3", "s4"):  # AWG 1.0 configs have neither
                         values[f.name] = 0
                         continue
                     raise ConfigError(f"{source}: AmneziaWG key {f.name.upper()} missing")
                 text = lowered[f.name]
-                if f.name.startswith("h"):
+                if f.name == "header_protection_key":
+                    values[f.name] = _parse_key(text)
+                elif f.name == "random_trailers":
+                    values[f.name] = _parse_bool(text, "RandomTrailers")
+                elif f.name == "content_padding_addition":
+                    try:
+                        rng = HeaderRange.parse(text)
+                    except AmneziaError:
+                        raise AmneziaError(
+                            f"bad ContentPaddingAddition {text[:20]!r}: expected N or LO-HI"
+                        ) from None
+                    values[f.name] = None if rng == HeaderRange(0, 0) else rng
+                elif f.name.startswith("h"):
                     values[f.name] = HeaderRange.parse(text)
                 elif f.name.startswith("i"):
                     values[f.name] = text
@@ -450,20 +619,89 @@ class AmneziaParams:
         return cls.from_keys({k: str(v) for k, v in doc.items()}, source)
 
 
+def _parse_key(text: str) -> bytes:
+    """HeaderProtectionKey as amneziawg-tools reads it (``parse_key``: base64 of 32 bytes)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32 or len(text) != 44:
+        raise AmneziaError("bad HeaderProtectionKey: expected base64 of 32 bytes (awg genkey)")
+    return raw
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    """on/off (any case) or a number, as amneziawg-tools' ``parse_bool`` reads a config."""
+    lowered = text.lower()
+    if lowered == "on":
+        return True
+    if lowered == "off":
+        return False
+    if re.fullmatch(r"\d{1,10}", text):
+        return int(text) != 0
+    raise AmneziaError(f"bad {name} {text[:20]!r}: expected on or off")
+
+
+# --- header protection (AWG 3) -----------------------------------------------
+
+
+def keystream(key: bytes, nonce: bytes, size: int) -> bytes:
+    """The first ``size`` bytes of ChaCha20(key, nonce), block counter 0 (RFC 8439).
+
+    amneziawg-go's ``chacha20.NewUnauthenticatedCipher(key, nonce)`` with a
+    12-byte nonce; ``cryptography`` takes the counter as the first four
+    (little-endian) bytes of a 16-byte nonce.
+    """
+    cipher = Cipher(algorithms.ChaCha20(key, b"\0\0\0\0" + nonce), mode=None)
+    return cipher.encryptor().update(bytes(size))
+
+
+def _xor(data: bytes, stream: bytes) -> bytes:
+    """``data`` XOR the first len(data) bytes of ``stream``."""
+    n = len(data)
+    return (int.from_bytes(data, "little") ^ int.from_bytes(stream[:n], "little")).to_bytes(
+        n, "little"
+    )
+
+
+def protect(key: bytes, padding: bytes, message: bytes, kind: MessageType) -> bytes:
+    """``message`` as it goes on the wire after ``padding`` (header protection on).
+
+    Handshake messages are XORed whole, transport messages only their 16-byte
+    header, with ChaCha20 keyed by ``key`` and the padding's first 12 bytes.
+    Its own inverse.
+    """
+    n = TRANSPORT_HEADER if kind is MessageType.TRANSPORT else len(message)
+    return _xor(message[:n], keystream(key, padding[:NONCE_SIZE], n)) + message[n:]
+
+
+def trailer_size(size: int) -> int:
+    """A random trailer's length for a handshake datagram of ``size`` bytes."""
+    return secrets.randbelow(UDP_WINDOW - size) if size < UDP_WINDOW else 0
+
+
 # --- classification and rewriting -------------------------------------------
 
 
-def classify(params: AmneziaParams, datagram: bytes) -> MessageType | None:
-    """The message type a receiver sees in ``datagram`` (``None``: dropped)."""
+def classify(params: AmneziaParams, datagram: bytes, mask: int | None = None) -> MessageType | None:
+    """The message type a receiver sees in ``datagram`` (``None``: dropped).
+
+    ``mask``: the header protection's first four keystream bytes as a
+    little-endian number, if the caller has them already.
+    """
     size = len(datagram)
     if size < KEEPALIVE_LEN:
         return None
+    if mask is None:
+        key = params.header_protection_key
+        mask = int.from_bytes(keystream(key, datagram[:NONCE_SIZE], 4), "little") if key else 0
+    trailers = params.random_trailers
     for kind in _ORDER:
         padding = params.padding(kind)
         expected = padding + BASE_SIZE[kind]
-        if size == expected or (kind is MessageType.TRANSPORT and size > expected):
+        if size == expected or (size > expected and (trailers or kind is MessageType.TRANSPORT)):
             (value,) = struct.unpack_from("<I", datagram, padding)
-            if value in params.header(kind):
+            if (value ^ mask) in params.header(kind):
                 return kind
     return None
 
@@ -545,6 +783,7 @@ class Rewriter:
         "_fast",
         "_initiations",
         "_rng",
+        "_trailer_candidates",
         "_wg",
         "_wg_indices",
         "_wg_key",
@@ -579,6 +818,14 @@ class Rewriter:
             params.h4.lo,
             params.h4.hi,
         )
+        # with random trailers, a datagram this long whose (unmasked) bytes at this
+        # padding lie in this H range may be a handshake: (least size, padding, lo, hi)
+        self._trailer_candidates = tuple(
+            (params.padding(t) + BASE_SIZE[t], params.padding(t), params.header(t).lo,
+             params.header(t).hi)
+            for t in _ORDER[:3]
+            if params.random_trailers
+        )  # fmt: skip
         # header values are public (they only have to vary): a fast generator will do
         self._rng = random.Random(secrets.randbits(64))
 
@@ -590,18 +837,44 @@ class Rewriter:
     def to_wireguard(self, datagram: bytes) -> bytes | None:
         """AmneziaWG datagram in, WireGuard datagram out; ``None`` drops it."""
         handshake_sizes, least, s4, lo, hi = self._fast
+        key = self.params.header_protection_key
         size = len(datagram)
         if size >= least and size not in handshake_sizes:
-            # classify() would find transport or nothing: the same checks, inline
-            if not lo <= int.from_bytes(datagram[s4 : s4 + 4], "little") <= hi:
-                return None
-            if int.from_bytes(datagram[s4 + 4 : s4 + 8], "little") not in self._wg_indices:
-                return None
-            return _TRANSPORT_TYPE + datagram[s4 + 4 :]
-        kind = classify(self.params, datagram)
+            # classify() would find transport or nothing (unless random trailers make it
+            # a possible handshake): the same checks, inline, as _awg.c does them
+            if key:
+                stream = keystream(key, datagram[:NONCE_SIZE], TRANSPORT_HEADER)
+                header = _xor(datagram[s4 : s4 + TRANSPORT_HEADER], stream)
+                mask = int.from_bytes(stream[:4], "little")
+            else:
+                header = datagram[s4 : s4 + TRANSPORT_HEADER]
+                mask = 0
+            if not any(
+                size >= at_least
+                and hlo <= int.from_bytes(datagram[pad : pad + 4], "little") ^ mask <= hhi
+                for at_least, pad, hlo, hhi in self._trailer_candidates
+            ):
+                if not lo <= int.from_bytes(header[:4], "little") <= hi:
+                    return None
+                if int.from_bytes(header[4:8], "little") not in self._wg_indices:
+                    return None
+                return _TRANSPORT_TYPE + header[4:] + datagram[s4 + TRANSPORT_HEADER :]
+        if size < KEEPALIVE_LEN:
+            return None
+        # the longest stretch of keystream a message can need: an initiation's
+        stream = keystream(key, datagram[:NONCE_SIZE], INITIATION_LEN) if key else b""
+        mask = int.from_bytes(stream[:4], "little")
+        kind = classify(self.params, datagram, mask)
         if kind is None:
             return None
-        message = bytearray(datagram[self.params.padding(kind) :])
+        padding = self.params.padding(kind)
+        # the message without the padding (and, for a handshake, any random trailer)
+        end = size if kind is MessageType.TRANSPORT else padding + BASE_SIZE[kind]
+        wire = datagram[padding:end]
+        if key:
+            n = TRANSPORT_HEADER if kind is MessageType.TRANSPORT else len(wire)
+            wire = _xor(wire[:n], stream) + wire[n:]
+        message = bytearray(wire)
         message[0:4] = bytes((kind, 0, 0, 0))
         if kind is not MessageType.INITIATION:
             offset = 8 if kind is MessageType.RESPONSE else 4
@@ -612,10 +885,10 @@ class Rewriter:
             return bytes(message)
         if kind is MessageType.COOKIE_REPLY:
             return self._cookie_reply(message, self._wg, self._far_key)
-        if not _mac1_ok(datagram[self.params.padding(kind) :], mac1_key(self._wg_key)):
+        if not _mac1_ok(wire, mac1_key(self._wg_key)):
             return None
-        sent_mac1 = datagram[-32:-16]
-        has_mac2 = datagram[-16:] != bytes(16)
+        sent_mac1 = wire[-32:-16]
+        has_mac2 = wire[-16:] != bytes(16)
         cookie = self._amnezia.fresh_cookie(self._clock()) if has_mac2 else None
         _remac(message, mac1_key(self._wg_key), cookie)
         self._amnezia.remember(sent_mac1, bytes(message[-32:-16]))
@@ -623,10 +896,16 @@ class Rewriter:
 
     def to_amnezia(self, datagram: bytes) -> list[bytes]:
         """WireGuard datagram in, AmneziaWG datagrams out (empty: dropped)."""
+        key = self.params.header_protection_key
         if datagram[:4] == _TRANSPORT_TYPE and len(datagram) >= KEEPALIVE_LEN:
             _, _, s4, lo, hi = self._fast
             header = self._rng.randint(lo, hi).to_bytes(4, "little")
-            return [os.urandom(s4) + header + datagram[4:]]
+            pad = os.urandom(s4)
+            if key:
+                head = header + datagram[4:TRANSPORT_HEADER]
+                stream = keystream(key, pad[:NONCE_SIZE], TRANSPORT_HEADER)
+                return [pad + _xor(head, stream) + datagram[TRANSPORT_HEADER:]]
+            return [pad + header + datagram[4:]]
         kind = wireguard_type(datagram)
         if kind is None:
             return []
@@ -655,7 +934,12 @@ class Rewriter:
             count = self._initiations
             out += [build_cps(t, counter=count) for t in self.params.signature_packets()]
             out += junk_packets(self.params)
-        out.append(os.urandom(self.params.padding(kind)) + bytes(message))
+        pad = os.urandom(self.params.padding(kind))
+        body = protect(key, pad, bytes(message), kind) if key else bytes(message)
+        trailer = b""
+        if self.params.random_trailers and kind is not MessageType.TRANSPORT:
+            trailer = os.urandom(trailer_size(len(pad) + len(body)))
+        out.append(pad + body + trailer)
         return out
 
     def _far_public(self, datagram: bytes) -> bytes | None:

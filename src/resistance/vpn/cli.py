@@ -130,6 +130,13 @@ def vpn() -> None:
     is_flag=True,
     help="AWG 1.0 parameters (single H values, no S3/S4) for older AmneziaVPN apps.",
 )
+@click.option(
+    "--amnezia-v3",
+    is_flag=True,
+    help="AWG 3 parameters: HeaderProtectionKey, RandomTrailers on, S1-S4 >= 12 (AmneziaVPN and "
+    "amneziawg-go 3.x clients only).  Example: resist vpn init --endpoint vpn.example.org:51820 "
+    "--amnezia --amnezia-v3",
+)
 @_state_dir_option
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @_one_line_errors
@@ -144,6 +151,7 @@ def init(
     amnezia: bool,
     amnezia_port: int | None,
     amnezia_legacy: bool,
+    amnezia_v3: bool,
     state_dir: Path | None,
     verbose: int,
 ) -> None:
@@ -156,11 +164,14 @@ def init(
     With --amnezia the server also speaks AmneziaWG (the AmneziaVPN apps,
     awg-quick), which DPI that blocks WireGuard does not recognise: `serve`
     runs a translator on --amnezia-port in front of the same interface.
+    --amnezia alone makes AWG 2 parameters; --amnezia-v3 adds AWG 3's header
+    protection and random trailers (clients must speak AWG 3).
 
     \b
     Examples:
       resist vpn init --endpoint vpn.example.org:51820 --dns 9.9.9.9
       resist vpn init --endpoint vpn.example.org:51820 --amnezia --amnezia-port 443
+      resist vpn init --endpoint vpn.example.org:51820 --amnezia --amnezia-v3
     """
     from resistance.clikit import setup_logging
     from resistance.paths import resolve_state_dir
@@ -178,6 +189,7 @@ def init(
         amnezia=amnezia,
         amnezia_port=amnezia_port,
         amnezia_legacy=amnezia_legacy,
+        amnezia_v3=amnezia_v3,
     )
     fail_if_missing_tools()
     server = VpnServer.initialise(resolve_state_dir(state_dir), config)
@@ -188,7 +200,8 @@ def init(
     )
     if config.amnezia is not None and config.amnezia_endpoint is not None:
         click.echo(
-            f"AmneziaWG on {config.amnezia_endpoint} (run resist vpn serve): "
+            f"AmneziaWG on {config.amnezia_endpoint} ({config.amnezia.version}; "
+            "run resist vpn serve): "
             + ", ".join(f"{k} {v}" for k, v in config.amnezia.interface_keys())
         )
 

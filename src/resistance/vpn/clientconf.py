@@ -73,6 +73,9 @@ _AMNEZIA_KEYS: Final = {"jc", "jmin", "jmax", "s1", "s2", "s3", "s4", "h1", "h2"
     "i3",
     "i4",
     "i5",
+    "headerprotectionkey",
+    "randomtrailers",
+    "contentpaddingaddition",
 }
 _INTERFACE_KEYS: Final = {"privatekey", "address", "dns", "mtu"} | _AMNEZIA_KEYS
 _PEER_KEYS: Final = {"publickey", "presharedkey", "allowedips", "endpoint", "persistentkeepalive"}

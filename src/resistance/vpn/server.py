@@ -140,12 +140,14 @@ def make_config(
     amnezia: bool = False,
     amnezia_port: int | None = None,
     amnezia_legacy: bool = False,
+    amnezia_v3: bool = False,
 ) -> ServerConfig:
     """Check ``resist vpn init``'s options and build the settings.
 
     ``amnezia`` generates this server's AmneziaWG parameters; its translator
     listens on ``amnezia_port`` (default: the WireGuard port + 1), beside
-    plain WireGuard on the endpoint's port.
+    plain WireGuard on the endpoint's port.  ``amnezia_legacy`` makes AWG 1.0
+    parameters, ``amnezia_v3`` AWG 3's (header protection, random trailers).
     """
     try:
         net = IPv4Network(subnet)
@@ -171,10 +173,12 @@ def make_config(
         port = config.endpoint.port + 1 if amnezia_port is None else amnezia_port
         if not 1 <= port <= 65535 or port == config.endpoint.port:
             raise ConfigError(f"bad --amnezia-port {port}: 1-65535, not the WireGuard port")
-        params = AmneziaParams.generate(legacy=amnezia_legacy)
+        if amnezia_legacy and amnezia_v3:
+            raise ConfigError("--amnezia-legacy and --amnezia-v3 exclude each other")
+        params = AmneziaParams.generate(legacy=amnezia_legacy, awg3=amnezia_v3)
         config = replace(config, amnezia=params, amnezia_port=port)
-    elif amnezia_port is not None or amnezia_legacy:
-        raise ConfigError("--amnezia-port and --amnezia-legacy need --amnezia")
+    elif amnezia_port is not None or amnezia_legacy or amnezia_v3:
+        raise ConfigError("--amnezia-port, --amnezia-legacy and --amnezia-v3 need --amnezia")
     config.policy()  # checks --allow/--deny
     return config
 

@@ -29,7 +29,9 @@ per-datagram code as on the Python path.  The C side finds a datagram's
 flow in :attr:`_routes` (raw source address -> upstream socket, the
 rewriter's live set of receiver indices, the flow), which flows register
 when they open and drop when they close; on a server a stranger's datagram
-reaches Python only if it has an initiation's size.  Sockets get
+reaches Python only if it has an initiation's size (or, with AWG 3's random
+trailers, at least that size and an H1 value at S1).  AWG 3's header
+protection is applied in C too (one ChaCha20 block per datagram).  Sockets get
 :data:`SOCKET_BUFFER` bytes of buffer each way, and the command line runs
 the loop on uvloop (a tunnel's datagrams mostly come one per wake-up, and
 those cost less there).  bench/amnezia.py measures both paths.
@@ -192,6 +194,16 @@ class Translator:
             for t in (MessageType.INITIATION, MessageType.RESPONSE, MessageType.COOKIE_REPLY)
         )
         self._initiation_size = self._handshake_sizes[0] if side is Side.SERVER else -1
+        # AWG 3: header protection in C too; with random trailers C hands possible
+        # handshakes to Python, and a stranger's datagram that may be an initiation with
+        # a trailer (S1+148 bytes or more, H1 at S1 once unmasked)
+        self._hp_key = p.header_protection_key or None
+        self._candidates: tuple[tuple[int, int, int, int], ...] = ()
+        if p.random_trailers:
+            self._candidates = tuple(
+                (p.padding(t) + BASE_SIZE[t], p.padding(t), p.header(t).lo, p.header(t).hi)
+                for t in (MessageType.INITIATION, MessageType.RESPONSE, MessageType.COOKIE_REPLY)
+            )
 
     @property
     def native(self) -> bool:
@@ -392,6 +404,8 @@ class Translator:
             self._handshake_sizes,
             self._routes,
             self._initiation_size,
+            self._hp_key,
+            self._candidates,
         )
         now = self._loop.time()
         counters = self.counters
@@ -418,6 +432,8 @@ class Translator:
             self._handshake_sizes,
             flow.up_route,
             -1,
+            self._hp_key,
+            self._candidates,
         )
         counters = self.counters
         counters.outbound += sent
@@ -459,7 +475,11 @@ def run_translator(translator: Translator, *, announce: str = "") -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         bound = await translator.start()
-        print(f"{announce}AmneziaWG {translator.side.value} translator on {bound}", flush=True)
+        print(
+            f"{announce}AmneziaWG {translator.side.value} translator on {bound} "
+            f"({translator.params.in_force()})",
+            flush=True,
+        )
         try:
             await stop.wait()
         finally:

@@ -31,7 +31,8 @@ class WireGuardRegistration(Strict):
     amnezia: dict[str, int | str] | None = Field(
         default=None,
         description="An AmneziaWG endpoint's parameters (jc, jmin, jmax, s1-s4, h1-h4, "
-        "i1-i5, as resist vpn keeps them); absent for plain WireGuard.",
+        "i1-i5, and for AWG 3 header_protection_key, random_trailers, content_padding_addition, "
+        "as resist vpn keeps them); absent for plain WireGuard.",
     )
 
 
