@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
@@ -1020,6 +1021,9 @@ _EVIDENCE_OF = select(
     _EVIDENCE.c.fail_streak,
     cast(_EVIDENCE.c.fail_windows, Text),
 ).where(_EVIDENCE.c.proxy_id.in_(bindparam("ids", expanding=True)))
+_EVIDENCE_OF_PAIRS = select(*_EVIDENCE_OF.selected_columns).where(
+    tuple_(_EVIDENCE.c.proxy_id, _EVIDENCE.c.probe_id).in_(bindparam("pairs", expanding=True))
+)
 _ROLLUPS_OF = select(
     _ROLLUPS.c.proxy_id,
     _ROLLUPS.c.day,
@@ -1096,21 +1100,37 @@ async def insert_batch(
         await connection.execute(insert(_RESULTS), list(results))
 
 
-async def evidence_views(
-    session: AsyncSession, *, proxy_ids: Sequence[int]
-) -> list[tuple[int, int, str, bool, int, bool, int, tuple[int, ...]]]:
-    """Every probe's evidence of these proxies: ``(proxy_id, probe_id, country, control,
-    last_at, last_ok, fail_streak, fail_windows)`` tuples.
+EvidenceView = tuple[int, int, str, bool, int, bool, int, tuple[int, ...]]
 
-    ``fail_windows`` is read as text and decoded only when not empty (it is empty whenever
-    the last check worked).
-    """
-    connection = await session.connection()
-    result = await connection.execute(_EVIDENCE_OF, {"ids": list(proxy_ids)})
+
+def _evidence_views(rows: Sequence[Any]) -> list[EvidenceView]:
+    # ``fail_windows`` is read as text and decoded only when not empty (it is empty
+    # whenever the last check worked).
     return [
         (proxy, probe, country, control, at, ok, streak, () if w == "[]" else tuple(json.loads(w)))
-        for proxy, probe, country, control, at, ok, streak, w in result.all()
+        for proxy, probe, country, control, at, ok, streak, w in rows
     ]
+
+
+async def evidence_views(session: AsyncSession, *, proxy_ids: Sequence[int]) -> list[EvidenceView]:
+    """Every probe's evidence of these proxies: ``(proxy_id, probe_id, country, control,
+    last_at, last_ok, fail_streak, fail_windows)`` tuples."""
+    connection = await session.connection()
+    result = await connection.execute(_EVIDENCE_OF, {"ids": list(proxy_ids)})
+    return _evidence_views(result.all())
+
+
+async def evidence_of_pairs(
+    session: AsyncSession, *, pairs: Sequence[tuple[int, int]]
+) -> list[EvidenceView]:
+    """The evidence rows of these (proxy_id, probe_id) pairs that exist, as
+    :func:`evidence_views` gives them: a batch reads only its proxies' current voters
+    (about ``replicas`` per vantage network), not every probe that ever measured them."""
+    if not pairs:
+        return []
+    connection = await session.connection()
+    result = await connection.execute(_EVIDENCE_OF_PAIRS, {"pairs": sorted(set(pairs))})
+    return _evidence_views(result.all())
 
 
 async def save_evidence(

@@ -342,8 +342,13 @@ class BatchReceipt(BaseModel):
     results: int = Field(description="Results counted.")
     not_counted: list[int] = Field(
         default=[],
-        description="Proxies outside this probe's assignment: their results are kept in the "
+        description="Proxies whose results are kept in the "
         "signed batch but count for nothing (listed on the first upload only).",
+    )
+    why_not_counted: dict[str, str] = Field(
+        default={},
+        description="Why, per proxy id of `not_counted`: outside this probe's share, not in "
+        "its assignment, or measured at an address the proxy was not proven at.",
     )
 
 

@@ -159,6 +159,47 @@ def is_live(last_batch_at: int | None, *, now: int, round_seconds: int) -> bool:
     return last_batch_at is not None and now - last_batch_at <= silent_after(round_seconds)
 
 
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What a batch's verdicts need to know about the probes: per vantage network its
+    live probes and all its probes, and the probes flagged as lying or broken."""
+
+    live: dict[str, frozenset[int]]
+    everyone: dict[str, frozenset[int]]
+    flagged: frozenset[int]
+
+    def pool(self, network: str) -> frozenset[int]:
+        """The probes a network's replicas are ranked among: its live ones, or all of
+        them while none is live (then nobody has replaced the last ones that measured)."""
+        return self.live.get(network) or self.everyone.get(network, frozenset())
+
+    def with_live(self, network: str, probe_id: int) -> Fleet:
+        """The same fleet with ``probe_id`` live in ``network`` (it is uploading now)."""
+        if probe_id in self.live.get(network, frozenset()):
+            return self
+        live = {**self.live, network: self.live.get(network, frozenset()) | {probe_id}}
+        everyone = {**self.everyone, network: self.everyone.get(network, frozenset()) | {probe_id}}
+        return Fleet(live, everyone, self.flagged)
+
+
+def voters(
+    key: bytes, fleet: Fleet, *, proxy_ids: Sequence[int], replicas: int
+) -> dict[int, frozenset[int]]:
+    """Per proxy, the probes whose evidence votes on its verdict: its current replicas in
+    every vantage network (ranked among :meth:`Fleet.pool`), less the flagged probes.
+    Evidence from any other probe (one that left the proxy's replicas, or a flagged one)
+    is kept but does not vote."""
+    found: dict[int, set[int]] = {p: set() for p in proxy_ids}
+    for network in sorted(fleet.everyone):
+        pool = fleet.pool(network)
+        if not pool:
+            continue
+        shards = assign(key, proxy_ids=list(found), probe_ids=sorted(pool), replicas=replicas)
+        for row, proxy_id in zip(shards.owners, shards.proxy_ids.tolist(), strict=True):
+            found[proxy_id].update(shards.probe_ids[i] for i in row)
+    return {p: frozenset(probes - fleet.flagged) for p, probes in found.items()}
+
+
 class ShardCache:
     """The latest :class:`Shards` of each network, reused while their inputs (the active
     proxies, the live probes, the replica count) stay the same: in a steady fleet every
@@ -168,28 +209,26 @@ class ShardCache:
     def __init__(self, size: int = 16) -> None:
         self._size = size
         self._entries: OrderedDict[tuple[bytes, tuple[int, ...], int], Shards] = OrderedDict()
-        #: Per network: the live probes as last read, and until when to reuse them.
-        self._live: dict[str, tuple[int, frozenset[int]]] = {}
+        #: The fleet as the batch path last read it, and until when to reuse it.
+        self._fleet: tuple[int, Fleet] | None = None
 
-    def live(self, network: str, *, now: int) -> frozenset[int] | None:
-        """The network's live probes as recently read, or ``None`` when too old.
+    def fleet(self, *, now: int) -> Fleet | None:
+        """Who votes, as recently read (see :class:`Fleet`), or ``None`` when too old.
 
-        Only batch checks reuse them (assignment pulls read the database): a probe that
-        falls silent stays in for at most :func:`live_ttl` more, and one that comes back
-        is added by :meth:`mark_live` when its batch is stored here, or read by the next
+        Only batches reuse it (assignment pulls read the database): a probe that falls
+        silent stays in for at most :func:`live_ttl` more, and one that comes back is
+        added by :meth:`mark_live` when its batch is stored here, or read by the next
         refresh when another process stored it."""
-        found = self._live.get(network)
-        if found is None or now >= found[0]:
+        if self._fleet is None or now >= self._fleet[0]:
             return None
-        return found[1]
+        return self._fleet[1]
 
-    def remember_live(self, network: str, probes: frozenset[int], *, until: int) -> None:
-        self._live[network] = (until, probes)
+    def remember_fleet(self, fleet: Fleet, *, until: int) -> None:
+        self._fleet = (until, fleet)
 
     def mark_live(self, network: str, probe_id: int) -> None:
-        found = self._live.get(network)
-        if found is not None and probe_id not in found[1]:
-            self._live[network] = (found[0], found[1] | {probe_id})
+        if self._fleet is not None:
+            self._fleet = (self._fleet[0], self._fleet[1].with_live(network, probe_id))
 
     def get(
         self, key: bytes, *, proxy_ids: Sequence[int], probe_ids: Sequence[int], replicas: int
