@@ -456,9 +456,10 @@ async def _store(
         why: dict[int, str] = {
             i: NOT_ASSIGNED for i in proxy_ids if not in_assignment(proxies[i], probe)
         }
+        unassigned = set(why)
         kept = []
         for r in results:
-            if r.proxy_id in why:
+            if r.proxy_id in unassigned:
                 continue
             refused = address_refusal(proxies[r.proxy_id], r)
             if refused is None:
