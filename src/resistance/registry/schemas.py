@@ -256,7 +256,9 @@ class ProbeStatusView(BaseModel):
     compared: int = Field(description="Proxies where its peers' latest results had a majority.")
     disagreed: int = Field(description="Of those, where its own latest result went against it.")
     disagreement: float | None = Field(description="disagreed / compared; null if none.")
-    flagged: bool = Field(description="Outvoted too often: lying or broken.")
+    flagged: bool = Field(
+        description="Outvoted too often: lying or broken; its evidence does not vote while flagged."
+    )
 
 
 class ProbeFleetStatus(BaseModel):
