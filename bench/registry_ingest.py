@@ -21,7 +21,8 @@ probe live (as after its first round), and has every probe pull its
 assignment: with sharding (``--replicas`` probes per proxy and vantage
 network, the registry's default 3) each gets only its share.  The steady
 state of every probe having measured its share once is seeded as one
-evidence row per (proxy, assigned probe).  It then signs ``--batches``
+evidence row per (proxy, assigned probe) (``--all-evidence``: per (proxy,
+probe), every probe having measured every proxy, as before sharding).  It then signs ``--batches``
 batches of 50 results with the probe's own code
 (:func:`resistance.probe.batch.sign_batch`, canary proofs signed with the
 registry's canary key: 90 % successes, 10 % failures), each probe walking
@@ -357,9 +358,10 @@ async def run(args: argparse.Namespace) -> None:
                     keys.append((key, f"bench-{n}", country))
                     tokens.append(created.json()["token"])
                     probe_ids.append(created.json()["probe_id"])
-            await seed(db_url, args.proxies, probe_ids, now)
+            proxy_ids = await seed(db_url, args.proxies, probe_ids, now)
             shares = await pull_shares(port, tokens)
-            evidence = await seed_evidence(db_url, dict(zip(probe_ids, shares, strict=True)), now)
+            seeded = [proxy_ids if args.all_evidence else share for share in shares]
+            evidence = await seed_evidence(db_url, dict(zip(probe_ids, seeded, strict=True)), now)
             canary_key = load_or_create_canary_key(state)
             warm = make_batches(keys, shares, args.senders * 2, canary_key, now)
             batches = make_batches(keys, shares, args.batches, canary_key, now)
@@ -405,6 +407,12 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
     parser.add_argument("--replicas", type=int, default=3, help="probes per proxy and network")
+    parser.add_argument(
+        "--all-evidence",
+        action="store_true",
+        help="seed every probe's evidence of every proxy (as before sharding, or after much "
+        "churn: rows of probes that are no longer a proxy's replicas), not only the shares'",
+    )
     parser.add_argument("--cprofile", metavar="FILE", default="", help="cProfile the server")
     parser.add_argument("--profile", metavar="FILE", help="record the server with py-spy")
     parser.add_argument(

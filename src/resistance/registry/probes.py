@@ -43,10 +43,9 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from resistance.directory.canonical import canonical_bytes
 from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.probe import rollup
-from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
+from resistance.probe.batch import BatchError, ResultRecord, check_document, verify_canary
 from resistance.probe.verdict import (
     Disagreement,
     ProbeEvidence,
@@ -364,9 +363,7 @@ async def ingest_batch(
 ) -> Ingested:
     try:
         batch = check_document(document, signature)
-        body = canonical_bytes(
-            {"format": FORMAT, "document": batch.document, "signature": signature}
-        )
+        body = batch.file_bytes(signature)  # check_document made sure it is text
     except BatchError as exc:
         raise ApiError(422, f"batch refused: {exc}") from None
     probe = await _account(registry, probe_id)
@@ -408,8 +405,9 @@ async def ingest_batch(
                 done = Ingested(batch.batch_id, False, found[1])
             else:
                 raise ApiError(409, "batch id already stored with different content") from None
-    async with registry.sessions.begin() as session:
-        await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
+    if not done.stored:  # a stored batch noted it in its own transaction
+        async with registry.sessions.begin() as session:
+            await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
     registry.shards.mark_live(vantage_network(probe.country, probe.control), probe.id)
     if unshared and done.stored:
         done = replace(
@@ -497,6 +495,7 @@ async def _store(
             "body": body.decode(),
         }
         await repo.insert_batch(session, batch=record, results=rows)
+        await repo.note_probe_batch(session, probe_id=probe.id, now=now)
         if results:
             voting = shard.voters(
                 shard.shard_key(registry.ring_key),
