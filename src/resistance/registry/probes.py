@@ -23,12 +23,25 @@ ingest time, issue 25).  Raw results and bodies are pruned after
 
 Results for proxies outside the probe's assignment (outside its share of
 the proxies, :func:`outside_share`; or :func:`in_assignment`: not active, or
-a WireGuard server the operator did not add this probe's key to) are
-recorded but not counted: they stay in the stored batch body, signed
-and verbatim, but get no result row and touch no evidence, rollup or
-verdict; the receipt names their proxies (``not_counted``).  Refusing the
-whole batch instead would throw away an honest probe's other results
-whenever a proxy is retired between its assignment and its upload.
+a WireGuard server the operator did not add this probe's key to), and
+results measured at an address the proxy was not proven at
+(:func:`address_refusal`), are recorded but not counted: they stay in the
+stored batch body, signed and verbatim, but get no result row and touch no
+evidence, rollup or verdict; the receipt names their proxies
+(``not_counted``) and says why (``why_not_counted``).  Refusing the whole
+batch instead would throw away an honest probe's other results whenever a
+proxy is retired between its assignment and its upload.
+
+Who votes on a verdict (:func:`resistance.registry.shard.voters`): the
+proxy's current replicas in each vantage network, ranked among the live
+probes as the batch path last read them (:func:`fleet_now`, at most
+:func:`shard.live_ttl` old), less the probes flagged as outvoted too often.
+Evidence of any other probe (one that fell silent and was replaced, or a
+flagged one) is kept and still folded forward, so a flagged probe's
+disagreement keeps being measured and it votes again once it is no longer
+flagged, but it does not vote; a batch reads only its voters' evidence
+(about ``replicas`` rows per proxy and network), not every probe's that
+ever measured the proxy.
 """
 
 from __future__ import annotations

@@ -20,10 +20,14 @@ pick its proxies.  This is rendezvous hashing, so:
   computed over live probes on every pull.  The probe asking is always
   counted as live, so a new or returning probe gets its share at once.
   A batch's results count only inside the uploader's share, checked against
-  the live probes as read at most :func:`live_ttl` ago (so an honest
-  probe's batch costs no query); right after a probe falls silent, its
-  peers' results for the proxies they took from it may go uncounted for
-  that long.
+  the live probes as read at most :func:`live_ttl` ago (:class:`Fleet`, so
+  an honest probe's batch costs no query); right after a probe falls
+  silent, its peers' results for the proxies they took from it may go
+  uncounted for that long.
+* only a proxy's current replicas vote on its verdict (:func:`voters`):
+  the evidence of a probe that left them stops counting at once instead of
+  when it ages out (3 days); a network with no live probe at all keeps its
+  last replicas (ranked among all its probes), since nobody replaced them.
 
 Scores are 64-bit integers computed with numpy over all proxies at once
 (a splitmix64 finaliser, a bijection, over keyed 64-bit seeds): 100,000
