@@ -144,7 +144,7 @@ async def test_a_flagged_probe_does_not_vote_while_flagged(tmp_path: Path, db_ur
             status["liar"]["disagreed"],
         ) == (4, 4)
         assert not status["msk-1"]["flagged"] and not status["msk-2"]["flagged"]
-        clock[0] += 31  # past the batch path's reading of the fleet (at most 30 s old)
+        clock[0] += 601  # past the batch path's count of flags (at most a round old)
         # On the decisive proxy the honest inside probes disagree (one sees it fail twice),
         # and the liar's "fail" would tip it to blocked: flagged, it must not.
         for when in (now - 3700, now - 60):

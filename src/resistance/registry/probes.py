@@ -35,7 +35,8 @@ proxy is retired between its assignment and its upload.
 Who votes on a verdict (:func:`resistance.registry.shard.voters`): the
 proxy's current replicas in each vantage network, ranked among the live
 probes as the batch path last read them (:func:`fleet_now`, at most
-:func:`shard.live_ttl` old), less the probes flagged as outvoted too often.
+:func:`shard.live_ttl` old), less the probes flagged as outvoted too often
+(counted at most a round ago).
 Evidence of any other probe (one that fell silent and was replaced, or a
 flagged one) is kept and still folded forward, so a flagged probe's
 disagreement keeps being measured and it votes again once it is no longer
@@ -252,18 +253,28 @@ def _shards(registry: Registry, peers: Sequence[int], proxy_ids: Sequence[int]) 
 
 
 async def fleet_now(registry: Registry, probe: ProbeAccount, now: int) -> shard.Fleet:
-    """The fleet as a batch sees it (:class:`shard.Fleet`): read from the database at most
-    every :func:`shard.live_ttl` seconds (the probe accounts, and each probe's
-    disagreement for its flag), ``probe`` itself always live in its network."""
+    """The fleet as a batch sees it (:class:`shard.Fleet`): the probe accounts read from
+    the database at most every :func:`shard.live_ttl` seconds, the flagged probes counted
+    at most every :func:`shard.flag_ttl`; ``probe`` itself always live in its network."""
     fleet = registry.shards.fleet(now=now)
     if fleet is None:
         settings = registry.settings
         rounds = settings.probe_round_seconds
+        flagged = registry.shards.flagged(now=now)
         async with registry.sessions() as session:
             accounts = await repo.probe_liveness(session)
-            votes = await repo.probe_disagreement(
-                session, since=now - rules(registry).stale_seconds
-            )
+            if flagged is None:
+                votes = await repo.probe_disagreement(
+                    session, since=now - rules(registry).stale_seconds
+                )
+                flagged = frozenset(
+                    probe_id
+                    for probe_id, (compared, disagreed) in votes.items()
+                    if Disagreement(compared, disagreed).flagged(
+                        threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
+                    )
+                )
+                registry.shards.remember_flagged(flagged, until=now + shard.flag_ttl(rounds))
         live: dict[str, set[int]] = {}
         everyone: dict[str, set[int]] = {}
         for probe_id, country, control, last_batch_at in accounts:
@@ -271,13 +282,6 @@ async def fleet_now(registry: Registry, probe: ProbeAccount, now: int) -> shard.
             everyone.setdefault(network, set()).add(probe_id)
             if shard.is_live(last_batch_at, now=now, round_seconds=rounds):
                 live.setdefault(network, set()).add(probe_id)
-        flagged = frozenset(
-            probe_id
-            for probe_id, (compared, disagreed) in votes.items()
-            if Disagreement(compared, disagreed).flagged(
-                threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
-            )
-        )
         fleet = shard.Fleet(
             {n: frozenset(p) for n, p in live.items()},
             {n: frozenset(p) for n, p in everyone.items()},

@@ -159,6 +159,13 @@ def live_ttl(round_seconds: int) -> int:
     return min(max(silent_after(round_seconds) // 10, 5), 30)
 
 
+def flag_ttl(round_seconds: int) -> int:
+    """How long a batch may reuse the flagged probes it last counted: one round (at
+    least a minute).  Counting them reads every fresh evidence row, and a flag needs
+    outvotes on many proxies, so it moves by rounds, not seconds."""
+    return max(round_seconds, 60)
+
+
 def is_live(last_batch_at: int | None, *, now: int, round_seconds: int) -> bool:
     return last_batch_at is not None and now - last_batch_at <= silent_after(round_seconds)
 
@@ -215,6 +222,7 @@ class ShardCache:
         self._entries: OrderedDict[tuple[bytes, tuple[int, ...], int], Shards] = OrderedDict()
         #: The fleet as the batch path last read it, and until when to reuse it.
         self._fleet: tuple[int, Fleet] | None = None
+        self._flagged: tuple[int, frozenset[int]] | None = None
 
     def fleet(self, *, now: int) -> Fleet | None:
         """Who votes, as recently read (see :class:`Fleet`), or ``None`` when too old.
@@ -229,6 +237,16 @@ class ShardCache:
 
     def remember_fleet(self, fleet: Fleet, *, until: int) -> None:
         self._fleet = (until, fleet)
+
+    def flagged(self, *, now: int) -> frozenset[int] | None:
+        """The flagged probes as recently counted, or ``None`` when too old (they are
+        counted over all fresh evidence, so less often than the live probes are read)."""
+        if self._flagged is None or now >= self._flagged[0]:
+            return None
+        return self._flagged[1]
+
+    def remember_flagged(self, flagged: frozenset[int], *, until: int) -> None:
+        self._flagged = (until, flagged)
 
     def mark_live(self, network: str, probe_id: int) -> None:
         if self._fleet is not None:
