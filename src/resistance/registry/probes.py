@@ -459,7 +459,7 @@ async def _store(
                 raise ApiError(409, "batch id already stored with different content")
             return Ingested(batch_id, False, existing[1])
         proxy_ids = sorted({r.proxy_id for r in results})
-        proxies = {p.id: p for p in await repo.proxies_by_ids(session, ids=proxy_ids)}
+        proxies = {p.id: p for p in await repo.proxy_rows_by_ids(session, ids=proxy_ids)}
         if unknown := [i for i in proxy_ids if i not in proxies]:
             raise ApiError(422, f"batch names unknown proxy ids {unknown[:5]}")
         known = {i: list(p.protocols) for i, p in proxies.items()}

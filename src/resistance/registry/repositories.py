@@ -600,9 +600,12 @@ async def blocklist_flags(
 # --- WireGuard ------------------------------------------------------------------------
 
 
-async def proxies_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Proxy]:
-    result = await session.execute(select(Proxy).where(Proxy.id.in_(_each(session, ids))))
-    return result.scalars().all()
+async def proxy_rows_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Any]:
+    """A batch's proxies (at most ``MAX_RESULTS`` ids) as plain rows of every column: read
+    like :class:`Proxy` objects (``row.protocols``, ``row.addresses``...) without the ORM
+    building an object, and decoding its JSON columns, per proxy per batch."""
+    connection = await session.connection()
+    return (await connection.execute(_PROXIES_OF, {"ids": list(ids)})).all()
 
 
 async def set_probe_wireguard_key(session: AsyncSession, *, probe_id: int, public_key: str) -> None:
@@ -1037,6 +1040,7 @@ _ROLLUPS_OF = select(
     _ROLLUPS.c.country == bindparam("country"),
     _ROLLUPS.c.control == bindparam("control"),
 )
+_PROXIES_OF = select(_table(Proxy)).where(_table(Proxy).c.id.in_(bindparam("ids", expanding=True)))
 _VERDICTS_OF = select(_VERDICTS.c.proxy_id, _VERDICTS.c.verdict, _VERDICTS.c.blocked_in).where(
     _VERDICTS.c.proxy_id.in_(bindparam("ids", expanding=True))
 )
