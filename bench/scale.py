@@ -4,7 +4,8 @@ For each size it makes a fresh PostgreSQL database (``resist_bench_scale_<pid>_<
 dropped at the end), migrates it and loads, with COPY (asyncpg
 ``copy_records_to_table``): N proxies from N/5 operators (each with a regtest
 payout address), 100 probe accounts (60 % inside RU, the rest control
-vantages in DE and NL) with their own Ed25519 keys and tokens, every
+vantages in DE and NL) with their own Ed25519 keys and tokens, each live
+(a batch a minute ago, so each pulls only its share of the proxies), every
 probe's evidence for every proxy, a verdict and its history per proxy, 30
 days of daily rollups per proxy and vantage country, and some raw results
 (5 per proxy, in batches of 50 whose body is a real signed batch).  Then it
@@ -20,7 +21,10 @@ over HTTP as probes and the funder do, measures one step after another:
   (``CheckResult`` -> ``result_json`` -> ``sign_batch``, canary proofs from
   the canary's ``answer`` with the server's canary key), made before the
   clock starts by several sender processes and uploaded through the agent's
-  ``RegistryLink``, every probe one batch at a time as an agent does;
+  ``RegistryLink``, every probe one batch at a time as an agent does, each
+  probe's batches only of the proxies its assignment (pulled first, through
+  the same link) gives it; results per second are the results the registry
+  counted (a result row each), and any it kept without counting fail the step;
 * **round**: ``POST /api/v1/grants/rounds`` over the 30 loaded days, while
   ``GET /healthz`` is asked every 250 ms, within the public rate limit
   (p50/p99/max latency of the answered requests; a 429 is counted apart);
