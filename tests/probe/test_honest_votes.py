@@ -7,13 +7,16 @@ is no longer one of the proxy's replicas; and evidence from a probe flagged as l
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from resistance.config import Endpoint
+from resistance.registry import probes
 from resistance.registry import repositories as repo
 from resistance.registry.models import ProbeEvidenceRow, ProbeResult
 from tests.probe.test_shards_api import ROUND, add_proxies, fleet, make_probe, result
@@ -155,3 +158,32 @@ async def test_a_flagged_probe_does_not_vote_while_flagged(tmp_path: Path, db_ur
         async with reg.registry.sessions() as session:
             kept = (await session.execute(select(ProbeResult.probe_id))).scalars().all()
         assert len(kept) == 4 * 4 + 4 * 2
+
+
+async def test_batches_arriving_together_read_the_fleet_once(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a round's start every probe's batch finds the fleet's reading stale at once: one
+    reads it (the flags count every fresh evidence row), the others wait for that reading
+    instead of each holding a pooled connection for the same queries."""
+    async with start_registry(tmp_path / "reg", db_url) as reg:
+        for n in range(3):
+            await make_probe(reg, f"msk-{n}", "RU", False)
+        async with reg.registry.sessions() as session:
+            accounts = list(await repo.all_probes(session))
+        counted = repo.probe_disagreement
+        calls = []
+
+        async def slow(session: Any, *, since: int) -> dict[int, tuple[int, int]]:
+            calls.append(since)
+            await asyncio.sleep(0.2)
+            return await counted(session, since=since)
+
+        monkeypatch.setattr(repo, "probe_disagreement", slow)
+        now = reg.registry.now()
+        fleets = await asyncio.gather(
+            *(probes.fleet_now(reg.registry, a, now) for a in accounts * 4)
+        )
+        assert len(calls) == 1
+        assert all(f.everyone == fleets[0].everyone for f in fleets)
+        assert {a.id for a in accounts} <= fleets[0].everyone["RU"]

@@ -258,37 +258,45 @@ async def fleet_now(registry: Registry, probe: ProbeAccount, now: int) -> shard.
     at most every :func:`shard.flag_ttl`; ``probe`` itself always live in its network."""
     fleet = registry.shards.fleet(now=now)
     if fleet is None:
-        settings = registry.settings
-        rounds = settings.probe_round_seconds
-        flagged = registry.shards.flagged(now=now)
-        async with registry.sessions() as session:
-            accounts = await repo.probe_liveness(session)
-            if flagged is None:
-                votes = await repo.probe_disagreement(
-                    session, since=now - rules(registry).stale_seconds
-                )
-                flagged = frozenset(
-                    probe_id
-                    for probe_id, (compared, disagreed) in votes.items()
-                    if Disagreement(compared, disagreed).flagged(
-                        threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
-                    )
-                )
-                registry.shards.remember_flagged(flagged, until=now + shard.flag_ttl(rounds))
-        live: dict[str, set[int]] = {}
-        everyone: dict[str, set[int]] = {}
-        for probe_id, country, control, last_batch_at in accounts:
-            network = vantage_network(country, control)
-            everyone.setdefault(network, set()).add(probe_id)
-            if shard.is_live(last_batch_at, now=now, round_seconds=rounds):
-                live.setdefault(network, set()).add(probe_id)
-        fleet = shard.Fleet(
-            {n: frozenset(p) for n, p in live.items()},
-            {n: frozenset(p) for n, p in everyone.items()},
-            flagged,
-        )
-        registry.shards.remember_fleet(fleet, until=now + shard.live_ttl(rounds))
+        async with registry.shards.refreshing:  # one reading for every waiting batch
+            fleet = registry.shards.fleet(now=now)
+            if fleet is None:
+                fleet = await _read_fleet(registry, now)
     return fleet.with_live(vantage_network(probe.country, probe.control), probe.id)
+
+
+async def _read_fleet(registry: Registry, now: int) -> shard.Fleet:
+    settings = registry.settings
+    rounds = settings.probe_round_seconds
+    flagged = registry.shards.flagged(now=now)
+    async with registry.sessions() as session:
+        accounts = await repo.probe_liveness(session)
+        if flagged is None:
+            votes = await repo.probe_disagreement(
+                session, since=now - rules(registry).stale_seconds
+            )
+            flagged = frozenset(
+                probe_id
+                for probe_id, (compared, disagreed) in votes.items()
+                if Disagreement(compared, disagreed).flagged(
+                    threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
+                )
+            )
+            registry.shards.remember_flagged(flagged, until=now + shard.flag_ttl(rounds))
+    live: dict[str, set[int]] = {}
+    everyone: dict[str, set[int]] = {}
+    for probe_id, country, control, last_batch_at in accounts:
+        network = vantage_network(country, control)
+        everyone.setdefault(network, set()).add(probe_id)
+        if shard.is_live(last_batch_at, now=now, round_seconds=rounds):
+            live.setdefault(network, set()).add(probe_id)
+    fleet = shard.Fleet(
+        {n: frozenset(p) for n, p in live.items()},
+        {n: frozenset(p) for n, p in everyone.items()},
+        flagged,
+    )
+    registry.shards.remember_fleet(fleet, until=now + shard.live_ttl(rounds))
+    return fleet
 
 
 async def outside_share(

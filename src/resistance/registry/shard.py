@@ -37,6 +37,7 @@ proxy.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections import OrderedDict
@@ -223,6 +224,10 @@ class ShardCache:
         #: The fleet as the batch path last read it, and until when to reuse it.
         self._fleet: tuple[int, Fleet] | None = None
         self._flagged: tuple[int, frozenset[int]] | None = None
+        #: Held while one batch reads the fleet: the others wait for that reading instead
+        #: of each running the same queries (at a round's start every probe's batch finds
+        #: the reading stale at once, and each would hold a pooled connection for it).
+        self.refreshing = asyncio.Lock()
 
     def fleet(self, *, now: int) -> Fleet | None:
         """Who votes, as recently read (see :class:`Fleet`), or ``None`` when too old.
