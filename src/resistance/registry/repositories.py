@@ -1014,7 +1014,7 @@ _EVIDENCE_STATE = ("country", "control", "last_at", "last_ok", "fail_streak", "f
 _BATCH_DIGEST = select(_BATCHES.c.digest, _BATCHES.c.result_count).where(
     _BATCHES.c.batch_id == bindparam("batch_id")
 )
-_EVIDENCE_OF = select(
+_EVIDENCE_OF_PAIRS = select(
     _EVIDENCE.c.proxy_id,
     _EVIDENCE.c.probe_id,
     _EVIDENCE.c.country,
@@ -1022,11 +1022,8 @@ _EVIDENCE_OF = select(
     _EVIDENCE.c.last_at,
     _EVIDENCE.c.last_ok,
     _EVIDENCE.c.fail_streak,
-    cast(_EVIDENCE.c.fail_windows, Text),
-).where(_EVIDENCE.c.proxy_id.in_(bindparam("ids", expanding=True)))
-_EVIDENCE_OF_PAIRS = select(*_EVIDENCE_OF.selected_columns).where(
-    tuple_(_EVIDENCE.c.proxy_id, _EVIDENCE.c.probe_id).in_(bindparam("pairs", expanding=True))
-)
+    cast(_EVIDENCE.c.fail_windows, Text),  # decoded only when not empty: _evidence_views
+).where(tuple_(_EVIDENCE.c.proxy_id, _EVIDENCE.c.probe_id).in_(bindparam("pairs", expanding=True)))
 _ROLLUPS_OF = select(
     _ROLLUPS.c.proxy_id,
     _ROLLUPS.c.day,
@@ -1116,19 +1113,12 @@ def _evidence_views(rows: Sequence[Any]) -> list[EvidenceView]:
     ]
 
 
-async def evidence_views(session: AsyncSession, *, proxy_ids: Sequence[int]) -> list[EvidenceView]:
-    """Every probe's evidence of these proxies: ``(proxy_id, probe_id, country, control,
-    last_at, last_ok, fail_streak, fail_windows)`` tuples."""
-    connection = await session.connection()
-    result = await connection.execute(_EVIDENCE_OF, {"ids": list(proxy_ids)})
-    return _evidence_views(result.all())
-
-
 async def evidence_of_pairs(
     session: AsyncSession, *, pairs: Sequence[tuple[int, int]]
 ) -> list[EvidenceView]:
-    """The evidence rows of these (proxy_id, probe_id) pairs that exist, as
-    :func:`evidence_views` gives them: a batch reads only its proxies' current voters
+    """The evidence rows of these (proxy_id, probe_id) pairs that exist: ``(proxy_id,
+    probe_id, country, control, last_at, last_ok, fail_streak, fail_windows)`` tuples.
+    A batch reads only its proxies' current voters
     (about ``replicas`` per vantage network), not every probe that ever measured them."""
     if not pairs:
         return []

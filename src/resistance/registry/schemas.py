@@ -344,8 +344,8 @@ class BatchReceipt(BaseModel):
     results: int = Field(description="Results counted.")
     not_counted: list[int] = Field(
         default=[],
-        description="Proxies whose results are kept in the "
-        "signed batch but count for nothing (listed on the first upload only).",
+        description="Proxies some or all of whose results are kept in the signed batch "
+        "but count for nothing (listed on the first upload only).",
     )
     why_not_counted: dict[str, str] = Field(
         default={},
