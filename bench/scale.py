@@ -4,7 +4,8 @@ For each size it makes a fresh PostgreSQL database (``resist_bench_scale_<pid>_<
 dropped at the end), migrates it and loads, with COPY (asyncpg
 ``copy_records_to_table``): N proxies from N/5 operators (each with a regtest
 payout address), 100 probe accounts (60 % inside RU, the rest control
-vantages in DE and NL) with their own Ed25519 keys and tokens, every
+vantages in DE and NL) with their own Ed25519 keys and tokens, each live
+(a batch a minute ago, so each pulls only its share of the proxies), every
 probe's evidence for every proxy, a verdict and its history per proxy, 30
 days of daily rollups per proxy and vantage country, and some raw results
 (5 per proxy, in batches of 50 whose body is a real signed batch).  Then it
@@ -20,9 +21,13 @@ over HTTP as probes and the funder do, measures one step after another:
   (``CheckResult`` -> ``result_json`` -> ``sign_batch``, canary proofs from
   the canary's ``answer`` with the server's canary key), made before the
   clock starts by several sender processes and uploaded through the agent's
-  ``RegistryLink``, every probe one batch at a time as an agent does;
+  ``RegistryLink``, every probe one batch at a time as an agent does, each
+  probe's batches only of the proxies its assignment (pulled first, through
+  the same link) gives it; results per second are the results the registry
+  counted (a result row each), and any it kept without counting fail the step;
 * **round**: ``POST /api/v1/grants/rounds`` over the 30 loaded days, while
-  ``GET /healthz`` is asked every 20 ms (p50/p99/max latency);
+  ``GET /healthz`` is asked every 250 ms, within the public rate limit
+  (p50/p99/max latency of the answered requests; a 429 is counted apart);
 * **database**: its size, and the growth per million results ingested.
 
 The server's peak RSS (its process tree, sampled with psutil every 20 ms) is
@@ -93,6 +98,8 @@ CHECKS_PER_DAY = 144  # every 10 minutes, the registry's default probe round
 INSIDE = "RU"
 CONTROLS = ("DE", "NL")
 USER, PASSWORD = "probe", "probe-secret"
+#: Probes per proxy and vantage network (the registry's default probe_replicas).
+REPLICAS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +298,9 @@ def table_rows(
 
     def accounts() -> Iterator[tuple[Any, ...]]:
         for i, (country, control) in enumerate(countries, 1):
-            yield i, f"scale-{i}", public_key_text(probe_key(i).public_key()), country, control, now
+            # Every probe live (it sent a batch a minute ago): each pulls only its share.
+            yield (i, f"scale-{i}", public_key_text(probe_key(i).public_key()), country,
+                   control, now, now - 60)  # fmt: skip
 
     def tokens() -> Iterator[tuple[Any, ...]]:
         yield "admin", None, token_hash(fleet.admin_token), now, None
@@ -400,7 +409,7 @@ def table_rows(
     )  # fmt: skip
     yield (
         "probe_accounts",
-        ["id", "name", "public_key", "country", "control", "created_at"],
+        ["id", "name", "public_key", "country", "control", "created_at", "last_batch_at"],
         probes,
         accounts(),
     )
@@ -630,22 +639,42 @@ def sender(
         out.put((index, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
+def _agent_settings(args: dict[str, Any], probe: int) -> AgentSettings:
+    country, _ = probe_country(probe, args["probes"])
+    return AgentSettings(
+        registry=args["base"], token=args["tokens"][str(probe)], vantage=f"scale-{probe}",
+        country=country, state_dir=Path(args["state"]), http_timeout=args["timeout"],
+    )  # fmt: skip
+
+
 async def _send(index: int, args: dict[str, Any], ready: Any, go: Any) -> dict[str, Any]:
     canary = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(args["canary"]))
-    n, probes, senders = args["proxies"], args["probes"], args["senders"]
+    probes, senders = args["probes"], args["senders"]
     mine = [i for i in range(1, probes + 1) if i % senders == index]
     total_batches = -(-args["results"] // MAX_RESULTS)
     share = [b for b in range(total_batches) if b % senders == index]
     rnd = random.Random(index)
     queues: dict[int, list[tuple[bytes, int]]] = {i: [] for i in mine}
     now = int(time.time())
+    # As an agent does at the start of a round: pull the assignment (its share of the
+    # proxies, a few replicas per vantage network) and measure only that.
+    shares: dict[int, list[int]] = {}
+    for probe in mine:
+        link = RegistryLink(_agent_settings(args, probe))
+        try:
+            got = await link.assignment()
+        finally:
+            await link.close()
+        shares[probe] = sorted(t["proxy_id"] for t in got["proxies"])
+    mine = [p for p in mine if shares[p]]
     for k, b in enumerate(share):
         if not mine:
             break
         probe = mine[k % len(mine)]
         country, _ = probe_country(probe, probes)
-        start = rnd.randrange(n)
-        ids = sorted({(start + j) % n + 1 for j in range(min(n, MAX_RESULTS))})
+        own = shares[probe]
+        start = rnd.randrange(len(own))
+        ids = sorted({own[(start + j) % len(own)] for j in range(min(len(own), MAX_RESULTS))})
         key = probe_key(probe)
         results = check_results(key=key, canary=canary, country=country, proxy_ids=ids,
                                 at=now - rnd.randrange(60, 240) - b % 7, rnd=rnd)  # fmt: skip
@@ -662,12 +691,7 @@ async def _send(index: int, args: dict[str, Any], ready: Any, go: Any) -> dict[s
 
     async def agent(probe: int) -> None:
         nonlocal stored, errors, first_error
-        country, _ = probe_country(probe, probes)
-        settings = AgentSettings(
-            registry=args["base"], token=args["tokens"][str(probe)], vantage=f"scale-{probe}",
-            country=country, state_dir=Path(args["state"]), http_timeout=args["timeout"],
-        )  # fmt: skip
-        link = RegistryLink(settings)
+        link = RegistryLink(_agent_settings(args, probe))
         try:
             for data, count in queues[probe]:
                 outcome, why = await link.upload(data)
@@ -763,9 +787,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+#: How often the latency poller asks ``GET /healthz``: within the registry's public rate
+#: limit (5 requests/s per client network, settings.public_limit), so every answer is
+#: the API's, not the limiter's.
+POLL_SECONDS = 0.25
+
+
 async def latency(server: Server, stop: asyncio.Event) -> tuple[list[float], list[str]]:
-    """``GET /healthz`` every 20 ms until ``stop``: each answered request's time in ms, and
-    what went wrong with the others (kept apart: the step's own request says why it failed)."""
+    """``GET /healthz`` every :data:`POLL_SECONDS` until ``stop``: each request answered
+    200 (its time in ms), and what went wrong with the others, a 429 (rate limited: the
+    poller asked too often, not a slow API) counted apart from errors."""
     times: list[float] = []
     errors: list[str] = []
     async with httpx.AsyncClient(timeout=None) as client:
@@ -776,11 +807,12 @@ async def latency(server: Server, stop: asyncio.Event) -> tuple[list[float], lis
             except httpx.HTTPError as exc:
                 errors.append(repr(exc))
             else:
-                times.append((time.perf_counter() - started) * 1000)
-                if response.status_code != 200:
+                if response.status_code == 200:
+                    times.append((time.perf_counter() - started) * 1000)
+                else:
                     errors.append(f"HTTP {response.status_code}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.02)
+                await asyncio.wait_for(stop.wait(), POLL_SECONDS)
     return times, errors
 
 
@@ -939,8 +971,8 @@ async def _measure(
                 after = await db_sizes(dsn)
                 if done["stored"] == 0:
                     raise StepFailed(done["first_error"] or "nothing stored")
-                rate = done["stored"] / done["seconds"]
                 added = after["results"] - before["results"]
+                rate = added / done["seconds"]  # counted: a result row each
                 errors = (
                     f", {done['errors']} refused ({done['first_error']})" if done["errors"] else ""
                 )
@@ -948,11 +980,16 @@ async def _measure(
                         f"{rate:,.0f}/s ({done['stored']:,} results, {done['batches']} batches, "
                         f"{plan.senders} senders, {done['seconds']:.1f} s{errors})")  # fmt: skip
                 if added != done["stored"]:
-                    run.fail("ingest", "rows stored", f"{added} rows for {done['stored']} results")
-                fleet_round = plan.proxies * plan.probes / rate
+                    run.fail("ingest", "rows stored",
+                             f"{added} counted of {done['stored']} uploaded")  # fmt: skip
+                # Sharded: each proxy is measured by REPLICAS probes of each vantage network.
+                networks = {"control" if probe_country(i, plan.probes)[1] else INSIDE
+                            for i in range(1, plan.probes + 1)}  # fmt: skip
+                per_round = plan.proxies * REPLICAS * len(networks)
+                fleet_round = per_round / rate
                 run.add("ingest", "one round of the fleet", fleet_round,
-                        f"{fleet_round:,.0f} s to ingest {plan.proxies * plan.probes:,} results "
-                        f"(a round is 600 s)")  # fmt: skip
+                        f"{fleet_round:,.0f} s to ingest {per_round:,} results ({REPLICAS} "
+                        f"probes per proxy and network; a round is 600 s)")  # fmt: skip
                 per_million = (after["raw"] - before["raw"]) / done["stored"] * 1e6
                 run.add(
                     "database",
@@ -966,7 +1003,7 @@ async def _measure(
             async def round_() -> None:
                 idle_stop = asyncio.Event()
                 idle = asyncio.create_task(latency(server, idle_stop), name="scale-idle-latency")
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(2.0)
                 idle_stop.set()
                 quiet, _ = await idle
                 today = dt.datetime.now(dt.UTC).date()
@@ -988,6 +1025,8 @@ async def _measure(
                     during, failures = await busy
                 if not during:
                     raise StepFailed(f"no GET /healthz answered: {failures[:1]}")
+                limited = failures.count("HTTP 429")
+                others = [f for f in failures if f != "HTTP 429"]
                 payouts = made.json().get("payouts")
                 run.add("round", "seconds", seconds, f"{seconds:.1f} s, {payouts:,} payouts")
                 run.add("round", "API p50 ms idle", percentile(quiet, 0.5),
@@ -999,8 +1038,9 @@ async def _measure(
                     "round",
                     "API p99 ms during",
                     p99,
-                    f"{p99:.1f} ms, max {max(during):.0f} ms ({len(during)} requests"
-                    + (f", {len(failures)} failed: {failures[0]})" if failures else ")"),
+                    f"{p99:.1f} ms, max {max(during):.0f} ms ({len(during)} answered"
+                    + (f", {limited} rate-limited (429)" if limited else "")
+                    + (f", {len(others)} failed: {others[0]})" if others else ")"),
                 )
 
             await step(run, server, "round", round_, timeout * 2, console)

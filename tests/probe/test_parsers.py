@@ -156,6 +156,22 @@ def test_batch_round_trip() -> None:
     assert parse_batch(pretty).results[0].proxy_id == 3
 
 
+@given(st.text(max_size=40))
+def test_a_batch_file_is_rebuilt_byte_for_byte_from_its_checked_document(detail: str) -> None:
+    """The registry stores the file from the document's canonical bytes made for the
+    signature check (not encoded twice): the same bytes as encoding the whole file."""
+    from resistance.directory.canonical import CanonicalError, canonical_bytes
+
+    try:
+        canonical_bytes(detail)
+    except CanonicalError:  # a lone surrogate: no batch can carry it
+        return
+    data = signed([{**RESULT, "detail": detail}])
+    outer = json.loads(data)
+    batch = parse_batch(data)
+    assert batch.file_bytes(outer["signature"]) == canonical_bytes(outer) == data
+
+
 @given(st.binary(max_size=300))
 def test_batch_parser_fuzz_bytes(data: bytes) -> None:
     try:

@@ -140,3 +140,24 @@ async def test_migration_0016_backfills_the_last_batch_and_goes_back(db_url: str
         await migrate(db_url)
     finally:
         await engine.dispose()
+
+
+def test_voters_are_the_current_replicas_of_each_network_less_flagged_probes() -> None:
+    key = shard.shard_key(b"k" * 32)
+    proxies = list(range(1, 201))
+    fleet = shard.Fleet(
+        live={"RU": frozenset({1, 2, 3, 4, 5}), "control": frozenset()},
+        everyone={"RU": frozenset({1, 2, 3, 4, 5, 6}), "control": frozenset({10, 11, 12, 13})},
+        flagged=frozenset({2}),
+    )
+    found = shard.voters(key, fleet, proxy_ids=proxies, replicas=2)
+    inside = shard.assign(key, proxy_ids=proxies, probe_ids=[1, 2, 3, 4, 5], replicas=2)
+    # No control probe is live: the last ones stand, ranked among all of them.
+    outside = shard.assign(key, proxy_ids=proxies, probe_ids=[10, 11, 12, 13], replicas=2)
+    for p in proxies:
+        expected = set(inside.replicas_of(p)) | set(outside.replicas_of(p))
+        assert found[p] == frozenset(expected - {2})
+        assert 6 not in found[p]  # not live: whatever it measured, it no longer votes
+    assert any(2 in inside.replicas_of(p) for p in proxies)
+    # The uploader is live in its network at once.
+    assert 6 in fleet.with_live("RU", 6).pool("RU") and fleet.with_live("RU", 1) is fleet

@@ -140,6 +140,22 @@ class SignedBatch:
     results: tuple[ResultRecord, ...]
     document: dict[str, Any]
     signature: bytes
+    #: The document's canonical bytes (what the signature covers, without its context).
+    canonical: bytes = b""
+
+    def file_bytes(self, signature: str) -> bytes:
+        """The canonical bytes of the whole batch file (``format``, ``document`` and
+        ``signature`` as text), built around the document's canonical bytes already made
+        for the signature check instead of encoding the document a second time."""
+        return (
+            b'{"document":'
+            + self.canonical
+            + b',"format":'
+            + canonical_bytes(FORMAT)
+            + b',"signature":'
+            + canonical_bytes(signature)
+            + b"}"
+        )
 
 
 def new_batch_id() -> str:
@@ -389,14 +405,15 @@ def check_document(document: Any, signature: Any) -> SignedBatch:
         raise BatchError(f"probe_key is not an Ed25519 public key: {exc}") from None
     raw_signature = _b64(signature, "signature", 64)
     try:
-        message = signed_message(document)
+        canonical = canonical_bytes(document)
     except CanonicalError as exc:
         raise BatchError(f"document has no canonical form: {exc}") from None
-    if not verify_signature(key, raw_signature, message):
+    if not verify_signature(key, raw_signature, BATCH_CONTEXT + canonical):
         raise BatchError("batch signature does not verify with its probe_key")
     return SignedBatch(
-        batch_id, vantage, country, probe_key, created_at, records, document, raw_signature
-    )
+        batch_id, vantage, country, probe_key, created_at, records, document, raw_signature,
+        canonical,
+    )  # fmt: skip
 
 
 def parse_batch(data: bytes) -> SignedBatch:

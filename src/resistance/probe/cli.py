@@ -309,7 +309,7 @@ def status(registry_url: str, token: str, offset: int, limit: int) -> None:
             _ago(now, p["last_batch_at"]),
             _ago(now, p["last_assignment_at"]),
             outvoted,
-            "FLAGGED" if p["flagged"] else "",
+            "FLAGGED: not voting" if p["flagged"] else "",
         )
     Console(width=160).print(table)
     shown = len(answer["probes"])

@@ -23,12 +23,26 @@ ingest time, issue 25).  Raw results and bodies are pruned after
 
 Results for proxies outside the probe's assignment (outside its share of
 the proxies, :func:`outside_share`; or :func:`in_assignment`: not active, or
-a WireGuard server the operator did not add this probe's key to) are
-recorded but not counted: they stay in the stored batch body, signed
-and verbatim, but get no result row and touch no evidence, rollup or
-verdict; the receipt names their proxies (``not_counted``).  Refusing the
-whole batch instead would throw away an honest probe's other results
-whenever a proxy is retired between its assignment and its upload.
+a WireGuard server the operator did not add this probe's key to), and
+results measured at an address the proxy was not proven at
+(:func:`address_refusal`), are recorded but not counted: they stay in the
+stored batch body, signed and verbatim, but get no result row and touch no
+evidence, rollup or verdict; the receipt names their proxies
+(``not_counted``) and says why (``why_not_counted``).  Refusing the whole
+batch instead would throw away an honest probe's other results whenever a
+proxy is retired between its assignment and its upload.
+
+Who votes on a verdict (:func:`resistance.registry.shard.voters`): the
+proxy's current replicas in each vantage network, ranked among the live
+probes as the batch path last read them (:func:`fleet_now`, at most
+:func:`shard.live_ttl` old), less the probes flagged as outvoted too often
+(counted at most a round ago).
+Evidence of any other probe (one that fell silent and was replaced, or a
+flagged one) is kept and still folded forward, so a flagged probe's
+disagreement keeps being measured and it votes again once it is no longer
+flagged, but it does not vote; a batch reads only its voters' evidence
+(about ``replicas`` rows per proxy and network), not every probe's that
+ever measured the proxy.
 """
 
 from __future__ import annotations
@@ -38,15 +52,14 @@ import hashlib
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from resistance.directory.canonical import canonical_bytes
 from resistance.directory.keys import parse_public_key, public_key_text
 from resistance.probe import rollup
-from resistance.probe.batch import FORMAT, BatchError, ResultRecord, check_document, verify_canary
+from resistance.probe.batch import BatchError, ResultRecord, check_document, verify_canary
 from resistance.probe.verdict import (
     Disagreement,
     ProbeEvidence,
@@ -214,24 +227,19 @@ def in_assignment(proxy: Proxy, probe: ProbeAccount) -> bool:
     return proxy.status == "active" and _kind_fields(proxy, probe) is not None
 
 
-async def _live_peers(
-    registry: Registry, probe: ProbeAccount, now: int, *, recent: bool = False
-) -> list[int]:
-    """The live probes of ``probe``'s vantage network, ``probe`` itself always included:
-    read from the database, or with ``recent`` as last read (see :class:`shard.ShardCache`)."""
+async def _live_peers(registry: Registry, probe: ProbeAccount, now: int) -> list[int]:
+    """The live probes of ``probe``'s vantage network, ``probe`` itself always included,
+    read from the database (batches use :func:`fleet_now`'s recent reading)."""
     mine = vantage_network(probe.country, probe.control)
-    live = registry.shards.live(mine, now=now) if recent else None
-    if live is None:
-        rounds = registry.settings.probe_round_seconds
-        async with registry.sessions() as session:
-            accounts = await repo.probe_liveness(session)
-        live = frozenset(
-            probe_id
-            for probe_id, country, control, last_batch_at in accounts
-            if vantage_network(country, control) == mine
-            and shard.is_live(last_batch_at, now=now, round_seconds=rounds)
-        )
-        registry.shards.remember_live(mine, live, until=now + shard.live_ttl(rounds))
+    rounds = registry.settings.probe_round_seconds
+    async with registry.sessions() as session:
+        accounts = await repo.probe_liveness(session)
+    live = {
+        probe_id
+        for probe_id, country, control, last_batch_at in accounts
+        if vantage_network(country, control) == mine
+        and shard.is_live(last_batch_at, now=now, round_seconds=rounds)
+    }
     return sorted(live | {probe.id})
 
 
@@ -244,18 +252,71 @@ def _shards(registry: Registry, peers: Sequence[int], proxy_ids: Sequence[int]) 
     )
 
 
+async def fleet_now(registry: Registry, probe: ProbeAccount, now: int) -> shard.Fleet:
+    """The fleet as a batch sees it (:class:`shard.Fleet`): the probe accounts read from
+    the database at most every :func:`shard.live_ttl` seconds, the flagged probes counted
+    at most every :func:`shard.flag_ttl`; ``probe`` itself always live in its network."""
+    fleet = registry.shards.fleet(now=now)
+    if fleet is None:
+        async with registry.shards.refreshing:  # one reading for every waiting batch
+            fleet = registry.shards.fleet(now=now)
+            if fleet is None:
+                fleet = await _read_fleet(registry, now)
+    return fleet.with_live(vantage_network(probe.country, probe.control), probe.id)
+
+
+async def _read_fleet(registry: Registry, now: int) -> shard.Fleet:
+    settings = registry.settings
+    rounds = settings.probe_round_seconds
+    flagged = registry.shards.flagged(now=now)
+    async with registry.sessions() as session:
+        accounts = await repo.probe_liveness(session)
+        if flagged is None:
+            votes = await repo.probe_disagreement(
+                session, since=now - rules(registry).stale_seconds
+            )
+            flagged = frozenset(
+                probe_id
+                for probe_id, (compared, disagreed) in votes.items()
+                if Disagreement(compared, disagreed).flagged(
+                    threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
+                )
+            )
+            registry.shards.remember_flagged(flagged, until=now + shard.flag_ttl(rounds))
+    live: dict[str, set[int]] = {}
+    everyone: dict[str, set[int]] = {}
+    for probe_id, country, control, last_batch_at in accounts:
+        network = vantage_network(country, control)
+        everyone.setdefault(network, set()).add(probe_id)
+        if shard.is_live(last_batch_at, now=now, round_seconds=rounds):
+            live.setdefault(network, set()).add(probe_id)
+    fleet = shard.Fleet(
+        {n: frozenset(p) for n, p in live.items()},
+        {n: frozenset(p) for n, p in everyone.items()},
+        flagged,
+    )
+    registry.shards.remember_fleet(fleet, until=now + shard.live_ttl(rounds))
+    return fleet
+
+
 async def outside_share(
-    registry: Registry, probe: ProbeAccount, proxy_ids: Sequence[int]
+    registry: Registry,
+    probe: ProbeAccount,
+    proxy_ids: Sequence[int],
+    fleet: shard.Fleet | None = None,
 ) -> set[int]:
     """Which of ``proxy_ids`` are not in ``probe``'s share now.  For a batch: rendezvous
     hashing ranks each proxy on its own, so this scores only the batch's proxies, against
-    the live probes as recently read; an honest probe's batch costs no query here."""
-    peers = await _live_peers(registry, probe, registry.now(), recent=True)
+    the live probes as recently read (:func:`fleet_now`); an honest probe's batch costs no
+    query here."""
+    if fleet is None:
+        fleet = await fleet_now(registry, probe, registry.now())
+    peers = fleet.live[vantage_network(probe.country, probe.control)]
     ids = sorted(set(proxy_ids))
     shards = shard.assign(
         shard.shard_key(registry.ring_key),
         proxy_ids=ids,
-        probe_ids=peers,
+        probe_ids=sorted(peers),
         replicas=registry.settings.probe_replicas,
     )
     outside = set(ids) - set(shards.share(probe.id).tolist())
@@ -266,6 +327,34 @@ async def outside_share(
         return await repo.existing_proxy_ids(session, ids=sorted(outside))
 
 
+#: Why a proxy's results were not counted (the batch receipt's ``why_not_counted``).
+OUTSIDE_SHARE = "outside this probe's share of the proxies"
+NOT_ASSIGNED = "not in this probe's assignment (not active, or not a proxy it is sent to)"
+
+
+def address_refusal(proxy: Proxy, result: ResultRecord) -> str | None:
+    """Why ``result`` cannot count for ``proxy`` by the address it dialled, or ``None``.
+
+    A proxy registered by DNS name is measured at one address its probe resolved and
+    pinned (``address``): that must be one of the addresses its control was proven at,
+    else the probe measured some other host.  A success must say which address it was;
+    a failure may name none (the name resolved to no proven address: nothing was
+    dialled, which is itself the finding).  An IP literal's results name it or nothing.
+    """
+    if proxy.addresses:
+        proven = {str(a) for a in proxy.addresses}
+        if result.address is None:
+            if result.ok:
+                return "a success for a proxy registered by name must say the address it dialled"
+            return None
+        if result.address not in proven:
+            return f"address {result.address} is not one of the proxy's proven addresses"
+        return None
+    if result.address is not None and result.address != proxy.host:
+        return f"address {result.address} is not the proxy's address {proxy.host}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Ingested:
     batch_id: str
@@ -273,6 +362,8 @@ class Ingested:
     results: int
     #: Proxy ids whose results were kept in the batch but not counted (not assigned).
     not_counted: tuple[int, ...] = ()
+    #: Why, per proxy id of ``not_counted``.
+    why_not_counted: dict[int, str] = field(default_factory=dict)
 
 
 def _batch_digest(body: bytes) -> str:
@@ -297,9 +388,7 @@ async def ingest_batch(
 ) -> Ingested:
     try:
         batch = check_document(document, signature)
-        body = canonical_bytes(
-            {"format": FORMAT, "document": batch.document, "signature": signature}
-        )
+        body = batch.file_bytes(signature)  # check_document made sure it is text
     except BatchError as exc:
         raise ApiError(422, f"batch refused: {exc}") from None
     probe = await _account(registry, probe_id)
@@ -322,7 +411,8 @@ async def ingest_batch(
     digest = _batch_digest(body)
     # Results for proxies outside the probe's share are kept in the stored body but not
     # counted, like those outside the rest of its assignment (see in_assignment).
-    unshared = await outside_share(registry, probe, [r.proxy_id for r in batch.results])
+    fleet = await fleet_now(registry, probe, registry.now())
+    unshared = await outside_share(registry, probe, [r.proxy_id for r in batch.results], fleet)
     counted = [r for r in batch.results if r.proxy_id not in unshared]
     # PostgreSQL: per-proxy advisory locks inside the transaction (repositories.
     # lock_proxies_for_fold), good across registry processes.  SQLite: one writer at a time,
@@ -331,7 +421,7 @@ async def ingest_batch(
     async with serial:
         try:
             done = await _store(
-                registry, probe, batch.batch_id, batch.created_at, counted, body, digest
+                registry, probe, fleet, batch.batch_id, batch.created_at, counted, body, digest
             )
         except IntegrityError:
             async with registry.sessions() as session:
@@ -340,11 +430,19 @@ async def ingest_batch(
                 done = Ingested(batch.batch_id, False, found[1])
             else:
                 raise ApiError(409, "batch id already stored with different content") from None
-    async with registry.sessions.begin() as session:
-        await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
+    if not done.stored:  # a stored batch noted it in its own transaction
+        async with registry.sessions.begin() as session:
+            await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
     registry.shards.mark_live(vantage_network(probe.country, probe.control), probe.id)
     if unshared and done.stored:
-        done = replace(done, not_counted=tuple(sorted({*done.not_counted, *unshared})))
+        done = replace(
+            done,
+            not_counted=tuple(sorted({*done.not_counted, *unshared})),
+            why_not_counted={
+                **dict.fromkeys(sorted(unshared), OUTSIDE_SHARE),
+                **done.why_not_counted,
+            },
+        )
     return done
 
 
@@ -354,6 +452,7 @@ _NO_LOCK = contextlib.nullcontext()
 async def _store(
     registry: Registry,
     probe: ProbeAccount,
+    fleet: shard.Fleet,
     batch_id: str,
     created_at: int,
     results: Sequence[ResultRecord],
@@ -368,7 +467,7 @@ async def _store(
                 raise ApiError(409, "batch id already stored with different content")
             return Ingested(batch_id, False, existing[1])
         proxy_ids = sorted({r.proxy_id for r in results})
-        proxies = {p.id: p for p in await repo.proxies_by_ids(session, ids=proxy_ids)}
+        proxies = {p.id: p for p in await repo.proxy_rows_by_ids(session, ids=proxy_ids)}
         if unknown := [i for i in proxy_ids if i not in proxies]:
             raise ApiError(422, f"batch names unknown proxy ids {unknown[:5]}")
         known = {i: list(p.protocols) for i, p in proxies.items()}
@@ -376,10 +475,22 @@ async def _store(
         mtproto.check_result_protocols(results, known)
         # Results for proxies outside the probe's assignment stay in the signed batch body
         # (kept verbatim) but are not counted: no result row, evidence, rollup or verdict.
-        outside = tuple(i for i in proxy_ids if not in_assignment(proxies[i], probe))
-        if outside:
-            results = [r for r in results if r.proxy_id not in outside]
-            proxy_ids = [i for i in proxy_ids if i not in outside]
+        # So are results measured at an address the proxy was not proven at.
+        why: dict[int, str] = {
+            i: NOT_ASSIGNED for i in proxy_ids if not in_assignment(proxies[i], probe)
+        }
+        unassigned = set(why)
+        kept = []
+        for r in results:
+            if r.proxy_id in unassigned:
+                continue
+            refused = address_refusal(proxies[r.proxy_id], r)
+            if refused is None:
+                kept.append(r)
+            else:
+                why.setdefault(r.proxy_id, refused)
+        results = kept
+        proxy_ids = sorted({r.proxy_id for r in results})
         rows = [
             {
                 "batch_id": batch_id,
@@ -409,29 +520,41 @@ async def _store(
             "body": body.decode(),
         }
         await repo.insert_batch(session, batch=record, results=rows)
+        await repo.note_probe_batch(session, probe_id=probe.id, now=now)
         if results:
-            await _fold(registry, session, probe, proxy_ids, results, now)
-    return Ingested(batch_id, True, len(results), outside)
+            voting = shard.voters(
+                shard.shard_key(registry.ring_key),
+                fleet,
+                proxy_ids=proxy_ids,
+                replicas=registry.settings.probe_replicas,
+            )
+            await _fold(registry, session, probe, voting, proxy_ids, results, now)
+    return Ingested(batch_id, True, len(results), tuple(sorted(why)), why)
 
 
 async def _fold(
     registry: Registry,
     session: Any,
     probe: ProbeAccount,
+    voting: dict[int, frozenset[int]],
     proxy_ids: list[int],
     results: Sequence[ResultRecord],
     now: int,
 ) -> None:
     """Evidence, rollups and verdicts of the proxies in one batch.
 
-    Under the proxies' fold locks, every probe's evidence of them is read once, as tuples;
-    this probe's is folded forward with the batch's results and written back, and the
-    verdicts are evaluated over the others' evidence and this probe's new one.
+    Under the proxies' fold locks, the evidence of the probes that vote on them
+    (``voting``: their current replicas, less flagged probes; :func:`shard.voters`) and
+    this probe's own is read once, as tuples; this probe's is folded forward with the
+    batch's results and written back (also while it does not vote: its disagreement
+    keeps being measured), and the verdicts are evaluated over the voters' evidence.
     """
     verdict_rules = rules(registry)
     await repo.lock_proxies_for_fold(session, proxy_ids=proxy_ids)
     others: dict[int, list[ProbeEvidence]] = {i: [] for i in proxy_ids}
     stored: dict[int, ProbeEvidence] = {}
+    pairs = [(proxy_id, voter) for proxy_id in proxy_ids for voter in voting[proxy_id]]
+    pairs += [(proxy_id, probe.id) for proxy_id in proxy_ids]
     for (
         proxy_id,
         probe_id,
@@ -441,7 +564,7 @@ async def _fold(
         last_ok,
         streak,
         windows,
-    ) in await repo.evidence_views(session, proxy_ids=proxy_ids):
+    ) in await repo.evidence_of_pairs(session, pairs=pairs):
         seen = ProbeEvidence(probe_id, country, control, last_at, last_ok, streak, windows)
         if probe_id == probe.id:
             stored[proxy_id] = seen
@@ -490,7 +613,9 @@ async def _fold(
     for proxy_id in proxy_ids:
         found = current.get(proxy_id)
         previous = Status(Verdict(found[0]), tuple(found[1])) if found else Status(Verdict.UNTESTED)
-        evidence = [*others[proxy_id], mine[proxy_id]]
+        evidence = others[proxy_id]
+        if probe.id in voting[proxy_id]:
+            evidence = [*evidence, mine[proxy_id]]
         status = evaluate(previous, evidence, now=now, rules=verdict_rules)
         if found is not None and status == previous:
             unchanged.append(proxy_id)

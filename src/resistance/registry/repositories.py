@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
@@ -599,9 +600,12 @@ async def blocklist_flags(
 # --- WireGuard ------------------------------------------------------------------------
 
 
-async def proxies_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Proxy]:
-    result = await session.execute(select(Proxy).where(Proxy.id.in_(_each(session, ids))))
-    return result.scalars().all()
+async def proxy_rows_by_ids(session: AsyncSession, *, ids: Sequence[int]) -> Sequence[Any]:
+    """A batch's proxies (at most ``MAX_RESULTS`` ids) as plain rows of every column: read
+    like :class:`Proxy` objects (``row.protocols``, ``row.addresses``...) without the ORM
+    building an object, and decoding its JSON columns, per proxy per batch."""
+    connection = await session.connection()
+    return (await connection.execute(_PROXIES_OF, {"ids": list(ids)})).all()
 
 
 async def set_probe_wireguard_key(session: AsyncSession, *, probe_id: int, public_key: str) -> None:
@@ -1010,7 +1014,7 @@ _EVIDENCE_STATE = ("country", "control", "last_at", "last_ok", "fail_streak", "f
 _BATCH_DIGEST = select(_BATCHES.c.digest, _BATCHES.c.result_count).where(
     _BATCHES.c.batch_id == bindparam("batch_id")
 )
-_EVIDENCE_OF = select(
+_EVIDENCE_OF_PAIRS = select(
     _EVIDENCE.c.proxy_id,
     _EVIDENCE.c.probe_id,
     _EVIDENCE.c.country,
@@ -1018,8 +1022,8 @@ _EVIDENCE_OF = select(
     _EVIDENCE.c.last_at,
     _EVIDENCE.c.last_ok,
     _EVIDENCE.c.fail_streak,
-    cast(_EVIDENCE.c.fail_windows, Text),
-).where(_EVIDENCE.c.proxy_id.in_(bindparam("ids", expanding=True)))
+    cast(_EVIDENCE.c.fail_windows, Text),  # decoded only when not empty: _evidence_views
+).where(tuple_(_EVIDENCE.c.proxy_id, _EVIDENCE.c.probe_id).in_(bindparam("pairs", expanding=True)))
 _ROLLUPS_OF = select(
     _ROLLUPS.c.proxy_id,
     _ROLLUPS.c.day,
@@ -1033,6 +1037,7 @@ _ROLLUPS_OF = select(
     _ROLLUPS.c.country == bindparam("country"),
     _ROLLUPS.c.control == bindparam("control"),
 )
+_PROXIES_OF = select(_table(Proxy)).where(_table(Proxy).c.id.in_(bindparam("ids", expanding=True)))
 _VERDICTS_OF = select(_VERDICTS.c.proxy_id, _VERDICTS.c.verdict, _VERDICTS.c.blocked_in).where(
     _VERDICTS.c.proxy_id.in_(bindparam("ids", expanding=True))
 )
@@ -1096,21 +1101,30 @@ async def insert_batch(
         await connection.execute(insert(_RESULTS), list(results))
 
 
-async def evidence_views(
-    session: AsyncSession, *, proxy_ids: Sequence[int]
-) -> list[tuple[int, int, str, bool, int, bool, int, tuple[int, ...]]]:
-    """Every probe's evidence of these proxies: ``(proxy_id, probe_id, country, control,
-    last_at, last_ok, fail_streak, fail_windows)`` tuples.
+EvidenceView = tuple[int, int, str, bool, int, bool, int, tuple[int, ...]]
 
-    ``fail_windows`` is read as text and decoded only when not empty (it is empty whenever
-    the last check worked).
-    """
-    connection = await session.connection()
-    result = await connection.execute(_EVIDENCE_OF, {"ids": list(proxy_ids)})
+
+def _evidence_views(rows: Sequence[Any]) -> list[EvidenceView]:
+    # ``fail_windows`` is read as text and decoded only when not empty (it is empty
+    # whenever the last check worked).
     return [
         (proxy, probe, country, control, at, ok, streak, () if w == "[]" else tuple(json.loads(w)))
-        for proxy, probe, country, control, at, ok, streak, w in result.all()
+        for proxy, probe, country, control, at, ok, streak, w in rows
     ]
+
+
+async def evidence_of_pairs(
+    session: AsyncSession, *, pairs: Sequence[tuple[int, int]]
+) -> list[EvidenceView]:
+    """The evidence rows of these (proxy_id, probe_id) pairs that exist: ``(proxy_id,
+    probe_id, country, control, last_at, last_ok, fail_streak, fail_windows)`` tuples.
+    A batch reads only its proxies' current voters
+    (about ``replicas`` per vantage network), not every probe that ever measured them."""
+    if not pairs:
+        return []
+    connection = await session.connection()
+    result = await connection.execute(_EVIDENCE_OF_PAIRS, {"pairs": sorted(set(pairs))})
+    return _evidence_views(result.all())
 
 
 async def save_evidence(

@@ -256,7 +256,9 @@ class ProbeStatusView(BaseModel):
     compared: int = Field(description="Proxies where its peers' latest results had a majority.")
     disagreed: int = Field(description="Of those, where its own latest result went against it.")
     disagreement: float | None = Field(description="disagreed / compared; null if none.")
-    flagged: bool = Field(description="Outvoted too often: lying or broken.")
+    flagged: bool = Field(
+        description="Outvoted too often: lying or broken; its evidence does not vote while flagged."
+    )
 
 
 class ProbeFleetStatus(BaseModel):
@@ -342,8 +344,13 @@ class BatchReceipt(BaseModel):
     results: int = Field(description="Results counted.")
     not_counted: list[int] = Field(
         default=[],
-        description="Proxies outside this probe's assignment: their results are kept in the "
-        "signed batch but count for nothing (listed on the first upload only).",
+        description="Proxies some or all of whose results are kept in the signed batch "
+        "but count for nothing (listed on the first upload only).",
+    )
+    why_not_counted: dict[str, str] = Field(
+        default={},
+        description="Why, per proxy id of `not_counted`: outside this probe's share, not in "
+        "its assignment, or measured at an address the proxy was not proven at.",
     )
 
 

@@ -20,10 +20,14 @@ pick its proxies.  This is rendezvous hashing, so:
   computed over live probes on every pull.  The probe asking is always
   counted as live, so a new or returning probe gets its share at once.
   A batch's results count only inside the uploader's share, checked against
-  the live probes as read at most :func:`live_ttl` ago (so an honest
-  probe's batch costs no query); right after a probe falls silent, its
-  peers' results for the proxies they took from it may go uncounted for
-  that long.
+  the live probes as read at most :func:`live_ttl` ago (:class:`Fleet`, so
+  an honest probe's batch costs no query); right after a probe falls
+  silent, its peers' results for the proxies they took from it may go
+  uncounted for that long.
+* only a proxy's current replicas vote on its verdict (:func:`voters`):
+  the evidence of a probe that left them stops counting at once instead of
+  when it ages out (3 days); a network with no live probe at all keeps its
+  last replicas (ranked among all its probes), since nobody replaced them.
 
 Scores are 64-bit integers computed with numpy over all proxies at once
 (a splitmix64 finaliser, a bijection, over keyed 64-bit seeds): 100,000
@@ -33,6 +37,7 @@ proxy.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections import OrderedDict
@@ -155,8 +160,56 @@ def live_ttl(round_seconds: int) -> int:
     return min(max(silent_after(round_seconds) // 10, 5), 30)
 
 
+def flag_ttl(round_seconds: int) -> int:
+    """How long a batch may reuse the flagged probes it last counted: one round (at
+    least a minute).  Counting them reads every fresh evidence row, and a flag needs
+    outvotes on many proxies, so it moves by rounds, not seconds."""
+    return max(round_seconds, 60)
+
+
 def is_live(last_batch_at: int | None, *, now: int, round_seconds: int) -> bool:
     return last_batch_at is not None and now - last_batch_at <= silent_after(round_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What a batch's verdicts need to know about the probes: per vantage network its
+    live probes and all its probes, and the probes flagged as lying or broken."""
+
+    live: dict[str, frozenset[int]]
+    everyone: dict[str, frozenset[int]]
+    flagged: frozenset[int]
+
+    def pool(self, network: str) -> frozenset[int]:
+        """The probes a network's replicas are ranked among: its live ones, or all of
+        them while none is live (then nobody has replaced the last ones that measured)."""
+        return self.live.get(network) or self.everyone.get(network, frozenset())
+
+    def with_live(self, network: str, probe_id: int) -> Fleet:
+        """The same fleet with ``probe_id`` live in ``network`` (it is uploading now)."""
+        if probe_id in self.live.get(network, frozenset()):
+            return self
+        live = {**self.live, network: self.live.get(network, frozenset()) | {probe_id}}
+        everyone = {**self.everyone, network: self.everyone.get(network, frozenset()) | {probe_id}}
+        return Fleet(live, everyone, self.flagged)
+
+
+def voters(
+    key: bytes, fleet: Fleet, *, proxy_ids: Sequence[int], replicas: int
+) -> dict[int, frozenset[int]]:
+    """Per proxy, the probes whose evidence votes on its verdict: its current replicas in
+    every vantage network (ranked among :meth:`Fleet.pool`), less the flagged probes.
+    Evidence from any other probe (one that left the proxy's replicas, or a flagged one)
+    is kept but does not vote."""
+    found: dict[int, set[int]] = {p: set() for p in proxy_ids}
+    for network in sorted(fleet.everyone):
+        pool = fleet.pool(network)
+        if not pool:
+            continue
+        shards = assign(key, proxy_ids=list(found), probe_ids=sorted(pool), replicas=replicas)
+        for row, proxy_id in zip(shards.owners, shards.proxy_ids.tolist(), strict=True):
+            found[proxy_id].update(shards.probe_ids[i] for i in row)
+    return {p: frozenset(probes - fleet.flagged) for p, probes in found.items()}
 
 
 class ShardCache:
@@ -168,28 +221,41 @@ class ShardCache:
     def __init__(self, size: int = 16) -> None:
         self._size = size
         self._entries: OrderedDict[tuple[bytes, tuple[int, ...], int], Shards] = OrderedDict()
-        #: Per network: the live probes as last read, and until when to reuse them.
-        self._live: dict[str, tuple[int, frozenset[int]]] = {}
+        #: The fleet as the batch path last read it, and until when to reuse it.
+        self._fleet: tuple[int, Fleet] | None = None
+        self._flagged: tuple[int, frozenset[int]] | None = None
+        #: Held while one batch reads the fleet: the others wait for that reading instead
+        #: of each running the same queries (at a round's start every probe's batch finds
+        #: the reading stale at once, and each would hold a pooled connection for it).
+        self.refreshing = asyncio.Lock()
 
-    def live(self, network: str, *, now: int) -> frozenset[int] | None:
-        """The network's live probes as recently read, or ``None`` when too old.
+    def fleet(self, *, now: int) -> Fleet | None:
+        """Who votes, as recently read (see :class:`Fleet`), or ``None`` when too old.
 
-        Only batch checks reuse them (assignment pulls read the database): a probe that
-        falls silent stays in for at most :func:`live_ttl` more, and one that comes back
-        is added by :meth:`mark_live` when its batch is stored here, or read by the next
+        Only batches reuse it (assignment pulls read the database): a probe that falls
+        silent stays in for at most :func:`live_ttl` more, and one that comes back is
+        added by :meth:`mark_live` when its batch is stored here, or read by the next
         refresh when another process stored it."""
-        found = self._live.get(network)
-        if found is None or now >= found[0]:
+        if self._fleet is None or now >= self._fleet[0]:
             return None
-        return found[1]
+        return self._fleet[1]
 
-    def remember_live(self, network: str, probes: frozenset[int], *, until: int) -> None:
-        self._live[network] = (until, probes)
+    def remember_fleet(self, fleet: Fleet, *, until: int) -> None:
+        self._fleet = (until, fleet)
+
+    def flagged(self, *, now: int) -> frozenset[int] | None:
+        """The flagged probes as recently counted, or ``None`` when too old (they are
+        counted over all fresh evidence, so less often than the live probes are read)."""
+        if self._flagged is None or now >= self._flagged[0]:
+            return None
+        return self._flagged[1]
+
+    def remember_flagged(self, flagged: frozenset[int], *, until: int) -> None:
+        self._flagged = (until, flagged)
 
     def mark_live(self, network: str, probe_id: int) -> None:
-        found = self._live.get(network)
-        if found is not None and probe_id not in found[1]:
-            self._live[network] = (found[0], found[1] | {probe_id})
+        if self._fleet is not None:
+            self._fleet = (self._fleet[0], self._fleet[1].with_live(network, probe_id))
 
     def get(
         self, key: bytes, *, proxy_ids: Sequence[int], probe_ids: Sequence[int], replicas: int

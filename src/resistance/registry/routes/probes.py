@@ -89,6 +89,7 @@ async def upload(
         "stored": done.stored,
         "results": done.results,
         "not_counted": list(done.not_counted),
+        "why_not_counted": {str(i): why for i, why in done.why_not_counted.items()},
     }
 
 
