@@ -9,6 +9,11 @@ address, then runs each step as the registry does (``services.publish``,
 that step's own (the child's ``ru_maxrss``, interpreter and imports included).
 
     .venv/bin/python bench/publish_scale.py [--proxies 100000] [--days 30] [--steps publish,round]
+
+Steps: ``publish`` (every proxy's censor flag current, as between two blocklist
+imports), ``publish-import`` (the first publication after an import: every flag
+is dropped first, as an import does, so the blocklist is walked and the import
+that blocked each listed proxy found again) and ``round``.
 """
 
 from __future__ import annotations
@@ -55,9 +60,16 @@ async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
     registry = await open_registry(_settings(url, state))
     try:
         started, cpu = time.perf_counter(), time.process_time()
-        if name == "publish":
+        if name == "publish-import":  # what an import leaves: no flag is current
+            async with registry.sessions.begin() as session:
+                await session.execute(text("DELETE FROM proxy_blocklist_flags"))
+            started, cpu = time.perf_counter(), time.process_time()
+        if name.startswith("publish"):
             signed = await services.publish(registry)
-            what = f"{len(signed['document']['proxies']):,} proxies"
+            listed = sum(
+                bool(p["measurements"]["censor_listed"]) for p in signed["document"]["proxies"]
+            )
+            what = f"{len(signed['document']['proxies']):,} proxies, {listed:,} listed"
         else:
             # a rerun's round would clash with the last run's (a day is paid once)
             async with registry.sessions.begin() as session:
