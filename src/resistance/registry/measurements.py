@@ -9,6 +9,7 @@ indexed query), so new proxies are flagged at their first publication.
 from __future__ import annotations
 
 import datetime
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +35,20 @@ def reach(rows: Sequence[Any], transport: str) -> dict[str, Any]:
     that stopped it (``failed`` when the probe named none), and the same for the
     node's other transports the probe measured beside it (``tls``).  ``rows`` are
     :func:`~resistance.registry.repositories.reach_rows`' rows of one proxy."""
-    latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
-    return {
-        row.name: {
-            transport: "ok" if row.last_ok else (row.mechanism or "failed"),
-            **{t: str(m) for t, m in sorted((row.transports or {}).items())[:4]},
-        }
-        for row in sorted(latest, key=lambda row: row.name)
-    }
+    latest = rows
+    if len(rows) > MAX_REACH_NETWORKS:  # else every row is named: no need to rank them
+        latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
+    out: dict[str, Any] = {}
+    for row in sorted(latest, key=_name):
+        entry = {transport: "ok" if row.last_ok else (row.mechanism or "failed")}
+        if row.transports:  # most rows have none (70,000 proxies x probes of them)
+            for t, m in sorted(row.transports.items())[:4]:
+                entry[t] = str(m)
+        out[row.name] = entry
+    return out
+
+
+_name = operator.attrgetter("name")
 
 
 def recent_days(now: int, count: int = DAYS) -> list[str]:
