@@ -2,8 +2,9 @@
 
 Makes its own database (``resist_bench_pub_<pid>``, dropped at the end unless
 --keep) and fills it with the dashboard benchmark's loader (bench/dashboard.py:
-100,000 proxies, 70 % public, 30 days of rollups from four vantages, evidence,
-verdicts, a current blocklist import with flags), gives every operator a payout
+100,000 proxies, 70 % public, 30 days of rollups from four vantages and today's
+so far, evidence, verdicts, a current blocklist import with flags, proxies listed
+over several versions), gives every operator a payout
 address, then runs each step as the registry does (``services.publish``,
 ``rounds.create_round``) in a fresh child process, so the peak RSS reported is
 that step's own (the child's ``ru_maxrss``, interpreter and imports included).
@@ -132,6 +133,13 @@ async def fill(url: str, proxies: int, days: int, console: Console) -> None:
     statements = [
         "SET session_replication_role = replica",
         *fill_sql(proxies, days)[:-1],
+        # today's rollups so far (the loader's end yesterday): a directory sums two days
+        """INSERT INTO probe_rollups (proxy_id, day, country, control, attempts, successes,
+             latency_hist, latency_p50_ms, latency_p90_ms, throughput_hist, throughput_p50_kbps)
+           SELECT proxy_id, to_char(current_date, 'YYYY-MM-DD'), country, control, attempts / 2,
+             successes / 2, latency_hist, latency_p50_ms, latency_p90_ms, throughput_hist,
+             throughput_p50_kbps
+           FROM probe_rollups WHERE day = to_char(current_date - 1, 'YYYY-MM-DD')""",
         """INSERT INTO dashboard_daily_reach (day, control, attempts, successes)
            SELECT day, control, sum(attempts), sum(successes) FROM probe_rollups
            GROUP BY day, control""",

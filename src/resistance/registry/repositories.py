@@ -926,10 +926,10 @@ async def day_rollup_totals(
 
     ``buckets`` are the latency and throughput histograms' lengths; a stored
     histogram of another length is refused (``ValueError``), as merging it would be.
-    On PostgreSQL the sums are the database's (one ``sum`` per bucket of each
-    histogram, read once as ``jsonb``): decoding and adding 140,000 pairs of JSON
-    histograms in Python was a third of a 100,000-proxy publication.  Elsewhere
-    the rows are read and added here."""
+    On PostgreSQL the sums are the database's (one ``sum`` per bucket, each histogram
+    parsed once as an integer array), so Python decodes one pair of histograms per
+    proxy and country instead of one per rollup.  Elsewhere the rows are read and
+    added here."""
     if _dialect(session) != "postgresql":
         totals: dict[tuple[int, str], list[Any]] = {}
         for row in await day_rollup_rows(session, proxy_ids=proxy_ids, days=days):
@@ -969,22 +969,23 @@ class _Totals:
 @functools.cache
 def _rollup_totals_sql(latency: int, throughput: int) -> Any:
     def sums(column: str, count: int) -> str:
-        return "ARRAY[" + ", ".join(f"sum(({column}->>{i})::int)" for i in range(count)) + "]"
+        return "ARRAY[" + ", ".join(f"sum({column}[{i}])" for i in range(1, count + 1)) + "]"
 
-    def shaped(column: str, count: int) -> str:
-        return (
-            f"coalesce(CASE WHEN jsonb_typeof({column}) = 'array' "
-            f"THEN jsonb_array_length({column}) = {count} END, false)"
-        )
+    def as_array(column: str) -> str:
+        # A JSON array of integers is an integer array's text with [] for {} (json keeps
+        # the text as written): PostgreSQL parses that as fast as it reads an array, a
+        # third faster here than going through jsonb.  Anything else fails the cast.
+        return f"translate({column}::text, '[]', '{{}}')::int[]"
 
-    # OFFSET 0 keeps the subquery's casts to jsonb from being inlined into every sum
-    # (each bucket would parse the whole histogram again: 40 s instead of 1.5 at 100k).
+    # OFFSET 0 keeps the subquery's casts from being inlined into every sum (each
+    # bucket would parse the whole histogram again: 40 s instead of 2 at 100k).
     return text(
         f"""SELECT proxy_id, country, sum(attempts) AS attempts, sum(successes) AS successes,
-          bool_and({shaped("lj", latency)} AND {shaped("tj", throughput)}) AS shaped,
-          {sums("lj", latency)} AS latency_hist, {sums("tj", throughput)} AS throughput_hist
-        FROM (SELECT proxy_id, country, attempts, successes, latency_hist::jsonb AS lj,
-                throughput_hist::jsonb AS tj
+          bool_and(coalesce(array_length(lat, 1) = {latency}
+                            AND array_length(thr, 1) = {throughput}, false)) AS shaped,
+          {sums("lat", latency)} AS latency_hist, {sums("thr", throughput)} AS throughput_hist
+        FROM (SELECT proxy_id, country, attempts, successes,
+                {as_array("latency_hist")} AS lat, {as_array("throughput_hist")} AS thr
               FROM probe_rollups
               WHERE proxy_id IN (SELECT value::bigint
                                  FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
