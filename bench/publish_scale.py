@@ -14,7 +14,9 @@ that step's own (the child's ``ru_maxrss``, interpreter and imports included).
 Steps: ``publish`` (every proxy's censor flag current, as between two blocklist
 imports), ``publish-import`` (the first publication after an import: every flag
 is dropped first, as an import does, so the blocklist is walked and the import
-that blocked each listed proxy found again) and ``round``.
+that blocked each listed proxy found again), ``phases`` (a publication's parts
+timed one by one: reading the proxies, their measurements, building and signing;
+nothing stored) and ``round``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
             async with registry.sessions.begin() as session:
                 await session.execute(text("DELETE FROM proxy_blocklist_flags"))
             started, cpu = time.perf_counter(), time.process_time()
-        if name.startswith("publish"):
+        if name == "phases":  # a publication's parts, each timed (nothing stored)
+            what = await _phases(registry)
+        elif name.startswith("publish"):
             signed = await services.publish(registry)
             listed = sum(
                 bool(p["measurements"]["censor_listed"]) for p in signed["document"]["proxies"]
@@ -107,6 +111,28 @@ async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
         "worker_peak_mb": child.ru_maxrss / 1024,
         "what": what,
     }
+
+
+async def _phases(registry: Any) -> str:
+    """Wall and CPU seconds of a publication's parts, run one after the other on the event
+    loop: reading the proxies, reading their measurements (verdicts, rollup sums, flags,
+    probes' views), building and signing the document."""
+    from resistance.registry import measurements, repositories, services
+
+    now = registry.now()
+    marks = [(time.perf_counter(), time.process_time())]
+    async with registry.sessions() as session:
+        proxies = services.listed(await repositories.active_proxy_rows(session, public=True))
+        marks.append((time.perf_counter(), time.process_time()))
+        rows = await measurements.measurement_rows(session, proxies, now)
+        marks.append((time.perf_counter(), time.process_time()))
+    services._sign_directory(registry, proxies, rows, 1, now)
+    marks.append((time.perf_counter(), time.process_time()))
+    names = ("proxies", "measurement rows", "build+sign")
+    return ", ".join(
+        f"{n} {b[0] - a[0]:.1f} s wall / {b[1] - a[1]:.1f} s CPU"
+        for n, a, b in zip(names, marks[:-1], marks[1:], strict=True)
+    )
 
 
 def _child(name: str, url: str, state: str, days: int, out: Any) -> None:

@@ -1,9 +1,13 @@
 """Measurements as the directory shows them: status, censor listing, per-country reachability.
 
-Reads only verdicts, daily rollups and blocklist flags (never raw results),
-so publishing stays cheap however many results are stored.  A proxy whose
-flag predates the current blocklist import is looked up again here (one
-indexed query), so new proxies are flagged at their first publication.
+Reads only verdicts, daily rollups (summed per proxy and country by the
+database on PostgreSQL) and blocklist flags (never raw results), so publishing
+stays cheap however many results are stored.  A proxy whose flag predates the
+current blocklist import is looked up again here (one indexed query each, or
+one walk of the ranges for many), so new proxies are flagged at their first
+publication; the import that blocked every listed one is then followed back
+through the versions for all of them at once
+(:func:`~resistance.registry.repositories.listed_since_many`).
 """
 
 from __future__ import annotations
