@@ -6,7 +6,8 @@ operators, 100,000 proxies (SOCKS5 / MTProto / WireGuard, 70 % public), four
 vantages (two inside RU, two control), a verdict and its history for every
 proxy, the probes' evidence (4 per proxy), 30 days of daily rollups per proxy
 and vantage side (6,000,000 rows), 5 raw results per proxy (500,000), 30
-blocklist imports with 100,000 current ranges and a paid grant round. Then
+blocklist imports with 100,000 current ranges (and the addresses of 30 % of the
+proxies, listed over several versions) and a paid grant round. Then
 it asks each page N times through the ASGI app in-process (no sockets, so
 the time is the server's: routing, queries, templates, charts) and prints
 the first request's time (it computes the public aggregates, which are then
@@ -104,13 +105,31 @@ def fill_sql(proxies: int, days: int) -> list[str]:
               skipped)
             SELECT 'dump-' || d, 'dump', NULL, {now} - 86400 * d, 300000 + 1000 * d,
               100000 + d, 0 FROM generate_series({days - 1}, 0, -1) d""",
-        f"""INSERT INTO blocklist_ranges (start_hex, end_hex, import_id)
-            SELECT lpad(to_hex(1), 1, '0') || lpad(to_hex(g * 512), 32, '0'),
-                   lpad(to_hex(1), 1, '0') || lpad(to_hex(g * 512 + 255), 32, '0'),
-                   (SELECT max(id) FROM blocklist_imports)
+        # 100,000 current ranges elsewhere (below 10.0.0.0, so none holds a proxy),
+        f"""INSERT INTO blocklist_spans (start_hex, end_hex, first_import, until_import)
+            SELECT '1' || lpad(to_hex(g * 512), 32, '0'),
+                   '1' || lpad(to_hex(g * 512 + 255), 32, '0'),
+                   (SELECT max(id) FROM blocklist_imports), NULL
             FROM generate_series(1, {proxies}) g""",
-        f"""INSERT INTO proxy_blocklist_flags (proxy_id, import_id, listed, checked_at)
-            SELECT g, (SELECT max(id) FROM blocklist_imports), g % 10 < 3, {now}
+        # and the addresses of 30 % of the proxies (g % 10 < 3), listed five imports ago
+        # as a /24 and since two imports ago as the /32 alone (so the import that blocked
+        # each is found two versions back)
+        f"""INSERT INTO blocklist_spans (start_hex, end_hex, first_import, until_import)
+            SELECT '1' || lpad(to_hex(a), 32, '0'), '1' || lpad(to_hex(a), 32, '0'),
+                   (SELECT max(id) FROM blocklist_imports) - 2, NULL
+            FROM (SELECT (10 << 24) + g AS a FROM generate_series(1, {proxies}) g
+                  WHERE g % 10 < 3) s""",
+        f"""INSERT INTO blocklist_spans (start_hex, end_hex, first_import, until_import)
+            SELECT '1' || lpad(to_hex(a & ~255), 32, '0'),
+                   '1' || lpad(to_hex(a | 255), 32, '0'),
+                   (SELECT max(id) FROM blocklist_imports) - 5,
+                   (SELECT max(id) FROM blocklist_imports) - 2
+            FROM (SELECT DISTINCT (10 << 24) + (g & ~255) AS a
+                  FROM generate_series(1, {proxies}) g WHERE g % 10 < 3) s""",
+        f"""INSERT INTO proxy_blocklist_flags (proxy_id, import_id, listed, checked_at,
+              listed_since)
+            SELECT g, (SELECT max(id) FROM blocklist_imports), g % 10 < 3, {now},
+              CASE WHEN g % 10 < 3 THEN (SELECT max(id) FROM blocklist_imports) - 5 END
             FROM generate_series(1, {proxies}) g""",
         "SELECT setval('operators_id_seq', 1000000), setval('proxies_id_seq', 10000000)",
         "ANALYZE",

@@ -2,13 +2,21 @@
 
 Makes its own database (``resist_bench_pub_<pid>``, dropped at the end unless
 --keep) and fills it with the dashboard benchmark's loader (bench/dashboard.py:
-100,000 proxies, 70 % public, 30 days of rollups from four vantages, evidence,
-verdicts, a current blocklist import with flags), gives every operator a payout
+100,000 proxies, 70 % public, 30 days of rollups from four vantages and today's
+so far, evidence, verdicts, a current blocklist import with flags, proxies listed
+over several versions), gives every operator a payout
 address, then runs each step as the registry does (``services.publish``,
 ``rounds.create_round``) in a fresh child process, so the peak RSS reported is
 that step's own (the child's ``ru_maxrss``, interpreter and imports included).
 
     .venv/bin/python bench/publish_scale.py [--proxies 100000] [--days 30] [--steps publish,round]
+
+Steps: ``publish`` (every proxy's censor flag current, as between two blocklist
+imports), ``publish-import`` (the first publication after an import: every flag
+is dropped first, as an import does, so the blocklist is walked and the import
+that blocked each listed proxy found again), ``phases`` (a publication's parts
+timed one by one: reading the proxies, their measurements, building and signing;
+nothing stored) and ``round``.
 """
 
 from __future__ import annotations
@@ -55,9 +63,18 @@ async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
     registry = await open_registry(_settings(url, state))
     try:
         started, cpu = time.perf_counter(), time.process_time()
-        if name == "publish":
+        if name == "publish-import":  # what an import leaves: no flag is current
+            async with registry.sessions.begin() as session:
+                await session.execute(text("DELETE FROM proxy_blocklist_flags"))
+            started, cpu = time.perf_counter(), time.process_time()
+        if name == "phases":  # a publication's parts, each timed (nothing stored)
+            what = await _phases(registry)
+        elif name.startswith("publish"):
             signed = await services.publish(registry)
-            what = f"{len(signed['document']['proxies']):,} proxies"
+            listed = sum(
+                bool(p["measurements"]["censor_listed"]) for p in signed["document"]["proxies"]
+            )
+            what = f"{len(signed['document']['proxies']):,} proxies, {listed:,} listed"
         else:
             # a rerun's round would clash with the last run's (a day is paid once)
             async with registry.sessions.begin() as session:
@@ -96,6 +113,28 @@ async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
     }
 
 
+async def _phases(registry: Any) -> str:
+    """Wall and CPU seconds of a publication's parts, run one after the other on the event
+    loop: reading the proxies, reading their measurements (verdicts, rollup sums, flags,
+    probes' views), building and signing the document."""
+    from resistance.registry import measurements, repositories, services
+
+    now = registry.now()
+    marks = [(time.perf_counter(), time.process_time())]
+    async with registry.sessions() as session:
+        proxies = services.listed(await repositories.active_proxy_rows(session, public=True))
+        marks.append((time.perf_counter(), time.process_time()))
+        rows = await measurements.measurement_rows(session, proxies, now)
+        marks.append((time.perf_counter(), time.process_time()))
+    services._sign_directory(registry, proxies, rows, 1, now)
+    marks.append((time.perf_counter(), time.process_time()))
+    names = ("proxies", "measurement rows", "build+sign")
+    return ", ".join(
+        f"{n} {b[0] - a[0]:.1f} s wall / {b[1] - a[1]:.1f} s CPU"
+        for n, a, b in zip(names, marks[:-1], marks[1:], strict=True)
+    )
+
+
 def _child(name: str, url: str, state: str, days: int, out: Any) -> None:
     try:
         out.send(asyncio.run(_step(name, url, state, days)))
@@ -120,6 +159,13 @@ async def fill(url: str, proxies: int, days: int, console: Console) -> None:
     statements = [
         "SET session_replication_role = replica",
         *fill_sql(proxies, days)[:-1],
+        # today's rollups so far (the loader's end yesterday): a directory sums two days
+        """INSERT INTO probe_rollups (proxy_id, day, country, control, attempts, successes,
+             latency_hist, latency_p50_ms, latency_p90_ms, throughput_hist, throughput_p50_kbps)
+           SELECT proxy_id, to_char(current_date, 'YYYY-MM-DD'), country, control, attempts / 2,
+             successes / 2, latency_hist, latency_p50_ms, latency_p90_ms, throughput_hist,
+             throughput_p50_kbps
+           FROM probe_rollups WHERE day = to_char(current_date - 1, 'YYYY-MM-DD')""",
         """INSERT INTO dashboard_daily_reach (day, control, attempts, successes)
            SELECT day, control, sum(attempts), sum(successes) FROM probe_rollups
            GROUP BY day, control""",

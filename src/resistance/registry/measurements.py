@@ -1,14 +1,19 @@
 """Measurements as the directory shows them: status, censor listing, per-country reachability.
 
-Reads only verdicts, daily rollups and blocklist flags (never raw results),
-so publishing stays cheap however many results are stored.  A proxy whose
-flag predates the current blocklist import is looked up again here (one
-indexed query), so new proxies are flagged at their first publication.
+Reads only verdicts, daily rollups (summed per proxy and country by the
+database on PostgreSQL) and blocklist flags (never raw results), so publishing
+stays cheap however many results are stored.  A proxy whose flag predates the
+current blocklist import is looked up again here (one indexed query each, or
+one walk of the ranges for many), so new proxies are flagged at their first
+publication; the import that blocked every listed one is then followed back
+through the versions for all of them at once
+(:func:`~resistance.registry.repositories.listed_since_many`).
 """
 
 from __future__ import annotations
 
 import datetime
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +39,20 @@ def reach(rows: Sequence[Any], transport: str) -> dict[str, Any]:
     that stopped it (``failed`` when the probe named none), and the same for the
     node's other transports the probe measured beside it (``tls``).  ``rows`` are
     :func:`~resistance.registry.repositories.reach_rows`' rows of one proxy."""
-    latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
-    return {
-        row.name: {
-            transport: "ok" if row.last_ok else (row.mechanism or "failed"),
-            **{t: str(m) for t, m in sorted((row.transports or {}).items())[:4]},
-        }
-        for row in sorted(latest, key=lambda row: row.name)
-    }
+    latest = rows
+    if len(rows) > MAX_REACH_NETWORKS:  # else every row is named: no need to rank them
+        latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
+    out: dict[str, Any] = {}
+    for row in sorted(latest, key=_name):
+        entry = {transport: "ok" if row.last_ok else (row.mechanism or "failed")}
+        if row.transports:  # most rows have none (70,000 proxies x probes of them)
+            for t, m in sorted(row.transports.items())[:4]:
+                entry[t] = str(m)
+        out[row.name] = entry
+    return out
+
+
+_name = operator.attrgetter("name")
 
 
 def recent_days(now: int, count: int = DAYS) -> list[str]:
@@ -114,19 +125,21 @@ async def refresh_flags(
         except ValueError:
             continue
     if len(stale) > LOOKUPS_AT_MOST:
-        hits = await _walk_ranges(session, stale)
+        holding = await _walk_ranges(session, stale)
     else:
-        hits = {
-            proxy_id: await repo.range_containing(session, address_hex=hexed) is not None
-            for proxy_id, hexed in stale.items()
-        }
-    # The import that blocked each listed one (followed back through the versions).
+        holding = {}
+        for proxy_id, hexed in stale.items():
+            span = await repo.range_containing(session, address_hex=hexed)
+            holding[proxy_id] = span.first_import if span is not None else None
+    # The import that blocked each listed one (followed back through the versions, every
+    # listed address at once).
+    since = await repo.listed_since_many(
+        session,
+        current={stale[p]: first for p, first in holding.items() if first is not None},
+    )
     found = {
-        proxy_id: (
-            hit,
-            await repo.listed_since(session, address_hex=stale[proxy_id]) if hit else None,
-        )
-        for proxy_id, hit in hits.items()
+        proxy_id: (first is not None, since[stale[proxy_id]] if first is not None else None)
+        for proxy_id, first in holding.items()
     }
     listed.update(found)
     new = {p: v for p, v in found.items() if p not in flags}
@@ -135,23 +148,24 @@ async def refresh_flags(
     return listed
 
 
-async def _walk_ranges(session: AsyncSession, addresses: dict[int, str]) -> dict[int, bool]:
-    """Whether each address is in a stored range, by one walk of the ranges in order
-    beside the addresses in order (the ranges are disjoint and sorted by start)."""
+async def _walk_ranges(session: AsyncSession, addresses: dict[int, str]) -> dict[int, int | None]:
+    """Per address, the ``first_import`` of the current range holding it (``None`` if
+    none does), by one walk of the ranges in order beside the addresses in order (the
+    ranges are disjoint and sorted by start)."""
     order = sorted(addresses.items(), key=lambda item: item[1])
-    hits: dict[int, bool] = {}
+    hits: dict[int, int | None] = {}
     i = 0
-    async for start, end in repo.ranges_in_order(session):
+    async for start, end, first in repo.ranges_in_order(session):
         while i < len(order) and order[i][1] < start:
-            hits[order[i][0]] = False
+            hits[order[i][0]] = None
             i += 1
         while i < len(order) and order[i][1] <= end:
-            hits[order[i][0]] = True
+            hits[order[i][0]] = first
             i += 1
         if i == len(order):
             break
     for proxy_id, _ in order[i:]:
-        hits[proxy_id] = False
+        hits[proxy_id] = None
     return hits
 
 
@@ -180,7 +194,10 @@ async def measurement_rows(
         return MeasurementRows(days, {}, {}, {}, {})
     verdicts = {row.proxy_id: row for row in await repo.verdict_rows(session, proxy_ids=ids)}
     by_proxy: dict[int, list[Any]] = {}
-    for row in await repo.day_rollup_rows(session, proxy_ids=ids, days=days):
+    totals = await repo.day_rollup_totals(
+        session, proxy_ids=ids, days=days, buckets=(LATENCY_BUCKETS, THROUGHPUT_BUCKETS)
+    )
+    for row in totals:  # one per vantage country, its histograms summed
         by_proxy.setdefault(row.proxy_id, []).append(row)
     listed = await refresh_flags(session, proxies, now)
     seen: dict[int, list[Any]] = {}
