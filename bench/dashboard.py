@@ -104,10 +104,10 @@ def fill_sql(proxies: int, days: int) -> list[str]:
               skipped)
             SELECT 'dump-' || d, 'dump', NULL, {now} - 86400 * d, 300000 + 1000 * d,
               100000 + d, 0 FROM generate_series({days - 1}, 0, -1) d""",
-        f"""INSERT INTO blocklist_ranges (start_hex, end_hex, import_id)
+        f"""INSERT INTO blocklist_spans (start_hex, end_hex, first_import, until_import)
             SELECT lpad(to_hex(1), 1, '0') || lpad(to_hex(g * 512), 32, '0'),
                    lpad(to_hex(1), 1, '0') || lpad(to_hex(g * 512 + 255), 32, '0'),
-                   (SELECT max(id) FROM blocklist_imports)
+                   (SELECT max(id) FROM blocklist_imports), NULL
             FROM generate_series(1, {proxies}) g""",
         f"""INSERT INTO proxy_blocklist_flags (proxy_id, import_id, listed, checked_at)
             SELECT g, (SELECT max(id) FROM blocklist_imports), g % 10 < 3, {now}
