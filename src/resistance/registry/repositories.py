@@ -722,24 +722,32 @@ async def all_proxies(session: AsyncSession) -> Sequence[Proxy]:
 async def rollup_rows(
     session: AsyncSession, *, country: str, since: str | None, before: str
 ) -> AsyncIterator[Sequence[Any]]:
-    """Control rows and target-country rows of the days ``since`` (included, or from the
-    first day) up to ``before`` (excluded); days are ISO dates, which sort as strings.
-    Read a batch at a time (30 days of 100,000 proxies are 6,000,000 rows): the
-    caller folds each batch before the next is read."""
-    query = select(
-        ProbeRollup.proxy_id,
-        ProbeRollup.day,
-        ProbeRollup.control,
-        ProbeRollup.attempts,
-        ProbeRollup.successes,
-        ProbeRollup.throughput_hist,
-    ).where(
-        or_(ProbeRollup.control.is_(True), ProbeRollup.country == country),
-        ProbeRollup.day < before,
+    """``proxy_id, day, control, attempts, successes, throughput_hist`` (the histogram as
+    its JSON text) of the control rows and target-country rows of the days ``since``
+    (included, or from the first day) up to ``before`` (excluded); days are ISO dates,
+    which sort as strings.  Ordered by proxy and day, so a caller folding them meets each
+    proxy-day's rows together.  Plain rows (no ORM objects, no JSON decoded per row: 30
+    days of 100,000 proxies are 6,000,000 rows), read in large batches that the caller
+    folds each before the next is read."""
+    query = (
+        select(
+            ProbeRollup.proxy_id,
+            ProbeRollup.day,
+            ProbeRollup.control,
+            ProbeRollup.attempts,
+            ProbeRollup.successes,
+            cast(ProbeRollup.throughput_hist, Text),
+        )
+        .where(
+            or_(ProbeRollup.control.is_(True), ProbeRollup.country == country),
+            ProbeRollup.day < before,
+        )
+        .order_by(ProbeRollup.proxy_id, ProbeRollup.day)
     )
     if since is not None:
         query = query.where(ProbeRollup.day >= since)
-    result = await session.stream(query.execution_options(yield_per=50_000))
+    conn = await session.connection()
+    result = await conn.stream(query.execution_options(yield_per=100_000))
     async for partition in result.partitions():
         yield partition
 
