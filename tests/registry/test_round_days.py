@@ -15,9 +15,21 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import insert, select
 
 from resistance.probe import rollup
-from resistance.registry.round_days import BINS, fold_rows, median_kbps
+from resistance.registry import repositories as repo
+from resistance.registry.models import Operator, ProbeRollup, Proxy
+from resistance.registry.round_days import (
+    BINS,
+    DayTotals,
+    Unparsable,
+    day_totals,
+    fold_lines,
+    fold_rows,
+    median_kbps,
+)
+from tests.registry.conftest import RunningRegistry
 
 
 def reference_fold(rows: list[tuple[Any, ...]]) -> dict[tuple[int, str], tuple[int, ...]]:
@@ -133,3 +145,105 @@ def test_the_median_is_rollup_percentile(hists: list[list[int]]) -> None:
     matrix = np.asarray(hists, dtype=np.int64).reshape(len(hists), BINS)
     want = [rollup.percentile(h, rollup.THROUGHPUT_BOUNDS_KBPS, 0.5) or 0 for h in hists]
     assert median_kbps(matrix).tolist() == want
+
+
+CLEAN = [[0] * 7 + [5] + [0] * (BINS - 8), [0] * 2 + [9] + [0] * (BINS - 3), None, [],
+         [1, 2, 3], {"a": 1}, [0] * (BINS - 1) + [4]]  # fmt: skip
+ODD = [*CLEAN, [[1]] * BINS, ["7"] * BINS]
+
+
+@pytest.mark.parametrize("shapes", [CLEAN, ODD], ids=["clean", "odd"])
+async def test_the_database_read_equals_the_per_row_fold(
+    running: RunningRegistry, shapes: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the rollups come as COPY text lines, on SQLite as rows: both give the
+    per-row fold's totals, whatever the histograms hold (missing, empty, another
+    length, not a list), and only for the days and countries asked.  Histograms of
+    lists or strings do not parse as lines: PostgreSQL then reads rows too.  (The
+    per-row fold stopped the whole round with a TypeError on those; the column fold
+    counts them as missing, so they are given as missing to the reference.)"""
+    read_rows: list[str | None] = []
+    rollup_rows = repo.rollup_rows
+
+    def spy(session: Any, **kwargs: Any) -> Any:
+        read_rows.append(kwargs["since"])
+        return rollup_rows(session, **kwargs)
+
+    monkeypatch.setattr(repo, "rollup_rows", spy)
+    await running.operator("alice")
+    async with running.registry.sessions.begin() as session:
+        operator = (await session.execute(select(Operator.id))).scalar_one()
+        await session.execute(
+            insert(Proxy),
+            [
+                dict(
+                    id=p,
+                    operator_id=operator,
+                    host=f"203.0.113.{p}",
+                    port=1080,
+                    network="203.0.113.0/24",
+                    public_key="k",
+                    protocols=["socks5"],
+                    probe_user="u",
+                    probe_password="p",
+                    credentials=[],
+                    public=True,
+                    status="active",
+                    registered_at=1,
+                    verified_at=1,
+                )
+                for p in (1, 2, 3)
+            ],
+        )
+        rows = []
+        n = 0
+        for p in (3, 1, 2):
+            for day in ("2026-10-02", "2026-10-01", "2026-09-30"):
+                for country, control in (("DE", True), ("NL", True), ("RU", False), ("IR", False)):
+                    n += 1
+                    rows.append(
+                        dict(proxy_id=p, day=day, country=country, control=control,
+                             attempts=10 + n, successes=n % 11, latency_hist=[],
+                             latency_p50_ms=None, latency_p90_ms=None,
+                             throughput_hist=shapes[n % len(shapes)], throughput_p50_kbps=None)
+                    )  # fmt: skip
+        await session.execute(insert(ProbeRollup), rows)
+    wanted = [
+        (r["proxy_id"], r["day"], r["control"], r["attempts"], r["successes"],
+         _plain(r["throughput_hist"]))
+        for r in rows
+        if (r["control"] or r["country"] == "RU") and "2026-10-01" <= r["day"] < "2026-10-03"
+    ]  # fmt: skip
+    async with running.registry.sessions() as session:
+        got = await day_totals(session, country="RU", since="2026-10-01", before="2026-10-03")
+        everything = await day_totals(session, country="RU", since=None, before="2026-10-03")
+    assert len(got) == 6
+    assert _as_dict(got) == reference_fold(wanted)
+    assert len(everything) == 9
+    postgres = running.registry.engine.dialect.name == "postgresql"
+    assert read_rows == ([] if postgres and shapes is CLEAN else ["2026-10-01", None])
+
+
+def _plain(hist: Any) -> str | None:
+    if isinstance(hist, list) and all(type(v) is int for v in hist):
+        return json.dumps(hist)
+    return None if isinstance(hist, list) or hist is None else json.dumps(hist)
+
+
+def _as_dict(t: DayTotals) -> dict[tuple[int, str], tuple[int, ...]]:
+    values = zip(
+        t.control_attempts.tolist(), t.control_successes.tolist(), t.target_attempts.tolist(),
+        t.target_successes.tolist(), t.throughput_kbps.tolist(), strict=True,
+    )  # fmt: skip
+    return dict(zip(zip(t.proxy.tolist(), t.day, strict=True), values, strict=True))
+
+
+def test_lines_that_are_not_integers_are_refused_for_the_row_path() -> None:
+    width = 5 + BINS
+    line = ",".join(["1", "20261001", "1", "3", "2", *(["0"] * BINS)]).encode()
+    assert len(fold_lines([line + b"\n", line.replace(b"20261001", b"20261002") + b"\n"])) == 2
+    with pytest.raises(Unparsable):
+        fold_lines([line.replace(b",0", b",x", 1) + b"\n"])
+    with pytest.raises(Unparsable):
+        fold_lines([line + b",7\n"])  # one integer too many
+    assert width == len(line.split(b","))

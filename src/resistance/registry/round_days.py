@@ -30,16 +30,19 @@ rows). Memory is one batch's arrays plus seven integers per proxy-day.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from resistance.probe import rollup
+from resistance.registry import repositories as repo
 
 BOUNDS = np.asarray(rollup.THROUGHPUT_BOUNDS_KBPS, dtype=np.int64)
 BINS = len(rollup.THROUGHPUT_BOUNDS_KBPS) + 1
@@ -89,7 +92,7 @@ def _histograms(texts: Sequence[str | None]) -> tuple[Ints, npt.NDArray[np.bool_
         if len(flat) == len(rows) * BINS:
             matrix[rows] = flat.reshape(len(rows), BINS)
         else:  # something that is not plain integers: decode those rows one by one
-            for i in rows:
+            for i in rows.tolist():
                 decoded = json.loads(texts[i] or "null")
                 if (
                     isinstance(decoded, list)
@@ -111,89 +114,169 @@ def median_kbps(histograms: Ints) -> Ints:
     return np.where(total > 0, BOUNDS[index], 0)
 
 
+class Unparsable(ValueError):
+    """Text from ``rollup_lines`` that is not integers in rows of the expected width."""
+
+
+def _day_code(day: str) -> int:
+    """``YYYY-MM-DD`` as the integer YYYYMMDD (which sorts as the text does)."""
+    try:
+        dt.date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise ValueError(f"rollup day {day!r} is not an ISO date") from None
+    if len(day) != 10:
+        raise ValueError(f"rollup day {day!r} is not an ISO date")
+    return int(day[:4]) * 10_000 + int(day[5:7]) * 100 + int(day[8:])
+
+
+def _day_text(code: int) -> str:
+    return f"{code // 10_000:04d}-{code // 100 % 100:02d}-{code % 100:02d}"
+
+
+#: proxy, day code, control, attempts, successes, histogram
+_Arrays = tuple[Ints, Ints, npt.NDArray[np.bool_], Ints, Ints, Ints]
+
+
 class _Folder:
-    """Folds batches of ordered rows, carrying a batch's last (maybe unfinished) group."""
+    """Folds batches of rows ordered by proxy and day, carrying a batch's last (maybe
+    unfinished) proxy-day into the next batch."""
 
     def __init__(self) -> None:
-        self.parts: list[tuple[Ints, list[str], Ints, Ints, Ints, Ints, Ints]] = []
-        self.carry: list[Any] = []
+        self.parts: list[tuple[Ints, ...]] = []
+        self.carry: _Arrays | None = None
+        self.codes: dict[str, int] = {}
 
-    def add(self, rows: Sequence[Any], *, last: bool = False) -> None:
-        if self.carry:
-            rows = [*self.carry, *rows]
-            self.carry = []
+    def add_rows(self, rows: Sequence[Any]) -> None:
+        """Rows of :func:`repositories.rollup_rows`."""
         n = len(rows)
         if n == 0:
             return
-        proxy_ids, days, controls, attempts_, successes_, texts = zip(*rows, strict=True)
-        proxy = np.fromiter(proxy_ids, dtype=np.int64, count=n)
-        lookup: dict[str, int] = {}
-        day = np.fromiter(
-            (lookup.setdefault(d, len(lookup)) for d in days), dtype=np.int64, count=n
+        proxy_ids, days, controls, attempts, successes, texts = zip(*rows, strict=True)
+        codes = self.codes
+        for d in set(days):
+            if d not in codes:
+                codes[d] = _day_code(d)
+        self.add(
+            (
+                np.fromiter(proxy_ids, dtype=np.int64, count=n),
+                np.fromiter((codes[d] for d in days), dtype=np.int64, count=n),
+                np.fromiter(controls, dtype=np.bool_, count=n),
+                np.fromiter(attempts, dtype=np.int64, count=n),
+                np.fromiter(successes, dtype=np.int64, count=n),
+                _histograms(texts)[0],
+            )
         )
+
+    def add_lines(self, block: bytes) -> None:
+        """Whole lines of :func:`repositories.rollup_lines`."""
+        text = block.translate(_TO_COMMAS).strip(b", ")
+        if not text:
+            return
+        width = 5 + BINS
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                flat = np.fromstring(text, dtype=np.int64, sep=",")
+        except (ValueError, OverflowError, DeprecationWarning):
+            raise Unparsable("rollup lines that are not integers") from None
+        if len(flat) % width or len(flat) // width != block.count(b"\n") + (
+            not block.endswith(b"\n")
+        ):
+            raise Unparsable("rollup lines of another width")
+        table = flat.reshape(-1, width)
+        self.add(
+            (
+                table[:, 0].copy(),
+                table[:, 1].copy(),
+                table[:, 2] != 0,
+                table[:, 3].copy(),
+                table[:, 4].copy(),
+                table[:, 5:],
+            )
+        )
+
+    def add(self, arrays: _Arrays, *, last: bool = False) -> None:
+        if self.carry is not None:
+            arrays = tuple(  # type: ignore[assignment]
+                np.concatenate((c, a)) for c, a in zip(self.carry, arrays, strict=True)
+            )
+            self.carry = None
+        proxy, day, control, attempts, successes, matrix = arrays
+        n = len(proxy)
+        if n == 0:
+            return
         starts = np.flatnonzero(
             np.concatenate(([True], (proxy[1:] != proxy[:-1]) | (day[1:] != day[:-1])))
         )
         if not last:
             cut = int(starts[-1])
-            self.carry = list(rows[cut:])
+            self.carry = tuple(a[cut:] for a in arrays)  # type: ignore[assignment]
             if cut == 0:
-                return  # one group so far: wait for the rest of it
+                return  # one proxy-day so far: wait for the rest of it
             starts = starts[:-1]
-            n = cut
-            proxy, day = proxy[:cut], day[:cut]
-        control = np.fromiter(controls[:n], dtype=np.bool_, count=n)
-        attempts = np.fromiter(attempts_[:n], dtype=np.int64, count=n)
-        successes = np.fromiter(successes_[:n], dtype=np.int64, count=n)
-        matrix, _ = _histograms(texts[:n])
-        sums = np.add.reduceat(matrix, starts, axis=0)
-        names = list(lookup)
+            proxy, day, control = proxy[:cut], day[:cut], control[:cut]
+            attempts, successes, matrix = attempts[:cut], successes[:cut], matrix[:cut]
         self.parts.append(
             (
                 proxy[starts],
-                [names[i] for i in day[starts].tolist()],
+                day[starts],
                 np.add.reduceat(np.where(control, attempts, 0), starts),
                 np.add.reduceat(np.where(control, successes, 0), starts),
                 np.add.reduceat(np.where(control, 0, attempts), starts),
                 np.add.reduceat(np.where(control, 0, successes), starts),
-                median_kbps(sums),
+                median_kbps(np.add.reduceat(matrix, starts, axis=0)),
             )
         )
 
     def totals(self) -> DayTotals:
-        self.add([], last=True)
+        if self.carry is not None:
+            carry, self.carry = self.carry, None
+            self.add(carry, last=True)
         if not self.parts:
             empty = np.zeros(0, dtype=np.int64)
             return DayTotals(empty, [], empty, empty, empty, empty, empty)
-        proxy = np.concatenate([p[0] for p in self.parts])
-        days = [d for p in self.parts for d in p[1]]
-        columns = [np.concatenate([p[k] for p in self.parts]) for k in range(2, 7)]
-        # In (proxy, day) order as Python sorts them, whatever collation the database used.
-        ranks = {d: r for r, d in enumerate(sorted(set(days)))}
-        day_rank = np.fromiter((ranks[d] for d in days), dtype=np.int64, count=len(days))
-        order = np.lexsort((day_rank, proxy))
-        if len(order) > 1:
-            keyed = proxy[order] * (len(ranks) + 1) + day_rank[order]
-            if bool((keyed[1:] == keyed[:-1]).any()):
-                raise ValueError("rollup rows of one proxy-day were not read together")
-        return DayTotals(
-            proxy[order],
-            [days[i] for i in order.tolist()],
-            *(c[order] for c in columns),
-        )
+        proxy, day, *columns = (np.concatenate([p[k] for p in self.parts]) for k in range(7))
+        order = np.lexsort((day, proxy))
+        proxy, day = proxy[order], day[order]
+        if len(order) > 1 and bool(((proxy[1:] == proxy[:-1]) & (day[1:] == day[:-1])).any()):
+            raise ValueError("rollup rows of one proxy-day were not read together")
+        texts = {int(c): _day_text(int(c)) for c in np.unique(day)}
+        return DayTotals(proxy, [texts[c] for c in day.tolist()], *(c[order] for c in columns))
 
 
-async def day_totals(batches: AsyncIterator[Sequence[Any]]) -> DayTotals:
-    """The rows of :func:`repositories.rollup_rows` summed per proxy and day."""
+_TO_COMMAS = bytes.maketrans(b"\t\n", b",,")
+
+
+async def day_totals(
+    session: AsyncSession, *, country: str, since: str | None, before: str
+) -> DayTotals:
+    """The control and target-country rollups of the days ``since`` (included; None: from
+    the first) up to ``before`` (excluded), summed per proxy and day: read as text lines
+    through COPY on PostgreSQL, as plain rows elsewhere (or if the lines do not parse)."""
     folder = _Folder()
-    async for rows in batches:
-        folder.add(rows)
+    try:
+        if await repo.rollup_lines(
+            session, country=country, since=since, before=before, sink=folder.add_lines
+        ):
+            return folder.totals()
+    except Unparsable:
+        folder = _Folder()
+    async for rows in repo.rollup_rows(session, country=country, since=since, before=before):
+        folder.add_rows(rows)
     return folder.totals()
 
 
 def fold_rows(batches: Sequence[Sequence[Any]]) -> DayTotals:
-    """The same for batches already in memory (tests, tools)."""
+    """Batches of :func:`repositories.rollup_rows`' rows, in memory, summed per proxy-day."""
     folder = _Folder()
     for rows in batches:
-        folder.add(rows)
+        folder.add_rows(rows)
+    return folder.totals()
+
+
+def fold_lines(blocks: Sequence[bytes]) -> DayTotals:
+    """Blocks of :func:`repositories.rollup_lines`' lines, in memory, summed per proxy-day."""
+    folder = _Folder()
+    for block in blocks:
+        folder.add_lines(block)
     return folder.totals()

@@ -170,7 +170,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
-    totals = await day_totals(repo.rollup_rows(session, country=country, since=start, before=after))
+    totals = await day_totals(session, country=country, since=start, before=after)
     rows: list[DailyRollup] = []
     skipped: set[str] = set()
     # what every row of a proxy shares, looked up once per proxy (None: no row for it)
@@ -199,9 +199,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
         wanted = {int(r.proxy_id) for r in rows}
-        earlier = await day_totals(
-            repo.rollup_rows(session, country=country, since=None, before=start)
-        )
+        earlier = await day_totals(session, country=country, since=None, before=start)
         for proxy_id, day, counts in _day_counts(earlier):
             if proxy_id not in wanted:
                 continue
