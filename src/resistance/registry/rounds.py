@@ -102,21 +102,23 @@ class BuiltInputs:
 
 def _daily(
     settings: GrantSettings,
-    proxy: Proxy,
+    proxy: tuple[str, str],
     operator: str,
     address: str,
     day: dt.date,
     counts: tuple[int, int, int, int, int],
     exit: tuple[str, str, str] | None = None,
 ) -> DailyRollup:
-    """One row; ``counts`` are control attempts and successes, target attempts and
-    successes and the median throughput; ``exit`` is a bridge's exit (operator,
-    network, payout address)."""
+    """One row; ``proxy`` is the proxy's id as text and its network (its
+    ``endpoint_network(host)``, stored at registration), read once per proxy, not per
+    row; ``counts`` are control attempts and successes, target attempts and successes
+    and the median throughput; ``exit`` is a bridge's exit (operator, network, payout
+    address)."""
     exit_operator, exit_network, exit_address = exit or ("", "", "")
     return DailyRollup(
-        proxy_id=str(proxy.id),
+        proxy_id=proxy[0],
         operator_id=operator,
-        network=proxy.network,  # endpoint_network(host), stored at registration
+        network=proxy[1],
         payout_address=address,
         day=day,
         country=settings.target_country,
@@ -174,7 +176,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     rows: list[DailyRollup] = []
     skipped: set[str] = set()
     # what every row of a proxy shares, looked up once per proxy (None: no row for it)
-    shared: dict[int, tuple[Proxy, str, str, tuple[str, str, str] | None] | None] = {}
+    shared: dict[int, tuple[tuple[str, str], str, str, tuple[str, str, str] | None] | None] = {}
     dates: dict[str, dt.date] = {}
     for proxy_id, day, counts in _day_counts(totals):
         if proxy_id not in shared:
@@ -187,7 +189,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
                 shared[proxy_id] = None
             else:
                 exit = _exit_of(proxy, proxies, operators)
-                shared[proxy_id] = (proxy, operator.name, operator.payout_address, exit)
+                ident = (str(proxy.id), proxy.network)
+                shared[proxy_id] = (ident, operator.name, operator.payout_address, exit)
         known = shared[proxy_id]
         if known is None:
             continue
@@ -204,7 +207,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
             if proxy_id not in wanted:
                 continue
             date = dt.date.fromisoformat(day)
-            probe = _daily(settings, proxies[proxy_id], "-", "-", date, counts)
+            ident = (str(proxy_id), proxies[proxy_id].network)
+            probe = _daily(settings, ident, "-", "-", date, counts)
             if day_weight(settings, probe) > 0:
                 prior[str(proxy_id)] = prior.get(str(proxy_id), 0) + 1
     carried: dict[int, int] = {}
