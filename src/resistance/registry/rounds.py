@@ -47,7 +47,7 @@ import asyncio
 import datetime as dt
 import json
 import multiprocessing
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -77,11 +77,11 @@ from resistance.grants.model import (
     settings_to_json,
 )
 from resistance.grants.signing import sign_inputs_json
-from resistance.probe import rollup
 from resistance.registry import repositories as repo
 from resistance.registry.db import make_engine, make_sessions
 from resistance.registry.errors import ApiError
 from resistance.registry.models import GrantRoundRow, Proxy
+from resistance.registry.round_days import DayTotals, day_totals
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
 from resistance.registry.services import Registry, utc_day
 
@@ -100,60 +100,53 @@ class BuiltInputs:
     skipped_operators: list[str]
 
 
-async def _day_rows(batches: AsyncIterator[Iterable[Any]]) -> dict[tuple[int, str], list[Any]]:
-    """``(proxy, day) -> [control attempts, control successes, target attempts,
-    target successes, merged throughput histogram]``, folded a batch of rows at a time."""
-    days: dict[tuple[int, str], list[Any]] = {}
-    async for rows in batches:
-        _fold_days(days, rows)
-    return days
-
-
-def _fold_days(days: dict[tuple[int, str], list[Any]], rows: Iterable[Any]) -> None:
-    for proxy_id, day, control, attempts, successes, hist in rows:
-        tally = days.get((proxy_id, day))
-        if tally is None:
-            tally = days[(proxy_id, day)] = [
-                0,
-                0,
-                0,
-                0,
-                rollup.empty(rollup.THROUGHPUT_BOUNDS_KBPS),
-            ]
-        side = 0 if control else 2
-        tally[side] += attempts
-        tally[side + 1] += successes
-        if hist and len(hist) == len(tally[4]):
-            tally[4] = rollup.merge(tally[4], hist)
-
-
 def _daily(
     settings: GrantSettings,
-    proxy: Proxy,
+    proxy: tuple[str, str],
     operator: str,
     address: str,
-    day: str,
-    t: list[Any],
+    day: dt.date,
+    counts: tuple[int, int, int, int, int],
     exit: tuple[str, str, str] | None = None,
 ) -> DailyRollup:
-    """One row; ``exit`` is a bridge's exit (operator, network, payout address)."""
-    throughput = rollup.percentile(t[4], rollup.THROUGHPUT_BOUNDS_KBPS, 0.5) or 0
+    """One row; ``proxy`` is the proxy's id as text and its network (its
+    ``endpoint_network(host)``, stored at registration), read once per proxy, not per
+    row; ``counts`` are control attempts and successes, target attempts and successes
+    and the median throughput; ``exit`` is a bridge's exit (operator, network, payout
+    address)."""
     exit_operator, exit_network, exit_address = exit or ("", "", "")
     return DailyRollup(
-        proxy_id=str(proxy.id),
+        proxy_id=proxy[0],
         operator_id=operator,
-        network=proxy.network,  # endpoint_network(host), stored at registration
+        network=proxy[1],
         payout_address=address,
-        day=dt.date.fromisoformat(day),
+        day=day,
         country=settings.target_country,
-        control_attempts=t[0],
-        control_successes=t[1],
-        target_attempts=t[2],
-        target_successes=t[3],
-        throughput_kbps=throughput,
+        control_attempts=counts[0],
+        control_successes=counts[1],
+        target_attempts=counts[2],
+        target_successes=counts[3],
+        throughput_kbps=counts[4],
         exit_operator_id=exit_operator,
         exit_network=exit_network,
         exit_payout_address=exit_address,
+    )
+
+
+def _day_counts(t: DayTotals) -> Iterator[tuple[int, str, tuple[int, int, int, int, int]]]:
+    """Each proxy-day of ``t`` as plain Python integers (a row's fields must be ``int``)."""
+    return zip(
+        t.proxy.tolist(),
+        t.day,
+        zip(
+            t.control_attempts.tolist(),
+            t.control_successes.tolist(),
+            t.target_attempts.tolist(),
+            t.target_successes.tolist(),
+            t.throughput_kbps.tolist(),
+            strict=True,
+        ),
+        strict=True,
     )
 
 
@@ -179,29 +172,43 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
-    days = await _day_rows(repo.rollup_rows(session, country=country, since=start, before=after))
+    totals = await day_totals(session, country=country, since=start, before=after)
     rows: list[DailyRollup] = []
     skipped: set[str] = set()
-    for (proxy_id, day), t in sorted(days.items()):
-        proxy = proxies.get(proxy_id)
-        operator = operators.get(proxy.operator_id) if proxy is not None else None
-        if proxy is None or operator is None or proxy.cascade_role == "exit":
-            continue  # an exit is paid through its bridges only: users never reach it
-        if not operator.payout_address:
-            skipped.add(operator.name)
+    # what every row of a proxy shares, looked up once per proxy (None: no row for it)
+    shared: dict[int, tuple[tuple[str, str], str, str, tuple[str, str, str] | None] | None] = {}
+    dates: dict[str, dt.date] = {}
+    for proxy_id, day, counts in _day_counts(totals):
+        if proxy_id not in shared:
+            proxy = proxies.get(proxy_id)
+            operator = operators.get(proxy.operator_id) if proxy is not None else None
+            if proxy is None or operator is None or proxy.cascade_role == "exit":
+                shared[proxy_id] = None  # an exit is paid through its bridges only
+            elif not operator.payout_address:
+                skipped.add(operator.name)
+                shared[proxy_id] = None
+            else:
+                exit = _exit_of(proxy, proxies, operators)
+                ident = (str(proxy.id), proxy.network)
+                shared[proxy_id] = (ident, operator.name, operator.payout_address, exit)
+        known = shared[proxy_id]
+        if known is None:
             continue
-        exit = _exit_of(proxy, proxies, operators)
-        rows.append(_daily(settings, proxy, operator.name, operator.payout_address, day, t, exit))
+        date = dates.get(day)
+        if date is None:
+            date = dates[day] = dt.date.fromisoformat(day)
+        rows.append(_daily(settings, known[0], known[1], known[2], date, counts, known[3]))
+    del totals
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
         wanted = {int(r.proxy_id) for r in rows}
-        earlier = await _day_rows(
-            repo.rollup_rows(session, country=country, since=None, before=start)
-        )
-        for (proxy_id, day), t in earlier.items():
+        earlier = await day_totals(session, country=country, since=None, before=start)
+        for proxy_id, day, counts in _day_counts(earlier):
             if proxy_id not in wanted:
                 continue
-            probe = _daily(settings, proxies[proxy_id], "-", "-", day, t)
+            date = dt.date.fromisoformat(day)
+            ident = (str(proxy_id), proxies[proxy_id].network)
+            probe = _daily(settings, ident, "-", "-", date, counts)
             if day_weight(settings, probe) > 0:
                 prior[str(proxy_id)] = prior.get(str(proxy_id), 0) + 1
     carried: dict[int, int] = {}
