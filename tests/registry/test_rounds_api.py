@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -29,7 +30,15 @@ from sqlalchemy import text
 from resistance.config import Endpoint
 from resistance.directory.keys import b64url, public_key_text
 from resistance.grants import payout
-from resistance.grants.model import RoundStatus, round_from_json, round_to_json
+from resistance.grants.model import (
+    INPUTS_FORMAT_2,
+    RoundStatus,
+    inputs_from_json,
+    inputs_to_json,
+    rollup_to_json,
+    round_from_json,
+    round_to_json,
+)
 from resistance.grants.signing import check_signatures
 from resistance.probe import canary, rollup
 from resistance.probe.batch import new_batch_id, sign_batch
@@ -566,7 +575,8 @@ async def test_a_round_from_real_probe_batches(tmp_path: Path, db_url: str) -> N
         view = created.json()
         assert view["round_id"] == "2026-11-10-RU" and view["rollups"] == 1
         exported = (await w.admin.get(f"{ROUNDS}/2026-11-10-RU/export")).json()
-        (row,) = exported["inputs"]["rollups"]
+        assert exported["inputs"]["format"] == INPUTS_FORMAT_2
+        (row,) = (rollup_to_json(r) for r in inputs_from_json(exported["inputs"]).rollups)
         assert row == {
             "proxy_id": str(proxy_id), "operator_id": "dana", "network": "198.51.1.0/24",
             "payout_address": address("dana"), "day": "2026-11-10", "country": "RU",
@@ -777,3 +787,75 @@ async def test_a_dead_round_worker_is_replaced(world: World) -> None:
     created = await create(world)
     assert created.status_code == 201, created.text
     assert world.reg.registry.round_workers is not workers
+
+
+async def test_the_registry_builds_inputs_2_in_bounded_chunks(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: the inputs are made in format /2 straight from the day totals, at most
+    CHUNK_PROXIES proxies a chunk, and hold exactly the day totals of the paid proxies."""
+    from resistance.grants.model import GrantSettings
+    from resistance.registry import rounds
+    from resistance.registry.round_days import day_totals
+
+    monkeypatch.setattr(rounds, "CHUNK_PROXIES", 2)
+    everyone = world.proxies["alice"] + world.proxies["bob"] + world.proxies["carol"]
+    await add_rollups(world, everyone, dt.date(2026, 10, 1), 3, target_successes=20)
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 4), 1)
+    settings = GrantSettings(
+        round_id="r", network="regtest", target_country="RU",
+        period_start=dt.date(2026, 10, 1), period_end=dt.date(2026, 10, 31),
+        budget_sat=1_000_000, fee_reserve_sat=0,
+    )  # fmt: skip
+    async with world.reg.registry.sessions() as session:
+        built = await rounds.build_inputs(session, settings=settings)
+        totals = await day_totals(session, country="RU", since="2026-10-01", before="2026-11-01")
+    chunks = built.inputs.chunks
+    assert chunks is not None and len(chunks) == 2  # alice's 2 proxies, then bob's 1
+    assert [len(json.loads(c)["proxies"]) for c in chunks] == [2, 1]
+    assert built.skipped_operators == ["carol"]
+    paid = {str(p) for p in world.proxies["alice"] + world.proxies["bob"]}
+    expected = {
+        (str(p), d, ca, cs, ta, ts, tp)
+        for p, d, ca, cs, ta, ts, tp in zip(
+            totals.proxy.tolist(), totals.day, totals.control_attempts.tolist(),
+            totals.control_successes.tolist(), totals.target_attempts.tolist(),
+            totals.target_successes.tolist(), totals.throughput_kbps.tolist(), strict=True,
+        )
+        if str(p) in paid
+    }  # fmt: skip
+    got = {
+        (r.proxy_id, r.day.isoformat(), r.control_attempts, r.control_successes,
+         r.target_attempts, r.target_successes, r.throughput_kbps)
+        for r in built.inputs.rollups
+    }  # fmt: skip
+    assert got == expected and len(built.inputs.rollups) == 3 * 3 + 1
+    assert inputs_from_json(json.loads(json.dumps(inputs_to_json(built.inputs)))) == built.inputs
+
+
+async def test_a_round_stored_with_inputs_1_still_loads_and_verifies(world: World) -> None:
+    """Rounds stored before /2 keep their /1 inputs: shown, approved and exported as they
+    were, and their /1 signature still checks."""
+    from resistance.grants import rounds as grant_rounds
+    from resistance.grants.signing import sign_inputs
+
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    created = (await create(world)).json()
+    exported = round_from_json((await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json())
+    keys = world.reg.registry.signing_keys
+    one = sign_inputs(exported.settings, dataclasses.replace(exported.inputs, chunks=None), keys)
+    body = inputs_to_json(one)
+    assert "rollups" in body and "format" not in body
+    async with world.reg.registry.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE grant_rounds SET inputs = :i WHERE round_id = '2026-10-RU'"),
+            {"i": json.dumps(body)},
+        )
+    assert (await world.admin.get(f"{ROUNDS}/2026-10-RU")).json() == created
+    assert (await world.admin.post(f"{ROUNDS}/2026-10-RU/approve")).status_code == 200
+    data = (await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json()
+    assert "rollups" in data["inputs"]
+    round_ = round_from_json(data)
+    assert round_.inputs.chunks is None and not grant_rounds.verify(round_)
+    public = [k.public_key() for k in keys]
+    assert check_signatures(round_.settings, round_.inputs, public).signers

@@ -576,7 +576,7 @@ def inputs_from_json(obj: Any) -> RoundInputs:
 # canonical form on the whole input set; and a chunk is kept as the exact text that
 # was hashed, so it needs no canonical form at all.
 
-_COLUMNS = (
+CHUNK_COLUMNS = _COLUMNS = (
     "control_attempts", "control_successes", "target_attempts", "target_successes",
     "throughput_kbps",
 )  # fmt: skip
@@ -620,8 +620,13 @@ def chunk_rollups(
             for col in _COLUMNS:
                 entry[col] = [getattr(r, col) for r in rows]
             proxies.append(entry)
-        out.append(canonical_json({"first_day": first.isoformat(), "proxies": proxies}))
+        out.append(chunk_text(first, proxies))
     return tuple(out)
+
+
+def chunk_text(first_day: dt.date, proxies: Sequence[Mapping[str, Any]]) -> str:
+    """One chunk's text: its per-proxy entries (days counted from ``first_day``)."""
+    return canonical_json({"first_day": first_day.isoformat(), "proxies": proxies})
 
 
 def chunked(inputs: RoundInputs, max_proxies: int = CHUNK_PROXIES) -> RoundInputs:

@@ -17,7 +17,12 @@ rounds owe an operator (``grant_carries`` not yet taken in) become its
 ``carried_in``. The inputs are signed with every directory signing key of
 the registry (:mod:`resistance.grants.signing`), so a funder who pins those
 keys can check, from the round file alone, that the measurements are the
-registry's.
+registry's. They are made in format /2 (:mod:`resistance.grants.model`): each
+proxy's fields once with its days as integer columns, taken straight from the
+day totals' arrays, in chunks of at most ``CHUNK_PROXIES`` proxies; the
+signature covers the manifest of the chunks' SHA-256 digests, so signing costs
+one hash over the chunks, not a canonical form of every row. Rounds stored in
+format /1 before still load, verify and export as they were.
 
 **States.** A *draft* may be recomputed (fresh rollups, addresses and carried
 amounts, other settings) or deleted. *Approve* freezes it: only after its
@@ -53,6 +58,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy.exc import IntegrityError
@@ -63,14 +69,19 @@ from resistance.grants.amounts import MAX_PERIOD_DAYS, default_round_id
 from resistance.grants.award import day_weight
 from resistance.grants.errors import GrantsError, RoundStateError
 from resistance.grants.model import (
+    CHUNK_COLUMNS,
+    CHUNK_PROXIES,
     FORMAT,
+    INPUTS_FORMAT_2,
     CarriedAmount,
     DailyRollup,
     GrantRound,
     GrantSettings,
     RoundInputs,
     canonical_json,
+    chunk_text,
     result_to_json,
+    rollups_from_chunk,
     round_from_json,
     round_to_json,
     settings_from_json,
@@ -150,6 +161,15 @@ def _day_counts(t: DayTotals) -> Iterator[tuple[int, str, tuple[int, int, int, i
     )
 
 
+def _proxy_runs(t: DayTotals) -> Iterator[tuple[int, int]]:
+    """The ``[start, end)`` of each proxy's days in ``t`` (sorted by proxy, then day)."""
+    ids = t.proxy
+    if not len(ids):
+        return iter(())
+    starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1]))).tolist()
+    return zip(starts, [*starts[1:], len(ids)], strict=True)
+
+
 def _exit_of(
     proxy: Proxy, proxies: dict[int, Proxy], operators: dict[int, Any]
 ) -> tuple[str, str, str] | None:
@@ -166,42 +186,54 @@ def _exit_of(
 
 
 async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> BuiltInputs:
-    """The round's inputs from the registry's rollups, addresses and open carried amounts."""
+    """The round's inputs from the registry's rollups, addresses and open carried amounts,
+    in format /2: chunks of per-proxy columns made straight from the day totals' arrays
+    (the rows the award rule reads are then read back from those chunks, so what is
+    signed is exactly what is computed)."""
     operators = {o.id: o for o in await repo.all_operators(session)}
     proxies = {p.id: p for p in await repo.all_proxies(session)}
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
     totals = await day_totals(session, country=country, since=start, before=after)
-    rows: list[DailyRollup] = []
     skipped: set[str] = set()
-    # what every row of a proxy shares, looked up once per proxy (None: no row for it)
-    shared: dict[int, tuple[tuple[str, str], str, str, tuple[str, str, str] | None] | None] = {}
-    dates: dict[str, dt.date] = {}
-    for proxy_id, day, counts in _day_counts(totals):
-        if proxy_id not in shared:
-            proxy = proxies.get(proxy_id)
-            operator = operators.get(proxy.operator_id) if proxy is not None else None
-            if proxy is None or operator is None or proxy.cascade_role == "exit":
-                shared[proxy_id] = None  # an exit is paid through its bridges only
-            elif not operator.payout_address:
-                skipped.add(operator.name)
-                shared[proxy_id] = None
-            else:
-                exit = _exit_of(proxy, proxies, operators)
-                ident = (str(proxy.id), proxy.network)
-                shared[proxy_id] = (ident, operator.name, operator.payout_address, exit)
-        known = shared[proxy_id]
-        if known is None:
+    entries: list[dict[str, Any]] = []
+    ids = totals.proxy.tolist()
+    columns = [getattr(totals, name).tolist() for name in CHUNK_COLUMNS]
+    first = settings.period_start.toordinal()
+    offsets = {d: dt.date.fromisoformat(d).toordinal() - first for d in set(totals.day)}
+    for a, b in _proxy_runs(totals):
+        proxy = proxies.get(ids[a])
+        operator = operators.get(proxy.operator_id) if proxy is not None else None
+        if proxy is None or operator is None or proxy.cascade_role == "exit":
+            continue  # an exit is paid through its bridges only
+        if not operator.payout_address:
+            skipped.add(operator.name)
             continue
-        date = dates.get(day)
-        if date is None:
-            date = dates[day] = dt.date.fromisoformat(day)
-        rows.append(_daily(settings, known[0], known[1], known[2], date, counts, known[3]))
-    del totals
+        entry: dict[str, Any] = {
+            "proxy_id": str(proxy.id),
+            "operator_id": operator.name,
+            "network": proxy.network,
+            "payout_address": operator.payout_address,
+            "country": country,
+            "day": [offsets[d] for d in totals.day[a:b]],
+        }
+        for name, column in zip(CHUNK_COLUMNS, columns, strict=True):
+            entry[name] = column[a:b]
+        exit = _exit_of(proxy, proxies, operators)
+        if exit is not None:
+            entry["exit_operator_id"], entry["exit_network"], entry["exit_payout_address"] = exit
+        entries.append(entry)
+    del totals, columns
+    chunks = tuple(
+        chunk_text(settings.period_start, entries[n : n + CHUNK_PROXIES])
+        for n in range(0, len(entries), CHUNK_PROXIES)
+    )
+    wanted = {int(e["proxy_id"]) for e in entries}
+    del entries
+    rows = tuple(r for n, text in enumerate(chunks) for r in rollups_from_chunk(text, n))
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and rows:
-        wanted = {int(r.proxy_id) for r in rows}
         earlier = await day_totals(session, country=country, since=None, before=start)
         for proxy_id, day, counts in _day_counts(earlier):
             if proxy_id not in wanted:
@@ -227,7 +259,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
         )
         for op, amount in sorted(carried.items(), key=lambda kv: operators[kv[0]].name)
     )
-    inputs = RoundInputs(tuple(rows), carried_in, dict(sorted(prior.items())))
+    inputs = RoundInputs(rows, carried_in, dict(sorted(prior.items())), (), chunks)
     return BuiltInputs(inputs, carry_ids, sorted(skipped))
 
 
@@ -261,8 +293,14 @@ def inputs_summary(row: GrantRoundRow) -> dict[str, Any]:
         summary: dict[str, Any] = json.loads(row.summary)
         return summary
     inputs = json.loads(row.inputs)
+    if inputs.get("format") == INPUTS_FORMAT_2:
+        rows = sum(
+            len(p["day"]) for chunk in inputs["chunks"] for p in json.loads(chunk)["proxies"]
+        )
+    else:
+        rows = len(inputs["rollups"])
     return {
-        "rollups": len(inputs["rollups"]),
+        "rollups": rows,
         "signatures": [s["key_id"] for s in inputs["signatures"]],
         "carried_in": inputs.get("carried_in", []),
     }
