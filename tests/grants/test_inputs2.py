@@ -67,7 +67,7 @@ def test_chunks_hold_the_same_rows_grouped_per_proxy() -> None:
     one = sample_inputs()  # 8 proxies x 30 days
     two = chunked(one, max_proxies=3)
     assert two.chunks is not None and len(two.chunks) == 3  # 3 + 3 + 2 proxies
-    assert Counter(two.rollups) == Counter(one.rollups)
+    assert Counter(two.rows()) == Counter(one.rollups)
     first = json.loads(two.chunks[0])
     assert len(first["proxies"]) == 3 and first["first_day"] == "2024-05-01"
     assert first["proxies"][0]["day"] == list(range(30))  # each proxy's fields once
@@ -85,7 +85,7 @@ def test_v2_gives_the_same_awards_as_v1(
 ) -> None:
     s, one = world
     two = inputs_from_json(json.loads(json.dumps(inputs_to_json(chunked(one, size)))))
-    assert Counter(two.rollups) == Counter(one.rollups)
+    assert Counter(two.rows()) == Counter(one.rollups)
     assert two.carried_in == one.carried_in and two.prior_service_days == one.prior_service_days
     assert compute_result(s, two) == compute_result(s, one)
 
@@ -99,7 +99,7 @@ def test_cascade_fields_survive_chunking() -> None:
     )
     inputs = RoundInputs((r, rollup("p2", "other", 3)))
     two = inputs_from_json(inputs_to_json(chunked(inputs, 1)))
-    assert Counter(two.rollups) == Counter(inputs.rollups)
+    assert Counter(two.rows()) == Counter(inputs.rollups)
 
 
 def test_signed_v2_round_verifies(tmp_path: Path, round_data: dict[str, Any]) -> None:
@@ -213,3 +213,60 @@ def test_compute_reads_a_v2_inputs_file(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["result"]["awards"] == [
         dataclasses.asdict(a) for a in fresh.result.awards
     ]
+
+
+def test_the_rule_reads_v2_columns_without_rows() -> None:
+    """/2 inputs hold no rows: the rule reads the chunks' columns (and gives /1's awards)."""
+    s = settings(probation_days=3)
+    one = dataclasses.replace(sample_inputs(), prior_service_days={"p0-0": 1, "p1-1": 5})
+    two = chunked(one, 2)
+    assert two.rollups == () and two.row_count() == len(one.rollups)
+    assert compute_result(s, two) == compute_result(s, one)
+
+
+def refused(s: GrantSettings, inputs: RoundInputs) -> str:
+    with pytest.raises(InputError) as caught:
+        compute_result(s, inputs)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("rows", "says"),
+    [
+        ((rollup("p", "a", 0), rollup("p", "a", 0)), "p 2024-05-01 RU: duplicate row"),
+        ((rollup("p", "a", 30),), "outside the round's period"),
+        ((rollup("p", "a", 0), rollup("p", "b", 1)), "rows disagree on operator"),
+        (
+            (rollup("p", "a", 0), rollup("q", "a", 1, payout=rollup("x", "z").payout_address)),
+            "operator a: rows disagree on the payout address",
+        ),
+    ],
+)
+def test_v2_refuses_what_v1_refuses(rows: tuple[Any, ...], says: str) -> None:
+    s, one = settings(), RoundInputs(rows)
+    assert says in refused(s, one)
+    assert says in refused(s, chunked(one, 1))
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"control_successes": [25]}, "more control successes than attempts"),
+        ({"target_attempts": [True]}, "target_attempts must be a non-negative integer"),
+        ({"day": [-1]}, "a day must be a non-negative integer"),
+        ({"network": "198.51.100.7/24"}, "198.51.100.7/24 has host bits set"),
+        ({"operator_id": ""}, "proxy_id, operator_id and payout_address are required"),
+        ({"exit_operator_id": "x"}, "a cascade needs exit_operator_id"),
+        ({"extra": 1}, "unknown fields ['extra']"),
+    ],
+)
+def test_a_bad_entry_is_refused_as_its_row_would_be(change: dict[str, Any], says: str) -> None:
+    two = chunked(RoundInputs((rollup("p", "a", 0),)))
+    assert two.chunks is not None
+    chunk = json.loads(two.chunks[0])
+    chunk["proxies"][0] |= change
+    text = json.dumps(chunk)
+    body = {"format": INPUTS_FORMAT_2, "manifest": [chunk_digest(text)], "chunks": [text]}
+    with pytest.raises(InputError) as caught:
+        inputs_from_json(body)
+    assert says in str(caught.value) and "chunks[0].proxies[0]" in str(caught.value)

@@ -346,7 +346,7 @@ async def test_grants_pay_an_mtproto_proxy_by_verified_reach(world: World) -> No
     assert award["weight"] == 10**12 * 2 // 3
     assert award["amount_sat"] == 990_000
     exported = (await admin.get(f"/api/v1/grants/rounds/{view['round_id']}/export")).json()
-    (row,) = (rollup_to_json(r) for r in inputs_from_json(exported["inputs"]).rollups)
+    (row,) = (rollup_to_json(r) for r in inputs_from_json(exported["inputs"]).rows())
     assert row["proxy_id"] == str(proxy_id) and row["target_successes"] == 2
 
 

@@ -576,7 +576,7 @@ async def test_a_round_from_real_probe_batches(tmp_path: Path, db_url: str) -> N
         assert view["round_id"] == "2026-11-10-RU" and view["rollups"] == 1
         exported = (await w.admin.get(f"{ROUNDS}/2026-11-10-RU/export")).json()
         assert exported["inputs"]["format"] == INPUTS_FORMAT_2
-        (row,) = (rollup_to_json(r) for r in inputs_from_json(exported["inputs"]).rollups)
+        (row,) = (rollup_to_json(r) for r in inputs_from_json(exported["inputs"]).rows())
         assert row == {
             "proxy_id": str(proxy_id), "operator_id": "dana", "network": "198.51.1.0/24",
             "payout_address": address("dana"), "day": "2026-11-10", "country": "RU",
@@ -827,9 +827,9 @@ async def test_the_registry_builds_inputs_2_in_bounded_chunks(
     got = {
         (r.proxy_id, r.day.isoformat(), r.control_attempts, r.control_successes,
          r.target_attempts, r.target_successes, r.throughput_kbps)
-        for r in built.inputs.rollups
+        for r in built.inputs.rows()
     }  # fmt: skip
-    assert got == expected and len(built.inputs.rollups) == 3 * 3 + 1
+    assert got == expected and built.inputs.row_count() == 3 * 3 + 1
     assert inputs_from_json(json.loads(json.dumps(inputs_to_json(built.inputs)))) == built.inputs
 
 
@@ -843,7 +843,10 @@ async def test_a_round_stored_with_inputs_1_still_loads_and_verifies(world: Worl
     created = (await create(world)).json()
     exported = round_from_json((await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json())
     keys = world.reg.registry.signing_keys
-    one = sign_inputs(exported.settings, dataclasses.replace(exported.inputs, chunks=None), keys)
+    rows = tuple(exported.inputs.rows())
+    one = sign_inputs(
+        exported.settings, dataclasses.replace(exported.inputs, rollups=rows, chunks=None), keys
+    )
     body = inputs_to_json(one)
     assert "rollups" in body and "format" not in body
     async with world.reg.registry.sessions.begin() as session:

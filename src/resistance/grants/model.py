@@ -19,7 +19,7 @@ import functools
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, get_type_hints
@@ -248,9 +248,28 @@ class RoundInputs:
     carried_in: tuple[CarriedAmount, ...] = ()
     prior_service_days: Mapping[str, int] = field(default_factory=dict)
     signatures: tuple[InputSignature, ...] = ()
-    #: /2 inputs: the rollups as the chunks' exact JSON texts, which the signed manifest
-    #: names by SHA-256 (``rollups`` are read from them); None for /1 inputs.
+    #: /2 inputs: the rows as the chunks' exact JSON texts, which the signed manifest
+    #: names by SHA-256; None for /1 inputs. /2 inputs have no ``rollups``: the award
+    #: rule reads the chunks' columns (:meth:`groups`), and :meth:`rows` gives /1 rows.
     chunks: tuple[str, ...] | None = None
+
+    def groups(self) -> Iterator[ProxyDays]:
+        """The per-proxy entries of /2 inputs, chunk by chunk (none for /1 inputs)."""
+        for n, text in enumerate(self.chunks or ()):
+            yield from proxy_days_from_chunk(text, n)
+
+    def rows(self) -> Iterator[DailyRollup]:
+        """Every row, in either format (/2: one object per proxy-day, made as read)."""
+        if self.chunks is None:
+            yield from self.rollups
+            return
+        for entry in self.groups():
+            yield from entry.rows()
+
+    def row_count(self) -> int:
+        if self.chunks is None:
+            return len(self.rollups)
+        return sum(len(entry.day) for entry in self.groups())
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +536,9 @@ def inputs_from_json(obj: Any) -> RoundInputs:
     if fmt == INPUTS_FORMAT_2:
         _require(o, ("manifest", "chunks"), "inputs file")
         chunks = _checked_chunks(o.get("manifest"), o.get("chunks"))
-        rollups = tuple(r for n, text in enumerate(chunks) for r in rollups_from_chunk(text, n))
+        for n, text in enumerate(chunks):
+            proxy_days_from_chunk(text, n)  # every entry checked now, kept as text
+        rollups: tuple[DailyRollup, ...] = ()
     elif fmt == INPUTS_FORMAT:
         _require(o, ("rollups",), "inputs file")
         rollups = tuple(
@@ -631,9 +652,8 @@ def chunk_text(first_day: dt.date, proxies: Sequence[Mapping[str, Any]]) -> str:
 
 def chunked(inputs: RoundInputs, max_proxies: int = CHUNK_PROXIES) -> RoundInputs:
     """The same inputs in format /2 (unsigned: a /1 signature does not cover them)."""
-    texts = chunk_rollups(inputs.rollups, max_proxies)
-    rollups = tuple(r for n, text in enumerate(texts) for r in rollups_from_chunk(text, n))
-    return dataclasses.replace(inputs, rollups=rollups, signatures=(), chunks=texts)
+    texts = chunk_rollups(inputs.rows(), max_proxies)
+    return dataclasses.replace(inputs, rollups=(), signatures=(), chunks=texts)
 
 
 def _checked_chunks(manifest_value: Any, chunks_value: Any) -> tuple[str, ...]:
@@ -655,8 +675,92 @@ def _checked_chunks(manifest_value: Any, chunks_value: Any) -> tuple[str, ...]:
     return tuple(chunks)
 
 
-def rollups_from_chunk(text: str, index: int) -> list[DailyRollup]:
-    """The rows of one /2 chunk, each checked as a /1 row is."""
+@dataclass(frozen=True, slots=True)
+class ProxyDays:
+    """One per-proxy entry of a /2 chunk: the proxy's fields once, its days as columns
+    (``day[i]`` days after ``first_day``); checked as its rows would be."""
+
+    proxy_id: str
+    operator_id: str
+    network: str
+    payout_address: str
+    country: str
+    exit_operator_id: str
+    exit_network: str
+    exit_payout_address: str
+    first_day: dt.date
+    day: list[int]
+    control_attempts: list[int]
+    control_successes: list[int]
+    target_attempts: list[int]
+    target_successes: list[int]
+    throughput_kbps: list[int]
+
+    def rows(self) -> Iterator[DailyRollup]:
+        """The entry as /1 rows (one object per day: for views and tests, not the rule)."""
+        for n, d in enumerate(self.day):
+            yield self._row(n, d)
+
+    def _row(self, n: int, d: Any) -> DailyRollup:
+        return DailyRollup(
+            proxy_id=self.proxy_id,
+            operator_id=self.operator_id,
+            network=self.network,
+            payout_address=self.payout_address,
+            day=self.first_day + dt.timedelta(days=d),
+            country=self.country,
+            control_attempts=self.control_attempts[n],
+            control_successes=self.control_successes[n],
+            target_attempts=self.target_attempts[n],
+            target_successes=self.target_successes[n],
+            throughput_kbps=self.throughput_kbps[n],
+            exit_operator_id=self.exit_operator_id,
+            exit_network=self.exit_network,
+            exit_payout_address=self.exit_payout_address,
+        )
+
+    def check(self, where: str) -> None:
+        """Refuse what a /1 row of it would refuse, with the same message after ``where``;
+        the values are checked a column at a time, and row by row only when one is bad."""
+        try:
+            self._check(where)
+        except InputError as exc:
+            if str(exc).startswith(where):
+                raise
+            raise InputError(f"{where}: {exc}") from None
+
+    def _check(self, where: str) -> None:
+        ca, cs = self.control_attempts, self.control_successes
+        ta, ts = self.target_attempts, self.target_successes
+        columns = (self.day, ca, cs, ta, ts, self.throughput_kbps)
+        if not (
+            self.proxy_id
+            and self.operator_id
+            and self.payout_address
+            and all(type(v) is int for col in columns for v in col)
+            and all(0 <= d <= _MAX_DAY_OFFSET for d in self.day)
+            and all(0 <= b <= a for a, b in zip(ca, cs, strict=True))
+            and all(0 <= b <= a for a, b in zip(ta, ts, strict=True))
+            and all(v >= 0 for v in self.throughput_kbps)
+        ):
+            for n, d in enumerate(self.day):
+                if type(d) is not int or not 0 <= d <= _MAX_DAY_OFFSET:
+                    raise InputError(f"{where}: a day must be a non-negative integer: {d!r}")
+                self._row(n, d)  # raises the row's own error
+            raise InputError(f"{where}: proxy_id, operator_id and payout_address are required")
+        if not self.day:
+            raise InputError(f"{where}: a proxy's entry has at least one day")
+        check_network(self.network, f"{where} ({self.proxy_id})")
+        exit_fields = (self.exit_operator_id, self.exit_network, self.exit_payout_address)
+        if any(exit_fields):
+            self._row(0, self.day[0])  # a cascade's exit fields, checked as a row's
+
+
+_MAX_DAY_OFFSET = 366_000
+
+
+def proxy_days_from_chunk(text: str, index: int) -> list[ProxyDays]:
+    """The per-proxy entries of one /2 chunk, each checked (one clear error if not)."""
     w = f"chunks[{index}]"
     try:
         obj = json.loads(text)
@@ -669,23 +773,24 @@ def rollups_from_chunk(text: str, index: int) -> list[DailyRollup]:
         pw = f"{w}.proxies[{n}]"
         pm = _mapping(p, pw)
         _require(pm, (*_GROUP_TEXT, "day", *_COLUMNS), pw)
-        text_fields: dict[str, Any] = {k: _str(pm, k, pw) for k in _GROUP_TEXT}
-        text_fields |= {k: _str(pm, k, pw) for k in _EXIT_FIELDS if k in pm}
+        unknown = set(pm) - {*_GROUP_TEXT, *_EXIT_FIELDS, "day", *_COLUMNS}
+        if unknown:
+            raise InputError(f"{pw}: unknown fields {sorted(unknown)}")
+        fields: dict[str, Any] = {k: _str(pm, k, pw) for k in _GROUP_TEXT}
+        fields |= {k: _str(pm, k, pw) if k in pm else "" for k in _EXIT_FIELDS}
         days = _list(pm.get("day"), f"{pw}.day")
-        columns = [_list(pm.get(col), f"{pw}.{col}") for col in _COLUMNS]
-        if any(len(c) != len(days) for c in columns):
+        fields |= {col: _list(pm.get(col), f"{pw}.{col}") for col in _COLUMNS}
+        if any(len(fields[col]) != len(days) for col in _COLUMNS):
             raise InputError(f"{pw}: every column must have one value per day ({len(days)})")
-        for d, *values in zip(days, *columns, strict=True):
-            if type(d) is not int or not 0 <= d <= 366_000:
-                raise InputError(f"{pw}: a day must be a non-negative integer: {d!r}")
-            out.append(
-                DailyRollup(
-                    day=first + dt.timedelta(days=d),
-                    **text_fields,
-                    **dict(zip(_COLUMNS, values, strict=True)),
-                )
-            )
+        entry = ProxyDays(first_day=first, day=list(days), **fields)
+        entry.check(pw)
+        out.append(entry)
     return out
+
+
+def rollups_from_chunk(text: str, index: int) -> list[DailyRollup]:
+    """The rows of one /2 chunk, as /1 rows."""
+    return [r for entry in proxy_days_from_chunk(text, index) for r in entry.rows()]
 
 
 AWARD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Award))

@@ -81,7 +81,6 @@ from resistance.grants.model import (
     canonical_json,
     chunk_text,
     result_to_json,
-    rollups_from_chunk,
     round_from_json,
     round_to_json,
     settings_from_json,
@@ -231,9 +230,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     )
     wanted = {int(e["proxy_id"]) for e in entries}
     del entries
-    rows = tuple(r for n, text in enumerate(chunks) for r in rollups_from_chunk(text, n))
     prior: dict[str, int] = {}
-    if settings.probation_days > 0 and rows:
+    if settings.probation_days > 0 and wanted:
         earlier = await day_totals(session, country=country, since=None, before=start)
         for proxy_id, day, counts in _day_counts(earlier):
             if proxy_id not in wanted:
@@ -259,7 +257,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
         )
         for op, amount in sorted(carried.items(), key=lambda kv: operators[kv[0]].name)
     )
-    inputs = RoundInputs(rows, carried_in, dict(sorted(prior.items())), (), chunks)
+    inputs = RoundInputs((), carried_in, dict(sorted(prior.items())), (), chunks)
     return BuiltInputs(inputs, carry_ids, sorted(skipped))
 
 
@@ -355,7 +353,7 @@ def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
         "result": canonical_json(result_to_json(round_.result)),
         "summary": canonical_json(
             {
-                "rollups": len(round_.inputs.rollups),
+                "rollups": round_.inputs.row_count(),
                 "signatures": [s.key_id for s in round_.inputs.signatures],
                 "carried_in": [
                     {
@@ -436,25 +434,42 @@ def per_proxy(inputs: RoundInputs) -> list[dict[str, Any]]:
     """The inputs summed per proxy (days, control and target checks), sorted by operator
     and proxy: the rows of ``grant_round_proxies`` without their round and position."""
     out: dict[str, dict[str, Any]] = {}
-    for r in inputs.rollups:
-        p = out.get(r.proxy_id)
+
+    def add(proxy_id: str, operator: str, network: str, counts: tuple[int, ...]) -> None:
+        p = out.get(proxy_id)
         if p is None:
-            p = out[r.proxy_id] = {
-                "proxy_id": r.proxy_id,
-                "operator": r.operator_id,
-                "network": r.network,
+            p = out[proxy_id] = {
+                "proxy_id": proxy_id,
+                "operator": operator,
+                "network": network,
                 "days": 0,
                 "control_attempts": 0,
                 "control_successes": 0,
                 "target_attempts": 0,
                 "target_successes": 0,
             }
-        p["days"] += 1
-        p["control_attempts"] += r.control_attempts
-        p["control_successes"] += r.control_successes
-        p["target_attempts"] += r.target_attempts
-        p["target_successes"] += r.target_successes
+        for name, value in zip(_PER_PROXY, counts, strict=True):
+            p[name] += value
+
+    if inputs.chunks is None:
+        for r in inputs.rollups:
+            counts = (
+                1, r.control_attempts, r.control_successes, r.target_attempts,
+                r.target_successes,
+            )  # fmt: skip
+            add(r.proxy_id, r.operator_id, r.network, counts)
+    else:  # /2: a proxy's sums are sums of its columns
+        for g in inputs.groups():
+            counts = (
+                len(g.day), sum(g.control_attempts), sum(g.control_successes),
+                sum(g.target_attempts), sum(g.target_successes),
+            )  # fmt: skip
+            add(g.proxy_id, g.operator_id, g.network, counts)
     return sorted(out.values(), key=lambda p: (p["operator"], int(p["proxy_id"])))
+
+
+_PER_PROXY = ("days", "control_attempts", "control_successes", "target_attempts",
+              "target_successes")  # fmt: skip
 
 
 async def _store_per_proxy(
