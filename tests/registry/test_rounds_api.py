@@ -862,3 +862,62 @@ async def test_a_round_stored_with_inputs_1_still_loads_and_verifies(world: Worl
     assert round_.inputs.chunks is None and not grant_rounds.verify(round_)
     public = [k.public_key() for k in keys]
     assert check_signatures(round_.settings, round_.inputs, public).signers
+
+
+async def test_a_rounds_chunks_are_stored_as_rows_and_survive_a_downgrade(
+    world: World, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: /2 chunks are rows of grant_round_chunks (migration 0019), the round's
+    inputs column keeps only the manifest and the rest; export puts them together, and
+    downgrading past 0019 folds them back into the inputs column."""
+    from resistance.grants import rounds as grant_rounds
+    from resistance.registry import rounds
+    from resistance.registry.db import migrate
+    from tests.registry.test_wireguard import downgrade
+
+    monkeypatch.setattr(rounds, "CHUNK_PROXIES", 1)
+    world.reg.registry.round_workers = ThreadPoolExecutor(1)  # the patched size applies
+    await add_rollups(
+        world, world.proxies["alice"] + world.proxies["bob"], dt.date(2026, 10, 1), 31
+    )
+    created = (await create(world)).json()
+    assert created["rollups"] == 3 * 31
+    async with world.reg.registry.sessions() as session:
+        row = await repo.round_by_id(session, round_id="2026-10-RU")
+        assert row is not None
+        chunks = await repo.round_chunks(session, round_pk=row.id)
+    stored = json.loads(row.inputs)
+    assert len(chunks) == 3 and "chunks" not in stored
+    assert stored["format"] == INPUTS_FORMAT_2 and len(stored["manifest"]) == 3
+    keys = [k.public_key() for k in world.reg.registry.signing_keys]
+
+    async def exported() -> dict[str, Any]:
+        data: dict[str, Any] = (await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json()
+        round_ = round_from_json(data)
+        assert not grant_rounds.verify(round_)
+        assert check_signatures(round_.settings, round_.inputs, keys).signers
+        return data
+
+    before = await exported()
+    assert before["inputs"]["chunks"] == chunks
+    await world.reg.registry.engine.dispose()
+    await downgrade(db_url, "0018")
+    async with world.reg.registry.engine.connect() as conn:
+        inputs = (await conn.execute(text("SELECT inputs FROM grant_rounds"))).scalar_one()
+    assert json.loads(inputs)["chunks"] == chunks
+    await world.reg.registry.engine.dispose()
+    await migrate(db_url)
+    assert await exported() == before  # read from the inputs column now
+    assert (await world.admin.post(f"{ROUNDS}/2026-10-RU/approve")).status_code == 200
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 9, 1), 2)
+    draft = await create(world, period_start="2026-09-01", period_end="2026-09-30")
+    assert draft.status_code == 201, draft.text
+
+    async def chunk_rows() -> int:
+        async with world.reg.registry.sessions() as session:
+            query = text("SELECT count(*) FROM grant_round_chunks")
+            return int((await session.execute(query)).scalar_one())
+
+    assert await chunk_rows() == 1
+    assert (await world.admin.delete(f"{ROUNDS}/2026-09-RU")).status_code in (200, 204)
+    assert await chunk_rows() == 0  # the deleted draft's chunks went with it

@@ -46,6 +46,7 @@ from resistance.registry.models import (
     BlocklistImport,
     BlocklistRange,
     GrantCarry,
+    GrantRoundChunk,
     GrantRoundProxy,
     GrantRoundRow,
     Operator,
@@ -1198,6 +1199,26 @@ async def replace_round_proxies(
     numbered = [{**r, "round_pk": round_pk, "position": i} for i, r in enumerate(rows, 1)]
     for i in range(0, len(numbered), 5000):
         await session.execute(insert(GrantRoundProxy), numbered[i : i + 5000])
+
+
+async def replace_round_chunks(
+    session: AsyncSession, *, round_pk: int, chunks: Sequence[str]
+) -> None:
+    """A round's /2 input chunks, in manifest order (any earlier ones replaced)."""
+    await session.execute(delete(GrantRoundChunk).where(GrantRoundChunk.round_pk == round_pk))
+    rows = [{"round_pk": round_pk, "position": i, "body": c} for i, c in enumerate(chunks)]
+    for i in range(0, len(rows), 100):  # a chunk is up to a few hundred kB
+        await session.execute(insert(GrantRoundChunk), rows[i : i + 100])
+
+
+async def round_chunks(session: AsyncSession, *, round_pk: int) -> list[str]:
+    """A round's /2 input chunks, in manifest order (none for a round stored before)."""
+    result = await session.execute(
+        select(GrantRoundChunk.body)
+        .where(GrantRoundChunk.round_pk == round_pk)
+        .order_by(GrantRoundChunk.position)
+    )
+    return list(result.scalars().all())
 
 
 async def round_proxies_page(

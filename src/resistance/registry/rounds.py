@@ -324,8 +324,12 @@ def view(row: GrantRoundRow) -> dict[str, Any]:
     }
 
 
-def load_round(row: GrantRoundRow) -> GrantRound:
-    """The stored round as the grants package knows it."""
+def load_round(row: GrantRoundRow, inputs: dict[str, Any] | None = None) -> GrantRound:
+    """The stored round as the grants package knows it, from its row and its inputs'
+    JSON whole (default: the ``inputs`` column, as for a round stored before migration
+    0019); :func:`stored_round` adds a /2 round's chunks from their rows."""
+    if inputs is None:
+        inputs = json.loads(row.inputs)
     state: dict[str, Any] = {"status": row.status}
     if row.digest is not None:
         state["digest"] = row.digest
@@ -335,15 +339,26 @@ def load_round(row: GrantRoundRow) -> GrantRound:
         {
             "format": FORMAT,
             "settings": json.loads(row.settings),
-            "inputs": json.loads(row.inputs),
+            "inputs": inputs,
             "result": json.loads(row.result),
             "state": state,
         }
     )
 
 
+async def stored_round(session: AsyncSession, row: GrantRoundRow) -> GrantRound:
+    """The stored round with its inputs whole: /2 chunks read from their rows (a round
+    stored before migration 0019, or downgraded past it, has them in ``inputs``)."""
+    inputs = json.loads(row.inputs)
+    if inputs.get("format") == INPUTS_FORMAT_2 and "chunks" not in inputs:
+        inputs["chunks"] = await repo.round_chunks(session, round_pk=row.id)
+    return load_round(row, inputs)
+
+
 def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
-    """The columns that hold a computed round (``inputs_json``: its inputs' JSON)."""
+    """The columns that hold a computed round (``inputs_json``: its inputs' JSON; a /2
+    round's chunks are stored as rows, :func:`_store_chunks`, not in them)."""
+    inputs_json = {k: v for k, v in inputs_json.items() if k != "chunks"}
     return {
         "budget_sat": round_.settings.budget_sat,
         "paid_sat": round_.result.paid_sat,
@@ -394,6 +409,8 @@ class Computed:
     skipped_operators: list[str]
     #: The inputs summed per proxy, in page order (:func:`per_proxy`).
     per_proxy: list[dict[str, Any]]
+    #: The /2 inputs' chunks, stored as rows of ``grant_round_chunks``.
+    chunks: tuple[str, ...]
 
 
 def compute_job(
@@ -427,6 +444,7 @@ async def _compute_in_worker(
         built.carry_ids,
         built.skipped_operators,
         per_proxy(round_.inputs),
+        round_.inputs.chunks or (),
     )
 
 
@@ -472,10 +490,10 @@ _PER_PROXY = ("days", "control_attempts", "control_successes", "target_attempts"
               "target_successes")  # fmt: skip
 
 
-async def _store_per_proxy(
-    session: AsyncSession, round_pk: int, rows: list[dict[str, Any]]
-) -> None:
-    await repo.replace_round_proxies(session, round_pk=round_pk, rows=rows)
+async def _store_per_proxy(session: AsyncSession, round_pk: int, computed: Computed) -> None:
+    """What is stored beside a computed round's row: its per-proxy sums and its chunks."""
+    await repo.replace_round_proxies(session, round_pk=round_pk, rows=computed.per_proxy)
+    await repo.replace_round_chunks(session, round_pk=round_pk, chunks=computed.chunks)
 
 
 def _workers(registry: Registry) -> Executor:
@@ -573,7 +591,7 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     **computed.stored,
                 },
             )
-            await _store_per_proxy(session, row.id, computed.per_proxy)
+            await _store_per_proxy(session, row.id, computed)
             return view(row)
     except IntegrityError:
         raise ApiError(409, f"round {round_id} exists already") from None
@@ -599,8 +617,8 @@ async def show_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
 async def export_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
     """The round file (``resistance.grants.round/1``), its inputs signed by the registry."""
     async with registry.sessions() as session:
-        row = await _row(session, round_id)
-    return round_to_json(load_round(row))
+        round_ = await stored_round(session, await _row(session, round_id))
+    return round_to_json(round_)
 
 
 def _refuse_unless_draft(row: GrantRoundRow, doing: str) -> None:
@@ -636,7 +654,7 @@ async def recompute_round(
         )
         if not changed:
             raise ApiError(409, f"round {round_id} was approved meanwhile")
-        await _store_per_proxy(session, row.id, computed.per_proxy)
+        await _store_per_proxy(session, row.id, computed)
         return view(await _row(session, round_id))
 
 
@@ -655,7 +673,7 @@ async def approve_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
                 f"are over (today is {today} UTC), recomputing it first",
             )
         try:
-            approved = grant_rounds.approve(load_round(row))
+            approved = grant_rounds.approve(await stored_round(session, row))
         except RoundStateError as exc:
             raise ApiError(409, str(exc)) from None
         except GrantsError as exc:
@@ -706,10 +724,11 @@ async def mark_round_paid(
     """Record the signed transaction paying an approved round, if it pays exactly."""
     async with registry.sessions() as session:
         row = await _row(session, round_id)
+        stored = await stored_round(session, row)
     try:  # grants' mark_paid refuses a draft or a paid round itself (409 below)
         paid = await asyncio.to_thread(
             grant_rounds.mark_paid,
-            load_round(row),
+            stored,
             tx_hex,
             change_descriptor=change_descriptor,
         )
