@@ -355,7 +355,7 @@ async def stored_round(session: AsyncSession, row: GrantRoundRow) -> GrantRound:
     return load_round(row, inputs)
 
 
-def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
+def _stored(round_: GrantRound, inputs_json: dict[str, Any], *, rows: int) -> dict[str, Any]:
     """The columns that hold a computed round (``inputs_json``: its inputs' JSON; a /2
     round's chunks are stored as rows, :func:`_store_chunks`, not in them)."""
     inputs_json = {k: v for k, v in inputs_json.items() if k != "chunks"}
@@ -368,7 +368,7 @@ def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
         "result": canonical_json(result_to_json(round_.result)),
         "summary": canonical_json(
             {
-                "rollups": round_.inputs.row_count(),
+                "rollups": rows,
                 "signatures": [s.key_id for s in round_.inputs.signatures],
                 "carried_in": [
                     {
@@ -439,11 +439,12 @@ async def _compute_in_worker(
         round_ = grant_rounds.compute_round(settings, inputs)
     except GrantsError as exc:
         return ("refused", str(exc))
+    sums = per_proxy(round_.inputs)  # also counts the rows: the chunks read once more only
     return Computed(
-        _stored(round_, inputs_json),
+        _stored(round_, inputs_json, rows=sum(p["days"] for p in sums)),
         built.carry_ids,
         built.skipped_operators,
-        per_proxy(round_.inputs),
+        sums,
         round_.inputs.chunks or (),
     )
 
