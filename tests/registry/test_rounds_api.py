@@ -877,6 +877,7 @@ async def test_a_rounds_chunks_are_stored_as_rows_and_survive_a_downgrade(
     from tests.registry.test_wireguard import downgrade
 
     monkeypatch.setattr(rounds, "CHUNK_PROXIES", 1)
+    monkeypatch.setattr(rounds, "EXPORT_CHUNKS_PER_READ", 2)  # 3 chunks: streamed in 2 reads
     world.reg.registry.round_workers = ThreadPoolExecutor(1)  # the patched size applies
     await add_rollups(
         world, world.proxies["alice"] + world.proxies["bob"], dt.date(2026, 10, 1), 31
@@ -901,6 +902,8 @@ async def test_a_rounds_chunks_are_stored_as_rows_and_survive_a_downgrade(
 
     before = await exported()
     assert before["inputs"]["chunks"] == chunks
+    async with world.reg.registry.sessions() as session:
+        assert before == round_to_json(await rounds.stored_round(session, row))
     await world.reg.registry.engine.dispose()
     await downgrade(db_url, "0018")
     async with world.reg.registry.engine.connect() as conn:

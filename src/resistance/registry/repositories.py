@@ -1211,6 +1211,19 @@ async def replace_round_chunks(
         await session.execute(insert(GrantRoundChunk), rows[i : i + 100])
 
 
+async def round_chunks_page(
+    session: AsyncSession, *, round_pk: int, after: int, limit: int
+) -> list[tuple[int, str]]:
+    """Up to ``limit`` of a round's chunks after position ``after``: (position, text)."""
+    result = await session.execute(
+        select(GrantRoundChunk.position, GrantRoundChunk.body)
+        .where(GrantRoundChunk.round_pk == round_pk, GrantRoundChunk.position > after)
+        .order_by(GrantRoundChunk.position)
+        .limit(limit)
+    )
+    return [(int(position), body) for position, body in result.all()]
+
+
 async def round_chunks(session: AsyncSession, *, round_pk: int) -> list[str]:
     """A round's /2 input chunks, in manifest order (none for a round stored before)."""
     result = await session.execute(

@@ -52,7 +52,7 @@ import asyncio
 import datetime as dt
 import json
 import multiprocessing
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -620,6 +620,60 @@ async def export_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
     async with registry.sessions() as session:
         round_ = await stored_round(session, await _row(session, round_id))
     return round_to_json(round_)
+
+
+#: Chunks read per query while a round file is streamed (a chunk is a few hundred kB).
+EXPORT_CHUNKS_PER_READ = 16
+
+
+async def export_round_stream(registry: Registry, *, round_id: str) -> AsyncIterator[bytes]:
+    """The round file of :func:`export_round` as parts, a few chunks read at a time, so
+    exporting a round over 100,000 proxies holds a few chunks, not the whole file.
+    The round is looked up first (a missing round is a 404 before anything is sent)."""
+    async with registry.sessions() as session:
+        row = await _row(session, round_id)
+    state: dict[str, Any] = {"status": row.status}
+    if row.digest is not None:
+        state["digest"] = row.digest
+    if row.txid is not None:
+        state["txid"] = row.txid
+    inputs = json.loads(row.inputs)
+    streamed = inputs.get("format") == INPUTS_FORMAT_2 and "chunks" not in inputs
+    if streamed:
+        inputs["chunks"] = []
+    head = json.dumps(
+        {
+            "format": FORMAT,
+            "settings": json.loads(row.settings),
+            "inputs": inputs,
+            "result": json.loads(row.result),
+            "state": state,
+        }
+    )
+    return _round_file_parts(registry, row.id, head, streamed)
+
+
+async def _round_file_parts(
+    registry: Registry, round_pk: int, head: str, streamed: bool
+) -> AsyncIterator[bytes]:
+    if not streamed:
+        yield head.encode()
+        return
+    before, after = head.split('"chunks": []', 1)
+    yield (before + '"chunks": [').encode()
+    position, first = -1, True
+    while True:
+        async with registry.sessions() as session:
+            page = await repo.round_chunks_page(
+                session, round_pk=round_pk, after=position, limit=EXPORT_CHUNKS_PER_READ
+            )
+        for _, body in page:
+            yield (("" if first else ", ") + json.dumps(body)).encode()
+            first = False
+        if len(page) < EXPORT_CHUNKS_PER_READ:
+            break
+        position = page[-1][0]
+    yield ("]" + after).encode()
 
 
 def _refuse_unless_draft(row: GrantRoundRow, doing: str) -> None:
