@@ -82,7 +82,6 @@ from resistance.grants.model import (
     chunk_text,
     result_to_json,
     round_from_json,
-    round_to_json,
     settings_from_json,
     settings_to_json,
 )
@@ -615,19 +614,13 @@ async def show_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
         return view(await _row(session, round_id))
 
 
-async def export_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
-    """The round file (``resistance.grants.round/1``), its inputs signed by the registry."""
-    async with registry.sessions() as session:
-        round_ = await stored_round(session, await _row(session, round_id))
-    return round_to_json(round_)
-
-
 #: Chunks read per query while a round file is streamed (a chunk is a few hundred kB).
 EXPORT_CHUNKS_PER_READ = 16
 
 
 async def export_round_stream(registry: Registry, *, round_id: str) -> AsyncIterator[bytes]:
-    """The round file of :func:`export_round` as parts, a few chunks read at a time, so
+    """The round file (``resistance.grants.round/1``, its inputs signed by the registry)
+    as parts, a few chunks read at a time, so
     exporting a round over 100,000 proxies holds a few chunks, not the whole file.
     The round is looked up first (a missing round is a 404 before anything is sent)."""
     async with registry.sessions() as session:
