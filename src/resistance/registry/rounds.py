@@ -21,8 +21,10 @@ registry's. They are made in format /2 (:mod:`resistance.grants.model`): each
 proxy's fields once with its days as integer columns, taken straight from the
 day totals' arrays, in chunks of at most ``CHUNK_PROXIES`` proxies; the
 signature covers the manifest of the chunks' SHA-256 digests, so signing costs
-one hash over the chunks, not a canonical form of every row. Rounds stored in
-format /1 before still load, verify and export as they were.
+one hash over the chunks, not a canonical form of every row. The chunks are
+stored as rows of ``grant_round_chunks`` (the round's ``inputs`` column keeps
+the manifest and the rest) and streamed a few at a time on export. Rounds
+stored in format /1 before still load, verify and export as they were.
 
 **States.** A *draft* may be recomputed (fresh rollups, addresses and carried
 amounts, other settings) or deleted. *Approve* freezes it: only after its
@@ -620,9 +622,9 @@ EXPORT_CHUNKS_PER_READ = 16
 
 async def export_round_stream(registry: Registry, *, round_id: str) -> AsyncIterator[bytes]:
     """The round file (``resistance.grants.round/1``, its inputs signed by the registry)
-    as parts, a few chunks read at a time, so
-    exporting a round over 100,000 proxies holds a few chunks, not the whole file.
-    The round is looked up first (a missing round is a 404 before anything is sent)."""
+    as parts, a few chunks read at a time: exporting a round over 100,000 proxies
+    holds a few chunks, not the whole file. The round is looked up first (a missing
+    round is a 404 before anything is sent)."""
     async with registry.sessions() as session:
         row = await _row(session, round_id)
     state: dict[str, Any] = {"status": row.status}
