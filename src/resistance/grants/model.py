@@ -253,6 +253,10 @@ class RoundInputs:
     #: rule reads the chunks' columns (:meth:`groups`), and :meth:`rows` gives /1 rows.
     chunks: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.chunks is not None and self.rollups:
+            raise InputError("inputs in format /2 hold their rows in chunks, not as rollups")
+
     def groups(self) -> Iterator[ProxyDays]:
         """The per-proxy entries of /2 inputs, chunk by chunk (none for /1 inputs)."""
         for n, text in enumerate(self.chunks or ()):
