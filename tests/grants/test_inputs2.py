@@ -21,6 +21,7 @@ from resistance.grants.cli import grants
 from resistance.grants.errors import InputError
 from resistance.grants.files import save_round
 from resistance.grants.model import (
+    CHUNK_COLUMNS,
     INPUTS_FORMAT_2,
     GrantSettings,
     RoundInputs,
@@ -258,6 +259,9 @@ def test_v2_refuses_what_v1_refuses(rows: tuple[Any, ...], says: str) -> None:
         ({"operator_id": ""}, "proxy_id, operator_id and payout_address are required"),
         ({"exit_operator_id": "x"}, "a cascade needs exit_operator_id"),
         ({"extra": 1}, "unknown fields ['extra']"),
+        ({"day": [], **{c: [] for c in CHUNK_COLUMNS}}, "has at least one day"),
+        ({"target_successes": [2**70]}, "more target-country successes than attempts"),
+        ({"throughput_kbps": [1.5]}, "throughput_kbps must be a non-negative integer"),
     ],
 )
 def test_a_bad_entry_is_refused_as_its_row_would_be(change: dict[str, Any], says: str) -> None:

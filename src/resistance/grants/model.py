@@ -19,6 +19,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -736,24 +737,28 @@ class ProxyDays:
     def _check(self, where: str) -> None:
         ca, cs = self.control_attempts, self.control_successes
         ta, ts = self.target_attempts, self.target_successes
-        columns = (self.day, ca, cs, ta, ts, self.throughput_kbps)
+        day, tp = self.day, self.throughput_kbps
+        if not day:
+            raise InputError(f"{where}: a proxy's entry has at least one day")
+        # every check a C-level pass over a column (map, min, max), no Python loop
         if not (
             self.proxy_id
             and self.operator_id
             and self.payout_address
-            and all(type(v) is int for col in columns for v in col)
-            and all(0 <= d <= _MAX_DAY_OFFSET for d in self.day)
-            and all(0 <= b <= a for a, b in zip(ca, cs, strict=True))
-            and all(0 <= b <= a for a, b in zip(ta, ts, strict=True))
-            and all(v >= 0 for v in self.throughput_kbps)
+            and all(set(map(type, col)) == _INT for col in (day, ca, cs, ta, ts, tp))
+            and min(day) >= 0
+            and max(day) <= _MAX_DAY_OFFSET
+            and min(cs) >= 0
+            and min(ts) >= 0
+            and min(tp) >= 0
+            and all(map(operator.le, cs, ca))
+            and all(map(operator.le, ts, ta))
         ):
             for n, d in enumerate(self.day):
                 if type(d) is not int or not 0 <= d <= _MAX_DAY_OFFSET:
                     raise InputError(f"{where}: a day must be a non-negative integer: {d!r}")
                 self._row(n, d)  # raises the row's own error
             raise InputError(f"{where}: proxy_id, operator_id and payout_address are required")
-        if not self.day:
-            raise InputError(f"{where}: a proxy's entry has at least one day")
         check_network(self.network, f"{where} ({self.proxy_id})")
         exit_fields = (self.exit_operator_id, self.exit_network, self.exit_payout_address)
         if any(exit_fields):
@@ -761,6 +766,7 @@ class ProxyDays:
 
 
 _MAX_DAY_OFFSET = 366_000
+_INT = {int}
 
 
 def proxy_days_from_chunk(text: str, index: int) -> list[ProxyDays]:
