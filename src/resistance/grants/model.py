@@ -33,7 +33,7 @@ INPUTS_FORMAT = "resistance.grants.inputs/1"
 #: (see "Inputs /2" below). Both formats are read everywhere.
 INPUTS_FORMAT_2 = "resistance.grants.inputs/2"
 #: At most this many proxies (per-proxy groups) in one chunk of /2 inputs: a chunk of
-#: 30 days is then a few hundred kB, so no stored value or parse grows with the round.
+#: 30 days is then about 1 MB, so no stored value or parse grows with the round.
 CHUNK_PROXIES = 1_000
 NETWORKS = ("bitcoin", "testnet", "testnet4", "signet", "regtest")
 # Below 546 sat an output is dust for some standard address type (P2PKH), so no

@@ -616,7 +616,7 @@ async def show_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
         return view(await _row(session, round_id))
 
 
-#: Chunks read per query while a round file is streamed (a chunk is a few hundred kB).
+#: Chunks read per query while a round file is streamed (a chunk of 30 days is ~1 MB).
 EXPORT_CHUNKS_PER_READ = 16
 
 
