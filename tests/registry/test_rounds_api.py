@@ -878,6 +878,7 @@ async def test_a_rounds_chunks_are_stored_as_rows_and_survive_a_downgrade(
 
     monkeypatch.setattr(rounds, "CHUNK_PROXIES", 1)
     monkeypatch.setattr(rounds, "EXPORT_CHUNKS_PER_READ", 2)  # 3 chunks: streamed in 2 reads
+    monkeypatch.setattr(repo, "CHUNKS_PER_INSERT", 2)  # and stored in 2 statements
     world.reg.registry.round_workers = ThreadPoolExecutor(1)  # the patched size applies
     await add_rollups(
         world, world.proxies["alice"] + world.proxies["bob"], dt.date(2026, 10, 1), 31

@@ -1207,8 +1207,12 @@ async def replace_round_chunks(
     """A round's /2 input chunks, in manifest order (any earlier ones replaced)."""
     await session.execute(delete(GrantRoundChunk).where(GrantRoundChunk.round_pk == round_pk))
     rows = [{"round_pk": round_pk, "position": i, "body": c} for i, c in enumerate(chunks)]
-    for i in range(0, len(rows), 16):  # a chunk of 30 days is about 1 MB
-        await session.execute(insert(GrantRoundChunk), rows[i : i + 100])
+    for i in range(0, len(rows), CHUNKS_PER_INSERT):
+        await session.execute(insert(GrantRoundChunk), rows[i : i + CHUNKS_PER_INSERT])
+
+
+#: Chunk rows per INSERT (a chunk of 30 days is about 1 MB).
+CHUNKS_PER_INSERT = 16
 
 
 async def round_chunks_page(
