@@ -831,6 +831,8 @@ async def test_the_registry_builds_inputs_2_in_bounded_chunks(
         for r in built.inputs.rows()
     }  # fmt: skip
     assert got == expected and built.inputs.row_count() == 3 * 3 + 1
+    assert built.per_proxy == rounds.per_proxy(built.inputs)  # summed as built, or read back
+    assert [p["days"] for p in built.per_proxy] == [3, 3, 4]
     assert inputs_from_json(json.loads(json.dumps(inputs_to_json(built.inputs)))) == built.inputs
 
 

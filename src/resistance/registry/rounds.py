@@ -109,6 +109,9 @@ class BuiltInputs:
     inputs: RoundInputs
     carry_ids: list[int]
     skipped_operators: list[str]
+    #: :func:`per_proxy` of the inputs, summed from the columns as they were built
+    #: (so the worker does not read its chunks back for them).
+    per_proxy: list[dict[str, Any]]
 
 
 def _daily(
@@ -198,6 +201,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     totals = await day_totals(session, country=country, since=start, before=after)
     skipped: set[str] = set()
     entries: list[dict[str, Any]] = []
+    sums: list[dict[str, Any]] = []
     ids = totals.proxy.tolist()
     columns = [getattr(totals, name).tolist() for name in CHUNK_COLUMNS]
     first = settings.period_start.toordinal()
@@ -224,6 +228,15 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
         if exit is not None:
             entry["exit_operator_id"], entry["exit_network"], entry["exit_payout_address"] = exit
         entries.append(entry)
+        sums.append(
+            {
+                "proxy_id": entry["proxy_id"],
+                "operator": operator.name,
+                "network": proxy.network,
+                "days": b - a,
+                **{name: sum(entry[name]) for name in _PER_PROXY[1:]},
+            }
+        )
     del totals, columns
     chunks = tuple(
         chunk_text(settings.period_start, entries[n : n + CHUNK_PROXIES])
@@ -259,7 +272,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
         for op, amount in sorted(carried.items(), key=lambda kv: operators[kv[0]].name)
     )
     inputs = RoundInputs((), carried_in, dict(sorted(prior.items())), (), chunks)
-    return BuiltInputs(inputs, carry_ids, sorted(skipped))
+    sums.sort(key=lambda p: (p["operator"], int(p["proxy_id"])))
+    return BuiltInputs(inputs, carry_ids, sorted(skipped), sums)
 
 
 # --- views ----------------------------------------------------------------------------
@@ -440,7 +454,7 @@ async def _compute_in_worker(
         round_ = grant_rounds.compute_round(settings, inputs)
     except GrantsError as exc:
         return ("refused", str(exc))
-    sums = per_proxy(round_.inputs)  # also counts the rows: the chunks read once more only
+    sums = built.per_proxy  # also counts the rows
     return Computed(
         _stored(round_, inputs_json, rows=sum(p["days"] for p in sums)),
         built.carry_ids,
