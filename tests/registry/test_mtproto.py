@@ -28,6 +28,7 @@ from sqlalchemy import text
 from resistance.config import Endpoint
 from resistance.directory.entry import MTProtoListing, parse_entry
 from resistance.directory.keys import public_key_text
+from resistance.grants.model import inputs_from_json, rollup_to_json
 from resistance.lab import datacentre
 from resistance.probe.batch import new_batch_id, sign_batch
 from resistance.registry import repositories as repo
@@ -345,7 +346,7 @@ async def test_grants_pay_an_mtproto_proxy_by_verified_reach(world: World) -> No
     assert award["weight"] == 10**12 * 2 // 3
     assert award["amount_sat"] == 990_000
     exported = (await admin.get(f"/api/v1/grants/rounds/{view['round_id']}/export")).json()
-    (row,) = exported["inputs"]["rollups"]
+    (row,) = (rollup_to_json(r) for r in inputs_from_json(exported["inputs"]).rows())
     assert row["proxy_id"] == str(proxy_id) and row["target_successes"] == 2
 
 

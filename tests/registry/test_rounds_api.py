@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -29,7 +30,15 @@ from sqlalchemy import text
 from resistance.config import Endpoint
 from resistance.directory.keys import b64url, public_key_text
 from resistance.grants import payout
-from resistance.grants.model import RoundStatus, round_from_json, round_to_json
+from resistance.grants.model import (
+    INPUTS_FORMAT_2,
+    RoundStatus,
+    inputs_from_json,
+    inputs_to_json,
+    rollup_to_json,
+    round_from_json,
+    round_to_json,
+)
 from resistance.grants.signing import check_signatures
 from resistance.probe import canary, rollup
 from resistance.probe.batch import new_batch_id, sign_batch
@@ -566,7 +575,8 @@ async def test_a_round_from_real_probe_batches(tmp_path: Path, db_url: str) -> N
         view = created.json()
         assert view["round_id"] == "2026-11-10-RU" and view["rollups"] == 1
         exported = (await w.admin.get(f"{ROUNDS}/2026-11-10-RU/export")).json()
-        (row,) = exported["inputs"]["rollups"]
+        assert exported["inputs"]["format"] == INPUTS_FORMAT_2
+        (row,) = (rollup_to_json(r) for r in inputs_from_json(exported["inputs"]).rows())
         assert row == {
             "proxy_id": str(proxy_id), "operator_id": "dana", "network": "198.51.1.0/24",
             "payout_address": address("dana"), "day": "2026-11-10", "country": "RU",
@@ -692,6 +702,7 @@ async def test_the_round_page_reads_its_inputs_a_page_at_a_time(
         row = await repo.round_by_id(session, round_id="2026-10-RU")
         assert row is not None
         stored = await repo.round_proxies_page(session, round_pk=row.id, after=0, limit=10)
+        inputs = (await rounds.stored_round(session, row)).inputs
     alice, bob = world.proxies["alice"], world.proxies["bob"]
     assert [(p.position, p.operator, p.proxy_id) for p in stored] == [
         (1, "alice", str(alice[0])),
@@ -703,11 +714,11 @@ async def test_the_round_page_reads_its_inputs_a_page_at_a_time(
     }
     # the same numbers as summing the signed inputs themselves, and the same view from them
     assert [
-        {k: getattr(p, k) for k in rounds.per_proxy(rounds.load_round(row).inputs)[0]}
-        for p in stored
-    ] == rounds.per_proxy(rounds.load_round(row).inputs)
+        {k: getattr(p, k) for k in rounds.per_proxy(inputs)[0]} for p in stored
+    ] == rounds.per_proxy(inputs)
     legacy = rounds.view(row)
-    row.summary = None
+    row.summary = None  # as before migration 0015 (its downgrade follows 0019's: chunks inline)
+    row.inputs = json.dumps(inputs_to_json(inputs))
     assert rounds.view(row) == legacy == created
 
     monkeypatch.setattr(pages, "ROUND_PAGE_SIZE", 2)
@@ -777,3 +788,143 @@ async def test_a_dead_round_worker_is_replaced(world: World) -> None:
     created = await create(world)
     assert created.status_code == 201, created.text
     assert world.reg.registry.round_workers is not workers
+
+
+async def test_the_registry_builds_inputs_2_in_bounded_chunks(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: the inputs are made in format /2 straight from the day totals, at most
+    CHUNK_PROXIES proxies a chunk, and hold exactly the day totals of the paid proxies."""
+    from resistance.grants.model import GrantSettings
+    from resistance.registry import rounds
+    from resistance.registry.round_days import day_totals
+
+    monkeypatch.setattr(rounds, "CHUNK_PROXIES", 2)
+    everyone = world.proxies["alice"] + world.proxies["bob"] + world.proxies["carol"]
+    await add_rollups(world, everyone, dt.date(2026, 10, 1), 3, target_successes=20)
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 4), 1)
+    settings = GrantSettings(
+        round_id="r", network="regtest", target_country="RU",
+        period_start=dt.date(2026, 10, 1), period_end=dt.date(2026, 10, 31),
+        budget_sat=1_000_000, fee_reserve_sat=0,
+    )  # fmt: skip
+    async with world.reg.registry.sessions() as session:
+        built = await rounds.build_inputs(session, settings=settings)
+        totals = await day_totals(session, country="RU", since="2026-10-01", before="2026-11-01")
+    chunks = built.inputs.chunks
+    assert chunks is not None and len(chunks) == 2  # alice's 2 proxies, then bob's 1
+    assert [len(json.loads(c)["proxies"]) for c in chunks] == [2, 1]
+    assert built.skipped_operators == ["carol"]
+    paid = {str(p) for p in world.proxies["alice"] + world.proxies["bob"]}
+    expected = {
+        (str(p), d, ca, cs, ta, ts, tp)
+        for p, d, ca, cs, ta, ts, tp in zip(
+            totals.proxy.tolist(), totals.day, totals.control_attempts.tolist(),
+            totals.control_successes.tolist(), totals.target_attempts.tolist(),
+            totals.target_successes.tolist(), totals.throughput_kbps.tolist(), strict=True,
+        )
+        if str(p) in paid
+    }  # fmt: skip
+    got = {
+        (r.proxy_id, r.day.isoformat(), r.control_attempts, r.control_successes,
+         r.target_attempts, r.target_successes, r.throughput_kbps)
+        for r in built.inputs.rows()
+    }  # fmt: skip
+    assert got == expected and built.inputs.row_count() == 3 * 3 + 1
+    assert built.per_proxy == rounds.per_proxy(built.inputs)  # summed as built, or read back
+    assert [p["days"] for p in built.per_proxy] == [3, 3, 4]
+    assert inputs_from_json(json.loads(json.dumps(inputs_to_json(built.inputs)))) == built.inputs
+
+
+async def test_a_round_stored_with_inputs_1_still_loads_and_verifies(world: World) -> None:
+    """Rounds stored before /2 keep their /1 inputs: shown, approved and exported as they
+    were, and their /1 signature still checks."""
+    from resistance.grants import rounds as grant_rounds
+    from resistance.grants.signing import sign_inputs
+
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 10, 1), 31)
+    created = (await create(world)).json()
+    exported = round_from_json((await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json())
+    keys = world.reg.registry.signing_keys
+    rows = tuple(exported.inputs.rows())
+    one = sign_inputs(
+        exported.settings, dataclasses.replace(exported.inputs, rollups=rows, chunks=None), keys
+    )
+    body = inputs_to_json(one)
+    assert "rollups" in body and "format" not in body
+    async with world.reg.registry.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE grant_rounds SET inputs = :i WHERE round_id = '2026-10-RU'"),
+            {"i": json.dumps(body)},
+        )
+    assert (await world.admin.get(f"{ROUNDS}/2026-10-RU")).json() == created
+    assert (await world.admin.post(f"{ROUNDS}/2026-10-RU/approve")).status_code == 200
+    data = (await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json()
+    assert "rollups" in data["inputs"]
+    round_ = round_from_json(data)
+    assert round_.inputs.chunks is None and not grant_rounds.verify(round_)
+    public = [k.public_key() for k in keys]
+    assert check_signatures(round_.settings, round_.inputs, public).signers
+
+
+async def test_a_rounds_chunks_are_stored_as_rows_and_survive_a_downgrade(
+    world: World, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: /2 chunks are rows of grant_round_chunks (migration 0019), the round's
+    inputs column keeps only the manifest and the rest; export puts them together, and
+    downgrading past 0019 folds them back into the inputs column."""
+    from resistance.grants import rounds as grant_rounds
+    from resistance.registry import rounds
+    from resistance.registry.db import migrate
+    from tests.registry.test_wireguard import downgrade
+
+    monkeypatch.setattr(rounds, "CHUNK_PROXIES", 1)
+    monkeypatch.setattr(rounds, "EXPORT_CHUNKS_PER_READ", 2)  # 3 chunks: streamed in 2 reads
+    monkeypatch.setattr(repo, "CHUNKS_PER_INSERT", 2)  # and stored in 2 statements
+    world.reg.registry.round_workers = ThreadPoolExecutor(1)  # the patched size applies
+    await add_rollups(
+        world, world.proxies["alice"] + world.proxies["bob"], dt.date(2026, 10, 1), 31
+    )
+    created = (await create(world)).json()
+    assert created["rollups"] == 3 * 31
+    async with world.reg.registry.sessions() as session:
+        row = await repo.round_by_id(session, round_id="2026-10-RU")
+        assert row is not None
+        chunks = await repo.round_chunks(session, round_pk=row.id)
+    stored = json.loads(row.inputs)
+    assert len(chunks) == 3 and "chunks" not in stored
+    assert stored["format"] == INPUTS_FORMAT_2 and len(stored["manifest"]) == 3
+    keys = [k.public_key() for k in world.reg.registry.signing_keys]
+
+    async def exported() -> dict[str, Any]:
+        data: dict[str, Any] = (await world.admin.get(f"{ROUNDS}/2026-10-RU/export")).json()
+        round_ = round_from_json(data)
+        assert not grant_rounds.verify(round_)
+        assert check_signatures(round_.settings, round_.inputs, keys).signers
+        return data
+
+    before = await exported()
+    assert before["inputs"]["chunks"] == chunks
+    async with world.reg.registry.sessions() as session:
+        assert before == round_to_json(await rounds.stored_round(session, row))
+    await world.reg.registry.engine.dispose()
+    await downgrade(db_url, "0018")
+    async with world.reg.registry.engine.connect() as conn:
+        inputs = (await conn.execute(text("SELECT inputs FROM grant_rounds"))).scalar_one()
+    assert json.loads(inputs)["chunks"] == chunks
+    await world.reg.registry.engine.dispose()
+    await migrate(db_url)
+    assert await exported() == before  # read from the inputs column now
+    assert (await world.admin.post(f"{ROUNDS}/2026-10-RU/approve")).status_code == 200
+    await add_rollups(world, world.proxies["bob"], dt.date(2026, 9, 1), 2)
+    draft = await create(world, period_start="2026-09-01", period_end="2026-09-30")
+    assert draft.status_code == 201, draft.text
+
+    async def chunk_rows() -> int:
+        async with world.reg.registry.sessions() as session:
+            query = text("SELECT count(*) FROM grant_round_chunks")
+            return int((await session.execute(query)).scalar_one())
+
+    assert await chunk_rows() == 1
+    assert (await world.admin.delete(f"{ROUNDS}/2026-09-RU")).status_code in (200, 204)
+    assert await chunk_rows() == 0  # the deleted draft's chunks went with it

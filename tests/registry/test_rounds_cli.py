@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,7 +126,16 @@ def test_the_funders_path_through_the_cli(live: tuple[str, str], tmp_path: Path)
     assert "good" in res.output and keys[0]["key_id"] in res.output
     tampered = tmp_path / "tampered.json"
     data = json.loads(round_file.read_text())
-    data["inputs"]["rollups"][3]["target_successes"] -= 1
+    # the registry's inputs are /2: a changed chunk no longer matches the manifest, and a
+    # manifest mended to match is not the one the registry signed
+    inputs = data["inputs"]
+    chunk = json.loads(inputs["chunks"][0])
+    chunk["proxies"][0]["target_successes"][3] -= 1
+    inputs["chunks"][0] = json.dumps(chunk)
+    tampered.write_text(json.dumps(data))
+    res = resist("grants", "verify", str(tampered), *trust)
+    assert res.exit_code == 2 and "does not match manifest[0]" in res.output
+    inputs["manifest"][0] = hashlib.sha256(inputs["chunks"][0].encode()).hexdigest()
     tampered.write_text(json.dumps(data))
     res = resist("grants", "verify", str(tampered), *trust)
     assert res.exit_code == 1 and "bad signature" in res.output

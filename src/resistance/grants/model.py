@@ -19,7 +19,8 @@ import functools
 import hashlib
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, get_type_hints
@@ -28,6 +29,12 @@ from resistance.grants.errors import InputError, SettingsError
 
 FORMAT = "resistance.grants.round/1"
 INPUTS_FORMAT = "resistance.grants.inputs/1"
+#: Inputs grouped per proxy in chunks, each bound by its SHA-256 in a signed manifest
+#: (see "Inputs /2" below). Both formats are read everywhere.
+INPUTS_FORMAT_2 = "resistance.grants.inputs/2"
+#: At most this many proxies (per-proxy groups) in one chunk of /2 inputs: a chunk of
+#: 30 days is then about 1 MB, so no stored value or parse grows with the round.
+CHUNK_PROXIES = 1_000
 NETWORKS = ("bitcoin", "testnet", "testnet4", "signet", "regtest")
 # Below 546 sat an output is dust for some standard address type (P2PKH), so no
 # award may be that small: it would be unspendable or rejected by relay policy.
@@ -242,6 +249,32 @@ class RoundInputs:
     carried_in: tuple[CarriedAmount, ...] = ()
     prior_service_days: Mapping[str, int] = field(default_factory=dict)
     signatures: tuple[InputSignature, ...] = ()
+    #: /2 inputs: the rows as the chunks' exact JSON texts, which the signed manifest
+    #: names by SHA-256; None for /1 inputs. /2 inputs have no ``rollups``: the award
+    #: rule reads the chunks' columns (:meth:`groups`), and :meth:`rows` gives /1 rows.
+    chunks: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunks is not None and self.rollups:
+            raise InputError("inputs in format /2 hold their rows in chunks, not as rollups")
+
+    def groups(self) -> Iterator[ProxyDays]:
+        """The per-proxy entries of /2 inputs, chunk by chunk (none for /1 inputs)."""
+        for n, text in enumerate(self.chunks or ()):
+            yield from proxy_days_from_chunk(text, n)
+
+    def rows(self) -> Iterator[DailyRollup]:
+        """Every row, in either format (/2: one object per proxy-day, made as read)."""
+        if self.chunks is None:
+            yield from self.rollups
+            return
+        for entry in self.groups():
+            yield from entry.rows()
+
+    def row_count(self) -> int:
+        if self.chunks is None:
+            return len(self.rollups)
+        return sum(len(entry.day) for entry in self.groups())
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,8 +509,7 @@ _EXIT_FIELDS = ("exit_operator_id", "exit_network", "exit_payout_address")
 
 
 def inputs_to_json(i: RoundInputs) -> dict[str, Any]:
-    return {
-        "rollups": [rollup_to_json(r) for r in i.rollups],
+    rest = {
         "carried_in": [
             {
                 "operator_id": c.operator_id,
@@ -492,14 +524,35 @@ def inputs_to_json(i: RoundInputs) -> dict[str, Any]:
             for s in i.signatures
         ],
     }
+    if i.chunks is not None:
+        return {
+            "format": INPUTS_FORMAT_2,
+            "manifest": manifest(i.chunks),
+            "chunks": list(i.chunks),
+            **rest,
+        }
+    return {"rollups": [rollup_to_json(r) for r in i.rollups], **rest}
 
 
 def inputs_from_json(obj: Any) -> RoundInputs:
     o = _mapping(obj, "inputs")
-    _require(o, ("rollups",), "inputs file")
-    rollups = tuple(
-        rollup_from_json(r, n) for n, r in enumerate(_list(o.get("rollups"), "rollups"))
-    )
+    fmt = o.get("format", INPUTS_FORMAT)
+    chunks: tuple[str, ...] | None = None
+    if fmt == INPUTS_FORMAT_2:
+        _require(o, ("manifest", "chunks"), "inputs file")
+        chunks = _checked_chunks(o.get("manifest"), o.get("chunks"))
+        for n, text in enumerate(chunks):
+            proxy_days_from_chunk(text, n)  # every entry checked now, kept as text
+        rollups: tuple[DailyRollup, ...] = ()
+    elif fmt == INPUTS_FORMAT:
+        _require(o, ("rollups",), "inputs file")
+        rollups = tuple(
+            rollup_from_json(r, n) for n, r in enumerate(_list(o.get("rollups"), "rollups"))
+        )
+    else:
+        raise InputError(
+            f"inputs: unknown format {fmt!r} (expected {INPUTS_FORMAT!r} or {INPUTS_FORMAT_2!r})"
+        )
     carried = []
     for n, c in enumerate(_list(o.get("carried_in", []), "carried_in")):
         w = f"carried_in[{n}]"
@@ -528,7 +581,226 @@ def inputs_from_json(obj: Any) -> RoundInputs:
                 signature=_str(sm, "signature", w),
             )
         )
-    return RoundInputs(rollups, tuple(carried), prior, tuple(sigs))
+    return RoundInputs(rollups, tuple(carried), prior, tuple(sigs), chunks)
+
+
+# --- Inputs /2: chunks of per-proxy columns under a manifest of digests ----------------
+#
+# A /2 inputs value holds ``chunks``: JSON texts, each of at most CHUNK_PROXIES
+# per-proxy groups::
+#
+#     {"first_day": "2026-10-01", "proxies": [
+#        {"proxy_id", "operator_id", "network", "payout_address", "country",
+#         ["exit_operator_id", "exit_network", "exit_payout_address"],  (a cascade)
+#         "day": [0, 1, ...]  (days after first_day),
+#         "control_attempts": [...], "control_successes": [...], "target_attempts": [...],
+#         "target_successes": [...], "throughput_kbps": [...]}  (one integer per day)]}
+#
+# and ``manifest``: the SHA-256 (hex) of each chunk's UTF-8 bytes, in order. The
+# registry signs the manifest (grants.signing, context ``resist-grant-inputs/2``), not
+# the chunks, so a signature is checked by hashing the chunks, never by putting a
+# canonical form on the whole input set; and a chunk is kept as the exact text that
+# was hashed, so it needs no canonical form at all.
+
+CHUNK_COLUMNS = _COLUMNS = (
+    "control_attempts", "control_successes", "target_attempts", "target_successes",
+    "throughput_kbps",
+)  # fmt: skip
+_GROUP_TEXT = ("proxy_id", "operator_id", "network", "payout_address", "country")
+
+
+def chunk_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def manifest(chunks: Sequence[str]) -> list[str]:
+    """The SHA-256 of each chunk, in order: what the registry signs for /2 inputs."""
+    return [chunk_digest(text) for text in chunks]
+
+
+def chunk_rollups(
+    rollups: Iterable[DailyRollup], max_proxies: int = CHUNK_PROXIES
+) -> tuple[str, ...]:
+    """The rollups as /2 chunk texts: grouped per proxy (and its fields), by proxy id."""
+    if max_proxies < 1:
+        raise InputError(f"a chunk holds at least one proxy: {max_proxies}")
+    groups: dict[tuple[str, ...], list[DailyRollup]] = {}
+    for r in rollups:
+        key = (
+            r.proxy_id, r.operator_id, r.network, r.payout_address, r.country,
+            r.exit_operator_id, r.exit_network, r.exit_payout_address,
+        )  # fmt: skip
+        groups.setdefault(key, []).append(r)
+    ordered = sorted(groups.items())
+    out = []
+    for start in range(0, len(ordered), max_proxies):
+        part = ordered[start : start + max_proxies]
+        first = min(r.day for _, rows in part for r in rows)
+        proxies = []
+        for fields, rows in part:
+            rows.sort(key=lambda r: r.day)
+            entry: dict[str, Any] = dict(zip(_GROUP_TEXT, fields[:5], strict=True))
+            if fields[5]:
+                entry |= dict(zip(_EXIT_FIELDS, fields[5:], strict=True))
+            entry["day"] = [(r.day - first).days for r in rows]
+            for col in _COLUMNS:
+                entry[col] = [getattr(r, col) for r in rows]
+            proxies.append(entry)
+        out.append(chunk_text(first, proxies))
+    return tuple(out)
+
+
+def chunk_text(first_day: dt.date, proxies: Sequence[Mapping[str, Any]]) -> str:
+    """One chunk's text: its per-proxy entries (days counted from ``first_day``)."""
+    return canonical_json({"first_day": first_day.isoformat(), "proxies": proxies})
+
+
+def chunked(inputs: RoundInputs, max_proxies: int = CHUNK_PROXIES) -> RoundInputs:
+    """The same inputs in format /2 (unsigned: a /1 signature does not cover them)."""
+    texts = chunk_rollups(inputs.rows(), max_proxies)
+    return dataclasses.replace(inputs, rollups=(), signatures=(), chunks=texts)
+
+
+def _checked_chunks(manifest_value: Any, chunks_value: Any) -> tuple[str, ...]:
+    """The chunk texts, after checking each against its digest in the manifest."""
+    listed = _list(manifest_value, "manifest")
+    chunks = _list(chunks_value, "chunks")
+    if len(listed) != len(chunks):
+        raise InputError(
+            f"inputs: the manifest names {len(listed)} chunk(s) but {len(chunks)} are present"
+        )
+    for n, (digest, text) in enumerate(zip(listed, chunks, strict=True)):
+        if not isinstance(digest, str) or not isinstance(text, str):
+            raise InputError(f"chunks[{n}]: the chunk and its manifest digest must be strings")
+        if chunk_digest(text) != digest:
+            raise InputError(
+                f"chunks[{n}]: its SHA-256 does not match manifest[{n}] "
+                "(the chunk was changed, truncated or reordered)"
+            )
+    return tuple(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyDays:
+    """One per-proxy entry of a /2 chunk: the proxy's fields once, its days as columns
+    (``day[i]`` days after ``first_day``); checked as its rows would be."""
+
+    proxy_id: str
+    operator_id: str
+    network: str
+    payout_address: str
+    country: str
+    exit_operator_id: str
+    exit_network: str
+    exit_payout_address: str
+    first_day: dt.date
+    day: list[int]
+    control_attempts: list[int]
+    control_successes: list[int]
+    target_attempts: list[int]
+    target_successes: list[int]
+    throughput_kbps: list[int]
+
+    def rows(self) -> Iterator[DailyRollup]:
+        """The entry as /1 rows (one object per day: for views and tests, not the rule)."""
+        for n, d in enumerate(self.day):
+            yield self._row(n, d)
+
+    def _row(self, n: int, d: Any) -> DailyRollup:
+        return DailyRollup(
+            proxy_id=self.proxy_id,
+            operator_id=self.operator_id,
+            network=self.network,
+            payout_address=self.payout_address,
+            day=self.first_day + dt.timedelta(days=d),
+            country=self.country,
+            control_attempts=self.control_attempts[n],
+            control_successes=self.control_successes[n],
+            target_attempts=self.target_attempts[n],
+            target_successes=self.target_successes[n],
+            throughput_kbps=self.throughput_kbps[n],
+            exit_operator_id=self.exit_operator_id,
+            exit_network=self.exit_network,
+            exit_payout_address=self.exit_payout_address,
+        )
+
+    def check(self, where: str) -> None:
+        """Refuse what a /1 row of it would refuse, with the same message after ``where``;
+        the values are checked a column at a time, and row by row only when one is bad."""
+        try:
+            self._check(where)
+        except InputError as exc:
+            if str(exc).startswith(where):
+                raise
+            raise InputError(f"{where}: {exc}") from None
+
+    def _check(self, where: str) -> None:
+        ca, cs = self.control_attempts, self.control_successes
+        ta, ts = self.target_attempts, self.target_successes
+        day, tp = self.day, self.throughput_kbps
+        if not day:
+            raise InputError(f"{where}: a proxy's entry has at least one day")
+        # every check a C-level pass over a column (map, min, max), no Python loop
+        if not (
+            self.proxy_id
+            and self.operator_id
+            and self.payout_address
+            and all(set(map(type, col)) == _INT for col in (day, ca, cs, ta, ts, tp))
+            and min(day) >= 0
+            and max(day) <= _MAX_DAY_OFFSET
+            and min(cs) >= 0
+            and min(ts) >= 0
+            and min(tp) >= 0
+            and all(map(operator.le, cs, ca))
+            and all(map(operator.le, ts, ta))
+        ):
+            for n, d in enumerate(self.day):
+                if type(d) is not int or not 0 <= d <= _MAX_DAY_OFFSET:
+                    raise InputError(f"{where}: a day must be a non-negative integer: {d!r}")
+                self._row(n, d)  # raises the row's own error
+            raise InputError(f"{where}: proxy_id, operator_id and payout_address are required")
+        check_network(self.network, f"{where} ({self.proxy_id})")
+        exit_fields = (self.exit_operator_id, self.exit_network, self.exit_payout_address)
+        if any(exit_fields):
+            self._row(0, self.day[0])  # a cascade's exit fields, checked as a row's
+
+
+_MAX_DAY_OFFSET = 366_000
+_INT = {int}
+
+
+def proxy_days_from_chunk(text: str, index: int) -> list[ProxyDays]:
+    """The per-proxy entries of one /2 chunk, each checked (one clear error if not)."""
+    w = f"chunks[{index}]"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{w} is not JSON: {exc}") from None
+    o = _mapping(obj, w)
+    first = _date(o, "first_day", w)
+    out = []
+    for n, p in enumerate(_list(o.get("proxies"), f"{w}.proxies")):
+        pw = f"{w}.proxies[{n}]"
+        pm = _mapping(p, pw)
+        _require(pm, (*_GROUP_TEXT, "day", *_COLUMNS), pw)
+        unknown = set(pm) - {*_GROUP_TEXT, *_EXIT_FIELDS, "day", *_COLUMNS}
+        if unknown:
+            raise InputError(f"{pw}: unknown fields {sorted(unknown)}")
+        fields: dict[str, Any] = {k: _str(pm, k, pw) for k in _GROUP_TEXT}
+        fields |= {k: _str(pm, k, pw) if k in pm else "" for k in _EXIT_FIELDS}
+        days = _list(pm.get("day"), f"{pw}.day")
+        fields |= {col: _list(pm.get(col), f"{pw}.{col}") for col in _COLUMNS}
+        if any(len(fields[col]) != len(days) for col in _COLUMNS):
+            raise InputError(f"{pw}: every column must have one value per day ({len(days)})")
+        entry = ProxyDays(first_day=first, day=list(days), **fields)
+        entry.check(pw)
+        out.append(entry)
+    return out
+
+
+def rollups_from_chunk(text: str, index: int) -> list[DailyRollup]:
+    """The rows of one /2 chunk, as /1 rows."""
+    return [r for entry in proxy_days_from_chunk(text, index) for r in entry.rows()]
 
 
 AWARD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Award))
@@ -625,15 +897,19 @@ def round_inputs_file_from_json(obj: Any) -> tuple[GrantSettings, RoundInputs]:
     """Parse the file ``resist grants compute`` reads: settings plus inputs in one object."""
     o = _mapping(obj, "inputs file")
     fmt = o.get("format", INPUTS_FORMAT)
-    if fmt != INPUTS_FORMAT:
-        raise InputError(f"not an inputs file (format {fmt!r}, expected {INPUTS_FORMAT!r})")
-    _require(o, ("settings", "rollups"), "inputs file")
+    if fmt not in (INPUTS_FORMAT, INPUTS_FORMAT_2):
+        raise InputError(
+            f"not an inputs file (format {fmt!r}, expected {INPUTS_FORMAT!r} "
+            f"or {INPUTS_FORMAT_2!r})"
+        )
+    need = ("rollups",) if fmt == INPUTS_FORMAT else ("manifest", "chunks")
+    _require(o, ("settings", *need), "inputs file")
     return settings_from_json(o.get("settings")), inputs_from_json(o)
 
 
 def round_inputs_file_to_json(settings: GrantSettings, inputs: RoundInputs) -> dict[str, Any]:
     return {
-        "format": INPUTS_FORMAT,
+        "format": INPUTS_FORMAT,  # replaced by the inputs' own "format" when /2
         "settings": settings_to_json(settings),
         **inputs_to_json(inputs),
     }

@@ -8,6 +8,16 @@ Ed25519 (the registry's directory keys) over::
         "round_id", "network", "target_country", "period_start", "period_end",
         "inputs": the inputs as in the round file, without "signatures"})
 
+Inputs in format /2 (chunks, see :mod:`resistance.grants.model`) are signed as::
+
+    b"resist-grant-inputs/2\\n" + canonical_bytes({the same round fields,
+        "inputs": {"format", "manifest", "carried_in", "prior_service_days"}})
+
+that is, over the manifest of the chunks' SHA-256 digests instead of the rows,
+so signing and checking hash the chunks' bytes and never put a canonical form
+on a multi-gigabyte value. The context differs, so a /1 signature can never be
+taken for a /2 one or the reverse.
+
 ``canonical_bytes`` is the project's one canonical JSON
 (:mod:`resistance.directory.canonical`). The round's id, network, country and
 period are bound in, so signed measurements of one round cannot be passed off
@@ -35,21 +45,29 @@ from resistance.directory.canonical import CanonicalError, canonical_bytes
 from resistance.directory.keys import b64url, key_id
 from resistance.directory.keys import check_signatures as check_key_signatures
 from resistance.grants.errors import InputError
-from resistance.grants.model import GrantSettings, InputSignature, RoundInputs, inputs_to_json
+from resistance.grants.model import (
+    INPUTS_FORMAT_2,
+    GrantSettings,
+    InputSignature,
+    RoundInputs,
+    inputs_to_json,
+)
 
 SIGNING_CONTEXT = b"resist-grant-inputs/1\n"
+SIGNING_CONTEXT_2 = b"resist-grant-inputs/2\n"
 ALGORITHM = "ed25519"
 
 
 def signed_message(settings: GrantSettings, inputs: RoundInputs) -> bytes:
     """The bytes a registry signs for these inputs of this round."""
-    body = inputs_to_json(inputs)
-    del body["signatures"]
-    return _message(settings, body)
+    return _message(settings, inputs_to_json(inputs))
 
 
-def _message(settings: GrantSettings, body: Mapping[str, Any]) -> bytes:
-    """The signed bytes from the inputs' JSON without its ``signatures``."""
+def _message(settings: GrantSettings, inputs_json: Mapping[str, Any]) -> bytes:
+    """The signed bytes from the inputs' JSON (its ``signatures`` and, for /2, its
+    ``chunks`` left out: the manifest stands for them)."""
+    body = {k: v for k, v in inputs_json.items() if k not in ("signatures", "chunks")}
+    context = SIGNING_CONTEXT_2 if body.get("format") == INPUTS_FORMAT_2 else SIGNING_CONTEXT
     try:
         data = canonical_bytes(
             {
@@ -63,7 +81,7 @@ def _message(settings: GrantSettings, body: Mapping[str, Any]) -> bytes:
         )
     except CanonicalError as exc:
         raise InputError(f"inputs have no canonical form: {exc}") from None
-    return SIGNING_CONTEXT + data
+    return context + data
 
 
 def sign_inputs(
@@ -84,7 +102,6 @@ def sign_inputs_json(
     the same pass: a round over 100,000 proxies x 30 days has 3,000,000 rollups to
     convert, once instead of twice."""
     body = inputs_to_json(dataclasses.replace(inputs, signatures=()))
-    del body["signatures"]
     message = _message(settings, body)
     signatures = tuple(
         InputSignature(key_id(k.public_key()), ALGORITHM, b64url(k.sign(message))) for k in keys

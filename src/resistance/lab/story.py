@@ -470,7 +470,7 @@ class Story:
         by_address = {funder.payee_address(i): i for i in (1, 2, 3, 4)}
         awards = {by_address[a.payout_address]: a.amount_sat for a in round_.result.awards}
         reach: dict[int, list[int]] = {}
-        for r in round_.inputs.rollups:
+        for r in round_.inputs.rows():
             node = by_address.get(r.payout_address)
             if node is not None:
                 ok, tried = reach.setdefault(node, [0, 0])

@@ -441,6 +441,20 @@ class GrantRoundProxy(Base):
     target_successes: Mapped[int] = mapped_column(BigInteger)
 
 
+class GrantRoundChunk(Base):
+    """One chunk of a round's /2 inputs, its exact text, in manifest order (migration
+    0019): a round's inputs are stored as bounded values, whatever its size; the round's
+    ``inputs`` column keeps the manifest, carried amounts, prior service and signatures."""
+
+    __tablename__ = "grant_round_chunks"
+
+    round_pk: Mapped[int] = mapped_column(
+        ForeignKey("grant_rounds.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
 class GrantCarry(Base):
     """An amount a paid round owed an operator below the minimum payout, for a later round.
 

@@ -46,6 +46,7 @@ from resistance.registry.models import (
     BlocklistImport,
     BlocklistRange,
     GrantCarry,
+    GrantRoundChunk,
     GrantRoundProxy,
     GrantRoundRow,
     Operator,
@@ -1198,6 +1199,43 @@ async def replace_round_proxies(
     numbered = [{**r, "round_pk": round_pk, "position": i} for i, r in enumerate(rows, 1)]
     for i in range(0, len(numbered), 5000):
         await session.execute(insert(GrantRoundProxy), numbered[i : i + 5000])
+
+
+async def replace_round_chunks(
+    session: AsyncSession, *, round_pk: int, chunks: Sequence[str]
+) -> None:
+    """A round's /2 input chunks, in manifest order (any earlier ones replaced)."""
+    await session.execute(delete(GrantRoundChunk).where(GrantRoundChunk.round_pk == round_pk))
+    rows = [{"round_pk": round_pk, "position": i, "body": c} for i, c in enumerate(chunks)]
+    for i in range(0, len(rows), CHUNKS_PER_INSERT):
+        await session.execute(insert(GrantRoundChunk), rows[i : i + CHUNKS_PER_INSERT])
+
+
+#: Chunk rows per INSERT (a chunk of 30 days is about 1 MB).
+CHUNKS_PER_INSERT = 16
+
+
+async def round_chunks_page(
+    session: AsyncSession, *, round_pk: int, after: int, limit: int
+) -> list[tuple[int, str]]:
+    """Up to ``limit`` of a round's chunks after position ``after``: (position, text)."""
+    result = await session.execute(
+        select(GrantRoundChunk.position, GrantRoundChunk.body)
+        .where(GrantRoundChunk.round_pk == round_pk, GrantRoundChunk.position > after)
+        .order_by(GrantRoundChunk.position)
+        .limit(limit)
+    )
+    return [(int(position), body) for position, body in result.all()]
+
+
+async def round_chunks(session: AsyncSession, *, round_pk: int) -> list[str]:
+    """A round's /2 input chunks, in manifest order (none for a round stored before)."""
+    result = await session.execute(
+        select(GrantRoundChunk.body)
+        .where(GrantRoundChunk.round_pk == round_pk)
+        .order_by(GrantRoundChunk.position)
+    )
+    return list(result.scalars().all())
 
 
 async def round_proxies_page(

@@ -17,7 +17,14 @@ rounds owe an operator (``grant_carries`` not yet taken in) become its
 ``carried_in``. The inputs are signed with every directory signing key of
 the registry (:mod:`resistance.grants.signing`), so a funder who pins those
 keys can check, from the round file alone, that the measurements are the
-registry's.
+registry's. They are made in format /2 (:mod:`resistance.grants.model`): each
+proxy's fields once with its days as integer columns, taken straight from the
+day totals' arrays, in chunks of at most ``CHUNK_PROXIES`` proxies; the
+signature covers the manifest of the chunks' SHA-256 digests, so signing costs
+one hash over the chunks, not a canonical form of every row. The chunks are
+stored as rows of ``grant_round_chunks`` (the round's ``inputs`` column keeps
+the manifest and the rest) and streamed a few at a time on export. Rounds
+stored in format /1 before still load, verify and export as they were.
 
 **States.** A *draft* may be recomputed (fresh rollups, addresses and carried
 amounts, other settings) or deleted. *Approve* freezes it: only after its
@@ -47,12 +54,13 @@ import asyncio
 import datetime as dt
 import json
 import multiprocessing
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy.exc import IntegrityError
@@ -63,16 +71,19 @@ from resistance.grants.amounts import MAX_PERIOD_DAYS, default_round_id
 from resistance.grants.award import day_weight
 from resistance.grants.errors import GrantsError, RoundStateError
 from resistance.grants.model import (
+    CHUNK_COLUMNS,
+    CHUNK_PROXIES,
     FORMAT,
+    INPUTS_FORMAT_2,
     CarriedAmount,
     DailyRollup,
     GrantRound,
     GrantSettings,
     RoundInputs,
     canonical_json,
+    chunk_text,
     result_to_json,
     round_from_json,
-    round_to_json,
     settings_from_json,
     settings_to_json,
 )
@@ -98,6 +109,9 @@ class BuiltInputs:
     inputs: RoundInputs
     carry_ids: list[int]
     skipped_operators: list[str]
+    #: :func:`per_proxy` of the inputs, summed from the columns as they were built
+    #: (so the worker does not read its chunks back for them).
+    per_proxy: list[dict[str, Any]]
 
 
 def _daily(
@@ -150,6 +164,15 @@ def _day_counts(t: DayTotals) -> Iterator[tuple[int, str, tuple[int, int, int, i
     )
 
 
+def _proxy_runs(t: DayTotals) -> Iterator[tuple[int, int]]:
+    """The ``[start, end)`` of each proxy's days in ``t`` (sorted by proxy, then day)."""
+    ids = t.proxy
+    if not len(ids):
+        return iter(())
+    starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1]))).tolist()
+    return zip(starts, [*starts[1:], len(ids)], strict=True)
+
+
 def _exit_of(
     proxy: Proxy, proxies: dict[int, Proxy], operators: dict[int, Any]
 ) -> tuple[str, str, str] | None:
@@ -166,42 +189,63 @@ def _exit_of(
 
 
 async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> BuiltInputs:
-    """The round's inputs from the registry's rollups, addresses and open carried amounts."""
+    """The round's inputs from the registry's rollups, addresses and open carried amounts,
+    in format /2: chunks of per-proxy columns made straight from the day totals' arrays
+    (the rows the award rule reads are then read back from those chunks, so what is
+    signed is exactly what is computed)."""
     operators = {o.id: o for o in await repo.all_operators(session)}
     proxies = {p.id: p for p in await repo.all_proxies(session)}
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
     totals = await day_totals(session, country=country, since=start, before=after)
-    rows: list[DailyRollup] = []
     skipped: set[str] = set()
-    # what every row of a proxy shares, looked up once per proxy (None: no row for it)
-    shared: dict[int, tuple[tuple[str, str], str, str, tuple[str, str, str] | None] | None] = {}
-    dates: dict[str, dt.date] = {}
-    for proxy_id, day, counts in _day_counts(totals):
-        if proxy_id not in shared:
-            proxy = proxies.get(proxy_id)
-            operator = operators.get(proxy.operator_id) if proxy is not None else None
-            if proxy is None or operator is None or proxy.cascade_role == "exit":
-                shared[proxy_id] = None  # an exit is paid through its bridges only
-            elif not operator.payout_address:
-                skipped.add(operator.name)
-                shared[proxy_id] = None
-            else:
-                exit = _exit_of(proxy, proxies, operators)
-                ident = (str(proxy.id), proxy.network)
-                shared[proxy_id] = (ident, operator.name, operator.payout_address, exit)
-        known = shared[proxy_id]
-        if known is None:
+    entries: list[dict[str, Any]] = []
+    sums: list[dict[str, Any]] = []
+    ids = totals.proxy.tolist()
+    columns = [getattr(totals, name).tolist() for name in CHUNK_COLUMNS]
+    first = settings.period_start.toordinal()
+    offsets = {d: dt.date.fromisoformat(d).toordinal() - first for d in set(totals.day)}
+    for a, b in _proxy_runs(totals):
+        proxy = proxies.get(ids[a])
+        operator = operators.get(proxy.operator_id) if proxy is not None else None
+        if proxy is None or operator is None or proxy.cascade_role == "exit":
+            continue  # an exit is paid through its bridges only
+        if not operator.payout_address:
+            skipped.add(operator.name)
             continue
-        date = dates.get(day)
-        if date is None:
-            date = dates[day] = dt.date.fromisoformat(day)
-        rows.append(_daily(settings, known[0], known[1], known[2], date, counts, known[3]))
-    del totals
+        entry: dict[str, Any] = {
+            "proxy_id": str(proxy.id),
+            "operator_id": operator.name,
+            "network": proxy.network,
+            "payout_address": operator.payout_address,
+            "country": country,
+            "day": [offsets[d] for d in totals.day[a:b]],
+        }
+        for name, column in zip(CHUNK_COLUMNS, columns, strict=True):
+            entry[name] = column[a:b]
+        exit = _exit_of(proxy, proxies, operators)
+        if exit is not None:
+            entry["exit_operator_id"], entry["exit_network"], entry["exit_payout_address"] = exit
+        entries.append(entry)
+        sums.append(
+            {
+                "proxy_id": entry["proxy_id"],
+                "operator": operator.name,
+                "network": proxy.network,
+                "days": b - a,
+                **{name: sum(entry[name]) for name in _PER_PROXY[1:]},
+            }
+        )
+    del totals, columns
+    chunks = tuple(
+        chunk_text(settings.period_start, entries[n : n + CHUNK_PROXIES])
+        for n in range(0, len(entries), CHUNK_PROXIES)
+    )
+    wanted = {int(e["proxy_id"]) for e in entries}
+    del entries
     prior: dict[str, int] = {}
-    if settings.probation_days > 0 and rows:
-        wanted = {int(r.proxy_id) for r in rows}
+    if settings.probation_days > 0 and wanted:
         earlier = await day_totals(session, country=country, since=None, before=start)
         for proxy_id, day, counts in _day_counts(earlier):
             if proxy_id not in wanted:
@@ -227,8 +271,9 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
         )
         for op, amount in sorted(carried.items(), key=lambda kv: operators[kv[0]].name)
     )
-    inputs = RoundInputs(tuple(rows), carried_in, dict(sorted(prior.items())))
-    return BuiltInputs(inputs, carry_ids, sorted(skipped))
+    inputs = RoundInputs((), carried_in, dict(sorted(prior.items())), (), chunks)
+    sums.sort(key=lambda p: (p["operator"], int(p["proxy_id"])))
+    return BuiltInputs(inputs, carry_ids, sorted(skipped), sums)
 
 
 # --- views ----------------------------------------------------------------------------
@@ -261,8 +306,14 @@ def inputs_summary(row: GrantRoundRow) -> dict[str, Any]:
         summary: dict[str, Any] = json.loads(row.summary)
         return summary
     inputs = json.loads(row.inputs)
+    if inputs.get("format") == INPUTS_FORMAT_2:
+        rows = sum(
+            len(p["day"]) for chunk in inputs["chunks"] for p in json.loads(chunk)["proxies"]
+        )
+    else:
+        rows = len(inputs["rollups"])
     return {
-        "rollups": len(inputs["rollups"]),
+        "rollups": rows,
         "signatures": [s["key_id"] for s in inputs["signatures"]],
         "carried_in": inputs.get("carried_in", []),
     }
@@ -288,8 +339,12 @@ def view(row: GrantRoundRow) -> dict[str, Any]:
     }
 
 
-def load_round(row: GrantRoundRow) -> GrantRound:
-    """The stored round as the grants package knows it."""
+def load_round(row: GrantRoundRow, inputs: dict[str, Any] | None = None) -> GrantRound:
+    """The stored round as the grants package knows it, from its row and its inputs'
+    JSON whole (default: the ``inputs`` column, as for a round stored before migration
+    0019); :func:`stored_round` adds a /2 round's chunks from their rows."""
+    if inputs is None:
+        inputs = json.loads(row.inputs)
     state: dict[str, Any] = {"status": row.status}
     if row.digest is not None:
         state["digest"] = row.digest
@@ -299,15 +354,26 @@ def load_round(row: GrantRoundRow) -> GrantRound:
         {
             "format": FORMAT,
             "settings": json.loads(row.settings),
-            "inputs": json.loads(row.inputs),
+            "inputs": inputs,
             "result": json.loads(row.result),
             "state": state,
         }
     )
 
 
-def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
-    """The columns that hold a computed round (``inputs_json``: its inputs' JSON)."""
+async def stored_round(session: AsyncSession, row: GrantRoundRow) -> GrantRound:
+    """The stored round with its inputs whole: /2 chunks read from their rows (a round
+    stored before migration 0019, or downgraded past it, has them in ``inputs``)."""
+    inputs = json.loads(row.inputs)
+    if inputs.get("format") == INPUTS_FORMAT_2 and "chunks" not in inputs:
+        inputs["chunks"] = await repo.round_chunks(session, round_pk=row.id)
+    return load_round(row, inputs)
+
+
+def _stored(round_: GrantRound, inputs_json: dict[str, Any], *, rows: int) -> dict[str, Any]:
+    """The columns that hold a computed round (``inputs_json``: its inputs' JSON; a /2
+    round's chunks are stored as rows, :func:`_store_chunks`, not in them)."""
+    inputs_json = {k: v for k, v in inputs_json.items() if k != "chunks"}
     return {
         "budget_sat": round_.settings.budget_sat,
         "paid_sat": round_.result.paid_sat,
@@ -317,7 +383,7 @@ def _stored(round_: GrantRound, inputs_json: dict[str, Any]) -> dict[str, Any]:
         "result": canonical_json(result_to_json(round_.result)),
         "summary": canonical_json(
             {
-                "rollups": len(round_.inputs.rollups),
+                "rollups": rows,
                 "signatures": [s.key_id for s in round_.inputs.signatures],
                 "carried_in": [
                     {
@@ -358,6 +424,8 @@ class Computed:
     skipped_operators: list[str]
     #: The inputs summed per proxy, in page order (:func:`per_proxy`).
     per_proxy: list[dict[str, Any]]
+    #: The /2 inputs' chunks, stored as rows of ``grant_round_chunks``.
+    chunks: tuple[str, ...]
 
 
 def compute_job(
@@ -386,11 +454,13 @@ async def _compute_in_worker(
         round_ = grant_rounds.compute_round(settings, inputs)
     except GrantsError as exc:
         return ("refused", str(exc))
+    sums = built.per_proxy  # also counts the rows
     return Computed(
-        _stored(round_, inputs_json),
+        _stored(round_, inputs_json, rows=sum(p["days"] for p in sums)),
         built.carry_ids,
         built.skipped_operators,
-        per_proxy(round_.inputs),
+        sums,
+        round_.inputs.chunks or (),
     )
 
 
@@ -398,31 +468,48 @@ def per_proxy(inputs: RoundInputs) -> list[dict[str, Any]]:
     """The inputs summed per proxy (days, control and target checks), sorted by operator
     and proxy: the rows of ``grant_round_proxies`` without their round and position."""
     out: dict[str, dict[str, Any]] = {}
-    for r in inputs.rollups:
-        p = out.get(r.proxy_id)
+
+    def add(proxy_id: str, operator: str, network: str, counts: tuple[int, ...]) -> None:
+        p = out.get(proxy_id)
         if p is None:
-            p = out[r.proxy_id] = {
-                "proxy_id": r.proxy_id,
-                "operator": r.operator_id,
-                "network": r.network,
+            p = out[proxy_id] = {
+                "proxy_id": proxy_id,
+                "operator": operator,
+                "network": network,
                 "days": 0,
                 "control_attempts": 0,
                 "control_successes": 0,
                 "target_attempts": 0,
                 "target_successes": 0,
             }
-        p["days"] += 1
-        p["control_attempts"] += r.control_attempts
-        p["control_successes"] += r.control_successes
-        p["target_attempts"] += r.target_attempts
-        p["target_successes"] += r.target_successes
+        for name, value in zip(_PER_PROXY, counts, strict=True):
+            p[name] += value
+
+    if inputs.chunks is None:
+        for r in inputs.rollups:
+            counts = (
+                1, r.control_attempts, r.control_successes, r.target_attempts,
+                r.target_successes,
+            )  # fmt: skip
+            add(r.proxy_id, r.operator_id, r.network, counts)
+    else:  # /2: a proxy's sums are sums of its columns
+        for g in inputs.groups():
+            counts = (
+                len(g.day), sum(g.control_attempts), sum(g.control_successes),
+                sum(g.target_attempts), sum(g.target_successes),
+            )  # fmt: skip
+            add(g.proxy_id, g.operator_id, g.network, counts)
     return sorted(out.values(), key=lambda p: (p["operator"], int(p["proxy_id"])))
 
 
-async def _store_per_proxy(
-    session: AsyncSession, round_pk: int, rows: list[dict[str, Any]]
-) -> None:
-    await repo.replace_round_proxies(session, round_pk=round_pk, rows=rows)
+_PER_PROXY = ("days", "control_attempts", "control_successes", "target_attempts",
+              "target_successes")  # fmt: skip
+
+
+async def _store_per_proxy(session: AsyncSession, round_pk: int, computed: Computed) -> None:
+    """What is stored beside a computed round's row: its per-proxy sums and its chunks."""
+    await repo.replace_round_proxies(session, round_pk=round_pk, rows=computed.per_proxy)
+    await repo.replace_round_chunks(session, round_pk=round_pk, chunks=computed.chunks)
 
 
 def _workers(registry: Registry) -> Executor:
@@ -520,7 +607,7 @@ async def create_round(registry: Registry, *, request: RoundCreateRequest) -> di
                     **computed.stored,
                 },
             )
-            await _store_per_proxy(session, row.id, computed.per_proxy)
+            await _store_per_proxy(session, row.id, computed)
             return view(row)
     except IntegrityError:
         raise ApiError(409, f"round {round_id} exists already") from None
@@ -543,11 +630,59 @@ async def show_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
         return view(await _row(session, round_id))
 
 
-async def export_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
-    """The round file (``resistance.grants.round/1``), its inputs signed by the registry."""
+#: Chunks read per query while a round file is streamed (a chunk of 30 days is ~1 MB).
+EXPORT_CHUNKS_PER_READ = 16
+
+
+async def export_round_stream(registry: Registry, *, round_id: str) -> AsyncIterator[bytes]:
+    """The round file (``resistance.grants.round/1``, its inputs signed by the registry)
+    as parts, a few chunks read at a time: exporting a round over 100,000 proxies
+    holds a few chunks, not the whole file. The round is looked up first (a missing
+    round is a 404 before anything is sent)."""
     async with registry.sessions() as session:
         row = await _row(session, round_id)
-    return round_to_json(load_round(row))
+    state: dict[str, Any] = {"status": row.status}
+    if row.digest is not None:
+        state["digest"] = row.digest
+    if row.txid is not None:
+        state["txid"] = row.txid
+    inputs = json.loads(row.inputs)
+    streamed = inputs.get("format") == INPUTS_FORMAT_2 and "chunks" not in inputs
+    if streamed:
+        inputs["chunks"] = []
+    head = json.dumps(
+        {
+            "format": FORMAT,
+            "settings": json.loads(row.settings),
+            "inputs": inputs,
+            "result": json.loads(row.result),
+            "state": state,
+        }
+    )
+    return _round_file_parts(registry, row.id, head, streamed)
+
+
+async def _round_file_parts(
+    registry: Registry, round_pk: int, head: str, streamed: bool
+) -> AsyncIterator[bytes]:
+    if not streamed:
+        yield head.encode()
+        return
+    before, after = head.split('"chunks": []', 1)
+    yield (before + '"chunks": [').encode()
+    position, first = -1, True
+    while True:
+        async with registry.sessions() as session:
+            page = await repo.round_chunks_page(
+                session, round_pk=round_pk, after=position, limit=EXPORT_CHUNKS_PER_READ
+            )
+        for _, body in page:
+            yield (("" if first else ", ") + json.dumps(body)).encode()
+            first = False
+        if len(page) < EXPORT_CHUNKS_PER_READ:
+            break
+        position = page[-1][0]
+    yield ("]" + after).encode()
 
 
 def _refuse_unless_draft(row: GrantRoundRow, doing: str) -> None:
@@ -583,7 +718,7 @@ async def recompute_round(
         )
         if not changed:
             raise ApiError(409, f"round {round_id} was approved meanwhile")
-        await _store_per_proxy(session, row.id, computed.per_proxy)
+        await _store_per_proxy(session, row.id, computed)
         return view(await _row(session, round_id))
 
 
@@ -602,7 +737,7 @@ async def approve_round(registry: Registry, *, round_id: str) -> dict[str, Any]:
                 f"are over (today is {today} UTC), recomputing it first",
             )
         try:
-            approved = grant_rounds.approve(load_round(row))
+            approved = grant_rounds.approve(await stored_round(session, row))
         except RoundStateError as exc:
             raise ApiError(409, str(exc)) from None
         except GrantsError as exc:
@@ -653,10 +788,11 @@ async def mark_round_paid(
     """Record the signed transaction paying an approved round, if it pays exactly."""
     async with registry.sessions() as session:
         row = await _row(session, round_id)
+        stored = await stored_round(session, row)
     try:  # grants' mark_paid refuses a draft or a paid round itself (409 below)
         paid = await asyncio.to_thread(
             grant_rounds.mark_paid,
-            load_round(row),
+            stored,
             tx_hex,
             change_descriptor=change_descriptor,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import StreamingResponse
 
 from resistance.registry import rounds
 from resistance.registry.routes.deps import ERRORS, AdminDep, RegistryDep
@@ -60,8 +61,10 @@ async def approve_round(round_id: RoundIdPath, registry: RegistryDep, _: AdminDe
 
 @router.get("/rounds/{round_id}/export", response_model=RoundFileBody)
 async def export_round(round_id: RoundIdPath, registry: RegistryDep, _: AdminDep) -> Any:
-    """The round file `resist grants` works on (verify, psbt, electrum-list...)."""
-    return await rounds.export_round(registry, round_id=round_id)
+    """The round file `resist grants` works on (verify, psbt, electrum-list...), streamed:
+    a round's /2 input chunks are read from the database a few at a time."""
+    parts = await rounds.export_round_stream(registry, round_id=round_id)
+    return StreamingResponse(parts, media_type="application/json")
 
 
 @router.post("/rounds/{round_id}/mark-paid", response_model=RoundView)

@@ -570,12 +570,10 @@ def router() -> APIRouter:
                 db, round_pk=row.id, after=after, limit=ROUND_PAGE_SIZE + 1
             )
             legacy = not page and after == 0 and row.summary is None
-        if legacy:  # computed before migration 0015: summed from its (small) inputs
+            stored = await registry_rounds.stored_round(db, row) if legacy else None
+        if stored is not None:  # computed before migration 0015: summed from its inputs
             per_proxy = [
-                _page_row(i, p)
-                for i, p in enumerate(
-                    registry_rounds.per_proxy(registry_rounds.load_round(row).inputs), 1
-                )
+                _page_row(i, p) for i, p in enumerate(registry_rounds.per_proxy(stored.inputs), 1)
             ]
             per_proxy, next_after = per_proxy[:ROUND_PAGE_SIZE], None
         else:
@@ -648,7 +646,8 @@ def router() -> APIRouter:
             registry = ui.registry(request)
             async with registry.sessions() as db:
                 row = await repo.round_by_id(db, round_id=round_id)
-            if row is None:
+                stored = None if row is None else await registry_rounds.stored_round(db, row)
+            if row is None or stored is None:
                 raise Refused(404, f"There is no round {round_id}.")
             if row.status == "paid":
                 return await _round_page(
@@ -656,7 +655,7 @@ def router() -> APIRouter:
                     error=f"This round is paid (txid {row.txid}); it is never paid twice.",
                 )  # fmt: skip
             try:
-                psbt = await asyncio.to_thread(_build_psbt, row, form, registry.settings.network)
+                psbt = await asyncio.to_thread(_build_psbt, stored, form, registry.settings.network)
             except (ValueError, GrantsError) as exc:
                 return await _round_page(request, who, round_id, error=str(exc), status=422)
             return Response(
@@ -673,7 +672,7 @@ def router() -> APIRouter:
     return api
 
 
-def _build_psbt(row: Any, form: Mapping[str, str], network: str) -> str:
+def _build_psbt(round_: Any, form: Mapping[str, str], network: str) -> str:
     """The unsigned PSBT (base64) paying an approved round from the funder's UTXOs."""
     from resistance.grants import payout
 
@@ -681,7 +680,7 @@ def _build_psbt(row: Any, form: Mapping[str, str], network: str) -> str:
     if not fee_text.isdigit() or not 1 <= int(fee_text) <= 10_000:
         raise ValueError("fee rate must be a whole number of sat/vB, 1-10000")
     built = payout.build_payout_psbt(
-        registry_rounds.load_round(row),
+        round_,
         descriptor=form.get("descriptor", "").strip(),
         change_descriptor=form.get("change_descriptor", "").strip(),
         utxos=payout.load_utxos(form.get("utxos", "")),
