@@ -176,6 +176,37 @@ class Tally:
     ignored_rollups: int
 
 
+def _same_address(addresses: dict[str, str], operator_id: str, address: str) -> None:
+    """Every row of one operator names the same payout address."""
+    known = addresses.setdefault(operator_id, address)
+    if known != address:
+        raise InputError(
+            f"operator {operator_id}: rows disagree on the payout address ({known} vs {address})"
+        )
+
+
+def _proxy_tally(
+    proxies: dict[str, _ProxyTally],
+    addresses: dict[str, str],
+    row: DailyRollup | ProxyDays,
+    probation_left: int,
+) -> _ProxyTally:
+    """``row``'s proxy's tally, made at its first row; later rows must agree on the
+    operator, network and exit, and an exit's rows on its payout address."""
+    exit = (row.exit_operator_id, row.exit_network) if row.exit_operator_id else None
+    p = proxies.get(row.proxy_id)
+    if p is None:
+        p = proxies[row.proxy_id] = _ProxyTally(row.operator_id, row.network, probation_left, exit)
+    elif p.operator_id != row.operator_id or p.network != row.network or p.exit != exit:
+        raise InputError(
+            f"proxy {row.proxy_id}: rows disagree on operator, network or exit "
+            f"({p.operator_id} {p.network} {p.exit} vs {row.operator_id} {row.network} {exit})"
+        )
+    if exit is not None:
+        _same_address(addresses, row.exit_operator_id, row.exit_payout_address)
+    return p
+
+
 def tally(
     settings: GrantSettings,
     rollups: Iterable[DailyRollup],
@@ -200,33 +231,13 @@ def tally(
                 f"rollup {r.proxy_id} {r.day}: outside the round's period "
                 f"{settings.period_start}..{settings.period_end}"
             )
-        p = proxies.get(r.proxy_id)
-        exit = (r.exit_operator_id, r.exit_network) if r.exit_operator_id else None
-        if p is None:
-            left = max(0, probation - prior_service_days.get(r.proxy_id, 0))
-            p = proxies[r.proxy_id] = _ProxyTally(r.operator_id, r.network, left, exit)
-        elif p.operator_id != r.operator_id or p.network != r.network or p.exit != exit:
-            raise InputError(
-                f"proxy {r.proxy_id}: rows disagree on operator, network or exit "
-                f"({p.operator_id} {p.network} {p.exit} vs {r.operator_id} {r.network} {exit})"
-            )
-        if exit is not None:
-            known = addresses.setdefault(r.exit_operator_id, r.exit_payout_address)
-            if known != r.exit_payout_address:
-                raise InputError(
-                    f"operator {r.exit_operator_id}: rows disagree on the payout address "
-                    f"({known} vs {r.exit_payout_address})"
-                )
+        left = max(0, probation - prior_service_days.get(r.proxy_id, 0))
+        p = _proxy_tally(proxies, addresses, r, left)
         bit = 1 << offset
         if p.days_seen & bit:
             raise InputError(f"rollup {r.proxy_id} {r.day} {country}: duplicate row")
         p.days_seen |= bit
-        known = addresses.setdefault(r.operator_id, r.payout_address)
-        if known != r.payout_address:
-            raise InputError(
-                f"operator {r.operator_id}: rows disagree on the payout address "
-                f"({known} vs {r.payout_address})"
-            )
+        _same_address(addresses, r.operator_id, r.payout_address)
         key = (
             r.control_attempts,
             r.control_successes,
@@ -262,29 +273,9 @@ def tally_groups(
             ignored += len(g.day)
             continue
         base = g.first_day.toordinal() - start
-        exit = (g.exit_operator_id, g.exit_network) if g.exit_operator_id else None
-        p = proxies.get(g.proxy_id)
-        if p is None:
-            left = max(0, probation - prior_service_days.get(g.proxy_id, 0))
-            p = proxies[g.proxy_id] = _ProxyTally(g.operator_id, g.network, left, exit)
-        elif p.operator_id != g.operator_id or p.network != g.network or p.exit != exit:
-            raise InputError(
-                f"proxy {g.proxy_id}: rows disagree on operator, network or exit "
-                f"({p.operator_id} {p.network} {p.exit} vs {g.operator_id} {g.network} {exit})"
-            )
-        if exit is not None:
-            known = addresses.setdefault(g.exit_operator_id, g.exit_payout_address)
-            if known != g.exit_payout_address:
-                raise InputError(
-                    f"operator {g.exit_operator_id}: rows disagree on the payout address "
-                    f"({known} vs {g.exit_payout_address})"
-                )
-        known = addresses.setdefault(g.operator_id, g.payout_address)
-        if known != g.payout_address:
-            raise InputError(
-                f"operator {g.operator_id}: rows disagree on the payout address "
-                f"({known} vs {g.payout_address})"
-            )
+        left = max(0, probation - prior_service_days.get(g.proxy_id, 0))
+        p = _proxy_tally(proxies, addresses, g, left)
+        _same_address(addresses, g.operator_id, g.payout_address)
         for d, ca, cs, ta, ts, tp in zip(
             g.day,
             g.control_attempts,
