@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from resistance.config import Endpoint
+from resistance.errors import ConfigError
 from resistance.net.native import DISABLE_ENV
 from resistance.vpn.amnezia import BASE_SIZE, AmneziaParams, Rewriter
 from resistance.vpn.noise import MessageType
@@ -226,9 +227,10 @@ class Translator:
             sock.setblocking(False)
             _grow_buffers(sock)
             sock.bind((self.listen.host, self.listen.port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # a port in use or an address not ours: no retry mends it, so one clear line
+            raise ConfigError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from exc
         self._sock = sock
         if self._awg is not None:
             _accept_gro(sock)  # only the C path reads coalesced datagrams
