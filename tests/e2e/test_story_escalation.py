@@ -23,10 +23,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from resistance.keyfile import parse_credential
 from resistance.lab import cascade, netns
 from resistance.lab import topology as topo
 from resistance.lab.escalate import EscalatingStory, Escalation
 from resistance.lab.world import Lab
+from resistance.node.users import GENERATED_USERS_FILE
 from tests.e2e.labkit import kept_on_failure
 
 pytestmark = [
@@ -75,8 +77,15 @@ def test_7_a_cascade_is_registered_and_learned(story: EscalatingStory) -> None:
     (hop_password,) = tomllib.loads(exit_toml.read_text())["users"].values()
     banner = story.lab.log_text(cascade.EXIT_ROLE)
     assert "listening on socks5s://" in banner and "pass=********" in banner, banner
+    # Nor the password of the user the bridge generated for its own users (its banner,
+    # in cascade-bridge.log, masks it too).
+    bridge_users = story.lab.dir / cascade.BRIDGE_ROLE / GENERATED_USERS_FILE
+    _, bridge_password = parse_credential(bridge_users.read_bytes())
+    assert "pass=********" in story.lab.log_text(cascade.BRIDGE_ROLE)
     for log in (story.lab.dir / "logs").glob("*.log"):
-        assert hop_password not in log.read_text(errors="replace"), log.name
+        text = log.read_text(errors="replace")
+        assert hop_password not in text, log.name
+        assert bridge_password not in text, log.name
 
 
 def test_8_an_ip_block_of_the_node_in_use(story: EscalatingStory) -> None:

@@ -14,7 +14,8 @@ directory then lists the bridge, never the exit's address, and
 
 Secrets (the hop's password, the MTProto user's key) live in the nodes'
 config files, mode 0600, in the lab's state dir, never on a command line; the
-exit's banner (in the lab's cascade-exit.log) masks its user's password
+exit's banner (in the lab's cascade-exit.log) masks its user's password, and
+the bridge's (cascade-bridge.log) the password of the user it generated
 (``hide_passwords``).
 """
 
@@ -86,7 +87,9 @@ def bridge_config(state_dir: Path, hop_password: str, pin: str) -> tuple[Path, P
         path,
         f'listen = ["{topo.BRIDGE_ADDR}:{topo.NODE_PORT}"]\n'
         f'tls_listen = ["{topo.BRIDGE_ADDR}:{topo.NODE_TLS_PORT}"]\n'
-        f'public_host = "{topo.BRIDGE_ADDR}"\n' + egress() + f"upstream = [{urls}]\n"
+        f'public_host = "{topo.BRIDGE_ADDR}"\n'
+        # its banner goes to the lab's cascade-bridge.log: its generated user's password masked
+        "hide_passwords = true\n" + egress() + f"upstream = [{urls}]\n"
         f'mtproto_listen = ["{topo.BRIDGE_ADDR}:{BRIDGE_MTPROTO_PORT}"]\n'
         f'mtproto_domain = "{BRIDGE_MTPROTO_DOMAIN}"\n'
         f'mtproto_front = "{topo.REGISTRY_ADDR}:{topo.REGISTRY_PORT}"\n'
