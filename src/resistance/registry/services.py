@@ -87,7 +87,7 @@ class Registry:
     canary_key: Ed25519PrivateKey | None = None
     canary_address: tuple[str, int] | None = None
     #: Serializes batch ingestion on SQLite (one writer); on PostgreSQL per-proxy advisory
-    #: locks do it across processes (see :func:`repositories.lock_proxies_for_fold`).
+    #: locks do it across processes (see :func:`repositories.open_batch`).
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The engine shared rate-limit buckets go through (PostgreSQL only; see ratelimit.py).
     buckets: AsyncEngine | None = None
