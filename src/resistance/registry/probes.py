@@ -384,14 +384,14 @@ def _check_times(registry: Registry, created_at: int, results: Sequence[ResultRe
 
 
 async def ingest_batch(
-    registry: Registry, *, probe_id: int, document: Any, signature: Any
+    registry: Registry, *, probe: ProbeAccount, document: Any, signature: Any
 ) -> Ingested:
+    """Check and store ``probe``'s batch (its account as read with its token)."""
     try:
         batch = check_document(document, signature)
         body = batch.file_bytes(signature)  # check_document made sure it is text
     except BatchError as exc:
         raise ApiError(422, f"batch refused: {exc}") from None
-    probe = await _account(registry, probe_id)
     if batch.probe_key != probe.public_key:
         raise ApiError(403, "batch is signed by a key that is not this probe account's")
     if batch.vantage != probe.name or batch.country != probe.country:
