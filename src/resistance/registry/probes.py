@@ -8,18 +8,22 @@ the canary key and is bound to this probe, its proxy and its time
 (:func:`resistance.probe.canary.verify_bound`; except WireGuard handshakes
 and MTProto exchanges, which end elsewhere: see :mod:`.wireguard`,
 :mod:`.mtproto`), and every result to use its proxy's protocol; then, in one
-transaction, either find the batch id already stored (same digest: a
-harmless retry, nothing is stored; different digest: refused) or store the
-batch verbatim, its raw results, and, holding the fold locks of the proxies
-concerned (PostgreSQL advisory locks, taken in id order, so registry
+transaction, holding the fold locks of the proxies the batch names
+(PostgreSQL advisory locks, taken in id order first thing, so registry
 processes sharing the database never fold into one proxy at once; on SQLite
-this process's one writer), fold the results into per-(proxy, probe)
-evidence, daily rollups and the verdicts of those proxies, recording each
-change of verdict.  A refused batch changes nothing.  Everything is read and
-written as plain rows with one statement per table (at 100 probes a batch's
-verdicts weigh 5,000 evidence rows; ORM objects for them were most of the
-ingest time, issue 25).  Raw results and bodies are pruned after
-``retention_days`` (:mod:`.retention`).
+this process's one writer), either find the batch id already stored (same
+digest: a harmless retry, nothing is stored; different digest: refused) or
+store the batch verbatim, its raw results, and fold the results into
+per-(proxy, probe) evidence, daily rollups and the verdicts of those
+proxies, recording each change of verdict.  A refused batch changes nothing.  Everything is read and
+written as plain rows (at 100 probes a batch's verdicts weigh 5,000 evidence
+rows; ORM objects for them were most of the ingest time, issue 25), and on
+PostgreSQL in three statements (:func:`repo.open_batch`: the fold locks, the
+stored digest and the proxies; :func:`repo.fold_state`: evidence, rollups and
+verdicts; :func:`repo.write_batch`: every row written), not one per table:
+the round trips were most of what was left.  The uploading probe's account
+comes read with its token (``routes.deps.probe_account``).  Raw results and
+bodies are pruned after ``retention_days`` (:mod:`.retention`).
 
 Results for proxies outside the probe's assignment (outside its share of
 the proxies, :func:`outside_share`; or :func:`in_assignment`: not active, or
