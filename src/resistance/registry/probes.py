@@ -15,13 +15,14 @@ this process's one writer), either find the batch id already stored (same
 digest: a harmless retry, nothing is stored; different digest: refused) or
 store the batch verbatim, its raw results, and fold the results into
 per-(proxy, probe) evidence, daily rollups and the verdicts of those
-proxies, recording each change of verdict.  A refused batch changes nothing.  Everything is read and
-written as plain rows (at 100 probes a batch's verdicts weigh 5,000 evidence
-rows; ORM objects for them were most of the ingest time, issue 25), and on
-PostgreSQL in three statements (:func:`repo.open_batch`: the fold locks, the
-stored digest and the proxies; :func:`repo.fold_state`: evidence, rollups and
-verdicts; :func:`repo.write_batch`: every row written), not one per table:
-the round trips were most of what was left.  The uploading probe's account
+proxies, recording each change of verdict.  A refused batch changes
+nothing.  Everything is read and written as plain rows (at 100 probes a
+batch's verdicts weigh 5,000 evidence rows; ORM objects for them were most
+of the ingest time, issue 25), and on PostgreSQL in three statements
+(:func:`repo.open_batch`: the fold locks, the stored digest and the
+proxies; :func:`repo.fold_state`: evidence, rollups and verdicts;
+:func:`repo.write_batch`: every row written), not one per table: the round
+trips were most of what was left.  The uploading probe's account
 comes read with its token (``routes.deps.probe_account``).  Raw results and
 bodies are pruned after ``retention_days`` (:mod:`.retention`).
 
