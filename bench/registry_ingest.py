@@ -55,6 +55,7 @@ from typing import Any
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+#: Results per batch (``--per-batch``; the protocol's most, probe.batch.MAX_RESULTS).
 PER_BATCH = 50
 
 
@@ -218,6 +219,7 @@ def make_batches(
     count: int,
     canary_key: Any,
     now: int,
+    per_batch: int = PER_BATCH,
 ) -> list[tuple[int, bytes]]:
     """``count`` signed batches (probe index, body), each probe walking its own share."""
     from resistance.directory.keys import b64url, public_key_text
@@ -233,9 +235,9 @@ def make_batches(
         proxy_ids = shares[index]
         probe_key = public_key_text(key.public_key())
         results = []
-        for k in range(min(PER_BATCH, len(proxy_ids))):
+        for k in range(min(per_batch, len(proxy_ids))):
             proxy_id = proxy_ids[(cursor[index] + k) % len(proxy_ids)]
-            at = now - PER_BATCH + k
+            at = now - per_batch + k
             if secrets.randbelow(10):
                 nonce = canary.bound_nonce(probe_key, proxy_id, at)
                 upload = hashlib.sha256(secrets.token_bytes(8)).digest()
@@ -256,7 +258,7 @@ def make_batches(
                     "connect_us": None, "ttfb_us": None, "throughput_kbps": None,
                     "canary": None,
                 })  # fmt: skip
-        cursor[index] = (cursor[index] + PER_BATCH) % len(proxy_ids)
+        cursor[index] = (cursor[index] + per_batch) % len(proxy_ids)
         body = sign_batch(
             key=key, probe_key=probe_key, batch_id=new_batch_id(), vantage=name,
             country=country, created_at=now, results=results,
@@ -327,7 +329,7 @@ async def run(args: argparse.Namespace) -> None:
     from resistance.directory.keys import public_key_text
     from resistance.registry.canary import load_or_create_canary_key
 
-    name = f"i25ingest_bench_{uuid.uuid4().hex[:10]}"
+    name = f"{args.db_prefix}_{uuid.uuid4().hex[:10]}"
     await pg_admin(f'CREATE DATABASE "{name}"')
     db_url = PG_URL.format(name=name)
     proc = None
@@ -363,8 +365,8 @@ async def run(args: argparse.Namespace) -> None:
             seeded = [proxy_ids if args.all_evidence else share for share in shares]
             evidence = await seed_evidence(db_url, dict(zip(probe_ids, seeded, strict=True)), now)
             canary_key = load_or_create_canary_key(state)
-            warm = make_batches(keys, shares, args.senders * 2, canary_key, now)
-            batches = make_batches(keys, shares, args.batches, canary_key, now)
+            warm = make_batches(keys, shares, args.senders * 2, canary_key, now, args.per_batch)
+            batches = make_batches(keys, shares, args.batches, canary_key, now, args.per_batch)
             await send_all(port, tokens, warm, args.senders)
             spy = None
             if args.profile:
@@ -382,12 +384,14 @@ async def run(args: argparse.Namespace) -> None:
             print(
                 f"proxies {args.proxies}, probes {args.probes} (share {share:,.0f} proxies each, "
                 f"{args.replicas} per network; {evidence:,} evidence rows), "
-                f"{args.workers} worker(s), {len(batches)} batches of {PER_BATCH}, "
+                f"{args.workers} worker(s), {len(batches)} batches of {args.per_batch}, "
                 f"{args.senders} senders: {stored} results counted "
                 f"({uncounted} not counted) in {elapsed:.2f} s = {stored / elapsed:,.0f} "
                 f"results/s; registry CPU {cpu / stored * 1e6:.0f} µs per result "
                 f"({cpu / elapsed:.0%} of a core); PostgreSQL backends "
-                f"{pg / stored * 1e6:.0f} µs per result ({pg / elapsed:.0%} of a core)"
+                f"{pg / stored * 1e6:.0f} µs per result ({pg / elapsed:.0%} of a core); "
+                f"CPU seconds registry {cpu:.2f}, PostgreSQL {pg:.2f}; "
+                f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
             )
     finally:
         if proc is not None:
@@ -405,6 +409,14 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument(
+        "--per-batch", type=int, default=PER_BATCH, help="results per batch (at most 50)"
+    )
+    parser.add_argument(
+        "--db-prefix",
+        default="i25ingest_bench",
+        help="name of the bench's database, before a random suffix (created and dropped)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
     parser.add_argument("--replicas", type=int, default=3, help="probes per proxy and network")
     parser.add_argument(

@@ -207,6 +207,24 @@ async def test_only_probe_tokens_upload_and_only_the_admin_makes_probes(world: A
     ] == proxy_id
 
 
+async def test_a_batch_is_taken_only_with_a_live_probe_token(world: Any) -> None:
+    """The upload reads the token and the probe's account together (issue 25): each way
+    of asking without a live probe token is refused as before, and nothing is stored."""
+    reg, probe, key, proxy_id = world
+    data = batch(key, [bad_result(proxy_id)])
+    nobody = await reg.client().post("/api/v1/probe/batches", headers=JSON, content=data)
+    assert (nobody.status_code, nobody.json()["error"]) == (401, "missing bearer token")
+    stranger = reg.client(token="resist_" + "x" * 40)
+    unknown = await stranger.post("/api/v1/probe/batches", headers=JSON, content=data)
+    assert (unknown.status_code, unknown.json()["error"]) == (401, "unknown API token")
+    admin = reg.client(token=reg.admin_token)
+    refused = await admin.post("/api/v1/probe/batches", headers=JSON, content=data)
+    assert (refused.status_code, refused.json()["error"]) == (403, "this needs a probe token")
+    assert set((await counts(reg)).values()) == {0}
+    stored = await probe.post("/api/v1/probe/batches", headers=JSON, content=data)
+    assert stored.status_code == 201, stored.text
+
+
 async def test_import_blocklist_flags_proxies_in_the_censor_registry(
     tmp_path: Path, db_url: str
 ) -> None:

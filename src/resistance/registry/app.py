@@ -70,7 +70,12 @@ async def open_registry(settings: RegistrySettings) -> Registry:
     url = database_url(settings.database_url, state_dir)
     if settings.auto_migrate:
         await migrate(url)
-    engine = make_engine(url)
+    engine = make_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_overflow,
+        pool_timeout=settings.db_pool_timeout,
+    )
     clients = settings.rate_limit_clients
     # Several processes may serve a PostgreSQL database: their rate limits are shared.
     buckets = buckets_engine(engine.url) if engine.dialect.name == "postgresql" else None

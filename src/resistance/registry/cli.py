@@ -148,6 +148,32 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     help="Keep raw probe results and batch bodies N days, then prune them in the "
     "background (0: keep for ever); rollups, verdicts and rounds are kept.",
 )
+@click.option(
+    "--db-pool",
+    "db_pool_size",
+    type=click.IntRange(2, 1000),
+    default=5,
+    show_default=True,
+    metavar="N",
+    help="Database connections each process keeps open, at least 2 (PostgreSQL: mind "
+    "its max_connections across --workers).",
+)
+@click.option(
+    "--db-pool-overflow",
+    type=click.IntRange(0, 1000),
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Connections each process may open beyond --db-pool under load.",
+)
+@click.option(
+    "--db-pool-timeout",
+    type=click.FloatRange(min=0.01),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Answer 503 (Retry-After) to a request that waited S seconds for a connection.",
+)
 # --- HTTP server limits and forwarded headers (resistance.registry.server) ---
 @click.option(
     "--header-timeout",
@@ -251,6 +277,9 @@ def serve(
     blocked_min_windows: int,
     fresh_seconds: int,
     retention_days: int,
+    db_pool_size: int,
+    db_pool_overflow: int,
+    db_pool_timeout: float,
     header_timeout: float,
     body_timeout: float,
     keepalive_timeout: int,
@@ -345,6 +374,9 @@ def serve(
         fresh_seconds=fresh_seconds,
         valid_seconds=max(24 * 3600, fresh_seconds),
         retention_days=retention_days,
+        db_pool_size=db_pool_size,
+        db_pool_overflow=db_pool_overflow,
+        db_pool_timeout=db_pool_timeout,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         keepalive_timeout=keepalive_timeout,

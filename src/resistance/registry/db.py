@@ -89,8 +89,20 @@ async def advisory_lock(engine: AsyncEngine, lock: Lock) -> AsyncIterator[AsyncC
         yield connection
 
 
-def make_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
+def make_engine(
+    url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0
+) -> AsyncEngine:
+    """An engine for ``url`` whose pool keeps ``pool_size`` connections, opens up to
+    ``max_overflow`` more under load, and makes a checkout wait at most ``pool_timeout``
+    seconds (then :class:`sqlalchemy.exc.TimeoutError`, answered 503 by the API)."""
+    parsed = make_url(url)
+    in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    pool: dict[str, Any] = (
+        {}  # one connection, shared (StaticPool): nothing to size
+        if in_memory
+        else {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
+    )
+    engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"), **pool)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

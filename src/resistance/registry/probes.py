@@ -8,18 +8,23 @@ the canary key and is bound to this probe, its proxy and its time
 (:func:`resistance.probe.canary.verify_bound`; except WireGuard handshakes
 and MTProto exchanges, which end elsewhere: see :mod:`.wireguard`,
 :mod:`.mtproto`), and every result to use its proxy's protocol; then, in one
-transaction, either find the batch id already stored (same digest: a
-harmless retry, nothing is stored; different digest: refused) or store the
-batch verbatim, its raw results, and, holding the fold locks of the proxies
-concerned (PostgreSQL advisory locks, taken in id order, so registry
+transaction, holding the fold locks of the proxies the batch names
+(PostgreSQL advisory locks, taken in id order first thing, so registry
 processes sharing the database never fold into one proxy at once; on SQLite
-this process's one writer), fold the results into per-(proxy, probe)
-evidence, daily rollups and the verdicts of those proxies, recording each
-change of verdict.  A refused batch changes nothing.  Everything is read and
-written as plain rows with one statement per table (at 100 probes a batch's
-verdicts weigh 5,000 evidence rows; ORM objects for them were most of the
-ingest time, issue 25).  Raw results and bodies are pruned after
-``retention_days`` (:mod:`.retention`).
+this process's one writer), either find the batch id already stored (same
+digest: a harmless retry, nothing is stored; different digest: refused) or
+store the batch verbatim, its raw results, and fold the results into
+per-(proxy, probe) evidence, daily rollups and the verdicts of those
+proxies, recording each change of verdict.  A refused batch changes
+nothing.  Everything is read and written as plain rows (at 100 probes a
+batch's verdicts weigh 5,000 evidence rows; ORM objects for them were most
+of the ingest time, issue 25), and on PostgreSQL in three statements
+(:func:`repo.open_batch`: the fold locks, the stored digest and the
+proxies; :func:`repo.fold_state`: evidence, rollups and verdicts;
+:func:`repo.write_batch`: every row written), not one per table: the round
+trips were most of what was left.  The uploading probe's account
+comes read with its token (``routes.deps.probe_account``).  Raw results and
+bodies are pruned after ``retention_days`` (:mod:`.retention`).
 
 Results for proxies outside the probe's assignment (outside its share of
 the proxies, :func:`outside_share`; or :func:`in_assignment`: not active, or
@@ -384,14 +389,14 @@ def _check_times(registry: Registry, created_at: int, results: Sequence[ResultRe
 
 
 async def ingest_batch(
-    registry: Registry, *, probe_id: int, document: Any, signature: Any
+    registry: Registry, *, probe: ProbeAccount, document: Any, signature: Any
 ) -> Ingested:
+    """Check and store ``probe``'s batch (its account as read with its token)."""
     try:
         batch = check_document(document, signature)
         body = batch.file_bytes(signature)  # check_document made sure it is text
     except BatchError as exc:
         raise ApiError(422, f"batch refused: {exc}") from None
-    probe = await _account(registry, probe_id)
     if batch.probe_key != probe.public_key:
         raise ApiError(403, "batch is signed by a key that is not this probe account's")
     if batch.vantage != probe.name or batch.country != probe.country:
@@ -415,7 +420,7 @@ async def ingest_batch(
     unshared = await outside_share(registry, probe, [r.proxy_id for r in batch.results], fleet)
     counted = [r for r in batch.results if r.proxy_id not in unshared]
     # PostgreSQL: per-proxy advisory locks inside the transaction (repositories.
-    # lock_proxies_for_fold), good across registry processes.  SQLite: one writer at a time,
+    # open_batch), good across registry processes.  SQLite: one writer at a time,
     # and two of this process's transactions upgrading their read locks at once would fail.
     serial = registry.probe_lock if registry.engine.dialect.name == "sqlite" else _NO_LOCK
     async with serial:
@@ -461,13 +466,16 @@ async def _store(
 ) -> Ingested:
     now = registry.now()
     async with registry.sessions.begin() as session:
-        existing = await repo.batch_digest(session, batch_id=batch_id)
+        # PostgreSQL: the fold locks of every proxy the batch names are taken here, first.
+        existing, found = await repo.open_batch(
+            session, batch_id=batch_id, proxy_ids=sorted({r.proxy_id for r in results})
+        )
         if existing is not None:
             if existing[0] != digest:
                 raise ApiError(409, "batch id already stored with different content")
             return Ingested(batch_id, False, existing[1])
         proxy_ids = sorted({r.proxy_id for r in results})
-        proxies = {p.id: p for p in await repo.proxy_rows_by_ids(session, ids=proxy_ids)}
+        proxies = {p.id: p for p in found}
         if unknown := [i for i in proxy_ids if i not in proxies]:
             raise ApiError(422, f"batch names unknown proxy ids {unknown[:5]}")
         known = {i: list(p.protocols) for i, p in proxies.items()}
@@ -510,17 +518,20 @@ async def _store(
             }
             for r in results
         ]
-        record = {
-            "batch_id": batch_id,
-            "probe_id": probe.id,
-            "digest": digest,
-            "created_at": created_at,
-            "received_at": now,
-            "result_count": len(results),
-            "body": body.decode(),
-        }
-        await repo.insert_batch(session, batch=record, results=rows)
-        await repo.note_probe_batch(session, probe_id=probe.id, now=now)
+        fold = repo.BatchFold(
+            batch={
+                "batch_id": batch_id,
+                "probe_id": probe.id,
+                "digest": digest,
+                "created_at": created_at,
+                "received_at": now,
+                "result_count": len(results),
+                "body": body.decode(),
+            },
+            results=rows,
+            probe_id=probe.id,
+            now=now,
+        )
         if results:
             voting = shard.voters(
                 shard.shard_key(registry.ring_key),
@@ -528,7 +539,8 @@ async def _store(
                 proxy_ids=proxy_ids,
                 replicas=registry.settings.probe_replicas,
             )
-            await _fold(registry, session, probe, voting, proxy_ids, results, now)
+            fold = await _fold(registry, session, probe, voting, proxy_ids, results, fold)
+        await repo.write_batch(session, fold=fold)
     return Ingested(batch_id, True, len(results), tuple(sorted(why)), why)
 
 
@@ -539,32 +551,34 @@ async def _fold(
     voting: dict[int, frozenset[int]],
     proxy_ids: list[int],
     results: Sequence[ResultRecord],
-    now: int,
-) -> None:
-    """Evidence, rollups and verdicts of the proxies in one batch.
+    fold: repo.BatchFold,
+) -> repo.BatchFold:
+    """``fold`` with the changes of evidence, rollups and verdicts of the proxies in one
+    batch (written with the batch by :func:`repo.write_batch`).
 
-    Under the proxies' fold locks, the evidence of the probes that vote on them
-    (``voting``: their current replicas, less flagged probes; :func:`shard.voters`) and
-    this probe's own is read once, as tuples; this probe's is folded forward with the
-    batch's results and written back (also while it does not vote: its disagreement
-    keeps being measured), and the verdicts are evaluated over the voters' evidence.
+    Under the proxies' fold locks (taken by :func:`repo.open_batch`), the evidence of the
+    probes that vote on them (``voting``: their current replicas, less flagged probes;
+    :func:`shard.voters`) and this probe's own is read once, as tuples, with the rollups
+    and verdicts (:func:`repo.fold_state`); this probe's is folded forward with the
+    batch's results (also while it does not vote: its disagreement keeps being
+    measured), and the verdicts are evaluated over the voters' evidence.
     """
+    now = fold.now
     verdict_rules = rules(registry)
-    await repo.lock_proxies_for_fold(session, proxy_ids=proxy_ids)
-    others: dict[int, list[ProbeEvidence]] = {i: [] for i in proxy_ids}
-    stored: dict[int, ProbeEvidence] = {}
+    days = {r.at: utc_day(r.at) for r in results}
     pairs = [(proxy_id, voter) for proxy_id in proxy_ids for voter in voting[proxy_id]]
     pairs += [(proxy_id, probe.id) for proxy_id in proxy_ids]
-    for (
-        proxy_id,
-        probe_id,
-        country,
-        control,
-        last_at,
-        last_ok,
-        streak,
-        windows,
-    ) in await repo.evidence_of_pairs(session, pairs=pairs):
+    seen_rows, rollup_rows, current = await repo.fold_state(
+        session,
+        pairs=pairs,
+        proxy_ids=proxy_ids,
+        days=sorted(set(days.values())),
+        country=probe.country,
+        control=probe.control,
+    )
+    others: dict[int, list[ProbeEvidence]] = {i: [] for i in proxy_ids}
+    stored: dict[int, ProbeEvidence] = {}
+    for proxy_id, probe_id, country, control, last_at, last_ok, streak, windows in seen_rows:
         seen = ProbeEvidence(probe_id, country, control, last_at, last_ok, streak, windows)
         if probe_id == probe.id:
             stored[proxy_id] = seen
@@ -584,39 +598,29 @@ async def _fold(
         mine[r.proxy_id] = after
         if after is not before:  # this result is the latest one seen
             newest[r.proxy_id] = r
-    await repo.save_evidence(
-        session,
-        rows=[
-            {
-                **_evidence_row(mine[proxy_id], proxy_id),
-                "mechanism": "ok" if r.ok else r.mechanism,
-                "transports": dict(r.transports) or None,
-            }
-            for proxy_id, r in newest.items()
-        ],
-        with_mechanism=True,
-    )
-    await repo.save_evidence(  # rows whose only change is the account's country or kind
-        session,
-        rows=[
-            _evidence_row(mine[proxy_id], proxy_id)
-            for proxy_id in proxy_ids
-            if proxy_id not in newest and stored[proxy_id] != mine[proxy_id]
-        ],
-        with_mechanism=False,
-    )
-    await _roll_up(session, probe, proxy_ids, results)
-    current = await repo.verdict_states(session, proxy_ids=proxy_ids)
+    evidence = [
+        {
+            **_evidence_row(mine[proxy_id], proxy_id),
+            "mechanism": "ok" if r.ok else r.mechanism,
+            "transports": dict(r.transports) or None,
+        }
+        for proxy_id, r in newest.items()
+    ]
+    evidence_kept = [  # rows whose only change is the account's country or kind
+        _evidence_row(mine[proxy_id], proxy_id)
+        for proxy_id in proxy_ids
+        if proxy_id not in newest and stored[proxy_id] != mine[proxy_id]
+    ]
     unchanged: list[int] = []
     verdicts: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
     for proxy_id in proxy_ids:
         found = current.get(proxy_id)
         previous = Status(Verdict(found[0]), tuple(found[1])) if found else Status(Verdict.UNTESTED)
-        evidence = others[proxy_id]
+        seen_by = others[proxy_id]
         if probe.id in voting[proxy_id]:
-            evidence = [*evidence, mine[proxy_id]]
-        status = evaluate(previous, evidence, now=now, rules=verdict_rules)
+            seen_by = [*seen_by, mine[proxy_id]]
+        status = evaluate(previous, seen_by, now=now, rules=verdict_rules)
         if found is not None and status == previous:
             unchanged.append(proxy_id)
             continue
@@ -640,8 +644,15 @@ async def _fold(
                     "previous": str(previous),
                 }
             )
-    await repo.touch_verdicts(session, proxy_ids=unchanged, now=now)
-    await repo.save_verdicts(session, verdicts=verdicts, changes=changes)
+    return replace(
+        fold,
+        evidence=evidence,
+        evidence_kept=evidence_kept,
+        rollups=_roll_up(probe, rollup_rows, days, results),
+        unchanged=unchanged,
+        verdicts=verdicts,
+        changes=changes,
+    )
 
 
 def _evidence_row(evidence: ProbeEvidence, proxy_id: int) -> dict[str, Any]:
@@ -657,20 +668,17 @@ def _evidence_row(evidence: ProbeEvidence, proxy_id: int) -> dict[str, Any]:
     }
 
 
-async def _roll_up(
-    session: Any, probe: ProbeAccount, proxy_ids: list[int], results: Sequence[ResultRecord]
-) -> None:
-    """Add the results to this vantage kind's daily rollups (read, changed, written back)."""
-    days = {r.at: utc_day(r.at) for r in results}
+def _roll_up(
+    probe: ProbeAccount,
+    stored: Sequence[tuple[Any, ...]],
+    days: dict[int, str],
+    results: Sequence[ResultRecord],
+) -> list[dict[str, Any]]:
+    """This vantage kind's daily rollups (``stored``: as read, see
+    :func:`repo.rollup_counts`) with the results added: the rows to write back."""
     totals: dict[tuple[int, str], list[Any]] = {
         (proxy_id, day): [attempts, successes, list(latency), list(throughput)]
-        for proxy_id, day, attempts, successes, latency, throughput in await repo.rollup_counts(
-            session,
-            proxy_ids=proxy_ids,
-            days=sorted(set(days.values())),
-            country=probe.country,
-            control=probe.control,
-        )
+        for proxy_id, day, attempts, successes, latency, throughput in stored
     }
     touched: set[tuple[int, str]] = set()
     for r in results:
@@ -711,7 +719,7 @@ async def _roll_up(
                 ),
             }
         )
-    await repo.save_rollups(session, rows=rows)
+    return rows
 
 
 async def proxy_status(registry: Registry, *, proxy_id: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import column as sa_column
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -1339,29 +1340,6 @@ def _upsert(dialect: str, table: Any, key: tuple[str, ...], columns: tuple[str, 
     )
 
 
-async def lock_proxies_for_fold(session: AsyncSession, *, proxy_ids: Sequence[int]) -> None:
-    """Hold, until the transaction ends, the right to fold results into these proxies'
-    evidence, rollups and verdicts (which are read, changed and written back).
-
-    On PostgreSQL a transaction-scoped advisory lock per proxy, taken in ascending id order
-    in one statement (two batches sharing proxies queue up instead of deadlocking), so
-    registry processes sharing one database serialize per proxy, not per batch.  On SQLite
-    there is one writer at a time anyway; the caller serializes its own writers.
-    """
-    if _dialect(session) != "postgresql" or not proxy_ids:
-        return
-    connection = await session.connection()
-    await connection.execute(
-        _LOCK_PROXIES, {"kind": LOCK_PROXY_FOLD, "ids": sorted(set(proxy_ids))}
-    )
-
-
-_LOCK_PROXIES = text(
-    "SELECT count(pg_advisory_xact_lock(:kind, id)) "
-    "FROM unnest(CAST(:ids AS integer[])) WITH ORDINALITY AS t(id, n)"
-)
-
-
 async def batch_digest(session: AsyncSession, *, batch_id: str) -> tuple[str, int] | None:
     """A stored batch's digest and result count, or ``None``."""
     connection = await session.connection()
@@ -1479,6 +1457,263 @@ async def save_verdicts(
         await connection.execute(statement, list(verdicts))
     if changes:
         await connection.execute(insert(_HISTORY), list(changes))
+
+
+# --- one batch in three statements (PostgreSQL) -----------------------------------------
+#
+# The statements above are one round trip each: about 16 per batch, each a few hundred
+# µs of SQLAlchemy and asyncpg CPU in the registry, were most of its ingest time after
+# the evidence reads were cut (issue 25).  On PostgreSQL a batch is instead opened,
+# read and written in three statements of fixed text (prepared once per connection):
+# :func:`open_batch` takes the fold locks and reads the stored digest and the proxies,
+# :func:`fold_state` reads evidence, rollups and verdicts (a statement of its own: its
+# snapshot is taken after the locks were granted, so it sees what the batch that held
+# them committed), and :func:`write_batch` stores the batch, its results and every
+# change of the fold as data-modifying CTEs of one statement, rows passed as one JSON
+# parameter per table.  SQLite keeps the statements above, one per step.
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFold:
+    """Everything a batch writes: its row, its results' rows, and its fold's changes."""
+
+    batch: Mapping[str, Any]
+    results: Sequence[Mapping[str, Any]]
+    probe_id: int
+    now: int
+    #: Evidence rows that carry a newer result (``mechanism`` and ``transports`` too).
+    evidence: Sequence[Mapping[str, Any]] = ()
+    #: Evidence rows whose only change is the account's country or kind.
+    evidence_kept: Sequence[Mapping[str, Any]] = ()
+    rollups: Sequence[Mapping[str, Any]] = ()
+    #: Proxies whose verdict was re-evaluated unchanged.
+    unchanged: Sequence[int] = ()
+    verdicts: Sequence[Mapping[str, Any]] = ()
+    changes: Sequence[Mapping[str, Any]] = ()
+
+
+def _proxy_columns() -> str:
+    return ", ".join(f"p.{c.name}" for c in _table(Proxy).c)
+
+
+_OPEN_BATCH = text(
+    "WITH locked AS ("
+    " SELECT count(pg_advisory_xact_lock(CAST(:kind AS integer), id)) AS n"
+    " FROM unnest(CAST(:ids AS integer[])) WITH ORDINALITY AS t(id, n))"
+    " SELECT locked.n,"
+    " (SELECT digest FROM probe_batches WHERE batch_id = CAST(:batch_id AS text)),"
+    " (SELECT result_count FROM probe_batches WHERE batch_id = CAST(:batch_id AS text)), "
+    + _proxy_columns()
+    + " FROM locked LEFT JOIN proxies p ON p.id = ANY(CAST(:ids AS integer[]))"
+).columns(
+    sa_column("locked_n", BigInteger),
+    sa_column("stored_digest", String),
+    sa_column("stored_count", Integer),
+    *_table(Proxy).c,
+)
+
+
+async def open_batch(
+    session: AsyncSession, *, batch_id: str, proxy_ids: Sequence[int]
+) -> tuple[tuple[str, int] | None, list[Any]]:
+    """A batch's stored digest and result count (``None`` when not stored) and its
+    proxies as plain rows (:func:`proxy_rows_by_ids`).
+
+    On PostgreSQL the same statement first takes the fold locks of ``proxy_ids``
+    (:func:`lock_proxies_for_fold`), held until the transaction ends; on SQLite nothing
+    is locked here (the caller serializes its writers)."""
+    if _dialect(session) != "postgresql":
+        stored = await batch_digest(session, batch_id=batch_id)
+        return stored, list(await proxy_rows_by_ids(session, ids=proxy_ids))
+    connection = await session.connection()
+    rows = (
+        await connection.execute(
+            _OPEN_BATCH,
+            {"kind": LOCK_PROXY_FOLD, "ids": sorted(set(proxy_ids)), "batch_id": batch_id},
+        )
+    ).all()
+    first = rows[0]
+    stored = None if first.stored_digest is None else (first.stored_digest, first.stored_count)
+    return stored, [row for row in rows if row.id is not None]
+
+
+_FOLD_STATE = text(
+    "SELECT"
+    " CAST((SELECT json_agg(json_build_array(e.proxy_id, e.probe_id, e.country, e.control,"
+    "   e.last_at, e.last_ok, e.fail_streak, e.fail_windows))"
+    "  FROM unnest(CAST(:pair_proxies AS integer[]), CAST(:pair_probes AS integer[]))"
+    "   AS k(proxy_id, probe_id)"
+    "  JOIN probe_evidence e ON e.proxy_id = k.proxy_id AND e.probe_id = k.probe_id)"
+    " AS text),"
+    " CAST((SELECT json_agg(json_build_array(r.proxy_id, r.day, r.attempts, r.successes,"
+    "   r.latency_hist, r.throughput_hist))"
+    "  FROM probe_rollups r WHERE r.proxy_id = ANY(CAST(:ids AS integer[]))"
+    "   AND r.day = ANY(CAST(:days AS text[])) AND r.country = CAST(:country AS text)"
+    "   AND r.control = CAST(:control AS boolean))"
+    " AS text),"
+    " CAST((SELECT json_agg(json_build_array(v.proxy_id, v.verdict, v.blocked_in))"
+    "  FROM proxy_verdicts v WHERE v.proxy_id = ANY(CAST(:ids AS integer[])))"
+    " AS text)"
+)
+
+
+async def fold_state(
+    session: AsyncSession,
+    *,
+    pairs: Sequence[tuple[int, int]],
+    proxy_ids: Sequence[int],
+    days: Sequence[str],
+    country: str,
+    control: bool,
+) -> tuple[list[EvidenceView], list[tuple[Any, ...]], dict[int, tuple[str, list[str]]]]:
+    """What a batch folds into, once its fold locks are held: :func:`evidence_of_pairs`,
+    :func:`rollup_counts` and :func:`verdict_states` (one statement on PostgreSQL)."""
+    if _dialect(session) != "postgresql":
+        return (
+            await evidence_of_pairs(session, pairs=pairs),
+            await rollup_counts(
+                session, proxy_ids=proxy_ids, days=days, country=country, control=control
+            ),
+            await verdict_states(session, proxy_ids=proxy_ids),
+        )
+    keys = sorted(set(pairs))
+    connection = await session.connection()
+    evidence, rollups, verdicts = (
+        await connection.execute(
+            _FOLD_STATE,
+            {
+                "pair_proxies": [proxy for proxy, _ in keys],
+                "pair_probes": [probe for _, probe in keys],
+                "ids": list(proxy_ids),
+                "days": list(days),
+                "country": country,
+                "control": control,
+            },
+        )
+    ).one()
+    return (
+        [
+            (proxy, probe, country_, control_, at, ok, streak, tuple(windows))
+            for proxy, probe, country_, control_, at, ok, streak, windows in _rows(evidence)
+        ],
+        [tuple(row) for row in _rows(rollups)],
+        {proxy: (verdict, blocked) for proxy, verdict, blocked in _rows(verdicts)},
+    )
+
+
+def _rows(encoded: str | None) -> list[list[Any]]:
+    return json.loads(encoded) if encoded else []
+
+
+_WRITE_BATCH = text(
+    "WITH batch AS ("
+    " INSERT INTO probe_batches (batch_id, probe_id, digest, created_at, received_at,"
+    "  result_count, body)"
+    " VALUES (CAST(:batch_id AS text), CAST(:probe_id AS integer), CAST(:digest AS text),"
+    "  CAST(:created_at AS bigint), CAST(:received_at AS bigint),"
+    "  CAST(:result_count AS integer), CAST(:body AS text))),"
+    " results AS ("
+    " INSERT INTO probe_results (batch_id, probe_id, proxy_id, measured_at, country, control,"
+    "  ok, step, failure, detail, connect_us, ttfb_us, throughput_kbps, mechanism)"
+    " SELECT x.batch_id, x.probe_id, x.proxy_id, x.measured_at, x.country, x.control,"
+    "  x.ok, x.step, x.failure, x.detail, x.connect_us, x.ttfb_us, x.throughput_kbps,"
+    "  x.mechanism"
+    " FROM json_to_recordset(CAST(:results AS json)) AS x(batch_id text, probe_id integer,"
+    "  proxy_id integer, measured_at bigint, country text, control boolean, ok boolean,"
+    "  step text, failure text, detail text, connect_us bigint, ttfb_us bigint,"
+    "  throughput_kbps bigint, mechanism text)),"
+    " noted AS ("
+    " UPDATE probe_accounts SET last_batch_at = CAST(:now AS bigint)"
+    " WHERE id = CAST(:probe_id AS integer)),"
+    " evidence AS ("
+    " INSERT INTO probe_evidence (proxy_id, probe_id, country, control, last_at, last_ok,"
+    "  fail_streak, fail_windows, mechanism, transports)"
+    " SELECT x.proxy_id, x.probe_id, x.country, x.control, x.last_at, x.last_ok,"
+    "  x.fail_streak, x.fail_windows, x.mechanism, x.transports"
+    " FROM json_to_recordset(CAST(:evidence AS json)) AS x(proxy_id integer,"
+    "  probe_id integer, country text, control boolean, last_at bigint, last_ok boolean,"
+    "  fail_streak integer, fail_windows json, mechanism text, transports json)"
+    " ON CONFLICT (proxy_id, probe_id) DO UPDATE SET country = excluded.country,"
+    "  control = excluded.control, last_at = excluded.last_at, last_ok = excluded.last_ok,"
+    "  fail_streak = excluded.fail_streak, fail_windows = excluded.fail_windows,"
+    "  mechanism = excluded.mechanism, transports = excluded.transports),"
+    " evidence_kept AS ("
+    " INSERT INTO probe_evidence (proxy_id, probe_id, country, control, last_at, last_ok,"
+    "  fail_streak, fail_windows)"
+    " SELECT x.proxy_id, x.probe_id, x.country, x.control, x.last_at, x.last_ok,"
+    "  x.fail_streak, x.fail_windows"
+    " FROM json_to_recordset(CAST(:evidence_kept AS json)) AS x(proxy_id integer,"
+    "  probe_id integer, country text, control boolean, last_at bigint, last_ok boolean,"
+    "  fail_streak integer, fail_windows json)"
+    " ON CONFLICT (proxy_id, probe_id) DO UPDATE SET country = excluded.country,"
+    "  control = excluded.control, last_at = excluded.last_at, last_ok = excluded.last_ok,"
+    "  fail_streak = excluded.fail_streak, fail_windows = excluded.fail_windows),"
+    " rollups AS ("
+    " INSERT INTO probe_rollups (proxy_id, day, country, control, attempts, successes,"
+    "  latency_hist, latency_p50_ms, latency_p90_ms, throughput_hist, throughput_p50_kbps)"
+    " SELECT x.proxy_id, x.day, x.country, x.control, x.attempts, x.successes,"
+    "  x.latency_hist, x.latency_p50_ms, x.latency_p90_ms, x.throughput_hist,"
+    "  x.throughput_p50_kbps"
+    " FROM json_to_recordset(CAST(:rollups AS json)) AS x(proxy_id integer, day text,"
+    "  country text, control boolean, attempts integer, successes integer,"
+    "  latency_hist json, latency_p50_ms integer, latency_p90_ms integer,"
+    "  throughput_hist json, throughput_p50_kbps bigint)"
+    " ON CONFLICT (proxy_id, day, country, control) DO UPDATE SET"
+    "  attempts = excluded.attempts, successes = excluded.successes,"
+    "  latency_hist = excluded.latency_hist, latency_p50_ms = excluded.latency_p50_ms,"
+    "  latency_p90_ms = excluded.latency_p90_ms, throughput_hist = excluded.throughput_hist,"
+    "  throughput_p50_kbps = excluded.throughput_p50_kbps),"
+    " touched AS ("
+    " UPDATE proxy_verdicts SET updated_at = CAST(:now AS bigint)"
+    " WHERE proxy_id = ANY(CAST(:unchanged AS integer[]))),"
+    " verdicts AS ("
+    " INSERT INTO proxy_verdicts (proxy_id, verdict, blocked_in, since, updated_at)"
+    " SELECT x.proxy_id, x.verdict, x.blocked_in, x.since, x.updated_at"
+    " FROM json_to_recordset(CAST(:verdicts AS json)) AS x(proxy_id integer, verdict text,"
+    "  blocked_in json, since bigint, updated_at bigint)"
+    " ON CONFLICT (proxy_id) DO UPDATE SET verdict = excluded.verdict,"
+    "  blocked_in = excluded.blocked_in, since = excluded.since,"
+    "  updated_at = excluded.updated_at),"
+    " changes AS ("
+    " INSERT INTO proxy_verdict_history (proxy_id, at, verdict, blocked_in, previous)"
+    " SELECT x.proxy_id, x.at, x.verdict, x.blocked_in, x.previous"
+    " FROM json_to_recordset(CAST(:changes AS json)) AS x(proxy_id integer, at bigint,"
+    "  verdict text, blocked_in json, previous text))"
+    " SELECT 1"
+)
+
+
+async def write_batch(session: AsyncSession, *, fold: BatchFold) -> None:
+    """Store a batch, its results and its fold (an existing batch id raises IntegrityError):
+    one statement on PostgreSQL, the statements above in turn on SQLite."""
+    if _dialect(session) != "postgresql":
+        await insert_batch(session, batch=fold.batch, results=fold.results)
+        await note_probe_batch(session, probe_id=fold.probe_id, now=fold.now)
+        await save_evidence(session, rows=fold.evidence, with_mechanism=True)
+        await save_evidence(session, rows=fold.evidence_kept, with_mechanism=False)
+        await save_rollups(session, rows=fold.rollups)
+        await touch_verdicts(session, proxy_ids=fold.unchanged, now=fold.now)
+        await save_verdicts(session, verdicts=fold.verdicts, changes=fold.changes)
+        return
+    connection = await session.connection()
+    await connection.execute(
+        _WRITE_BATCH,
+        {
+            **{key: fold.batch[key] for key in _BATCH_KEYS},
+            "probe_id": fold.probe_id,
+            "now": fold.now,
+            "results": json.dumps(list(fold.results)),
+            "evidence": json.dumps(list(fold.evidence)),
+            "evidence_kept": json.dumps(list(fold.evidence_kept)),
+            "rollups": json.dumps(list(fold.rollups)),
+            "unchanged": list(fold.unchanged),
+            "verdicts": json.dumps(list(fold.verdicts)),
+            "changes": json.dumps(list(fold.changes)),
+        },
+    )
+
+
+_BATCH_KEYS = ("batch_id", "digest", "created_at", "received_at", "result_count", "body")
 
 
 # --- retention of raw results -----------------------------------------------------------

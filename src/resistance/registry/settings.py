@@ -89,6 +89,12 @@ class RegistrySettings:
     retention_days: int = 3
     prune_interval: float = 600.0
     prune_chunk: int = 500
+    #: Database connections each registry process keeps open, how many more it may open
+    #: under load, and how long a request waits for one before it is answered 503.  At
+    #: least 2: start-up and publishing hold an advisory lock on one and work on another.
+    db_pool_size: int = 5
+    db_pool_overflow: int = 10
+    db_pool_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -129,6 +135,11 @@ class RegistrySettings:
             raise ConfigError("probe flag rate must be in [0, 1) and its minimum at least 1")
         if self.batch_max_age < 60:
             raise ConfigError("batch max age must be at least 60 s")
+        if self.db_pool_size < 2 or self.db_pool_overflow < 0 or self.db_pool_timeout <= 0:
+            raise ConfigError(  # start-up and publishing hold a lock on one, work on another
+                "the database pool needs at least 2 connections, an overflow >= 0 and a "
+                "positive wait"
+            )
         if self.retention_days < 0 or self.prune_interval <= 0 or self.prune_chunk < 1:
             raise ConfigError(
                 "retention must be >= 0 days, the prune interval positive, its chunk >= 1"

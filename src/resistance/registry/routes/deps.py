@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from resistance.registry import services
 from resistance.registry.errors import ApiError
+from resistance.registry.models import ProbeAccount
 from resistance.registry.ratelimit import Limiter, client_network
 from resistance.registry.schemas import (
     ErrorBody,
@@ -56,15 +57,23 @@ async def signup_rate(request: Request, registry: RegistryDep) -> None:
     await _limited(registry.signup_limiter, request, registry)
 
 
-async def principal(
-    registry: RegistryDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    found = await services.authenticate(registry, token=credentials.credentials)
+    return credentials.credentials
+
+
+def _unknown_token() -> ApiError:
+    return ApiError(401, "unknown API token", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def principal(registry: RegistryDep, credentials: CredentialsDep) -> Principal:
+    found = await services.authenticate(registry, token=_bearer_token(credentials))
     if found is None:
-        raise ApiError(401, "unknown API token", headers={"WWW-Authenticate": "Bearer"})
+        raise _unknown_token()
     return found
 
 
@@ -94,3 +103,17 @@ def probe_id(who: PrincipalDep) -> int:
 
 
 ProbeDep = Annotated[int, Depends(probe_id)]
+
+
+async def probe_account(registry: RegistryDep, credentials: CredentialsDep) -> ProbeAccount:
+    """:func:`probe_id`'s checks, and the probe's account, read with the token (batches)."""
+    who, account = await services.authenticate_probe(registry, token=_bearer_token(credentials))
+    if who is None:
+        raise _unknown_token()
+    probe_id(who)
+    if account is None:
+        raise ApiError(403, "this probe account no longer exists")
+    return account
+
+
+ProbeAccountDep = Annotated[ProbeAccount, Depends(probe_account)]

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from resistance.registry import probes
 from resistance.registry.errors import ApiError
-from resistance.registry.routes.deps import ERRORS, AdminDep, ProbeDep, RegistryDep, public_rate
+from resistance.registry.routes.deps import (
+    ERRORS,
+    AdminDep,
+    ProbeAccountDep,
+    ProbeDep,
+    RegistryDep,
+    public_rate,
+)
 from resistance.registry.schemas import (
     BatchReceipt,
     CanaryView,
@@ -76,11 +83,11 @@ async def assignment(registry: RegistryDep, probe: ProbeDep) -> dict[str, Any]:
     tags=["probes"],
 )
 async def upload(
-    body: ProbeBatchBody, registry: RegistryDep, probe: ProbeDep, response: Response
+    body: ProbeBatchBody, registry: RegistryDep, probe: ProbeAccountDep, response: Response
 ) -> dict[str, Any]:
     """Upload a signed batch of results; uploading the same batch again stores nothing."""
     done = await probes.ingest_batch(
-        registry, probe_id=probe, document=body.document, signature=body.signature
+        registry, probe=probe, document=body.document, signature=body.signature
     )
     if not done.stored:
         response.status_code = status.HTTP_200_OK
