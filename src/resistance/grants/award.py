@@ -330,6 +330,10 @@ def tally_groups(
 BATCH_ROWS = 65_536
 
 
+#: Day weights kept between batches, by their counts (a cache of at most this many).
+WEIGHTS_KEPT = 1 << 16
+
+
 class _Irregular(Exception):
     """The inputs are not for the column path: the per-row reading decides."""
 
@@ -354,7 +358,7 @@ def _tally_columns(
     settings: GrantSettings,
     groups: Iterable[ProxyDays],
     prior_service_days: Mapping[str, int],
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> Tally:
     start = settings.period_start.toordinal()
     country = settings.target_country
@@ -364,6 +368,7 @@ def _tally_columns(
     weights: dict[tuple[int, ...], int] = {}
     ignored = 0
     batch = _Batch()
+    limit = batch_rows or BATCH_ROWS
     for g in groups:
         if g.country != country:
             ignored += len(g.day)
@@ -376,7 +381,7 @@ def _tally_columns(
         _same_payout(addresses, g.operator_id, g.payout_address)
         left = max(0, probation - prior_service_days.get(g.proxy_id, 0)) if probation else 0
         batch.add(g, exit, g.first_day.toordinal() - start, left)
-        if len(batch.day) >= batch_rows:
+        if len(batch.day) >= limit:
             batch.settle(settings, weights, proxies)
             batch = _Batch()
     batch.settle(settings, weights, proxies)
@@ -439,6 +444,11 @@ class _Batch:
         if (np.diff(key[order]) == 0).any():
             raise _Irregular  # a day twice
         counts = np.array(self.columns, dtype=np.int64)  # OverflowError: a count >= 2**63
+        # the weight reads the throughput only up to the reference (not at all without one)
+        ref = settings.capacity_reference_kbps
+        counts[4] = np.minimum(counts[4], ref) if ref else 0
+        if len(weights) > WEIGHTS_KEPT:
+            weights.clear()  # a cache: bounded, whatever the spread of the counts
         combos, inverse = np.unique(counts.T, axis=0, return_inverse=True)
         combo_weights = []
         for combo in combos.tolist():

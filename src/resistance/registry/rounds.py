@@ -436,12 +436,14 @@ async def _compute_in_worker(
     except GrantsError as exc:
         return ("refused", str(exc))
     sums = built.per_proxy  # also counts the rows
+    chunks = round_.inputs.chunks
+    assert isinstance(chunks, tuple)  # built in memory here
     return Computed(
         _stored(round_, inputs_json, rows=sum(p["days"] for p in sums)),
         built.carry_ids,
         built.skipped_operators,
         sums,
-        round_.inputs.chunks or (),
+        chunks,
     )
 
 
