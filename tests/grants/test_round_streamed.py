@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from resistance.directory.keys import public_key_text
 from resistance.grants import award, files, rounds, signing
 from resistance.grants.cli import grants
+from resistance.grants.errors import InputError
 from resistance.grants.model import (
     GrantRound,
     GrantSettings,
@@ -142,11 +143,16 @@ def peak_bytes(work: Any) -> int:
         tracemalloc.stop()
 
 
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save(tmp_path_factory.mktemp("big"), big_round(days=2_000, proxies=200))
+
+
 def test_verify_holds_far_less_than_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    big_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(award, "BATCH_ROWS", 2_000)  # a batch of rows, not of the file
-    path = save(tmp_path, big_round(days=2_000, proxies=200))
+    path = big_file
     size = path.stat().st_size
     assert size > 8_000_000
 
@@ -159,3 +165,28 @@ def test_verify_holds_far_less_than_the_file(
     whole = peak_bytes(lambda: rounds.verify(files.load_round(path)))
     assert whole > size  # reading it whole holds the file, and more
     assert streamed < size / 5, (streamed, size)
+
+
+def test_an_export_is_kept_only_whole_and_checked(big_file: Path, tmp_path: Path) -> None:
+    """``resist grants round export`` writes the answer as it arrives and keeps it only
+    once every chunk matched the manifest (holding a part and a chunk at a time)."""
+    size = big_file.stat().st_size
+
+    def parts() -> Any:
+        with big_file.open("rb") as f:
+            while block := f.read(1 << 16):
+                yield block
+
+    out = tmp_path / "round.json"
+    files.write_parts_atomic(out, parts(), files.checked_round_file)  # imports, once
+    peak = peak_bytes(lambda: files.write_parts_atomic(out, parts(), files.checked_round_file))
+    assert out.read_bytes() == big_file.read_bytes()
+    assert peak < size / 5, (peak, size)
+    data = json.loads(big_file.read_text())
+    chunk = json.loads(data["inputs"]["chunks"][3])
+    chunk["proxies"][0]["target_successes"][0] = 0
+    data["inputs"]["chunks"][3] = json.dumps(chunk)
+    with pytest.raises(InputError, match=r"chunks\[3\]: its SHA-256 does not match"):
+        files.write_parts_atomic(out, [json.dumps(data).encode()], files.checked_round_file)
+    assert out.read_bytes() == big_file.read_bytes()  # the file there is left as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["round.json"]  # no temporary left

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ijson
 
@@ -22,6 +22,8 @@ from resistance.grants.model import (
     round_inputs_file_from_json,
     round_to_json,
 )
+
+T = TypeVar("T")
 
 
 def read_json(path: Path) -> Any:
@@ -48,6 +50,35 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_parts_atomic(path: Path, parts: Iterable[bytes], check: Callable[[Path], T]) -> T:
+    """Write ``parts`` as they come to a temporary file beside ``path``, ``check`` it, and
+    only then rename it to ``path``: whole and checked, or not at all (``path`` is left
+    as it was). Holds one part at a time. Returns what ``check`` returned."""
+    path = path.resolve()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        checked = check(Path(tmp))
+        os.replace(tmp, path)
+        return checked
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checked_round_file(path: Path) -> GrantRound:
+    """The round in ``path``, everything in it checked as ``load_round`` checks it (each
+    /2 chunk against the manifest, each entry), reading one chunk at a time."""
+    round_ = load_round_streamed(path)
+    for _ in round_.inputs.groups():
+        pass
+    return round_
 
 
 def load_round(path: Path) -> GrantRound:
