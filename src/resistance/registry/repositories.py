@@ -796,6 +796,13 @@ async def all_proxies(session: AsyncSession) -> Sequence[Proxy]:
     return (await session.execute(select(Proxy))).scalars().all()
 
 
+async def round_proxies(session: AsyncSession) -> Sequence[Any]:
+    """Every proxy, active or not, as plain rows of what a grant round reads of it:
+    ``id, operator_id, network, cascade_role, exit_id`` (no ORM object per proxy)."""
+    query = select(Proxy.id, Proxy.operator_id, Proxy.network, Proxy.cascade_role, Proxy.exit_id)
+    return (await session.execute(query)).all()
+
+
 async def rollup_rows(
     session: AsyncSession, *, country: str, since: str | None, before: str
 ) -> AsyncIterator[Sequence[Any]]:

@@ -91,7 +91,7 @@ from resistance.grants.signing import sign_inputs_json
 from resistance.registry import repositories as repo
 from resistance.registry.db import make_engine, make_sessions
 from resistance.registry.errors import ApiError
-from resistance.registry.models import GrantRoundRow, Proxy
+from resistance.registry.models import GrantRoundRow
 from resistance.registry.round_days import DayTotals, day_offsets, day_totals
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
 from resistance.registry.services import Registry, utc_day
@@ -157,7 +157,7 @@ def _service_days(settings: GrantSettings, t: DayTotals, wanted: set[int]) -> di
 
 
 def _exit_of(
-    proxy: Proxy, proxies: dict[int, Proxy], operators: dict[int, Any]
+    proxy: Any, proxies: dict[int, Any], operators: dict[int, Any]
 ) -> tuple[str, str, str] | None:
     """A bridge's exit as the award rule needs it; None for an ordinary proxy, or when
     the exit is gone or its operator has no payout address (then the bridge's
@@ -178,7 +178,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     reads are then read back from those chunks, so what is signed is exactly what is
     computed)."""
     operators = {o.id: o for o in await repo.all_operators(session)}
-    proxies = {p.id: p for p in await repo.all_proxies(session)}
+    proxies = {p.id: p for p in await repo.round_proxies(session)}
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
