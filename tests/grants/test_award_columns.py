@@ -9,13 +9,14 @@ inputs the column path must decide by itself, without handing them over.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resistance.grants import award
+from resistance.grants import award, model
 from resistance.grants.award import _result, _tally_columns, tally_columns, tally_groups
 from resistance.grants.errors import InputError
 from resistance.grants.model import BASIS_POINTS, CarriedAmount, GrantSettings, ProxyDays
@@ -199,3 +200,58 @@ def test_counts_beyond_64_bits_are_weighed_exactly() -> None:
     big = entry("p", [0], control_attempts=[2 * BIG], control_successes=[BIG])
     t = tally_columns(s, lambda: [big], {})
     assert t.proxies["p"].earned == award.WEIGHT_SCALE // 2
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 30)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@st.composite
+def chunk_texts(draw: Any) -> str:
+    """A chunk of one proxy's entry, some of its fields dropped, added or replaced."""
+    days = draw(st.integers(1, 3))
+    p: dict[str, Any] = {
+        "proxy_id": "p", "operator_id": "a", "network": NETS[0], "payout_address": address("a"),
+        "country": "RU", "day": list(range(days)), "control_attempts": [24] * days,
+        "control_successes": [24] * days, "target_attempts": [24] * days,
+        "target_successes": [20] * days, "throughput_kbps": [0] * days,
+    }  # fmt: skip
+    if draw(st.booleans()):
+        p |= {"exit_operator_id": "x", "exit_network": NETS[1], "exit_payout_address": address("x")}
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from([*p, "exit_network", "extra"]))
+        if draw(st.booleans()):
+            p.pop(key, None)
+        else:
+            p[key] = draw(JSON_VALUES)
+    entries: Any = [p] if draw(st.integers(0, 9)) else p
+    return json.dumps({"first_day": START.isoformat(), "proxies": entries})
+
+
+def read_chunk(text: str) -> tuple[str, Any]:
+    try:
+        return "entries", model.proxy_days_from_chunk(text, 0)
+    except InputError as exc:
+        return "refused", str(exc)
+
+
+@PROPS
+@given(text=chunk_texts())
+def test_a_chunk_is_read_as_field_by_field(text: str) -> None:
+    """Entries of the usual shape are taken whole; anything else as before, each field
+    checked: both give the same entries or the same error."""
+    fast = read_chunk(text)
+    plain = model._plain_entry
+    try:
+        model._plain_entry = lambda p, first: None  # type: ignore[assignment]
+        slow = read_chunk(text)
+    finally:
+        model._plain_entry = plain  # type: ignore[assignment]
+    assert fast == slow

@@ -860,6 +860,11 @@ def proxy_days_from_chunk(text: str, index: int) -> list[ProxyDays]:
     out = []
     for n, p in enumerate(_list(o.get("proxies"), f"{w}.proxies")):
         pw = f"{w}.proxies[{n}]"
+        plain = _plain_entry(p, first)  # the usual shape, taken without a check per field
+        if plain is not None:
+            plain.check(pw)
+            out.append(plain)
+            continue
         pm = _mapping(p, pw)
         _require(pm, (*_GROUP_TEXT, "day", *_COLUMNS), pw)
         unknown = set(pm) - {*_GROUP_TEXT, *_EXIT_FIELDS, "day", *_COLUMNS}
@@ -875,6 +880,35 @@ def proxy_days_from_chunk(text: str, index: int) -> list[ProxyDays]:
         entry.check(pw)
         out.append(entry)
     return out
+
+
+_ENTRY_KEYS = frozenset((*_GROUP_TEXT, "day", *_COLUMNS))
+_CASCADE_KEYS = _ENTRY_KEYS | frozenset(_EXIT_FIELDS)
+_NO_EXIT = ("", "", "")
+
+
+def _plain_entry(p: Any, first: dt.date) -> ProxyDays | None:
+    """An entry of exactly the expected fields, texts where texts go and lists of one
+    length where columns go, as it stands (its values checked by ``ProxyDays.check``);
+    None for anything else, which the field-by-field reading then explains."""
+    if type(p) is not dict:
+        return None
+    keys = p.keys()
+    cascade = keys == _CASCADE_KEYS
+    if not cascade and keys != _ENTRY_KEYS:
+        return None
+    texts = [p[k] for k in _GROUP_TEXT]
+    texts += [p[k] for k in _EXIT_FIELDS] if cascade else _NO_EXIT
+    day, ca, cs, ta, ts, tp = columns = [p["day"], *(p[c] for c in _COLUMNS)]
+    if not all(type(t) is str for t in texts) or not all(type(c) is list for c in columns):
+        return None
+    if len({len(c) for c in columns}) != 1:
+        return None
+    proxy_id, operator_id, network, payout, country, exit_op, exit_net, exit_payout = texts
+    return ProxyDays(
+        proxy_id, operator_id, network, payout, country, exit_op, exit_net, exit_payout,
+        first, day, ca, cs, ta, ts, tp,
+    )  # fmt: skip
 
 
 def rollups_from_chunk(text: str, index: int) -> list[DailyRollup]:
