@@ -92,6 +92,7 @@ import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -388,6 +389,21 @@ def _tally_columns(
     return Tally(proxies, addresses, ignored)
 
 
+def _distinct(counts: Any) -> tuple[Any, Any]:
+    """The distinct columns of ``counts`` (5 x n, non-negative) and, for each column, the
+    index of its distinct one: through one integer per column in mixed radix when they
+    fit in 63 bits (a sort of n integers, not of n rows)."""
+    radix = counts.max(axis=1) + 1
+    if float(np.prod(radix.astype(np.float64))) < 2.0**62:
+        key = np.zeros(counts.shape[1], dtype=np.int64)
+        for row, base in zip(counts, radix.tolist(), strict=True):
+            key = key * base + row
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return counts[:, first].T, inverse.reshape(-1)
+    combos, inverse = np.unique(counts.T, axis=0, return_inverse=True)
+    return combos, inverse.reshape(-1)
+
+
 def _same_payout(addresses: dict[str, str], operator_id: str, address: str) -> None:
     if addresses.setdefault(operator_id, address) != address:
         raise _Irregular  # the per-row reading names the row that disagrees
@@ -449,7 +465,7 @@ class _Batch:
         counts[4] = np.minimum(counts[4], ref) if ref else 0
         if len(weights) > WEIGHTS_KEPT:
             weights.clear()  # a cache: bounded, whatever the spread of the counts
-        combos, inverse = np.unique(counts.T, axis=0, return_inverse=True)
+        combos, inverse = _distinct(counts)
         combo_weights = []
         for combo in combos.tolist():
             ident = tuple(combo)
@@ -458,7 +474,7 @@ class _Batch:
                 w = weights[ident] = counts_weight(settings, *combo)
             combo_weights.append(w)
         # a weight is at most WEIGHT_SCALE, so a proxy's sum of days fits in 64 bits
-        weight = np.array(combo_weights, dtype=np.int64)[inverse.reshape(-1)]
+        weight = np.array(combo_weights, dtype=np.int64)[inverse]
         served = weight > 0
         total = np.add.reduceat(weight, starts)
         service = np.add.reduceat(served.astype(np.int64), starts)

@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import hashlib
 import ipaddress
+import itertools
 import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -824,7 +825,7 @@ class ProxyDays:
             self.proxy_id
             and self.operator_id
             and self.payout_address
-            and all(set(map(type, col)) == _INT for col in (day, ca, cs, ta, ts, tp))
+            and set(map(type, itertools.chain(day, ca, cs, ta, ts, tp))) == _INT
             and min(day) >= 0
             and max(day) <= _MAX_DAY_OFFSET
             and min(cs) >= 0

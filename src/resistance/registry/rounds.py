@@ -396,7 +396,7 @@ def _settings(**values: Any) -> GrantSettings:
         raise ApiError(422, f"settings refused: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Computed:
     """A round computed by a worker: the columns to store, and what the view reads."""
 
@@ -407,6 +407,11 @@ class Computed:
     per_proxy: list[dict[str, Any]]
     #: The /2 inputs' chunks, stored as rows of ``grant_round_chunks``.
     chunks: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        # short: asyncio.run formats its task's repr, result included, when it restores
+        # the SIGINT handler (Python 3.11), which took 1.4 s at 100,000 proxies
+        return f"Computed({len(self.per_proxy)} proxies, {len(self.chunks)} chunks)"
 
 
 def compute_job(
