@@ -605,10 +605,19 @@ def split_weight(
     return [(p.operator_id, p.network, earned - exit_weight), (*p.exit, exit_weight)]
 
 
-def compute_result(settings: GrantSettings, inputs: RoundInputs) -> RoundResult:
-    """Apply the award rule to a round's recorded inputs (/2: read from their columns)."""
+def compute_result(
+    settings: GrantSettings,
+    inputs: RoundInputs,
+    *,
+    groups: Callable[[], Iterable[ProxyDays]] | None = None,
+) -> RoundResult:
+    """Apply the award rule to a round's recorded inputs (/2: read from their columns).
+
+    ``groups`` gives /2 inputs' entries when whoever made the chunks still holds them
+    (the registry's round worker, from the arrays it wrote them from): they must be the
+    entries of ``inputs.groups()``, which are read when it is None."""
     if inputs.chunks is not None:
-        t = tally_columns(settings, inputs.groups, inputs.prior_service_days)
+        t = tally_columns(settings, groups or inputs.groups, inputs.prior_service_days)
         return _result(settings, t, inputs.carried_in)
     return compute_result_from(
         settings, inputs.rollups, inputs.carried_in, inputs.prior_service_days

@@ -52,9 +52,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import multiprocessing
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ from resistance.grants.model import (
     CarriedAmount,
     GrantRound,
     GrantSettings,
+    ProxyDays,
     RoundInputs,
     canonical_json,
     chunk_text,
@@ -112,6 +114,9 @@ class BuiltInputs:
     #: :func:`per_proxy` of the inputs, summed from the columns as they were built
     #: (so the worker does not read its chunks back for them).
     per_proxy: list[dict[str, Any]]
+    #: The chunks' entries made again from the arrays they were written from (the same
+    #: integers, without parsing ~100 MB of JSON back): what the award rule reads.
+    groups: Callable[[], Iterator[ProxyDays]]
 
 
 def _proxy_runs(t: DayTotals) -> npt.NDArray[np.int64]:
@@ -140,6 +145,25 @@ def _chunk(
             entry[name] = column[a - lo : b - lo]
         entries.append(entry)
     return chunk_text(first, entries)
+
+
+def _entries(
+    first: dt.date, kept: list[tuple[int, int, dict[str, Any]]], columns: tuple[Any, ...]
+) -> Iterator[ProxyDays]:
+    """The entries of the chunks :func:`_chunk` makes, in their order, as the award rule
+    reads them: the same fields and the same integers, one chunk's made at a time."""
+    for n in range(0, len(kept), CHUNK_PROXIES):
+        part = kept[n : n + CHUNK_PROXIES]
+        lo = part[0][0]
+        day, ca, cs, ta, ts, tp = (column[lo : part[-1][1]].tolist() for column in columns)
+        for a, b, f in part:
+            i, j = a - lo, b - lo
+            yield ProxyDays(
+                f["proxy_id"], f["operator_id"], f["network"], f["payout_address"],
+                f["country"], f.get("exit_operator_id", ""), f.get("exit_network", ""),
+                f.get("exit_payout_address", ""), first, day[i:j], ca[i:j], cs[i:j],
+                ta[i:j], ts[i:j], tp[i:j],
+            )  # fmt: skip
 
 
 def _service_days(settings: GrantSettings, t: DayTotals, wanted: set[int]) -> dict[str, int]:
@@ -174,9 +198,10 @@ def _exit_of(
 async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> BuiltInputs:
     """The round's inputs from the registry's rollups, addresses and open carried amounts,
     in format /2: chunks of per-proxy columns made straight from the day totals' arrays,
-    one chunk's rows turned into Python integers at a time (the rows the award rule
-    reads are then read back from those chunks, so what is signed is exactly what is
-    computed)."""
+    one chunk's rows turned into Python integers at a time. The award rule then reads
+    the same entries made again from those arrays (``groups``): the chunks' JSON holds
+    exactly these integers, so what is signed is what is computed (a funder's verify
+    recomputes the round from the chunks themselves)."""
     operators = {o.id: o for o in await repo.all_operators(session)}
     proxies = {p.id: p for p in await repo.round_proxies(session)}
     start = settings.period_start.isoformat()
@@ -231,7 +256,7 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
         for n in range(0, len(kept), CHUNK_PROXIES)
     )
     wanted = {a_fields[2]["proxy_id"] for a_fields in kept}
-    del totals, columns, offsets, kept
+    del totals, offsets
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and wanted:
         earlier = await day_totals(session, country=country, since=None, before=start)
@@ -254,7 +279,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     )
     inputs = RoundInputs((), carried_in, dict(sorted(prior.items())), (), chunks)
     sums.sort(key=lambda p: (p["operator"], int(p["proxy_id"])))
-    return BuiltInputs(inputs, carry_ids, sorted(skipped), sums)
+    groups = functools.partial(_entries, settings.period_start, kept, columns)
+    return BuiltInputs(inputs, carry_ids, sorted(skipped), sums, groups)
 
 
 # --- views ----------------------------------------------------------------------------
@@ -437,7 +463,7 @@ async def _compute_in_worker(
         await engine.dispose()
     inputs, inputs_json = sign_inputs_json(settings, built.inputs, keys)
     try:
-        round_ = grant_rounds.compute_round(settings, inputs)
+        round_ = grant_rounds.compute_round(settings, inputs, groups=built.groups)
     except GrantsError as exc:
         return ("refused", str(exc))
     sums = built.per_proxy  # also counts the rows
