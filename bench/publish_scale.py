@@ -206,7 +206,7 @@ async def addresses(url: str, operators: int = 1000) -> None:
 
 
 async def prepare(args: argparse.Namespace, console: Console) -> tuple[str, str]:
-    name = args.database or f"resist_bench_pub_{os.getpid()}"
+    name = args.database or args.new_database or f"resist_bench_pub_{os.getpid()}"
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     if not args.database:
         await admin(f'CREATE DATABASE "{name}"')
@@ -226,6 +226,9 @@ def main() -> None:
     parser.add_argument("--steps", default="publish,round")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--database", help="measure a database a --keep run left")
+    parser.add_argument(
+        "--new-database", help="the name of the database to make and fill (default: by pid)"
+    )
     args = parser.parse_args()
     console = Console()
     name, url = asyncio.run(prepare(args, console))

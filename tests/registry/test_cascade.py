@@ -145,6 +145,7 @@ async def test_a_rounds_rows_pay_the_exit_through_its_bridge(
     async with running.registry.sessions() as session:
         built = await rounds.build_inputs(session, settings=settings)
     (row,) = built.inputs.rows()  # the exit has no row of its own
+    assert list(built.groups()) == list(built.inputs.groups())  # what the worker reads
     assert row.proxy_id == str(bridge_view["proxy_id"])
     assert (row.operator_id, row.exit_operator_id) == ("bridge-op", "exit-op")
     assert row.exit_network == exit_view["network"]

@@ -170,6 +170,7 @@ async def test_the_database_read_equals_the_per_row_fold(
         return rollup_rows(session, **kwargs)
 
     monkeypatch.setattr(repo, "rollup_rows", spy)
+    monkeypatch.setattr(repo, "COPY_SINK_BYTES", 150)  # a few lines a block, and a tail
     await running.operator("alice")
     async with running.registry.sessions.begin() as session:
         operator = (await session.execute(select(Operator.id))).scalar_one()

@@ -832,6 +832,9 @@ async def test_the_registry_builds_inputs_2_in_bounded_chunks(
     }  # fmt: skip
     assert got == expected and built.inputs.row_count() == 3 * 3 + 1
     assert built.per_proxy == rounds.per_proxy(built.inputs)  # summed as built, or read back
+    # the worker's award rule reads the entries made from the arrays, not parsed back:
+    # they are the chunks' entries exactly
+    assert list(built.groups()) == list(built.inputs.groups())
     assert [p["days"] for p in built.per_proxy] == [3, 3, 4]
     assert inputs_from_json(json.loads(json.dumps(inputs_to_json(built.inputs)))) == built.inputs
 

@@ -71,9 +71,17 @@ any order give the same round.
 
 Rollups are consumed as an iterable, keeping only a small tally per proxy, so a
 round over 100,000 proxies and 30 days needs memory for the proxies, not the rows.
-Inputs in format /2 are read from their per-proxy columns (:func:`tally_groups`):
-the same checks and sums without an object per row; ``tests/grants/test_inputs2.py``
-checks that both give the same round on random inputs.
+Inputs in format /2 are read from their per-proxy columns (:func:`tally_columns`):
+a batch of entries at a time, their days as numpy columns, each distinct combination
+of counts weighed once in exact integers as above (a day's weight is at most
+``WEIGHT_SCALE``, so it and a proxy's sums fit in 64 bits), then summed per proxy,
+and probation's earliest days picked, by vectorised passes. That path takes only
+regular inputs (each proxy in one entry, days inside the period and distinct, counts
+below 2**63, one payout address per operator); anything else, and any error, is
+handed to the per-row reading (:func:`tally_groups`), which gives the same sums and
+raises the same first error as /1 rows would. ``tests/grants/test_inputs2.py`` checks
+that /1 and /2 give the same round, and ``tests/grants/test_award_columns.py`` that
+both readings of /2 give the same tally or the same error, on random inputs.
 """
 
 from __future__ import annotations
@@ -81,9 +89,12 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
+
+import numpy as np
 
 from resistance.grants.errors import InputError
 from resistance.grants.model import (
@@ -168,10 +179,21 @@ class _ProxyTally:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyTotal:
+    """What the rule keeps of one proxy read from columns: its sums, probation applied."""
+
+    operator_id: str
+    network: str
+    exit: tuple[str, str] | None
+    service: int  # days with a positive weight
+    earned: int  # the sum of its day weights less its probation days'
+
+
+@dataclass(frozen=True, slots=True)
 class Tally:
     """Per-proxy and per-operator facts gathered from the rows."""
 
-    proxies: dict[str, _ProxyTally]
+    proxies: dict[str, _ProxyTally] | dict[str, ProxyTotal]
     addresses: dict[str, str]
     ignored_rollups: int
 
@@ -257,9 +279,10 @@ def tally_groups(
     groups: Iterable[ProxyDays],
     prior_service_days: Mapping[str, int],
 ) -> Tally:
-    """``tally`` over /2 inputs' per-proxy entries: the same checks and sums, the shared
-    fields checked once per entry and its days read from its columns (no object per
-    row; a day's weight computed once per distinct combination of counts)."""
+    """``tally`` over /2 inputs' per-proxy entries, a day at a time: the same checks and
+    sums, the shared fields checked once per entry (no object per row; a day's weight
+    computed once per distinct combination of counts). The reference that
+    :func:`tally_columns` is tested against, and what it hands irregular inputs to."""
     proxies: dict[str, _ProxyTally] = {}
     addresses: dict[str, str] = {}
     start = settings.period_start.toordinal()
@@ -302,6 +325,172 @@ def tally_groups(
                 w = weights[key] = counts_weight(settings, ca, cs, ta, ts, tp)
             p.add(offset, w)
     return Tally(proxies, addresses, ignored)
+
+
+#: Rows gathered before a batch of entries is summed in numpy (bounds the batch's arrays).
+BATCH_ROWS = 65_536
+
+
+#: Day weights kept between batches, by their counts (a cache of at most this many).
+WEIGHTS_KEPT = 1 << 16
+
+
+class _Irregular(Exception):
+    """The inputs are not for the column path: the per-row reading decides."""
+
+
+def tally_columns(
+    settings: GrantSettings,
+    groups: Callable[[], Iterable[ProxyDays]],
+    prior_service_days: Mapping[str, int],
+) -> Tally:
+    """``tally_groups`` vectorised: the same tally from /2 entries (``groups()`` gives
+    them, and again if the per-row reading must decide), a batch of entries at a time
+    in numpy columns, with no Python work per row."""
+    try:
+        return _tally_columns(settings, groups(), prior_service_days)
+    except (_Irregular, InputError, OverflowError):
+        # an error, or inputs only the per-row reading takes: it finds the first problem
+        # in reading order and says it as /1 rows would (or gives the same tally)
+        return tally_groups(settings, groups(), prior_service_days)
+
+
+def _tally_columns(
+    settings: GrantSettings,
+    groups: Iterable[ProxyDays],
+    prior_service_days: Mapping[str, int],
+    batch_rows: int | None = None,
+) -> Tally:
+    start = settings.period_start.toordinal()
+    country = settings.target_country
+    probation = settings.probation_days
+    proxies: dict[str, ProxyTotal] = {}
+    addresses: dict[str, str] = {}
+    weights: dict[tuple[int, ...], int] = {}
+    ignored = 0
+    batch = _Batch()
+    limit = batch_rows or BATCH_ROWS
+    for g in groups:
+        if g.country != country:
+            ignored += len(g.day)
+            continue
+        if g.proxy_id in proxies or g.proxy_id in batch.ids:
+            raise _Irregular  # a proxy in several entries: the per-row reading merges them
+        exit = (g.exit_operator_id, g.exit_network) if g.exit_operator_id else None
+        if exit is not None:
+            _same_payout(addresses, g.exit_operator_id, g.exit_payout_address)
+        _same_payout(addresses, g.operator_id, g.payout_address)
+        left = max(0, probation - prior_service_days.get(g.proxy_id, 0)) if probation else 0
+        batch.add(g, exit, g.first_day.toordinal() - start, left)
+        if len(batch.day) >= limit:
+            batch.settle(settings, weights, proxies)
+            batch = _Batch()
+    batch.settle(settings, weights, proxies)
+    return Tally(proxies, addresses, ignored)
+
+
+def _distinct(counts: Any) -> tuple[Any, Any]:
+    """The distinct columns of ``counts`` (5 x n, non-negative) and, for each column, the
+    index of its distinct one: through one integer per column in mixed radix when they
+    fit in 63 bits (a sort of n integers, not of n rows)."""
+    radix = counts.max(axis=1) + 1
+    if float(np.prod(radix.astype(np.float64))) < 2.0**62:
+        key = np.zeros(counts.shape[1], dtype=np.int64)
+        for row, base in zip(counts, radix.tolist(), strict=True):
+            key = key * base + row
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return counts[:, first].T, inverse.reshape(-1)
+    combos, inverse = np.unique(counts.T, axis=0, return_inverse=True)
+    return combos, inverse.reshape(-1)
+
+
+def _same_payout(addresses: dict[str, str], operator_id: str, address: str) -> None:
+    if addresses.setdefault(operator_id, address) != address:
+        raise _Irregular  # the per-row reading names the row that disagrees
+
+
+class _Batch:
+    """Entries gathered for one vectorised pass: their fields, and their days as flat
+    columns (``len`` of each entry's days in ``lengths``)."""
+
+    __slots__ = ("bases", "columns", "day", "ids", "lefts", "lengths", "meta")
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.meta: list[tuple[str, str, str, tuple[str, str] | None]] = []
+        self.bases: list[int] = []
+        self.lefts: list[int] = []
+        self.lengths: list[int] = []
+        self.day: list[int] = []
+        self.columns: tuple[list[int], ...] = ([], [], [], [], [])
+
+    def add(self, g: ProxyDays, exit: tuple[str, str] | None, base: int, left: int) -> None:
+        self.ids.add(g.proxy_id)
+        self.meta.append((g.proxy_id, g.operator_id, g.network, exit))
+        self.bases.append(base)
+        self.lefts.append(left)
+        self.lengths.append(len(g.day))
+        self.day.extend(g.day)
+        ca, cs, ta, ts, tp = self.columns
+        ca.extend(g.control_attempts)
+        cs.extend(g.control_successes)
+        ta.extend(g.target_attempts)
+        ts.extend(g.target_successes)
+        tp.extend(g.throughput_kbps)
+
+    def settle(
+        self,
+        settings: GrantSettings,
+        weights: dict[tuple[int, ...], int],
+        proxies: dict[str, ProxyTotal],
+    ) -> None:
+        """Weigh the batch's days and add each entry's sums to ``proxies``."""
+        if not self.meta:
+            return
+        ndays = settings.days
+        lengths = np.array(self.lengths, dtype=np.int64)
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        entry = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        offset = np.array(self.day, dtype=np.int64) + np.array(self.bases, dtype=np.int64)[entry]
+        if offset.min() < 0 or offset.max() >= ndays:
+            raise _Irregular  # a day outside the period
+        key = entry * ndays + offset
+        order = np.argsort(key, kind="stable")  # by entry, then day (entries stay in place)
+        if (np.diff(key[order]) == 0).any():
+            raise _Irregular  # a day twice
+        counts = np.array(self.columns, dtype=np.int64)  # OverflowError: a count >= 2**63
+        # the weight reads the throughput only up to the reference (not at all without one)
+        ref = settings.capacity_reference_kbps
+        counts[4] = np.minimum(counts[4], ref) if ref else 0
+        if len(weights) > WEIGHTS_KEPT:
+            weights.clear()  # a cache: bounded, whatever the spread of the counts
+        combos, inverse = _distinct(counts)
+        combo_weights = []
+        for combo in combos.tolist():
+            ident = tuple(combo)
+            w = weights.get(ident)
+            if w is None:
+                w = weights[ident] = counts_weight(settings, *combo)
+            combo_weights.append(w)
+        # a weight is at most WEIGHT_SCALE, so a proxy's sum of days fits in 64 bits
+        weight = np.array(combo_weights, dtype=np.int64)[inverse]
+        served = weight > 0
+        total = np.add.reduceat(weight, starts)
+        service = np.add.reduceat(served.astype(np.int64), starts)
+        if any(self.lefts):
+            # probation: the first `left` days with a positive weight, in day order
+            w_sorted = weight[order]
+            s_sorted = w_sorted > 0
+            seen = np.cumsum(s_sorted, dtype=np.int64)
+            before = seen[starts] - s_sorted[starts].astype(np.int64)
+            rank = seen - 1 - before[entry]
+            early = s_sorted & (rank < np.array(self.lefts, dtype=np.int64)[entry])
+            total = total - np.add.reduceat(np.where(early, w_sorted, 0), starts)
+        for (proxy_id, operator_id, network, exit), earned, days in zip(
+            self.meta, total.tolist(), service.tolist(), strict=True
+        ):
+            proxies[proxy_id] = ProxyTotal(operator_id, network, exit, days, earned)
 
 
 # --- water-filling -----------------------------------------------------------------------
@@ -404,7 +593,9 @@ def largest_remainder(total: int, shares: list[tuple[str, Fraction]]) -> dict[st
     return floors
 
 
-def split_weight(settings: GrantSettings, p: _ProxyTally) -> list[tuple[str, str, int]]:
+def split_weight(
+    settings: GrantSettings, p: _ProxyTally | ProxyTotal
+) -> list[tuple[str, str, int]]:
     """(operator, network, weight) parts of one proxy's earned weight: one part, or a
     cascade's bridge part and exit part (the exit's floored, so they sum exactly)."""
     earned = p.earned
@@ -414,10 +605,19 @@ def split_weight(settings: GrantSettings, p: _ProxyTally) -> list[tuple[str, str
     return [(p.operator_id, p.network, earned - exit_weight), (*p.exit, exit_weight)]
 
 
-def compute_result(settings: GrantSettings, inputs: RoundInputs) -> RoundResult:
-    """Apply the award rule to a round's recorded inputs (/2: read from their columns)."""
+def compute_result(
+    settings: GrantSettings,
+    inputs: RoundInputs,
+    *,
+    groups: Callable[[], Iterable[ProxyDays]] | None = None,
+) -> RoundResult:
+    """Apply the award rule to a round's recorded inputs (/2: read from their columns).
+
+    ``groups`` gives /2 inputs' entries when whoever made the chunks still holds them
+    (the registry's round worker, from the arrays it wrote them from): they must be the
+    entries of ``inputs.groups()``, which are read when it is None."""
     if inputs.chunks is not None:
-        t = tally_groups(settings, inputs.groups(), inputs.prior_service_days)
+        t = tally_columns(settings, groups or inputs.groups, inputs.prior_service_days)
         return _result(settings, t, inputs.carried_in)
     return compute_result_from(
         settings, inputs.rollups, inputs.carried_in, inputs.prior_service_days

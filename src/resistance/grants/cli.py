@@ -126,7 +126,7 @@ def verify(round_file: Path, trust: tuple[str, ...], threshold: int) -> None:
     Example:
       resist grants verify round.json --trust 3q2-7w... --threshold 1
     """
-    round_ = files.load_round(round_file)
+    round_ = files.load_round_streamed(round_file)  # /2 chunks read one at a time
     diffs = rounds.verify(round_)
     console = Console()
     unsigned = _check_signatures(console, round_, trust, threshold)

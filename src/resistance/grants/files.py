@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import ijson
 
 from resistance.grants.errors import InputError
 from resistance.grants.model import (
+    INPUTS_FORMAT_2,
     GrantRound,
     GrantSettings,
     RoundInputs,
+    StoredChunks,
     round_from_json,
     round_inputs_file_from_json,
     round_to_json,
 )
+
+T = TypeVar("T")
 
 
 def read_json(path: Path) -> Any:
@@ -45,8 +52,113 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_parts_atomic(path: Path, parts: Iterable[bytes], check: Callable[[Path], T]) -> T:
+    """Write ``parts`` as they come to a temporary file beside ``path``, ``check`` it, and
+    only then rename it to ``path``: whole and checked, or not at all (``path`` is left
+    as it was). Holds one part at a time. Returns what ``check`` returned."""
+    path = path.resolve()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        checked = check(Path(tmp))
+        os.replace(tmp, path)
+        return checked
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checked_round_file(path: Path) -> GrantRound:
+    """The round in ``path``, everything in it checked as ``load_round`` checks it (each
+    /2 chunk against the manifest, each entry), reading one chunk at a time."""
+    round_ = load_round_streamed(path)
+    for _ in round_.inputs.groups():
+        pass
+    return round_
+
+
 def load_round(path: Path) -> GrantRound:
     return round_from_json(read_json(path))
+
+
+#: Where a round file keeps its /2 chunks, as ijson names the place.
+_CHUNKS = "inputs.chunks"
+_CHUNK = "inputs.chunks.item"
+
+
+def load_round_streamed(path: Path) -> GrantRound:
+    """The round in ``path`` with its /2 chunks left in the file: everything else is
+    read in one pass that skips the chunks' texts (only counting them), and the chunks
+    are read, one at a time, whenever the round's inputs are iterated
+    (:class:`~resistance.grants.model.StoredChunks`, each checked against the manifest
+    as it is read). So verifying a round over 100,000 proxies holds one chunk, not a
+    file of ~100 MB parsed whole. A /1 round, or a file whose chunks are not a list of
+    texts, is read whole by :func:`load_round` (with its errors)."""
+    head, count = _round_head(path)
+    inputs = head.get("inputs") if isinstance(head, dict) else None
+    if (
+        count is None
+        or not isinstance(inputs, dict)
+        or inputs.get("format") != INPUTS_FORMAT_2
+        or not isinstance(inputs.get("manifest"), list)
+    ):
+        return load_round(path)
+    del inputs["chunks"]
+    listed = inputs["manifest"]
+    if len(listed) != count:
+        raise InputError(
+            f"inputs: the manifest names {len(listed)} chunk(s) but {count} are present"
+        )
+    return round_from_json(head, StoredChunks(lambda: _chunk_texts(path), listed))
+
+
+def _round_head(path: Path) -> tuple[Any, int | None]:
+    """The file's JSON with ``inputs.chunks`` as an empty list, and how many chunks it
+    holds; ``(None, None)`` when its chunks are not a list of texts (then the whole
+    file is needed to say what is wrong)."""
+    builder = ijson.ObjectBuilder()
+    count = 0
+    try:
+        with path.open("rb") as f:
+            for prefix, event, value in ijson.parse(f, use_float=True):
+                if prefix == _CHUNK and event == "string":
+                    count += 1
+                    continue
+                if prefix.startswith(_CHUNK) or (
+                    prefix == _CHUNKS and event not in ("start_array", "end_array")
+                ):
+                    return None, None
+                builder.event(event, value)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except ijson.JSONError as exc:
+        raise _not_json(path, exc) from None
+    head = builder.value
+    inputs = head.get("inputs") if isinstance(head, dict) else None
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("chunks"), list):
+        return None, None
+    return head, count
+
+
+def _not_json(path: Path, exc: Exception) -> InputError:
+    """One line (the C parser's message points at the place over several)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return InputError(f"{path} is not JSON: {first or type(exc).__name__}")
+
+
+def _chunk_texts(path: Path) -> Iterator[Any]:
+    """The file's chunks, one at a time (read again from the start at each call)."""
+    try:
+        with path.open("rb") as f:
+            yield from ijson.items(f, _CHUNK, use_float=True)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except ijson.JSONError as exc:
+        raise _not_json(path, exc) from None
 
 
 def save_round(path: Path, round_: GrantRound) -> None:

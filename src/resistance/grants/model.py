@@ -18,9 +18,10 @@ import datetime as dt
 import functools
 import hashlib
 import ipaddress
+import itertools
 import json
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, get_type_hints
@@ -250,9 +251,10 @@ class RoundInputs:
     prior_service_days: Mapping[str, int] = field(default_factory=dict)
     signatures: tuple[InputSignature, ...] = ()
     #: /2 inputs: the rows as the chunks' exact JSON texts, which the signed manifest
-    #: names by SHA-256; None for /1 inputs. /2 inputs have no ``rollups``: the award
-    #: rule reads the chunks' columns (:meth:`groups`), and :meth:`rows` gives /1 rows.
-    chunks: tuple[str, ...] | None = None
+    #: names by SHA-256 (in memory, or :class:`StoredChunks` read from a file as they
+    #: are needed); None for /1 inputs. /2 inputs have no ``rollups``: the award rule
+    #: reads the chunks' columns (:meth:`groups`), and :meth:`rows` gives /1 rows.
+    chunks: tuple[str, ...] | StoredChunks | None = None
 
     def __post_init__(self) -> None:
         if self.chunks is not None and self.rollups:
@@ -343,13 +345,32 @@ class GrantRound:
     state: RoundState = RoundState()
 
     def digest(self) -> str:
-        """SHA-256 of the canonical settings, inputs and result (not the state)."""
-        body = {
-            "settings": settings_to_json(self.settings),
-            "inputs": inputs_to_json(self.inputs),
-            "result": result_to_json(self.result),
-        }
-        return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+        """SHA-256 of the canonical settings, inputs and result (not the state), hashed
+        as it is written: a /2 round's chunks one at a time, never the whole text."""
+        h = hashlib.sha256()
+        for part in canonical_round_parts(self):
+            h.update(part.encode())
+        return h.hexdigest()
+
+
+def canonical_round_parts(r: GrantRound) -> Iterator[str]:
+    """``canonical_json({"settings", "inputs", "result"})`` of a round, in parts whose
+    concatenation is exactly that text: a /2 round's chunks each its own part (so the
+    digest of a round over 100,000 proxies holds one chunk at a time)."""
+    settings = canonical_json(settings_to_json(r.settings))
+    result = canonical_json(result_to_json(r.result))
+    if r.inputs.chunks is None:
+        yield '{"inputs":' + canonical_json(inputs_to_json(r.inputs)) + ","
+    else:
+        # Sorted keys put "chunks" second in the inputs, after "carried_in"; inside a
+        # canonical string every quote is escaped, so this text is the key's only place.
+        head = canonical_json(inputs_to_json(r.inputs, with_chunks=False) | {"chunks": []})
+        before, after = head.split('"chunks":[]', 1)
+        yield '{"inputs":' + before + '"chunks":['
+        for n, text in enumerate(r.inputs.chunks):
+            yield ("," if n else "") + canonical_json(text)
+        yield "]" + after + ","
+    yield '"result":' + result + ',"settings":' + settings + "}"
 
 
 # --- JSON ------------------------------------------------------------------------------
@@ -508,7 +529,9 @@ def rollup_from_json(obj: Any, index: int) -> DailyRollup:
 _EXIT_FIELDS = ("exit_operator_id", "exit_network", "exit_payout_address")
 
 
-def inputs_to_json(i: RoundInputs) -> dict[str, Any]:
+def inputs_to_json(i: RoundInputs, *, with_chunks: bool = True) -> dict[str, Any]:
+    """The inputs' JSON; ``with_chunks=False`` leaves a /2 round's chunks out (the
+    manifest stands for them: what is signed, and a head to stream the chunks into)."""
     rest = {
         "carried_in": [
             {
@@ -528,22 +551,31 @@ def inputs_to_json(i: RoundInputs) -> dict[str, Any]:
         return {
             "format": INPUTS_FORMAT_2,
             "manifest": manifest(i.chunks),
-            "chunks": list(i.chunks),
+            **({"chunks": list(i.chunks)} if with_chunks else {}),
             **rest,
         }
     return {"rollups": [rollup_to_json(r) for r in i.rollups], **rest}
 
 
-def inputs_from_json(obj: Any) -> RoundInputs:
+def inputs_from_json(obj: Any, stored: StoredChunks | None = None) -> RoundInputs:
+    """The inputs from their JSON, every chunk checked against the manifest and every
+    entry checked; or, with ``stored`` (/2 only: ``obj`` without its chunks), the
+    chunks read from a file and checked as they are read (:class:`StoredChunks`)."""
     o = _mapping(obj, "inputs")
     fmt = o.get("format", INPUTS_FORMAT)
-    chunks: tuple[str, ...] | None = None
-    if fmt == INPUTS_FORMAT_2:
+    chunks: tuple[str, ...] | StoredChunks | None = None
+    if stored is not None:
+        if fmt != INPUTS_FORMAT_2:
+            raise InputError(f"inputs: chunks read apart need format {INPUTS_FORMAT_2!r}")
+        _require(o, ("manifest",), "inputs file")
+        chunks = stored
+        rollups: tuple[DailyRollup, ...] = ()
+    elif fmt == INPUTS_FORMAT_2:
         _require(o, ("manifest", "chunks"), "inputs file")
         chunks = _checked_chunks(o.get("manifest"), o.get("chunks"))
         for n, text in enumerate(chunks):
             proxy_days_from_chunk(text, n)  # every entry checked now, kept as text
-        rollups: tuple[DailyRollup, ...] = ()
+        rollups = ()
     elif fmt == INPUTS_FORMAT:
         _require(o, ("rollups",), "inputs file")
         rollups = tuple(
@@ -613,9 +645,51 @@ def chunk_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def manifest(chunks: Sequence[str]) -> list[str]:
+def manifest(chunks: Sequence[str] | StoredChunks) -> list[str]:
     """The SHA-256 of each chunk, in order: what the registry signs for /2 inputs."""
+    if isinstance(chunks, StoredChunks):
+        return chunks.digests()
     return [chunk_digest(text) for text in chunks]
+
+
+class StoredChunks:
+    """/2 chunks kept where they are (a round file), read one at a time each time they
+    are iterated, each checked against its digest in the manifest as it is read: a
+    round over 100,000 proxies is verified holding one chunk, not the file.
+
+    ``read`` gives the chunk texts in order, afresh at each call; ``manifest`` is the
+    file's list of digests (its length checked against the chunks' count by whoever
+    counted them)."""
+
+    __slots__ = ("_checked", "_manifest", "_read")
+
+    def __init__(self, read: Callable[[], Iterable[Any]], manifest: Sequence[Any]) -> None:
+        self._read = read
+        self._manifest = list(manifest)
+        self._checked = False
+
+    def __len__(self) -> int:
+        return len(self._manifest)
+
+    def __iter__(self) -> Iterator[str]:
+        listed = self._manifest
+        count = 0
+        for n, text in enumerate(self._read()):
+            count = n + 1
+            if n < len(listed):
+                yield _checked_chunk(n, listed[n], text)
+        if count != len(listed):
+            raise InputError(
+                f"inputs: the manifest names {len(listed)} chunk(s) but {count} are present"
+            )
+        self._checked = True
+
+    def digests(self) -> list[str]:
+        """The manifest, once every chunk was read and found to match it."""
+        if not self._checked:
+            for _ in self:
+                pass
+        return list(self._manifest)
 
 
 def chunk_rollups(
@@ -669,15 +743,21 @@ def _checked_chunks(manifest_value: Any, chunks_value: Any) -> tuple[str, ...]:
         raise InputError(
             f"inputs: the manifest names {len(listed)} chunk(s) but {len(chunks)} are present"
         )
-    for n, (digest, text) in enumerate(zip(listed, chunks, strict=True)):
-        if not isinstance(digest, str) or not isinstance(text, str):
-            raise InputError(f"chunks[{n}]: the chunk and its manifest digest must be strings")
-        if chunk_digest(text) != digest:
-            raise InputError(
-                f"chunks[{n}]: its SHA-256 does not match manifest[{n}] "
-                "(the chunk was changed, truncated or reordered)"
-            )
-    return tuple(chunks)
+    return tuple(
+        _checked_chunk(n, digest, text)
+        for n, (digest, text) in enumerate(zip(listed, chunks, strict=True))
+    )
+
+
+def _checked_chunk(n: int, digest: Any, text: Any) -> str:
+    if not isinstance(digest, str) or not isinstance(text, str):
+        raise InputError(f"chunks[{n}]: the chunk and its manifest digest must be strings")
+    if chunk_digest(text) != digest:
+        raise InputError(
+            f"chunks[{n}]: its SHA-256 does not match manifest[{n}] "
+            "(the chunk was changed, truncated or reordered)"
+        )
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -745,7 +825,7 @@ class ProxyDays:
             self.proxy_id
             and self.operator_id
             and self.payout_address
-            and all(set(map(type, col)) == _INT for col in (day, ca, cs, ta, ts, tp))
+            and set(map(type, itertools.chain(day, ca, cs, ta, ts, tp))) == _INT
             and min(day) >= 0
             and max(day) <= _MAX_DAY_OFFSET
             and min(cs) >= 0
@@ -781,6 +861,11 @@ def proxy_days_from_chunk(text: str, index: int) -> list[ProxyDays]:
     out = []
     for n, p in enumerate(_list(o.get("proxies"), f"{w}.proxies")):
         pw = f"{w}.proxies[{n}]"
+        plain = _plain_entry(p, first)  # the usual shape, taken without a check per field
+        if plain is not None:
+            plain.check(pw)
+            out.append(plain)
+            continue
         pm = _mapping(p, pw)
         _require(pm, (*_GROUP_TEXT, "day", *_COLUMNS), pw)
         unknown = set(pm) - {*_GROUP_TEXT, *_EXIT_FIELDS, "day", *_COLUMNS}
@@ -796,6 +881,35 @@ def proxy_days_from_chunk(text: str, index: int) -> list[ProxyDays]:
         entry.check(pw)
         out.append(entry)
     return out
+
+
+_ENTRY_KEYS = frozenset((*_GROUP_TEXT, "day", *_COLUMNS))
+_CASCADE_KEYS = _ENTRY_KEYS | frozenset(_EXIT_FIELDS)
+_NO_EXIT = ("", "", "")
+
+
+def _plain_entry(p: Any, first: dt.date) -> ProxyDays | None:
+    """An entry of exactly the expected fields, texts where texts go and lists of one
+    length where columns go, as it stands (its values checked by ``ProxyDays.check``);
+    None for anything else, which the field-by-field reading then explains."""
+    if type(p) is not dict:
+        return None
+    keys = p.keys()
+    cascade = keys == _CASCADE_KEYS
+    if not cascade and keys != _ENTRY_KEYS:
+        return None
+    texts = [p[k] for k in _GROUP_TEXT]
+    texts += [p[k] for k in _EXIT_FIELDS] if cascade else _NO_EXIT
+    day, ca, cs, ta, ts, tp = columns = [p["day"], *(p[c] for c in _COLUMNS)]
+    if not all(type(t) is str for t in texts) or not all(type(c) is list for c in columns):
+        return None
+    if len({len(c) for c in columns}) != 1:
+        return None
+    proxy_id, operator_id, network, payout, country, exit_op, exit_net, exit_payout = texts
+    return ProxyDays(
+        proxy_id, operator_id, network, payout, country, exit_op, exit_net, exit_payout,
+        first, day, ca, cs, ta, ts, tp,
+    )  # fmt: skip
 
 
 def rollups_from_chunk(text: str, index: int) -> list[DailyRollup]:
@@ -881,13 +995,15 @@ def round_to_json(r: GrantRound) -> dict[str, Any]:
     }
 
 
-def round_from_json(obj: Any) -> GrantRound:
+def round_from_json(obj: Any, stored: StoredChunks | None = None) -> GrantRound:
+    """The round from its JSON (``stored``: its /2 chunks read apart, see
+    :func:`inputs_from_json`)."""
     o = _mapping(obj, "round")
     if o.get("format") != FORMAT:
         raise InputError(f"not a round file (format {o.get('format')!r}, expected {FORMAT!r})")
     return GrantRound(
         settings=settings_from_json(o.get("settings")),
-        inputs=inputs_from_json(o.get("inputs")),
+        inputs=inputs_from_json(o.get("inputs"), stored),
         result=result_from_json(o.get("result")),
         state=state_from_json(o.get("state", {"status": "draft"})),
     )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
+
+import httpx
 
 from resistance.grants.errors import RegistryError
 from resistance.registry.client import call_registry
@@ -26,3 +30,33 @@ def call(
         registry, path, token=token, method=method, body=body, expect=(200, 201),
         timeout=timeout, error=RegistryError,
     )  # fmt: skip
+
+
+#: Bytes read from the answer at a time by :func:`stream`.
+STREAM_PART = 1 << 20
+
+
+def stream(registry: str, path: str, *, token: str, timeout: float = 120.0) -> Iterator[bytes]:
+    """GET ``registry + path`` with the admin token, the answer's body as it arrives
+    (a round file of ~100 MB is never held whole); a refused answer is one
+    ``RegistryError``, as :func:`call` says it."""
+    if not registry.startswith(("http://", "https://")):
+        raise RegistryError(f"--registry must be an http(s):// URL, not {registry[:60]!r}")
+    url = registry.rstrip("/") + path
+    try:
+        with httpx.stream(
+            "GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        ) as response:
+            if response.status_code != 200:
+                body = response.read()
+                try:
+                    answer = json.loads(body)
+                except ValueError:
+                    answer = None
+                why = answer.get("error") if isinstance(answer, dict) else None
+                raise RegistryError(
+                    f"registry refused ({response.status_code}): {why or 'no explanation given'}"
+                )
+            yield from response.iter_bytes(STREAM_PART)
+    except httpx.HTTPError as exc:
+        raise RegistryError(f"cannot reach the registry at {url}: {exc}") from None

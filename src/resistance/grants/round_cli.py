@@ -18,7 +18,6 @@ from rich.table import Table
 from resistance.clikit import one_line_errors
 from resistance.grants import amounts, files, payout, remote
 from resistance.grants.cliopts import CONTEXT, OUT_FILE, ROUND_FILE, F, summary, tx_text
-from resistance.grants.model import round_from_json
 
 
 def _registry_options(func: F) -> F:
@@ -340,9 +339,10 @@ def export_(round_id: str, registry_url: str, token: str, out: Path) -> None:
     Example:
       resist grants round export 2026-10-RU --registry URL --token ADMIN --out round.json
     """
-    answer = remote.call(registry_url, _round_path(round_id, "/export"), token=token)
-    round_ = round_from_json(answer)
-    files.save_round(out, round_)
+    # written as it arrives, checked (chunks against the manifest, one at a time), then
+    # put in place: a round over 100,000 proxies is never held whole
+    parts = remote.stream(registry_url, _round_path(round_id, "/export"), token=token)
+    round_ = files.write_parts_atomic(out, parts, files.checked_round_file)
     click.echo(
         f"wrote {out}: {summary(round_)}; inputs signed by "
         f"{', '.join(s.key_id for s in round_.inputs.signatures) or 'no key'}"

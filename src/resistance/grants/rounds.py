@@ -19,6 +19,7 @@ lists every difference, so anyone holding the round file can check the awards.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from resistance.grants.award import compute_result
@@ -27,6 +28,7 @@ from resistance.grants.model import (
     AWARD_FIELDS,
     GrantRound,
     GrantSettings,
+    ProxyDays,
     RoundInputs,
     RoundState,
     RoundStatus,
@@ -34,9 +36,15 @@ from resistance.grants.model import (
 from resistance.grants.payout import check_addresses, check_payment
 
 
-def compute_round(settings: GrantSettings, inputs: RoundInputs) -> GrantRound:
-    """A draft round: the award rule applied, every payout address checked for the network."""
-    round_ = GrantRound(settings, inputs, compute_result(settings, inputs))
+def compute_round(
+    settings: GrantSettings,
+    inputs: RoundInputs,
+    *,
+    groups: Callable[[], Iterable[ProxyDays]] | None = None,
+) -> GrantRound:
+    """A draft round: the award rule applied, every payout address checked for the network
+    (``groups``: see :func:`~resistance.grants.award.compute_result`)."""
+    round_ = GrantRound(settings, inputs, compute_result(settings, inputs, groups=groups))
     check_addresses(round_)
     return round_
 

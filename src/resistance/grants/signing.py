@@ -60,7 +60,7 @@ ALGORITHM = "ed25519"
 
 def signed_message(settings: GrantSettings, inputs: RoundInputs) -> bytes:
     """The bytes a registry signs for these inputs of this round."""
-    return _message(settings, inputs_to_json(inputs))
+    return _message(settings, inputs_to_json(inputs, with_chunks=False))
 
 
 def _message(settings: GrantSettings, inputs_json: Mapping[str, Any]) -> bytes:

@@ -61,6 +61,8 @@ class DayTotals:
     target_attempts: Ints
     target_successes: Ints
     throughput_kbps: Ints
+    #: ``day`` as the integer YYYYMMDD (for arithmetic on the days without their text).
+    day_code: Ints
 
     def __len__(self) -> int:
         return len(self.day)
@@ -131,6 +133,16 @@ def _day_code(day: str) -> int:
 
 def _day_text(code: int) -> str:
     return f"{code // 10_000:04d}-{code // 100 % 100:02d}-{code % 100:02d}"
+
+
+def day_offsets(codes: Ints, first: dt.date) -> Ints:
+    """Days after ``first`` of each YYYYMMDD code (one date made per distinct day)."""
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    base = first.toordinal()
+    days = [
+        dt.date(c // 10_000, c // 100 % 100, c % 100).toordinal() - base for c in distinct.tolist()
+    ]
+    return np.asarray(days, dtype=np.int64)[inverse.reshape(-1)]
 
 
 #: proxy, day code, control, attempts, successes, histogram
@@ -234,14 +246,15 @@ class _Folder:
             self.add(carry, last=True)
         if not self.parts:
             empty = np.zeros(0, dtype=np.int64)
-            return DayTotals(empty, [], empty, empty, empty, empty, empty)
+            return DayTotals(empty, [], empty, empty, empty, empty, empty, empty)
         proxy, day, *columns = (np.concatenate([p[k] for p in self.parts]) for k in range(7))
         order = np.lexsort((day, proxy))
         proxy, day = proxy[order], day[order]
         if len(order) > 1 and bool(((proxy[1:] == proxy[:-1]) & (day[1:] == day[:-1])).any()):
             raise ValueError("rollup rows of one proxy-day were not read together")
         texts = {int(c): _day_text(int(c)) for c in np.unique(day)}
-        return DayTotals(proxy, [texts[c] for c in day.tolist()], *(c[order] for c in columns))
+        ca, cs, ta, ts, tp = (c[order] for c in columns)
+        return DayTotals(proxy, [texts[c] for c in day.tolist()], ca, cs, ta, ts, tp, day)
 
 
 _TO_COMMAS = bytes.maketrans(b"\t\n", b",,")

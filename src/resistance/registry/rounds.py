@@ -52,15 +52,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import multiprocessing
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy.exc import IntegrityError
@@ -68,7 +70,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resistance.grants import rounds as grant_rounds
 from resistance.grants.amounts import MAX_PERIOD_DAYS, default_round_id
-from resistance.grants.award import day_weight
+from resistance.grants.award import counts_weight
 from resistance.grants.errors import GrantsError, RoundStateError
 from resistance.grants.model import (
     CHUNK_COLUMNS,
@@ -76,9 +78,9 @@ from resistance.grants.model import (
     FORMAT,
     INPUTS_FORMAT_2,
     CarriedAmount,
-    DailyRollup,
     GrantRound,
     GrantSettings,
+    ProxyDays,
     RoundInputs,
     canonical_json,
     chunk_text,
@@ -91,8 +93,8 @@ from resistance.grants.signing import sign_inputs_json
 from resistance.registry import repositories as repo
 from resistance.registry.db import make_engine, make_sessions
 from resistance.registry.errors import ApiError
-from resistance.registry.models import GrantRoundRow, Proxy
-from resistance.registry.round_days import DayTotals, day_totals
+from resistance.registry.models import GrantRoundRow
+from resistance.registry.round_days import DayTotals, day_offsets, day_totals
 from resistance.registry.schemas import RoundCreateRequest, RoundRecomputeRequest
 from resistance.registry.services import Registry, utc_day
 
@@ -112,69 +114,74 @@ class BuiltInputs:
     #: :func:`per_proxy` of the inputs, summed from the columns as they were built
     #: (so the worker does not read its chunks back for them).
     per_proxy: list[dict[str, Any]]
+    #: The chunks' entries made again from the arrays they were written from (the same
+    #: integers, without parsing ~100 MB of JSON back): what the award rule reads.
+    groups: Callable[[], Iterator[ProxyDays]]
 
 
-def _daily(
-    settings: GrantSettings,
-    proxy: tuple[str, str],
-    operator: str,
-    address: str,
-    day: dt.date,
-    counts: tuple[int, int, int, int, int],
-    exit: tuple[str, str, str] | None = None,
-) -> DailyRollup:
-    """One row; ``proxy`` is the proxy's id as text and its network (its
-    ``endpoint_network(host)``, stored at registration), read once per proxy, not per
-    row; ``counts`` are control attempts and successes, target attempts and successes
-    and the median throughput; ``exit`` is a bridge's exit (operator, network, payout
-    address)."""
-    exit_operator, exit_network, exit_address = exit or ("", "", "")
-    return DailyRollup(
-        proxy_id=proxy[0],
-        operator_id=operator,
-        network=proxy[1],
-        payout_address=address,
-        day=day,
-        country=settings.target_country,
-        control_attempts=counts[0],
-        control_successes=counts[1],
-        target_attempts=counts[2],
-        target_successes=counts[3],
-        throughput_kbps=counts[4],
-        exit_operator_id=exit_operator,
-        exit_network=exit_network,
-        exit_payout_address=exit_address,
-    )
-
-
-def _day_counts(t: DayTotals) -> Iterator[tuple[int, str, tuple[int, int, int, int, int]]]:
-    """Each proxy-day of ``t`` as plain Python integers (a row's fields must be ``int``)."""
-    return zip(
-        t.proxy.tolist(),
-        t.day,
-        zip(
-            t.control_attempts.tolist(),
-            t.control_successes.tolist(),
-            t.target_attempts.tolist(),
-            t.target_successes.tolist(),
-            t.throughput_kbps.tolist(),
-            strict=True,
-        ),
-        strict=True,
-    )
-
-
-def _proxy_runs(t: DayTotals) -> Iterator[tuple[int, int]]:
-    """The ``[start, end)`` of each proxy's days in ``t`` (sorted by proxy, then day)."""
+def _proxy_runs(t: DayTotals) -> npt.NDArray[np.int64]:
+    """The ``[start, end)`` of each proxy's days in ``t`` (sorted by proxy, then day), as
+    the rows of an (n, 2) array."""
     ids = t.proxy
     if not len(ids):
-        return iter(())
-    starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1]))).tolist()
-    return zip(starts, [*starts[1:], len(ids)], strict=True)
+        return np.zeros((0, 2), dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+    ends = np.append(starts[1:], len(ids))
+    return np.stack((starts, ends), axis=1).astype(np.int64)
+
+
+def _chunk(
+    first: dt.date, part: list[tuple[int, int, dict[str, Any]]], columns: tuple[Any, ...]
+) -> str:
+    """One /2 chunk: each kept proxy's fields and its days sliced from ``columns`` (day
+    offsets, then ``CHUNK_COLUMNS``), made into Python integers for this chunk only."""
+    lo, hi = part[0][0], part[-1][1]
+    values = [column[lo:hi].tolist() for column in columns]
+    entries = []
+    for a, b, fields in part:
+        entry = dict(fields)
+        entry["day"] = values[0][a - lo : b - lo]
+        for name, column in zip(CHUNK_COLUMNS, values[1:], strict=True):
+            entry[name] = column[a - lo : b - lo]
+        entries.append(entry)
+    return chunk_text(first, entries)
+
+
+def _entries(
+    first: dt.date, kept: list[tuple[int, int, dict[str, Any]]], columns: tuple[Any, ...]
+) -> Iterator[ProxyDays]:
+    """The entries of the chunks :func:`_chunk` makes, in their order, as the award rule
+    reads them: the same fields and the same integers, one chunk's made at a time."""
+    for n in range(0, len(kept), CHUNK_PROXIES):
+        part = kept[n : n + CHUNK_PROXIES]
+        lo = part[0][0]
+        day, ca, cs, ta, ts, tp = (column[lo : part[-1][1]].tolist() for column in columns)
+        for a, b, f in part:
+            i, j = a - lo, b - lo
+            yield ProxyDays(
+                f["proxy_id"], f["operator_id"], f["network"], f["payout_address"],
+                f["country"], f.get("exit_operator_id", ""), f.get("exit_network", ""),
+                f.get("exit_payout_address", ""), first, day[i:j], ca[i:j], cs[i:j],
+                ta[i:j], ts[i:j], tp[i:j],
+            )  # fmt: skip
+
+
+def _service_days(settings: GrantSettings, t: DayTotals, wanted: set[int]) -> dict[str, int]:
+    """Days of ``t`` with a positive weight under ``settings``, per proxy in ``wanted`` (a
+    weight computed once per distinct combination of counts)."""
+    keep = np.isin(t.proxy, np.fromiter(wanted, dtype=np.int64, count=len(wanted)))
+    if not keep.any():
+        return {}
+    counts = np.stack([getattr(t, name)[keep] for name in CHUNK_COLUMNS], axis=1)
+    combos, inverse = np.unique(counts, axis=0, return_inverse=True)
+    positive = np.asarray([counts_weight(settings, *c) > 0 for c in combos.tolist()])
+    served = t.proxy[keep][positive[inverse.reshape(-1)]]
+    ids, days = np.unique(served, return_counts=True)
+    return {str(p): d for p, d in zip(ids.tolist(), days.tolist(), strict=True)}
 
 
 def _exit_of(
-    proxy: Proxy, proxies: dict[int, Proxy], operators: dict[int, Any]
+    proxy: Any, proxies: dict[int, Any], operators: dict[int, Any]
 ) -> tuple[str, str, str] | None:
     """A bridge's exit as the award rule needs it; None for an ordinary proxy, or when
     the exit is gone or its operator has no payout address (then the bridge's
@@ -190,71 +197,70 @@ def _exit_of(
 
 async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> BuiltInputs:
     """The round's inputs from the registry's rollups, addresses and open carried amounts,
-    in format /2: chunks of per-proxy columns made straight from the day totals' arrays
-    (the rows the award rule reads are then read back from those chunks, so what is
-    signed is exactly what is computed)."""
+    in format /2: chunks of per-proxy columns made straight from the day totals' arrays,
+    one chunk's rows turned into Python integers at a time. The award rule then reads
+    the same entries made again from those arrays (``groups``): the chunks' JSON holds
+    exactly these integers, so what is signed is what is computed (a funder's verify
+    recomputes the round from the chunks themselves)."""
     operators = {o.id: o for o in await repo.all_operators(session)}
-    proxies = {p.id: p for p in await repo.all_proxies(session)}
+    proxies = {p.id: p for p in await repo.round_proxies(session)}
     start = settings.period_start.isoformat()
     after = (settings.period_end + dt.timedelta(days=1)).isoformat()
     country = settings.target_country
     totals = await day_totals(session, country=country, since=start, before=after)
     skipped: set[str] = set()
-    entries: list[dict[str, Any]] = []
+    kept: list[tuple[int, int, dict[str, Any]]] = []  # rows [a, b) and the entry's fields
     sums: list[dict[str, Any]] = []
-    ids = totals.proxy.tolist()
-    columns = [getattr(totals, name).tolist() for name in CHUNK_COLUMNS]
-    first = settings.period_start.toordinal()
-    offsets = {d: dt.date.fromisoformat(d).toordinal() - first for d in set(totals.day)}
-    for a, b in _proxy_runs(totals):
-        proxy = proxies.get(ids[a])
+    runs = _proxy_runs(totals)
+    # each proxy's sums (page rows), one numpy pass per column over all its days
+    per_run = [
+        np.add.reduceat(getattr(totals, name), runs[:, 0]).tolist() if len(runs) else []
+        for name in _PER_PROXY[1:]
+    ]
+    for n, (a, b, proxy_id) in enumerate(
+        zip(
+            runs[:, 0].tolist(), runs[:, 1].tolist(), totals.proxy[runs[:, 0]].tolist(), strict=True
+        )
+    ):
+        proxy = proxies.get(proxy_id)
         operator = operators.get(proxy.operator_id) if proxy is not None else None
         if proxy is None or operator is None or proxy.cascade_role == "exit":
             continue  # an exit is paid through its bridges only
         if not operator.payout_address:
             skipped.add(operator.name)
             continue
-        entry: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "proxy_id": str(proxy.id),
             "operator_id": operator.name,
             "network": proxy.network,
             "payout_address": operator.payout_address,
             "country": country,
-            "day": [offsets[d] for d in totals.day[a:b]],
         }
-        for name, column in zip(CHUNK_COLUMNS, columns, strict=True):
-            entry[name] = column[a:b]
         exit = _exit_of(proxy, proxies, operators)
         if exit is not None:
-            entry["exit_operator_id"], entry["exit_network"], entry["exit_payout_address"] = exit
-        entries.append(entry)
+            fields["exit_operator_id"], fields["exit_network"], fields["exit_payout_address"] = exit
+        kept.append((a, b, fields))
         sums.append(
             {
-                "proxy_id": entry["proxy_id"],
+                "proxy_id": fields["proxy_id"],
                 "operator": operator.name,
                 "network": proxy.network,
                 "days": b - a,
-                **{name: sum(entry[name]) for name in _PER_PROXY[1:]},
+                **{name: column[n] for name, column in zip(_PER_PROXY[1:], per_run, strict=True)},
             }
         )
-    del totals, columns
+    offsets = day_offsets(totals.day_code, settings.period_start)
+    columns = (offsets, *(getattr(totals, name) for name in CHUNK_COLUMNS))
     chunks = tuple(
-        chunk_text(settings.period_start, entries[n : n + CHUNK_PROXIES])
-        for n in range(0, len(entries), CHUNK_PROXIES)
+        _chunk(settings.period_start, kept[n : n + CHUNK_PROXIES], columns)
+        for n in range(0, len(kept), CHUNK_PROXIES)
     )
-    wanted = {int(e["proxy_id"]) for e in entries}
-    del entries
+    wanted = {a_fields[2]["proxy_id"] for a_fields in kept}
+    del totals, offsets
     prior: dict[str, int] = {}
     if settings.probation_days > 0 and wanted:
         earlier = await day_totals(session, country=country, since=None, before=start)
-        for proxy_id, day, counts in _day_counts(earlier):
-            if proxy_id not in wanted:
-                continue
-            date = dt.date.fromisoformat(day)
-            ident = (str(proxy_id), proxies[proxy_id].network)
-            probe = _daily(settings, ident, "-", "-", date, counts)
-            if day_weight(settings, probe) > 0:
-                prior[str(proxy_id)] = prior.get(str(proxy_id), 0) + 1
+        prior = _service_days(settings, earlier, {int(p) for p in wanted})
     carried: dict[int, int] = {}
     carry_ids: list[int] = []
     for carry in await repo.open_carries(session):
@@ -273,7 +279,8 @@ async def build_inputs(session: AsyncSession, *, settings: GrantSettings) -> Bui
     )
     inputs = RoundInputs((), carried_in, dict(sorted(prior.items())), (), chunks)
     sums.sort(key=lambda p: (p["operator"], int(p["proxy_id"])))
-    return BuiltInputs(inputs, carry_ids, sorted(skipped), sums)
+    groups = functools.partial(_entries, settings.period_start, kept, columns)
+    return BuiltInputs(inputs, carry_ids, sorted(skipped), sums, groups)
 
 
 # --- views ----------------------------------------------------------------------------
@@ -415,7 +422,7 @@ def _settings(**values: Any) -> GrantSettings:
         raise ApiError(422, f"settings refused: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Computed:
     """A round computed by a worker: the columns to store, and what the view reads."""
 
@@ -426,6 +433,11 @@ class Computed:
     per_proxy: list[dict[str, Any]]
     #: The /2 inputs' chunks, stored as rows of ``grant_round_chunks``.
     chunks: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        # short: asyncio.run formats its task's repr, result included, when it restores
+        # the SIGINT handler (Python 3.11), which took 1.4 s at 100,000 proxies
+        return f"Computed({len(self.per_proxy)} proxies, {len(self.chunks)} chunks)"
 
 
 def compute_job(
@@ -451,16 +463,18 @@ async def _compute_in_worker(
         await engine.dispose()
     inputs, inputs_json = sign_inputs_json(settings, built.inputs, keys)
     try:
-        round_ = grant_rounds.compute_round(settings, inputs)
+        round_ = grant_rounds.compute_round(settings, inputs, groups=built.groups)
     except GrantsError as exc:
         return ("refused", str(exc))
     sums = built.per_proxy  # also counts the rows
+    chunks = round_.inputs.chunks
+    assert isinstance(chunks, tuple)  # built in memory here
     return Computed(
         _stored(round_, inputs_json, rows=sum(p["days"] for p in sums)),
         built.carry_ids,
         built.skipped_operators,
         sums,
-        round_.inputs.chunks or (),
+        chunks,
     )
 
 

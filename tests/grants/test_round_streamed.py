@@ -1,0 +1,192 @@
+"""A funder's round file read a chunk at a time: ``files.load_round_streamed``, the
+streamed digest, and ``resist grants verify`` holding far less than the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resistance.directory.keys import public_key_text
+from resistance.grants import award, files, rounds, signing
+from resistance.grants.cli import grants
+from resistance.grants.errors import InputError
+from resistance.grants.model import (
+    GrantRound,
+    GrantSettings,
+    RoundInputs,
+    StoredChunks,
+    canonical_json,
+    chunk_text,
+    chunked,
+    inputs_to_json,
+    result_to_json,
+    settings_to_json,
+)
+
+from .helpers import START, address, sample_inputs, settings
+from .test_award_properties import PROPS, worlds
+
+KEY = Ed25519PrivateKey.generate()
+TRUST = ("--trust", public_key_text(KEY.public_key()))
+
+
+def whole_digest(r: GrantRound) -> str:
+    """The digest as it was computed before: one canonical text of everything."""
+    body = {
+        "settings": settings_to_json(r.settings),
+        "inputs": inputs_to_json(r.inputs),
+        "result": result_to_json(r.result),
+    }
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+@PROPS
+@given(world=worlds(), size=st.one_of(st.none(), st.integers(1, 4)))
+def test_the_streamed_digest_is_the_whole_texts(
+    world: tuple[GrantSettings, RoundInputs], size: int | None
+) -> None:
+    s, inputs = world
+    if size is not None:
+        inputs = chunked(inputs, size)
+    r = rounds.compute_round(s, signing.sign_inputs(s, inputs, [KEY]))
+    assert r.digest() == whole_digest(r)
+
+
+def test_an_id_that_looks_like_the_chunks_key_does_not_move_them() -> None:
+    s = settings()
+    inputs = dataclasses.replace(
+        chunked(sample_inputs(), 3), prior_service_days={'"chunks":[]': 1, "chunks": 2}
+    )
+    r = rounds.compute_round(s, inputs)
+    assert r.digest() == whole_digest(r)
+
+
+def save(tmp_path: Path, r: GrantRound, name: str = "round.json") -> Path:
+    path = tmp_path / name
+    files.save_round(path, r)
+    return path
+
+
+@pytest.mark.parametrize("chunks", [None, 1, 3])
+def test_a_streamed_round_is_the_round(tmp_path: Path, chunks: int | None) -> None:
+    s = settings()
+    inputs = sample_inputs() if chunks is None else chunked(sample_inputs(), chunks)
+    r = rounds.approve(rounds.compute_round(s, signing.sign_inputs(s, inputs, [KEY])))
+    path = save(tmp_path, r)
+    streamed = files.load_round_streamed(path)
+    whole = files.load_round(path)
+    assert isinstance(streamed.inputs.chunks, StoredChunks) == (chunks is not None)
+    assert streamed.digest() == whole.digest() == r.state.digest
+    assert list(streamed.inputs.chunks or ()) == list(whole.inputs.chunks or ())
+    assert (streamed.settings, streamed.result, streamed.state) == (
+        whole.settings,
+        whole.result,
+        whole.state,
+    )
+    assert signing.check_signatures(s, streamed.inputs, [KEY.public_key()]).signers
+    assert rounds.verify(streamed) == []
+
+
+def test_an_approved_round_whose_chunks_were_swapped_is_refused(tmp_path: Path) -> None:
+    s = settings()
+    inputs = signing.sign_inputs(s, chunked(sample_inputs(), 3), [KEY])
+    r = rounds.approve(rounds.compute_round(s, inputs))
+    data: dict[str, Any] = json.loads(save(tmp_path, r).read_text())
+    for key in ("chunks", "manifest"):  # consistently: every digest matches its chunk
+        data["inputs"][key][0], data["inputs"][key][1] = (
+            data["inputs"][key][1],
+            data["inputs"][key][0],
+        )
+    path = tmp_path / "swapped.json"
+    path.write_text(json.dumps(data))
+    res = CliRunner().invoke(grants, ["verify", str(path), *TRUST])
+    assert res.exit_code == 1 and "digest" in res.output and "bad signature" in res.output
+
+
+def big_round(days: int, proxies: int) -> GrantRound:
+    """``proxies`` proxies over ``days`` days, one proxy per chunk, signed and approved:
+    a file that is big for its few proxies (the tally holds proxies, not days)."""
+    s = settings(period_end=START + dt.timedelta(days=days - 1))
+    chunks = []
+    for p in range(proxies):
+        op = f"op{p % 7}"
+        entry = {
+            "proxy_id": f"p{p}", "operator_id": op, "network": f"198.51.{p % 200}.0/24",
+            "payout_address": address(op), "country": "RU", "day": list(range(days)),
+            "control_attempts": [24] * days, "control_successes": [24] * days,
+            "target_attempts": [24] * days,
+            "target_successes": [24 - (d + p) % 5 for d in range(days)],
+            "throughput_kbps": [(d * 37 + p) % 4000 for d in range(days)],
+        }  # fmt: skip
+        chunks.append(chunk_text(START, [entry]))
+    inputs = signing.sign_inputs(s, RoundInputs((), chunks=tuple(chunks)), [KEY])
+    return rounds.approve(rounds.compute_round(s, inputs))
+
+
+def peak_bytes(work: Any) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save(tmp_path_factory.mktemp("big"), big_round(days=2_000, proxies=200))
+
+
+def test_verify_holds_far_less_than_the_file(
+    big_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(award, "BATCH_ROWS", 2_000)  # a batch of rows, not of the file
+    path = big_file
+    size = path.stat().st_size
+    assert size > 8_000_000
+
+    def verify() -> None:
+        res = CliRunner().invoke(grants, ["verify", str(path), *TRUST])
+        assert res.exit_code == 0 and "OK" in res.output, res.output
+
+    verify()  # once first: what it imports is not what it holds
+    streamed = peak_bytes(verify)
+    whole = peak_bytes(lambda: rounds.verify(files.load_round(path)))
+    assert whole > size  # reading it whole holds the file, and more
+    assert streamed < size / 5, (streamed, size)
+
+
+def test_an_export_is_kept_only_whole_and_checked(big_file: Path, tmp_path: Path) -> None:
+    """``resist grants round export`` writes the answer as it arrives and keeps it only
+    once every chunk matched the manifest (holding a part and a chunk at a time)."""
+    size = big_file.stat().st_size
+
+    def parts() -> Any:
+        with big_file.open("rb") as f:
+            while block := f.read(1 << 16):
+                yield block
+
+    out = tmp_path / "round.json"
+    files.write_parts_atomic(out, parts(), files.checked_round_file)  # imports, once
+    peak = peak_bytes(lambda: files.write_parts_atomic(out, parts(), files.checked_round_file))
+    assert out.read_bytes() == big_file.read_bytes()
+    assert peak < size / 5, (peak, size)
+    data = json.loads(big_file.read_text())
+    chunk = json.loads(data["inputs"]["chunks"][3])
+    chunk["proxies"][0]["target_successes"][0] = 0
+    data["inputs"]["chunks"][3] = json.dumps(chunk)
+    with pytest.raises(InputError, match=r"chunks\[3\]: its SHA-256 does not match"):
+        files.write_parts_atomic(out, [json.dumps(data).encode()], files.checked_round_file)
+    assert out.read_bytes() == big_file.read_bytes()  # the file there is left as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["round.json"]  # no temporary left
