@@ -204,6 +204,26 @@ def test_counts_beyond_64_bits_are_weighed_exactly() -> None:
     assert t.proxies["p"].earned == award.WEIGHT_SCALE // 2
 
 
+def test_counts_just_below_2_63_are_told_apart() -> None:
+    """Counts of 2**63 - 1 fit numpy's int64, but one more (a column's radix in the
+    mixed-radix key of :func:`award._distinct`) does not: days (2, 1) and (4, 1) must
+    still weigh 1/2 and 1/4, not share one weight."""
+    s = make_settings(
+        period_end=START + dt.timedelta(days=DAYS - 1), performance_exponent=1,
+        min_attempts=1, probation_days=0,
+    )  # fmt: skip
+    top = BIG - 1
+    g = entry(
+        "p", [0, 1, 2],
+        control_attempts=[top, 2, 4], control_successes=[top, 1, 1],
+        target_attempts=[top, 10, 10], target_successes=[0, 10, 10],
+    )  # fmt: skip
+    g.check("p")  # regular inputs: the column path decides them by itself
+    fast = _tally_columns(s, [g], {})
+    assert facts(fast) == facts(tally_groups(s, [g], {}))
+    assert fast.proxies["p"].earned == award.WEIGHT_SCALE * 3 // 4
+
+
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()

@@ -89,6 +89,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import heapq
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -393,10 +394,11 @@ def _distinct(counts: Any) -> tuple[Any, Any]:
     """The distinct columns of ``counts`` (5 x n, non-negative) and, for each column, the
     index of its distinct one: through one integer per column in mixed radix when they
     fit in 63 bits (a sort of n integers, not of n rows)."""
-    radix = counts.max(axis=1) + 1
-    if float(np.prod(radix.astype(np.float64))) < 2.0**62:
+    # radices as Python integers: a count of 2**63 - 1 has a radix int64 cannot hold
+    radix = [top + 1 for top in counts.max(axis=1).tolist()]
+    if math.prod(radix) <= 2**62:
         key = np.zeros(counts.shape[1], dtype=np.int64)
-        for row, base in zip(counts, radix.tolist(), strict=True):
+        for row, base in zip(counts, radix, strict=True):
             key = key * base + row
         _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
         return counts[:, first].T, inverse.reshape(-1)
