@@ -190,3 +190,38 @@ def test_an_export_is_kept_only_whole_and_checked(big_file: Path, tmp_path: Path
         files.write_parts_atomic(out, [json.dumps(data).encode()], files.checked_round_file)
     assert out.read_bytes() == big_file.read_bytes()  # the file there is left as it was
     assert [p.name for p in tmp_path.iterdir()] == ["round.json"]  # no temporary left
+
+
+def _moved_chunk(tmp_path: Path, how: str) -> Path:
+    """A round file whose first chunk was taken out of ``inputs.chunks`` and put where
+    only a streaming parser that goes by ijson's dotted prefixes would still find it: a
+    top-level key spelt ``inputs.chunks.item``, or a second ``chunks`` key before the
+    real one (JSON's last duplicate wins)."""
+    s = settings()
+    inputs = chunked(sample_inputs(), 3)
+    r = rounds.approve(rounds.compute_round(s, signing.sign_inputs(s, inputs, [KEY])))
+    obj = json.loads(save(tmp_path, r).read_text())
+    first = obj["inputs"]["chunks"].pop(0)
+    if how == "dotted key":
+        text = json.dumps({"inputs.chunks.item": first, **obj})
+    else:
+        text = json.dumps(obj).replace(
+            '"inputs": {', '"inputs": {"chunks": [' + json.dumps(first) + "], ", 1
+        )
+    path = tmp_path / f"moved-{how.replace(' ', '-')}.json"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("how", ["dotted key", "duplicate key"])
+def test_a_chunk_outside_the_inputs_chunks_is_not_read(tmp_path: Path, how: str) -> None:
+    """What the whole-file reading refuses, the streamed reading refuses alike: both read
+    the chunks of the one ``inputs.chunks`` a JSON parser sees, not text found elsewhere
+    under the same ijson prefix."""
+    path = _moved_chunk(tmp_path, how)
+    with pytest.raises(InputError) as whole:
+        files.load_round(path)
+    assert "the manifest names 3 chunk(s) but 2 are present" in str(whole.value)
+    with pytest.raises(InputError) as streamed:
+        rounds.verify(files.load_round_streamed(path))
+    assert str(streamed.value) == str(whole.value)

@@ -118,16 +118,26 @@ def load_round_streamed(path: Path) -> GrantRound:
 
 def _round_head(path: Path) -> tuple[Any, int | None]:
     """The file's JSON with ``inputs.chunks`` as an empty list, and how many chunks it
-    holds; ``(None, None)`` when its chunks are not a list of texts (then the whole
-    file is needed to say what is wrong)."""
+    holds; ``(None, None)`` when its chunks are not a list of texts, or when ijson's
+    dotted prefix could name something else than the one ``inputs.chunks`` a JSON
+    parser keeps (a key with a dot, such as a top-level ``"inputs.chunks.item"``; a
+    second ``chunks`` list, of which the last wins): then the whole file is read, and
+    says what is wrong, as it always did."""
     builder = ijson.ObjectBuilder()
     count = 0
+    lists = 0
     try:
         with path.open("rb") as f:
             for prefix, event, value in ijson.parse(f, use_float=True):
                 if prefix == _CHUNK and event == "string":
                     count += 1
                     continue
+                if event == "map_key" and "." in value and prefix in ("", "inputs"):
+                    return None, None  # its prefixes could pass for the chunks'
+                if prefix == _CHUNKS and event == "start_array":
+                    lists += 1
+                    if lists > 1:
+                        return None, None  # duplicate keys: the last list is the one
                 if prefix.startswith(_CHUNK) or (
                     prefix == _CHUNKS and event not in ("start_array", "end_array")
                 ):
