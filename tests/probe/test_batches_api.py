@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -253,3 +254,21 @@ async def test_import_blocklist_flags_proxies_in_the_censor_registry(
         (entry,) = signed["document"]["proxies"]
         assert entry["measurements"]["censor_listed"] is True
         assert entry["status"] == "untested"
+
+
+async def test_one_batch_uploaded_twice_at_once_is_stored_once(world: Any) -> None:
+    """The second upload reads no stored digest (PostgreSQL: its snapshot predates the
+    fold locks the first holds) and is then stopped by the batch id's unique key: it is
+    answered as a retry, not a 500, and the results are counted once."""
+    reg, probe, key, proxy_id = world
+    data = batch(key, [good_result(reg, proxy_id, key), bad_result(proxy_id)])
+    answers = await asyncio.gather(
+        *(probe.post("/api/v1/probe/batches", headers=JSON, content=data) for _ in range(2))
+    )
+    assert sorted(a.status_code for a in answers) == [200, 201], [a.text for a in answers]
+    assert sorted(a.json()["stored"] for a in answers) == [False, True]
+    stored = await counts(reg)
+    assert stored["probe_batches"] == 1 and stored["probe_results"] == 2
+    async with reg.registry.sessions() as session:
+        attempts = (await session.execute(text("SELECT SUM(attempts) FROM probe_rollups"))).scalar()
+    assert attempts == 2

@@ -1536,9 +1536,14 @@ async def open_batch(
     """A batch's stored digest and result count (``None`` when not stored) and its
     proxies as plain rows (:func:`proxy_rows_by_ids`).
 
-    On PostgreSQL the same statement first takes the fold locks of ``proxy_ids``
-    (:func:`lock_proxies_for_fold`), held until the transaction ends; on SQLite nothing
-    is locked here (the caller serializes its writers)."""
+    On PostgreSQL the same statement first takes the fold locks of ``proxy_ids`` (a
+    transaction-scoped advisory lock of class ``LOCK_PROXY_FOLD`` per proxy, in
+    ascending id order, so two batches sharing proxies queue up instead of
+    deadlocking), held until the transaction ends; on SQLite nothing is locked here
+    (the caller serializes its writers).  The digest is read with the statement's
+    snapshot, taken before the locks were granted: a batch stored meanwhile by a
+    concurrent upload of the same id is found by its unique key when this one is
+    written (IntegrityError; ``probes.ingest_batch`` then reads the digest again)."""
     if _dialect(session) != "postgresql":
         stored = await batch_digest(session, batch_id=batch_id)
         return stored, list(await proxy_rows_by_ids(session, ids=proxy_ids))
