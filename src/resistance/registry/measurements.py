@@ -210,29 +210,49 @@ def directory_measurements(
     proxies: Sequence[Proxy], rows: MeasurementRows
 ) -> dict[int, tuple[str, dict[str, Any]]]:
     """For each proxy: its status text and its ``measurements`` object (no I/O)."""
-    out: dict[int, tuple[str, dict[str, Any]]] = {}
-    for proxy in proxies:
-        verdict = rows.verdicts.get(proxy.id)
-        name = verdict.verdict if verdict else "untested"
-        blocked_in = sorted(verdict.blocked_in) if verdict else []
-        status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
-        out[proxy.id] = (
-            status,
-            {
-                "status": name,
-                "blocked_in": blocked_in,
-                "since": verdict.since if verdict else None,
-                "censor_listed": flag[0] if (flag := rows.listed.get(proxy.id)) else None,
-                "censor_listed_since": flag[1] if flag else None,
-                "days": rows.days,
-                "reachability": reachability(rows.rollups.get(proxy.id, [])),
-                "reach": reach(rows.seen.get(proxy.id, []), _transport(proxy)),
-            },
+    return {
+        proxy.id: proxy_measurements(
+            transport_of(proxy),
+            rows.verdicts.get(proxy.id),
+            rows.rollups.get(proxy.id, []),
+            rows.listed.get(proxy.id),
+            rows.seen.get(proxy.id, []),
+            rows.days,
         )
-    return out
+        for proxy in proxies
+    }
 
 
-def _transport(proxy: Proxy) -> str:
+def proxy_measurements(
+    transport: str,
+    verdict: Any,
+    rollups: Sequence[Any],
+    flag: tuple[bool, int | None] | None,
+    seen: Sequence[Any],
+    days: list[str],
+) -> tuple[str, dict[str, Any]]:
+    """One proxy's status text and ``measurements`` object, from its rows alone (so equal
+    rows give an equal entry: :class:`~resistance.registry.entries.DirectoryEntries`
+    keeps entries by these arguments)."""
+    name = verdict.verdict if verdict else "untested"
+    blocked_in = sorted(verdict.blocked_in) if verdict else []
+    status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
+    return (
+        status,
+        {
+            "status": name,
+            "blocked_in": blocked_in,
+            "since": verdict.since if verdict else None,
+            "censor_listed": flag[0] if flag else None,
+            "censor_listed_since": flag[1] if flag else None,
+            "days": days,
+            "reachability": reachability(rollups),
+            "reach": reach(seen, transport),
+        },
+    )
+
+
+def transport_of(proxy: Proxy) -> str:
     """The transport a probe's check of this proxy row measures."""
     for protocol in ("wireguard", "amneziawg", "mtproto"):
         if protocol in proxy.protocols:
