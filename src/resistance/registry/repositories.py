@@ -650,10 +650,16 @@ async def flags_by_proxy(session: AsyncSession) -> dict[int, tuple[int, bool, in
 async def ranges_in_order(session: AsyncSession) -> AsyncIterator[tuple[str, str, int]]:
     """Every current range ``(start_hex, end_hex, first_import)`` by start, read a batch
     at a time."""
+    order: list[Any] = [BlocklistRange.start_hex]
+    if _dialect(session) == "postgresql":
+        # In the index's own order (``until_import`` first, nulls last): PostgreSQL does
+        # not take ``IS NULL`` as fixing that column, so by ``start_hex`` alone it read
+        # every current range and sorted them before the first row came back.
+        order.insert(0, BlocklistRange.until_import.asc().nulls_last())
     result = await session.stream(
         select(BlocklistRange.start_hex, BlocklistRange.end_hex, BlocklistRange.first_import)
         .where(BlocklistRange.until_import.is_(None))  # the current version's ranges
-        .order_by(BlocklistRange.start_hex)
+        .order_by(*order)
         .execution_options(yield_per=20_000)
     )
     async for partition in result.partitions():
