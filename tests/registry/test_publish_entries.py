@@ -62,18 +62,30 @@ def test_a_document_put_together_from_encoded_entries_is_the_one_encoded_whole(
 ) -> None:
     fields = {"version": 1, "serial": serial, "network": network, **extra}
     keys = _keys()
-    encoded = [entry_bytes(e) for e in entries]
-    assert encoded == [canonical_bytes(e) for e in entries]
+    encoded = [canonical_bytes(e) for e in entries]
     whole = sign_and_dump({**fields, "proxies": entries}, keys)
     assert sign_and_dump_encoded(fields, entries, encoded, keys) == whole
 
 
 def test_an_entry_with_no_canonical_form_is_refused_as_before() -> None:
-    for bad in ({"x": 1.5}, {"x": 2**63}, {"x": "\ud800"}, {1: "x"}):
+    """What the JSON columns may hold is checked; a lone surrogate is refused anywhere."""
+    good: dict[str, Any] = {
+        "protocols": ["socks5"], "credentials": [{"username": "u"}], "port": 1,
+        "measurements": {"blocked_in": ["RU"], "since": None, "reach": {"ru-1": {"x": "ok"}}},
+    }  # fmt: skip
+    assert entry_bytes(good) == canonical_bytes(good)
+    bad: list[dict[str, Any]] = [
+        {"credentials": [{"username": 1.5}]},
+        {"credentials": [{"u": 2**63}]},
+        {"protocols": ["socks5", 1.0]},
+        {"measurements": {"blocked_in": [float("nan")]}},
+        {"endpoint": {"host": "\ud800"}},
+    ]
+    for entry in bad:
         with pytest.raises(CanonicalError):
-            canonical_bytes(bad)
+            canonical_bytes(entry)
         with pytest.raises(CanonicalError):
-            entry_bytes(bad)  # type: ignore[arg-type]
+            entry_bytes(entry)
     with pytest.raises(ValueError):
         sign_and_dump_encoded({"proxies": []}, [], [], _keys())
     with pytest.raises(ValueError):
@@ -174,11 +186,24 @@ async def _publish_both(registry: services.Registry) -> tuple[bytes, int]:
     async with registry.sessions.begin() as session:
         proxies = services.listed(await repo.active_proxy_rows(session, public=True))
         rows = await measurement_rows(session, proxies, now)
-    kept_signed, kept = services._sign_directory(registry, proxies, rows, 7, now)
-    whole_signed, whole = services._sign_directory_whole(registry, proxies, rows, 7, now)
+    both: list[Any] = []
+    for sign in (services._sign_directory, services._sign_directory_whole):
+        try:
+            both.append(sign(registry, proxies, rows, 7, now))
+        except CanonicalError as exc:  # refused: then by both paths
+            both.append(exc)
+    (kept_signed, kept), (whole_signed, whole) = _refused_by_both(*both)
     assert kept == whole
     assert kept_signed == whole_signed
     return kept, registry.entries.built
+
+
+def _refused_by_both(kept: Any, whole: Any) -> tuple[Any, Any]:
+    refused = [isinstance(x, CanonicalError) for x in (kept, whole)]
+    assert refused[0] == refused[1], (kept, whole)
+    if refused[0]:
+        raise whole
+    return kept, whole
 
 
 def _change(pid: int, what: str, value: int) -> Any:
@@ -279,5 +304,24 @@ def test_kept_entries_sign_the_document_built_whole_as_rows_change(
 
             loop = asyncio.get_running_loop()
             await asyncio.to_thread(changed)
+
+            # what a JSON column holds is still checked, on both paths
+            for change in (
+                update(Proxy).where(Proxy.id == ids[0]).values(credentials=[{"username": 1.5}]),
+                update(ProxyVerdict)
+                .where(ProxyVerdict.proxy_id == ids[0])
+                .values(verdict="functional", blocked_in=[1.5]),
+            ):
+                async with registry.sessions.begin() as db:
+                    await db.execute(update(Proxy).where(Proxy.id == ids[0]).values(public=True))
+                    await db.execute(change)
+                with pytest.raises(CanonicalError):
+                    await _publish_both(registry)
+                registry.entries.clear()
+                with pytest.raises(CanonicalError):
+                    await _publish_both(registry)
+                async with registry.sessions.begin() as db:
+                    await db.execute(_change(ids[0], "credentials", 1))
+                    await db.execute(_change(ids[0], "verdict", 1))
 
     asyncio.run(run())
