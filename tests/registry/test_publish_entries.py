@@ -325,3 +325,20 @@ def test_kept_entries_sign_the_document_built_whole_as_rows_change(
                     await db.execute(_change(ids[0], "verdict", 1))
 
     asyncio.run(run())
+
+
+def test_the_collector_runs_again_after_a_publication_even_a_failed_one() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), services._collector_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("publication failed")
+    assert gc.isenabled()
+    gc.disable()  # paused by someone else: left as it was
+    try:
+        with services._collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
