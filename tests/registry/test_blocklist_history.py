@@ -177,6 +177,46 @@ async def test_each_import_is_a_version_with_its_diff_and_who_blocked_whom(
             assert three.removed == 1 and three.added == 0
 
 
+async def test_an_import_finds_who_blocked_new_proxies_a_version_at_a_time(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Proxies with no flag of the previous version (registered since) are followed back
+    through the versions all at once: as many statements for 40 as for 4, and each
+    names the import ``listed_since`` finds for its address."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
+        statements.append(sql)
+
+    async with start_registry(tmp_path / "reg", db_url) as reg:
+        one = await import_blocklist(db_url, V1, "v1.lst", auto_migrate=False)
+        two = await import_blocklist(db_url, V2, "v2.lst", auto_migrate=False)
+        runs = []
+        for many in (4, 40):
+            hosts = [f"192.0.{2 + n % 2}.{n // 2 + 1 + many}" for n in range(many)]
+            ids = {await _proxy(reg, host): host for host in hosts}
+            event.listen(Engine, "before_cursor_execute", count)
+            try:
+                statements.clear()
+                done = await import_blocklist(db_url, V2, f"v{many}.lst", auto_migrate=False)
+            finally:
+                event.remove(Engine, "before_cursor_execute", count)
+            walked = sum("blocklist_spans" in sql and "until_import" in sql for sql in statements)
+            runs.append(walked)
+            for proxy_id, host in ids.items():
+                expected = one.import_id if host.startswith("192.0.2.") else two.import_id
+                assert await _flag_since(reg, proxy_id) == (True, expected), host
+                async with reg.registry.sessions() as s:
+                    assert await repo.listed_since(s, address_hex=address_hex(host)) == expected
+            assert done.import_id > two.import_id
+        # one indexed lookup per address for the range holding it (as many as a publication
+        # makes), but the versions before are walked once each, not once per proxy
+        assert runs[1] - runs[0] <= 36 + 2
+
+
 async def test_bad_imports_change_nothing_stored(tmp_path: Path, db_url: str) -> None:
     async with start_registry(tmp_path / "reg", db_url) as reg:
         await _proxy(reg, "192.0.2.7")

@@ -84,9 +84,16 @@ def _check_text(text: str) -> None:
         raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
 
 
+def check_value(value: Any) -> None:
+    """Refuse a value with no canonical form, strings aside: the caller encodes its
+    output to UTF-8 once, which refuses a lone surrogate anywhere (as
+    :func:`canonical_bytes` does)."""
+    _check(value, 0, texts=False)
+
+
 def canonical_bytes(value: Any) -> bytes:
     """The canonical bytes of a JSON value (see the module docstring)."""
-    _check(value, 0, texts=False)
+    check_value(value)
     text = json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

@@ -106,7 +106,39 @@ def sign_and_dump(
     (for a directory of 100,000 proxies that is seconds): the file's canonical bytes
     hold the signed document's canonical bytes as they are (keys sort as
     ``document``, ``format``, ``signatures``)."""
-    body = canonical_bytes(document)
+    return _signed_and_dumped(document, canonical_bytes(document), keys)
+
+
+def sign_and_dump_encoded(
+    fields: Mapping[str, Any],
+    proxies: Sequence[Mapping[str, Any]],
+    encoded: Sequence[bytes],
+    keys: Sequence[Ed25519PrivateKey],
+) -> tuple[dict[str, Any], bytes]:
+    """:func:`sign_and_dump` of ``build_document(**fields, proxies=proxies)`` when each
+    entry's canonical bytes are known already (``encoded[i]`` is
+    ``canonical_bytes(proxies[i])``): the document's canonical bytes are put together
+    from them, byte for byte what :func:`canonical_bytes` writes for the whole
+    document, so only the other fields are checked and encoded here."""
+    if "proxies" in fields:
+        raise ValueError("the proxies are passed apart from the other fields")
+    if len(proxies) != len(encoded):
+        raise ValueError("one encoded entry per proxy")
+    document = {**fields, "proxies": [dict(p) for p in proxies]}
+    parts = []
+    for key in sorted(document):  # as json.dumps(sort_keys=True): by code point
+        value = (
+            b"[" + b",".join(encoded) + b"]" if key == "proxies" else canonical_bytes(document[key])
+        )
+        parts.append(canonical_bytes(key) + b":" + value)
+    return _signed_and_dumped(document, b"{" + b",".join(parts) + b"}", keys)
+
+
+def _signed_and_dumped(
+    document: Mapping[str, Any], body: bytes, keys: Sequence[Ed25519PrivateKey]
+) -> tuple[dict[str, Any], bytes]:
+    """The signed directory and its file's bytes, ``body`` being the document's canonical
+    bytes."""
     signatures = [
         {"key_id": key_id(k.public_key()), "signature": b64url(k.sign(SIGNING_CONTEXT + body))}
         for k in keys

@@ -38,6 +38,7 @@ from resistance.registry.blocklist import (
     parse_blocklist,
 )
 from resistance.registry.db import make_engine, make_sessions, migrate
+from resistance.registry.measurements import blocked_since
 from resistance.registry.models import BlocklistImport, ProxyBlocklistFlag
 
 #: Versions kept by default: a year of daily imports.
@@ -139,6 +140,8 @@ async def import_blocklist(
             )  # fmt: skip
             import_id = await repo.replace_blocklist(session, record=record, ranges=stored)
             proxies = await repo.all_active_proxies(session)
+            flags: dict[int, list[Any]] = {}  # proxy id: [listed, listed_since]
+            unknown: dict[int, str] = {}  # listed, the import that blocked it not in its flag
             for proxy in proxies:
                 try:
                     value = address_value(proxy.address)
@@ -147,13 +150,18 @@ async def import_blocklist(
                 listed = prefixes.contains_value(value)
                 since = None
                 if listed:
-                    since = await _listed_since(
-                        session, earlier.get(proxy.id), previous, import_id, value
-                    )
+                    since = _since_from_flag(earlier.get(proxy.id), previous, import_id)
+                    if since is None:
+                        unknown[proxy.id] = f"{value:0{HEX_DIGITS}x}"
                     flagged.append(f"{proxy.host}:{proxy.port}")
+                flags[proxy.id] = [listed, since]
+            # followed back through the versions for all of them at once, not one by one
+            for proxy_id, since in (await blocked_since(session, unknown)).items():
+                flags[proxy_id][1] = since
+            for proxy_id, (listed, since) in flags.items():
                 session.add(
                     ProxyBlocklistFlag(
-                        proxy_id=proxy.id, import_id=import_id, listed=listed, checked_at=now,
+                        proxy_id=proxy_id, import_id=import_id, listed=listed, checked_at=now,
                         listed_since=since,
                     )
                 )  # fmt: skip
@@ -168,22 +176,17 @@ async def import_blocklist(
     )  # fmt: skip
 
 
-async def _listed_since(
-    session: AsyncSession,
-    flag: tuple[int, bool, int | None] | None,
-    previous: BlocklistImport | None,
-    import_id: int,
-    value: int,
+def _since_from_flag(
+    flag: tuple[int, bool, int | None] | None, previous: BlocklistImport | None, import_id: int
 ) -> int | None:
-    """The import that blocked a proxy listed by ``import_id``: known from its flag when
-    that was written for the previous version, else followed back through the ranges."""
+    """The import that blocked a proxy listed by ``import_id``, when its flag, written
+    for the previous version, tells (``None``: followed back through the ranges)."""
     if flag is not None and previous is not None and flag[0] == previous.id:
         _, was_listed, since = flag
         if not was_listed:
             return import_id
-        if since is not None:
-            return since
-    return await repo.listed_since(session, address_hex=f"{value:0{HEX_DIGITS}x}")
+        return since
+    return None
 
 
 # --- versions and their diffs (CLI and API) --------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,22 +124,8 @@ async def refresh_flags(
             stale[proxy.id] = address_hex(proven_address(proxy))  # a row: no properties
         except ValueError:
             continue
-    if len(stale) > LOOKUPS_AT_MOST:
-        holding = await _walk_ranges(session, stale)
-    else:
-        holding = {}
-        for proxy_id, hexed in stale.items():
-            span = await repo.range_containing(session, address_hex=hexed)
-            holding[proxy_id] = span.first_import if span is not None else None
-    # The import that blocked each listed one (followed back through the versions, every
-    # listed address at once).
-    since = await repo.listed_since_many(
-        session,
-        current={stale[p]: first for p, first in holding.items() if first is not None},
-    )
     found = {
-        proxy_id: (first is not None, since[stale[proxy_id]] if first is not None else None)
-        for proxy_id, first in holding.items()
+        p: (since is not None, since) for p, since in (await blocked_since(session, stale)).items()
     }
     listed.update(found)
     new = {p: v for p, v in found.items() if p not in flags}
@@ -148,7 +134,34 @@ async def refresh_flags(
     return listed
 
 
-async def _walk_ranges(session: AsyncSession, addresses: dict[int, str]) -> dict[int, int | None]:
+async def blocked_since(
+    session: AsyncSession, addresses: Mapping[int, str]
+) -> dict[int, int | None]:
+    """Per proxy id, the import that blocked its address (hex), ``None`` when the current
+    blocklist does not hold it: the current range holding each (one indexed query each
+    for a few, one walk of the ranges for more), then the run of versions followed back
+    for every listed address at once
+    (:func:`~resistance.registry.repositories.listed_since_many`)."""
+    if len(addresses) > LOOKUPS_AT_MOST:
+        holding = await _walk_ranges(session, addresses)
+    else:
+        holding = {}
+        for proxy_id, hexed in addresses.items():
+            span = await repo.range_containing(session, address_hex=hexed)
+            holding[proxy_id] = span.first_import if span is not None else None
+    since = await repo.listed_since_many(
+        session,
+        current={addresses[p]: first for p, first in holding.items() if first is not None},
+    )
+    return {
+        proxy_id: since[addresses[proxy_id]] if first is not None else None
+        for proxy_id, first in holding.items()
+    }
+
+
+async def _walk_ranges(
+    session: AsyncSession, addresses: Mapping[int, str]
+) -> dict[int, int | None]:
     """Per address, the ``first_import`` of the current range holding it (``None`` if
     none does), by one walk of the ranges in order beside the addresses in order (the
     ranges are disjoint and sorted by start)."""
@@ -210,29 +223,49 @@ def directory_measurements(
     proxies: Sequence[Proxy], rows: MeasurementRows
 ) -> dict[int, tuple[str, dict[str, Any]]]:
     """For each proxy: its status text and its ``measurements`` object (no I/O)."""
-    out: dict[int, tuple[str, dict[str, Any]]] = {}
-    for proxy in proxies:
-        verdict = rows.verdicts.get(proxy.id)
-        name = verdict.verdict if verdict else "untested"
-        blocked_in = sorted(verdict.blocked_in) if verdict else []
-        status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
-        out[proxy.id] = (
-            status,
-            {
-                "status": name,
-                "blocked_in": blocked_in,
-                "since": verdict.since if verdict else None,
-                "censor_listed": flag[0] if (flag := rows.listed.get(proxy.id)) else None,
-                "censor_listed_since": flag[1] if flag else None,
-                "days": rows.days,
-                "reachability": reachability(rows.rollups.get(proxy.id, [])),
-                "reach": reach(rows.seen.get(proxy.id, []), _transport(proxy)),
-            },
+    return {
+        proxy.id: proxy_measurements(
+            transport_of(proxy),
+            rows.verdicts.get(proxy.id),
+            rows.rollups.get(proxy.id, []),
+            rows.listed.get(proxy.id),
+            rows.seen.get(proxy.id, []),
+            rows.days,
         )
-    return out
+        for proxy in proxies
+    }
 
 
-def _transport(proxy: Proxy) -> str:
+def proxy_measurements(
+    transport: str,
+    verdict: Any,
+    rollups: Sequence[Any],
+    flag: tuple[bool, int | None] | None,
+    seen: Sequence[Any],
+    days: list[str],
+) -> tuple[str, dict[str, Any]]:
+    """One proxy's status text and ``measurements`` object, from its rows alone (so equal
+    rows give an equal entry: :class:`~resistance.registry.entries.DirectoryEntries`
+    keeps entries by these arguments)."""
+    name = verdict.verdict if verdict else "untested"
+    blocked_in = sorted(verdict.blocked_in) if verdict else []
+    status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
+    return (
+        status,
+        {
+            "status": name,
+            "blocked_in": blocked_in,
+            "since": verdict.since if verdict else None,
+            "censor_listed": flag[0] if flag else None,
+            "censor_listed_since": flag[1] if flag else None,
+            "days": days,
+            "reachability": reachability(rollups),
+            "reach": reach(seen, transport),
+        },
+    )
+
+
+def transport_of(proxy: Proxy) -> str:
     """The transport a probe's check of this proxy row measures."""
     for protocol in ("wireguard", "amneziawg", "mtproto"):
         if protocol in proxy.protocols:

@@ -237,11 +237,23 @@ async def active_proxies(session: AsyncSession, *, public: bool) -> Sequence[Pro
     return result.scalars().all()
 
 
+#: The columns a directory entry is made of (its listing, the transport probes measure,
+#: the address the censor's registry is searched for, whether it is a cascade's exit):
+#: no secret (``mtproto_key``, the probes' password) and nothing that changes without
+#: changing the entry (``verified_at``), so a kept entry is not rebuilt for it.
+_DIRECTORY_COLUMNS = (
+    "id", "host", "port", "addresses", "protocols", "credentials", "public_key",
+    "wg_public_key", "tls_port", "tls_sha256", "cascade_role", "mtproto_mode", "mtproto_domain",
+)  # fmt: skip
+
+
 async def active_proxy_rows(session: AsyncSession, *, public: bool) -> Sequence[Any]:
-    """``active_proxies`` as plain rows of every column (read as a ``Proxy`` is, by
-    attribute), for a directory of 100,000: no ORM object, no identity map."""
+    """``active_proxies`` as plain rows of the columns a directory entry is made of (read
+    as a ``Proxy`` is, by attribute), for a directory of 100,000: no ORM object, no
+    identity map, no JSON column decoded that the directory does not show."""
+    columns = Proxy.__table__.columns
     result = await session.execute(
-        select(*Proxy.__table__.columns)
+        select(*(columns[name] for name in _DIRECTORY_COLUMNS))
         .where(Proxy.public.is_(public), Proxy.status == "active")
         .order_by(Proxy.host, Proxy.port)
     )
@@ -651,10 +663,16 @@ async def flags_by_proxy(session: AsyncSession) -> dict[int, tuple[int, bool, in
 async def ranges_in_order(session: AsyncSession) -> AsyncIterator[tuple[str, str, int]]:
     """Every current range ``(start_hex, end_hex, first_import)`` by start, read a batch
     at a time."""
+    order: list[Any] = [BlocklistRange.start_hex]
+    if _dialect(session) == "postgresql":
+        # In the index's own order (``until_import`` first, nulls last): PostgreSQL does
+        # not take ``IS NULL`` as fixing that column, so by ``start_hex`` alone it read
+        # every current range and sorted them before the first row came back.
+        order.insert(0, BlocklistRange.until_import.asc().nulls_last())
     result = await session.stream(
         select(BlocklistRange.start_hex, BlocklistRange.end_hex, BlocklistRange.first_import)
         .where(BlocklistRange.until_import.is_(None))  # the current version's ranges
-        .order_by(BlocklistRange.start_hex)
+        .order_by(*order)
         .execution_options(yield_per=20_000)
     )
     async for partition in result.partitions():
