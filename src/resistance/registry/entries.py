@@ -43,7 +43,11 @@ from typing import Any
 from sqlalchemy.engine import Row
 
 from resistance.directory.canonical import CanonicalError, check_value
-from resistance.registry.measurements import MeasurementRows, proxy_measurements, transport_of
+from resistance.registry.measurements import (
+    MeasurementRows,
+    measurement_inputs,
+    proxy_measurements,
+)
 
 #: The canonical encoding (see :mod:`resistance.directory.canonical`), made once: a
 #: ``json.dumps`` with these arguments builds a new encoder at every call.
@@ -82,21 +86,8 @@ def entry_bytes(entry: dict[str, Any]) -> bytes:
 
 def build_entry(listing: Listing, proxy: Any, rows: MeasurementRows) -> dict[str, Any]:
     """A proxy's directory entry: its listing, status and measurements."""
-    status, measured = proxy_measurements(*_measurement_inputs(proxy, rows))
+    status, measured = proxy_measurements(*measurement_inputs(proxy, rows))
     return {**listing(proxy), "status": status, "measurements": measured}
-
-
-def _measurement_inputs(proxy: Any, rows: MeasurementRows) -> tuple[Any, ...]:
-    """:func:`proxy_measurements`' arguments for this proxy: everything its measurements
-    are made of."""
-    return (
-        transport_of(proxy),
-        rows.verdicts.get(proxy.id),
-        rows.rollups.get(proxy.id, []),
-        rows.listed.get(proxy.id),
-        rows.seen.get(proxy.id, []),
-        rows.days,
-    )
 
 
 @dataclass(slots=True)
@@ -127,7 +118,7 @@ class DirectoryEntries:
                 out.append(entry)
                 encoded.append(entry_bytes(entry))
                 continue
-            inputs = (proxy, *_measurement_inputs(proxy, rows))
+            inputs = (proxy, *measurement_inputs(proxy, rows))
             known = kept.get(proxy.id)
             if known is not None and known[0] == inputs:
                 reused += 1

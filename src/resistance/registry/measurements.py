@@ -223,17 +223,20 @@ def directory_measurements(
     proxies: Sequence[Proxy], rows: MeasurementRows
 ) -> dict[int, tuple[str, dict[str, Any]]]:
     """For each proxy: its status text and its ``measurements`` object (no I/O)."""
-    return {
-        proxy.id: proxy_measurements(
-            transport_of(proxy),
-            rows.verdicts.get(proxy.id),
-            rows.rollups.get(proxy.id, []),
-            rows.listed.get(proxy.id),
-            rows.seen.get(proxy.id, []),
-            rows.days,
-        )
-        for proxy in proxies
-    }
+    return {proxy.id: proxy_measurements(*measurement_inputs(proxy, rows)) for proxy in proxies}
+
+
+def measurement_inputs(proxy: Any, rows: MeasurementRows) -> tuple[Any, ...]:
+    """:func:`proxy_measurements`' arguments for this proxy: everything its measurements
+    are made of (a kept directory entry is reused while they are equal)."""
+    return (
+        transport_of(proxy),
+        rows.verdicts.get(proxy.id),
+        rows.rollups.get(proxy.id, []),
+        rows.listed.get(proxy.id),
+        rows.seen.get(proxy.id, []),
+        rows.days,
+    )
 
 
 def proxy_measurements(
