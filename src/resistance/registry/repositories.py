@@ -864,11 +864,10 @@ def _day_sums_query(*, since: bool) -> str:
     which, ``$3`` (with ``since``) the first day."""
     bins = len(THROUGHPUT_BOUNDS_KBPS) + 1
     where = "(control OR country = $1) AND day < $2" + (" AND day >= $3" if since else "")
-    sums = ", ".join(f"sum(h[{k}]) AS s{k}" for k in range(1, bins + 1))
-    # c{k}: the histogram's counts summed up to bin k (numeric: exact, no overflow)
+    sums = ", ".join(f"coalesce(sum(h[{k}]), 0)::int8 AS s{k}" for k in range(1, bins + 1))
+    # c{k}: the histogram's counts summed up to bin k (bigint: past it, PostgreSQL fails)
     cumulative = ", ".join(
-        f"{' + '.join(f'coalesce(s{j}, 0)' for j in range(1, k + 1))} AS c{k}"
-        for k in range(1, bins + 1)
+        f"{' + '.join(f's{j}' for j in range(1, k + 1))} AS c{k}" for k in range(1, bins + 1)
     )
     # round_days.median_kbps: the first bin whose cumulative count reaches the rank
     # (the last bound for the overflow bin; the first bound if none does), 0 if empty
@@ -894,12 +893,13 @@ def _day_sums_query(*, since: bool) -> str:
                              btrim(throughput_hist::text, E'[] \\t\\n\\r'), ','
                          )::int8[] END AS h
                 FROM probe_rollups WHERE {where}
+                OFFSET 0
             ) AS r
             GROUP BY proxy_id, day
         ) AS g,
         LATERAL (SELECT {cumulative}) AS c,
-        LATERAL (SELECT greatest(1, ceil(c{bins} / 2)) AS rank) AS k
-        ORDER BY proxy_id, day"""
+        LATERAL (SELECT greatest(1, (c{bins} + 1) / 2) AS rank) AS k
+        ORDER BY g.proxy_id, g.day"""
 
 
 class DayRecords:
