@@ -9,7 +9,6 @@ any batching, the column fold must give exactly its sums and medians.
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,9 @@ from resistance.registry.models import Operator, ProbeRollup, Proxy
 from resistance.registry.round_days import (
     BINS,
     DayTotals,
+    Unparsable,
     day_totals,
+    fold_lines,
     fold_rows,
     median_kbps,
 )
@@ -155,11 +156,10 @@ ODD = [*CLEAN, [[1]] * BINS, ["7"] * BINS]
 async def test_the_database_read_equals_the_per_row_fold(
     running: RunningRegistry, shapes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On PostgreSQL the rollups come summed per proxy-day by the server, as binary COPY
-    records, on SQLite as rows: both give the per-row fold's totals, whatever the
-    histograms hold (missing, empty, another length, not a list), and only for the days
-    and countries asked.  Histograms of lists or strings are not integers to
-    PostgreSQL: its query fails, is rolled back, and the rows are read instead.  (The
+    """On PostgreSQL the rollups come as COPY text lines, on SQLite as rows: both give the
+    per-row fold's totals, whatever the histograms hold (missing, empty, another
+    length, not a list), and only for the days and countries asked.  Histograms of
+    lists or strings do not parse as lines: PostgreSQL then reads rows too.  (The
     per-row fold stopped the whole round with a TypeError on those; the column fold
     counts them as missing, so they are given as missing to the reference.)"""
     read_rows: list[str | None] = []
@@ -170,7 +170,7 @@ async def test_the_database_read_equals_the_per_row_fold(
         return rollup_rows(session, **kwargs)
 
     monkeypatch.setattr(repo, "rollup_rows", spy)
-    monkeypatch.setattr(repo, "COPY_SINK_BYTES", 150)  # a few records a block, and a tail
+    monkeypatch.setattr(repo, "COPY_SINK_BYTES", 150)  # a few lines a block, and a tail
     await running.operator("alice")
     async with running.registry.sessions.begin() as session:
         operator = (await session.execute(select(Operator.id))).scalar_one()
@@ -239,140 +239,12 @@ def _as_dict(t: DayTotals) -> dict[tuple[int, str], tuple[int, ...]]:
     return dict(zip(zip(t.proxy.tolist(), t.day, strict=True), values, strict=True))
 
 
-def _copy_stream(table: list[list[int]], extension: bytes = b"") -> bytes:
-    """``table`` as PostgreSQL writes a binary COPY of bigint columns."""
-    out = bytearray(b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big"))
-    out += len(extension).to_bytes(4, "big") + extension
-    for record in table:
-        out += len(record).to_bytes(2, "big")
-        for value in record:
-            out += (8).to_bytes(4, "big") + value.to_bytes(8, "big", signed=True)
-    return bytes(out + b"\xff\xff")
-
-
-def _read_copy(stream: bytes, cuts: list[int]) -> list[list[int]]:
-    got: list[list[int]] = []
-    records = repo.DayRecords(lambda table: got.extend(table.tolist()))
-    at = 0
-    for size in cuts:
-        records.feed(stream[at : at + size])
-        at += size
-    records.feed(stream[at:])
-    records.close()
-    return got
-
-
-copy_record = st.lists(
-    st.integers(-(2**63), 2**63 - 1),
-    min_size=repo.DAY_SUM_COLUMNS,
-    max_size=repo.DAY_SUM_COLUMNS,
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(copy_record, max_size=40),
-    st.lists(st.integers(0, 200), max_size=12),
-    st.binary(max_size=9),
-    st.sampled_from([1, 90, 10**6]),
-)
-def test_binary_copy_records_are_read_back_whole_however_cut(
-    table: list[list[int]], cuts: list[int], extension: bytes, sink_bytes: int
-) -> None:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(repo, "COPY_SINK_BYTES", sink_bytes)
-        assert _read_copy(_copy_stream(table, extension), cuts) == table
-
-
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda s: b"PGCOPY\n\xff\r\n\x01" + s[11:],  # another signature
-        lambda s: s[:-2],  # no trailer
-        lambda s: s[:-5] + s[-2:],  # cut inside a record
-        lambda s: s[:19] + (6).to_bytes(2, "big") + s[21:],  # six fields, not seven
-        lambda s: s[:21] + (4).to_bytes(4, "big") + s[25:],  # a field of 4 bytes
-        lambda s: s[:21] + (-1).to_bytes(4, "big", signed=True) + s[25:],  # a NULL
-    ],
-)
-def test_a_copy_stream_of_another_shape_is_refused(damage: Any) -> None:
-    stream = _copy_stream([[1, 20261001, 3, 2, 1, 1, 64], [2, 20261001, 0, 0, 0, 0, 0]])
-    assert _read_copy(stream, [7]) == [[1, 20261001, 3, 2, 1, 1, 64], [2, 20261001, 0, 0, 0, 0, 0]]
-    with pytest.raises(repo.CopyFormatError):
-        _read_copy(damage(stream), [7])
-
-
-async def test_postgresql_sums_and_medians_equal_the_per_row_fold(
-    running: RunningRegistry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Random days of many rows (the property test's kinds of histogram, counts up to
-    10**12): PostgreSQL's GROUP BY and its CASE median give the
-    per-row fold's totals (on SQLite this is the rows path again)."""
-    rng = random.Random(25)
-    read_rows: list[str | None] = []
-    rollup_rows = repo.rollup_rows
-
-    def spy(session: Any, **kwargs: Any) -> Any:
-        read_rows.append(kwargs["since"])
-        return rollup_rows(session, **kwargs)
-
-    monkeypatch.setattr(repo, "rollup_rows", spy)
-    monkeypatch.setattr(repo, "COPY_SINK_BYTES", 1000)  # several blocks and a tail
-
-    def histogram() -> Any:
-        kind = rng.randrange(6)
-        if kind == 0:
-            return None
-        if kind == 1:
-            return [rng.randrange(10**12) for _ in range(BINS)]
-        if kind == 2:
-            return [rng.choice([0, 0, 0, rng.randrange(300)]) for _ in range(BINS)]
-        if kind == 3:
-            return [0] * (BINS - 1) + [rng.randrange(5)]
-        if kind == 4:
-            return [rng.randrange(9) for _ in range(rng.randrange(1, BINS + 3))]
-        return [rng.randrange(3) if k == rng.randrange(BINS) else 0 for k in range(BINS)]
-
-    await running.operator("alice")
-    days = ["2026-10-01", "2026-10-02", "2026-10-03"]
-    keys = {
-        (p, day, country, country in ("DE", "NL"))
-        for p in range(1, 41)
-        for day in days
-        for country in ("DE", "NL", "RU", "IR")
-        if rng.random() < 0.7
-    }
-    async with running.registry.sessions.begin() as session:
-        operator = (await session.execute(select(Operator.id))).scalar_one()
-        await session.execute(
-            insert(Proxy),
-            [
-                dict(id=p, operator_id=operator, host=f"203.0.113.{p}", port=1080,
-                     network="203.0.113.0/24", public_key="k", protocols=["socks5"],
-                     probe_user="u", probe_password="p", credentials=[], public=True,
-                     status="active", registered_at=1, verified_at=1)
-                for p in range(1, 41)
-            ],
-        )  # fmt: skip
-        rows = [
-            dict(proxy_id=p, day=day, country=country, control=control,
-                 attempts=rng.randrange(10**9), successes=rng.randrange(10**9),
-                 latency_hist=[], latency_p50_ms=None, latency_p90_ms=None,
-                 throughput_hist=histogram(), throughput_p50_kbps=None)
-            for p, day, country, control in sorted(keys)
-        ]  # fmt: skip
-        await session.execute(insert(ProbeRollup), rows)
-    wanted = [
-        (r["proxy_id"], r["day"], r["control"], r["attempts"], r["successes"],
-         _plain(r["throughput_hist"]))
-        for r in rows
-        if r["control"] or r["country"] == "RU"
-    ]  # fmt: skip
-    async with running.registry.sessions() as session:
-        got = await day_totals(session, country="RU", since=None, before="2026-10-04")
-        later = await day_totals(session, country="RU", since="2026-10-02", before="2026-10-03")
-    assert _as_dict(got) == reference_fold(wanted)
-    assert _as_dict(later) == reference_fold([w for w in wanted if w[1] == "2026-10-02"])
-    assert len(got) == len({(w[0], w[1]) for w in wanted}) > 60
-    postgres = running.registry.engine.dialect.name == "postgresql"
-    assert read_rows == ([] if postgres else [None, "2026-10-02"])
+def test_lines_that_are_not_integers_are_refused_for_the_row_path() -> None:
+    width = 5 + BINS
+    line = ",".join(["1", "20261001", "1", "3", "2", *(["0"] * BINS)]).encode()
+    assert len(fold_lines([line + b"\n", line.replace(b"20261001", b"20261002") + b"\n"])) == 2
+    with pytest.raises(Unparsable):
+        fold_lines([line.replace(b",0", b",x", 1) + b"\n"])
+    with pytest.raises(Unparsable):
+        fold_lines([line + b",7\n"])  # one integer too many
+    assert width == len(line.split(b","))

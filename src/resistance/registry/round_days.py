@@ -26,15 +26,6 @@ All arithmetic is on int64, exact for any count a registry stores (attempts are
 bounded by the measurements it accepted); the result equals the per-row fold's
 exactly (``tests/registry/test_round_days.py`` checks it against that fold on random
 rows). Memory is one batch's arrays plus seven integers per proxy-day.
-
-On PostgreSQL the same sums and median are made by the server
-(:func:`repositories.rollup_day_sums`: ``GROUP BY`` proxy and day, the median as a
-``CASE`` over the cumulative bins) and read as one binary COPY of seven bigints per
-proxy-day, so the worker parses nothing: at 100,000 proxies it receives 3,000,000
-fixed-size records instead of 6,000,000 text lines. A histogram or day that is not
-integers makes that query fail; it is then rolled back to a savepoint and the rows
-are folded here (``tests/registry/test_round_days.py`` holds both paths to the
-per-row fold).
 """
 
 from __future__ import annotations
@@ -48,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from asyncpg.exceptions import DataError  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resistance.probe import rollup
@@ -126,6 +116,10 @@ def median_kbps(histograms: Ints) -> Ints:
     return np.where(total > 0, BOUNDS[index], 0)
 
 
+class Unparsable(ValueError):
+    """Text from ``rollup_lines`` that is not integers in rows of the expected width."""
+
+
 def _day_code(day: str) -> int:
     """``YYYY-MM-DD`` as the integer YYYYMMDD (which sorts as the text does)."""
     try:
@@ -185,11 +179,33 @@ class _Folder:
             )
         )
 
-    def add_day_sums(self, table: Ints) -> None:
-        """Records of :func:`repositories.rollup_day_sums`: already one per proxy-day,
-        summed and with their median, in order."""
-        if len(table):
-            self.parts.append(tuple(table[:, k].copy() for k in range(7)))
+    def add_lines(self, block: bytes) -> None:
+        """Whole lines of :func:`repositories.rollup_lines`."""
+        text = block.translate(_TO_COMMAS).strip(b", ")
+        if not text:
+            return
+        width = 5 + BINS
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                flat = np.fromstring(text, dtype=np.int64, sep=",")
+        except (ValueError, OverflowError, DeprecationWarning):
+            raise Unparsable("rollup lines that are not integers") from None
+        if len(flat) % width or len(flat) // width != block.count(b"\n") + (
+            not block.endswith(b"\n")
+        ):
+            raise Unparsable("rollup lines of another width")
+        table = flat.reshape(-1, width)
+        self.add(
+            (
+                table[:, 0].copy(),
+                table[:, 1].copy(),
+                table[:, 2] != 0,
+                table[:, 3].copy(),
+                table[:, 4].copy(),
+                table[:, 5:],
+            )
+        )
 
     def add(self, arrays: _Arrays, *, last: bool = False) -> None:
         if self.carry is not None:
@@ -232,38 +248,32 @@ class _Folder:
             empty = np.zeros(0, dtype=np.int64)
             return DayTotals(empty, [], empty, empty, empty, empty, empty, empty)
         proxy, day, *columns = (np.concatenate([p[k] for p in self.parts]) for k in range(7))
-        ordered = len(proxy) < 2 or bool(
-            ((proxy[1:] > proxy[:-1]) | ((proxy[1:] == proxy[:-1]) & (day[1:] > day[:-1]))).all()
-        )
-        if not ordered:
-            order = np.lexsort((day, proxy))
-            proxy, day = proxy[order], day[order]
-            columns = [c[order] for c in columns]
-            if bool(((proxy[1:] == proxy[:-1]) & (day[1:] == day[:-1])).any()):
-                raise ValueError("rollup rows of one proxy-day were not read together")
+        order = np.lexsort((day, proxy))
+        proxy, day = proxy[order], day[order]
+        if len(order) > 1 and bool(((proxy[1:] == proxy[:-1]) & (day[1:] == day[:-1])).any()):
+            raise ValueError("rollup rows of one proxy-day were not read together")
         texts = {int(c): _day_text(int(c)) for c in np.unique(day)}
-        ca, cs, ta, ts, tp = columns
+        ca, cs, ta, ts, tp = (c[order] for c in columns)
         return DayTotals(proxy, [texts[c] for c in day.tolist()], ca, cs, ta, ts, tp, day)
+
+
+_TO_COMMAS = bytes.maketrans(b"\t\n", b",,")
 
 
 async def day_totals(
     session: AsyncSession, *, country: str, since: str | None, before: str
 ) -> DayTotals:
     """The control and target-country rollups of the days ``since`` (included; None: from
-    the first) up to ``before`` (excluded), summed per proxy and day: by PostgreSQL
-    itself and read as one binary COPY (:func:`repositories.rollup_day_sums`), as plain
-    rows folded here on another database, or if PostgreSQL finds a histogram or a day
-    that is not integers (then the rows path reads them as the per-row fold did)."""
+    the first) up to ``before`` (excluded), summed per proxy and day: read as text lines
+    through COPY on PostgreSQL, as plain rows elsewhere (or if the lines do not parse)."""
     folder = _Folder()
-    if (await session.connection()).dialect.name == "postgresql":
-        try:
-            async with session.begin_nested():
-                await repo.rollup_day_sums(
-                    session, country=country, since=since, before=before, sink=folder.add_day_sums
-                )
+    try:
+        if await repo.rollup_lines(
+            session, country=country, since=since, before=before, sink=folder.add_lines
+        ):
             return folder.totals()
-        except DataError:  # not integers, or a count past 64 bits: rolled back
-            folder = _Folder()
+    except Unparsable:
+        folder = _Folder()
     async for rows in repo.rollup_rows(session, country=country, since=since, before=before):
         folder.add_rows(rows)
     return folder.totals()
@@ -274,4 +284,12 @@ def fold_rows(batches: Sequence[Sequence[Any]]) -> DayTotals:
     folder = _Folder()
     for rows in batches:
         folder.add_rows(rows)
+    return folder.totals()
+
+
+def fold_lines(blocks: Sequence[bytes]) -> DayTotals:
+    """Blocks of :func:`repositories.rollup_lines`' lines, in memory, summed per proxy-day."""
+    folder = _Folder()
+    for block in blocks:
+        folder.add_lines(block)
     return folder.totals()
