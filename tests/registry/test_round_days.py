@@ -9,6 +9,7 @@ any batching, the column fold must give exactly its sums and medians.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import numpy as np
@@ -248,3 +249,79 @@ def test_lines_that_are_not_integers_are_refused_for_the_row_path() -> None:
     with pytest.raises(Unparsable):
         fold_lines([line + b",7\n"])  # one integer too many
     assert width == len(line.split(b","))
+
+
+async def test_many_random_days_read_from_the_database_equal_the_per_row_fold(
+    running: RunningRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random days of many rows (the property test's kinds of histogram, counts up to
+    10**12), read through COPY lines cut into many blocks on PostgreSQL and as rows on
+    SQLite: both give the per-row fold's totals, and PostgreSQL reads no rows."""
+    rng = random.Random(25)
+    read_rows: list[str | None] = []
+    rollup_rows = repo.rollup_rows
+
+    def spy(session: Any, **kwargs: Any) -> Any:
+        read_rows.append(kwargs["since"])
+        return rollup_rows(session, **kwargs)
+
+    monkeypatch.setattr(repo, "rollup_rows", spy)
+    monkeypatch.setattr(repo, "COPY_SINK_BYTES", 1000)  # many blocks and a tail
+
+    def histogram() -> Any:
+        kind = rng.randrange(6)
+        if kind == 0:
+            return None
+        if kind == 1:
+            return [rng.randrange(10**12) for _ in range(BINS)]
+        if kind == 2:
+            return [rng.choice([0, 0, 0, rng.randrange(300)]) for _ in range(BINS)]
+        if kind == 3:
+            return [0] * (BINS - 1) + [rng.randrange(5)]
+        if kind == 4:
+            return [rng.randrange(9) for _ in range(rng.randrange(1, BINS + 3))]
+        return [rng.randrange(3) if k == rng.randrange(BINS) else 0 for k in range(BINS)]
+
+    await running.operator("alice")
+    days = ["2026-10-01", "2026-10-02", "2026-10-03"]
+    keys = {
+        (p, day, country, country in ("DE", "NL"))
+        for p in range(1, 41)
+        for day in days
+        for country in ("DE", "NL", "RU", "IR")
+        if rng.random() < 0.7
+    }
+    async with running.registry.sessions.begin() as session:
+        operator = (await session.execute(select(Operator.id))).scalar_one()
+        await session.execute(
+            insert(Proxy),
+            [
+                dict(id=p, operator_id=operator, host=f"203.0.113.{p}", port=1080,
+                     network="203.0.113.0/24", public_key="k", protocols=["socks5"],
+                     probe_user="u", probe_password="p", credentials=[], public=True,
+                     status="active", registered_at=1, verified_at=1)
+                for p in range(1, 41)
+            ],
+        )  # fmt: skip
+        rows = [
+            dict(proxy_id=p, day=day, country=country, control=control,
+                 attempts=rng.randrange(10**9), successes=rng.randrange(10**9),
+                 latency_hist=[], latency_p50_ms=None, latency_p90_ms=None,
+                 throughput_hist=histogram(), throughput_p50_kbps=None)
+            for p, day, country, control in sorted(keys)
+        ]  # fmt: skip
+        await session.execute(insert(ProbeRollup), rows)
+    wanted = [
+        (r["proxy_id"], r["day"], r["control"], r["attempts"], r["successes"],
+         _plain(r["throughput_hist"]))
+        for r in rows
+        if r["control"] or r["country"] == "RU"
+    ]  # fmt: skip
+    async with running.registry.sessions() as session:
+        got = await day_totals(session, country="RU", since=None, before="2026-10-04")
+        later = await day_totals(session, country="RU", since="2026-10-02", before="2026-10-03")
+    assert _as_dict(got) == reference_fold(wanted)
+    assert _as_dict(later) == reference_fold([w for w in wanted if w[1] == "2026-10-02"])
+    assert len(got) == len({(w[0], w[1]) for w in wanted}) > 60
+    postgres = running.registry.engine.dialect.name == "postgresql"
+    assert read_rows == ([] if postgres else [None, "2026-10-02"])
