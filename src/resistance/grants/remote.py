@@ -34,6 +34,8 @@ def call(
 
 #: Bytes read from the answer at a time by :func:`stream`.
 STREAM_PART = 1 << 20
+#: Bytes of a refused answer read for its explanation (a refusal's JSON is a line or two).
+ERROR_BODY = 64 * 1024
 
 
 def stream(registry: str, path: str, *, token: str, timeout: float = 120.0) -> Iterator[bytes]:
@@ -48,7 +50,11 @@ def stream(registry: str, path: str, *, token: str, timeout: float = 120.0) -> I
             "GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
         ) as response:
             if response.status_code != 200:
-                body = response.read()
+                body = b""  # its explanation: the first ERROR_BODY bytes at most
+                for part in response.iter_bytes(ERROR_BODY):
+                    body += part
+                    if len(body) >= ERROR_BODY:
+                        break
                 try:
                     answer = json.loads(body)
                 except ValueError:
