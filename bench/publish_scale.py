@@ -16,10 +16,10 @@ imports), ``publish-import`` (the first publication after an import: every flag
 is dropped first, as an import does, so the blocklist is walked and the import
 that blocked each listed proxy found again), ``phases`` (a publication's parts
 timed one by one: reading the proxies, their measurements, building and signing;
-nothing stored), ``republish`` (a process's second publication, no row changed since its
-first: every entry kept), ``republish-changed`` (the same after every proxy's rollups of
-today changed, as they do between two publications of a running registry: every entry
-rebuilt) and ``round``.
+nothing stored), ``republish`` (a process's second publication with
+``--keep-entries``, no row changed since its first: every entry kept),
+``republish-changed`` (the same after every proxy's rollups of today changed, as they
+do between two publications of a running registry: every entry rebuilt) and ``round``.
 """
 
 from __future__ import annotations
@@ -49,11 +49,16 @@ from resistance.registry.db import migrate
 from resistance.registry.settings import RegistrySettings
 
 
-def _settings(url: str, state: str) -> RegistrySettings:
+def _settings(url: str, state: str, *, keep_entries: bool = False) -> RegistrySettings:
+    # ``serve --keep-entries`` where the code has it (a "before" from PYTHONPATH may not)
+    keep = {"keep_entries": True} if keep_entries and _HAS_KEEP else {}
     return RegistrySettings(
         state_dir=Path(state), database_url=url, network="regtest", publish_interval=0,
-        signup_limit=GENEROUS, public_limit=GENEROUS, auto_migrate=False,
+        signup_limit=GENEROUS, public_limit=GENEROUS, auto_migrate=False, **keep,
     )  # fmt: skip
+
+
+_HAS_KEEP = "keep_entries" in getattr(RegistrySettings, "__dataclass_fields__", {})
 
 
 async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
@@ -63,7 +68,8 @@ async def _step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
     from resistance.registry.app import open_registry
     from resistance.registry.schemas import RoundCreateRequest
 
-    registry = await open_registry(_settings(url, state))
+    # the republish steps measure entries kept between publications (--keep-entries)
+    registry = await open_registry(_settings(url, state, keep_entries=name.startswith("republish")))
     try:
         started, cpu = time.perf_counter(), time.process_time()
         if name == "publish-import":  # what an import leaves: no flag is current

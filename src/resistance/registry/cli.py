@@ -149,6 +149,13 @@ def _bind(endpoint: Endpoint) -> socket.socket:
     "background (0: keep for ever); rollups, verdicts and rounds are kept.",
 )
 @click.option(
+    "--keep-entries",
+    is_flag=True,
+    help="Keep the last directory's entries in memory and rebuild only the changed ones "
+    "at the next publication: less CPU, but the previous publication's rows stay held "
+    "(at 100,000 proxies over 6 GB at the second publication, against 4.3 GB).",
+)
+@click.option(
     "--db-pool",
     "db_pool_size",
     type=click.IntRange(2, 1000),
@@ -277,6 +284,7 @@ def serve(
     blocked_min_windows: int,
     fresh_seconds: int,
     retention_days: int,
+    keep_entries: bool,
     db_pool_size: int,
     db_pool_overflow: int,
     db_pool_timeout: float,
@@ -374,6 +382,7 @@ def serve(
         fresh_seconds=fresh_seconds,
         valid_seconds=max(24 * 3600, fresh_seconds),
         retention_days=retention_days,
+        keep_entries=keep_entries,
         db_pool_size=db_pool_size,
         db_pool_overflow=db_pool_overflow,
         db_pool_timeout=db_pool_timeout,

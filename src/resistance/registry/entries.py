@@ -28,6 +28,15 @@ Theory of operation:
 * Bounded: after each publication only the entries of the proxies it listed
   are kept (a proxy gone from the directory is dropped with it), so the
   cache never holds more than one directory's entries.
+* Off unless asked for (``resist registry serve --keep-entries``): what is
+  kept is the inputs themselves, so the previous publication's rows stay in
+  memory while the next one reads its own.  ``bench/scale.py`` at 100,000
+  proxies measured it: the server's second publication went past 6 GB with
+  entries kept, against 4.3 GB without.  And in a registry whose probes are
+  measuring, most proxies' rollups change between two publications, so most
+  entries are rebuilt anyway.  Without it each publication builds every
+  entry here and keeps none (the canonical check and the document's assembly
+  from the entries' bytes are the same).
 * Only plain rows (``sqlalchemy`` ``Row``, or the frozen dataclasses the
   SQLite path returns) are compared; a proxy given as an ORM object (mutable,
   compared by identity) is built every time and not kept.
@@ -95,6 +104,8 @@ class DirectoryEntries:
     """The last publication's entries, by proxy id: ``(inputs, entry, canonical bytes)``."""
 
     _kept: dict[int, tuple[tuple[Any, ...], dict[str, Any], bytes]] = field(default_factory=dict)
+    #: Whether a call keeps its entries for the next (``--keep-entries``); else none is.
+    keep: bool = False
     #: Entries the last call reused and built (for the log and the benchmark).
     reused: int = 0
     built: int = 0
@@ -103,7 +114,8 @@ class DirectoryEntries:
         self, proxies: Sequence[Any], rows: MeasurementRows, listing: Listing
     ) -> tuple[list[dict[str, Any]], list[bytes]]:
         """Each proxy's entry and its canonical bytes, in order, reusing those whose
-        inputs are what they were; then only these proxies' entries are kept.
+        inputs are what they were; then only these proxies' entries are kept (none
+        unless :attr:`keep`).
 
         Not safe to call from two threads at once (publications are serialized by
         :func:`~resistance.registry.services.publishing`)."""
@@ -126,7 +138,8 @@ class DirectoryEntries:
                 status, measured = proxy_measurements(*inputs[1:])
                 entry = {**listing(proxy), "status": status, "measurements": measured}
                 known = (inputs, entry, entry_bytes(entry))
-            fresh[proxy.id] = known
+            if self.keep:
+                fresh[proxy.id] = known
             out.append(known[1])
             encoded.append(known[2])
         self._kept = fresh

@@ -111,7 +111,7 @@ class Registry:
     #: process at the first round; the lifespan shuts it down).
     round_workers: Executor | None = None
     #: The entries of this process's last publication, reused while their rows are
-    #: unchanged (see :mod:`resistance.registry.entries`).
+    #: unchanged, when ``settings.keep_entries`` (see :mod:`resistance.registry.entries`).
     entries: DirectoryEntries = field(default_factory=DirectoryEntries)
 
     def now(self) -> int:
@@ -773,11 +773,12 @@ def _sign_directory(
 ) -> tuple[dict[str, Any], bytes]:
     """The signed directory and its file's bytes (CPU only: run in a worker thread).
 
-    The entries whose rows are what they were at this process's last publication are
-    reused with their canonical bytes (:class:`~resistance.registry.entries.DirectoryEntries`);
-    the bytes signed are those :func:`~resistance.directory.document.sign_and_dump`
-    writes for the same document."""
+    With ``--keep-entries`` the entries whose rows are what they were at this process's
+    last publication are reused with their canonical bytes
+    (:class:`~resistance.registry.entries.DirectoryEntries`); the bytes signed are those
+    :func:`~resistance.directory.document.sign_and_dump` writes for the same document."""
     settings = registry.settings
+    registry.entries.keep = settings.keep_entries
     entries, encoded = registry.entries.entries(proxies, rows, _listing)
     fields = {
         "version": DOCUMENT_VERSION,

@@ -95,6 +95,9 @@ class RegistrySettings:
     db_pool_size: int = 5
     db_pool_overflow: int = 10
     db_pool_timeout: float = 30.0
+    #: Keep the last publication's directory entries (and the rows they were built
+    #: from) in memory, to rebuild only changed ones (see resistance.registry.entries).
+    keep_entries: bool = False
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
