@@ -39,17 +39,7 @@ def read_json(path: Path) -> Any:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and rename: whole or not at all."""
-    path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_parts_atomic(path, (text.encode("utf-8"),), lambda _tmp: None)
 
 
 def write_parts_atomic(path: Path, parts: Iterable[bytes], check: Callable[[Path], T]) -> T:

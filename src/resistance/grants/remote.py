@@ -9,9 +9,14 @@ from typing import Any
 import httpx
 
 from resistance.grants.errors import RegistryError
-from resistance.registry.client import call_registry
+from resistance.registry.client import call_registry, refusal
 
 ROUNDS_PATH = "/api/v1/grants/rounds"
+
+
+def _check_url(registry: str) -> None:
+    if not registry.startswith(("http://", "https://")):
+        raise RegistryError(f"--registry must be an http(s):// URL, not {registry[:60]!r}")
 
 
 def call(
@@ -24,8 +29,7 @@ def call(
     timeout: float = 120.0,
 ) -> Any:
     """``method`` on ``registry + path`` with the admin token; the decoded answer."""
-    if not registry.startswith(("http://", "https://")):
-        raise RegistryError(f"--registry must be an http(s):// URL, not {registry[:60]!r}")
+    _check_url(registry)
     return call_registry(
         registry, path, token=token, method=method, body=body, expect=(200, 201),
         timeout=timeout, error=RegistryError,
@@ -42,8 +46,7 @@ def stream(registry: str, path: str, *, token: str, timeout: float = 120.0) -> I
     """GET ``registry + path`` with the admin token, the answer's body as it arrives
     (a round file of ~100 MB is never held whole); a refused answer is one
     ``RegistryError``, as :func:`call` says it."""
-    if not registry.startswith(("http://", "https://")):
-        raise RegistryError(f"--registry must be an http(s):// URL, not {registry[:60]!r}")
+    _check_url(registry)
     url = registry.rstrip("/") + path
     try:
         with httpx.stream(
@@ -59,10 +62,7 @@ def stream(registry: str, path: str, *, token: str, timeout: float = 120.0) -> I
                     answer = json.loads(body)
                 except ValueError:
                     answer = None
-                why = answer.get("error") if isinstance(answer, dict) else None
-                raise RegistryError(
-                    f"registry refused ({response.status_code}): {why or 'no explanation given'}"
-                )
+                raise RegistryError(refusal(response.status_code, answer))
             yield from response.iter_bytes(STREAM_PART)
     except httpx.HTTPError as exc:
         raise RegistryError(f"cannot reach the registry at {url}: {exc}") from None

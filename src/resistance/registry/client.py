@@ -66,6 +66,12 @@ def registration_body(
     return body
 
 
+def refusal(status: int, answer: Any) -> str:
+    """The one line for a registry's refusal: its ``{"error": ...}`` explanation, if any."""
+    why = answer.get("error") if isinstance(answer, dict) else None
+    return f"registry refused ({status}): {why or 'no explanation given'}"
+
+
 def call_registry(
     registry: str,
     path: str,
@@ -95,8 +101,7 @@ def call_registry(
     except ValueError:
         answer = None
     if response.status_code not in expect:
-        why = answer.get("error") if isinstance(answer, dict) else None
-        raise error(f"registry refused ({response.status_code}): {why or 'no explanation given'}")
+        raise error(refusal(response.status_code, answer))
     if not isinstance(answer, dict):
         raise error(f"registry answered {response.status_code} without a JSON object")
     return answer
