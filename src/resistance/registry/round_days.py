@@ -55,7 +55,6 @@ class DayTotals:
     """One entry per proxy-day, sorted by proxy id then day."""
 
     proxy: Ints
-    day: list[str]
     control_attempts: Ints
     control_successes: Ints
     target_attempts: Ints
@@ -65,7 +64,14 @@ class DayTotals:
     day_code: Ints
 
     def __len__(self) -> int:
-        return len(self.day)
+        return len(self.day_code)
+
+    @property
+    def day(self) -> list[str]:
+        """``day_code`` as ``YYYY-MM-DD`` texts (made when asked: the round reads the
+        codes, and 3,000,000 texts at 100,000 proxies were ~1 s and ~200 MB)."""
+        texts = {int(c): _day_text(int(c)) for c in np.unique(self.day_code)}
+        return [texts[c] for c in self.day_code.tolist()]
 
 
 def _histograms(texts: Sequence[str | None]) -> tuple[Ints, npt.NDArray[np.bool_]]:
@@ -246,15 +252,18 @@ class _Folder:
             self.add(carry, last=True)
         if not self.parts:
             empty = np.zeros(0, dtype=np.int64)
-            return DayTotals(empty, [], empty, empty, empty, empty, empty, empty)
+            return DayTotals(empty, empty, empty, empty, empty, empty, empty)
         proxy, day, *columns = (np.concatenate([p[k] for p in self.parts]) for k in range(7))
+        same = proxy[1:] == proxy[:-1]
+        if bool(((proxy[1:] > proxy[:-1]) | (same & (day[1:] > day[:-1]))).all()):
+            ca, cs, ta, ts, tp = columns
+            return DayTotals(proxy, ca, cs, ta, ts, tp, day)  # read in order (as queried)
         order = np.lexsort((day, proxy))
         proxy, day = proxy[order], day[order]
         if len(order) > 1 and bool(((proxy[1:] == proxy[:-1]) & (day[1:] == day[:-1])).any()):
             raise ValueError("rollup rows of one proxy-day were not read together")
-        texts = {int(c): _day_text(int(c)) for c in np.unique(day)}
         ca, cs, ta, ts, tp = (c[order] for c in columns)
-        return DayTotals(proxy, [texts[c] for c in day.tolist()], ca, cs, ta, ts, tp, day)
+        return DayTotals(proxy, ca, cs, ta, ts, tp, day)
 
 
 _TO_COMMAS = bytes.maketrans(b"\t\n", b",,")
