@@ -78,6 +78,25 @@ def save(tmp_path: Path, r: GrantRound, name: str = "round.json") -> Path:
     return path
 
 
+def test_the_round_an_export_returns_reads_its_chunks_where_the_file_is(
+    tmp_path: Path,
+) -> None:
+    """``write_parts_atomic(..., checked_round_file)`` checks a temporary file, renames it,
+    and returns the round: its chunks are read from the file's final name (they pointed
+    at the temporary one, gone by then)."""
+    s = settings()
+    inputs = chunked(sample_inputs(), 2)
+    r = rounds.approve(rounds.compute_round(s, signing.sign_inputs(s, inputs, [KEY])))
+    source = save(tmp_path, r, "exported.json")
+    out = tmp_path / "round.json"
+    got = files.write_parts_atomic(out, [source.read_bytes()], files.checked_round_file)
+    assert isinstance(got.inputs.chunks, StoredChunks)
+    assert list(got.inputs.chunks) == list(files.load_round(out).inputs.chunks or ())
+    assert rounds.verify(got) == []
+    assert got.digest() == r.state.digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.json", "round.json"]
+
+
 @pytest.mark.parametrize("chunks", [None, 1, 3])
 def test_a_streamed_round_is_the_round(tmp_path: Path, chunks: int | None) -> None:
     s = settings()

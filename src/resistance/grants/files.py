@@ -39,13 +39,15 @@ def read_json(path: Path) -> Any:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and rename: whole or not at all."""
-    write_parts_atomic(path, (text.encode("utf-8"),), lambda _tmp: None)
+    write_parts_atomic(path, (text.encode("utf-8"),), lambda _tmp, _path: None)
 
 
-def write_parts_atomic(path: Path, parts: Iterable[bytes], check: Callable[[Path], T]) -> T:
+def write_parts_atomic(path: Path, parts: Iterable[bytes], check: Callable[[Path, Path], T]) -> T:
     """Write ``parts`` as they come to a temporary file beside ``path``, ``check`` it, and
     only then rename it to ``path``: whole and checked, or not at all (``path`` is left
-    as it was). Holds one part at a time. Returns what ``check`` returned."""
+    as it was). Holds one part at a time. Returns what ``check(temporary, path)``
+    returned: it reads the temporary file, and what it returns must refer to ``path``
+    (the temporary file is gone once the call returns)."""
     path = path.resolve()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -54,7 +56,7 @@ def write_parts_atomic(path: Path, parts: Iterable[bytes], check: Callable[[Path
                 f.write(part)
             f.flush()
             os.fsync(f.fileno())
-        checked = check(Path(tmp))
+        checked = check(Path(tmp), path)
         os.replace(tmp, path)
         return checked
     except BaseException:
@@ -62,12 +64,16 @@ def write_parts_atomic(path: Path, parts: Iterable[bytes], check: Callable[[Path
         raise
 
 
-def checked_round_file(path: Path) -> GrantRound:
+def checked_round_file(path: Path, final: Path | None = None) -> GrantRound:
     """The round in ``path``, everything in it checked as ``load_round`` checks it (each
-    /2 chunk against the manifest, each entry), reading one chunk at a time."""
-    round_ = load_round_streamed(path)
+    /2 chunk against the manifest, each entry), reading one chunk at a time. Its /2
+    chunks are read again from ``final`` (default ``path``): where the file will be
+    once checked (``write_parts_atomic`` renames it there)."""
+    round_, source = _round_streamed(path)
     for _ in round_.inputs.groups():
         pass
+    if source is not None and final is not None:
+        source.path = final
     return round_
 
 
@@ -88,6 +94,23 @@ def load_round_streamed(path: Path) -> GrantRound:
     as it is read). So verifying a round over 100,000 proxies holds one chunk, not a
     file of ~100 MB parsed whole. A /1 round, or a file whose chunks are not a list of
     texts, is read whole by :func:`load_round` (with its errors)."""
+    return _round_streamed(path)[0]
+
+
+class _ChunkFile:
+    """Where a round's /2 chunks are read from: the round file, as it is named now."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self) -> Iterator[Any]:
+        return _chunk_texts(self.path)
+
+
+def _round_streamed(path: Path) -> tuple[GrantRound, _ChunkFile | None]:
+    """:func:`load_round_streamed`, and where its chunks are read (None: read whole)."""
     head, count = _round_head(path)
     inputs = head.get("inputs") if isinstance(head, dict) else None
     if (
@@ -96,14 +119,15 @@ def load_round_streamed(path: Path) -> GrantRound:
         or inputs.get("format") != INPUTS_FORMAT_2
         or not isinstance(inputs.get("manifest"), list)
     ):
-        return load_round(path)
+        return load_round(path), None
     del inputs["chunks"]
     listed = inputs["manifest"]
     if len(listed) != count:
         raise InputError(
             f"inputs: the manifest names {len(listed)} chunk(s) but {count} are present"
         )
-    return round_from_json(head, StoredChunks(lambda: _chunk_texts(path), listed))
+    source = _ChunkFile(path)
+    return round_from_json(head, StoredChunks(source, listed)), source
 
 
 def _round_head(path: Path) -> tuple[Any, int | None]:
