@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from resistance.grants.model import (
     GrantSettings,
     RoundInputs,
     StoredChunks,
+    inputs_to_json,
     round_from_json,
     round_inputs_file_from_json,
     round_to_json,
@@ -186,7 +188,36 @@ def _chunk_texts(path: Path) -> Iterator[Any]:
 
 
 def save_round(path: Path, round_: GrantRound) -> None:
-    write_text_atomic(path, json.dumps(round_to_json(round_), indent=1, sort_keys=True) + "\n")
+    """Write the round file (atomically). A round whose /2 chunks are read from a file
+    (:func:`load_round_streamed`) is written a chunk at a time, the same bytes as the
+    whole text: approving a round over 100,000 proxies never holds its ~100 MB."""
+    if not isinstance(round_.inputs.chunks, StoredChunks):
+        text = json.dumps(round_to_json(round_), indent=1, sort_keys=True) + "\n"
+        write_text_atomic(path, text)
+        return
+    write_parts_atomic(path, _round_file_parts(round_), lambda _tmp, _path: None)
+
+
+#: Stands for the chunks in the text of the rest of a round (a string no JSON
+#: string value it holds can be: its NUL is escaped as \u0000 in JSON's text).
+_CHUNKS_HERE = "\x00the chunks go here\x00"
+
+
+def _round_file_parts(round_: GrantRound) -> Iterator[bytes]:
+    """``json.dumps(round_to_json(round_), indent=1, sort_keys=True) + "\\n"`` in parts,
+    one per /2 chunk (``inputs.chunks`` is a list two levels down: its items are
+    indented by three spaces, its closing bracket by two)."""
+    assert round_.inputs.chunks is not None
+    body = round_to_json(replace(round_, inputs=replace(round_.inputs, chunks=())))
+    body["inputs"] = inputs_to_json(round_.inputs, with_chunks=False) | {"chunks": _CHUNKS_HERE}
+    head = json.dumps(body, indent=1, sort_keys=True) + "\n"
+    before, after = head.split(json.dumps(_CHUNKS_HERE), 1)
+    yield before.encode()
+    empty = True
+    for text in round_.inputs.chunks:
+        yield (("[\n   " if empty else ",\n   ") + json.dumps(text)).encode()
+        empty = False
+    yield (("[]" if empty else "\n  ]") + after).encode()
 
 
 def load_inputs(path: Path) -> tuple[GrantSettings, RoundInputs]:
