@@ -141,3 +141,11 @@ def test_export_from_a_dripping_registry_is_one_line_and_no_file(
     assert "stopped" in res.output
     assert out.read_text() == "the round exported last time\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round.json"]  # no temporary left
+
+
+@pytest.mark.timeout(30)  # before, httpx read the dripping answer until it ended
+def test_a_call_to_a_dripping_registry_is_stopped_too(registry: str) -> None:
+    """Every command's request (``call_registry``: rounds, register-node, add-probe)
+    has the same deadline as the export's stream."""
+    with pytest.raises(RegistryError, match=r"sent \d+ bytes in \d+ s .*: stopped$"):
+        remote.call(registry, "/drip", token="t", timeout=1)

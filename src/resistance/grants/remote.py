@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from resistance.grants.errors import RegistryError
-from resistance.registry.client import call_registry, refusal
+from resistance.registry.client import MIN_RATE, call_registry, refusal, timed_parts
 
 ROUNDS_PATH = "/api/v1/grants/rounds"
 
@@ -42,7 +42,7 @@ ERROR_BODY = 64 * 1024
 #: Seconds a stream may take on top of its size's share (see :func:`stream`).
 STREAM_TIME = 120.0
 #: Bytes per second a stream must average past its first ``STREAM_TIME`` seconds.
-STREAM_MIN_RATE = 64 * 1024
+STREAM_MIN_RATE = MIN_RATE
 
 
 def stream(
@@ -59,27 +59,19 @@ def stream(
 
     ``timeout`` (default ``STREAM_TIME``) bounds each read, and the whole answer has
     ``timeout`` seconds plus one second per ``min_rate`` (``STREAM_MIN_RATE``) bytes
-    received: a registry that drips bytes (each read in
-    time, the answer never done) is one ``RegistryError`` at most one read past that
-    deadline, not an export that never ends. A 100 MB round file may take ~27 min."""
+    received: a registry that drips bytes (each read in time, the answer never done)
+    is one ``RegistryError`` at most one read past that deadline, not an export that
+    never ends. A 100 MB round file may take ~27 min."""
     _check_url(registry)
     url = registry.rstrip("/") + path
     timeout = STREAM_TIME if timeout is None else timeout
     min_rate = STREAM_MIN_RATE if min_rate is None else min_rate
     start = time.monotonic()
-    received = 0
 
     def arriving(response: httpx.Response) -> Iterator[bytes]:
-        nonlocal received
-        for part in response.iter_bytes():
-            received += len(part)
-            elapsed = time.monotonic() - start
-            if elapsed > timeout + received / min_rate:
-                raise RegistryError(
-                    f"the registry at {url} sent {received} bytes in {elapsed:.0f} s "
-                    f"(less than {min_rate // 1024} kB/s past the first {timeout:g} s): stopped"
-                )
-            yield part
+        return timed_parts(
+            response, url, start, timeout=timeout, min_rate=min_rate, error=RegistryError
+        )
 
     try:
         with httpx.stream(
