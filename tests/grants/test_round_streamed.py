@@ -25,12 +25,14 @@ from resistance.grants.model import (
     GrantRound,
     GrantSettings,
     RoundInputs,
+    RoundState,
     StoredChunks,
     canonical_json,
     chunk_text,
     chunked,
     inputs_to_json,
     result_to_json,
+    round_to_json,
     settings_to_json,
 )
 
@@ -76,6 +78,25 @@ def save(tmp_path: Path, r: GrantRound, name: str = "round.json") -> Path:
     path = tmp_path / name
     files.save_round(path, r)
     return path
+
+
+def test_the_round_an_export_returns_reads_its_chunks_where_the_file_is(
+    tmp_path: Path,
+) -> None:
+    """``write_parts_atomic(..., checked_round_file)`` checks a temporary file, renames it,
+    and returns the round: its chunks are read from the file's final name (they pointed
+    at the temporary one, gone by then)."""
+    s = settings()
+    inputs = chunked(sample_inputs(), 2)
+    r = rounds.approve(rounds.compute_round(s, signing.sign_inputs(s, inputs, [KEY])))
+    source = save(tmp_path, r, "exported.json")
+    out = tmp_path / "round.json"
+    got = files.write_parts_atomic(out, [source.read_bytes()], files.checked_round_file)
+    assert isinstance(got.inputs.chunks, StoredChunks)
+    assert list(got.inputs.chunks) == list(files.load_round(out).inputs.chunks or ())
+    assert rounds.verify(got) == []
+    assert got.digest() == r.state.digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.json", "round.json"]
 
 
 @pytest.mark.parametrize("chunks", [None, 1, 3])
@@ -225,3 +246,79 @@ def test_a_chunk_outside_the_inputs_chunks_is_not_read(tmp_path: Path, how: str)
     with pytest.raises(InputError) as streamed:
         rounds.verify(files.load_round_streamed(path))
     assert str(streamed.value) == str(whole.value)
+
+
+def whole_text(r: GrantRound) -> str:
+    """The round file as it was always written: one ``json.dumps`` of everything."""
+    return json.dumps(round_to_json(r), indent=1, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize("chunks", [None, 1, 3, 0])
+def test_a_streamed_round_is_saved_as_the_same_bytes(tmp_path: Path, chunks: int | None) -> None:
+    s = settings()
+    if chunks == 0:  # /2 inputs without a single chunk
+        inputs = RoundInputs((), chunks=())
+    else:
+        inputs = sample_inputs() if chunks is None else chunked(sample_inputs(), chunks)
+    r = rounds.compute_round(s, signing.sign_inputs(s, inputs, [KEY]))
+    for round_ in (r, rounds.approve(r)):
+        path = save(tmp_path, round_)
+        streamed = files.load_round_streamed(path)
+        again = tmp_path / "again.json"
+        files.save_round(again, streamed)
+        assert again.read_text() == path.read_text() == whole_text(round_)
+
+
+@pytest.fixture(scope="module")
+def big_draft(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    r = big_round(days=800, proxies=200)  # ~3.4 MB
+    return save(tmp_path_factory.mktemp("draft"), dataclasses.replace(r, state=RoundState()))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["approve"], ["report", "--format", "csv"], ["report", "--format", "json"],
+     ["electrum-list"], ["bip21"]],
+)  # fmt: skip
+def test_the_funders_commands_hold_far_less_than_the_file(
+    big_draft: Path, tmp_path: Path, command: list[str]
+) -> None:
+    """``approve``, ``report``, ``electrum-list`` and ``bip21`` read a /2 round a chunk
+    at a time (each checked, as ``verify`` does) and write what they wrote before."""
+    size = big_draft.stat().st_size
+    out = tmp_path / "out"
+    whole = files.load_round(big_draft)
+    if command == ["approve"]:
+        expected = whole_text(rounds.approve(whole))
+    else:
+        args = [command[0], str(big_draft), *command[1:]]
+        expected = CliRunner().invoke(grants, args).output  # to stdout, as it was
+
+    def run() -> None:
+        res = CliRunner().invoke(
+            grants, [command[0], str(big_draft), *command[1:], "--out", str(out)]
+        )
+        assert res.exit_code == 0, res.output
+
+    run()  # once first: what it imports is not what it holds
+    assert out.read_text() == expected
+    peak = peak_bytes(run)
+    assert peak < size / 5, (peak, size)
+
+
+def test_a_funders_command_refuses_a_chunk_that_does_not_match(tmp_path: Path) -> None:
+    s = settings()
+    r = rounds.compute_round(s, signing.sign_inputs(s, chunked(sample_inputs(), 3), [KEY]))
+    data = json.loads(save(tmp_path, r).read_text())
+    chunk = json.loads(data["inputs"]["chunks"][1])
+    chunk["proxies"][0]["target_successes"][0] = 0
+    data["inputs"]["chunks"][1] = json.dumps(chunk)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    before = path.read_bytes()
+    for command in (["approve"], ["report"], ["electrum-list"], ["bip21"]):
+        res = CliRunner().invoke(grants, [command[0], str(path)])
+        assert res.exit_code != 0 and "chunks[1]: its SHA-256 does not match" in res.output, (
+            command, res.output,
+        )  # fmt: skip
+    assert path.read_bytes() == before

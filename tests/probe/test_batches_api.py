@@ -272,3 +272,39 @@ async def test_one_batch_uploaded_twice_at_once_is_stored_once(world: Any) -> No
     async with reg.registry.sessions() as session:
         attempts = (await session.execute(text("SELECT SUM(attempts) FROM probe_rollups"))).scalar()
     assert attempts == 2
+
+
+async def _delete_the_proxy_on_insert(reg: RunningRegistry) -> None:
+    """A trigger that deletes a result's proxy as the result is stored: the proxy vanishes
+    while its batch is stored, as when an admin removes it at that moment."""
+    async with reg.registry.sessions.begin() as session:
+        if reg.registry.engine.dialect.name == "sqlite":
+            await session.execute(text(
+                "CREATE TRIGGER vanish BEFORE INSERT ON probe_results"
+                " BEGIN DELETE FROM proxies WHERE id = NEW.proxy_id; END"
+            ))  # fmt: skip
+            return
+        await session.execute(text(
+            "CREATE FUNCTION vanish() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN DELETE FROM proxies WHERE id = NEW.proxy_id; RETURN NEW; END $$"
+        ))  # fmt: skip
+        await session.execute(text(
+            "CREATE TRIGGER vanish BEFORE INSERT ON probe_results"
+            " FOR EACH ROW EXECUTE FUNCTION vanish()"
+        ))  # fmt: skip
+
+
+async def test_a_proxy_gone_while_its_batch_is_stored_is_a_retry_not_a_conflict(
+    world: Any,
+) -> None:
+    """Only a stored batch id is a 409 (which the probe drops for good); any other broken
+    key (here a proxy deleted meanwhile) is a 503 the probe sends again, storing nothing."""
+    reg, probe, key, proxy_id = world
+    await _delete_the_proxy_on_insert(reg)
+    response = await probe.post(
+        "/api/v1/probe/batches", headers=JSON, content=batch(key, [bad_result(proxy_id)])
+    )
+    assert response.status_code == 503, response.text
+    assert "send it again" in response.json()["error"]
+    assert response.headers["Retry-After"] == "5"
+    assert await counts(reg) == dict.fromkeys(TABLES, 0)

@@ -199,7 +199,7 @@ def approve(round_file: Path, out: Path | None) -> None:
     Example:
       resist grants approve round.json
     """
-    round_ = rounds.approve(files.load_round(round_file))
+    round_ = rounds.approve(files.checked_round_file(round_file))  # a chunk at a time
     files.save_round(out or round_file, round_)
     click.echo(f"{summary(round_)}; digest {round_.state.digest}")
 
@@ -290,7 +290,7 @@ def psbt(
         raise click.UsageError("--change-index goes with --fund-with-bitcoind")
     if not fund_with_bitcoind and descriptor is None:
         raise click.UsageError("--descriptor is needed unless --fund-with-bitcoind")
-    round_ = files.load_round(round_file)
+    round_ = files.checked_round_file(round_file)  # a chunk at a time
     source = ""
     if bitcoind_url is not None and fund_with_bitcoind:
         payout.check_payable(round_, network=network)
@@ -355,7 +355,7 @@ def electrum_list(round_file: Path, out: Path | None) -> None:
     Example:
       resist grants electrum-list round.json --out paytomany.txt
     """
-    emit(export.electrum_pay_to_many(files.load_round(round_file)), out)
+    emit(export.electrum_pay_to_many(files.checked_round_file(round_file)), out)
 
 
 @grants.command(context_settings=CONTEXT)
@@ -369,7 +369,7 @@ def bip21(round_file: Path, out: Path | None) -> None:
     Example:
       resist grants bip21 round.json
     """
-    uris = export.bip21_uris(files.load_round(round_file))
+    uris = export.bip21_uris(files.checked_round_file(round_file))
     emit("".join(u + "\n" for u in uris), out)
 
 
@@ -385,7 +385,7 @@ def report(round_file: Path, fmt: str, out: Path | None) -> None:
     Example:
       resist grants report round.json --format csv --out awards.csv
     """
-    round_ = files.load_round(round_file)
+    round_ = files.checked_round_file(round_file)
     emit(export.awards_csv(round_) if fmt == "csv" else export.report_json(round_), out)
 
 
@@ -410,7 +410,9 @@ def mark_paid(
       resist grants mark-paid round.json --tx-file signed.hex --change-descriptor 'wpkh(…/1/*)'
     """
     round_ = rounds.mark_paid(
-        files.load_round(round_file), tx_text(tx_hex, tx_file), change_descriptor=change_descriptor
+        files.checked_round_file(round_file),
+        tx_text(tx_hex, tx_file),
+        change_descriptor=change_descriptor,
     )
     files.save_round(out or round_file, round_)
     click.echo(f"round {round_.settings.round_id} paid by {round_.state.txid}")

@@ -11,7 +11,13 @@ import io
 import json
 from urllib.parse import quote
 
-from resistance.grants.model import AWARD_FIELDS, GrantRound, round_to_json, state_to_json
+from resistance.grants.model import (
+    AWARD_FIELDS,
+    GrantRound,
+    result_to_json,
+    settings_to_json,
+    state_to_json,
+)
 from resistance.grants.payout import sat_to_btc
 
 
@@ -52,11 +58,10 @@ def awards_csv(round_: GrantRound) -> str:
 
 def report_json(round_: GrantRound) -> str:
     """The round's settings, result and state (without the inputs), for people and scripts."""
-    full = round_to_json(round_)
     body = {
         "round_id": round_.settings.round_id,
-        "settings": full["settings"],
-        "result": full["result"],
+        "settings": settings_to_json(round_.settings),
+        "result": result_to_json(round_.result),
         "state": state_to_json(round_.state),
         "budget_check": {
             "budget_sat": round_.settings.budget_sat,

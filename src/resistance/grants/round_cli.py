@@ -335,6 +335,9 @@ def approve_remote(round_id: str, registry_url: str, token: str) -> None:
 def export_(round_id: str, registry_url: str, token: str, out: Path) -> None:
     """Write the round file (inputs signed by the registry) for verify, psbt and the rest.
 
+    The file is written whole and checked, or not at all. An export slower than
+    64 kB/s on average past its first 120 s is stopped (a registry dripping bytes).
+
     \b
     Example:
       resist grants round export 2026-10-RU --registry URL --token ADMIN --out round.json

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,35 @@ def refusal(status: int, answer: Any) -> str:
     return f"registry refused ({status}): {why or 'no explanation given'}"
 
 
+#: Bytes per second an answer must average past its first ``timeout`` seconds.
+MIN_RATE = 64 * 1024
+
+
+def timed_parts(
+    response: httpx.Response,
+    url: str,
+    start: float,
+    *,
+    timeout: float,
+    min_rate: int = MIN_RATE,
+    error: type[ResistanceError] = ConfigError,
+) -> Iterator[bytes]:
+    """``response``'s body as it arrives, within ``timeout`` seconds of ``start`` plus one
+    second per ``min_rate`` bytes received: httpx's ``timeout`` bounds each read, so a
+    registry that drips bytes (each read in time) would hold a command for ever. Past
+    the deadline (checked after each read, so at most one read later): ``error``."""
+    received = 0
+    for part in response.iter_bytes():
+        received += len(part)
+        elapsed = time.monotonic() - start
+        if elapsed > timeout + received / min_rate:
+            raise error(
+                f"the registry at {url} sent {received} bytes in {elapsed:.0f} s "
+                f"(less than {min_rate // 1024} kB/s past the first {timeout:g} s): stopped"
+            )
+        yield part
+
+
 def call_registry(
     registry: str,
     path: str,
@@ -90,14 +121,16 @@ def call_registry(
     """
     url = registry.rstrip("/") + path
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    start = time.monotonic()
     try:
-        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout)
+        with httpx.stream(method, url, json=body, headers=headers, timeout=timeout) as response:
+            data = b"".join(timed_parts(response, url, start, timeout=timeout, error=error))
     except httpx.HTTPError as exc:
         raise error(f"cannot reach the registry at {url}: {exc}") from None
     if response.status_code == 204:
         return {}
     try:
-        answer = response.json()
+        answer = json.loads(data)
     except ValueError:
         answer = None
     if response.status_code not in expect:

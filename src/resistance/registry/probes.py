@@ -431,10 +431,14 @@ async def ingest_batch(
         except IntegrityError:
             async with registry.sessions() as session:
                 found = await repo.batch_digest(session, batch_id=batch.batch_id)
-            if found is not None and found[0] == digest:
-                done = Ingested(batch.batch_id, False, found[1])
-            else:
+            if found is None:  # not its id: a row it names changed meanwhile (a proxy gone)
+                raise ApiError(
+                    503, "the batch's proxies changed while it was stored; nothing was "
+                    "stored, send it again", headers={"Retry-After": "5"},
+                ) from None  # fmt: skip
+            if found[0] != digest:
                 raise ApiError(409, "batch id already stored with different content") from None
+            done = Ingested(batch.batch_id, False, found[1])
     if not done.stored:  # a stored batch noted it in its own transaction
         async with registry.sessions.begin() as session:
             await repo.note_probe_batch(session, probe_id=probe.id, now=registry.now())
