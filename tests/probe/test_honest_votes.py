@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from resistance.config import Endpoint
-from resistance.registry import probes
+from resistance.registry import probes, shard
 from resistance.registry import repositories as repo
 from resistance.registry.models import ProbeEvidenceRow, ProbeResult
 from tests.probe.test_shards_api import ROUND, add_proxies, fleet, make_probe, result
@@ -180,7 +180,9 @@ async def test_batches_arriving_together_read_the_fleet_once(
             return await counted(session, since=since)
 
         monkeypatch.setattr(repo, "probe_disagreement", slow)
-        now = reg.registry.now()
+        # On PostgreSQL the flags are first counted at start-up: past that reading's end.
+        await reg.registry.shards.counted()
+        now = reg.registry.now() + shard.flag_ttl(reg.registry.settings.probe_round_seconds)
         fleets = await asyncio.gather(
             *(probes.fleet_now(reg.registry, a, now) for a in accounts * 4)
         )

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from resistance.net.resolve import NameServerResolver, Resolver, system_resolver
 from resistance.paths import resolve_state_dir
-from resistance.registry import retention, services
+from resistance.registry import probes, retention, services
 from resistance.registry.canary import CanaryServer, load_or_create_canary_key
 from resistance.registry.db import (
     Lock,
@@ -142,6 +142,10 @@ def create_app(
                     on_admin_token(token)
                 await services.publish_at_start(registry)
             app.state.registry = registry
+            if registry.engine.dialect.name == "postgresql":
+                # The first count of flagged probes reads every fresh evidence row
+                # (18 s at 100,000 proxies): begun now, the first batches need not wait.
+                probes.count_flags_at_start(registry)
             if settings.publish_interval > 0:
                 tasks.append(
                     asyncio.create_task(services.publish_periodically(registry), name=PUBLISH_TASK)
@@ -170,6 +174,7 @@ def create_app(
                     await task
             if canary is not None:
                 await canary.close()
+            await registry.shards.close()  # a count of flags still running
             if registry.round_workers is not None:
                 registry.round_workers.shutdown(wait=False, cancel_futures=True)
             await registry.engine.dispose()

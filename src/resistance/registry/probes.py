@@ -52,7 +52,9 @@ ever measured the proxy.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import secrets
@@ -261,33 +263,54 @@ async def fleet_now(registry: Registry, probe: ProbeAccount, now: int) -> shard.
     """The fleet as a batch sees it (:class:`shard.Fleet`): the probe accounts read from
     the database at most every :func:`shard.live_ttl` seconds, the flagged probes counted
     at most every :func:`shard.flag_ttl`; ``probe`` itself always live in its network."""
-    fleet = registry.shards.fleet(now=now)
+    cache = registry.shards
+    if cache.flags_due(now=now):  # counted again in the background, none waits for it
+        cache.recount(functools.partial(_count_flags, registry, now))
+    fleet = cache.fleet(now=now)
     if fleet is None:
-        async with registry.shards.refreshing:  # one reading for every waiting batch
-            fleet = registry.shards.fleet(now=now)
+        async with cache.refreshing:  # one reading for every waiting batch
+            fleet = cache.fleet(now=now)
             if fleet is None:
                 fleet = await _read_fleet(registry, now)
     return fleet.with_live(vantage_network(probe.country, probe.control), probe.id)
+
+
+def count_flags_at_start(registry: Registry) -> None:
+    """Begin the first count of flags in the background (a batch arriving before it ends
+    waits for this one instead of starting its own)."""
+    registry.shards.recount(functools.partial(_count_flags, registry, registry.now()))
+
+
+async def _count_flags(registry: Registry, now: int) -> None:
+    """Count the flagged probes over every fresh evidence row and remember them for
+    :func:`shard.flag_ttl` (run as :meth:`shard.ShardCache.recount`: one at a time)."""
+    settings = registry.settings
+    async with registry.sessions() as session:
+        votes = await repo.probe_disagreement(session, since=now - rules(registry).stale_seconds)
+    flagged = frozenset(
+        probe_id
+        for probe_id, (compared, disagreed) in votes.items()
+        if Disagreement(compared, disagreed).flagged(
+            threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
+        )
+    )
+    until = now + shard.flag_ttl(settings.probe_round_seconds)
+    registry.shards.remember_flagged(flagged, until=until, at=now)
 
 
 async def _read_fleet(registry: Registry, now: int) -> shard.Fleet:
     settings = registry.settings
     rounds = settings.probe_round_seconds
     flagged = registry.shards.flagged(now=now)
+    if flagged is None:  # never counted, or expired before a recount ended: wait for one
+        count = functools.partial(_count_flags, registry, now)
+        await asyncio.shield(registry.shards.recount(count))
+        flagged = registry.shards.flagged(now=now)
+        if flagged is None:  # a recount begun long ago ended with a reading expired since
+            await _count_flags(registry, now)
+            flagged = registry.shards.flagged(now=now) or frozenset()
     async with registry.sessions() as session:
         accounts = await repo.probe_liveness(session)
-        if flagged is None:
-            votes = await repo.probe_disagreement(
-                session, since=now - rules(registry).stale_seconds
-            )
-            flagged = frozenset(
-                probe_id
-                for probe_id, (compared, disagreed) in votes.items()
-                if Disagreement(compared, disagreed).flagged(
-                    threshold=settings.probe_flag_rate, minimum=settings.probe_flag_min
-                )
-            )
-            registry.shards.remember_flagged(flagged, until=now + shard.flag_ttl(rounds))
     live: dict[str, set[int]] = {}
     everyone: dict[str, set[int]] = {}
     for probe_id, country, control, last_batch_at in accounts:

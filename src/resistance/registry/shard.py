@@ -38,14 +38,19 @@ proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+log = logging.getLogger(__name__)
 
 U64 = npt.NDArray[np.uint64]
 
@@ -167,6 +172,18 @@ def flag_ttl(round_seconds: int) -> int:
     return max(round_seconds, 60)
 
 
+def recount_ahead(ttl: int) -> int:
+    """How long before the flags' count expires it is counted again in the background: a
+    quarter of its life (at most 5 minutes), time enough for the count at 100,000
+    proxies (10,000,000 evidence rows: seconds to tens of seconds on a loaded machine)."""
+    return min(ttl // 4, 300)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("counting the flagged probes failed: %s", error)
+
+
 def is_live(last_batch_at: int | None, *, now: int, round_seconds: int) -> bool:
     return last_batch_at is not None and now - last_batch_at <= silent_after(round_seconds)
 
@@ -224,6 +241,9 @@ class ShardCache:
         #: The fleet as the batch path last read it, and until when to reuse it.
         self._fleet: tuple[int, Fleet] | None = None
         self._flagged: tuple[int, frozenset[int]] | None = None
+        self._flagged_at = 0
+        #: The count of flags running now, if any (one at a time per process).
+        self._counting: asyncio.Task[None] | None = None
         #: Held while one batch reads the fleet: the others wait for that reading instead
         #: of each running the same queries (at a round's start every probe's batch finds
         #: the reading stale at once, and each would hold a pooled connection for it).
@@ -250,8 +270,44 @@ class ShardCache:
             return None
         return self._flagged[1]
 
-    def remember_flagged(self, flagged: frozenset[int], *, until: int) -> None:
+    def flags_due(self, *, now: int) -> bool:
+        """Whether the flags' count is valid but near its end (its last :func:`recount_ahead`
+        seconds), with no recount running: then it is counted again in the background
+        (:meth:`recount`) while batches go on using it, so in a steady stream of batches
+        none waits for the count, which reads every fresh evidence row (seconds at
+        100,000 proxies)."""
+        if self._flagged is None or now >= self._flagged[0]:
+            return False
+        ttl = self._flagged[0] - self._flagged_at
+        return now >= self._flagged[0] - recount_ahead(ttl) and (
+            self._counting is None or self._counting.done()
+        )
+
+    def recount(self, count: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        """The running count of flags, or ``count()`` started as one; a task whose failure
+        is logged (a batch that awaits it gets the error, one that does not loses nothing:
+        the reading it had stays in use until it expires)."""
+        if self._counting is None or self._counting.done():
+            task = asyncio.create_task(count(), name="probe-flag-count")
+            task.add_done_callback(_log_failure)
+            self._counting = task
+        return self._counting
+
+    async def counted(self) -> None:
+        """Wait for the count of flags running now, if any (its failure not raised here)."""
+        if self._counting is not None:
+            await asyncio.wait({self._counting})
+
+    async def close(self) -> None:
+        """Stop a count of flags still running (the registry is shutting down)."""
+        if self._counting is not None and not self._counting.done():
+            self._counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._counting
+
+    def remember_flagged(self, flagged: frozenset[int], *, until: int, at: int) -> None:
         self._flagged = (until, flagged)
+        self._flagged_at = at
 
     def mark_live(self, network: str, probe_id: int) -> None:
         if self._fleet is not None:
