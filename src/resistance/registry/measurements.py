@@ -1,8 +1,10 @@
 """Measurements as the directory shows them: status, censor listing, per-country reachability.
 
 Reads only verdicts, daily rollups (summed per proxy and country by the
-database on PostgreSQL) and blocklist flags (never raw results), so publishing
-stays cheap however many results are stored.  A proxy whose flag predates the
+database on PostgreSQL), blocklist flags and the probes' latest views that
+``reach`` may name (ranked by the database: 16 a proxy, however many probes
+see it), never raw results, so publishing stays cheap however many results
+are stored.  A proxy whose flag predates the
 current blocklist import is looked up again here (one indexed query each, or
 one walk of the ranges for many), so new proxies are flagged at their first
 publication; the import that blocked every listed one is then followed back
@@ -37,8 +39,10 @@ MAX_REACH_NETWORKS = 16
 def reach(rows: Sequence[Any], transport: str) -> dict[str, Any]:
     """Per network (probe vantage): whether ``transport`` got through, or the mechanism
     that stopped it (``failed`` when the probe named none), and the same for the
-    node's other transports the probe measured beside it (``tls``).  ``rows`` are
-    :func:`~resistance.registry.repositories.reach_rows`' rows of one proxy."""
+    node's other transports the probe measured beside it (``tls``).  ``rows`` are one
+    proxy's probes' views (``name, last_at, last_ok, mechanism, transports``): all of
+    them, or :func:`~resistance.registry.repositories.latest_views`' most recent, which
+    are the ones named here either way."""
     latest = rows
     if len(rows) > MAX_REACH_NETWORKS:  # else every row is named: no need to rank them
         latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
@@ -190,7 +194,9 @@ class MeasurementRows:
     verdicts: dict[int, Any]
     rollups: dict[int, list[Any]]
     listed: dict[int, tuple[bool, int | None]]
-    seen: dict[int, list[Any]]
+    #: Per proxy, the probes' latest views ``reach`` names (the most recent, at most
+    #: :data:`MAX_REACH_NETWORKS`: the database ranks them, so no more are read).
+    seen: Mapping[int, Sequence[Any]]
 
 
 async def measurement_rows(
@@ -213,9 +219,9 @@ async def measurement_rows(
     for row in totals:  # one per vantage country, its histograms summed
         by_proxy.setdefault(row.proxy_id, []).append(row)
     listed = await refresh_flags(session, proxies, now)
-    seen: dict[int, list[Any]] = {}
-    for row in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
-        seen.setdefault(row.proxy_id, []).append(row)
+    seen = await repo.latest_views(
+        session, proxy_ids=ids, since=now - DAYS * 86400, most=MAX_REACH_NETWORKS
+    )
     return MeasurementRows(days, verdicts, by_proxy, listed, seen)
 
 

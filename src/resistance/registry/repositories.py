@@ -11,7 +11,7 @@ import functools
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -970,28 +970,85 @@ async def add_carries(
     await session.flush()
 
 
-async def reach_rows(
-    session: AsyncSession, *, proxy_ids: Sequence[int], since: int
-) -> Sequence[Any]:
-    """Each probe's latest view of these proxies since ``since``: plain rows (no ORM
-    objects, there are probes x proxies of them) of ``proxy_id, name`` (the probe's),
-    ``last_at, last_ok, mechanism, transports``."""
-    result = await session.execute(
-        select(
-            ProbeEvidenceRow.proxy_id,
-            ProbeAccount.name,
-            ProbeEvidenceRow.last_at,
-            ProbeEvidenceRow.last_ok,
-            ProbeEvidenceRow.mechanism,
-            ProbeEvidenceRow.transports,
+class ProbeView(NamedTuple):
+    """One probe's latest view of a proxy, as the directory's ``reach`` names it."""
+
+    name: str
+    last_at: int
+    last_ok: bool
+    mechanism: str | None
+    transports: Any
+
+
+async def latest_views(
+    session: AsyncSession, *, proxy_ids: Sequence[int], since: int, most: int
+) -> dict[int, tuple[ProbeView, ...]]:
+    """Per proxy, its probes' views since ``since`` that are among its ``most`` most
+    recent: every view whose ``last_at`` fewer than ``most`` of its others pass, so
+    with ties on the cut a few more (whoever takes the ``most`` newest by ``last_at``
+    and then name finds them all here).
+
+    The database ranks them (a window over each proxy's views, ordered by time alone:
+    integers, no text to collate), so a publication reads ``most`` views a proxy, not
+    every probe's: at 100,000 proxies and 100 probes 1,120,000 of the public proxies'
+    7,000,000, as one row of arrays per proxy on PostgreSQL.  ``transports`` is decoded
+    as its JSON column decodes it."""
+    if not proxy_ids:
+        return {}
+    params = {"ids": json.dumps(list(proxy_ids)), "since": since, "most": most}
+    names = dict((await session.execute(select(ProbeAccount.id, ProbeAccount.name))).all())
+    loads = json.loads
+    if _dialect(session) != "postgresql":
+        grouped: dict[int, list[ProbeView]] = {}
+        for proxy_id, probe_id, at, ok, mechanism, seen in (
+            await session.execute(_LATEST_VIEWS_SQLITE, params)
+        ).all():
+            grouped.setdefault(proxy_id, []).append(
+                ProbeView(names[probe_id], at, bool(ok), mechanism, loads(seen) if seen else None)
+            )
+        return {proxy_id: tuple(found) for proxy_id, found in grouped.items()}
+    # The ids' subquery is estimated at 100 rows whatever its length: the planner would
+    # look each proxy's views up by the key, a random page per view (70 s at 100,000
+    # proxies where the table is read in 3). One pass over the table, hashed against
+    # the ids, is what suits a directory: asked for by turning nested loops off.
+    await session.execute(text("SET LOCAL enable_nestloop = off"))
+    try:
+        result = (await session.execute(_LATEST_VIEWS_PG, params)).all()
+    finally:
+        await session.execute(text("RESET enable_nestloop"))
+    views: dict[int, tuple[ProbeView, ...]] = {}
+    for proxy_id, probes, times, oks, mechanisms, transports in result:
+        views[proxy_id] = tuple(
+            ProbeView(names[probe], at, ok, mechanism, loads(seen) if seen is not None else None)
+            for probe, at, ok, mechanism, seen in zip(
+                probes, times, oks, mechanisms, transports, strict=True
+            )
         )
-        .join(ProbeAccount, ProbeAccount.id == ProbeEvidenceRow.probe_id)
-        .where(
-            ProbeEvidenceRow.proxy_id.in_(_each(session, proxy_ids)),
-            ProbeEvidenceRow.last_at >= since,
-        )
-    )
-    return result.all()
+    return views
+
+
+# ``transports`` as the JSON text stored (decoded here as its column's type decodes it).
+_LATEST_VIEWS_PG = text(
+    """SELECT proxy_id, array_agg(probe_id), array_agg(last_at), array_agg(last_ok),
+         array_agg(mechanism), array_agg(transports)
+    FROM (SELECT proxy_id, probe_id, last_at, last_ok, mechanism,
+            transports::text AS transports,
+            rank() OVER (PARTITION BY proxy_id ORDER BY last_at DESC) AS rank
+          FROM probe_evidence
+          WHERE proxy_id IN (SELECT value::int
+                             FROM jsonb_array_elements_text(CAST(:ids AS jsonb)))
+            AND last_at >= :since) AS ranked
+    WHERE rank <= :most
+    GROUP BY proxy_id"""
+)
+_LATEST_VIEWS_SQLITE = text(
+    """SELECT proxy_id, probe_id, last_at, last_ok, mechanism, transports
+    FROM (SELECT proxy_id, probe_id, last_at, last_ok, mechanism, transports,
+            rank() OVER (PARTITION BY proxy_id ORDER BY last_at DESC) AS rank
+          FROM probe_evidence
+          WHERE proxy_id IN (SELECT value FROM json_each(:ids)) AND last_at >= :since)
+    WHERE rank <= :most"""
+)
 
 
 async def verdict_rows(session: AsyncSession, *, proxy_ids: Sequence[int]) -> Sequence[Any]:
