@@ -15,7 +15,6 @@ through the versions for all of them at once
 from __future__ import annotations
 
 import datetime
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,27 +35,30 @@ LOOKUPS_AT_MOST = 1000
 MAX_REACH_NETWORKS = 16
 
 
-def reach(rows: Sequence[Any], transport: str) -> dict[str, Any]:
+def reach(views: repo.ProbeViews, transport: str) -> dict[str, Any]:
     """Per network (probe vantage): whether ``transport`` got through, or the mechanism
     that stopped it (``failed`` when the probe named none), and the same for the
-    node's other transports the probe measured beside it (``tls``).  ``rows`` are one
-    proxy's probes' views (``name, last_at, last_ok, mechanism, transports``): all of
-    them, or :func:`~resistance.registry.repositories.latest_views`' most recent, which
-    are the ones named here either way."""
-    latest = rows
-    if len(rows) > MAX_REACH_NETWORKS:  # else every row is named: no need to rank them
-        latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
+    node's other transports the probe measured beside it (``tls``).  ``views`` are one
+    proxy's probes' (all of them, or
+    :func:`~resistance.registry.repositories.latest_views`' most recent, which are the
+    ones named here either way): the :data:`MAX_REACH_NETWORKS` most recent by
+    ``last_at``, then by name."""
+    names, times, oks, mechanisms, transports = views
+    named: Sequence[int] = range(len(names))
+    if len(names) > MAX_REACH_NETWORKS:  # else every view is named: no need to rank them
+        named = sorted(named, key=lambda i: (-times[i], names[i]))[:MAX_REACH_NETWORKS]
     out: dict[str, Any] = {}
-    for row in sorted(latest, key=_name):
-        entry = {transport: "ok" if row.last_ok else (row.mechanism or "failed")}
-        if row.transports:  # most rows have none (70,000 proxies x probes of them)
-            for t, m in sorted(row.transports.items())[:4]:
+    for i in sorted(named, key=names.__getitem__):
+        entry = {transport: "ok" if oks[i] else (mechanisms[i] or "failed")}
+        seen = transports[i]
+        if seen:  # most views have none (70,000 proxies x probes of them)
+            for t, m in sorted(seen.items())[:4]:
                 entry[t] = str(m)
-        out[row.name] = entry
+        out[names[i]] = entry
     return out
 
 
-_name = operator.attrgetter("name")
+NO_VIEWS = repo.ProbeViews((), (), (), (), ())
 
 
 def recent_days(now: int, count: int = DAYS) -> list[str]:
@@ -196,7 +198,7 @@ class MeasurementRows:
     listed: dict[int, tuple[bool, int | None]]
     #: Per proxy, the probes' latest views ``reach`` names (the most recent, at most
     #: :data:`MAX_REACH_NETWORKS`: the database ranks them, so no more are read).
-    seen: Mapping[int, Sequence[Any]]
+    seen: Mapping[int, repo.ProbeViews]
 
 
 async def measurement_rows(
@@ -240,7 +242,7 @@ def measurement_inputs(proxy: Any, rows: MeasurementRows) -> tuple[Any, ...]:
         rows.verdicts.get(proxy.id),
         rows.rollups.get(proxy.id, []),
         rows.listed.get(proxy.id),
-        rows.seen.get(proxy.id, []),
+        rows.seen.get(proxy.id, NO_VIEWS),
         rows.days,
     )
 
@@ -250,7 +252,7 @@ def proxy_measurements(
     verdict: Any,
     rollups: Sequence[Any],
     flag: tuple[bool, int | None] | None,
-    seen: Sequence[Any],
+    seen: repo.ProbeViews,
     days: list[str],
 ) -> tuple[str, dict[str, Any]]:
     """One proxy's status text and ``measurements`` object, from its rows alone (so equal
