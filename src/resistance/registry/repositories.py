@@ -1000,7 +1000,6 @@ async def latest_views(
     if not proxy_ids:
         return {}
     params = {"ids": json.dumps(list(proxy_ids)), "since": since, "most": most}
-    names = dict((await session.execute(select(ProbeAccount.id, ProbeAccount.name))).all())
     decoded: dict[str, Any] = {}
 
     def decode(seen: str | None) -> Any:
@@ -1011,7 +1010,8 @@ async def latest_views(
             value = decoded[seen] = json.loads(seen)
         return value
 
-    if _dialect(session) != "postgresql":
+    if _dialect(session) != "postgresql":  # one snapshot a transaction: names and views
+        names = dict((await session.execute(select(ProbeAccount.id, ProbeAccount.name))).all())
         grouped: dict[int, list[list[Any]]] = {}
         for proxy_id, probe_id, at, ok, mechanism, seen in (
             await session.execute(_LATEST_VIEWS_SQLITE, params)
@@ -1026,17 +1026,31 @@ async def latest_views(
     # look each proxy's views up by the key, a random page per view (60 s at 100,000
     # proxies where one pass over the table takes 2). One pass, hashed against the
     # ids, is what suits a directory: asked for by turning nested loops off.
+    # (Only for this statement: a failed one ends the transaction, and the setting with it.)
     await session.execute(text("SET LOCAL enable_nestloop = off"))
-    try:
-        result = (await session.execute(_LATEST_VIEWS_PG, params)).all()
-    finally:
-        await session.execute(text("RESET enable_nestloop"))
+    result = (await session.execute(_LATEST_VIEWS_PG, params)).all()
+    await session.execute(text("RESET enable_nestloop"))
+    # the probes' names read after their views: each probe a view names is there, unless
+    # deleted since (its views with it): then they are left out
+    names = dict((await session.execute(select(ProbeAccount.id, ProbeAccount.name))).all())
     views: dict[int, ProbeViews] = {}
     named = names.__getitem__
     for proxy_id, probes, times, oks, mechanisms, transports in result:
         if any(t is not None for t in transports):  # most proxies' views have none
             transports = [decode(t) for t in transports]
-        views[proxy_id] = ProbeViews(list(map(named, probes)), times, oks, mechanisms, transports)
+        try:
+            views[proxy_id] = ProbeViews(
+                list(map(named, probes)), times, oks, mechanisms, transports
+            )
+        except KeyError:
+            kept = [i for i, probe in enumerate(probes) if probe in names]
+            views[proxy_id] = ProbeViews(
+                [names[probes[i]] for i in kept],
+                [times[i] for i in kept],
+                [oks[i] for i in kept],
+                [mechanisms[i] for i in kept],
+                [transports[i] for i in kept],
+            )
     return views
 
 
