@@ -196,8 +196,9 @@ class MeasurementRows:
     verdicts: dict[int, Any]
     rollups: dict[int, list[Any]]
     listed: dict[int, tuple[bool, int | None]]
-    #: Per proxy, the probes' latest views ``reach`` names (the most recent, at most
-    #: :data:`MAX_REACH_NETWORKS`: the database ranks them, so no more are read).
+    #: Per proxy, the probes' latest views ``reach`` may name: the database ranks them,
+    #: so only the :data:`MAX_REACH_NETWORKS` most recent (and any tied with the last
+    #: of those) are read.
     seen: Mapping[int, repo.ProbeViews]
 
 
