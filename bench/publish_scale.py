@@ -9,7 +9,11 @@ address, then runs each step as the registry does (``services.publish``,
 ``rounds.create_round``) in a fresh child process, so the peak RSS reported is
 that step's own (the child's ``ru_maxrss``, interpreter and imports included).
 
-    .venv/bin/python bench/publish_scale.py [--proxies 100000] [--days 30] [--steps publish,round]
+    .venv/bin/python bench/publish_scale.py [--proxies 100000] [--days 30] [--probes 4]
+        [--steps publish,round]
+
+``--probes 100`` gives every proxy the views of 100 probes (10,000,000 evidence rows at
+100,000 proxies), as ``bench/scale.py``'s fleet does; the default is the loader's four.
 
 Steps: ``publish`` (every proxy's censor flag current, as between two blocklist
 imports), ``publish-import`` (the first publication after an import: every flag
@@ -178,13 +182,39 @@ def run_step(name: str, url: str, state: str, days: int) -> dict[str, Any]:
     return result
 
 
-async def fill(url: str, proxies: int, days: int, console: Console) -> None:
-    """The dashboard benchmark's rows, with the per-row triggers off while they go in (the
+def more_probes(proxies: int, probes: int) -> list[str]:
+    """Probes 5 to ``probes`` (the dashboard's loader makes four) and each one's latest view
+    of every proxy, as ``bench/scale.py``'s fleet leaves them: views of different ages
+    within the last ten minutes (so a directory names the 16 most recent of each proxy's),
+    a third of the probes inside (failing the blocked tenth of the proxies, by timeout),
+    and a few that measured the node's TLS listener beside it."""
+    if probes <= 4:
+        return []
+    now = int(time.time())
+    country = "CASE WHEN p % 3 = 0 THEN 'RU' ELSE 'NL' END"
+    return [
+        f"""INSERT INTO probe_accounts (id, name, public_key, country, control, created_at)
+            SELECT p, 'probe-' || p, 'k' || p, {country}, p % 3 <> 0, {now}
+            FROM generate_series(5, {probes}) p""",
+        f"""INSERT INTO probe_evidence (proxy_id, probe_id, country, control, last_at, last_ok,
+              fail_streak, fail_windows, mechanism, transports)
+            SELECT g, p, {country}, p % 3 <> 0, {now} - (g * 7 + p) % 600,
+              p % 3 <> 0 OR g % 10 >= 1, 0, '[]'::json,
+              CASE WHEN p % 3 <> 0 OR g % 10 >= 1 THEN 'ok' ELSE 'timeout' END,
+              CASE WHEN p % 10 = 5 THEN '{{"tls": "ok"}}'::json END
+            FROM generate_series(1, {proxies}) g, generate_series(5, {probes}) p""",
+    ]
+
+
+async def fill(url: str, proxies: int, days: int, console: Console, probes: int = 4) -> None:
+    """The dashboard benchmark's rows (and :func:`more_probes`' if ``probes`` is above its
+    four), with the per-row triggers off while they go in (the
     dashboard's daily sums, one hot row per day, made the rollups take minutes) and
     those sums added from the rollups afterwards, as the triggers would have left them."""
     statements = [
         "SET session_replication_role = replica",
         *fill_sql(proxies, days)[:-1],
+        *more_probes(proxies, probes),
         # today's rollups so far (the loader's end yesterday): a directory sums two days
         """INSERT INTO probe_rollups (proxy_id, day, country, control, attempts, successes,
              latency_hist, latency_p50_ms, latency_p90_ms, throughput_hist, throughput_p50_kbps)
@@ -238,7 +268,7 @@ async def prepare(args: argparse.Namespace, console: Console) -> tuple[str, str]
         await admin(f'CREATE DATABASE "{name}"')
         await migrate(url)
         console.print(f"filling {name}: {args.proxies} proxies, {args.days} days")
-        await fill(url, args.proxies, args.days, console)
+        await fill(url, args.proxies, args.days, console, args.probes)
         await addresses(url)
     else:
         await migrate(url)
@@ -249,6 +279,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--proxies", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument(
+        "--probes",
+        type=int,
+        default=4,
+        help="probes with a view of every proxy (100: as bench/scale.py)",
+    )
     parser.add_argument("--steps", default="publish,round")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--database", help="measure a database a --keep run left")

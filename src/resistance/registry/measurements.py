@@ -1,8 +1,10 @@
 """Measurements as the directory shows them: status, censor listing, per-country reachability.
 
 Reads only verdicts, daily rollups (summed per proxy and country by the
-database on PostgreSQL) and blocklist flags (never raw results), so publishing
-stays cheap however many results are stored.  A proxy whose flag predates the
+database on PostgreSQL), blocklist flags and the probes' latest views that
+``reach`` may name (ranked by the database: 16 a proxy, however many probes
+see it), never raw results, so publishing stays cheap however many results
+are stored.  A proxy whose flag predates the
 current blocklist import is looked up again here (one indexed query each, or
 one walk of the ranges for many), so new proxies are flagged at their first
 publication; the import that blocked every listed one is then followed back
@@ -13,7 +15,6 @@ through the versions for all of them at once
 from __future__ import annotations
 
 import datetime
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,25 +35,30 @@ LOOKUPS_AT_MOST = 1000
 MAX_REACH_NETWORKS = 16
 
 
-def reach(rows: Sequence[Any], transport: str) -> dict[str, Any]:
+def reach(views: repo.ProbeViews, transport: str) -> dict[str, Any]:
     """Per network (probe vantage): whether ``transport`` got through, or the mechanism
     that stopped it (``failed`` when the probe named none), and the same for the
-    node's other transports the probe measured beside it (``tls``).  ``rows`` are
-    :func:`~resistance.registry.repositories.reach_rows`' rows of one proxy."""
-    latest = rows
-    if len(rows) > MAX_REACH_NETWORKS:  # else every row is named: no need to rank them
-        latest = sorted(rows, key=lambda row: (-row.last_at, row.name))[:MAX_REACH_NETWORKS]
+    node's other transports the probe measured beside it (``tls``).  ``views`` are one
+    proxy's probes' (all of them, or
+    :func:`~resistance.registry.repositories.latest_views`' most recent, which are the
+    ones named here either way): the :data:`MAX_REACH_NETWORKS` most recent by
+    ``last_at``, then by name."""
+    names, times, oks, mechanisms, transports = views
+    named: Sequence[int] = range(len(names))
+    if len(names) > MAX_REACH_NETWORKS:  # else every view is named: no need to rank them
+        named = sorted(named, key=lambda i: (-times[i], names[i]))[:MAX_REACH_NETWORKS]
     out: dict[str, Any] = {}
-    for row in sorted(latest, key=_name):
-        entry = {transport: "ok" if row.last_ok else (row.mechanism or "failed")}
-        if row.transports:  # most rows have none (70,000 proxies x probes of them)
-            for t, m in sorted(row.transports.items())[:4]:
+    for i in sorted(named, key=names.__getitem__):
+        entry = {transport: "ok" if oks[i] else (mechanisms[i] or "failed")}
+        seen = transports[i]
+        if seen:  # most views have none (70,000 proxies x probes of them)
+            for t, m in sorted(seen.items())[:4]:
                 entry[t] = str(m)
-        out[row.name] = entry
+        out[names[i]] = entry
     return out
 
 
-_name = operator.attrgetter("name")
+NO_VIEWS = repo.ProbeViews((), (), (), (), ())
 
 
 def recent_days(now: int, count: int = DAYS) -> list[str]:
@@ -190,7 +196,10 @@ class MeasurementRows:
     verdicts: dict[int, Any]
     rollups: dict[int, list[Any]]
     listed: dict[int, tuple[bool, int | None]]
-    seen: dict[int, list[Any]]
+    #: Per proxy, the probes' latest views ``reach`` may name: the database ranks them,
+    #: so only the :data:`MAX_REACH_NETWORKS` most recent (and any tied with the last
+    #: of those) are read.
+    seen: Mapping[int, repo.ProbeViews]
 
 
 async def measurement_rows(
@@ -213,9 +222,9 @@ async def measurement_rows(
     for row in totals:  # one per vantage country, its histograms summed
         by_proxy.setdefault(row.proxy_id, []).append(row)
     listed = await refresh_flags(session, proxies, now)
-    seen: dict[int, list[Any]] = {}
-    for row in await repo.reach_rows(session, proxy_ids=ids, since=now - DAYS * 86400):
-        seen.setdefault(row.proxy_id, []).append(row)
+    seen = await repo.latest_views(
+        session, proxy_ids=ids, since=now - DAYS * 86400, most=MAX_REACH_NETWORKS
+    )
     return MeasurementRows(days, verdicts, by_proxy, listed, seen)
 
 
@@ -234,7 +243,7 @@ def measurement_inputs(proxy: Any, rows: MeasurementRows) -> tuple[Any, ...]:
         rows.verdicts.get(proxy.id),
         rows.rollups.get(proxy.id, []),
         rows.listed.get(proxy.id),
-        rows.seen.get(proxy.id, []),
+        rows.seen.get(proxy.id, NO_VIEWS),
         rows.days,
     )
 
@@ -244,7 +253,7 @@ def proxy_measurements(
     verdict: Any,
     rollups: Sequence[Any],
     flag: tuple[bool, int | None] | None,
-    seen: Sequence[Any],
+    seen: repo.ProbeViews,
     days: list[str],
 ) -> tuple[str, dict[str, Any]]:
     """One proxy's status text and ``measurements`` object, from its rows alone (so equal
