@@ -54,7 +54,9 @@ from sqlalchemy.engine import Row
 from resistance.directory.canonical import CanonicalError, check_value
 from resistance.registry.measurements import (
     MeasurementRows,
+    TextCache,
     measurement_inputs,
+    measurements_text,
     proxy_measurements,
 )
 
@@ -93,6 +95,25 @@ def entry_bytes(entry: dict[str, Any]) -> bytes:
         raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
 
 
+def written_entry(listing: dict[str, Any], status: str, measured: str) -> bytes:
+    """``entry_bytes({**listing, "status": status, "measurements": m})`` where ``measured``
+    is ``m``'s canonical text (:func:`~resistance.registry.measurements.measurements_text`):
+    the listing and status encoded as two objects, the keys before ``measurements`` and
+    those after it, and the three put together in that order, as sorting the keys puts
+    them.  What the listing's JSON columns hold is checked as :func:`entry_bytes` checks
+    it; a lone surrogate anywhere is refused by the one encoding to UTF-8."""
+    check_value((listing.get("protocols"), listing.get("credentials")))
+    head = {key: value for key, value in listing.items() if key != "measurements"}
+    head["status"] = status
+    before = _encode({key: value for key, value in head.items() if key < "measurements"})
+    after = _encode({key: value for key, value in head.items() if key > "measurements"})
+    parts = (before[1:-1], f'"measurements":{measured}', after[1:-1])
+    try:
+        return ("{" + ",".join(part for part in parts if part) + "}").encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
+
+
 def build_entry(listing: Listing, proxy: Any, rows: MeasurementRows) -> dict[str, Any]:
     """A proxy's directory entry: its listing, status and measurements."""
     status, measured = proxy_measurements(*measurement_inputs(proxy, rows))
@@ -101,9 +122,9 @@ def build_entry(listing: Listing, proxy: Any, rows: MeasurementRows) -> dict[str
 
 @dataclass(slots=True)
 class DirectoryEntries:
-    """The last publication's entries, by proxy id: ``(inputs, entry, canonical bytes)``."""
+    """The last publication's entries, by proxy id: ``(inputs, canonical bytes)``."""
 
-    _kept: dict[int, tuple[tuple[Any, ...], dict[str, Any], bytes]] = field(default_factory=dict)
+    _kept: dict[int, tuple[tuple[Any, ...], bytes]] = field(default_factory=dict)
     #: Whether a call keeps its entries for the next (``--keep-entries``); else none is.
     keep: bool = False
     #: Entries the last call reused and built (for the log and the benchmark).
@@ -112,39 +133,38 @@ class DirectoryEntries:
 
     def entries(
         self, proxies: Sequence[Any], rows: MeasurementRows, listing: Listing
-    ) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Each proxy's entry and its canonical bytes, in order, reusing those whose
-        inputs are what they were; then only these proxies' entries are kept (none
-        unless :attr:`keep`).
+    ) -> list[bytes]:
+        """Each proxy's entry's canonical bytes, in order, reusing those whose inputs
+        are what they were; then only these proxies' entries are kept (none unless
+        :attr:`keep`).  Each is written from its rows (:func:`written_entry`), never
+        built as an object: :func:`build_entry` is the object it writes.
 
         Not safe to call from two threads at once (publications are serialized by
         :func:`~resistance.registry.services.publishing`)."""
         kept = self._kept
-        fresh: dict[int, tuple[tuple[Any, ...], dict[str, Any], bytes]] = {}
-        out: list[dict[str, Any]] = []
+        fresh: dict[int, tuple[tuple[Any, ...], bytes]] = {}
         encoded: list[bytes] = []
+        texts = TextCache()
         reused = 0
         for proxy in proxies:
+            inputs = measurement_inputs(proxy, rows)
             if not isinstance(proxy, Row):  # an ORM object: mutable, equal only to itself
-                entry = build_entry(listing, proxy, rows)
-                out.append(entry)
-                encoded.append(entry_bytes(entry))
+                encoded.append(
+                    written_entry(listing(proxy), *measurements_text(*inputs, texts=texts))
+                )
                 continue
-            inputs = (proxy, *measurement_inputs(proxy, rows))
             known = kept.get(proxy.id)
-            if known is not None and known[0] == inputs:
+            if known is not None and known[0] == (proxy, *inputs):
                 reused += 1
             else:
-                status, measured = proxy_measurements(*inputs[1:])
-                entry = {**listing(proxy), "status": status, "measurements": measured}
-                known = (inputs, entry, entry_bytes(entry))
+                entry = written_entry(listing(proxy), *measurements_text(*inputs, texts=texts))
+                known = ((proxy, *inputs), entry)
             if self.keep:
                 fresh[proxy.id] = known
-            out.append(known[1])
-            encoded.append(known[2])
+            encoded.append(known[1])
         self._kept = fresh
-        self.reused, self.built = reused, len(out) - reused
-        return out, encoded
+        self.reused, self.built = reused, len(encoded) - reused
+        return encoded
 
     def clear(self) -> None:
         self._kept = {}
