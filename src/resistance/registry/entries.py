@@ -44,27 +44,25 @@ Theory of operation:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Row
 
-from resistance.directory.canonical import CanonicalError, check_value
+from resistance.directory.canonical import CanonicalError, canonical_text, check_value
 from resistance.registry.measurements import (
     MeasurementRows,
     TextCache,
     measurement_inputs,
     measurements_text,
+    medians,
     proxy_measurements,
 )
 
 #: The canonical encoding (see :mod:`resistance.directory.canonical`), made once: a
 #: ``json.dumps`` with these arguments builds a new encoder at every call.
-_encode = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+_encode = canonical_text
 
 Listing = Callable[[Any], dict[str, Any]]
 
@@ -143,28 +141,30 @@ class DirectoryEntries:
         :func:`~resistance.registry.services.publishing`)."""
         kept = self._kept
         fresh: dict[int, tuple[tuple[Any, ...], bytes]] = {}
-        encoded: list[bytes] = []
-        texts = TextCache()
-        reused = 0
+        encoded: list[bytes | None] = []
+        todo: list[tuple[int, Any, tuple[Any, ...]]] = []  # (position, proxy, inputs)
         for proxy in proxies:
             inputs = measurement_inputs(proxy, rows)
-            if not isinstance(proxy, Row):  # an ORM object: mutable, equal only to itself
-                encoded.append(
-                    written_entry(listing(proxy), *measurements_text(*inputs, texts=texts))
-                )
-                continue
-            known = kept.get(proxy.id)
+            known = kept.get(proxy.id) if isinstance(proxy, Row) else None
             if known is not None and known[0] == (proxy, *inputs):
-                reused += 1
-            else:
-                entry = written_entry(listing(proxy), *measurements_text(*inputs, texts=texts))
-                known = ((proxy, *inputs), entry)
-            if self.keep:
-                fresh[proxy.id] = known
-            encoded.append(known[1])
+                encoded.append(known[1])
+                if self.keep:
+                    fresh[proxy.id] = known
+            else:  # an ORM object is mutable, equal only to itself: always written
+                todo.append((len(encoded), proxy, inputs))
+                encoded.append(None)
+        texts = TextCache()
+        known_medians = medians(row for _, _, inputs in todo for row in inputs[2])
+        for position, proxy, inputs in todo:
+            entry = written_entry(
+                listing(proxy), *measurements_text(*inputs, texts=texts, known=known_medians)
+            )
+            encoded[position] = entry
+            if self.keep and isinstance(proxy, Row):
+                fresh[proxy.id] = ((proxy, *inputs), entry)
         self._kept = fresh
-        self.reused, self.built = reused, len(encoded) - reused
-        return encoded
+        self.reused, self.built = len(encoded) - len(todo), len(todo)
+        return cast(list[bytes], encoded)
 
     def clear(self) -> None:
         self._kept = {}
