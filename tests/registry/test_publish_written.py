@@ -208,6 +208,21 @@ def test_what_has_no_canonical_form_is_refused_when_written() -> None:
             written_entry(listing, "functional", "{}")
     with pytest.raises(CanonicalError):
         written_entry({"endpoint": {"host": "\udfff"}}, "functional", "{}")
+    # the placeholder the measurements' text replaces, held by the listing: refused (a
+    # lone surrogate), wherever it is, as canonical_bytes refuses it
+    placeholder = "\udc80measurements\udc80"
+    for listing in (
+        {"a": placeholder},
+        {"endpoint": {"measurements": placeholder}},
+        {"tls": [placeholder]},
+        {"credentials": [{"x": placeholder}]},
+    ):
+        with pytest.raises(CanonicalError):
+            canonical_bytes({**listing, "status": "s", "measurements": {}})
+        with pytest.raises(CanonicalError):
+            written_entry(listing, "functional", "{}")
+    with pytest.raises(CanonicalError):
+        written_entry({}, placeholder, "{}")
 
 
 def test_entries_kept_as_bytes_read_as_the_entries() -> None:

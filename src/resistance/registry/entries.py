@@ -93,21 +93,23 @@ def entry_bytes(entry: dict[str, Any]) -> bytes:
         raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
 
 
+#: What an entry's ``measurements`` is encoded as before its text takes its place: a lone
+#: surrogate, which no entry that can be encoded holds (UTF-8 refuses it), so it is
+#: found where it was put; an entry holding it elsewhere is refused by the encoding.
+_MEASUREMENTS = "\udc80measurements\udc80"
+
+
 def written_entry(listing: dict[str, Any], status: str, measured: str) -> bytes:
     """``entry_bytes({**listing, "status": status, "measurements": m})`` where ``measured``
     is ``m``'s canonical text (:func:`~resistance.registry.measurements.measurements_text`):
-    the listing and status encoded as two objects, the keys before ``measurements`` and
-    those after it, and the three put together in that order, as sorting the keys puts
-    them.  What the listing's JSON columns hold is checked as :func:`entry_bytes` checks
-    it; a lone surrogate anywhere is refused by the one encoding to UTF-8."""
+    the entry encoded with a placeholder for ``measurements`` (the keys sorted as they
+    are), then ``measured`` put in its place.  What the listing's JSON columns hold is
+    checked as :func:`entry_bytes` checks it; a lone surrogate anywhere (and so the
+    placeholder left anywhere) is refused by the one encoding to UTF-8."""
     check_value((listing.get("protocols"), listing.get("credentials")))
-    head = {key: value for key, value in listing.items() if key != "measurements"}
-    head["status"] = status
-    before = _encode({key: value for key, value in head.items() if key < "measurements"})
-    after = _encode({key: value for key, value in head.items() if key > "measurements"})
-    parts = (before[1:-1], f'"measurements":{measured}', after[1:-1])
+    text = _encode({**listing, "status": status, "measurements": _MEASUREMENTS})
     try:
-        return ("{" + ",".join(part for part in parts if part) + "}").encode("utf-8")
+        return text.replace(f'"{_MEASUREMENTS}"', measured, 1).encode("utf-8")
     except UnicodeEncodeError:
         raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
 
