@@ -57,18 +57,17 @@ from resistance.registry.measurements import (
     measurement_inputs,
     measurements_text,
     medians,
-    proxy_measurements,
 )
 
-#: The canonical encoding (see :mod:`resistance.directory.canonical`), made once: a
-#: ``json.dumps`` with these arguments builds a new encoder at every call.
+#: The canonical encoding, unchecked (:func:`~resistance.directory.canonical.canonical_text`).
 _encode = canonical_text
 
 Listing = Callable[[Any], dict[str, Any]]
 
 
 def entry_bytes(entry: dict[str, Any]) -> bytes:
-    """``canonical_bytes(entry)`` for an entry built here (:func:`build_entry`), checking
+    """``canonical_bytes(entry)`` for an entry (listing, status and
+    :func:`~resistance.registry.measurements.proxy_measurements`), checking
     only what its types do not guarantee.
 
     :func:`~resistance.directory.canonical.canonical_bytes` walks every value of a
@@ -114,12 +113,6 @@ def written_entry(listing: dict[str, Any], status: str, measured: str) -> bytes:
         raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
 
 
-def build_entry(listing: Listing, proxy: Any, rows: MeasurementRows) -> dict[str, Any]:
-    """A proxy's directory entry: its listing, status and measurements."""
-    status, measured = proxy_measurements(*measurement_inputs(proxy, rows))
-    return {**listing(proxy), "status": status, "measurements": measured}
-
-
 @dataclass(slots=True)
 class DirectoryEntries:
     """The last publication's entries, by proxy id: ``(inputs, canonical bytes)``."""
@@ -137,7 +130,9 @@ class DirectoryEntries:
         """Each proxy's entry's canonical bytes, in order, reusing those whose inputs
         are what they were; then only these proxies' entries are kept (none unless
         :attr:`keep`).  Each is written from its rows (:func:`written_entry`), never
-        built as an object: :func:`build_entry` is the object it writes.
+        built as an object (``{**listing(proxy), "status": ..., "measurements": ...}``
+        from :func:`~resistance.registry.measurements.proxy_measurements` is the object
+        it writes, as the tests check).
 
         Not safe to call from two threads at once (publications are serialized by
         :func:`~resistance.registry.services.publishing`)."""
