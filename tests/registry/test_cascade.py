@@ -92,7 +92,8 @@ async def test_the_directory_lists_the_bridge_and_never_the_exit(
     entries = signed["document"]["proxies"]
     assert [e["endpoint"] for e in entries] == [bridge_view["endpoint"]]
     assert entries[0]["bridge"] is True
-    assert str(exit_view["public_key"]) not in json.dumps(signed)
+    # the entries are returned as their bytes, decoded when read: listed for json
+    assert str(exit_view["public_key"]) not in json.dumps(signed, default=list)
     handed_out = await services.assign(running.registry, client_host="198.51.100.7")
     assert handed_out["proxies"] == []  # the exit is non-public, and still never handed out
 

@@ -139,8 +139,8 @@ async def test_a_proxy_with_the_prober_secret_is_registered(world: World, mode: 
     parsed = parse_entry(entry)
     assert parsed is not None and parsed.protocols == ("mtproto",)
     assert parsed.mtproto == MTProtoListing(mode, DOMAIN if mode == "ee" else None)
-    public = [
-        json.dumps(signed),
+    public = [  # the entries returned as their bytes, decoded when read: listed for json
+        json.dumps(signed, default=list),
         (await world.reg.client().get("/api/v1/directory")).text,
         (await world.reg.client().get("/api/v1/proxies/assign")).text,
         (world.reg.state_dir / "directory.json").read_text(),

@@ -48,10 +48,11 @@ from resistance.registry.models import (
 from tests.registry.conftest import start_registry
 
 #: Probes: more than a directory names, with names ordered differently by code point,
-#: by case and by locale (``Zeta`` < ``alpha`` < ``z`` < ``ä`` < ``é`` by code point).
+#: by case and by locale (``Zeta`` < ``alpha`` < ``z`` < ``ä`` < ``é`` by code point), and
+#: names JSON escapes.
 NAMES = [
     "Zeta", "alpha", "z", "ä", "é", "ru-1", "ru-10", "ru-2", "de-1", "nl 1", "a", "aa",
-    "b", "B", "ø", "ω", "x-ray", "yankee", "中", "0", "_", "~",
+    "b", "B", "ø", "ω", "x-ray", "yankee", "中", "0", "_", "~", 'q"uote\\', "tab\tname",
 ]  # fmt: skip
 PROXIES = 9
 
@@ -158,7 +159,8 @@ async def _seed(registry: services.Registry) -> tuple[list[int], list[int]]:
                     transports=[
                         None, {}, {"tls": "ok"}, {"tls": "rst", "quic": 1, "ws": None},
                         {"e": "1", "d": [1], "c": True, "b": 2.5, "a": {"x": "y"}},
-                    ][(k * n) % 5],
+                        {"tls": 'r"st\\', "é": "中\n", "": None},
+                    ][(k * n) % 6],
                 ))  # fmt: skip
             if n % 2 == 0:
                 db.add(ProxyVerdict(

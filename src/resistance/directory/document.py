@@ -28,7 +28,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -109,22 +109,60 @@ def sign_and_dump(
     return _signed_and_dumped(document, canonical_bytes(document), keys)
 
 
+class EncodedEntries(Sequence[dict[str, Any]]):
+    """A signed document's entries held as their canonical bytes, each decoded when read.
+
+    A directory of 100,000 proxies is a million small objects as dicts (1.4 GB at the
+    peak of a publication): the document a publication returns holds the bytes it
+    signed instead, and whoever reads an entry gets it decoded (canonical JSON holds
+    integers, never floats, so each decodes to the value encoded).  Compared as a
+    list of the entries."""
+
+    __slots__ = ("_encoded",)
+
+    def __init__(self, encoded: Sequence[bytes]) -> None:
+        self._encoded = encoded
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [json.loads(entry) for entry in self._encoded[index]]
+        decoded: dict[str, Any] = json.loads(self._encoded[index])
+        return decoded
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EncodedEntries):
+            return list(self._encoded) == list(other._encoded)
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EncodedEntries({len(self)} entries)"
+
+
 def sign_and_dump_encoded(
     fields: Mapping[str, Any],
-    proxies: Sequence[Mapping[str, Any]],
     encoded: Sequence[bytes],
     keys: Sequence[Ed25519PrivateKey],
 ) -> tuple[dict[str, Any], bytes]:
-    """:func:`sign_and_dump` of ``build_document(**fields, proxies=proxies)`` when each
-    entry's canonical bytes are known already (``encoded[i]`` is
-    ``canonical_bytes(proxies[i])``): the document's canonical bytes are put together
-    from them, byte for byte what :func:`canonical_bytes` writes for the whole
-    document, so only the other fields are checked and encoded here."""
+    """:func:`sign_and_dump` of ``build_document(**fields, proxies=entries)`` when only the
+    entries' canonical bytes are known (``encoded[i]`` is ``canonical_bytes(entries[i])``):
+    the document's canonical bytes are put together from them, byte for byte what
+    :func:`canonical_bytes` writes for the whole document, so only the other fields are
+    checked and encoded here.  The signed document's ``proxies`` are the entries
+    decoded when read (:class:`EncodedEntries`)."""
     if "proxies" in fields:
         raise ValueError("the proxies are passed apart from the other fields")
-    if len(proxies) != len(encoded):
-        raise ValueError("one encoded entry per proxy")
-    document = {**fields, "proxies": [dict(p) for p in proxies]}
+    document = {**fields, "proxies": EncodedEntries(encoded)}
     parts = []
     for key in sorted(document):  # as json.dumps(sort_keys=True): by code point
         value = (

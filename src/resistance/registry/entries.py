@@ -44,31 +44,30 @@ Theory of operation:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Row
 
-from resistance.directory.canonical import CanonicalError, check_value
+from resistance.directory.canonical import CanonicalError, canonical_text, check_value
 from resistance.registry.measurements import (
     MeasurementRows,
+    TextCache,
     measurement_inputs,
-    proxy_measurements,
+    measurements_text,
+    medians,
 )
 
-#: The canonical encoding (see :mod:`resistance.directory.canonical`), made once: a
-#: ``json.dumps`` with these arguments builds a new encoder at every call.
-_encode = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+#: The canonical encoding, unchecked (:func:`~resistance.directory.canonical.canonical_text`).
+_encode = canonical_text
 
 Listing = Callable[[Any], dict[str, Any]]
 
 
 def entry_bytes(entry: dict[str, Any]) -> bytes:
-    """``canonical_bytes(entry)`` for an entry built here (:func:`build_entry`), checking
+    """``canonical_bytes(entry)`` for an entry (listing, status and
+    :func:`~resistance.registry.measurements.proxy_measurements`), checking
     only what its types do not guarantee.
 
     :func:`~resistance.directory.canonical.canonical_bytes` walks every value of a
@@ -93,17 +92,32 @@ def entry_bytes(entry: dict[str, Any]) -> bytes:
         raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
 
 
-def build_entry(listing: Listing, proxy: Any, rows: MeasurementRows) -> dict[str, Any]:
-    """A proxy's directory entry: its listing, status and measurements."""
-    status, measured = proxy_measurements(*measurement_inputs(proxy, rows))
-    return {**listing(proxy), "status": status, "measurements": measured}
+#: What an entry's ``measurements`` is encoded as before its text takes its place: a lone
+#: surrogate, which no entry that can be encoded holds (UTF-8 refuses it), so it is
+#: found where it was put; an entry holding it elsewhere is refused by the encoding.
+_MEASUREMENTS = "\udc80measurements\udc80"
+
+
+def written_entry(listing: dict[str, Any], status: str, measured: str) -> bytes:
+    """``entry_bytes({**listing, "status": status, "measurements": m})`` where ``measured``
+    is ``m``'s canonical text (:func:`~resistance.registry.measurements.measurements_text`):
+    the entry encoded with a placeholder for ``measurements`` (the keys sorted as they
+    are), then ``measured`` put in its place.  What the listing's JSON columns hold is
+    checked as :func:`entry_bytes` checks it; a lone surrogate anywhere (and so the
+    placeholder left anywhere) is refused by the one encoding to UTF-8."""
+    check_value((listing.get("protocols"), listing.get("credentials")))
+    text = _encode({**listing, "status": status, "measurements": _MEASUREMENTS})
+    try:
+        return text.replace(f'"{_MEASUREMENTS}"', measured, 1).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanonicalError("string is not valid Unicode (lone surrogate)") from None
 
 
 @dataclass(slots=True)
 class DirectoryEntries:
-    """The last publication's entries, by proxy id: ``(inputs, entry, canonical bytes)``."""
+    """The last publication's entries, by proxy id: ``(inputs, canonical bytes)``."""
 
-    _kept: dict[int, tuple[tuple[Any, ...], dict[str, Any], bytes]] = field(default_factory=dict)
+    _kept: dict[int, tuple[tuple[Any, ...], bytes]] = field(default_factory=dict)
     #: Whether a call keeps its entries for the next (``--keep-entries``); else none is.
     keep: bool = False
     #: Entries the last call reused and built (for the log and the benchmark).
@@ -112,39 +126,42 @@ class DirectoryEntries:
 
     def entries(
         self, proxies: Sequence[Any], rows: MeasurementRows, listing: Listing
-    ) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Each proxy's entry and its canonical bytes, in order, reusing those whose
-        inputs are what they were; then only these proxies' entries are kept (none
-        unless :attr:`keep`).
+    ) -> list[bytes]:
+        """Each proxy's entry's canonical bytes, in order, reusing those whose inputs
+        are what they were; then only these proxies' entries are kept (none unless
+        :attr:`keep`).  Each is written from its rows (:func:`written_entry`), never
+        built as an object (``{**listing(proxy), "status": ..., "measurements": ...}``
+        from :func:`~resistance.registry.measurements.proxy_measurements` is the object
+        it writes, as the tests check).
 
         Not safe to call from two threads at once (publications are serialized by
         :func:`~resistance.registry.services.publishing`)."""
         kept = self._kept
-        fresh: dict[int, tuple[tuple[Any, ...], dict[str, Any], bytes]] = {}
-        out: list[dict[str, Any]] = []
-        encoded: list[bytes] = []
-        reused = 0
+        fresh: dict[int, tuple[tuple[Any, ...], bytes]] = {}
+        encoded: list[bytes | None] = []
+        todo: list[tuple[int, Any, tuple[Any, ...]]] = []  # (position, proxy, inputs)
         for proxy in proxies:
-            if not isinstance(proxy, Row):  # an ORM object: mutable, equal only to itself
-                entry = build_entry(listing, proxy, rows)
-                out.append(entry)
-                encoded.append(entry_bytes(entry))
-                continue
-            inputs = (proxy, *measurement_inputs(proxy, rows))
-            known = kept.get(proxy.id)
-            if known is not None and known[0] == inputs:
-                reused += 1
-            else:
-                status, measured = proxy_measurements(*inputs[1:])
-                entry = {**listing(proxy), "status": status, "measurements": measured}
-                known = (inputs, entry, entry_bytes(entry))
-            if self.keep:
-                fresh[proxy.id] = known
-            out.append(known[1])
-            encoded.append(known[2])
+            inputs = measurement_inputs(proxy, rows)
+            known = kept.get(proxy.id) if isinstance(proxy, Row) else None
+            if known is not None and known[0] == (proxy, *inputs):
+                encoded.append(known[1])
+                if self.keep:
+                    fresh[proxy.id] = known
+            else:  # an ORM object is mutable, equal only to itself: always written
+                todo.append((len(encoded), proxy, inputs))
+                encoded.append(None)
+        texts = TextCache()
+        known_medians = medians(row for _, _, inputs in todo for row in inputs[2])
+        for position, proxy, inputs in todo:
+            entry = written_entry(
+                listing(proxy), *measurements_text(*inputs, texts=texts, known=known_medians)
+            )
+            encoded[position] = entry
+            if self.keep and isinstance(proxy, Row):
+                fresh[proxy.id] = ((proxy, *inputs), entry)
         self._kept = fresh
-        self.reused, self.built = reused, len(out) - reused
-        return out, encoded
+        self.reused, self.built = len(encoded) - len(todo), len(todo)
+        return cast(list[bytes], encoded)
 
     def clear(self) -> None:
         self._kept = {}

@@ -15,12 +15,14 @@ through the versions for all of them at once
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resistance.directory.canonical import canonical_text, check_value
 from resistance.probe import rollup
 from resistance.registry import repositories as repo
 from resistance.registry.blocklist import address_hex
@@ -275,6 +277,195 @@ def proxy_measurements(
             "reach": reach(seen, transport),
         },
     )
+
+
+# --- the same measurements written as their canonical text -------------------------------
+
+#: Per rollup-sums row (by ``id``): its latency and throughput medians.
+Medians = Mapping[int, tuple[int | None, int | None]]
+#: Counts above this (in magnitude) are left to ``rollup.percentile``: no running count
+#: of a histogram's 32 buckets at most can pass 64 bits.
+_COUNTS_BELOW = 2**58
+
+
+def medians(rows: Iterable[Any]) -> dict[int, tuple[int | None, int | None]]:
+    """``rollup.percentile(h, bounds, 0.5)`` of each row's latency and throughput
+    histograms, by the row's ``id``, for every row at once (numpy: a publication at
+    100,000 proxies takes 280,000 medians, in Python a loop over the buckets each).
+
+    Rows whose histograms are not of the right lengths, or not all integers of 64
+    bits, are left out: the caller takes those one by one."""
+    shaped = [
+        row
+        for row in rows
+        if len(row.latency_hist) == LATENCY_BUCKETS
+        and len(row.throughput_hist) == THROUGHPUT_BUCKETS
+    ]
+    if not shaped:
+        return {}
+    columns = []
+    for hists, bounds in (
+        ([row.latency_hist for row in shaped], rollup.LATENCY_BOUNDS_MS),
+        ([row.throughput_hist for row in shaped], rollup.THROUGHPUT_BOUNDS_KBPS),
+    ):
+        try:  # booleans are integers here as in Python's sums; anything else is not
+            counts = np.array(hists)
+        except (OverflowError, ValueError):
+            return {}
+        if (
+            counts.dtype not in (np.int64, np.bool_)
+            or counts.max() >= _COUNTS_BELOW
+            or counts.min() <= -_COUNTS_BELOW
+        ):
+            return {}
+        columns.append(_medians(counts.astype(np.int64), bounds))
+    return dict(zip(map(id, shaped), zip(*columns, strict=True), strict=True))
+
+
+def _medians(counts: Any, bounds: Sequence[int]) -> list[int | None]:
+    """``rollup.percentile(row, bounds, 0.5)`` of each row of ``counts``: the first bucket
+    whose running count reaches ``max(1, ceil(total / 2))`` (the rank ``percentile``
+    computes at 0.5), the last bound when none does, ``None`` when the total is 0."""
+    running = counts.cumsum(axis=1)
+    total = running[:, -1]
+    reached = running >= np.maximum(1, -(-total // 2))[:, None]
+    at = np.array([*bounds, bounds[-1]])[reached.argmax(axis=1)]
+    found: list[int] = np.where(reached.any(axis=1), at, bounds[-1]).tolist()
+    return [None if t == 0 else m for t, m in zip(total.tolist(), found, strict=True)]
+
+
+def reachability_text(rows: Sequence[Any], known: Medians) -> str:
+    """``canonical_text(reachability(rows))`` without the objects, for one vantage country
+    a row with integer sums, as the database's sums give them (anything else is
+    written from :func:`reachability` itself); the medians from ``known`` (else
+    computed here)."""
+    if not rows:
+        return "{}"
+    countries = [row.country for row in rows]
+    if len(set(countries)) != len(rows) or not all(type(c) is str for c in countries):
+        return canonical_text(reachability(rows))
+    parts = []
+    for row in sorted(rows, key=lambda row: row.country):
+        attempts, successes = row.attempts, row.successes
+        medians = known.get(id(row))
+        if type(attempts) is not int or type(successes) is not int or medians is None:
+            if len(row.latency_hist) != LATENCY_BUCKETS:  # refused as reachability does
+                return canonical_text(reachability(rows))
+            if len(row.throughput_hist) != THROUGHPUT_BUCKETS:
+                return canonical_text(reachability(rows))
+            if type(attempts) is not int or type(successes) is not int:
+                return canonical_text(reachability(rows))
+            medians = (
+                rollup.percentile(row.latency_hist, rollup.LATENCY_BOUNDS_MS, 0.5),
+                rollup.percentile(row.throughput_hist, rollup.THROUGHPUT_BOUNDS_KBPS, 0.5),
+            )
+        latency, throughput = medians
+        parts.append(
+            f'{canonical_text(row.country)}:{{"attempts":{attempts},"latency_p50_ms":'
+            f'{"null" if latency is None else latency},"successes":{successes},'
+            f'"throughput_kbps":{"null" if throughput is None else throughput}}}'
+        )
+    return "{" + ",".join(parts) + "}"
+
+
+class TextCache(dict[Any, str]):
+    """Each distinct value's canonical text, encoded once (probes' names and the status
+    a view shows repeat across every proxy of a directory).  For texts (and tuples of
+    them) only: ``True``, ``1`` and ``1.0`` are one key of a dict."""
+
+    __slots__ = ("views",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: A view's ``"name":{...}`` by ``(name, transport, status, id(transports))``,
+        #: with the ``transports`` it was written from (a hit only if it is that very
+        #: object: an id is reused once its object is freed).  A probe's name, four
+        #: transports, a few statuses and the few distinct ``transports`` values (each
+        #: decoded once per distinct text by ``latest_views``).
+        self.views: dict[tuple[Any, Any, Any, int], tuple[str, Any]] = {}
+
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = canonical_text(value)
+        return text
+
+
+def reach_text(views: repo.ProbeViews, transport: str, texts: TextCache) -> str:
+    """``canonical_text(reach(views, transport))`` without a dict per view: each named view
+    is ``"name":{"transport":"status"}`` unless the probe measured other transports
+    beside it (a few views), whose object is built and encoded as :func:`reach` builds
+    it."""
+    names, times, oks, mechanisms, transports = views
+    if len(set(names)) != len(names):  # names are unique: a dict would keep one
+        return canonical_text(reach(views, transport))
+    named: Iterable[tuple[Any, ...]] = zip(names, oks, mechanisms, transports, strict=True)
+    if len(names) > MAX_REACH_NETWORKS:  # as reach ranks them
+        ranked = sorted(range(len(names)), key=lambda i: (-times[i], names[i]))
+        named = [
+            (names[i], oks[i], mechanisms[i], transports[i]) for i in ranked[:MAX_REACH_NETWORKS]
+        ]
+    parts = []
+    shown = texts.views
+    for name, ok, mechanism, seen in sorted(named):  # by name alone: names are unique
+        status = "ok" if ok else (mechanism or "failed")
+        key = (name, transport, status, id(seen))
+        known = shown.get(key)
+        if known is None or known[1] is not seen:
+            known = shown[key] = (_view_text(name, transport, status, seen, texts), seen)
+        parts.append(known[0])
+    return "{" + ",".join(parts) + "}"
+
+
+def _view_text(name: str, transport: str, status: str, seen: Any, texts: TextCache) -> str:
+    """One named view's ``"name":{...}`` as :func:`reach` builds its object."""
+    if not seen:
+        return f"{texts[name]}:{{{texts[transport]}:{texts[status]}}}"
+    entry = {transport: status}
+    for t, m in sorted(seen.items())[:4]:
+        entry[t] = str(m)
+    return f"{texts[name]}:{canonical_text(entry)}"
+
+
+def measurements_text(
+    transport: str,
+    verdict: Any,
+    rollups: Sequence[Any],
+    flag: tuple[bool, int | None] | None,
+    seen: repo.ProbeViews,
+    days: list[str],
+    *,
+    texts: TextCache,
+    known: Medians,
+) -> tuple[str, str]:
+    """:func:`proxy_measurements`' status and the canonical text of its ``measurements``
+    object (``blocked_in``, the one value from a JSON column, checked as
+    :func:`~resistance.directory.canonical.canonical_bytes` checks it; the caller
+    encodes the text to UTF-8, which refuses a lone surrogate anywhere), written field
+    by field in the order of the sorted keys, without the object; the medians of the
+    rollups' sums from ``known`` (:func:`medians`), else computed here."""
+    name = verdict.verdict if verdict else "untested"
+    blocked_in = sorted(verdict.blocked_in) if verdict else []
+    check_value(blocked_in)
+    status = f"blocked:{','.join(blocked_in)}" if name == "blocked" else name
+    listed, listed_since = (flag[0], flag[1]) if flag else (None, None)
+    since = verdict.since if verdict else None
+    return status, (
+        f'{{"blocked_in":{canonical_text(blocked_in)},'
+        f'"censor_listed":{_scalar(listed)},"censor_listed_since":{_scalar(listed_since)},'
+        f'"days":{texts[tuple(days)]},"reach":{reach_text(seen, transport, texts)},'
+        f'"reachability":{reachability_text(rollups, known)},'
+        f'"since":{_scalar(since)},"status":{texts[name]}}}'
+    )
+
+
+def _scalar(value: Any) -> str:
+    """An integer's, a boolean's or null's canonical text (anything else encoded)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value) if type(value) is int else canonical_text(value)
 
 
 def transport_of(proxy: Proxy) -> str:

@@ -779,7 +779,7 @@ def _sign_directory(
     :func:`~resistance.directory.document.sign_and_dump` writes for the same document."""
     settings = registry.settings
     registry.entries.keep = settings.keep_entries
-    entries, encoded = registry.entries.entries(proxies, rows, _listing)
+    encoded = registry.entries.entries(proxies, rows, _listing)
     fields = {
         "version": DOCUMENT_VERSION,
         "serial": serial,
@@ -788,7 +788,7 @@ def _sign_directory(
         "fresh_until": now + settings.fresh_seconds,
         "valid_until": now + settings.valid_seconds,
     }
-    return sign_and_dump_encoded(fields, entries, encoded, registry.signing_keys)
+    return sign_and_dump_encoded(fields, encoded, registry.signing_keys)
 
 
 def _sign_directory_whole(
