@@ -41,8 +41,6 @@ def call(
 ERROR_BODY = 64 * 1024
 #: Seconds a stream may take on top of its size's share (see :func:`stream`).
 STREAM_TIME = 120.0
-#: Bytes per second a stream must average past its first ``STREAM_TIME`` seconds.
-STREAM_MIN_RATE = MIN_RATE
 
 
 def stream(
@@ -51,21 +49,20 @@ def stream(
     *,
     token: str,
     timeout: float | None = None,
-    min_rate: int | None = None,
+    min_rate: int = MIN_RATE,
 ) -> Iterator[bytes]:
     """GET ``registry + path`` with the admin token, the answer's body as it arrives
     (a round file of ~100 MB is never held whole); a refused answer is one
     ``RegistryError``, as :func:`call` says it.
 
     ``timeout`` (default ``STREAM_TIME``) bounds each read, and the whole answer has
-    ``timeout`` seconds plus one second per ``min_rate`` (``STREAM_MIN_RATE``) bytes
+    ``timeout`` seconds plus one second per ``min_rate`` (64 kB) bytes
     received: a registry that drips bytes (each read in time, the answer never done)
     is one ``RegistryError`` at most one read past that deadline, not an export that
     never ends. A 100 MB round file may take ~27 min."""
     _check_url(registry)
     url = registry.rstrip("/") + path
     timeout = STREAM_TIME if timeout is None else timeout
-    min_rate = STREAM_MIN_RATE if min_rate is None else min_rate
     start = time.monotonic()
 
     def arriving(response: httpx.Response) -> Iterator[bytes]:
